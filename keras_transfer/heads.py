@@ -1,0 +1,372 @@
+"""Classification and regression heads, and the classifier model that joins them to a backbone."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import keras
+
+from keras_transfer import backbones as backbones_lib
+from keras_transfer.preprocessing import ImagePreprocessing
+
+TASKS = ("multiclass", "binary", "multilabel", "regression")
+POOLINGS = ("avg", "max", "avgmax", "flatten", None)
+
+
+@keras.saving.register_keras_serializable(package="keras_transfer")
+class ClassificationHead(keras.layers.Layer):
+    """Pooling, an optional dense stack, and the output layer, as one layer.
+
+    The defaults are the Keras transfer-learning guide's head: global average pooling,
+    dropout 0.2, and one dense output layer. The output layer computes in float32 under any
+    mixed-precision policy so that softmax and the loss stay numerically stable.
+
+    Args:
+        num_classes: number of output units (classes, labels or regression targets). For
+            `task="binary"` pass 1 (or 2: one sigmoid unit is used either way).
+        task: `"multiclass"` (softmax), `"binary"` (one sigmoid unit), `"multilabel"`
+            (independent sigmoids) or `"regression"` (linear).
+        pooling: `"avg"`, `"max"`, `"avgmax"` (both, concatenated), `"flatten"`, or `None`
+            for inputs that are already vectors.
+        hidden_units: sizes of dense layers between pooling and the output layer.
+        activation: activation of the hidden dense layers.
+        dropout: dropout rate before each dense layer (hidden and output); 0 disables it.
+        batch_norm: add BatchNormalization after each hidden dense layer.
+        logits: output raw logits instead of probabilities (pair with a `from_logits=True` loss).
+        **kwargs: standard `keras.layers.Layer` arguments.
+
+    Example:
+    >>> head = ClassificationHead(num_classes=5, hidden_units=(128,), dropout=0.3)
+    >>> head(np.zeros((2, 7, 7, 32))).shape
+    (2, 5)
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        task: str = "multiclass",
+        pooling: str | None = "avg",
+        hidden_units: Sequence[int] = (),
+        activation: str = "relu",
+        dropout: float = 0.2,
+        batch_norm: bool = False,
+        logits: bool = False,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        _check_head_args(num_classes, task, pooling, hidden_units, dropout)
+        self.num_classes = int(num_classes)
+        self.task = task
+        self.pooling = pooling
+        self.hidden_units = tuple(int(u) for u in hidden_units)
+        self.activation = activation
+        self.dropout = float(dropout)
+        self.batch_norm = bool(batch_norm)
+        self.logits = bool(logits)
+
+        self.hidden_layers = []
+        for i, units in enumerate(self.hidden_units):
+            block = [keras.layers.Dense(units, name=f"hidden_{i}_dense", dtype=self.dtype_policy)]
+            if self.batch_norm:
+                block.append(
+                    keras.layers.BatchNormalization(name=f"hidden_{i}_bn", dtype=self.dtype_policy)
+                )
+            block.append(
+                keras.layers.Activation(activation, name=f"hidden_{i}_act", dtype=self.dtype_policy)
+            )
+            self.hidden_layers.append(block)
+        self.dropout_layers = [
+            keras.layers.Dropout(self.dropout, name=f"dropout_{i}", dtype=self.dtype_policy)
+            for i in range(len(self.hidden_units) + 1)
+        ]
+        self.output_dense = keras.layers.Dense(
+            self.output_units,
+            activation=None if self.logits else self.output_activation,
+            dtype="float32",
+            name="predictions",
+        )
+
+    @property
+    def output_units(self) -> int:
+        return 1 if self.task == "binary" else self.num_classes
+
+    @property
+    def output_activation(self) -> str:
+        return {"multiclass": "softmax", "regression": "linear"}.get(self.task, "sigmoid")
+
+    def build(self, input_shape):
+        shape = self._pooled_shape(input_shape)
+        for i, block in enumerate(self.hidden_layers):
+            for layer in block:
+                layer.build(shape)
+                shape = layer.compute_output_shape(shape)
+        self.output_dense.build(shape)
+
+    def _pooled_shape(self, input_shape):
+        input_shape = tuple(input_shape)
+        if len(input_shape) == 2:
+            # A vector has nothing to pool: accepting it lets a head configured for
+            # feature maps also train on cached pooled features.
+            return input_shape
+        if len(input_shape) != 4:
+            raise ValueError(
+                f"ClassificationHead expects (batch, features) or (batch, h, w, c) inputs, got "
+                f"shape {input_shape}."
+            )
+        if self.pooling is None:
+            raise ValueError(
+                f"ClassificationHead got a feature map of shape {input_shape} but pooling=None. "
+                "Use pooling='avg', 'max', 'avgmax' or 'flatten'."
+            )
+        channels = input_shape[-1]
+        if self.pooling == "avgmax":
+            return (input_shape[0], 2 * channels)
+        if self.pooling == "flatten":
+            if None in input_shape[1:]:
+                raise ValueError("pooling='flatten' needs a fixed input size.")
+            return (input_shape[0], input_shape[1] * input_shape[2] * channels)
+        return (input_shape[0], channels)
+
+    def pool(self, x):
+        if len(x.shape) == 2:
+            return x
+        if self.pooling == "avg":
+            return keras.ops.mean(x, axis=(1, 2))
+        if self.pooling == "max":
+            return keras.ops.max(x, axis=(1, 2))
+        if self.pooling == "avgmax":
+            return keras.ops.concatenate(
+                [keras.ops.mean(x, axis=(1, 2)), keras.ops.max(x, axis=(1, 2))], axis=-1
+            )
+        return keras.ops.reshape(x, (-1, x.shape[1] * x.shape[2] * x.shape[3]))
+
+    def call(self, inputs, training=None):
+        x = self.pool(inputs)
+        for dropout, block in zip(self.dropout_layers, self.hidden_layers):
+            x = dropout(x, training=training)
+            for layer in block:
+                x = layer(x, training=training)
+        x = self.dropout_layers[-1](x, training=training)
+        return self.output_dense(x)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.output_units)
+
+    def default_loss(self) -> keras.losses.Loss:
+        """The loss that matches the task and output activation."""
+        if self.task == "multiclass":
+            return keras.losses.SparseCategoricalCrossentropy(from_logits=self.logits)
+        if self.task in ("binary", "multilabel"):
+            return keras.losses.BinaryCrossentropy(from_logits=self.logits)
+        return keras.losses.MeanSquaredError()
+
+    def default_metrics(self) -> list[keras.metrics.Metric]:
+        """`accuracy` for classification tasks, mean absolute error for regression."""
+        if self.task == "multiclass":
+            return [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+        if self.task in ("binary", "multilabel"):
+            threshold = 0.0 if self.logits else 0.5
+            return [keras.metrics.BinaryAccuracy(name="accuracy", threshold=threshold)]
+        return [keras.metrics.MeanAbsoluteError(name="mae")]
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "num_classes": self.num_classes,
+                "task": self.task,
+                "pooling": self.pooling,
+                "hidden_units": list(self.hidden_units),
+                "activation": self.activation,
+                "dropout": self.dropout,
+                "batch_norm": self.batch_norm,
+                "logits": self.logits,
+            }
+        )
+        return config
+
+
+def _check_head_args(num_classes, task, pooling, hidden_units, dropout) -> None:
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}.")
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}.")
+    if task == "binary" and num_classes > 2:
+        raise ValueError(
+            f"task='binary' has one sigmoid output; got num_classes={num_classes}. Use "
+            "task='multiclass' (one label per image) or 'multilabel' (several)."
+        )
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}.")
+    if any(int(u) < 1 for u in hidden_units):
+        raise ValueError(f"hidden_units must be positive integers, got {list(hidden_units)}.")
+    if not 0.0 <= float(dropout) < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}.")
+
+
+HEAD_ARGS = ("task", "pooling", "hidden_units", "activation", "dropout", "batch_norm", "logits")
+
+
+def make_head(num_classes: int, head: Mapping[str, Any] | None = None) -> ClassificationHead:
+    """A `ClassificationHead` from a dict of its arguments; unknown keys are an error."""
+    head = dict(head or {})
+    unknown = sorted(set(head) - set(HEAD_ARGS))
+    if unknown:
+        raise ValueError(f"Unknown head option(s) {unknown}. Valid options: {list(HEAD_ARGS)}.")
+    return ClassificationHead(num_classes, name="head", **head)
+
+
+@keras.saving.register_keras_serializable(package="keras_transfer")
+class TransferClassifier(keras.Model):
+    """Raw images in, predictions out: preprocessing, a pretrained backbone and a head.
+
+    A functional model (so `summary()`, `fit`, `.keras` saving and `export` all work as for
+    any Keras model) that also remembers what transfer learning needs after a reload: the
+    backbone's registry name (for its blocks), the class names and the head's task.
+
+    `compile()` fills in what the head implies: `loss="auto"` and `metrics="auto"` pick the
+    matching loss and accuracy metric; `optimizer="auto"` is Adam with learning rate 1e-3.
+
+    Args:
+        backbone: the headless `keras.Model` (e.g. `create_backbone(...).model`).
+        head: a `ClassificationHead`.
+        backbone_name: registry name of the backbone, to find its blocks.
+        preprocessing: `ImagePreprocessing` mode applied to the raw 0-255 input, or `None`.
+        class_names: optional names of the output classes, saved with the model.
+        **kwargs: standard `keras.Model` arguments (e.g. `name`).
+
+    Example:
+    >>> model = create_classifier(
+    ...     create_backbone("mobilenet_v2", input_shape=(96, 96, 3), weights=None), num_classes=3
+    ... )
+    >>> model.compile()  # Adam, sparse categorical cross-entropy, accuracy
+    >>> model.predict(np.zeros((1, 96, 96, 3)), verbose=0).shape
+    (1, 3)
+    """
+
+    def __init__(
+        self,
+        backbone: keras.Model,
+        head: ClassificationHead,
+        backbone_name: str | None = None,
+        preprocessing: str | None = None,
+        class_names: Sequence[str] | None = None,
+        **kwargs,
+    ):
+        inputs = keras.Input(shape=backbone.input_shape[1:], name="images")
+        x = inputs
+        preprocess_layer = None
+        if preprocessing:
+            preprocess_layer = ImagePreprocessing(preprocessing, name="preprocessing")
+            x = preprocess_layer(x)
+        features = backbone(x)
+        outputs = head(features)
+        super().__init__(inputs=inputs, outputs=outputs, **kwargs)
+        self.backbone = backbone
+        self.head = head
+        self.backbone_name = backbone_name
+        self.preprocessing = preprocessing
+        self.preprocess_layer = preprocess_layer
+        self.class_names = list(class_names) if class_names is not None else None
+        if self.class_names is not None and head.task != "regression":
+            allowed = (1, 2) if head.task == "binary" else (head.num_classes,)
+            if len(self.class_names) not in allowed:
+                raise ValueError(
+                    f"{len(self.class_names)} class names for a {head.task} head with "
+                    f"{head.num_classes} classes: {self.class_names}."
+                )
+
+    @property
+    def blocks(self) -> list[backbones_lib.Block]:
+        """The backbone's blocks, input side first."""
+        return backbones_lib.get_blocks(self.backbone, self.backbone_name)
+
+    def compile(self, optimizer="auto", loss="auto", metrics="auto", **kwargs):
+        if optimizer == "auto":
+            optimizer = keras.optimizers.Adam(1e-3)
+        if loss == "auto":
+            loss = self.head.default_loss()
+        if metrics == "auto":
+            metrics = self.head.default_metrics()
+        super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
+
+    def compile_from_config(self, config):
+        # Keras only restores the compile state of models that override `compile` when
+        # they also override this; the parent's implementation calls `self.compile`.
+        super().compile_from_config(config)
+
+    def get_config(self):
+        # Not chained to Functional.get_config: that returns the layer graph, which the
+        # constructor does not take. The constructor arguments rebuild the same graph.
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "backbone": keras.saving.serialize_keras_object(self.backbone),
+            "head": keras.saving.serialize_keras_object(self.head),
+            "backbone_name": self.backbone_name,
+            "preprocessing": self.preprocessing,
+            "class_names": self.class_names,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
+        config["head"] = keras.saving.deserialize_keras_object(config["head"])
+        return cls(**config)
+
+
+def create_classifier(
+    backbone: backbones_lib.Backbone | str,
+    num_classes: int,
+    head: Mapping[str, Any] | ClassificationHead | None = None,
+    *,
+    feature_block: str | int | None = None,
+    class_names: Sequence[str] | None = None,
+    name: str | None = None,
+    **backbone_kwargs: Any,
+) -> TransferClassifier:
+    """Joins a backbone, its preprocessing and a head into a model that takes raw images.
+
+    Args:
+        backbone: a `Backbone` from `create_backbone`, or a registry name (then
+            `backbone_kwargs` such as `input_shape` and `weights` go to `create_backbone`).
+        num_classes: number of classes (or regression targets).
+        head: `ClassificationHead` arguments as a dict (`task`, `pooling`, `hidden_units`,
+            `activation`, `dropout`, `batch_norm`, `logits`), or a `ClassificationHead`.
+            `None` gives the Keras guide's head: average pooling, dropout 0.2, softmax.
+        feature_block: take features from this block (name or index) instead of the last
+            one: for small datasets far from ImageNet, lower blocks transfer better.
+        class_names: names of the classes, saved with the model.
+        name: model name.
+
+    Returns:
+        A `TransferClassifier` expecting RGB images with values in [0, 255].
+
+    Example:
+    >>> model = create_classifier("mobilenet_v2", 3, input_shape=(96, 96, 3), weights=None)
+    >>> model.output_shape
+    (None, 3)
+    """
+    if isinstance(backbone, str):
+        backbone = backbones_lib.create_backbone(backbone, **backbone_kwargs)
+    elif backbone_kwargs:
+        raise TypeError(
+            f"Unexpected arguments {sorted(backbone_kwargs)}: they are for create_backbone and "
+            "only apply when `backbone` is a name."
+        )
+    if feature_block is not None:
+        backbone = backbone.cut(feature_block)
+    if not isinstance(head, ClassificationHead):
+        head = make_head(num_classes, head)
+    elif head.num_classes != num_classes:
+        raise ValueError(f"head has {head.num_classes} classes but num_classes={num_classes}.")
+    return TransferClassifier(
+        backbone.model,
+        head,
+        backbone_name=backbone.name,
+        preprocessing=backbone.preprocessing,
+        class_names=class_names,
+        name=name or f"{backbone.name.replace(':', '_').replace('/', '_')}_classifier",
+    )

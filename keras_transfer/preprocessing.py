@@ -10,7 +10,7 @@ _CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
 _TORCH_MEAN = (0.485, 0.456, 0.406)
 _TORCH_STD = (0.229, 0.224, 0.225)
 
-MODES = ("tf", "caffe", "torch")
+MODES = ("tf", "caffe", "torch", "unit")
 
 
 @keras.saving.register_keras_serializable(package="keras_transfer")
@@ -23,7 +23,8 @@ class ImagePreprocessing(keras.layers.Layer):
 
     Args:
         mode: `"tf"` (scale to [-1, 1]), `"caffe"` (RGB to BGR, subtract the ImageNet BGR
-            mean) or `"torch"` (scale to [0, 1], normalise by the ImageNet mean and std).
+            mean), `"torch"` (scale to [0, 1], normalise by the ImageNet mean and std) or
+            `"unit"` (scale to [0, 1], the TF Hub image convention).
         **kwargs: standard `keras.layers.Layer` arguments.
 
     Example:
@@ -42,6 +43,8 @@ class ImagePreprocessing(keras.layers.Layer):
         x = ops.cast(inputs, self.compute_dtype)
         if self.mode == "tf":
             return x / 127.5 - 1.0
+        if self.mode == "unit":
+            return x / 255.0
         if self.mode == "torch":
             mean = ops.convert_to_tensor(_TORCH_MEAN, dtype=self.compute_dtype)
             std = ops.convert_to_tensor(_TORCH_STD, dtype=self.compute_dtype)

@@ -1,0 +1,242 @@
+import keras
+import numpy as np
+import pytest
+
+import keras_transfer as kt
+from keras_transfer import callbacks as callbacks_lib
+from keras_transfer import freezing
+
+
+def tiny_data(n=16):
+    rng = np.random.default_rng(0)
+    return rng.uniform(0, 255, (n, 32, 32, 3)).astype("float32"), rng.integers(0, 2, n)
+
+
+def tiny_classifier(functional=False):
+    """A small MobileNet whose BatchNorm statistics fit the data, like pretrained ones.
+
+    With fresh statistics (mean 0, variance 1) in inference mode the random network's
+    activations vanish (~1e-17) and no backbone weight would visibly move.
+    `functional=True` nests the backbone in a plain functional model instead of a
+    `TransferClassifier`.
+    """
+    backbone = kt.create_backbone("mobilenet", input_shape=(32, 32, 3), weights=None, alpha=0.25)
+    norms = [
+        layer
+        for layer in backbone.model.layers
+        if isinstance(layer, keras.layers.BatchNormalization)
+    ]
+    for layer in norms:
+        layer.momentum = 0.0
+    backbone.model(tiny_data()[0] / 127.5 - 1.0, training=True)  # statistics := this batch's
+    for layer in norms:
+        layer.momentum = 0.99
+    if not functional:
+        return kt.create_classifier(backbone, 2)
+    inputs = keras.Input((32, 32, 3))
+    features = backbone.model(keras.layers.Rescaling(1 / 127.5, offset=-1.0)(inputs))
+    pooled = keras.layers.GlobalAveragePooling2D()(features)
+    outputs = keras.layers.Dense(2, activation="softmax", name="top_dense")(pooled)
+    return keras.Model(inputs, outputs)
+
+
+class Snapshots(keras.callbacks.Callback):
+    """Every model variable by path, at train begin and at each epoch end."""
+
+    def __init__(self):
+        super().__init__()
+        self.values = []
+
+    def _take(self):
+        self.values.append({v.path: v.numpy().copy() for v in self.model.variables})
+
+    def on_train_begin(self, logs=None):
+        self._take()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._take()
+
+    def changed(self, path, epoch):
+        """Whether `path` changed during `epoch`."""
+        return not np.array_equal(self.values[epoch][path], self.values[epoch + 1][path])
+
+
+def block_paths(model, name, kind):
+    block = next(b for b in kt.get_blocks(model) if b.name == name)
+    bn = [v.path for layer in block.layers for v in layer.weights if "_bn/" in v.path]
+    other = [v.path for v in block.variables if v.path not in bn]
+    return {"bn": bn, "weights": other}[kind]
+
+
+def test_blocks_start_changing_at_their_epoch_and_get_optimizer_slots():
+    model = tiny_classifier()
+    model.compile(optimizer=keras.optimizers.Adam(1e-2))
+    snapshots = Snapshots()
+    unfreezing = callbacks_lib.GradualUnfreezing({1: 1, 2: 2})
+    x, y = tiny_data()
+    model.fit(x, y, batch_size=8, epochs=3, callbacks=[unfreezing, snapshots], verbose=0)
+
+    names = [b.name for b in model.blocks]
+    assert unfreezing.unfrozen_blocks == {0: [], 1: ["conv_dw_13"], 2: ["conv_dw_12", "conv_dw_13"]}
+    first_epoch = {"conv_dw_13": 1, "conv_dw_12": 2}
+    for name in names:
+        for path in block_paths(model, name, "weights"):
+            changed = [snapshots.changed(path, epoch) for epoch in range(3)]
+            start = first_epoch.get(name, 3)
+            assert changed == [epoch >= start for epoch in range(3)], (path, changed)
+        # Frozen BatchNormalization runs in inference mode: moving statistics never move.
+        for path in block_paths(model, name, "bn"):
+            assert not any(snapshots.changed(path, epoch) for epoch in range(3)), path
+    for variable in model.head.trainable_variables:
+        assert snapshots.changed(variable.path, 0)
+
+    optimizer = model.optimizer
+    known = {id(v) for v in optimizer._trainable_variables}
+    slots = {v.path: v for v in optimizer.variables}
+    for name in ("conv_dw_12", "conv_dw_13"):
+        for path in block_paths(model, name, "weights"):
+            variable = next(v for v in model.variables if v.path == path)
+            assert id(variable) in known
+            momentum = slots[f"{optimizer.name}/{path.replace('/', '_')}_momentum"]
+            assert np.any(momentum.numpy() != 0), path
+    for path in block_paths(model, "conv_dw_11", "weights"):
+        assert f"{optimizer.name}/{path.replace('/', '_')}_momentum" not in slots
+    assert int(optimizer.iterations) == 6
+
+
+def test_train_bn_trains_batchnorm_in_frozen_blocks_too():
+    model = tiny_classifier()
+    model.compile(optimizer=keras.optimizers.Adam(1e-2))
+    snapshots = Snapshots()
+    x, y = tiny_data()
+    model.fit(
+        x,
+        y,
+        batch_size=8,
+        epochs=1,
+        callbacks=[callbacks_lib.GradualUnfreezing({1: 1}, train_bn=True), snapshots],
+        verbose=0,
+    )
+    assert all(snapshots.changed(p, 0) for p in block_paths(model, "conv_dw_5", "bn"))
+    assert not any(snapshots.changed(p, 0) for p in block_paths(model, "conv_dw_5", "weights"))
+
+
+def test_reloaded_model_with_built_optimizer_keeps_its_state(tmp_path):
+    # A plain functional model reloads compiled, with its optimizer built on the
+    # variables trainable when it was saved (the head only).
+    model = tiny_classifier(functional=True)
+    freezing.freeze(model)
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="sparse_categorical_crossentropy")
+    x, y = tiny_data()
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    model.save(tmp_path / "model.keras")
+    restored = keras.saving.load_model(tmp_path / "model.keras")
+    loaded_optimizer = restored.optimizer
+    assert loaded_optimizer.built and int(loaded_optimizer.iterations) == 2
+    head_slots = {
+        v.path: v.numpy().copy() for v in loaded_optimizer.variables if "top_dense" in v.path
+    }
+    assert head_slots
+
+    captured = {}
+
+    class Capture(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            optimizer = self.model.optimizer
+            captured.update(
+                {v.path: v.numpy().copy() for v in optimizer.variables if "top_dense" in v.path}
+            )
+
+    # Resumes at epoch 1: the top block was already due at epoch 0, the stem joins at 2.
+    unfreezing = callbacks_lib.GradualUnfreezing({0: 1, 2: "all"})
+    snapshots = Snapshots()
+    restored.fit(
+        x,
+        y,
+        batch_size=8,
+        initial_epoch=1,
+        epochs=3,
+        callbacks=[unfreezing, Capture(), snapshots],
+        verbose=0,
+    )
+    assert restored.optimizer is not loaded_optimizer  # rebuilt on the larger variable set
+    assert captured.keys() == head_slots.keys()
+    for path, value in head_slots.items():
+        np.testing.assert_array_equal(captured[path], value)
+    assert int(restored.optimizer.iterations) == 2 + 4
+    assert unfreezing.unfrozen_blocks[1] == ["conv_dw_13"]
+    top, stem = (
+        block_paths(restored, "conv_dw_13", "weights"),
+        block_paths(restored, "stem", "weights"),
+    )
+    # snapshots.changed(path, 0) is epoch 1 of this run, (path, 1) epoch 2.
+    assert all(snapshots.changed(p, 0) for p in top)
+    assert not any(snapshots.changed(p, 0) for p in stem)
+    assert all(snapshots.changed(p, 1) for p in stem)
+    assert freezing.trainable_blocks(restored) == [b.name for b in kt.get_blocks(restored)]
+
+
+def test_reloaded_transfer_classifier(tmp_path):
+    model = tiny_classifier()
+    model.save(tmp_path / "model.keras")
+    restored = keras.saving.load_model(tmp_path / "model.keras")
+    restored.compile(optimizer=keras.optimizers.Adam(1e-2))
+    snapshots = Snapshots()
+    x, y = tiny_data(8)
+    restored.fit(
+        x, y, epochs=2, callbacks=[callbacks_lib.GradualUnfreezing({1: 1}), snapshots], verbose=0
+    )
+    top = block_paths(restored, "conv_dw_13", "weights")
+    assert not any(snapshots.changed(p, 0) for p in top)
+    assert all(snapshots.changed(p, 1) for p in top)
+
+
+def test_works_with_jit_compile():
+    model = tiny_classifier()
+    model.compile(optimizer=keras.optimizers.SGD(1e-2), jit_compile=True)
+    snapshots = Snapshots()
+    x, y = tiny_data(8)
+    model.fit(
+        x,
+        y,
+        batch_size=8,
+        epochs=2,
+        callbacks=[callbacks_lib.GradualUnfreezing({1: 1}), snapshots],
+        verbose=0,
+    )
+    top = block_paths(model, "conv_dw_13", "weights")
+    assert not any(snapshots.changed(p, 0) for p in top)
+    assert all(snapshots.changed(p, 1) for p in top)
+
+
+def test_config_round_trip_and_flag_syntax():
+    callback = callbacks_lib.GradualUnfreezing("3:1, 8:2, 12:all", train_bn=True)
+    assert callback.schedule == {3: 1, 8: 2, 12: "all"}
+    config = keras.saving.serialize_keras_object(callback)
+    again = keras.saving.deserialize_keras_object(config)
+    assert isinstance(again, callbacks_lib.GradualUnfreezing)
+    assert again.schedule == callback.schedule and again.train_bn
+    assert [again.state_at(e) for e in (0, 2, 3, 7, 8, 12, 30)] == [0, 0, 1, 1, 2, "all", "all"]
+    assert callbacks_lib.parse_unfreeze_schedule("0:0.5,4:conv_dw_10") == {0: 0.5, 4: "conv_dw_10"}
+
+
+@pytest.mark.parametrize(
+    "schedule, message",
+    [({-1: 1}, "epochs must be integers"), ({1: True}, "unfreeze must be"), ({}, "non-empty")],
+)
+def test_bad_schedules_are_clear_errors(schedule, message):
+    with pytest.raises(ValueError, match=message):
+        callbacks_lib.GradualUnfreezing(schedule)
+
+
+def test_bad_flag_syntax_is_a_clear_error():
+    with pytest.raises(ValueError, match="epoch:blocks"):
+        callbacks_lib.parse_unfreeze_schedule("3=1")
+
+
+def test_request_the_backbone_cannot_satisfy_fails_before_training():
+    model = tiny_classifier()
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    x, y = tiny_data(8)
+    with pytest.raises(ValueError, match="has 14"):
+        model.fit(x, y, epochs=1, callbacks=[callbacks_lib.GradualUnfreezing({1: 99})], verbose=0)

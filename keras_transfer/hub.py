@@ -156,8 +156,7 @@ def _variable_name(tf_name: str) -> str:
 
 def _accepts_training(fn: Any) -> bool:
     try:
-        # A restored object's `__call__` is an attribute of the instance, not of its class.
-        parameters = inspect.signature(getattr(fn, "__call__", fn)).parameters
+        parameters = inspect.signature(fn).parameters
     except (TypeError, ValueError):
         return False
     return "training" in parameters
@@ -247,7 +246,7 @@ class HubBackbone(keras.layers.Layer):
         )
         self._function = self._module_function()
         self._accepts_training = signature is None and _accepts_training(self._function)
-        self._input_spec = _input_spec_of(self._function, signature)
+        self._module_input_spec = _input_spec_of(self._function, signature)
 
         trainable_ids, module_variables = self._module_variables()
         # Keras variables that wrap the module's own tf.Variables: no copies.
@@ -282,7 +281,9 @@ class HubBackbone(keras.layers.Layer):
                 )
             return signatures[self.signature]
         if callable(self._module):
-            return self._module
+            # The restored `__call__` (an instance attribute) carries the argument spec
+            # and the traced concrete functions.
+            return self._module.__call__
         signatures = sorted(getattr(self._module, "signatures", {}))
         raise ValueError(
             f"The SavedModel {self.handle!r} is not callable (no __call__). Pass "
@@ -328,7 +329,7 @@ class HubBackbone(keras.layers.Layer):
         return any(v.trainable for v in self._batch_norm_variables)
 
     def _cast_inputs(self, inputs):
-        spec = self._input_spec
+        spec = self._module_input_spec
         if isinstance(inputs, Mapping):
             specs = spec if isinstance(spec, Mapping) else {}
             return {k: self._cast(x, specs.get(k)) for k, x in inputs.items()}
@@ -350,7 +351,7 @@ class HubBackbone(keras.layers.Layer):
             if isinstance(inputs, Mapping):
                 kwargs.update(inputs)
             else:
-                names = list(self._input_spec or {})
+                names = list(self._module_input_spec or {})
                 if len(names) != 1:
                     raise ValueError(
                         f"Signature {self.signature!r} takes inputs {names}: pass a dict."
@@ -475,8 +476,8 @@ def hub_block_names(variable_names: Sequence[str], block_pattern: str | None = N
 
     The default groups by layer: it drops the name components all variables share (a model
     scope such as `MobilenetV1/`), keeps the first remaining component up to its first
-    number (`Conv2d_13_pointwise` -> `Conv2d_13`, `conv_dw_13_bn` -> `conv_dw_13`,
-    `block1a_se_reduce` -> `block1a`), and joins the two halves of a depthwise-separable unit
+    number token (`Conv2d_13_pointwise` -> `Conv2d_13`, `conv_dw_13_bn` -> `conv_dw_13`,
+    `conv1_bn` -> `conv1`, `block1a_se_reduce` -> `block1a`), and joins the two halves of a depthwise-separable unit
     (`conv_dw_13` + `conv_pw_13`). With `block_pattern`, the first group of the first match
     (or the match) names the block; a variable that matches nothing joins the block before.
     """
@@ -494,15 +495,23 @@ def hub_block_names(variable_names: Sequence[str], block_pattern: str | None = N
     skip = _common_prefix(paths)
     blocks, keys = [], {}
     for path in paths:
-        component = path[skip]
-        match = re.match(r"^(\D*?\d+[a-z]?)(?=[_.\-]|$)", component)
-        block = (
-            match.group(1) if match else re.sub(r"(?i)[_.]?(bn|batchnorm|relu\d*)$", "", component)
-        )
+        block = _layer_block(path[skip])
         key = _SEPARABLE_PART.sub("", block)
         # The first layer of a unit names it (`conv_dw_13` for `conv_dw_13` + `conv_pw_13`).
         blocks.append(keys.setdefault(key, block))
     return blocks
+
+
+def _layer_block(layer_name: str) -> str:
+    tokens = layer_name.split("_")
+    # `Conv2d_13_pointwise`, `conv_dw_13_bn`, `Mixed_5b`: up to the first number token.
+    for i, token in enumerate(tokens[1:], start=1):
+        if re.fullmatch(r"\d+[a-z]?", token):
+            return "_".join(tokens[: i + 1])
+    # `conv1_bn`, `block1a_se_reduce`: the numbered first token.
+    if re.search(r"\d", tokens[0]):
+        return tokens[0]
+    return re.sub(r"(?i)_(bn|batchnorm|relu\d*)$", "", layer_name)
 
 
 class HubVariableGroup:
@@ -649,7 +658,7 @@ def create_hub_backbone(
     """
     kwargs.setdefault("name", "hub_backbone")
     layer = HubBackbone(handle, trainable=trainable, **kwargs)
-    spec = layer._input_spec
+    spec = layer._module_input_spec
     if isinstance(spec, Mapping) and len(spec) == 1:
         spec = next(iter(spec.values()))
     size = int(default_size) if default_size else _size_from(layer.handle, spec)

@@ -249,20 +249,27 @@ class HubBackbone(keras.layers.Layer):
         self._module_input_spec = _input_spec_of(self._function, signature)
 
         trainable_ids, module_variables = self._module_variables()
-        # Keras variables that wrap the module's own tf.Variables: no copies.
+        # Keras variables that wrap the module's own tf.Variables: no copies. Their paths
+        # are `<layer>/<block>/<variable>`, so path regexes (per-layer learning rates) can
+        # address blocks like layers.
+        tf_names = [re.sub(r":\d+$", "", v.name) for v in module_variables]
+        self._block_of = hub_block_names(tf_names, block_pattern)
         self._ordered_weights: list[keras.Variable] = []
         self._name_of: dict[int, str] = {}
         with keras.name_scope(self.name, caller=self):
-            for variable in module_variables:
-                keras_variable = keras.Variable(
-                    initializer=variable,
-                    trainable=id(variable) in trainable_ids,
-                    autocast=False,
-                    name=_variable_name(variable.name),
-                )
+            for variable, tf_name, block in zip(
+                module_variables, tf_names, self._block_of, strict=True
+            ):
+                with keras.name_scope(re.sub(r"[^0-9A-Za-z_.\-]", "_", block)):
+                    keras_variable = keras.Variable(
+                        initializer=variable,
+                        trainable=id(variable) in trainable_ids,
+                        autocast=False,
+                        name=_variable_name(tf_name),
+                    )
                 self._track_variable(keras_variable)
                 self._ordered_weights.append(keras_variable)
-                self._name_of[id(keras_variable)] = re.sub(r":\d+$", "", variable.name)
+                self._name_of[id(keras_variable)] = tf_name
         self._batch_norm_variables = [
             v for v in self._ordered_weights if _BATCH_NORM_NAME.search(self._name_of[id(v)])
         ]
@@ -402,10 +409,8 @@ class HubBackbone(keras.layers.Layer):
 
     def blocks(self) -> list[HubBlock]:
         """The module's variables grouped into blocks, input side first."""
-        weights = self._ordered_weights
-        names = hub_block_names([self._name_of[id(v)] for v in weights], self.block_pattern)
         grouped: dict[str, list[keras.Variable]] = {}
-        for variable, block_name in zip(weights, names, strict=True):
+        for variable, block_name in zip(self._ordered_weights, self._block_of, strict=True):
             grouped.setdefault(block_name, []).append(variable)
         return [
             HubBlock(name, (HubVariableGroup(self, name, tuple(group)),), index)

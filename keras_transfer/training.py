@@ -10,6 +10,7 @@ from typing import Any
 import keras
 
 from keras_transfer import freezing
+from keras_transfer import optimizers
 
 OptimizerFactory = Callable[[float], keras.optimizers.Optimizer]
 
@@ -102,6 +103,7 @@ def fit_two_phase(
     train_bn: bool = False,
     optimizer: str | type | OptimizerFactory = "adam",
     fine_tune_optimizer: str | type | OptimizerFactory | None = None,
+    lr_decay: float | None = None,
     loss: Any = "auto",
     metrics: Any = "auto",
     callbacks: Sequence[keras.callbacks.Callback] | None = None,
@@ -131,6 +133,10 @@ def fit_two_phase(
             factory can return a learning-rate schedule based optimizer, a layer-wise
             learning-rate optimizer, ...).
         fine_tune_optimizer: optimizer for phase 2 if different from `optimizer`.
+        lr_decay: discriminative learning rates in phase 2: the phase-2 optimizer gets
+            per-variable multipliers (`keras_transfer.optimizers.with_layerwise_lr`), block
+            `i` of the backbone's `L` blocks `lr_decay ** (L - i)`, the head 1.0. Frozen
+            blocks get no gradients. `None` (default): one learning rate for all.
         loss, metrics: passed to `compile`; `"auto"` uses the head's defaults.
         callbacks: Keras callbacks, used in both phases.
         compile_kwargs: extra `compile` arguments (`jit_compile`, `steps_per_execution`...).
@@ -146,6 +152,10 @@ def fit_two_phase(
         raise ValueError("head_epochs and fine_tune_epochs must be >= 0.")
     if fine_tune_lr is None:
         fine_tune_lr = head_lr / 10.0
+    if lr_decay is not None and not (
+        isinstance(lr_decay, int | float) and not isinstance(lr_decay, bool) and 0 < lr_decay <= 1
+    ):
+        raise ValueError(f"lr_decay must be a number in (0, 1] or None, got {lr_decay!r}.")
     make_head_optimizer = optimizer_factory(optimizer)
     make_fine_tune_optimizer = optimizer_factory(fine_tune_optimizer or optimizer)
     _resolve_loss_and_metrics(model, loss, metrics)  # fail before training, not after
@@ -174,8 +184,12 @@ def fit_two_phase(
         result.add(PHASE_HEAD, history, time.perf_counter() - start)
     if fine_tune_epochs:
         result.unfrozen_blocks = freezing.unfreeze(model, train_bn=train_bn, **unfreeze_kwargs)
+        fine_tune = make_fine_tune_optimizer(fine_tune_lr)
+        if lr_decay is not None:
+            multipliers = optimizers.layer_decay_multipliers(model, lr_decay)
+            fine_tune = optimizers.with_layerwise_lr(fine_tune, multipliers)
         model.compile(
-            optimizer=make_fine_tune_optimizer(fine_tune_lr),
+            optimizer=fine_tune,
             **_resolve_loss_and_metrics(model, loss, metrics),
             **compile_kwargs,
         )

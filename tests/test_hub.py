@@ -2,6 +2,7 @@
 
 import hashlib
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -458,3 +459,22 @@ def test_real_savedmodel_matches_direct_load_and_hub_keras_layer(assets):
     model = heads.create_classifier(backbone, 2)
     features = model.backbone(model.preprocess_layer(images * 255.0)).numpy()
     np.testing.assert_allclose(features, direct, atol=1e-5)
+
+
+def test_layerwise_learning_rates_address_hub_blocks(tiny_module):
+    optimizers = pytest.importorskip("keras_transfer.optimizers")
+    model = classifier(tiny_module)
+    freezing.unfreeze(model, train_bn=True)
+    multipliers = optimizers.layer_decay_multipliers(model, 0.5)
+    # One pattern per block: the blocks of the single hub layer are told apart by path.
+    assert sorted(multipliers.values()) == [0.125, 0.25, 0.5]
+    layer = hub_layer(model)
+    stem_kernel = next(v for v in layer.weights if layer.variable_name(v) == "stem/dense/kernel")
+    assert [m for p, m in multipliers.items() if re.search(p, stem_kernel.path)] == [0.125]
+    optimizer = optimizers.with_layerwise_lr(
+        keras.optimizers.SGD, learning_rate=0.1, multipliers=multipliers
+    )
+    model.compile(optimizer=optimizer)
+    before = stem_kernel.numpy().copy()
+    model.fit(inputs(16), np.arange(16) % 2, batch_size=8, verbose=0)
+    assert not np.array_equal(before, stem_kernel.numpy())

@@ -204,6 +204,9 @@ class HubBackbone(keras.layers.Layer):
         block_pattern: regex over the module's variable names whose first group (or whole
             match) names a variable's block; variables that match nothing join the block
             before them. `None` groups by top-level layer name (see `hub_blocks`).
+        frozen_variables: names of module variables (as in `variable_name`) that stay
+            frozen while the layer is trainable: what `keras_transfer.unfreeze` sets per
+            block, saved in the config so that a reloaded model keeps it.
         load_options: `tf.saved_model.LoadOptions` or a dict of its arguments; on TPU VMs
             reading local files use `{"experimental_io_device": "/job:localhost"}`.
         tags: SavedModel tags to load (TF1-style models); `None` for TF2 SavedModels.
@@ -223,6 +226,7 @@ class HubBackbone(keras.layers.Layer):
         signature: str | None = None,
         output_key: str | None = None,
         block_pattern: str | None = None,
+        frozen_variables: Sequence[str] | None = None,
         load_options: tf.saved_model.LoadOptions | Mapping[str, Any] | None = None,
         tags: Sequence[str] | None = None,
         **kwargs,
@@ -274,7 +278,24 @@ class HubBackbone(keras.layers.Layer):
             v for v in self._ordered_weights if _BATCH_NORM_NAME.search(self._name_of[id(v)])
         ]
         self._regularization_losses = list(getattr(self._module, "regularization_losses", []))
+        if frozen_variables:
+            unknown = sorted(set(frozen_variables) - set(tf_names))
+            if unknown:
+                raise ValueError(
+                    f"frozen_variables {unknown[:5]} are not variables of {self.handle!r}."
+                )
+            frozen = set(frozen_variables)
+            for variable in self._trainable_variables:
+                if self._name_of[id(variable)] in frozen:
+                    variable.trainable = False
         self.built = True
+
+    @property
+    def frozen_variables(self) -> list[str]:
+        """Module variables frozen while the layer is trainable (set per block)."""
+        if not self.trainable:
+            return []
+        return [self._name_of[id(v)] for v in self._trainable_variables if not v.trainable]
 
     # -- loading ------------------------------------------------------------------------
 
@@ -428,6 +449,7 @@ class HubBackbone(keras.layers.Layer):
                 "signature": self.signature,
                 "output_key": self.output_key,
                 "block_pattern": self.block_pattern,
+                "frozen_variables": self.frozen_variables,
                 "load_options": self.load_options,
                 "tags": self.tags,
             }

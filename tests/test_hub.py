@@ -307,6 +307,7 @@ def test_block_pattern_and_cut_error(tiny_module):
 def test_save_and_load_keep_fine_tuned_weights(tiny_module, tmp_path, monkeypatch):
     model = classifier(tiny_module)
     fit_briefly(model)
+    freezing.unfreeze(model, top_blocks=1)
     x = inputs()
     expected = model.predict(x, verbose=0)
     model.save(tmp_path / "model.keras")
@@ -316,6 +317,7 @@ def test_save_and_load_keep_fine_tuned_weights(tiny_module, tmp_path, monkeypatc
     for name, value in module_values(hub_layer(model)).items():
         np.testing.assert_array_equal(module_values(hub_layer(reloaded))[name], value)
     assert [b.name for b in backbones.get_blocks(reloaded)] == ["stem", "block_1", "block_2"]
+    assert freezing.trainable_blocks(reloaded) == ["block_2"]  # Per-block state is saved.
 
     # Safe mode refuses a SavedModel that this process has not loaded by itself.
     monkeypatch.setattr(hub, "_TRUSTED_HANDLES", set())

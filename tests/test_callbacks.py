@@ -240,3 +240,71 @@ def test_request_the_backbone_cannot_satisfy_fails_before_training():
     x, y = tiny_data(8)
     with pytest.raises(ValueError, match="has 14"):
         model.fit(x, y, epochs=1, callbacks=[callbacks_lib.GradualUnfreezing({1: 99})], verbose=0)
+
+
+def test_newly_unfrozen_blocks_get_their_layerwise_multiplier():
+    from keras_transfer import optimizers
+
+    model = tiny_classifier()
+    kt.unfreeze(model, 2)  # the multipliers name every block the schedule will train
+    multipliers = optimizers.layer_decay_multipliers(model, 0.5)
+    top_pattern, next_pattern = sorted(multipliers, key=multipliers.get, reverse=True)
+    # conv_dw_12 gets multiplier 0: unfrozen at epoch 2, it must still never move.
+    multipliers = {top_pattern: multipliers[top_pattern], next_pattern: 0.0}
+    freezing.freeze(model)
+    optimizer = optimizers.with_layerwise_lr(keras.optimizers.Adam, multipliers, learning_rate=1e-2)
+    model.compile(optimizer=optimizer)
+    snapshots = Snapshots()
+    x, y = tiny_data()
+    unfreezing = callbacks_lib.GradualUnfreezing({1: 1, 2: 2})
+    model.fit(x, y, batch_size=8, epochs=3, callbacks=[unfreezing, snapshots], verbose=0)
+
+    assert model.optimizer is optimizer  # built once, on every variable the schedule trains
+    top = block_paths(model, "conv_dw_13", "weights")
+    second = block_paths(model, "conv_dw_12", "weights")
+    assert [any(snapshots.changed(p, e) for p in top) for e in range(3)] == [False, True, True]
+    assert not any(snapshots.changed(p, e) for p in second for e in range(3))
+    by_path = {v.path: v for v in model.variables}
+    assert [optimizer._multiplier_of(by_path[p]) for p in top] == [0.5, 0.5]
+    assert [optimizer._multiplier_of(by_path[p]) for p in second] == [0.0, 0.0]
+    assert freezing.trainable_blocks(model) == ["conv_dw_12", "conv_dw_13"]
+
+
+def test_rebuilt_layerwise_optimizer_keeps_multipliers_and_state():
+    from keras_transfer import optimizers
+
+    model = tiny_classifier(functional=True)
+    freezing.freeze(model)
+    optimizer = optimizers.with_layerwise_lr(
+        keras.optimizers.Adam, {"^(top_dense|conv_dw_13|conv_pw_13)/": 0.5}, learning_rate=1e-2
+    )
+    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy")
+    x, y = tiny_data(8)
+    model.fit(x, y, epochs=1, verbose=0)  # builds the optimizer on the head only
+    head_slots = {v.path: v.numpy().copy() for v in optimizer.variables if "top_dense" in v.path}
+
+    captured = {}
+
+    class Capture(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            for variable in self.model.optimizer.variables:
+                if variable.path in head_slots:
+                    captured[variable.path] = variable.numpy().copy()
+
+    model.fit(
+        x,
+        y,
+        initial_epoch=1,
+        epochs=2,
+        callbacks=[callbacks_lib.GradualUnfreezing({0: 1}), Capture()],
+        verbose=0,
+    )
+    rebuilt = model.optimizer
+    assert rebuilt is not optimizer and isinstance(rebuilt, optimizers.LayerwiseLearningRate)
+    assert int(rebuilt.iterations) == 2
+    by_path = {v.path: v for v in model.variables}
+    top = block_paths(model, "conv_dw_13", "weights")
+    assert [rebuilt._multiplier_of(by_path[p]) for p in top] == [0.5, 0.5]
+    assert captured.keys() == head_slots.keys()  # the head's slots carried over
+    for path, value in head_slots.items():
+        np.testing.assert_array_equal(captured[path], value)

@@ -1,0 +1,265 @@
+"""A learning-rate range test (Smith 2017; fastai's `lr_find`) for compiled Keras models.
+
+The sweep trains the model for a few steps with an exponentially increasing learning rate,
+through the model's own compiled train step (so its loss, regularizers, frozen blocks and
+per-variable multipliers all count), using a fresh copy of its optimizer. Afterwards every
+model variable is restored and the model's own optimizer was never touched, so the model is
+left as it was.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+
+@dataclasses.dataclass
+class LRFinderResult:
+    """The loss-vs-learning-rate curve of a range test, and suggested learning rates.
+
+    Attributes:
+        learning_rates: the learning rate of each step taken.
+        losses: the smoothed training loss after each step (bias-corrected moving average).
+        raw_losses: the unsmoothed loss of each step.
+        steepest: the learning rate where the smoothed loss falls fastest (per log10 LR).
+        valley: fastai's "valley": a point two thirds down the longest run of decreasing
+            loss, usually a safer pick than `steepest`.
+        minimum: the learning rate of the lowest smoothed loss, divided by 10.
+        suggestion: the learning rate `method` picked.
+        method: `"valley"`, `"steepest"` or `"minimum"`.
+        diverged: whether the sweep stopped early because the loss blew up.
+    """
+
+    learning_rates: list[float]
+    losses: list[float]
+    raw_losses: list[float]
+    steepest: float
+    valley: float
+    minimum: float
+    suggestion: float
+    method: str
+    diverged: bool
+
+    def plot(self, path: str | os.PathLike, title: str | None = None) -> str:
+        """Saves loss vs learning rate (log scale) with the suggestion marked, as a PNG.
+
+        Needs matplotlib (`pip install matplotlib`).
+        """
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            from matplotlib import pyplot
+        except ImportError as error:
+            raise ImportError(
+                "LRFinderResult.plot needs matplotlib: pip install matplotlib"
+            ) from error
+        figure, axes = pyplot.subplots(figsize=(6, 4))
+        axes.plot(self.learning_rates, self.losses, label="smoothed loss")
+        axes.set_xscale("log")
+        axes.set_xlabel("learning rate")
+        axes.set_ylabel("training loss")
+        index = int(np.argmin(np.abs(np.log(self.learning_rates) - math.log(self.suggestion))))
+        axes.plot(
+            [self.suggestion],
+            [self.losses[index]],
+            "o",
+            color="red",
+            label=f"{self.method}: {self.suggestion:.2e}",
+        )
+        axes.legend()
+        if title:
+            axes.set_title(title)
+        figure.tight_layout()
+        path = os.fspath(path)
+        figure.savefig(path, format="png", dpi=100)
+        pyplot.close(figure)
+        return path
+
+
+def find_learning_rate(
+    model: keras.Model,
+    data: Any,
+    min_lr: float = 1e-7,
+    max_lr: float = 10.0,
+    steps: int = 100,
+    *,
+    method: str = "valley",
+    smoothing: float = 0.98,
+    divergence_factor: float = 4.0,
+    optimizer: keras.optimizers.Optimizer | None = None,
+    batch_size: int = 32,
+    plot_path: str | os.PathLike | None = None,
+) -> LRFinderResult:
+    """Runs an exponential learning-rate sweep on `model` and suggests a learning rate.
+
+    Step `i` of `steps` trains one batch with `lr = min_lr * (max_lr / min_lr) ** (i / (steps - 1))`.
+    The sweep stops early when the smoothed loss exceeds `divergence_factor` times the best
+    seen so far, or is not finite. All model variables (weights, BatchNorm statistics, seed
+    states) are restored afterwards, and the model's own optimizer is not used.
+
+    Args:
+        model: a compiled model; it is trained with what is trainable now (sweep again after
+            `unfreeze`: a fine-tuning phase needs a smaller rate than the head).
+        data: a `tf.data.Dataset` of batches (repeated when shorter than `steps`), or a
+            tuple `(x, y)` of arrays batched with `batch_size`.
+        min_lr: the first learning rate.
+        max_lr: the last learning rate.
+        steps: the number of steps (batches) of the sweep.
+        method: which suggestion to return in `suggestion`: `"valley"` (fastai's default),
+            `"steepest"` or `"minimum"`.
+        smoothing: the factor of the loss moving average (fastai: 0.98).
+        divergence_factor: stop when the smoothed loss exceeds this times its minimum.
+        optimizer: the optimizer to sweep with; default a copy of the model's (same class and
+            settings, learning-rate schedule replaced by the sweep's constant per step).
+        batch_size: the batch size when `data` is arrays.
+        plot_path: if given, save the curve as a PNG there (needs matplotlib).
+
+    Returns:
+        An `LRFinderResult` (curve, suggestions, `plot(path)`).
+
+    Example:
+    >>> model.compile(optimizer=keras.optimizers.Adam())
+    >>> result = find_learning_rate(model, train_data, steps=100)
+    >>> model.compile(optimizer=keras.optimizers.Adam(result.suggestion))
+    """
+    if getattr(model, "optimizer", None) is None:
+        raise ValueError("find_learning_rate needs a compiled model: call model.compile first.")
+    if not (0 < min_lr < max_lr and math.isfinite(max_lr)):
+        raise ValueError(f"Need 0 < min_lr < max_lr < inf, got min_lr={min_lr}, max_lr={max_lr}.")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 5:
+        raise ValueError(f"`steps` must be an integer >= 5, got {steps!r}.")
+    if method not in ("valley", "steepest", "minimum"):
+        raise ValueError(f"`method` must be 'valley', 'steepest' or 'minimum', got {method!r}.")
+    if not 0 <= smoothing < 1:
+        raise ValueError(f"`smoothing` must be in [0, 1), got {smoothing}.")
+    if divergence_factor <= 1:
+        raise ValueError(f"`divergence_factor` must be > 1, got {divergence_factor}.")
+
+    batches = iter(_as_dataset(data, batch_size).repeat())
+    sweep_optimizer = optimizer if optimizer is not None else _copy_optimizer(model.optimizer)
+    saved_values = [variable.numpy() for variable in model.variables]
+    own_optimizer = model.optimizer
+    learning_rates = min_lr * (max_lr / min_lr) ** (np.arange(steps) / (steps - 1))
+    tried: list[float] = []
+    raw: list[float] = []
+    smoothed: list[float] = []
+    average, best, diverged = 0.0, math.inf, False
+    try:
+        model.optimizer = sweep_optimizer
+        model.make_train_function(force=True)
+        for step, learning_rate in enumerate(learning_rates):
+            sweep_optimizer.learning_rate = float(learning_rate)
+            x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(next(batches))
+            logs = model.train_on_batch(x, y, sample_weight=sample_weight, return_dict=True)
+            loss = float(logs["loss"])
+            tried.append(float(learning_rate))
+            raw.append(loss)
+            average = smoothing * average + (1 - smoothing) * loss
+            value = average / (1 - smoothing ** (step + 1))
+            smoothed.append(value)
+            if not math.isfinite(value) or (step > 0 and value > divergence_factor * best):
+                diverged = True
+                break
+            best = min(best, value)
+    finally:
+        model.optimizer = own_optimizer
+        model.make_train_function(force=True)
+        for variable, value in zip(model.variables, saved_values, strict=True):
+            variable.assign(value)
+        model.reset_metrics()
+
+    if diverged:
+        # Keep the curve up to the last finite point for the suggestions and the plot.
+        keep = [i for i, v in enumerate(smoothed) if math.isfinite(v)]
+        tried, smoothed, raw = (
+            [tried[i] for i in keep],
+            [smoothed[i] for i in keep],
+            [raw[i] for i in keep],
+        )
+    if len(smoothed) < 3:
+        raise ValueError(
+            f"The loss diverged after {len(smoothed)} step(s) of the sweep, from min_lr={min_lr}: "
+            "lower min_lr (or check the data and loss)."
+        )
+    suggestions = {
+        "steepest": _steepest(tried, smoothed),
+        "valley": _valley(tried, smoothed),
+        "minimum": tried[int(np.argmin(smoothed))] / 10.0,
+    }
+    result = LRFinderResult(
+        learning_rates=tried,
+        losses=smoothed,
+        raw_losses=raw,
+        suggestion=suggestions[method],
+        method=method,
+        diverged=diverged,
+        **suggestions,
+    )
+    if plot_path is not None:
+        result.plot(plot_path)
+    return result
+
+
+def _as_dataset(data: Any, batch_size: int) -> tf.data.Dataset:
+    if isinstance(data, tf.data.Dataset):
+        return data
+    if isinstance(data, tuple) and len(data) in (2, 3):
+        return (
+            tf.data.Dataset.from_tensor_slices(data)
+            .shuffle(len(data[0]), seed=0, reshuffle_each_iteration=True)
+            .batch(batch_size)
+        )
+    raise TypeError(
+        f"`data` must be a tf.data.Dataset of batches or a tuple (x, y), got {type(data).__name__}."
+    )
+
+
+def _copy_optimizer(optimizer: keras.optimizers.Optimizer) -> keras.optimizers.Optimizer:
+    # Same class and settings, fresh state, and a plain (settable) learning rate where the
+    # original may hold a schedule.
+    config = optimizer.get_config()
+    target = config
+    while "learning_rate" not in target and "inner_optimizer" in target:
+        target = target["inner_optimizer"]["config"]  # LossScaleOptimizer
+    if "learning_rate" not in target:
+        raise ValueError(
+            f"Cannot copy optimizer {type(optimizer).__name__} for the sweep; pass "
+            "`optimizer=` (an unbuilt optimizer with a float learning rate)."
+        )
+    target["learning_rate"] = 1e-3
+    return optimizer.__class__.from_config(config)
+
+
+def _steepest(learning_rates: list[float], losses: list[float]) -> float:
+    # Slope of the smoothed loss per log10(lr). The first tenth is skipped (the moving
+    # average is still mostly one batch's noise there, as fastai's `skip_start`), and so is
+    # the last point (already climbing into divergence).
+    slopes = np.gradient(np.asarray(losses), np.log10(learning_rates))
+    n = len(losses)
+    start, end = min(max(1, n // 10), n - 2), n - 1
+    return float(learning_rates[start + int(np.argmin(slopes[start:end]))])
+
+
+def _valley(learning_rates: list[float], losses: list[float]) -> float:
+    # fastai's valley: the longest decreasing run of the loss (longest decreasing
+    # subsequence), then the point two thirds of the way down it.
+    n = len(losses)
+    lengths = [1] * n
+    max_start, max_end = 0, 0
+    for i in range(1, n):
+        for j in range(i):
+            if losses[i] < losses[j] and lengths[i] < lengths[j] + 1:
+                lengths[i] = lengths[j] + 1
+        if lengths[max_end] < lengths[i]:
+            max_end = i
+            max_start = max_end - lengths[max_end]
+    sections = (max_end - max_start) / 3
+    index = max_start + int(sections) + int(sections / 2)
+    return float(learning_rates[min(max(index, 0), n - 1)])

@@ -11,12 +11,11 @@ import dataclasses
 import difflib
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from collections.abc import Sequence
 from typing import Any
 
 import keras
-
-from keras_transfer import preprocessing as preprocessing_lib
 
 # ---------------------------------------------------------------------------------------
 # Blocks
@@ -118,9 +117,7 @@ class BlockRules:
 
 def blocks_from_rules(model: keras.Model, rules: BlockRules) -> list[Block]:
     """Groups a functional model's layers into blocks with `rules`."""
-    layers = [
-        layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)
-    ]
+    layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
     grouped: dict[str, list[keras.layers.Layer]] = {}
     for layer, block_name in zip(layers, rules.assign(layers)):
         grouped.setdefault(block_name, []).append(layer)
@@ -482,14 +479,14 @@ class Backbone:
 def _find_block(blocks: Sequence[Block], block: str | int) -> Block:
     if isinstance(block, int):
         if not -len(blocks) <= block < len(blocks):
-            raise ValueError(f"Block index {block} out of range: the model has {len(blocks)} blocks.")
+            raise ValueError(
+                f"Block index {block} out of range: the model has {len(blocks)} blocks."
+            )
         return blocks[block]
     for candidate in blocks:
         if candidate.name == block:
             return candidate
-    raise ValueError(
-        f"No block named {block!r}. Blocks are: {', '.join(b.name for b in blocks)}."
-    )
+    raise ValueError(f"No block named {block!r}. Blocks are: {', '.join(b.name for b in blocks)}.")
 
 
 def keras_cache_dir() -> str:
@@ -602,7 +599,9 @@ def _load_weights(model: keras.Model, path: str, name: str) -> None:
 
 # Block finders for backbones that are not `keras.applications` models (TF Hub, user
 # registered), keyed by a predicate on the model.
-_BLOCK_FINDERS: list[tuple[Callable[[keras.Model], bool], Callable[[keras.Model], list[Block]]]] = []
+_BLOCK_FINDERS: list[
+    tuple[Callable[[keras.Model], bool], Callable[[keras.Model], list[Block]]]
+] = []
 
 
 def register_block_finder(

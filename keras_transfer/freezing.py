@@ -15,7 +15,8 @@ from collections.abc import Sequence
 import keras
 
 from keras_transfer import backbones as backbones_lib
-from keras_transfer.backbones import Backbone, Block
+from keras_transfer.backbones import Backbone
+from keras_transfer.backbones import Block
 
 
 def _backbone_and_blocks(model: keras.Model | Backbone) -> tuple[keras.Model, list[Block]]:
@@ -66,7 +67,9 @@ def select_blocks(
         return list(blocks)
     if top_blocks is not None:
         if isinstance(top_blocks, bool) or not isinstance(top_blocks, int) or top_blocks < 0:
-            raise ValueError(f"top_blocks must be a non-negative integer or 'all', got {top_blocks!r}.")
+            raise ValueError(
+                f"top_blocks must be a non-negative integer or 'all', got {top_blocks!r}."
+            )
         if top_blocks > len(blocks):
             raise ValueError(
                 f"Cannot unfreeze the top {top_blocks} blocks: the backbone has {len(blocks)} "
@@ -126,7 +129,9 @@ def trainable_blocks(model: keras.Model | Backbone) -> list[str]:
         block.name
         for block in blocks
         if any(
-            layer.trainable and layer.weights and not isinstance(layer, keras.layers.BatchNormalization)
+            layer.trainable
+            and layer.weights
+            and not isinstance(layer, keras.layers.BatchNormalization)
             for layer in block.layers
         )
     ]

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
+from collections.abc import Sequence
 from typing import Any
 
 import keras
@@ -97,7 +98,7 @@ class ClassificationHead(keras.layers.Layer):
 
     def build(self, input_shape):
         shape = self._pooled_shape(input_shape)
-        for i, block in enumerate(self.hidden_layers):
+        for block in self.hidden_layers:
             for layer in block:
                 layer.build(shape)
                 shape = layer.compute_output_shape(shape)

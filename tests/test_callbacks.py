@@ -308,3 +308,18 @@ def test_rebuilt_layerwise_optimizer_keeps_multipliers_and_state():
     assert captured.keys() == head_slots.keys()  # the head's slots carried over
     for path, value in head_slots.items():
         np.testing.assert_array_equal(captured[path], value)
+
+
+def test_fine_tuning_recipes_script_smoke():
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "fine_tuning_recipes.py"
+    spec = importlib.util.spec_from_file_location("fine_tuning_recipes", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    report = script.main(["--smoke"])
+    for name in ("two_phase", "gradual", "two_phase_discriminative_cosine"):
+        assert len(report[name]["val_accuracy_per_epoch"]) == 2
+        assert 0.0 <= report[name]["val_accuracy"] <= 1.0
+    assert report["head_lr_finder"]["steps"] > 0

@@ -203,7 +203,7 @@ class HubBackbone(keras.layers.Layer):
         output_key: the key of the output to return when the module returns a dict.
         block_pattern: regex over the module's variable names whose first group (or whole
             match) names a variable's block; variables that match nothing join the block
-            before them. `None` groups by top-level layer name (see `hub_blocks`).
+            before them. `None` groups by layer name (see `hub_block_names`).
         frozen_variables: names of module variables (as in `variable_name`) that stay
             frozen while the layer is trainable: what `keras_transfer.unfreeze` sets per
             block, saved in the config so that a reloaded model keeps it.

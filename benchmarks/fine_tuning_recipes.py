@@ -118,10 +118,11 @@ def two_phase(args, model, train, validation, steps, l2sp=False):
 
 def two_phase_discriminative_cosine(args, model, train, validation, steps):
     def fine_tune_optimizer(learning_rate):
+        total_steps = args.fine_tune_epochs * steps
         schedule = schedules.WarmupCosineDecay(
             learning_rate,
-            total_steps=args.fine_tune_epochs * steps,
-            warmup_steps=steps,
+            total_steps=total_steps,
+            warmup_steps=min(steps, total_steps - 1),  # one epoch (--smoke has one in all)
             floor=1e-6,
         )
         return keras.optimizers.Adam(schedule)

@@ -31,14 +31,17 @@ class Config:
     weights: str | None = "imagenet"
     image_size: int = 0  # 0: the backbone's pretrained size
     batch_size: int = 32
-    head_epochs: int = 5
+    head_epochs: int = 10
     fine_tune_epochs: int = 5
     unfreeze_blocks: str = "all"
     head_lr: float = 1e-3
-    fine_tune_lr: float = 0.0  # 0: head_lr / 10
+    # Adam fine-tuning all blocks of a small dataset needs a far lower rate than the head's:
+    # at head_lr / 10 = 1e-4 ants-vs-bees validation accuracy fell from 0.87 to 0.73 in the
+    # first fine-tuning epoch; 2e-5 improved it steadily. 0 means head_lr / 10.
+    fine_tune_lr: float = 2e-5
     validation_split: float = 0.2
     seed: int = 42
-    augment: str = "flip"
+    augment: str = "flip,crop"
     dropout: float = 0.2
     train_bn: bool = False
     verbose: int = 2
@@ -76,7 +79,8 @@ def run(config: Config) -> dict[str, Any]:
     """Loads the data, builds the classifier, trains both phases and saves everything.
 
     Writes to `config.model_dir`: `model.keras` (raw 0-255 RGB images in, class
-    probabilities out; loads with `safe_mode=True`), `labels.txt` (one class name per line,
+    probabilities out; loads with `safe_mode=True`, except models with a TF Hub backbone,
+    whose SavedModel graph only loads with `safe_mode=False`), `labels.txt` (one class name per line,
     line i = output i) and `results.json` (per-phase final metrics and wall time, the
     configuration, the data sizes and any skipped files).
 

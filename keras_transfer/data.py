@@ -174,7 +174,9 @@ def find_undecodable(paths: Sequence[str]) -> list[str]:
         return []
     dataset = tf.data.Dataset.from_tensor_slices((tf.range(len(paths)), list(paths)))
     dataset = dataset.map(
-        lambda index, path: (index, tf.shape(_decode(path, (8, 8), "squash"))),
+        # Reduce over the pixels: a statically known output (like the shape) would let
+        # tf.data prune the decode and miss the errors.
+        lambda index, path: (index, tf.reduce_max(_decode(path, (8, 8), "squash"))),
         num_parallel_calls=tf.data.AUTOTUNE,
     ).ignore_errors()
     decoded = {int(index) for index, _ in dataset.as_numpy_iterator()}
@@ -501,7 +503,14 @@ def tfds_dataset(
         train=prepare(loaded[0], "train"),
         validation=prepare(loaded[1], "validation") if validation_split else None,
         class_names=class_names,
-        num_train=int(info.splits[train_split].num_examples),
-        num_validation=int(info.splits[validation_split].num_examples) if validation_split else 0,
+        num_train=_num_examples(loaded[0], info, train_split),
+        num_validation=_num_examples(loaded[1], info, validation_split) if validation_split else 0,
         image_size=options.image_size,
     )
+
+
+def _num_examples(dataset: tf.data.Dataset, info: Any, split: str) -> int:
+    cardinality = int(dataset.cardinality())
+    if cardinality >= 0:
+        return cardinality
+    return int(info.splits[split].num_examples)

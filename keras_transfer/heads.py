@@ -151,8 +151,9 @@ class ClassificationHead(keras.layers.Layer):
         x = self.dropout_layers[-1](x, training=training)
         return self.output_dense(x)
 
-    def compute_output_shape(self, input_shape):
-        return (input_shape[0], self.output_units)
+    def compute_output_spec(self, inputs, training=None):
+        # The output layer computes in float32 whatever the policy: say so symbolically too.
+        return keras.KerasTensor((inputs.shape[0], self.output_units), dtype="float32")
 
     def default_loss(self) -> keras.losses.Loss:
         """The loss that matches the task and output activation."""
@@ -293,9 +294,13 @@ class TransferClassifier(keras.Model):
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
 
     def compile_from_config(self, config):
-        # Keras only restores the compile state of models that override `compile` when
-        # they also override this; the parent's implementation calls `self.compile`.
-        super().compile_from_config(config)
+        # Keras skips restoring the compile state of models that override `compile`; ours
+        # takes the same arguments, so restore it as Keras does for plain models.
+        config = keras.saving.deserialize_keras_object(config)
+        self.compile(**config)
+        if self.built:
+            # Create the optimizer variables so that the saved optimizer state loads into them.
+            self.optimizer.build(self.trainable_variables)
 
     def get_config(self):
         # Not chained to Functional.get_config: that returns the layer graph, which the

@@ -39,3 +39,37 @@ def _fresh_keras_state():
     keras.utils.set_random_seed(0)
     yield
     keras.config.set_dtype_policy("float32")
+
+
+def write_image_folder(root, class_counts, size=(40, 48), seed=0):
+    """Writes a small learnable image folder: one subfolder per class, JPEGs whose colour
+    depends on the class. Returns the written paths."""
+    import numpy as np
+    import tensorflow as tf
+
+    rng = np.random.default_rng(seed)
+    root = pathlib.Path(root)
+    paths = []
+    for label, (name, count) in enumerate(class_counts.items()):
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            image = rng.uniform(0, 80, (*size, 3))
+            image[..., label % 3] += 150
+            encoded = tf.io.encode_jpeg(tf.constant(image.clip(0, 255).astype("uint8")))
+            path = folder / f"{name}_{i}.jpg"
+            path.write_bytes(encoded.numpy())
+            paths.append(path)
+    return paths
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    """A factory: image_folder({"cats": 6, "dogs": 6}, subdir="train") -> folder path."""
+
+    def make(class_counts, subdir="", size=(40, 48), seed=0):
+        root = tmp_path / "images" / subdir if subdir else tmp_path / "images"
+        write_image_folder(root, class_counts, size=size, seed=seed)
+        return root
+
+    return make

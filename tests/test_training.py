@@ -1,0 +1,142 @@
+"""fit_two_phase: what trains in each phase, one epoch timeline, callbacks pass through."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_transfer as kt
+from keras_transfer import training
+
+
+@pytest.fixture
+def model():
+    # VGG: no BatchNormalization, so a randomly initialised backbone still passes gradients
+    # at 32 px (a random MobileNet's features vanish to ~1e-22 with BN in inference mode).
+    return kt.create_classifier("vgg16", 2, input_shape=(32, 32, 3), weights=None)
+
+
+@pytest.fixture
+def dataset():
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (16, 32, 32, 3)).astype("float32")
+    y = (np.arange(16) % 2).astype("int32")
+    return tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+
+
+class _RecordTrainable(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.epochs = []
+        self.learning_rates = []
+        self.trainable_counts = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epochs.append(epoch)
+        self.learning_rates.append(float(self.model.optimizer.learning_rate))
+        self.trainable_counts.append(len(self.model.trainable_weights))
+
+
+def test_phases_train_what_they_should(model, dataset):
+    backbone_before = {v.path: v.numpy().copy() for v in model.backbone.weights}
+    recorder = _RecordTrainable()
+    history = kt.fit_two_phase(
+        model,
+        dataset,
+        dataset,
+        head_epochs=2,
+        fine_tune_epochs=2,
+        head_lr=1e-2,
+        unfreeze=1,
+        callbacks=[recorder],
+        verbose=0,
+    )
+    assert history.phases == ["feature_extraction"] * 2 + ["fine_tune"] * 2
+    assert history.epoch == [0, 1, 2, 3] == recorder.epochs
+    assert recorder.learning_rates == pytest.approx([1e-2, 1e-2, 1e-3, 1e-3])
+    assert recorder.trainable_counts[0] == len(model.head.trainable_weights)
+    assert recorder.trainable_counts[2] > recorder.trainable_counts[0]
+    assert history.unfrozen_blocks == ["block5"]
+    assert set(history.history) == {"loss", "accuracy", "val_loss", "val_accuracy"}
+    assert all(len(v) == 4 for v in history.history.values())
+    assert set(history.seconds) == {"feature_extraction", "fine_tune"}
+    # Exactly the unfrozen block's weights moved.
+    changed = {
+        path
+        for path, old in backbone_before.items()
+        if not np.array_equal(
+            old, next(v for v in model.backbone.weights if v.path == path).numpy()
+        )
+    }
+    assert changed == {v.path for layer in model.blocks[-1].layers for v in layer.weights}
+
+
+def test_history_summaries(model, dataset):
+    history = kt.fit_two_phase(
+        model, dataset, dataset, head_epochs=1, fine_tune_epochs=2, verbose=0
+    )
+    last = history.phase_metrics("fine_tune")
+    assert last["val_accuracy"] == history.history["val_accuracy"][-1]
+    best = history.best_phase_metrics("fine_tune")
+    assert best["epoch"] in (1, 2)
+    assert history.phase_metrics("nope") == {}
+
+
+def test_skipping_a_phase(model, dataset):
+    history = kt.fit_two_phase(model, dataset, head_epochs=0, fine_tune_epochs=1, verbose=0)
+    assert history.phases == ["fine_tune"]
+    history = kt.fit_two_phase(model, dataset, head_epochs=1, fine_tune_epochs=0, verbose=0)
+    assert history.phases == ["feature_extraction"]
+    assert kt.trainable_blocks(model) == []
+
+
+def test_optimizer_choices(model, dataset):
+    made = []
+
+    def factory(learning_rate):
+        made.append(learning_rate)
+        return keras.optimizers.SGD(learning_rate, momentum=0.9)
+
+    kt.fit_two_phase(
+        model, dataset, head_epochs=1, fine_tune_epochs=1, head_lr=0.1, optimizer=factory, verbose=0
+    )
+    assert made == pytest.approx([0.1, 0.01])
+    assert isinstance(model.optimizer, keras.optimizers.SGD)
+    kt.fit_two_phase(
+        model,
+        dataset,
+        head_epochs=1,
+        fine_tune_epochs=1,
+        optimizer="rmsprop",
+        fine_tune_optimizer=keras.optimizers.SGD,
+        verbose=0,
+    )
+    assert isinstance(model.optimizer, keras.optimizers.SGD)
+    with pytest.raises(TypeError, match="not an optimizer instance"):
+        kt.fit_two_phase(model, dataset, optimizer=keras.optimizers.Adam(), verbose=0)
+    with pytest.raises(ValueError):
+        kt.fit_two_phase(model, dataset, optimizer="no_such_optimizer", verbose=0)
+
+
+def test_bad_requests_fail_before_training(model, dataset):
+    with pytest.raises(ValueError, match="Cannot unfreeze the top 99 blocks"):
+        kt.fit_two_phase(model, dataset, unfreeze=99, verbose=0)
+    with pytest.raises(TypeError, match="sets `epochs` itself"):
+        kt.fit_two_phase(model, dataset, epochs=3, verbose=0)
+    plain = keras.Sequential(
+        [
+            keras.Input((32, 32, 3)),
+            keras.applications.MobileNet(include_top=False, weights=None, input_shape=(32, 32, 3)),
+            keras.layers.Flatten(),
+            keras.layers.Dense(2),
+        ]
+    )
+    with pytest.raises(ValueError, match="Pass `loss=`"):
+        kt.fit_two_phase(plain, dataset, verbose=0)
+
+
+def test_unfreeze_request_parsing():
+    assert training.unfreeze_request("all") == {"top_blocks": "all"}
+    assert training.unfreeze_request("3") == {"top_blocks": 3}
+    assert training.unfreeze_request(0.25) == {"fraction": 0.25}
+    assert training.unfreeze_request("conv_dw_12") == {"from_block": "conv_dw_12"}

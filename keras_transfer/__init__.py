@@ -1,5 +1,24 @@
-"""keras_transfer: transfer learning for Keras 3 on TensorFlow."""
+"""keras_transfer: transfer learning for Keras 3 on TensorFlow.
 
+Backbones from `keras.applications` and TF Hub with their blocks, configurable heads,
+freezing by block, two-phase and gradual fine-tuning, per-layer learning rates, and data
+loaders, all usable from plain `model.compile` / `model.fit`.
+"""
+
+# Submodules, so that `keras_transfer.optimizers.X` and friends work after one import. Each
+# also registers its serialisable classes, which `keras.saving.load_model` needs.
+from keras_transfer import backbones
+from keras_transfer import callbacks
+from keras_transfer import data
+from keras_transfer import freezing
+from keras_transfer import heads
+from keras_transfer import hub
+from keras_transfer import lr_finder
+from keras_transfer import optimizers
+from keras_transfer import preprocessing
+from keras_transfer import regularizers
+from keras_transfer import schedules
+from keras_transfer import training
 from keras_transfer.backbones import Backbone
 from keras_transfer.backbones import BackboneSpec
 from keras_transfer.backbones import Block
@@ -8,13 +27,26 @@ from keras_transfer.backbones import create_backbone
 from keras_transfer.backbones import get_blocks
 from keras_transfer.backbones import list_backbones
 from keras_transfer.backbones import register_backbone
+from keras_transfer.callbacks import GradualUnfreezing
+from keras_transfer.data import ImageData
+from keras_transfer.data import image_folder_dataset
+from keras_transfer.data import tfds_dataset
 from keras_transfer.freezing import freeze
 from keras_transfer.freezing import trainable_blocks
 from keras_transfer.freezing import unfreeze
 from keras_transfer.heads import ClassificationHead
 from keras_transfer.heads import TransferClassifier
 from keras_transfer.heads import create_classifier
+from keras_transfer.hub import HubBackbone
+from keras_transfer.hub import HubModuleUnavailableError
+from keras_transfer.lr_finder import find_learning_rate
+from keras_transfer.optimizers import layer_decay_multipliers
+from keras_transfer.optimizers import with_layerwise_lr
 from keras_transfer.preprocessing import ImagePreprocessing
+from keras_transfer.regularizers import apply_l2sp
+from keras_transfer.schedules import OneCycle
+from keras_transfer.schedules import SlantedTriangular
+from keras_transfer.schedules import WarmupCosineDecay
 from keras_transfer.training import TwoPhaseHistory
 from keras_transfer.training import fit_two_phase
 

@@ -1,13 +1,18 @@
-r"""Fine-tunes a pretrained backbone on a folder of images, in two phases.
+r"""Fine-tunes a pretrained backbone on a folder of images or a TFDS dataset, in two phases.
 
 Phase 1 trains a new head on the frozen backbone; phase 2 unfreezes the top blocks and
-fine-tunes at a lower learning rate. Writes model.keras, labels.txt and results.json.
+fine-tunes at a lower learning rate. Writes model.keras, labels.txt, config.json,
+results.json, TensorBoard logs, training curves and a confusion matrix to --model_dir.
 
     python examples/image_classifier.py \
       --data_dir=../shared/assets/datasets/hymenoptera_data \
       --backbone=mobilenet \
       --weights=../shared/assets/weights/mobilenet_1_0_224_tf_no_top.h5 \
       --model_dir=/tmp/ants_vs_bees
+
+    # Settings from a file, flags on top; TFDS data on a Colab TPU in bfloat16:
+    python examples/image_classifier.py --config=examples/configs/tf_flowers_tpu.yaml \
+      --strategy=tpu --mixed_precision --model_dir=gs://bucket/flowers
 
 `--data_dir` holds one folder per class, or `train/` and `val/` (or `validation/`) folders
 that do.
@@ -21,10 +26,17 @@ import image_classifier_lib
 FLAGS = flags.FLAGS
 _DEFAULTS = image_classifier_lib.Config(data_dir="", model_dir="")
 
+flags.DEFINE_string("config", None, "A .yaml or .json file of settings; flags given override it.")
 flags.DEFINE_string(
-    "data_dir", None, "Folder of images, one subfolder per class, or with train/ and val/."
+    "data_dir", "", "Folder of images, one subfolder per class, or with train/ and val/."
 )
-flags.DEFINE_string("model_dir", None, "Where model.keras, labels.txt and results.json go.")
+flags.DEFINE_string("dataset", "", "tfds:<name> (e.g. tfds:tf_flowers) instead of --data_dir.")
+flags.DEFINE_string("tfds_data_dir", "", "TFDS data directory (a prepared copy when offline).")
+flags.DEFINE_string("train_split", _DEFAULTS.train_split, "TFDS split to train on.")
+flags.DEFINE_string(
+    "eval_split", _DEFAULTS.eval_split, "TFDS split to validate on; empty for none."
+)
+flags.DEFINE_string("model_dir", "", "Where the model, results and reports go.")
 flags.DEFINE_string(
     "backbone",
     _DEFAULTS.backbone,
@@ -73,19 +85,75 @@ flags.DEFINE_bool(
     _DEFAULTS.train_bn,
     "Train BatchNormalization layers too (default: keep them frozen in inference mode).",
 )
+flags.DEFINE_enum(
+    "freeze_strategy",
+    _DEFAULTS.freeze_strategy,
+    image_classifier_lib.FREEZE_STRATEGIES,
+    "all_frozen: head only; top_n_unfrozen: two phases, --unfreeze_blocks in phase 2; gradual: "
+    "--unfreeze_schedule in one timeline; none: train everything from the start; auto: gradual "
+    "if --unfreeze_schedule is set, else top_n_unfrozen.",
+)
+flags.DEFINE_string(
+    "unfreeze_schedule",
+    _DEFAULTS.unfreeze_schedule,
+    "Gradual unfreezing as epoch:blocks pairs, epochs counted from 0 over the whole run, "
+    "e.g. '10:1,11:3,12:all'.",
+)
+flags.DEFINE_float(
+    "lr_decay",
+    _DEFAULTS.lr_decay,
+    "Per-block learning-rate decay in fine-tuning (block i of L gets lr * decay**(L-i)); 0: off.",
+)
+flags.DEFINE_enum(
+    "lr_schedule",
+    _DEFAULTS.lr_schedule,
+    image_classifier_lib.LR_SCHEDULES,
+    "Learning-rate schedule within each phase.",
+)
+flags.DEFINE_integer(
+    "warmup_steps", _DEFAULTS.warmup_steps, "Warm-up steps of the cosine schedule."
+)
+flags.DEFINE_float("weight_decay", _DEFAULTS.weight_decay, "AdamW weight decay; 0: Adam.")
+flags.DEFINE_integer(
+    "patience", _DEFAULTS.patience, "Early stopping patience in epochs (per phase); 0: off."
+)
+flags.DEFINE_enum(
+    "strategy",
+    _DEFAULTS.strategy,
+    list(image_classifier_lib.distribute.STRATEGIES),
+    "tf.distribute strategy.",
+)
+flags.DEFINE_string("tpu", _DEFAULTS.tpu, "TPU address or name, 'local' on a TPU VM, empty: auto.")
+flags.DEFINE_bool(
+    "mixed_precision",
+    _DEFAULTS.mixed_precision,
+    "mixed_bfloat16 on TPU (and CPU), mixed_float16 on GPU.",
+)
+flags.DEFINE_string("export", _DEFAULTS.export, "Comma-separated: saved_model, tflite.")
+flags.DEFINE_bool(
+    "resume",
+    _DEFAULTS.resume,
+    "Back up the training state in model_dir/backup and continue an interrupted run.",
+)
 flags.DEFINE_integer(
     "verbose",
     _DEFAULTS.verbose,
     "Keras fit verbosity: 0 silent, 1 progress bar, 2 one line per epoch.",
 )
-flags.mark_flags_as_required(["data_dir", "model_dir"])
 
 
 def main(argv):
     del argv
-    config = image_classifier_lib.Config(
-        **{field: FLAGS[field].value for field in image_classifier_lib.Config.__dataclass_fields__}
-    )
+    fields = image_classifier_lib.Config.__dataclass_fields__
+    overrides = {name: FLAGS[name].value for name in fields if FLAGS[name].present}
+    try:
+        config = image_classifier_lib.load_config(FLAGS.config, overrides)
+    except ValueError as error:
+        raise app.UsageError(str(error)) from error
+    if not config.model_dir:
+        raise app.UsageError("Set --model_dir (or model_dir in --config).")
+    if bool(config.data_dir) == bool(config.dataset):
+        raise app.UsageError("Give exactly one of --data_dir and --dataset=tfds:<name>.")
     results = image_classifier_lib.run(config)
     for phase in ("feature_extraction", "fine_tune"):
         if results[phase]:
@@ -93,7 +161,10 @@ def main(argv):
                 f"{phase}: val_accuracy={results[phase].get('val_accuracy', float('nan')):.4f} "
                 f"({results[phase]['epochs']} epochs, {results[phase]['seconds']:.1f} s)"
             )
-    print(f"Saved model.keras, labels.txt and results.json to {config.model_dir}")
+    report = results.get("validation_report")
+    if report:
+        print(image_classifier_lib.reports.format_report(report))
+    print(f"Saved the model, results and reports to {config.model_dir}")
 
 
 if __name__ == "__main__":

@@ -40,7 +40,9 @@ def test_run_writes_model_labels_and_results(image_folder, tmp_path):
     model_dir = tmp_path / "out"
     results = image_classifier_lib.run(_config(root, model_dir))
 
-    assert sorted(os.listdir(model_dir)) == ["labels.txt", "model.keras", "results.json"]
+    written = set(os.listdir(model_dir))
+    assert {"labels.txt", "model.keras", "results.json", "config.json"} <= written
+    assert "backup" not in written or not os.listdir(model_dir / "backup")
     assert (model_dir / "labels.txt").read_text().split() == ["cats", "dogs"]
     on_disk = json.loads((model_dir / "results.json").read_text())
     assert on_disk == results

@@ -1,0 +1,193 @@
+"""Reports of a training run: training curves, confusion matrix, per-class precision/recall.
+
+The numbers need only numpy; the PNGs need matplotlib (`pip install keras-transfer[plot]`).
+Without it the plotting functions log a note and return `None`, so a training run never
+fails for want of a plot.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger("keras_transfer")
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError:
+        logger.info("matplotlib is not installed: skipping the plot (pip install matplotlib)")
+        return None
+    matplotlib.use("Agg")  # files only; no display on servers and TPU VMs
+    from matplotlib import pyplot
+
+    return pyplot
+
+
+def predict_labels(model: Any, dataset: Any) -> tuple[np.ndarray, np.ndarray]:
+    """`(true labels, predicted labels)` of a batched `(inputs, labels)` dataset.
+
+    Predicts batch by batch with `model.predict_on_batch`, so the labels stay aligned with
+    the predictions whatever the dataset's shuffling.
+    """
+    true, predicted = [], []
+    for inputs, labels in dataset:
+        scores = np.asarray(model.predict_on_batch(inputs))
+        true.append(np.asarray(labels).reshape(-1))
+        if scores.ndim == 1 or scores.shape[-1] == 1:
+            predicted.append((scores.reshape(-1) > (0.5 if scores.min() >= 0 else 0.0)).astype(int))
+        else:
+            predicted.append(scores.argmax(axis=-1))
+    if not true:
+        raise ValueError("The dataset is empty: nothing to evaluate.")
+    return np.concatenate(true).astype(int), np.concatenate(predicted).astype(int)
+
+
+def confusion_matrix(y_true: Any, y_pred: Any, num_classes: int) -> np.ndarray:
+    """`matrix[i, j]` = number of examples of class `i` predicted as class `j`."""
+    y_true = np.asarray(y_true, dtype=int).reshape(-1)
+    y_pred = np.asarray(y_pred, dtype=int).reshape(-1)
+    if y_true.shape != y_pred.shape:
+        raise ValueError(f"{y_true.size} labels but {y_pred.size} predictions.")
+    for name, values in (("labels", y_true), ("predictions", y_pred)):
+        if values.size and (values.min() < 0 or values.max() >= num_classes):
+            raise ValueError(
+                f"{name} must lie in [0, {num_classes}), got {values.min()}..{values.max()}."
+            )
+    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(matrix, (y_true, y_pred), 1)
+    return matrix
+
+
+def classification_report(matrix: np.ndarray, class_names: Sequence[str]) -> dict[str, Any]:
+    """Per-class precision, recall, F1 and support from a confusion matrix, plus accuracy
+    and macro averages. A class never predicted has precision 0 (as scikit-learn's
+    `zero_division=0`)."""
+    matrix = np.asarray(matrix)
+    if matrix.shape != (len(class_names), len(class_names)):
+        raise ValueError(
+            f"Confusion matrix of shape {matrix.shape} does not match {len(class_names)} classes."
+        )
+    true_positives = np.diag(matrix).astype(float)
+    predicted = matrix.sum(axis=0).astype(float)
+    support = matrix.sum(axis=1).astype(float)
+    precision = np.divide(
+        true_positives, predicted, out=np.zeros_like(predicted), where=predicted > 0
+    )
+    recall = np.divide(true_positives, support, out=np.zeros_like(support), where=support > 0)
+    denominator = precision + recall
+    f1 = np.divide(
+        2 * precision * recall, denominator, out=np.zeros_like(denominator), where=denominator > 0
+    )
+    per_class = {
+        name: {
+            "precision": float(precision[i]),
+            "recall": float(recall[i]),
+            "f1": float(f1[i]),
+            "support": int(support[i]),
+        }
+        for i, name in enumerate(class_names)
+    }
+    total = matrix.sum()
+    return {
+        "per_class": per_class,
+        "accuracy": float(true_positives.sum() / total) if total else float("nan"),
+        "macro_precision": float(precision.mean()),
+        "macro_recall": float(recall.mean()),
+        "macro_f1": float(f1.mean()),
+    }
+
+
+def plot_training_curves(history: Any, path: str | os.PathLike) -> str | None:
+    """Plots every metric of a run (train and `val_` together) against the epoch, with the
+    boundary between the head phase and fine-tuning marked. Returns the path, or `None`
+    when matplotlib is missing.
+
+    Args:
+        history: a `keras_transfer.TwoPhaseHistory`, or a `keras.callbacks.History`.
+        path: the PNG file to write.
+    """
+    pyplot = _pyplot()
+    if pyplot is None:
+        return None
+    values = history.history
+    epochs = [e + 1 for e in history.epoch]
+    phases = list(getattr(history, "phases", []) or [])
+    names = [k for k in values if not k.startswith("val_") and k != "learning_rate"]
+    names += [k[4:] for k in values if k.startswith("val_") and k[4:] not in values]
+    figure, axes = pyplot.subplots(
+        1, max(len(names), 1), figsize=(5 * max(len(names), 1), 3.6), squeeze=False
+    )
+    boundary = next((i for i in range(1, len(phases)) if phases[i] != phases[i - 1]), None)
+    for axis, name in zip(axes[0], names):
+        for key, style in ((name, "-o"), (f"val_{name}", "--s")):
+            if key in values:
+                axis.plot(epochs, values[key], style, markersize=3, label=key)
+        if boundary is not None:
+            axis.axvline(
+                epochs[boundary] - 0.5, color="gray", linestyle=":", label="fine-tuning starts"
+            )
+        axis.set_xlabel("epoch")
+        axis.set_title(name)
+        axis.legend(fontsize="small")
+        axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(os.fspath(path), dpi=100)
+    pyplot.close(figure)
+    return os.fspath(path)
+
+
+def plot_confusion_matrix(
+    matrix: np.ndarray, class_names: Sequence[str], path: str | os.PathLike
+) -> str | None:
+    """Draws the confusion matrix (rows: true class, columns: predicted) with its counts.
+    Returns the path, or `None` when matplotlib is missing."""
+    pyplot = _pyplot()
+    if pyplot is None:
+        return None
+    count = len(class_names)
+    size = min(max(3.5, 0.45 * count + 2), 30)
+    figure, axis = pyplot.subplots(figsize=(size, size))
+    axis.imshow(matrix, cmap="Blues")
+    ticks = range(count)
+    axis.set_xticks(ticks, class_names, rotation=90 if count > 4 else 0)
+    axis.set_yticks(ticks, class_names)
+    axis.set_xlabel("predicted")
+    axis.set_ylabel("true")
+    if count <= 30:
+        threshold = matrix.max() / 2 if matrix.size else 0
+        for i in range(count):
+            for j in range(count):
+                axis.text(
+                    j,
+                    i,
+                    int(matrix[i, j]),
+                    ha="center",
+                    va="center",
+                    color="white" if matrix[i, j] > threshold else "black",
+                )
+    figure.tight_layout()
+    figure.savefig(os.fspath(path), dpi=100)
+    pyplot.close(figure)
+    return os.fspath(path)
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The per-class table of `classification_report` as text."""
+    width = max([len(n) for n in report["per_class"]] + [9])
+    lines = [f"{'class':<{width}}  precision  recall     f1  support"]
+    for name, row in report["per_class"].items():
+        lines.append(
+            f"{name:<{width}}  {row['precision']:9.4f}  {row['recall']:6.4f}  "
+            f"{row['f1']:5.4f}  {row['support']:7d}"
+        )
+    accuracy = report["accuracy"]
+    lines.append(f"accuracy {accuracy:.4f}" if not math.isnan(accuracy) else "accuracy n/a")
+    lines.append(f"macro F1 {report['macro_f1']:.4f}")
+    return "\n".join(lines)

@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from collections.abc import Sequence
 from typing import Any
 
 import keras
 
 from keras_transfer import freezing
 from keras_transfer import optimizers
+from keras_transfer import reliability
 
 OptimizerFactory = Callable[[float], keras.optimizers.Optimizer]
 
 PHASE_HEAD = "feature_extraction"
 PHASE_FINE_TUNE = "fine_tune"
+STATE_FILE = "two_phase_state.json"
+HEAD_WEIGHTS_FILE = "feature_extraction_done.weights.h5"
 
 
 def optimizer_factory(optimizer: str | type | OptimizerFactory = "adam") -> OptimizerFactory:
@@ -28,7 +35,9 @@ def optimizer_factory(optimizer: str | type | OptimizerFactory = "adam") -> Opti
         name = optimizer
 
         def make(learning_rate):
-            return keras.optimizers.get({"class_name": name, "config": {"learning_rate": learning_rate}})
+            return keras.optimizers.get(
+                {"class_name": name, "config": {"learning_rate": learning_rate}}
+            )
 
         make(1e-3)  # fail now on an unknown name, not after phase 1
         return make
@@ -108,6 +117,8 @@ def fit_two_phase(
     metrics: Any = "auto",
     callbacks: Sequence[keras.callbacks.Callback] | None = None,
     compile_kwargs: dict[str, Any] | None = None,
+    backup_dir: str | os.PathLike | None = None,
+    nan_guard: bool = True,
     **fit_kwargs: Any,
 ) -> TwoPhaseHistory:
     """Trains the head with the backbone frozen, then fine-tunes the top blocks.
@@ -140,6 +151,19 @@ def fit_two_phase(
         loss, metrics: passed to `compile`; `"auto"` uses the head's defaults.
         callbacks: Keras callbacks, used in both phases.
         compile_kwargs: extra `compile` arguments (`jit_compile`, `steps_per_execution`...).
+        backup_dir: make the run resumable: a folder for the training state. Each phase
+            runs with `keras.callbacks.BackupAndRestore` in its own subfolder (weights,
+            optimizer state and epoch, saved at every epoch end), and a small JSON file
+            records the settings, whether phase 1 finished and every epoch's logs. Calling
+            `fit_two_phase` again with the same arguments on a freshly built model after a
+            crash or kill skips a finished phase 1, restores phase 2's trainable set,
+            optimizer and learning-rate schedule position, continues from the last
+            completed epoch, and returns the full history of both phases. The folder's
+            contents are deleted when training completes. Callbacks' own state (e.g.
+            `EarlyStopping` patience) is not restored.
+        nan_guard: add a `reliability.NonFiniteGuard`: a NaN/inf loss or metric restores
+            the weights of the start of that epoch and raises `NonFiniteLossError`, so a
+            diverged model is never returned and the backup keeps its last good epoch.
         **fit_kwargs: extra `fit` arguments (`class_weight`, `verbose`, ...).
 
     Returns:
@@ -147,7 +171,9 @@ def fit_two_phase(
     """
     for key in ("epochs", "initial_epoch"):
         if key in fit_kwargs:
-            raise TypeError(f"fit_two_phase sets `{key}` itself; use head_epochs / fine_tune_epochs.")
+            raise TypeError(
+                f"fit_two_phase sets `{key}` itself; use head_epochs / fine_tune_epochs."
+            )
     if head_epochs < 0 or fine_tune_epochs < 0:
         raise ValueError("head_epochs and fine_tune_epochs must be >= 0.")
     if fine_tune_lr is None:
@@ -165,8 +191,39 @@ def fit_two_phase(
     # Validate the fine-tuning request before spending time on phase 1.
     freezing.select_blocks(freezing._backbone_and_blocks(model)[1], **unfreeze_kwargs)
 
+    state = None
+    if backup_dir is not None:
+        state = _RunState(
+            backup_dir,
+            settings={
+                "model": model.name,
+                "num_weights": len(model.weights),
+                "head_epochs": head_epochs,
+                "fine_tune_epochs": fine_tune_epochs,
+                "unfreeze": str(unfreeze),
+                "train_bn": bool(train_bn),
+                "lr_decay": lr_decay,
+            },
+        )
+    guard = [reliability.NonFiniteGuard()] if nan_guard else []
+
+    def phase_callbacks(phase):
+        if state is None:
+            return guard + callbacks
+        # Order matters: the guard raises before a diverged epoch is recorded or backed
+        # up, and the epoch's logs are recorded before its backup, so a kill in between
+        # repeats the epoch (its record is overwritten) rather than losing its logs.
+        return [
+            *guard,
+            _EpochRecorder(state, phase),
+            keras.callbacks.BackupAndRestore(
+                state.phase_dir(phase), double_checkpoint=True, delete_checkpoint=False
+            ),
+            *callbacks,
+        ]
+
     result = TwoPhaseHistory()
-    if head_epochs:
+    if head_epochs and not (state and state.head_done):
         freezing.freeze(model, train_bn=train_bn)
         model.compile(
             optimizer=make_head_optimizer(head_lr),
@@ -174,11 +231,12 @@ def fit_two_phase(
             **compile_kwargs,
         )
         start = time.perf_counter()
+        _reset_initial_epoch(model)
         history = model.fit(
             train_data,
             validation_data=validation_data,
             epochs=head_epochs,
-            callbacks=callbacks,
+            callbacks=phase_callbacks(PHASE_HEAD),
             **fit_kwargs,
         )
         result.add(PHASE_HEAD, history, time.perf_counter() - start)
@@ -193,17 +251,132 @@ def fit_two_phase(
             **_resolve_loss_and_metrics(model, loss, metrics),
             **compile_kwargs,
         )
+        if state is not None and head_epochs:
+            state.finish_head_phase(model)
         start = time.perf_counter()
+        _reset_initial_epoch(model)
         history = model.fit(
             train_data,
             validation_data=validation_data,
             initial_epoch=head_epochs,
             epochs=head_epochs + fine_tune_epochs,
-            callbacks=callbacks,
+            callbacks=phase_callbacks(PHASE_FINE_TUNE),
             **fit_kwargs,
         )
         result.add(PHASE_FINE_TUNE, history, time.perf_counter() - start)
+    if state is not None:
+        # The per-epoch records span every process that worked on this run.
+        result = state.history(unfrozen_blocks=result.unfrozen_blocks)
+        state.delete()
     return result
+
+
+def _reset_initial_epoch(model: keras.Model) -> None:
+    # `BackupAndRestore` sets `model._initial_epoch` and Keras never clears it, so a second
+    # `fit` on the same model would start from the first fit's restored epoch.
+    if hasattr(model, "_initial_epoch"):
+        model._initial_epoch = None
+
+
+class _EpochRecorder(keras.callbacks.Callback):
+    """Writes each finished epoch's logs and duration to the run state."""
+
+    def __init__(self, state: _RunState, phase: str):
+        super().__init__()
+        self.state = state
+        self.phase = phase
+        self._start = time.perf_counter()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.state.record_epoch(epoch, self.phase, logs or {}, time.perf_counter() - self._start)
+
+
+class _RunState:
+    """The JSON that makes a two-phase run resumable: settings, phase-1 completion and
+    per-epoch logs. Model and optimizer state live in Keras' own files beside it."""
+
+    def __init__(self, directory: str | os.PathLike, settings: dict[str, Any]):
+        self.directory = os.fspath(directory)
+        self.path = os.path.join(self.directory, STATE_FILE)
+        self.head_weights_path = os.path.join(self.directory, HEAD_WEIGHTS_FILE)
+        self.data: dict[str, Any] = {"settings": settings, "head_done": False, "epochs": {}}
+        if os.path.exists(self.path):
+            with open(self.path) as f:
+                saved = json.load(f)
+            if saved.get("settings") != settings:
+                raise ValueError(
+                    f"{self.directory!r} holds the backup of a run with other settings "
+                    f"({saved.get('settings')}; this run: {settings}). Resume with the same "
+                    "arguments, or delete the folder (or pass another backup_dir) to start over."
+                )
+            self.data = saved
+        else:
+            self._save()
+
+    @property
+    def head_done(self) -> bool:
+        return bool(self.data["head_done"]) and os.path.exists(self.head_weights_path)
+
+    def phase_dir(self, phase: str) -> str:
+        return os.path.join(self.directory, phase)
+
+    def record_epoch(self, epoch: int, phase: str, logs: dict, seconds: float) -> None:
+        values = {}
+        for key, value in logs.items():
+            try:
+                values[key] = float(value)
+            except (TypeError, ValueError):
+                continue
+        self.data["epochs"][str(epoch)] = {"phase": phase, "seconds": seconds, "logs": values}
+        self._save()
+
+    def finish_head_phase(self, model: keras.Model) -> None:
+        """After phase 2 is compiled: save or restore the end-of-phase-1 weights.
+
+        The phase-2 optimizer is built first so that the weights file holds its (fresh)
+        state, and the same file loads into a rerun's identically compiled model.
+        """
+        model.optimizer.build(model.trainable_variables)
+        if self.head_done:
+            model.load_weights(self.head_weights_path)
+            return
+        reliability.write_atomically(self.head_weights_path, model.save_weights)
+        self.data["head_done"] = True
+        self._save()
+        shutil.rmtree(self.phase_dir(PHASE_HEAD), ignore_errors=True)
+
+    def history(self, unfrozen_blocks: list[str]) -> TwoPhaseHistory:
+        result = TwoPhaseHistory(unfrozen_blocks=list(unfrozen_blocks))
+        records = sorted(self.data["epochs"].items(), key=lambda item: int(item[0]))
+        for phase in (PHASE_HEAD, PHASE_FINE_TUNE):
+            chosen = [(int(epoch), r) for epoch, r in records if r["phase"] == phase]
+            if not chosen:
+                continue
+            keys = list(dict.fromkeys(k for _, r in chosen for k in r["logs"]))
+            history = keras.callbacks.History()
+            history.epoch = [epoch for epoch, _ in chosen]
+            history.history = {k: [r["logs"].get(k, float("nan")) for _, r in chosen] for k in keys}
+            result.add(phase, history, sum(r["seconds"] for _, r in chosen))
+        return result
+
+    def delete(self) -> None:
+        for phase in (PHASE_HEAD, PHASE_FINE_TUNE):
+            shutil.rmtree(self.phase_dir(phase), ignore_errors=True)
+        for path in (self.head_weights_path, self.path):
+            if os.path.exists(path):
+                os.remove(path)
+        if os.path.isdir(self.directory) and not os.listdir(self.directory):
+            os.rmdir(self.directory)
+
+    def _save(self) -> None:
+        def write(path):
+            with open(path, "w") as f:
+                json.dump(self.data, f, indent=1)
+
+        reliability.write_atomically(self.path, write)
 
 
 def unfreeze_request(unfreeze: int | float | str) -> dict[str, Any]:
@@ -212,7 +385,9 @@ def unfreeze_request(unfreeze: int | float | str) -> dict[str, Any]:
     if unfreeze == "all":
         return {"top_blocks": "all"}
     if isinstance(unfreeze, bool):
-        raise ValueError(f"unfreeze must be a count, fraction, block name or 'all', got {unfreeze!r}.")
+        raise ValueError(
+            f"unfreeze must be a count, fraction, block name or 'all', got {unfreeze!r}."
+        )
     if isinstance(unfreeze, int):
         return {"top_blocks": unfreeze}
     if isinstance(unfreeze, float):

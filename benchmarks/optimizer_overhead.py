@@ -6,7 +6,8 @@ plus a linear head; `--backbone` picks another registered MobileNet, every varia
 - `wrapper`: `keras_transfer.optimizers.with_layerwise_lr(AdamW, ...)` with layer-wise
   decay over the backbone's blocks (head 1.0);
 - `multioptimizer`: `keras.optimizers.MultiOptimizer` with one AdamW per block at
-  `lr * multiplier` (the same numbers), the stock Keras way to get per-group rates.
+  `lr * multiplier` (the same numbers), the stock Keras way to get per-group rates;
+- `plain_again`: a second plain model, an A/A control whose ratio to `plain` is the noise.
 Then the same with one multiplier per layer (~100 groups).
 
 Each variant's first `train_on_batch` (tracing; the optimizers are built before) is timed
@@ -91,7 +92,8 @@ def reference_diff(models: dict, x, y, initial: list, steps: int = 3) -> float:
         loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(y, predictions))
     grads = tape.gradient(loss, model.trainable_variables)
     model.set_weights(initial)
-    model.optimizer.build(model.trainable_variables)
+    for other in models.values():
+        other.optimizer.build(other.trainable_variables)
     for name in ("wrapper", "multioptimizer"):
         for _ in range(steps):
             models[name].optimizer.apply(grads, models[name].trainable_variables)
@@ -121,6 +123,8 @@ def compare(args, multipliers_of, label: str) -> dict:
             weight_decay=WEIGHT_DECAY,
         ),
         "multioptimizer": lambda: multioptimizer(multipliers),
+        # A/A control: a second plain model; its ratio to `plain` shows the timing noise.
+        "plain_again": lambda: keras.optimizers.AdamW(LEARNING_RATE, weight_decay=WEIGHT_DECAY),
     }
     rng = np.random.default_rng(0)
     x = rng.uniform(-1, 1, (args.batch_size, args.image_size, args.image_size, 3))
@@ -168,6 +172,8 @@ def compare(args, multipliers_of, label: str) -> dict:
         # CPU time of this process: less sensitive than wall time to other processes' load.
         "cpu_wrapper_vs_plain": round(ratio("wrapper", "plain", cpu_per_step), 4),
         "cpu_multioptimizer_vs_wrapper": round(ratio("multioptimizer", "wrapper", cpu_per_step), 4),
+        "noise_plain_again_vs_plain": round(ratio("plain_again", "plain"), 4),
+        "cpu_noise_plain_again_vs_plain": round(ratio("plain_again", "plain", cpu_per_step), 4),
         "trace_wrapper_vs_plain": round(trace["wrapper"] / trace["plain"], 4),
         "trace_multioptimizer_vs_wrapper": round(trace["multioptimizer"] / trace["wrapper"], 4),
         "trace_seconds": {k: round(v, 3) for k, v in trace.items()},
@@ -184,7 +190,7 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=96)
     parser.add_argument("--alpha", type=float, default=1.0, help="MobileNet width")
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--rounds", type=int, default=12, help="interleaved timing rounds")
+    parser.add_argument("--rounds", type=int, default=10, help="interleaved timing rounds")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per variant and round")
     parser.add_argument(
         "--trace-repeats", type=int, default=2, help="first-step timings per variant (min kept)"

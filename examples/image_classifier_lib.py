@@ -27,6 +27,7 @@ from keras_transfer import reports
 from keras_transfer import schedules
 from keras_transfer import training
 from keras_transfer.callbacks import GradualUnfreezing
+from keras_transfer.callbacks import parse_unfreeze_schedule
 
 logger = logging.getLogger("keras_transfer")
 
@@ -237,11 +238,13 @@ def _plan(config: Config) -> dict[str, Any]:
     elif strategy == "gradual":
         # One timeline: GradualUnfreezing starts frozen (head only) and unfreezes at the
         # scheduled epochs; phase 2's optimizer (with lr_decay, if any) covers every block.
+        schedule = parse_unfreeze_schedule(config.unfreeze_schedule)
         plan.update(
             head_epochs=0,
             fine_tune_epochs=config.head_epochs + config.fine_tune_epochs,
             fine_tune_lr=config.head_lr,
-            unfreeze="all",
+            # The blocks the schedule ends with: the layer-wise multipliers cover them all.
+            unfreeze=schedule[max(schedule)],
         )
     return plan
 
@@ -282,6 +285,13 @@ def run(config: Config, strategy: tf.distribute.Strategy | None = None) -> dict[
     keras.utils.set_random_seed(config.seed)
     if strategy is None:
         strategy = distribute.create_strategy(config.strategy, config.tpu or None)
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        raise NotImplementedError(
+            "Keras 3.15's model.fit cannot train under MultiWorkerMirroredStrategy: before the "
+            "first step it averages the first data batch with strategy.reduce, which the "
+            "collective strategy rejects for per-replica batches. Use strategy='mirrored' "
+            "(all devices of one machine) or 'tpu'."
+        )
     chief = distribute.is_chief(strategy)
     # Non-chief workers of a multi-worker run write to a scratch folder that is deleted.
     output_dir = config.model_dir if chief else tempfile.mkdtemp(prefix="worker_")
@@ -321,6 +331,17 @@ def _run(
             f"{data.num_train} training images are fewer than one batch of {config.batch_size}: "
             "with static shapes (TPU) every batch is full. Lower batch_size."
         )
+    replicas = strategy.num_replicas_in_sync
+    first_validation_batch = min(config.batch_size, data.num_validation)
+    if data.validation is not None and first_validation_batch % replicas:
+        # Keras builds a distributed model from the mean of the first validation batch's
+        # per-replica parts, which fails when they differ in size.
+        raise ValueError(
+            f"The first validation batch ({first_validation_batch} images) does not split "
+            f"evenly over {replicas} replicas, which Keras' distributed evaluation cannot "
+            "handle. Use a batch_size that is a multiple of the replica count and at most the "
+            "validation set's size."
+        )
     with strategy.scope():
         model = kt.create_classifier(
             backbone,
@@ -349,9 +370,7 @@ def _run(
         )
     gradual = config.resolved_freeze_strategy() == "gradual"
     if gradual:
-        callbacks.append(
-            GradualUnfreezing(config.unfreeze_schedule, train_bn=config.train_bn, verbose=1)
-        )
+        callbacks.append(GradualUnfreezing(config.unfreeze_schedule, train_bn=config.train_bn))
     with strategy.scope():
         history = kt.fit_two_phase(
             model,
@@ -368,7 +387,7 @@ def _run(
         )
     unfrozen = history.unfrozen_blocks
     if gradual:
-        unfrozen = [b.name for b in kt.trainable_blocks(model)]
+        unfrozen = kt.trainable_blocks(model)
 
     _write_atomically(os.path.join(output_dir, "model.keras"), model.save)
     with open(os.path.join(output_dir, "labels.txt"), "w") as f:

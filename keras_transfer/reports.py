@@ -13,6 +13,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+import keras
 import numpy as np
 
 logger = logging.getLogger("keras_transfer")
@@ -33,12 +34,13 @@ def _pyplot():
 def predict_labels(model: Any, dataset: Any) -> tuple[np.ndarray, np.ndarray]:
     """`(true labels, predicted labels)` of a batched `(inputs, labels)` dataset.
 
-    Predicts batch by batch with `model.predict_on_batch`, so the labels stay aligned with
-    the predictions whatever the dataset's shuffling.
+    Calls the model batch by batch, so the labels stay aligned with the predictions
+    whatever the dataset's shuffling. (Not `predict_on_batch`: under a `MirroredStrategy`
+    it returns one copy of the batch's predictions per replica.)
     """
     true, predicted = [], []
     for inputs, labels in dataset:
-        scores = np.asarray(model.predict_on_batch(inputs))
+        scores = keras.ops.convert_to_numpy(model(inputs, training=False)).astype(np.float32)
         true.append(np.asarray(labels).reshape(-1))
         if scores.ndim == 1 or scores.shape[-1] == 1:
             predicted.append((scores.reshape(-1) > (0.5 if scores.min() >= 0 else 0.0)).astype(int))

@@ -118,3 +118,147 @@ def test_unknown_backbone_fails_before_loading_data(tmp_path):
             _config(tmp_path / "none", tmp_path / "out", backbone="mobilenet_v")
         )
     assert not np.any([p.endswith(".keras") for p in os.listdir(tmp_path / "out")])
+
+
+@pytest.mark.slow
+def test_export_saved_model_and_tflite_match_keras(image_folder, tmp_path):
+    import tensorflow as tf
+
+    root = image_folder({"cats": 6, "dogs": 6})
+    model_dir = tmp_path / "out"
+    results = image_classifier_lib.run(
+        _config(
+            root,
+            model_dir,
+            head_epochs=1,
+            fine_tune_epochs=0,
+            validation_split=0.25,
+            export="saved_model,tflite",
+        )
+    )
+    assert set(results["exports"]) == {"saved_model", "tflite"}
+    model = keras.saving.load_model(model_dir / "model.keras")
+    images = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
+    expected = model.predict(images, verbose=0)
+
+    served = tf.saved_model.load(str(model_dir / "saved_model"))
+    np.testing.assert_allclose(served.serve(images).numpy(), expected, atol=1e-5)
+
+    interpreter = tf.lite.Interpreter(model_path=str(model_dir / "model.tflite"))
+    (input_detail,) = interpreter.get_input_details()
+    interpreter.resize_tensor_input(input_detail["index"], images.shape)
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(input_detail["index"], images)
+    interpreter.invoke()
+    tflite = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    np.testing.assert_allclose(tflite, expected, atol=1e-4)
+
+
+def test_reports_and_resolved_config(image_folder, tmp_path):
+    root = image_folder({"a": 6, "b": 6})
+    model_dir = tmp_path / "out"
+    results = image_classifier_lib.run(
+        _config(root, model_dir, validation_split=0.25, head_epochs=2, fine_tune_epochs=1)
+    )
+    report = results["validation_report"]
+    matrix = np.array(report["confusion_matrix"])
+    assert matrix.sum() == results["num_validation"] == 3
+    assert report["accuracy"] == pytest.approx(results["fine_tune"]["val_accuracy"], abs=1e-6)
+    assert set(report["per_class"]) == {"a", "b"}
+    assert results["history"]["phase"] == ["feature_extraction"] * 2 + ["fine_tune"]
+    resolved = json.loads((model_dir / "config.json").read_text())
+    assert resolved == results["config"]
+    assert image_classifier_lib.load_config(str(model_dir / "config.json"), {}).head_epochs == 2
+    if pytest.importorskip("matplotlib"):
+        assert (model_dir / "training_curves.png").read_bytes()[:4] == b"\x89PNG"
+        assert (model_dir / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_gradual_unfreezing_schedule_and_lr_options(image_folder, tmp_path):
+    root = image_folder({"a": 6, "b": 6})
+    results = image_classifier_lib.run(
+        _config(
+            root,
+            tmp_path / "out",
+            validation_split=0.25,
+            head_epochs=1,
+            fine_tune_epochs=2,
+            unfreeze_schedule="1:1,2:3",
+            lr_decay=0.5,
+            lr_schedule="cosine",
+            warmup_steps=1,
+            weight_decay=1e-4,
+            patience=5,
+            augment="",
+        )
+    )
+    # One timeline of 3 epochs; at the end the top 3 blocks train.
+    assert results["history"]["epoch"] == [0, 1, 2]
+    assert results["unfrozen_blocks"] == ["conv_dw_11", "conv_dw_12", "conv_dw_13"]
+
+
+def test_early_stopping_stops_a_phase(image_folder, tmp_path):
+    root = image_folder({"a": 6, "b": 6})
+    results = image_classifier_lib.run(
+        _config(
+            root,
+            tmp_path / "out",
+            validation_split=0.25,
+            head_epochs=6,
+            fine_tune_epochs=0,
+            head_lr=0.0,  # nothing improves: stops after 1 + patience epochs
+            patience=1,
+            augment="",
+        )
+    )
+    assert results["feature_extraction"]["epochs"] == 2
+
+
+@pytest.mark.slow
+def test_binary_config_file_and_flag_override(image_folder, tmp_path):
+    root = image_folder({"x": 4, "y": 4})
+    model_dir = tmp_path / "out"
+    config_path = tmp_path / "run.json"
+    config_path.write_text(
+        json.dumps(
+            {
+                "transfer_config": {
+                    "data_dir": str(root),
+                    "source_model": "mobilenet",
+                    "weights": "none",
+                    "image_size": 32,
+                    "batch_size": 4,
+                    "epochs": {"head": 3, "fine_tune": 1},
+                    "validation_split": 0.25,
+                    "verbose": 0,
+                }
+            }
+        )
+    )
+    completed = subprocess.run(
+        [
+            sys.executable,
+            EXAMPLE,
+            f"--config={config_path}",
+            f"--model_dir={model_dir}",
+            "--head_epochs=1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    resolved = json.loads((model_dir / "config.json").read_text())
+    assert (resolved["head_epochs"], resolved["fine_tune_epochs"]) == (1, 1)
+    assert resolved["backbone"] == "mobilenet"
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("head_lrr: 0.1\n")
+    completed = subprocess.run(
+        [sys.executable, EXAMPLE, f"--config={bad}", f"--model_dir={model_dir}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode != 0
+    assert "did you mean 'head_lr'" in completed.stderr

@@ -1,0 +1,107 @@
+"""Config files: YAML/JSON, recipe aliases, unknown keys and bad values, flags on top."""
+
+import dataclasses
+import json
+
+import pytest
+
+from keras_transfer import config as config_lib
+
+import image_classifier_lib
+
+
+@dataclasses.dataclass
+class _Settings:
+    backbone: str = "mobilenet"
+    head_epochs: int = 1
+    fine_tune_epochs: int = 1
+    head_lr: float = 1e-3
+    fine_tune_lr: float = 1e-4
+    lr_decay: float | None = None
+    mixed_precision: bool = False
+
+
+def test_yaml_with_transfer_config_key_and_aliases(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text(
+        "transfer_config:\n"
+        "  source_model: efficientnet_b0\n"
+        "  backbone_lr: 1e-5\n"  # YAML 1.1 reads this as a string
+        "  lr_decay_per_layer: 0.8\n"
+        "  epochs: {head: 3, fine_tune: 4}\n"
+        "  mixed_precision: true\n"
+    )
+    settings = config_lib.build_config(_Settings, config_lib.read_config_file(path))
+    assert settings == _Settings(
+        backbone="efficientnet_b0",
+        head_epochs=3,
+        fine_tune_epochs=4,
+        fine_tune_lr=1e-5,
+        lr_decay=0.8,
+        mixed_precision=True,
+    )
+
+
+def test_json_and_overrides_win(tmp_path):
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps({"head_lr": 0.01, "head_epochs": 7}))
+    settings = config_lib.build_config(
+        _Settings, config_lib.read_config_file(path), overrides={"head_epochs": 2}
+    )
+    assert (settings.head_lr, settings.head_epochs) == (0.01, 2)
+
+
+def test_unknown_key_names_the_closest(tmp_path):
+    with pytest.raises(config_lib.ConfigError, match=r"'head_lrr' \(did you mean 'head_lr'\?\)"):
+        config_lib.build_config(_Settings, {"head_lrr": 1e-3}, source="run.yaml")
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"head_epochs": "ten"}, "`head_epochs` in the config must be int"),
+        ({"head_epochs": 2.5}, "`head_epochs`"),
+        ({"mixed_precision": "yes"}, "`mixed_precision`"),
+        ({"head_lr": "fast"}, "`head_lr`"),
+        ({"epochs": 10}, "epochs"),
+    ],
+)
+def test_bad_values_are_clear_errors(values, message):
+    with pytest.raises(config_lib.ConfigError, match=message):
+        config_lib.build_config(_Settings, values)
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(config_lib.ConfigError, match="does not exist"):
+        config_lib.read_config_file(tmp_path / "missing.yaml")
+    (tmp_path / "run.toml").write_text("")
+    with pytest.raises(config_lib.ConfigError, match=".yaml, .yml or .json"):
+        config_lib.read_config_file(tmp_path / "run.toml")
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(config_lib.ConfigError, match="Cannot parse"):
+        config_lib.read_config_file(tmp_path / "bad.json")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(config_lib.ConfigError, match="mapping"):
+        config_lib.read_config_file(tmp_path / "list.yaml")
+
+
+def test_example_config_choices_are_checked(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("freeze_strategy: sometimes\n")
+    with pytest.raises(config_lib.ConfigError, match="freeze_strategy='sometimes'"):
+        image_classifier_lib.load_config(str(path), {})
+    with pytest.raises(config_lib.ConfigError, match="needs unfreeze_schedule"):
+        image_classifier_lib.load_config(None, {"freeze_strategy": "gradual"})
+    with pytest.raises(ValueError, match="epoch:blocks"):
+        image_classifier_lib.load_config(None, {"unfreeze_schedule": "soon"})
+    with pytest.raises(config_lib.ConfigError, match="Unknown export"):
+        image_classifier_lib.load_config(None, {"export": "onnx"})
+    with pytest.raises(config_lib.ConfigError, match="tfds:<name>"):
+        image_classifier_lib.load_config(None, {"dataset": "tf_flowers"})
+
+
+@pytest.mark.parametrize("name", ["ants_vs_bees.yaml", "tf_flowers_tpu.yaml", "smoke.json"])
+def test_shipped_example_configs_load(name):
+    path = config_lib.__file__.replace("keras_transfer/config.py", f"examples/configs/{name}")
+    config = image_classifier_lib.load_config(path, {"model_dir": "/tmp/x"})
+    assert config.model_dir == "/tmp/x"

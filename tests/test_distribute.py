@@ -1,0 +1,216 @@
+"""Strategies and mixed precision. What runs here: the default strategy, MirroredStrategy over
+two logical CPU devices and MultiWorkerMirroredStrategy with two worker processes on
+127.0.0.1, each training the image classifier example end to end (in subprocesses, since
+logical devices must be configured before TensorFlow initialises). There is no TPU here: the
+TPU path is exercised up to what needs one (the error without a TPU, the policy, the hub load
+options and the static batch shapes)."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import keras
+import pytest
+import tensorflow as tf
+
+from keras_transfer import distribute
+
+import image_classifier_lib
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+_RUN = textwrap.dedent(
+    """
+    import json, os, sys
+    import tensorflow as tf
+    devices = int(os.environ.get("LOGICAL_CPUS", "1"))
+    if devices > 1:
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * devices
+        )
+    sys.path.insert(0, os.path.join(sys.argv[1], "examples"))
+    import image_classifier_lib
+    config = image_classifier_lib.Config(**json.loads(sys.argv[2]))
+    results = image_classifier_lib.run(config)
+    print("RESULTS " + json.dumps({"replicas": results["replicas"],
+                                   "val_accuracy": results["fine_tune"]["val_accuracy"]}))
+    """
+)
+
+
+def _settings(data_dir, model_dir, strategy):
+    return dict(
+        data_dir=str(data_dir),
+        model_dir=str(model_dir),
+        backbone="mobilenet",
+        weights=None,
+        image_size=32,
+        batch_size=4,
+        head_epochs=1,
+        fine_tune_epochs=1,
+        unfreeze_blocks="2",
+        augment="",
+        verbose=0,
+        strategy=strategy,
+    )
+
+
+def _env(**extra):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="", **extra)
+    env.pop("TF_CONFIG", None)
+    env.update(extra)
+    return env
+
+
+def _results(stdout):
+    line = [line for line in stdout.splitlines() if line.startswith("RESULTS ")][-1]
+    return json.loads(line[len("RESULTS ") :])
+
+
+def test_create_strategy_names_and_errors():
+    assert distribute.create_strategy("default") is tf.distribute.get_strategy()
+    with pytest.raises(ValueError, match="Unknown strategy 'horovod'"):
+        distribute.create_strategy("horovod")
+    with pytest.raises(ValueError, match="pass strategy='tpu'"):
+        distribute.create_strategy("mirrored", tpu="local")
+    assert distribute.is_chief(tf.distribute.get_strategy())
+
+
+def test_tpu_strategy_without_a_tpu_says_how_to_get_one(monkeypatch):
+    monkeypatch.delenv("TPU_NAME", raising=False)
+    monkeypatch.delenv("COLAB_TPU_ADDR", raising=False)
+    with pytest.raises(RuntimeError, match="No TPU found"):
+        distribute.create_strategy("tpu")
+
+
+def test_mixed_precision_policy_per_hardware(monkeypatch):
+    assert distribute.mixed_precision_policy(False) == "float32"
+    assert distribute.mixed_precision_policy("mixed_float16") == "mixed_float16"
+    # This machine has no GPU: bfloat16.
+    assert distribute.mixed_precision_policy(True) == "mixed_bfloat16"
+    with pytest.raises(ValueError, match="mixed_precision must be"):
+        distribute.mixed_precision_policy("half")
+    monkeypatch.setattr(
+        tf.config, "list_logical_devices", lambda kind=None: ["gpu:0"] if kind == "GPU" else []
+    )
+    assert distribute.mixed_precision_policy(True) == "mixed_float16"
+    monkeypatch.setattr(distribute, "is_tpu", lambda strategy: True)
+    assert distribute.mixed_precision_policy(True, object()) == "mixed_bfloat16"
+    assert distribute.hub_load_options(object()) == {"experimental_io_device": "/job:localhost"}
+    assert distribute.static_batches(object())
+
+
+def test_tpu_settings_give_static_batch_shapes(image_folder):
+    root = image_folder({"a": 7, "b": 6})
+    config = image_classifier_lib.Config(data_dir=str(root), model_dir="unused", batch_size=4)
+    assert distribute.hub_load_options(tf.distribute.get_strategy()) is None
+    data = image_classifier_lib.load_data(config, 32, drop_remainder=True)
+    for dataset in (data.train, data.validation):
+        assert dataset.element_spec[0].shape.as_list() == [4, 32, 32, 3]
+        assert dataset.element_spec[1].shape.as_list() == [4]
+    # 10 training images (80%) make 2 full batches; the partial one is dropped.
+    assert sum(1 for _ in data.train) == 2
+    dynamic = image_classifier_lib.load_data(config, 32, drop_remainder=False)
+    assert dynamic.train.element_spec[0].shape.as_list() == [None, 32, 32, 3]
+
+
+def test_mixed_precision_run_trains_in_bfloat16(image_folder, tmp_path):
+    root = image_folder({"a": 6, "b": 6})
+    settings = _settings(root, tmp_path / "out", "default")
+    settings.update(mixed_precision=True, fine_tune_epochs=0, validation_split=0.25)
+    results = image_classifier_lib.run(image_classifier_lib.Config(**settings))
+    assert results["dtype_policy"] == "mixed_bfloat16"
+    assert keras.config.dtype_policy().name == "float32"  # restored after the run
+    model = keras.saving.load_model(tmp_path / "out" / "model.keras")
+    assert model.backbone.layers[2].dtype_policy.name == "mixed_bfloat16"
+    assert model.output.dtype == "float32"
+
+
+def test_mirrored_on_two_logical_cpus(image_folder, tmp_path):
+    root = image_folder({"a": 10, "b": 10})  # 16 train, 4 validation: even splits
+    settings = _settings(root, tmp_path / "out", "mirrored")
+    completed = subprocess.run(
+        [sys.executable, "-c", _RUN, REPO_ROOT, json.dumps(settings)],
+        env=_env(LOGICAL_CPUS="2"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert _results(completed.stdout)["replicas"] == 2
+    assert (tmp_path / "out" / "model.keras").exists()
+
+
+def _free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+_WORKER = textwrap.dedent(
+    """
+    import json, os, sys
+    import tensorflow as tf
+    sys.path.insert(0, os.path.join(sys.argv[1], "examples"))
+    from keras_transfer import distribute
+    import image_classifier_lib
+    strategy = distribute.create_strategy("multi_worker")
+    total = strategy.reduce(
+        "SUM", strategy.run(lambda: tf.constant(1.0 + strategy.cluster_resolver.task_id)), axis=None
+    )
+    try:
+        image_classifier_lib.run(image_classifier_lib.Config(**json.loads(sys.argv[2])), strategy)
+        refused = ""
+    except NotImplementedError as error:
+        refused = str(error)
+    print("RESULTS " + json.dumps({"replicas": strategy.num_replicas_in_sync,
+                                   "sum": float(total), "chief": distribute.is_chief(strategy),
+                                   "refused": refused}))
+    """
+)
+
+
+@pytest.mark.slow
+def test_multi_worker_on_loopback(image_folder, tmp_path):
+    """Two worker processes form a cluster on 127.0.0.1 and all-reduce across it. Training
+    under it is refused with a clear error: Keras 3.15's `fit` fails under
+    MultiWorkerMirroredStrategy (see `image_classifier_lib.run`)."""
+    root = image_folder({"a": 10, "b": 10})
+    workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
+    settings = _settings(root, tmp_path / "out", "multi_worker")
+    processes = []
+    for index in range(2):
+        tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+        processes.append(
+            subprocess.Popen(
+                [sys.executable, "-c", _WORKER, REPO_ROOT, json.dumps(settings)],
+                env=_env(TF_CONFIG=json.dumps(tf_config)),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    outputs = []
+    try:
+        for process in processes:
+            outputs.append(process.communicate(timeout=300))
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+    results = []
+    for process, (stdout, stderr) in zip(processes, outputs):
+        assert process.returncode == 0, stderr[-3000:]
+        results.append(_results(stdout))
+    assert [r["replicas"] for r in results] == [2, 2]
+    assert [r["sum"] for r in results] == [3.0, 3.0]  # 1 + 2 across both workers
+    assert [r["chief"] for r in results] == [True, False]
+    assert all("MultiWorkerMirroredStrategy" in r["refused"] for r in results)

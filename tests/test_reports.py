@@ -1,0 +1,94 @@
+"""Reports: confusion matrix, per-class precision/recall, PNGs (or a note without matplotlib)."""
+
+import builtins
+import logging
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_transfer import reports
+from keras_transfer import training
+
+
+def test_confusion_matrix_and_report_by_hand():
+    y_true = [0, 0, 0, 1, 1, 2]
+    y_pred = [0, 0, 1, 1, 0, 1]
+    matrix = reports.confusion_matrix(y_true, y_pred, 3)
+    np.testing.assert_array_equal(matrix, [[2, 1, 0], [1, 1, 0], [0, 1, 0]])
+    report = reports.classification_report(matrix, ["a", "b", "c"])
+    assert report["per_class"]["a"] == {
+        "precision": pytest.approx(2 / 3),
+        "recall": pytest.approx(2 / 3),
+        "f1": pytest.approx(2 / 3),
+        "support": 3,
+    }
+    assert report["per_class"]["b"]["precision"] == pytest.approx(1 / 3)
+    assert report["per_class"]["b"]["recall"] == pytest.approx(1 / 2)
+    # Never predicted: precision 0 rather than NaN.
+    assert report["per_class"]["c"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1}
+    assert report["accuracy"] == pytest.approx(3 / 6)
+    assert report["macro_f1"] == pytest.approx((2 / 3 + 0.4 + 0) / 3)
+    assert "accuracy 0.5000" in reports.format_report(report)
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError, match=r"lie in \[0, 2\)"):
+        reports.confusion_matrix([0, 2], [0, 1], 2)
+    with pytest.raises(ValueError, match="3 labels but 2 predictions"):
+        reports.confusion_matrix([0, 1, 1], [0, 1], 2)
+    with pytest.raises(ValueError, match="does not match 3 classes"):
+        reports.classification_report(np.zeros((2, 2)), ["a", "b", "c"])
+
+
+def test_predict_labels_keeps_labels_aligned_with_shuffled_data():
+    inputs = keras.Input((2,))
+    model = keras.Model(inputs, keras.layers.Softmax()(inputs))
+    x = np.array([[2.0, 0.0], [0.0, 3.0], [1.0, 0.0], [0.0, 1.0]] * 5, dtype="float32")
+    y = np.array([0, 1, 1, 1] * 5)
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(20).batch(3)
+    true, predicted = reports.predict_labels(model, dataset)
+    matrix = reports.confusion_matrix(true, predicted, 2)
+    np.testing.assert_array_equal(matrix, [[5, 0], [5, 10]])
+
+
+def _history():
+    history = training.TwoPhaseHistory()
+    for phase, losses in ((training.PHASE_HEAD, [1.0, 0.8]), (training.PHASE_FINE_TUNE, [0.5])):
+        keras_history = keras.callbacks.History()
+        keras_history.epoch = list(range(len(history.epoch), len(history.epoch) + len(losses)))
+        keras_history.history = {
+            "loss": losses,
+            "accuracy": [0.5] * len(losses),
+            "val_loss": losses,
+            "val_accuracy": [0.6] * len(losses),
+        }
+        history.add(phase, keras_history, 1.0)
+    return history
+
+
+def test_pngs_are_written(tmp_path):
+    pytest.importorskip("matplotlib")
+    curves = reports.plot_training_curves(_history(), tmp_path / "curves.png")
+    matrix = reports.plot_confusion_matrix(
+        np.eye(3, dtype=int) * 4, list("abc"), tmp_path / "cm.png"
+    )
+    for path in (curves, matrix):
+        with open(path, "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_without_matplotlib_plots_are_skipped_with_a_note(tmp_path, monkeypatch, caplog):
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name.split(".")[0] == "matplotlib":
+            raise ImportError("No module named 'matplotlib'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    with caplog.at_level(logging.INFO, logger="keras_transfer"):
+        assert reports.plot_training_curves(_history(), tmp_path / "curves.png") is None
+    assert "matplotlib is not installed" in caplog.text
+    assert not (tmp_path / "curves.png").exists()

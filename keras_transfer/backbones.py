@@ -644,8 +644,13 @@ def get_blocks(model: keras.Model | Backbone, backbone_name: str | None = None) 
     """
     if isinstance(model, Backbone):
         model, backbone_name = model.model, model.name
-    backbone_model, found_name = find_backbone_model(model)
-    backbone_name = backbone_name or found_name
+    if backbone_name in _REGISTRY and not hasattr(model, "backbone"):
+        # The named backbone itself, possibly cut (`Backbone.cut`), whose model name no
+        # `model_name_pattern` recognises.
+        backbone_model = model
+    else:
+        backbone_model, found_name = find_backbone_model(model)
+        backbone_name = backbone_name or found_name
     for matches, finder in _BLOCK_FINDERS:
         if matches(backbone_model):
             return finder(backbone_model)

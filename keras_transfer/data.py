@@ -288,6 +288,13 @@ def image_folder_dataset(
     if not paths:
         raise ValueError(f"No decodable images found under {train_dir!r} ({len(skipped)} skipped).")
     _check_class_counts(class_names, labels, train_dir)
+    for split, count in (("training", len(paths)), ("validation", len(val_paths))):
+        if drop_remainder and 0 < count < batch_size:
+            raise ValueError(
+                f"batch_size={batch_size} with drop_remainder=True leaves no batch of the "
+                f"{count} {split} images. Lower batch_size to at most {count}, or set "
+                "drop_remainder=False."
+            )
 
     options = PipelineOptions(
         image_size=image_size,

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import keras
+import tensorflow as tf
 
 from keras_transfer import freezing
 from keras_transfer import optimizers
@@ -185,6 +186,8 @@ def fit_two_phase(
     make_head_optimizer = optimizer_factory(optimizer)
     make_fine_tune_optimizer = optimizer_factory(fine_tune_optimizer or optimizer)
     _resolve_loss_and_metrics(model, loss, metrics)  # fail before training, not after
+    _check_not_empty(train_data, "train_data")
+    _check_not_empty(validation_data, "validation_data")
     compile_kwargs = dict(compile_kwargs or {})
     callbacks = list(callbacks or [])
     unfreeze_kwargs = unfreeze_request(unfreeze)
@@ -269,6 +272,20 @@ def fit_two_phase(
         result = state.history(unfrozen_blocks=result.unfrozen_blocks)
         state.delete()
     return result
+
+
+def _check_not_empty(data: Any, name: str) -> None:
+    if isinstance(data, tf.data.Dataset):
+        # -1 is infinite, -2 unknown (e.g. after `filter`): only a known 0 is an error.
+        empty = int(data.cardinality()) == 0
+    else:
+        empty = getattr(data, "shape", None) is not None and len(data.shape) and data.shape[0] == 0
+    if empty:
+        raise ValueError(
+            f"{name} is empty: it yields no batches. Check that the folder or split has "
+            "examples; with drop_remainder=True, a dataset smaller than one batch has no "
+            "batches: lower batch_size."
+        )
 
 
 def _reset_initial_epoch(model: keras.Model) -> None:

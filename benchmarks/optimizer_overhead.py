@@ -190,7 +190,7 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=96)
     parser.add_argument("--alpha", type=float, default=1.0, help="MobileNet width")
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--rounds", type=int, default=10, help="interleaved timing rounds")
+    parser.add_argument("--rounds", type=int, default=8, help="interleaved timing rounds")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per variant and round")
     parser.add_argument(
         "--trace-repeats", type=int, default=2, help="first-step timings per variant (min kept)"

@@ -1,0 +1,263 @@
+"""Accuracy of feature extraction, two-phase fine-tuning and training from scratch on a
+real dataset's own train/validation split, with the real ImageNet MobileNet V1 weights.
+
+- `feature_extraction`: `fit_feature_extractor`: head trained for `--fe_epochs` on cached
+  features of non-augmented centre crops (Adam `--head_lr`).
+- `two_phase`: `fit_two_phase_cached`: phase 1 the same way for `--head_epochs`, phase 2
+  fine-tunes all blocks (BatchNorm in inference mode) on flip+random-crop augmented
+  images for `--fine_tune_epochs` at `--fine_tune_lr` (Adam).
+- `scratch`: the same architecture with random weights (`scratch_model`), all layers
+  trainable, on the same augmented images for `--scratch_epochs` (default: the two-phase
+  epoch count) at Adam 1e-3; `check_negative_transfer` compares it with two-phase.
+
+Reported accuracies are those after the last epoch (no best-epoch selection). Writes
+`results.json`, `results.md` (a table) and `curves.png` (learning curves, phase boundary
+marked) to `--output_dir` (default `benchmarks/results/accuracy_<dataset>/`).
+
+    python benchmarks/accuracy.py --dataset hymenoptera
+    python benchmarks/accuracy.py --dataset cats_and_dogs     # 160 px, fewer epochs
+    python benchmarks/accuracy.py --smoke                     # seconds: synthetic, weights=None
+
+The last line printed is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import warnings
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import _common  # noqa: E402
+import keras  # noqa: E402
+
+import keras_transfer as kt  # noqa: E402
+from keras_transfer import data as data_lib  # noqa: E402
+from keras_transfer import features  # noqa: E402
+from keras_transfer import strategy  # noqa: E402
+
+# Per dataset: (image_size, fe_epochs, head_epochs, fine_tune_epochs). Cats-vs-dogs has 8x
+# the images of ants-vs-bees: 160 px and fewer epochs keep it under 30 minutes on 2 cores.
+DEFAULTS = {
+    "hymenoptera": (224, 20, 10, 5),
+    "cats_and_dogs": (160, 10, 5, 2),
+}
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--dataset", choices=sorted(DEFAULTS), default="hymenoptera")
+    parser.add_argument("--assets", default=None)
+    parser.add_argument("--output_dir", default=None)
+    parser.add_argument("--image_size", type=int, default=None)
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--fe_epochs", type=int, default=None)
+    parser.add_argument("--head_epochs", type=int, default=None)
+    parser.add_argument("--fine_tune_epochs", type=int, default=None)
+    parser.add_argument("--scratch_epochs", type=int, default=None)
+    parser.add_argument("--head_lr", type=float, default=1e-3)
+    parser.add_argument("--fine_tune_lr", type=float, default=1e-5)
+    parser.add_argument("--scratch_lr", type=float, default=1e-3)
+    parser.add_argument("--augment", default="flip,crop")
+    parser.add_argument(
+        "--arms", default="feature_extraction,two_phase,scratch", help="comma-separated"
+    )
+    parser.add_argument("--seed", type=int, default=1337)
+    parser.add_argument("--smoke", action="store_true")
+    args = parser.parse_args(argv)
+    size, fe_epochs, head_epochs, fine_tune_epochs = DEFAULTS[args.dataset]
+    size = args.image_size or size
+    fe_epochs = args.fe_epochs if args.fe_epochs is not None else fe_epochs
+    head_epochs = args.head_epochs if args.head_epochs is not None else head_epochs
+    fine_tune_epochs = (
+        args.fine_tune_epochs if args.fine_tune_epochs is not None else (fine_tune_epochs)
+    )
+    extra = {}
+    if args.smoke:
+        directory, weights, size, extra = _common.smoke_image_folder(), None, 32, {"alpha": 0.25}
+        fe_epochs, head_epochs, fine_tune_epochs = 2, 1, 1
+    else:
+        assets = _common.assets_dir(args.assets, _common.DATASETS[args.dataset])
+        directory = assets / _common.DATASETS[args.dataset]
+        weights = str(assets / _common.MOBILENET_WEIGHTS)
+    scratch_epochs = args.scratch_epochs or head_epochs + fine_tune_epochs
+    arms = [arm.strip() for arm in args.arms.split(",") if arm.strip()]
+    out = _common.output_dir(
+        args.output_dir, f"accuracy_{args.dataset}" + ("_smoke" if args.smoke else "")
+    )
+
+    def load(augment):
+        return data_lib.image_folder_dataset(
+            directory, size, args.batch_size, augment=augment, seed=args.seed
+        )
+
+    plain, augmented = load(False), load(args.augment or False)
+    num_classes = len(plain.class_names)
+
+    def classifier():
+        backbone = kt.create_backbone(
+            "mobilenet", input_shape=(size, size, 3), weights=weights, **extra
+        )
+        return kt.create_classifier(backbone, num_classes, class_names=plain.class_names)
+
+    accuracy, seconds, curves = {}, {}, {}
+    load_before = _common.load_average()
+    if "feature_extraction" in arms:
+        keras.utils.set_random_seed(args.seed)
+        start = time.perf_counter()
+        result = features.fit_feature_extractor(
+            classifier(),
+            plain.train,
+            plain.validation,
+            epochs=fe_epochs,
+            learning_rate=args.head_lr,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            verbose=2,
+        )
+        seconds["feature_extraction"] = time.perf_counter() - start
+        accuracy["feature_extraction"] = float(result.history.history["val_accuracy"][-1])
+        curves["feature_extraction"] = (result.history.history, None)
+    if "two_phase" in arms:
+        keras.utils.set_random_seed(args.seed)
+        model = classifier()
+        start = time.perf_counter()
+        history = features.fit_two_phase_cached(
+            model,
+            augmented.train,
+            plain.validation,
+            feature_data=plain.train,
+            head_epochs=head_epochs,
+            fine_tune_epochs=fine_tune_epochs,
+            head_lr=args.head_lr,
+            fine_tune_lr=args.fine_tune_lr,
+            unfreeze="all",
+            seed=args.seed,
+            verbose=2,
+        )
+        seconds["two_phase"] = time.perf_counter() - start
+        accuracy["two_phase"] = float(history.history["val_accuracy"][-1])
+        accuracy["two_phase_after_phase_1"] = float(
+            history.phase_metrics("feature_extraction").get("val_accuracy", float("nan"))
+        )
+        curves["two_phase"] = (history.history, head_epochs)
+    if "scratch" in arms:
+        keras.utils.set_random_seed(args.seed)
+        start = time.perf_counter()
+        _, scratch_history = strategy.fit_scratch_baseline(
+            classifier(),
+            augmented.train,
+            plain.validation,
+            epochs=scratch_epochs,
+            learning_rate=args.scratch_lr,
+            verbose=2,
+        )
+        seconds["scratch"] = time.perf_counter() - start
+        accuracy["scratch"] = float(scratch_history.history["val_accuracy"][-1])
+        curves["scratch"] = (scratch_history.history, None)
+
+    negative = None
+    if "two_phase" in accuracy and "scratch" in accuracy:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            negative = strategy.check_negative_transfer(accuracy["two_phase"], accuracy["scratch"])
+        for warning in caught:
+            print(f"WARNING: {warning.message}")
+
+    summary = {
+        "dataset": args.dataset,
+        "feature_extraction_acc": accuracy.get("feature_extraction"),
+        "two_phase_acc": accuracy.get("two_phase"),
+        "scratch_acc": accuracy.get("scratch"),
+        "seconds": seconds,
+    }
+    details = {
+        **summary,
+        "two_phase_after_phase_1_acc": accuracy.get("two_phase_after_phase_1"),
+        "negative_transfer": negative,
+        "settings": {
+            "image_size": size,
+            "batch_size": args.batch_size,
+            "fe_epochs": fe_epochs,
+            "head_epochs": head_epochs,
+            "fine_tune_epochs": fine_tune_epochs,
+            "scratch_epochs": scratch_epochs,
+            "head_lr": args.head_lr,
+            "fine_tune_lr": args.fine_tune_lr,
+            "scratch_lr": args.scratch_lr,
+            "augment": args.augment,
+            "seed": args.seed,
+            "smoke": args.smoke,
+        },
+        "num_train": plain.num_train,
+        "num_validation": plain.num_validation,
+        "load_average_before": load_before,
+        "load_average_after": _common.load_average(),
+        "command": " ".join(["python", "benchmarks/accuracy.py", *(argv or sys.argv[1:])]),
+    }
+    _common.write_json(out / "results.json", details)
+    (out / "results.md").write_text(markdown_table(details, curves))
+    plot_curves(curves, out / "curves.png", title=args.dataset)
+    print(json.dumps(details, indent=2))
+    print(json.dumps(summary))
+    return summary
+
+
+def markdown_table(details: dict, curves: dict) -> str:
+    s = details["settings"]
+    epochs = {
+        "feature_extraction": f"{s['fe_epochs']} (head, cached)",
+        "two_phase": f"{s['head_epochs']} head (cached) + {s['fine_tune_epochs']} fine-tune",
+        "scratch": f"{s['scratch_epochs']}",
+    }
+    lines = [
+        f"{details['dataset']} at {s['image_size']} px ({details['num_train']} train / "
+        f"{details['num_validation']} validation images)",
+        "",
+        "| strategy | val accuracy (last epoch) | best epoch | epochs | seconds |",
+        "|---|---|---|---|---|",
+    ]
+    for arm in ("feature_extraction", "two_phase", "scratch"):
+        if arm not in curves:
+            continue
+        val = [v for v in curves[arm][0].get("val_accuracy", []) if v == v]
+        lines.append(
+            f"| {arm} | {details[arm + '_acc']:.4f} | {max(val):.4f} | {epochs[arm]} | "
+            f"{details['seconds'][arm]:.0f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot_curves(curves: dict, path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for arm, (history, boundary) in curves.items():
+        for axis, key in zip(axes, ("accuracy", "loss")):
+            for prefix, style in (("", "--"), ("val_", "-")):
+                values = history.get(prefix + key)
+                if values:
+                    epochs = range(1, len(values) + 1)
+                    axis.plot(epochs, values, style, label=f"{arm} {prefix or 'train_'}{key}")
+            if boundary:
+                axis.axvline(boundary + 0.5, color="gray", linestyle=":", linewidth=1)
+    for axis, key in zip(axes, ("accuracy", "loss")):
+        axis.set_xlabel("epoch")
+        axis.set_ylabel(key)
+        axis.set_title(f"{title}: {key} (dotted: two-phase phase boundary)")
+        axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,646 @@
+"""Feature extraction with cached backbone features.
+
+With a frozen backbone, the Keras-guide recipe (`backbone.trainable = False` inside
+`model.fit`) runs the backbone forward on every image in every epoch, although its
+output never changes. Here the backbone runs once: its (pooled) features are cached in
+memory, or streamed to disk when they exceed a memory budget, the head trains on the
+cached features, and the trained head is re-attached to the backbone as a
+`TransferClassifier` whose predictions on images equal `head(features)`.
+
+The price is augmentation: one cached pass of a non-augmented dataset (e.g.
+`image_folder_dataset(..., augment=False)`) sees each image once, as it is. To keep some
+augmentation, cache `passes=K` passes of an augmented dataset: extraction costs K times
+one pass, and each training epoch samples one dataset's worth of examples from the K
+augmented copies.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from collections.abc import Sequence
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_transfer import training
+from keras_transfer.backbones import Backbone
+from keras_transfer.heads import ClassificationHead
+from keras_transfer.heads import TransferClassifier
+from keras_transfer.heads import make_head
+from keras_transfer.preprocessing import ImagePreprocessing
+
+DEFAULT_MAX_MEMORY_BYTES = 2 * 1024**3
+
+
+@dataclasses.dataclass
+class CachedFeatures:
+    """Backbone features of a dataset, in memory or in files on disk.
+
+    Attributes:
+        features: `(num_examples, *feature_shape)` float32 array; a read-only `np.memmap`
+            when the features were streamed to disk.
+        labels: `(num_examples, ...)` labels, in the same order.
+        passes: how many passes over the dataset the rows hold (`num_examples` is
+            `passes` times the dataset's size).
+        path: the folder of the feature files when on disk, else `None`.
+        seconds: wall time of the extraction.
+    """
+
+    features: np.ndarray
+    labels: np.ndarray
+    passes: int = 1
+    path: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def num_examples(self) -> int:
+        return int(self.features.shape[0])
+
+    @property
+    def on_disk(self) -> bool:
+        return self.path is not None
+
+    def as_dataset(
+        self, batch_size: int = 32, *, shuffle: bool = False, seed: int | None = None
+    ) -> tf.data.Dataset:
+        """Batches of `(features, labels)`; read from the memory map when on disk."""
+        if not self.on_disk:
+            dataset = tf.data.Dataset.from_tensor_slices((self.features, self.labels))
+            if shuffle:
+                dataset = dataset.shuffle(self.num_examples, seed=seed)
+            return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+        # Shuffle indices, not rows, so that only a batch of features is in memory at a time.
+        features, labels = self.features, self.labels
+
+        def gather(indices):
+            indices = np.sort(indices)  # sorted reads are sequential on disk
+            return features[indices], labels[indices]
+
+        dataset = tf.data.Dataset.range(self.num_examples)
+        if shuffle:
+            dataset = dataset.shuffle(self.num_examples, seed=seed)
+        dataset = dataset.batch(batch_size).map(
+            lambda indices: tf.numpy_function(
+                gather, [indices], (tf.float32, tf.as_dtype(labels.dtype))
+            ),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+        feature_shape, label_shape = features.shape[1:], labels.shape[1:]
+        dataset = dataset.map(
+            lambda x, y: (
+                tf.ensure_shape(x, (None, *feature_shape)),
+                tf.ensure_shape(y, (None, *label_shape)),
+            )
+        )
+        return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def feature_extractor(
+    backbone: Backbone | TransferClassifier,
+    head: ClassificationHead | None = None,
+    *,
+    pool: bool = True,
+) -> keras.Model:
+    """The model whose outputs are cached: raw 0-255 images -> preprocessing -> backbone
+    (in inference mode) -> the head's pooling.
+
+    Pooling with the head's own `pool` makes `head(cached)` equal `head(feature_map)`: a
+    2-D input skips the head's pooling. `pool=False` keeps the spatial feature maps (for
+    heads that must see them; they are larger by `height * width`).
+
+    Args:
+        backbone: a `Backbone` from `create_backbone`, or a `TransferClassifier` (its
+            backbone, preprocessing and head are used).
+        head: the head whose pooling is applied; default: the classifier's head, or none.
+        pool: pool the feature maps with the head's pooling.
+
+    Returns:
+        A `keras.Model` taking the images a `TransferClassifier` of this backbone takes.
+
+    Example:
+    >>> backbone = create_backbone("mobilenet", input_shape=(96, 96, 3), weights=None)
+    >>> extractor = feature_extractor(backbone, ClassificationHead(2, pooling="avgmax"))
+    >>> extractor.output_shape
+    (None, 2048)
+    """
+    backbone_model, preprocessing, head = _parts(backbone, head)
+    inputs = keras.Input(shape=backbone_model.input_shape[1:], name="images")
+    x = inputs
+    if preprocessing:
+        x = ImagePreprocessing(preprocessing, name="preprocessing")(x)
+    # training=False: BatchNormalization uses its moving statistics, as in a frozen backbone.
+    x = backbone_model(x, training=False)
+    if pool and len(x.shape) == 4:
+        if head is None:
+            head = ClassificationHead(1)  # the default head's pooling: global average
+        if head.pooling is None:
+            raise ValueError(
+                "The head has pooling=None but the backbone outputs feature maps of shape "
+                f"{x.shape}: give the head a pooling ('avg', 'max', 'avgmax', 'flatten') or "
+                "pass pool=False to cache the maps."
+            )
+        x = keras.layers.Lambda(head.pool, name="pooling")(x)
+    return keras.Model(inputs, x, name=f"{backbone_model.name}_features")
+
+
+def _parts(backbone, head):
+    if isinstance(backbone, TransferClassifier):
+        return backbone.backbone, backbone.preprocessing, head or backbone.head
+    if isinstance(backbone, Backbone):
+        return backbone.model, backbone.preprocessing, head
+    raise TypeError(
+        f"Expected a Backbone (from create_backbone) or a TransferClassifier, got "
+        f"{type(backbone).__name__}. A plain keras.Model has no known preprocessing: wrap it "
+        "with create_classifier first."
+    )
+
+
+def extract_features(
+    extractor: keras.Model,
+    dataset: Any,
+    *,
+    passes: int = 1,
+    cache_dir: str | os.PathLike | None = None,
+    max_memory_bytes: int = DEFAULT_MAX_MEMORY_BYTES,
+    verbose: int = 1,
+) -> CachedFeatures:
+    """Runs `extractor` over `dataset` once (or `passes` times) and keeps its outputs.
+
+    Features are gathered in memory until they exceed `max_memory_bytes`; from then on
+    everything is streamed to files in `cache_dir` (a new temporary folder if not given),
+    so a dataset larger than RAM never has to fit in it. A `keras.utils.Progbar` shows
+    where the extraction is.
+
+    Args:
+        extractor: a model from `feature_extractor`.
+        dataset: a `tf.data.Dataset` (or any iterable) of `(images, labels)` batches, or an
+            `ImageData` (its training split). Use a non-augmented dataset for one pass.
+        passes: passes over `dataset`; with an augmented dataset each pass holds different
+            augmentations of every image (and costs one more backbone pass).
+        cache_dir: where to stream features that exceed `max_memory_bytes`.
+        max_memory_bytes: memory budget of the features (labels are not counted).
+        verbose: 1 shows a progress bar, 0 is silent.
+
+    Returns:
+        `CachedFeatures`.
+    """
+    if isinstance(passes, bool) or not isinstance(passes, int) or passes < 1:
+        raise ValueError(f"passes must be a positive integer, got {passes!r}.")
+    dataset = _as_dataset(dataset, "dataset")
+    steps = _cardinality(dataset)
+    progbar = (
+        keras.utils.Progbar(
+            steps * passes if steps else None, unit_name="batch", stateful_metrics=["examples"]
+        )
+        if verbose
+        else None
+    )
+
+    # One trace for every batch size (the last batch is usually smaller).
+    @tf.function(input_signature=[tf.TensorSpec((None, *extractor.input_shape[1:]), tf.float32)])
+    def forward(images):
+        return extractor(images, training=False)
+
+    writer = _FeatureWriter(cache_dir, max_memory_bytes)
+    start = time.perf_counter()
+    seen = 0
+    for _ in range(passes):
+        for batch in dataset:
+            images, labels = _split_batch(batch)
+            writer.add(np.asarray(forward(tf.cast(images, tf.float32))), np.asarray(labels))
+            seen += 1
+            if progbar is not None:
+                progbar.update(seen, values=[("examples", writer.num_examples)], finalize=False)
+    if progbar is not None:
+        progbar.update(seen, values=[("examples", writer.num_examples)], finalize=True)
+    features, labels, path = writer.finish()
+    return CachedFeatures(features, labels, passes, path, time.perf_counter() - start)
+
+
+class _FeatureWriter:
+    """Keeps feature batches in memory, spilling to raw files past a byte budget."""
+
+    def __init__(self, cache_dir, max_memory_bytes: int):
+        self.cache_dir = cache_dir
+        self.max_memory_bytes = max_memory_bytes
+        self.batches: list[tuple[np.ndarray, np.ndarray]] = []
+        self.bytes = 0
+        self.num_examples = 0
+        self.path = None
+        self.files = None
+        self.shapes = None
+
+    def add(self, features: np.ndarray, labels: np.ndarray) -> None:
+        features = features.astype(np.float32, copy=False)
+        shapes = (features.shape[1:], labels.shape[1:], labels.dtype)
+        if self.shapes is None:
+            self.shapes = shapes
+        elif shapes != self.shapes:
+            raise ValueError(
+                f"Batches differ in feature/label shape or label dtype: {self.shapes} then "
+                f"{shapes}. Use one image size for the whole dataset."
+            )
+        self.num_examples += len(features)
+        if self.files is None:
+            self.batches.append((features, labels))
+            self.bytes += features.nbytes
+            if self.bytes > self.max_memory_bytes:
+                self._spill()
+        else:
+            self._write(features, labels)
+
+    def _spill(self) -> None:
+        if self.cache_dir is None:
+            self.path = tempfile.mkdtemp(prefix="keras_transfer_features_")
+        else:
+            self.path = os.fspath(self.cache_dir)
+            os.makedirs(self.path, exist_ok=True)
+        self.files = (
+            open(os.path.join(self.path, "features.f32"), "wb"),
+            open(os.path.join(self.path, "labels.bin"), "wb"),
+        )
+        for features, labels in self.batches:
+            self._write(features, labels)
+        self.batches = []
+
+    def _write(self, features, labels) -> None:
+        self.files[0].write(np.ascontiguousarray(features).tobytes())
+        self.files[1].write(np.ascontiguousarray(labels).tobytes())
+
+    def finish(self) -> tuple[np.ndarray, np.ndarray, str | None]:
+        if self.shapes is None:
+            raise ValueError("The dataset is empty: there are no features to extract.")
+        feature_shape, label_shape, label_dtype = self.shapes
+        if self.files is None:
+            features = np.concatenate([f for f, _ in self.batches])
+            labels = np.concatenate([y for _, y in self.batches])
+            return features, labels, None
+        for file in self.files:
+            file.close()
+        features = np.memmap(
+            os.path.join(self.path, "features.f32"),
+            dtype=np.float32,
+            mode="r",
+            shape=(self.num_examples, *feature_shape),
+        )
+        labels = np.memmap(
+            os.path.join(self.path, "labels.bin"),
+            dtype=label_dtype,
+            mode="r",
+            shape=(self.num_examples, *label_shape),
+        )
+        return features, labels, self.path
+
+
+def _as_dataset(data: Any, what: str) -> Any:
+    if data is None:
+        raise ValueError(f"{what} is None.")
+    # ImageData (keras_transfer.data) without importing it: its training split.
+    if hasattr(data, "train") and hasattr(data, "class_names"):
+        return data.train
+    if isinstance(data, tuple | list | np.ndarray):
+        raise TypeError(
+            f"{what} must be a batched tf.data.Dataset (or iterable) of (images, labels), got a "
+            f"{type(data).__name__}. For arrays use "
+            "tf.data.Dataset.from_tensor_slices((images, labels)).batch(32)."
+        )
+    return data
+
+
+def _cardinality(dataset) -> int | None:
+    if isinstance(dataset, tf.data.Dataset):
+        count = int(dataset.cardinality())
+        return count if count > 0 else None
+    try:
+        return len(dataset)
+    except TypeError:
+        return None
+
+
+def _split_batch(batch):
+    if not isinstance(batch, tuple | list) or len(batch) != 2:
+        raise ValueError(
+            "Feature extraction needs batches of (images, labels); got "
+            f"{type(batch).__name__}"
+            + (f" of length {len(batch)}" if isinstance(batch, tuple | list) else "")
+            + ". Drop sample weights and pass labels with the images."
+        )
+    return batch
+
+
+@dataclasses.dataclass
+class FeatureExtraction:
+    """What `fit_feature_extractor` returns.
+
+    Attributes:
+        model: the end-to-end `TransferClassifier` (backbone frozen, compiled with the
+            head's loss and metrics): raw images in, the trained head's predictions out.
+        history: the `keras.callbacks.History` of the head's training on cached features.
+        train_features: the cached training features.
+        validation_features: the cached validation features, or `None`.
+        seconds: wall time of `"extract"` (both splits) and `"train"` (the head).
+    """
+
+    model: TransferClassifier
+    history: keras.callbacks.History
+    train_features: CachedFeatures
+    validation_features: CachedFeatures | None
+    seconds: dict[str, float]
+
+
+def fit_feature_extractor(
+    backbone: Backbone | TransferClassifier,
+    train_data: Any,
+    validation_data: Any = None,
+    *,
+    num_classes: int | None = None,
+    head: dict[str, Any] | ClassificationHead | None = None,
+    class_names: Sequence[str] | None = None,
+    epochs: int = 20,
+    learning_rate: float = 1e-3,
+    optimizer: str | type | Callable[[float], keras.optimizers.Optimizer] = "adam",
+    batch_size: int = 32,
+    passes: int = 1,
+    seed: int | None = 1337,
+    cache_dir: str | os.PathLike | None = None,
+    max_memory_bytes: int = DEFAULT_MAX_MEMORY_BYTES,
+    callbacks: Sequence[keras.callbacks.Callback] | None = None,
+    verbose: int = 1,
+    **fit_kwargs: Any,
+) -> FeatureExtraction:
+    """Feature extraction in one call: cache backbone features, train the head on them,
+    and re-attach the head to the backbone.
+
+    The backbone runs once over each split (or `passes` times over the training split),
+    so the head trains at the speed of a small dense network. The returned model's
+    predictions on images equal the head's on the cached features (float tolerance).
+
+    One cached pass of a non-augmented training set gives up augmentation for speed;
+    `passes=K` with an augmented dataset caches K augmented copies (K times the
+    extraction time), and each epoch then samples one training set's worth of them.
+
+    Args:
+        backbone: a `Backbone`, or a `TransferClassifier` whose head is trained in place.
+        train_data: batches of `(float32 0-255 images, labels)` (a `tf.data.Dataset`), or
+            an `ImageData` (its `.train`; its class names are used).
+        validation_data: the same for validation, or `None`. An `ImageData` gives its
+            `.validation`.
+        num_classes: needed with a `Backbone` unless `class_names` or an `ImageData` tell.
+        head: `ClassificationHead` arguments or a head (ignored for a classifier).
+        class_names: saved with the model.
+        epochs: epochs of head training.
+        learning_rate: of the head's optimizer.
+        optimizer: optimizer name, class or factory `learning_rate -> optimizer`.
+        batch_size: batch size of head training on the cached features.
+        passes: cached passes over `train_data` (see above).
+        seed: shuffling seed of the cached features.
+        cache_dir, max_memory_bytes: see `extract_features`.
+        callbacks: Keras callbacks for the head's `fit` (they see the head model).
+        verbose: verbosity of extraction and `fit`.
+        **fit_kwargs: extra `fit` arguments (`class_weight`, ...).
+
+    Returns:
+        A `FeatureExtraction` (`.model`, `.history`, cached features, `.seconds`).
+
+    Example:
+    >>> data = image_folder_dataset("hymenoptera_data", image_size=224, augment=False)
+    >>> backbone = create_backbone("mobilenet", weights="mobilenet_1_0_224_tf_no_top.h5")
+    >>> result = fit_feature_extractor(backbone, data, data.validation, epochs=20)
+    >>> result.model.evaluate(data.validation)
+    """
+    for key in ("epochs", "validation_data", "x", "y"):
+        if key in fit_kwargs:
+            raise TypeError(f"fit_feature_extractor sets `{key}` itself.")
+    if hasattr(train_data, "class_names") and class_names is None:
+        class_names = train_data.class_names
+    if validation_data is None and hasattr(train_data, "validation"):
+        validation_data = train_data.validation
+    elif hasattr(validation_data, "validation") and hasattr(validation_data, "class_names"):
+        validation_data = validation_data.validation
+    if isinstance(backbone, TransferClassifier):
+        model = backbone
+        class_names = class_names if class_names is not None else model.class_names
+    else:
+        if not isinstance(backbone, Backbone):
+            _parts(backbone, None)  # raises the clear error
+        if num_classes is None:
+            if class_names is None:
+                raise ValueError("Pass num_classes (or class_names, or an ImageData).")
+            num_classes = len(class_names)
+        if not isinstance(head, ClassificationHead):
+            head = make_head(num_classes, head)
+        model = TransferClassifier(
+            backbone.model,
+            head,
+            backbone_name=backbone.name,
+            preprocessing=backbone.preprocessing,
+            class_names=class_names,
+            name=f"{backbone.name.replace(':', '_').replace('/', '_')}_classifier",
+        )
+    history, train_cache, val_cache, seconds = _fit_head_on_features(
+        model,
+        train_data,
+        validation_data,
+        epochs=epochs,
+        make_optimizer=training.optimizer_factory(optimizer),
+        learning_rate=learning_rate,
+        batch_size=batch_size,
+        passes=passes,
+        seed=seed,
+        cache_dir=cache_dir,
+        max_memory_bytes=max_memory_bytes,
+        callbacks=callbacks,
+        verbose=verbose,
+        fit_kwargs=fit_kwargs,
+    )
+    # Frozen as trained: the backbone only produced features (any Backbone, with or
+    # without known blocks).
+    model.backbone.trainable = False
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate))
+    return FeatureExtraction(model, history, train_cache, val_cache, seconds)
+
+
+def _fit_head_on_features(
+    model: TransferClassifier,
+    train_data,
+    validation_data,
+    *,
+    epochs,
+    make_optimizer,
+    learning_rate,
+    batch_size,
+    passes,
+    seed,
+    cache_dir,
+    max_memory_bytes,
+    callbacks,
+    verbose,
+    fit_kwargs,
+    loss="auto",
+    metrics="auto",
+):
+    extractor = feature_extractor(model)
+    train_data = _as_dataset(train_data, "train_data")
+    sub = (lambda name: os.path.join(os.fspath(cache_dir), name)) if cache_dir else lambda n: None
+    start = time.perf_counter()
+    train_cache = extract_features(
+        extractor,
+        train_data,
+        passes=passes,
+        cache_dir=sub("train"),
+        max_memory_bytes=max_memory_bytes,
+        verbose=verbose,
+    )
+    val_cache = None
+    if validation_data is not None:
+        val_cache = extract_features(
+            extractor,
+            _as_dataset(validation_data, "validation_data"),
+            cache_dir=sub("validation"),
+            max_memory_bytes=max_memory_bytes,
+            verbose=verbose,
+        )
+    extract_seconds = time.perf_counter() - start
+
+    head = model.head
+    inputs = keras.Input(shape=train_cache.features.shape[1:], name="features")
+    head_model = keras.Model(inputs, head(inputs), name="head_on_features")
+    head_model.compile(
+        optimizer=make_optimizer(learning_rate),
+        **training._resolve_loss_and_metrics(model, loss, metrics),
+    )
+    train = train_cache.as_dataset(batch_size, shuffle=True, seed=seed)
+    if passes > 1:
+        # One epoch = one dataset's worth of examples drawn from the K augmented copies, so
+        # `epochs` means the same thing whatever K is.
+        fit_kwargs = {
+            "steps_per_epoch": math.ceil(train_cache.num_examples / passes / batch_size),
+            **fit_kwargs,
+        }
+        train = train.repeat()
+    start = time.perf_counter()
+    history = head_model.fit(
+        train,
+        validation_data=val_cache.as_dataset(batch_size) if val_cache is not None else None,
+        epochs=epochs,
+        callbacks=list(callbacks or []),
+        verbose=verbose,
+        **fit_kwargs,
+    )
+    seconds = {"extract": extract_seconds, "train": time.perf_counter() - start}
+    return history, train_cache, val_cache, seconds
+
+
+def fit_two_phase_cached(
+    model: TransferClassifier,
+    train_data: Any,
+    validation_data: Any = None,
+    *,
+    feature_data: Any = None,
+    head_epochs: int = 10,
+    fine_tune_epochs: int = 5,
+    head_lr: float = 1e-3,
+    fine_tune_lr: float | None = None,
+    optimizer: str | type | Callable[[float], keras.optimizers.Optimizer] = "adam",
+    head_batch_size: int = 32,
+    passes: int = 1,
+    seed: int | None = 1337,
+    cache_dir: str | os.PathLike | None = None,
+    max_memory_bytes: int = DEFAULT_MAX_MEMORY_BYTES,
+    verbose: int = 1,
+    **two_phase_kwargs: Any,
+) -> training.TwoPhaseHistory:
+    """`fit_two_phase` with phase 1 on cached features.
+
+    Phase 1 trains `model.head` on features cached from `feature_data` (default
+    `train_data`; pass a non-augmented, e.g. `augment=False`, version of the training set,
+    or an augmented one with `passes=K`). Phase 2 is `keras_transfer.fit_two_phase` with
+    `head_epochs=0` on `train_data` (augment it here: the backbone runs anyway), and its
+    epochs are appended after phase 1's in the returned history.
+
+    Args:
+        model: a `TransferClassifier`.
+        train_data: phase 2's training data.
+        validation_data: validation data of both phases.
+        feature_data: the data phase 1 caches features of; default `train_data`.
+        head_epochs, fine_tune_epochs, head_lr, fine_tune_lr, optimizer: as in
+            `fit_two_phase` (`fine_tune_lr` defaults to `head_lr / 10`).
+        head_batch_size: batch size of phase 1 on the cached features.
+        passes, seed, cache_dir, max_memory_bytes: see `fit_feature_extractor`.
+        verbose: verbosity of extraction and both `fit`s.
+        **two_phase_kwargs: the other `fit_two_phase` arguments (`unfreeze`, `train_bn`,
+            `fine_tune_optimizer`, `lr_decay`, `callbacks`, `compile_kwargs`, fit
+            arguments); `loss`/`metrics` are used in both phases.
+
+    Returns:
+        A `TwoPhaseHistory` with both phases on one epoch axis.
+    """
+    if not isinstance(model, TransferClassifier):
+        raise TypeError(
+            f"fit_two_phase_cached needs a TransferClassifier (create_classifier), got "
+            f"{type(model).__name__}: caching needs the model's preprocessing and head."
+        )
+    if head_epochs < 0 or fine_tune_epochs < 0:
+        raise ValueError("head_epochs and fine_tune_epochs must be >= 0.")
+    if fine_tune_lr is None:
+        fine_tune_lr = head_lr / 10.0
+    loss = two_phase_kwargs.get("loss", "auto")
+    metrics = two_phase_kwargs.get("metrics", "auto")
+    training._resolve_loss_and_metrics(model, loss, metrics)  # fail before extracting
+    result = training.TwoPhaseHistory()
+    if head_epochs:
+        model.backbone.trainable = False
+        history, _, _, seconds = _fit_head_on_features(
+            model,
+            train_data if feature_data is None else feature_data,
+            validation_data,
+            epochs=head_epochs,
+            make_optimizer=training.optimizer_factory(optimizer),
+            learning_rate=head_lr,
+            batch_size=head_batch_size,
+            passes=passes,
+            seed=seed,
+            cache_dir=cache_dir,
+            max_memory_bytes=max_memory_bytes,
+            callbacks=two_phase_kwargs.get("callbacks"),
+            verbose=verbose,
+            fit_kwargs={},
+            loss=loss,
+            metrics=metrics,
+        )
+        result.add(training.PHASE_HEAD, history, seconds["extract"] + seconds["train"])
+    if fine_tune_epochs:
+        fine = training.fit_two_phase(
+            model,
+            train_data,
+            validation_data,
+            head_epochs=0,
+            fine_tune_epochs=fine_tune_epochs,
+            head_lr=head_lr,
+            fine_tune_lr=fine_tune_lr,
+            optimizer=optimizer,
+            verbose=verbose,
+            **two_phase_kwargs,
+        )
+        _append(result, fine, offset=len(result.epoch))
+    return result
+
+
+def _append(result: training.TwoPhaseHistory, other: training.TwoPhaseHistory, offset: int):
+    before = len(result.epoch)
+    for key, values in other.history.items():
+        column = result.history.setdefault(key, [float("nan")] * before)
+        column.extend(values)
+    result.epoch.extend(e + offset for e in other.epoch)
+    result.phases.extend(other.phases)
+    for column in result.history.values():
+        column.extend([float("nan")] * (len(result.epoch) - len(column)))
+    result.seconds.update(other.seconds)
+    result.unfrozen_blocks = list(other.unfrozen_blocks)

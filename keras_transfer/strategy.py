@@ -1,0 +1,293 @@
+"""Which transfer-learning strategy to use, a from-scratch baseline, and the
+negative-transfer check.
+
+The strategy table is the usual one (CS231n's "Transfer Learning" notes, Yosinski et al.
+2014): how much to fine-tune depends on how much labelled data there is and how close the
+target domain is to the pretraining data (ImageNet for the keras.applications backbones).
+
+| data  | domain    | strategy                                   |
+|-------|-----------|--------------------------------------------|
+| small | similar   | feature extraction (frozen backbone, head)  |
+| small | different | features from a lower block, then a head    |
+| large | similar   | two-phase: head, then fine-tune top blocks  |
+| large | different | two-phase: head, then fine-tune all blocks  |
+
+Whether transfer helps at all is an empirical question: `fit_scratch_baseline` trains the
+same architecture from random weights with the same budget, and
+`check_negative_transfer` warns when the transferred model is not better.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import warnings
+from typing import Any
+
+import keras
+
+from keras_transfer import backbones as backbones_lib
+from keras_transfer.heads import TransferClassifier
+
+logger = logging.getLogger("keras_transfer")
+
+SIMILARITIES = ("similar", "different")
+STRATEGIES = ("feature_extraction", "lower_block_features", "fine_tune_top", "fine_tune_all")
+
+
+@dataclasses.dataclass(frozen=True)
+class Strategy:
+    """A recommended transfer-learning set-up, with concrete settings for this package.
+
+    Attributes:
+        name: one of `feature_extraction`, `lower_block_features`, `fine_tune_top`,
+            `fine_tune_all`.
+        reason: why, in words.
+        feature_block: for `lower_block_features`, the block to take features from: a
+            block name when a backbone was given, else the fraction of the backbone's depth
+            (resolve it with `feature_block_for(backbone)`); `None` for the last block.
+        head_epochs, head_lr: phase 1 (frozen backbone, head only; cache the features
+            with `fit_feature_extractor` / `fit_two_phase_cached`).
+        fine_tune_epochs, fine_tune_lr, unfreeze: phase 2 (0 epochs: no fine-tuning);
+            `unfreeze` is `fit_two_phase`'s argument (a block count, fraction or "all").
+        train_bn: BatchNormalization trainable in phase 2 (for domains far from ImageNet
+            with enough data to estimate new statistics).
+        augment: augmentation for the image loaders (`image_folder_dataset(augment=...)`).
+    """
+
+    name: str
+    reason: str
+    feature_block: str | float | None = None
+    head_epochs: int = 20
+    head_lr: float = 1e-3
+    fine_tune_epochs: int = 0
+    fine_tune_lr: float | None = None
+    unfreeze: int | float | str = "all"
+    train_bn: bool = False
+    augment: bool | str = False
+
+    def feature_block_for(self, backbone: backbones_lib.Backbone) -> str | None:
+        """The name of the block to take features from in `backbone`."""
+        if self.feature_block is None or isinstance(self.feature_block, str):
+            return self.feature_block
+        blocks = backbone.blocks
+        index = max(0, min(len(blocks) - 1, round(self.feature_block * len(blocks)) - 1))
+        return blocks[index].name
+
+    def classifier_kwargs(self, backbone: backbones_lib.Backbone | None = None) -> dict[str, Any]:
+        """Arguments for `create_classifier` (`feature_block`)."""
+        block = self.feature_block_for(backbone) if backbone is not None else self.feature_block
+        if block is not None and not isinstance(block, str):
+            raise ValueError("Pass the backbone to resolve a fractional feature_block.")
+        return {"feature_block": block} if block is not None else {}
+
+    def fit_kwargs(self) -> dict[str, Any]:
+        """Arguments for `fit_two_phase` / `fit_two_phase_cached`."""
+        return {
+            "head_epochs": self.head_epochs,
+            "fine_tune_epochs": self.fine_tune_epochs,
+            "head_lr": self.head_lr,
+            "fine_tune_lr": self.fine_tune_lr,
+            "unfreeze": self.unfreeze,
+            "train_bn": self.train_bn,
+        }
+
+
+def recommend_strategy(
+    num_train_examples: int,
+    domain_similarity: str | float,
+    *,
+    backbone: backbones_lib.Backbone | None = None,
+    small_data_threshold: int = 5000,
+) -> Strategy:
+    """Recommends feature extraction or fine-tuning from data size and domain similarity.
+
+    Args:
+        num_train_examples: labelled training examples.
+        domain_similarity: `"similar"` or `"different"` (to ImageNet-like natural photos),
+            or a score in [0, 1] (>= 0.5 counts as similar).
+        backbone: if given, `feature_block` is a concrete block name of it.
+        small_data_threshold: below this many examples the data counts as small: fine-tuning
+            millions of weights on it risks over-fitting.
+
+    Returns:
+        A `Strategy` with settings and the reason.
+
+    Example:
+    >>> strategy = recommend_strategy(244, "similar")
+    >>> strategy.name
+    'feature_extraction'
+    >>> fit_two_phase_cached(model, data.train, data.validation, **strategy.fit_kwargs())
+    """
+    if (
+        isinstance(num_train_examples, bool)
+        or not isinstance(num_train_examples, int)
+        or num_train_examples < 1
+    ):
+        raise ValueError(
+            f"num_train_examples must be a positive integer, got {num_train_examples!r}."
+        )
+    similar = _is_similar(domain_similarity)
+    small = num_train_examples < small_data_threshold
+    size = f"{num_train_examples} examples is {'small' if small else 'large'} data"
+    size += f" (threshold {small_data_threshold})"
+    if small and similar:
+        strategy = Strategy(
+            "feature_extraction",
+            f"{size} from a domain similar to the pretraining data: the top-level features "
+            "already separate the classes, and fine-tuning millions of weights on few "
+            "examples over-fits. Train only the head on cached features (fast); optionally "
+            "fine-tune briefly at a tiny learning rate and keep it only if validation improves.",
+            head_epochs=20,
+            head_lr=1e-3,
+        )
+    elif small:
+        strategy = Strategy(
+            "lower_block_features",
+            f"{size} from a domain different from the pretraining data: the last blocks "
+            "encode pretraining-specific concepts, lower blocks generic edges and textures. "
+            "Take features from about two-thirds of the depth and train a head on them; too "
+            "little data to fine-tune.",
+            feature_block=2 / 3,
+            head_epochs=30,
+            head_lr=1e-3,
+        )
+    elif similar:
+        strategy = Strategy(
+            "fine_tune_top",
+            f"{size} from a similar domain: enough data to adapt the top blocks without "
+            "over-fitting, while the lower blocks' generic features are kept. Train the head "
+            "first (so random head gradients do not wreck the backbone), then fine-tune the "
+            "top third of the blocks at a 10x lower learning rate, BatchNorm frozen.",
+            head_epochs=5,
+            head_lr=1e-3,
+            fine_tune_epochs=10,
+            fine_tune_lr=1e-4,
+            unfreeze=1 / 3,
+            augment="flip,crop",
+        )
+    else:
+        strategy = Strategy(
+            "fine_tune_all",
+            f"{size} from a different domain: the features need to change at every level, "
+            "and there is enough data to do it. Train the head, then fine-tune all blocks "
+            "with trainable BatchNorm (new image statistics) at a low learning rate. "
+            "Compare against training from scratch (fit_scratch_baseline).",
+            head_epochs=5,
+            head_lr=1e-3,
+            fine_tune_epochs=20,
+            fine_tune_lr=1e-4,
+            unfreeze="all",
+            train_bn=True,
+            augment="flip,crop",
+        )
+    if backbone is not None and isinstance(strategy.feature_block, float):
+        strategy = dataclasses.replace(strategy, feature_block=strategy.feature_block_for(backbone))
+    return strategy
+
+
+def _is_similar(domain_similarity: str | float) -> bool:
+    if isinstance(domain_similarity, str):
+        if domain_similarity not in SIMILARITIES:
+            raise ValueError(
+                f"domain_similarity must be one of {SIMILARITIES} or a number in [0, 1], got "
+                f"{domain_similarity!r}."
+            )
+        return domain_similarity == "similar"
+    if isinstance(domain_similarity, bool) or not isinstance(domain_similarity, int | float):
+        raise ValueError(
+            f"domain_similarity must be one of {SIMILARITIES} or a number in [0, 1], got "
+            f"{domain_similarity!r}."
+        )
+    if not 0.0 <= domain_similarity <= 1.0:
+        raise ValueError(f"domain_similarity must be in [0, 1], got {domain_similarity}.")
+    return domain_similarity >= 0.5
+
+
+def scratch_model(model: TransferClassifier) -> TransferClassifier:
+    """The same architecture as `model` with freshly initialised weights, all trainable
+    (BatchNormalization included): the baseline transfer must beat.
+
+    Example:
+    >>> baseline = scratch_model(model)
+    >>> baseline.compile()
+    """
+    if not isinstance(model, TransferClassifier):
+        raise TypeError(
+            f"scratch_model needs a TransferClassifier (create_classifier), got "
+            f"{type(model).__name__}. For another model use keras.models.clone_model."
+        )
+    # Rebuilding from the config creates every layer anew: new initial weights, nothing copied.
+    baseline = TransferClassifier.from_config(model.get_config())
+    baseline.trainable = True
+    for layer in baseline._flatten_layers(include_self=False):
+        layer.trainable = True
+    return baseline
+
+
+def fit_scratch_baseline(
+    model: TransferClassifier,
+    train_data: Any,
+    validation_data: Any = None,
+    *,
+    epochs: int,
+    learning_rate: float = 1e-3,
+    optimizer: str | type = "adam",
+    **fit_kwargs: Any,
+) -> tuple[TransferClassifier, keras.callbacks.History]:
+    """Trains `scratch_model(model)` (same architecture, random weights) for `epochs`.
+
+    Give it the transferred model's budget (its total epochs on the same data) to ask
+    whether transfer helped; then `check_negative_transfer`.
+
+    Returns:
+        The trained baseline and its `History`.
+    """
+    from keras_transfer import training
+
+    baseline = scratch_model(model)
+    baseline.compile(optimizer=training.optimizer_factory(optimizer)(learning_rate))
+    history = baseline.fit(train_data, validation_data=validation_data, epochs=epochs, **fit_kwargs)
+    return baseline, history
+
+
+class NegativeTransferWarning(UserWarning):
+    """The pretrained model did no better than the same architecture trained from scratch."""
+
+
+def check_negative_transfer(
+    transfer_score: float,
+    scratch_score: float,
+    *,
+    metric: str = "val_accuracy",
+    higher_is_better: bool = True,
+    margin: float = 0.0,
+) -> bool:
+    """Warns (`NegativeTransferWarning`) when transfer is not better than from scratch.
+
+    Args:
+        transfer_score: the transferred model's validation score.
+        scratch_score: the from-scratch baseline's score on the same data and budget.
+        metric: the score's name, for the message.
+        higher_is_better: `False` for losses.
+        margin: transfer must win by more than this to count as better.
+
+    Returns:
+        `True` if negative transfer was detected (and warned about).
+    """
+    gain = transfer_score - scratch_score if higher_is_better else scratch_score - transfer_score
+    if gain > margin:
+        logger.info(
+            "Transfer helped: %s %.4f vs %.4f from scratch.", metric, transfer_score, scratch_score
+        )
+        return False
+    warnings.warn(
+        f"Negative transfer: the pretrained model's {metric} ({transfer_score:.4f}) is not "
+        f"better than the same architecture trained from scratch ({scratch_score:.4f}). The "
+        "pretraining domain may be too far from this data: try features from a lower block "
+        "(create_classifier(feature_block=...)), fine-tuning all blocks with train_bn=True, "
+        "or another backbone.",
+        NegativeTransferWarning,
+        stacklevel=2,
+    )
+    return True

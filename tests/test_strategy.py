@@ -1,0 +1,168 @@
+"""Tests of the strategy table, the from-scratch baseline, the negative-transfer warning,
+and the accuracy benchmark's smoke path."""
+
+import inspect
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import warnings
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_transfer as kt
+from keras_transfer import features
+from keras_transfer import strategy
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize(
+    "num, similarity, name",
+    [
+        (244, "similar", "feature_extraction"),
+        (244, 0.9, "feature_extraction"),
+        (244, "different", "lower_block_features"),
+        (300, 0.1, "lower_block_features"),
+        (50_000, "similar", "fine_tune_top"),
+        (50_000, "different", "fine_tune_all"),
+    ],
+)
+def test_table(num, similarity, name):
+    recommended = strategy.recommend_strategy(num, similarity)
+    assert recommended.name == name
+    assert str(num) in recommended.reason and len(recommended.reason) > 80
+    if name == "feature_extraction":
+        assert recommended.fine_tune_epochs == 0 and recommended.feature_block is None
+    if name == "lower_block_features":
+        assert 0 < recommended.feature_block < 1
+    if name == "fine_tune_top":
+        assert recommended.fine_tune_epochs > 0 and recommended.unfreeze != "all"
+        assert recommended.fine_tune_lr < recommended.head_lr
+    if name == "fine_tune_all":
+        assert recommended.unfreeze == "all" and recommended.train_bn
+
+
+def test_threshold_is_a_setting():
+    assert strategy.recommend_strategy(4000, "similar").name == "feature_extraction"
+    assert strategy.recommend_strategy(4000, "similar", small_data_threshold=1000).name == (
+        "fine_tune_top"
+    )
+
+
+def test_settings_plug_into_the_package():
+    backbone = kt.create_backbone("mobilenet", input_shape=(32, 32, 3), weights=None, alpha=0.25)
+    lower = strategy.recommend_strategy(100, "different", backbone=backbone)
+    assert lower.feature_block in backbone.block_names()
+    assert backbone.block_names().index(lower.feature_block) < len(backbone.blocks) - 1
+    model = kt.create_classifier(backbone, 2, **lower.classifier_kwargs())
+    assert model.backbone.output_shape[-1] < backbone.model.output_shape[-1]
+
+    top = strategy.recommend_strategy(100_000, "similar")
+    accepted = inspect.signature(kt.fit_two_phase).parameters
+    assert set(top.fit_kwargs()) <= set(accepted)
+    images = np.random.default_rng(0).uniform(0, 255, (8, 32, 32, 3)).astype("float32")
+    dataset = tf.data.Dataset.from_tensor_slices((images, np.arange(8) % 2)).batch(4)
+    settings = {**top.fit_kwargs(), "head_epochs": 1, "fine_tune_epochs": 1}
+    history = features.fit_two_phase_cached(
+        kt.create_classifier(backbone, 2), dataset, dataset, verbose=0, **settings
+    )
+    # unfreeze=1/3 of the blocks
+    assert len(history.unfrozen_blocks) == round(len(backbone.blocks) / 3)
+
+
+@pytest.mark.parametrize(
+    "num, similarity, message",
+    [
+        (0, "similar", "positive integer"),
+        (10.5, "similar", "positive integer"),
+        (100, "close", "domain_similarity must be one of"),
+        (100, 1.5, r"in \[0, 1\]"),
+        (100, True, "domain_similarity must be one of"),
+    ],
+)
+def test_bad_arguments(num, similarity, message):
+    with pytest.raises(ValueError, match=message):
+        strategy.recommend_strategy(num, similarity)
+
+
+def test_fractional_block_needs_a_backbone():
+    with pytest.raises(ValueError, match="backbone"):
+        strategy.recommend_strategy(100, "different").classifier_kwargs()
+
+
+def test_scratch_model_is_the_same_architecture_with_new_trainable_weights():
+    model = kt.create_classifier("mobilenet", 2, input_shape=(32, 32, 3), weights=None, alpha=0.25)
+    kt.freeze(model)
+    before = [w.numpy().copy() for w in model.weights]
+    baseline = strategy.scratch_model(model)
+    assert [w.shape for w in baseline.weights] == [w.shape for w in model.weights]
+    kernels = [(a, b) for a, b in zip(model.weights, baseline.weights) if "kernel" in a.path]
+    assert kernels and not any(np.allclose(a.numpy(), b.numpy()) for a, b in kernels)
+    # Everything trains, BatchNorm included (it has no pretrained statistics to protect).
+    assert len(baseline.trainable_weights) == len(
+        [w for w in baseline.weights if "moving" not in w.path]
+    )
+    assert len(model.trainable_weights) == 2  # the original is untouched
+    for old, now in zip(before, model.weights):
+        np.testing.assert_array_equal(old, now.numpy())
+    with pytest.raises(TypeError, match="clone_model"):
+        strategy.scratch_model(keras.Sequential([keras.layers.Dense(1)]))
+
+
+def test_fit_scratch_baseline_trains_for_the_budget():
+    model = kt.create_classifier("mobilenet", 2, input_shape=(32, 32, 3), weights=None, alpha=0.25)
+    images = np.random.default_rng(0).uniform(0, 255, (8, 32, 32, 3)).astype("float32")
+    dataset = tf.data.Dataset.from_tensor_slices((images, np.arange(8) % 2)).batch(4)
+    baseline, history = strategy.fit_scratch_baseline(model, dataset, dataset, epochs=2, verbose=0)
+    assert len(history.history["val_accuracy"]) == 2
+    assert baseline is not model
+
+
+def test_negative_transfer_warning():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert strategy.check_negative_transfer(0.95, 0.70) is False
+    with pytest.warns(strategy.NegativeTransferWarning, match=r"0\.6000.*0\.7000"):
+        assert strategy.check_negative_transfer(0.60, 0.70) is True
+    with pytest.warns(strategy.NegativeTransferWarning):
+        assert strategy.check_negative_transfer(0.71, 0.70, margin=0.02) is True
+    # Losses: lower is better.
+    assert strategy.check_negative_transfer(0.2, 0.5, higher_is_better=False) is False
+    with pytest.warns(strategy.NegativeTransferWarning, match="val_loss"):
+        strategy.check_negative_transfer(0.5, 0.2, metric="val_loss", higher_is_better=False)
+
+
+@pytest.mark.slow
+def test_accuracy_benchmark_smoke(tmp_path):
+    completed = subprocess.run(
+        [
+            sys.executable,
+            str(REPO_ROOT / "benchmarks" / "accuracy.py"),
+            "--smoke",
+            f"--output_dir={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=REPO_ROOT,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    result = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert set(result) == {
+        "dataset",
+        "feature_extraction_acc",
+        "two_phase_acc",
+        "scratch_acc",
+        "seconds",
+    }
+    assert set(result["seconds"]) == {"feature_extraction", "two_phase", "scratch"}
+    assert all(0.0 <= result[k] <= 1.0 for k in result if k.endswith("_acc"))
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = (tmp_path / "results.md").read_text()
+    assert "| two_phase |" in table and "| scratch |" in table

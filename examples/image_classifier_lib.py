@@ -253,7 +253,11 @@ def _clean_worker_dir(path: str) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def run(config: Config, strategy: tf.distribute.Strategy | None = None) -> dict[str, Any]:
+def run(
+    config: Config,
+    strategy: tf.distribute.Strategy | None = None,
+    callbacks: list[keras.callbacks.Callback] | None = None,
+) -> dict[str, Any]:
     """Loads the data, builds the classifier, trains and saves everything.
 
     Writes to `config.model_dir`: `model.keras` (raw 0-255 RGB images in, class
@@ -270,6 +274,7 @@ def run(config: Config, strategy: tf.distribute.Strategy | None = None) -> dict[
         config: the run's settings.
         strategy: a ready `tf.distribute.Strategy`; by default one is created from
             `config.strategy` and `config.tpu`.
+        callbacks: extra Keras callbacks for both phases.
 
     Returns:
         The content of `results.json`.
@@ -299,7 +304,7 @@ def run(config: Config, strategy: tf.distribute.Strategy | None = None) -> dict[
     previous_policy = keras.config.dtype_policy().name
     policy = distribute.set_mixed_precision(config.mixed_precision, strategy)
     try:
-        results = _run(config, strategy, output_dir, policy)
+        results = _run(config, strategy, output_dir, policy, list(callbacks or []))
     finally:
         keras.config.set_dtype_policy(previous_policy)
         if not chief:
@@ -311,7 +316,11 @@ def run(config: Config, strategy: tf.distribute.Strategy | None = None) -> dict[
 
 
 def _run(
-    config: Config, strategy: tf.distribute.Strategy, output_dir: str, policy: str
+    config: Config,
+    strategy: tf.distribute.Strategy,
+    output_dir: str,
+    policy: str,
+    callbacks: list[keras.callbacks.Callback],
 ) -> dict[str, Any]:
     backbone_kwargs: dict[str, Any] = {}
     if config.backbone.startswith("hub:"):
@@ -354,7 +363,6 @@ def _run(
 
     plan = _plan(config)
     batches = (math.floor if static else math.ceil)(data.num_train / config.batch_size)
-    callbacks: list[keras.callbacks.Callback] = []
     if importlib.util.find_spec("tensorboard") is not None:
         callbacks.append(keras.callbacks.TensorBoard(os.path.join(output_dir, "logs")))
     else:

@@ -262,3 +262,33 @@ def test_binary_config_file_and_flag_override(image_folder, tmp_path):
     )
     assert completed.returncode != 0
     assert "did you mean 'head_lr'" in completed.stderr
+
+
+class _Interrupt(keras.callbacks.Callback):
+    """Counts the epochs it sees and raises at the start of epoch `at` (if given)."""
+
+    def __init__(self, at=None):
+        super().__init__()
+        self.at = at
+        self.epochs = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.at:
+            raise KeyboardInterrupt("simulated preemption")
+        self.epochs.append(epoch)
+
+
+def test_interrupted_run_resumes_from_model_dir(image_folder, tmp_path):
+    root = image_folder({"a": 6, "b": 6})
+    config = _config(root, tmp_path / "out", validation_split=0.25, head_epochs=2, augment="")
+    first = _Interrupt(at=1)
+    with pytest.raises(KeyboardInterrupt):
+        image_classifier_lib.run(config, callbacks=[first])
+    assert first.epochs == [0]
+    assert os.listdir(tmp_path / "out" / "backup")
+
+    second = _Interrupt()
+    results = image_classifier_lib.run(config, callbacks=[second])
+    assert second.epochs == [1, 2]  # epoch 0 is not trained again
+    assert results["history"]["epoch"] == [0, 1, 2]
+    assert results["feature_extraction"]["epochs"] == 2

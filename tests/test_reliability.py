@@ -224,6 +224,7 @@ class Interrupt(keras.callbacks.Callback):
             raise KeyboardInterrupt
 
 
+@pytest.mark.slow
 def test_interruption_in_phase_one_resumes_in_phase_one(dataset, tmp_path):
     kwargs = dict(head_epochs=2, fine_tune_epochs=1, head_lr=1e-2, verbose=0)
     keras.utils.set_random_seed(1)
@@ -266,8 +267,7 @@ SAVE_LOOP = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("delay", [0.05, 0.2])
-def test_sigkill_during_save_leaves_a_loadable_model(tmp_path, delay):
+def test_sigkill_during_save_leaves_a_loadable_model(tmp_path):
     import signal
     import time
 
@@ -278,7 +278,7 @@ def test_sigkill_during_save_leaves_a_loadable_model(tmp_path, delay):
         [sys.executable, str(script), str(path)], stdout=subprocess.PIPE, text=True
     )
     assert process.stdout.readline().strip() == "SAVED"
-    time.sleep(delay)  # somewhere inside a later save
+    time.sleep(0.1)  # somewhere inside a later save
     process.send_signal(signal.SIGKILL)
     process.wait()
     loaded = keras.saving.load_model(path, safe_mode=True)  # never a truncated file

@@ -160,8 +160,11 @@ def fit_two_phase(
             crash or kill skips a finished phase 1, restores phase 2's trainable set,
             optimizer and learning-rate schedule position, continues from the last
             completed epoch, and returns the full history of both phases. The folder's
-            contents are deleted when training completes. Callbacks' own state (e.g.
-            `EarlyStopping` patience) is not restored.
+            contents are deleted when training completes. A rerun with other epochs,
+            learning rates, `unfreeze`, `train_bn` or `lr_decay` is refused. Not restored:
+            callbacks' own state (e.g. `EarlyStopping` patience), the position of a
+            per-epoch reshuffle and Keras' dropout random state, so a resumed run matches
+            an uninterrupted one exactly only when neither is used.
         nan_guard: add a `reliability.NonFiniteGuard`: a NaN/inf loss or metric restores
             the weights of the start of that epoch and raises `NonFiniteLossError`, so a
             diverged model is never returned and the backup keeps its last good epoch.
@@ -203,6 +206,10 @@ def fit_two_phase(
                 "num_weights": len(model.weights),
                 "head_epochs": head_epochs,
                 "fine_tune_epochs": fine_tune_epochs,
+                # The backup restores the optimizer's learning-rate variable: a rerun with
+                # another rate would silently train at the old one, so it is refused.
+                "head_lr": float(head_lr),
+                "fine_tune_lr": float(fine_tune_lr),
                 "unfreeze": str(unfreeze),
                 "train_bn": bool(train_bn),
                 "lr_decay": lr_decay,

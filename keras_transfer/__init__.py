@@ -17,6 +17,7 @@ from keras_transfer import lr_finder
 from keras_transfer import optimizers
 from keras_transfer import preprocessing
 from keras_transfer import regularizers
+from keras_transfer import reliability
 from keras_transfer import schedules
 from keras_transfer import training
 from keras_transfer.backbones import Backbone
@@ -44,6 +45,10 @@ from keras_transfer.optimizers import layer_decay_multipliers
 from keras_transfer.optimizers import with_layerwise_lr
 from keras_transfer.preprocessing import ImagePreprocessing
 from keras_transfer.regularizers import apply_l2sp
+from keras_transfer.reliability import NonFiniteGuard
+from keras_transfer.reliability import NonFiniteLossError
+from keras_transfer.reliability import NonFiniteWeightsError
+from keras_transfer.reliability import save_model
 from keras_transfer.schedules import OneCycle
 from keras_transfer.schedules import SlantedTriangular
 from keras_transfer.schedules import WarmupCosineDecay

@@ -10,6 +10,7 @@ loaders, all usable from plain `model.compile` / `model.fit`.
 from keras_transfer import backbones
 from keras_transfer import callbacks
 from keras_transfer import data
+from keras_transfer import features
 from keras_transfer import freezing
 from keras_transfer import heads
 from keras_transfer import hub
@@ -19,6 +20,7 @@ from keras_transfer import preprocessing
 from keras_transfer import regularizers
 from keras_transfer import reliability
 from keras_transfer import schedules
+from keras_transfer import strategy
 from keras_transfer import training
 from keras_transfer.backbones import Backbone
 from keras_transfer.backbones import BackboneSpec
@@ -32,6 +34,12 @@ from keras_transfer.callbacks import GradualUnfreezing
 from keras_transfer.data import ImageData
 from keras_transfer.data import image_folder_dataset
 from keras_transfer.data import tfds_dataset
+from keras_transfer.features import CachedFeatures
+from keras_transfer.features import FeatureExtraction
+from keras_transfer.features import extract_features
+from keras_transfer.features import feature_extractor
+from keras_transfer.features import fit_feature_extractor
+from keras_transfer.features import fit_two_phase_cached
 from keras_transfer.freezing import freeze
 from keras_transfer.freezing import trainable_blocks
 from keras_transfer.freezing import unfreeze
@@ -52,6 +60,12 @@ from keras_transfer.reliability import save_model
 from keras_transfer.schedules import OneCycle
 from keras_transfer.schedules import SlantedTriangular
 from keras_transfer.schedules import WarmupCosineDecay
+from keras_transfer.strategy import NegativeTransferWarning
+from keras_transfer.strategy import Strategy
+from keras_transfer.strategy import check_negative_transfer
+from keras_transfer.strategy import fit_scratch_baseline
+from keras_transfer.strategy import recommend_strategy
+from keras_transfer.strategy import scratch_model
 from keras_transfer.training import TwoPhaseHistory
 from keras_transfer.training import fit_two_phase
 

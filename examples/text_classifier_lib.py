@@ -214,7 +214,8 @@ def train_baseline(config: Config, train, validation, class_names) -> dict[str, 
         [
             keras.Input((), dtype="string"),
             vectorizer,
-            keras.layers.Embedding(20_000, 64, mask_zero=True),
+            # No masking: a text that is all out-of-vocabulary would average over nothing (NaN).
+            keras.layers.Embedding(20_000, 64),
             keras.layers.GlobalAveragePooling1D(),
             keras.layers.Dropout(config.dropout),
             keras.layers.Dense(len(class_names), activation="softmax"),

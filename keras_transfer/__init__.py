@@ -9,7 +9,9 @@ loaders, all usable from plain `model.compile` / `model.fit`.
 # also registers its serialisable classes, which `keras.saving.load_model` needs.
 from keras_transfer import backbones
 from keras_transfer import callbacks
+from keras_transfer import config
 from keras_transfer import data
+from keras_transfer import distribute
 from keras_transfer import features
 from keras_transfer import freezing
 from keras_transfer import heads
@@ -19,6 +21,7 @@ from keras_transfer import optimizers
 from keras_transfer import preprocessing
 from keras_transfer import regularizers
 from keras_transfer import reliability
+from keras_transfer import reports
 from keras_transfer import schedules
 from keras_transfer import strategy
 from keras_transfer import training
@@ -31,9 +34,12 @@ from keras_transfer.backbones import get_blocks
 from keras_transfer.backbones import list_backbones
 from keras_transfer.backbones import register_backbone
 from keras_transfer.callbacks import GradualUnfreezing
+from keras_transfer.config import ConfigError
 from keras_transfer.data import ImageData
 from keras_transfer.data import image_folder_dataset
 from keras_transfer.data import tfds_dataset
+from keras_transfer.distribute import create_strategy
+from keras_transfer.distribute import set_mixed_precision
 from keras_transfer.features import CachedFeatures
 from keras_transfer.features import FeatureExtraction
 from keras_transfer.features import extract_features
@@ -57,6 +63,10 @@ from keras_transfer.reliability import NonFiniteGuard
 from keras_transfer.reliability import NonFiniteLossError
 from keras_transfer.reliability import NonFiniteWeightsError
 from keras_transfer.reliability import save_model
+from keras_transfer.reports import classification_report
+from keras_transfer.reports import confusion_matrix
+from keras_transfer.reports import plot_confusion_matrix
+from keras_transfer.reports import plot_training_curves
 from keras_transfer.schedules import OneCycle
 from keras_transfer.schedules import SlantedTriangular
 from keras_transfer.schedules import WarmupCosineDecay

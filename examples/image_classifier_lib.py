@@ -158,20 +158,6 @@ def _write_json(path: str, content: Any) -> None:
     _write_atomically(path, write)
 
 
-def _phase_summary(history: training.TwoPhaseHistory, phase: str) -> dict[str, Any]:
-    last = history.phase_metrics(phase)
-    if not last:
-        return {}
-    summary = {key: float(value) for key, value in last.items()}
-    summary["epochs"] = history.phases.count(phase)
-    summary["seconds"] = round(history.seconds.get(phase, 0.0), 2)
-    best = history.best_phase_metrics(phase)
-    if best:
-        summary["best_epoch"] = int(best["epoch"]) + 1
-        summary["best_val_accuracy"] = float(best["val_accuracy"])
-    return summary
-
-
 def load_data(config: Config, image_size: int, drop_remainder: bool) -> data_lib.ImageData:
     """The training and validation data of `config`: an image folder or a TFDS dataset."""
     common = dict(
@@ -401,8 +387,8 @@ def _run(
     with open(os.path.join(output_dir, "labels.txt"), "w") as f:
         f.write("\n".join(data.class_names) + "\n")
     results: dict[str, Any] = {
-        "feature_extraction": _phase_summary(history, training.PHASE_HEAD),
-        "fine_tune": _phase_summary(history, training.PHASE_FINE_TUNE),
+        "feature_extraction": history.phase_summary(training.PHASE_HEAD),
+        "fine_tune": history.phase_summary(training.PHASE_FINE_TUNE),
         "history": {
             "epoch": list(history.epoch),
             "phase": list(history.phases),

@@ -246,16 +246,6 @@ def train_baseline(config: Config, train, validation, class_names) -> dict[str, 
     return report
 
 
-def _phase_summary(history: training.TwoPhaseHistory, phase: str) -> dict[str, Any]:
-    last = history.phase_metrics(phase)
-    if not last:
-        return {}
-    summary = {key: float(value) for key, value in last.items()}
-    summary["epochs"] = history.phases.count(phase)
-    summary["seconds"] = round(history.seconds.get(phase, 0.0), 2)
-    return summary
-
-
 def run(config: Config) -> dict[str, Any]:
     """Loads the text, fine-tunes the encoder in two phases, evaluates, saves.
 
@@ -300,8 +290,8 @@ def run(config: Config) -> dict[str, Any]:
         f.write("\n".join(class_names) + "\n")
     reports.plot_training_curves(history, os.path.join(config.model_dir, "training_curves.png"))
     results: dict[str, Any] = {
-        "feature_extraction": _phase_summary(history, training.PHASE_HEAD),
-        "fine_tune": _phase_summary(history, training.PHASE_FINE_TUNE),
+        "feature_extraction": history.phase_summary(training.PHASE_HEAD),
+        "fine_tune": history.phase_summary(training.PHASE_FINE_TUNE),
         "unfrozen_blocks": history.unfrozen_blocks,
         "blocks": [block.name for block in kt.get_blocks(model)],
         "class_names": class_names,

@@ -99,6 +99,21 @@ class TwoPhaseHistory:
         best = pick(indices, key=lambda i: self.history[monitor][i])
         return {"epoch": self.epoch[best], **{k: v[best] for k, v in self.history.items()}}
 
+    def phase_summary(self, phase: str, monitor: str = "val_accuracy") -> dict[str, Any]:
+        """A JSON-ready summary of `phase`: last-epoch metrics, epoch count, wall time and,
+        when `monitor` was logged, the best epoch (1-based) and its value."""
+        last = self.phase_metrics(phase)
+        if not last:
+            return {}
+        summary = {key: float(value) for key, value in last.items()}
+        summary["epochs"] = self.phases.count(phase)
+        summary["seconds"] = round(self.seconds.get(phase, 0.0), 2)
+        best = self.best_phase_metrics(phase, monitor)
+        if best:
+            summary["best_epoch"] = int(best["epoch"]) + 1
+            summary[f"best_{monitor}"] = float(best[monitor])
+        return summary
+
 
 def fit_two_phase(
     model: keras.Model,

@@ -80,6 +80,12 @@ def test_history_summaries(model, dataset):
     best = history.best_phase_metrics("fine_tune")
     assert best["epoch"] in (1, 2)
     assert history.phase_metrics("nope") == {}
+    summary = history.phase_summary("fine_tune")
+    assert summary["epochs"] == 2 and summary["val_accuracy"] == last["val_accuracy"]
+    assert summary["best_epoch"] == best["epoch"] + 1
+    assert summary["best_val_accuracy"] == best["val_accuracy"]
+    assert summary["seconds"] == round(history.seconds["fine_tune"], 2)
+    assert history.phase_summary("nope") == {}
 
 
 def test_skipping_a_phase(model, dataset):

@@ -155,7 +155,7 @@ class GradualUnfreezing(keras.callbacks.Callback):
                 layer: layer.trainable for layer in self.model._flatten_layers()
             }
         if self.verbose:
-            keras.utils.io_utils.print_msg(
+            print(
                 f"GradualUnfreezing: epoch {epoch + 1}: {len(names)} trainable backbone "
                 f"block(s){': ' + ', '.join(names) if names else ''}"
             )

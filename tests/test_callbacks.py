@@ -176,7 +176,7 @@ def test_reloaded_model_with_built_optimizer_keeps_its_state(tmp_path):
     assert freezing.trainable_blocks(restored) == [b.name for b in kt.get_blocks(restored)]
 
 
-def test_reloaded_transfer_classifier(tmp_path):
+def test_reloaded_transfer_classifier(tmp_path, capsys):
     model = tiny_classifier()
     model.save(tmp_path / "model.keras")
     restored = keras.saving.load_model(tmp_path / "model.keras")
@@ -184,7 +184,14 @@ def test_reloaded_transfer_classifier(tmp_path):
     snapshots = Snapshots()
     x, y = tiny_data(8)
     restored.fit(
-        x, y, epochs=2, callbacks=[callbacks_lib.GradualUnfreezing({1: 1}), snapshots], verbose=0
+        x,
+        y,
+        epochs=2,
+        callbacks=[callbacks_lib.GradualUnfreezing({1: 1}, verbose=1), snapshots],
+        verbose=0,
+    )
+    assert "GradualUnfreezing: epoch 2: 1 trainable backbone block(s): conv_dw_13" in (
+        capsys.readouterr().out
     )
     top = block_paths(restored, "conv_dw_13", "weights")
     assert not any(snapshots.changed(p, 0) for p in top)

@@ -43,13 +43,12 @@ def freeze(model: keras.Model | Backbone, train_bn: bool = False) -> None:
 
     Recompile the model afterwards: Keras collects trainable weights at compile time.
     """
-    backbone_model, blocks = _backbone_and_blocks(model)
-    backbone_model.trainable = False
     if train_bn:
-        backbone_model.trainable = True
-        for block in blocks:
-            block.set_trainable(False)
-        _set_bn_trainable(blocks, True)
+        # No block trainable, but BN layers everywhere: exactly unfreeze's train_bn path.
+        unfreeze(model, top_blocks=0, train_bn=True)
+        return
+    backbone_model, _ = _backbone_and_blocks(model)
+    backbone_model.trainable = False
 
 
 def select_blocks(

@@ -35,6 +35,8 @@ class ClassificationHead(keras.layers.Layer):
         dropout: dropout rate before each dense layer (hidden and output); 0 disables it.
         batch_norm: add BatchNormalization after each hidden dense layer.
         logits: output raw logits instead of probabilities (pair with a `from_logits=True` loss).
+        kernel_regularizer: regularizer of every dense kernel of the head (hidden and
+            output), e.g. `"l2"` or `keras.regularizers.L2(1e-4)`; saved with the model.
         **kwargs: standard `keras.layers.Layer` arguments.
 
     Example:
@@ -53,6 +55,7 @@ class ClassificationHead(keras.layers.Layer):
         dropout: float = 0.2,
         batch_norm: bool = False,
         logits: bool = False,
+        kernel_regularizer: str | keras.regularizers.Regularizer | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -65,10 +68,18 @@ class ClassificationHead(keras.layers.Layer):
         self.dropout = float(dropout)
         self.batch_norm = bool(batch_norm)
         self.logits = bool(logits)
+        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
 
         self.hidden_layers = []
         for i, units in enumerate(self.hidden_units):
-            block = [keras.layers.Dense(units, name=f"hidden_{i}_dense", dtype=self.dtype_policy)]
+            block = [
+                keras.layers.Dense(
+                    units,
+                    kernel_regularizer=self.kernel_regularizer,
+                    name=f"hidden_{i}_dense",
+                    dtype=self.dtype_policy,
+                )
+            ]
             if self.batch_norm:
                 block.append(
                     keras.layers.BatchNormalization(name=f"hidden_{i}_bn", dtype=self.dtype_policy)
@@ -84,6 +95,7 @@ class ClassificationHead(keras.layers.Layer):
         self.output_dense = keras.layers.Dense(
             self.output_units,
             activation=None if self.logits else self.output_activation,
+            kernel_regularizer=self.kernel_regularizer,
             dtype="float32",
             name="predictions",
         )
@@ -184,6 +196,7 @@ class ClassificationHead(keras.layers.Layer):
                 "dropout": self.dropout,
                 "batch_norm": self.batch_norm,
                 "logits": self.logits,
+                "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
             }
         )
         return config
@@ -207,7 +220,16 @@ def _check_head_args(num_classes, task, pooling, hidden_units, dropout) -> None:
         raise ValueError(f"dropout must be in [0, 1), got {dropout}.")
 
 
-HEAD_ARGS = ("task", "pooling", "hidden_units", "activation", "dropout", "batch_norm", "logits")
+HEAD_ARGS = (
+    "task",
+    "pooling",
+    "hidden_units",
+    "activation",
+    "dropout",
+    "batch_norm",
+    "logits",
+    "kernel_regularizer",
+)
 
 
 def make_head(num_classes: int, head: Mapping[str, Any] | None = None) -> ClassificationHead:

@@ -22,6 +22,7 @@ import numpy as np
 from keras import ops
 
 from keras_transfer import backbones as backbones_lib
+from keras_transfer.heads import ClassificationHead
 
 
 @keras.saving.register_keras_serializable(package="keras_transfer")
@@ -123,8 +124,8 @@ def apply_l2sp(
     but keeps the references of weights that already have one (e.g. restored with a
     reloaded `.keras` model), so the pull stays toward the pretrained values.
 
-    A `ClassificationHead` rebuilds its Dense layers from its own arguments, so the head's
-    L2 is not saved with the model: call `apply_l2sp` again after loading to keep training.
+    A `ClassificationHead` gets the L2 as its `kernel_regularizer`, so it is saved with the
+    model like the backbone's L2-SP.
 
     Args:
         model: a `create_classifier` model or any model nesting a known backbone.
@@ -169,6 +170,10 @@ def apply_l2sp(
             f"Backbone weight paths look like {paths}."
         )
     for layer in model._flatten_layers(include_self=True):
+        if isinstance(layer, ClassificationHead):
+            # The head rebuilds its Dense layers from its own config on load: the L2 must
+            # be there to be saved.
+            layer.kernel_regularizer = keras.regularizers.L2(beta) if beta else None
         for variable in _trainable_kind(layer):
             if id(variable) in backbone_ids or len(variable.shape) < 2:
                 continue  # biases and scales are not decayed, as is usual for weight decay

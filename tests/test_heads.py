@@ -83,6 +83,18 @@ def test_dense_stack_with_batch_norm(small_backbone):
     assert model.head.hidden_layers[1][0].kernel.shape == (16, 8)
 
 
+def test_kernel_regularizer_covers_every_head_kernel_and_survives_from_config():
+    head = kt.ClassificationHead(
+        3, pooling=None, hidden_units=(4,), kernel_regularizer=keras.regularizers.L2(0.5)
+    )
+    head(np.ones((2, 6), "float32"))
+    kernels = [head.hidden_layers[0][0].kernel, head.output_dense.kernel]
+    expected = sum(0.5 * float(np.sum(k.numpy() ** 2)) for k in kernels)
+    assert float(sum(head.losses)) == pytest.approx(expected, rel=1e-5)
+    again = kt.ClassificationHead.from_config(head.get_config())
+    assert again.kernel_regularizer.get_config() == {"l2": 0.5}
+
+
 def test_output_is_float32_under_mixed_precision(small_backbone):
     keras.config.set_dtype_policy("mixed_float16")
     backbone = kt.create_backbone("mobilenet_v2", input_shape=(32, 32, 3), weights=None)

@@ -117,9 +117,13 @@ def test_l2sp_reference_is_saved_and_kept_when_reapplied(tmp_path):
     layer = restored.backbone.get_layer("conv_pw_13")
     assert isinstance(layer.kernel.regularizer, regularizers.L2SP)
     np.testing.assert_array_equal(layer.kernel.regularizer.reference, pretrained)
-    assert len(restored.losses) == 2  # the head's L2 is not part of the head's config
+    # L2-SP on the unfrozen block's two kernels and the head's L2, all from the config.
+    assert len(restored.losses) == 3
+    head_kernel = restored.head.output_dense.kernel.numpy()
     restored_penalty = float(sum(float(loss) for loss in restored.losses))
-    assert restored_penalty == pytest.approx(0.5 * pretrained.size * 0.04, rel=1e-4)
+    assert restored_penalty == pytest.approx(
+        0.5 * pretrained.size * 0.04 + 0.1 * float(np.sum(head_kernel**2)), rel=1e-4
+    )
     counts = regularizers.apply_l2sp(restored, alpha=0.5, beta=0.1)
     assert counts["head"] == 1 and len(restored.losses) == 3
     np.testing.assert_array_equal(layer.kernel.regularizer.reference, pretrained)

@@ -57,6 +57,13 @@ flags.DEFINE_integer(
 flags.DEFINE_integer(
     "fine_tune_epochs", _DEFAULTS.fine_tune_epochs, "Epochs fine-tuning the unfrozen blocks."
 )
+flags.DEFINE_bool(
+    "cache_features",
+    _DEFAULTS.cache_features,
+    "Train the head phase on backbone features computed once from the unaugmented training "
+    "images (default and mirrored strategies); --nocache_features runs every head epoch "
+    "through the frozen backbone on augmented images.",
+)
 flags.DEFINE_string(
     "unfreeze_blocks",
     _DEFAULTS.unfreeze_blocks,
@@ -130,6 +137,12 @@ flags.DEFINE_bool(
     "mixed_bfloat16 on TPU (and CPU), mixed_float16 on GPU.",
 )
 flags.DEFINE_string("export", _DEFAULTS.export, "Comma-separated: saved_model, tflite.")
+flags.DEFINE_bool(
+    "restore_best",
+    _DEFAULTS.restore_best,
+    "Keep (and save) the weights of each phase's epoch with the lowest validation loss; "
+    "--norestore_best keeps the last epoch's.",
+)
 flags.DEFINE_bool(
     "resume",
     _DEFAULTS.resume,

@@ -37,6 +37,8 @@ class ImageData:
         num_validation: number of validation images.
         skipped: paths of files that were not decodable images and were left out.
         image_size: `(height, width)` of the images.
+        train_unaugmented: the training images as validation sees them (central crop, no
+            augmentation, no shuffle): what cached feature extraction should run on.
     """
 
     train: tf.data.Dataset
@@ -46,6 +48,7 @@ class ImageData:
     num_validation: int
     skipped: list[str] = dataclasses.field(default_factory=list)
     image_size: tuple[int, int] = (224, 224)
+    train_unaugmented: tf.data.Dataset | None = None
 
 
 def default_augmentation(seed: int | None = None) -> keras.layers.Pipeline:
@@ -308,6 +311,10 @@ def image_folder_dataset(
         drop_remainder=drop_remainder,
     )
     train = options.build(_decoded(paths, labels, options), training=True, split="train")
+    # Lazy: its images are decoded (and cached) only if it is iterated.
+    train_unaugmented = options.build(
+        _decoded(paths, labels, options), training=False, split="train_unaugmented"
+    )
     validation = None
     if val_paths:
         validation = options.build(
@@ -328,6 +335,7 @@ def image_folder_dataset(
         num_validation=len(val_paths),
         skipped=skipped,
         image_size=image_size,
+        train_unaugmented=train_unaugmented,
     )
 
 
@@ -502,17 +510,18 @@ def tfds_dataset(
         image = resize_and_crop(image[..., :3], options.load_size, options.resize)
         return image, tf.cast(example[label_key], tf.int32)
 
-    def prepare(dataset, split):
+    def prepare(dataset, split, training=False):
         dataset = dataset.map(to_pair, num_parallel_calls=tf.data.AUTOTUNE)
-        return options.build(dataset, training=split == "train", split=split)
+        return options.build(dataset, training=training, split=split)
 
     return ImageData(
-        train=prepare(loaded[0], "train"),
+        train=prepare(loaded[0], "train", training=True),
         validation=prepare(loaded[1], "validation") if validation_split else None,
         class_names=class_names,
         num_train=_num_examples(loaded[0], info, train_split),
         num_validation=_num_examples(loaded[1], info, validation_split) if validation_split else 0,
         image_size=options.image_size,
+        train_unaugmented=prepare(loaded[0], "train_unaugmented"),
     )
 
 

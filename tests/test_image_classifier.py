@@ -264,6 +264,30 @@ def test_binary_config_file_and_flag_override(image_folder, tmp_path):
     assert "did you mean 'head_lr'" in completed.stderr
 
 
+def test_cached_head_phase_then_fine_tuning_on_one_timeline_with_best_weights_kept(
+    image_folder, tmp_path
+):
+    root = image_folder({"a": 6, "b": 6})
+    seen = _Interrupt()
+    results = image_classifier_lib.run(
+        _config(root, tmp_path / "out", validation_split=0.25, fine_tune_epochs=2),
+        callbacks=[seen],
+    )
+    assert results["cached_features"] is True
+    assert seen.epochs == [0, 1, 2, 3]  # callbacks see phase 2 continue phase 1's count
+    history = results["history"]
+    assert history["epoch"] == [0, 1, 2, 3]
+    assert results["feature_extraction"]["epochs"] == 2
+    # The saved weights are those of phase 2's lowest-val_loss epoch, and the saved model's
+    # measured accuracy is that epoch's.
+    fine_tune_losses = history["val_loss"][2:]
+    best = int(np.argmin(fine_tune_losses))
+    assert results["saved_weights"] == {"phase": "fine_tune", "epoch": 3 + best}
+    assert results["saved_model_val_accuracy"] == pytest.approx(
+        history["val_accuracy"][2 + best], abs=1e-6
+    )
+
+
 class _Interrupt(keras.callbacks.Callback):
     """Counts the epochs it sees and raises at the start of epoch `at` (if given)."""
 
@@ -280,7 +304,15 @@ class _Interrupt(keras.callbacks.Callback):
 
 def test_interrupted_run_resumes_from_model_dir(image_folder, tmp_path):
     root = image_folder({"a": 6, "b": 6})
-    config = _config(root, tmp_path / "out", validation_split=0.25, head_epochs=2, augment="")
+    # Through the frozen backbone, phase 1 is backed up epoch by epoch too.
+    config = _config(
+        root,
+        tmp_path / "out",
+        validation_split=0.25,
+        head_epochs=2,
+        augment="",
+        cache_features=False,
+    )
     first = _Interrupt(at=1)
     with pytest.raises(KeyboardInterrupt):
         image_classifier_lib.run(config, callbacks=[first])
@@ -292,3 +324,19 @@ def test_interrupted_run_resumes_from_model_dir(image_folder, tmp_path):
     assert second.epochs == [1, 2]  # epoch 0 is not trained again
     assert results["history"]["epoch"] == [0, 1, 2]
     assert results["feature_extraction"]["epochs"] == 2
+
+
+def test_cached_run_interrupted_in_fine_tuning_resumes_there(image_folder, tmp_path):
+    root = image_folder({"a": 6, "b": 6})
+    config = _config(root, tmp_path / "out", validation_split=0.25, fine_tune_epochs=2)
+    first = _Interrupt(at=3)
+    with pytest.raises(KeyboardInterrupt):
+        image_classifier_lib.run(config, callbacks=[first])
+    assert first.epochs == [0, 1, 2]
+
+    second = _Interrupt()
+    results = image_classifier_lib.run(config, callbacks=[second])
+    # Phase 1 on cached features is cheap and runs again; fine-tuning epoch 2 is not.
+    assert second.epochs == [0, 1, 3]
+    assert results["history"]["epoch"] == [0, 1, 2, 3]
+    assert results["history"]["phase"] == ["feature_extraction"] * 2 + ["fine_tune"] * 2

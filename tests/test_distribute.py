@@ -18,6 +18,7 @@ import pytest
 import tensorflow as tf
 
 from keras_transfer import distribute
+from keras_transfer import heads
 from keras_transfer import training
 
 import image_classifier_lib
@@ -80,6 +81,15 @@ def test_create_strategy_names_and_errors():
     with pytest.raises(ValueError, match="pass strategy='tpu'"):
         distribute.create_strategy("mirrored", tpu="local")
     assert distribute.is_chief(tf.distribute.get_strategy())
+
+
+def test_multi_worker_fit_fix_is_a_no_op_elsewhere():
+    assert not distribute.is_multi_worker(tf.distribute.get_strategy())
+    assert not distribute.is_multi_worker(None)
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    assert distribute.enable_multi_worker_fit(model) is model
+    assert "train_step" not in vars(model)  # nothing patched outside a multi-worker cluster
+    assert issubclass(heads.TransferClassifier, distribute.MultiWorkerFitMixin)
 
 
 def test_tpu_strategy_without_a_tpu_says_how_to_get_one(monkeypatch):

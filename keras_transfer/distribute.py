@@ -153,7 +153,7 @@ def is_multi_worker(strategy: tf.distribute.Strategy | None) -> bool:
 
 
 # Keras 3.15's TensorFlow trainer fails twice under a MultiWorkerMirroredStrategy with more
-# than one worker (reproduced with two workers on 127.0.0.1, see tests/test_multi_worker.py):
+# than one worker (reproduced with two workers on 127.0.0.1: tests/test_distribute.py):
 # 1. Before the first step, `fit` and `evaluate` build the model from the first batch averaged
 #    over the replicas, `strategy.reduce("MEAN", (x, y), axis=None)`. MirroredStrategy maps
 #    `reduce` over the `(x, y)` structure; the collective strategy does not and passes the

@@ -310,13 +310,6 @@ def run(
     keras.utils.set_random_seed(config.seed)
     if strategy is None:
         strategy = distribute.create_strategy(config.strategy, config.tpu or None)
-    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        raise NotImplementedError(
-            "Keras 3.15's model.fit cannot train under MultiWorkerMirroredStrategy: before the "
-            "first step it averages the first data batch with strategy.reduce, which the "
-            "collective strategy rejects for per-replica batches. Use strategy='mirrored' "
-            "(all devices of one machine) or 'tpu'."
-        )
     chief = distribute.is_chief(strategy)
     # Non-chief workers of a multi-worker run write to a scratch folder that is deleted.
     output_dir = config.model_dir if chief else tempfile.mkdtemp(prefix="worker_")

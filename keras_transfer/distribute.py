@@ -4,11 +4,14 @@
 `experimental_connect_to_cluster`, `initialize_tpu_system`); `mixed_precision_policy` picks
 the policy the hardware runs fast (`mixed_bfloat16` on TPU, `mixed_float16` on GPU).
 Build and compile the model inside `strategy.scope()`; Keras' `fit` distributes the data.
+`MultiWorkerFitMixin` / `enable_multi_worker_fit` make Keras 3's `fit` and `evaluate` work
+under `MultiWorkerMirroredStrategy` (`TransferClassifier` has it built in).
 """
 
 from __future__ import annotations
 
 import logging
+import types
 from typing import Any
 
 import keras
@@ -140,3 +143,118 @@ def static_batches(strategy: tf.distribute.Strategy | None) -> bool:
     """Whether datasets must drop their last partial batch (`drop_remainder=True`): TPUs
     compile for one static batch shape."""
     return is_tpu(strategy)
+
+
+def is_multi_worker(strategy: tf.distribute.Strategy | None) -> bool:
+    """Whether `strategy` is a `MultiWorkerMirroredStrategy` spanning more than one worker."""
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and (
+        strategy.num_replicas_in_sync > len(strategy.extended.worker_devices)
+    )
+
+
+# Keras 3.15's TensorFlow trainer fails twice under a MultiWorkerMirroredStrategy with more
+# than one worker (reproduced with two workers on 127.0.0.1: tests/test_distribute.py):
+# 1. Before the first step, `fit` and `evaluate` build the model from the first batch averaged
+#    over the replicas, `strategy.reduce("MEAN", (x, y), axis=None)`. MirroredStrategy maps
+#    `reduce` over the `(x, y)` structure; the collective strategy does not and passes the
+#    tuple of per-replica tensors to `convert_to_tensor`: "Attempt to convert a value
+#    (PerReplica...) with an unsupported type". Building only needs shapes and dtypes, which
+#    this worker's own first replica batch has: no reduce (and no network traffic) needed.
+# 2. Each step averages the per-replica logs (loss, metrics: scalars) with
+#    `strategy.reduce("MEAN", value, axis=0)` in multi-worker mode, which fails on scalars:
+#    "Invalid reduction dimension 0 for input with 0 dimensions". Giving each log a leading
+#    axis of length 1 makes that reduce the mean over all replicas, the value
+#    MirroredStrategy reports.
+
+
+def _first_local_batch(strategy: tf.distribute.Strategy, batch: Any) -> Any:
+    def first(value):
+        if isinstance(value, tf.distribute.DistributedValues):
+            return strategy.experimental_local_results(value)[0]
+        return value
+
+    return tf.nest.map_structure(first, batch)
+
+
+def _symbolic_build_iterator(model: keras.Model, iterator: Any) -> Any:
+    """The first batch the model is built from under a multi-worker strategy."""
+    for _, _, batches in iterator:
+        return _first_local_batch(model.distribute_strategy, next(batches))
+    return None
+
+
+def _logs_with_replica_axis(logs: Any) -> Any:
+    return tf.nest.map_structure(
+        lambda value: value[None] if tf.is_tensor(value) and value.shape.rank == 0 else value,
+        logs,
+    )
+
+
+class MultiWorkerFitMixin:
+    """Makes Keras 3's `fit` and `evaluate` run under `MultiWorkerMirroredStrategy`.
+
+    Keras 3.15's TensorFlow trainer cannot train under a `MultiWorkerMirroredStrategy` with
+    more than one worker: it averages the first data batch with `strategy.reduce`, which the
+    collective strategy rejects for an `(x, y)` structure, and it reduces the scalar step
+    logs along an axis they do not have. This mixin builds the model from the worker's own
+    first batch and gives the logs the axis. With any other strategy it changes nothing.
+    Put it before `keras.Model` in the bases; for a `Sequential` or functional model use
+    `enable_multi_worker_fit`.
+
+    Example:
+    >>> class MyModel(MultiWorkerFitMixin, keras.Model):
+    ...     ...
+    """
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        if iterator is not None and is_multi_worker(self._distribute_strategy):
+            data_batch, iterator = _symbolic_build_iterator(self, iterator), None
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
+    def train_step(self, data):
+        logs = super().train_step(data)
+        return _logs_with_replica_axis(logs) if is_multi_worker(self.distribute_strategy) else logs
+
+    def test_step(self, data):
+        logs = super().test_step(data)
+        return _logs_with_replica_axis(logs) if is_multi_worker(self.distribute_strategy) else logs
+
+
+def enable_multi_worker_fit(model: keras.Model) -> keras.Model:
+    """Makes `model.fit` and `model.evaluate` run under `MultiWorkerMirroredStrategy`.
+
+    The same fix as `MultiWorkerFitMixin`, for a model whose class you do not control (a
+    `Sequential` or functional model); it wraps the model's own `train_step` / `test_step`,
+    so custom ones keep working. A no-op under any other strategy. `TransferClassifier`
+    needs no call.
+
+    Args:
+        model: a model built in a `MultiWorkerMirroredStrategy` scope.
+
+    Returns:
+        `model`, for chaining.
+
+    Example:
+    >>> strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    >>> with strategy.scope():
+    ...     model = enable_multi_worker_fit(keras.Sequential([...]))
+    ...     model.compile(...)
+    >>> model.fit(dataset)
+    """
+    if isinstance(model, MultiWorkerFitMixin) or not is_multi_worker(model.distribute_strategy):
+        return model
+    symbolic_build, train_step, test_step = (
+        model._maybe_symbolic_build,
+        model.train_step,
+        model.test_step,
+    )
+
+    def maybe_symbolic_build(self, iterator=None, data_batch=None):
+        if iterator is not None:
+            data_batch, iterator = _symbolic_build_iterator(self, iterator), None
+        return symbolic_build(iterator=iterator, data_batch=data_batch)
+
+    model._maybe_symbolic_build = types.MethodType(maybe_symbolic_build, model)
+    model.train_step = lambda data: _logs_with_replica_axis(train_step(data))
+    model.test_step = lambda data: _logs_with_replica_axis(test_step(data))
+    return model

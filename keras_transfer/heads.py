@@ -9,6 +9,7 @@ from typing import Any
 import keras
 
 from keras_transfer import backbones as backbones_lib
+from keras_transfer import distribute
 from keras_transfer.preprocessing import ImagePreprocessing
 
 TASKS = ("multiclass", "binary", "multilabel", "regression")
@@ -242,12 +243,14 @@ def make_head(num_classes: int, head: Mapping[str, Any] | None = None) -> Classi
 
 
 @keras.saving.register_keras_serializable(package="keras_transfer")
-class TransferClassifier(keras.Model):
+class TransferClassifier(distribute.MultiWorkerFitMixin, keras.Model):
     """Raw images in, predictions out: preprocessing, a pretrained backbone and a head.
 
     A functional model (so `summary()`, `fit`, `.keras` saving and `export` all work as for
     any Keras model) that also remembers what transfer learning needs after a reload: the
     backbone's registry name (for its blocks), the class names and the head's task.
+    `fit` and `evaluate` also run under `MultiWorkerMirroredStrategy`, which Keras 3.15
+    does not support for plain models (see `distribute.MultiWorkerFitMixin`).
 
     `compile()` fills in what the head implies: `loss="auto"` and `metrics="auto"` pick the
     matching loss and accuracy metric; `optimizer="auto"` is Adam with learning rate 1e-3.

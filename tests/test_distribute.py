@@ -13,10 +13,13 @@ import sys
 import textwrap
 
 import keras
+import numpy as np
 import pytest
 import tensorflow as tf
 
 from keras_transfer import distribute
+from keras_transfer import heads
+from keras_transfer import training
 
 import image_classifier_lib
 
@@ -78,6 +81,15 @@ def test_create_strategy_names_and_errors():
     with pytest.raises(ValueError, match="pass strategy='tpu'"):
         distribute.create_strategy("mirrored", tpu="local")
     assert distribute.is_chief(tf.distribute.get_strategy())
+
+
+def test_multi_worker_fit_fix_is_a_no_op_elsewhere():
+    assert not distribute.is_multi_worker(tf.distribute.get_strategy())
+    assert not distribute.is_multi_worker(None)
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    assert distribute.enable_multi_worker_fit(model) is model
+    assert "train_step" not in vars(model)  # nothing patched outside a multi-worker cluster
+    assert issubclass(heads.TransferClassifier, distribute.MultiWorkerFitMixin)
 
 
 def test_tpu_strategy_without_a_tpu_says_how_to_get_one(monkeypatch):
@@ -156,35 +168,77 @@ def _free_ports(count):
     return ports
 
 
+def train_plain_model(strategy=None):
+    """A Sequential model trained with `fit` (2 epochs, validation) on one device or under
+    `strategy` (made multi-worker ready by `enable_multi_worker_fit`): (weights, history)."""
+    import numpy as np
+
+    strategy = strategy or tf.distribute.get_strategy()
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(32, 8)).astype("float32")
+    y = (x[:, 0] > 0).astype("int32")
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+    with strategy.scope():
+        keras.utils.set_random_seed(1)
+        model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(2, activation="softmax")])
+        model = distribute.enable_multi_worker_fit(model)
+        model.compile(
+            optimizer=keras.optimizers.SGD(0.5),
+            loss="sparse_categorical_crossentropy",
+            metrics=["accuracy"],
+        )
+    history = model.fit(dataset, epochs=2, validation_data=dataset, verbose=0)
+    return [np.asarray(w) for w in model.get_weights()], history.history
+
+
 _WORKER = textwrap.dedent(
     """
     import json, os, sys
+    import keras
+    import numpy as np
     import tensorflow as tf
     sys.path.insert(0, os.path.join(sys.argv[1], "examples"))
+    sys.path.insert(0, os.path.join(sys.argv[1], "tests"))
     from keras_transfer import distribute
     import image_classifier_lib
+    from test_distribute import train_plain_model
+
+    class FinalWeights(keras.callbacks.Callback):
+        def on_train_end(self, logs=None):  # the last call is the fine-tuning phase's
+            self.weights = self.model.get_weights()
+
     strategy = distribute.create_strategy("multi_worker")
     total = strategy.reduce(
         "SUM", strategy.run(lambda: tf.constant(1.0 + strategy.cluster_resolver.task_id)), axis=None
     )
-    try:
-        image_classifier_lib.run(image_classifier_lib.Config(**json.loads(sys.argv[2])), strategy)
-        refused = ""
-    except NotImplementedError as error:
-        refused = str(error)
+    plain_weights, plain_history = train_plain_model(strategy)
+    settings = json.loads(sys.argv[2])
+    if not distribute.is_chief(strategy):
+        settings["model_dir"] += "_worker"  # must stay untouched: only the chief writes
+    final = FinalWeights()
+    results = image_classifier_lib.run(image_classifier_lib.Config(**settings), strategy, [final])
+    np.savez(sys.argv[3], *final.weights)
+    np.savez(sys.argv[4], *plain_weights)
     print("RESULTS " + json.dumps({"replicas": strategy.num_replicas_in_sync,
                                    "sum": float(total), "chief": distribute.is_chief(strategy),
-                                   "refused": refused}))
+                                   "history": results["history"],
+                                   "plain_history": plain_history}))
     """
 )
 
 
+def _load(path):
+    arrays = np.load(path)
+    return [arrays[f"arr_{i}"] for i in range(len(arrays.files))]
+
+
 @pytest.mark.slow
 def test_multi_worker_on_loopback(image_folder, tmp_path):
-    """Two worker processes form a cluster on 127.0.0.1 and all-reduce across it. Training
-    under it is refused with a clear error: Keras 3.15's `fit` fails under
-    MultiWorkerMirroredStrategy (see `image_classifier_lib.run`)."""
-    root = image_folder({"a": 10, "b": 10})
+    """Two worker processes form a cluster on 127.0.0.1 and train with `model.fit`: a plain
+    Sequential model (via `enable_multi_worker_fit`) and the image classifier example (a
+    `TransferClassifier`, both phases). The workers end with the same weights, the plain
+    model with the weights of the same training on one device, and only the chief writes."""
+    root = image_folder({"a": 10, "b": 10})  # 16 train, 4 validation: even splits
     workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
     settings = _settings(root, tmp_path / "out", "multi_worker")
     processes = []
@@ -192,7 +246,8 @@ def test_multi_worker_on_loopback(image_folder, tmp_path):
         tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
         processes.append(
             subprocess.Popen(
-                [sys.executable, "-c", _WORKER, REPO_ROOT, json.dumps(settings)],
+                [sys.executable, "-c", _WORKER, REPO_ROOT, json.dumps(settings)]
+                + [str(tmp_path / f"{name}{index}.npz") for name in ("example", "plain")],
                 env=_env(TF_CONFIG=json.dumps(tf_config)),
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
@@ -214,4 +269,26 @@ def test_multi_worker_on_loopback(image_folder, tmp_path):
     assert [r["replicas"] for r in results] == [2, 2]
     assert [r["sum"] for r in results] == [3.0, 3.0]  # 1 + 2 across both workers
     assert [r["chief"] for r in results] == [True, False]
-    assert all("MultiWorkerMirroredStrategy" in r["refused"] for r in results)
+
+    # The example: both phases ran on both workers, in lockstep, to the same weights.
+    chief, other = results
+    assert chief["history"]["phase"] == [training.PHASE_HEAD, training.PHASE_FINE_TUNE]
+    assert chief["history"] == other["history"]
+    example = [_load(tmp_path / f"example{index}.npz") for index in range(2)]
+    for a, b in zip(*example):
+        np.testing.assert_array_equal(a, b)
+    out = tmp_path / "out"
+    assert {"model.keras", "results.json", "labels.txt"} <= {p.name for p in out.iterdir()}
+    assert json.loads((out / "results.json").read_text())["replicas"] == 2
+    saved = keras.saving.load_model(out / "model.keras").get_weights()
+    for a, b in zip(saved, example[0]):
+        np.testing.assert_array_equal(a, b)
+    assert not (tmp_path / "out_worker").exists()
+
+    # The plain model: the same training on one device gives the same weights and logs.
+    weights, history = train_plain_model()
+    for index in range(2):
+        for a, b in zip(_load(tmp_path / f"plain{index}.npz"), weights):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+        for name, values in history.items():
+            np.testing.assert_allclose(results[index]["plain_history"][name], values, rtol=1e-5)

@@ -340,3 +340,39 @@ def test_cached_run_interrupted_in_fine_tuning_resumes_there(image_folder, tmp_p
     assert second.epochs == [0, 1, 3]
     assert results["history"]["epoch"] == [0, 1, 2, 3]
     assert results["history"]["phase"] == ["feature_extraction"] * 2 + ["fine_tune"] * 2
+
+
+def _tensorboard_scalars(log_dir):
+    """`{tag: [(step, value), ...]}` as TensorBoard reads the run in `log_dir`."""
+    import tensorflow as tf
+    from tensorboard.backend.event_processing import event_accumulator
+
+    accumulator = event_accumulator.EventAccumulator(
+        str(log_dir), size_guidance={event_accumulator.TENSORS: 0}
+    )
+    accumulator.Reload()
+    return {
+        tag: [(e.step, float(tf.make_ndarray(e.tensor_proto))) for e in accumulator.Tensors(tag)]
+        for tag in accumulator.Tags()["tensors"]
+    }
+
+
+def test_tensorboard_logs_one_epoch_timeline_across_phases(image_folder, tmp_path):
+    pytest.importorskip("tensorboard", reason="pip install tensorboard to write TensorBoard logs")
+    root = image_folder({"cats": 6, "dogs": 6})
+    model_dir = tmp_path / "out"
+    results = image_classifier_lib.run(
+        _config(root, model_dir, head_epochs=1, fine_tune_epochs=2, validation_split=0.25)
+    )
+    history = results["history"]
+    assert history["phase"] == ["feature_extraction", "fine_tune", "fine_tune"]
+    for split, prefix in (("train", ""), ("validation", "val_")):
+        scalars = _tensorboard_scalars(model_dir / "logs" / split)
+        for metric in ("loss", "accuracy"):
+            # The fine-tuning phase continues the head phase's epoch axis (no restart at 0),
+            # with the values the run reported.
+            steps, values = zip(*scalars[f"epoch_{metric}"])
+            assert steps == (0, 1, 2)
+            np.testing.assert_allclose(values, history[prefix + metric], rtol=1e-6)
+    learning_rates = dict(_tensorboard_scalars(model_dir / "logs" / "train")["epoch_learning_rate"])
+    assert learning_rates[1] < learning_rates[0]  # the phase boundary is visible

@@ -38,7 +38,9 @@ from keras_transfer.config import ConfigError
 from keras_transfer.data import ImageData
 from keras_transfer.data import image_folder_dataset
 from keras_transfer.data import tfds_dataset
+from keras_transfer.distribute import MultiWorkerFitMixin
 from keras_transfer.distribute import create_strategy
+from keras_transfer.distribute import enable_multi_worker_fit
 from keras_transfer.distribute import set_mixed_precision
 from keras_transfer.features import CachedFeatures
 from keras_transfer.features import FeatureExtraction

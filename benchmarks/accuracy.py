@@ -8,7 +8,10 @@ real dataset's own train/validation split, with the real ImageNet MobileNet V1 w
   images for `--fine_tune_epochs` at `--fine_tune_lr` (Adam).
 - `scratch`: the same architecture with random weights (`scratch_model`), all layers
   trainable, on the same augmented images for `--scratch_epochs` (default: the two-phase
-  epoch count) at Adam 1e-3; `check_negative_transfer` compares it with two-phase.
+  epoch count) at Adam 1e-3, BatchNormalization momentum 0.9 and its statistics
+  recalibrated on the training images before each validation (`fit_scratch_baseline`'s
+  defaults: with Keras' 0.99 and ~100 steps the inference-mode model predicts one class);
+  `check_negative_transfer` compares it with two-phase.
 
 Reported accuracies are those after the last epoch (no best-epoch selection). Writes
 `results.json`, `results.md` (a table) and `curves.png` (learning curves, phase boundary
@@ -190,6 +193,8 @@ def main(argv=None) -> dict:
             "head_lr": args.head_lr,
             "fine_tune_lr": args.fine_tune_lr,
             "scratch_lr": args.scratch_lr,
+            "scratch_bn_momentum": strategy.DEFAULT_SCRATCH_BN_MOMENTUM,
+            "scratch_recalibrate_bn": True,
             "augment": args.augment,
             "seed": args.seed,
             "smoke": args.smoke,

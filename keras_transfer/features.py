@@ -483,6 +483,7 @@ def _fit_head_on_features(
     callbacks,
     verbose,
     fit_kwargs,
+    initial_epoch=0,
     loss="auto",
     metrics="auto",
 ):
@@ -529,7 +530,8 @@ def _fit_head_on_features(
     history = head_model.fit(
         train,
         validation_data=val_cache.as_dataset(batch_size) if val_cache is not None else None,
-        epochs=epochs,
+        initial_epoch=initial_epoch,
+        epochs=initial_epoch + epochs,
         callbacks=list(callbacks or []),
         verbose=verbose,
         **fit_kwargs,
@@ -555,6 +557,7 @@ def fit_two_phase_cached(
     cache_dir: str | os.PathLike | None = None,
     max_memory_bytes: int = DEFAULT_MAX_MEMORY_BYTES,
     verbose: int = 1,
+    initial_epoch: int = 0,
     **two_phase_kwargs: Any,
 ) -> training.TwoPhaseHistory:
     """`fit_two_phase` with phase 1 on cached features.
@@ -562,8 +565,10 @@ def fit_two_phase_cached(
     Phase 1 trains `model.head` on features cached from `feature_data` (default
     `train_data`; pass a non-augmented, e.g. `augment=False`, version of the training set,
     or an augmented one with `passes=K`). Phase 2 is `keras_transfer.fit_two_phase` with
-    `head_epochs=0` on `train_data` (augment it here: the backbone runs anyway), and its
-    epochs are appended after phase 1's in the returned history.
+    `head_epochs=0` on `train_data` (augment it here: the backbone runs anyway), starting at
+    epoch `initial_epoch + head_epochs`: callbacks given in `callbacks` (used in both
+    phases), the returned history and a `backup_dir` see one epoch timeline, as with
+    `fit_two_phase`.
 
     Args:
         model: a `TransferClassifier`.
@@ -575,6 +580,7 @@ def fit_two_phase_cached(
         head_batch_size: batch size of phase 1 on the cached features.
         passes, seed, cache_dir, max_memory_bytes: see `fit_feature_extractor`.
         verbose: verbosity of extraction and both `fit`s.
+        initial_epoch: where the epoch axis starts (see `fit_two_phase`).
         **two_phase_kwargs: the other `fit_two_phase` arguments (`unfreeze`, `train_bn`,
             `fine_tune_optimizer`, `lr_decay`, `callbacks`, `compile_kwargs`, fit
             arguments); `loss`/`metrics` are used in both phases.
@@ -589,6 +595,8 @@ def fit_two_phase_cached(
         )
     if head_epochs < 0 or fine_tune_epochs < 0:
         raise ValueError("head_epochs and fine_tune_epochs must be >= 0.")
+    if isinstance(initial_epoch, bool) or not isinstance(initial_epoch, int) or initial_epoch < 0:
+        raise ValueError(f"initial_epoch must be an integer >= 0, got {initial_epoch!r}.")
     if fine_tune_lr is None:
         fine_tune_lr = head_lr / 10.0
     loss = two_phase_kwargs.get("loss", "auto")
@@ -612,6 +620,7 @@ def fit_two_phase_cached(
             callbacks=two_phase_kwargs.get("callbacks"),
             verbose=verbose,
             fit_kwargs={},
+            initial_epoch=initial_epoch,
             loss=loss,
             metrics=metrics,
         )
@@ -627,18 +636,21 @@ def fit_two_phase_cached(
             fine_tune_lr=fine_tune_lr,
             optimizer=optimizer,
             verbose=verbose,
+            # As in fit_two_phase: phase 2 starts after phase 1's budget, even when a
+            # callback stopped phase 1 early.
+            initial_epoch=initial_epoch + head_epochs,
             **two_phase_kwargs,
         )
-        _append(result, fine, offset=len(result.epoch))
+        _append(result, fine)
     return result
 
 
-def _append(result: training.TwoPhaseHistory, other: training.TwoPhaseHistory, offset: int):
+def _append(result: training.TwoPhaseHistory, other: training.TwoPhaseHistory):
     before = len(result.epoch)
     for key, values in other.history.items():
         column = result.history.setdefault(key, [float("nan")] * before)
         column.extend(values)
-    result.epoch.extend(e + offset for e in other.epoch)
+    result.epoch.extend(other.epoch)
     result.phases.extend(other.phases)
     for column in result.history.values():
         column.extend([float("nan")] * (len(result.epoch) - len(column)))

@@ -15,6 +15,24 @@ target domain is to the pretraining data (ImageNet for the keras.applications ba
 Whether transfer helps at all is an empirical question: `fit_scratch_baseline` trains the
 same architecture from random weights with the same budget, and
 `check_negative_transfer` warns when the transferred model is not better.
+
+A from-scratch baseline on a small dataset has few optimiser steps (244 images at batch 32
+for 15 epochs: 120 steps), and its weights change fast. BatchNormalization's moving
+statistics, which the inference-mode model (validation, `evaluate`, `predict`) normalises
+with, are an exponential average that lags behind them. With Keras' default momentum 0.99
+they still hold 0.99**120 = 30% of their initial values (mean 0, variance 1) after 120
+steps; even at 0.9 the depthwise layers of a MobileNet that is still learning fast keep
+about twice their current variance, and the error compounds over ~27 layers until the
+features vanish and the model predicts one class while its training accuracy rises.
+Two fixes, both on by default in `fit_scratch_baseline`:
+
+- `scratch_model(bn_momentum=0.9)` (PyTorch's default; a window of ~10 steps instead of
+  ~100). Momentum is a training setting: the layers and their shapes are unchanged.
+- `BatchNormRecalibration` ("precise BN", Wu & Johnson 2021, "Rethinking 'Batch' in
+  BatchNorm"): before each validation and at the end of training, the moving statistics
+  are recomputed as the average of batch statistics over training batches with the
+  current, fixed weights. It runs forward passes only (no weight changes), so the
+  training budget stays the same.
 """
 
 from __future__ import annotations
@@ -204,9 +222,23 @@ def _is_similar(domain_similarity: str | float) -> bool:
     return domain_similarity >= 0.5
 
 
-def scratch_model(model: TransferClassifier) -> TransferClassifier:
+DEFAULT_SCRATCH_BN_MOMENTUM = 0.9
+
+
+def scratch_model(
+    model: TransferClassifier, *, bn_momentum: float | None = DEFAULT_SCRATCH_BN_MOMENTUM
+) -> TransferClassifier:
     """The same architecture as `model` with freshly initialised weights, all trainable
     (BatchNormalization included): the baseline transfer must beat.
+
+    Args:
+        model: a `TransferClassifier` (`create_classifier`); it is not modified.
+        bn_momentum: momentum of the moving mean and variance of every
+            BatchNormalization layer (backbone and head). The default 0.9 lets the
+            moving statistics follow the fast-changing weights of a short from-scratch
+            run, so that inference-mode predictions (validation, `evaluate`) match what
+            training learned; Keras' default 0.99 needs many hundreds of steps (see the
+            module docstring). `None` keeps each layer's own momentum.
 
     Example:
     >>> baseline = scratch_model(model)
@@ -218,10 +250,22 @@ def scratch_model(model: TransferClassifier) -> TransferClassifier:
             f"{type(model).__name__}. For another model use keras.models.clone_model."
         )
     # Rebuilding from the config creates every layer anew: new initial weights, nothing copied.
+    if bn_momentum is not None and not (
+        isinstance(bn_momentum, int | float)
+        and not isinstance(bn_momentum, bool)
+        and 0.0 <= bn_momentum < 1.0
+    ):
+        raise ValueError(
+            f"bn_momentum must be a number in [0, 1) or None, got {bn_momentum!r} (0.9 suits "
+            "runs of a few hundred steps; None keeps the layers' own momentum)."
+        )
     baseline = TransferClassifier.from_config(model.get_config())
     baseline.trainable = True
     for layer in baseline._flatten_layers(include_self=False):
         layer.trainable = True
+        # Read at trace time by BatchNormalization.call, and saved by its get_config.
+        if bn_momentum is not None and isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = float(bn_momentum)
     return baseline
 
 
@@ -233,22 +277,134 @@ def fit_scratch_baseline(
     epochs: int,
     learning_rate: float = 1e-3,
     optimizer: str | type = "adam",
+    bn_momentum: float | None = DEFAULT_SCRATCH_BN_MOMENTUM,
+    recalibrate_bn: bool = True,
+    recalibration_steps: int | None = None,
     **fit_kwargs: Any,
 ) -> tuple[TransferClassifier, keras.callbacks.History]:
     """Trains `scratch_model(model)` (same architecture, random weights) for `epochs`.
 
     Give it the transferred model's budget (its total epochs on the same data) to ask
-    whether transfer helped; then `check_negative_transfer`.
+    whether transfer helped; then `check_negative_transfer`. Every layer trains,
+    BatchNormalization included, at `learning_rate` (1e-3 with Adam: random weights need
+    larger steps than fine-tuning's 1e-4 to 1e-5); `bn_momentum` is `scratch_model`'s.
+
+    With `recalibrate_bn` (default), a `BatchNormRecalibration(train_data,
+    recalibration_steps)` callback recomputes the BatchNormalization statistics before
+    each validation and at the end: forward passes only, one pass over `train_data` each
+    time unless `recalibration_steps` limits it (set it for a large or infinite dataset).
 
     Returns:
         The trained baseline and its `History`.
     """
     from keras_transfer import training
 
-    baseline = scratch_model(model)
+    baseline = scratch_model(model, bn_momentum=bn_momentum)
     baseline.compile(optimizer=training.optimizer_factory(optimizer)(learning_rate))
+    if recalibrate_bn:
+        fit_kwargs["callbacks"] = [
+            *(fit_kwargs.get("callbacks") or []),
+            BatchNormRecalibration(train_data, recalibration_steps),
+        ]
     history = baseline.fit(train_data, validation_data=validation_data, epochs=epochs, **fit_kwargs)
     return baseline, history
+
+
+def recalibrate_batchnorm(model: keras.Model, data: Any, steps: int | None = None) -> int:
+    """Recomputes the moving statistics of `model`'s trainable BatchNormalization layers
+    from `data` with the current weights ("precise BN").
+
+    Each layer's moving mean and variance become the averages of its batch means and
+    variances over `steps` batches of `data`, with the layers below it normalising by
+    their batch statistics, exactly as in training. Weights do not change. Frozen
+    BatchNormalization layers (pretrained statistics) are left alone.
+
+    Args:
+        model: a Keras model.
+        data: batches of `(images, labels)` or of images (a `tf.data.Dataset` or any
+            iterable), e.g. the training data.
+        steps: batches to use; default all of `data` (it must be finite).
+
+    Returns:
+        The number of batches used (0 when the model has no trainable BatchNormalization).
+
+    Example:
+    >>> recalibrate_batchnorm(model, data.train, steps=50)
+    >>> model.evaluate(data.validation)
+    """
+    layers = [
+        layer
+        for layer in model._flatten_layers(include_self=False)
+        if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable
+    ]
+    if not layers:
+        return 0
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+        raise ValueError(f"steps must be a positive integer or None, got {steps!r}.")
+    momenta = [layer.momentum for layer in layers]
+    sums = [[0.0, 0.0] for _ in layers]
+    used = 0
+    try:
+        # Momentum 0: after a training-mode forward pass the moving statistics are exactly
+        # that batch's statistics. Eager calls read the momentum set here.
+        for layer in layers:
+            layer.momentum = 0.0
+        for batch in data:
+            if steps is not None and used >= steps:
+                break
+            images = batch[0] if isinstance(batch, tuple | list) else batch
+            model(images, training=True)
+            for total, layer in zip(sums, layers):
+                total[0] += layer.moving_mean.numpy()
+                total[1] += layer.moving_variance.numpy()
+            used += 1
+    finally:
+        for layer, momentum in zip(layers, momenta):
+            layer.momentum = momentum
+    if not used:
+        raise ValueError("recalibrate_batchnorm got no batches: `data` is empty.")
+    for (mean, variance), layer in zip(sums, layers):
+        layer.moving_mean.assign(mean / used)
+        layer.moving_variance.assign(variance / used)
+    return used
+
+
+class BatchNormRecalibration(keras.callbacks.Callback):
+    """Recalibrates BatchNormalization statistics (`recalibrate_batchnorm`) before each
+    validation inside `fit` and at the end of training, so that the validation metrics and
+    the returned model use statistics of the current weights.
+
+    For models whose BatchNormalization layers train from scratch on few steps; a
+    pretrained model with frozen BatchNormalization does not need it.
+
+    Args:
+        data: training batches to compute the statistics on.
+        steps: batches per recalibration; default all of `data`.
+
+    Example:
+    >>> model.fit(train, validation_data=val, epochs=15,
+    ...           callbacks=[BatchNormRecalibration(train)])
+    """
+
+    def __init__(self, data: Any, steps: int | None = None):
+        super().__init__()
+        self.data = data
+        self.steps = steps
+        self._calibrated = False
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._calibrated = False
+
+    def on_test_begin(self, logs=None):
+        if not self._calibrated:
+            recalibrate_batchnorm(self.model, self.data, self.steps)
+            self._calibrated = True
+
+    def on_train_end(self, logs=None):
+        # After the last validation the statistics already match the final weights.
+        if not self._calibrated:
+            recalibrate_batchnorm(self.model, self.data, self.steps)
+            self._calibrated = True
 
 
 class NegativeTransferWarning(UserWarning):

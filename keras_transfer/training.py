@@ -135,14 +135,15 @@ def fit_two_phase(
     compile_kwargs: dict[str, Any] | None = None,
     backup_dir: str | os.PathLike | None = None,
     nan_guard: bool = True,
+    initial_epoch: int = 0,
     **fit_kwargs: Any,
 ) -> TwoPhaseHistory:
     """Trains the head with the backbone frozen, then fine-tunes the top blocks.
 
     Phase 1 freezes the backbone and trains the head at `head_lr`. Phase 2 unfreezes the
     requested blocks (BatchNormalization stays in inference mode unless `train_bn`),
-    recompiles with a new optimizer at `fine_tune_lr`, and continues the epoch count with
-    `initial_epoch`, so callbacks and TensorBoard see one timeline.
+    recompiles with a new optimizer at `fine_tune_lr`, and continues the epoch count
+    (Keras' `initial_epoch`), so callbacks and TensorBoard see one timeline.
 
     Args:
         model: a `create_classifier` model, or any model nesting a `keras.applications`
@@ -183,18 +184,21 @@ def fit_two_phase(
         nan_guard: add a `reliability.NonFiniteGuard`: a NaN/inf loss or metric restores
             the weights of the start of that epoch and raises `NonFiniteLossError`, so a
             diverged model is never returned and the backup keeps its last good epoch.
+        initial_epoch: where the epoch axis starts, for a run continuing earlier training
+            (as in `model.fit`): phase 1 runs epochs `initial_epoch` to
+            `initial_epoch + head_epochs - 1`, phase 2 the next `fine_tune_epochs`.
+            Callbacks, the returned history and the backup all use these numbers.
         **fit_kwargs: extra `fit` arguments (`class_weight`, `verbose`, ...).
 
     Returns:
         A `TwoPhaseHistory` with both phases on one epoch axis.
     """
-    for key in ("epochs", "initial_epoch"):
-        if key in fit_kwargs:
-            raise TypeError(
-                f"fit_two_phase sets `{key}` itself; use head_epochs / fine_tune_epochs."
-            )
+    if "epochs" in fit_kwargs:
+        raise TypeError("fit_two_phase sets `epochs` itself; use head_epochs / fine_tune_epochs.")
     if head_epochs < 0 or fine_tune_epochs < 0:
         raise ValueError("head_epochs and fine_tune_epochs must be >= 0.")
+    if isinstance(initial_epoch, bool) or not isinstance(initial_epoch, int) or initial_epoch < 0:
+        raise ValueError(f"initial_epoch must be an integer >= 0, got {initial_epoch!r}.")
     if fine_tune_lr is None:
         fine_tune_lr = head_lr / 10.0
     if lr_decay is not None and not (
@@ -228,6 +232,8 @@ def fit_two_phase(
                 "unfreeze": str(unfreeze),
                 "train_bn": bool(train_bn),
                 "lr_decay": lr_decay,
+                # The records and Keras' backups are keyed by absolute epoch numbers.
+                "initial_epoch": initial_epoch,
             },
         )
     guard = [reliability.NonFiniteGuard()] if nan_guard else []
@@ -260,7 +266,8 @@ def fit_two_phase(
         history = model.fit(
             train_data,
             validation_data=validation_data,
-            epochs=head_epochs,
+            initial_epoch=initial_epoch,
+            epochs=initial_epoch + head_epochs,
             callbacks=phase_callbacks(PHASE_HEAD),
             **fit_kwargs,
         )
@@ -283,8 +290,8 @@ def fit_two_phase(
         history = model.fit(
             train_data,
             validation_data=validation_data,
-            initial_epoch=head_epochs,
-            epochs=head_epochs + fine_tune_epochs,
+            initial_epoch=initial_epoch + head_epochs,
+            epochs=initial_epoch + head_epochs + fine_tune_epochs,
             callbacks=phase_callbacks(PHASE_FINE_TUNE),
             **fit_kwargs,
         )

@@ -233,6 +233,11 @@ def test_two_phase_with_cached_phase_1():
     assert any(not np.allclose(b, a.numpy()) for b, a in zip(head_before, model.head.weights))
     assert history.phases == ["feature_extraction"] * 2 and seen_epochs == [0, 1]
 
+    begun, ended = [], []
+    timeline = keras.callbacks.LambdaCallback(
+        on_epoch_begin=lambda e, logs: begun.append(e),
+        on_epoch_end=lambda e, logs: ended.append(e),
+    )
     history = features.fit_two_phase_cached(
         model,
         dataset,
@@ -241,7 +246,10 @@ def test_two_phase_with_cached_phase_1():
         fine_tune_epochs=2,
         unfreeze=2,
         verbose=0,
+        callbacks=[timeline],
     )
+    # Callbacks see one timeline across both phases (phase 2 does not restart at 0).
+    assert begun == ended == [0, 1, 2, 3]
     assert history.epoch == [0, 1, 2, 3]
     assert history.phases == ["feature_extraction"] * 2 + ["fine_tune"] * 2
     assert set(history.seconds) == {"feature_extraction", "fine_tune"}
@@ -250,6 +258,30 @@ def test_two_phase_with_cached_phase_1():
     assert any(
         not np.allclose(b, a.numpy()) for b, a in zip(backbone_before, model.backbone.weights)
     )
+
+
+def test_two_phase_cached_continues_from_initial_epoch(tmp_path):
+    _, _, dataset = image_batches(8)
+    model = kt.create_classifier(tiny_backbone(), 3)
+    seen = []
+    callback = keras.callbacks.LambdaCallback(on_epoch_begin=lambda e, logs: seen.append(e))
+    history = features.fit_two_phase_cached(
+        model,
+        dataset,
+        dataset,
+        head_epochs=1,
+        fine_tune_epochs=2,
+        unfreeze=1,
+        initial_epoch=3,
+        callbacks=[callback],
+        backup_dir=tmp_path / "backup",
+        verbose=0,
+    )
+    assert seen == history.epoch == [3, 4, 5]
+    assert history.phases == ["feature_extraction"] + ["fine_tune"] * 2
+    assert not (tmp_path / "backup").exists()  # finished: the backup is deleted
+    with pytest.raises(ValueError, match="initial_epoch must be an integer >= 0"):
+        features.fit_two_phase_cached(model, dataset, initial_epoch=-1)
 
 
 def test_bad_input_is_a_clear_error():

@@ -114,6 +114,89 @@ def test_scratch_model_is_the_same_architecture_with_new_trainable_weights():
         strategy.scratch_model(keras.Sequential([keras.layers.Dense(1)]))
 
 
+def test_scratch_model_sets_batchnorm_momentum():
+    model = kt.create_classifier(
+        "mobilenet",
+        2,
+        input_shape=(32, 32, 3),
+        weights=None,
+        alpha=0.25,
+        head={"batch_norm": True, "hidden_units": [8]},
+    )
+
+    def momenta(m):
+        return {
+            layer.momentum
+            for layer in m._flatten_layers(include_self=False)
+            if isinstance(layer, keras.layers.BatchNormalization)
+        }
+
+    assert momenta(model) == {0.99}
+    baseline = strategy.scratch_model(model)
+    assert momenta(baseline) == {0.9}  # backbone and head
+    assert momenta(model) == {0.99}  # the original is untouched
+    # The backbone's setting survives a rebuild from the config (and so a .keras save); the
+    # head rebuilds its BatchNormalization from its own arguments.
+    assert momenta(type(baseline).from_config(baseline.get_config()).backbone) == {0.9}
+    assert momenta(strategy.scratch_model(model, bn_momentum=None)) == {0.99}
+    assert momenta(strategy.scratch_model(model, bn_momentum=0.5)) == {0.5}
+    for bad in (1.0, -0.1, True, "0.9"):
+        with pytest.raises(ValueError, match="bn_momentum must be a number in"):
+            strategy.scratch_model(model, bn_momentum=bad)
+
+
+def colour_batches(n, seed, batch_size=16):
+    """Two classes told apart by their dominant colour: learnable in a few dozen steps."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 2
+    images = rng.uniform(0, 40, (n, 32, 32, 3))
+    images[labels == 0, :, :, 0] += 200
+    images[labels == 1, :, :, 2] += 200
+    data = (images.astype("float32"), labels.astype("int32"))
+    return tf.data.Dataset.from_tensor_slices(data).shuffle(n, seed=seed).batch(batch_size)
+
+
+@pytest.mark.parametrize("fixed", [True, False])
+def test_scratch_baseline_predicts_in_inference_mode_after_a_short_run(fixed):
+    # 4 steps x 6 epochs. Without the fix (Keras' momentum 0.99, no recalibration) the
+    # moving statistics still hold 0.99**24 = 79% of their initial values: training
+    # accuracy reaches ~1 while the inference-mode model predicts one class.
+    keras.utils.set_random_seed(0)
+    model = kt.create_classifier("mobilenet", 2, input_shape=(32, 32, 3), weights=None, alpha=0.25)
+    train, validation = colour_batches(64, seed=0), colour_batches(64, seed=1)
+    settings = {} if fixed else {"bn_momentum": None, "recalibrate_bn": False}
+    baseline, history = strategy.fit_scratch_baseline(
+        model, train, validation, epochs=6, learning_rate=1e-2, verbose=0, **settings
+    )
+    assert history.history["accuracy"][-1] > 0.9
+    accuracy = baseline.evaluate(validation, verbose=0, return_dict=True)["accuracy"]
+    if fixed:
+        assert accuracy > 0.9
+        assert history.history["val_accuracy"][-1] == pytest.approx(accuracy)
+    else:
+        assert accuracy == 0.5  # the failure the fix removes
+
+
+def test_recalibrate_batchnorm_uses_batch_statistics_and_skips_frozen_layers():
+    model = kt.create_classifier("mobilenet", 2, input_shape=(32, 32, 3), weights=None, alpha=0.25)
+    images = np.random.default_rng(0).uniform(0, 255, (8, 32, 32, 3)).astype("float32")
+    dataset = tf.data.Dataset.from_tensor_slices((images, np.zeros(8, "int32"))).batch(4)
+    bn = model.backbone.get_layer("conv1_bn")
+    kernel_before = [w.numpy().copy() for w in model.trainable_weights]
+    assert strategy.recalibrate_batchnorm(model, dataset, steps=1) == 1
+    probe = keras.Model(model.backbone.inputs, bn.input)
+    inputs = probe(model.preprocess_layer(images[:4])).numpy().reshape(-1, bn.moving_mean.shape[0])
+    np.testing.assert_allclose(bn.moving_mean.numpy(), inputs.mean(0), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(bn.moving_variance.numpy(), inputs.var(0), rtol=1e-3, atol=1e-6)
+    assert bn.momentum == 0.99  # restored
+    for before, after in zip(kernel_before, model.trainable_weights):
+        np.testing.assert_array_equal(before, after.numpy())
+    kt.freeze(model)
+    frozen = bn.moving_mean.numpy().copy()
+    assert strategy.recalibrate_batchnorm(model, dataset) == 0
+    np.testing.assert_array_equal(frozen, bn.moving_mean.numpy())
+
+
 def test_fit_scratch_baseline_trains_for_the_budget():
     model = kt.create_classifier("mobilenet", 2, input_shape=(32, 32, 3), weights=None, alpha=0.25)
     images = np.random.default_rng(0).uniform(0, 255, (8, 32, 32, 3)).astype("float32")

@@ -71,6 +71,55 @@ def test_phases_train_what_they_should(model, dataset):
     assert changed == {v.path for layer in model.blocks[-1].layers for v in layer.weights}
 
 
+class _StopAt(keras.callbacks.Callback):
+    """A kill at the start of `epoch`."""
+
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.epoch:
+            raise KeyboardInterrupt
+
+
+def test_initial_epoch_shifts_both_phases_and_resumes(model, dataset, tmp_path):
+    kwargs = dict(head_epochs=2, fine_tune_epochs=2, head_lr=1e-2, unfreeze=1, verbose=0)
+    backup = tmp_path / "backup"
+    first = _RecordTrainable()
+    with pytest.raises(KeyboardInterrupt):
+        kt.fit_two_phase(
+            model,
+            dataset,
+            dataset,
+            initial_epoch=3,
+            callbacks=[first, _StopAt(6)],
+            backup_dir=backup,
+            **kwargs,
+        )
+    # Phase 1 is epochs 3-4, phase 2 starts at 5: one timeline for the callbacks.
+    assert first.epochs == [3, 4, 5, 6]
+    assert first.learning_rates[:3] == pytest.approx([1e-2, 1e-2, 1e-3])
+    with pytest.raises(ValueError, match="other settings"):
+        kt.fit_two_phase(model, dataset, dataset, initial_epoch=0, backup_dir=backup, **kwargs)
+    resumed = _RecordTrainable()
+    fresh = kt.create_classifier("vgg16", 2, input_shape=(32, 32, 3), weights=None)
+    history = kt.fit_two_phase(
+        fresh,
+        dataset,
+        dataset,
+        initial_epoch=3,
+        callbacks=[resumed],
+        backup_dir=backup,
+        **kwargs,
+    )
+    assert resumed.epochs == [6]  # only the epoch the kill prevented
+    assert history.epoch == [3, 4, 5, 6]
+    assert history.phases == ["feature_extraction"] * 2 + ["fine_tune"] * 2
+    assert all(len(v) == 4 for v in history.history.values())
+    assert not backup.exists()
+
+
 def test_history_summaries(model, dataset):
     history = kt.fit_two_phase(
         model, dataset, dataset, head_epochs=1, fine_tune_epochs=2, verbose=0
@@ -129,6 +178,8 @@ def test_bad_requests_fail_before_training(model, dataset):
         kt.fit_two_phase(model, dataset, unfreeze=99, verbose=0)
     with pytest.raises(TypeError, match="sets `epochs` itself"):
         kt.fit_two_phase(model, dataset, epochs=3, verbose=0)
+    with pytest.raises(ValueError, match="initial_epoch must be an integer >= 0"):
+        kt.fit_two_phase(model, dataset, initial_epoch=-1, verbose=0)
     plain = keras.Sequential(
         [
             keras.Input((32, 32, 3)),

@@ -72,10 +72,12 @@ from keras_transfer.reports import plot_training_curves
 from keras_transfer.schedules import OneCycle
 from keras_transfer.schedules import SlantedTriangular
 from keras_transfer.schedules import WarmupCosineDecay
+from keras_transfer.strategy import BatchNormRecalibration
 from keras_transfer.strategy import NegativeTransferWarning
 from keras_transfer.strategy import Strategy
 from keras_transfer.strategy import check_negative_transfer
 from keras_transfer.strategy import fit_scratch_baseline
+from keras_transfer.strategy import recalibrate_batchnorm
 from keras_transfer.strategy import recommend_strategy
 from keras_transfer.strategy import scratch_model
 from keras_transfer.training import TwoPhaseHistory

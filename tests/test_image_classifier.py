@@ -354,6 +354,7 @@ def _tensorboard_scalars(log_dir):
     return {
         tag: [(e.step, float(tf.make_ndarray(e.tensor_proto))) for e in accumulator.Tensors(tag)]
         for tag in accumulator.Tags()["tensors"]
+        if tag.startswith("epoch_")  # not the model-config text summary
     }
 
 

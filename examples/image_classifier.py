@@ -137,11 +137,17 @@ flags.DEFINE_bool(
     "mixed_bfloat16 on TPU (and CPU), mixed_float16 on GPU.",
 )
 flags.DEFINE_string("export", _DEFAULTS.export, "Comma-separated: saved_model, tflite.")
+flags.DEFINE_float(
+    "ema_momentum",
+    _DEFAULTS.ema_momentum,
+    "Validate and save an exponential moving average of the weights with this momentum "
+    "per step (keras use_ema); 0 turns it off.",
+)
 flags.DEFINE_bool(
     "restore_best",
     _DEFAULTS.restore_best,
-    "Keep (and save) the weights of each phase's epoch with the lowest validation loss; "
-    "--norestore_best keeps the last epoch's.",
+    "Keep (and save) the weights of each phase's epoch with the lowest validation loss "
+    "instead of the last epoch's.",
 )
 flags.DEFINE_bool(
     "resume",

@@ -132,7 +132,10 @@ class GradualUnfreezing(keras.callbacks.Callback):
         # Visit every state of the schedule (fails now on a request the backbone cannot
         # satisfy) and give the optimizer slots for everything any of them trains.
         variables: dict[int, keras.Variable] = {}
-        for value in [0, *self.schedule.values()]:
+        # The final state first, so the optimizer's variables start in the order of the
+        # model's trainable weights at the end of `fit`: Keras pairs the two lists by
+        # position when it writes averaged weights back (`use_ema`).
+        for value in [*reversed(list(self.schedule.values())), 0]:
             self._apply(value)
             for variable in self.model.trainable_variables:
                 variables.setdefault(id(variable), variable)

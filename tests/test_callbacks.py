@@ -216,6 +216,30 @@ def test_works_with_jit_compile():
     assert all(snapshots.changed(p, 1) for p in top)
 
 
+def test_weight_averaging_optimizer_writes_each_average_into_its_own_variable():
+    # Keras writes `use_ema` averages back into `model.trainable_weights` by position at
+    # the end of fit, so the optimizer's variable order must be the final trainable order.
+    model = tiny_classifier()
+    model.compile(optimizer=keras.optimizers.Adam(1e-2, use_ema=True, ema_momentum=0.5))
+    x, y = tiny_data(8)
+    model.fit(
+        x,
+        y,
+        batch_size=4,
+        epochs=3,
+        callbacks=[callbacks_lib.GradualUnfreezing({1: 1, 2: 3})],
+        verbose=0,
+    )
+    optimizer = model.optimizer
+    assert [v.path for v in model.trainable_weights] == [
+        v.path for v in optimizer._trainable_variables
+    ]
+    for variable, average in zip(
+        optimizer._trainable_variables, optimizer._model_variables_moving_average
+    ):
+        np.testing.assert_array_equal(variable.numpy(), average.numpy())
+
+
 def test_config_round_trip_and_flag_syntax():
     callback = callbacks_lib.GradualUnfreezing("3:1, 8:2, 12:all", train_bn=True)
     assert callback.schedule == {3: 1, 8: 2, 12: "all"}

@@ -270,7 +270,14 @@ def test_cached_head_phase_then_fine_tuning_on_one_timeline_with_best_weights_ke
     root = image_folder({"a": 6, "b": 6})
     seen = _Interrupt()
     results = image_classifier_lib.run(
-        _config(root, tmp_path / "out", validation_split=0.25, fine_tune_epochs=2),
+        _config(
+            root,
+            tmp_path / "out",
+            validation_split=0.25,
+            fine_tune_epochs=2,
+            restore_best=True,
+            ema_momentum=0.0,
+        ),
         callbacks=[seen],
     )
     assert results["cached_features"] is True

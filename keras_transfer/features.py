@@ -203,11 +203,7 @@ def extract_features(
         else None
     )
 
-    # One trace for every batch size (the last batch is usually smaller).
-    @tf.function(input_signature=[tf.TensorSpec((None, *extractor.input_shape[1:]), tf.float32)])
-    def forward(images):
-        return extractor(images, training=False)
-
+    forward = _forward_function(extractor)
     writer = _FeatureWriter(cache_dir, max_memory_bytes)
     start = time.perf_counter()
     seen = 0
@@ -222,6 +218,23 @@ def extract_features(
         progbar.update(seen, values=[("examples", writer.num_examples)], finalize=True)
     features, labels, path = writer.finish()
     return CachedFeatures(features, labels, passes, path, time.perf_counter() - start)
+
+
+def _forward_function(extractor: keras.Model):
+    # One trace per extractor, for every batch size (the last batch is usually smaller) and
+    # every split: tracing and optimising the backbone's graph costs seconds, a noticeable
+    # part of extracting a small dataset.
+    forward = getattr(extractor, "_keras_transfer_forward", None)
+    if forward is None:
+
+        @tf.function(
+            input_signature=[tf.TensorSpec((None, *extractor.input_shape[1:]), tf.float32)]
+        )
+        def forward(images):
+            return extractor(images, training=False)
+
+        extractor._keras_transfer_forward = forward
+    return forward
 
 
 class _FeatureWriter:

@@ -67,10 +67,9 @@ def train(strategy=None) -> list[np.ndarray]:
 def train_custom_loop(strategy=None) -> list[np.ndarray]:
     """The same training as `train`, as a custom loop (`strategy.run` + `apply_gradients`).
 
-    Keras 3.15's `fit` cannot run under MultiWorkerMirroredStrategy with a dataset of
-    `(x, y)` batches, whatever the optimizer: `_maybe_symbolic_build` calls
-    `strategy.reduce("MEAN", (x, y))`, which the collective strategy rejects. A custom
-    loop exercises the same optimizer code (all-reduce, merge_call updates and decay).
+    A custom loop exercises the optimizer's own distributed code (all-reduce, merge_call
+    updates and decay) without Keras' `fit`, whose multi-worker support needs
+    `keras_transfer.distribute.MultiWorkerFitMixin` (tested in tests/test_distribute.py).
     """
     import keras
     import tensorflow as tf

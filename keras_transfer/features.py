@@ -608,8 +608,7 @@ def fit_two_phase_cached(
         )
     if head_epochs < 0 or fine_tune_epochs < 0:
         raise ValueError("head_epochs and fine_tune_epochs must be >= 0.")
-    if isinstance(initial_epoch, bool) or not isinstance(initial_epoch, int) or initial_epoch < 0:
-        raise ValueError(f"initial_epoch must be an integer >= 0, got {initial_epoch!r}.")
+    training.check_initial_epoch(initial_epoch)
     if fine_tune_lr is None:
         fine_tune_lr = head_lr / 10.0
     loss = two_phase_kwargs.get("loss", "auto")

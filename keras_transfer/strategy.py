@@ -396,12 +396,13 @@ class BatchNormRecalibration(keras.callbacks.Callback):
         self._calibrated = False
 
     def on_test_begin(self, logs=None):
-        if not self._calibrated:
-            recalibrate_batchnorm(self.model, self.data, self.steps)
-            self._calibrated = True
+        self._recalibrate_if_stale()
 
     def on_train_end(self, logs=None):
         # After the last validation the statistics already match the final weights.
+        self._recalibrate_if_stale()
+
+    def _recalibrate_if_stale(self):
         if not self._calibrated:
             recalibrate_batchnorm(self.model, self.data, self.steps)
             self._calibrated = True

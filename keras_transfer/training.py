@@ -197,8 +197,7 @@ def fit_two_phase(
         raise TypeError("fit_two_phase sets `epochs` itself; use head_epochs / fine_tune_epochs.")
     if head_epochs < 0 or fine_tune_epochs < 0:
         raise ValueError("head_epochs and fine_tune_epochs must be >= 0.")
-    if isinstance(initial_epoch, bool) or not isinstance(initial_epoch, int) or initial_epoch < 0:
-        raise ValueError(f"initial_epoch must be an integer >= 0, got {initial_epoch!r}.")
+    check_initial_epoch(initial_epoch)
     if fine_tune_lr is None:
         fine_tune_lr = head_lr / 10.0
     if lr_decay is not None and not (
@@ -301,6 +300,12 @@ def fit_two_phase(
         result = state.history(unfrozen_blocks=result.unfrozen_blocks)
         state.delete()
     return result
+
+
+def check_initial_epoch(initial_epoch: Any) -> None:
+    """Raises a clear error unless `initial_epoch` is an integer >= 0."""
+    if isinstance(initial_epoch, bool) or not isinstance(initial_epoch, int) or initial_epoch < 0:
+        raise ValueError(f"initial_epoch must be an integer >= 0, got {initial_epoch!r}.")
 
 
 def _check_not_empty(data: Any, name: str) -> None:

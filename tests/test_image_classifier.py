@@ -9,6 +9,7 @@ import sys
 import keras
 import numpy as np
 import pytest
+from interruption import InterruptAt
 
 from keras_transfer import data
 
@@ -268,7 +269,7 @@ def test_cached_head_phase_then_fine_tuning_on_one_timeline_with_best_weights_ke
     image_folder, tmp_path
 ):
     root = image_folder({"a": 6, "b": 6})
-    seen = _Interrupt()
+    seen = InterruptAt()
     results = image_classifier_lib.run(
         _config(
             root,
@@ -295,20 +296,6 @@ def test_cached_head_phase_then_fine_tuning_on_one_timeline_with_best_weights_ke
     )
 
 
-class _Interrupt(keras.callbacks.Callback):
-    """Counts the epochs it sees and raises at the start of epoch `at` (if given)."""
-
-    def __init__(self, at=None):
-        super().__init__()
-        self.at = at
-        self.epochs = []
-
-    def on_epoch_begin(self, epoch, logs=None):
-        if epoch == self.at:
-            raise KeyboardInterrupt("simulated preemption")
-        self.epochs.append(epoch)
-
-
 def test_interrupted_run_resumes_from_model_dir(image_folder, tmp_path):
     root = image_folder({"a": 6, "b": 6})
     # Through the frozen backbone, phase 1 is backed up epoch by epoch too.
@@ -320,13 +307,13 @@ def test_interrupted_run_resumes_from_model_dir(image_folder, tmp_path):
         augment="",
         cache_features=False,
     )
-    first = _Interrupt(at=1)
+    first = InterruptAt(at=1)
     with pytest.raises(KeyboardInterrupt):
         image_classifier_lib.run(config, callbacks=[first])
     assert first.epochs == [0]
     assert os.listdir(tmp_path / "out" / "backup")
 
-    second = _Interrupt()
+    second = InterruptAt()
     results = image_classifier_lib.run(config, callbacks=[second])
     assert second.epochs == [1, 2]  # epoch 0 is not trained again
     assert results["history"]["epoch"] == [0, 1, 2]
@@ -336,12 +323,12 @@ def test_interrupted_run_resumes_from_model_dir(image_folder, tmp_path):
 def test_cached_run_interrupted_in_fine_tuning_resumes_there(image_folder, tmp_path):
     root = image_folder({"a": 6, "b": 6})
     config = _config(root, tmp_path / "out", validation_split=0.25, fine_tune_epochs=2)
-    first = _Interrupt(at=3)
+    first = InterruptAt(at=3)
     with pytest.raises(KeyboardInterrupt):
         image_classifier_lib.run(config, callbacks=[first])
     assert first.epochs == [0, 1, 2]
 
-    second = _Interrupt()
+    second = InterruptAt()
     results = image_classifier_lib.run(config, callbacks=[second])
     # Phase 1 on cached features is cheap and runs again; fine-tuning epoch 2 is not.
     assert second.epochs == [0, 1, 3]

@@ -10,6 +10,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from interruption import InterruptAt
 
 import keras_transfer as kt
 from keras_transfer import reliability
@@ -111,18 +112,12 @@ def test_backup_of_other_settings_is_refused(dataset, tmp_path):
     backup = tmp_path / "backup"
     model = tiny_classifier()
     with pytest.raises(KeyboardInterrupt):
-
-        class Stop(keras.callbacks.Callback):
-            def on_epoch_begin(self, epoch, logs=None):
-                if epoch == 1:
-                    raise KeyboardInterrupt
-
         training.fit_two_phase(
             model,
             dataset,
             head_epochs=2,
             fine_tune_epochs=1,
-            callbacks=[Stop()],
+            callbacks=[InterruptAt(1)],
             backup_dir=backup,
             verbose=0,
         )
@@ -214,16 +209,6 @@ def test_example_runs_are_deterministic_with_a_seed(image_folder, tmp_path):
         assert first["epochs"] >= 1
 
 
-class Interrupt(keras.callbacks.Callback):
-    def __init__(self, epoch):
-        super().__init__()
-        self.epoch = epoch
-
-    def on_epoch_begin(self, epoch, logs=None):
-        if epoch == self.epoch:
-            raise KeyboardInterrupt
-
-
 @pytest.mark.slow
 def test_interruption_in_phase_one_resumes_in_phase_one(dataset, tmp_path):
     kwargs = dict(head_epochs=2, fine_tune_epochs=1, head_lr=1e-2, verbose=0)
@@ -238,7 +223,7 @@ def test_interruption_in_phase_one_resumes_in_phase_one(dataset, tmp_path):
             tiny_classifier(),
             dataset,
             dataset,
-            callbacks=[Interrupt(1)],
+            callbacks=[InterruptAt(1)],
             backup_dir=backup,
             **kwargs,
         )

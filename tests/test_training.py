@@ -4,6 +4,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from interruption import InterruptAt
 
 import keras_transfer as kt
 from keras_transfer import training
@@ -71,18 +72,6 @@ def test_phases_train_what_they_should(model, dataset):
     assert changed == {v.path for layer in model.blocks[-1].layers for v in layer.weights}
 
 
-class _StopAt(keras.callbacks.Callback):
-    """A kill at the start of `epoch`."""
-
-    def __init__(self, epoch):
-        super().__init__()
-        self.epoch = epoch
-
-    def on_epoch_begin(self, epoch, logs=None):
-        if epoch == self.epoch:
-            raise KeyboardInterrupt
-
-
 def test_initial_epoch_shifts_both_phases_and_resumes(model, dataset, tmp_path):
     kwargs = dict(head_epochs=2, fine_tune_epochs=2, head_lr=1e-2, unfreeze=1, verbose=0)
     backup = tmp_path / "backup"
@@ -93,7 +82,7 @@ def test_initial_epoch_shifts_both_phases_and_resumes(model, dataset, tmp_path):
             dataset,
             dataset,
             initial_epoch=3,
-            callbacks=[first, _StopAt(6)],
+            callbacks=[first, InterruptAt(6)],
             backup_dir=backup,
             **kwargs,
         )

@@ -249,3 +249,6 @@ def test_accuracy_benchmark_smoke(tmp_path):
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = (tmp_path / "results.md").read_text()
     assert "| two_phase |" in table and "| scratch |" in table
+    settings = json.loads((tmp_path / "results.json").read_text())["settings"]
+    assert settings["deterministic"] is True
+    assert settings["head_dropout"] == 0.5 and settings["fine_tune_lr"] == 5e-6

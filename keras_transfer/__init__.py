@@ -5,6 +5,9 @@ freezing by block, two-phase and gradual fine-tuning, per-layer learning rates, 
 loaders, all usable from plain `model.compile` / `model.fit`.
 """
 
+# The one place the version is written: pyproject.toml reads it from here.
+__version__ = "0.1.0"
+
 # Submodules, so that `keras_transfer.optimizers.X` and friends work after one import. Each
 # also registers its serialisable classes, which `keras.saving.load_model` needs.
 from keras_transfer import backbones
@@ -19,11 +22,11 @@ from keras_transfer import hub
 from keras_transfer import lr_finder
 from keras_transfer import optimizers
 from keras_transfer import preprocessing
+from keras_transfer import recipes
 from keras_transfer import regularizers
 from keras_transfer import reliability
 from keras_transfer import reports
 from keras_transfer import schedules
-from keras_transfer import strategy
 from keras_transfer import training
 from keras_transfer.backbones import Backbone
 from keras_transfer.backbones import BackboneSpec
@@ -33,7 +36,9 @@ from keras_transfer.backbones import create_backbone
 from keras_transfer.backbones import get_blocks
 from keras_transfer.backbones import list_backbones
 from keras_transfer.backbones import register_backbone
+from keras_transfer.callbacks import BatchNormRecalibration
 from keras_transfer.callbacks import GradualUnfreezing
+from keras_transfer.callbacks import recalibrate_batchnorm
 from keras_transfer.config import ConfigError
 from keras_transfer.data import ImageData
 from keras_transfer.data import image_folder_dataset
@@ -60,6 +65,12 @@ from keras_transfer.lr_finder import find_learning_rate
 from keras_transfer.optimizers import layer_decay_multipliers
 from keras_transfer.optimizers import with_layerwise_lr
 from keras_transfer.preprocessing import ImagePreprocessing
+from keras_transfer.recipes import NegativeTransferWarning
+from keras_transfer.recipes import Recipe
+from keras_transfer.recipes import check_negative_transfer
+from keras_transfer.recipes import fit_scratch_baseline
+from keras_transfer.recipes import recommend_recipe
+from keras_transfer.recipes import scratch_model
 from keras_transfer.regularizers import apply_l2sp
 from keras_transfer.reliability import NonFiniteGuard
 from keras_transfer.reliability import NonFiniteLossError
@@ -72,15 +83,84 @@ from keras_transfer.reports import plot_training_curves
 from keras_transfer.schedules import OneCycle
 from keras_transfer.schedules import SlantedTriangular
 from keras_transfer.schedules import WarmupCosineDecay
-from keras_transfer.strategy import BatchNormRecalibration
-from keras_transfer.strategy import NegativeTransferWarning
-from keras_transfer.strategy import Strategy
-from keras_transfer.strategy import check_negative_transfer
-from keras_transfer.strategy import fit_scratch_baseline
-from keras_transfer.strategy import recalibrate_batchnorm
-from keras_transfer.strategy import recommend_strategy
-from keras_transfer.strategy import scratch_model
 from keras_transfer.training import TwoPhaseHistory
 from keras_transfer.training import fit_two_phase
 
-__version__ = "0.1.0"
+__all__ = [
+    "backbones",
+    "callbacks",
+    "config",
+    "data",
+    "distribute",
+    "features",
+    "freezing",
+    "heads",
+    "hub",
+    "lr_finder",
+    "optimizers",
+    "preprocessing",
+    "recipes",
+    "regularizers",
+    "reliability",
+    "reports",
+    "schedules",
+    "training",
+    "apply_l2sp",
+    "Backbone",
+    "BackboneSpec",
+    "BatchNormRecalibration",
+    "Block",
+    "CachedFeatures",
+    "check_negative_transfer",
+    "classification_report",
+    "ClassificationHead",
+    "ConfigError",
+    "confusion_matrix",
+    "create_backbone",
+    "create_classifier",
+    "create_strategy",
+    "enable_multi_worker_fit",
+    "extract_features",
+    "feature_extractor",
+    "FeatureExtraction",
+    "find_learning_rate",
+    "fit_feature_extractor",
+    "fit_scratch_baseline",
+    "fit_two_phase",
+    "fit_two_phase_cached",
+    "freeze",
+    "get_blocks",
+    "GradualUnfreezing",
+    "HubBackbone",
+    "HubModuleUnavailableError",
+    "image_folder_dataset",
+    "ImageData",
+    "ImagePreprocessing",
+    "layer_decay_multipliers",
+    "list_backbones",
+    "MultiWorkerFitMixin",
+    "NegativeTransferWarning",
+    "NonFiniteGuard",
+    "NonFiniteLossError",
+    "NonFiniteWeightsError",
+    "OneCycle",
+    "plot_confusion_matrix",
+    "plot_training_curves",
+    "recalibrate_batchnorm",
+    "Recipe",
+    "recommend_recipe",
+    "register_backbone",
+    "save_model",
+    "scratch_model",
+    "set_mixed_precision",
+    "SlantedTriangular",
+    "tfds_dataset",
+    "trainable_blocks",
+    "TransferClassifier",
+    "TwoPhaseHistory",
+    "unfreeze",
+    "WarmupCosineDecay",
+    "WeightsUnavailableError",
+    "with_layerwise_lr",
+    "__version__",
+]

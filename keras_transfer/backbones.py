@@ -469,14 +469,14 @@ class Backbone:
         For "small data, different domain" transfer: features from lower blocks are less
         specific to the pretraining task.
         """
-        target = _find_block(self.blocks, block)
+        target = find_block(self.blocks, block)
         model = keras.Model(
             self.model.inputs, target.output, name=f"{self.model.name}_to_{target.name}"
         )
         return Backbone(self.name, model, self.default_size, self.preprocessing)
 
 
-def _find_block(blocks: Sequence[Block], block: str | int) -> Block:
+def find_block(blocks: Sequence[Block], block: str | int) -> Block:
     if isinstance(block, int):
         if not -len(blocks) <= block < len(blocks):
             raise ValueError(

@@ -29,6 +29,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_transfer import heads
+from keras_transfer import optimizers
 from keras_transfer import training
 from keras_transfer.backbones import Backbone
 from keras_transfer.heads import ClassificationHead
@@ -462,7 +464,7 @@ def fit_feature_extractor(
         train_data,
         validation_data,
         epochs=epochs,
-        make_optimizer=training.optimizer_factory(optimizer),
+        make_optimizer=optimizers.optimizer_factory(optimizer),
         learning_rate=learning_rate,
         batch_size=batch_size,
         passes=passes,
@@ -528,7 +530,7 @@ def _fit_head_on_features(
     head_model = keras.Model(inputs, head(inputs), name="head_on_features")
     head_model.compile(
         optimizer=make_optimizer(learning_rate),
-        **training._resolve_loss_and_metrics(model, loss, metrics),
+        **heads.resolve_loss_and_metrics(model, loss, metrics),
     )
     train = train_cache.as_dataset(batch_size, shuffle=True, seed=seed)
     if passes > 1:
@@ -613,7 +615,7 @@ def fit_two_phase_cached(
         fine_tune_lr = head_lr / 10.0
     loss = two_phase_kwargs.get("loss", "auto")
     metrics = two_phase_kwargs.get("metrics", "auto")
-    training._resolve_loss_and_metrics(model, loss, metrics)  # fail before extracting
+    heads.resolve_loss_and_metrics(model, loss, metrics)  # fail before extracting
     result = training.TwoPhaseHistory()
     if head_epochs:
         model.backbone.trainable = False
@@ -622,7 +624,7 @@ def fit_two_phase_cached(
             train_data if feature_data is None else feature_data,
             validation_data,
             epochs=head_epochs,
-            make_optimizer=training.optimizer_factory(optimizer),
+            make_optimizer=optimizers.optimizer_factory(optimizer),
             learning_rate=head_lr,
             batch_size=head_batch_size,
             passes=passes,

@@ -11,6 +11,7 @@ blocks), which helps when the target domain's statistics differ a lot from Image
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import keras
 
@@ -19,7 +20,8 @@ from keras_transfer.backbones import Backbone
 from keras_transfer.backbones import Block
 
 
-def _backbone_and_blocks(model: keras.Model | Backbone) -> tuple[keras.Model, list[Block]]:
+def backbone_and_blocks(model: keras.Model | Backbone) -> tuple[keras.Model, list[Block]]:
+    """The backbone `keras.Model` inside `model` and its blocks, input side first."""
     if isinstance(model, Backbone):
         return model.model, model.blocks
     backbone_model, name = backbones_lib.find_backbone_model(model)
@@ -47,7 +49,7 @@ def freeze(model: keras.Model | Backbone, train_bn: bool = False) -> None:
         # No block trainable, but BN layers everywhere: exactly unfreeze's train_bn path.
         unfreeze(model, top_blocks=0, train_bn=True)
         return
-    backbone_model, _ = _backbone_and_blocks(model)
+    backbone_model, _ = backbone_and_blocks(model)
     backbone_model.trainable = False
 
 
@@ -80,7 +82,7 @@ def select_blocks(
             raise ValueError(f"fraction must be in [0, 1], got {fraction}.")
         count = round(fraction * len(blocks))
         return list(blocks[len(blocks) - count :]) if count else []
-    start = backbones_lib._find_block(blocks, from_block).index
+    start = backbones_lib.find_block(blocks, from_block).index
     return [block for block in blocks if block.index >= start]
 
 
@@ -108,7 +110,7 @@ def unfreeze(
 
     Recompile the model afterwards: Keras collects trainable weights at compile time.
     """
-    backbone_model, blocks = _backbone_and_blocks(model)
+    backbone_model, blocks = backbone_and_blocks(model)
     chosen = select_blocks(blocks, top_blocks, from_block, fraction)
     chosen_ids = {id(block) for block in chosen}
     backbone_model.trainable = True
@@ -121,7 +123,7 @@ def unfreeze(
 
 def trainable_blocks(model: keras.Model | Backbone) -> list[str]:
     """Names of the blocks with at least one trainable non-BatchNorm layer."""
-    backbone_model, blocks = _backbone_and_blocks(model)
+    backbone_model, blocks = backbone_and_blocks(model)
     if not backbone_model.trainable:
         return []
     return [
@@ -134,3 +136,23 @@ def trainable_blocks(model: keras.Model | Backbone) -> list[str]:
             for layer in block.layers
         )
     ]
+
+
+def unfreeze_request(unfreeze: int | float | str) -> dict[str, Any]:
+    """`unfreeze(...)` keyword arguments from one value: a block count, a fraction, `"all"`
+    or a block name to unfreeze from."""
+    if unfreeze == "all":
+        return {"top_blocks": "all"}
+    if isinstance(unfreeze, bool):
+        raise ValueError(
+            f"unfreeze must be a count, fraction, block name or 'all', got {unfreeze!r}."
+        )
+    if isinstance(unfreeze, int):
+        return {"top_blocks": unfreeze}
+    if isinstance(unfreeze, float):
+        return {"fraction": unfreeze}
+    if isinstance(unfreeze, str):
+        if unfreeze.isdigit():
+            return {"top_blocks": int(unfreeze)}
+        return {"from_block": unfreeze}
+    raise ValueError(f"unfreeze must be a count, fraction, block name or 'all', got {unfreeze!r}.")

@@ -401,3 +401,17 @@ def create_classifier(
         class_names=class_names,
         name=name or f"{backbone.name.replace(':', '_').replace('/', '_')}_classifier",
     )
+
+
+def resolve_loss_and_metrics(model: keras.Model, loss: Any, metrics: Any) -> dict[str, Any]:
+    """`compile` keyword arguments: `loss` and `metrics`, with `"auto"` replaced by the
+    defaults of the model's keras_transfer head."""
+    # New metric objects for each compile: a phase must not start from the other's state.
+    head = getattr(model, "head", None)
+    if loss == "auto":
+        if head is None:
+            raise ValueError("Pass `loss=`: the model has no keras_transfer head to infer it from.")
+        loss = head.default_loss()
+    if metrics == "auto":
+        metrics = head.default_metrics() if head is not None else []
+    return {"loss": loss, "metrics": metrics}

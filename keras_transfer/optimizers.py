@@ -495,3 +495,34 @@ def layer_decay_multipliers(
             "nothing to scale. Unfreeze blocks first (keras_transfer.unfreeze(model, ...))."
         )
     return result
+
+
+OptimizerFactory = Callable[[float], keras.optimizers.Optimizer]
+
+
+def optimizer_factory(optimizer: str | type | OptimizerFactory = "adam") -> OptimizerFactory:
+    """A function `learning_rate -> new optimizer` from a name, a class or a factory.
+
+    Each phase gets a new optimizer: phase 2 must not inherit phase 1's moment estimates,
+    which were accumulated for the head alone.
+    """
+    if isinstance(optimizer, str):
+        name = optimizer
+
+        def make(learning_rate):
+            return keras.optimizers.get(
+                {"class_name": name, "config": {"learning_rate": learning_rate}}
+            )
+
+        make(1e-3)  # fail now on an unknown name, not after phase 1
+        return make
+    if isinstance(optimizer, type) and issubclass(optimizer, keras.optimizers.Optimizer):
+        return lambda learning_rate: optimizer(learning_rate=learning_rate)
+    if isinstance(optimizer, keras.optimizers.Optimizer):
+        raise TypeError(
+            "Pass an optimizer class, name or factory (learning_rate -> optimizer), not an "
+            "optimizer instance: each phase needs its own optimizer and learning rate."
+        )
+    if callable(optimizer):
+        return optimizer
+    raise TypeError(f"Cannot make an optimizer from {optimizer!r}.")

@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,43 +14,14 @@ import keras
 import tensorflow as tf
 
 from keras_transfer import freezing
+from keras_transfer import heads
 from keras_transfer import optimizers
 from keras_transfer import reliability
-
-OptimizerFactory = Callable[[float], keras.optimizers.Optimizer]
 
 PHASE_HEAD = "feature_extraction"
 PHASE_FINE_TUNE = "fine_tune"
 STATE_FILE = "two_phase_state.json"
 HEAD_WEIGHTS_FILE = "feature_extraction_done.weights.h5"
-
-
-def optimizer_factory(optimizer: str | type | OptimizerFactory = "adam") -> OptimizerFactory:
-    """A function `learning_rate -> new optimizer` from a name, a class or a factory.
-
-    Each phase gets a new optimizer: phase 2 must not inherit phase 1's moment estimates,
-    which were accumulated for the head alone.
-    """
-    if isinstance(optimizer, str):
-        name = optimizer
-
-        def make(learning_rate):
-            return keras.optimizers.get(
-                {"class_name": name, "config": {"learning_rate": learning_rate}}
-            )
-
-        make(1e-3)  # fail now on an unknown name, not after phase 1
-        return make
-    if isinstance(optimizer, type) and issubclass(optimizer, keras.optimizers.Optimizer):
-        return lambda learning_rate: optimizer(learning_rate=learning_rate)
-    if isinstance(optimizer, keras.optimizers.Optimizer):
-        raise TypeError(
-            "Pass an optimizer class, name or factory (learning_rate -> optimizer), not an "
-            "optimizer instance: each phase needs its own optimizer and learning rate."
-        )
-    if callable(optimizer):
-        return optimizer
-    raise TypeError(f"Cannot make an optimizer from {optimizer!r}.")
 
 
 @dataclasses.dataclass
@@ -126,8 +96,8 @@ def fit_two_phase(
     fine_tune_lr: float | None = None,
     unfreeze: int | str = "all",
     train_bn: bool = False,
-    optimizer: str | type | OptimizerFactory = "adam",
-    fine_tune_optimizer: str | type | OptimizerFactory | None = None,
+    optimizer: str | type | optimizers.OptimizerFactory = "adam",
+    fine_tune_optimizer: str | type | optimizers.OptimizerFactory | None = None,
     lr_decay: float | None = None,
     loss: Any = "auto",
     metrics: Any = "auto",
@@ -204,16 +174,16 @@ def fit_two_phase(
         isinstance(lr_decay, int | float) and not isinstance(lr_decay, bool) and 0 < lr_decay <= 1
     ):
         raise ValueError(f"lr_decay must be a number in (0, 1] or None, got {lr_decay!r}.")
-    make_head_optimizer = optimizer_factory(optimizer)
-    make_fine_tune_optimizer = optimizer_factory(fine_tune_optimizer or optimizer)
-    _resolve_loss_and_metrics(model, loss, metrics)  # fail before training, not after
+    make_head_optimizer = optimizers.optimizer_factory(optimizer)
+    make_fine_tune_optimizer = optimizers.optimizer_factory(fine_tune_optimizer or optimizer)
+    heads.resolve_loss_and_metrics(model, loss, metrics)  # fail before training, not after
     _check_not_empty(train_data, "train_data")
     _check_not_empty(validation_data, "validation_data")
     compile_kwargs = dict(compile_kwargs or {})
     callbacks = list(callbacks or [])
-    unfreeze_kwargs = unfreeze_request(unfreeze)
+    unfreeze_kwargs = freezing.unfreeze_request(unfreeze)
     # Validate the fine-tuning request before spending time on phase 1.
-    freezing.select_blocks(freezing._backbone_and_blocks(model)[1], **unfreeze_kwargs)
+    freezing.select_blocks(freezing.backbone_and_blocks(model)[1], **unfreeze_kwargs)
 
     state = None
     if backup_dir is not None:
@@ -257,7 +227,7 @@ def fit_two_phase(
         freezing.freeze(model, train_bn=train_bn)
         model.compile(
             optimizer=make_head_optimizer(head_lr),
-            **_resolve_loss_and_metrics(model, loss, metrics),
+            **heads.resolve_loss_and_metrics(model, loss, metrics),
             **compile_kwargs,
         )
         start = time.perf_counter()
@@ -279,7 +249,7 @@ def fit_two_phase(
             fine_tune = optimizers.with_layerwise_lr(fine_tune, multipliers)
         model.compile(
             optimizer=fine_tune,
-            **_resolve_loss_and_metrics(model, loss, metrics),
+            **heads.resolve_loss_and_metrics(model, loss, metrics),
             **compile_kwargs,
         )
         if state is not None and head_epochs:
@@ -428,35 +398,3 @@ class _RunState:
                 json.dump(self.data, f, indent=1)
 
         reliability.write_atomically(self.path, write)
-
-
-def unfreeze_request(unfreeze: int | float | str) -> dict[str, Any]:
-    """`unfreeze(...)` keyword arguments from one value: a block count, a fraction, `"all"`
-    or a block name to unfreeze from."""
-    if unfreeze == "all":
-        return {"top_blocks": "all"}
-    if isinstance(unfreeze, bool):
-        raise ValueError(
-            f"unfreeze must be a count, fraction, block name or 'all', got {unfreeze!r}."
-        )
-    if isinstance(unfreeze, int):
-        return {"top_blocks": unfreeze}
-    if isinstance(unfreeze, float):
-        return {"fraction": unfreeze}
-    if isinstance(unfreeze, str):
-        if unfreeze.isdigit():
-            return {"top_blocks": int(unfreeze)}
-        return {"from_block": unfreeze}
-    raise ValueError(f"unfreeze must be a count, fraction, block name or 'all', got {unfreeze!r}.")
-
-
-def _resolve_loss_and_metrics(model: keras.Model, loss: Any, metrics: Any) -> dict[str, Any]:
-    # New metric objects for each compile: a phase must not start from the other's state.
-    head = getattr(model, "head", None)
-    if loss == "auto":
-        if head is None:
-            raise ValueError("Pass `loss=`: the model has no keras_transfer head to infer it from.")
-        loss = head.default_loss()
-    if metrics == "auto":
-        metrics = head.default_metrics() if head is not None else []
-    return {"loss": loss, "metrics": metrics}

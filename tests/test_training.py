@@ -7,7 +7,7 @@ import tensorflow as tf
 from interruption import InterruptAt
 
 import keras_transfer as kt
-from keras_transfer import training
+from keras_transfer import freezing
 
 
 @pytest.fixture
@@ -182,7 +182,7 @@ def test_bad_requests_fail_before_training(model, dataset):
 
 
 def test_unfreeze_request_parsing():
-    assert training.unfreeze_request("all") == {"top_blocks": "all"}
-    assert training.unfreeze_request("3") == {"top_blocks": 3}
-    assert training.unfreeze_request(0.25) == {"fraction": 0.25}
-    assert training.unfreeze_request("conv_dw_12") == {"from_block": "conv_dw_12"}
+    assert freezing.unfreeze_request("all") == {"top_blocks": "all"}
+    assert freezing.unfreeze_request("3") == {"top_blocks": 3}
+    assert freezing.unfreeze_request(0.25) == {"fraction": 0.25}
+    assert freezing.unfreeze_request("conv_dw_12") == {"from_block": "conv_dw_12"}

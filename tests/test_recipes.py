@@ -1,4 +1,4 @@
-"""Tests of the strategy table, the from-scratch baseline, the negative-transfer warning,
+"""Tests of the recipe table, the from-scratch baseline, the negative-transfer warning,
 and the accuracy benchmark's smoke path."""
 
 import inspect
@@ -15,8 +15,9 @@ import pytest
 import tensorflow as tf
 
 import keras_transfer as kt
+from keras_transfer import callbacks
 from keras_transfer import features
-from keras_transfer import strategy
+from keras_transfer import recipes
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -33,7 +34,7 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
     ],
 )
 def test_table(num, similarity, name):
-    recommended = strategy.recommend_strategy(num, similarity)
+    recommended = recipes.recommend_recipe(num, similarity)
     assert recommended.name == name
     assert str(num) in recommended.reason and len(recommended.reason) > 80
     if name == "feature_extraction":
@@ -48,21 +49,21 @@ def test_table(num, similarity, name):
 
 
 def test_threshold_is_a_setting():
-    assert strategy.recommend_strategy(4000, "similar").name == "feature_extraction"
-    assert strategy.recommend_strategy(4000, "similar", small_data_threshold=1000).name == (
+    assert recipes.recommend_recipe(4000, "similar").name == "feature_extraction"
+    assert recipes.recommend_recipe(4000, "similar", small_data_threshold=1000).name == (
         "fine_tune_top"
     )
 
 
 def test_settings_plug_into_the_package():
     backbone = kt.create_backbone("mobilenet", input_shape=(32, 32, 3), weights=None, alpha=0.25)
-    lower = strategy.recommend_strategy(100, "different", backbone=backbone)
+    lower = recipes.recommend_recipe(100, "different", backbone=backbone)
     assert lower.feature_block in backbone.block_names()
     assert backbone.block_names().index(lower.feature_block) < len(backbone.blocks) - 1
     model = kt.create_classifier(backbone, 2, **lower.classifier_kwargs())
     assert model.backbone.output_shape[-1] < backbone.model.output_shape[-1]
 
-    top = strategy.recommend_strategy(100_000, "similar")
+    top = recipes.recommend_recipe(100_000, "similar")
     accepted = inspect.signature(kt.fit_two_phase).parameters
     assert set(top.fit_kwargs()) <= set(accepted)
     images = np.random.default_rng(0).uniform(0, 255, (8, 32, 32, 3)).astype("float32")
@@ -87,19 +88,19 @@ def test_settings_plug_into_the_package():
 )
 def test_bad_arguments(num, similarity, message):
     with pytest.raises(ValueError, match=message):
-        strategy.recommend_strategy(num, similarity)
+        recipes.recommend_recipe(num, similarity)
 
 
 def test_fractional_block_needs_a_backbone():
     with pytest.raises(ValueError, match="backbone"):
-        strategy.recommend_strategy(100, "different").classifier_kwargs()
+        recipes.recommend_recipe(100, "different").classifier_kwargs()
 
 
 def test_scratch_model_is_the_same_architecture_with_new_trainable_weights():
     model = kt.create_classifier("mobilenet", 2, input_shape=(32, 32, 3), weights=None, alpha=0.25)
     kt.freeze(model)
     before = [w.numpy().copy() for w in model.weights]
-    baseline = strategy.scratch_model(model)
+    baseline = recipes.scratch_model(model)
     assert [w.shape for w in baseline.weights] == [w.shape for w in model.weights]
     kernels = [(a, b) for a, b in zip(model.weights, baseline.weights) if "kernel" in a.path]
     assert kernels and not any(np.allclose(a.numpy(), b.numpy()) for a, b in kernels)
@@ -111,7 +112,7 @@ def test_scratch_model_is_the_same_architecture_with_new_trainable_weights():
     for old, now in zip(before, model.weights):
         np.testing.assert_array_equal(old, now.numpy())
     with pytest.raises(TypeError, match="clone_model"):
-        strategy.scratch_model(keras.Sequential([keras.layers.Dense(1)]))
+        recipes.scratch_model(keras.Sequential([keras.layers.Dense(1)]))
 
 
 def test_scratch_model_sets_batchnorm_momentum():
@@ -132,17 +133,17 @@ def test_scratch_model_sets_batchnorm_momentum():
         }
 
     assert momenta(model) == {0.99}
-    baseline = strategy.scratch_model(model)
+    baseline = recipes.scratch_model(model)
     assert momenta(baseline) == {0.9}  # backbone and head
     assert momenta(model) == {0.99}  # the original is untouched
     # The backbone's setting survives a rebuild from the config (and so a .keras save); the
     # head rebuilds its BatchNormalization from its own arguments.
     assert momenta(type(baseline).from_config(baseline.get_config()).backbone) == {0.9}
-    assert momenta(strategy.scratch_model(model, bn_momentum=None)) == {0.99}
-    assert momenta(strategy.scratch_model(model, bn_momentum=0.5)) == {0.5}
+    assert momenta(recipes.scratch_model(model, bn_momentum=None)) == {0.99}
+    assert momenta(recipes.scratch_model(model, bn_momentum=0.5)) == {0.5}
     for bad in (1.0, -0.1, True, "0.9"):
         with pytest.raises(ValueError, match="bn_momentum must be a number in"):
-            strategy.scratch_model(model, bn_momentum=bad)
+            recipes.scratch_model(model, bn_momentum=bad)
 
 
 def colour_batches(n, seed, batch_size=16):
@@ -165,7 +166,7 @@ def test_scratch_baseline_predicts_in_inference_mode_after_a_short_run(fixed):
     model = kt.create_classifier("mobilenet", 2, input_shape=(32, 32, 3), weights=None, alpha=0.25)
     train, validation = colour_batches(64, seed=0), colour_batches(64, seed=1)
     settings = {} if fixed else {"bn_momentum": None, "recalibrate_bn": False}
-    baseline, history = strategy.fit_scratch_baseline(
+    baseline, history = recipes.fit_scratch_baseline(
         model, train, validation, epochs=6, learning_rate=1e-2, verbose=0, **settings
     )
     assert history.history["accuracy"][-1] > 0.9
@@ -183,7 +184,7 @@ def test_recalibrate_batchnorm_uses_batch_statistics_and_skips_frozen_layers():
     dataset = tf.data.Dataset.from_tensor_slices((images, np.zeros(8, "int32"))).batch(4)
     bn = model.backbone.get_layer("conv1_bn")
     kernel_before = [w.numpy().copy() for w in model.trainable_weights]
-    assert strategy.recalibrate_batchnorm(model, dataset, steps=1) == 1
+    assert callbacks.recalibrate_batchnorm(model, dataset, steps=1) == 1
     probe = keras.Model(model.backbone.inputs, bn.input)
     inputs = probe(model.preprocess_layer(images[:4])).numpy().reshape(-1, bn.moving_mean.shape[0])
     np.testing.assert_allclose(bn.moving_mean.numpy(), inputs.mean(0), rtol=1e-4, atol=1e-5)
@@ -193,7 +194,7 @@ def test_recalibrate_batchnorm_uses_batch_statistics_and_skips_frozen_layers():
         np.testing.assert_array_equal(before, after.numpy())
     kt.freeze(model)
     frozen = bn.moving_mean.numpy().copy()
-    assert strategy.recalibrate_batchnorm(model, dataset) == 0
+    assert callbacks.recalibrate_batchnorm(model, dataset) == 0
     np.testing.assert_array_equal(frozen, bn.moving_mean.numpy())
 
 
@@ -201,7 +202,7 @@ def test_fit_scratch_baseline_trains_for_the_budget():
     model = kt.create_classifier("mobilenet", 2, input_shape=(32, 32, 3), weights=None, alpha=0.25)
     images = np.random.default_rng(0).uniform(0, 255, (8, 32, 32, 3)).astype("float32")
     dataset = tf.data.Dataset.from_tensor_slices((images, np.arange(8) % 2)).batch(4)
-    baseline, history = strategy.fit_scratch_baseline(model, dataset, dataset, epochs=2, verbose=0)
+    baseline, history = recipes.fit_scratch_baseline(model, dataset, dataset, epochs=2, verbose=0)
     assert len(history.history["val_accuracy"]) == 2
     assert baseline is not model
 
@@ -209,15 +210,15 @@ def test_fit_scratch_baseline_trains_for_the_budget():
 def test_negative_transfer_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert strategy.check_negative_transfer(0.95, 0.70) is False
-    with pytest.warns(strategy.NegativeTransferWarning, match=r"0\.6000.*0\.7000"):
-        assert strategy.check_negative_transfer(0.60, 0.70) is True
-    with pytest.warns(strategy.NegativeTransferWarning):
-        assert strategy.check_negative_transfer(0.71, 0.70, margin=0.02) is True
+        assert recipes.check_negative_transfer(0.95, 0.70) is False
+    with pytest.warns(recipes.NegativeTransferWarning, match=r"0\.6000.*0\.7000"):
+        assert recipes.check_negative_transfer(0.60, 0.70) is True
+    with pytest.warns(recipes.NegativeTransferWarning):
+        assert recipes.check_negative_transfer(0.71, 0.70, margin=0.02) is True
     # Losses: lower is better.
-    assert strategy.check_negative_transfer(0.2, 0.5, higher_is_better=False) is False
-    with pytest.warns(strategy.NegativeTransferWarning, match="val_loss"):
-        strategy.check_negative_transfer(0.5, 0.2, metric="val_loss", higher_is_better=False)
+    assert recipes.check_negative_transfer(0.2, 0.5, higher_is_better=False) is False
+    with pytest.warns(recipes.NegativeTransferWarning, match="val_loss"):
+        recipes.check_negative_transfer(0.5, 0.2, metric="val_loss", higher_is_better=False)
 
 
 @pytest.mark.slow

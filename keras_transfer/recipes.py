@@ -1,11 +1,11 @@
-"""Which transfer-learning strategy to use, a from-scratch baseline, and the
+"""Which transfer-learning recipe to use, a from-scratch baseline, and the
 negative-transfer check.
 
-The strategy table is the usual one (CS231n's "Transfer Learning" notes, Yosinski et al.
+The recipe table is the usual one (CS231n's "Transfer Learning" notes, Yosinski et al.
 2014): how much to fine-tune depends on how much labelled data there is and how close the
 target domain is to the pretraining data (ImageNet for the keras.applications backbones).
 
-| data  | domain    | strategy                                   |
+| data  | domain    | recipe                                     |
 |-------|-----------|--------------------------------------------|
 | small | similar   | feature extraction (frozen backbone, head)  |
 | small | different | features from a lower block, then a head    |
@@ -45,16 +45,18 @@ from typing import Any
 import keras
 
 from keras_transfer import backbones as backbones_lib
+from keras_transfer import callbacks as callbacks_lib
+from keras_transfer import optimizers
 from keras_transfer.heads import TransferClassifier
 
 logger = logging.getLogger("keras_transfer")
 
 SIMILARITIES = ("similar", "different")
-STRATEGIES = ("feature_extraction", "lower_block_features", "fine_tune_top", "fine_tune_all")
+RECIPES = ("feature_extraction", "lower_block_features", "fine_tune_top", "fine_tune_all")
 
 
 @dataclasses.dataclass(frozen=True)
-class Strategy:
+class Recipe:
     """A recommended transfer-learning set-up, with concrete settings for this package.
 
     Attributes:
@@ -111,13 +113,13 @@ class Strategy:
         }
 
 
-def recommend_strategy(
+def recommend_recipe(
     num_train_examples: int,
     domain_similarity: str | float,
     *,
     backbone: backbones_lib.Backbone | None = None,
     small_data_threshold: int = 5000,
-) -> Strategy:
+) -> Recipe:
     """Recommends feature extraction or fine-tuning from data size and domain similarity.
 
     Args:
@@ -129,13 +131,13 @@ def recommend_strategy(
             millions of weights on it risks over-fitting.
 
     Returns:
-        A `Strategy` with settings and the reason.
+        A `Recipe` with settings and the reason.
 
     Example:
-    >>> strategy = recommend_strategy(244, "similar")
-    >>> strategy.name
+    >>> recipe = recommend_recipe(244, "similar")
+    >>> recipe.name
     'feature_extraction'
-    >>> fit_two_phase_cached(model, data.train, data.validation, **strategy.fit_kwargs())
+    >>> fit_two_phase_cached(model, data.train, data.validation, **recipe.fit_kwargs())
     """
     if (
         isinstance(num_train_examples, bool)
@@ -150,7 +152,7 @@ def recommend_strategy(
     size = f"{num_train_examples} examples is {'small' if small else 'large'} data"
     size += f" (threshold {small_data_threshold})"
     if small and similar:
-        strategy = Strategy(
+        recipe = Recipe(
             "feature_extraction",
             f"{size} from a domain similar to the pretraining data: the top-level features "
             "already separate the classes, and fine-tuning millions of weights on few "
@@ -160,7 +162,7 @@ def recommend_strategy(
             head_lr=1e-3,
         )
     elif small:
-        strategy = Strategy(
+        recipe = Recipe(
             "lower_block_features",
             f"{size} from a domain different from the pretraining data: the last blocks "
             "encode pretraining-specific concepts, lower blocks generic edges and textures. "
@@ -171,7 +173,7 @@ def recommend_strategy(
             head_lr=1e-3,
         )
     elif similar:
-        strategy = Strategy(
+        recipe = Recipe(
             "fine_tune_top",
             f"{size} from a similar domain: enough data to adapt the top blocks without "
             "over-fitting, while the lower blocks' generic features are kept. Train the head "
@@ -185,7 +187,7 @@ def recommend_strategy(
             augment="flip,crop",
         )
     else:
-        strategy = Strategy(
+        recipe = Recipe(
             "fine_tune_all",
             f"{size} from a different domain: the features need to change at every level, "
             "and there is enough data to do it. Train the head, then fine-tune all blocks "
@@ -199,9 +201,9 @@ def recommend_strategy(
             train_bn=True,
             augment="flip,crop",
         )
-    if backbone is not None and isinstance(strategy.feature_block, float):
-        strategy = dataclasses.replace(strategy, feature_block=strategy.feature_block_for(backbone))
-    return strategy
+    if backbone is not None and isinstance(recipe.feature_block, float):
+        recipe = dataclasses.replace(recipe, feature_block=recipe.feature_block_for(backbone))
+    return recipe
 
 
 def _is_similar(domain_similarity: str | float) -> bool:
@@ -297,115 +299,15 @@ def fit_scratch_baseline(
     Returns:
         The trained baseline and its `History`.
     """
-    from keras_transfer import training
-
     baseline = scratch_model(model, bn_momentum=bn_momentum)
-    baseline.compile(optimizer=training.optimizer_factory(optimizer)(learning_rate))
+    baseline.compile(optimizer=optimizers.optimizer_factory(optimizer)(learning_rate))
     if recalibrate_bn:
         fit_kwargs["callbacks"] = [
             *(fit_kwargs.get("callbacks") or []),
-            BatchNormRecalibration(train_data, recalibration_steps),
+            callbacks_lib.BatchNormRecalibration(train_data, recalibration_steps),
         ]
     history = baseline.fit(train_data, validation_data=validation_data, epochs=epochs, **fit_kwargs)
     return baseline, history
-
-
-def recalibrate_batchnorm(model: keras.Model, data: Any, steps: int | None = None) -> int:
-    """Recomputes the moving statistics of `model`'s trainable BatchNormalization layers
-    from `data` with the current weights ("precise BN").
-
-    Each layer's moving mean and variance become the averages of its batch means and
-    variances over `steps` batches of `data`, with the layers below it normalising by
-    their batch statistics, exactly as in training. Weights do not change. Frozen
-    BatchNormalization layers (pretrained statistics) are left alone.
-
-    Args:
-        model: a Keras model.
-        data: batches of `(images, labels)` or of images (a `tf.data.Dataset` or any
-            iterable), e.g. the training data.
-        steps: batches to use; default all of `data` (it must be finite).
-
-    Returns:
-        The number of batches used (0 when the model has no trainable BatchNormalization).
-
-    Example:
-    >>> recalibrate_batchnorm(model, data.train, steps=50)
-    >>> model.evaluate(data.validation)
-    """
-    layers = [
-        layer
-        for layer in model._flatten_layers(include_self=False)
-        if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable
-    ]
-    if not layers:
-        return 0
-    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
-        raise ValueError(f"steps must be a positive integer or None, got {steps!r}.")
-    momenta = [layer.momentum for layer in layers]
-    sums = [[0.0, 0.0] for _ in layers]
-    used = 0
-    try:
-        # Momentum 0: after a training-mode forward pass the moving statistics are exactly
-        # that batch's statistics. Eager calls read the momentum set here.
-        for layer in layers:
-            layer.momentum = 0.0
-        for batch in data:
-            if steps is not None and used >= steps:
-                break
-            images = batch[0] if isinstance(batch, tuple | list) else batch
-            model(images, training=True)
-            for total, layer in zip(sums, layers):
-                total[0] += layer.moving_mean.numpy()
-                total[1] += layer.moving_variance.numpy()
-            used += 1
-    finally:
-        for layer, momentum in zip(layers, momenta):
-            layer.momentum = momentum
-    if not used:
-        raise ValueError("recalibrate_batchnorm got no batches: `data` is empty.")
-    for (mean, variance), layer in zip(sums, layers):
-        layer.moving_mean.assign(mean / used)
-        layer.moving_variance.assign(variance / used)
-    return used
-
-
-class BatchNormRecalibration(keras.callbacks.Callback):
-    """Recalibrates BatchNormalization statistics (`recalibrate_batchnorm`) before each
-    validation inside `fit` and at the end of training, so that the validation metrics and
-    the returned model use statistics of the current weights.
-
-    For models whose BatchNormalization layers train from scratch on few steps; a
-    pretrained model with frozen BatchNormalization does not need it.
-
-    Args:
-        data: training batches to compute the statistics on.
-        steps: batches per recalibration; default all of `data`.
-
-    Example:
-    >>> model.fit(train, validation_data=val, epochs=15,
-    ...           callbacks=[BatchNormRecalibration(train)])
-    """
-
-    def __init__(self, data: Any, steps: int | None = None):
-        super().__init__()
-        self.data = data
-        self.steps = steps
-        self._calibrated = False
-
-    def on_train_batch_end(self, batch, logs=None):
-        self._calibrated = False
-
-    def on_test_begin(self, logs=None):
-        self._recalibrate_if_stale()
-
-    def on_train_end(self, logs=None):
-        # After the last validation the statistics already match the final weights.
-        self._recalibrate_if_stale()
-
-    def _recalibrate_if_stale(self):
-        if not self._calibrated:
-            recalibrate_batchnorm(self.model, self.data, self.steps)
-            self._calibrated = True
 
 
 class NegativeTransferWarning(UserWarning):

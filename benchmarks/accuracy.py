@@ -210,7 +210,7 @@ def main(argv=None) -> dict:
             )
 
         start = time.perf_counter()
-        history = features.fit_two_phase_cached(
+        history = kt.fit_two_phase_cached(
             model,
             augmented.train,
             plain.validation,

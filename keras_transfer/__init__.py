@@ -36,6 +36,7 @@ from keras_transfer.backbones import create_backbone
 from keras_transfer.backbones import get_blocks
 from keras_transfer.backbones import list_backbones
 from keras_transfer.backbones import register_backbone
+from keras_transfer.backbones import register_backbone_prefix
 from keras_transfer.callbacks import BatchNormRecalibration
 from keras_transfer.callbacks import GradualUnfreezing
 from keras_transfer.callbacks import recalibrate_batchnorm
@@ -48,11 +49,11 @@ from keras_transfer.distribute import create_strategy
 from keras_transfer.distribute import enable_multi_worker_fit
 from keras_transfer.distribute import set_mixed_precision
 from keras_transfer.features import CachedFeatures
+from keras_transfer.features import FeatureCache
 from keras_transfer.features import FeatureExtraction
 from keras_transfer.features import extract_features
 from keras_transfer.features import feature_extractor
 from keras_transfer.features import fit_feature_extractor
-from keras_transfer.features import fit_two_phase_cached
 from keras_transfer.freezing import freeze
 from keras_transfer.freezing import trainable_blocks
 from keras_transfer.freezing import unfreeze
@@ -85,6 +86,7 @@ from keras_transfer.schedules import SlantedTriangular
 from keras_transfer.schedules import WarmupCosineDecay
 from keras_transfer.training import TwoPhaseHistory
 from keras_transfer.training import fit_two_phase
+from keras_transfer.training import fit_two_phase_cached
 
 __all__ = [
     "backbones",
@@ -122,6 +124,7 @@ __all__ = [
     "enable_multi_worker_fit",
     "extract_features",
     "feature_extractor",
+    "FeatureCache",
     "FeatureExtraction",
     "find_learning_rate",
     "fit_feature_extractor",
@@ -150,6 +153,7 @@ __all__ = [
     "Recipe",
     "recommend_recipe",
     "register_backbone",
+    "register_backbone_prefix",
     "save_model",
     "scratch_model",
     "set_mixed_precision",

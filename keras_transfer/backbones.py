@@ -530,10 +530,9 @@ def create_backbone(
     >>> backbone.block_names()[:3]
     ['stem', 'block_0', 'block_1']
     """
-    if name.startswith("hub:"):
-        from keras_transfer import hub
-
-        return hub.create_hub_backbone(name[len("hub:") :], input_shape=input_shape, **kwargs)
+    for prefix, factory in _PREFIX_FACTORIES.items():
+        if name.startswith(prefix):
+            return factory(name[len(prefix) :], input_shape=input_shape, **kwargs)
     spec = get_spec(name)
     if input_shape is None:
         input_shape = (spec.default_size, spec.default_size, 3)
@@ -596,6 +595,19 @@ def _load_weights(model: keras.Model, path: str, name: str) -> None:
 # ---------------------------------------------------------------------------------------
 # Blocks of any model
 # ---------------------------------------------------------------------------------------
+
+# Backbone factories for names with a prefix (`"hub:<handle>"`), registered by the module
+# that owns them: `factory(rest_of_name, input_shape=..., **kwargs) -> Backbone`.
+_PREFIX_FACTORIES: dict[str, Callable[..., Backbone]] = {}
+
+
+def register_backbone_prefix(prefix: str, factory: Callable[..., Backbone]) -> None:
+    """Teaches `create_backbone` names that start with `prefix` (e.g. `"hub:"`): the rest of
+    the name goes to `factory(rest, input_shape=..., **kwargs)`, which returns a `Backbone`."""
+    if not prefix.endswith(":"):
+        raise ValueError(f"A backbone prefix ends with ':', got {prefix!r}.")
+    _PREFIX_FACTORIES[prefix] = factory
+
 
 # Block finders for backbones that are not `keras.applications` models (TF Hub, user
 # registered), keyed by a predicate on the model.

@@ -25,6 +25,7 @@ from typing import Any
 
 import keras
 
+from keras_transfer import _keras_compat
 from keras_transfer import freezing
 
 ScheduleValue = int | float | str
@@ -150,12 +151,9 @@ class GradualUnfreezing(keras.callbacks.Callback):
         self.unfrozen_blocks[epoch] = names
         # The compiled step captured the old trainable variables and BN modes.
         self.model.make_train_function(force=True)
-        if hasattr(self.model, "_compiled_trainable_state"):
-            # Keep Keras' "trainable state changed since compile" check in step with the
-            # step function it guards.
-            self.model._compiled_trainable_state = {
-                layer: layer.trainable for layer in self.model._flatten_layers()
-            }
+        # Keep Keras' "trainable state changed since compile" check in step with the step
+        # function it guards.
+        _keras_compat.sync_compiled_trainable_state(self.model)
         if self.verbose:
             print(
                 f"GradualUnfreezing: epoch {epoch + 1}: {len(names)} trainable backbone "
@@ -244,7 +242,7 @@ def recalibrate_batchnorm(model: keras.Model, data: Any, steps: int | None = Non
     """
     layers = [
         layer
-        for layer in model._flatten_layers(include_self=False)
+        for layer in _keras_compat.flatten_layers(model, include_self=False)
         if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable
     ]
     if not layers:

@@ -11,11 +11,12 @@ under `MultiWorkerMirroredStrategy` (`TransferClassifier` has it built in).
 from __future__ import annotations
 
 import logging
-import types
 from typing import Any
 
 import keras
 import tensorflow as tf
+
+from keras_transfer import _keras_compat
 
 logger = logging.getLogger("keras_transfer")
 
@@ -190,7 +191,7 @@ def _logs_with_replica_axis(logs: Any) -> Any:
     )
 
 
-class MultiWorkerFitMixin:
+class MultiWorkerFitMixin(_keras_compat.SymbolicBuildHook):
     """Makes Keras 3's `fit` and `evaluate` run under `MultiWorkerMirroredStrategy`.
 
     Keras 3.15's TensorFlow trainer cannot train under a `MultiWorkerMirroredStrategy` with
@@ -206,10 +207,10 @@ class MultiWorkerFitMixin:
     ...     ...
     """
 
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        if iterator is not None and is_multi_worker(self._distribute_strategy):
-            data_batch, iterator = _symbolic_build_iterator(self, iterator), None
-        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+    def symbolic_build_inputs(self, iterator, data_batch):
+        if iterator is not None and is_multi_worker(self.distribute_strategy):
+            return None, _symbolic_build_iterator(self, iterator)
+        return iterator, data_batch
 
     def train_step(self, data):
         logs = super().train_step(data)
@@ -243,18 +244,14 @@ def enable_multi_worker_fit(model: keras.Model) -> keras.Model:
     """
     if isinstance(model, MultiWorkerFitMixin) or not is_multi_worker(model.distribute_strategy):
         return model
-    symbolic_build, train_step, test_step = (
-        model._maybe_symbolic_build,
-        model.train_step,
-        model.test_step,
-    )
+    train_step, test_step = model.train_step, model.test_step
 
-    def maybe_symbolic_build(self, iterator=None, data_batch=None):
+    def choose_build_inputs(iterator, data_batch):
         if iterator is not None:
-            data_batch, iterator = _symbolic_build_iterator(self, iterator), None
-        return symbolic_build(iterator=iterator, data_batch=data_batch)
+            return None, _symbolic_build_iterator(model, iterator)
+        return iterator, data_batch
 
-    model._maybe_symbolic_build = types.MethodType(maybe_symbolic_build, model)
+    _keras_compat.patch_symbolic_build(model, choose_build_inputs)
     model.train_step = lambda data: _logs_with_replica_axis(train_step(data))
     model.test_step = lambda data: _logs_with_replica_axis(test_step(data))
     return model

@@ -31,11 +31,10 @@ import tensorflow as tf
 
 from keras_transfer import heads
 from keras_transfer import optimizers
-from keras_transfer import training
 from keras_transfer.backbones import Backbone
 from keras_transfer.heads import ClassificationHead
 from keras_transfer.heads import TransferClassifier
-from keras_transfer.heads import make_head
+from keras_transfer.heads import create_classifier
 from keras_transfer.preprocessing import ImagePreprocessing
 
 DEFAULT_MAX_MEMORY_BYTES = 2 * 1024**3
@@ -350,6 +349,148 @@ def _split_batch(batch):
     return batch
 
 
+@dataclasses.dataclass(frozen=True)
+class FeatureCache:
+    """How a head phase trains on cached backbone features instead of images.
+
+    Give it to `fit_two_phase(head_features=...)`: phase 1 then runs the frozen backbone
+    once over `data` (or `passes` times) and trains the head on the cached features.
+
+    Args:
+        data: the batches of `(images, labels)` to cache (an `ImageData` gives its training
+            split); `None` caches the training data of the run. Pass a non-augmented
+            version of the training set (`ImageData.train_unaugmented`), or an augmented
+            one with `passes=K`.
+        batch_size: batch size of head training on the cached features.
+        passes: cached passes over `data`; each epoch samples one dataset's worth of
+            examples from the `passes` copies.
+        seed: shuffling seed of the cached features.
+        cache_dir: where features that exceed `max_memory_bytes` are streamed.
+        max_memory_bytes: memory budget of the cached features.
+    """
+
+    data: Any = None
+    batch_size: int = 32
+    passes: int = 1
+    seed: int | None = 1337
+    cache_dir: str | os.PathLike | None = None
+    max_memory_bytes: int = DEFAULT_MAX_MEMORY_BYTES
+
+    def __post_init__(self):
+        for name in ("batch_size", "passes", "max_memory_bytes"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"FeatureCache.{name} must be a positive integer, got {value!r}.")
+
+
+@dataclasses.dataclass
+class HeadOnFeatures:
+    """What `fit_head_on_features` returns.
+
+    Attributes:
+        history: the `keras.callbacks.History` of the head's training.
+        train_features: the cached training features.
+        validation_features: the cached validation features, or `None`.
+        seconds: wall time of `"extract"` (both splits) and `"train"` (the head).
+    """
+
+    history: keras.callbacks.History
+    train_features: CachedFeatures
+    validation_features: CachedFeatures | None
+    seconds: dict[str, float]
+
+
+def fit_head_on_features(
+    model: TransferClassifier,
+    validation_data: Any,
+    *,
+    cache: FeatureCache,
+    epochs: int,
+    optimizer: keras.optimizers.Optimizer,
+    loss: Any = "auto",
+    metrics: Any = "auto",
+    callbacks: Sequence[keras.callbacks.Callback] | None = None,
+    initial_epoch: int = 0,
+    verbose: int = 1,
+    **fit_kwargs: Any,
+) -> HeadOnFeatures:
+    """Trains `model.head` in place on features of `cache.data` cached from `model`'s
+    frozen backbone; `model`'s predictions on images then equal the head's on the features.
+
+    The head trains inside a small `keras.Model` (features in, the head's output out), so
+    `callbacks` see that model; its weights are the head's own variables.
+
+    Args:
+        model: a `TransferClassifier`.
+        validation_data: batches of `(images, labels)` cached for validation, or `None`.
+        cache: what to cache and how (`cache.data` must be set).
+        epochs: epochs of head training, from `initial_epoch`.
+        optimizer: a new optimizer for the head.
+        loss, metrics: `compile` arguments; `"auto"` uses the head's defaults.
+        callbacks: Keras callbacks for the head's `fit`.
+        initial_epoch: where the head's epoch count starts.
+        verbose: verbosity of the extraction and of `fit`.
+        **fit_kwargs: extra `fit` arguments (`class_weight`, ...).
+    """
+    if not isinstance(model, TransferClassifier):
+        raise TypeError(
+            f"Training a head on cached features needs a TransferClassifier (create_classifier), "
+            f"got {type(model).__name__}: caching needs the model's preprocessing and head."
+        )
+    extractor = feature_extractor(model)
+    sub = (
+        (lambda name: os.path.join(os.fspath(cache.cache_dir), name))
+        if cache.cache_dir
+        else (lambda name: None)
+    )
+    start = time.perf_counter()
+    train_cache = extract_features(
+        extractor,
+        _as_dataset(cache.data, "the data to cache"),
+        passes=cache.passes,
+        cache_dir=sub("train"),
+        max_memory_bytes=cache.max_memory_bytes,
+        verbose=verbose,
+    )
+    val_cache = None
+    if validation_data is not None:
+        val_cache = extract_features(
+            extractor,
+            _as_dataset(validation_data, "validation_data"),
+            cache_dir=sub("validation"),
+            max_memory_bytes=cache.max_memory_bytes,
+            verbose=verbose,
+        )
+    extract_seconds = time.perf_counter() - start
+
+    inputs = keras.Input(shape=train_cache.features.shape[1:], name="features")
+    head_model = keras.Model(inputs, model.head(inputs), name="head_on_features")
+    head_model.compile(optimizer=optimizer, **heads.resolve_loss_and_metrics(model, loss, metrics))
+    train = train_cache.as_dataset(cache.batch_size, shuffle=True, seed=cache.seed)
+    if cache.passes > 1:
+        # One epoch = one dataset's worth of examples drawn from the K augmented copies, so
+        # `epochs` means the same thing whatever K is.
+        fit_kwargs = {
+            "steps_per_epoch": math.ceil(
+                train_cache.num_examples / cache.passes / cache.batch_size
+            ),
+            **fit_kwargs,
+        }
+        train = train.repeat()
+    start = time.perf_counter()
+    history = head_model.fit(
+        train,
+        validation_data=val_cache.as_dataset(cache.batch_size) if val_cache is not None else None,
+        initial_epoch=initial_epoch,
+        epochs=initial_epoch + epochs,
+        callbacks=list(callbacks or []),
+        verbose=verbose,
+        **fit_kwargs,
+    )
+    seconds = {"extract": extract_seconds, "train": time.perf_counter() - start}
+    return HeadOnFeatures(history, train_cache, val_cache, seconds)
+
+
 @dataclasses.dataclass
 class FeatureExtraction:
     """What `fit_feature_extractor` returns.
@@ -449,224 +590,33 @@ def fit_feature_extractor(
             if class_names is None:
                 raise ValueError("Pass num_classes (or class_names, or an ImageData).")
             num_classes = len(class_names)
-        if not isinstance(head, ClassificationHead):
-            head = make_head(num_classes, head)
-        model = TransferClassifier(
-            backbone.model,
-            head,
-            backbone_name=backbone.name,
-            preprocessing=backbone.preprocessing,
-            class_names=class_names,
-            name=f"{backbone.name.replace(':', '_').replace('/', '_')}_classifier",
-        )
-    history, train_cache, val_cache, seconds = _fit_head_on_features(
-        model,
+        model = create_classifier(backbone, num_classes, head, class_names=class_names)
+    cache = FeatureCache(
         train_data,
-        validation_data,
-        epochs=epochs,
-        make_optimizer=optimizers.optimizer_factory(optimizer),
-        learning_rate=learning_rate,
         batch_size=batch_size,
         passes=passes,
         seed=seed,
         cache_dir=cache_dir,
         max_memory_bytes=max_memory_bytes,
+    )
+    result = fit_head_on_features(
+        model,
+        validation_data,
+        cache=cache,
+        epochs=epochs,
+        optimizer=optimizers.optimizer_factory(optimizer)(learning_rate),
         callbacks=callbacks,
         verbose=verbose,
-        fit_kwargs=fit_kwargs,
+        **fit_kwargs,
     )
     # Frozen as trained: the backbone only produced features (any Backbone, with or
     # without known blocks).
     model.backbone.trainable = False
     model.compile(optimizer=keras.optimizers.Adam(learning_rate))
-    return FeatureExtraction(model, history, train_cache, val_cache, seconds)
-
-
-def _fit_head_on_features(
-    model: TransferClassifier,
-    train_data,
-    validation_data,
-    *,
-    epochs,
-    make_optimizer,
-    learning_rate,
-    batch_size,
-    passes,
-    seed,
-    cache_dir,
-    max_memory_bytes,
-    callbacks,
-    verbose,
-    fit_kwargs,
-    initial_epoch=0,
-    loss="auto",
-    metrics="auto",
-):
-    extractor = feature_extractor(model)
-    train_data = _as_dataset(train_data, "train_data")
-    sub = (lambda name: os.path.join(os.fspath(cache_dir), name)) if cache_dir else lambda n: None
-    start = time.perf_counter()
-    train_cache = extract_features(
-        extractor,
-        train_data,
-        passes=passes,
-        cache_dir=sub("train"),
-        max_memory_bytes=max_memory_bytes,
-        verbose=verbose,
+    return FeatureExtraction(
+        model,
+        result.history,
+        result.train_features,
+        result.validation_features,
+        result.seconds,
     )
-    val_cache = None
-    if validation_data is not None:
-        val_cache = extract_features(
-            extractor,
-            _as_dataset(validation_data, "validation_data"),
-            cache_dir=sub("validation"),
-            max_memory_bytes=max_memory_bytes,
-            verbose=verbose,
-        )
-    extract_seconds = time.perf_counter() - start
-
-    head = model.head
-    inputs = keras.Input(shape=train_cache.features.shape[1:], name="features")
-    head_model = keras.Model(inputs, head(inputs), name="head_on_features")
-    head_model.compile(
-        optimizer=make_optimizer(learning_rate),
-        **heads.resolve_loss_and_metrics(model, loss, metrics),
-    )
-    train = train_cache.as_dataset(batch_size, shuffle=True, seed=seed)
-    if passes > 1:
-        # One epoch = one dataset's worth of examples drawn from the K augmented copies, so
-        # `epochs` means the same thing whatever K is.
-        fit_kwargs = {
-            "steps_per_epoch": math.ceil(train_cache.num_examples / passes / batch_size),
-            **fit_kwargs,
-        }
-        train = train.repeat()
-    start = time.perf_counter()
-    history = head_model.fit(
-        train,
-        validation_data=val_cache.as_dataset(batch_size) if val_cache is not None else None,
-        initial_epoch=initial_epoch,
-        epochs=initial_epoch + epochs,
-        callbacks=list(callbacks or []),
-        verbose=verbose,
-        **fit_kwargs,
-    )
-    seconds = {"extract": extract_seconds, "train": time.perf_counter() - start}
-    return history, train_cache, val_cache, seconds
-
-
-def fit_two_phase_cached(
-    model: TransferClassifier,
-    train_data: Any,
-    validation_data: Any = None,
-    *,
-    feature_data: Any = None,
-    head_epochs: int = 10,
-    fine_tune_epochs: int = 5,
-    head_lr: float = 1e-3,
-    fine_tune_lr: float | None = None,
-    optimizer: str | type | Callable[[float], keras.optimizers.Optimizer] = "adam",
-    head_batch_size: int = 32,
-    passes: int = 1,
-    seed: int | None = 1337,
-    cache_dir: str | os.PathLike | None = None,
-    max_memory_bytes: int = DEFAULT_MAX_MEMORY_BYTES,
-    verbose: int = 1,
-    initial_epoch: int = 0,
-    **two_phase_kwargs: Any,
-) -> training.TwoPhaseHistory:
-    """`fit_two_phase` with phase 1 on cached features.
-
-    Phase 1 trains `model.head` on features cached from `feature_data` (default
-    `train_data`; pass a non-augmented, e.g. `augment=False`, version of the training set,
-    or an augmented one with `passes=K`). Phase 2 is `keras_transfer.fit_two_phase` with
-    `head_epochs=0` on `train_data` (augment it here: the backbone runs anyway), starting at
-    epoch `initial_epoch + head_epochs`: callbacks given in `callbacks` (used in both
-    phases), the returned history and a `backup_dir` see one epoch timeline, as with
-    `fit_two_phase`.
-
-    Args:
-        model: a `TransferClassifier`.
-        train_data: phase 2's training data.
-        validation_data: validation data of both phases.
-        feature_data: the data phase 1 caches features of; default `train_data`.
-        head_epochs, fine_tune_epochs, head_lr, fine_tune_lr, optimizer: as in
-            `fit_two_phase` (`fine_tune_lr` defaults to `head_lr / 10`).
-        head_batch_size: batch size of phase 1 on the cached features.
-        passes, seed, cache_dir, max_memory_bytes: see `fit_feature_extractor`.
-        verbose: verbosity of extraction and both `fit`s.
-        initial_epoch: where the epoch axis starts (see `fit_two_phase`).
-        **two_phase_kwargs: the other `fit_two_phase` arguments (`unfreeze`, `train_bn`,
-            `fine_tune_optimizer`, `lr_decay`, `callbacks`, `compile_kwargs`, fit
-            arguments); `loss`/`metrics` are used in both phases.
-
-    Returns:
-        A `TwoPhaseHistory` with both phases on one epoch axis.
-    """
-    if not isinstance(model, TransferClassifier):
-        raise TypeError(
-            f"fit_two_phase_cached needs a TransferClassifier (create_classifier), got "
-            f"{type(model).__name__}: caching needs the model's preprocessing and head."
-        )
-    if head_epochs < 0 or fine_tune_epochs < 0:
-        raise ValueError("head_epochs and fine_tune_epochs must be >= 0.")
-    training.check_initial_epoch(initial_epoch)
-    if fine_tune_lr is None:
-        fine_tune_lr = head_lr / 10.0
-    loss = two_phase_kwargs.get("loss", "auto")
-    metrics = two_phase_kwargs.get("metrics", "auto")
-    heads.resolve_loss_and_metrics(model, loss, metrics)  # fail before extracting
-    result = training.TwoPhaseHistory()
-    if head_epochs:
-        model.backbone.trainable = False
-        history, _, _, seconds = _fit_head_on_features(
-            model,
-            train_data if feature_data is None else feature_data,
-            validation_data,
-            epochs=head_epochs,
-            make_optimizer=optimizers.optimizer_factory(optimizer),
-            learning_rate=head_lr,
-            batch_size=head_batch_size,
-            passes=passes,
-            seed=seed,
-            cache_dir=cache_dir,
-            max_memory_bytes=max_memory_bytes,
-            callbacks=two_phase_kwargs.get("callbacks"),
-            verbose=verbose,
-            fit_kwargs={},
-            initial_epoch=initial_epoch,
-            loss=loss,
-            metrics=metrics,
-        )
-        result.add(training.PHASE_HEAD, history, seconds["extract"] + seconds["train"])
-    if fine_tune_epochs:
-        fine = training.fit_two_phase(
-            model,
-            train_data,
-            validation_data,
-            head_epochs=0,
-            fine_tune_epochs=fine_tune_epochs,
-            head_lr=head_lr,
-            fine_tune_lr=fine_tune_lr,
-            optimizer=optimizer,
-            verbose=verbose,
-            # As in fit_two_phase: phase 2 starts after phase 1's budget, even when a
-            # callback stopped phase 1 early.
-            initial_epoch=initial_epoch + head_epochs,
-            **two_phase_kwargs,
-        )
-        _append(result, fine)
-    return result
-
-
-def _append(result: training.TwoPhaseHistory, other: training.TwoPhaseHistory):
-    before = len(result.epoch)
-    for key, values in other.history.items():
-        column = result.history.setdefault(key, [float("nan")] * before)
-        column.extend(values)
-    result.epoch.extend(other.epoch)
-    result.phases.extend(other.phases)
-    for column in result.history.values():
-        column.extend([float("nan")] * (len(result.epoch) - len(column)))
-    result.seconds.update(other.seconds)
-    result.unfrozen_blocks = list(other.unfrozen_blocks)

@@ -36,6 +36,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from keras_transfer import _keras_compat
 from keras_transfer import backbones as backbones_lib
 
 # Handles whose SavedModel user code (not a deserialised config) loaded in this process.
@@ -43,6 +44,9 @@ _TRUSTED_HANDLES: set[str] = set()
 
 # Input sizes image models are commonly published at, to read the size from a handle.
 _KNOWN_SIZES = (96, 128, 160, 192, 224, 240, 256, 260, 299, 300, 320, 331, 380, 384, 456, 480)
+# Rank-1 variables that Keras initialises to ones / zeros, by the last part of the name.
+_ONES_NAME = re.compile(r"(gamma|moving_variance|scale)")
+_ZEROS_NAME = re.compile(r"(beta|bias|moving_mean|offset)")
 _BATCH_NORM_NAME = re.compile(
     r"(?i)(batch_?norm|batch_normalization|(^|[/_])bn\d*([/_]|$)|moving_(mean|variance))"
 )
@@ -271,7 +275,7 @@ class HubBackbone(keras.layers.Layer):
                         autocast=False,
                         name=_variable_name(tf_name),
                     )
-                self._track_variable(keras_variable)
+                _keras_compat.track_variable(self, keras_variable)
                 self._ordered_weights.append(keras_variable)
                 self._name_of[id(keras_variable)] = tf_name
         self._batch_norm_variables = [
@@ -285,7 +289,7 @@ class HubBackbone(keras.layers.Layer):
                     f"frozen_variables {unknown[:5]} are not variables of {self.handle!r}."
                 )
             frozen = set(frozen_variables)
-            for variable in self._trainable_variables:
+            for variable in _keras_compat.own_trainable_variables(self):
                 if self._name_of[id(variable)] in frozen:
                     variable.trainable = False
         self.built = True
@@ -295,7 +299,11 @@ class HubBackbone(keras.layers.Layer):
         """Module variables frozen while the layer is trainable (set per block)."""
         if not self.trainable:
             return []
-        return [self._name_of[id(v)] for v in self._trainable_variables if not v.trainable]
+        return [
+            self._name_of[id(v)]
+            for v in _keras_compat.own_trainable_variables(self)
+            if not v.trainable
+        ]
 
     # -- loading ------------------------------------------------------------------------
 
@@ -422,6 +430,48 @@ class HubBackbone(keras.layers.Layer):
             )
         return outputs[self.output_key]
 
+    # -- re-initialising ---------------------------------------------------------------
+
+    def reinitialize(self, seed: int | None = None) -> None:
+        """Replaces every module variable's value with a fresh random one, as Keras
+        initialises a new layer: kernels (rank >= 2) Glorot-uniform, biases, BatchNorm
+        offsets and moving means zeros, BatchNorm scales and moving variances ones.
+
+        For a from-scratch baseline of the same architecture: rebuilding the layer from its
+        config loads the pretrained SavedModel again, so the values must be replaced.
+
+        Args:
+            seed: seed of the kernel initialisers.
+
+        Raises:
+            ValueError: a variable of rank 0 or 1 whose name says nothing of its role (not
+                a bias, beta, gamma or moving statistic); nothing is changed then.
+        """
+        values = []
+        unknown = []
+        for index, variable in enumerate(self._ordered_weights):
+            name = self._name_of[id(variable)].rsplit("/", 1)[-1]
+            shape, dtype = tuple(variable.shape), variable.dtype
+            if len(shape) >= 2:
+                initializer = keras.initializers.GlorotUniform(
+                    seed=None if seed is None else seed + index
+                )
+                values.append(initializer(shape, dtype=dtype))
+            elif _ONES_NAME.search(name):
+                values.append(keras.ops.ones(shape, dtype=dtype))
+            elif _ZEROS_NAME.search(name):
+                values.append(keras.ops.zeros(shape, dtype=dtype))
+            else:
+                unknown.append(self._name_of[id(variable)])
+        if unknown:
+            raise ValueError(
+                f"Cannot re-initialise {self.handle!r}: no rule for the variable(s) {unknown[:5]} "
+                "(rank < 2, and the name is not a bias, beta, gamma or moving mean/variance). "
+                "Build the from-scratch model from Keras layers instead."
+            )
+        for variable, value in zip(self._ordered_weights, values, strict=True):
+            variable.assign(value)
+
     # -- blocks ---------------------------------------------------------------------------
 
     def variable_name(self, variable: keras.Variable) -> str:
@@ -459,7 +509,7 @@ class HubBackbone(keras.layers.Layer):
     @classmethod
     def from_config(cls, config):
         handle = config["handle"]
-        if _in_safe_mode() and handle not in _TRUSTED_HANDLES:
+        if _keras_compat.in_safe_mode() and handle not in _TRUSTED_HANDLES:
             raise ValueError(
                 f"This model contains a HubBackbone that loads the SavedModel {handle!r}; "
                 "loading it runs that SavedModel's graph, so safe mode refuses it. If you "
@@ -474,12 +524,6 @@ class HubBackbone(keras.layers.Layer):
                 f"stores the SavedModel's handle, not its graph, and {error} Restore the "
                 "SavedModel at that path (the saved weights are then assigned to it)."
             ) from None
-
-
-def _in_safe_mode() -> bool:
-    from keras.src.saving import serialization_lib
-
-    return serialization_lib.in_safe_mode() is not False
 
 
 # ---------------------------------------------------------------------------------------
@@ -579,7 +623,7 @@ class HubVariableGroup:
     @property
     def _trainable_candidates(self) -> list[keras.Variable]:
         # Variables the module itself marks non-trainable (moving averages) stay so.
-        candidates = {id(v) for v in self.layer._trainable_variables}
+        candidates = {id(v) for v in _keras_compat.own_trainable_variables(self.layer)}
         return [v for v in self.variables if id(v) in candidates]
 
     @property
@@ -619,7 +663,7 @@ class HubBlock(backbones_lib.Block):
             # Keras' `Layer.trainable` setter resets every variable: turn the layer on with
             # all its variables frozen, then enable this block's.
             layer.trainable = True
-            for variable in layer._trainable_variables:
+            for variable in _keras_compat.own_trainable_variables(layer):
                 variable.trainable = False
         for variable in self.group._trainable_candidates:
             is_batch_norm = bool(_BATCH_NORM_NAME.search(layer.variable_name(variable)))
@@ -705,3 +749,6 @@ def create_hub_backbone(
 def _short_name(handle: str) -> str:
     parts = [p for p in re.split(r"[/\\]", handle.rstrip("/")) if p and not p.isdigit()]
     return re.sub(r"[^0-9A-Za-z_]", "_", parts[-1] if parts else "model")
+
+
+backbones_lib.register_backbone_prefix("hub:", create_hub_backbone)

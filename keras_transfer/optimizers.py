@@ -42,6 +42,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from keras_transfer import _keras_compat
 from keras_transfer import backbones as backbones_lib
 
 Multipliers = Mapping[str, float] | Sequence[tuple[str, float]] | Callable[[Any], float | None]
@@ -86,7 +87,7 @@ def _normalize_multipliers(multipliers: Multipliers | None):
     return tuple(pairs)
 
 
-class LayerwiseLearningRate:
+class LayerwiseLearningRate(_keras_compat.OptimizerHooks):
     """Mixin giving a Keras optimizer one learning-rate multiplier per variable.
 
     Do not subclass it directly: `layerwise_optimizer_class(keras.optimizers.AdamW)` (or
@@ -168,7 +169,7 @@ class LayerwiseLearningRate:
         return result
 
     def _multiplier_of(self, variable) -> float:
-        return self._lr_multipliers[self._get_variable_index(variable)]
+        return self._lr_multipliers[_keras_compat.variable_index(self, variable)]
 
     def build(self, variables):
         if self.built:
@@ -188,13 +189,13 @@ class LayerwiseLearningRate:
             learning_rate = learning_rate * multiplier
         return super().update_step(gradient, variable, learning_rate)
 
-    def _apply_weight_decay(self, variables):
+    def apply_weight_decay(self, variables):
         # Keras decays every variable with the optimizer's learning rate; decoupled decay
         # (AdamW, Loshchilov & Hutter) is `lr * wd * w`, so it must use the scaled rate.
         if self.weight_decay is None:
             return
         if all(self._multiplier_of(variable) == 1.0 for variable in variables):
-            super()._apply_weight_decay(variables)
+            self.parent_apply_weight_decay(variables)
             return
 
         def distributed_apply(distribution, variables):
@@ -204,7 +205,7 @@ class LayerwiseLearningRate:
                     continue
 
                 def decay(value, multiplier=multiplier):
-                    if self._use_weight_decay(value):
+                    if _keras_compat.uses_weight_decay(self, value):
                         learning_rate = self.learning_rate
                         if multiplier != 1.0:
                             learning_rate = learning_rate * multiplier
@@ -216,18 +217,16 @@ class LayerwiseLearningRate:
                     variable = variable.value
                 distribution.extended.update(variable, decay, group=False)
 
-        tf.__internal__.distribute.interim.maybe_merge_call(
-            distributed_apply, self._distribution_strategy, variables
-        )
+        _keras_compat.merge_call(self, distributed_apply, variables)
 
-    def _update_model_variables_moving_average(self, trainable_variables):
+    def update_moving_averages(self, trainable_variables):
         # `m * w + (1 - m) * w` can differ from `w` in the last bit; the average of a
         # variable that never changes is the variable itself, copied exactly.
         if 0.0 not in self._lr_multipliers:
-            super()._update_model_variables_moving_average(trainable_variables)
+            self.parent_update_moving_averages(trainable_variables)
             return
         for variable, average in zip(
-            trainable_variables, self._model_variables_moving_average, strict=True
+            trainable_variables, _keras_compat.moving_average_variables(self), strict=True
         ):
             if average is None:
                 continue
@@ -277,7 +276,7 @@ class LayerwiseLearningRate:
                 others.setdefault(variable.path.split("/", 1)[0], []).append(variable)
         for name, group in others.items():
             rows.append(_summary_row(name, group, by_id))
-        learning_rate = self._learning_rate
+        learning_rate = _keras_compat.base_learning_rate(self)
         if isinstance(learning_rate, keras.Variable):
             base = f"{float(learning_rate.numpy()):.3g}"
         else:
@@ -374,7 +373,7 @@ def layerwise_optimizer_class(optimizer_class: type) -> type:
             "rates to the optimizer inside it (Keras wraps it in a LossScaleOptimizer itself "
             "under mixed precision)."
         )
-    if optimizer_class._apply_weight_decay is not keras.optimizers.Adam._apply_weight_decay:
+    if not _keras_compat.has_standard_weight_decay(optimizer_class):
         raise TypeError(
             f"{optimizer_class.__name__} has its own weight decay (`_apply_weight_decay`), "
             "which per-variable learning rates cannot scale. Use an optimizer with Keras's "

@@ -44,10 +44,12 @@ from typing import Any
 
 import keras
 
+from keras_transfer import _keras_compat
 from keras_transfer import backbones as backbones_lib
 from keras_transfer import callbacks as callbacks_lib
 from keras_transfer import optimizers
 from keras_transfer.heads import TransferClassifier
+from keras_transfer.hub import HubBackbone
 
 logger = logging.getLogger("keras_transfer")
 
@@ -262,8 +264,12 @@ def scratch_model(
             "runs of a few hundred steps; None keeps the layers' own momentum)."
         )
     baseline = TransferClassifier.from_config(model.get_config())
+    # A HubBackbone rebuilt from its config loads the pretrained SavedModel again.
+    for layer in _keras_compat.flatten_layers(baseline, include_self=False):
+        if isinstance(layer, HubBackbone):
+            layer.reinitialize()
     baseline.trainable = True
-    for layer in baseline._flatten_layers(include_self=False):
+    for layer in _keras_compat.flatten_layers(baseline, include_self=False):
         layer.trainable = True
         # Read at trace time by BatchNormalization.call, and saved by its get_config.
         if bn_momentum is not None and isinstance(layer, keras.layers.BatchNormalization):

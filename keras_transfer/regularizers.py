@@ -21,6 +21,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_transfer import _keras_compat
 from keras_transfer import backbones as backbones_lib
 from keras_transfer.heads import ClassificationHead
 
@@ -103,7 +104,7 @@ def _trainable_kind(layer: keras.layers.Layer) -> list[keras.Variable]:
     # The layer's own weights that train when it is trainable (not BatchNorm moving
     # statistics or seed states). `variable.trainable` cannot tell: freezing a layer
     # clears it on its variables.
-    return list(layer._trainable_variables)
+    return _keras_compat.own_trainable_variables(layer)
 
 
 def apply_l2sp(
@@ -147,7 +148,7 @@ def apply_l2sp(
     reference = dict(reference or {})
     counts = {"backbone": 0, "head": 0, "unsaved": 0}
     backbone_ids = {id(v) for v in backbone.weights}
-    for layer in [backbone, *backbone._flatten_layers(include_self=False)]:
+    for layer in _keras_compat.flatten_layers(backbone, include_self=True):
         for variable in _trainable_kind(layer):
             value = reference.pop(variable.path, None)
             if value is None and isinstance(variable.regularizer, L2SP):
@@ -169,7 +170,7 @@ def apply_l2sp(
             f"reference has paths that are not backbone weights: {sorted(reference)[:5]}. "
             f"Backbone weight paths look like {paths}."
         )
-    for layer in model._flatten_layers(include_self=True):
+    for layer in _keras_compat.flatten_layers(model, include_self=True):
         if isinstance(layer, ClassificationHead):
             # The head rebuilds its Dense layers from its own config on load: the L2 must
             # be there to be saved.

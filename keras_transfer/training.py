@@ -13,6 +13,8 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from keras_transfer import _keras_compat
+from keras_transfer import features
 from keras_transfer import freezing
 from keras_transfer import heads
 from keras_transfer import optimizers
@@ -22,6 +24,8 @@ PHASE_HEAD = "feature_extraction"
 PHASE_FINE_TUNE = "fine_tune"
 STATE_FILE = "two_phase_state.json"
 HEAD_WEIGHTS_FILE = "feature_extraction_done.weights.h5"
+# `fit` arguments that count image batches: meaningless for a phase on cached features.
+IMAGE_BATCH_COUNTS = ("steps_per_epoch", "validation_steps")
 
 
 @dataclasses.dataclass
@@ -106,6 +110,7 @@ def fit_two_phase(
     backup_dir: str | os.PathLike | None = None,
     nan_guard: bool = True,
     initial_epoch: int = 0,
+    head_features: features.FeatureCache | None = None,
     **fit_kwargs: Any,
 ) -> TwoPhaseHistory:
     """Trains the head with the backbone frozen, then fine-tunes the top blocks.
@@ -158,15 +163,25 @@ def fit_two_phase(
             (as in `model.fit`): phase 1 runs epochs `initial_epoch` to
             `initial_epoch + head_epochs - 1`, phase 2 the next `fine_tune_epochs`.
             Callbacks, the returned history and the backup all use these numbers.
-        **fit_kwargs: extra `fit` arguments (`class_weight`, `verbose`, ...).
+        head_features: run phase 1 on cached backbone features (`features.FeatureCache`):
+            the frozen backbone runs once over `head_features.data` (default `train_data`)
+            and the head trains on its outputs, at the speed of a small dense network.
+            Needs a `TransferClassifier`. Phase-1 callbacks then see the head model
+            (features in), and its BatchNormalization statistics stay the pretrained ones
+            even with `train_bn`. With `backup_dir`, a finished cached phase 1 is skipped
+            on resume, extraction included.
+        **fit_kwargs: extra `fit` arguments (`class_weight`, `verbose`, ...). A cached
+            phase 1 gets them too, except `steps_per_epoch` and `validation_steps`, which
+            count image batches.
 
     Returns:
         A `TwoPhaseHistory` with both phases on one epoch axis.
     """
     if "epochs" in fit_kwargs:
         raise TypeError("fit_two_phase sets `epochs` itself; use head_epochs / fine_tune_epochs.")
-    if head_epochs < 0 or fine_tune_epochs < 0:
-        raise ValueError("head_epochs and fine_tune_epochs must be >= 0.")
+    for name, value in (("head_epochs", head_epochs), ("fine_tune_epochs", fine_tune_epochs)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name} must be an integer >= 0, got {value!r}.")
     check_initial_epoch(initial_epoch)
     if fine_tune_lr is None:
         fine_tune_lr = head_lr / 10.0
@@ -176,6 +191,21 @@ def fit_two_phase(
         raise ValueError(f"lr_decay must be a number in (0, 1] or None, got {lr_decay!r}.")
     make_head_optimizer = optimizers.optimizer_factory(optimizer)
     make_fine_tune_optimizer = optimizers.optimizer_factory(fine_tune_optimizer or optimizer)
+    if head_features is not None:
+        if not isinstance(head_features, features.FeatureCache):
+            raise TypeError(
+                f"head_features must be a keras_transfer.features.FeatureCache, got "
+                f"{type(head_features).__name__}."
+            )
+        if not isinstance(model, heads.TransferClassifier):
+            raise TypeError(
+                f"head_features (phase 1 on cached features) needs a TransferClassifier "
+                f"(create_classifier), got {type(model).__name__}: caching needs the model's "
+                "preprocessing and head."
+            )
+        if head_features.data is None:
+            head_features = dataclasses.replace(head_features, data=train_data)
+        _check_not_empty(head_features.data, "head_features.data")
     heads.resolve_loss_and_metrics(model, loss, metrics)  # fail before training, not after
     _check_not_empty(train_data, "train_data")
     _check_not_empty(validation_data, "validation_data")
@@ -203,6 +233,7 @@ def fit_two_phase(
                 "lr_decay": lr_decay,
                 # The records and Keras' backups are keyed by absolute epoch numbers.
                 "initial_epoch": initial_epoch,
+                "cached_head_phase": head_features is not None,
             },
         )
     guard = [reliability.NonFiniteGuard()] if nan_guard else []
@@ -225,21 +256,35 @@ def fit_two_phase(
     result = TwoPhaseHistory()
     if head_epochs and not (state and state.head_done):
         freezing.freeze(model, train_bn=train_bn)
-        model.compile(
-            optimizer=make_head_optimizer(head_lr),
-            **heads.resolve_loss_and_metrics(model, loss, metrics),
-            **compile_kwargs,
-        )
         start = time.perf_counter()
-        _reset_initial_epoch(model)
-        history = model.fit(
-            train_data,
-            validation_data=validation_data,
-            initial_epoch=initial_epoch,
-            epochs=initial_epoch + head_epochs,
-            callbacks=phase_callbacks(PHASE_HEAD),
-            **fit_kwargs,
-        )
+        if head_features is None:
+            model.compile(
+                optimizer=make_head_optimizer(head_lr),
+                **heads.resolve_loss_and_metrics(model, loss, metrics),
+                **compile_kwargs,
+            )
+            _keras_compat.reset_fit_initial_epoch(model)
+            history = model.fit(
+                train_data,
+                validation_data=validation_data,
+                initial_epoch=initial_epoch,
+                epochs=initial_epoch + head_epochs,
+                callbacks=phase_callbacks(PHASE_HEAD),
+                **fit_kwargs,
+            )
+        else:
+            history = features.fit_head_on_features(
+                model,
+                validation_data,
+                cache=head_features,
+                epochs=head_epochs,
+                optimizer=make_head_optimizer(head_lr),
+                loss=loss,
+                metrics=metrics,
+                callbacks=phase_callbacks(PHASE_HEAD),
+                initial_epoch=initial_epoch,
+                **{k: v for k, v in fit_kwargs.items() if k not in IMAGE_BATCH_COUNTS},
+            ).history
         result.add(PHASE_HEAD, history, time.perf_counter() - start)
     if fine_tune_epochs:
         result.unfrozen_blocks = freezing.unfreeze(model, train_bn=train_bn, **unfreeze_kwargs)
@@ -255,7 +300,7 @@ def fit_two_phase(
         if state is not None and head_epochs:
             state.finish_head_phase(model)
         start = time.perf_counter()
-        _reset_initial_epoch(model)
+        _keras_compat.reset_fit_initial_epoch(model)
         history = model.fit(
             train_data,
             validation_data=validation_data,
@@ -290,13 +335,6 @@ def _check_not_empty(data: Any, name: str) -> None:
             "examples; with drop_remainder=True, a dataset smaller than one batch has no "
             "batches: lower batch_size."
         )
-
-
-def _reset_initial_epoch(model: keras.Model) -> None:
-    # `BackupAndRestore` sets `model._initial_epoch` and Keras never clears it, so a second
-    # `fit` on the same model would start from the first fit's restored epoch.
-    if hasattr(model, "_initial_epoch"):
-        model._initial_epoch = None
 
 
 class _EpochRecorder(keras.callbacks.Callback):
@@ -398,3 +436,62 @@ class _RunState:
                 json.dump(self.data, f, indent=1)
 
         reliability.write_atomically(self.path, write)
+
+
+def fit_two_phase_cached(
+    model: heads.TransferClassifier,
+    train_data: Any,
+    validation_data: Any = None,
+    *,
+    feature_data: Any = None,
+    head_epochs: int = 10,
+    fine_tune_epochs: int = 5,
+    head_batch_size: int = 32,
+    passes: int = 1,
+    seed: int | None = 1337,
+    cache_dir: str | os.PathLike | None = None,
+    max_memory_bytes: int = features.DEFAULT_MAX_MEMORY_BYTES,
+    **two_phase_kwargs: Any,
+) -> TwoPhaseHistory:
+    """`fit_two_phase` with phase 1 on cached features: `fit_two_phase(...,
+    head_features=FeatureCache(feature_data, head_batch_size, passes, seed, cache_dir,
+    max_memory_bytes))`.
+
+    Phase 1 trains `model.head` on features cached from `feature_data` (default
+    `train_data`; pass a non-augmented version of the training set, e.g.
+    `ImageData.train_unaugmented`, or an augmented one with `passes=K`). Phase 2 fine-tunes
+    on `train_data` (augment it: the backbone runs anyway). Every argument is checked
+    before the extraction starts, and with `backup_dir` a finished phase 1 is skipped on
+    resume.
+
+    Args:
+        model: a `TransferClassifier`.
+        train_data: phase 2's training data.
+        validation_data: validation data of both phases.
+        feature_data: the data phase 1 caches features of; default `train_data`.
+        head_epochs, fine_tune_epochs: as in `fit_two_phase`.
+        head_batch_size, passes, seed, cache_dir, max_memory_bytes: see `FeatureCache`.
+        **two_phase_kwargs: the other `fit_two_phase` arguments (`head_lr`,
+            `fine_tune_lr`, `unfreeze`, `train_bn`, `optimizer`, `lr_decay`, `callbacks`,
+            `backup_dir`, `initial_epoch`, `fit` arguments, ...).
+
+    Returns:
+        A `TwoPhaseHistory` with both phases on one epoch axis.
+    """
+    cache = features.FeatureCache(
+        feature_data,
+        batch_size=head_batch_size,
+        passes=passes,
+        seed=seed,
+        cache_dir=cache_dir,
+        max_memory_bytes=max_memory_bytes,
+    )
+    return fit_two_phase(
+        model,
+        train_data,
+        validation_data,
+        head_epochs=head_epochs,
+        fine_tune_epochs=fine_tune_epochs,
+        head_features=cache,
+        **two_phase_kwargs,
+    )

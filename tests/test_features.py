@@ -218,7 +218,7 @@ def test_two_phase_with_cached_phase_1():
     head_before = [w.numpy().copy() for w in model.head.weights]
     seen_epochs = []
     callback = keras.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: seen_epochs.append(e))
-    history = features.fit_two_phase_cached(
+    history = kt.fit_two_phase_cached(
         model,
         dataset,
         dataset,
@@ -238,7 +238,7 @@ def test_two_phase_with_cached_phase_1():
         on_epoch_begin=lambda e, logs: begun.append(e),
         on_epoch_end=lambda e, logs: ended.append(e),
     )
-    history = features.fit_two_phase_cached(
+    history = kt.fit_two_phase_cached(
         model,
         dataset,
         dataset,
@@ -265,7 +265,7 @@ def test_two_phase_cached_continues_from_initial_epoch(tmp_path):
     model = kt.create_classifier(tiny_backbone(), 3)
     seen = []
     callback = keras.callbacks.LambdaCallback(on_epoch_begin=lambda e, logs: seen.append(e))
-    history = features.fit_two_phase_cached(
+    history = kt.fit_two_phase_cached(
         model,
         dataset,
         dataset,
@@ -281,7 +281,7 @@ def test_two_phase_cached_continues_from_initial_epoch(tmp_path):
     assert history.phases == ["feature_extraction"] + ["fine_tune"] * 2
     assert not (tmp_path / "backup").exists()  # finished: the backup is deleted
     with pytest.raises(ValueError, match="initial_epoch must be an integer >= 0"):
-        features.fit_two_phase_cached(model, dataset, initial_epoch=-1)
+        kt.fit_two_phase_cached(model, dataset, initial_epoch=-1)
 
 
 def test_bad_input_is_a_clear_error():
@@ -305,7 +305,7 @@ def test_bad_input_is_a_clear_error():
     with pytest.raises(TypeError, match="sets `x`"):
         features.fit_feature_extractor(backbone, dataset, num_classes=3, x=1)
     with pytest.raises(TypeError, match="TransferClassifier"):
-        features.fit_two_phase_cached(backbone.model, dataset)
+        kt.fit_two_phase_cached(backbone.model, dataset)
 
 
 def run_benchmark(name, tmp_path, *args):
@@ -336,3 +336,26 @@ def test_feature_cache_benchmark_smoke(tmp_path):
     details = json.loads((tmp_path / "results.json").read_text())
     # The re-attached model evaluated on images agrees with the head's last validation epoch.
     assert details["cached_end_to_end_val_acc"] == pytest.approx(result["cached_val_acc"])
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"unfreeze": 1000}, "Cannot unfreeze the top 1000 blocks"),
+        ({"unfreeze": "conv_dw_99"}, "conv_dw_99"),
+        ({"lr_decay": 2.0}, "lr_decay must be"),
+        ({"fine_tune_epochs": -1}, "fine_tune_epochs must be"),
+        ({"optimizer": "no_such_optimizer"}, "no_such_optimizer"),
+        ({"passes": 0}, "passes must be a positive integer"),
+    ],
+)
+def test_two_phase_cached_checks_every_argument_before_extracting(monkeypatch, bad, message):
+    _, _, dataset = image_batches(8)
+    model = kt.create_classifier(tiny_backbone(), 3)
+
+    def fail(*args, **kwargs):
+        raise AssertionError("features were extracted before the arguments were checked")
+
+    monkeypatch.setattr(features, "extract_features", fail)
+    with pytest.raises((ValueError, TypeError), match=message):
+        kt.fit_two_phase_cached(model, dataset, dataset, head_epochs=1, verbose=0, **bad)

@@ -480,3 +480,43 @@ def test_layerwise_learning_rates_address_hub_blocks(tiny_module):
     before = stem_kernel.numpy().copy()
     model.fit(inputs(16), np.arange(16) % 2, batch_size=8, verbose=0)
     assert not np.array_equal(before, stem_kernel.numpy())
+
+
+def test_scratch_model_of_a_hub_classifier_has_fresh_weights(tiny_module):
+    from keras_transfer import recipes
+
+    model = classifier(tiny_module)
+    pretrained = module_values(hub_layer(model))
+    baseline = recipes.scratch_model(model)
+    fresh = module_values(hub_layer(baseline))
+    assert fresh.keys() == pretrained.keys()
+    # Rebuilding from the config reloaded the SavedModel; the values were then replaced.
+    for name in ("stem/dense/kernel", "block_2/dense/kernel"):
+        assert not np.allclose(fresh[name], pretrained[name]), name
+        limit = np.sqrt(6.0 / sum(fresh[name].shape))  # Glorot-uniform bound
+        assert np.abs(fresh[name]).max() <= limit
+    np.testing.assert_array_equal(fresh["stem/dense/bias"], 0.0)  # pretrained: 0.1
+    np.testing.assert_array_equal(fresh["block_1/BatchNorm/gamma"], 1.0)
+    np.testing.assert_array_equal(fresh["block_1/BatchNorm/moving_mean"], 0.0)
+    # The module's graph computes with the new values, and the original is untouched.
+    x = inputs()
+    assert not np.allclose(baseline.predict(x, verbose=0), model.predict(x, verbose=0))
+    for name, value in module_values(hub_layer(model)).items():
+        np.testing.assert_array_equal(value, pretrained[name])
+
+
+def test_reinitialize_refuses_a_variable_of_unknown_role(tmp_path):
+    module = tf.Module()
+    module.kernel = tf.Variable(np.ones((4, 2), "float32"), name="dense/kernel")
+    module.temperature = tf.Variable(np.ones(2, "float32"), name="head/temperature")
+    module.__call__ = tf.function(
+        lambda x: tf.matmul(x, module.kernel) * module.temperature,
+        input_signature=[tf.TensorSpec([None, 4], tf.float32)],
+    )
+    tf.saved_model.save(module, str(tmp_path / "m"))
+    layer = hub.HubBackbone(str(tmp_path / "m"), trainable=True)
+    before = {layer.variable_name(v): v.numpy().copy() for v in layer.weights}
+    with pytest.raises(ValueError, match="head/temperature"):
+        layer.reinitialize()
+    for v in layer.weights:  # nothing half-applied
+        np.testing.assert_array_equal(v.numpy(), before[layer.variable_name(v)])

@@ -16,7 +16,6 @@ import tensorflow as tf
 
 import keras_transfer as kt
 from keras_transfer import callbacks
-from keras_transfer import features
 from keras_transfer import recipes
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -69,7 +68,7 @@ def test_settings_plug_into_the_package():
     images = np.random.default_rng(0).uniform(0, 255, (8, 32, 32, 3)).astype("float32")
     dataset = tf.data.Dataset.from_tensor_slices((images, np.arange(8) % 2)).batch(4)
     settings = {**top.fit_kwargs(), "head_epochs": 1, "fine_tune_epochs": 1}
-    history = features.fit_two_phase_cached(
+    history = kt.fit_two_phase_cached(
         kt.create_classifier(backbone, 2), dataset, dataset, verbose=0, **settings
     )
     # unfreeze=1/3 of the blocks

@@ -25,7 +25,16 @@ SCRIPT = textwrap.dedent(
     import keras_transfer as kt
     from keras_transfer import training
 
-    backup_dir, out, kill_at = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    backup_dir, out, kill_at, mode = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+    extract = kt.features.extract_features
+
+    def counting_extract(*args, **kwargs):
+        # How often this process ran the backbone over a dataset to cache features.
+        with open(out + ".extractions", "a") as f:
+            f.write("x")
+        return extract(*args, **kwargs)
+
+    kt.features.extract_features = counting_extract
     keras.utils.set_random_seed(0)
     model = kt.create_classifier(
         "mobilenet", 2, input_shape=(32, 32, 3), weights=None, alpha=0.25, head={"dropout": 0.0}
@@ -61,8 +70,9 @@ SCRIPT = textwrap.dedent(
         return keras.optimizers.Adam(schedule)
 
     probe = Probe()
+    cached = {"head_features": kt.FeatureCache(batch_size=8)} if mode == "cached" else {}
     history = training.fit_two_phase(
-        model, data, data, head_epochs=2, fine_tune_epochs=3, head_lr=1e-2,
+        model, data, data, **cached, head_epochs=2, fine_tune_epochs=3, head_lr=1e-2,
         fine_tune_lr=1e-3, fine_tune_optimizer=fine_tune_optimizer, lr_decay=0.8,
         unfreeze=4, callbacks=[probe], backup_dir=backup_dir or None, verbose=0,
     )
@@ -75,9 +85,9 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def _start(script, backup_dir, out, kill_at):
+def _start(script, backup_dir, out, kill_at, mode):
     return subprocess.Popen(
-        [sys.executable, str(script), str(backup_dir), str(out), str(kill_at)],
+        [sys.executable, str(script), str(backup_dir), str(out), str(kill_at), mode],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -100,14 +110,22 @@ def _load(out):
     return [weights[f"arr_{i}"] for i in range(len(weights.files))], history, seen
 
 
+def _extractions(out):
+    path = f"{out}.extractions"
+    return len(open(path).read()) if os.path.exists(path) else 0
+
+
 @pytest.mark.slow
-def test_sigkill_during_fine_tuning_resumes_without_lost_or_repeated_epochs(tmp_path):
+@pytest.mark.parametrize("mode", ["images", "cached"])
+def test_sigkill_during_fine_tuning_resumes_without_lost_or_repeated_epochs(tmp_path, mode):
+    """Both phase-1 paths: through the frozen backbone, and on cached features (a finished
+    cached phase 1 is not repeated, extraction included)."""
     script = tmp_path / "two_phase.py"
     script.write_text(SCRIPT)
     backup = tmp_path / "backup"
     # The uninterrupted reference runs alongside the run that gets killed.
-    reference = _start(script, "", tmp_path / "reference", -1)
-    killed = _start(script, backup, tmp_path / "killed", 3)  # epoch 3: phase 2's second
+    reference = _start(script, "", tmp_path / "reference", -1, mode)
+    killed = _start(script, backup, tmp_path / "killed", 3, mode)  # epoch 3: phase 2's second
     deadline = time.time() + 150
     line = ""
     while "READY" not in line and time.time() < deadline and killed.poll() is None:
@@ -118,7 +136,7 @@ def test_sigkill_during_fine_tuning_resumes_without_lost_or_repeated_epochs(tmp_
     assert killed.returncode == -signal.SIGKILL
     assert (backup / "two_phase_state.json").exists()
 
-    resumed = _start(script, backup, tmp_path / "resumed", -1)
+    resumed = _start(script, backup, tmp_path / "resumed", -1, mode)
     _finish(resumed)
     _finish(reference)
 
@@ -126,6 +144,9 @@ def test_sigkill_during_fine_tuning_resumes_without_lost_or_repeated_epochs(tmp_
     weights, history, seen = _load(tmp_path / "resumed")
     # The rerun skipped phase 1 and the finished phase-2 epoch, and ran only epochs 3, 4 ...
     assert [s["epoch"] for s in seen] == [3, 4]
+    # ... without caching features again (the cached runs extract train and validation once).
+    assert _extractions(tmp_path / "resumed") == 0
+    assert _extractions(tmp_path / "reference") == (2 if mode == "cached" else 0)
     # ... starting with the same trainable set, optimizer, step count and learning rate as
     # the uninterrupted run had at epoch 3.
     assert seen == ref_seen[3:]

@@ -28,6 +28,7 @@ from keras_transfer import reliability
 from keras_transfer import reports
 from keras_transfer import schedules
 from keras_transfer import training
+from keras_transfer import transfer_scores
 from keras_transfer.backbones import Backbone
 from keras_transfer.backbones import BackboneSpec
 from keras_transfer.backbones import Block
@@ -85,6 +86,12 @@ from keras_transfer.schedules import SlantedTriangular
 from keras_transfer.schedules import WarmupCosineDecay
 from keras_transfer.training import TwoPhaseHistory
 from keras_transfer.training import fit_two_phase
+from keras_transfer.transfer_scores import RankedCandidate
+from keras_transfer.transfer_scores import h_score
+from keras_transfer.transfer_scores import leep
+from keras_transfer.transfer_scores import logme
+from keras_transfer.transfer_scores import rank_backbones
+from keras_transfer.transfer_scores import transferability
 
 __all__ = [
     "backbones",
@@ -105,6 +112,7 @@ __all__ = [
     "reports",
     "schedules",
     "training",
+    "transfer_scores",
     "apply_l2sp",
     "Backbone",
     "BackboneSpec",
@@ -131,13 +139,16 @@ __all__ = [
     "freeze",
     "get_blocks",
     "GradualUnfreezing",
+    "h_score",
     "HubBackbone",
     "HubModuleUnavailableError",
     "image_folder_dataset",
     "ImageData",
     "ImagePreprocessing",
     "layer_decay_multipliers",
+    "leep",
     "list_backbones",
+    "logme",
     "MultiWorkerFitMixin",
     "NegativeTransferWarning",
     "NonFiniteGuard",
@@ -146,6 +157,8 @@ __all__ = [
     "OneCycle",
     "plot_confusion_matrix",
     "plot_training_curves",
+    "rank_backbones",
+    "RankedCandidate",
     "recalibrate_batchnorm",
     "Recipe",
     "recommend_recipe",
@@ -156,6 +169,7 @@ __all__ = [
     "SlantedTriangular",
     "tfds_dataset",
     "trainable_blocks",
+    "transferability",
     "TransferClassifier",
     "TwoPhaseHistory",
     "unfreeze",

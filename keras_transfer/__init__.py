@@ -16,6 +16,7 @@ from keras_transfer import config
 from keras_transfer import data
 from keras_transfer import distribute
 from keras_transfer import features
+from keras_transfer import forgetting
 from keras_transfer import freezing
 from keras_transfer import heads
 from keras_transfer import hub
@@ -54,6 +55,9 @@ from keras_transfer.features import extract_features
 from keras_transfer.features import feature_extractor
 from keras_transfer.features import fit_feature_extractor
 from keras_transfer.features import fit_two_phase_cached
+from keras_transfer.forgetting import ForgettingReport
+from keras_transfer.forgetting import forgetting_report
+from keras_transfer.forgetting import linear_cka
 from keras_transfer.freezing import freeze
 from keras_transfer.freezing import trainable_blocks
 from keras_transfer.freezing import unfreeze
@@ -100,6 +104,7 @@ __all__ = [
     "data",
     "distribute",
     "features",
+    "forgetting",
     "freezing",
     "heads",
     "hub",
@@ -136,6 +141,8 @@ __all__ = [
     "fit_scratch_baseline",
     "fit_two_phase",
     "fit_two_phase_cached",
+    "forgetting_report",
+    "ForgettingReport",
     "freeze",
     "get_blocks",
     "GradualUnfreezing",
@@ -147,6 +154,7 @@ __all__ = [
     "ImagePreprocessing",
     "layer_decay_multipliers",
     "leep",
+    "linear_cka",
     "list_backbones",
     "logme",
     "MultiWorkerFitMixin",

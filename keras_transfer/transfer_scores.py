@@ -49,6 +49,7 @@ from keras_transfer.preprocessing import ImagePreprocessing
 __all__ = [
     "METHODS",
     "RankedCandidate",
+    "backbone_of",
     "block_features",
     "h_score",
     "leep",
@@ -116,6 +117,21 @@ def _features_2d(features: Any) -> np.ndarray:
     return features
 
 
+def _thin_svd(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`x = U diag(sqrt(s2)) V'` over its numerically non-zero singular values.
+
+    Through the eigendecomposition of the smaller Gram matrix (N x N or D x D), as the
+    reference LogME code does: much cheaper than an SVD of `x` when N and D differ.
+    """
+    n, d = x.shape
+    s2, vectors = np.linalg.eigh(x @ x.T if n <= d else x.T @ x)
+    keep = s2 > max(s2.max(), 0.0) * max(n, d) * np.finfo(np.float64).eps
+    s2, vectors = s2[keep], vectors[:, keep]
+    if n <= d:
+        return vectors, s2, x.T @ vectors / np.sqrt(s2)
+    return x @ vectors / np.sqrt(s2), s2, vectors
+
+
 def _log_evidence(alpha, beta, sigma, x2, outside, n, d) -> float:
     """log p(y | F, alpha, beta) at the posterior mean m, in the SVD basis of F."""
     ratio = alpha / beta
@@ -164,10 +180,8 @@ def logme(
     y, num_classes = _class_indices(labels, min_examples_per_class)
     n, d = f.shape
     # F = U S V': the evidence only needs the projections of y on U and the squared
-    # singular values, so each class costs O(N k) after one SVD.
-    u, s, _ = np.linalg.svd(f, full_matrices=False)
-    keep = s > s.max() * max(n, d) * np.finfo(np.float64).eps if s.size else s > 0
-    u, sigma = u[:, keep], s[keep] ** 2
+    # singular values, so each class costs O(N k) after one decomposition.
+    u, sigma, _ = _thin_svd(f)
     evidences = []
     for c in range(num_classes):
         target = (y == c).astype(np.float64)
@@ -234,16 +248,18 @@ def leep(
     return float(np.mean(np.log(np.maximum(likelihood, 1e-300))))
 
 
-def _ledoit_wolf_amount(centered: np.ndarray) -> float:
+def _ledoit_wolf_amount(centered: np.ndarray, gram_frobenius2: float) -> float:
     # Ledoit & Wolf (2004), "A well-conditioned estimator for large-dimensional covariance
-    # matrices": shrink the sample covariance towards mu I by the estimated optimal amount.
+    # matrices": the estimated optimal amount of shrinkage of the sample covariance S
+    # towards mu I, from O(N D) sums (|S|_F^2 is given: that of the smaller Gram matrix).
     n, d = centered.shape
-    sample = centered.T @ centered / n
-    mu = np.trace(sample) / d
-    delta = ((sample - mu * np.eye(d)) ** 2).sum() / d
-    squared = centered**2
-    beta = ((squared.T @ squared).sum() / n - (sample**2).sum()) / (d * n)
-    return 0.0 if delta == 0 else float(min(max(beta, 0.0), delta) / delta)
+    row_norms2 = (centered**2).sum(axis=1)
+    trace = row_norms2.sum() / n
+    mu = trace / d
+    sample_frobenius2 = gram_frobenius2 / n**2
+    delta = (sample_frobenius2 - 2 * mu * trace + d * mu**2) / d
+    beta = ((row_norms2**2).sum() / n - sample_frobenius2) / (d * n)
+    return 0.0 if delta <= 0 else float(min(max(beta, 0.0), delta) / delta)
 
 
 def h_score(
@@ -271,8 +287,9 @@ def h_score(
     y, num_classes = _class_indices(labels, min_examples_per_class)
     n, d = f.shape
     centered = f - f.mean(axis=0)
+    _, s2, v = _thin_svd(centered)
     if shrinkage == "auto":
-        shrinkage = _ledoit_wolf_amount(centered)
+        shrinkage = _ledoit_wolf_amount(centered, float((s2**2).sum()))
     elif shrinkage is None:
         shrinkage = 0.0
     elif not isinstance(shrinkage, int | float) or isinstance(shrinkage, bool):
@@ -281,17 +298,19 @@ def h_score(
         )
     elif not 0.0 <= shrinkage <= 1.0:
         raise ValueError(f"shrinkage must be in [0, 1], got {shrinkage}.")
-    sample = centered.T @ centered / n
-    covariance = (1 - shrinkage) * sample + shrinkage * np.trace(sample) / d * np.eye(d)
     class_means = np.zeros((num_classes, d))
     np.add.at(class_means, y, centered)
     class_means /= np.bincount(y, minlength=num_classes)[:, None]
     conditional = class_means[y]  # E[f | y_i] for each example, centred
-    # Shrunk by the same amount as the covariance (Ibrahim et al.), so the score stays in
-    # [0, C - 1].
-    between = (1 - shrinkage) * conditional.T @ conditional / n
-    inverse = np.linalg.pinv(covariance, rcond=1e-10, hermitian=True)
-    return float(np.trace(inverse @ between))
+    # The shrunk covariance (1 - a) S + a mu I has eigenvalues (1 - a) s2 / N + a mu on the
+    # row space of the centred features (where every class mean lies) and a mu elsewhere,
+    # so the trace only needs the projections of the class means on V (the pseudo-inverse
+    # for a = 0, as in the paper). The between-class covariance is shrunk by the same
+    # (1 - a) (Ibrahim et al.), which keeps the score in [0, C - 1].
+    mu = s2.sum() / n / d
+    projected2 = ((conditional @ v) ** 2).sum(axis=0) / n
+    eigenvalues = (1 - shrinkage) * s2 / n + shrinkage * mu
+    return float((1 - shrinkage) * (projected2 / eigenvalues).sum())
 
 
 _SCORES: dict[str, Callable[..., float]] = {"logme": logme, "leep": leep, "hscore": h_score}
@@ -343,7 +362,8 @@ def source_head_from_model(model_with_top: keras.Model, backbone: Backbone) -> k
     return keras.Model(inputs, x, name="source_head")
 
 
-def _as_backbone(backbone: Any) -> Backbone:
+def backbone_of(backbone: Any) -> Backbone:
+    """The `Backbone` (model, name, preprocessing) of a `Backbone` or `TransferClassifier`."""
     if isinstance(backbone, Backbone):
         return backbone
     if isinstance(backbone, TransferClassifier):
@@ -411,7 +431,7 @@ def block_features(
         `(features, labels)`: a dict from block name to an `(N, channels)` array, and the
         `(N, ...)` labels.
     """
-    backbone = _as_backbone(backbone)
+    backbone = backbone_of(backbone)
     names = _resolve_blocks(backbone, blocks)
     model = backbone.model
     known = {block.name: block for block in backbone.blocks} if names != [None] else {}
@@ -504,7 +524,7 @@ def transferability(
     ```
     """
     methods = _check_methods(method, source_head)
-    backbone = _as_backbone(backbone)
+    backbone = backbone_of(backbone)
     names = _resolve_blocks(backbone, blocks)
     if "leep" in methods and names != [None]:
         last = backbone.blocks[-1].name
@@ -634,7 +654,7 @@ def rank_backbones(
                     candidate, input_shape=_image_shape(data), weights=weights
                 )
             candidate = built[candidate]
-        candidate = _as_backbone(candidate)
+        candidate = backbone_of(candidate)
         built.setdefault(id(candidate), candidate)
         if block is not None:
             block = backbones_lib.find_block(candidate.blocks, block).name

@@ -244,3 +244,45 @@ def test_source_head_from_model_reproduces_the_with_top_model():
     other = kt.create_backbone("mobilenet_v2", input_shape=(32, 32, 3), weights=None)
     with pytest.raises(ValueError, match="has no layer named"):
         tr.source_head_from_model(with_top, other)
+
+
+# ---------------------------------------------------------------------------------------
+# recommend_recipe with measured per-block LogME
+# ---------------------------------------------------------------------------------------
+
+MOBILENET_BLOCKS = ["stem"] + [f"conv_dw_{i}" for i in range(1, 14)]
+
+
+def _scores(best=None, bonus=0.1):
+    # Rising with depth, as measured on ants-vs-bees; `best` gets `bonus` over the last.
+    scores = {name: -0.7 + 0.04 * i for i, name in enumerate(MOBILENET_BLOCKS)}
+    if best is not None:
+        scores[best] = scores["conv_dw_13"] + bonus
+    return scores
+
+
+def test_recipe_keeps_the_last_block_when_it_scores_best_and_says_why():
+    recipe = kt.recommend_recipe(245, "different", block_logme=_scores())
+    assert recipe.name == "feature_extraction" and recipe.feature_block is None
+    assert "Measured LogME" in recipe.reason and "overrides the lower_block_features" in (
+        recipe.reason
+    )
+
+
+def test_recipe_takes_features_from_a_lower_block_that_scores_higher():
+    recipe = kt.recommend_recipe(245, "similar", block_logme=_scores("conv_dw_11"))
+    assert recipe.name == "lower_block_features" and recipe.feature_block == "conv_dw_11"
+    assert "conv_dw_11" in recipe.reason
+    # Within the margin, the last block stays.
+    recipe = kt.recommend_recipe(245, "similar", block_logme=_scores("conv_dw_11", 0.005))
+    assert recipe.name == "feature_extraction" and recipe.feature_block is None
+    large = kt.recommend_recipe(20000, "similar", block_logme=_scores("conv_dw_12"))
+    assert large.name == "fine_tune_top" and large.feature_block == "conv_dw_12"
+
+
+def test_recipe_block_logme_must_name_the_backbones_blocks():
+    backbone = kt.create_backbone("mobilenet", input_shape=(32, 32, 3), weights=None, alpha=0.25)
+    recipe = kt.recommend_recipe(245, "similar", backbone=backbone, block_logme=_scores())
+    assert recipe.feature_block is None
+    with pytest.raises(ValueError, match="does not have"):
+        kt.recommend_recipe(245, "similar", backbone=backbone, block_logme={"block_3": 0.1})

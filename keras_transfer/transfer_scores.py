@@ -399,6 +399,9 @@ def _resolve_blocks(backbone: Backbone, blocks: Any) -> list[str | None]:
 
 
 def _as_image_dataset(data: Any) -> Any:
+    if hasattr(data, "class_names") and getattr(data, "train_unaugmented", None) is not None:
+        # An augmented ImageData: score the images as they are, not one random augmentation.
+        return data.train_unaugmented
     if isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], np.ndarray):
         return tf.data.Dataset.from_tensor_slices(
             (np.asarray(data[0], np.float32), np.asarray(data[1]))
@@ -419,7 +422,7 @@ def block_features(
     Args:
         backbone: a `Backbone` or a `TransferClassifier` (its backbone and preprocessing).
         data: `(images, labels)` batches (a `tf.data.Dataset`), an `ImageData` (its training
-            split), or a `(images, labels)` tuple of arrays; raw 0-255 images.
+            split, unaugmented), or a `(images, labels)` tuple of arrays; raw 0-255 images.
         blocks: `"all"`, block names/indices, or `None` for the backbone's output alone
             (keyed `"output"`).
         source_head: a model from the backbone's output feature map to source-class

@@ -15,7 +15,12 @@ well the score ranks the blocks without training. LEEP scores one block, so it h
 
     python benchmarks/transferability.py --dataset hymenoptera
     python benchmarks/transferability.py --dataset cats_and_dogs
+    python benchmarks/transferability.py --dataset hymenoptera --shuffle_patches 4
     python benchmarks/transferability.py --smoke     # seconds: synthetic data, weights=None
+
+`--shuffle_patches N` builds a domain-shifted dataset offline: every image is cut into an
+N x N grid of patches, rearranged by one fixed random permutation, so local textures stay and
+object shapes are broken (the deepest, most ImageNet-specific blocks should lose most).
 
 Writes benchmarks/results/transferability_<dataset>.json; the last line printed is one JSON
 object.
@@ -83,6 +88,28 @@ def linear_probe_accuracy(
     return float(np.mean((b @ w).argmax(axis=1) == val_y))
 
 
+def shuffle_patches(dataset, grid: int, seed: int = 0):
+    """`dataset` of `(images, labels)` with each image's N x N patches permuted the same way."""
+    import tensorflow as tf
+
+    permutation = tf.constant(np.random.default_rng(seed).permutation(grid * grid))
+
+    def scramble(images, labels):
+        shape = tf.shape(images)
+        batch, height, width = shape[0], shape[1], shape[2]
+        ph, pw = height // grid, width // grid
+        x = images[:, : ph * grid, : pw * grid, :]
+        x = tf.reshape(x, (batch, grid, ph, grid, pw, 3))
+        x = tf.transpose(x, (0, 1, 3, 2, 4, 5))
+        x = tf.reshape(x, (batch, grid * grid, ph, pw, 3))
+        x = tf.gather(x, permutation, axis=1)
+        x = tf.reshape(x, (batch, grid, grid, ph, pw, 3))
+        x = tf.transpose(x, (0, 1, 3, 2, 4, 5))
+        return tf.reshape(x, (batch, ph * grid, pw * grid, 3)), labels
+
+    return dataset.map(scramble)
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dataset", choices=sorted(_common.DATASETS), default="hymenoptera")
@@ -91,6 +118,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--image_size", type=int, default=224)
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--probe_l2", type=float, default=1e-3)
+    parser.add_argument("--shuffle_patches", type=int, default=0, help="N: N x N patches")
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args(argv)
     start = time.perf_counter()
@@ -120,11 +148,17 @@ def main(argv=None) -> dict:
         directory, image_size=size, batch_size=args.batch_size, augment=False, shuffle=False
     )
 
+    train, validation = data.train, data.validation
+    name = "smoke" if args.smoke else args.dataset
+    if args.shuffle_patches:
+        train = shuffle_patches(train, args.shuffle_patches)
+        validation = shuffle_patches(validation, args.shuffle_patches)
+        name += f"_patches{args.shuffle_patches}"
     extract_start = time.perf_counter()
     train_features, train_labels = transfer_scores.block_features(
-        backbone, data.train, "all", source_head=source_head
+        backbone, train, "all", source_head=source_head
     )
-    val_features, val_labels = transfer_scores.block_features(backbone, data.validation, "all")
+    val_features, val_labels = transfer_scores.block_features(backbone, validation, "all")
     extract_seconds = time.perf_counter() - extract_start
     source = train_features.pop(transfer_scores.SOURCE_PROBABILITIES)
     val_features.pop(transfer_scores.SOURCE_PROBABILITIES, None)
@@ -163,7 +197,7 @@ def main(argv=None) -> dict:
         )
     print(f"LEEP ({blocks[-1]}, ImageNet top): {scores['leep'][blocks[-1]]:.4f}")
     result = {
-        "dataset": "smoke" if args.smoke else args.dataset,
+        "dataset": name,
         "kendall_tau": tau,
         "probe_acc_by_block": probe,
         "seconds": time.perf_counter() - start,
@@ -187,11 +221,12 @@ def main(argv=None) -> dict:
         "probe": f"softmax regression, L2 {args.probe_l2}, standardised features, 500 steps",
         "load_average": _common.load_average(),
         "command": "python benchmarks/transferability.py "
-        + ("--smoke" if args.smoke else f"--dataset {args.dataset}"),
+        + ("--smoke" if args.smoke else f"--dataset {args.dataset}")
+        + (f" --shuffle_patches {args.shuffle_patches}" if args.shuffle_patches else ""),
     }
     if not args.smoke or args.output:
         path = args.output or (
-            _common.REPO_ROOT / "benchmarks" / "results" / f"transferability_{args.dataset}.json"
+            _common.REPO_ROOT / "benchmarks" / "results" / f"transferability_{name}.json"
         )
         path = pathlib.Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)

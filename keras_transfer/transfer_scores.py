@@ -572,6 +572,12 @@ class RankedCandidate:
         feature_block: the block cut at, or `None` for the backbone's output.
         score: the transferability score (higher ranks first).
         method: the scoring method.
+
+    Example:
+    ```python
+    best = kt.rank_backbones(data, [backbone, (backbone, "conv_dw_11")])[0]
+    model = kt.create_classifier(backbone, 2, feature_block=best.feature_block)
+    ```
     """
 
     name: str
@@ -633,7 +639,13 @@ def rank_backbones(
     print(ranking[0].name, ranking[0].score)
     ```
     """
-    _check_methods(method, "given" if method != "leep" else (source_heads or None))
+    if method not in METHODS:
+        raise ValueError(f"Unknown transferability method {method!r}: use one of {METHODS}.")
+    if method == "leep" and not source_heads:
+        raise ValueError(
+            "LEEP needs each candidate's source classifier: pass source_heads={label: head} "
+            "(see source_head_from_model), or rank with method='logme' or 'hscore'."
+        )
     items = (
         list(candidates.items())
         if isinstance(candidates, Mapping)

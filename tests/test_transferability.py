@@ -228,6 +228,11 @@ def test_rank_backbones_ranks_backbones_and_cuts_from_one_pass(tiny):
     assert [entry.score for entry in ranking] == sorted(
         (entry.score for entry in ranking), reverse=True
     )
+    # A registry name is built at the data's image size.
+    (by_registry_name,) = kt.rank_backbones(data, ["mobilenet_v2"], weights=None)
+    assert by_registry_name.name == "mobilenet_v2" and by_registry_name.feature_block is None
+    with pytest.raises(ValueError, match="source_heads"):
+        kt.rank_backbones(data, [backbone], method="leep")
 
 
 def test_source_head_from_model_reproduces_the_with_top_model():

@@ -167,8 +167,7 @@ def main(argv=None) -> dict:
         },
         "seconds": time.perf_counter() - start,
         "load_average": _common.load_average(),
-        "command": "python benchmarks/forgetting.py "
-        + ("--smoke" if args.smoke else f"--dataset {args.dataset}"),
+        "command": " ".join(["python", "benchmarks/forgetting.py", *sys.argv[1:]]),
     }
     if not args.smoke or args.output:
         path = pathlib.Path(

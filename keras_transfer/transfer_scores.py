@@ -340,7 +340,7 @@ def source_head_from_model(model_with_top: keras.Model, backbone: Backbone) -> k
     ```python
     with_top = keras.applications.MobileNet(weights="mobilenet_1_0_224_tf.h5")
     backbone = kt.create_backbone("mobilenet", weights="mobilenet_1_0_224_tf_no_top.h5")
-    head = kt.transferability.source_head_from_model(with_top, backbone)
+    head = kt.transfer_scores.source_head_from_model(with_top, backbone)
     ```
     """
     last = backbone.model.layers[-1].name

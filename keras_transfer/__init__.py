@@ -16,6 +16,7 @@ from keras_transfer import config
 from keras_transfer import data
 from keras_transfer import distribute
 from keras_transfer import features
+from keras_transfer import forgetting
 from keras_transfer import freezing
 from keras_transfer import heads
 from keras_transfer import hub
@@ -28,6 +29,7 @@ from keras_transfer import reliability
 from keras_transfer import reports
 from keras_transfer import schedules
 from keras_transfer import training
+from keras_transfer import transfer_scores
 from keras_transfer.backbones import Backbone
 from keras_transfer.backbones import BackboneSpec
 from keras_transfer.backbones import Block
@@ -54,6 +56,9 @@ from keras_transfer.features import FeatureExtraction
 from keras_transfer.features import extract_features
 from keras_transfer.features import feature_extractor
 from keras_transfer.features import fit_feature_extractor
+from keras_transfer.forgetting import ForgettingReport
+from keras_transfer.forgetting import forgetting_report
+from keras_transfer.forgetting import linear_cka
 from keras_transfer.freezing import freeze
 from keras_transfer.freezing import trainable_blocks
 from keras_transfer.freezing import unfreeze
@@ -87,6 +92,12 @@ from keras_transfer.schedules import WarmupCosineDecay
 from keras_transfer.training import TwoPhaseHistory
 from keras_transfer.training import fit_two_phase
 from keras_transfer.training import fit_two_phase_cached
+from keras_transfer.transfer_scores import RankedCandidate
+from keras_transfer.transfer_scores import h_score
+from keras_transfer.transfer_scores import leep
+from keras_transfer.transfer_scores import logme
+from keras_transfer.transfer_scores import rank_backbones
+from keras_transfer.transfer_scores import transferability
 
 __all__ = [
     "backbones",
@@ -95,6 +106,7 @@ __all__ = [
     "data",
     "distribute",
     "features",
+    "forgetting",
     "freezing",
     "heads",
     "hub",
@@ -107,6 +119,7 @@ __all__ = [
     "reports",
     "schedules",
     "training",
+    "transfer_scores",
     "apply_l2sp",
     "Backbone",
     "BackboneSpec",
@@ -131,16 +144,22 @@ __all__ = [
     "fit_scratch_baseline",
     "fit_two_phase",
     "fit_two_phase_cached",
+    "forgetting_report",
+    "ForgettingReport",
     "freeze",
     "get_blocks",
     "GradualUnfreezing",
+    "h_score",
     "HubBackbone",
     "HubModuleUnavailableError",
     "image_folder_dataset",
     "ImageData",
     "ImagePreprocessing",
     "layer_decay_multipliers",
+    "leep",
+    "linear_cka",
     "list_backbones",
+    "logme",
     "MultiWorkerFitMixin",
     "NegativeTransferWarning",
     "NonFiniteGuard",
@@ -149,6 +168,8 @@ __all__ = [
     "OneCycle",
     "plot_confusion_matrix",
     "plot_training_curves",
+    "rank_backbones",
+    "RankedCandidate",
     "recalibrate_batchnorm",
     "Recipe",
     "recommend_recipe",
@@ -160,6 +181,7 @@ __all__ = [
     "SlantedTriangular",
     "tfds_dataset",
     "trainable_blocks",
+    "transferability",
     "TransferClassifier",
     "TwoPhaseHistory",
     "unfreeze",

@@ -40,6 +40,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import warnings
+from collections.abc import Mapping
 from typing import Any
 
 import keras
@@ -121,6 +122,8 @@ def recommend_recipe(
     *,
     backbone: backbones_lib.Backbone | None = None,
     small_data_threshold: int = 5000,
+    block_logme: Mapping[str, float] | None = None,
+    logme_margin: float = 0.01,
 ) -> Recipe:
     """Recommends feature extraction or fine-tuning from data size and domain similarity.
 
@@ -131,6 +134,15 @@ def recommend_recipe(
         backbone: if given, `feature_block` is a concrete block name of it.
         small_data_threshold: below this many examples the data counts as small: fine-tuning
             millions of weights on it risks over-fitting.
+        block_logme: measured LogME of each block's pooled output on the training data,
+            input side first (`kt.transferability(backbone, data, blocks="all")`). The
+            block with the highest score becomes `feature_block` (features from a lower
+            block turn feature extraction into `lower_block_features`, and the last block
+            overrides the two-thirds-depth guess for a different domain), and the reason
+            quotes the scores.
+        logme_margin: a lower block is chosen over the last one only if its LogME is
+            higher by more than this (the last block is the usual choice; tiny differences
+            are noise).
 
     Returns:
         A `Recipe` with settings and the reason.
@@ -203,9 +215,56 @@ def recommend_recipe(
             train_bn=True,
             augment="flip,crop",
         )
+    if block_logme is not None:
+        recipe = _with_measured_block(recipe, block_logme, backbone, logme_margin, small)
     if backbone is not None and isinstance(recipe.feature_block, float):
         recipe = dataclasses.replace(recipe, feature_block=recipe.feature_block_for(backbone))
     return recipe
+
+
+def _with_measured_block(
+    recipe: Recipe,
+    block_logme: Mapping[str, float],
+    backbone: backbones_lib.Backbone | None,
+    margin: float,
+    small: bool,
+) -> Recipe:
+    """`recipe` with `feature_block` set from measured per-block LogME, and why."""
+    scores = dict(block_logme)
+    if not scores:
+        raise ValueError("block_logme is empty: pass {block: LogME} for the backbone's blocks.")
+    if backbone is not None:
+        names = backbone.block_names()
+        unknown = [name for name in scores if name not in names]
+        if unknown:
+            raise ValueError(
+                f"block_logme has blocks {unknown} that backbone {backbone.name!r} does not "
+                f"have ({', '.join(names)}): score this backbone's blocks."
+            )
+        scores = {name: scores[name] for name in names if name in scores}
+    last = list(scores)[-1]
+    best = max(scores, key=scores.get)
+    chosen = best if scores[best] > scores[last] + margin else last
+    why = (
+        f" Measured LogME per block (higher transfers better): best {best} "
+        f"({scores[best]:.4f}), last scored block {last} ({scores[last]:.4f})"
+    )
+    if chosen == last:
+        why += f"; the last block is within {margin} of the best, so features come from it."
+        block = None if backbone is None or last == backbone.block_names()[-1] else last
+    else:
+        why += f"; {best} beats it by more than {margin}, so features come from {best}."
+        block = best
+    if small:
+        name = "lower_block_features" if block is not None else "feature_extraction"
+        head_epochs = 30 if block is not None else 20
+        reason = recipe.reason
+        if name != recipe.name:
+            reason += f" The measurement overrides the {recipe.name} guess: {name}."
+        return dataclasses.replace(
+            recipe, name=name, feature_block=block, head_epochs=head_epochs, reason=reason + why
+        )
+    return dataclasses.replace(recipe, feature_block=block, reason=recipe.reason + why)
 
 
 def _is_similar(domain_similarity: str | float) -> bool:

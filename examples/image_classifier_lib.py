@@ -50,7 +50,13 @@ RESOLVED_CONFIG_FILE = "config.json"
 class Config:
     """Everything one run needs; the binary's flags and the `--config` file's keys map one to
     one onto these fields (the file also takes the recipe aliases in
-    `_config.TRANSFER_CONFIG_ALIASES`)."""
+    `_config.TRANSFER_CONFIG_ALIASES`). Invalid values raise `_config.ConfigError`.
+
+    ```python
+    config = Config(data_dir="images", model_dir="runs/one", backbone="mobilenet")
+    results = run(config)
+    ```
+    """
 
     data_dir: str = ""
     model_dir: str = ""

@@ -16,10 +16,18 @@ results.json, TensorBoard logs, training curves and a confusion matrix to --mode
 
 `--data_dir` holds one folder per class, or `train/` and `val/` (or `validation/`) folders
 that do.
+
+A failure prints one error line and a hint on stderr: exit 2 for a command line that cannot
+be used (an unknown flag, a bad flag value, no --model_dir), 1 for anything else (a bad
+setting in --config, a missing file, an error while training). `--verbose` alone (or
+KERAS_TRANSFER_DEBUG=1) adds the traceback.
 """
 
+import _cli
 from absl import app
 from absl import flags
+
+import keras_transfer as kt
 
 import image_classifier_lib
 
@@ -154,21 +162,14 @@ flags.DEFINE_bool(
     _DEFAULTS.resume,
     "Back up the training state in model_dir/backup and continue an interrupted run.",
 )
-flags.DEFINE_integer(
-    "verbose",
-    _DEFAULTS.verbose,
-    "Keras fit verbosity: 0 silent, 1 progress bar, 2 one line per epoch.",
-)
+_cli.define_verbose_flag(_DEFAULTS.verbose, "Keras fit verbosity.")
 
 
 def main(argv):
     del argv
     fields = image_classifier_lib.Config.__dataclass_fields__
     overrides = {name: FLAGS[name].value for name in fields if FLAGS[name].present}
-    try:
-        config = image_classifier_lib.load_config(FLAGS.config, overrides)
-    except ValueError as error:
-        raise app.UsageError(str(error)) from error
+    config = image_classifier_lib.load_config(FLAGS.config, overrides)
     if not config.model_dir:
         raise app.UsageError("Set --model_dir (or model_dir in --config).")
     if bool(config.data_dir) == bool(config.dataset):
@@ -186,5 +187,14 @@ def main(argv):
     print(f"Saved the model, results and reports to {config.model_dir}")
 
 
+# Errors whose message names no flag to change.
+_HINTS = {
+    kt.WeightsUnavailableError: (
+        "Offline? Pass --weights=/path/to/<backbone>_no_top.h5 (a Keras weights file without "
+        "the classification top), put that file in the Keras cache "
+        f"({kt.backbones.keras_cache_dir()}), or pass --weights=none to train from scratch."
+    ),
+}
+
 if __name__ == "__main__":
-    app.run(main)
+    _cli.run(main, hints=_HINTS)

@@ -1,10 +1,17 @@
 """Logic of the image classifier example: images in, a fine-tuned model and its reports out.
 
-`examples/image_classifier.py` holds only the flags and `main`; tests call `run` here.
+`run` composes named steps, each a function tests and notebooks can call on its own (the
+shape of TF Hub's `make_image_classifier_lib.make_image_classifier`):
+
+    check_config -> create_backbone -> load_data -> build_model -> train_model
+        -> save_model -> report -> export
+
+`examples/image_classifier.py` holds only the flags and `main`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
 import json
@@ -14,15 +21,17 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from typing import Any
 
+import _config as config_lib
 import keras
 import tensorflow as tf
 
 import keras_transfer as kt
-from keras_transfer import config as config_lib
 from keras_transfer import data as data_lib
 from keras_transfer import distribute
+from keras_transfer import reliability
 from keras_transfer import reports
 from keras_transfer import schedules
 from keras_transfer import training
@@ -41,7 +50,13 @@ RESOLVED_CONFIG_FILE = "config.json"
 class Config:
     """Everything one run needs; the binary's flags and the `--config` file's keys map one to
     one onto these fields (the file also takes the recipe aliases in
-    `keras_transfer.config.TRANSFER_CONFIG_ALIASES`)."""
+    `_config.TRANSFER_CONFIG_ALIASES`). Invalid values raise `_config.ConfigError`.
+
+    ```python
+    config = Config(data_dir="images", model_dir="runs/one", backbone="mobilenet")
+    results = run(config)
+    ```
+    """
 
     data_dir: str = ""
     model_dir: str = ""
@@ -91,6 +106,7 @@ class Config:
     mixed_precision: bool = False
     export: str = ""
     resume: bool = True
+    # Keras fit verbosity 0-2; 3 is 2 for Keras, and the binary shows tracebacks.
     verbose: int = 2
 
     def __post_init__(self):
@@ -106,6 +122,8 @@ class Config:
         for name in ("head_epochs", "fine_tune_epochs", "patience", "warmup_steps"):
             if getattr(self, name) < 0:
                 raise config_lib.ConfigError(f"{name} must be >= 0, got {getattr(self, name)}.")
+        if not 0 <= self.verbose <= 3:
+            raise config_lib.ConfigError(f"verbose must be 0, 1, 2 or 3, got {self.verbose}.")
         if self.batch_size <= 0:
             raise config_lib.ConfigError(f"batch_size must be > 0, got {self.batch_size}.")
         if not 0 <= self.lr_decay <= 1:
@@ -162,21 +180,137 @@ def load_config(path: str | None, overrides: dict[str, Any]) -> Config:
     )
 
 
-def _write_atomically(path: str, write) -> None:
-    # Write beside the target and rename: an interrupted run never leaves a truncated file
-    # in place of a good one.
-    directory, name = os.path.split(path)
-    temporary = os.path.join(directory, f".partial.{name}")
-    write(temporary)
-    os.replace(temporary, path)
+def run(
+    config: Config,
+    strategy: tf.distribute.Strategy | None = None,
+    callbacks: list[keras.callbacks.Callback] | None = None,
+) -> dict[str, Any]:
+    """Loads the data, builds the classifier, trains and saves everything.
+
+    Writes to `config.model_dir`: `model.keras` (raw 0-255 RGB images in, class
+    probabilities out; loads with `safe_mode=True`, except models with a TF Hub backbone,
+    whose SavedModel graph only loads with `safe_mode=False`), `labels.txt` (one class name
+    per line, line i = output i), `config.json` (the resolved configuration),
+    `results.json` (per-phase final metrics and wall time, the configuration, data sizes,
+    skipped files, validation precision/recall per class), `training_curves.png` and
+    `confusion_matrix.png` (when matplotlib is installed), TensorBoard logs in `logs/`, and
+    with `export`: `saved_model/` and `model.tflite`. With `resume`, an interrupted run
+    started again with the same settings continues from its last finished epoch. A run
+    that fails before training starts (bad settings, missing weights or data) creates no
+    `model_dir`.
+
+    Args:
+        config: the run's settings.
+        strategy: a ready `tf.distribute.Strategy`; by default one is created from
+            `config.strategy` and `config.tpu`.
+        callbacks: extra Keras callbacks for both phases.
+
+    Returns:
+        The content of `results.json`.
+    """
+    start = time.perf_counter()
+    check_config(config)
+    with _environment(config, strategy) as environment:
+        backbone = create_backbone(config, environment.strategy)
+        image_size = backbone.input_shape[0] or backbone.default_size
+        data = load_data(
+            config, image_size, drop_remainder=distribute.static_batches(environment.strategy)
+        )
+        _check_batches(config, data, environment.strategy)
+        model = build_model(config, backbone, data.class_names, environment.strategy)
+        _write_json(environment.output_dir, RESOLVED_CONFIG_FILE, dataclasses.asdict(config))
+        trained = train_model(config, model, data, environment, list(callbacks or []))
+        save_model(model, data.class_names, environment.output_dir)
+        results = report(config, model, data, trained, environment, image_size)
+        for export_format in config.export_formats():
+            results.setdefault("exports", {})[export_format] = export(
+                model, environment.output_dir, export_format
+            )
+    results["total_seconds"] = round(time.perf_counter() - start, 2)
+    if environment.chief:
+        _write_json(environment.output_dir, "results.json", results)
+    return results
 
 
-def _write_json(path: str, content: Any) -> None:
-    def write(temporary):
-        with open(temporary, "w") as f:
-            json.dump(content, f, indent=2)
+@dataclasses.dataclass
+class Environment:
+    """Where and how a run executes.
 
-    _write_atomically(path, write)
+    Args:
+        strategy: the `tf.distribute.Strategy` the model is built and trained under.
+        output_dir: `model_dir` on the chief; a scratch folder, deleted at the end, on the
+            other workers of a multi-worker run.
+        chief: whether this process writes the results.
+        dtype_policy: the Keras dtype policy of the run (`float32`, `mixed_bfloat16`, ...).
+    """
+
+    strategy: tf.distribute.Strategy
+    output_dir: str
+    chief: bool
+    dtype_policy: str
+
+
+@contextlib.contextmanager
+def _environment(config: Config, strategy: tf.distribute.Strategy | None) -> Iterator[Environment]:
+    """Seeds, creates the strategy and sets the dtype policy; restores the previous policy
+    and deletes a worker's scratch folder when the run ends, failed or not."""
+    keras.utils.set_random_seed(config.seed)
+    if strategy is None:
+        strategy = distribute.create_strategy(config.strategy, config.tpu or None)
+    chief = distribute.is_chief(strategy)
+    # The chief's model_dir is created by its first write, after the backbone, the data
+    # and the model were built: a run that cannot start leaves no folder behind.
+    output_dir = config.model_dir if chief else tempfile.mkdtemp(prefix="worker_")
+    previous_policy = keras.config.dtype_policy().name
+    policy = distribute.set_mixed_precision(config.mixed_precision, strategy)
+    try:
+        yield Environment(strategy, output_dir, chief, policy)
+    finally:
+        keras.config.set_dtype_policy(previous_policy)
+        if not chief:
+            shutil.rmtree(output_dir, ignore_errors=True)
+
+
+def check_config(config: Config) -> None:
+    """Fails (`ConfigError`, `FileNotFoundError`) before any work on what `Config` alone
+    cannot check: the outputs' folder, the data source, a weights path."""
+    if not config.model_dir:
+        raise config_lib.ConfigError("Set model_dir (--model_dir): where the outputs go.")
+    if bool(config.data_dir) == bool(config.dataset):
+        raise config_lib.ConfigError(
+            "Give exactly one of data_dir (--data_dir, a folder of images) and dataset "
+            "(--dataset=tfds:<name>)."
+        )
+    weights = config.resolved_weights()
+    if (
+        weights not in (None, "imagenet")
+        and not config.backbone.startswith("hub:")
+        and not os.path.isfile(weights)
+    ):
+        raise FileNotFoundError(
+            f"weights={weights!r} (--weights) is not a file. Give the path of the backbone's "
+            "headless weights file (e.g. mobilenet_1_0_224_tf_no_top.h5), 'imagenet' to "
+            "download them, or 'none' to start from random weights."
+        )
+    if config.data_dir and not os.path.isdir(config.data_dir):
+        raise FileNotFoundError(
+            f"data_dir={config.data_dir!r} (--data_dir) is not a folder. Give a folder with "
+            "one subfolder of images per class, or with train/ and val/ folders that have them."
+        )
+
+
+def create_backbone(config: Config, strategy: tf.distribute.Strategy) -> kt.Backbone:
+    """The pretrained backbone of `config`, built under `strategy`."""
+    backbone_kwargs: dict[str, Any] = {}
+    if config.backbone.startswith("hub:"):
+        backbone_kwargs["load_options"] = distribute.hub_load_options(strategy)
+    with strategy.scope():
+        return kt.create_backbone(
+            config.backbone,
+            input_shape=(config.image_size, config.image_size, 3) if config.image_size else None,
+            weights=config.resolved_weights(),
+            **backbone_kwargs,
+        )
 
 
 def load_data(config: Config, image_size: int, drop_remainder: bool) -> data_lib.ImageData:
@@ -201,32 +335,122 @@ def load_data(config: Config, image_size: int, drop_remainder: bool) -> data_lib
     )
 
 
-def _optimizer_factory(config: Config, epochs: int, steps_per_epoch: int):
-    """`learning_rate -> optimizer` for one phase: Adam, or AdamW with weight decay, on the
-    configured learning-rate schedule over that phase's steps."""
-    total_steps = max(epochs * steps_per_epoch, 1)
+def _check_batches(
+    config: Config, data: data_lib.ImageData, strategy: tf.distribute.Strategy
+) -> None:
+    """Batch sizes the strategy cannot run, before building the model."""
+    if distribute.static_batches(strategy) and data.num_train < config.batch_size:
+        raise ValueError(
+            f"{data.num_train} training images are fewer than one batch of {config.batch_size}: "
+            "with static shapes (TPU) every batch is full. Lower batch_size."
+        )
+    replicas = strategy.num_replicas_in_sync
+    first_validation_batch = min(config.batch_size, data.num_validation)
+    if data.validation is not None and first_validation_batch % replicas:
+        # Keras builds a distributed model from the mean of the first validation batch's
+        # per-replica parts, which fails when they differ in size.
+        raise ValueError(
+            f"The first validation batch ({first_validation_batch} images) does not split "
+            f"evenly over {replicas} replicas, which Keras' distributed evaluation cannot "
+            "handle. Use a batch_size that is a multiple of the replica count and at most the "
+            "validation set's size."
+        )
 
-    def make(learning_rate):
-        rate: Any = learning_rate
-        if config.lr_schedule == "cosine":
-            rate = schedules.WarmupCosineDecay(
-                learning_rate,
-                total_steps=total_steps,
-                warmup_steps=min(config.warmup_steps, total_steps - 1),
-                floor=learning_rate * 0.01,
-            )
-        elif config.lr_schedule == "slanted_triangular":
-            rate = schedules.SlantedTriangular(learning_rate, total_steps=total_steps)
-        elif config.lr_schedule == "one_cycle":
-            rate = schedules.OneCycle(learning_rate, total_steps=total_steps)
-        ema = dict(use_ema=bool(config.ema_momentum), ema_momentum=config.ema_momentum or 0.99)
-        if config.weight_decay:
-            return keras.optimizers.AdamW(
-                learning_rate=rate, weight_decay=config.weight_decay, **ema
-            )
-        return keras.optimizers.Adam(learning_rate=rate, **ema)
 
-    return make
+def build_model(
+    config: Config,
+    backbone: kt.Backbone,
+    class_names: list[str],
+    strategy: tf.distribute.Strategy,
+) -> kt.TransferClassifier:
+    """The classifier: `backbone`, then a head with `config.dropout`, one output per class."""
+    with strategy.scope():
+        return kt.create_classifier(
+            backbone,
+            len(class_names),
+            head={"dropout": config.dropout},
+            class_names=class_names,
+        )
+
+
+@dataclasses.dataclass
+class Trained:
+    """What `train_model` did.
+
+    Args:
+        history: both phases' `TwoPhaseHistory`.
+        cached_features: whether phase 1 ran on cached backbone features.
+        unfrozen_blocks: the blocks trainable at the end.
+        monitor: the metric early stopping and `restore_best` watched.
+    """
+
+    history: kt.TwoPhaseHistory
+    cached_features: bool
+    unfrozen_blocks: list[str]
+    monitor: str
+
+
+def train_model(
+    config: Config,
+    model: keras.Model,
+    data: data_lib.ImageData,
+    environment: Environment,
+    callbacks: list[keras.callbacks.Callback],
+) -> Trained:
+    """Two-phase (or gradual, or all-frozen, or unfrozen) training of `model` as `config`
+    says, with TensorBoard logs and the backup in `environment.output_dir`."""
+    output_dir, strategy = environment.output_dir, environment.strategy
+    plan = _plan(config)
+    static = distribute.static_batches(strategy)
+    batches = (math.floor if static else math.ceil)(data.num_train / config.batch_size)
+    if importlib.util.find_spec("tensorboard") is not None:
+        callbacks.append(keras.callbacks.TensorBoard(os.path.join(output_dir, "logs")))
+    else:
+        logger.info("tensorboard is not installed: no TensorBoard logs (pip install tensorboard)")
+    if config.ema_momentum:
+        # Validation sees the averaged weights; Keras puts them into the model when each
+        # phase's fit ends. Between epochs the model (and its backup) keeps the raw ones.
+        callbacks.append(keras.callbacks.SwapEMAWeights())
+    monitor = "val_loss" if data.validation is not None else "loss"
+    if config.patience or config.restore_best:
+        callbacks.append(
+            keras.callbacks.EarlyStopping(
+                monitor=monitor,
+                # Without early stopping, a patience longer than any phase never stops.
+                patience=config.patience or config.head_epochs + config.fine_tune_epochs + 1,
+                restore_best_weights=config.restore_best,
+                verbose=1 if config.verbose else 0,
+            )
+        )
+    gradual = config.resolved_freeze_strategy() == "gradual"
+    if gradual:
+        callbacks.append(GradualUnfreezing(config.unfreeze_schedule, train_bn=config.train_bn))
+    common = dict(
+        train_bn=config.train_bn,
+        optimizer=_optimizer_factory(config, plan["head_epochs"], batches),
+        fine_tune_optimizer=_optimizer_factory(config, plan["fine_tune_epochs"], batches),
+        lr_decay=config.lr_decay or None,
+        callbacks=callbacks,
+        backup_dir=os.path.join(output_dir, "backup") if config.resume else None,
+        verbose=min(config.verbose, 2),
+    )
+    cached = _use_feature_cache(config, plan, strategy, data)
+    with strategy.scope():
+        if cached:
+            history = kt.fit_two_phase_cached(
+                model,
+                data.train,
+                data.validation,
+                feature_data=data.train_unaugmented,
+                head_batch_size=config.batch_size,
+                seed=config.seed,
+                **plan,
+                **common,
+            )
+        else:
+            history = kt.fit_two_phase(model, data.train, data.validation, **plan, **common)
+    unfrozen = kt.trainable_blocks(model) if gradual else history.unfrozen_blocks
+    return Trained(history, cached, unfrozen, monitor)
 
 
 def _plan(config: Config) -> dict[str, Any]:
@@ -285,166 +509,56 @@ _CACHE_STRATEGIES = (
 )
 
 
-def _clean_worker_dir(path: str) -> None:
-    shutil.rmtree(path, ignore_errors=True)
+def _optimizer_factory(config: Config, epochs: int, steps_per_epoch: int):
+    """`learning_rate -> optimizer` for one phase: Adam, or AdamW with weight decay, on the
+    configured learning-rate schedule over that phase's steps."""
+    total_steps = max(epochs * steps_per_epoch, 1)
 
-
-def run(
-    config: Config,
-    strategy: tf.distribute.Strategy | None = None,
-    callbacks: list[keras.callbacks.Callback] | None = None,
-) -> dict[str, Any]:
-    """Loads the data, builds the classifier, trains and saves everything.
-
-    Writes to `config.model_dir`: `model.keras` (raw 0-255 RGB images in, class
-    probabilities out; loads with `safe_mode=True`, except models with a TF Hub backbone,
-    whose SavedModel graph only loads with `safe_mode=False`), `labels.txt` (one class name
-    per line, line i = output i), `config.json` (the resolved configuration),
-    `results.json` (per-phase final metrics and wall time, the configuration, data sizes,
-    skipped files, validation precision/recall per class), `training_curves.png` and
-    `confusion_matrix.png` (when matplotlib is installed), TensorBoard logs in `logs/`, and
-    with `export`: `saved_model/` and `model.tflite`. With `resume`, an interrupted run
-    started again with the same settings continues from its last finished epoch.
-
-    Args:
-        config: the run's settings.
-        strategy: a ready `tf.distribute.Strategy`; by default one is created from
-            `config.strategy` and `config.tpu`.
-        callbacks: extra Keras callbacks for both phases.
-
-    Returns:
-        The content of `results.json`.
-    """
-    start = time.perf_counter()
-    if not config.model_dir:
-        raise config_lib.ConfigError("Set model_dir (--model_dir): where the outputs go.")
-    if bool(config.data_dir) == bool(config.dataset):
-        raise config_lib.ConfigError(
-            "Give exactly one of data_dir (--data_dir, a folder of images) and dataset "
-            "(--dataset=tfds:<name>)."
-        )
-    keras.utils.set_random_seed(config.seed)
-    if strategy is None:
-        strategy = distribute.create_strategy(config.strategy, config.tpu or None)
-    chief = distribute.is_chief(strategy)
-    # Non-chief workers of a multi-worker run write to a scratch folder that is deleted.
-    output_dir = config.model_dir if chief else tempfile.mkdtemp(prefix="worker_")
-    os.makedirs(output_dir, exist_ok=True)
-    previous_policy = keras.config.dtype_policy().name
-    policy = distribute.set_mixed_precision(config.mixed_precision, strategy)
-    try:
-        results = _run(config, strategy, output_dir, policy, list(callbacks or []))
-    finally:
-        keras.config.set_dtype_policy(previous_policy)
-        if not chief:
-            _clean_worker_dir(output_dir)
-    results["total_seconds"] = round(time.perf_counter() - start, 2)
-    if chief:
-        _write_json(os.path.join(output_dir, "results.json"), results)
-    return results
-
-
-def _run(
-    config: Config,
-    strategy: tf.distribute.Strategy,
-    output_dir: str,
-    policy: str,
-    callbacks: list[keras.callbacks.Callback],
-) -> dict[str, Any]:
-    backbone_kwargs: dict[str, Any] = {}
-    if config.backbone.startswith("hub:"):
-        backbone_kwargs["load_options"] = distribute.hub_load_options(strategy)
-    with strategy.scope():
-        backbone = kt.create_backbone(
-            config.backbone,
-            input_shape=(config.image_size, config.image_size, 3) if config.image_size else None,
-            weights=config.resolved_weights(),
-            **backbone_kwargs,
-        )
-    image_size = backbone.input_shape[0] or backbone.default_size
-    static = distribute.static_batches(strategy)
-    data = load_data(config, image_size, drop_remainder=static)
-    if static and data.num_train < config.batch_size:
-        raise ValueError(
-            f"{data.num_train} training images are fewer than one batch of {config.batch_size}: "
-            "with static shapes (TPU) every batch is full. Lower batch_size."
-        )
-    replicas = strategy.num_replicas_in_sync
-    first_validation_batch = min(config.batch_size, data.num_validation)
-    if data.validation is not None and first_validation_batch % replicas:
-        # Keras builds a distributed model from the mean of the first validation batch's
-        # per-replica parts, which fails when they differ in size.
-        raise ValueError(
-            f"The first validation batch ({first_validation_batch} images) does not split "
-            f"evenly over {replicas} replicas, which Keras' distributed evaluation cannot "
-            "handle. Use a batch_size that is a multiple of the replica count and at most the "
-            "validation set's size."
-        )
-    with strategy.scope():
-        model = kt.create_classifier(
-            backbone,
-            len(data.class_names),
-            head={"dropout": config.dropout},
-            class_names=data.class_names,
-        )
-    resolved = dataclasses.asdict(config)
-    _write_json(os.path.join(output_dir, RESOLVED_CONFIG_FILE), resolved)
-
-    plan = _plan(config)
-    batches = (math.floor if static else math.ceil)(data.num_train / config.batch_size)
-    if importlib.util.find_spec("tensorboard") is not None:
-        callbacks.append(keras.callbacks.TensorBoard(os.path.join(output_dir, "logs")))
-    else:
-        logger.info("tensorboard is not installed: no TensorBoard logs (pip install tensorboard)")
-    if config.ema_momentum:
-        # Validation sees the averaged weights; Keras puts them into the model when each
-        # phase's fit ends. Between epochs the model (and its backup) keeps the raw ones.
-        callbacks.append(keras.callbacks.SwapEMAWeights())
-    monitor = "val_loss" if data.validation is not None else "loss"
-    if config.patience or config.restore_best:
-        callbacks.append(
-            keras.callbacks.EarlyStopping(
-                monitor=monitor,
-                # Without early stopping, a patience longer than any phase never stops.
-                patience=config.patience or config.head_epochs + config.fine_tune_epochs + 1,
-                restore_best_weights=config.restore_best,
-                verbose=1 if config.verbose else 0,
+    def make(learning_rate):
+        rate: Any = learning_rate
+        if config.lr_schedule == "cosine":
+            rate = schedules.WarmupCosineDecay(
+                learning_rate,
+                total_steps=total_steps,
+                warmup_steps=min(config.warmup_steps, total_steps - 1),
+                floor=learning_rate * 0.01,
             )
-        )
-    gradual = config.resolved_freeze_strategy() == "gradual"
-    if gradual:
-        callbacks.append(GradualUnfreezing(config.unfreeze_schedule, train_bn=config.train_bn))
-    common = dict(
-        train_bn=config.train_bn,
-        optimizer=_optimizer_factory(config, plan["head_epochs"], batches),
-        fine_tune_optimizer=_optimizer_factory(config, plan["fine_tune_epochs"], batches),
-        lr_decay=config.lr_decay or None,
-        callbacks=callbacks,
-        backup_dir=os.path.join(output_dir, "backup") if config.resume else None,
-        verbose=config.verbose,
-    )
-    cached = _use_feature_cache(config, plan, strategy, data)
-    with strategy.scope():
-        if cached:
-            history = kt.fit_two_phase_cached(
-                model,
-                data.train,
-                data.validation,
-                feature_data=data.train_unaugmented,
-                head_batch_size=config.batch_size,
-                seed=config.seed,
-                **plan,
-                **common,
+        elif config.lr_schedule == "slanted_triangular":
+            rate = schedules.SlantedTriangular(learning_rate, total_steps=total_steps)
+        elif config.lr_schedule == "one_cycle":
+            rate = schedules.OneCycle(learning_rate, total_steps=total_steps)
+        ema = dict(use_ema=bool(config.ema_momentum), ema_momentum=config.ema_momentum or 0.99)
+        if config.weight_decay:
+            return keras.optimizers.AdamW(
+                learning_rate=rate, weight_decay=config.weight_decay, **ema
             )
-        else:
-            history = kt.fit_two_phase(model, data.train, data.validation, **plan, **common)
-    unfrozen = history.unfrozen_blocks
-    if gradual:
-        unfrozen = kt.trainable_blocks(model)
+        return keras.optimizers.Adam(learning_rate=rate, **ema)
 
-    _write_atomically(os.path.join(output_dir, "model.keras"), model.save)
-    with open(os.path.join(output_dir, "labels.txt"), "w") as f:
-        f.write("\n".join(data.class_names) + "\n")
+    return make
+
+
+def save_model(model: keras.Model, class_names: list[str], output_dir: str) -> None:
+    """`model.keras` and `labels.txt` (line i = output i), each replaced atomically."""
+    kt.save_model(model, os.path.join(output_dir, "model.keras"))
+
+    def write_labels(path):
+        with open(path, "w", encoding="utf-8") as f:
+            f.write("\n".join(class_names) + "\n")
+
+    reliability.write_atomically(os.path.join(output_dir, "labels.txt"), write_labels)
+
+
+def report(
+    config: Config,
+    model: keras.Model,
+    data: data_lib.ImageData,
+    trained: Trained,
+    environment: Environment,
+    image_size: int,
+) -> dict[str, Any]:
+    """The results of the run (what `results.json` holds), the validation report of the
+    saved model, and the confusion matrix and training-curve plots in the output folder."""
+    history = trained.history
     results: dict[str, Any] = {
         "feature_extraction": history.phase_summary(training.PHASE_HEAD),
         "fine_tune": history.phase_summary(training.PHASE_FINE_TUNE),
@@ -453,36 +567,35 @@ def _run(
             "phase": list(history.phases),
             **{k: list(v) for k, v in history.history.items()},
         },
-        "unfrozen_blocks": unfrozen,
+        "unfrozen_blocks": trained.unfrozen_blocks,
         "class_names": data.class_names,
         "num_train": data.num_train,
         "num_validation": data.num_validation,
         "skipped_files": data.skipped,
         "image_size": image_size,
-        "replicas": strategy.num_replicas_in_sync,
-        "dtype_policy": policy,
-        "cached_features": cached,
-        "config": resolved,
+        "replicas": environment.strategy.num_replicas_in_sync,
+        "dtype_policy": environment.dtype_policy,
+        "cached_features": trained.cached_features,
+        "config": dataclasses.asdict(config),
     }
     last_phase = history.phases[-1] if history.phases else None
     if config.restore_best and last_phase:
-        kept = history.best_phase_metrics(last_phase, monitor, mode="min")
+        kept = history.best_phase_metrics(last_phase, trained.monitor, mode="min")
         results["saved_weights"] = {"phase": last_phase, "epoch": int(kept["epoch"]) + 1}
+    output_dir = environment.output_dir
     if data.validation is not None:
         true, predicted = reports.predict_labels(model, data.validation)
         matrix = reports.confusion_matrix(true, predicted, len(data.class_names))
         # Measured on the saved model, whichever epoch's weights it holds.
         results["saved_model_val_accuracy"] = float(matrix.trace() / max(matrix.sum(), 1))
-        report = reports.classification_report(matrix, data.class_names)
-        report["confusion_matrix"] = matrix.tolist()
-        results["validation_report"] = report
+        validation_report = reports.classification_report(matrix, data.class_names)
+        validation_report["confusion_matrix"] = matrix.tolist()
+        results["validation_report"] = validation_report
         reports.plot_confusion_matrix(
             matrix, data.class_names, os.path.join(output_dir, "confusion_matrix.png")
         )
-        logger.info("validation report:\n%s", reports.format_report(report))
+        logger.info("validation report:\n%s", reports.format_report(validation_report))
     reports.plot_training_curves(history, os.path.join(output_dir, "training_curves.png"))
-    for export_format in config.export_formats():
-        results.setdefault("exports", {})[export_format] = export(model, output_dir, export_format)
     for phase in (training.PHASE_HEAD, training.PHASE_FINE_TUNE):
         if results[phase]:
             logger.info(
@@ -524,5 +637,13 @@ def export(model: keras.Model, output_dir: str, export_format: str) -> str:
         with open(temporary, "wb") as f:
             f.write(content)
 
-    _write_atomically(path, write)
+    reliability.write_atomically(path, write)
     return path
+
+
+def _write_json(output_dir: str, name: str, content: Any) -> None:
+    def write(path):
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(content, f, indent=2)
+
+    reliability.write_atomically(os.path.join(output_dir, name), write)

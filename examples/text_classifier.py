@@ -12,9 +12,13 @@ training_curves.png to --model_dir.
 
 `--data_path` is a TSV (.tsv/.txt) or CSV file with a header row; `--text_column` and
 `--label_column` name the columns.
+
+A failure prints one error line and a hint on stderr: exit 2 for a command line that cannot
+be used (an unknown or missing flag, a bad flag value), 1 for anything else. `--verbose`
+alone (or KERAS_TRANSFER_DEBUG=1) adds the traceback.
 """
 
-from absl import app
+import _cli
 from absl import flags
 
 import text_classifier_lib
@@ -52,7 +56,7 @@ flags.DEFINE_bool(
 )
 flags.DEFINE_integer("baseline_epochs", _DEFAULTS.baseline_epochs, "Epochs of the baseline.")
 flags.DEFINE_integer("seed", _DEFAULTS.seed, "Random seed (split, shuffling, initialisation).")
-flags.DEFINE_integer("verbose", _DEFAULTS.verbose, "Keras fit verbosity: 0, 1 or 2.")
+_cli.define_verbose_flag(_DEFAULTS.verbose, "Keras fit verbosity.")
 flags.mark_flags_as_required(["data_path", "model_dir"])
 
 
@@ -82,4 +86,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    _cli.run(main)

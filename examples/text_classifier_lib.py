@@ -7,7 +7,9 @@ The encoder is a KerasHub `BertBackbone` (e.g. all-MiniLM-L6-v2, which the PyPI 
 `keras_transfer.get_blocks` about them, so `freeze`, `unfreeze`, `fit_two_phase(unfreeze=...,
 lr_decay=...)` work on the classifier as on image models.
 
-`examples/text_classifier.py` holds only the flags and `main`; tests call `run` here.
+`run` composes the steps (`load_text_data` -> `split` -> `build_classifier` -> `train_model`
+-> `report` -> `save_model`, and `train_baseline` on request); `examples/text_classifier.py`
+holds only the flags and `main`.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import tensorflow as tf
 
 import keras_transfer as kt
 from keras_transfer import backbones
+from keras_transfer import reliability
 from keras_transfer import reports
 from keras_transfer import training
 
@@ -121,6 +124,11 @@ class Config:
 
 def load_text_data(config: Config) -> tuple[list[str], np.ndarray, list[str]]:
     """`(texts, integer labels, class names)` from a TSV/CSV file with a header row."""
+    if not os.path.isfile(config.data_path):
+        raise FileNotFoundError(
+            f"data_path={config.data_path!r} (--data_path) is not a file. Give a TSV or CSV "
+            "file with a header row."
+        )
     delimiter = "\t" if config.data_path.endswith((".tsv", ".txt")) else ","
     with open(config.data_path, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f, delimiter=delimiter))
@@ -238,7 +246,7 @@ def train_baseline(config: Config, train, validation, class_names) -> dict[str, 
         batches(train, True),
         validation_data=batches(validation, False),
         epochs=config.baseline_epochs,
-        verbose=config.verbose,
+        verbose=min(config.verbose, 2),
     )
     report = _evaluate(model, batches(validation, False), class_names)
     report["seconds"] = round(time.perf_counter() - start, 2)
@@ -252,25 +260,45 @@ def run(config: Config) -> dict[str, Any]:
     Writes to `config.model_dir`: `model.keras` (token ids in, class probabilities out),
     `labels.txt`, `results.json` (per-phase metrics, validation accuracy and per-class
     precision/recall/F1, the baseline's if requested, the configuration) and
-    `training_curves.png` (with matplotlib).
+    `training_curves.png` (with matplotlib). A run that fails before training (a missing
+    file or column, no encoder) creates no `model_dir`.
 
     Returns:
         The content of `results.json`.
     """
     start = time.perf_counter()
     keras.utils.set_random_seed(config.seed)
-    os.makedirs(config.model_dir, exist_ok=True)
-    preset = config.preset or default_preset()
     texts, labels, class_names = load_text_data(config)
     train, validation = split(
         texts, labels, config.validation_split, config.seed, config.max_examples
     )
     model, preprocessor = build_classifier(
-        preset, len(class_names), config.sequence_length, config.dropout
+        config.preset or default_preset(), len(class_names), config.sequence_length, config.dropout
     )
     train_data = _dataset(preprocessor, *train, config.batch_size, True, config.seed)
     validation_data = _dataset(preprocessor, *validation, config.batch_size, False, config.seed)
-    history = kt.fit_two_phase(
+    history = train_model(config, model, train_data, validation_data)
+    results = report(config, model, history, validation_data, class_names)
+    results["num_train"], results["num_validation"] = len(train[0]), len(validation[0])
+    save_model(model, class_names, config.model_dir)
+    reports.plot_training_curves(history, os.path.join(config.model_dir, "training_curves.png"))
+    results["config"] = dataclasses.asdict(config)
+    if config.baseline:
+        results["baseline"] = train_baseline(config, train, validation, class_names)
+    results["total_seconds"] = round(time.perf_counter() - start, 2)
+    _write_json(os.path.join(config.model_dir, "results.json"), results)
+    logger.info("validation report:\n%s", reports.format_report(results["validation_report"]))
+    return results
+
+
+def train_model(
+    config: Config,
+    model: keras.Model,
+    train_data: tf.data.Dataset,
+    validation_data: tf.data.Dataset,
+) -> kt.TwoPhaseHistory:
+    """The head on the frozen encoder, then the top `config.unfreeze_blocks` fine-tuned."""
+    return kt.fit_two_phase(
         model,
         train_data,
         validation_data,
@@ -282,28 +310,43 @@ def run(config: Config) -> dict[str, Any]:
         lr_decay=config.lr_decay or None,
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
-        verbose=config.verbose,
+        # 3 is the binary's "2 and tracebacks"; Keras knows 0-2.
+        verbose=min(config.verbose, 2),
     )
-    report = _evaluate(model, validation_data, class_names)
-    model.save(os.path.join(config.model_dir, "model.keras"))
-    with open(os.path.join(config.model_dir, "labels.txt"), "w") as f:
-        f.write("\n".join(class_names) + "\n")
-    reports.plot_training_curves(history, os.path.join(config.model_dir, "training_curves.png"))
-    results: dict[str, Any] = {
+
+
+def report(
+    config: Config,
+    model: keras.Model,
+    history: kt.TwoPhaseHistory,
+    validation_data: tf.data.Dataset,
+    class_names: list[str],
+) -> dict[str, Any]:
+    """Per-phase metrics, the blocks fine-tuned and the validation report of `model`."""
+    return {
         "feature_extraction": history.phase_summary(training.PHASE_HEAD),
         "fine_tune": history.phase_summary(training.PHASE_FINE_TUNE),
         "unfrozen_blocks": history.unfrozen_blocks,
         "blocks": [block.name for block in kt.get_blocks(model)],
         "class_names": class_names,
-        "num_train": len(train[0]),
-        "num_validation": len(validation[0]),
-        "validation_report": report,
-        "config": dataclasses.asdict(config),
+        "validation_report": _evaluate(model, validation_data, class_names),
     }
-    if config.baseline:
-        results["baseline"] = train_baseline(config, train, validation, class_names)
-    results["total_seconds"] = round(time.perf_counter() - start, 2)
-    with open(os.path.join(config.model_dir, "results.json"), "w") as f:
-        json.dump(results, f, indent=2)
-    logger.info("validation report:\n%s", reports.format_report(report))
-    return results
+
+
+def save_model(model: keras.Model, class_names: list[str], model_dir: str) -> None:
+    """`model.keras` and `labels.txt` (line i = output i), each replaced atomically."""
+    kt.save_model(model, os.path.join(model_dir, "model.keras"))
+
+    def write_labels(path):
+        with open(path, "w", encoding="utf-8") as f:
+            f.write("\n".join(class_names) + "\n")
+
+    reliability.write_atomically(os.path.join(model_dir, "labels.txt"), write_labels)
+
+
+def _write_json(path: str, content: Any) -> None:
+    def write(temporary):
+        with open(temporary, "w", encoding="utf-8") as f:
+            json.dump(content, f, indent=2)
+
+    reliability.write_atomically(path, write)

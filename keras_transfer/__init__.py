@@ -12,7 +12,6 @@ __version__ = "0.1.0"
 # also registers its serialisable classes, which `keras.saving.load_model` needs.
 from keras_transfer import backbones
 from keras_transfer import callbacks
-from keras_transfer import config
 from keras_transfer import data
 from keras_transfer import distribute
 from keras_transfer import features
@@ -42,7 +41,6 @@ from keras_transfer.backbones import register_backbone_prefix
 from keras_transfer.callbacks import BatchNormRecalibration
 from keras_transfer.callbacks import GradualUnfreezing
 from keras_transfer.callbacks import recalibrate_batchnorm
-from keras_transfer.config import ConfigError
 from keras_transfer.data import ImageData
 from keras_transfer.data import image_folder_dataset
 from keras_transfer.data import tfds_dataset
@@ -102,7 +100,6 @@ from keras_transfer.transfer_scores import transferability
 __all__ = [
     "backbones",
     "callbacks",
-    "config",
     "data",
     "distribute",
     "features",
@@ -129,7 +126,6 @@ __all__ = [
     "check_negative_transfer",
     "classification_report",
     "ClassificationHead",
-    "ConfigError",
     "confusion_matrix",
     "create_backbone",
     "create_classifier",

@@ -51,11 +51,6 @@ class ImageData:
     train_unaugmented: tf.data.Dataset | None = None
 
 
-def default_augmentation(seed: int | None = None) -> keras.layers.Pipeline:
-    """The Keras transfer-learning guide's augmentation: flip, small rotation and zoom."""
-    return augmentation_pipeline(("flip", "rotation", "zoom"), seed=seed)
-
-
 _AUGMENTATIONS = {
     "flip": lambda seed: keras.layers.RandomFlip("horizontal", seed=seed),
     "rotation": lambda seed: keras.layers.RandomRotation(0.1, seed=seed),

@@ -1,11 +1,12 @@
-"""Config files: YAML/JSON, recipe aliases, unknown keys and bad values, flags on top."""
+"""The example's config files (examples/_config.py): YAML/JSON, recipe aliases, unknown keys
+and bad values, flags on top."""
 
 import dataclasses
 import json
 
+import _config as config_lib
 import pytest
-
-from keras_transfer import config as config_lib
+from conftest import REPO_ROOT
 
 import image_classifier_lib
 
@@ -102,6 +103,6 @@ def test_example_config_choices_are_checked(tmp_path):
 
 @pytest.mark.parametrize("name", ["ants_vs_bees.yaml", "tf_flowers_tpu.yaml", "smoke.json"])
 def test_shipped_example_configs_load(name):
-    path = config_lib.__file__.replace("keras_transfer/config.py", f"examples/configs/{name}")
-    config = image_classifier_lib.load_config(path, {"model_dir": "/tmp/x"})
+    path = REPO_ROOT / "examples" / "configs" / name
+    config = image_classifier_lib.load_config(str(path), {"model_dir": "/tmp/x"})
     assert config.model_dir == "/tmp/x"

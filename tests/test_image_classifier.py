@@ -2,7 +2,9 @@
 flags in a subprocess."""
 
 import json
+import math
 import os
+import re
 import subprocess
 import sys
 
@@ -11,6 +13,7 @@ import numpy as np
 import pytest
 from interruption import InterruptAt
 
+import keras_transfer as kt
 from keras_transfer import data
 
 import image_classifier_lib
@@ -47,8 +50,11 @@ def test_run_writes_model_labels_and_results(image_folder, tmp_path):
     assert (model_dir / "labels.txt").read_text().split() == ["cats", "dogs"]
     on_disk = json.loads((model_dir / "results.json").read_text())
     assert on_disk == results
+    history = on_disk["history"]
     for phase, epochs in (("feature_extraction", 2), ("fine_tune", 1)):
-        assert 0.0 <= on_disk[phase]["val_accuracy"] <= 1.0
+        # Each phase's summary is its last epoch's metrics.
+        last = max(i for i, name in enumerate(history["phase"]) if name == phase)
+        assert on_disk[phase]["val_accuracy"] == history["val_accuracy"][last]
         assert on_disk[phase]["seconds"] > 0
         assert on_disk[phase]["epochs"] == epochs
     assert on_disk["unfrozen_blocks"] == ["conv_dw_12", "conv_dw_13"]
@@ -102,23 +108,132 @@ def test_binary_flags_and_main(image_folder, tmp_path):
     assert json.loads((model_dir / "results.json").read_text())["config"]["weights"] == "none"
 
 
-def test_binary_requires_data_dir(tmp_path):
-    completed = subprocess.run(
-        [sys.executable, EXAMPLE, f"--model_dir={tmp_path}"],
-        capture_output=True,
-        text=True,
-        timeout=300,
+# TensorFlow's C++ start-up log lines, which are not the example's own output.
+_TF_LOG = re.compile(r"^(?:[IWEF]\d{4} |WARNING: All log messages before absl::InitializeLog)")
+
+
+def run_binaries(script, cases):
+    """Runs `script` once per `{name: (args, extra environment)}`, in parallel; returns
+    `{name: (exit code, stderr, stderr lines that are not TensorFlow's log)}`."""
+    processes = {
+        name: subprocess.Popen(
+            [sys.executable, script, *args],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **env},
+        )
+        for name, (args, env) in cases.items()
+    }
+    results = {}
+    for name, process in processes.items():
+        _, stderr = process.communicate(timeout=300)
+        lines = [line for line in stderr.splitlines() if not _TF_LOG.match(line)]
+        results[name] = (process.returncode, stderr, lines)
+    return results
+
+
+def assert_one_line_error(name, result, code, *, says):
+    returncode, stderr, lines = result
+    assert returncode == code, (name, stderr[-2000:])
+    assert "Traceback" not in stderr, name
+    # One error line naming the problem, one hint line; no flag help.
+    assert len(lines) == 2, (name, lines)
+    assert lines[0].startswith("image_classifier.py: error: ") or lines[0].startswith(
+        "text_classifier.py: error: "
+    ), (name, lines)
+    assert says in lines[0], (name, lines)
+    assert lines[1].startswith("  hint: "), (name, lines)
+
+
+def test_binary_usage_errors_exit_2_with_one_line(image_folder, tmp_path):
+    root = image_folder({"x": 2, "y": 2})
+    results = run_binaries(
+        EXAMPLE,
+        {
+            "bad value": (
+                [f"--data_dir={root}", f"--model_dir={tmp_path / 'out'}", "--head_epochs=ten"],
+                {},
+            ),
+            "no model_dir": ([f"--data_dir={root}"], {}),
+        },
     )
-    assert completed.returncode != 0
-    assert "data_dir" in completed.stderr
+    assert_one_line_error("bad value", results["bad value"], 2, says="--head_epochs=ten")
+    assert_one_line_error("no model_dir", results["no model_dir"], 2, says="--model_dir")
+    assert not (tmp_path / "out").exists()
+
+
+def test_stray_arguments_are_usage_errors(capsys):
+    import _cli
+
+    def main(argv):
+        raise AssertionError("main must not run")
+
+    # `--verbose 1` used to set the level; now `--verbose` alone is 3 and "1" is left over.
+    with pytest.raises(SystemExit) as exit_info:
+        _cli._guarded(main, {})(["image_classifier.py", "1"])
+    assert exit_info.value.code == 2
+    error, hint = capsys.readouterr().err.splitlines()
+    assert "unexpected argument(s) '1': write flags as --name=value" in error
+    assert hint.startswith("  hint: ")
+
+
+def test_binary_errors_exit_1_with_one_line_and_no_model_dir(image_folder, tmp_path):
+    root = image_folder({"x": 2, "y": 2})
+    (tmp_path / "empty").mkdir()
+    bad_config = tmp_path / "bad.yaml"
+    bad_config.write_text(f"data_dir: {root}\nhead_lrr: 0.1\n")
+    tiny = ["--backbone=mobilenet", "--image_size=32", "--weights=none"]
+    results = run_binaries(
+        EXAMPLE,
+        {
+            "missing weights": (
+                [f"--data_dir={root}", f"--model_dir={tmp_path / 'a'}", "--weights=nope.h5"],
+                {},
+            ),
+            "bad config": ([f"--config={bad_config}", f"--model_dir={tmp_path / 'b'}"], {}),
+            "no classes": (
+                [f"--data_dir={tmp_path / 'empty'}", f"--model_dir={tmp_path / 'c'}", *tiny],
+                {},
+            ),
+        },
+    )
+    # The weights error talks about the flag, not the library call behind it.
+    assert_one_line_error("missing weights", results["missing weights"], 1, says="(--weights)")
+    assert "create_backbone" not in results["missing weights"][1]
+    assert_one_line_error("bad config", results["bad config"], 1, says="did you mean 'head_lr'")
+    # A runtime error after the backbone was built.
+    assert_one_line_error("no classes", results["no classes"], 1, says="No class folders")
+    assert "--verbose" in results["no classes"][2][1]
+    for name in "abc":
+        assert not (tmp_path / name).exists()
+
+
+def test_binary_shows_the_traceback_on_request(tmp_path):
+    (tmp_path / "empty").mkdir()
+    args = [f"--data_dir={tmp_path / 'empty'}", f"--model_dir={tmp_path / 'out'}"]
+    args += ["--backbone=mobilenet", "--image_size=32", "--weights=none"]
+    results = run_binaries(
+        EXAMPLE,
+        {
+            "--verbose": ([*args, "--verbose"], {}),
+            "KERAS_TRANSFER_DEBUG": (args, {"KERAS_TRANSFER_DEBUG": "1"}),
+        },
+    )
+    for name, (returncode, stderr, lines) in results.items():
+        assert returncode == 1, (name, stderr[-2000:])
+        assert "Traceback (most recent call last)" in stderr, name
+        assert "image_classifier_lib.py" in stderr, name  # where it came from
+        assert lines[-1].startswith("image_classifier.py: error: No class folders"), name
 
 
 def test_unknown_backbone_fails_before_loading_data(tmp_path):
+    (tmp_path / "empty").mkdir()  # loading it would fail: no class folders
     with pytest.raises(ValueError, match="Did you mean"):
         image_classifier_lib.run(
-            _config(tmp_path / "none", tmp_path / "out", backbone="mobilenet_v")
+            _config(tmp_path / "empty", tmp_path / "out", backbone="mobilenet_v")
         )
-    assert not np.any([p.endswith(".keras") for p in os.listdir(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.slow
@@ -175,8 +290,99 @@ def test_reports_and_resolved_config(image_folder, tmp_path):
         assert (model_dir / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_gradual_unfreezing_schedule_and_lr_options(image_folder, tmp_path):
+class _Recorder(keras.callbacks.Callback):
+    """Per training step: the model, its optimizer, the step's learning rate and the
+    trainable blocks (after `GradualUnfreezing`, which acts at epoch begin)."""
+
+    def __init__(self):
+        super().__init__()
+        self.steps = []
+
+    def on_train_batch_begin(self, batch, logs=None):
+        optimizer = self.model.optimizer
+        self.steps.append(
+            {
+                "model": self.model,
+                "optimizer": optimizer,
+                "learning_rate": float(keras.ops.convert_to_numpy(optimizer.learning_rate)),
+                "trainable_variables": [v.path for v in self.model.trainable_variables],
+            }
+        )
+
+    def optimizers(self):
+        """The optimizers in the order they trained (one per phase)."""
+        seen = []
+        for step in self.steps:
+            if not any(step["optimizer"] is o for o in seen):
+                seen.append(step["optimizer"])
+        return seen
+
+    def learning_rates(self, optimizer):
+        return [s["learning_rate"] for s in self.steps if s["optimizer"] is optimizer]
+
+
+def _warmup_cosine(peak, steps, warmup=1):
+    """The rate of each step of `steps`: linear from 0 over `warmup`, cosine to peak / 100."""
+    floor = peak * 0.01
+    rates = []
+    for t in range(steps):
+        if t < warmup:
+            rates.append(peak * t / warmup)
+        else:
+            progress = (t - warmup) / (steps - warmup)
+            rates.append(floor + (peak - floor) * (1 + math.cos(math.pi * progress)) / 2)
+    return rates
+
+
+def test_lr_decay_cosine_warmup_and_weight_decay_reach_the_optimizers(image_folder, tmp_path):
     root = image_folder({"a": 6, "b": 6})
+    recorder = _Recorder()
+    head_lr, fine_tune_lr = 1e-3, 1e-4
+    image_classifier_lib.run(
+        _config(
+            root,
+            tmp_path / "out",
+            validation_split=0.25,  # 9 training images, 3 steps of 4 per epoch
+            batch_size=4,
+            head_epochs=1,
+            fine_tune_epochs=1,
+            unfreeze_blocks="2",
+            head_lr=head_lr,
+            fine_tune_lr=fine_tune_lr,
+            lr_decay=0.5,
+            lr_schedule="cosine",
+            warmup_steps=1,
+            weight_decay=1e-4,
+            augment="",
+        ),
+        callbacks=[recorder],
+    )
+    head, fine_tune = recorder.optimizers()
+    # AdamW with the weight decay in both phases; per-block rates only in fine-tuning.
+    for optimizer in (head, fine_tune):
+        assert isinstance(optimizer, keras.optimizers.AdamW)
+        assert optimizer.weight_decay == pytest.approx(1e-4)
+    assert not isinstance(head, kt.optimizers.LayerwiseLearningRate)
+    assert isinstance(fine_tune, kt.optimizers.LayerwiseLearningRate)
+    model = next(s["model"] for s in recorder.steps if s["optimizer"] is fine_tune)
+    block_of = {id(v): b.name for b in kt.get_blocks(model) for v in b.variables}
+    multipliers = {}
+    for variable, multiplier in zip(
+        model.trainable_variables, fine_tune.resolve_multipliers(model.trainable_variables)
+    ):
+        multipliers.setdefault(block_of.get(id(variable), "head"), set()).add(multiplier)
+    # The top block lr * 0.5, the one below lr * 0.25, the head the full rate.
+    assert multipliers == {"conv_dw_13": {0.5}, "conv_dw_12": {0.25}, "head": {1.0}}
+    # Each phase warms up over 1 step, then decays on a cosine over its own 3 steps.
+    np.testing.assert_allclose(recorder.learning_rates(head), _warmup_cosine(head_lr, 3))
+    np.testing.assert_allclose(
+        recorder.learning_rates(fine_tune), _warmup_cosine(fine_tune_lr, 3), rtol=1e-6
+    )
+
+
+def test_gradual_unfreezing_follows_the_schedule(image_folder, tmp_path):
+    root = image_folder({"a": 6, "b": 6})
+    recorder = _Recorder()
     results = image_classifier_lib.run(
         _config(
             root,
@@ -185,34 +391,126 @@ def test_gradual_unfreezing_schedule_and_lr_options(image_folder, tmp_path):
             head_epochs=1,
             fine_tune_epochs=2,
             unfreeze_schedule="1:1,2:3",
-            lr_decay=0.5,
-            lr_schedule="cosine",
-            warmup_steps=1,
-            weight_decay=1e-4,
-            patience=5,
             augment="",
-        )
+        ),
+        callbacks=[recorder],
     )
-    # One timeline of 3 epochs; at the end the top 3 blocks train.
+    # One timeline of 3 epochs (2 steps each) and one optimizer at the head's rate.
     assert results["history"]["epoch"] == [0, 1, 2]
+    (optimizer,) = recorder.optimizers()
+    assert float(optimizer.learning_rate) == pytest.approx(1e-3)
+    model = recorder.steps[0]["model"]
+    block_of = {v.path: b.name for b in kt.get_blocks(model) for v in b.variables}
+    trained_blocks = [
+        sorted({block_of[p] for p in step["trainable_variables"] if p in block_of})
+        for step in recorder.steps[::2]
+    ]
+    assert trained_blocks == [[], ["conv_dw_13"], ["conv_dw_11", "conv_dw_12", "conv_dw_13"]]
     assert results["unfrozen_blocks"] == ["conv_dw_11", "conv_dw_12", "conv_dw_13"]
 
 
-def test_early_stopping_stops_a_phase(image_folder, tmp_path):
+class _ScriptedValLoss(keras.callbacks.Callback):
+    """Replaces each epoch's `val_loss` with the next value of the current phase's script,
+    before the example's `EarlyStopping` (listed after it) reads it."""
+
+    def __init__(self, *phases):
+        super().__init__()
+        self.phases = [list(p) for p in phases]
+        self.phase = -1
+
+    def on_train_begin(self, logs=None):
+        self.phase += 1
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs["val_loss"] = self.phases[self.phase].pop(0)
+
+
+def test_early_stopping_stops_each_phase_after_patience_epochs_without_improvement(
+    image_folder, tmp_path
+):
     root = image_folder({"a": 6, "b": 6})
+    script = _ScriptedValLoss([1.0, 0.9, 0.95, 0.97, 0.5], [0.8, 0.85, 0.86, 0.1])
     results = image_classifier_lib.run(
         _config(
             root,
             tmp_path / "out",
             validation_split=0.25,
-            head_epochs=6,
-            fine_tune_epochs=0,
-            head_lr=0.0,  # nothing improves: stops after 1 + patience epochs
-            patience=1,
+            head_epochs=5,
+            fine_tune_epochs=4,
+            patience=2,
             augment="",
-        )
+        ),
+        callbacks=[script],
     )
-    assert results["feature_extraction"]["epochs"] == 2
+    # Best at epoch 2 (0.9), then 2 epochs without improvement: 4 of 5 head epochs. The
+    # fine-tuning phase counts afresh: 0.8, then 2 worse epochs, 3 of 4.
+    assert results["feature_extraction"]["epochs"] == 4
+    assert results["fine_tune"]["epochs"] == 3
+
+
+class _ChangedVariables(keras.callbacks.Callback):
+    """The paths of the variables each `fit` changed, and the blocks it trained."""
+
+    def __init__(self):
+        super().__init__()
+        self.changed, self.trainable_blocks, self._before = [], [], {}
+
+    def on_train_begin(self, logs=None):
+        self._before = {v.path: np.array(v) for v in self.model.weights}
+        self.trainable_blocks.append(kt.trainable_blocks(self.model))
+
+    def on_train_end(self, logs=None):
+        self.changed.append(
+            {
+                v.path
+                for v in self.model.weights
+                if not np.array_equal(self._before[v.path], np.array(v))
+            }
+        )
+
+
+@pytest.mark.parametrize("freeze_strategy", ["none", "all_frozen"])
+def test_freeze_strategy_decides_which_variables_train(image_folder, tmp_path, freeze_strategy):
+    root = image_folder({"a": 6, "b": 6})
+    watcher, recorder = _ChangedVariables(), _Recorder()
+    results = image_classifier_lib.run(
+        _config(
+            root,
+            tmp_path / "out",
+            validation_split=0.25,
+            head_epochs=1,
+            fine_tune_epochs=1,
+            freeze_strategy=freeze_strategy,
+            fine_tune_lr=1e-4,
+            cache_features=False,  # the whole model in every phase, for the watcher
+            ema_momentum=0.0,
+            augment="",
+        ),
+        callbacks=[watcher, recorder],
+    )
+    model = recorder.steps[0]["model"]
+    blocks = kt.get_blocks(model)
+    backbone_paths = {v.path for b in blocks for v in b.variables}
+    (changed,) = watcher.changed  # one fit either way
+    (trainable_blocks,) = watcher.trainable_blocks
+    if freeze_strategy == "none":
+        # Everything trains from the first epoch, for head + fine-tune epochs, at the
+        # fine-tuning rate.
+        assert results["history"]["phase"] == ["fine_tune", "fine_tune"]
+        assert trainable_blocks == [b.name for b in blocks]
+        assert results["unfrozen_blocks"] == [b.name for b in blocks]
+        (optimizer,) = recorder.optimizers()
+        assert float(optimizer.learning_rate) == pytest.approx(1e-4)
+        block_of = {v.path: b.name for b in blocks for v in b.variables}
+        first_step = recorder.steps[0]["trainable_variables"]
+        assert {block_of[p] for p in first_step if p in block_of} == {b.name for b in blocks}
+        assert changed <= set(first_step) and changed - backbone_paths  # the head trained
+    else:
+        # The head alone trains; no fine-tuning phase.
+        assert results["history"]["phase"] == ["feature_extraction"]
+        assert results["fine_tune"] == {}
+        assert trainable_blocks == []
+        assert changed and not changed & backbone_paths
 
 
 @pytest.mark.slow
@@ -252,17 +550,6 @@ def test_binary_config_file_and_flag_override(image_folder, tmp_path):
     resolved = json.loads((model_dir / "config.json").read_text())
     assert (resolved["head_epochs"], resolved["fine_tune_epochs"]) == (1, 1)
     assert resolved["backbone"] == "mobilenet"
-
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("head_lrr: 0.1\n")
-    completed = subprocess.run(
-        [sys.executable, EXAMPLE, f"--config={bad}", f"--model_dir={model_dir}"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert completed.returncode != 0
-    assert "did you mean 'head_lr'" in completed.stderr
 
 
 def test_cached_head_phase_then_fine_tuning_on_one_timeline_with_best_weights_kept(

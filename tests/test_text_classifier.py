@@ -88,7 +88,13 @@ def test_run_trains_both_phases_and_reports(sms_file, tmp_path):
     report = results["validation_report"]
     assert report["accuracy"] == pytest.approx(results["fine_tune"]["val_accuracy"], abs=1e-6)
     assert set(report["per_class"]) == {"ham", "spam"}
-    assert 0.0 <= results["baseline"]["accuracy"] <= 1.0
+    # The baseline is evaluated on the same validation split, for as many epochs as asked.
+    baseline = results["baseline"]
+    matrix = np.array(baseline["confusion_matrix"])
+    assert matrix.sum() == results["num_validation"]
+    assert baseline["accuracy"] == pytest.approx(matrix.trace() / matrix.sum())
+    assert set(baseline["per_class"]) == {"ham", "spam"}
+    assert baseline["epochs"] == 1
     on_disk = json.loads((tmp_path / "out" / "results.json").read_text())
     assert on_disk["validation_report"] == report
 
@@ -133,3 +139,22 @@ def test_binary(sms_file, tmp_path):
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert "fine-tuned encoder: val_accuracy=" in completed.stdout
     assert "spam: precision=" in completed.stdout
+
+
+def test_binary_errors_are_one_line_with_exit_codes(tmp_path):
+    from test_image_classifier import assert_one_line_error
+    from test_image_classifier import run_binaries
+
+    results = run_binaries(
+        EXAMPLE,
+        {
+            "missing file": (
+                [f"--data_path={tmp_path / 'nope.tsv'}", f"--model_dir={tmp_path / 'out'}"],
+                {},
+            ),
+            "missing flag": ([f"--data_path={tmp_path / 'nope.tsv'}"], {}),
+        },
+    )
+    assert_one_line_error("missing file", results["missing file"], 1, says="(--data_path)")
+    assert_one_line_error("missing flag", results["missing flag"], 2, says="--model_dir")
+    assert not (tmp_path / "out").exists()

@@ -1,15 +1,17 @@
-"""Run configurations from YAML or JSON files, checked against a dataclass.
+"""The example binaries' `--config` files: YAML or JSON, checked against a settings dataclass.
 
 A file holds the settings of a run (the `transfer_config` of a recipe), either at the top
-level or under a `transfer_config:` key. `config_from_file` maps it onto a dataclass of
-settings: unknown keys and values of the wrong type are errors that name the key, the file
-and the fix; recipe names (`source_model`, `backbone_lr`, `lr_decay_per_layer`,
-`scheduler`, `early_stopping_patience`, `epochs: {head, fine_tune}`) are accepted as
-aliases of the dataclass fields. Command-line flags given explicitly override the file.
+level or under a `transfer_config:` key. `build_config` maps it onto the example's dataclass
+of settings: unknown keys and values of the wrong type are errors that name the key, the
+file and the fix; recipe names (`source_model`, `backbone_lr`, `lr_decay_per_layer`,
+`scheduler`, `early_stopping_patience`, `unfreeze`, `epochs: {head, fine_tune}`) are
+accepted as aliases of the dataclass fields. Command-line flags given explicitly override
+the file.
 
-Example:
->>> values = read_config_file("configs/ants_vs_bees.yaml")
->>> config = build_config(image_classifier_lib.Config, values, overrides={"head_epochs": 3})
+```python
+values = read_config_file("examples/configs/ants_vs_bees.yaml")
+config = build_config(image_classifier_lib.Config, values, overrides={"head_epochs": 3})
+```
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import types
 import typing
 from collections.abc import Mapping
 from typing import Any
+
+__all__ = ["ConfigError", "TRANSFER_CONFIG_ALIASES", "build_config", "read_config_file"]
 
 # Recipe key -> dataclass field.
 TRANSFER_CONFIG_ALIASES = {
@@ -45,7 +49,7 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
     if not os.path.isfile(path):
         raise ConfigError(f"Config file {path!r} does not exist.")
     extension = os.path.splitext(path)[1].lower()
-    with open(path) as f:
+    with open(path, encoding="utf-8") as f:
         text = f.read()
     try:
         if extension in (".yaml", ".yml"):

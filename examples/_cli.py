@@ -1,0 +1,166 @@
+"""What the example binaries share on the command line: one-line errors, exit codes, `--verbose`.
+
+A failed run prints one line saying what went wrong and one hint line on stderr, not a
+traceback and not the flags' help:
+
+- exit 2: the command line cannot be used (an unknown flag, a value of the wrong type, a
+  missing required flag, a stray argument; `absl.app.UsageError` from `main`);
+- exit 1: anything else that fails (a setting that parses but cannot be used, a missing
+  file, an error during training).
+
+`--verbose` without a value (level 3: Keras' one line per epoch, plus tracebacks) or the
+environment variable `KERAS_TRANSFER_DEBUG=1` prints the traceback as well.
+
+```python
+_cli.define_verbose_flag(default=2, help="Keras fit verbosity ...")
+if __name__ == "__main__":
+    _cli.run(main)
+```
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from typing import Any
+from typing import NoReturn
+
+from absl import app
+from absl import flags
+
+__all__ = [
+    "DEBUG_ENV",
+    "EXIT_ERROR",
+    "EXIT_USAGE",
+    "TRACEBACK_VERBOSITY",
+    "define_verbose_flag",
+    "fit_verbosity",
+    "run",
+]
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+DEBUG_ENV = "KERAS_TRANSFER_DEBUG"
+# `--verbose` with no value: Keras' one line per epoch, and the traceback of an error.
+TRACEBACK_VERBOSITY = 3
+
+FLAGS = flags.FLAGS
+
+
+class _VerbosityParser(flags.ArgumentParser):
+    """0-3, where a bare `--verbose` means 3 and `--noverbose` 0."""
+
+    def parse(self, argument: Any) -> int:
+        if isinstance(argument, bool):
+            return TRACEBACK_VERBOSITY if argument else 0
+        text = str(argument).strip().lower()
+        if text in ("true", "false"):
+            return TRACEBACK_VERBOSITY if text == "true" else 0
+        try:
+            value = int(text)
+        except ValueError:
+            value = -1
+        if not 0 <= value <= TRACEBACK_VERBOSITY:
+            raise ValueError(f"expected 0, 1, 2 or 3 (or --verbose alone for 3), got {argument!r}")
+        return value
+
+    def flag_type(self) -> str:
+        return "int"
+
+
+def define_verbose_flag(default: int, help: str) -> None:
+    """Defines `--verbose`: 0 silent, 1 progress bar, 2 one line per epoch, 3 (or a bare
+    `--verbose`) also a traceback for errors."""
+    flags.DEFINE_flag(
+        flags.Flag(
+            _VerbosityParser(),
+            flags.ArgumentSerializer(),
+            "verbose",
+            default,
+            f"{help} 0: silent, 1: progress bar, 2: one line per epoch, 3 (or --verbose alone): "
+            "as 2, and errors show their traceback.",
+            boolean=True,
+        )
+    )
+
+
+def fit_verbosity(verbose: int) -> int:
+    """The `verbose` Keras' `fit` accepts (0-2) for a level of `--verbose`."""
+    return min(int(verbose), 2)
+
+
+def _program() -> str:
+    return os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "example"
+
+
+def _show_traceback() -> bool:
+    if os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no"):
+        return True
+    try:
+        return FLAGS["verbose"].value >= TRACEBACK_VERBOSITY
+    except (KeyError, TypeError, flags.UnparsedFlagAccessError):
+        return False
+
+
+def _fail(message: str, hint: str, code: int) -> NoReturn:
+    sys.stderr.write(f"{_program()}: error: {message}\n" + (f"  hint: {hint}\n" if hint else ""))
+    sys.stderr.flush()
+    sys.exit(code)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    try:
+        return FLAGS(argv)
+    except flags.Error as error:
+        _fail(
+            " ".join(str(error).split()),
+            f"`{_program()} --helpshort` lists the flags and their values.",
+            EXIT_USAGE,
+        )
+
+
+def _first_line_and_rest(error: BaseException) -> tuple[str, str]:
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__, ""
+    return lines[0], " ".join(lines[1:])
+
+
+def _guarded(main: Callable[[list[str]], Any], hints: dict[type, str]) -> Callable:
+    def guarded_main(argv: list[str]) -> Any:
+        try:
+            if len(argv) > 1:
+                raise app.UsageError(
+                    f"unexpected argument(s) {' '.join(map(repr, argv[1:]))}: write flags as "
+                    "--name=value (a bare --verbose takes no value)."
+                )
+            return main(argv)
+        except Exception as error:  # noqa: BLE001 - the one place errors become exit codes
+            usage = isinstance(error, app.UsageError | flags.Error)
+            message, rest = _first_line_and_rest(error)
+            hint = next((text for kind, text in hints.items() if isinstance(error, kind)), rest)
+            if _show_traceback():
+                traceback.print_exc()
+            elif not usage:
+                hint = (hint + " " if hint else "") + (
+                    f"(--verbose or {DEBUG_ENV}=1 shows the traceback.)"
+                )
+            if usage and not hint:
+                hint = f"`{_program()} --helpshort` lists the flags and their values."
+            _fail(message, hint, EXIT_USAGE if usage else EXIT_ERROR)
+
+    return guarded_main
+
+
+def run(main: Callable[[list[str]], Any], hints: dict[type, str] | None = None) -> None:
+    """`absl.app.run(main)` with one-line errors and the exit codes of the module docstring.
+
+    Args:
+        main: the binary's `main(argv)`.
+        hints: `{exception class: hint}` for errors whose own message does not say which
+            flag to change (the first matching class wins); otherwise the hint is the rest
+            of the error's message after its first line.
+    """
+    app.run(_guarded(main, dict(hints or {})), flags_parser=_parse_flags)

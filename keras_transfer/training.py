@@ -15,6 +15,7 @@ import tensorflow as tf
 
 from keras_transfer import freezing
 from keras_transfer import heads
+from keras_transfer import lora
 from keras_transfer import optimizers
 from keras_transfer import reliability
 
@@ -106,6 +107,9 @@ def fit_two_phase(
     backup_dir: str | os.PathLike | None = None,
     nan_guard: bool = True,
     initial_epoch: int = 0,
+    fine_tune: str = "full",
+    lora_rank: int = 8,
+    lora_alpha: float | None = None,
     **fit_kwargs: Any,
 ) -> TwoPhaseHistory:
     """Trains the head with the backbone frozen, then fine-tunes the top blocks.
@@ -158,6 +162,9 @@ def fit_two_phase(
             (as in `model.fit`): phase 1 runs epochs `initial_epoch` to
             `initial_epoch + head_epochs - 1`, phase 2 the next `fine_tune_epochs`.
             Callbacks, the returned history and the backup all use these numbers.
+        fine_tune: `"full"` trains the unfrozen blocks' weights in phase 2; `"lora"` trains
+            low-rank updates of their layers instead (`keras_transfer.enable_lora`).
+        lora_rank, lora_alpha: LoRA rank and alpha when `fine_tune="lora"`.
         **fit_kwargs: extra `fit` arguments (`class_weight`, `verbose`, ...).
 
     Returns:
@@ -184,6 +191,13 @@ def fit_two_phase(
     unfreeze_kwargs = freezing.unfreeze_request(unfreeze)
     # Validate the fine-tuning request before spending time on phase 1.
     freezing.select_blocks(freezing.backbone_and_blocks(model)[1], **unfreeze_kwargs)
+    if fine_tune not in ("full", "lora"):
+        raise ValueError(f"fine_tune must be 'full' or 'lora', got {fine_tune!r}.")
+    if fine_tune == "lora":
+        lora.check_lora_request(model, lora_rank, lora_alpha, **unfreeze_kwargs)
+        if backup_dir is not None:
+            # Keras' weights files merge LoRA into the kernels and reload zero LoRA matrices.
+            raise ValueError("backup_dir is not supported with fine_tune='lora' yet.")
 
     state = None
     if backup_dir is not None:
@@ -242,7 +256,13 @@ def fit_two_phase(
         )
         result.add(PHASE_HEAD, history, time.perf_counter() - start)
     if fine_tune_epochs:
-        result.unfrozen_blocks = freezing.unfreeze(model, train_bn=train_bn, **unfreeze_kwargs)
+        if fine_tune == "lora":
+            summary = lora.enable_lora(
+                model, lora_rank, lora_alpha, **unfreeze_kwargs, train_bn=train_bn
+            )
+            result.unfrozen_blocks = summary.blocks
+        else:
+            result.unfrozen_blocks = freezing.unfreeze(model, train_bn=train_bn, **unfreeze_kwargs)
         fine_tune = make_fine_tune_optimizer(fine_tune_lr)
         if lr_decay is not None:
             multipliers = optimizers.layer_decay_multipliers(model, lr_decay)

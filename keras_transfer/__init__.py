@@ -19,6 +19,7 @@ from keras_transfer import features
 from keras_transfer import freezing
 from keras_transfer import heads
 from keras_transfer import hub
+from keras_transfer import lora
 from keras_transfer import lr_finder
 from keras_transfer import optimizers
 from keras_transfer import preprocessing
@@ -61,6 +62,12 @@ from keras_transfer.heads import TransferClassifier
 from keras_transfer.heads import create_classifier
 from keras_transfer.hub import HubBackbone
 from keras_transfer.hub import HubModuleUnavailableError
+from keras_transfer.lora import LoraSummary
+from keras_transfer.lora import enable_lora
+from keras_transfer.lora import load_adapter
+from keras_transfer.lora import merge_lora
+from keras_transfer.lora import resume_lora
+from keras_transfer.lora import save_adapter
 from keras_transfer.lr_finder import find_learning_rate
 from keras_transfer.optimizers import layer_decay_multipliers
 from keras_transfer.optimizers import with_layerwise_lr
@@ -96,6 +103,7 @@ __all__ = [
     "freezing",
     "heads",
     "hub",
+    "lora",
     "lr_finder",
     "optimizers",
     "preprocessing",
@@ -119,6 +127,7 @@ __all__ = [
     "create_backbone",
     "create_classifier",
     "create_strategy",
+    "enable_lora",
     "enable_multi_worker_fit",
     "extract_features",
     "feature_extractor",
@@ -138,6 +147,9 @@ __all__ = [
     "ImagePreprocessing",
     "layer_decay_multipliers",
     "list_backbones",
+    "load_adapter",
+    "LoraSummary",
+    "merge_lora",
     "MultiWorkerFitMixin",
     "NegativeTransferWarning",
     "NonFiniteGuard",
@@ -150,6 +162,8 @@ __all__ = [
     "Recipe",
     "recommend_recipe",
     "register_backbone",
+    "resume_lora",
+    "save_adapter",
     "save_model",
     "scratch_model",
     "set_mixed_precision",

@@ -112,6 +112,11 @@ class Config:
     head_lr: float = 1e-3
     fine_tune_lr: float = 5e-5
     lr_decay: float = 0.0  # 0: one learning rate for all blocks
+    # "lora": fine-tune LoRA updates of the query/value projections of the unfrozen blocks;
+    # adapter.weights.h5 is written beside the model.
+    fine_tune: str = "full"
+    lora_rank: int = 8
+    lora_alpha: float = 0.0  # 0: the rank
     dropout: float = 0.1
     baseline: bool = False  # also train a from-scratch bag-of-embeddings model
     baseline_epochs: int = 10
@@ -280,12 +285,17 @@ def run(config: Config) -> dict[str, Any]:
         fine_tune_lr=config.fine_tune_lr,
         unfreeze=config.unfreeze_blocks,
         lr_decay=config.lr_decay or None,
+        fine_tune=config.fine_tune,
+        lora_rank=config.lora_rank,
+        lora_alpha=config.lora_alpha or None,
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
         verbose=config.verbose,
     )
     report = _evaluate(model, validation_data, class_names)
     model.save(os.path.join(config.model_dir, "model.keras"))
+    if kt.lora.lora_layers(model):
+        kt.save_adapter(model, os.path.join(config.model_dir, "adapter.weights.h5"))
     with open(os.path.join(config.model_dir, "labels.txt"), "w") as f:
         f.write("\n".join(class_names) + "\n")
     reports.plot_training_curves(history, os.path.join(config.model_dir, "training_curves.png"))

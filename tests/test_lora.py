@@ -374,7 +374,7 @@ def test_mirrored_strategy_on_two_logical_cpus(tmp_path):
         ("mobilenet_v2", {"alpha": 0.35}, True),
         ("mobilenet_v3_small", {"minimalistic": True}, True),
         ("efficientnet_b0", {}, True),
-        ("convnext_tiny", {}, True),
+        ("convnext_tiny", {}, False),  # depthwise = grouped Conv2D: adaptable
         ("vgg16", {}, False),
     ],
 )

@@ -87,6 +87,15 @@ class LoraSummary:
         train_bn: whether BatchNormalization layers train (else frozen, inference mode).
         trainable_params: parameters `fit` will update (LoRA matrices, head, BN if trained).
         total_params: all parameters of the model, LoRA matrices included.
+
+    Example:
+
+    ```python
+    summary = kt.enable_lora(model, rank=4)
+    print(summary)                      # readable: adapted, not adaptable, parameters
+    summary.not_adaptable               # [("conv_dw_1", "DepthwiseConv2D"), ...]
+    summary.trainable_fraction          # e.g. 0.014
+    ```
     """
 
     rank: int
@@ -684,6 +693,13 @@ def load_adapter(model: keras.Model, path: str | os.PathLike) -> dict[str, Any]:
                 f"The adapter {path!r} has LoRA rank {rank} but the model's LoRA layers have "
                 f"rank {model_ranks}. Load it into a model without LoRA (it enables LoRA with "
                 "the adapter's rank) or one enabled with the same rank."
+            )
+        model_alphas = sorted({float(layer.lora_alpha) for layer in existing})
+        if model_alphas != ([float(alpha)] if not isinstance(alpha, list) else sorted(alpha)):
+            raise ValueError(
+                f"The adapter {path!r} has LoRA alpha {alpha} but the model's LoRA layers have "
+                f"alpha {model_alphas}: the same matrices would scale differently. Load it into "
+                "a model without LoRA, or enable LoRA with the adapter's alpha."
             )
         model_layers = {_layer_path(layer) for layer in existing}
         if model_layers != set(metadata["layers"]):

@@ -185,7 +185,8 @@ def _layer_path(layer: keras.layers.Layer) -> str:
 
 def lora_layers(model: keras.Model) -> list[keras.layers.Layer]:
     """The layers of `model` with LoRA enabled."""
-    return [layer for layer in _leaves([model]) if getattr(layer, "lora_enabled", False)]
+    layers = [layer for layer in _leaves([model]) if getattr(layer, "lora_enabled", False)]
+    return sorted(layers, key=_layer_path)
 
 
 def _max_rank(layer: keras.layers.Layer) -> int:

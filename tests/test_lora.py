@@ -224,12 +224,10 @@ def test_resume_after_keras_reload_trains_again(tmp_path):
 
     reloaded = keras.saving.load_model(tmp_path / "model.keras")
     np.testing.assert_allclose(reloaded.predict(X, verbose=0), expected, atol=1e-5)
-    # What Keras gives back: zero LoRA matrices, hence zero gradients; fit cannot move them.
-    before = snapshot(reloaded)
-    train(reloaded, epochs=1)
-    assert not changed_paths(before, reloaded) & lora_paths(reloaded)
-
-    reloaded = keras.saving.load_model(tmp_path / "model.keras")
+    # What Keras gives back: both LoRA matrices zero, hence both gradients zero.
+    assert not any(
+        np.any(keras.ops.convert_to_numpy(v)) for v in reloaded.weights if "lora" in v.path
+    )
     resumed = kt.resume_lora(reloaded)
     assert len(resumed) == 14
     np.testing.assert_allclose(reloaded.predict(X, verbose=0), expected, atol=1e-5)

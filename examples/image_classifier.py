@@ -120,6 +120,15 @@ flags.DEFINE_float(
     "Per-block learning-rate decay in fine-tuning (block i of L gets lr * decay**(L-i)); 0: off.",
 )
 flags.DEFINE_enum(
+    "fine_tune",
+    _DEFAULTS.fine_tune,
+    ["full", "lora"],
+    "Phase 2: 'full' trains the unfrozen blocks' weights, 'lora' low-rank updates of their "
+    "layers (adapter.weights.h5 is written beside the model; --resume does not apply).",
+)
+flags.DEFINE_integer("lora_rank", _DEFAULTS.lora_rank, "LoRA rank with --fine_tune=lora.")
+flags.DEFINE_float("lora_alpha", _DEFAULTS.lora_alpha, "LoRA alpha; 0 for the rank.")
+flags.DEFINE_enum(
     "lr_schedule",
     _DEFAULTS.lr_schedule,
     image_classifier_lib.LR_SCHEDULES,

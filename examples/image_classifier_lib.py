@@ -85,6 +85,11 @@ class Config:
     # first fine-tuning epoch; 2e-5 improved it steadily. 0 means head_lr / 10.
     fine_tune_lr: float = 2e-5
     lr_decay: float = 0.0  # 0: one learning rate for all blocks
+    # "lora": phase 2 trains LoRA updates of the unfrozen blocks (keras_transfer.enable_lora)
+    # and writes adapter.weights.h5 beside the model.
+    fine_tune: str = "full"
+    lora_rank: int = 8
+    lora_alpha: float = 0.0  # 0: the rank
     lr_schedule: str = "constant"
     warmup_steps: int = 0
     weight_decay: float = 0.0
@@ -117,6 +122,9 @@ class Config:
                 )
 
         check("freeze_strategy", FREEZE_STRATEGIES)
+        check("fine_tune", ("full", "lora"))
+        if self.fine_tune == "lora" and self.resolved_freeze_strategy() == "gradual":
+            raise config_lib.ConfigError("fine_tune=lora does not combine with gradual unfreezing.")
         check("lr_schedule", LR_SCHEDULES)
         check("strategy", distribute.STRATEGIES)
         for name in ("head_epochs", "fine_tune_epochs", "patience", "warmup_steps"):
@@ -431,7 +439,13 @@ def train_model(
         fine_tune_optimizer=_optimizer_factory(config, plan["fine_tune_epochs"], batches),
         lr_decay=config.lr_decay or None,
         callbacks=callbacks,
-        backup_dir=os.path.join(output_dir, "backup") if config.resume else None,
+        # Keras' backups merge LoRA into the kernels: a LoRA run cannot resume from them.
+        backup_dir=os.path.join(output_dir, "backup")
+        if config.resume and config.fine_tune == "full"
+        else None,
+        fine_tune=config.fine_tune,
+        lora_rank=config.lora_rank,
+        lora_alpha=config.lora_alpha or None,
         verbose=min(config.verbose, 2),
     )
     cached = _use_feature_cache(config, plan, strategy, data)
@@ -540,6 +554,8 @@ def _optimizer_factory(config: Config, epochs: int, steps_per_epoch: int):
 def save_model(model: keras.Model, class_names: list[str], output_dir: str) -> None:
     """`model.keras` and `labels.txt` (line i = output i), each replaced atomically."""
     kt.save_model(model, os.path.join(output_dir, "model.keras"))
+    if kt.lora.lora_layers(model):
+        kt.save_adapter(model, os.path.join(output_dir, "adapter.weights.h5"))
 
     def write_labels(path):
         with open(path, "w", encoding="utf-8") as f:

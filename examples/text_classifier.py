@@ -50,6 +50,15 @@ flags.DEFINE_float("fine_tune_lr", _DEFAULTS.fine_tune_lr, "Learning rate of fin
 flags.DEFINE_float(
     "lr_decay", _DEFAULTS.lr_decay, "Per-block learning-rate decay in fine-tuning; 0: off."
 )
+flags.DEFINE_enum(
+    "fine_tune",
+    _DEFAULTS.fine_tune,
+    ["full", "lora"],
+    "Fine-tuning: 'full' trains the unfrozen blocks' weights, 'lora' LoRA updates of their "
+    "query/value projections (adapter.weights.h5 is written beside the model).",
+)
+flags.DEFINE_integer("lora_rank", _DEFAULTS.lora_rank, "LoRA rank with --fine_tune=lora.")
+flags.DEFINE_float("lora_alpha", _DEFAULTS.lora_alpha, "LoRA alpha; 0 for the rank.")
 flags.DEFINE_float("dropout", _DEFAULTS.dropout, "Dropout before the output layer.")
 flags.DEFINE_bool(
     "baseline", _DEFAULTS.baseline, "Also train a from-scratch embedding-bag baseline."

@@ -115,6 +115,11 @@ class Config:
     head_lr: float = 1e-3
     fine_tune_lr: float = 5e-5
     lr_decay: float = 0.0  # 0: one learning rate for all blocks
+    # "lora": fine-tune LoRA updates of the query/value projections of the unfrozen blocks;
+    # adapter.weights.h5 is written beside the model.
+    fine_tune: str = "full"
+    lora_rank: int = 8
+    lora_alpha: float = 0.0  # 0: the rank
     dropout: float = 0.1
     baseline: bool = False  # also train a from-scratch bag-of-embeddings model
     baseline_epochs: int = 10
@@ -308,6 +313,9 @@ def train_model(
         fine_tune_lr=config.fine_tune_lr,
         unfreeze=config.unfreeze_blocks,
         lr_decay=config.lr_decay or None,
+        fine_tune=config.fine_tune,
+        lora_rank=config.lora_rank,
+        lora_alpha=config.lora_alpha or None,
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
         # 3 is the binary's "2 and tracebacks"; Keras knows 0-2.
@@ -336,6 +344,8 @@ def report(
 def save_model(model: keras.Model, class_names: list[str], model_dir: str) -> None:
     """`model.keras` and `labels.txt` (line i = output i), each replaced atomically."""
     kt.save_model(model, os.path.join(model_dir, "model.keras"))
+    if kt.lora.lora_layers(model):
+        kt.save_adapter(model, os.path.join(model_dir, "adapter.weights.h5"))
 
     def write_labels(path):
         with open(path, "w", encoding="utf-8") as f:

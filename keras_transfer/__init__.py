@@ -19,6 +19,7 @@ from keras_transfer import forgetting
 from keras_transfer import freezing
 from keras_transfer import heads
 from keras_transfer import hub
+from keras_transfer import lora
 from keras_transfer import lr_finder
 from keras_transfer import optimizers
 from keras_transfer import preprocessing
@@ -65,6 +66,12 @@ from keras_transfer.heads import TransferClassifier
 from keras_transfer.heads import create_classifier
 from keras_transfer.hub import HubBackbone
 from keras_transfer.hub import HubModuleUnavailableError
+from keras_transfer.lora import LoraSummary
+from keras_transfer.lora import enable_lora
+from keras_transfer.lora import load_adapter
+from keras_transfer.lora import merge_lora
+from keras_transfer.lora import resume_lora
+from keras_transfer.lora import save_adapter
 from keras_transfer.lr_finder import find_learning_rate
 from keras_transfer.optimizers import layer_decay_multipliers
 from keras_transfer.optimizers import with_layerwise_lr
@@ -107,6 +114,7 @@ __all__ = [
     "freezing",
     "heads",
     "hub",
+    "lora",
     "lr_finder",
     "optimizers",
     "preprocessing",
@@ -130,6 +138,7 @@ __all__ = [
     "create_backbone",
     "create_classifier",
     "create_strategy",
+    "enable_lora",
     "enable_multi_worker_fit",
     "extract_features",
     "feature_extractor",
@@ -155,7 +164,10 @@ __all__ = [
     "leep",
     "linear_cka",
     "list_backbones",
+    "load_adapter",
     "logme",
+    "LoraSummary",
+    "merge_lora",
     "MultiWorkerFitMixin",
     "NegativeTransferWarning",
     "NonFiniteGuard",
@@ -171,6 +183,8 @@ __all__ = [
     "recommend_recipe",
     "register_backbone",
     "register_backbone_prefix",
+    "resume_lora",
+    "save_adapter",
     "save_model",
     "scratch_model",
     "set_mixed_precision",

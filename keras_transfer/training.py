@@ -17,6 +17,7 @@ from keras_transfer import _keras_compat
 from keras_transfer import features
 from keras_transfer import freezing
 from keras_transfer import heads
+from keras_transfer import lora
 from keras_transfer import optimizers
 from keras_transfer import reliability
 
@@ -111,6 +112,9 @@ def fit_two_phase(
     nan_guard: bool = True,
     initial_epoch: int = 0,
     head_features: features.FeatureCache | None = None,
+    fine_tune: str = "full",
+    lora_rank: int = 8,
+    lora_alpha: float | None = None,
     **fit_kwargs: Any,
 ) -> TwoPhaseHistory:
     """Trains the head with the backbone frozen, then fine-tunes the top blocks.
@@ -170,6 +174,9 @@ def fit_two_phase(
             (features in), and its BatchNormalization statistics stay the pretrained ones
             even with `train_bn`. With `backup_dir`, a finished cached phase 1 is skipped
             on resume, extraction included.
+        fine_tune: `"full"` trains the unfrozen blocks' weights in phase 2; `"lora"` trains
+            low-rank updates of their layers instead (`keras_transfer.enable_lora`).
+        lora_rank, lora_alpha: LoRA rank and alpha when `fine_tune="lora"`.
         **fit_kwargs: extra `fit` arguments (`class_weight`, `verbose`, ...). A cached
             phase 1 gets them too, except `steps_per_epoch` and `validation_steps`, which
             count image batches.
@@ -214,6 +221,13 @@ def fit_two_phase(
     unfreeze_kwargs = freezing.unfreeze_request(unfreeze)
     # Validate the fine-tuning request before spending time on phase 1.
     freezing.select_blocks(freezing.backbone_and_blocks(model)[1], **unfreeze_kwargs)
+    if fine_tune not in ("full", "lora"):
+        raise ValueError(f"fine_tune must be 'full' or 'lora', got {fine_tune!r}.")
+    if fine_tune == "lora":
+        lora.check_lora_request(model, lora_rank, lora_alpha, **unfreeze_kwargs)
+        if backup_dir is not None:
+            # Keras' weights files merge LoRA into the kernels and reload zero LoRA matrices.
+            raise ValueError("backup_dir is not supported with fine_tune='lora' yet.")
 
     state = None
     if backup_dir is not None:
@@ -287,13 +301,19 @@ def fit_two_phase(
             ).history
         result.add(PHASE_HEAD, history, time.perf_counter() - start)
     if fine_tune_epochs:
-        result.unfrozen_blocks = freezing.unfreeze(model, train_bn=train_bn, **unfreeze_kwargs)
-        fine_tune = make_fine_tune_optimizer(fine_tune_lr)
+        if fine_tune == "lora":
+            summary = lora.enable_lora(
+                model, lora_rank, lora_alpha, **unfreeze_kwargs, train_bn=train_bn
+            )
+            result.unfrozen_blocks = summary.blocks
+        else:
+            result.unfrozen_blocks = freezing.unfreeze(model, train_bn=train_bn, **unfreeze_kwargs)
+        fine_tune_optimizer = make_fine_tune_optimizer(fine_tune_lr)
         if lr_decay is not None:
             multipliers = optimizers.layer_decay_multipliers(model, lr_decay)
-            fine_tune = optimizers.with_layerwise_lr(fine_tune, multipliers)
+            fine_tune_optimizer = optimizers.with_layerwise_lr(fine_tune_optimizer, multipliers)
         model.compile(
-            optimizer=fine_tune,
+            optimizer=fine_tune_optimizer,
             **heads.resolve_loss_and_metrics(model, loss, metrics),
             **compile_kwargs,
         )

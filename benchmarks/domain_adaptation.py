@@ -20,7 +20,9 @@ training seeds are 0 .. --seeds-1):
   noise (sigma 20 of 255) added. Target train = shifted training photos (labels unused by
   the adaptation arms), target test = the shifted validation photos; source test = the
   clean validation photos. The top `--unfreeze` blocks and the head train (BatchNorm in
-  inference mode), Adam `--lr`.
+  inference mode), Adam at `--lr` for the head (and DANN's domain classifier) and a tenth
+  of it for the backbone (`kt.with_layerwise_lr`). `--train_per_class` limits the
+  training photos (the first N per class, sorted by name) for time.
 
 Arms: `source_only` (source labels only), `dann`, `coral`, `mmd` (source labels +
 unlabeled target train images, `kt.fit_domain_adaptation`), `target_supervised` (trained
@@ -77,7 +79,7 @@ DEFAULTS = {
     "photo_shift": {
         "epochs": 3,
         "batch_size": 32,
-        "lr": 1e-4,
+        "lr": 1e-3,
         "coral_weight": 1.0,
         "mmd_weight": 1.0,
         "image_size": 128,
@@ -158,7 +160,7 @@ def _load_folder(root: pathlib.Path, size: int, limit: int | None):
     return images.astype("float32"), np.array(labels, dtype="int32")
 
 
-def photo_shift(assets: pathlib.Path | None, smoke: bool, size: int):
+def photo_shift(assets: pathlib.Path | None, smoke: bool, size: int, per_class: int | None):
     rng = np.random.default_rng(0)
     if assets is None:
         root = _common.smoke_image_folder(per_class=8, size=size)
@@ -166,9 +168,9 @@ def photo_shift(assets: pathlib.Path | None, smoke: bool, size: int):
         test_x, test_y = _load_folder(root / "validation", size, None)
     else:
         root = assets / _common.DATASETS["cats_and_dogs"]
-        limit = 16 if smoke else None
+        limit = 16 if smoke else per_class
         train_x, train_y = _load_folder(root / "train", size, limit)
-        test_x, test_y = _load_folder(root / "validation", size, limit)
+        test_x, test_y = _load_folder(root / "validation", size, 16 if smoke else None)
     return {
         "source_train": (train_x, train_y),
         "source_test": (test_x, test_y),
@@ -235,7 +237,14 @@ def run_seed(task, data, args, seed, assets):
         if task == "digits_m":
             schedule = kt.DannLearningRate(args.lr, total_steps)
             return keras.optimizers.SGD(schedule, momentum=0.9)
-        return keras.optimizers.Adam(args.lr)
+        # Per-layer learning rates: the new head and domain classifier at --lr, the
+        # pretrained blocks at a tenth of it.
+        return kt.with_layerwise_lr(
+            keras.optimizers.Adam,
+            {"head/|domain_": 1.0},
+            default_multiplier=0.1,
+            learning_rate=args.lr,
+        )
 
     def source(split="source_train"):
         return _dataset(*data[split], args.batch_size, seed)
@@ -310,6 +319,9 @@ def main(argv=None):
     parser.add_argument("--mmd_weight", type=float)
     parser.add_argument("--image_size", type=int)
     parser.add_argument("--unfreeze", type=int, default=2, help="photo_shift: top blocks")
+    parser.add_argument(
+        "--train_per_class", type=int, help="photo_shift: training photos per class (all: 1000)"
+    )
     parser.add_argument("--assets")
     parser.add_argument("--output")
     parser.add_argument("--smoke", action="store_true", help="seconds, tiny data")
@@ -336,7 +348,7 @@ def main(argv=None):
     if args.task == "digits_m":
         data = digits_m(assets, args.smoke)
     else:
-        data = photo_shift(assets, args.smoke, args.image_size)
+        data = photo_shift(assets, args.smoke, args.image_size, args.train_per_class)
     print(
         f"{args.task}: source train {len(data['source_train'][0])}, target train "
         f"{len(data['target_train'][0])} (labels unused), target test "

@@ -14,12 +14,15 @@ from keras_transfer import backbones
 from keras_transfer import callbacks
 from keras_transfer import data
 from keras_transfer import distribute
+from keras_transfer import domain
 from keras_transfer import features
 from keras_transfer import forgetting
 from keras_transfer import freezing
 from keras_transfer import heads
 from keras_transfer import hub
+from keras_transfer import layers
 from keras_transfer import lora
+from keras_transfer import losses
 from keras_transfer import lr_finder
 from keras_transfer import optimizers
 from keras_transfer import preprocessing
@@ -49,6 +52,11 @@ from keras_transfer.distribute import MultiWorkerFitMixin
 from keras_transfer.distribute import create_strategy
 from keras_transfer.distribute import enable_multi_worker_fit
 from keras_transfer.distribute import set_mixed_precision
+from keras_transfer.domain import DannLearningRate
+from keras_transfer.domain import DomainAdaptation
+from keras_transfer.domain import DomainDistance
+from keras_transfer.domain import domain_distance
+from keras_transfer.domain import fit_domain_adaptation
 from keras_transfer.features import CachedFeatures
 from keras_transfer.features import FeatureCache
 from keras_transfer.features import FeatureExtraction
@@ -109,12 +117,15 @@ __all__ = [
     "callbacks",
     "data",
     "distribute",
+    "domain",
     "features",
     "forgetting",
     "freezing",
     "heads",
     "hub",
+    "layers",
     "lora",
+    "losses",
     "lr_finder",
     "optimizers",
     "preprocessing",
@@ -138,6 +149,10 @@ __all__ = [
     "create_backbone",
     "create_classifier",
     "create_strategy",
+    "DannLearningRate",
+    "domain_distance",
+    "DomainAdaptation",
+    "DomainDistance",
     "enable_lora",
     "enable_multi_worker_fit",
     "extract_features",
@@ -145,6 +160,7 @@ __all__ = [
     "FeatureCache",
     "FeatureExtraction",
     "find_learning_rate",
+    "fit_domain_adaptation",
     "fit_feature_extractor",
     "fit_scratch_baseline",
     "fit_two_phase",

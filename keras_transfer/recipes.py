@@ -12,6 +12,13 @@ target domain is to the pretraining data (ImageNet for the keras.applications ba
 | large | similar   | two-phase: head, then fine-tune top blocks  |
 | large | different | two-phase: head, then fine-tune all blocks  |
 
+Instead of the words, `recommend_recipe` takes a measured distance: a `DomainDistance`
+from `domain_distance` (or its proxy A-distance, `proxy_a_distance=`; Ben-David et al.
+2010). Below 0.5 (a linear classifier on the backbone's features errs on more than 3/8 of
+the images) the domains count as similar, otherwise as different; from 0.5 on, when the two
+measured sets are the labelled training images and the unlabeled images the model will
+see, the recipe also suggests `fit_domain_adaptation` (`Recipe.domain_adaptation`).
+
 Whether transfer helps at all is an empirical question: `fit_scratch_baseline` trains the
 same architecture from random weights with the same budget, and
 `check_negative_transfer` warns when the transferred model is not better.
@@ -48,6 +55,7 @@ import keras
 from keras_transfer import _keras_compat
 from keras_transfer import backbones as backbones_lib
 from keras_transfer import callbacks as callbacks_lib
+from keras_transfer import domain as domain_lib
 from keras_transfer import optimizers
 from keras_transfer.heads import TransferClassifier
 from keras_transfer.hub import HubBackbone
@@ -76,6 +84,9 @@ class Recipe:
         train_bn: BatchNormalization trainable in phase 2 (for domains far from ImageNet
             with enough data to estimate new statistics).
         augment: augmentation for the image loaders (`image_folder_dataset(augment=...)`).
+        domain_adaptation: set when a measured domain distance says the domains are
+            shifted: the `fit_domain_adaptation` method to try with unlabeled target images
+            (`"dann"`), else `None`.
     """
 
     name: str
@@ -88,6 +99,7 @@ class Recipe:
     unfreeze: int | float | str = "all"
     train_bn: bool = False
     augment: bool | str = False
+    domain_adaptation: str | None = None
 
     def feature_block_for(self, backbone: backbones_lib.Backbone) -> str | None:
         """The name of the block to take features from in `backbone`."""
@@ -118,19 +130,21 @@ class Recipe:
 
 def recommend_recipe(
     num_train_examples: int,
-    domain_similarity: str | float,
+    domain_similarity: str | float | domain_lib.DomainDistance | None = None,
     *,
     backbone: backbones_lib.Backbone | None = None,
     small_data_threshold: int = 5000,
     block_logme: Mapping[str, float] | None = None,
     logme_margin: float = 0.01,
+    proxy_a_distance: float | None = None,
 ) -> Recipe:
     """Recommends feature extraction or fine-tuning from data size and domain similarity.
 
     Args:
         num_train_examples: labelled training examples.
         domain_similarity: `"similar"` or `"different"` (to ImageNet-like natural photos),
-            or a score in [0, 1] (>= 0.5 counts as similar).
+            or a score in [0, 1] (>= 0.5 counts as similar), or a measured
+            `DomainDistance` (`domain_distance(backbone, your_images, other_images)`).
         backbone: if given, `feature_block` is a concrete block name of it.
         small_data_threshold: below this many examples the data counts as small: fine-tuning
             millions of weights on it risks over-fitting.
@@ -143,6 +157,8 @@ def recommend_recipe(
         logme_margin: a lower block is chosen over the last one only if its LogME is
             higher by more than this (the last block is the usual choice; tiny differences
             are noise).
+        proxy_a_distance: a measured proxy A-distance in [0, 2] instead of
+            `domain_similarity` (pass one or the other).
 
     Returns:
         A `Recipe` with settings and the reason.
@@ -161,7 +177,11 @@ def recommend_recipe(
         raise ValueError(
             f"num_train_examples must be a positive integer, got {num_train_examples!r}."
         )
-    similar = _is_similar(domain_similarity)
+    measured = _measured_distance(domain_similarity, proxy_a_distance)
+    if measured is not None:
+        similar = measured < domain_lib.CLOSE_BELOW
+    else:
+        similar = _is_similar(domain_similarity)
     small = num_train_examples < small_data_threshold
     size = f"{num_train_examples} examples is {'small' if small else 'large'} data"
     size += f" (threshold {small_data_threshold})"
@@ -215,6 +235,12 @@ def recommend_recipe(
             train_bn=True,
             augment="flip,crop",
         )
+    if measured is not None:
+        recipe = dataclasses.replace(
+            recipe,
+            reason=f"Measured {domain_lib.describe_proxy_a_distance(measured)} {recipe.reason}",
+            domain_adaptation=None if similar else "dann",
+        )
     if block_logme is not None:
         recipe = _with_measured_block(recipe, block_logme, backbone, logme_margin, small)
     if backbone is not None and isinstance(recipe.feature_block, float):
@@ -265,6 +291,31 @@ def _with_measured_block(
             recipe, name=name, feature_block=block, head_epochs=head_epochs, reason=reason + why
         )
     return dataclasses.replace(recipe, feature_block=block, reason=recipe.reason + why)
+
+
+def _measured_distance(domain_similarity: Any, proxy_a_distance: float | None) -> float | None:
+    """The proxy A-distance given as a `DomainDistance` or `proxy_a_distance=`, else None."""
+    if proxy_a_distance is not None and domain_similarity is not None:
+        raise ValueError(
+            "Pass domain_similarity or proxy_a_distance, not both: a measured distance "
+            "replaces the word."
+        )
+    if isinstance(domain_similarity, domain_lib.DomainDistance):
+        proxy_a_distance = domain_similarity.proxy_a_distance
+    if proxy_a_distance is None:
+        if domain_similarity is None:
+            raise ValueError(
+                f"Pass domain_similarity (one of {SIMILARITIES}, a score in [0, 1] or a "
+                "DomainDistance) or proxy_a_distance."
+            )
+        return None
+    if (
+        isinstance(proxy_a_distance, bool)
+        or not isinstance(proxy_a_distance, int | float)
+        or not 0.0 <= proxy_a_distance <= 2.0
+    ):
+        raise ValueError(f"proxy_a_distance must be in [0, 2], got {proxy_a_distance!r}.")
+    return float(proxy_a_distance)
 
 
 def _is_similar(domain_similarity: str | float) -> bool:

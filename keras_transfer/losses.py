@@ -1,0 +1,155 @@
+"""Distribution-alignment losses between source and target features: Deep CORAL and
+multi-kernel MMD.
+
+- `CoralLoss`: Sun & Saenko 2016, "Deep CORAL: Correlation Alignment for Deep Domain
+  Adaptation" (ECCV workshops): the squared Frobenius distance between the feature
+  covariances of the two domains, `||C_S - C_T||_F^2 / (4 d^2)`.
+- `MMDLoss`: Long et al. 2015, "Learning Transferable Features with Deep Adaptation
+  Networks" (ICML): the squared maximum mean discrepancy under a mixture of Gaussian
+  kernels (multi-kernel MMD), as in DAN; the bandwidths are multiples of the mean pairwise
+  squared distance of the batch, as in Transfer-Learning-Library's `GaussianKernel`.
+
+Both compare two *sets* of feature vectors, so `y_true` and `y_pred` are the source and
+target features, of shapes `(n_s, d)` and `(n_t, d)` with possibly different `n_s` and
+`n_t`, and the loss is one number for the pair of batches (not one per example:
+`sample_weight` would only rescale it). Like any scalar loss they are not divided by the
+number of replicas under `tf.distribute`; `fit_domain_adaptation` does that.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import keras
+
+__all__ = ["CoralLoss", "MMDLoss"]
+
+
+def _check_features(source, target, name: str) -> None:
+    if len(source.shape) != 2 or len(target.shape) != 2:
+        raise ValueError(
+            f"{name} compares feature vectors of shape (batch, features); got source "
+            f"{tuple(source.shape)} and target {tuple(target.shape)}. Pool or flatten "
+            "feature maps first."
+        )
+    if source.shape[-1] is not None and target.shape[-1] is not None:
+        if source.shape[-1] != target.shape[-1]:
+            raise ValueError(
+                f"{name}: source and target features differ in size ({source.shape[-1]} vs "
+                f"{target.shape[-1]}); they must come from the same feature extractor."
+            )
+
+
+def _covariance(x):
+    n = keras.ops.cast(keras.ops.shape(x)[0], x.dtype)
+    centred = x - keras.ops.mean(x, axis=0, keepdims=True)
+    # Unbiased (n - 1) as in the paper; a batch of one has no spread, not a division by 0.
+    return keras.ops.matmul(keras.ops.transpose(centred), centred) / keras.ops.maximum(n - 1, 1)
+
+
+@keras.saving.register_keras_serializable(package="keras_transfer")
+class CoralLoss(keras.losses.Loss):
+    """Deep CORAL: the distance between source and target feature covariances.
+
+    `loss(source, target) = ||C_S - C_T||_F^2 / (4 d^2)` (Sun & Saenko 2016, eq. 1), with
+    `C` the unbiased covariance of a batch of `d`-dimensional feature vectors. It is 0 when
+    the two batches have the same covariance, and differentiable in both.
+
+    Args:
+        name: the loss name.
+        **kwargs: standard `keras.losses.Loss` arguments (`dtype`).
+
+    Example:
+    ```python
+    coral = kt.losses.CoralLoss()
+    value = coral(source_features, target_features)  # shapes (n_s, d) and (n_t, d)
+    ```
+    """
+
+    def __init__(self, name: str = "coral_loss", **kwargs):
+        super().__init__(name=name, **kwargs)
+
+    def call(self, y_true, y_pred):
+        _check_features(y_true, y_pred, "CoralLoss")
+        d = keras.ops.cast(keras.ops.shape(y_true)[-1], y_true.dtype)
+        difference = _covariance(y_true) - _covariance(y_pred)
+        return keras.ops.sum(keras.ops.square(difference)) / (4.0 * d * d)
+
+
+@keras.saving.register_keras_serializable(package="keras_transfer")
+class MMDLoss(keras.losses.Loss):
+    """Squared maximum mean discrepancy under a mixture of Gaussian kernels (DAN's MK-MMD).
+
+    With `z` the source and target features together and `D` their pairwise squared
+    distances, the kernel is the mean of `exp(-D / (2 m sigma^2))` over the
+    `kernel_multipliers` `m`, where `sigma^2` is `bandwidth` or, by default, the mean of
+    `D` over the batch (treated as a constant in the gradient), the heuristic of Long et al.
+    2015 and Transfer-Learning-Library. The loss is the biased estimate
+    `mean K(s, s') + mean K(t, t') - 2 mean K(s, t)`: >= 0, and 0 when the two batches are
+    the same set of vectors.
+
+    Args:
+        kernel_multipliers: the bandwidth multipliers of the Gaussian kernels (DAN uses
+            2^-3 ... 2^1 times the base bandwidth).
+        bandwidth: a fixed base `sigma^2`; `None` uses the batch's mean squared distance.
+        name: the loss name.
+        **kwargs: standard `keras.losses.Loss` arguments (`dtype`).
+
+    Example:
+    ```python
+    mmd = kt.losses.MMDLoss(kernel_multipliers=(0.5, 1.0, 2.0))
+    value = mmd(source_features, target_features)  # shapes (n_s, d) and (n_t, d)
+    ```
+    """
+
+    def __init__(
+        self,
+        kernel_multipliers: Sequence[float] = (0.125, 0.25, 0.5, 1.0, 2.0),
+        bandwidth: float | None = None,
+        name: str = "mmd_loss",
+        **kwargs,
+    ):
+        super().__init__(name=name, **kwargs)
+        multipliers = tuple(float(m) for m in kernel_multipliers)
+        if not multipliers or any(m <= 0 for m in multipliers):
+            raise ValueError(
+                f"kernel_multipliers must be positive numbers, got {list(kernel_multipliers)}."
+            )
+        if bandwidth is not None and not float(bandwidth) > 0:
+            raise ValueError(f"bandwidth must be > 0 or None, got {bandwidth!r}.")
+        self.kernel_multipliers = multipliers
+        self.bandwidth = None if bandwidth is None else float(bandwidth)
+
+    def call(self, y_true, y_pred):
+        _check_features(y_true, y_pred, "MMDLoss")
+        n_source = keras.ops.shape(y_true)[0]
+        z = keras.ops.concatenate([y_true, y_pred], axis=0)
+        squared_norms = keras.ops.sum(keras.ops.square(z), axis=1)
+        distances = (
+            squared_norms[:, None]
+            + squared_norms[None, :]
+            - 2.0 * keras.ops.matmul(z, keras.ops.transpose(z))
+        )
+        distances = keras.ops.maximum(distances, 0.0)
+        if self.bandwidth is None:
+            base = keras.ops.stop_gradient(keras.ops.mean(distances))
+            # All-identical vectors have no spread: any bandwidth gives the same (zero) MMD.
+            base = keras.ops.maximum(base, 1e-12)
+        else:
+            base = keras.ops.cast(self.bandwidth, z.dtype)
+        # A running sum, not a stack: one (n, n) matrix in memory whatever the kernel count.
+        kernel = 0.0
+        for m in self.kernel_multipliers:
+            kernel = kernel + keras.ops.exp(-distances / (2.0 * m * base))
+        kernel = kernel / float(len(self.kernel_multipliers))
+        k_ss = kernel[:n_source, :n_source]
+        k_tt = kernel[n_source:, n_source:]
+        k_st = kernel[:n_source, n_source:]
+        return keras.ops.mean(k_ss) + keras.ops.mean(k_tt) - 2.0 * keras.ops.mean(k_st)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {"kernel_multipliers": list(self.kernel_multipliers), "bandwidth": self.bandwidth}
+        )
+        return config

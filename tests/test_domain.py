@@ -1,0 +1,490 @@
+"""Domain adaptation: the gradient reversal layer, the CORAL and MMD losses against NumPy,
+DANN/CORAL/MMD training on a synthetic shifted task, the domain distance, bad input, and
+MirroredStrategy on two logical CPUs (in a subprocess)."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_transfer as kt
+from keras_transfer import domain
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SIZE = 16
+
+
+def tiny_classifier(dropout=0.0):
+    """A two-conv backbone and an average-pooling head: a `TransferClassifier` in ms."""
+    inputs = keras.Input((SIZE, SIZE, 3))
+    x = keras.layers.Rescaling(1 / 255.0)(inputs)
+    x = keras.layers.Conv2D(8, 3, activation="relu", name="conv_a")(x)
+    x = keras.layers.Conv2D(8, 3, activation="relu", name="conv_b")(x)
+    backbone = keras.Model(inputs, x, name="tiny_backbone")
+    head = kt.ClassificationHead(2, dropout=dropout, name="head")
+    return kt.TransferClassifier(backbone, head, name="tiny")
+
+
+def linear_classifier():
+    """A per-pixel linear backbone (1x1 convolution): the features are a linear map of the
+    mean colour, so the domain shift can be removed from them."""
+    inputs = keras.Input((SIZE, SIZE, 3))
+    x = keras.layers.Rescaling(1 / 255.0)(inputs)
+    x = keras.layers.Conv2D(8, 1, name="conv_a")(x)
+    backbone = keras.Model(inputs, x, name="linear_backbone")
+    head = kt.ClassificationHead(2, dropout=0.0, name="head")
+    return kt.TransferClassifier(backbone, head, name="linear")
+
+
+def shifted_task(n=64, seed=0):
+    """Source: noise images whose class is the red level; target: the same kind of
+    images, darker and with a blue cast (the shift)."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, n).astype("int32")
+    images = rng.uniform(0, 120, (n, SIZE, SIZE, 3)).astype("float32")
+    images[..., 0] += 120 * labels[:, None, None]
+    target = rng.uniform(0, 120, (n, SIZE, SIZE, 3)).astype("float32")
+    target[..., 0] += 120 * labels[:, None, None]
+    target = target * 0.5
+    target[..., 2] += 100
+    return images, labels, target
+
+
+def pooled(model, images):
+    return domain._pooled_feature_model(model).predict(images, verbose=0)
+
+
+# ---------------------------------------------------------------------------------------
+# GradientReversal.
+
+
+def test_gradient_reversal_is_identity_forward_and_minus_lambda_backward():
+    layer = kt.layers.GradientReversal(factor=0.3)
+    x = tf.constant(np.random.default_rng(0).normal(size=(4, 5)).astype("float32"))
+    upstream = tf.constant(np.random.default_rng(1).normal(size=(4, 5)).astype("float32"))
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        y = layer(x)
+        y_override = layer(x, factor=tf.constant(2.0))
+        loss = tf.reduce_sum(y * upstream)
+        loss_override = tf.reduce_sum(y_override * upstream)
+    np.testing.assert_array_equal(y.numpy(), x.numpy())
+    np.testing.assert_allclose(tape.gradient(loss, x).numpy(), -0.3 * upstream.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(
+        tape.gradient(loss_override, x).numpy(), -2.0 * upstream.numpy(), rtol=1e-6
+    )
+    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
+    assert isinstance(restored, kt.layers.GradientReversal) and restored.factor == 0.3
+    with pytest.raises(ValueError, match="factor must be a number >= 0"):
+        kt.layers.GradientReversal(factor=-1.0)
+
+
+# ---------------------------------------------------------------------------------------
+# CORAL and MMD against NumPy.
+
+
+def numpy_coral(source, target):
+    d = source.shape[1]
+    difference = np.cov(source, rowvar=False) - np.cov(target, rowvar=False)
+    return np.sum(difference**2) / (4 * d * d)
+
+
+def numpy_mmd(source, target, multipliers=(0.125, 0.25, 0.5, 1.0, 2.0), bandwidth=None):
+    z = np.concatenate([source, target]).astype("float64")
+    distances = ((z[:, None, :] - z[None, :, :]) ** 2).sum(-1)
+    base = distances.mean() if bandwidth is None else bandwidth
+    kernel = np.mean([np.exp(-distances / (2 * m * base)) for m in multipliers], axis=0)
+    n = len(source)
+    return kernel[:n, :n].mean() + kernel[n:, n:].mean() - 2 * kernel[:n, n:].mean()
+
+
+def test_coral_and_mmd_match_numpy_and_are_zero_for_identical_sets():
+    rng = np.random.default_rng(0)
+    source = rng.normal(size=(20, 6)).astype("float32")
+    target = (rng.normal(size=(30, 6)) * [1, 2, 1, 3, 1, 1] + 0.5).astype("float32")
+    coral, mmd = kt.losses.CoralLoss(), kt.losses.MMDLoss()
+    np.testing.assert_allclose(float(coral(source, target)), numpy_coral(source, target), rtol=1e-4)
+    np.testing.assert_allclose(float(mmd(source, target)), numpy_mmd(source, target), rtol=1e-4)
+    fixed = kt.losses.MMDLoss(kernel_multipliers=(1.0, 4.0), bandwidth=3.0)
+    np.testing.assert_allclose(
+        float(fixed(source, target)), numpy_mmd(source, target, (1.0, 4.0), 3.0), rtol=1e-4
+    )
+    assert float(coral(source, source)) == pytest.approx(0.0, abs=1e-7)
+    assert float(mmd(source, source)) == pytest.approx(0.0, abs=1e-6)
+    assert float(mmd(source, target)) > 0.05 and float(coral(source, target)) > 0.05
+    restored = keras.losses.deserialize(keras.losses.serialize(fixed))
+    assert restored.kernel_multipliers == (1.0, 4.0) and restored.bandwidth == 3.0
+
+
+def test_alignment_losses_reject_feature_maps_and_mismatched_sizes():
+    with pytest.raises(ValueError, match="Pool or flatten"):
+        kt.losses.CoralLoss()(np.zeros((2, 3, 3, 4)), np.zeros((2, 3, 3, 4)))
+    with pytest.raises(ValueError, match="differ in size"):
+        kt.losses.MMDLoss()(np.zeros((2, 4)), np.zeros((2, 5)))
+    with pytest.raises(ValueError, match="kernel_multipliers"):
+        kt.losses.MMDLoss(kernel_multipliers=(1.0, -1.0))
+
+
+def test_schedules_follow_the_paper():
+    assert float(domain.reversal_weight(0.0)) == pytest.approx(0.0)
+    assert float(domain.reversal_weight(0.5)) == pytest.approx(2 / (1 + math.exp(-5)) - 1)
+    schedule = kt.DannLearningRate(0.01, total_steps=100)
+    assert float(schedule(0)) == pytest.approx(0.01)
+    assert float(schedule(50)) == pytest.approx(0.01 / 6**0.75, rel=1e-5)
+    assert float(schedule(500)) == pytest.approx(0.01 / 11**0.75, rel=1e-5)  # p clipped to 1
+    assert kt.DannLearningRate.from_config(schedule.get_config()).total_steps == 100
+
+
+# ---------------------------------------------------------------------------------------
+# Training.
+
+
+def _adapt(method, weight, epochs=4, make_model=tiny_classifier, **options):
+    keras.utils.set_random_seed(0)
+    source_x, labels, target_x = shifted_task()
+    model = make_model()
+    options.setdefault("domain_hidden_units", (16,))
+    history = kt.fit_domain_adaptation(
+        model,
+        (source_x, labels),
+        target_x,
+        method=method,
+        epochs=epochs,
+        batch_size=16,
+        optimizer=keras.optimizers.Adam(1e-2),
+        alignment_weight=weight,
+        weight_schedule="constant",
+        verbose=0,
+        **options,
+    )
+    return model, history, source_x, target_x
+
+
+@pytest.mark.parametrize("method", ["coral", "mmd"])
+def test_coral_and_mmd_training_aligns_the_features(method):
+    loss = kt.losses.CoralLoss() if method == "coral" else kt.losses.MMDLoss()
+    weight = 1000.0 if method == "coral" else 1.0  # CORAL's 1 / (4 d^2) makes it tiny
+    plain, plain_history, source_x, target_x = _adapt(method, 0.0)
+    adapted, history, _, _ = _adapt(method, weight)
+    before = float(loss(pooled(plain, source_x), pooled(plain, target_x)))
+    after = float(loss(pooled(adapted, source_x), pooled(adapted, target_x)))
+    # Same initial weights, data and steps: only the alignment term differs.
+    assert after < 0.5 * before
+    assert history.history["alignment_loss"][-1] < plain_history.history["alignment_loss"][-1]
+
+
+def test_dann_makes_the_domains_harder_to_tell_apart():
+    options = {"epochs": 8, "make_model": linear_classifier, "domain_dropout": 0.0}
+    options["domain_hidden_units"] = (32,)
+    plain, plain_history, source_x, target_x = _adapt("dann", 0.0, **options)
+    adapted, history, _, _ = _adapt("dann", 1.0, **options)
+    # Without reversal the domain classifier separates the domains and its loss falls;
+    # with it the features fight back: its loss stays higher and the features closer.
+    assert plain_history.history["domain_accuracy"][-1] > 0.9
+    assert history.history["alignment_loss"][-1] > plain_history.history["alignment_loss"][-1] + 0.1
+    mmd = kt.losses.MMDLoss()
+    assert float(mmd(pooled(adapted, source_x), pooled(adapted, target_x))) < 0.8 * float(
+        mmd(pooled(plain, source_x), pooled(plain, target_x))
+    )
+    # The classifier still learns the source task.
+    assert history.history["accuracy"][-1] > 0.9
+
+
+def test_returned_model_is_the_plain_classifier_and_saves(tmp_path):
+    source_x, labels, target_x = shifted_task(n=32)
+    model = tiny_classifier()
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    weights_before = [w.numpy().copy() for w in model.weights]
+    history = kt.fit_domain_adaptation(
+        model,
+        (source_x, labels),
+        target_x,
+        method="dann",
+        epochs=2,
+        batch_size=16,
+        validation_data=(target_x, labels),
+        domain_hidden_units=(8,),
+        verbose=0,
+    )
+    assert set(history.history) == {
+        "loss",
+        "accuracy",
+        "alignment_loss",
+        "alignment_weight",
+        "domain_accuracy",
+        "val_loss",
+        "val_accuracy",
+    }
+    # The reversal weight ramps up with lambda_p = 2 / (1 + exp(-10 p)) - 1.
+    assert history.history["alignment_weight"][0] < history.history["alignment_weight"][1]
+    assert len(model.weights) == len(weights_before)
+    assert any(not np.array_equal(w.numpy(), b) for w, b in zip(model.weights, weights_before))
+    assert not any("domain" in w.path or "reversal" in w.path for w in model.weights)
+    path = tmp_path / "adapted.keras"
+    model.save(path)
+    restored = keras.saving.load_model(path)
+    assert type(restored) is kt.TransferClassifier
+    np.testing.assert_allclose(
+        restored.predict(target_x, verbose=0), model.predict(target_x, verbose=0), atol=1e-6
+    )
+
+
+def test_domain_adaptation_model_config_round_trips():
+    adapter = domain.DomainAdaptation(tiny_classifier(), "mmd", total_steps=5, alignment_weight=2.0)
+    restored = domain.DomainAdaptation.from_config(adapter.get_config())
+    assert (restored.method, restored.total_steps, restored.alignment_weight) == ("mmd", 5, 2.0)
+    assert type(restored.classifier) is kt.TransferClassifier
+    with pytest.raises(TypeError, match="needs a classifier from create_classifier"):
+        domain.DomainAdaptation(keras.Sequential([keras.layers.Dense(2)]), "dann")
+
+
+def test_target_labels_are_never_used():
+    source_x, labels, target_x = shifted_task(n=32)
+
+    def train(target):
+        keras.utils.set_random_seed(0)
+        model = tiny_classifier()
+        kt.fit_domain_adaptation(
+            model,
+            tf.data.Dataset.from_tensor_slices((source_x, labels)).batch(16),
+            target,
+            method="mmd",
+            epochs=1,
+            optimizer=keras.optimizers.Adam(1e-2),
+            verbose=0,
+        )
+        return [w.numpy() for w in model.weights]
+
+    without_labels = train(tf.data.Dataset.from_tensor_slices(target_x).batch(16))
+    garbage = np.full(len(target_x), np.nan, dtype="float32")
+    with_nan_labels = train(tf.data.Dataset.from_tensor_slices((target_x, garbage)).batch(16))
+    for a, b in zip(without_labels, with_nan_labels):
+        np.testing.assert_array_equal(a, b)
+    assert all(np.isfinite(w).all() for w in with_nan_labels)
+
+
+def test_layerwise_lr_and_lr_annealing_are_honoured():
+    source_x, labels, target_x = shifted_task(n=32)
+    model = tiny_classifier()
+    backbone_before = [w.numpy().copy() for w in model.backbone.weights]
+    optimizer = kt.with_layerwise_lr(
+        keras.optimizers.SGD, {"conv_": 0.0}, learning_rate=0.05, momentum=0.9
+    )
+    seen = {}
+
+    class LearningRate(keras.callbacks.Callback):
+        def on_train_end(self, logs=None):
+            seen["lr"] = float(self.model.optimizer.learning_rate)
+
+    kt.fit_domain_adaptation(
+        model,
+        (source_x, labels),
+        target_x,
+        method="coral",
+        epochs=2,
+        batch_size=16,
+        optimizer=optimizer,
+        lr_annealing=True,
+        callbacks=[LearningRate()],
+        verbose=0,
+    )
+    # A multiplier of 0 keeps the convolutions bit-identical.
+    for w, b in zip(model.backbone.weights, backbone_before):
+        np.testing.assert_array_equal(w.numpy(), b)
+    # After all 4 steps p = 1: mu_0 / (1 + 10)^0.75.
+    assert seen["lr"] == pytest.approx(0.05 / 11**0.75, rel=1e-5)
+
+
+# ---------------------------------------------------------------------------------------
+# Bad input and documented behaviour.
+
+
+def test_unequal_lengths_cycle_the_shorter_and_other_sizes_are_resized():
+    source = tf.data.Dataset.from_tensor_slices(
+        (np.arange(8, dtype="float32")[:, None, None, None] * np.ones((1, 8, 8, 3)), np.arange(8))
+    ).batch(2)
+    target = tf.data.Dataset.from_tensor_slices(
+        100 + np.arange(4, dtype="float32")[:, None, None, None] * np.ones((1, 20, 20, 3))
+    ).batch(2)
+    paired, steps = domain.paired_batches(source, target, (8, 8, 3))
+    assert steps == 4  # max(4 source batches, 2 target batches)
+    batches = list(paired.take(steps).as_numpy_iterator())
+    assert [b[0][1].shape for b in batches] == [(2, 8, 8, 3)] * 4  # 20x20 resized to 8x8
+    target_firsts = [float(b[0][1][0, 0, 0, 0]) for b in batches]
+    assert target_firsts == [100.0, 102.0, 100.0, 102.0]  # the target cycles
+    assert [int(b[1][0]) for b in batches] == [0, 2, 4, 6]  # the source is seen once
+    paired, steps = domain.paired_batches(
+        target.map(lambda x: (x, x[:, 0, 0, 0])), source, (8, 8, 3)
+    )
+    assert steps == 4
+
+
+def test_fit_on_other_image_sizes_and_more_target_batches():
+    source_x, labels, target_x = shifted_task(n=16)
+    bigger = tf.image.resize(np.concatenate([target_x] * 3), (24, 24)).numpy()
+    counted = []
+
+    class Count(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            counted.append(batch)
+
+    kt.fit_domain_adaptation(
+        tiny_classifier(),
+        (source_x, labels),
+        bigger,
+        method="coral",
+        epochs=1,
+        batch_size=8,
+        callbacks=[Count()],
+        verbose=0,
+    )
+    assert len(counted) == 6  # 48 target images / 8: the 2 source batches cycle
+
+
+def test_bad_input_is_a_clear_error_and_changes_nothing():
+    source_x, labels, target_x = shifted_task(n=16)
+    model = tiny_classifier()
+    weights = [w.numpy().copy() for w in model.weights]
+    empty = tf.data.Dataset.from_tensor_slices(target_x[:0]).batch(4)
+    with pytest.raises(ValueError, match="target dataset is empty"):
+        kt.fit_domain_adaptation(model, (source_x, labels), empty, epochs=1)
+    unknown_empty = tf.data.Dataset.from_tensor_slices(target_x).filter(lambda x: False).batch(4)
+    with pytest.raises(ValueError, match="target dataset is empty"):
+        kt.fit_domain_adaptation(model, (source_x, labels), unknown_empty, epochs=1)
+    with pytest.raises(ValueError, match=r"source must yield \(images, labels\)"):
+        kt.fit_domain_adaptation(
+            model, tf.data.Dataset.from_tensor_slices(source_x).batch(4), target_x
+        )
+    with pytest.raises(ValueError, match="Batch the dataset"):
+        kt.fit_domain_adaptation(
+            model, (source_x, labels), tf.data.Dataset.from_tensor_slices(target_x)
+        )
+    with pytest.raises(ValueError, match="method must be one of"):
+        kt.fit_domain_adaptation(model, (source_x, labels), target_x, method="adda")
+    schedule_optimizer = keras.optimizers.Adam(
+        keras.optimizers.schedules.ExponentialDecay(1e-3, 10, 0.9)
+    )
+    with pytest.raises(ValueError, match="already has a schedule"):
+        kt.fit_domain_adaptation(
+            model, (source_x, labels), target_x, optimizer=schedule_optimizer, lr_annealing=True
+        )
+    for w, before in zip(model.weights, weights):
+        np.testing.assert_array_equal(w.numpy(), before)
+
+    plain = keras.Sequential(
+        [keras.Input((SIZE, SIZE, 3)), keras.layers.Flatten(), keras.layers.Dense(2)]
+    )
+    with pytest.raises(TypeError, match="needs a classifier from create_classifier"):
+        kt.fit_domain_adaptation(plain, (source_x, labels), target_x)
+    sequence = keras.Sequential(
+        [keras.Input((SIZE, SIZE, 3)), keras.layers.Reshape((SIZE, SIZE * 3))]
+    )
+    with pytest.raises(ValueError, match=r"not \(batch, features\)"):
+        kt.domain_distance(sequence, source_x, target_x)
+
+
+# ---------------------------------------------------------------------------------------
+# Domain distance and the recipe advisor.
+
+
+def test_domain_distance_separates_shifted_from_identical_sets():
+    source_x, _, target_x = shifted_task(n=96)
+    model = tiny_classifier()
+    same = kt.domain_distance(model, source_x, source_x)
+    shifted = kt.domain_distance(model, source_x, (target_x, np.zeros(len(target_x))))
+    assert same.proxy_a_distance < 0.5 and same.mmd == pytest.approx(0.0, abs=1e-5)
+    assert shifted.proxy_a_distance > 1.5 and shifted.mmd > 0.01
+    assert shifted.proxy_a_distance == pytest.approx(2 * (1 - 2 * shifted.domain_error))
+    assert shifted.level == "far" and "far apart" in shifted.describe()
+    assert same.num_examples == 96
+    # A Backbone pools its own feature map.
+    backbone = kt.Backbone(name="tiny", model=model.backbone, default_size=SIZE)
+    assert kt.domain_distance(backbone, source_x, target_x).proxy_a_distance > 1.5
+
+
+def test_recommend_recipe_accepts_a_measured_distance():
+    far = domain.DomainDistance(proxy_a_distance=1.8, domain_error=0.05, mmd=0.3, num_examples=500)
+    recipe = kt.recommend_recipe(300, far)
+    assert recipe.name == "lower_block_features"
+    assert recipe.domain_adaptation == "dann"
+    assert "proxy A-distance 1.80" in recipe.reason
+    close = kt.recommend_recipe(300, proxy_a_distance=0.2)
+    assert close.name == "feature_extraction" and close.domain_adaptation is None
+    assert "proxy A-distance 0.20" in close.reason
+    assert kt.recommend_recipe(300, "similar").domain_adaptation is None
+    with pytest.raises(ValueError, match="not both"):
+        kt.recommend_recipe(300, "similar", proxy_a_distance=0.2)
+    with pytest.raises(ValueError, match=r"proxy_a_distance must be in \[0, 2\]"):
+        kt.recommend_recipe(300, proxy_a_distance=3.0)
+
+
+# ---------------------------------------------------------------------------------------
+# MirroredStrategy.
+
+_MIRRORED = textwrap.dedent(
+    """
+    import json, os, sys
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    sys.path.insert(0, sys.argv[1])
+    import keras, numpy as np
+    import keras_transfer as kt
+    from test_domain import shifted_task, tiny_classifier
+
+    source_x, labels, target_x = shifted_task(n=32)
+
+    def train(strategy):
+        keras.utils.set_random_seed(0)
+        with strategy.scope():
+            model = tiny_classifier()
+        history = kt.fit_domain_adaptation(
+            model, (source_x, labels), target_x, method="dann", epochs=2, batch_size=16,
+            optimizer=keras.optimizers.SGD(0.05), domain_hidden_units=(8,), domain_dropout=0.0,
+            validation_data=(target_x, labels), verbose=0,
+        )
+        return model, history.history
+
+    single, single_logs = train(tf.distribute.get_strategy())
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    mirrored, mirrored_logs = train(strategy)
+    difference = max(
+        float(np.max(np.abs(a.numpy() - b.numpy()))) for a, b in zip(single.weights, mirrored.weights)
+    )
+    print("RESULTS " + json.dumps({
+        "replicas": strategy.num_replicas_in_sync,
+        "max_weight_difference": difference,
+        "single_loss": single_logs["loss"], "mirrored_loss": mirrored_logs["loss"],
+        "mirrored_keys": sorted(mirrored_logs),
+    }))
+    """
+)
+
+
+def test_dann_under_mirrored_strategy_matches_one_device():
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="", PYTHONPATH=REPO_ROOT)
+    env.pop("TF_CONFIG", None)
+    completed = subprocess.run(
+        [sys.executable, "-c", _MIRRORED, os.path.join(REPO_ROOT, "tests")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    line = [x for x in completed.stdout.splitlines() if x.startswith("RESULTS ")][-1]
+    results = json.loads(line[len("RESULTS ") :])
+    assert results["replicas"] == 2
+    # The per-replica losses are scaled so that the summed gradients are the global batch's.
+    assert results["max_weight_difference"] < 1e-4
+    np.testing.assert_allclose(results["mirrored_loss"], results["single_loss"], rtol=1e-4)
+    assert (
+        "domain_accuracy" in results["mirrored_keys"] and "val_accuracy" in results["mirrored_keys"]
+    )

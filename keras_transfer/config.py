@@ -8,8 +8,10 @@ and the fix; recipe names (`source_model`, `backbone_lr`, `lr_decay_per_layer`,
 aliases of the dataclass fields. Command-line flags given explicitly override the file.
 
 Example:
->>> values = read_config_file("configs/ants_vs_bees.yaml")
->>> config = build_config(image_classifier_lib.Config, values, overrides={"head_epochs": 3})
+```python
+values = read_config_file("configs/ants_vs_bees.yaml")
+config = build_config(image_classifier_lib.Config, values, overrides={"head_epochs": 3})
+```
 """
 
 from __future__ import annotations

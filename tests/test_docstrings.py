@@ -19,4 +19,3 @@ def test_no_doctest_prompts_in_the_package():
         "Docstring examples must be fenced ```python blocks (outputs as `# -> value` "
         "comments), not `>>>` doctests that never run:\n" + "\n".join(prompts)
     )
-

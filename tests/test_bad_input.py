@@ -1,9 +1,13 @@
 """The bad-input matrix: each case is a clear error naming the problem and the fix, or a
 counted, logged skip."""
 
+import ctypes
 import io
+import json
 import logging
 import os
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -68,16 +72,55 @@ def test_broken_files_are_counted_logged_and_skipped(image_folder, caplog):
     assert sum(int(tf.shape(x)[0]) for x, _ in loaded.train) == 8
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their permissions")
+_LOAD_FOLDER = """
+import json, sys
+from keras_transfer import data
+try:
+    open(sys.argv[2], "rb").close()
+    print("READABLE")  # the permission check is not enforced for this process
+except PermissionError:
+    loaded = data.image_folder_dataset(sys.argv[1], image_size=16, validation_split=0)
+    print("RESULT " + json.dumps({"skipped": loaded.skipped, "num_train": loaded.num_train}))
+"""
+
+
+def _without_file_permission_override():
+    """Run as root, but without root's right to read any file: dropping CAP_DAC_OVERRIDE
+    and CAP_DAC_READ_SEARCH from the capability bounding set (prctl PR_CAPBSET_DROP) means
+    the exec'd process honours file modes. (Switching to `nobody` instead would not work
+    where the interpreter lives under /root, which nobody cannot enter.)"""
+    libc = ctypes.CDLL(None, use_errno=True)
+    for capability in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
+        if libc.prctl(24, capability, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) failed")
+
+
 def test_unreadable_file_is_skipped(image_folder):
     root = image_folder({"a": 3, "b": 3})
     locked = root / "a" / "a_0.jpg"
     locked.chmod(0)
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")])}
     try:
-        loaded = data.image_folder_dataset(root, image_size=16, validation_split=0)
+        completed = subprocess.run(
+            [sys.executable, "-c", _LOAD_FOLDER, str(root), str(locked)],
+            preexec_fn=_without_file_permission_override if os.geteuid() == 0 else None,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    except subprocess.SubprocessError as error:  # raised in preexec_fn, e.g. no CAP_SETPCAP
+        pytest.skip(f"cannot drop root's file-permission override: {error}")
     finally:
         locked.chmod(0o644)
-    assert loaded.skipped == [str(locked)]
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    if "READABLE" in completed.stdout.splitlines():
+        pytest.skip("the mode-0 file stayed readable: file permissions are not enforced here")
+    result = [line for line in completed.stdout.splitlines() if line.startswith("RESULT ")]
+    assert result, completed.stdout[-2000:]
+    loaded = json.loads(result[0][len("RESULT ") :])
+    assert loaded == {"skipped": [str(locked)], "num_train": 5}
 
 
 def test_non_ascii_paths(tmp_path):

@@ -13,6 +13,8 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import make_tiny_classifier
+from conftest import tiny_images
 from PIL import Image
 
 import keras_transfer as kt
@@ -234,30 +236,24 @@ def test_model_building_errors(build, error, message):
 
 @pytest.fixture(scope="module")
 def classifier():
-    return kt.create_classifier(
-        "mobilenet", 2, input_shape=(32, 32, 3), weights=None, alpha=0.25, head={"dropout": 0.0}
-    )
-
-
-def _images(n):
-    return np.random.default_rng(0).uniform(0, 255, (n, 32, 32, 3)).astype("float32")
+    return make_tiny_classifier()
 
 
 def test_labels_out_of_range(classifier):
     labels = np.array([0, 1, 5, 1], "int32")
-    train = tf.data.Dataset.from_tensor_slices((_images(4), labels)).batch(4)
+    train = tf.data.Dataset.from_tensor_slices((tiny_images(4), labels)).batch(4)
     with pytest.raises(Exception, match=r"label value of 5.*valid range of \[0, 2\)"):
         training.fit_two_phase(classifier, train, head_epochs=1, fine_tune_epochs=0, verbose=0)
 
 
 def test_empty_dataset(classifier):
-    empty = tf.data.Dataset.from_tensor_slices((_images(4), np.zeros(4, "int32"))).take(0)
+    empty = tf.data.Dataset.from_tensor_slices((tiny_images(4), np.zeros(4, "int32"))).take(0)
     with pytest.raises(ValueError, match="train_data is empty"):
         training.fit_two_phase(classifier, empty.batch(2), head_epochs=1, verbose=0)
 
 
 def test_unfreeze_beyond_the_blocks_fails_before_training(classifier):
-    train = tf.data.Dataset.from_tensor_slices((_images(2), np.zeros(2, "int32"))).batch(2)
+    train = tf.data.Dataset.from_tensor_slices((tiny_images(2), np.zeros(2, "int32"))).batch(2)
     with pytest.raises(ValueError, match=r"top 99 blocks: the backbone has 14.*'all'"):
         training.fit_two_phase(classifier, train, unfreeze=99, verbose=0)
     with pytest.raises(ValueError, match="No block named 'conv_dw_99'"):
@@ -268,4 +264,4 @@ def test_multiplier_pattern_matching_nothing(classifier):
     optimizer = optimizers.with_layerwise_lr(keras.optimizers.Adam, {"no_such_layer": 0.1})
     classifier.compile(optimizer=optimizer)
     with pytest.raises(ValueError, match="no_such_layer"):
-        classifier.fit(_images(2), np.zeros(2, "int32"), epochs=1, verbose=0)
+        classifier.fit(tiny_images(2), np.zeros(2, "int32"), epochs=1, verbose=0)

@@ -12,6 +12,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import tiny_images
 
 import keras_transfer as kt
 from keras_transfer import data as data_lib
@@ -30,8 +31,7 @@ def tiny_backbone():
 
 
 def image_batches(n=20, batch_size=8, num_classes=3, seed=0):
-    rng = np.random.default_rng(seed)
-    images = rng.uniform(0, 255, (n, SIZE, SIZE, 3)).astype("float32")
+    images = tiny_images(n, SIZE, seed)
     labels = (np.arange(n) % num_classes).astype("int32")
     dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(batch_size)
     return images, labels, dataset
@@ -211,9 +211,8 @@ def test_unpooled_maps_for_heads_that_pool_themselves():
     np.testing.assert_allclose(head(cache.features), head(pooled.features), atol=1e-6)
 
 
-def test_image_data_gives_class_names_and_validation(image_folder):
-    folder = image_folder({"ants": 6, "bees": 6}, size=(40, 40))
-    data = data_lib.image_folder_dataset(folder, SIZE, 4, validation_split=0.25)
+def test_image_data_gives_class_names_and_validation(tiny_image_folder):
+    data = data_lib.image_folder_dataset(tiny_image_folder, SIZE, 4, validation_split=0.25)
     result = features.fit_feature_extractor(tiny_backbone(), data, epochs=1, verbose=0)
     assert result.model.class_names == ["ants", "bees"]
     assert result.validation_features.num_examples == 3

@@ -110,8 +110,10 @@ def test_unreadable_file_is_skipped(image_folder):
             env=env,
             capture_output=True,
             text=True,
-            timeout=300,
+            timeout=600,
         )
+    except subprocess.TimeoutExpired:
+        raise
     except subprocess.SubprocessError as error:  # raised in preexec_fn, e.g. no CAP_SETPCAP
         pytest.skip(f"cannot drop root's file-permission override: {error}")
     finally:

@@ -239,7 +239,7 @@ def test_mirrored_on_two_logical_cpus_matches_one_device(image_folder, tmp_path)
         env=_env(),
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=900,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     results = _results(completed.stdout)

@@ -526,9 +526,10 @@ def create_backbone(
         A `Backbone`: the headless model, its preprocessing mode, default size and blocks.
 
     Example:
-    >>> backbone = create_backbone("mobilenet_v2", input_shape=(96, 96, 3), weights=None)
-    >>> backbone.block_names()[:3]
-    ['stem', 'block_0', 'block_1']
+    ```python
+    backbone = create_backbone("mobilenet_v2", input_shape=(96, 96, 3), weights=None)
+    backbone.block_names()[:3]  # -> ['stem', 'block_0', 'block_1']
+    ```
     """
     for prefix, factory in _PREFIX_FACTORIES.items():
         if name.startswith(prefix):

@@ -79,8 +79,10 @@ class GradualUnfreezing(keras.callbacks.Callback):
         verbose: print the blocks unfrozen at each change.
 
     Example:
-    >>> model.compile(optimizer=keras.optimizers.Adam(1e-4))
-    >>> model.fit(data, epochs=15, callbacks=[GradualUnfreezing({3: 1, 8: 2, 12: "all"})])
+    ```python
+    model.compile(optimizer=keras.optimizers.Adam(1e-4))
+    model.fit(data, epochs=15, callbacks=[GradualUnfreezing({3: 1, 8: 2, 12: "all"})])
+    ```
     """
 
     def __init__(
@@ -237,8 +239,10 @@ def recalibrate_batchnorm(model: keras.Model, data: Any, steps: int | None = Non
         The number of batches used (0 when the model has no trainable BatchNormalization).
 
     Example:
-    >>> recalibrate_batchnorm(model, data.train, steps=50)
-    >>> model.evaluate(data.validation)
+    ```python
+    recalibrate_batchnorm(model, data.train, steps=50)
+    model.evaluate(data.validation)
+    ```
     """
     layers = [
         layer
@@ -290,8 +294,10 @@ class BatchNormRecalibration(keras.callbacks.Callback):
         steps: batches per recalibration; default all of `data`.
 
     Example:
-    >>> model.fit(train, validation_data=val, epochs=15,
-    ...           callbacks=[BatchNormRecalibration(train)])
+    ```python
+    model.fit(train, validation_data=val, epochs=15,
+              callbacks=[BatchNormRecalibration(train)])
+    ```
     """
 
     def __init__(self, data: Any, steps: int | None = None):

@@ -249,8 +249,10 @@ def image_folder_dataset(
         An `ImageData`.
 
     Example:
-    >>> data = image_folder_dataset("hymenoptera_data", image_size=224, batch_size=32)
-    >>> model = create_classifier("mobilenet", len(data.class_names), class_names=data.class_names)
+    ```python
+    data = image_folder_dataset("hymenoptera_data", image_size=224, batch_size=32)
+    model = create_classifier("mobilenet", len(data.class_names), class_names=data.class_names)
+    ```
     """
     directory = os.fspath(directory)
     image_size = _as_size(image_size)

@@ -39,9 +39,11 @@ def create_strategy(name: str = "default", tpu: str | None = None) -> tf.distrib
         The strategy. For `"tpu"` the TPU system is initialised.
 
     Example:
-    >>> strategy = create_strategy("mirrored")
-    >>> with strategy.scope():
-    ...     model = keras_transfer.create_classifier("mobilenet_v2", 5, weights=None)
+    ```python
+    strategy = create_strategy("mirrored")
+    with strategy.scope():
+        model = keras_transfer.create_classifier("mobilenet_v2", 5, weights=None)
+    ```
     """
     if name not in STRATEGIES:
         raise ValueError(f"Unknown strategy {name!r}; use one of {', '.join(STRATEGIES)}.")
@@ -203,8 +205,10 @@ class MultiWorkerFitMixin(_keras_compat.SymbolicBuildHook):
     `enable_multi_worker_fit`.
 
     Example:
-    >>> class MyModel(MultiWorkerFitMixin, keras.Model):
-    ...     ...
+    ```python
+    class MyModel(MultiWorkerFitMixin, keras.Model):
+        ...
+    ```
     """
 
     def symbolic_build_inputs(self, iterator, data_batch):
@@ -236,11 +240,13 @@ def enable_multi_worker_fit(model: keras.Model) -> keras.Model:
         `model`, for chaining.
 
     Example:
-    >>> strategy = tf.distribute.MultiWorkerMirroredStrategy()
-    >>> with strategy.scope():
-    ...     model = enable_multi_worker_fit(keras.Sequential([...]))
-    ...     model.compile(...)
-    >>> model.fit(dataset)
+    ```python
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    with strategy.scope():
+        model = enable_multi_worker_fit(keras.Sequential([...]))
+        model.compile(...)
+    model.fit(dataset)
+    ```
     """
     if isinstance(model, MultiWorkerFitMixin) or not is_multi_worker(model.distribute_strategy):
         return model

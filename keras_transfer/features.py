@@ -126,10 +126,11 @@ def feature_extractor(
         A `keras.Model` taking the images a `TransferClassifier` of this backbone takes.
 
     Example:
-    >>> backbone = create_backbone("mobilenet", input_shape=(96, 96, 3), weights=None)
-    >>> extractor = feature_extractor(backbone, ClassificationHead(2, pooling="avgmax"))
-    >>> extractor.output_shape
-    (None, 2048)
+    ```python
+    backbone = create_backbone("mobilenet", input_shape=(96, 96, 3), weights=None)
+    extractor = feature_extractor(backbone, ClassificationHead(2, pooling="avgmax"))
+    extractor.output_shape  # -> (None, 2048)
+    ```
     """
     backbone_model, preprocessing, head = _parts(backbone, head)
     inputs = keras.Input(shape=backbone_model.input_shape[1:], name="images")
@@ -566,10 +567,12 @@ def fit_feature_extractor(
         A `FeatureExtraction` (`.model`, `.history`, cached features, `.seconds`).
 
     Example:
-    >>> data = image_folder_dataset("hymenoptera_data", image_size=224, augment=False)
-    >>> backbone = create_backbone("mobilenet", weights="mobilenet_1_0_224_tf_no_top.h5")
-    >>> result = fit_feature_extractor(backbone, data, data.validation, epochs=20)
-    >>> result.model.evaluate(data.validation)
+    ```python
+    data = image_folder_dataset("hymenoptera_data", image_size=224, augment=False)
+    backbone = create_backbone("mobilenet", weights="mobilenet_1_0_224_tf_no_top.h5")
+    result = fit_feature_extractor(backbone, data, data.validation, epochs=20)
+    result.model.evaluate(data.validation)
+    ```
     """
     for key in ("epochs", "validation_data", "x", "y"):
         if key in fit_kwargs:

@@ -41,9 +41,10 @@ class ClassificationHead(keras.layers.Layer):
         **kwargs: standard `keras.layers.Layer` arguments.
 
     Example:
-    >>> head = ClassificationHead(num_classes=5, hidden_units=(128,), dropout=0.3)
-    >>> head(np.zeros((2, 7, 7, 32))).shape
-    (2, 5)
+    ```python
+    head = ClassificationHead(num_classes=5, hidden_units=(128,), dropout=0.3)
+    head(np.zeros((2, 7, 7, 32))).shape  # -> (2, 5)
+    ```
     """
 
     def __init__(
@@ -264,12 +265,13 @@ class TransferClassifier(distribute.MultiWorkerFitMixin, keras.Model):
         **kwargs: standard `keras.Model` arguments (e.g. `name`).
 
     Example:
-    >>> model = create_classifier(
-    ...     create_backbone("mobilenet_v2", input_shape=(96, 96, 3), weights=None), num_classes=3
-    ... )
-    >>> model.compile()  # Adam, sparse categorical cross-entropy, accuracy
-    >>> model.predict(np.zeros((1, 96, 96, 3)), verbose=0).shape
-    (1, 3)
+    ```python
+    model = create_classifier(
+        create_backbone("mobilenet_v2", input_shape=(96, 96, 3), weights=None), num_classes=3
+    )
+    model.compile()  # Adam, sparse categorical cross-entropy, accuracy
+    model.predict(np.zeros((1, 96, 96, 3)), verbose=0).shape  # -> (1, 3)
+    ```
     """
 
     def __init__(
@@ -376,9 +378,10 @@ def create_classifier(
         A `TransferClassifier` expecting RGB images with values in [0, 255].
 
     Example:
-    >>> model = create_classifier("mobilenet_v2", 3, input_shape=(96, 96, 3), weights=None)
-    >>> model.output_shape
-    (None, 3)
+    ```python
+    model = create_classifier("mobilenet_v2", 3, input_shape=(96, 96, 3), weights=None)
+    model.output_shape  # -> (None, 3)
+    ```
     """
     if isinstance(backbone, str):
         backbone = backbones_lib.create_backbone(backbone, **backbone_kwargs)

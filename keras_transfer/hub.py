@@ -217,9 +217,11 @@ class HubBackbone(keras.layers.Layer):
         **kwargs: standard `keras.layers.Layer` arguments (`name`, `dtype`).
 
     Example:
-    >>> layer = HubBackbone("/path/to/mobilenet_v1_100_224_feature_vector", trainable=True)
-    >>> inputs = keras.Input((224, 224, 3))  # RGB in [0, 1]
-    >>> model = keras.Model(inputs, keras.layers.Dense(2)(layer(inputs)))
+    ```python
+    layer = HubBackbone("/path/to/mobilenet_v1_100_224_feature_vector", trainable=True)
+    inputs = keras.Input((224, 224, 3))  # RGB in [0, 1]
+    model = keras.Model(inputs, keras.layers.Dense(2)(layer(inputs)))
+    ```
     """
 
     def __init__(

@@ -125,9 +125,11 @@ def find_learning_rate(
         An `LRFinderResult` (curve, suggestions, `plot(path)`).
 
     Example:
-    >>> model.compile(optimizer=keras.optimizers.Adam())
-    >>> result = find_learning_rate(model, train_data, steps=100)
-    >>> model.compile(optimizer=keras.optimizers.Adam(result.suggestion))
+    ```python
+    model.compile(optimizer=keras.optimizers.Adam())
+    result = find_learning_rate(model, train_data, steps=100)
+    model.compile(optimizer=keras.optimizers.Adam(result.suggestion))
+    ```
     """
     if getattr(model, "optimizer", None) is None:
         raise ValueError("find_learning_rate needs a compiled model: call model.compile first.")

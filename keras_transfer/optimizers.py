@@ -104,13 +104,15 @@ class LayerwiseLearningRate(_keras_compat.OptimizerHooks):
         **kwargs: the parent optimizer's keyword arguments.
 
     Example:
-    >>> optimizer = with_layerwise_lr(
-    ...     keras.optimizers.AdamW,
-    ...     {"^block_(1[0-6])_": 0.5, "^(Conv1|bn_Conv1|expanded_conv|block_)": 0.1},
-    ...     learning_rate=1e-4,
-    ...     weight_decay=0.05,
-    ... )
-    >>> model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy")
+    ```python
+    optimizer = with_layerwise_lr(
+        keras.optimizers.AdamW,
+        {"^block_(1[0-6])_": 0.5, "^(Conv1|bn_Conv1|expanded_conv|block_)": 0.1},
+        learning_rate=1e-4,
+        weight_decay=0.05,
+    )
+    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy")
+    ```
     """
 
     def __init__(
@@ -430,12 +432,14 @@ def with_layerwise_lr(
         `model.compile(optimizer=...)`.
 
     Example:
-    >>> unfreeze(model, top_blocks=4)
-    >>> optimizer = with_layerwise_lr(
-    ...     keras.optimizers.AdamW, layer_decay_multipliers(model, 0.5), learning_rate=1e-4
-    ... )
-    >>> print(optimizer.multiplier_summary(model))
-    >>> model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy")
+    ```python
+    unfreeze(model, top_blocks=4)
+    optimizer = with_layerwise_lr(
+        keras.optimizers.AdamW, layer_decay_multipliers(model, 0.5), learning_rate=1e-4
+    )
+    print(optimizer.multiplier_summary(model))
+    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy")
+    ```
     """
     extra = {"multipliers": multipliers, "default_multiplier": default_multiplier}
     if isinstance(optimizer, str):

@@ -28,9 +28,10 @@ class ImagePreprocessing(keras.layers.Layer):
         **kwargs: standard `keras.layers.Layer` arguments.
 
     Example:
-    >>> layer = ImagePreprocessing("tf")
-    >>> float(layer(np.full((1, 2, 2, 3), 255.0))[0, 0, 0, 0])
-    1.0
+    ```python
+    layer = ImagePreprocessing("tf")
+    float(layer(np.full((1, 2, 2, 3), 255.0))[0, 0, 0, 0])  # -> 1.0
+    ```
     """
 
     def __init__(self, mode: str = "tf", **kwargs):

@@ -164,10 +164,11 @@ def recommend_recipe(
         A `Recipe` with settings and the reason.
 
     Example:
-    >>> recipe = recommend_recipe(244, "similar")
-    >>> recipe.name
-    'feature_extraction'
-    >>> fit_two_phase_cached(model, data.train, data.validation, **recipe.fit_kwargs())
+    ```python
+    recipe = recommend_recipe(244, "similar")
+    recipe.name  # -> 'feature_extraction'
+    fit_two_phase_cached(model, data.train, data.validation, **recipe.fit_kwargs())
+    ```
     """
     if (
         isinstance(num_train_examples, bool)
@@ -355,8 +356,10 @@ def scratch_model(
             module docstring). `None` keeps each layer's own momentum.
 
     Example:
-    >>> baseline = scratch_model(model)
-    >>> baseline.compile()
+    ```python
+    baseline = scratch_model(model)
+    baseline.compile()
+    ```
     """
     if not isinstance(model, TransferClassifier):
         raise TypeError(

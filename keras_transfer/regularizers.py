@@ -39,8 +39,10 @@ class L2SP(keras.regularizers.Regularizer):
         reference: the starting value `w0` (an array with the weight's shape).
 
     Example:
-    >>> layer = model.get_layer("conv_pw_13")
-    >>> layer.kernel.regularizer = L2SP(0.05, layer.kernel.numpy())
+    ```python
+    layer = model.get_layer("conv_pw_13")
+    layer.kernel.regularizer = L2SP(0.05, layer.kernel.numpy())
+    ```
     """
 
     def __init__(self, alpha: float, reference: Any):

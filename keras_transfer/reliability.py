@@ -40,7 +40,9 @@ class NonFiniteGuard(keras.callbacks.Callback):
         restore_weights: put back the weights of the start of the diverged epoch.
 
     Example:
-    >>> model.fit(x, y, epochs=10, callbacks=[NonFiniteGuard(), keras.callbacks.BackupAndRestore(d)])
+    ```python
+    model.fit(x, y, epochs=10, callbacks=[NonFiniteGuard(), keras.callbacks.BackupAndRestore(d)])
+    ```
     """
 
     def __init__(self, monitor: Sequence[str] | None = None, restore_weights: bool = True):

@@ -46,8 +46,10 @@ class WarmupCosineDecay(keras.optimizers.schedules.CosineDecay):
         name: name of the schedule.
 
     Example:
-    >>> schedule = WarmupCosineDecay(1e-3, total_steps=1000, warmup_steps=100, floor=1e-5)
-    >>> optimizer = keras.optimizers.AdamW(learning_rate=schedule)
+    ```python
+    schedule = WarmupCosineDecay(1e-3, total_steps=1000, warmup_steps=100, floor=1e-5)
+    optimizer = keras.optimizers.AdamW(learning_rate=schedule)
+    ```
     """
 
     def __init__(
@@ -118,8 +120,10 @@ class SlantedTriangular(keras.optimizers.schedules.LearningRateSchedule):
         name: name of the schedule.
 
     Example:
-    >>> schedule = SlantedTriangular(1e-3, total_steps=500)
-    >>> optimizer = keras.optimizers.Adam(learning_rate=schedule)
+    ```python
+    schedule = SlantedTriangular(1e-3, total_steps=500)
+    optimizer = keras.optimizers.Adam(learning_rate=schedule)
+    ```
     """
 
     def __init__(
@@ -186,8 +190,10 @@ class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
         name: name of the schedule.
 
     Example:
-    >>> schedule = OneCycle(3e-3, total_steps=1000)
-    >>> optimizer = keras.optimizers.SGD(learning_rate=schedule, momentum=0.9)
+    ```python
+    schedule = OneCycle(3e-3, total_steps=1000)
+    optimizer = keras.optimizers.SGD(learning_rate=schedule, momentum=0.9)
+    ```
     """
 
     def __init__(

@@ -1,4 +1,6 @@
-"""Shared test set-up: quiet TF logs, a tiny-model budget, and the real-assets fixture."""
+"""Shared test set-up: quiet TF logs, the real-assets fixture, and the tiny models, images,
+datasets and image folders most tests start from (with `weights=None` and 32 px inputs, so
+that they run on a fresh clone in seconds)."""
 
 import os
 import pathlib
@@ -7,7 +9,11 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import keras_transfer as kt  # noqa: E402
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 # The example binaries' `_lib` modules live beside them in examples/.
@@ -44,9 +50,6 @@ def _fresh_keras_state():
 def write_image_folder(root, class_counts, size=(40, 48), seed=0):
     """Writes a small learnable image folder: one subfolder per class, JPEGs whose colour
     depends on the class. Returns the written paths."""
-    import numpy as np
-    import tensorflow as tf
-
     rng = np.random.default_rng(seed)
     root = pathlib.Path(root)
     paths = []
@@ -73,3 +76,80 @@ def image_folder(tmp_path):
         return root
 
     return make
+
+
+@pytest.fixture
+def tiny_image_folder(image_folder):
+    """Two classes ("ants", "bees") of 6 colour-coded 40x40 JPEGs each, on disk."""
+    return image_folder({"ants": 6, "bees": 6}, size=(40, 40))
+
+
+# --- tiny models and data -------------------------------------------------------------
+
+
+def make_tiny_classifier(num_classes=2, head=None, **kwargs):
+    """The smallest real classifier: MobileNet (alpha 0.25) at 32 px with random weights.
+
+    `head` defaults to the guide's head without dropout (deterministic outputs); pass
+    `head={}` for the package default (dropout 0.2) or any `ClassificationHead` options.
+    """
+    head = {"dropout": 0.0} if head is None else head
+    return kt.create_classifier(
+        "mobilenet",
+        num_classes,
+        head=head,
+        input_shape=(32, 32, 3),
+        weights=None,
+        alpha=0.25,
+        **kwargs,
+    )
+
+
+@pytest.fixture
+def tiny_classifier():
+    """A fresh `make_tiny_classifier()` (2 classes, no dropout)."""
+    return make_tiny_classifier()
+
+
+def tiny_images(n=16, size=32, seed=0):
+    """`n` random RGB images in [0, 255], float32, shape (n, size, size, 3)."""
+    return np.random.default_rng(seed).uniform(0, 255, (n, size, size, 3)).astype("float32")
+
+
+@pytest.fixture
+def tiny_dataset():
+    """16 random 32x32 images with labels 0, 1, 0, 1, ... in batches of 8 (unlearnable:
+    for tests of what trains and when, not of how well)."""
+    labels = (np.arange(16) % 2).astype("int32")
+    return tf.data.Dataset.from_tensor_slices((tiny_images(16), labels)).batch(8)
+
+
+def colour_dataset(n, seed, batch_size=16, size=32):
+    """Two classes told apart by their dominant colour (red vs blue): a learnable task, so
+    tests can require accuracy well above chance."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 2
+    images = rng.uniform(0, 40, (n, size, size, 3))
+    images[labels == 0, :, :, 0] += 200
+    images[labels == 1, :, :, 2] += 200
+    data = (images.astype("float32"), labels.astype("int32"))
+    return tf.data.Dataset.from_tensor_slices(data).shuffle(n, seed=seed).batch(batch_size)
+
+
+# --- checks -----------------------------------------------------------------------------
+
+
+def assert_png_image(path, min_size=(100, 100), min_colours=3):
+    """The file is a PNG that decodes to an image of at least `min_size` (width, height)
+    pixels with visible content: not one flat colour, at least `min_colours` colours."""
+    encoded = pathlib.Path(path).read_bytes()
+    assert encoded[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    image = tf.io.decode_png(encoded, channels=3).numpy()
+    height, width = image.shape[:2]
+    assert width >= min_size[0] and height >= min_size[1], (
+        f"{path} is {width}x{height} px, expected at least {min_size[0]}x{min_size[1]}"
+    )
+    assert image.std() > 0, f"{path} is blank (one colour)"
+    colours = len(np.unique(image.reshape(-1, 3), axis=0))
+    assert colours >= min_colours, f"{path} has only {colours} colour(s)"
+    return image

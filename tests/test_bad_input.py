@@ -1,14 +1,20 @@
 """The bad-input matrix: each case is a clear error naming the problem and the fix, or a
 counted, logged skip."""
 
+import ctypes
 import io
+import json
 import logging
 import os
+import subprocess
+import sys
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import make_tiny_classifier
+from conftest import tiny_images
 from PIL import Image
 
 import keras_transfer as kt
@@ -68,16 +74,57 @@ def test_broken_files_are_counted_logged_and_skipped(image_folder, caplog):
     assert sum(int(tf.shape(x)[0]) for x, _ in loaded.train) == 8
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their permissions")
+_LOAD_FOLDER = """
+import json, sys
+from keras_transfer import data
+try:
+    open(sys.argv[2], "rb").close()
+    print("READABLE")  # the permission check is not enforced for this process
+except PermissionError:
+    loaded = data.image_folder_dataset(sys.argv[1], image_size=16, validation_split=0)
+    print("RESULT " + json.dumps({"skipped": loaded.skipped, "num_train": loaded.num_train}))
+"""
+
+
+def _without_file_permission_override():
+    """Run as root, but without root's right to read any file: dropping CAP_DAC_OVERRIDE
+    and CAP_DAC_READ_SEARCH from the capability bounding set (prctl PR_CAPBSET_DROP) means
+    the exec'd process honours file modes. (Switching to `nobody` instead would not work
+    where the interpreter lives under /root, which nobody cannot enter.)"""
+    libc = ctypes.CDLL(None, use_errno=True)
+    for capability in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
+        if libc.prctl(24, capability, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) failed")
+
+
 def test_unreadable_file_is_skipped(image_folder):
     root = image_folder({"a": 3, "b": 3})
     locked = root / "a" / "a_0.jpg"
     locked.chmod(0)
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")])}
     try:
-        loaded = data.image_folder_dataset(root, image_size=16, validation_split=0)
+        completed = subprocess.run(
+            [sys.executable, "-c", _LOAD_FOLDER, str(root), str(locked)],
+            preexec_fn=_without_file_permission_override if os.geteuid() == 0 else None,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+    except subprocess.TimeoutExpired:
+        raise
+    except subprocess.SubprocessError as error:  # raised in preexec_fn, e.g. no CAP_SETPCAP
+        pytest.skip(f"cannot drop root's file-permission override: {error}")
     finally:
         locked.chmod(0o644)
-    assert loaded.skipped == [str(locked)]
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    if "READABLE" in completed.stdout.splitlines():
+        pytest.skip("the mode-0 file stayed readable: file permissions are not enforced here")
+    result = [line for line in completed.stdout.splitlines() if line.startswith("RESULT ")]
+    assert result, completed.stdout[-2000:]
+    loaded = json.loads(result[0][len("RESULT ") :])
+    assert loaded == {"skipped": [str(locked)], "num_train": 5}
 
 
 def test_non_ascii_paths(tmp_path):
@@ -191,30 +238,24 @@ def test_model_building_errors(build, error, message):
 
 @pytest.fixture(scope="module")
 def classifier():
-    return kt.create_classifier(
-        "mobilenet", 2, input_shape=(32, 32, 3), weights=None, alpha=0.25, head={"dropout": 0.0}
-    )
-
-
-def _images(n):
-    return np.random.default_rng(0).uniform(0, 255, (n, 32, 32, 3)).astype("float32")
+    return make_tiny_classifier()
 
 
 def test_labels_out_of_range(classifier):
     labels = np.array([0, 1, 5, 1], "int32")
-    train = tf.data.Dataset.from_tensor_slices((_images(4), labels)).batch(4)
+    train = tf.data.Dataset.from_tensor_slices((tiny_images(4), labels)).batch(4)
     with pytest.raises(Exception, match=r"label value of 5.*valid range of \[0, 2\)"):
         training.fit_two_phase(classifier, train, head_epochs=1, fine_tune_epochs=0, verbose=0)
 
 
 def test_empty_dataset(classifier):
-    empty = tf.data.Dataset.from_tensor_slices((_images(4), np.zeros(4, "int32"))).take(0)
+    empty = tf.data.Dataset.from_tensor_slices((tiny_images(4), np.zeros(4, "int32"))).take(0)
     with pytest.raises(ValueError, match="train_data is empty"):
         training.fit_two_phase(classifier, empty.batch(2), head_epochs=1, verbose=0)
 
 
 def test_unfreeze_beyond_the_blocks_fails_before_training(classifier):
-    train = tf.data.Dataset.from_tensor_slices((_images(2), np.zeros(2, "int32"))).batch(2)
+    train = tf.data.Dataset.from_tensor_slices((tiny_images(2), np.zeros(2, "int32"))).batch(2)
     with pytest.raises(ValueError, match=r"top 99 blocks: the backbone has 14.*'all'"):
         training.fit_two_phase(classifier, train, unfreeze=99, verbose=0)
     with pytest.raises(ValueError, match="No block named 'conv_dw_99'"):
@@ -225,4 +266,4 @@ def test_multiplier_pattern_matching_nothing(classifier):
     optimizer = optimizers.with_layerwise_lr(keras.optimizers.Adam, {"no_such_layer": 0.1})
     classifier.compile(optimizer=optimizer)
     with pytest.raises(ValueError, match="no_such_layer"):
-        classifier.fit(_images(2), np.zeros(2, "int32"), epochs=1, verbose=0)
+        classifier.fit(tiny_images(2), np.zeros(2, "int32"), epochs=1, verbose=0)

@@ -143,19 +143,126 @@ def test_mixed_precision_run_trains_in_bfloat16(image_folder, tmp_path):
     assert model.output.dtype == "float32"
 
 
-def test_mirrored_on_two_logical_cpus(image_folder, tmp_path):
+_MIRRORED = textwrap.dedent(
+    """
+    import json, os, sys
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    import keras
+    import numpy as np
+    sys.path.insert(0, os.path.join(sys.argv[1], "examples"))
+    sys.path.insert(0, os.path.join(sys.argv[1], "tests"))
+    import image_classifier_lib
+    from test_distribute import train_two_phase_cached
+
+    mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    images = np.random.default_rng(0).uniform(0, 255, (6, 32, 32, 3)).astype("float32")
+
+    class FinalPredictions(keras.callbacks.Callback):
+        def on_train_end(self, logs=None):
+            # The last image model's call is the fine-tuning phase's (phase 1 trains a
+            # model over cached feature vectors).
+            if len(self.model.input_shape) == 4:
+                self.predictions = self.model.predict(images, verbose=0).tolist()
+
+    final = FinalPredictions()
+    settings = image_classifier_lib.Config(**json.loads(sys.argv[2]))
+    results = image_classifier_lib.run(settings, mirrored, [final])
+    for name, strategy in (("single", tf.distribute.get_strategy()), ("mirrored", mirrored)):
+        weights, history = train_two_phase_cached(strategy)
+        np.savez(os.path.join(sys.argv[3], name + ".npz"), *weights)
+        results[name + "_history"] = history
+    print("RESULTS " + json.dumps({"replicas": results["replicas"],
+                                   "phases": results["history"]["phase"],
+                                   "predictions": final.predictions,
+                                   "single_history": results["single_history"],
+                                   "mirrored_history": results["mirrored_history"]}))
+    """
+)
+
+
+def train_two_phase_cached(strategy):
+    """`fit_two_phase_cached` (cached phase 1, then fine-tuning 2 blocks) of a tiny
+    classifier under `strategy`: (weights, history and the largest change of a backbone
+    weight). Phase 1 takes all 16 cached feature
+    vectors as one batch and phase 2 reads the images unshuffled, so one device and two
+    replicas see the same batches (a reshuffling dataset is iterated in another order under
+    MirroredStrategy than on one device)."""
+    import keras_transfer as kt
+    from keras_transfer import features
+
+    rng = np.random.default_rng(0)
+    labels = (np.arange(16) % 2).astype("int32")
+    images = rng.uniform(0, 60, (16, 32, 32, 3)).astype("float32")
+    images[labels == 1, ..., 0] += 190
+    dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(4)
+    with strategy.scope():
+        keras.utils.set_random_seed(1)
+        model = kt.create_classifier(
+            "mobilenet", 2, head={"dropout": 0.0}, input_shape=(32, 32, 3), weights=None
+        )
+        # Small moving variances keep a random MobileNet's features from vanishing
+        # (~1e-17 with the initial statistics), so that the backbone's updates matter.
+        for layer in model.backbone.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.moving_variance.assign(np.full(layer.moving_variance.shape, 0.05))
+        before = [np.asarray(w) for w in model.backbone.get_weights()]
+        history = features.fit_two_phase_cached(
+            model,
+            dataset,
+            dataset,
+            head_epochs=2,
+            fine_tune_epochs=2,
+            unfreeze=2,
+            head_lr=1e-2,
+            fine_tune_lr=1e-3,
+            head_batch_size=32,
+            verbose=0,
+        )
+    change = max(
+        float(np.abs(np.asarray(a) - b).max()) for a, b in zip(model.backbone.get_weights(), before)
+    )
+    weights = [np.asarray(w) for w in model.get_weights()]
+    return weights, {"phase": list(history.phases), "backbone_change": change, **history.history}
+
+
+def test_mirrored_on_two_logical_cpus_matches_one_device(image_folder, tmp_path):
+    """Under MirroredStrategy over two logical CPUs: the image classifier example runs end to
+    end and saves the model it trained; and two-phase training with a cached phase 1 ends
+    with the weights and per-epoch metrics of the same training on one device."""
     root = image_folder({"a": 10, "b": 10})  # 16 train, 4 validation: even splits
     settings = _settings(root, tmp_path / "out", "mirrored")
+    settings["ema_momentum"] = 0.0  # the saved weights are then the last step's
     completed = subprocess.run(
-        [sys.executable, "-c", _RUN, REPO_ROOT, json.dumps(settings)],
-        env=_env(LOGICAL_CPUS="2"),
+        [sys.executable, "-c", _MIRRORED, REPO_ROOT, json.dumps(settings), str(tmp_path)],
+        env=_env(),
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=900,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
-    assert _results(completed.stdout)["replicas"] == 2
-    assert (tmp_path / "out" / "model.keras").exists()
+    results = _results(completed.stdout)
+    assert results["replicas"] == 2
+    assert results["phases"] == [training.PHASE_HEAD, training.PHASE_FINE_TUNE]
+    saved = keras.saving.load_model(tmp_path / "out" / "model.keras")
+    images = np.random.default_rng(0).uniform(0, 255, (6, 32, 32, 3)).astype("float32")
+    np.testing.assert_allclose(
+        saved.predict(images, verbose=0), results["predictions"], rtol=1e-5, atol=1e-6
+    )
+
+    single, mirrored = _load(tmp_path / "single.npz"), _load(tmp_path / "mirrored.npz")
+    assert len(single) == len(mirrored)
+    for a, b in zip(single, mirrored):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
+    assert results["mirrored_history"]["phase"] == results["single_history"]["phase"]
+    for name, values in results["single_history"].items():
+        if name != "phase":
+            np.testing.assert_allclose(
+                results["mirrored_history"][name], values, rtol=1e-4, err_msg=name
+            )
+    # Not vacuous: fine-tuning moved the backbone far beyond the tolerance.
+    assert results["single_history"]["backbone_change"] > 1e-3
 
 
 def _free_ports(count):

@@ -12,6 +12,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import tiny_images
 
 import keras_transfer as kt
 from keras_transfer import data as data_lib
@@ -30,8 +31,7 @@ def tiny_backbone():
 
 
 def image_batches(n=20, batch_size=8, num_classes=3, seed=0):
-    rng = np.random.default_rng(seed)
-    images = rng.uniform(0, 255, (n, SIZE, SIZE, 3)).astype("float32")
+    images = tiny_images(n, SIZE, seed)
     labels = (np.arange(n) % num_classes).astype("int32")
     dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(batch_size)
     return images, labels, dataset
@@ -52,8 +52,20 @@ def perturb_batchnorm(backbone):
 def test_reattached_model_predicts_head_of_cached_features(pooling):
     images, labels, dataset = image_batches()
     backbone = tiny_backbone()
+    start = {}
+    # The callback sees the head's model at the start of its fit: its initial weights.
+    record_start = keras.callbacks.LambdaCallback(
+        on_train_begin=lambda logs: start.update(weights=record_start.model.get_weights())
+    )
     result = features.fit_feature_extractor(
-        backbone, dataset, dataset, num_classes=3, head={"pooling": pooling}, epochs=2, verbose=0
+        backbone,
+        dataset,
+        dataset,
+        num_classes=3,
+        head={"pooling": pooling},
+        epochs=3,
+        callbacks=[record_start],
+        verbose=0,
     )
     model = result.model
     assert isinstance(model, kt.TransferClassifier)
@@ -63,9 +75,19 @@ def test_reattached_model_predicts_head_of_cached_features(pooling):
     from_images = model.predict(images, verbose=0)
     from_features = model.head(result.train_features.features, training=False).numpy()
     np.testing.assert_allclose(from_images, from_features, atol=1e-5)
-    # The head was trained: it is not its initial state, and the backbone is frozen.
-    assert len(result.history.history["loss"]) == 2
-    assert "val_accuracy" in result.history.history
+    # The head was trained: its weights moved from their initial values and its loss on
+    # the cached training features fell; the backbone stayed frozen.
+    assert len(result.history.history["loss"]) == 3
+    trained = model.head.get_weights()
+    assert len(trained) == len(start["weights"])
+    assert all(not np.allclose(a, b) for a, b in zip(trained, start["weights"]))
+    cached = np.asarray(result.train_features.features)
+    loss = keras.losses.SparseCategoricalCrossentropy()
+    loss_after = float(loss(labels, model.head(cached, training=False)))
+    model.head.set_weights(start["weights"])
+    loss_before = float(loss(labels, model.head(cached, training=False)))
+    model.head.set_weights(trained)
+    assert loss_after < loss_before, (loss_before, loss_after)
     assert not model.backbone.trainable
     evaluated = model.evaluate(dataset, verbose=0, return_dict=True)
     np.testing.assert_allclose(
@@ -189,9 +211,8 @@ def test_unpooled_maps_for_heads_that_pool_themselves():
     np.testing.assert_allclose(head(cache.features), head(pooled.features), atol=1e-6)
 
 
-def test_image_data_gives_class_names_and_validation(image_folder):
-    folder = image_folder({"ants": 6, "bees": 6}, size=(40, 40))
-    data = data_lib.image_folder_dataset(folder, SIZE, 4, validation_split=0.25)
+def test_image_data_gives_class_names_and_validation(tiny_image_folder):
+    data = data_lib.image_folder_dataset(tiny_image_folder, SIZE, 4, validation_split=0.25)
     result = features.fit_feature_extractor(tiny_backbone(), data, epochs=1, verbose=0)
     assert result.model.class_names == ["ants", "bees"]
     assert result.validation_features.num_examples == 3

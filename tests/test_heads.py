@@ -27,41 +27,71 @@ def test_default_head_is_the_keras_guide_head(small_backbone):
     np.testing.assert_allclose(outputs.sum(axis=1), 1.0, rtol=1e-5)
 
 
-@pytest.mark.parametrize(
-    "pooling, features",
-    [("avg", 1280), ("max", 1280), ("avgmax", 2560), ("flatten", 1280)],
-)
-def test_pooling_options(pooling, features):
+def softmax(z):
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def sigmoid(z):
+    return 1 / (1 + np.exp(-z))
+
+
+def dense_reference(head, pooled):
+    """What the output layer computes from `pooled`, in numpy: x @ kernel + bias."""
+    kernel, bias = (np.asarray(w) for w in head.output_dense.get_weights())
+    return pooled.astype("float64") @ kernel + bias
+
+
+POOLING_REFERENCES = {
+    "avg": lambda x: x.mean(axis=(1, 2)),
+    "max": lambda x: x.max(axis=(1, 2)),
+    "avgmax": lambda x: np.concatenate([x.mean(axis=(1, 2)), x.max(axis=(1, 2))], axis=-1),
+    "flatten": lambda x: x.reshape(len(x), -1),
+}
+
+
+@pytest.mark.parametrize("pooling", sorted(POOLING_REFERENCES))
+def test_pooling_options_match_numpy(pooling):
+    # A 3x4 map with distinct values: average, maximum and flattening all differ on it.
+    x = np.random.default_rng(0).normal(size=(2, 3, 4, 5)).astype("float32")
     head = kt.ClassificationHead(3, pooling=pooling, dropout=0.0)
-    x = np.random.default_rng(0).normal(size=(2, 1, 1, 1280)).astype("float32")
-    assert head(x).shape == (2, 3)
-    assert head.output_dense.kernel.shape == (features, 3)
-
-
-def test_pooling_values():
-    x = np.arange(2 * 2 * 2 * 3, dtype="float32").reshape(2, 2, 2, 3)
-    head = kt.ClassificationHead(1, task="regression", pooling="avgmax", dropout=0.0)
-    head.build(x.shape)
-    np.testing.assert_allclose(
-        np.asarray(head.pool(x)), np.concatenate([x.mean(axis=(1, 2)), x.max(axis=(1, 2))], -1)
-    )
+    y = np.asarray(head(x))
+    pooled = POOLING_REFERENCES[pooling](x)
+    assert head.output_dense.kernel.shape == (pooled.shape[1], 3)
+    np.testing.assert_allclose(np.asarray(head.pool(x)), pooled, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(y, softmax(dense_reference(head, pooled)), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize(
-    "task, units, check",
+    "task, units, activation",
     [
-        ("multiclass", 5, lambda y: np.allclose(y.sum(1), 1)),
-        ("binary", 1, lambda y: ((y > 0) & (y < 1)).all()),
-        ("multilabel", 5, lambda y: ((y > 0) & (y < 1)).all() and not np.allclose(y.sum(1), 1)),
-        ("regression", 5, lambda y: (y < 0).any()),
+        ("multiclass", 5, softmax),
+        ("binary", 1, sigmoid),
+        ("multilabel", 5, sigmoid),
+        ("regression", 5, lambda z: z),
     ],
 )
-def test_tasks(task, units, check):
+def test_tasks(task, units, activation):
     num_classes = 1 if task == "binary" else 5
     head = kt.ClassificationHead(num_classes, task=task, dropout=0.0, pooling=None)
-    y = np.asarray(head(np.random.default_rng(1).normal(size=(16, 8)).astype("float32") * 3))
+    x = np.random.default_rng(1).normal(size=(16, 8)).astype("float32") * 3
+    y = np.asarray(head(x))
     assert y.shape == (16, units)
-    assert check(y)
+    np.testing.assert_allclose(y, activation(dense_reference(head, x)), rtol=1e-5, atol=1e-6)
+
+
+def test_regression_head_is_linear_and_unbounded():
+    head = kt.ClassificationHead(2, task="regression", dropout=0.0, pooling=None)
+    x = np.random.default_rng(2).normal(size=(8, 4)).astype("float32")
+    y = np.asarray(head(x))
+    zero = np.asarray(head(np.zeros((1, 4), "float32")))  # the bias
+    # Linear: f(a*x) - f(0) = a * (f(x) - f(0)), for any scale and sign, with no squashing.
+    for scale in (-1000.0, 0.5, 1000.0):
+        np.testing.assert_allclose(
+            np.asarray(head(x * scale)) - zero, scale * (y - zero), rtol=1e-4, atol=1e-3
+        )
+    big = np.asarray(head(x * 1000.0))
+    assert big.max() > 100 and big.min() < -100
 
 
 def test_logits_output_and_matching_loss():

@@ -2,6 +2,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import assert_png_image
 
 from keras_transfer import lr_finder
 from keras_transfer import schedules
@@ -92,7 +93,7 @@ def test_plot_is_a_png(tmp_path):
     lr_finder.find_learning_rate(
         model, regression_data(), min_lr=1e-4, max_lr=1.0, steps=10, plot_path=path
     )
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert_png_image(path, min_size=(300, 200))
 
 
 @pytest.mark.parametrize(

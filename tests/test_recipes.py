@@ -13,6 +13,10 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import assert_png_image
+from conftest import colour_dataset
+from conftest import make_tiny_classifier
+from conftest import tiny_images
 
 import keras_transfer as kt
 from keras_transfer import callbacks
@@ -65,7 +69,7 @@ def test_settings_plug_into_the_package():
     top = recipes.recommend_recipe(100_000, "similar")
     accepted = inspect.signature(kt.fit_two_phase).parameters
     assert set(top.fit_kwargs()) <= set(accepted)
-    images = np.random.default_rng(0).uniform(0, 255, (8, 32, 32, 3)).astype("float32")
+    images = tiny_images(8)
     dataset = tf.data.Dataset.from_tensor_slices((images, np.arange(8) % 2)).batch(4)
     settings = {**top.fit_kwargs(), "head_epochs": 1, "fine_tune_epochs": 1}
     history = kt.fit_two_phase_cached(
@@ -96,7 +100,7 @@ def test_fractional_block_needs_a_backbone():
 
 
 def test_scratch_model_is_the_same_architecture_with_new_trainable_weights():
-    model = kt.create_classifier("mobilenet", 2, input_shape=(32, 32, 3), weights=None, alpha=0.25)
+    model = make_tiny_classifier(head={})
     kt.freeze(model)
     before = [w.numpy().copy() for w in model.weights]
     baseline = recipes.scratch_model(model)
@@ -115,14 +119,7 @@ def test_scratch_model_is_the_same_architecture_with_new_trainable_weights():
 
 
 def test_scratch_model_sets_batchnorm_momentum():
-    model = kt.create_classifier(
-        "mobilenet",
-        2,
-        input_shape=(32, 32, 3),
-        weights=None,
-        alpha=0.25,
-        head={"batch_norm": True, "hidden_units": [8]},
-    )
+    model = make_tiny_classifier(head={"batch_norm": True, "hidden_units": [8]})
 
     def momenta(m):
         return {
@@ -145,25 +142,14 @@ def test_scratch_model_sets_batchnorm_momentum():
             recipes.scratch_model(model, bn_momentum=bad)
 
 
-def colour_batches(n, seed, batch_size=16):
-    """Two classes told apart by their dominant colour: learnable in a few dozen steps."""
-    rng = np.random.default_rng(seed)
-    labels = np.arange(n) % 2
-    images = rng.uniform(0, 40, (n, 32, 32, 3))
-    images[labels == 0, :, :, 0] += 200
-    images[labels == 1, :, :, 2] += 200
-    data = (images.astype("float32"), labels.astype("int32"))
-    return tf.data.Dataset.from_tensor_slices(data).shuffle(n, seed=seed).batch(batch_size)
-
-
 @pytest.mark.parametrize("fixed", [True, False])
 def test_scratch_baseline_predicts_in_inference_mode_after_a_short_run(fixed):
     # 4 steps x 6 epochs. Without the fix (Keras' momentum 0.99, no recalibration) the
     # moving statistics still hold 0.99**24 = 79% of their initial values: training
     # accuracy reaches ~1 while the inference-mode model predicts one class.
     keras.utils.set_random_seed(0)
-    model = kt.create_classifier("mobilenet", 2, input_shape=(32, 32, 3), weights=None, alpha=0.25)
-    train, validation = colour_batches(64, seed=0), colour_batches(64, seed=1)
+    model = make_tiny_classifier(head={})
+    train, validation = colour_dataset(64, seed=0), colour_dataset(64, seed=1)
     settings = {} if fixed else {"bn_momentum": None, "recalibrate_bn": False}
     baseline, history = recipes.fit_scratch_baseline(
         model, train, validation, epochs=6, learning_rate=1e-2, verbose=0, **settings
@@ -178,8 +164,8 @@ def test_scratch_baseline_predicts_in_inference_mode_after_a_short_run(fixed):
 
 
 def test_recalibrate_batchnorm_uses_batch_statistics_and_skips_frozen_layers():
-    model = kt.create_classifier("mobilenet", 2, input_shape=(32, 32, 3), weights=None, alpha=0.25)
-    images = np.random.default_rng(0).uniform(0, 255, (8, 32, 32, 3)).astype("float32")
+    model = make_tiny_classifier(head={})
+    images = tiny_images(8)
     dataset = tf.data.Dataset.from_tensor_slices((images, np.zeros(8, "int32"))).batch(4)
     bn = model.backbone.get_layer("conv1_bn")
     kernel_before = [w.numpy().copy() for w in model.trainable_weights]
@@ -198,8 +184,8 @@ def test_recalibrate_batchnorm_uses_batch_statistics_and_skips_frozen_layers():
 
 
 def test_fit_scratch_baseline_trains_for_the_budget():
-    model = kt.create_classifier("mobilenet", 2, input_shape=(32, 32, 3), weights=None, alpha=0.25)
-    images = np.random.default_rng(0).uniform(0, 255, (8, 32, 32, 3)).astype("float32")
+    model = make_tiny_classifier(head={})
+    images = tiny_images(8)
     dataset = tf.data.Dataset.from_tensor_slices((images, np.arange(8) % 2)).batch(4)
     baseline, history = recipes.fit_scratch_baseline(model, dataset, dataset, epochs=2, verbose=0)
     assert len(history.history["val_accuracy"]) == 2
@@ -245,10 +231,17 @@ def test_accuracy_benchmark_smoke(tmp_path):
         "seconds",
     }
     assert set(result["seconds"]) == {"feature_extraction", "two_phase", "scratch"}
-    assert all(0.0 <= result[k] <= 1.0 for k in result if k.endswith("_acc"))
-    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    details = json.loads((tmp_path / "results.json").read_text())
+    # Each accuracy is measured on the 16 validation images (a whole number of them) and is
+    # the one results.json and results.md report.
+    assert details["num_validation"] == 16
     table = (tmp_path / "results.md").read_text()
-    assert "| two_phase |" in table and "| scratch |" in table
-    settings = json.loads((tmp_path / "results.json").read_text())["settings"]
+    for key in ("feature_extraction_acc", "two_phase_acc", "scratch_acc"):
+        correct = result[key] * 16
+        assert correct == pytest.approx(round(correct), abs=1e-6), (key, result[key])
+        assert details[key] == result[key]
+        assert f"| {key[: -len('_acc')]} | {result[key]:.4f} |" in table
+    assert_png_image(tmp_path / "curves.png", min_size=(300, 200))
+    settings = details["settings"]
     assert settings["deterministic"] is True
     assert settings["head_dropout"] == 0.5 and settings["fine_tune_lr"] == 5e-6

@@ -1,6 +1,7 @@
 import keras
 import numpy as np
 import pytest
+from conftest import make_tiny_classifier
 
 import keras_transfer as kt
 from keras_transfer import callbacks as callbacks_lib
@@ -55,14 +56,8 @@ def test_l2sp_pulls_weights_back_toward_their_start():
     assert not np.allclose(head_start, 0)
 
 
-def tiny_classifier():
-    return kt.create_classifier(
-        "mobilenet", 2, head={"dropout": 0.0}, input_shape=(32, 32, 3), weights=None, alpha=0.25
-    )
-
-
 def test_penalty_counts_only_trainable_weights_of_a_partly_frozen_backbone():
-    model = tiny_classifier()
+    model = make_tiny_classifier()
     kt.unfreeze(model, 1)  # conv_dw_13 only; its BatchNorm stays frozen
     counts = regularizers.apply_l2sp(model, alpha=0.5, beta=0.1)
     # Every conv kernel and BatchNorm scale/offset of the backbone, all in layer configs.
@@ -82,7 +77,7 @@ def test_penalty_counts_only_trainable_weights_of_a_partly_frozen_backbone():
 
 
 def test_penalty_enters_fit_and_works_with_gradual_unfreezing():
-    model = tiny_classifier()
+    model = make_tiny_classifier()
     regularizers.apply_l2sp(model, alpha=1.0, beta=0.0)
     model.compile(optimizer=keras.optimizers.SGD(0.0))  # lr 0: weights stay at the reference
     x = np.random.default_rng(0).uniform(0, 255, (8, 32, 32, 3)).astype("float32")
@@ -106,7 +101,7 @@ def test_penalty_enters_fit_and_works_with_gradual_unfreezing():
 
 
 def test_l2sp_reference_is_saved_and_kept_when_reapplied(tmp_path):
-    model = tiny_classifier()
+    model = make_tiny_classifier()
     kt.unfreeze(model, 1)
     regularizers.apply_l2sp(model, alpha=0.5, beta=0.1)
     pretrained = model.backbone.get_layer("conv_pw_13").kernel.numpy().copy()

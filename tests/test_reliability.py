@@ -9,26 +9,11 @@ import textwrap
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
+from conftest import make_tiny_classifier
 from interruption import InterruptAt
 
-import keras_transfer as kt
 from keras_transfer import reliability
 from keras_transfer import training
-
-
-def tiny_classifier():
-    return kt.create_classifier(
-        "mobilenet", 2, input_shape=(32, 32, 3), weights=None, alpha=0.25, head={"dropout": 0.0}
-    )
-
-
-@pytest.fixture
-def dataset():
-    rng = np.random.default_rng(0)
-    x = rng.uniform(0, 255, (16, 32, 32, 3)).astype("float32")
-    y = (np.arange(16) % 2).astype("int32")
-    return tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
 
 
 class Poison(keras.callbacks.Callback):
@@ -53,14 +38,19 @@ class Snapshot(keras.callbacks.Callback):
         self.at_epoch_end[epoch] = self.model.get_weights()
 
 
-def test_divergence_stops_restores_and_keeps_the_backup(dataset, tmp_path):
-    model = tiny_classifier()
+def test_divergence_stops_restores_and_keeps_the_backup(tiny_dataset, tmp_path):
+    model = make_tiny_classifier()
     snapshot = Snapshot()
     backup = tmp_path / "backup"
     kwargs = dict(head_epochs=2, fine_tune_epochs=3, head_lr=1e-2, verbose=0)
     with pytest.raises(reliability.NonFiniteLossError, match=r"loss=nan.*epoch 4.*learning rate"):
         training.fit_two_phase(
-            model, dataset, dataset, callbacks=[Poison(3), snapshot], backup_dir=backup, **kwargs
+            model,
+            tiny_dataset,
+            tiny_dataset,
+            callbacks=[Poison(3), snapshot],
+            backup_dir=backup,
+            **kwargs,
         )
     # The model holds the last finite weights (those at the end of epoch 3), not NaNs.
     assert not reliability.non_finite_variables(model)
@@ -75,7 +65,7 @@ def test_divergence_stops_restores_and_keeps_the_backup(dataset, tmp_path):
 
     # A rerun (here without the poison) resumes from the last good epoch and completes.
     history = training.fit_two_phase(
-        tiny_classifier(), dataset, dataset, backup_dir=backup, **kwargs
+        make_tiny_classifier(), tiny_dataset, tiny_dataset, backup_dir=backup, **kwargs
     )
     assert history.epoch == [0, 1, 2, 3, 4]
     assert all(np.isfinite(history.history["loss"]))
@@ -91,11 +81,11 @@ def test_guard_catches_real_divergence_in_plain_fit():
     assert not reliability.non_finite_variables(model)  # back to the initial weights
 
 
-def test_nan_guard_off_lets_keras_behave_as_usual(dataset, tmp_path):
-    model = tiny_classifier()
+def test_nan_guard_off_lets_keras_behave_as_usual(tiny_dataset, tmp_path):
+    model = make_tiny_classifier()
     history = training.fit_two_phase(
         model,
-        dataset,
+        tiny_dataset,
         head_epochs=2,
         fine_tune_epochs=0,
         callbacks=[Poison(1)],
@@ -108,13 +98,13 @@ def test_nan_guard_off_lets_keras_behave_as_usual(dataset, tmp_path):
     assert not (tmp_path / "unused.keras").exists()
 
 
-def test_backup_of_other_settings_is_refused(dataset, tmp_path):
+def test_backup_of_other_settings_is_refused(tiny_dataset, tmp_path):
     backup = tmp_path / "backup"
-    model = tiny_classifier()
+    model = make_tiny_classifier()
     with pytest.raises(KeyboardInterrupt):
         training.fit_two_phase(
             model,
-            dataset,
+            tiny_dataset,
             head_epochs=2,
             fine_tune_epochs=1,
             callbacks=[InterruptAt(1)],
@@ -123,8 +113,8 @@ def test_backup_of_other_settings_is_refused(dataset, tmp_path):
         )
     with pytest.raises(ValueError, match="other settings.*delete the folder"):
         training.fit_two_phase(
-            tiny_classifier(),
-            dataset,
+            make_tiny_classifier(),
+            tiny_dataset,
             head_epochs=3,
             fine_tune_epochs=1,
             backup_dir=backup,
@@ -133,7 +123,7 @@ def test_backup_of_other_settings_is_refused(dataset, tmp_path):
 
 
 def test_interrupted_save_keeps_the_previous_file(tmp_path):
-    model = tiny_classifier()
+    model = make_tiny_classifier()
     path = tmp_path / "model.keras"
     reliability.save_model(model, path)
     good = path.read_bytes()
@@ -152,9 +142,9 @@ def test_interrupted_save_keeps_the_previous_file(tmp_path):
 
 
 def test_save_model_weights_only(tmp_path):
-    model = tiny_classifier()
+    model = make_tiny_classifier()
     reliability.save_model(model, tmp_path / "model.weights.h5")
-    other = tiny_classifier()
+    other = make_tiny_classifier()
     other.load_weights(tmp_path / "model.weights.h5")
     for a, b in zip(model.get_weights(), other.get_weights()):
         np.testing.assert_array_equal(a, b)
@@ -210,26 +200,26 @@ def test_example_runs_are_deterministic_with_a_seed(image_folder, tmp_path):
 
 
 @pytest.mark.slow
-def test_interruption_in_phase_one_resumes_in_phase_one(dataset, tmp_path):
+def test_interruption_in_phase_one_resumes_in_phase_one(tiny_dataset, tmp_path):
     kwargs = dict(head_epochs=2, fine_tune_epochs=1, head_lr=1e-2, verbose=0)
     keras.utils.set_random_seed(1)
-    reference = tiny_classifier()
-    expected = training.fit_two_phase(reference, dataset, dataset, **kwargs)
+    reference = make_tiny_classifier()
+    expected = training.fit_two_phase(reference, tiny_dataset, tiny_dataset, **kwargs)
 
     backup = tmp_path / "backup"
     keras.utils.set_random_seed(1)
     with pytest.raises(KeyboardInterrupt):
         training.fit_two_phase(
-            tiny_classifier(),
-            dataset,
-            dataset,
+            make_tiny_classifier(),
+            tiny_dataset,
+            tiny_dataset,
             callbacks=[InterruptAt(1)],
             backup_dir=backup,
             **kwargs,
         )
     keras.utils.set_random_seed(1)
-    model = tiny_classifier()
-    history = training.fit_two_phase(model, dataset, dataset, backup_dir=backup, **kwargs)
+    model = make_tiny_classifier()
+    history = training.fit_two_phase(model, tiny_dataset, tiny_dataset, backup_dir=backup, **kwargs)
     assert history.epoch == expected.epoch == [0, 1, 2]
     assert history.phases == expected.phases
     np.testing.assert_allclose(history.history["loss"], expected.history["loss"], rtol=1e-5)

@@ -12,6 +12,8 @@ import textwrap
 import keras
 import numpy as np
 import pytest
+from conftest import make_tiny_classifier
+from conftest import tiny_images
 
 import keras_transfer as kt
 from keras_transfer import optimizers
@@ -43,7 +45,7 @@ FAMILIES = [pytest.param(name, size) for name, size in FAST_FAMILIES.items()] + 
 
 
 def images(size, n=4, seed=0):
-    return np.random.default_rng(seed).uniform(0, 255, (n, size, size, 3)).astype("float32")
+    return tiny_images(n, size, seed)
 
 
 def no_lambda_layers(model):
@@ -95,9 +97,7 @@ def test_every_head_option(option, tmp_path):
     head = HEAD_OPTIONS[option]
     task = head.get("task", "multiclass")
     num_classes = 1 if task == "binary" else 3
-    model = kt.create_classifier(
-        "mobilenet", num_classes, head=head, input_shape=(32, 32, 3), weights=None, alpha=0.25
-    )
+    model = make_tiny_classifier(num_classes, head=head)
     model.compile()
     loaded = reload(model, tmp_path / "model.keras")
     assert loaded.head.get_config() == model.head.get_config()
@@ -132,9 +132,7 @@ def test_mixed_precision_model(tmp_path):
 def test_two_phase_model_with_layerwise_lr_keeps_optimizer_state(tmp_path):
     """After `fit_two_phase(lr_decay=)`, the reloaded model continues training exactly as
     the original would: weights, multipliers, moments and step count all round-trip."""
-    model = kt.create_classifier(
-        "mobilenet", 3, input_shape=(32, 32, 3), weights=None, alpha=0.25, head={"dropout": 0.0}
-    )
+    model = make_tiny_classifier(3)
     x, y = images(32, n=8), (np.arange(8) % 3).astype("int32")
     training.fit_two_phase(
         model,
@@ -160,7 +158,7 @@ def test_two_phase_model_with_layerwise_lr_keeps_optimizer_state(tmp_path):
 
 
 def test_l2sp_regularised_model(tmp_path):
-    model = kt.create_classifier("mobilenet", 3, input_shape=(32, 32, 3), weights=None, alpha=0.25)
+    model = make_tiny_classifier(3, head={})
     kt.apply_l2sp(model)
     model.compile()
     loaded = reload(model, tmp_path / "model.keras")

@@ -3,7 +3,6 @@
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 from interruption import InterruptAt
 
 import keras_transfer as kt
@@ -15,14 +14,6 @@ def model():
     # VGG: no BatchNormalization, so a randomly initialised backbone still passes gradients
     # at 32 px (a random MobileNet's features vanish to ~1e-22 with BN in inference mode).
     return kt.create_classifier("vgg16", 2, input_shape=(32, 32, 3), weights=None)
-
-
-@pytest.fixture
-def dataset():
-    rng = np.random.default_rng(0)
-    x = rng.uniform(0, 255, (16, 32, 32, 3)).astype("float32")
-    y = (np.arange(16) % 2).astype("int32")
-    return tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
 
 
 class _RecordTrainable(keras.callbacks.Callback):
@@ -38,13 +29,13 @@ class _RecordTrainable(keras.callbacks.Callback):
         self.trainable_counts.append(len(self.model.trainable_weights))
 
 
-def test_phases_train_what_they_should(model, dataset):
+def test_phases_train_what_they_should(model, tiny_dataset):
     backbone_before = {v.path: v.numpy().copy() for v in model.backbone.weights}
     recorder = _RecordTrainable()
     history = kt.fit_two_phase(
         model,
-        dataset,
-        dataset,
+        tiny_dataset,
+        tiny_dataset,
         head_epochs=2,
         fine_tune_epochs=2,
         head_lr=1e-2,
@@ -72,15 +63,15 @@ def test_phases_train_what_they_should(model, dataset):
     assert changed == {v.path for layer in model.blocks[-1].layers for v in layer.weights}
 
 
-def test_initial_epoch_shifts_both_phases_and_resumes(model, dataset, tmp_path):
+def test_initial_epoch_shifts_both_phases_and_resumes(model, tiny_dataset, tmp_path):
     kwargs = dict(head_epochs=2, fine_tune_epochs=2, head_lr=1e-2, unfreeze=1, verbose=0)
     backup = tmp_path / "backup"
     first = _RecordTrainable()
     with pytest.raises(KeyboardInterrupt):
         kt.fit_two_phase(
             model,
-            dataset,
-            dataset,
+            tiny_dataset,
+            tiny_dataset,
             initial_epoch=3,
             callbacks=[first, InterruptAt(6)],
             backup_dir=backup,
@@ -90,13 +81,15 @@ def test_initial_epoch_shifts_both_phases_and_resumes(model, dataset, tmp_path):
     assert first.epochs == [3, 4, 5, 6]
     assert first.learning_rates[:3] == pytest.approx([1e-2, 1e-2, 1e-3])
     with pytest.raises(ValueError, match="other settings"):
-        kt.fit_two_phase(model, dataset, dataset, initial_epoch=0, backup_dir=backup, **kwargs)
+        kt.fit_two_phase(
+            model, tiny_dataset, tiny_dataset, initial_epoch=0, backup_dir=backup, **kwargs
+        )
     resumed = _RecordTrainable()
     fresh = kt.create_classifier("vgg16", 2, input_shape=(32, 32, 3), weights=None)
     history = kt.fit_two_phase(
         fresh,
-        dataset,
-        dataset,
+        tiny_dataset,
+        tiny_dataset,
         initial_epoch=3,
         callbacks=[resumed],
         backup_dir=backup,
@@ -109,9 +102,9 @@ def test_initial_epoch_shifts_both_phases_and_resumes(model, dataset, tmp_path):
     assert not backup.exists()
 
 
-def test_history_summaries(model, dataset):
+def test_history_summaries(model, tiny_dataset):
     history = kt.fit_two_phase(
-        model, dataset, dataset, head_epochs=1, fine_tune_epochs=2, verbose=0
+        model, tiny_dataset, tiny_dataset, head_epochs=1, fine_tune_epochs=2, verbose=0
     )
     last = history.phase_metrics("fine_tune")
     assert last["val_accuracy"] == history.history["val_accuracy"][-1]
@@ -126,15 +119,15 @@ def test_history_summaries(model, dataset):
     assert history.phase_summary("nope") == {}
 
 
-def test_skipping_a_phase(model, dataset):
-    history = kt.fit_two_phase(model, dataset, head_epochs=0, fine_tune_epochs=1, verbose=0)
+def test_skipping_a_phase(model, tiny_dataset):
+    history = kt.fit_two_phase(model, tiny_dataset, head_epochs=0, fine_tune_epochs=1, verbose=0)
     assert history.phases == ["fine_tune"]
-    history = kt.fit_two_phase(model, dataset, head_epochs=1, fine_tune_epochs=0, verbose=0)
+    history = kt.fit_two_phase(model, tiny_dataset, head_epochs=1, fine_tune_epochs=0, verbose=0)
     assert history.phases == ["feature_extraction"]
     assert kt.trainable_blocks(model) == []
 
 
-def test_optimizer_choices(model, dataset):
+def test_optimizer_choices(model, tiny_dataset):
     made = []
 
     def factory(learning_rate):
@@ -142,13 +135,19 @@ def test_optimizer_choices(model, dataset):
         return keras.optimizers.SGD(learning_rate, momentum=0.9)
 
     kt.fit_two_phase(
-        model, dataset, head_epochs=1, fine_tune_epochs=1, head_lr=0.1, optimizer=factory, verbose=0
+        model,
+        tiny_dataset,
+        head_epochs=1,
+        fine_tune_epochs=1,
+        head_lr=0.1,
+        optimizer=factory,
+        verbose=0,
     )
     assert made == pytest.approx([0.1, 0.01])
     assert isinstance(model.optimizer, keras.optimizers.SGD)
     kt.fit_two_phase(
         model,
-        dataset,
+        tiny_dataset,
         head_epochs=1,
         fine_tune_epochs=1,
         optimizer="rmsprop",
@@ -157,18 +156,18 @@ def test_optimizer_choices(model, dataset):
     )
     assert isinstance(model.optimizer, keras.optimizers.SGD)
     with pytest.raises(TypeError, match="not an optimizer instance"):
-        kt.fit_two_phase(model, dataset, optimizer=keras.optimizers.Adam(), verbose=0)
+        kt.fit_two_phase(model, tiny_dataset, optimizer=keras.optimizers.Adam(), verbose=0)
     with pytest.raises(ValueError):
-        kt.fit_two_phase(model, dataset, optimizer="no_such_optimizer", verbose=0)
+        kt.fit_two_phase(model, tiny_dataset, optimizer="no_such_optimizer", verbose=0)
 
 
-def test_bad_requests_fail_before_training(model, dataset):
+def test_bad_requests_fail_before_training(model, tiny_dataset):
     with pytest.raises(ValueError, match="Cannot unfreeze the top 99 blocks"):
-        kt.fit_two_phase(model, dataset, unfreeze=99, verbose=0)
+        kt.fit_two_phase(model, tiny_dataset, unfreeze=99, verbose=0)
     with pytest.raises(TypeError, match="sets `epochs` itself"):
-        kt.fit_two_phase(model, dataset, epochs=3, verbose=0)
+        kt.fit_two_phase(model, tiny_dataset, epochs=3, verbose=0)
     with pytest.raises(ValueError, match="initial_epoch must be an integer >= 0"):
-        kt.fit_two_phase(model, dataset, initial_epoch=-1, verbose=0)
+        kt.fit_two_phase(model, tiny_dataset, initial_epoch=-1, verbose=0)
     plain = keras.Sequential(
         [
             keras.Input((32, 32, 3)),
@@ -178,7 +177,7 @@ def test_bad_requests_fail_before_training(model, dataset):
         ]
     )
     with pytest.raises(ValueError, match="Pass `loss=`"):
-        kt.fit_two_phase(plain, dataset, verbose=0)
+        kt.fit_two_phase(plain, tiny_dataset, verbose=0)
 
 
 def test_unfreeze_request_parsing():

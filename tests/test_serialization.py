@@ -1,0 +1,231 @@
+"""Every class keras_transfer registers with Keras serialization round-trips: config ->
+`from_config` -> the same config, and through a `.keras` file to the same outputs.
+
+The classes come from Keras's registry (`keras_transfer>` names), so a new registered class
+without a factory below fails `test_every_registered_class_has_a_factory`."""
+
+import importlib
+import pkgutil
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import make_tiny_classifier
+from conftest import tiny_images
+from serialization import run_model_saving_test
+from serialization import run_serialization_test
+
+import keras_transfer
+from keras_transfer import callbacks
+from keras_transfer import heads
+from keras_transfer import hub
+from keras_transfer import optimizers
+from keras_transfer import preprocessing
+from keras_transfer import regularizers
+from keras_transfer import schedules
+
+PREFIX = "keras_transfer>"
+
+
+def registered_classes():
+    """Registered name -> class, for everything the package registers on import."""
+    for module in pkgutil.iter_modules(keras_transfer.__path__):
+        importlib.import_module(f"keras_transfer.{module.name}")
+    return {
+        name: cls
+        for name, cls in keras.saving.get_custom_objects().items()
+        if name.startswith(PREFIX)
+    }
+
+
+REGISTERED = registered_classes()
+
+
+# --- factories: each returns (instance, model holding it or None, probe of that model) ---
+
+
+def rng(seed=0):
+    return np.random.default_rng(seed)
+
+
+def classification_head(tmp_path):
+    head = heads.ClassificationHead(
+        3,
+        pooling="avgmax",
+        hidden_units=(4,),
+        batch_norm=True,
+        dropout=0.1,
+        kernel_regularizer="l2",
+    )
+    model = keras.Sequential([keras.Input((3, 3, 5)), head])
+    x = rng().normal(size=(2, 3, 3, 5)).astype("float32")
+
+    def probe(m):
+        assert type(m.layers[0]) is heads.ClassificationHead
+        return [m(x, training=False), sum(m.losses)]
+
+    return head, model, probe
+
+
+def transfer_classifier(tmp_path):
+    model = make_tiny_classifier(3, head={"hidden_units": [4]}, class_names=["a", "b", "c"])
+    x = tiny_images(2)
+
+    def probe(m):
+        assert type(m) is heads.TransferClassifier
+        assert m.class_names == ["a", "b", "c"] and m.backbone_name == "mobilenet"
+        return m(x, training=False)
+
+    return model, model, probe
+
+
+def image_preprocessing(tmp_path):
+    layer = preprocessing.ImagePreprocessing("caffe")
+    model = keras.Sequential([keras.Input((2, 2, 3)), layer])
+    x = rng().uniform(0, 255, (2, 2, 2, 3)).astype("float32")
+
+    def probe(m):
+        assert type(m.layers[0]) is preprocessing.ImagePreprocessing
+        return m(x)
+
+    return layer, model, probe
+
+
+class TinyModule(tf.Module):
+    """The smallest TF2 SavedModel a HubBackbone loads: one dense kernel."""
+
+    def __init__(self):
+        super().__init__()
+        self.kernel = tf.Variable(rng().normal(size=(4, 3)).astype("float32"), name="kernel")
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32)])
+    def __call__(self, x):
+        return tf.matmul(x, self.kernel)
+
+
+def hub_backbone(tmp_path):
+    path = str(tmp_path / "tiny_module")
+    tf.saved_model.save(TinyModule(), path)
+    layer = hub.HubBackbone(path, trainable=True, name="hub")
+    model = keras.Sequential([keras.Input((4,)), layer])
+    x = rng().uniform(-1, 1, (2, 4)).astype("float32")
+
+    def probe(m):
+        # The perturbed (fine-tuned) kernel must come from the .keras file, not the SavedModel.
+        assert type(m.layers[0]) is hub.HubBackbone
+        return m(x)
+
+    return layer, model, probe
+
+
+def l2sp(tmp_path):
+    reference = rng().normal(size=(3, 2)).astype("float32")
+    regularizer = regularizers.L2SP(0.5, reference)
+    model = keras.Sequential(
+        [keras.Input((3,)), keras.layers.Dense(2, kernel_regularizer=regularizer)]
+    )
+    x = rng().normal(size=(2, 3)).astype("float32")
+
+    def probe(m):
+        assert type(m.layers[0].kernel_regularizer) is regularizers.L2SP
+        # The penalty's value checks that the reference came back with the model.
+        return [m(x), sum(m.losses)]
+
+    return regularizer, model, probe
+
+
+def dense_model():
+    inputs = keras.Input((3,))
+    hidden = keras.layers.Dense(4, activation="relu", name="low")(inputs)
+    return keras.Model(inputs, keras.layers.Dense(2, name="top")(hidden))
+
+
+def layerwise_optimizer(cls):
+    def factory(tmp_path):
+        optimizer = cls(learning_rate=0.01, multipliers={"^low/": 0.5}, default_multiplier=1.0)
+        model = dense_model()
+        model.compile(optimizer=optimizer, loss="mse")
+        x = rng().normal(size=(4, 3)).astype("float32")
+        y = rng().normal(size=(4, 2)).astype("float32")
+        model.train_on_batch(x, y)  # creates the optimizer's slots
+
+        def probe(m):
+            assert type(m.optimizer) is cls
+            # One more step: equal only if multipliers, slots and step count came back.
+            m.train_on_batch(x, y)
+            return [m(x), *[v.numpy() for v in m.optimizer.variables]]
+
+        return optimizer, model, probe
+
+    return factory
+
+
+def learning_rate_schedule(cls, **kwargs):
+    def factory(tmp_path):
+        schedule = cls(1e-2, total_steps=10, **kwargs)
+        model = dense_model()
+        model.compile(optimizer=keras.optimizers.SGD(learning_rate=schedule), loss="mse")
+
+        def probe(m):
+            config = m.optimizer.get_config()["learning_rate"]
+            assert type(keras.optimizers.schedules.deserialize(config)) is cls
+            rates = []
+            for step in range(12):
+                m.optimizer.iterations.assign(step)
+                rates.append(float(m.optimizer.learning_rate))
+            m.optimizer.iterations.assign(0)
+            return np.array(rates)
+
+        return schedule, model, probe
+
+    return factory
+
+
+def gradual_unfreezing(tmp_path):
+    # A callback: serialised with its config, never stored in a .keras file.
+    return callbacks.GradualUnfreezing({1: 1, 3: "all"}, train_bn=True), None, None
+
+
+FACTORIES = {
+    "ClassificationHead": classification_head,
+    "TransferClassifier": transfer_classifier,
+    "ImagePreprocessing": image_preprocessing,
+    "HubBackbone": hub_backbone,
+    "L2SP": l2sp,
+    "GradualUnfreezing": gradual_unfreezing,
+    "WarmupCosineDecay": learning_rate_schedule(
+        schedules.WarmupCosineDecay, warmup_steps=3, floor=1e-4
+    ),
+    "SlantedTriangular": learning_rate_schedule(schedules.SlantedTriangular),
+    "OneCycle": learning_rate_schedule(schedules.OneCycle),
+    # One factory for the per-layer learning-rate variants of every Keras optimizer.
+    **{
+        name[len(PREFIX) :]: layerwise_optimizer(cls)
+        for name, cls in REGISTERED.items()
+        if issubclass(cls, optimizers.LayerwiseLearningRate)
+    },
+}
+
+
+def test_every_registered_class_has_a_factory():
+    names = {name[len(PREFIX) :] for name in REGISTERED}
+    missing = sorted(names - set(FACTORIES))
+    assert not missing, (
+        f"Registered keras_transfer classes without a serialization factory: {missing}. "
+        "Add one to FACTORIES in tests/test_serialization.py."
+    )
+    assert len(names) >= 21  # the registry was read (a vacuous pass is a failure too)
+
+
+@pytest.mark.parametrize("name", sorted(REGISTERED))
+def test_round_trip(name, tmp_path):
+    cls = REGISTERED[name]
+    factory = FACTORIES.get(name[len(PREFIX) :])
+    if factory is None:
+        pytest.fail(f"{name} has no factory in FACTORIES (see the test above).")
+    instance, model, probe = factory(tmp_path)
+    assert type(instance) is cls
+    run_serialization_test(instance)
+    if model is not None:
+        run_model_saving_test(model, probe, tmp_path)

@@ -18,8 +18,11 @@ from serialization import run_serialization_test
 
 import keras_transfer
 from keras_transfer import callbacks
+from keras_transfer import domain
 from keras_transfer import heads
 from keras_transfer import hub
+from keras_transfer import layers
+from keras_transfer import losses
 from keras_transfer import optimizers
 from keras_transfer import preprocessing
 from keras_transfer import regularizers
@@ -187,7 +190,50 @@ def gradual_unfreezing(tmp_path):
     return callbacks.GradualUnfreezing({1: 1, 3: "all"}, train_bn=True), None, None
 
 
+def gradient_reversal(tmp_path):
+    layer = layers.GradientReversal(0.5)
+    model = keras.Sequential([keras.Input((3,)), layer, keras.layers.Dense(2)])
+    x = rng().normal(size=(2, 3)).astype("float32")
+
+    def probe(m):
+        assert type(m.layers[0]) is layers.GradientReversal and m.layers[0].factor == 0.5
+        return m(x)
+
+    return layer, model, probe
+
+
+def alignment_loss(cls, **kwargs):
+    def factory(tmp_path):
+        loss = cls(**kwargs)
+        model = dense_model()
+        model.compile(optimizer="sgd", loss=loss)
+        source = rng(1).normal(size=(6, 2)).astype("float32")
+        target = rng(2).normal(1.0, 2.0, size=(6, 2)).astype("float32")
+
+        def probe(m):
+            # The reloaded compiled loss is the same class and computes the same value.
+            restored = keras.losses.deserialize(keras.losses.serialize(m.loss))
+            assert type(restored) is cls
+            return restored(source, target)
+
+        return loss, model, probe
+
+    return factory
+
+
+def domain_adaptation(tmp_path):
+    # A training wrapper (fit_domain_adaptation): its config round-trips; the model users
+    # save afterwards is the plain classifier, covered by TransferClassifier above.
+    classifier = make_tiny_classifier(2)
+    return domain.DomainAdaptation(classifier, method="mmd", total_steps=4), None, None
+
+
 FACTORIES = {
+    "GradientReversal": gradient_reversal,
+    "CoralLoss": alignment_loss(losses.CoralLoss),
+    "MMDLoss": alignment_loss(losses.MMDLoss, kernel_multipliers=(0.5, 1.0)),
+    "DomainAdaptation": domain_adaptation,
+    "DannLearningRate": learning_rate_schedule(domain.DannLearningRate),
     "ClassificationHead": classification_head,
     "TransferClassifier": transfer_classifier,
     "ImagePreprocessing": image_preprocessing,

@@ -45,7 +45,7 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
     if not os.path.isfile(path):
         raise ConfigError(f"Config file {path!r} does not exist.")
     extension = os.path.splitext(path)[1].lower()
-    with open(path) as f:
+    with open(path, encoding="utf-8") as f:
         text = f.read()
     try:
         if extension in (".yaml", ".yml"):

@@ -325,7 +325,7 @@ class _RunState:
         self.head_weights_path = os.path.join(self.directory, HEAD_WEIGHTS_FILE)
         self.data: dict[str, Any] = {"settings": settings, "head_done": False, "epochs": {}}
         if os.path.exists(self.path):
-            with open(self.path) as f:
+            with open(self.path, encoding="utf-8") as f:
                 saved = json.load(f)
             if saved.get("settings") != settings:
                 raise ValueError(
@@ -394,7 +394,7 @@ class _RunState:
 
     def _save(self) -> None:
         def write(path):
-            with open(path, "w") as f:
+            with open(path, "w", encoding="utf-8") as f:
                 json.dump(self.data, f, indent=1)
 
         reliability.write_atomically(self.path, write)

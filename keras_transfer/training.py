@@ -168,8 +168,10 @@ def fit_two_phase(
     if head_epochs < 0 or fine_tune_epochs < 0:
         raise ValueError("head_epochs and fine_tune_epochs must be >= 0.")
     check_initial_epoch(initial_epoch)
+    optimizers.check_learning_rate(head_lr, "head_lr")
     if fine_tune_lr is None:
         fine_tune_lr = head_lr / 10.0
+    optimizers.check_learning_rate(fine_tune_lr, "fine_tune_lr")
     if lr_decay is not None and not (
         isinstance(lr_decay, int | float) and not isinstance(lr_decay, bool) and 0 < lr_decay <= 1
     ):
@@ -205,7 +207,9 @@ def fit_two_phase(
                 "initial_epoch": initial_epoch,
             },
         )
-    guard = [reliability.NonFiniteGuard()] if nan_guard else []
+    expect_validation = validation_data is not None and "validation_freq" not in fit_kwargs
+    guard = [reliability.EmptyEpochGuard(expect_validation)]
+    guard += [reliability.NonFiniteGuard()] if nan_guard else []
 
     def phase_callbacks(phase):
         if state is None:
@@ -216,7 +220,7 @@ def fit_two_phase(
         return [
             *guard,
             _EpochRecorder(state, phase),
-            keras.callbacks.BackupAndRestore(
+            reliability.AtomicBackupAndRestore(
                 state.phase_dir(phase), double_checkpoint=True, delete_checkpoint=False
             ),
             *callbacks,

@@ -91,6 +91,10 @@ from keras_transfer.recipes import fit_scratch_baseline
 from keras_transfer.recipes import recommend_recipe
 from keras_transfer.recipes import scratch_model
 from keras_transfer.regularizers import apply_l2sp
+from keras_transfer.reliability import AtomicBackupAndRestore
+from keras_transfer.reliability import BackupUnreadableError
+from keras_transfer.reliability import BinaryLabelCrossentropy
+from keras_transfer.reliability import EmptyEpochGuard
 from keras_transfer.reliability import NonFiniteGuard
 from keras_transfer.reliability import NonFiniteLossError
 from keras_transfer.reliability import NonFiniteWeightsError
@@ -137,9 +141,12 @@ __all__ = [
     "training",
     "transfer_scores",
     "apply_l2sp",
+    "AtomicBackupAndRestore",
     "Backbone",
     "BackboneSpec",
+    "BackupUnreadableError",
     "BatchNormRecalibration",
+    "BinaryLabelCrossentropy",
     "Block",
     "CachedFeatures",
     "check_negative_transfer",
@@ -153,6 +160,7 @@ __all__ = [
     "domain_distance",
     "DomainAdaptation",
     "DomainDistance",
+    "EmptyEpochGuard",
     "enable_lora",
     "enable_multi_worker_fit",
     "extract_features",

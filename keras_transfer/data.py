@@ -11,6 +11,7 @@ import dataclasses
 import logging
 import os
 import random
+import struct
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,7 +21,20 @@ import tensorflow as tf
 
 logger = logging.getLogger("keras_transfer")
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
+# Image formats TensorFlow's decoder does not read: reported by name instead of ignored.
+UNSUPPORTED_IMAGE_FORMATS = {
+    ".tif": "TIFF",
+    ".tiff": "TIFF",
+    ".heic": "HEIC",
+    ".heif": "HEIF",
+    ".avif": "AVIF",
+    ".jp2": "JPEG 2000",
+    ".psd": "Photoshop",
+    ".ico": "ICO",
+    ".svg": "SVG",
+}
+DEFAULT_MAX_PIXELS = 50_000_000
 VALIDATION_DIR_NAMES = ("val", "validation", "valid")
 TRAIN_DIR_NAMES = ("train", "training")
 
@@ -35,7 +49,12 @@ class ImageData:
         class_names: class names, index = label.
         num_train: number of training images.
         num_validation: number of validation images.
-        skipped: paths of files that were not decodable images and were left out.
+        skipped: paths of image files that were left out (not decodable, above
+            `max_pixels`, a format TensorFlow does not decode, or a second link to an
+            image already listed).
+        skip_reasons: each skipped path -> why it was left out.
+        warnings: what the loader warned about (also logged): skipped files, symbolic link
+            loops, a validation folder without images (then `validation` is `None`).
         image_size: `(height, width)` of the images.
         train_unaugmented: the training images as validation sees them (central crop, no
             augmentation, no shuffle): what cached feature extraction should run on.
@@ -49,6 +68,8 @@ class ImageData:
     skipped: list[str] = dataclasses.field(default_factory=list)
     image_size: tuple[int, int] = (224, 224)
     train_unaugmented: tf.data.Dataset | None = None
+    skip_reasons: dict[str, str] = dataclasses.field(default_factory=dict)
+    warnings: list[str] = dataclasses.field(default_factory=list)
 
 
 _AUGMENTATIONS = {
@@ -98,29 +119,125 @@ def augmentation_names(augment: Any) -> list[str]:
     return list(augment)
 
 
-def _list_class_folder(directory: str) -> tuple[list[str], list[int], list[str]]:
+@dataclasses.dataclass
+class _Listing:
+    """The images of one split folder, and what was left out of it and why."""
+
+    directory: str
+    class_names: list[str]
+    paths: list[str] = dataclasses.field(default_factory=list)
+    labels: list[int] = dataclasses.field(default_factory=list)
+    skipped: dict[str, str] = dataclasses.field(default_factory=dict)  # path -> reason
+    real_paths: dict[str, str] = dataclasses.field(default_factory=dict)  # real -> listed
+    hidden: list[str] = dataclasses.field(default_factory=list)
+    other: list[str] = dataclasses.field(default_factory=list)
+    loops: list[str] = dataclasses.field(default_factory=list)
+
+    def drop(self, bad: dict[str, str]) -> None:
+        kept = [(p, label) for p, label in zip(self.paths, self.labels) if p not in bad]
+        self.paths = [p for p, _ in kept]
+        self.labels = [label for _, label in kept]
+        self.skipped.update(bad)
+
+
+def _check_class_name(name: str, directory: str) -> None:
+    if name.splitlines() != [name]:
+        raise ValueError(
+            f"Class folder {name!r} in {directory!r} has a line break in its name: labels.txt "
+            "holds one class name per line, so line i would no longer name output i. Rename "
+            "the folder without line breaks."
+        )
+
+
+def _list_class_folder(directory: str, allow_empty: bool = False) -> _Listing:
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"Image folder {directory!r} does not exist.")
-    class_names = sorted(
-        entry.name
-        for entry in os.scandir(directory)
-        if entry.is_dir() and not entry.name.startswith(".")
-    )
-    if not class_names:
+    class_names, hidden = [], []
+    for entry in os.scandir(directory):
+        if entry.is_dir():
+            if entry.name.startswith("."):
+                hidden.append(entry.path)
+            else:
+                class_names.append(entry.name)
+    class_names.sort()
+    if not class_names and not allow_empty:
         raise ValueError(
             f"No class folders in {directory!r}. Expected one subfolder per class, e.g. "
             f"{directory}/cats/*.jpg and {directory}/dogs/*.jpg."
         )
-    paths, labels = [], []
+    listing = _Listing(directory, class_names, hidden=hidden)
+    owner: dict[str, tuple[int, str]] = {}  # real path -> (label, listed path)
+    conflicts = []
     for label, class_name in enumerate(class_names):
-        for root, _, files in sorted(
-            os.walk(os.path.join(directory, class_name), followlinks=True)
-        ):
-            for filename in sorted(files):
-                if filename.lower().endswith(IMAGE_EXTENSIONS):
-                    paths.append(os.path.join(root, filename))
-                    labels.append(label)
-    return paths, labels, class_names
+        _check_class_name(class_name, directory)
+        for path in _walk_class(os.path.join(directory, class_name), listing):
+            real = os.path.realpath(path)
+            if real in owner:
+                first_label, first = owner[real]
+                if first_label != label:
+                    conflicts.append((first_label, first, label, path))
+                else:
+                    listing.skipped[path] = f"same file as {first} (a symbolic link)"
+                continue
+            owner[real] = (label, path)
+            extension = os.path.splitext(path)[1].lower()
+            if extension in UNSUPPORTED_IMAGE_FORMATS:
+                listing.skipped[path] = (
+                    f"{UNSUPPORTED_IMAGE_FORMATS[extension]} images are not decoded by "
+                    "TensorFlow; convert them to JPEG or PNG"
+                )
+            else:
+                listing.paths.append(path)
+                listing.labels.append(label)
+                listing.real_paths[real] = path
+    if conflicts:
+        shown = "; ".join(
+            f"{class_names[a]!r}: {first} and {class_names[b]!r}: {second}"
+            for a, first, b, second in conflicts[:5]
+        )
+        more = f" and {len(conflicts) - 5} more" if len(conflicts) > 5 else ""
+        raise ValueError(
+            f"{len(conflicts)} file(s) in {directory!r} belong to two classes through symbolic "
+            f"links, so their label is ambiguous: {shown}{more}. Remove the link from the "
+            "class the image does not belong to."
+        )
+    return listing
+
+
+def _walk_class(top: str, listing: _Listing) -> list[str]:
+    """The image files under one class folder, following symbolic links but not loops."""
+    found = []
+    visited = {os.path.realpath(top)}
+    walked = []
+    for root, dirs, files in os.walk(top, followlinks=True):
+        here = os.path.realpath(root)
+        kept = []
+        for name in sorted(dirs):
+            path = os.path.join(root, name)
+            real = os.path.realpath(path)
+            if name.startswith("."):
+                listing.hidden.append(path)
+            elif real in visited or here == real or here.startswith(real + os.sep):
+                # A link to a folder that contains it (`loop -> .`), or a second way into a
+                # folder already listed: following it would list the same images again.
+                listing.loops.append(path)
+            else:
+                visited.add(real)
+                kept.append(name)
+        dirs[:] = kept
+        walked.append((root, files))
+    for root, files in sorted(walked):
+        for filename in sorted(files):
+            path = os.path.join(root, filename)
+            if filename.startswith("."):
+                listing.hidden.append(path)
+            elif filename.lower().endswith(IMAGE_EXTENSIONS) or filename.lower().endswith(
+                tuple(UNSUPPORTED_IMAGE_FORMATS)
+            ):
+                found.append(path)
+            else:
+                listing.other.append(path)
+    return found
 
 
 def resize_and_crop(image: tf.Tensor, size: tuple[int, int], resize: str = "crop") -> tf.Tensor:
@@ -181,17 +298,65 @@ def find_undecodable(paths: Sequence[str]) -> list[str]:
     return [path for i, path in enumerate(paths) if i not in decoded]
 
 
-def _drop_bad_files(paths, labels, where: str) -> tuple[list[str], list[int], list[str]]:
-    bad = set(find_undecodable(paths))
-    if bad:
-        logger.warning(
-            "Skipped %d file(s) in %s that are not decodable images: %s",
-            len(bad),
-            where,
-            ", ".join(sorted(bad)),
+def _drop_bad_files(listing: _Listing, max_pixels: int | None) -> None:
+    """Leaves out images above `max_pixels` (by their header, before any decoding) and
+    files TensorFlow cannot decode, recording each with its reason."""
+    if max_pixels is not None:
+        too_large = {}
+        for path in listing.paths:
+            size = read_image_size(path)
+            if size is not None and size[0] * size[1] > max_pixels:
+                pixels = size[0] * size[1]
+                too_large[path] = (
+                    f"{size[1]}x{size[0]} pixels ({pixels / 1e6:.1f} megapixels, "
+                    f"{3 * pixels / 1e9:.1f} GB decoded) is above max_pixels={max_pixels}"
+                )
+        listing.drop(too_large)
+    undecodable = find_undecodable(listing.paths)
+    listing.drop(
+        {
+            path: "not a decodable image (empty, truncated, corrupt or unreadable)"
+            for path in undecodable
+        }
+    )
+
+
+def _report(listing: _Listing) -> list[str]:
+    """Logs what was left out of `listing` and returns the warnings."""
+    warnings = []
+    where = listing.directory
+    if listing.skipped:
+        message = f"Skipped {len(listing.skipped)} file(s) in {where}: " + "; ".join(
+            f"{path} ({reason})" for path, reason in sorted(listing.skipped.items())
         )
-    kept = [(p, label) for p, label in zip(paths, labels) if p not in bad]
-    return [p for p, _ in kept], [label for _, label in kept], sorted(bad)
+        logger.warning(message)
+        warnings.append(message)
+    if listing.loops:
+        message = (
+            f"Did not follow {len(listing.loops)} symbolic link(s) in {where} that lead back "
+            "into a folder already listed, so each image is used once: "
+            + ", ".join(listing.loops[:10])
+            + (" ..." if len(listing.loops) > 10 else "")
+        )
+        logger.warning(message)
+        warnings.append(message)
+    if listing.hidden:
+        logger.info(
+            "Ignored %d hidden file(s) or folder(s) (names starting with '.') in %s.",
+            len(listing.hidden),
+            where,
+        )
+    if listing.other:
+        extensions = sorted(
+            {os.path.splitext(p)[1].lower() or "no extension" for p in listing.other}
+        )
+        logger.info(
+            "Ignored %d other file(s) in %s that are not images by their name (%s).",
+            len(listing.other),
+            where,
+            ", ".join(extensions),
+        )
+    return warnings
 
 
 def _find_subdir(directory: str, names: Sequence[str]) -> str | None:
@@ -216,13 +381,24 @@ def image_folder_dataset(
     drop_remainder: bool = False,
     crop_fraction: float = 0.875,
     resize: str = "crop",
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> ImageData:
     """Loads a folder of images, one subfolder per class.
 
     If `directory` has `train/` and `val/` (or `validation/`, `valid/`) subfolders, they are
     the two splits; otherwise `validation_dir` is used if given, else `validation_split` of
-    the files (a seeded random sample) is held out. Files that are not decodable images are
-    left out with a logged warning that lists them, and listed in `ImageData.skipped`.
+    the files (a seeded random sample) is held out. An empty validation folder is a logged
+    warning, and the data then has no validation split.
+
+    JPEG, PNG, GIF, BMP and WebP files are read. Files that cannot be used are left out with
+    a logged warning naming each one and why, and listed in `ImageData.skipped` and
+    `ImageData.skip_reasons`: undecodable files, images above `max_pixels` (found from the
+    file header, before any decoding: a decompression bomb costs nothing), and image formats
+    TensorFlow does not decode (TIFF, HEIC, ...). Symbolic links are followed, but each real
+    file is used once: a link loop is not followed again, a second link to an image in the
+    same class is skipped, and a file reachable from two classes (or from both the training
+    and the validation folder) is an error. Hidden files and folders (`.thumbnails/`,
+    `.DS_Store`) are ignored and counted in the log.
 
     Args:
         directory: the dataset folder.
@@ -244,6 +420,9 @@ def image_folder_dataset(
             stretching whole images. 1.0 uses the whole (aspect-preserved) image.
         resize: `"crop"` keeps the aspect ratio (scale to cover, then crop the centre);
             `"squash"` stretches the whole image, like `image_dataset_from_directory`.
+        max_pixels: images with more pixels (height x width, from the file header) are
+            skipped without being decoded; `None` for no limit. The default, 50 megapixels,
+            is 150 MB decoded.
 
     Returns:
         An `ImageData`.
@@ -256,8 +435,11 @@ def image_folder_dataset(
     """
     directory = os.fspath(directory)
     image_size = _as_size(image_size)
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    check_batch_size(batch_size)
+    if max_pixels is not None and (
+        isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1
+    ):
+        raise ValueError(f"max_pixels must be a positive integer or None, got {max_pixels!r}.")
     train_dir = _find_subdir(directory, TRAIN_DIR_NAMES)
     val_dir = os.fspath(validation_dir) if validation_dir else None
     if train_dir and not val_dir:
@@ -265,13 +447,28 @@ def image_folder_dataset(
     if not (train_dir and val_dir):
         train_dir = directory
 
-    paths, labels, class_names = _list_class_folder(train_dir)
-    paths, labels, skipped = _drop_bad_files(paths, labels, train_dir)
+    listing = _list_class_folder(train_dir)
+    _drop_bad_files(listing, max_pixels)
+    paths, labels, class_names = listing.paths, listing.labels, listing.class_names
+    warnings = _report(listing)
+    skip_reasons = dict(sorted(listing.skipped.items()))
     if val_dir:
-        val_paths, val_labels, val_classes = _list_class_folder(val_dir)
-        _check_same_classes(class_names, val_classes, train_dir, val_dir)
-        val_paths, val_labels, val_skipped = _drop_bad_files(val_paths, val_labels, val_dir)
-        skipped += val_skipped
+        val_listing = _list_class_folder(val_dir, allow_empty=True)
+        if val_listing.paths or val_listing.skipped:
+            _check_same_classes(class_names, val_listing.class_names, train_dir, val_dir)
+        _check_no_shared_files(listing, val_listing)
+        _drop_bad_files(val_listing, max_pixels)
+        warnings += _report(val_listing)
+        skip_reasons.update(sorted(val_listing.skipped.items()))
+        val_paths, val_labels = val_listing.paths, val_listing.labels
+        if not val_paths:
+            message = (
+                f"The validation folder {val_dir!r} has no images: training runs with no "
+                "validation (no validation metrics). Put images in it, or remove it to hold "
+                "out validation_split of the training images instead."
+            )
+            logger.warning(message)
+            warnings.append(message)
     elif validation_split:
         if not 0.0 < validation_split < 1.0:
             raise ValueError(f"validation_split must be in [0, 1), got {validation_split}.")
@@ -286,7 +483,9 @@ def image_folder_dataset(
     else:
         val_paths, val_labels = [], []
     if not paths:
-        raise ValueError(f"No decodable images found under {train_dir!r} ({len(skipped)} skipped).")
+        raise ValueError(
+            f"No decodable images found under {train_dir!r} ({len(listing.skipped)} skipped)."
+        )
     _check_class_counts(class_names, labels, train_dir)
     for split, count in (("training", len(paths)), ("validation", len(val_paths))):
         if drop_remainder and 0 < count < batch_size:
@@ -330,17 +529,59 @@ def image_folder_dataset(
         class_names=class_names,
         num_train=len(paths),
         num_validation=len(val_paths),
-        skipped=skipped,
+        skipped=list(skip_reasons),
         image_size=image_size,
         train_unaugmented=train_unaugmented,
+        skip_reasons=skip_reasons,
+        warnings=warnings,
     )
 
 
 def _as_size(image_size: int | Sequence[int]) -> tuple[int, int]:
+    check_image_size(image_size)
     if isinstance(image_size, int):
         return (image_size, image_size)
     height, width = image_size
     return (int(height), int(width))
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
+def check_image_size(image_size: Any, name: str = "image_size") -> None:
+    """Raises a `ValueError` naming `name` unless `image_size` is a positive int or a
+    `(height, width)` pair of positive ints."""
+    sizes = [image_size] if _is_int(image_size) else image_size
+    if isinstance(image_size, str | bytes) or not (
+        _is_int(image_size)
+        or (isinstance(sizes, Sequence) and len(sizes) == 2 and all(_is_int(s) for s in sizes))
+    ):
+        raise ValueError(
+            f"{name} must be an int or a (height, width) pair of ints, got {image_size!r}."
+        )
+    if any(s < 1 for s in sizes):
+        raise ValueError(f"{name} must be positive, got {image_size!r}.")
+
+
+def check_batch_size(batch_size: Any, name: str = "batch_size") -> None:
+    """Raises a `ValueError` naming `name` unless `batch_size` is a positive integer."""
+    if not _is_int(batch_size) or batch_size < 1:
+        raise ValueError(f"{name} must be a positive integer, got {batch_size!r}.")
+
+
+def _check_no_shared_files(train: _Listing, validation: _Listing) -> None:
+    shared = sorted(set(train.real_paths) & set(validation.real_paths))
+    if shared:
+        shown = "; ".join(
+            f"{train.real_paths[real]} and {validation.real_paths[real]}" for real in shared[:5]
+        )
+        raise ValueError(
+            f"{len(shared)} file(s) are both in the training folder {train.directory!r} and "
+            f"the validation folder {validation.directory!r} (through symbolic links): "
+            f"{shown}. Validation images seen in training make the validation metrics "
+            "meaningless: remove the links from one of the folders."
+        )
 
 
 def _check_same_classes(train_classes, val_classes, train_dir, val_dir) -> None:
@@ -473,6 +714,7 @@ def tfds_dataset(
     """
     import tensorflow_datasets as tfds
 
+    check_batch_size(batch_size)
     options = PipelineOptions(
         image_size=_as_size(image_size),
         batch_size=batch_size,
@@ -527,3 +769,89 @@ def _num_examples(dataset: tf.data.Dataset, info: Any, split: str) -> int:
     if cardinality >= 0:
         return cardinality
     return int(info.splits[split].num_examples)
+
+
+# ---------------------------------------------------------------------------------------
+# Image sizes from file headers
+# ---------------------------------------------------------------------------------------
+
+# JPEG start-of-frame markers (baseline, progressive, lossless, arithmetic); C4 (DHT),
+# C8 (JPG) and CC (DAC) share the range but are not frames.
+_JPEG_FRAME_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def read_image_size(path: str | os.PathLike) -> tuple[int, int] | None:
+    """`(height, width)` of a JPEG, PNG, GIF, BMP or WebP file, read from its header.
+
+    Only the first bytes are read (a JPEG's markers up to its frame header), never the
+    pixels, so this is cheap on any file, including one that would decode to gigabytes.
+    The format is taken from the content, not the file name. `None` when the file cannot
+    be read or is not one of these formats.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(32)
+            if head.startswith(b"\xff\xd8"):
+                return _jpeg_size(f)
+            return _header_size(head)
+    except OSError:
+        return None
+
+
+def _header_size(head: bytes) -> tuple[int, int] | None:
+    if head.startswith(b"\x89PNG\r\n\x1a\n") and head[12:16] == b"IHDR":
+        width, height = struct.unpack(">II", head[16:24])
+        return height, width
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        # The logical screen: TensorFlow decodes every frame onto a canvas of this size.
+        width, height = struct.unpack("<HH", head[6:10])
+        return height, width
+    if head.startswith(b"BM") and len(head) >= 26:
+        if struct.unpack("<I", head[14:18])[0] == 12:  # OS/2 BITMAPCOREHEADER
+            width, height = struct.unpack("<HH", head[18:22])
+        else:
+            width, height = struct.unpack("<ii", head[18:26])
+        return abs(height), abs(width)  # a negative height means top-down rows
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP" and len(head) >= 30:
+        chunk = head[12:16]
+        if chunk == b"VP8 " and head[23:26] == b"\x9d\x01\x2a":
+            width, height = struct.unpack("<HH", head[26:30])
+            return height & 0x3FFF, width & 0x3FFF
+        if chunk == b"VP8L" and head[20] == 0x2F:
+            bits = int.from_bytes(head[21:25], "little")
+            return ((bits >> 14) & 0x3FFF) + 1, (bits & 0x3FFF) + 1
+        if chunk == b"VP8X":
+            width = int.from_bytes(head[24:27], "little") + 1
+            height = int.from_bytes(head[27:30], "little") + 1
+            return height, width
+    return None
+
+
+def _jpeg_size(f) -> tuple[int, int] | None:
+    f.seek(2)
+    for _ in range(1000):  # segments before the frame header: APPn, DQT, COM, ...
+        if f.read(1) != b"\xff":
+            return None
+        byte = f.read(1)
+        while byte == b"\xff":  # fill bytes before a marker
+            byte = f.read(1)
+        if not byte:
+            return None
+        marker = byte[0]
+        if marker in (0x01, *range(0xD0, 0xD8)):  # standalone markers carry no length
+            continue
+        length_bytes = f.read(2)
+        if len(length_bytes) < 2:
+            return None
+        length = struct.unpack(">H", length_bytes)[0]
+        if marker in _JPEG_FRAME_MARKERS:
+            frame = f.read(5)
+            if len(frame) < 5:
+                return None
+            height, width = struct.unpack(">HH", frame[1:5])
+            # A height of 0 is defined later by a DNL marker: unknown here.
+            return (height, width) if height else None
+        if marker in (0xD9, 0xDA) or length < 2:  # end of image / scan before any frame
+            return None
+        f.seek(length - 2, os.SEEK_CUR)
+    return None

@@ -17,10 +17,13 @@ augmented copies.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import math
 import os
+import shutil
 import tempfile
 import time
+import weakref
 from collections.abc import Callable
 from collections.abc import Sequence
 from typing import Any
@@ -31,6 +34,7 @@ import tensorflow as tf
 
 from keras_transfer import heads
 from keras_transfer import optimizers
+from keras_transfer import reliability
 from keras_transfer.backbones import Backbone
 from keras_transfer.heads import ClassificationHead
 from keras_transfer.heads import TransferClassifier
@@ -206,20 +210,36 @@ def extract_features(
     )
 
     forward = _forward_function(extractor)
-    writer = _FeatureWriter(cache_dir, max_memory_bytes)
+    writer = _FeatureWriter(cache_dir, max_memory_bytes, steps * passes if steps else None)
     start = time.perf_counter()
     seen = 0
-    for _ in range(passes):
-        for batch in dataset:
-            images, labels = _split_batch(batch)
-            writer.add(np.asarray(forward(tf.cast(images, tf.float32))), np.asarray(labels))
-            seen += 1
-            if progbar is not None:
-                progbar.update(seen, values=[("examples", writer.num_examples)], finalize=False)
+    try:
+        for _ in range(passes):
+            for batch in dataset:
+                images, labels = _split_batch(batch)
+                writer.add(np.asarray(forward(tf.cast(images, tf.float32))), np.asarray(labels))
+                seen += 1
+                if progbar is not None:
+                    progbar.update(seen, values=[("examples", writer.num_examples)], finalize=False)
+        features, labels, path = writer.finish()
+    except BaseException as error:
+        writer.delete()  # no half-written cache left behind, whatever went wrong
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC and writer.path:
+            raise OSError(
+                errno.ENOSPC,
+                f"No space left on the disk while writing the feature cache in "
+                f"{writer.path!r}; its partial files were deleted. Free some space, pass "
+                "cache_dir= on a disk with room, or raise max_memory_bytes.",
+            ) from error
+        raise
     if progbar is not None:
         progbar.update(seen, values=[("examples", writer.num_examples)], finalize=True)
-    features, labels, path = writer.finish()
-    return CachedFeatures(features, labels, passes, path, time.perf_counter() - start)
+    cached = CachedFeatures(features, labels, passes, path, time.perf_counter() - start)
+    if path is not None:
+        # The files are this extraction's own: gone with the last reference to it (open
+        # memory maps stay valid after the unlink).
+        weakref.finalize(cached, shutil.rmtree, path, ignore_errors=True)
+    return cached
 
 
 def _forward_function(extractor: keras.Model):
@@ -242,9 +262,11 @@ def _forward_function(extractor: keras.Model):
 class _FeatureWriter:
     """Keeps feature batches in memory, spilling to raw files past a byte budget."""
 
-    def __init__(self, cache_dir, max_memory_bytes: int):
+    def __init__(self, cache_dir, max_memory_bytes: int, expected_batches: int | None = None):
         self.cache_dir = cache_dir
         self.max_memory_bytes = max_memory_bytes
+        self.expected_batches = expected_batches
+        self.num_batches = 0
         self.batches: list[tuple[np.ndarray, np.ndarray]] = []
         self.bytes = 0
         self.num_examples = 0
@@ -263,6 +285,7 @@ class _FeatureWriter:
                 f"{shapes}. Use one image size for the whole dataset."
             )
         self.num_examples += len(features)
+        self.num_batches += 1
         if self.files is None:
             self.batches.append((features, labels))
             self.bytes += features.nbytes
@@ -272,11 +295,16 @@ class _FeatureWriter:
             self._write(features, labels)
 
     def _spill(self) -> None:
-        if self.cache_dir is None:
-            self.path = tempfile.mkdtemp(prefix="keras_transfer_features_")
-        else:
-            self.path = os.fspath(self.cache_dir)
-            os.makedirs(self.path, exist_ok=True)
+        parent = tempfile.gettempdir() if self.cache_dir is None else os.fspath(self.cache_dir)
+        os.makedirs(parent, exist_ok=True)
+        # Bytes per example so far, times the examples expected (or at least those held).
+        per_example = sum(f.nbytes + y.nbytes for f, y in self.batches) / self.num_examples
+        batches = max(self.expected_batches or 0, self.num_batches)
+        expected = self.num_examples * batches / self.num_batches
+        reliability.check_free_space(parent, int(per_example * expected), "the feature cache")
+        # A folder of its own: another extraction into `cache_dir` (which may still be
+        # memory-mapped by an earlier `CachedFeatures`) never shares its files.
+        self.path = tempfile.mkdtemp(prefix="keras_transfer_features_", dir=parent)
         self.files = (
             open(os.path.join(self.path, "features.f32"), "wb"),
             open(os.path.join(self.path, "labels.bin"), "wb"),
@@ -288,6 +316,13 @@ class _FeatureWriter:
     def _write(self, features, labels) -> None:
         self.files[0].write(np.ascontiguousarray(features).tobytes())
         self.files[1].write(np.ascontiguousarray(labels).tobytes())
+
+    def delete(self) -> None:
+        """Closes and deletes the files of an extraction that did not finish."""
+        for file in self.files or ():
+            file.close()
+        if self.path is not None:
+            shutil.rmtree(self.path, ignore_errors=True)
 
     def finish(self) -> tuple[np.ndarray, np.ndarray, str | None]:
         if self.shapes is None:
@@ -577,6 +612,7 @@ def fit_feature_extractor(
     for key in ("epochs", "validation_data", "x", "y"):
         if key in fit_kwargs:
             raise TypeError(f"fit_feature_extractor sets `{key}` itself.")
+    optimizers.check_learning_rate(learning_rate, "learning_rate")
     if hasattr(train_data, "class_names") and class_names is None:
         class_names = train_data.class_names
     if validation_data is None and hasattr(train_data, "validation"):

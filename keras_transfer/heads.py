@@ -10,6 +10,7 @@ import keras
 
 from keras_transfer import backbones as backbones_lib
 from keras_transfer import distribute
+from keras_transfer import reliability
 from keras_transfer.preprocessing import ImagePreprocessing
 
 TASKS = ("multiclass", "binary", "multilabel", "regression")
@@ -174,7 +175,7 @@ class ClassificationHead(keras.layers.Layer):
         if self.task == "multiclass":
             return keras.losses.SparseCategoricalCrossentropy(from_logits=self.logits)
         if self.task in ("binary", "multilabel"):
-            return keras.losses.BinaryCrossentropy(from_logits=self.logits)
+            return reliability.BinaryLabelCrossentropy(from_logits=self.logits)
         return keras.losses.MeanSquaredError()
 
     def default_metrics(self) -> list[keras.metrics.Metric]:

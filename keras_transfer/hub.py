@@ -15,19 +15,30 @@ from the handle, then assigns the saved values. A handle that no longer resolves
 
 Safe mode: loading a SavedModel executes its graph, which can run any TF op (file I/O
 included). As for `keras.layers.TFSMLayer`, `keras.saving.load_model(..., safe_mode=True)`
-(the default) refuses to load a `HubBackbone` whose handle the current process has not
-already loaded through user code (`HubBackbone(...)`, `create_backbone("hub:...")`). Pass
-`safe_mode=False` when you trust both the `.keras` file and the SavedModel it points to.
+(the default) refuses to load a `HubBackbone` unless this process already loaded the same
+SavedModel successfully through user code (`HubBackbone(...)`, `create_backbone("hub:...")`)
+or `trust(handle)` was called. "The same" is checked on the content, not the handle string:
+the real path of the folder (symbolic links resolved) and a SHA-256 digest of its
+`saved_model.pb` and variables index, so a SavedModel replaced after it was trusted is
+refused. The file must also ask for the same `signature`, `tags`, `arguments` and
+`load_options` as the trusted load (`trust` covers any). Pass `safe_mode=False` when you
+trust both the `.keras` file and the SavedModel it points to.
+
+Cache: remote handles are downloaded to `TFHUB_CACHE_DIR`, by default a per-user folder
+(`~/.cache/tfhub_modules`, under `XDG_CACHE_HOME` when set) instead of tensorflow_hub's
+shared `/tmp/tfhub_modules`, where another local user could plant a SavedModel. A cache
+folder owned by another user or writable by group or others is refused (`UnsafeCacheError`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import inspect
+import json
 import os
 import re
 import socket
-import tempfile
+import stat
 import urllib.parse
 from collections.abc import Mapping
 from collections.abc import Sequence
@@ -39,8 +50,23 @@ import tensorflow as tf
 from keras_transfer import _keras_compat
 from keras_transfer import backbones as backbones_lib
 
-# Handles whose SavedModel user code (not a deserialised config) loaded in this process.
-_TRUSTED_HANDLES: set[str] = set()
+__all__ = [
+    "HubBackbone",
+    "HubBlock",
+    "HubModuleUnavailableError",
+    "HubVariableGroup",
+    "UnsafeCacheError",
+    "cache_dir",
+    "create_hub_backbone",
+    "hub_block_names",
+    "resolve_handle",
+    "trust",
+]
+
+# SavedModels this process may load in safe mode: `(real path, content digest, call
+# settings)` of each successful load by user code, and `(real path, digest, None)` for
+# `trust(handle)` (any call settings).
+_TRUSTED_HANDLES: set[tuple[str, str, str | None]] = set()
 
 # Input sizes image models are commonly published at, to read the size from a handle.
 _KNOWN_SIZES = (96, 128, 160, 192, 224, 240, 256, 260, 299, 300, 320, 331, 380, 384, 456, 480)
@@ -58,6 +84,10 @@ class HubModuleUnavailableError(RuntimeError):
     """A hub handle or SavedModel path could not be resolved or fetched."""
 
 
+class UnsafeCacheError(PermissionError):
+    """The hub cache folder can be written by another user, who could plant a SavedModel."""
+
+
 # ---------------------------------------------------------------------------------------
 # Resolving handles
 # ---------------------------------------------------------------------------------------
@@ -67,12 +97,46 @@ def _is_remote(handle: str) -> bool:
     return handle.startswith(("http://", "https://", "gs://"))
 
 
-def _cache_dir() -> str:
-    return os.environ.get("TFHUB_CACHE_DIR") or os.path.join(tempfile.gettempdir(), "tfhub_modules")
+def cache_dir() -> str:
+    """Where remote handles are cached: `TFHUB_CACHE_DIR` if set, else a per-user folder,
+    `$XDG_CACHE_HOME/tfhub_modules` or `~/.cache/tfhub_modules`."""
+    configured = os.environ.get("TFHUB_CACHE_DIR")
+    if configured:
+        return configured
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "tfhub_modules")
+
+
+def _check_private(path: str, what: str) -> None:
+    info = os.stat(path)
+    user = os.geteuid()
+    if info.st_uid not in (user, 0):
+        raise UnsafeCacheError(
+            f"The TF Hub cache {what} {path!r} is owned by another user (uid {info.st_uid}; "
+            f"you are uid {user}): a SavedModel found there could run any code in this "
+            "process. Point TFHUB_CACHE_DIR at a folder of your own (or unset it for "
+            "~/.cache/tfhub_modules)."
+        )
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise UnsafeCacheError(
+            f"The TF Hub cache {what} {path!r} is writable by other users (mode "
+            f"{stat.filemode(info.st_mode)}): one could plant a SavedModel there that runs in "
+            f"this process. Make it private (chmod go-w {path!r}) or point TFHUB_CACHE_DIR at "
+            "a folder of your own (or unset it for ~/.cache/tfhub_modules)."
+        )
+
+
+def _checked_cache_dir() -> str:
+    """The cache folder, created private (0700) if missing, refused if others can write it."""
+    path = cache_dir()
+    if not os.path.exists(path):
+        os.makedirs(path, mode=0o700, exist_ok=True)
+    _check_private(path, "folder")
+    return path
 
 
 def _offline_help(handle: str) -> str:
-    cached = os.path.join(_cache_dir(), hashlib.sha1(handle.encode("utf8")).hexdigest())
+    cached = os.path.join(cache_dir(), hashlib.sha1(handle.encode("utf8")).hexdigest())
     return (
         "Offline remedies: download the model once on a machine with network access and pass "
         "its local SavedModel folder ('hub:/path/to/saved_model', the folder with "
@@ -99,8 +163,10 @@ def resolve_handle(handle: str, timeout: float = 10.0) -> str:
                 "https://www.kaggle.com/models/... handle."
             )
         return path
-    cached = os.path.join(_cache_dir(), hashlib.sha1(handle.encode("utf8")).hexdigest())
+    cache = _checked_cache_dir()
+    cached = os.path.join(cache, hashlib.sha1(handle.encode("utf8")).hexdigest())
     if tf.io.gfile.exists(os.path.join(cached, "saved_model.pb")):
+        _check_private(cached, "entry")
         return cached
     if handle.startswith(("http://", "https://")):
         parsed = urllib.parse.urlparse(handle)
@@ -115,7 +181,10 @@ def resolve_handle(handle: str, timeout: float = 10.0) -> str:
     import tensorflow_hub as hub  # Only remote handles need it (it imports tf_keras).
 
     previous_timeout = socket.getdefaulttimeout()
+    previous_cache = os.environ.get("TFHUB_CACHE_DIR")
     socket.setdefaulttimeout(timeout)
+    # tensorflow_hub reads the variable at each resolve; its own default is /tmp/tfhub_modules.
+    os.environ["TFHUB_CACHE_DIR"] = cache
     try:
         return hub.resolve(handle)
     except Exception as error:  # urllib, tf.errors and hub's own errors all end here.
@@ -124,6 +193,10 @@ def resolve_handle(handle: str, timeout: float = 10.0) -> str:
         ) from None
     finally:
         socket.setdefaulttimeout(previous_timeout)
+        if previous_cache is None:
+            os.environ.pop("TFHUB_CACHE_DIR", None)
+        else:
+            os.environ["TFHUB_CACHE_DIR"] = previous_cache
 
 
 def _load_options(load_options: Any) -> tf.saved_model.LoadOptions | None:
@@ -145,6 +218,119 @@ def _options_config(load_options: Any) -> dict[str, Any] | None:
     # Only the I/O device matters for reloading (TPU VMs); the other options are defaults.
     device = load_options.experimental_io_device
     return {"experimental_io_device": device} if device else None
+
+
+# ---------------------------------------------------------------------------------------
+# Trust
+# ---------------------------------------------------------------------------------------
+
+
+def _saved_model_digest(path: str) -> str:
+    """SHA-256 of the files that define what loading runs: the graph (`saved_model.pb`)
+    and the variables index (names, shapes and checksums of the values)."""
+    digest = hashlib.sha256()
+    for name in ("saved_model.pb", "saved_model.pbtxt", "variables/variables.index"):
+        file = os.path.join(path, name)
+        digest.update(name.encode())
+        if not tf.io.gfile.exists(file):
+            digest.update(b"\0missing")
+            continue
+        with tf.io.gfile.GFile(file, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _real_path(path: str) -> str:
+    return path if "://" in path else os.path.realpath(path)
+
+
+def _call_settings(signature, tags, arguments, load_options) -> str:
+    """What, besides the files, decides which code a load runs: one comparable string."""
+    return json.dumps(
+        {
+            "signature": signature,
+            "tags": list(tags) if tags is not None else None,
+            "arguments": dict(arguments or {}),
+            "load_options": _options_config(load_options),
+        },
+        sort_keys=True,
+        default=repr,
+    )
+
+
+def _local_folder(handle: str) -> str | None:
+    """The folder a handle loads from, without fetching anything (None: not available)."""
+    if not _is_remote(handle):
+        return os.path.expanduser(handle)
+    cached = os.path.join(cache_dir(), hashlib.sha1(handle.encode("utf8")).hexdigest())
+    return cached if tf.io.gfile.exists(os.path.join(cached, "saved_model.pb")) else None
+
+
+def trust(handle: str) -> str:
+    """Lets `keras.saving.load_model(..., safe_mode=True)` load `.keras` files whose
+    `HubBackbone` names this SavedModel, as it is now.
+
+    Trust is on content: the SavedModel's real folder and a digest of its graph and
+    variables index. If the SavedModel is replaced afterwards, safe mode refuses it again.
+    Unlike the trust a successful load gives, this covers any `signature`, `tags`,
+    `arguments` and `load_options` a file asks for. It lasts for this process.
+
+    Args:
+        handle: a local SavedModel folder or a hub handle (fetched into the cache if needed).
+
+    Returns:
+        The SHA-256 digest trusted.
+
+    Example:
+
+    ```python
+    keras_transfer.hub.trust("/models/mobilenet_v1_100_224_feature_vector")
+    model = keras.saving.load_model("model.keras")  # safe_mode=True
+    ```
+    """
+    path = resolve_handle(os.fspath(handle))
+    digest = _saved_model_digest(path)
+    _TRUSTED_HANDLES.add((_real_path(path), digest, None))
+    return digest
+
+
+def _refuse_untrusted(config: Mapping[str, Any]) -> None:
+    """Raises unless this process trusts the SavedModel and call settings of `config`."""
+    handle = config["handle"]
+    folder = _local_folder(handle)
+    why = "this process has not loaded it through user code"
+    if folder is not None and tf.io.gfile.exists(os.path.join(folder, "saved_model.pb")):
+        real, digest = _real_path(folder), _saved_model_digest(folder)
+        settings = _call_settings(
+            config.get("signature"),
+            config.get("tags"),
+            config.get("arguments"),
+            config.get("load_options"),
+        )
+        if {(real, digest, None), (real, digest, settings)} & _TRUSTED_HANDLES:
+            return
+        loaded = [s for p, d, s in _TRUSTED_HANDLES if (p, d) == (real, digest)]
+        if loaded:
+            trusted = json.loads(loaded[0])
+            asked = json.loads(settings)
+            changed = ", ".join(
+                f"{key} {asked[key]!r} (loaded with {trusted[key]!r})"
+                for key in asked
+                if asked[key] != trusted[key]
+            )
+            why = f"the file asks for other settings than this process loaded it with: {changed}"
+        elif any(p == real for p, _, _ in _TRUSTED_HANDLES):
+            why = (
+                "its saved_model.pb or variables index changed since this process loaded it "
+                f"(it was replaced; digest now {digest[:12]}...)"
+            )
+    raise ValueError(
+        f"This model contains a HubBackbone that loads the SavedModel {handle!r}; loading it "
+        f"runs that SavedModel's graph, and {why}, so safe mode refuses it. If you trust the "
+        "file and that SavedModel, load with keras.saving.load_model(..., safe_mode=False), "
+        f"or call keras_transfer.hub.trust({handle!r}) first."
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -249,8 +435,12 @@ class HubBackbone(keras.layers.Layer):
             re.compile(block_pattern)  # Fail here, not at the first get_blocks.
 
         path = resolve_handle(self.handle)
-        # Constructed by user code or, from a config, after the safe-mode check passed.
-        _TRUSTED_HANDLES.add(self.handle)
+        # The content this process is about to run: trusted below, once the load succeeded.
+        trusted = (
+            _real_path(path),
+            _saved_model_digest(path),
+            _call_settings(signature, self.tags, self.arguments, self.load_options),
+        )
         self._module = tf.saved_model.load(
             path, tags=self.tags, options=_load_options(load_options)
         )
@@ -295,6 +485,8 @@ class HubBackbone(keras.layers.Layer):
                 if self._name_of[id(variable)] in frozen:
                     variable.trainable = False
         self.built = True
+        # Constructed by user code or, from a config, after the safe-mode check passed.
+        _TRUSTED_HANDLES.add(trusted)
 
     @property
     def frozen_variables(self) -> list[str]:
@@ -510,14 +702,8 @@ class HubBackbone(keras.layers.Layer):
 
     @classmethod
     def from_config(cls, config):
-        handle = config["handle"]
-        if _keras_compat.in_safe_mode() and handle not in _TRUSTED_HANDLES:
-            raise ValueError(
-                f"This model contains a HubBackbone that loads the SavedModel {handle!r}; "
-                "loading it runs that SavedModel's graph, so safe mode refuses it. If you "
-                "trust the file and that SavedModel, load with "
-                "keras.saving.load_model(..., safe_mode=False)."
-            )
+        if _keras_compat.in_safe_mode():
+            _refuse_untrusted(config)
         try:
             return cls(**config)
         except HubModuleUnavailableError as error:

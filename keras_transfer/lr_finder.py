@@ -158,7 +158,15 @@ def find_learning_rate(
         model.make_train_function(force=True)
         for step, learning_rate in enumerate(learning_rates):
             sweep_optimizer.learning_rate = float(learning_rate)
-            x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(next(batches))
+            try:
+                batch = next(batches)
+            except StopIteration:  # only an empty dataset ends: it is repeated
+                raise ValueError(
+                    "`data` yielded no batches: the learning-rate sweep needs at least one. "
+                    "Check that the dataset is not empty (with drop_remainder=True, a dataset "
+                    "smaller than one batch has none: lower batch_size)."
+                ) from None
+            x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(batch)
             logs = model.train_on_batch(x, y, sample_weight=sample_weight, return_dict=True)
             loss = float(logs["loss"])
             tried.append(float(learning_rate))

@@ -529,3 +529,20 @@ def optimizer_factory(optimizer: str | type | OptimizerFactory = "adam") -> Opti
     if callable(optimizer):
         return optimizer
     raise TypeError(f"Cannot make an optimizer from {optimizer!r}.")
+
+
+def check_learning_rate(value: Any, name: str = "learning_rate") -> None:
+    """Raises a `ValueError` naming `name` unless `value` is a positive finite number.
+
+    A `keras.optimizers.schedules.LearningRateSchedule` (or a callable) passes: it is the
+    optimizer's to check. A zero, negative, NaN or infinite rate would otherwise be taken
+    silently and train nothing, train backwards, or diverge at the first step.
+    """
+    if isinstance(value, keras.optimizers.schedules.LearningRateSchedule) or callable(value):
+        return
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if not number or not math.isfinite(value) or value <= 0:
+        raise ValueError(
+            f"{name} must be a positive finite number, got {value!r}. Typical rates are 1e-3 "
+            "for training a new head and 1e-5 to 1e-4 for fine-tuning a pretrained backbone."
+        )

@@ -1,15 +1,21 @@
-"""Nothing silent, nothing lost: divergence detection and atomic, finite-checked saving."""
+"""Nothing silent, nothing lost: divergence and empty-data detection, label checks, atomic
+backups and finite-checked, atomic saving."""
 
 from __future__ import annotations
 
+import errno
+import json
 import math
 import os
+import shutil
+import tempfile
 from collections.abc import Callable
 from collections.abc import Sequence
 from typing import Any
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -112,21 +118,79 @@ def write_atomically(path: str | os.PathLike, write: Callable[[str], Any]) -> No
     """Calls `write(temporary_path)` then renames the file onto `path`.
 
     The temporary file sits beside `path` (same file system, so the rename is atomic) and
-    ends with `path`'s name, so extension checks such as Keras' `.keras` still pass. A
-    killed or failed write leaves the previous file at `path` untouched.
+    ends with `path`'s name, so extension checks such as Keras' `.keras` still pass. Its
+    name is random and it is created exclusively (`tempfile.mkstemp`, `O_EXCL`), so a
+    symbolic link planted in the folder is never written through. A killed or failed write
+    leaves the previous file at `path` untouched and removes the temporary file.
     """
     path = os.fspath(path)
     directory, name = os.path.split(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    temporary = os.path.join(directory, f".partial-{os.getpid()}-{name}")
+    descriptor, temporary = tempfile.mkstemp(prefix=".partial-", suffix=f"-{name}", dir=directory)
     try:
+        # mkstemp creates the file 0600; the result gets the permissions of a new file.
+        os.fchmod(descriptor, 0o666 & ~_umask())
+        os.close(descriptor)
         write(temporary)
         with open(temporary, "rb") as f:
             os.fsync(f.fileno())
         os.replace(temporary, path)
+        _sync_folder(directory)
     finally:
-        if os.path.exists(temporary):
+        if os.path.lexists(temporary):
             os.remove(temporary)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _sync_folder(directory: str) -> None:
+    # Makes the rename itself durable; not every platform can open a folder.
+    try:
+        descriptor = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
+def _copy_atomically(source: str, target: str) -> None:
+    """Makes `target` a copy of `source` without a moment where it is partial: a hard link
+    (no data copied) where the file system has them, else a copy, then a rename."""
+    directory, name = os.path.split(os.path.abspath(target))
+    descriptor, temporary = tempfile.mkstemp(prefix=".partial-", suffix=f"-{name}", dir=directory)
+    os.close(descriptor)
+    try:
+        os.remove(temporary)
+        try:
+            os.link(source, temporary)
+        except OSError:
+            shutil.copyfile(source, temporary)
+        os.replace(temporary, target)
+    finally:
+        if os.path.lexists(temporary):
+            os.remove(temporary)
+
+
+def check_free_space(folder: str | os.PathLike, needed_bytes: int, what: str) -> None:
+    """Raises `OSError(ENOSPC)` naming `folder` and the bytes needed when the file system of
+    `folder` has less than `needed_bytes` free, before anything is written."""
+    folder = os.fspath(folder)
+    free = shutil.disk_usage(folder).free
+    if free < needed_bytes:
+        raise OSError(
+            errno.ENOSPC,
+            f"Not enough disk space for {what} in {folder!r}: it needs about "
+            f"{needed_bytes:,} bytes and {free:,} bytes are free. Free some space, or point it "
+            "at a folder on a disk with room.",
+        )
 
 
 def save_model(
@@ -147,3 +211,236 @@ def save_model(
         write_atomically(filepath, lambda path: model.save_weights(path, **kwargs))
     else:
         write_atomically(filepath, lambda path: model.save(path, **kwargs))
+
+
+# ---------------------------------------------------------------------------------------
+# Labels and empty data
+# ---------------------------------------------------------------------------------------
+
+_BINARY_LABELS_MESSAGE = (
+    "Labels of a binary or multilabel (sigmoid) head must be 0 or 1. For class indices "
+    "0..N-1 use a multiclass head (task=multiclass); for soft labels in [0, 1] compile with "
+    "an explicit loss=keras.losses.BinaryCrossentropy(). First labels outside {0, 1}:"
+)
+
+
+@keras.saving.register_keras_serializable(package="keras_transfer")
+class BinaryLabelCrossentropy(keras.losses.BinaryCrossentropy):
+    """`keras.losses.BinaryCrossentropy` that refuses labels other than 0 and 1.
+
+    Binary cross-entropy takes any label silently: a 0.5 trains towards 0.5, a 3 (a class
+    index given to a sigmoid head) pushes the logit without bound. This loss checks every
+    batch and fails at the first bad one with `tf.errors.InvalidArgumentError` saying what
+    to do, as sparse categorical cross-entropy does for out-of-range class indices. The
+    check is one comparison per label; under XLA (`jit_compile=True`) TensorFlow drops
+    assertions, so there it checks nothing. Heads with `task="binary"` or `"multilabel"`
+    use it by default; pass `keras.losses.BinaryCrossentropy()` for soft labels.
+
+    Args:
+        **kwargs: `keras.losses.BinaryCrossentropy` arguments (`from_logits`,
+            `label_smoothing`, `axis`, `reduction`, `name`, `dtype`).
+
+    Example:
+
+    ```python
+    model.compile(optimizer="adam", loss=BinaryLabelCrossentropy(from_logits=True))
+    model.fit(images, np.array([0, 1, 0.5]))  # InvalidArgumentError: ... must be 0 or 1
+    ```
+    """
+
+    def call(self, y_true, y_pred):
+        labels = tf.cast(y_true, tf.float32)
+        valid = tf.logical_or(tf.equal(labels, 0.0), tf.equal(labels, 1.0))
+        check = tf.debugging.Assert(
+            tf.reduce_all(valid),
+            [_BINARY_LABELS_MESSAGE, tf.boolean_mask(labels, tf.logical_not(valid))[:5]],
+        )
+        with tf.control_dependencies([check]):
+            y_true = tf.identity(y_true)
+        return super().call(y_true, y_pred)
+
+
+class EmptyEpochGuard(keras.callbacks.Callback):
+    """Raises when an epoch trained on no batch (or validated on none).
+
+    `model.fit` on a dataset of unknown size that yields nothing (a `filter` that drops
+    everything, an empty folder behind a generator) only warns, runs every epoch with no
+    step, and returns an empty history. This callback turns that into a `ValueError` at the
+    end of the first epoch.
+
+    Args:
+        expect_validation: also raise when the epoch's logs hold no validation metric
+            (leave `False` with `validation_freq` other than 1).
+        train_name, validation_name: what the message calls the two datasets.
+
+    Example:
+
+    ```python
+    model.fit(dataset, epochs=5, callbacks=[EmptyEpochGuard()])
+    ```
+    """
+
+    def __init__(
+        self,
+        expect_validation: bool = False,
+        train_name: str = "train_data",
+        validation_name: str = "validation_data",
+    ):
+        super().__init__()
+        self.expect_validation = expect_validation
+        self.train_name = train_name
+        self.validation_name = validation_name
+
+    def on_epoch_end(self, epoch, logs=None):
+        keys = list(logs or {})
+        empty = None
+        if not any(not key.startswith("val_") for key in keys):
+            empty = self.train_name
+        elif self.expect_validation and not any(key.startswith("val_") for key in keys):
+            empty = self.validation_name
+        if empty:
+            raise ValueError(
+                f"{empty} yielded no batches in epoch {epoch + 1}: it is empty. Check that "
+                "the folder, split or filter leaves examples; with drop_remainder=True, a "
+                "dataset smaller than one batch has no batches: lower batch_size."
+            )
+
+
+# ---------------------------------------------------------------------------------------
+# Backups
+# ---------------------------------------------------------------------------------------
+
+
+class BackupUnreadableError(RuntimeError):
+    """A training backup exists but cannot be loaded into the model."""
+
+
+class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
+    """`keras.callbacks.BackupAndRestore` whose backups are never half-written.
+
+    Keras writes `latest.weights.h5` in place: a full disk or a kill during the save leaves
+    a partial file, and every rerun then fails to load it ("N objects could not be loaded")
+    without naming the folder. Here each backup is written to a temporary file beside it
+    and renamed into place, so the latest backup is always a complete one; with
+    `double_checkpoint=True` the previous backup is kept (as a hard link, no copy) before
+    the rename. On restore, a backup that cannot be loaded falls back to the previous one
+    if there is one, else raises `BackupUnreadableError` naming the folder, the reason and
+    the fix, leaving the model's weights as they were.
+
+    The weights and the epoch number are two files renamed one after the other: a kill
+    between the two renames (microseconds) repeats one epoch on resume.
+
+    Args:
+        backup_dir: the folder of the backup (used by this callback only).
+        save_freq: `"epoch"` or a number of batches, as in Keras.
+        double_checkpoint: keep the previous backup as a fallback.
+        delete_checkpoint: delete the folder when training ends.
+
+    Example:
+
+    ```python
+    backup = AtomicBackupAndRestore("run/backup", double_checkpoint=True)
+    model.fit(dataset, epochs=10, callbacks=[backup])  # rerun the same call after a kill
+    ```
+    """
+
+    WEIGHTS_FILE = "latest.weights.h5"
+    METADATA_FILE = "training_metadata.json"
+    PREVIOUS_SUFFIX = ".bkp"  # Keras' name for the previous backup
+
+    def __init__(
+        self,
+        backup_dir: str | os.PathLike,
+        save_freq: str | int = "epoch",
+        double_checkpoint: bool = False,
+        delete_checkpoint: bool = True,
+    ):
+        super().__init__(
+            os.fspath(backup_dir),
+            save_freq=save_freq,
+            double_checkpoint=double_checkpoint,
+            delete_checkpoint=delete_checkpoint,
+        )
+        self._epochs_done = 0
+        self._batch = 0
+
+    def _path(self, name: str, previous: bool = False) -> str:
+        return os.path.join(self.backup_dir, name) + (self.PREVIOUS_SUFFIX if previous else "")
+
+    def on_train_begin(self, logs=None):
+        if not os.path.exists(self._path(self.WEIGHTS_FILE)) and not os.path.exists(
+            self._path(self.WEIGHTS_FILE, previous=True)
+        ):
+            return super().on_train_begin(logs)
+        before = [v.numpy() for v in self.model.weights] if self.model.built else None
+        try:
+            return super().on_train_begin(logs)
+        except Exception as error:  # h5py's OSError, Keras' ValueError, a broken JSON ...
+            first_error = error
+        if self._use_previous():
+            try:
+                return super().on_train_begin(logs)
+            except Exception:  # the previous backup is damaged too: report the first error
+                pass
+        if before is not None:
+            for variable, value in zip(self.model.weights, before, strict=True):
+                variable.assign(value)
+        reason = f"{type(first_error).__name__}: {first_error}".strip()
+        if len(reason) > 400:
+            reason = reason[:400] + " ..."
+        raise BackupUnreadableError(
+            f"The training backup in {self.backup_dir!r} cannot be loaded into this model "
+            f"({reason}). It was left incomplete (a full disk or a kill during a save by an "
+            "older version) or was written for another model. Delete the folder "
+            f"{self.backup_dir!r} (or pass another backup folder) to start over, after freeing "
+            "disk space if the disk is full; to keep the backup, build the same model and "
+            "compile it the same way as the run that wrote it."
+        ) from first_error
+
+    def _use_previous(self) -> bool:
+        previous = self._path(self.WEIGHTS_FILE, previous=True)
+        if not os.path.exists(previous):
+            return False
+        _copy_atomically(previous, self._path(self.WEIGHTS_FILE))
+        metadata = self._path(self.METADATA_FILE)
+        if os.path.exists(self._path(self.METADATA_FILE, previous=True)):
+            _copy_atomically(self._path(self.METADATA_FILE, previous=True), metadata)
+        elif os.path.exists(metadata):
+            os.remove(metadata)
+        return True
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epochs_done = epoch
+        self._batch = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._batch = batch
+        super().on_train_batch_end(batch, logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._epochs_done = epoch + 1
+        self._batch = 0
+        super().on_epoch_end(epoch, logs)
+
+    # _keras_compat: overrides the private hook `BackupAndRestore._save_model`, which its
+    # public `on_epoch_end` / `on_train_batch_end` call, to replace the in-place writes.
+    def _save_model(self):
+        os.makedirs(self.backup_dir, exist_ok=True)
+        weights = self._path(self.WEIGHTS_FILE)
+        metadata = self._path(self.METADATA_FILE)
+
+        def save_weights(temporary):
+            self.model.save_weights(temporary, overwrite=True)
+            if self.double_checkpoint and os.path.exists(weights):
+                # The new backup is complete: only now retire the current one.
+                _copy_atomically(weights, self._path(self.WEIGHTS_FILE, previous=True))
+
+        write_atomically(weights, save_weights)
+        if self.double_checkpoint and os.path.exists(metadata):
+            _copy_atomically(metadata, self._path(self.METADATA_FILE, previous=True))
+
+        def save_metadata(temporary):
+            with open(temporary, "w", encoding="utf-8") as f:
+                json.dump({"epoch": self._epochs_done, "batch": self._batch}, f)
+
+        write_atomically(metadata, save_metadata)

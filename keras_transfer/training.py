@@ -190,8 +190,10 @@ def fit_two_phase(
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"{name} must be an integer >= 0, got {value!r}.")
     check_initial_epoch(initial_epoch)
+    optimizers.check_learning_rate(head_lr, "head_lr")
     if fine_tune_lr is None:
         fine_tune_lr = head_lr / 10.0
+    optimizers.check_learning_rate(fine_tune_lr, "fine_tune_lr")
     if lr_decay is not None and not (
         isinstance(lr_decay, int | float) and not isinstance(lr_decay, bool) and 0 < lr_decay <= 1
     ):
@@ -250,7 +252,9 @@ def fit_two_phase(
                 "cached_head_phase": head_features is not None,
             },
         )
-    guard = [reliability.NonFiniteGuard()] if nan_guard else []
+    expect_validation = validation_data is not None and "validation_freq" not in fit_kwargs
+    guard = [reliability.EmptyEpochGuard(expect_validation)]
+    guard += [reliability.NonFiniteGuard()] if nan_guard else []
 
     def phase_callbacks(phase):
         if state is None:
@@ -261,7 +265,7 @@ def fit_two_phase(
         return [
             *guard,
             _EpochRecorder(state, phase),
-            keras.callbacks.BackupAndRestore(
+            reliability.AtomicBackupAndRestore(
                 state.phase_dir(phase), double_checkpoint=True, delete_checkpoint=False
             ),
             *callbacks,
@@ -383,7 +387,7 @@ class _RunState:
         self.head_weights_path = os.path.join(self.directory, HEAD_WEIGHTS_FILE)
         self.data: dict[str, Any] = {"settings": settings, "head_done": False, "epochs": {}}
         if os.path.exists(self.path):
-            with open(self.path) as f:
+            with open(self.path, encoding="utf-8") as f:
                 saved = json.load(f)
             if saved.get("settings") != settings:
                 raise ValueError(
@@ -452,7 +456,7 @@ class _RunState:
 
     def _save(self) -> None:
         def write(path):
-            with open(path, "w") as f:
+            with open(path, "w", encoding="utf-8") as f:
                 json.dump(self.data, f, indent=1)
 
         reliability.write_atomically(self.path, write)

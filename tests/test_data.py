@@ -108,7 +108,7 @@ def test_folder_errors(tmp_path, image_folder):
     single = image_folder({"only": 3})
     with pytest.raises(ValueError, match="at least two classes"):
         data.image_folder_dataset(single, validation_split=0)
-    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+    with pytest.raises(ValueError, match="batch_size must be a positive integer, got 0"):
         data.image_folder_dataset(single, batch_size=0)
 
 

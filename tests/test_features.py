@@ -138,7 +138,9 @@ def test_features_spill_to_disk_past_the_memory_budget(tmp_path):
         extractor, dataset, cache_dir=tmp_path / "cache", max_memory_bytes=1000, verbose=0
     )
     assert on_disk.on_disk and isinstance(on_disk.features, np.memmap)
-    assert (tmp_path / "cache" / "features.f32").stat().st_size == 20 * 256 * 4
+    # Each extraction has its own folder inside cache_dir.
+    assert os.path.dirname(on_disk.path) == str(tmp_path / "cache")
+    assert os.path.getsize(os.path.join(on_disk.path, "features.f32")) == 20 * 256 * 4
     np.testing.assert_allclose(on_disk.features, in_memory.features, atol=1e-6)
     np.testing.assert_array_equal(on_disk.labels, labels)
     # Read back shuffled: every row once, features still paired with their labels.
@@ -165,8 +167,12 @@ def test_training_from_a_disk_cache(tmp_path):
         max_memory_bytes=100,
     )
     assert result.train_features.on_disk and result.validation_features.on_disk
-    assert (tmp_path / "train" / "features.f32").is_file()
-    assert (tmp_path / "validation" / "features.f32").is_file()
+    for split, cached in (
+        ("train", result.train_features),
+        ("validation", result.validation_features),
+    ):
+        assert os.path.dirname(cached.path) == str(tmp_path / split)
+        assert os.path.isfile(os.path.join(cached.path, "features.f32"))
     assert np.all(np.isfinite(result.history.history["loss"]))
     np.testing.assert_allclose(
         result.model.predict(images, verbose=0),

@@ -18,6 +18,7 @@ import keras
 import tensorflow as tf
 
 __all__ = [
+    "BackupSaveHook",
     "OptimizerHooks",
     "SymbolicBuildHook",
     "base_learning_rate",
@@ -127,6 +128,19 @@ def patch_symbolic_build(model: keras.Model, choose: Callable[[Any, Any], tuple]
         return original(iterator=iterator, data_batch=data_batch)
 
     model._maybe_symbolic_build = maybe_symbolic_build
+
+
+class BackupSaveHook:
+    """Mixin for a `keras.callbacks.BackupAndRestore` subclass: routes the private
+    `_save_model` (called by its public `on_epoch_end` / `on_train_batch_end`) to the
+    subclass's `save_backup()`.
+
+    Why private: Keras writes the backup in place, so a kill or a full disk mid-write
+    leaves a half-written file that blocks every resume; no public hook replaces the write.
+    """
+
+    def _save_model(self):
+        self.save_backup()
 
 
 # -- optimizers -----------------------------------------------------------------------------
@@ -256,6 +270,10 @@ def missing_internals() -> list[str]:
             __import__("keras.src.saving.serialization_lib", fromlist=["x"]).in_safe_mode
         ),
         "keras.src.saving.serialization_lib.in_safe_mode",
+    )
+    need(
+        lambda: callable(keras.callbacks.BackupAndRestore._save_model),
+        "keras.callbacks.BackupAndRestore._save_model (its epoch/batch-end save)",
     )
     need(
         lambda: callable(tf.__internal__.distribute.interim.maybe_merge_call),

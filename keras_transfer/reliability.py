@@ -17,6 +17,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_transfer import _keras_compat
+
 
 class NonFiniteLossError(FloatingPointError):
     """Training produced a NaN or infinite loss or metric."""
@@ -315,7 +317,7 @@ class BackupUnreadableError(RuntimeError):
     """A training backup exists but cannot be loaded into the model."""
 
 
-class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
+class AtomicBackupAndRestore(_keras_compat.BackupSaveHook, keras.callbacks.BackupAndRestore):
     """`keras.callbacks.BackupAndRestore` whose backups are never half-written.
 
     Keras writes `latest.weights.h5` in place: a full disk or a kill during the save leaves
@@ -422,9 +424,8 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
         self._batch = 0
         super().on_epoch_end(epoch, logs)
 
-    # _keras_compat: overrides the private hook `BackupAndRestore._save_model`, which its
-    # public `on_epoch_end` / `on_train_batch_end` call, to replace the in-place writes.
-    def _save_model(self):
+    def save_backup(self):
+        # Called through `_keras_compat.BackupSaveHook` in place of Keras' in-place writes.
         os.makedirs(self.backup_dir, exist_ok=True)
         weights = self._path(self.WEIGHTS_FILE)
         metadata = self._path(self.METADATA_FILE)

@@ -588,6 +588,10 @@ def report(
         "num_train": data.num_train,
         "num_validation": data.num_validation,
         "skipped_files": data.skipped,
+        # Why each file was skipped, and what the loader warned about (e.g. an empty val/).
+        "skip_reasons": dict(getattr(data, "skip_reasons", {}) or {}),
+        "warnings": list(getattr(data, "warnings", []) or []),
+        "validation": data.validation is not None,
         "image_size": image_size,
         "replicas": environment.strategy.num_replicas_in_sync,
         "dtype_policy": environment.dtype_policy,

@@ -26,6 +26,7 @@ from keras_transfer import losses
 from keras_transfer import optimizers
 from keras_transfer import preprocessing
 from keras_transfer import regularizers
+from keras_transfer import reliability
 from keras_transfer import schedules
 
 PREFIX = "keras_transfer>"
@@ -202,12 +203,14 @@ def gradient_reversal(tmp_path):
     return layer, model, probe
 
 
-def alignment_loss(cls, **kwargs):
+def compiled_loss(cls, binary_labels=False, **kwargs):
     def factory(tmp_path):
         loss = cls(**kwargs)
         model = dense_model()
         model.compile(optimizer="sgd", loss=loss)
         source = rng(1).normal(size=(6, 2)).astype("float32")
+        if binary_labels:
+            source = (source > 0).astype("float32")
         target = rng(2).normal(1.0, 2.0, size=(6, 2)).astype("float32")
 
         def probe(m):
@@ -229,9 +232,12 @@ def domain_adaptation(tmp_path):
 
 
 FACTORIES = {
+    "BinaryLabelCrossentropy": compiled_loss(
+        reliability.BinaryLabelCrossentropy, binary_labels=True, from_logits=True
+    ),
     "GradientReversal": gradient_reversal,
-    "CoralLoss": alignment_loss(losses.CoralLoss),
-    "MMDLoss": alignment_loss(losses.MMDLoss, kernel_multipliers=(0.5, 1.0)),
+    "CoralLoss": compiled_loss(losses.CoralLoss),
+    "MMDLoss": compiled_loss(losses.MMDLoss, kernel_multipliers=(0.5, 1.0)),
     "DomainAdaptation": domain_adaptation,
     "DannLearningRate": learning_rate_schedule(domain.DannLearningRate),
     "ClassificationHead": classification_head,

@@ -88,6 +88,12 @@ flags.DEFINE_float(
     _DEFAULTS.validation_split,
     "Fraction held out when data_dir has no validation folder.",
 )
+flags.DEFINE_integer(
+    "max_pixels",
+    _DEFAULTS.max_pixels,
+    "Skip images with more pixels than this, read from the file header before decoding "
+    "(decompression bombs); 0: no limit.",
+)
 flags.DEFINE_integer("seed", _DEFAULTS.seed, "Random seed (data split, shuffling, initialisation).")
 flags.DEFINE_string(
     "augment",

@@ -102,6 +102,8 @@ class Config:
     # instead of its last epoch's.
     restore_best: bool = False
     validation_split: float = 0.2
+    # Images with more pixels are skipped before decoding (decompression bombs); 0: no limit.
+    max_pixels: int = 50_000_000
     seed: int = 42
     augment: str = "flip,crop"
     dropout: float = 0.2
@@ -339,7 +341,10 @@ def load_data(config: Config, image_size: int, drop_remainder: bool) -> data_lib
             **common,
         )
     return data_lib.image_folder_dataset(
-        config.data_dir, validation_split=config.validation_split, **common
+        config.data_dir,
+        validation_split=config.validation_split,
+        max_pixels=config.max_pixels or None,
+        **common,
     )
 
 

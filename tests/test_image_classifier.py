@@ -658,3 +658,20 @@ def test_tensorboard_logs_one_epoch_timeline_across_phases(image_folder, tmp_pat
             np.testing.assert_allclose(values, history[prefix + metric], rtol=1e-6)
     learning_rates = dict(_tensorboard_scalars(model_dir / "logs" / "train")["epoch_learning_rate"])
     assert learning_rates[1] < learning_rates[0]  # the phase boundary is visible
+
+
+def test_max_pixels_and_empty_validation_folder_are_reported_in_results(image_folder, tmp_path):
+    train = image_folder({"a": 5, "b": 5}, subdir="train")  # 40x48 = 1920 pixels each
+    image_folder({"a": 1}, subdir="big", size=(60, 60))  # 3600 pixels
+    big = tmp_path / "images" / "big" / "a"
+    large = sorted(big.iterdir())[0]
+    os.replace(large, train / "a" / "large.jpg")
+    (train.parent / "val").mkdir()  # an empty validation folder
+    results = image_classifier_lib.run(
+        _config(train.parent, tmp_path / "out", max_pixels=3000, fine_tune_epochs=0)
+    )
+    assert results["skip_reasons"].keys() == {str(train / "a" / "large.jpg")}
+    assert "60x60 pixels" in next(iter(results["skip_reasons"].values()))
+    assert results["num_train"] == 10
+    assert results["validation"] is False
+    assert any("val" in warning for warning in results["warnings"])

@@ -190,7 +190,6 @@ def train_two_phase_cached(strategy):
     replicas see the same batches (a reshuffling dataset is iterated in another order under
     MirroredStrategy than on one device)."""
     import keras_transfer as kt
-    from keras_transfer import features
 
     rng = np.random.default_rng(0)
     labels = (np.arange(16) % 2).astype("int32")
@@ -208,7 +207,7 @@ def train_two_phase_cached(strategy):
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.moving_variance.assign(np.full(layer.moving_variance.shape, 0.05))
         before = [np.asarray(w) for w in model.backbone.get_weights()]
-        history = features.fit_two_phase_cached(
+        history = kt.fit_two_phase_cached(
             model,
             dataset,
             dataset,

@@ -103,7 +103,9 @@ class TinyModule(tf.Module):
         super().__init__()
         self.kernel = tf.Variable(rng().normal(size=(4, 3)).astype("float32"), name="kernel")
 
-    @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32)])
+    # No autograph: nothing to convert, and its cache of converted functions is shared by
+    # every test in the session.
+    @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32)], autograph=False)
     def __call__(self, x):
         return tf.matmul(x, self.kernel)
 

@@ -163,7 +163,7 @@ def _sync_folder(directory: str) -> None:
         os.close(descriptor)
 
 
-def _copy_atomically(source: str, target: str) -> None:
+def copy_atomically(source: str, target: str) -> None:
     """Makes `target` a copy of `source` without a moment where it is partial: a hard link
     (no data copied) where the file system has them, else a copy, then a rename."""
     directory, name = os.path.split(os.path.abspath(target))
@@ -403,10 +403,10 @@ class AtomicBackupAndRestore(_keras_compat.BackupSaveHook, keras.callbacks.Backu
         previous = self._path(self.WEIGHTS_FILE, previous=True)
         if not os.path.exists(previous):
             return False
-        _copy_atomically(previous, self._path(self.WEIGHTS_FILE))
+        copy_atomically(previous, self._path(self.WEIGHTS_FILE))
         metadata = self._path(self.METADATA_FILE)
         if os.path.exists(self._path(self.METADATA_FILE, previous=True)):
-            _copy_atomically(self._path(self.METADATA_FILE, previous=True), metadata)
+            copy_atomically(self._path(self.METADATA_FILE, previous=True), metadata)
         elif os.path.exists(metadata):
             os.remove(metadata)
         return True
@@ -434,11 +434,11 @@ class AtomicBackupAndRestore(_keras_compat.BackupSaveHook, keras.callbacks.Backu
             self.model.save_weights(temporary, overwrite=True)
             if self.double_checkpoint and os.path.exists(weights):
                 # The new backup is complete: only now retire the current one.
-                _copy_atomically(weights, self._path(self.WEIGHTS_FILE, previous=True))
+                copy_atomically(weights, self._path(self.WEIGHTS_FILE, previous=True))
 
         write_atomically(weights, save_weights)
         if self.double_checkpoint and os.path.exists(metadata):
-            _copy_atomically(metadata, self._path(self.METADATA_FILE, previous=True))
+            copy_atomically(metadata, self._path(self.METADATA_FILE, previous=True))
 
         def save_metadata(temporary):
             with open(temporary, "w", encoding="utf-8") as f:

@@ -227,9 +227,6 @@ def fit_two_phase(
         raise ValueError(f"fine_tune must be 'full' or 'lora', got {fine_tune!r}.")
     if fine_tune == "lora":
         lora.check_lora_request(model, lora_rank, lora_alpha, **unfreeze_kwargs)
-        if backup_dir is not None:
-            # Keras' weights files merge LoRA into the kernels and reload zero LoRA matrices.
-            raise ValueError("backup_dir is not supported with fine_tune='lora' yet.")
 
     state = None
     if backup_dir is not None:
@@ -250,6 +247,9 @@ def fit_two_phase(
                 # The records and Keras' backups are keyed by absolute epoch numbers.
                 "initial_epoch": initial_epoch,
                 "cached_head_phase": head_features is not None,
+                "fine_tune": fine_tune,
+                "lora_rank": lora_rank if fine_tune == "lora" else None,
+                "lora_alpha": lora_alpha if fine_tune == "lora" else None,
             },
         )
     expect_validation = validation_data is not None and "validation_freq" not in fit_kwargs
@@ -262,12 +262,14 @@ def fit_two_phase(
         # Order matters: the guard raises before a diverged epoch is recorded or backed
         # up, and the epoch's logs are recorded before its backup, so a kill in between
         # repeats the epoch (its record is overwritten) rather than losing its logs.
+        # Keras' weights files hold LoRA merged and reload it as zeros: LoRA backups keep
+        # the matrices too.
+        lora_phase = fine_tune == "lora" and phase == PHASE_FINE_TUNE
+        backup = lora.LoraBackupAndRestore if lora_phase else reliability.AtomicBackupAndRestore
         return [
             *guard,
             _EpochRecorder(state, phase),
-            reliability.AtomicBackupAndRestore(
-                state.phase_dir(phase), double_checkpoint=True, delete_checkpoint=False
-            ),
+            backup(state.phase_dir(phase), double_checkpoint=True, delete_checkpoint=False),
             *callbacks,
         ]
 
@@ -322,7 +324,11 @@ def fit_two_phase(
             **compile_kwargs,
         )
         if state is not None and head_epochs:
-            state.finish_head_phase(model)
+            restored = state.finish_head_phase(model)
+            if restored and fine_tune == "lora":
+                # The end-of-phase-1 file reloads LoRA matrices as zeros, which never train;
+                # a phase-2 backup, if there is one, then restores the trained ones.
+                lora.resume_lora(model)
         start = time.perf_counter()
         _keras_compat.reset_fit_initial_epoch(model)
         history = model.fit(
@@ -416,8 +422,9 @@ class _RunState:
         self.data["epochs"][str(epoch)] = {"phase": phase, "seconds": seconds, "logs": values}
         self._save()
 
-    def finish_head_phase(self, model: keras.Model) -> None:
-        """After phase 2 is compiled: save or restore the end-of-phase-1 weights.
+    def finish_head_phase(self, model: keras.Model) -> bool:
+        """After phase 2 is compiled: save or restore the end-of-phase-1 weights; True if
+        restored.
 
         The phase-2 optimizer is built first so that the weights file holds its (fresh)
         state, and the same file loads into a rerun's identically compiled model.
@@ -425,11 +432,12 @@ class _RunState:
         model.optimizer.build(model.trainable_variables)
         if self.head_done:
             model.load_weights(self.head_weights_path)
-            return
+            return True
         reliability.write_atomically(self.head_weights_path, model.save_weights)
         self.data["head_done"] = True
         self._save()
         shutil.rmtree(self.phase_dir(PHASE_HEAD), ignore_errors=True)
+        return False
 
     def history(self, unfrozen_blocks: list[str]) -> TwoPhaseHistory:
         result = TwoPhaseHistory(unfrozen_blocks=list(unfrozen_blocks))

@@ -71,8 +71,9 @@ SCRIPT = textwrap.dedent(
 
     probe = Probe()
     cached = {"head_features": kt.FeatureCache(batch_size=8)} if mode == "cached" else {}
+    lora = {"fine_tune": "lora", "lora_rank": 2} if mode == "lora" else {}
     history = training.fit_two_phase(
-        model, data, data, **cached, head_epochs=2, fine_tune_epochs=3, head_lr=1e-2,
+        model, data, data, **cached, **lora, head_epochs=2, fine_tune_epochs=3, head_lr=1e-2,
         fine_tune_lr=1e-3, fine_tune_optimizer=fine_tune_optimizer, lr_decay=0.8,
         unfreeze=4, callbacks=[probe], backup_dir=backup_dir or None, verbose=0,
     )
@@ -116,10 +117,11 @@ def _extractions(out):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["images", "cached"])
+@pytest.mark.parametrize("mode", ["images", "cached", "lora"])
 def test_sigkill_during_fine_tuning_resumes_without_lost_or_repeated_epochs(tmp_path, mode):
     """Both phase-1 paths: through the frozen backbone, and on cached features (a finished
-    cached phase 1 is not repeated, extraction included)."""
+    cached phase 1 is not repeated, extraction included); and LoRA fine-tuning, whose
+    matrices Keras' weights files do not keep (merged into the kernels, reloaded as zeros)."""
     script = tmp_path / "two_phase.py"
     script.write_text(SCRIPT)
     backup = tmp_path / "backup"
@@ -157,7 +159,7 @@ def test_sigkill_during_fine_tuning_resumes_without_lost_or_repeated_epochs(tmp_
     assert history["unfrozen"] == ref_history["unfrozen"]
     for key, values in ref_history["history"].items():
         np.testing.assert_allclose(history["history"][key], values, rtol=1e-5, atol=1e-6)
-    # Same final model as the run that was never interrupted.
+    # Same final model as the run that was never interrupted (LoRA: W, A and B each).
     assert len(weights) == len(ref_weights)
     for got, want in zip(weights, ref_weights):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)

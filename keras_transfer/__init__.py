@@ -74,6 +74,7 @@ from keras_transfer.heads import TransferClassifier
 from keras_transfer.heads import create_classifier
 from keras_transfer.hub import HubBackbone
 from keras_transfer.hub import HubModuleUnavailableError
+from keras_transfer.lora import LoraBackupAndRestore
 from keras_transfer.lora import LoraSummary
 from keras_transfer.lora import enable_lora
 from keras_transfer.lora import load_adapter
@@ -190,6 +191,7 @@ __all__ = [
     "list_backbones",
     "load_adapter",
     "logme",
+    "LoraBackupAndRestore",
     "LoraSummary",
     "merge_lora",
     "MultiWorkerFitMixin",

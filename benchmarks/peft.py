@@ -43,9 +43,7 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(
-    0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
-)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import _common  # noqa: E402
 
@@ -121,7 +119,7 @@ def _image_data(args):
 
 
 def _text_data(args):
-    import text_classifier_lib as text_lib
+    from keras_transfer.apps import text_classifier as text_lib
 
     config = text_lib.Config(data_path=args.data_dir, model_dir="", max_examples=args.max_examples)
     texts, labels, class_names = text_lib.load_text_data(config)
@@ -173,7 +171,7 @@ def run_step(args) -> dict:
     keras.utils.set_random_seed(args.seed)
     text = args.dataset == "sms_spam"
     if text:
-        import text_classifier_lib as text_lib
+        from keras_transfer.apps import text_classifier as text_lib
 
         text_lib.register_bert_blocks()
         train, validation, class_names = _text_data(args)

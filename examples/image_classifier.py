@@ -23,13 +23,12 @@ setting in --config, a missing file, an error while training). `--verbose` alone
 KERAS_TRANSFER_DEBUG=1) adds the traceback.
 """
 
-import _cli
 from absl import app
 from absl import flags
 
 import keras_transfer as kt
-
-import image_classifier_lib
+from keras_transfer.apps import _cli
+from keras_transfer.apps import image_classifier as image_classifier_lib
 
 FLAGS = flags.FLAGS
 _DEFAULTS = image_classifier_lib.Config(data_dir="", model_dir="")

@@ -18,10 +18,10 @@ be used (an unknown or missing flag, a bad flag value), 1 for anything else. `--
 alone (or KERAS_TRANSFER_DEBUG=1) adds the traceback.
 """
 
-import _cli
 from absl import flags
 
-import text_classifier_lib
+from keras_transfer.apps import _cli
+from keras_transfer.apps import text_classifier as text_classifier_lib
 
 FLAGS = flags.FLAGS
 _DEFAULTS = text_classifier_lib.Config(data_path="", model_dir="")

@@ -4,7 +4,6 @@ that they run on a fresh clone in seconds)."""
 
 import os
 import pathlib
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -16,8 +15,6 @@ import tensorflow as tf  # noqa: E402
 import keras_transfer as kt  # noqa: E402
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-# The example binaries' `_lib` modules live beside them in examples/.
-sys.path.insert(0, str(REPO_ROOT / "examples"))
 
 
 def assets_dir() -> pathlib.Path | None:

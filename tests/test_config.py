@@ -1,14 +1,14 @@
-"""The example's config files (examples/_config.py): YAML/JSON, recipe aliases, unknown keys
+"""The example's config files (keras_transfer/apps/_config.py): YAML/JSON, recipe aliases, unknown keys
 and bad values, flags on top."""
 
 import dataclasses
 import json
 
-import _config as config_lib
 import pytest
 from conftest import REPO_ROOT
 
-import image_classifier_lib
+from keras_transfer.apps import _config as config_lib
+from keras_transfer.apps import image_classifier as image_classifier_lib
 
 
 @dataclasses.dataclass

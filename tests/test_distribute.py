@@ -20,8 +20,7 @@ import tensorflow as tf
 from keras_transfer import distribute
 from keras_transfer import heads
 from keras_transfer import training
-
-import image_classifier_lib
+from keras_transfer.apps import image_classifier as image_classifier_lib
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -35,8 +34,8 @@ _RUN = textwrap.dedent(
         tf.config.set_logical_device_configuration(
             cpu, [tf.config.LogicalDeviceConfiguration()] * devices
         )
-    sys.path.insert(0, os.path.join(sys.argv[1], "examples"))
-    import image_classifier_lib
+    sys.path.insert(0, sys.argv[1])
+    from keras_transfer.apps import image_classifier as image_classifier_lib
     config = image_classifier_lib.Config(**json.loads(sys.argv[2]))
     results = image_classifier_lib.run(config)
     print("RESULTS " + json.dumps({"replicas": results["replicas"],
@@ -151,9 +150,9 @@ _MIRRORED = textwrap.dedent(
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import keras
     import numpy as np
-    sys.path.insert(0, os.path.join(sys.argv[1], "examples"))
+    sys.path.insert(0, sys.argv[1])
     sys.path.insert(0, os.path.join(sys.argv[1], "tests"))
-    import image_classifier_lib
+    from keras_transfer.apps import image_classifier as image_classifier_lib
     from test_distribute import train_two_phase_cached
 
     mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
@@ -303,10 +302,10 @@ _WORKER = textwrap.dedent(
     import keras
     import numpy as np
     import tensorflow as tf
-    sys.path.insert(0, os.path.join(sys.argv[1], "examples"))
+    sys.path.insert(0, sys.argv[1])
     sys.path.insert(0, os.path.join(sys.argv[1], "tests"))
     from keras_transfer import distribute
-    import image_classifier_lib
+    from keras_transfer.apps import image_classifier as image_classifier_lib
     from test_distribute import train_plain_model
 
     class FinalWeights(keras.callbacks.Callback):

@@ -15,8 +15,7 @@ from interruption import InterruptAt
 
 import keras_transfer as kt
 from keras_transfer import data
-
-import image_classifier_lib
+from keras_transfer.apps import image_classifier as image_classifier_lib
 
 EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "examples", "image_classifier.py")
 
@@ -164,7 +163,7 @@ def test_binary_usage_errors_exit_2_with_one_line(image_folder, tmp_path):
 
 
 def test_stray_arguments_are_usage_errors(capsys):
-    import _cli
+    from keras_transfer.apps import _cli
 
     def main(argv):
         raise AssertionError("main must not run")
@@ -223,7 +222,7 @@ def test_binary_shows_the_traceback_on_request(tmp_path):
     for name, (returncode, stderr, lines) in results.items():
         assert returncode == 1, (name, stderr[-2000:])
         assert "Traceback (most recent call last)" in stderr, name
-        assert "image_classifier_lib.py" in stderr, name  # where it came from
+        assert "apps/image_classifier.py" in stderr, name  # where it came from
         assert lines[-1].startswith("image_classifier.py: error: No class folders"), name
 
 

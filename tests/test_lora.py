@@ -427,7 +427,7 @@ def test_depthwise_layers_of_mobilenets_are_listed_not_adaptable(name):
 
 def tiny_bert_classifier(seed=0):
     keras_hub = pytest.importorskip("keras_hub")
-    import text_classifier_lib
+    from keras_transfer.apps import text_classifier as text_classifier_lib
 
     text_classifier_lib.register_bert_blocks()
     keras.utils.set_random_seed(seed)
@@ -526,7 +526,7 @@ def test_real_mobilenet_weights(assets, tmp_path):
 
 
 def test_image_example_writes_the_adapter_beside_the_model(image_folder, tmp_path):
-    import image_classifier_lib
+    from keras_transfer.apps import image_classifier as image_classifier_lib
 
     root = image_folder({"cats": 6, "dogs": 6})
     config = image_classifier_lib.Config(

@@ -156,7 +156,7 @@ DETERMINISM_SCRIPT = textwrap.dedent(
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
     import tensorflow as tf
     tf.config.experimental.enable_op_determinism()
-    import image_classifier_lib as lib
+    from keras_transfer.apps import image_classifier as lib
     config = lib.Config(
         data_dir=sys.argv[1], model_dir=sys.argv[2], backbone="mobilenet", weights=None,
         image_size=32, batch_size=8, head_epochs=2, fine_tune_epochs=1, head_lr=1e-2,
@@ -176,7 +176,7 @@ def test_example_runs_are_deterministic_with_a_seed(image_folder, tmp_path):
     data_dir = image_folder({"red": 12, "green": 12}, size=(40, 48))
     script = tmp_path / "run.py"
     script.write_text(DETERMINISM_SCRIPT)
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "examples")}
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     runs = [
         subprocess.Popen(
             [sys.executable, str(script), str(data_dir), str(tmp_path / f"run{i}")],

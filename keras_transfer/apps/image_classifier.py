@@ -35,6 +35,8 @@ from keras_transfer import reports
 from keras_transfer import schedules
 from keras_transfer import training
 from keras_transfer.apps import _config as config_lib
+from keras_transfer.apps import _outputs
+from keras_transfer.apps import export as export_lib
 from keras_transfer.callbacks import GradualUnfreezing
 from keras_transfer.callbacks import parse_unfreeze_schedule
 
@@ -557,16 +559,9 @@ def _optimizer_factory(config: Config, epochs: int, steps_per_epoch: int):
 
 
 def save_model(model: keras.Model, class_names: list[str], output_dir: str) -> None:
-    """`model.keras` and `labels.txt` (line i = output i), each replaced atomically."""
-    kt.save_model(model, os.path.join(output_dir, "model.keras"))
-    if kt.lora.lora_layers(model):
-        kt.save_adapter(model, os.path.join(output_dir, "adapter.weights.h5"))
-
-    def write_labels(path):
-        with open(path, "w", encoding="utf-8") as f:
-            f.write("\n".join(class_names) + "\n")
-
-    reliability.write_atomically(os.path.join(output_dir, "labels.txt"), write_labels)
+    """`model.keras` for inference (without the optimizer's state and EMA copies) and
+    `labels.txt` (line i = output i), each replaced atomically."""
+    _outputs.save_classifier(model, class_names, output_dir)
 
 
 def report(
@@ -647,23 +642,10 @@ def export(model: keras.Model, output_dir: str, export_format: str) -> str:
     """Exports `model` for serving: `"saved_model"` (`model.export`, a `serve` signature
     taking raw 0-255 float32 images) or `"tflite"` (converted from that SavedModel).
     Returns the written path."""
-    saved_model_dir = os.path.join(output_dir, "saved_model")
-    if not os.path.isdir(saved_model_dir):
-        model.export(saved_model_dir, format="tf_saved_model", verbose=False)
-    if export_format == "saved_model":
-        return saved_model_dir
-    if export_format != "tflite":
+    if export_format not in EXPORT_FORMATS:
         raise ValueError(f"Unknown export format {export_format!r}; use {EXPORT_FORMATS}.")
-    converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir)
-    path = os.path.join(output_dir, "model.tflite")
-    content = converter.convert()
-
-    def write(temporary):
-        with open(temporary, "wb") as f:
-            f.write(content)
-
-    reliability.write_atomically(path, write)
-    return path
+    # Always a fresh SavedModel: one left by an earlier run in this folder is stale.
+    return export_lib.export_model(model, output_dir, export_format)
 
 
 def _write_json(output_dir: str, name: str, content: Any) -> None:

@@ -31,6 +31,7 @@ from keras_transfer import backbones
 from keras_transfer import reliability
 from keras_transfer import reports
 from keras_transfer import training
+from keras_transfer.apps import _outputs
 
 logger = logging.getLogger("keras_transfer")
 
@@ -342,16 +343,9 @@ def report(
 
 
 def save_model(model: keras.Model, class_names: list[str], model_dir: str) -> None:
-    """`model.keras` and `labels.txt` (line i = output i), each replaced atomically."""
-    kt.save_model(model, os.path.join(model_dir, "model.keras"))
-    if kt.lora.lora_layers(model):
-        kt.save_adapter(model, os.path.join(model_dir, "adapter.weights.h5"))
-
-    def write_labels(path):
-        with open(path, "w", encoding="utf-8") as f:
-            f.write("\n".join(class_names) + "\n")
-
-    reliability.write_atomically(os.path.join(model_dir, "labels.txt"), write_labels)
+    """`model.keras` for inference (without the optimizer's state and EMA copies) and
+    `labels.txt` (line i = output i), each replaced atomically."""
+    _outputs.save_classifier(model, class_names, model_dir)
 
 
 def _write_json(path: str, content: Any) -> None:

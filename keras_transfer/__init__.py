@@ -8,6 +8,12 @@ loaders, all usable from plain `model.compile` / `model.fit`.
 # The one place the version is written: pyproject.toml reads it from here.
 __version__ = "0.1.0"
 
+# The `keras-transfer` command (and `python -m keras_transfer`) hides TensorFlow's C++
+# start-up lines, which only works before the imports below load TensorFlow.
+from keras_transfer.apps import _startup as _command_startup
+
+_command_startup.quiet_tensorflow_for_the_command()
+
 # Submodules, so that `keras_transfer.optimizers.X` and friends work after one import. Each
 # also registers its serialisable classes, which `keras.saving.load_model` needs.
 from keras_transfer import backbones
@@ -30,6 +36,7 @@ from keras_transfer import recipes
 from keras_transfer import regularizers
 from keras_transfer import reliability
 from keras_transfer import reports
+from keras_transfer import saving
 from keras_transfer import schedules
 from keras_transfer import training
 from keras_transfer import transfer_scores
@@ -98,11 +105,12 @@ from keras_transfer.reliability import EmptyEpochGuard
 from keras_transfer.reliability import NonFiniteGuard
 from keras_transfer.reliability import NonFiniteLossError
 from keras_transfer.reliability import NonFiniteWeightsError
-from keras_transfer.reliability import save_model
 from keras_transfer.reports import classification_report
 from keras_transfer.reports import confusion_matrix
 from keras_transfer.reports import plot_confusion_matrix
 from keras_transfer.reports import plot_training_curves
+from keras_transfer.saving import load_model
+from keras_transfer.saving import save_model
 from keras_transfer.schedules import OneCycle
 from keras_transfer.schedules import SlantedTriangular
 from keras_transfer.schedules import WarmupCosineDecay
@@ -137,6 +145,7 @@ __all__ = [
     "regularizers",
     "reliability",
     "reports",
+    "saving",
     "schedules",
     "training",
     "transfer_scores",
@@ -189,6 +198,7 @@ __all__ = [
     "linear_cka",
     "list_backbones",
     "load_adapter",
+    "load_model",
     "logme",
     "LoraSummary",
     "merge_lora",

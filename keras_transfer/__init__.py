@@ -38,6 +38,7 @@ from keras_transfer import reliability
 from keras_transfer import reports
 from keras_transfer import saving
 from keras_transfer import schedules
+from keras_transfer import tensorboard
 from keras_transfer import training
 from keras_transfer import transfer_scores
 from keras_transfer.backbones import Backbone
@@ -114,6 +115,7 @@ from keras_transfer.saving import save_model
 from keras_transfer.schedules import OneCycle
 from keras_transfer.schedules import SlantedTriangular
 from keras_transfer.schedules import WarmupCosineDecay
+from keras_transfer.tensorboard import RunTensorBoard
 from keras_transfer.training import TwoPhaseHistory
 from keras_transfer.training import fit_two_phase
 from keras_transfer.training import fit_two_phase_cached
@@ -147,6 +149,7 @@ __all__ = [
     "reports",
     "saving",
     "schedules",
+    "tensorboard",
     "training",
     "transfer_scores",
     "apply_l2sp",
@@ -212,6 +215,7 @@ __all__ = [
     "plot_training_curves",
     "rank_backbones",
     "RankedCandidate",
+    "RunTensorBoard",
     "recalibrate_batchnorm",
     "Recipe",
     "recommend_recipe",

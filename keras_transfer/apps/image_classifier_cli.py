@@ -182,6 +182,12 @@ flags.DEFINE_bool(
     _DEFAULTS.resume,
     "Back up the training state in model_dir/backup and continue an interrupted run.",
 )
+flags.DEFINE_bool(
+    "deterministic",
+    _DEFAULTS.deterministic,
+    "Identical results on every run of the same settings on this machine: seeds plus "
+    "TensorFlow's deterministic ops (slower).",
+)
 _cli.define_verbose_flag(_DEFAULTS.verbose, "Keras fit verbosity.")
 
 
@@ -195,16 +201,7 @@ def main(argv: list[str]) -> None:
     if bool(config.data_dir) == bool(config.dataset):
         raise app.UsageError("Give exactly one of --data_dir and --dataset=tfds:<name>.")
     results = image_classifier_lib.run(config)
-    for phase in ("feature_extraction", "fine_tune"):
-        if results[phase]:
-            print(
-                f"{phase}: val_accuracy={results[phase].get('val_accuracy', float('nan')):.4f} "
-                f"({results[phase]['epochs']} epochs, {results[phase]['seconds']:.1f} s)"
-            )
-    report = results.get("validation_report")
-    if report:
-        print(image_classifier_lib.reports.format_report(report))
-    print(f"Saved the model, results and reports to {config.model_dir}")
+    print(image_classifier_lib.summary(results, config))
 
 
 # Errors whose message names no flag to change.

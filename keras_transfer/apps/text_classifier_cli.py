@@ -69,6 +69,11 @@ flags.DEFINE_bool(
 )
 flags.DEFINE_integer("baseline_epochs", _DEFAULTS.baseline_epochs, "Epochs of the baseline.")
 flags.DEFINE_integer("seed", _DEFAULTS.seed, "Random seed (split, shuffling, initialisation).")
+flags.DEFINE_bool(
+    "deterministic",
+    _DEFAULTS.deterministic,
+    "Identical results on every run: seeds plus TensorFlow's deterministic ops (slower).",
+)
 _cli.define_verbose_flag(_DEFAULTS.verbose, "Keras fit verbosity.")
 flags.mark_flags_as_required(["data_path", "model_dir"])
 

@@ -1,8 +1,9 @@
 r"""Fine-tunes a pretrained backbone on a folder of images or a TFDS dataset, in two phases.
 
 Phase 1 trains a new head on the frozen backbone; phase 2 unfreezes the top blocks and
-fine-tunes at a lower learning rate. Writes model.keras, labels.txt, config.json,
-results.json, TensorBoard logs, training curves and a confusion matrix to --model_dir.
+fine-tunes at a lower learning rate. Writes model.keras (for inference: no optimizer
+state), labels.txt, config.json, results.json, TensorBoard logs, training curves and a
+confusion matrix to --model_dir.
 
     python examples/image_classifier.py \
       --data_dir=../shared/assets/datasets/hymenoptera_data \
@@ -14,6 +15,8 @@ results.json, TensorBoard logs, training curves and a confusion matrix to --mode
     python examples/image_classifier.py --config=examples/configs/tf_flowers_tpu.yaml \
       --strategy=tpu --mixed_precision --model_dir=gs://bucket/flowers
 
+The installed command `keras-transfer train` is the same program with the same flags.
+
 `--data_dir` holds one folder per class, or `train/` and `val/` (or `validation/`) folders
 that do.
 
@@ -23,192 +26,13 @@ setting in --config, a missing file, an error while training). `--verbose` alone
 KERAS_TRANSFER_DEBUG=1) adds the traceback.
 """
 
-from absl import app
-from absl import flags
-
-import keras_transfer as kt
 from keras_transfer.apps import _cli
-from keras_transfer.apps import image_classifier as image_classifier_lib
-
-FLAGS = flags.FLAGS
-_DEFAULTS = image_classifier_lib.Config(data_dir="", model_dir="")
-
-flags.DEFINE_string("config", None, "A .yaml or .json file of settings; flags given override it.")
-flags.DEFINE_string(
-    "data_dir", "", "Folder of images, one subfolder per class, or with train/ and val/."
-)
-flags.DEFINE_string("dataset", "", "tfds:<name> (e.g. tfds:tf_flowers) instead of --data_dir.")
-flags.DEFINE_string("tfds_data_dir", "", "TFDS data directory (a prepared copy when offline).")
-flags.DEFINE_string("train_split", _DEFAULTS.train_split, "TFDS split to train on.")
-flags.DEFINE_string(
-    "eval_split", _DEFAULTS.eval_split, "TFDS split to validate on; empty for none."
-)
-flags.DEFINE_string("model_dir", "", "Where the model, results and reports go.")
-flags.DEFINE_string(
-    "backbone",
-    _DEFAULTS.backbone,
-    "Backbone name (see keras_transfer.list_backbones()) or hub:<handle or path>.",
-)
-flags.DEFINE_string(
-    "weights", _DEFAULTS.weights, "'imagenet', 'none', or the path to a weights file (offline)."
-)
-flags.DEFINE_integer(
-    "image_size",
-    _DEFAULTS.image_size,
-    "Input height and width; 0 for the backbone's pretrained size.",
-)
-flags.DEFINE_integer("batch_size", _DEFAULTS.batch_size, "Batch size.")
-flags.DEFINE_integer(
-    "head_epochs", _DEFAULTS.head_epochs, "Epochs training the head on the frozen backbone."
-)
-flags.DEFINE_integer(
-    "fine_tune_epochs", _DEFAULTS.fine_tune_epochs, "Epochs fine-tuning the unfrozen blocks."
-)
-flags.DEFINE_bool(
-    "cache_features",
-    _DEFAULTS.cache_features,
-    "Train the head phase on backbone features computed once from the unaugmented training "
-    "images (default and mirrored strategies); --nocache_features runs every head epoch "
-    "through the frozen backbone on augmented images.",
-)
-flags.DEFINE_string(
-    "unfreeze_blocks",
-    _DEFAULTS.unfreeze_blocks,
-    "Blocks to fine-tune: a count from the top, a block name to unfreeze from, or 'all'.",
-)
-flags.DEFINE_float("head_lr", _DEFAULTS.head_lr, "Learning rate of the head phase.")
-flags.DEFINE_float(
-    "fine_tune_lr",
-    _DEFAULTS.fine_tune_lr,
-    "Learning rate of the fine-tuning phase; 0 for head_lr / 10.",
-)
-flags.DEFINE_float(
-    "validation_split",
-    _DEFAULTS.validation_split,
-    "Fraction held out when data_dir has no validation folder.",
-)
-flags.DEFINE_integer(
-    "max_pixels",
-    _DEFAULTS.max_pixels,
-    "Skip images with more pixels than this, read from the file header before decoding "
-    "(decompression bombs); 0: no limit.",
-)
-flags.DEFINE_integer("seed", _DEFAULTS.seed, "Random seed (data split, shuffling, initialisation).")
-flags.DEFINE_string(
-    "augment",
-    _DEFAULTS.augment,
-    "Comma-separated training augmentations (flip, rotation, zoom, contrast, translation, crop); empty for none.",
-)
-flags.DEFINE_float("dropout", _DEFAULTS.dropout, "Dropout before the output layer.")
-flags.DEFINE_bool(
-    "train_bn",
-    _DEFAULTS.train_bn,
-    "Train BatchNormalization layers too (default: keep them frozen in inference mode).",
-)
-flags.DEFINE_enum(
-    "freeze_strategy",
-    _DEFAULTS.freeze_strategy,
-    image_classifier_lib.FREEZE_STRATEGIES,
-    "all_frozen: head only; top_n_unfrozen: two phases, --unfreeze_blocks in phase 2; gradual: "
-    "--unfreeze_schedule in one timeline; none: train everything from the start; auto: gradual "
-    "if --unfreeze_schedule is set, else top_n_unfrozen.",
-)
-flags.DEFINE_string(
-    "unfreeze_schedule",
-    _DEFAULTS.unfreeze_schedule,
-    "Gradual unfreezing as epoch:blocks pairs, epochs counted from 0 over the whole run, "
-    "e.g. '10:1,11:3,12:all'.",
-)
-flags.DEFINE_float(
-    "lr_decay",
-    _DEFAULTS.lr_decay,
-    "Per-block learning-rate decay in fine-tuning (block i of L gets lr * decay**(L-i)); 0: off.",
-)
-flags.DEFINE_enum(
-    "fine_tune",
-    _DEFAULTS.fine_tune,
-    ["full", "lora"],
-    "Phase 2: 'full' trains the unfrozen blocks' weights, 'lora' low-rank updates of their "
-    "layers (adapter.weights.h5 is written beside the model; --resume does not apply).",
-)
-flags.DEFINE_integer("lora_rank", _DEFAULTS.lora_rank, "LoRA rank with --fine_tune=lora.")
-flags.DEFINE_float("lora_alpha", _DEFAULTS.lora_alpha, "LoRA alpha; 0 for the rank.")
-flags.DEFINE_enum(
-    "lr_schedule",
-    _DEFAULTS.lr_schedule,
-    image_classifier_lib.LR_SCHEDULES,
-    "Learning-rate schedule within each phase.",
-)
-flags.DEFINE_integer(
-    "warmup_steps", _DEFAULTS.warmup_steps, "Warm-up steps of the cosine schedule."
-)
-flags.DEFINE_float("weight_decay", _DEFAULTS.weight_decay, "AdamW weight decay; 0: Adam.")
-flags.DEFINE_integer(
-    "patience", _DEFAULTS.patience, "Early stopping patience in epochs (per phase); 0: off."
-)
-flags.DEFINE_enum(
-    "strategy",
-    _DEFAULTS.strategy,
-    list(image_classifier_lib.distribute.STRATEGIES),
-    "tf.distribute strategy.",
-)
-flags.DEFINE_string("tpu", _DEFAULTS.tpu, "TPU address or name, 'local' on a TPU VM, empty: auto.")
-flags.DEFINE_bool(
-    "mixed_precision",
-    _DEFAULTS.mixed_precision,
-    "mixed_bfloat16 on TPU (and CPU), mixed_float16 on GPU.",
-)
-flags.DEFINE_string("export", _DEFAULTS.export, "Comma-separated: saved_model, tflite.")
-flags.DEFINE_float(
-    "ema_momentum",
-    _DEFAULTS.ema_momentum,
-    "Validate and save an exponential moving average of the weights with this momentum "
-    "per step (keras use_ema); 0 turns it off.",
-)
-flags.DEFINE_bool(
-    "restore_best",
-    _DEFAULTS.restore_best,
-    "Keep (and save) the weights of each phase's epoch with the lowest validation loss "
-    "instead of the last epoch's.",
-)
-flags.DEFINE_bool(
-    "resume",
-    _DEFAULTS.resume,
-    "Back up the training state in model_dir/backup and continue an interrupted run.",
-)
-_cli.define_verbose_flag(_DEFAULTS.verbose, "Keras fit verbosity.")
-
-
-def main(argv):
-    del argv
-    fields = image_classifier_lib.Config.__dataclass_fields__
-    overrides = {name: FLAGS[name].value for name in fields if FLAGS[name].present}
-    config = image_classifier_lib.load_config(FLAGS.config, overrides)
-    if not config.model_dir:
-        raise app.UsageError("Set --model_dir (or model_dir in --config).")
-    if bool(config.data_dir) == bool(config.dataset):
-        raise app.UsageError("Give exactly one of --data_dir and --dataset=tfds:<name>.")
-    results = image_classifier_lib.run(config)
-    for phase in ("feature_extraction", "fine_tune"):
-        if results[phase]:
-            print(
-                f"{phase}: val_accuracy={results[phase].get('val_accuracy', float('nan')):.4f} "
-                f"({results[phase]['epochs']} epochs, {results[phase]['seconds']:.1f} s)"
-            )
-    report = results.get("validation_report")
-    if report:
-        print(image_classifier_lib.reports.format_report(report))
-    print(f"Saved the model, results and reports to {config.model_dir}")
-
-
-# Errors whose message names no flag to change.
-_HINTS = {
-    kt.WeightsUnavailableError: (
-        "Offline? Pass --weights=/path/to/<backbone>_no_top.h5 (a Keras weights file without "
-        "the classification top), put that file in the Keras cache "
-        f"({kt.backbones.keras_cache_dir()}), or pass --weights=none to train from scratch."
-    ),
-}
+from keras_transfer.apps import image_classifier_cli
 
 if __name__ == "__main__":
-    _cli.run(main, hints=_HINTS)
+    _cli.run(
+        image_classifier_cli.main,
+        hints=image_classifier_cli.HINTS,
+        doc=image_classifier_cli.__doc__,
+        flags_modules=[image_classifier_cli],
+    )

@@ -8,6 +8,12 @@ loaders, all usable from plain `model.compile` / `model.fit`.
 # The one place the version is written: pyproject.toml reads it from here.
 __version__ = "0.1.0"
 
+# The `keras-transfer` command (and `python -m keras_transfer`) hides TensorFlow's C++
+# start-up lines, which only works before the imports below load TensorFlow.
+from keras_transfer.apps import _startup as _command_startup
+
+_command_startup.quiet_tensorflow_for_the_command()
+
 # Submodules, so that `keras_transfer.optimizers.X` and friends work after one import. Each
 # also registers its serialisable classes, which `keras.saving.load_model` needs.
 from keras_transfer import backbones
@@ -30,7 +36,9 @@ from keras_transfer import recipes
 from keras_transfer import regularizers
 from keras_transfer import reliability
 from keras_transfer import reports
+from keras_transfer import saving
 from keras_transfer import schedules
+from keras_transfer import tensorboard
 from keras_transfer import training
 from keras_transfer import transfer_scores
 from keras_transfer.backbones import Backbone
@@ -99,14 +107,16 @@ from keras_transfer.reliability import EmptyEpochGuard
 from keras_transfer.reliability import NonFiniteGuard
 from keras_transfer.reliability import NonFiniteLossError
 from keras_transfer.reliability import NonFiniteWeightsError
-from keras_transfer.reliability import save_model
 from keras_transfer.reports import classification_report
 from keras_transfer.reports import confusion_matrix
 from keras_transfer.reports import plot_confusion_matrix
 from keras_transfer.reports import plot_training_curves
+from keras_transfer.saving import load_model
+from keras_transfer.saving import save_model
 from keras_transfer.schedules import OneCycle
 from keras_transfer.schedules import SlantedTriangular
 from keras_transfer.schedules import WarmupCosineDecay
+from keras_transfer.tensorboard import RunTensorBoard
 from keras_transfer.training import TwoPhaseHistory
 from keras_transfer.training import fit_two_phase
 from keras_transfer.training import fit_two_phase_cached
@@ -138,7 +148,9 @@ __all__ = [
     "regularizers",
     "reliability",
     "reports",
+    "saving",
     "schedules",
+    "tensorboard",
     "training",
     "transfer_scores",
     "apply_l2sp",
@@ -190,6 +202,7 @@ __all__ = [
     "linear_cka",
     "list_backbones",
     "load_adapter",
+    "load_model",
     "logme",
     "LoraBackupAndRestore",
     "LoraSummary",
@@ -204,6 +217,7 @@ __all__ = [
     "plot_training_curves",
     "rank_backbones",
     "RankedCandidate",
+    "RunTensorBoard",
     "recalibrate_batchnorm",
     "Recipe",
     "recommend_recipe",

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import logging
 import math
 import os
 import shutil
@@ -40,6 +41,8 @@ from keras_transfer.heads import ClassificationHead
 from keras_transfer.heads import TransferClassifier
 from keras_transfer.heads import create_classifier
 from keras_transfer.preprocessing import ImagePreprocessing
+
+logger = logging.getLogger("keras_transfer")
 
 DEFAULT_MAX_MEMORY_BYTES = 2 * 1024**3
 
@@ -176,6 +179,7 @@ def extract_features(
     cache_dir: str | os.PathLike | None = None,
     max_memory_bytes: int = DEFAULT_MAX_MEMORY_BYTES,
     verbose: int = 1,
+    description: str = "images",
 ) -> CachedFeatures:
     """Runs `extractor` over `dataset` once (or `passes` times) and keeps its outputs.
 
@@ -192,7 +196,9 @@ def extract_features(
             augmentations of every image (and costs one more backbone pass).
         cache_dir: where to stream features that exceed `max_memory_bytes`.
         max_memory_bytes: memory budget of the features (labels are not counted).
-        verbose: 1 shows a progress bar, 0 is silent.
+        verbose: 1 shows a progress bar, 2 one line when the extraction starts and one
+            when it ends, 0 is silent.
+        description: what `dataset` holds, for those lines ("training images").
 
     Returns:
         `CachedFeatures`.
@@ -201,11 +207,16 @@ def extract_features(
         raise ValueError(f"passes must be a positive integer, got {passes!r}.")
     dataset = _as_dataset(dataset, "dataset")
     steps = _cardinality(dataset)
-    progbar = (
-        keras.utils.Progbar(
-            steps * passes if steps else None, unit_name="batch", stateful_metrics=["examples"]
+    if verbose:
+        logger.info(
+            "extracting backbone features of the %s%s%s",
+            description,
+            f" ({steps * passes} batch{'' if steps * passes == 1 else 'es'})" if steps else "",
+            f", {passes} augmented passes" if passes > 1 else "",
         )
-        if verbose
+    progbar = (
+        keras.utils.Progbar(steps * passes if steps else None, unit_name="batch")
+        if verbose == 1
         else None
     )
 
@@ -220,7 +231,7 @@ def extract_features(
                 writer.add(np.asarray(forward(tf.cast(images, tf.float32))), np.asarray(labels))
                 seen += 1
                 if progbar is not None:
-                    progbar.update(seen, values=[("examples", writer.num_examples)], finalize=False)
+                    progbar.update(seen, finalize=False)
         features, labels, path = writer.finish()
     except BaseException as error:
         writer.delete()  # no half-written cache left behind, whatever went wrong
@@ -233,8 +244,12 @@ def extract_features(
             ) from error
         raise
     if progbar is not None:
-        progbar.update(seen, values=[("examples", writer.num_examples)], finalize=True)
+        progbar.update(seen, finalize=True)
     cached = CachedFeatures(features, labels, passes, path, time.perf_counter() - start)
+    if verbose:
+        logger.info(
+            "extracted features of %d %s in %.1f s", len(features), description, cached.seconds
+        )
     if path is not None:
         # The files are this extraction's own: gone with the last reference to it (open
         # memory maps stay valid after the unlink).
@@ -487,6 +502,7 @@ def fit_head_on_features(
         cache_dir=sub("train"),
         max_memory_bytes=cache.max_memory_bytes,
         verbose=verbose,
+        description="training images",
     )
     val_cache = None
     if validation_data is not None:
@@ -496,6 +512,7 @@ def fit_head_on_features(
             cache_dir=sub("validation"),
             max_memory_bytes=cache.max_memory_bytes,
             verbose=verbose,
+            description="validation images",
         )
     extract_seconds = time.perf_counter() - start
 
@@ -521,7 +538,10 @@ def fit_head_on_features(
         epochs=initial_epoch + epochs,
         callbacks=list(callbacks or []),
         verbose=verbose,
-        **fit_kwargs,
+        # The cached dataset is shuffled by `as_dataset`; Keras ignores (and warns about)
+        # `shuffle=True` for a tf.data.Dataset.
+        shuffle=False,
+        **{k: v for k, v in fit_kwargs.items() if k != "shuffle"},
     )
     seconds = {"extract": extract_seconds, "train": time.perf_counter() - start}
     return HeadOnFeatures(history, train_cache, val_cache, seconds)

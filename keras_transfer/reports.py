@@ -23,7 +23,9 @@ def _pyplot():
     try:
         import matplotlib
     except ImportError:
-        logger.info("matplotlib is not installed: skipping the plot (pip install matplotlib)")
+        logger.info(
+            "matplotlib is not installed: skipping the plot (pip install 'keras-transfer[plot]')"
+        )
         return None
     matplotlib.use("Agg")  # files only; no display on servers and TPU VMs
     from matplotlib import pyplot
@@ -106,7 +108,9 @@ def classification_report(matrix: np.ndarray, class_names: Sequence[str]) -> dic
     }
 
 
-def plot_training_curves(history: Any, path: str | os.PathLike) -> str | None:
+def plot_training_curves(
+    history: Any, path: str | os.PathLike, title: str | None = None
+) -> str | None:
     """Plots every metric of a run (train and `val_` together) against the epoch, with the
     boundary between the head phase and fine-tuning marked. Returns the path, or `None`
     when matplotlib is missing.
@@ -114,6 +118,7 @@ def plot_training_curves(history: Any, path: str | os.PathLike) -> str | None:
     Args:
         history: a `keras_transfer.TwoPhaseHistory`, or a `keras.callbacks.History`.
         path: the PNG file to write.
+        title: above the charts (e.g. the backbone and the dataset).
     """
     pyplot = _pyplot()
     if pyplot is None:
@@ -139,6 +144,8 @@ def plot_training_curves(history: Any, path: str | os.PathLike) -> str | None:
         axis.set_title(name)
         axis.legend(fontsize="small")
         axis.grid(alpha=0.3)
+    if title:
+        figure.suptitle(title)
     figure.tight_layout()
     figure.savefig(os.fspath(path), dpi=100)
     pyplot.close(figure)
@@ -146,10 +153,14 @@ def plot_training_curves(history: Any, path: str | os.PathLike) -> str | None:
 
 
 def plot_confusion_matrix(
-    matrix: np.ndarray, class_names: Sequence[str], path: str | os.PathLike
+    matrix: np.ndarray,
+    class_names: Sequence[str],
+    path: str | os.PathLike,
+    title: str | None = None,
 ) -> str | None:
     """Draws the confusion matrix (rows: true class, columns: predicted) with its counts.
-    Returns the path, or `None` when matplotlib is missing."""
+    `title` says what it is of (e.g. "mobilenet on flowers, validation data"). Returns the
+    path, or `None` when matplotlib is missing."""
     pyplot = _pyplot()
     if pyplot is None:
         return None
@@ -162,6 +173,8 @@ def plot_confusion_matrix(
     axis.set_yticks(ticks, class_names)
     axis.set_xlabel("predicted")
     axis.set_ylabel("true")
+    if title:
+        axis.set_title(title)
     if count <= 30:
         threshold = matrix.max() / 2 if matrix.size else 0
         for i in range(count):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import shutil
 import time
@@ -20,6 +21,8 @@ from keras_transfer import heads
 from keras_transfer import lora
 from keras_transfer import optimizers
 from keras_transfer import reliability
+
+logger = logging.getLogger("keras_transfer")
 
 PHASE_HEAD = "feature_extraction"
 PHASE_FINE_TUNE = "fine_tune"
@@ -273,8 +276,24 @@ def fit_two_phase(
             *callbacks,
         ]
 
+    if isinstance(train_data, tf.data.Dataset) and "shuffle" not in fit_kwargs:
+        # A dataset shuffles itself; Keras ignores (and warns about) fit's default
+        # shuffle=True for one.
+        fit_kwargs["shuffle"] = False
+    phases = int(bool(head_epochs)) + int(bool(fine_tune_epochs))
     result = TwoPhaseHistory()
+    if head_epochs and state and state.head_done:
+        logger.info(
+            "phase 1/%d: the head's training already finished (from %s)", phases, backup_dir
+        )
     if head_epochs and not (state and state.head_done):
+        logger.info(
+            "phase 1/%d: training the head on the frozen backbone at lr %s for %d epochs%s",
+            phases,
+            _rate(head_lr),
+            head_epochs,
+            ", on cached backbone features" if head_features is not None else "",
+        )
         freezing.freeze(model, train_bn=train_bn)
         start = time.perf_counter()
         if head_features is None:
@@ -323,6 +342,16 @@ def fit_two_phase(
             **heads.resolve_loss_and_metrics(model, loss, metrics),
             **compile_kwargs,
         )
+        logger.info(
+            "phase %d/%d: fine-tuning %s at lr %s%s for %d epochs, BatchNorm %s",
+            phases,
+            phases,
+            _blocks_text(result.unfrozen_blocks, fine_tune, lora_rank),
+            _rate(fine_tune_lr),
+            f" (x{lr_decay} per block below the top)" if lr_decay is not None else "",
+            fine_tune_epochs,
+            "training" if train_bn else "frozen",
+        )
         if state is not None and head_epochs:
             restored = state.finish_head_phase(model)
             if restored and fine_tune == "lora":
@@ -345,6 +374,17 @@ def fit_two_phase(
         result = state.history(unfrozen_blocks=result.unfrozen_blocks)
         state.delete()
     return result
+
+
+def _rate(learning_rate: Any) -> str:
+    return f"{learning_rate:g}" if isinstance(learning_rate, int | float) else str(learning_rate)
+
+
+def _blocks_text(blocks: Sequence[str], fine_tune: str, lora_rank: int) -> str:
+    count = f"{len(blocks)} block{'' if len(blocks) == 1 else 's'}"
+    if fine_tune == "lora":
+        return f"LoRA updates (rank {lora_rank}) of {count}"
+    return count
 
 
 def check_initial_epoch(initial_epoch: Any) -> None:

@@ -11,6 +11,8 @@ traceback and not the flags' help:
 `--verbose` without a value (level 3: Keras' one line per epoch, plus tracebacks) or the
 environment variable `KERAS_TRANSFER_DEBUG=1` prints the traceback as well.
 
+`--helpshort` (or `--help`, `-h`) prints the program's description and its own flags.
+
 ```python
 _cli.define_verbose_flag(default=2, help="Keras fit verbosity ...")
 if __name__ == "__main__":
@@ -20,6 +22,7 @@ if __name__ == "__main__":
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import traceback
@@ -29,15 +32,18 @@ from typing import NoReturn
 
 from absl import app
 from absl import flags
+from absl import logging as absl_logging
 
 __all__ = [
     "DEBUG_ENV",
     "EXIT_ERROR",
     "EXIT_USAGE",
     "TRACEBACK_VERBOSITY",
+    "configure_logging",
     "define_verbose_flag",
     "fit_verbosity",
     "run",
+    "set_program",
 ]
 
 EXIT_ERROR = 1
@@ -47,6 +53,11 @@ DEBUG_ENV = "KERAS_TRANSFER_DEBUG"
 TRACEBACK_VERBOSITY = 3
 
 FLAGS = flags.FLAGS
+HELP_ARGUMENTS = ("--help", "-h", "-?", "--helpshort")
+
+# The name errors and help are printed under; the `keras-transfer` command sets
+# "keras-transfer <subcommand>".
+_PROGRAM: str | None = None
 
 
 class _VerbosityParser(flags.ArgumentParser):
@@ -91,7 +102,15 @@ def fit_verbosity(verbose: int) -> int:
     return min(int(verbose), 2)
 
 
+def set_program(name: str | None) -> None:
+    """The program name of error and help messages; `None`: the script's file name."""
+    global _PROGRAM
+    _PROGRAM = name
+
+
 def _program() -> str:
+    if _PROGRAM:
+        return _PROGRAM
     return os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "example"
 
 
@@ -110,15 +129,32 @@ def _fail(message: str, hint: str, code: int) -> NoReturn:
     sys.exit(code)
 
 
-def _parse_flags(argv: list[str]) -> list[str]:
-    try:
-        return FLAGS(argv)
-    except flags.Error as error:
-        _fail(
-            " ".join(str(error).split()),
-            f"`{_program()} --helpshort` lists the flags and their values.",
-            EXIT_USAGE,
-        )
+def _print_help(doc: str, modules: list[Any]) -> NoReturn:
+    text = (doc or "").strip()
+    sections = [f"usage: {_program()} [flags]", text] if text else [f"usage: {_program()} [flags]"]
+    for module in modules:
+        listed = FLAGS.module_help(module).strip()
+        if listed:
+            sections.append("flags:\n" + "\n".join(listed.splitlines()[1:]))
+    sys.stdout.write("\n\n".join(sections) + "\n")
+    sys.stdout.flush()
+    sys.exit(0)
+
+
+def _flags_parser(doc: str | None, modules: list[Any]) -> Callable[[list[str]], list[str]]:
+    def parse(argv: list[str]) -> list[str]:
+        if modules and any(argument in HELP_ARGUMENTS for argument in argv[1:]):
+            _print_help(doc or "", modules)
+        try:
+            return FLAGS(argv)
+        except flags.Error as error:
+            _fail(
+                " ".join(str(error).split()),
+                f"`{_program()} --helpshort` lists the flags and their values.",
+                EXIT_USAGE,
+            )
+
+    return parse
 
 
 def _first_line_and_rest(error: BaseException) -> tuple[str, str]:
@@ -128,10 +164,46 @@ def _first_line_and_rest(error: BaseException) -> tuple[str, str]:
     return lines[0], " ".join(lines[1:])
 
 
-def _guarded(main: Callable[[list[str]], Any], hints: dict[type, str]) -> Callable:
+class _PlainFormatter(logging.Formatter):
+    """Messages as they are; warnings and errors say so."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = super().format(record)
+        if record.levelno >= logging.WARNING:
+            return f"{record.levelname.lower()}: {message}"
+        return message
+
+
+class _RunHandler(logging.StreamHandler):
+    """The handler `configure_logging` adds (once)."""
+
+
+def configure_logging(verbose: int) -> None:
+    """The run's own messages (`keras_transfer` logger) as plain lines on stderr; other
+    libraries' INFO lines (TensorFlow's SavedModel writer, absl) only with `--verbose`."""
+    logger = logging.getLogger("keras_transfer")
+    if not any(isinstance(handler, _RunHandler) for handler in logger.handlers):
+        handler = _RunHandler(sys.stderr)
+        handler.setFormatter(_PlainFormatter("%(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    if verbose < TRACEBACK_VERBOSITY:
+        absl_logging.set_verbosity(absl_logging.WARNING)
+        logging.getLogger("tensorflow").setLevel(logging.WARNING)
+
+
+def _guarded(
+    main: Callable[[list[str]], Any], hints: dict[type, str], takes_arguments: bool = False
+) -> Callable:
     def guarded_main(argv: list[str]) -> Any:
         try:
-            if len(argv) > 1:
+            try:
+                verbose = int(FLAGS["verbose"].value)
+            except (KeyError, TypeError, flags.UnparsedFlagAccessError):
+                verbose = 0
+            configure_logging(verbose)
+            if len(argv) > 1 and not takes_arguments:
                 raise app.UsageError(
                     f"unexpected argument(s) {' '.join(map(repr, argv[1:]))}: write flags as "
                     "--name=value (a bare --verbose takes no value)."
@@ -154,7 +226,15 @@ def _guarded(main: Callable[[list[str]], Any], hints: dict[type, str]) -> Callab
     return guarded_main
 
 
-def run(main: Callable[[list[str]], Any], hints: dict[type, str] | None = None) -> None:
+def run(
+    main: Callable[[list[str]], Any],
+    hints: dict[type, str] | None = None,
+    *,
+    argv: list[str] | None = None,
+    doc: str | None = None,
+    flags_modules: list[Any] | None = None,
+    takes_arguments: bool = False,
+) -> None:
     """`absl.app.run(main)` with one-line errors and the exit codes of the module docstring.
 
     Args:
@@ -162,5 +242,15 @@ def run(main: Callable[[list[str]], Any], hints: dict[type, str] | None = None) 
         hints: `{exception class: hint}` for errors whose own message does not say which
             flag to change (the first matching class wins); otherwise the hint is the rest
             of the error's message after its first line.
+        argv: the command line, program name first; default `sys.argv`.
+        doc: what `--helpshort` prints above the flags.
+        flags_modules: the modules whose flags `--helpshort` lists (absl's own
+            `--helpshort` lists only the main module's, and the flags live in the package).
+        takes_arguments: whether `main` accepts arguments after the flags (otherwise they
+            are a usage error).
     """
-    app.run(_guarded(main, dict(hints or {})), flags_parser=_parse_flags)
+    app.run(
+        _guarded(main, dict(hints or {}), takes_arguments),
+        argv=argv,
+        flags_parser=_flags_parser(doc, list(flags_modules or [])),
+    )

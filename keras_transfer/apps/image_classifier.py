@@ -35,6 +35,8 @@ from keras_transfer import reports
 from keras_transfer import schedules
 from keras_transfer import training
 from keras_transfer.apps import _config as config_lib
+from keras_transfer.apps import _outputs
+from keras_transfer.apps import export as export_lib
 from keras_transfer.callbacks import GradualUnfreezing
 from keras_transfer.callbacks import parse_unfreeze_schedule
 
@@ -115,6 +117,9 @@ class Config:
     resume: bool = True
     # Keras fit verbosity 0-2; 3 is 2 for Keras, and the binary shows tracebacks.
     verbose: int = 2
+    # Same results on every run of the same settings on the same machine: seeds and
+    # TensorFlow's deterministic ops (slower; it cannot be turned off in the process).
+    deterministic: bool = False
 
     def __post_init__(self):
         def check(name, allowed):
@@ -180,6 +185,27 @@ class Config:
     def export_formats(self) -> list[str]:
         return [f.strip() for f in self.export.split(",") if f.strip()]
 
+    def resolved(self, image_size: int) -> dict[str, Any]:
+        """The settings the run really used, as `config.json` holds them (and `--config`
+        reads them back): the real image size, freeze strategy and fine-tuning rate, and
+        only the data source's own fields."""
+        values = dataclasses.asdict(self)
+        values.update(
+            image_size=int(image_size),
+            freeze_strategy=self.resolved_freeze_strategy(),
+            fine_tune_lr=self.fine_tune_lr or self.head_lr / 10,
+            weights=self.resolved_weights() or "none",
+        )
+        unused = _TFDS_FIELDS if self.data_dir else _FOLDER_FIELDS
+        for name in unused:
+            values.pop(name, None)
+        return values
+
+
+# Fields that only a TFDS run, or only an image-folder run, reads.
+_TFDS_FIELDS = ("dataset", "tfds_data_dir", "train_split", "eval_split")
+_FOLDER_FIELDS = ("data_dir", "validation_split", "max_pixels")
+
 
 def load_config(path: str | None, overrides: dict[str, Any]) -> Config:
     """The run's `Config`: the file's settings (if `path`), then `overrides` (the flags given
@@ -228,7 +254,7 @@ def run(
         )
         _check_batches(config, data, environment.strategy)
         model = build_model(config, backbone, data.class_names, environment.strategy)
-        _write_json(environment.output_dir, RESOLVED_CONFIG_FILE, dataclasses.asdict(config))
+        _write_json(environment.output_dir, RESOLVED_CONFIG_FILE, config.resolved(image_size))
         trained = train_model(config, model, data, environment, list(callbacks or []))
         save_model(model, data.class_names, environment.output_dir)
         results = report(config, model, data, trained, environment, image_size)
@@ -265,6 +291,8 @@ def _environment(config: Config, strategy: tf.distribute.Strategy | None) -> Ite
     """Seeds, creates the strategy and sets the dtype policy; restores the previous policy
     and deletes a worker's scratch folder when the run ends, failed or not."""
     keras.utils.set_random_seed(config.seed)
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
     if strategy is None:
         strategy = distribute.create_strategy(config.strategy, config.tpu or None)
     chief = distribute.is_chief(strategy)
@@ -417,7 +445,8 @@ def train_model(
     static = distribute.static_batches(strategy)
     batches = (math.floor if static else math.ceil)(data.num_train / config.batch_size)
     if importlib.util.find_spec("tensorboard") is not None:
-        callbacks.append(keras.callbacks.TensorBoard(os.path.join(output_dir, "logs")))
+        # One step axis for both phases (Keras' own callback restarts it with each optimizer).
+        callbacks.append(kt.RunTensorBoard(os.path.join(output_dir, "logs")))
     else:
         logger.info("tensorboard is not installed: no TensorBoard logs (pip install tensorboard)")
     if config.ema_momentum:
@@ -557,16 +586,9 @@ def _optimizer_factory(config: Config, epochs: int, steps_per_epoch: int):
 
 
 def save_model(model: keras.Model, class_names: list[str], output_dir: str) -> None:
-    """`model.keras` and `labels.txt` (line i = output i), each replaced atomically."""
-    kt.save_model(model, os.path.join(output_dir, "model.keras"))
-    if kt.lora.lora_layers(model):
-        kt.save_adapter(model, os.path.join(output_dir, "adapter.weights.h5"))
-
-    def write_labels(path):
-        with open(path, "w", encoding="utf-8") as f:
-            f.write("\n".join(class_names) + "\n")
-
-    reliability.write_atomically(os.path.join(output_dir, "labels.txt"), write_labels)
+    """`model.keras` for inference (without the optimizer's state and EMA copies) and
+    `labels.txt` (line i = output i), each replaced atomically."""
+    _outputs.save_classifier(model, class_names, output_dir)
 
 
 def report(
@@ -584,7 +606,8 @@ def report(
         "feature_extraction": history.phase_summary(training.PHASE_HEAD),
         "fine_tune": history.phase_summary(training.PHASE_FINE_TUNE),
         "history": {
-            "epoch": list(history.epoch),
+            # 1-based over the whole run, as Keras prints them and the plots draw them.
+            "epoch": [int(epoch) + 1 for epoch in history.epoch],
             "phase": list(history.phases),
             **{k: list(v) for k, v in history.history.items()},
         },
@@ -601,7 +624,7 @@ def report(
         "replicas": environment.strategy.num_replicas_in_sync,
         "dtype_policy": environment.dtype_policy,
         "cached_features": trained.cached_features,
-        "config": dataclasses.asdict(config),
+        "config": config.resolved(image_size),
     }
     last_phase = history.phases[-1] if history.phases else None
     if config.restore_best and last_phase:
@@ -616,54 +639,70 @@ def report(
         validation_report = reports.classification_report(matrix, data.class_names)
         validation_report["confusion_matrix"] = matrix.tolist()
         results["validation_report"] = validation_report
-        reports.plot_confusion_matrix(
-            matrix, data.class_names, os.path.join(output_dir, "confusion_matrix.png")
+        plotted = reports.plot_confusion_matrix(
+            matrix,
+            data.class_names,
+            os.path.join(output_dir, "confusion_matrix.png"),
+            title=f"{_run_title(config)}\nvalidation data, {int(matrix.sum())} images",
         )
-        logger.info("validation report:\n%s", reports.format_report(validation_report))
-    reports.plot_training_curves(history, os.path.join(output_dir, "training_curves.png"))
-    for phase in (training.PHASE_HEAD, training.PHASE_FINE_TUNE):
-        if results[phase]:
-            logger.info(
-                "%s: val_accuracy %.4f after %d epochs (%.1f s)",
-                phase,
-                results[phase].get("val_accuracy", float("nan")),
-                results[phase]["epochs"],
-                results[phase]["seconds"],
-            )
-    if "saved_model_val_accuracy" in results:
-        logger.info(
-            "saved model: val_accuracy %.4f%s",
-            results["saved_model_val_accuracy"],
-            " (weights of epoch {epoch}, {phase}, lowest val_loss)".format(
-                **results["saved_weights"]
-            )
-            if "saved_weights" in results
-            else "",
-        )
+        if plotted:
+            results.setdefault("plots", []).append(os.path.basename(plotted))
+    plotted = reports.plot_training_curves(
+        history, os.path.join(output_dir, "training_curves.png"), title=_run_title(config)
+    )
+    if plotted:
+        results.setdefault("plots", []).append(os.path.basename(plotted))
     return results
+
+
+def _run_title(config: Config) -> str:
+    source = config.dataset or os.path.basename(os.path.normpath(config.data_dir))
+    return f"{config.backbone} on {source}"
+
+
+def summary(results: dict[str, Any], config: Config) -> str:
+    """What a person reads at the end of a run: each phase's result, the saved model's
+    validation report and where everything went."""
+    lines = []
+    phases = [p for p in (training.PHASE_HEAD, training.PHASE_FINE_TUNE) if results.get(p)]
+    names = {training.PHASE_HEAD: "head", training.PHASE_FINE_TUNE: "fine-tuning"}
+    for index, phase in enumerate(phases, start=1):
+        row = results[phase]
+        accuracy = row.get("val_accuracy")
+        lines.append(
+            f"phase {index}/{len(phases)} ({names[phase]}): "
+            + (f"val_accuracy {accuracy:.4f}, " if accuracy is not None else "")
+            + f"{row['epochs']} epochs, {row['seconds']:.1f} s"
+        )
+    report = results.get("validation_report")
+    if report:
+        kept = results.get("saved_weights")
+        lines.append(
+            f"saved model on {results['num_validation']} validation images"
+            + (f" (weights of epoch {kept['epoch']}, lowest val_loss)" if kept else "")
+            + ":"
+        )
+        lines.append(reports.format_report(report))
+    model_path = os.path.join(config.model_dir, _outputs.MODEL_FILE)
+    if os.path.isfile(model_path):
+        size = os.path.getsize(model_path) / 1e6
+        lines.append(f"model.keras: {size:.1f} MB, for inference (no optimizer state)")
+    if not results.get("plots"):
+        lines.append(
+            "plots: skipped, matplotlib is not installed (pip install 'keras-transfer[plot]')"
+        )
+    lines.append(f"outputs in {config.model_dir} ({results.get('total_seconds', 0):.0f} s in all)")
+    return "\n".join(lines)
 
 
 def export(model: keras.Model, output_dir: str, export_format: str) -> str:
     """Exports `model` for serving: `"saved_model"` (`model.export`, a `serve` signature
     taking raw 0-255 float32 images) or `"tflite"` (converted from that SavedModel).
     Returns the written path."""
-    saved_model_dir = os.path.join(output_dir, "saved_model")
-    if not os.path.isdir(saved_model_dir):
-        model.export(saved_model_dir, format="tf_saved_model", verbose=False)
-    if export_format == "saved_model":
-        return saved_model_dir
-    if export_format != "tflite":
+    if export_format not in EXPORT_FORMATS:
         raise ValueError(f"Unknown export format {export_format!r}; use {EXPORT_FORMATS}.")
-    converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir)
-    path = os.path.join(output_dir, "model.tflite")
-    content = converter.convert()
-
-    def write(temporary):
-        with open(temporary, "wb") as f:
-            f.write(content)
-
-    reliability.write_atomically(path, write)
-    return path
+    # Always a fresh SavedModel: one left by an earlier run in this folder is stale.
+    return export_lib.export_model(model, output_dir, export_format)
 
 
 def _write_json(output_dir: str, name: str, content: Any) -> None:

@@ -31,6 +31,7 @@ from keras_transfer import backbones
 from keras_transfer import reliability
 from keras_transfer import reports
 from keras_transfer import training
+from keras_transfer.apps import _outputs
 
 logger = logging.getLogger("keras_transfer")
 
@@ -125,6 +126,8 @@ class Config:
     baseline_epochs: int = 10
     seed: int = 42
     verbose: int = 2
+    # Seeds plus TensorFlow's deterministic ops: the same results on every run (slower).
+    deterministic: bool = False
 
 
 def load_text_data(config: Config) -> tuple[list[str], np.ndarray, list[str]]:
@@ -273,6 +276,8 @@ def run(config: Config) -> dict[str, Any]:
     """
     start = time.perf_counter()
     keras.utils.set_random_seed(config.seed)
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
     texts, labels, class_names = load_text_data(config)
     train, validation = split(
         texts, labels, config.validation_split, config.seed, config.max_examples
@@ -292,7 +297,6 @@ def run(config: Config) -> dict[str, Any]:
         results["baseline"] = train_baseline(config, train, validation, class_names)
     results["total_seconds"] = round(time.perf_counter() - start, 2)
     _write_json(os.path.join(config.model_dir, "results.json"), results)
-    logger.info("validation report:\n%s", reports.format_report(results["validation_report"]))
     return results
 
 
@@ -342,16 +346,9 @@ def report(
 
 
 def save_model(model: keras.Model, class_names: list[str], model_dir: str) -> None:
-    """`model.keras` and `labels.txt` (line i = output i), each replaced atomically."""
-    kt.save_model(model, os.path.join(model_dir, "model.keras"))
-    if kt.lora.lora_layers(model):
-        kt.save_adapter(model, os.path.join(model_dir, "adapter.weights.h5"))
-
-    def write_labels(path):
-        with open(path, "w", encoding="utf-8") as f:
-            f.write("\n".join(class_names) + "\n")
-
-    reliability.write_atomically(os.path.join(model_dir, "labels.txt"), write_labels)
+    """`model.keras` for inference (without the optimizer's state and EMA copies) and
+    `labels.txt` (line i = output i), each replaced atomically."""
+    _outputs.save_classifier(model, class_names, model_dir)
 
 
 def _write_json(path: str, content: Any) -> None:

@@ -1,0 +1,99 @@
+"""Exports a trained classifier for serving: the `keras-transfer export` logic.
+
+- `saved_model`: `model.export(format="tf_saved_model")`, a `serve` signature taking raw
+  0-255 float32 RGB images of the model's input size;
+- `tflite`: that SavedModel converted by `tf.lite.TFLiteConverter`;
+- `onnx`: `model.export(format="onnx")`, which needs `tf2onnx` (the `onnx` extra).
+
+Each output replaces the previous one only once it is complete.
+
+```python
+path = export_model(kt.load_model("run/model.keras"), "run", "tflite")  # run/model.tflite
+```
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+
+import keras
+import tensorflow as tf
+
+from keras_transfer import reliability
+
+__all__ = ["EXPORT_FORMATS", "OUTPUT_NAMES", "ExportUnavailableError", "export_model"]
+
+EXPORT_FORMATS = ("saved_model", "tflite", "onnx")
+OUTPUT_NAMES = {"saved_model": "saved_model", "tflite": "model.tflite", "onnx": "model.onnx"}
+
+
+class ExportUnavailableError(ImportError):
+    """An export format whose converter is not installed; the message names the extra."""
+
+
+def _replace_folder(build, target: str) -> None:
+    """Builds a folder with `build(path)` beside `target`, then swaps it in."""
+    parent = os.path.dirname(os.path.abspath(target))
+    os.makedirs(parent, exist_ok=True)
+    scratch = tempfile.mkdtemp(prefix=".partial-", dir=parent)
+    try:
+        built = os.path.join(scratch, os.path.basename(target))
+        build(built)
+        if os.path.isdir(target):
+            shutil.rmtree(target)
+        os.replace(built, target)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def export_model(
+    model: keras.Model, output_dir: str, export_format: str, saved_model_dir: str | None = None
+) -> str:
+    """Writes `model` in `export_format` to `output_dir` (names in `OUTPUT_NAMES`).
+
+    Args:
+        model: the model to export.
+        output_dir: the folder to write into.
+        export_format: `"saved_model"`, `"tflite"` or `"onnx"`.
+        saved_model_dir: for `"tflite"`, a SavedModel of `model` already exported; by
+            default one is exported to `output_dir/saved_model` first.
+
+    Returns:
+        The written path.
+
+    Raises:
+        ExportUnavailableError: `"onnx"` without `tf2onnx` installed.
+    """
+    if export_format not in EXPORT_FORMATS:
+        raise ValueError(
+            f"Unknown export format {export_format!r}; use one of {', '.join(EXPORT_FORMATS)}."
+        )
+    path = os.path.join(output_dir, OUTPUT_NAMES[export_format])
+    if export_format == "onnx":
+        if importlib.util.find_spec("tf2onnx") is None:
+            raise ExportUnavailableError(
+                "ONNX export needs tf2onnx: pip install 'keras-transfer[onnx]'."
+            )
+        reliability.write_atomically(
+            path, lambda temporary: model.export(temporary, format="onnx", verbose=False)
+        )
+        return path
+    if export_format == "saved_model" or saved_model_dir is None:
+        saved_model_dir = os.path.join(output_dir, OUTPUT_NAMES["saved_model"])
+        _replace_folder(
+            lambda folder: model.export(folder, format="tf_saved_model", verbose=False),
+            saved_model_dir,
+        )
+        if export_format == "saved_model":
+            return saved_model_dir
+    content = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir).convert()
+
+    def write(temporary):
+        with open(temporary, "wb") as f:
+            f.write(content)
+
+    reliability.write_atomically(path, write)
+    return path

@@ -1,0 +1,67 @@
+r"""`keras-transfer predict`: the top classes of image files by a trained model.
+
+    keras-transfer predict --model_dir=/tmp/ants_vs_bees bee.jpg photos/
+    keras-transfer predict --model_dir=/tmp/ants_vs_bees --format=jsonl --top_k=1 photos/
+
+Folders are searched recursively for .jpg/.jpeg/.png/.gif/.bmp/.webp files. Prints one
+row per image: its top `--top_k` labels (from labels.txt) with their probabilities, as a
+table (default), JSON lines or CSV on stdout. Files that cannot be read are skipped with
+a message on stderr and counted; the exit code is 1 when no image could be read.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app
+from absl import flags
+
+from keras_transfer.apps import _cli
+from keras_transfer.apps import predict as predict_lib
+
+__all__ = ["main"]
+
+FLAGS = flags.FLAGS
+
+flags.DEFINE_string("model_dir", None, "Folder of a trained model (model.keras, labels.txt).")
+flags.DEFINE_integer("top_k", 3, "How many of the most probable classes to show per image.")
+flags.DEFINE_enum("format", "table", list(predict_lib.FORMATS), "Output format on stdout.")
+flags.DEFINE_integer("batch_size", 32, "Images per prediction batch.")
+flags.DEFINE_integer(
+    "max_pixels", 50_000_000, "Skip images with more pixels than this (decompression bombs)."
+)
+flags.DEFINE_bool(
+    "safe_mode",
+    True,
+    "Load model.keras in Keras' safe mode (no arbitrary code from the file).",
+)
+_cli.define_verbose_flag(0, "Messages while predicting.")
+flags.mark_flags_as_required(["model_dir"])
+
+
+def main(argv: list[str]) -> int:
+    paths = argv[1:]
+    if not paths:
+        raise app.UsageError("Give one or more image files or folders after the flags.")
+    if FLAGS.top_k < 1:
+        raise app.UsageError(f"--top_k must be >= 1, got {FLAGS.top_k}.")
+    model, labels = predict_lib.load_trained(FLAGS.model_dir, safe_mode=FLAGS.safe_mode)
+    rows, skipped = predict_lib.predict_files(
+        model,
+        labels,
+        paths,
+        top_k=FLAGS.top_k,
+        batch_size=FLAGS.batch_size,
+        max_pixels=FLAGS.max_pixels or None,
+    )
+    sys.stdout.write(predict_lib.format_rows(rows, FLAGS.format))
+    sys.stdout.flush()
+    for path, reason in skipped.items():
+        sys.stderr.write(f"skipped {path}: {reason}\n")
+    if skipped:
+        sys.stderr.write(f"{len(rows)} image(s) predicted, {len(skipped)} skipped\n")
+    if not rows:
+        raise FileNotFoundError(
+            f"No readable image among {' '.join(paths)}: give image files or folders of them."
+        )
+    return 0

@@ -16,10 +16,12 @@ from keras_transfer import data
 from keras_transfer import distribute
 from keras_transfer import domain
 from keras_transfer import features
+from keras_transfer import few_shot
 from keras_transfer import forgetting
 from keras_transfer import freezing
 from keras_transfer import heads
 from keras_transfer import hub
+from keras_transfer import imbalance
 from keras_transfer import layers
 from keras_transfer import lora
 from keras_transfer import losses
@@ -63,6 +65,9 @@ from keras_transfer.features import FeatureExtraction
 from keras_transfer.features import extract_features
 from keras_transfer.features import feature_extractor
 from keras_transfer.features import fit_feature_extractor
+from keras_transfer.few_shot import PrototypeHead
+from keras_transfer.few_shot import add_classes
+from keras_transfer.few_shot import fit_prototypes
 from keras_transfer.forgetting import ForgettingReport
 from keras_transfer.forgetting import forgetting_report
 from keras_transfer.forgetting import linear_cka
@@ -74,6 +79,8 @@ from keras_transfer.heads import TransferClassifier
 from keras_transfer.heads import create_classifier
 from keras_transfer.hub import HubBackbone
 from keras_transfer.hub import HubModuleUnavailableError
+from keras_transfer.imbalance import class_counts
+from keras_transfer.imbalance import resolve_class_weight
 from keras_transfer.lora import LoraSummary
 from keras_transfer.lora import enable_lora
 from keras_transfer.lora import load_adapter
@@ -123,10 +130,12 @@ __all__ = [
     "distribute",
     "domain",
     "features",
+    "few_shot",
     "forgetting",
     "freezing",
     "heads",
     "hub",
+    "imbalance",
     "layers",
     "lora",
     "losses",
@@ -140,6 +149,7 @@ __all__ = [
     "schedules",
     "training",
     "transfer_scores",
+    "add_classes",
     "apply_l2sp",
     "AtomicBackupAndRestore",
     "Backbone",
@@ -150,6 +160,7 @@ __all__ = [
     "Block",
     "CachedFeatures",
     "check_negative_transfer",
+    "class_counts",
     "classification_report",
     "ClassificationHead",
     "confusion_matrix",
@@ -170,6 +181,7 @@ __all__ = [
     "find_learning_rate",
     "fit_domain_adaptation",
     "fit_feature_extractor",
+    "fit_prototypes",
     "fit_scratch_baseline",
     "fit_two_phase",
     "fit_two_phase_cached",
@@ -200,6 +212,7 @@ __all__ = [
     "OneCycle",
     "plot_confusion_matrix",
     "plot_training_curves",
+    "PrototypeHead",
     "rank_backbones",
     "RankedCandidate",
     "recalibrate_batchnorm",
@@ -207,6 +220,7 @@ __all__ = [
     "recommend_recipe",
     "register_backbone",
     "register_backbone_prefix",
+    "resolve_class_weight",
     "resume_lora",
     "save_adapter",
     "save_model",

@@ -474,9 +474,7 @@ class PrototypeRefinement:
         model.optimizer.learning_rate = self.learning_rate
         data = tf.data.Dataset.from_tensor_slices((features, labels))
         data = data.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
-        model.fit(
-            data.batch(self.batch_size).repeat(self.epochs), epochs=1, verbose=self.verbose
-        )
+        model.fit(data.batch(self.batch_size).repeat(self.epochs), epochs=1, verbose=self.verbose)
         refined = PrototypeHead(
             head.num_classes,
             temperature=head.temperature,

@@ -98,7 +98,7 @@ flags.DEFINE_string(
     "class_weight",
     _DEFAULTS.class_weight,
     "Class weights of the training loss: balanced (n / (k * n_c) from the training counts), "
-    'none, or a JSON object {class name or index: weight}, e.g. \'{"dogs": 10}\'.',
+    "none, or a JSON object {class name or index: weight}, e.g. '{\"dogs\": 10}'.",
 )
 flags.DEFINE_integer("seed", _DEFAULTS.seed, "Random seed (data split, shuffling, initialisation).")
 flags.DEFINE_string(

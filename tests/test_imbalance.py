@@ -132,3 +132,23 @@ def test_report_has_balanced_accuracy_and_per_class_recall():
     assert report["balanced_accuracy"] == pytest.approx((0.9 + 0.5) / 2)
     assert report["recall_per_class"] == pytest.approx({"cats": 0.9, "dogs": 0.5})
     assert "balanced accuracy 0.7000" in reports.format_report(report)
+
+
+def test_cached_phase_one_weights_carry_into_fine_tuning():
+    images = tiny_images(12)
+    data = tf.data.Dataset.from_tensor_slices((images, LABELS)).batch(12)
+    model = make_tiny_classifier(3)
+    model.head.output_dense.bias.assign([1.0, -0.5, 0.2])
+    weights = np.array([12 / 18, 12 / 6, 12 / 12])[LABELS]
+    history = kt.fit_two_phase_cached(
+        model,
+        data,
+        head_epochs=1,
+        fine_tune_epochs=1,
+        head_batch_size=12,
+        fine_tune_lr=1e-12,  # phase 2 leaves the weights as they are: its loss is checkable
+        class_weight="balanced",
+        verbose=0,
+    ).history
+    losses = per_example_cross_entropy(model, images, LABELS)
+    assert history["loss"][1] == pytest.approx(np.sum(weights * losses) / 12, rel=1e-5)

@@ -518,7 +518,8 @@ def _support_dataset(data: Any, batch_size: int) -> tuple[Any, list[str] | None]
         )
         return dataset.batch(batch_size), names
     if hasattr(data, "class_names") and hasattr(data, "train"):
-        split = getattr(data, "train_unaugmented", None) or data.train
+        split = getattr(data, "train_unaugmented", None)
+        split = data.train if split is None else split
         return split, list(data.class_names)
     if isinstance(data, tf.data.Dataset):
         return data, None

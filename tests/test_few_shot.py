@@ -160,3 +160,11 @@ def test_bad_support_sets_are_clear_errors(backbone):
         kt.fit_prototypes(backbone, images, temperature=0)
     with pytest.raises(TypeError, match="PrototypeHead"):
         kt.add_classes(kt.create_classifier(backbone, 2), {"c": images["red"]})
+
+
+def test_fit_prototypes_on_an_image_folder(backbone, image_folder):
+    folder = image_folder({"ants": 3, "bees": 2}, size=(32, 32))
+    data = kt.image_folder_dataset(folder, 32, batch_size=4, validation_split=0.0)
+    model = kt.fit_prototypes(backbone, data, temperature=0.2)
+    assert model.class_names == ["ants", "bees"] and model.head.temperature == 0.2
+    np.testing.assert_allclose(model.head.class_counts.numpy(), [3, 2])

@@ -67,3 +67,52 @@ def load_average() -> str:
         return " ".join(f"{x:.2f}" for x in os.getloadavg())
     except OSError:
         return "unknown"
+
+
+def mobilenet_features(
+    assets: pathlib.Path, dataset: str, image_size: int = 224, cache_dir: str | None = None
+) -> dict:
+    """Average-pooled ImageNet MobileNet V1 features of a dataset's training (central crop,
+    no augmentation) and validation images, one backbone pass per image.
+
+    The arrays are kept in `cache_dir` (default: a folder in the system temp directory,
+    never in the repository), so that several benchmarks (and reruns) share one extraction.
+    Returns `{"train_x", "train_y", "val_x", "val_y", "class_names", "extract_seconds",
+    "from_cache"}`; `extract_seconds` is the time of the extraction that wrote the cache.
+    """
+    import keras_transfer as kt
+
+    folder = pathlib.Path(cache_dir or tempfile.gettempdir()) / "keras_transfer_bench_features"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"mobilenet_v1_{dataset}_{image_size}.npz"
+    if path.exists():
+        with np.load(path) as saved:
+            result = {key: saved[key] for key in saved.files}
+        result["class_names"] = [str(n) for n in result["class_names"]]
+        result["extract_seconds"] = float(result["extract_seconds"])
+        result["from_cache"] = True
+        return result
+    data = kt.image_folder_dataset(
+        assets / DATASETS[dataset], image_size, batch_size=32, augment=False, shuffle=False
+    )
+    backbone = kt.create_backbone(
+        "mobilenet",
+        input_shape=(image_size, image_size, 3),
+        weights=str(assets / MOBILENET_WEIGHTS),
+    )
+    extractor = kt.feature_extractor(backbone)
+    train = kt.extract_features(extractor, data.train_unaugmented, verbose=0)
+    validation = kt.extract_features(extractor, data.validation, verbose=0)
+    result = {
+        "train_x": np.asarray(train.features),
+        "train_y": np.asarray(train.labels).astype(np.int64),
+        "val_x": np.asarray(validation.features),
+        "val_y": np.asarray(validation.labels).astype(np.int64),
+        "class_names": list(data.class_names),
+        "extract_seconds": train.seconds + validation.seconds,
+    }
+    tmp = path.with_name(path.stem + ".tmp.npz")
+    np.savez(tmp, **{k: np.asarray(v) for k, v in result.items()})
+    os.replace(tmp, path)
+    result["from_cache"] = False
+    return result

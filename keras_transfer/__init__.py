@@ -22,10 +22,12 @@ from keras_transfer import data
 from keras_transfer import distribute
 from keras_transfer import domain
 from keras_transfer import features
+from keras_transfer import few_shot
 from keras_transfer import forgetting
 from keras_transfer import freezing
 from keras_transfer import heads
 from keras_transfer import hub
+from keras_transfer import imbalance
 from keras_transfer import layers
 from keras_transfer import lora
 from keras_transfer import losses
@@ -71,6 +73,9 @@ from keras_transfer.features import FeatureExtraction
 from keras_transfer.features import extract_features
 from keras_transfer.features import feature_extractor
 from keras_transfer.features import fit_feature_extractor
+from keras_transfer.few_shot import PrototypeHead
+from keras_transfer.few_shot import add_classes
+from keras_transfer.few_shot import fit_prototypes
 from keras_transfer.forgetting import ForgettingReport
 from keras_transfer.forgetting import forgetting_report
 from keras_transfer.forgetting import linear_cka
@@ -82,6 +87,8 @@ from keras_transfer.heads import TransferClassifier
 from keras_transfer.heads import create_classifier
 from keras_transfer.hub import HubBackbone
 from keras_transfer.hub import HubModuleUnavailableError
+from keras_transfer.imbalance import class_counts
+from keras_transfer.imbalance import resolve_class_weight
 from keras_transfer.lora import LoraBackupAndRestore
 from keras_transfer.lora import LoraSummary
 from keras_transfer.lora import enable_lora
@@ -134,10 +141,12 @@ __all__ = [
     "distribute",
     "domain",
     "features",
+    "few_shot",
     "forgetting",
     "freezing",
     "heads",
     "hub",
+    "imbalance",
     "layers",
     "lora",
     "losses",
@@ -153,6 +162,7 @@ __all__ = [
     "tensorboard",
     "training",
     "transfer_scores",
+    "add_classes",
     "apply_l2sp",
     "AtomicBackupAndRestore",
     "Backbone",
@@ -163,6 +173,7 @@ __all__ = [
     "Block",
     "CachedFeatures",
     "check_negative_transfer",
+    "class_counts",
     "classification_report",
     "ClassificationHead",
     "confusion_matrix",
@@ -183,6 +194,7 @@ __all__ = [
     "find_learning_rate",
     "fit_domain_adaptation",
     "fit_feature_extractor",
+    "fit_prototypes",
     "fit_scratch_baseline",
     "fit_two_phase",
     "fit_two_phase_cached",
@@ -215,15 +227,17 @@ __all__ = [
     "OneCycle",
     "plot_confusion_matrix",
     "plot_training_curves",
+    "PrototypeHead",
     "rank_backbones",
     "RankedCandidate",
-    "RunTensorBoard",
     "recalibrate_batchnorm",
     "Recipe",
     "recommend_recipe",
     "register_backbone",
     "register_backbone_prefix",
+    "resolve_class_weight",
     "resume_lora",
+    "RunTensorBoard",
     "save_adapter",
     "save_model",
     "scratch_model",

@@ -19,6 +19,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_transfer import imbalance
+
 logger = logging.getLogger("keras_transfer")
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
@@ -58,6 +60,8 @@ class ImageData:
         image_size: `(height, width)` of the images.
         train_unaugmented: the training images as validation sees them (central crop, no
             augmentation, no shuffle): what cached feature extraction should run on.
+        class_counts: training images per class (index = label), from the file listing;
+            `None` when the loader does not know them without reading the data (TFDS).
     """
 
     train: tf.data.Dataset
@@ -70,6 +74,7 @@ class ImageData:
     train_unaugmented: tf.data.Dataset | None = None
     skip_reasons: dict[str, str] = dataclasses.field(default_factory=dict)
     warnings: list[str] = dataclasses.field(default_factory=list)
+    class_counts: list[int] | None = None
 
 
 _AUGMENTATIONS = {
@@ -487,6 +492,11 @@ def image_folder_dataset(
             f"No decodable images found under {train_dir!r} ({len(listing.skipped)} skipped)."
         )
     _check_class_counts(class_names, labels, train_dir)
+    class_counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(class_names))
+    message = imbalance.imbalance_warning(class_counts, class_names)
+    if message:
+        logger.warning(message)
+        warnings.append(message)
     for split, count in (("training", len(paths)), ("validation", len(val_paths))):
         if drop_remainder and 0 < count < batch_size:
             raise ValueError(
@@ -534,6 +544,7 @@ def image_folder_dataset(
         train_unaugmented=train_unaugmented,
         skip_reasons=skip_reasons,
         warnings=warnings,
+        class_counts=[int(c) for c in class_counts],
     )
 
 

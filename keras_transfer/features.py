@@ -26,6 +26,7 @@ import tempfile
 import time
 import weakref
 from collections.abc import Callable
+from collections.abc import Mapping
 from collections.abc import Sequence
 from typing import Any
 
@@ -34,6 +35,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_transfer import heads
+from keras_transfer import imbalance
 from keras_transfer import optimizers
 from keras_transfer import reliability
 from keras_transfer.backbones import Backbone
@@ -449,6 +451,7 @@ class HeadOnFeatures:
     train_features: CachedFeatures
     validation_features: CachedFeatures | None
     seconds: dict[str, float]
+    class_weight: dict[int, float] | None = None
 
 
 def fit_head_on_features(
@@ -463,6 +466,7 @@ def fit_head_on_features(
     callbacks: Sequence[keras.callbacks.Callback] | None = None,
     initial_epoch: int = 0,
     verbose: int = 1,
+    class_weight: str | Mapping[Any, float] | None = None,
     **fit_kwargs: Any,
 ) -> HeadOnFeatures:
     """Trains `model.head` in place on features of `cache.data` cached from `model`'s
@@ -481,13 +485,17 @@ def fit_head_on_features(
         callbacks: Keras callbacks for the head's `fit`.
         initial_epoch: where the head's epoch count starts.
         verbose: verbosity of the extraction and of `fit`.
-        **fit_kwargs: extra `fit` arguments (`class_weight`, ...).
+        class_weight: `"balanced"` (weights `n / (k * n_c)` from the cached training
+            labels: no extra pass), a dict `{class index or name: weight}`, or `None`; see
+            `imbalance.resolve_class_weight`. Given to Keras' `fit(class_weight=...)`.
+        **fit_kwargs: extra `fit` arguments.
     """
     if not isinstance(model, TransferClassifier):
         raise TypeError(
             f"Training a head on cached features needs a TransferClassifier (create_classifier), "
             f"got {type(model).__name__}: caching needs the model's preprocessing and head."
         )
+    class_weight = check_class_weight(model, class_weight)  # before the extraction
     extractor = feature_extractor(model)
     sub = (
         (lambda name: os.path.join(os.fspath(cache.cache_dir), name))
@@ -515,6 +523,11 @@ def fit_head_on_features(
             description="validation images",
         )
     extract_seconds = time.perf_counter() - start
+    if isinstance(class_weight, str):
+        num_classes, class_names = imbalance.class_weight_classes(model)
+        class_weight = imbalance.resolve_class_weight(
+            class_weight, train_cache.labels, num_classes=num_classes, class_names=class_names
+        )
 
     inputs = keras.Input(shape=train_cache.features.shape[1:], name="features")
     head_model = keras.Model(inputs, model.head(inputs), name="head_on_features")
@@ -541,10 +554,26 @@ def fit_head_on_features(
         # The cached dataset is shuffled by `as_dataset`; Keras ignores (and warns about)
         # `shuffle=True` for a tf.data.Dataset.
         shuffle=False,
+        class_weight=class_weight,
         **{k: v for k, v in fit_kwargs.items() if k != "shuffle"},
     )
     seconds = {"extract": extract_seconds, "train": time.perf_counter() - start}
-    return HeadOnFeatures(history, train_cache, val_cache, seconds)
+    return HeadOnFeatures(history, train_cache, val_cache, seconds, class_weight)
+
+
+def check_class_weight(
+    model: keras.Model, class_weight: str | Mapping[Any, float] | None
+) -> str | dict[int, float] | None:
+    """`class_weight` checked against `model`'s classes: a dict becomes `{index: weight}`,
+    `"balanced"` stays (it needs the training labels), `None` / `"none"` is `None`."""
+    if class_weight is None or (isinstance(class_weight, str) and class_weight.lower() == "none"):
+        return None
+    num_classes, class_names = imbalance.class_weight_classes(model)
+    if isinstance(class_weight, str) and class_weight.lower() == "balanced":
+        return "balanced"
+    return imbalance.resolve_class_weight(
+        class_weight, num_classes=num_classes, class_names=class_names
+    )
 
 
 @dataclasses.dataclass
@@ -585,6 +614,7 @@ def fit_feature_extractor(
     max_memory_bytes: int = DEFAULT_MAX_MEMORY_BYTES,
     callbacks: Sequence[keras.callbacks.Callback] | None = None,
     verbose: int = 1,
+    class_weight: str | Mapping[Any, float] | None = None,
     **fit_kwargs: Any,
 ) -> FeatureExtraction:
     """Feature extraction in one call: cache backbone features, train the head on them,
@@ -616,7 +646,10 @@ def fit_feature_extractor(
         cache_dir, max_memory_bytes: see `extract_features`.
         callbacks: Keras callbacks for the head's `fit` (they see the head model).
         verbose: verbosity of extraction and `fit`.
-        **fit_kwargs: extra `fit` arguments (`class_weight`, ...).
+        class_weight: `"balanced"` (weights `n / (k * n_c)` from the cached training
+            labels), a dict `{class index or name: weight}` (missing classes weigh 1), or
+            `None`; checked before the extraction starts.
+        **fit_kwargs: extra `fit` arguments.
 
     Returns:
         A `FeatureExtraction` (`.model`, `.history`, cached features, `.seconds`).
@@ -666,6 +699,7 @@ def fit_feature_extractor(
         optimizer=optimizers.optimizer_factory(optimizer)(learning_rate),
         callbacks=callbacks,
         verbose=verbose,
+        class_weight=class_weight,
         **fit_kwargs,
     )
     # Frozen as trained: the backbone only produced features (any Backbone, with or

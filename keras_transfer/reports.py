@@ -70,8 +70,10 @@ def confusion_matrix(y_true: Any, y_pred: Any, num_classes: int) -> np.ndarray:
 
 
 def classification_report(matrix: np.ndarray, class_names: Sequence[str]) -> dict[str, Any]:
-    """Per-class precision, recall, F1 and support from a confusion matrix, plus accuracy
-    and macro averages. A class never predicted has precision 0 (as scikit-learn's
+    """Per-class precision, recall, F1 and support from a confusion matrix, plus accuracy,
+    macro averages, `balanced_accuracy` (the mean recall of the classes with validation
+    examples, as scikit-learn's `balanced_accuracy_score`) and `recall_per_class`
+    (`{class name: recall}`). A class never predicted has precision 0 (as scikit-learn's
     `zero_division=0`)."""
     matrix = np.asarray(matrix)
     if matrix.shape != (len(class_names), len(class_names)):
@@ -105,6 +107,10 @@ def classification_report(matrix: np.ndarray, class_names: Sequence[str]) -> dic
         "macro_precision": float(precision.mean()),
         "macro_recall": float(recall.mean()),
         "macro_f1": float(f1.mean()),
+        # Accuracy weighs classes by their share of the validation set; on imbalanced data
+        # predicting the large class everywhere scores high there, not here.
+        "balanced_accuracy": float(recall[support > 0].mean()) if total else float("nan"),
+        "recall_per_class": {name: float(recall[i]) for i, name in enumerate(class_names)},
     }
 
 
@@ -205,4 +211,6 @@ def format_report(report: dict[str, Any]) -> str:
     accuracy = report["accuracy"]
     lines.append(f"accuracy {accuracy:.4f}" if not math.isnan(accuracy) else "accuracy n/a")
     lines.append(f"macro F1 {report['macro_f1']:.4f}")
+    if "balanced_accuracy" in report and not math.isnan(report["balanced_accuracy"]):
+        lines.append(f"balanced accuracy {report['balanced_accuracy']:.4f}")
     return "\n".join(lines)

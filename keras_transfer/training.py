@@ -8,6 +8,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Mapping
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,6 +19,7 @@ from keras_transfer import _keras_compat
 from keras_transfer import features
 from keras_transfer import freezing
 from keras_transfer import heads
+from keras_transfer import imbalance
 from keras_transfer import lora
 from keras_transfer import optimizers
 from keras_transfer import reliability
@@ -118,6 +120,7 @@ def fit_two_phase(
     fine_tune: str = "full",
     lora_rank: int = 8,
     lora_alpha: float | None = None,
+    class_weight: str | Mapping[Any, float] | None = None,
     **fit_kwargs: Any,
 ) -> TwoPhaseHistory:
     """Trains the head with the backbone frozen, then fine-tunes the top blocks.
@@ -180,7 +183,14 @@ def fit_two_phase(
         fine_tune: `"full"` trains the unfrozen blocks' weights in phase 2; `"lora"` trains
             low-rank updates of their layers instead (`keras_transfer.enable_lora`).
         lora_rank, lora_alpha: LoRA rank and alpha when `fine_tune="lora"`.
-        **fit_kwargs: extra `fit` arguments (`class_weight`, `verbose`, ...). A cached
+        class_weight: weights of the classes in the training loss of both phases, given
+            to Keras' `fit(class_weight=...)`: `"balanced"` (class `c` weighs
+            `n / (k * n_c)`, from the training labels: the cached labels of a cached phase
+            1, else one pass over `train_data`), a dict `{class index or name: weight}`
+            (missing classes weigh 1), or `None`. See `keras_transfer.resolve_class_weight`;
+            a class that does not exist, a negative weight or "balanced" with an empty class
+            is an error before training starts.
+        **fit_kwargs: extra `fit` arguments (`verbose`, ...). A cached
             phase 1 gets them too, except `steps_per_epoch` and `validation_steps`, which
             count image batches.
 
@@ -219,6 +229,7 @@ def fit_two_phase(
             head_features = dataclasses.replace(head_features, data=train_data)
         _check_not_empty(head_features.data, "head_features.data")
     heads.resolve_loss_and_metrics(model, loss, metrics)  # fail before training, not after
+    class_weight = features.check_class_weight(model, class_weight)
     _check_not_empty(train_data, "train_data")
     _check_not_empty(validation_data, "validation_data")
     compile_kwargs = dict(compile_kwargs or {})
@@ -250,10 +261,27 @@ def fit_two_phase(
                 # The records and Keras' backups are keyed by absolute epoch numbers.
                 "initial_epoch": initial_epoch,
                 "cached_head_phase": head_features is not None,
-                "fine_tune": fine_tune,
-                "lora_rank": lora_rank if fine_tune == "lora" else None,
-                "lora_alpha": lora_alpha if fine_tune == "lora" else None,
+                # Only when set, so that backups of runs without them stay resumable.
+                **(
+                    {"fine_tune": fine_tune, "lora_rank": lora_rank, "lora_alpha": lora_alpha}
+                    if fine_tune == "lora"
+                    else {}
+                ),
+                # Only when set, so that backups of runs without weights stay resumable.
+                **(
+                    {"class_weight": json.loads(json.dumps(class_weight))}
+                    if class_weight is not None
+                    else {}
+                ),
             },
+        )
+    if class_weight == "balanced" and not (
+        head_features is not None and head_epochs and not (state and state.head_done)
+    ):
+        # No cached phase 1 to read the labels from: count them now, before training.
+        num_classes, class_names = imbalance.class_weight_classes(model)
+        class_weight = imbalance.resolve_class_weight(
+            "balanced", train_data, num_classes=num_classes, class_names=class_names
         )
     expect_validation = validation_data is not None and "validation_freq" not in fit_kwargs
     guard = [reliability.EmptyEpochGuard(expect_validation)]
@@ -309,10 +337,11 @@ def fit_two_phase(
                 initial_epoch=initial_epoch,
                 epochs=initial_epoch + head_epochs,
                 callbacks=phase_callbacks(PHASE_HEAD),
+                class_weight=class_weight,
                 **fit_kwargs,
             )
         else:
-            history = features.fit_head_on_features(
+            head_result = features.fit_head_on_features(
                 model,
                 validation_data,
                 cache=head_features,
@@ -322,8 +351,12 @@ def fit_two_phase(
                 metrics=metrics,
                 callbacks=phase_callbacks(PHASE_HEAD),
                 initial_epoch=initial_epoch,
+                class_weight=class_weight,
                 **{k: v for k, v in fit_kwargs.items() if k not in IMAGE_BATCH_COUNTS},
-            ).history
+            )
+            history = head_result.history
+            # "balanced" was resolved from the cached labels: phase 2 uses the same weights.
+            class_weight = head_result.class_weight
         result.add(PHASE_HEAD, history, time.perf_counter() - start)
     if fine_tune_epochs:
         if fine_tune == "lora":
@@ -366,6 +399,7 @@ def fit_two_phase(
             initial_epoch=initial_epoch + head_epochs,
             epochs=initial_epoch + head_epochs + fine_tune_epochs,
             callbacks=phase_callbacks(PHASE_FINE_TUNE),
+            class_weight=class_weight,
             **fit_kwargs,
         )
         result.add(PHASE_FINE_TUNE, history, time.perf_counter() - start)

@@ -675,3 +675,22 @@ def test_max_pixels_and_empty_validation_folder_are_reported_in_results(image_fo
     assert results["num_train"] == 10
     assert results["validation"] is False
     assert any("val" in warning for warning in results["warnings"])
+
+
+def test_class_weight_flag_warning_and_balanced_accuracy_in_results(image_folder, tmp_path):
+    image_folder({"cats": 8, "dogs": 2}, subdir="train")
+    root = image_folder({"cats": 3, "dogs": 3}, subdir="val").parent
+    results = image_classifier_lib.run(
+        _config(root, tmp_path / "out", class_weight="balanced", fine_tune_epochs=0)
+    )
+    assert results["class_counts"] == [8, 2]
+    assert results["class_weight"] == pytest.approx({"cats": 10 / 16, "dogs": 10 / 4})
+    assert any("4.0x" in warning and "'dogs'" in warning for warning in results["warnings"])
+    report = results["validation_report"]
+    recall = report["recall_per_class"]
+    assert report["balanced_accuracy"] == pytest.approx((recall["cats"] + recall["dogs"]) / 2)
+    with pytest.raises(ValueError, match="wolves"):
+        image_classifier_lib.run(_config(root, tmp_path / "bad", class_weight='{"wolves": 2}'))
+    assert not (tmp_path / "bad").exists()
+    with pytest.raises(image_classifier_lib.config_lib.ConfigError, match="JSON object"):
+        _config(root, tmp_path / "bad", class_weight="[1]")

@@ -19,6 +19,7 @@ from serialization import run_serialization_test
 import keras_transfer
 from keras_transfer import callbacks
 from keras_transfer import domain
+from keras_transfer import few_shot
 from keras_transfer import heads
 from keras_transfer import hub
 from keras_transfer import layers
@@ -233,6 +234,19 @@ def domain_adaptation(tmp_path):
     return domain.DomainAdaptation(classifier, method="mmd", total_steps=4), None, None
 
 
+def prototype_head(tmp_path):
+    x = rng().normal(size=(6, 5)).astype("float32")
+    head = few_shot.prototype_head_from_features(x, [0, 0, 1, 1, 2, 2], temperature=0.2)
+    model = keras.Sequential([keras.Input((5,)), head])
+
+    def probe(m):
+        # The class means and the centre come back from the file (they are not in the config).
+        assert type(m.layers[0]) is few_shot.PrototypeHead and m.layers[0].temperature == 0.2
+        return m(x)
+
+    return head, model, probe
+
+
 FACTORIES = {
     "BinaryLabelCrossentropy": compiled_loss(
         reliability.BinaryLabelCrossentropy, binary_labels=True, from_logits=True
@@ -243,6 +257,7 @@ FACTORIES = {
     "DomainAdaptation": domain_adaptation,
     "DannLearningRate": learning_rate_schedule(domain.DannLearningRate),
     "ClassificationHead": classification_head,
+    "PrototypeHead": prototype_head,
     "TransferClassifier": transfer_classifier,
     "ImagePreprocessing": image_preprocessing,
     "HubBackbone": hub_backbone,

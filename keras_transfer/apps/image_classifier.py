@@ -30,6 +30,7 @@ import tensorflow as tf
 import keras_transfer as kt
 from keras_transfer import data as data_lib
 from keras_transfer import distribute
+from keras_transfer import imbalance
 from keras_transfer import reliability
 from keras_transfer import reports
 from keras_transfer import schedules
@@ -106,6 +107,9 @@ class Config:
     validation_split: float = 0.2
     # Images with more pixels are skipped before decoding (decompression bombs); 0: no limit.
     max_pixels: int = 50_000_000
+    # Class weights of the training loss: "balanced" (n / (k * n_c)), "none", or a JSON
+    # object {class name or index: weight}, e.g. '{"dogs": 10}'.
+    class_weight: str = "none"
     seed: int = 42
     augment: str = "flip,crop"
     dropout: float = 0.2
@@ -171,6 +175,10 @@ class Config:
             )
         if self.unfreeze_schedule:
             GradualUnfreezing(self.unfreeze_schedule)  # a clear error for bad syntax, now
+        try:
+            imbalance.parse_class_weight(self.class_weight)
+        except ValueError as error:
+            raise config_lib.ConfigError(str(error)) from None
 
     def resolved_weights(self) -> str | None:
         if self.weights is None or str(self.weights).lower() in ("", "none"):
@@ -253,6 +261,7 @@ def run(
             config, image_size, drop_remainder=distribute.static_batches(environment.strategy)
         )
         _check_batches(config, data, environment.strategy)
+        class_weight(config, data)  # a bad class_weight fails before model_dir is written
         model = build_model(config, backbone, data.class_names, environment.strategy)
         _write_json(environment.output_dir, RESOLVED_CONFIG_FILE, config.resolved(image_size))
         trained = train_model(config, model, data, environment, list(callbacks or []))
@@ -481,6 +490,7 @@ def train_model(
         lora_rank=config.lora_rank,
         lora_alpha=config.lora_alpha or None,
         verbose=min(config.verbose, 2),
+        class_weight=class_weight(config, data),
     )
     cached = _use_feature_cache(config, plan, strategy, data)
     with strategy.scope():
@@ -499,6 +509,14 @@ def train_model(
             history = kt.fit_two_phase(model, data.train, data.validation, **plan, **common)
     unfrozen = kt.trainable_blocks(model) if gradual else history.unfrozen_blocks
     return Trained(history, cached, unfrozen, monitor)
+
+
+def class_weight(config: Config, data: data_lib.ImageData) -> dict[int, float] | None:
+    """`config.class_weight` as `{class index: weight}` (None for none), from the loader's
+    class counts (one pass over the training data when it has none, as for TFDS)."""
+    return kt.resolve_class_weight(
+        imbalance.parse_class_weight(config.class_weight), data, class_names=data.class_names
+    )
 
 
 def _plan(config: Config) -> dict[str, Any]:
@@ -624,6 +642,10 @@ def report(
         "replicas": environment.strategy.num_replicas_in_sync,
         "dtype_policy": environment.dtype_policy,
         "cached_features": trained.cached_features,
+        "class_counts": getattr(data, "class_counts", None),
+        "class_weight": {
+            data.class_names[c]: w for c, w in (class_weight(config, data) or {}).items()
+        },
         "config": config.resolved(image_size),
     }
     last_phase = history.phases[-1] if history.phases else None

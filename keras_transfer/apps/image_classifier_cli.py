@@ -99,6 +99,12 @@ flags.DEFINE_integer(
     "Skip images with more pixels than this, read from the file header before decoding "
     "(decompression bombs); 0: no limit.",
 )
+flags.DEFINE_string(
+    "class_weight",
+    _DEFAULTS.class_weight,
+    "Class weights of the training loss: balanced (n / (k * n_c) from the training counts), "
+    "none, or a JSON object {class name or index: weight}, e.g. '{\"dogs\": 10}'.",
+)
 flags.DEFINE_integer("seed", _DEFAULTS.seed, "Random seed (data split, shuffling, initialisation).")
 flags.DEFINE_string(
     "augment",

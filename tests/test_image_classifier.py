@@ -33,6 +33,7 @@ def _config(data_dir, model_dir, **overrides):
         fine_tune_epochs=1,
         unfreeze_blocks="2",
         verbose=0,
+        plan="fixed",  # the advisor's plan has its own tests
     )
     settings.update(overrides)
     return image_classifier_lib.Config(**settings)
@@ -105,7 +106,12 @@ def test_binary_flags_and_main(image_folder, tmp_path):
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert "feature_extraction: val_accuracy=" in completed.stdout
     assert "fine_tune: val_accuracy=" in completed.stdout
-    assert json.loads((model_dir / "results.json").read_text())["config"]["weights"] == "none"
+    results = json.loads((model_dir / "results.json").read_text())
+    assert results["config"]["weights"] == "none"
+    # Flags given win over the advisor's plan, which fills in the rest.
+    assert results["plan"]["given"] == ["head_epochs", "fine_tune_epochs", "unfreeze_blocks"]
+    assert results["config"]["head_epochs"] == 1 and results["config"]["fine_tune_lr"] == 1e-5
+    assert "plan (auto; given: head_epochs, fine_tune_epochs, unfreeze_blocks)" in completed.stdout
 
 
 # TensorFlow's C++ start-up log lines, which are not the example's own output.
@@ -573,13 +579,12 @@ def test_cached_head_phase_then_fine_tuning_on_one_timeline_with_best_weights_ke
     history = results["history"]
     assert history["epoch"] == [0, 1, 2, 3]
     assert results["feature_extraction"]["epochs"] == 2
-    # The saved weights are those of phase 2's lowest-val_loss epoch, and the saved model's
-    # measured accuracy is that epoch's.
-    fine_tune_losses = history["val_loss"][2:]
-    best = int(np.argmin(fine_tune_losses))
-    assert results["saved_weights"] == {"phase": "fine_tune", "epoch": 3 + best}
+    # The saved weights are those of the lowest-val_loss epoch (fine-tuning had to beat
+    # the head phase's best), and the saved model's measured accuracy is that epoch's.
+    best = int(np.argmin(history["val_loss"]))
+    assert results["saved_weights"] == {"phase": history["phase"][best], "epoch": best + 1}
     assert results["saved_model_val_accuracy"] == pytest.approx(
-        history["val_accuracy"][2 + best], abs=1e-6
+        history["val_accuracy"][best], abs=1e-6
     )
 
 
@@ -676,3 +681,72 @@ def test_max_pixels_and_empty_validation_folder_are_reported_in_results(image_fo
     assert results["num_train"] == 10
     assert results["validation"] is False
     assert any("val" in warning for warning in results["warnings"])
+
+
+def test_advisor_plans_the_settings_not_given_with_early_stopping_and_resume(
+    image_folder, tmp_path
+):
+    root = image_folder({"a": 8, "b": 8})
+    # The advisor fills in everything but fine_tune_epochs and lr_decay; EMA (default) and
+    # per-block learning rates compose with its early stopping, and a kill in fine-tuning
+    # resumes there.
+    config = _config(
+        root,
+        tmp_path / "out",
+        plan="auto",
+        head_epochs=None,
+        unfreeze_blocks=None,
+        fine_tune_epochs=3,
+        lr_decay=0.8,
+        validation_split=0.25,
+        augment="",
+    )
+    first = InterruptAt(at=kt.recommend_training_plan(12).head_epochs + 1)
+    with pytest.raises(KeyboardInterrupt):
+        image_classifier_lib.run(config, callbacks=[first])
+    second = InterruptAt()
+    results = image_classifier_lib.run(config, callbacks=[second])
+
+    plan = results["plan"]
+    backbone = kt.create_backbone("mobilenet", input_shape=(32, 32, 3), weights=None)
+    recipe = kt.recommend_training_plan(12, plan["block_logme"], backbone=backbone)
+    assert list(plan["block_logme"]) == backbone.block_names()
+    assert plan["given"] == ["fine_tune_epochs"] and plan["source"] == "auto"
+    assert plan["fine_tune_epochs"] == 3  # the given setting wins
+    assert (plan["head_epochs"], plan["head_lr"], plan["fine_tune_lr"]) == (
+        recipe.head_epochs,
+        recipe.head_lr,
+        recipe.fine_tune_lr,
+    )
+    assert plan["unfreeze_blocks"] == str(recipe.unfreeze)
+    assert (plan["patience"], plan["restore_best"]) == (3, True)
+    assert plan["reason"] == recipe.reason + " Given settings win: fine_tune_epochs=3."
+    assert results["config"]["fine_tune_lr"] == recipe.fine_tune_lr  # what trained
+    history = results["history"]
+    head = [i for i, phase in enumerate(history["phase"]) if phase == "feature_extraction"]
+    # Early stopping: the head phase ran until 3 epochs brought no lower val_loss.
+    losses = [history["val_loss"][i] for i in head]
+    if len(head) < plan["head_epochs"]:
+        assert int(np.argmin(losses)) == len(head) - 1 - 3
+    # The resumed run trained only the fine-tuning epochs after the kill.
+    fine_tune_start = plan["head_epochs"]
+    assert second.epochs[0] == fine_tune_start + 1
+    assert [e for e in history["epoch"] if e >= fine_tune_start][:2] == [
+        fine_tune_start,
+        fine_tune_start + 1,
+    ]
+
+
+def test_fixed_plan_keeps_the_old_defaults(image_folder, tmp_path):
+    root = image_folder({"a": 6, "b": 6})
+    config = _config(
+        root, tmp_path / "out", head_epochs=None, fine_tune_epochs=0, unfreeze_blocks=None
+    )
+    resolved, plan = image_classifier_lib.plan_training(config, None, None, None)
+    assert plan["source"] == "fixed" and plan["given"] == ["fine_tune_epochs"]
+    assert (resolved.head_epochs, resolved.fine_tune_epochs, resolved.unfreeze_blocks) == (
+        20,
+        0,
+        "all",
+    )
+    assert (resolved.fine_tune_lr, resolved.patience, resolved.restore_best) == (2e-5, 0, False)

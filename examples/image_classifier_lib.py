@@ -180,6 +180,11 @@ class Config:
             raise config_lib.ConfigError(
                 "freeze_strategy='gradual' needs unfreeze_schedule, e.g. '10:1,11:3,12:all'."
             )
+        if self.source_weights and not self.diagnostics:
+            raise config_lib.ConfigError(
+                "source_weights is for the diagnostics' source-task agreement: add diagnostics "
+                "(--diagnostics), or drop source_weights."
+            )
         if self.unfreeze_schedule:
             GradualUnfreezing(self.unfreeze_schedule)  # a clear error for bad syntax, now
 
@@ -246,11 +251,17 @@ def run(
         transfer = measure_transferability(config, backbone, data)
         config, plan = plan_training(config, backbone, data, transfer)
         model = build_model(config, backbone, data.class_names, environment.strategy)
+        source = check_diagnostics(config, backbone, data)
+        pretrained = kt.forgetting.pretrained_copy(model) if config.diagnostics else None
         _write_json(environment.output_dir, RESOLVED_CONFIG_FILE, dataclasses.asdict(config))
         trained = train_model(config, model, data, environment, list(callbacks or []))
         save_model(model, data.class_names, environment.output_dir)
         results = report(config, model, data, trained, environment, image_size)
         results["plan"] = plan
+        if config.diagnostics:
+            results["diagnostics"] = diagnose(
+                pretrained, model, data, transfer, source, environment.output_dir
+            )
         for export_format in config.export_formats():
             results.setdefault("exports", {})[export_format] = export(
                 model, environment.output_dir, export_format
@@ -462,6 +473,64 @@ def plan_training(
     )
     logger.info("Training plan: %s", json.dumps(plan))
     return config, plan
+
+
+def check_diagnostics(
+    config: Config, backbone: kt.Backbone, data: data_lib.ImageData
+) -> keras.Model | None:
+    """The with-top source model of `source_weights`, or `None`; before training, so that
+    a wrong file or too few probe images fail the run before it starts."""
+    if config.diagnostics and _probe_split(data)[1] < kt.forgetting.MIN_PROBE_IMAGES:
+        raise ValueError(
+            f"diagnostics compare activations on at least {kt.forgetting.MIN_PROBE_IMAGES} "
+            f"images, but there are {data.num_validation} validation and {data.num_train} "
+            "training images: add images or drop diagnostics."
+        )
+    if not config.source_weights:
+        return None
+    return kt.forgetting.source_model(backbone, config.source_weights)
+
+
+def _probe_split(data: data_lib.ImageData) -> tuple[str, int]:
+    """The images drift is measured on: validation, or training when validation has too
+    few (CKA needs kt.forgetting.MIN_PROBE_IMAGES)."""
+    if data.validation is not None and data.num_validation >= kt.forgetting.MIN_PROBE_IMAGES:
+        return "validation", data.num_validation
+    return "training", data.num_train
+
+
+def diagnose(
+    pretrained: kt.Backbone,
+    model: keras.Model,
+    data: data_lib.ImageData,
+    transfer: dict[str, Any] | None,
+    source: keras.Model | None,
+    output_dir: str,
+) -> dict[str, Any]:
+    """results.json's "diagnostics": the transferability measured before training, and
+    the per-block drift (CKA) from the pretrained backbone and the source-task agreement
+    on the validation images (the training images without validation); drift.png."""
+    if transfer and "error" in transfer:
+        raise ValueError(f"diagnostics: transferability cannot be measured: {transfer['error']}")
+    scores = {k: v for k, v in (transfer or {}).items() if k != "seconds"}
+    split, _ = _probe_split(data)
+    summary = kt.forgetting.diagnostics_summary(
+        pretrained,
+        model,
+        data,
+        data.validation if split == "validation" else data.train_unaugmented,
+        source_head=source,
+        drift_plot=os.path.join(output_dir, "drift.png"),
+        transferability=scores or None,
+    )
+    summary["transferability"]["seconds"] = (transfer or {}).get("seconds")
+    summary["probe_split"] = split
+    logger.info(
+        "diagnostics: least changed -> most changed block: %s; source top-1 agreement %s",
+        sorted(summary["block_cka"], key=summary["block_cka"].get, reverse=True),
+        summary["source_top1_agreement"],
+    )
+    return summary
 
 
 def build_model(

@@ -750,3 +750,58 @@ def test_fixed_plan_keeps_the_old_defaults(image_folder, tmp_path):
         "all",
     )
     assert (resolved.fine_tune_lr, resolved.patience, resolved.restore_best) == (2e-5, 0, False)
+
+
+def test_diagnostics_report_transferability_drift_and_source_agreement(image_folder, tmp_path):
+    from conftest import assert_png_image
+
+    root = image_folder({"a": 16, "b": 16})
+    # A with-top weights file of the same architecture, as mobilenet_1_0_224_tf.h5 is.
+    with_top = keras.applications.MobileNet(weights=None, input_shape=(32, 32, 3))
+    source_weights = tmp_path / "with_top.weights.h5"
+    with_top.save_weights(source_weights)
+    model_dir = tmp_path / "out"
+    config = _config(
+        root,
+        model_dir,
+        validation_split=0.25,
+        fine_tune_lr=1e-2,
+        diagnostics=True,
+        source_weights=str(source_weights),
+    )
+    results = image_classifier_lib.run(config)
+
+    diagnostics = json.loads((model_dir / "results.json").read_text())["diagnostics"]
+    assert diagnostics == json.loads(json.dumps(results["diagnostics"]))
+    backbone = kt.create_backbone("mobilenet", input_shape=(32, 32, 3), weights=None)
+    names = backbone.block_names()
+    logme = diagnostics["transferability"]["logme"]
+    assert list(logme) == names and list(diagnostics["transferability"]["hscore"]) == names
+    assert diagnostics["transferability"]["best_block_by_logme"] == max(logme, key=logme.get)
+    assert "leep" in diagnostics["transferability"]  # a source head was given
+    # Only conv_dw_12 and conv_dw_13 were fine-tuned: the blocks below kept their
+    # representation exactly. (How much the top blocks drift is not tested here: in a
+    # random network under fresh BatchNormalization statistics activations vanish.)
+    cka = diagnostics["block_cka"]
+    assert list(cka) == names
+    assert all(cka[name] == pytest.approx(1.0, abs=1e-6) for name in names[:-2]), cka
+    # The same numbers as a report computed here from the same pretrained backbone (the run
+    # seeds before building it), the saved model and the validation images.
+    keras.utils.set_random_seed(config.seed)
+    pretrained = kt.create_backbone("mobilenet", input_shape=(32, 32, 3), weights=None)
+    saved = keras.saving.load_model(model_dir / "model.keras")
+    validation = data.image_folder_dataset(
+        root, image_size=32, batch_size=8, validation_split=0.25, seed=config.seed
+    ).validation
+    expected = kt.forgetting_report(
+        pretrained,
+        saved,
+        validation,
+        source_head=kt.forgetting.source_model(pretrained, source_weights),
+    )
+    assert diagnostics["source_top1_agreement"] == pytest.approx(expected["source_top1_agreement"])
+    for name in names:
+        assert cka[name] == pytest.approx(expected["block_cka"][name], abs=1e-4)
+    assert diagnostics["probe_split"] == "validation"
+    assert diagnostics["num_probe_images"] == results["num_validation"] == 8
+    assert_png_image(model_dir / "drift.png")

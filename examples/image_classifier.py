@@ -200,6 +200,21 @@ flags.DEFINE_string(
     "With --diagnostics: the backbone's weights file WITH its ImageNet top (e.g. "
     "mobilenet_1_0_224_tf.h5), for the source-task top-1 agreement after fine-tuning.",
 )
+flags.DEFINE_string(
+    "target_dir",
+    _DEFAULTS.target_dir,
+    "Images of the domain the model will see, any folder layout: results.json 'domain' gets "
+    "their distance from the training images (proxy A-distance, MMD) before and after "
+    "training, and the target accuracy when they sit in subfolders named like the classes.",
+)
+flags.DEFINE_enum(
+    "adapt",
+    _DEFAULTS.adapt,
+    ["", *image_classifier_lib.ADAPT_METHODS],
+    "Unsupervised domain adaptation to --target_dir in the fine-tuning phase: dann, coral "
+    "or mmd (kt.fit_domain_adaptation; the target labels are never used); empty: plain "
+    "fine-tuning.",
+)
 _cli.define_verbose_flag(_DEFAULTS.verbose, "Keras fit verbosity.")
 
 

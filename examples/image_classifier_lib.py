@@ -45,6 +45,7 @@ LR_SCHEDULES = ("constant", "cosine", "slanted_triangular", "one_cycle")
 EXPORT_FORMATS = ("saved_model", "tflite")
 RESOLVED_CONFIG_FILE = "config.json"
 PLANS = ("auto", "fixed")
+ADAPT_METHODS = ("dann", "coral", "mmd")
 # The settings before the advisor (tuned on ants-vs-bees): what `plan="fixed"` fills in.
 FIXED_DEFAULTS = dict(
     head_epochs=20,
@@ -134,6 +135,12 @@ class Config:
     # (e.g. mobilenet_1_0_224_tf.h5) for the source-task agreement.
     diagnostics: bool = False
     source_weights: str = ""
+    # Images of the domain the model will see (any folder layout; class subfolders named
+    # like the training classes give a target accuracy): results.json "domain" reports the
+    # domain distance before and after training. With adapt (dann, coral, mmd), the
+    # fine-tuning phase is unsupervised domain adaptation on them (kt.fit_domain_adaptation).
+    target_dir: str = ""
+    adapt: str = ""
     # Keras fit verbosity 0-2; 3 is 2 for Keras, and the binary shows tracebacks.
     verbose: int = 2
 
@@ -179,6 +186,19 @@ class Config:
         if self.freeze_strategy == "gradual" and not self.unfreeze_schedule:
             raise config_lib.ConfigError(
                 "freeze_strategy='gradual' needs unfreeze_schedule, e.g. '10:1,11:3,12:all'."
+            )
+        check("adapt", ("",) + ADAPT_METHODS)
+        if self.adapt and not self.target_dir:
+            raise config_lib.ConfigError(
+                f"adapt={self.adapt!r} adapts to unlabeled target images: set target_dir "
+                "(--target_dir) to a folder of them."
+            )
+        if self.adapt and (
+            self.fine_tune != "full" or self.resolved_freeze_strategy() != "top_n_unfrozen"
+        ):
+            raise config_lib.ConfigError(
+                f"adapt={self.adapt!r} replaces the fine-tuning phase of the two-phase "
+                "strategy: use freeze_strategy auto or top_n_unfrozen with fine_tune=full."
             )
         if self.source_weights and not self.diagnostics:
             raise config_lib.ConfigError(
@@ -252,12 +272,15 @@ def run(
         config, plan = plan_training(config, backbone, data, transfer)
         model = build_model(config, backbone, data.class_names, environment.strategy)
         source = check_diagnostics(config, backbone, data)
+        target, distance_before = load_target(config, backbone, data, image_size)
         pretrained = kt.forgetting.pretrained_copy(model) if config.diagnostics else None
         _write_json(environment.output_dir, RESOLVED_CONFIG_FILE, dataclasses.asdict(config))
-        trained = train_model(config, model, data, environment, list(callbacks or []))
+        trained = train_model(config, model, data, environment, list(callbacks or []), target)
         save_model(model, data.class_names, environment.output_dir)
         results = report(config, model, data, trained, environment, image_size)
         results["plan"] = plan
+        if target is not None:
+            results["domain"] = domain_report(config, model, data, target, distance_before)
         if config.diagnostics:
             results["diagnostics"] = diagnose(
                 pretrained, model, data, transfer, source, environment.output_dir
@@ -499,6 +522,56 @@ def _probe_split(data: data_lib.ImageData) -> tuple[str, int]:
     return "training", data.num_train
 
 
+def load_target(
+    config: Config, backbone: kt.Backbone, data: data_lib.ImageData, image_size: int
+) -> tuple[data_lib.TargetImages | None, kt.DomainDistance | None]:
+    """The target images of `target_dir` and their distance from the training images in
+    the pretrained backbone's features (before training), or `(None, None)`."""
+    if not config.target_dir:
+        return None, None
+    target = data_lib.target_image_dataset(
+        config.target_dir,
+        data.class_names,
+        image_size=image_size,
+        batch_size=config.batch_size,
+        seed=config.seed,
+        max_pixels=config.max_pixels or None,
+    )
+    logger.info("%d target images; labelled: %s", target.num_images, target.labelled_reason)
+    distance = kt.domain_distance(backbone, data.train_unaugmented, target.unshuffled)
+    logger.info("Before training: %s", distance.describe())
+    return target, distance
+
+
+def domain_report(
+    config: Config,
+    model: keras.Model,
+    data: data_lib.ImageData,
+    target: data_lib.TargetImages,
+    before: kt.DomainDistance,
+) -> dict[str, Any]:
+    """results.json's "domain": the distance between training and target images before
+    and after training, and the trained model's target accuracy if the target is labelled."""
+    after = kt.domain_distance(model, data.train_unaugmented, target.unshuffled)
+    accuracy = None
+    if target.labelled is not None:
+        true, predicted = reports.predict_labels(model, target.labelled)
+        accuracy = float((true == predicted).mean())
+    logger.info("After training: %s; target accuracy %s", after.describe(), accuracy)
+    return {
+        "method": config.adapt or None,
+        "target_images": target.num_images,
+        "target_labelled": target.labelled is not None,
+        "target_labelled_reason": target.labelled_reason,
+        "target_skipped": target.skipped,
+        "distance_before": dataclasses.asdict(before),
+        "distance_after": dataclasses.asdict(after),
+        "describe_before": before.describe(),
+        "describe_after": after.describe(),
+        "target_accuracy": accuracy,
+    }
+
+
 def diagnose(
     pretrained: kt.Backbone,
     model: keras.Model,
@@ -572,9 +645,12 @@ def train_model(
     data: data_lib.ImageData,
     environment: Environment,
     callbacks: list[keras.callbacks.Callback],
+    target: data_lib.TargetImages | None = None,
 ) -> Trained:
     """Two-phase (or gradual, or all-frozen, or unfrozen) training of `model` as `config`
-    says, with TensorBoard logs and the backup in `environment.output_dir`."""
+    says, with TensorBoard logs and the backup in `environment.output_dir`. With
+    `config.adapt`, phase 2 is domain adaptation to `target` (same blocks, epochs and
+    learning rate; the head and the domain classifier at head_lr); it is not backed up."""
     output_dir, strategy = environment.output_dir, environment.strategy
     plan = _plan(config)
     static = distribute.static_batches(strategy)
@@ -621,6 +697,9 @@ def train_model(
         verbose=min(config.verbose, 2),
     )
     cached = _use_feature_cache(config, plan, strategy, data)
+    adapt_epochs = plan["fine_tune_epochs"] if config.adapt else 0
+    if config.adapt:
+        plan["fine_tune_epochs"] = 0
     with strategy.scope():
         if cached:
             history = kt.fit_two_phase_cached(
@@ -635,6 +714,27 @@ def train_model(
             )
         else:
             history = kt.fit_two_phase(model, data.train, data.validation, **plan, **common)
+    if adapt_epochs:
+        start = time.perf_counter()
+        adapted, history.unfrozen_blocks = kt.domain.fit_adaptation_phase(
+            model,
+            data.train,
+            target.images,
+            config.adapt,
+            adapt_epochs,
+            data.validation,
+            unfreeze=plan["unfreeze"],
+            train_bn=config.train_bn,
+            backbone_lr=plan["fine_tune_lr"],
+            head_lr=plan["head_lr"],
+            optimizer_kwargs=dict(
+                use_ema=bool(config.ema_momentum), ema_momentum=config.ema_momentum or 0.99
+            ),
+            callbacks=callbacks,
+            initial_epoch=plan["head_epochs"],
+            verbose=min(config.verbose, 2),
+        )
+        history.add(training.PHASE_FINE_TUNE, adapted, time.perf_counter() - start)
     unfrozen = kt.trainable_blocks(model) if gradual else history.unfrozen_blocks
     return Trained(history, cached, unfrozen, monitor)
 

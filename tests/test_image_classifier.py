@@ -11,6 +11,7 @@ import sys
 import keras
 import numpy as np
 import pytest
+from _config import ConfigError
 from interruption import InterruptAt
 
 import keras_transfer as kt
@@ -805,3 +806,64 @@ def test_diagnostics_report_transferability_drift_and_source_agreement(image_fol
     assert diagnostics["probe_split"] == "validation"
     assert diagnostics["num_probe_images"] == results["num_validation"] == 8
     assert_png_image(model_dir / "drift.png")
+
+
+def test_target_dir_and_adapt_report_domain_distance_and_target_accuracy(image_folder, tmp_path):
+    from conftest import write_image_folder
+
+    root = image_folder({"a": 8, "b": 8})
+    # Target: the same classes in subfolders, other images of another size.
+    target_dir = tmp_path / "target"
+    write_image_folder(target_dir, {"a": 4, "b": 4}, size=(56, 44), seed=3)
+    model_dir = tmp_path / "out"
+    config = _config(
+        root,
+        model_dir,
+        validation_split=0.25,
+        fine_tune_epochs=2,
+        target_dir=str(target_dir),
+        adapt="dann",
+        # The advisor's learning rates and early stopping (the adaptation phase must beat
+        # the head phase's validation loss) with the EMA default.
+        plan="auto",
+    )
+    results = image_classifier_lib.run(config)
+
+    domain = json.loads((model_dir / "results.json").read_text())["domain"]
+    assert (domain["method"], domain["target_images"], domain["target_labelled"]) == (
+        "dann",
+        8,
+        True,
+    )
+    for when in ("distance_before", "distance_after"):
+        distance = domain[when]
+        assert distance["proxy_a_distance"] == pytest.approx(2 * (1 - 2 * distance["domain_error"]))
+        assert distance["num_examples"] == 8  # the smaller set's size
+    # Phase 2 was DANN (its logs), on the unfrozen blocks, continuing the epoch axis.
+    history = results["history"]
+    assert history["phase"] == ["feature_extraction"] * 2 + ["fine_tune"] * 2
+    assert history["epoch"] == [0, 1, 2, 3]
+    assert not math.isnan(history["domain_accuracy"][-1])
+    assert results["unfrozen_blocks"] == ["conv_dw_12", "conv_dw_13"]
+    assert results["plan"]["restore_best"] is True
+    best = int(np.argmin(history["val_loss"]))
+    assert results["saved_weights"] == {"phase": history["phase"][best], "epoch": best + 1}
+    # The saved (EMA-averaged) weights are those validation scored at that epoch.
+    assert results["saved_model_val_accuracy"] == pytest.approx(
+        history["val_accuracy"][best], abs=1e-6
+    )
+    # The reported target accuracy is the saved model's on the labelled target images.
+    saved = keras.saving.load_model(model_dir / "model.keras")
+    target = kt.data.target_image_dataset(target_dir, ["a", "b"], image_size=32)
+    predicted = np.argmax(saved.predict(target.labelled.map(lambda x, y: x), verbose=0), axis=1)
+    labels = np.concatenate([y for _, y in target.labelled.as_numpy_iterator()])
+    assert domain["target_accuracy"] == pytest.approx(float(np.mean(predicted == labels)))
+
+
+def test_adapt_needs_a_target_and_the_two_phase_strategy(tmp_path):
+    with pytest.raises(ConfigError, match="set target_dir"):
+        _config(tmp_path, tmp_path / "out", adapt="coral")
+    with pytest.raises(ConfigError, match="replaces the fine-tuning phase"):
+        _config(tmp_path, tmp_path / "out", adapt="mmd", target_dir="x", fine_tune="lora")
+    with pytest.raises(ConfigError, match="adapt='swd' is not one of"):
+        _config(tmp_path, tmp_path / "out", adapt="swd", target_dir="x")

@@ -3,8 +3,12 @@
 `run` composes named steps, each a function tests and notebooks can call on its own (the
 shape of TF Hub's `make_image_classifier_lib.make_image_classifier`):
 
-    check_config -> create_backbone -> load_data -> build_model -> train_model
-        -> save_model -> report -> export
+    check_config -> create_backbone -> load_data -> measure_transferability
+        -> plan_training -> build_model -> [check_diagnostics, load_target] -> train_model
+        -> save_model -> report [-> domain_report, diagnose] -> export
+
+`plan_training` fills in the training settings left unset (None) with the advisor's plan
+(`keras_transfer.recommend_training_plan`), see docs/diagnostics_and_defaults.md.
 
 `examples/image_classifier.py` holds only the flags and `main`.
 """
@@ -651,6 +655,12 @@ def train_model(
     says, with TensorBoard logs and the backup in `environment.output_dir`. With
     `config.adapt`, phase 2 is domain adaptation to `target` (same blocks, epochs and
     learning rate; the head and the domain classifier at head_lr); it is not backed up."""
+    unplanned = [name for name in FIXED_DEFAULTS if getattr(config, name) is None]
+    if unplanned:
+        raise ValueError(
+            f"{', '.join(unplanned)} not set: pass the config through plan_training first "
+            "(run does), or set them."
+        )
     output_dir, strategy = environment.output_dir, environment.strategy
     plan = _plan(config)
     static = distribute.static_batches(strategy)

@@ -54,6 +54,7 @@ from keras_transfer.backbones import register_backbone
 from keras_transfer.backbones import register_backbone_prefix
 from keras_transfer.callbacks import BatchNormRecalibration
 from keras_transfer.callbacks import GradualUnfreezing
+from keras_transfer.callbacks import ValidatedEarlyStopping
 from keras_transfer.callbacks import recalibrate_batchnorm
 from keras_transfer.data import ImageData
 from keras_transfer.data import image_folder_dataset
@@ -105,6 +106,7 @@ from keras_transfer.recipes import Recipe
 from keras_transfer.recipes import check_negative_transfer
 from keras_transfer.recipes import fit_scratch_baseline
 from keras_transfer.recipes import recommend_recipe
+from keras_transfer.recipes import recommend_training_plan
 from keras_transfer.recipes import scratch_model
 from keras_transfer.regularizers import apply_l2sp
 from keras_transfer.reliability import AtomicBackupAndRestore
@@ -233,6 +235,7 @@ __all__ = [
     "recalibrate_batchnorm",
     "Recipe",
     "recommend_recipe",
+    "recommend_training_plan",
     "register_backbone",
     "register_backbone_prefix",
     "resolve_class_weight",
@@ -249,6 +252,7 @@ __all__ = [
     "TransferClassifier",
     "TwoPhaseHistory",
     "unfreeze",
+    "ValidatedEarlyStopping",
     "WarmupCosineDecay",
     "WeightsUnavailableError",
     "with_layerwise_lr",

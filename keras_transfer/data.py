@@ -866,3 +866,113 @@ def _jpeg_size(f) -> tuple[int, int] | None:
             return None
         f.seek(length - 2, os.SEEK_CUR)
     return None
+
+
+@dataclasses.dataclass
+class TargetImages:
+    """Images of the domain a model will see (for domain adaptation), labelled or not.
+
+    Attributes:
+        images: shuffled batches of images (no labels), for `fit_domain_adaptation`.
+        unshuffled: the same images in a fixed order, for `domain_distance`.
+        labelled: `(images, labels)` batches when every image sits in a subfolder named
+            after one of the training classes (label = that class's index in
+            `class_names`), else `None`.
+        num_images: how many images.
+        labelled_reason: why `labelled` is or is not there.
+        skipped: each left-out file -> why.
+
+    Example:
+    ```python
+    target = kt.data.target_image_dataset("photos/", data.class_names, image_size=224)
+    kt.fit_domain_adaptation(model, data.train, target.images, method="dann", epochs=5)
+    ```
+    """
+
+    images: tf.data.Dataset
+    unshuffled: tf.data.Dataset
+    labelled: tf.data.Dataset | None
+    num_images: int
+    labelled_reason: str
+    skipped: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+def target_image_dataset(
+    directory: str | os.PathLike,
+    class_names: Sequence[str] | None = None,
+    image_size: int | tuple[int, int] = (224, 224),
+    batch_size: int = 32,
+    *,
+    seed: int = 1337,
+    crop_fraction: float = 0.875,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+) -> TargetImages:
+    """Loads every image under `directory`, in any folder layout, as target images.
+
+    Images are found recursively (with the same rules as `image_folder_dataset`: symbolic
+    links followed once, hidden files ignored, undecodable and oversized files skipped with
+    a reason) and resized and centre-cropped like validation images. If every image lies
+    under a first-level subfolder named like one of `class_names`, the images are also
+    returned with those labels, to measure the target accuracy; they are never used for
+    training.
+
+    Args:
+        directory: the target folder.
+        class_names: the training classes (`ImageData.class_names`).
+        image_size, batch_size, seed, crop_fraction, max_pixels: as in
+            `image_folder_dataset`.
+
+    Returns:
+        A `TargetImages`.
+    """
+    directory = os.fspath(directory)
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(
+            f"Target folder {directory!r} does not exist: give a folder of images (any layout)."
+        )
+    image_size = _as_size(image_size)
+    check_batch_size(batch_size)
+    listing = _Listing(directory, [])
+    for path in _walk_class(directory, listing):
+        extension = os.path.splitext(path)[1].lower()
+        if extension in UNSUPPORTED_IMAGE_FORMATS:
+            listing.skipped[path] = f"{UNSUPPORTED_IMAGE_FORMATS[extension]} is not decoded"
+        elif os.path.realpath(path) not in listing.real_paths:
+            listing.real_paths[os.path.realpath(path)] = path
+            listing.paths.append(path)
+            listing.labels.append(-1)
+    _drop_bad_files(listing, max_pixels)
+    if not listing.paths:
+        raise ValueError(
+            f"No decodable images under the target folder {directory!r} "
+            f"({len(listing.skipped)} skipped): domain adaptation needs target images."
+        )
+    _report(listing)
+    first = [os.path.relpath(p, directory).split(os.sep)[0] for p in listing.paths]
+    nested = all(os.sep in os.path.relpath(p, directory) for p in listing.paths)
+    known = list(class_names or [])
+    if not known:
+        reason = "no training classes given"
+    elif not nested:
+        reason = "images lie directly in the target folder, not in class subfolders"
+    elif not set(first) <= set(known):
+        unknown = sorted(set(first) - set(known))
+        reason = f"subfolders {unknown[:5]} are not training classes {known}"
+    else:
+        reason = f"every image is in a subfolder named after a training class ({known})"
+    labels = [known.index(name) if name in known else -1 for name in first]
+    options = PipelineOptions(
+        image_size=image_size, batch_size=batch_size, crop_fraction=crop_fraction, seed=seed
+    )
+    decoded = _decoded(listing.paths, labels, options)
+    images = options.build(decoded, training=True, split="target")
+    unshuffled = options.build(decoded, training=False, split="target_unshuffled")
+    labelled = unshuffled if reason.startswith("every image") else None
+    return TargetImages(
+        images=images.map(lambda batch, _: batch),
+        unshuffled=unshuffled.map(lambda batch, _: batch),
+        labelled=labelled,
+        num_images=len(listing.paths),
+        labelled_reason=reason,
+        skipped=dict(listing.skipped),
+    )

@@ -47,8 +47,10 @@ import numpy as np
 import tensorflow as tf
 
 from keras_transfer import backbones as backbones_lib
+from keras_transfer import freezing
 from keras_transfer import heads as heads_lib
 from keras_transfer import losses as losses_lib
+from keras_transfer import optimizers
 from keras_transfer.layers import GradientReversal
 from keras_transfer.preprocessing import ImagePreprocessing
 
@@ -57,6 +59,7 @@ __all__ = [
     "DomainAdaptation",
     "DomainDistance",
     "domain_distance",
+    "fit_adaptation_phase",
     "fit_domain_adaptation",
     "reversal_weight",
 ]
@@ -575,7 +578,9 @@ def fit_domain_adaptation(
             (the rest, e.g. labels, is dropped unread); a dataset or an array.
         method: `"dann"`, `"coral"` or `"mmd"`.
         epochs: epochs of `max(source batches, target batches)` steps (the shorter dataset
-            is cycled), or of `steps_per_epoch` steps.
+            is cycled), or of `steps_per_epoch` steps; with `initial_epoch=k` in
+            `fit_kwargs` they are numbered k to k + epochs - 1 (continuing another phase's
+            timeline, as `fit_two_phase` does), and still `epochs` of them train.
         validation_data: labelled target data `(images, labels)` to validate on (as `fit`'s
             argument; a dataset is resized to the model's input like the training data).
         optimizer: the optimizer to configure a new one from (e.g. `with_layerwise_lr(...)`
@@ -648,13 +653,83 @@ def fit_domain_adaptation(
         )
     # The paired dataset is already in the order the source and target datasets give.
     fit_kwargs.setdefault("shuffle", False)
+    # `epochs` counts the epochs trained here; `initial_epoch` only numbers them (a phase
+    # continuing another's timeline), as the schedules count this run's steps.
+    initial_epoch = fit_kwargs.pop("initial_epoch", 0)
     return adapter.fit(
         train,
-        epochs=epochs,
+        initial_epoch=initial_epoch,
+        epochs=initial_epoch + epochs,
         steps_per_epoch=steps,
         validation_data=validation_data,
         **fit_kwargs,
     )
+
+
+# Variables trained at the head's rate in `fit_adaptation_phase`: the classifier's head
+# and DANN's domain classifier, both new; the backbone trains at the lower rate.
+NEW_LAYERS_PATTERN = "head/|domain_"
+
+
+def fit_adaptation_phase(
+    model: heads_lib.TransferClassifier,
+    source: Any,
+    target: Any,
+    method: str = "dann",
+    epochs: int = 1,
+    validation_data: Any = None,
+    *,
+    unfreeze: int | float | str = "all",
+    train_bn: bool = False,
+    backbone_lr: float = 1e-4,
+    head_lr: float = 1e-3,
+    optimizer_kwargs: dict[str, Any] | None = None,
+    **kwargs: Any,
+) -> tuple[keras.callbacks.History, list[str]]:
+    """The fine-tuning phase of two-phase training as domain adaptation: unfreezes the
+    chosen blocks and runs `fit_domain_adaptation` with per-layer learning rates.
+
+    After a head phase on the labelled source images (e.g. `fit_two_phase(...,
+    fine_tune_epochs=0)`), the backbone's features have to change for the domains to be
+    aligned: this unfreezes `unfreeze` blocks (BatchNormalization in inference mode unless
+    `train_bn`), trains them at `backbone_lr` and the head and DANN's domain classifier (new
+    layers, which need larger steps) at `head_lr` (`with_layerwise_lr` over Adam).
+
+    Args:
+        model, source, target, method, epochs, validation_data: see
+            `fit_domain_adaptation`.
+        unfreeze: blocks to train, as `fit_two_phase`'s `unfreeze`.
+        train_bn: BatchNormalization layers trainable.
+        backbone_lr, head_lr: learning rates of the backbone and of the new layers.
+        optimizer_kwargs: more Adam arguments (`use_ema`, `ema_momentum`, ...).
+        **kwargs: more `fit_domain_adaptation` arguments (`callbacks`, `initial_epoch`,
+            `alignment_weight`, ...).
+
+    Returns:
+        `(history, unfrozen block names)`.
+
+    Example:
+    ```python
+    kt.fit_two_phase(model, data.train, data.validation, head_epochs=10, fine_tune_epochs=0)
+    history, blocks = kt.domain.fit_adaptation_phase(
+        model, data.train, target_images, "dann", epochs=5, unfreeze=4, backbone_lr=1e-4
+    )
+    ```
+    """
+    optimizers.check_learning_rate(backbone_lr, "backbone_lr")
+    optimizers.check_learning_rate(head_lr, "head_lr")
+    _check_options(method, 1, kwargs.get("alignment_weight", 1.0), "auto", 0.5)
+    blocks = freezing.unfreeze(model, train_bn=train_bn, **freezing.unfreeze_request(unfreeze))
+    optimizer = optimizers.with_layerwise_lr(
+        keras.optimizers.Adam,
+        {NEW_LAYERS_PATTERN: head_lr / backbone_lr},
+        learning_rate=backbone_lr,
+        **dict(optimizer_kwargs or {}),
+    )
+    history = fit_domain_adaptation(
+        model, source, target, method, epochs, validation_data, optimizer=optimizer, **kwargs
+    )
+    return history, blocks
 
 
 # ---------------------------------------------------------------------------------------

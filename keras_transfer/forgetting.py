@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from collections.abc import Mapping
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,6 +29,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_transfer import backbones as backbones_lib
 from keras_transfer import transfer_scores
 from keras_transfer.backbones import Backbone
 from keras_transfer.heads import TransferClassifier
@@ -40,6 +42,7 @@ __all__ = [
     "forgetting_report",
     "linear_cka",
     "pretrained_copy",
+    "source_model",
 ]
 
 MIN_PROBE_IMAGES = 8
@@ -70,6 +73,53 @@ def linear_cka(x: Any, y: Any) -> float:
     if norms == 0:
         return float("nan")
     return float(np.clip((gram_x * gram_y).sum() / norms, 0.0, 1.0))
+
+
+def source_model(
+    backbone: Backbone | TransferClassifier, weights: str | os.PathLike
+) -> keras.Model:
+    """The `keras.applications` model of `backbone`'s architecture *with* its
+    classification top, loaded from a with-top weights file: the source classifier for
+    `forgetting_report(source_head=...)` and LEEP.
+
+    Args:
+        backbone: a registered (not hub) backbone, or a classifier built on one; its input
+            size is used (the top pools globally, so any size works).
+        weights: the with-top weights file, e.g. `mobilenet_1_0_224_tf.h5` (1000 classes).
+
+    Example:
+    ```python
+    with_top = kt.forgetting.source_model(backbone, "mobilenet_1_0_224_tf.h5")
+    report = kt.forgetting_report(pretrained, model, images, source_head=with_top)
+    ```
+    """
+    backbone = transfer_scores.backbone_of(backbone)
+    path = os.fspath(weights)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"Source weights {path!r} is not a file: give the backbone's weights file with its "
+            "classification top, e.g. mobilenet_1_0_224_tf.h5 for 'mobilenet'."
+        )
+    try:
+        spec = backbones_lib.get_spec(backbone.name)
+    except (KeyError, ValueError) as error:
+        raise ValueError(
+            f"Backbone {backbone.name!r} is not a keras.applications architecture: its "
+            "with-top model cannot be built, so there is no source head (drop the source "
+            "weights)."
+        ) from error
+    model = spec.constructor(
+        include_top=True, weights=None, input_shape=tuple(backbone.model.input_shape[1:])
+    )
+    try:
+        model.load_weights(path)
+    except Exception as error:  # Keras raises ValueError/KeyError/h5py errors here.
+        raise ValueError(
+            f"The weights file {path!r} does not fit {backbone.name!r} with its 1000-class "
+            f"top: {error}. Give the with-top file (e.g. mobilenet_1_0_224_tf.h5), not the "
+            "_no_top one."
+        ) from error
+    return model
 
 
 def pretrained_copy(model: Backbone | TransferClassifier) -> Backbone:
@@ -323,6 +373,7 @@ def diagnostics_summary(
     source_head: keras.Model | Callable | None = None,
     methods: Sequence[str] = ("logme", "hscore"),
     drift_plot: str | os.PathLike | None = None,
+    transferability: Mapping[str, Any] | None = None,
     verbose: int = 0,
 ) -> dict[str, Any]:
     """The `"diagnostics"` entry of an example's results.json, from one call.
@@ -339,6 +390,10 @@ def diagnostics_summary(
         source_head: the source classifier or with-top model (see `forgetting_report`).
         methods: transferability methods scored per block (`"logme"`, `"hscore"`).
         drift_plot: where to save the CKA plot (e.g. `model_dir/drift.png`).
+        transferability: scores already measured before training (`{method: {block:
+            score}}`, e.g. `transferability(backbone, data, ["logme", "hscore"],
+            blocks="all")`): reported as they are instead of a second pass over
+            `train_data` (which then only runs for LEEP, with a `source_head`).
         verbose: extraction progress bars.
 
     Returns:
@@ -362,19 +417,26 @@ def diagnostics_summary(
     for method in methods:
         if method not in ("logme", "hscore"):
             raise ValueError(f"methods are scored per block: 'logme' or 'hscore', not {method!r}.")
-    # One pass over the training images for every block's score and LEEP.
-    features, labels = transfer_scores.block_features(
-        before, train_data, "all", source_head=head, verbose=verbose
-    )
-    source = features.pop(transfer_scores.SOURCE_PROBABILITIES, None)
-    score = {"logme": transfer_scores.logme, "hscore": transfer_scores.h_score}
-    transfer: dict[str, Any] = {
-        method: {block: score[method](value, labels) for block, value in features.items()}
-        for method in methods
-    }
-    if source is not None:
-        transfer["leep"] = transfer_scores.leep(source, labels)
-    if "logme" in transfer:
+    if transferability is not None:
+        transfer: dict[str, Any] = dict(transferability)
+        if head is not None:
+            transfer["leep"] = transfer_scores.transferability(
+                before, train_data, "leep", source_head=head, verbose=verbose
+            )
+    else:
+        # One pass over the training images for every block's score and LEEP.
+        features, labels = transfer_scores.block_features(
+            before, train_data, "all", source_head=head, verbose=verbose
+        )
+        source = features.pop(transfer_scores.SOURCE_PROBABILITIES, None)
+        score = {"logme": transfer_scores.logme, "hscore": transfer_scores.h_score}
+        transfer = {
+            method: {block: score[method](value, labels) for block, value in features.items()}
+            for method in methods
+        }
+        if source is not None:
+            transfer["leep"] = transfer_scores.leep(source, labels)
+    if isinstance(transfer.get("logme"), Mapping):
         transfer["best_block_by_logme"] = max(transfer["logme"], key=transfer["logme"].get)
     report = forgetting_report(before, fine_tuned, probe_images, source_head=head)
     if drift_plot is not None:

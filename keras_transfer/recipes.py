@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -87,6 +88,9 @@ class Recipe:
         domain_adaptation: set when a measured domain distance says the domains are
             shifted: the `fit_domain_adaptation` method to try with unlabeled target images
             (`"dann"`), else `None`.
+        patience: early stopping on the validation loss in each phase, with the best
+            weights restored (`callbacks.ValidatedEarlyStopping`); 0: none, the epochs are
+            the plan.
     """
 
     name: str
@@ -100,6 +104,7 @@ class Recipe:
     train_bn: bool = False
     augment: bool | str = False
     domain_adaptation: str | None = None
+    patience: int = 0
 
     def feature_block_for(self, backbone: backbones_lib.Backbone) -> str | None:
         """The name of the block to take features from in `backbone`."""
@@ -335,6 +340,136 @@ def _is_similar(domain_similarity: str | float) -> bool:
     if not 0.0 <= domain_similarity <= 1.0:
         raise ValueError(f"domain_similarity must be in [0, 1], got {domain_similarity}.")
     return domain_similarity >= 0.5
+
+
+# Budgets of `recommend_training_plan`: generous, because early stopping ends a phase
+# once the validation loss stops improving.
+PLAN_PATIENCE = 3
+PLAN_HEAD_EPOCHS_CACHED = 100
+PLAN_HEAD_EPOCHS = 20
+PLAN_SMALL_DATA = 1000
+PLAN_LARGE_DATA = 5000
+
+
+def recommend_training_plan(
+    num_train_examples: int,
+    block_logme: Mapping[str, float] | None = None,
+    *,
+    backbone: backbones_lib.Backbone | None = None,
+    cached_head: bool = True,
+    logme_margin: float = 0.01,
+) -> Recipe:
+    """Two-phase settings for a dataset, from its size and measured transferability, with
+    generous epoch budgets that early stopping cuts short.
+
+    The rules (each one is quoted in `Recipe.reason`):
+
+    - Head: Adam 1e-3 for up to 100 epochs on cached features (an epoch costs a pass of
+      the small head), 20 through the frozen backbone (`cached_head=False`).
+    - Fine-tuning learning rate from the data size (Adam, BatchNormalization frozen): 1e-5
+      below 1,000 examples, 2e-5 below 5,000, 5e-5 above. On ants-vs-bees (245 images)
+      fine-tuning every block at 1e-4 lost 12 points of validation accuracy after the head
+      while 1e-5 gained 1.3 (benchmarks/README.md, forgetting); more data takes larger steps
+      without over-fitting.
+    - Which blocks: when the last block has the best LogME (`block_logme`, input side
+      first, within `logme_margin`), the pretrained top-level features already suit the
+      data and only the top half of the blocks is fine-tuned: at these rates the lower
+      blocks hardly change anyway (their CKA to the pretrained ones stayed above 0.999 in
+      the same benchmark) and their backward pass is most of the cost. When a lower block
+      scores better, the top features are too specific to the source task: every block is
+      fine-tuned. Without measurements the data is assumed similar to ImageNet photos.
+    - Fine-tuning budget: 10 epochs (20 from 5,000 examples), and early stopping with
+      `patience` 3 on the validation loss in both phases, the best weights restored. The
+      fine-tuning phase starts from the head phase's best validation loss
+      (`ValidatedEarlyStopping(carry_over=True)`), so fine-tuning that does not beat the
+      head alone is undone.
+
+    Args:
+        num_train_examples: labelled training examples.
+        block_logme: LogME of each block's pooled output on the training data
+            (`transferability(backbone, data, blocks="all")`), input side first.
+        backbone: resolves the top half of the blocks to a count.
+        cached_head: whether the head phase runs on cached features.
+        logme_margin: how much better a lower block must score to count as better.
+
+    Returns:
+        A `Recipe` (`name` from `recommend_recipe`'s table, `patience` set).
+
+    Example:
+    ```python
+    scores = kt.transferability(backbone, data, blocks="all")
+    plan = kt.recommend_training_plan(data.num_train, scores, backbone=backbone)
+    print(plan.reason)
+    ```
+    """
+    if (
+        isinstance(num_train_examples, bool)
+        or not isinstance(num_train_examples, int)
+        or num_train_examples < 1
+    ):
+        raise ValueError(
+            f"num_train_examples must be a positive integer, got {num_train_examples!r}."
+        )
+    n = num_train_examples
+    if block_logme:
+        scores = dict(block_logme)
+        last, best = list(scores)[-1], max(scores, key=scores.get)
+        similar = scores[best] <= scores[last] + logme_margin
+        measured = (
+            f"Measured LogME: the last block {last} ({scores[last]:.3f}) "
+            + (
+                "scores best, so the pretrained top-level features suit this data"
+                if similar
+                else f"scores below {best} ({scores[best]:.3f}), so the top features are "
+                "too specific to the pretraining task"
+            )
+            + "."
+        )
+    else:
+        similar = True
+        measured = "No transferability measured: the data is assumed similar to ImageNet photos."
+    base = recommend_recipe(n, "similar" if similar else "different", backbone=backbone)
+    if n < PLAN_SMALL_DATA:
+        fine_tune_lr = 1e-5
+    elif n < PLAN_LARGE_DATA:
+        fine_tune_lr = 2e-5
+    else:
+        fine_tune_lr = 5e-5
+    unfreeze: int | float | str = "all"
+    blocks_text = "every block"
+    if similar:
+        unfreeze = 0.5
+        blocks_text = "the top half of the blocks"
+        if backbone is not None:
+            try:
+                count = max(1, math.ceil(len(backbone.blocks) / 2))
+                unfreeze = count
+                blocks_text = f"the top {count} of {len(backbone.blocks)} blocks"
+            except ValueError:  # a backbone without known blocks: everything
+                unfreeze, blocks_text = "all", "every block (the backbone has no known blocks)"
+    head_epochs = PLAN_HEAD_EPOCHS_CACHED if cached_head else PLAN_HEAD_EPOCHS
+    fine_tune_epochs = 20 if n >= PLAN_LARGE_DATA else 10
+    reason = (
+        f"{measured} {n} training examples: head up to {head_epochs} epochs at 1e-3"
+        f"{' on cached features' if cached_head else ''}, then {blocks_text} up to "
+        f"{fine_tune_epochs} epochs at {fine_tune_lr:g} (Adam; "
+        f"{'<' if n < PLAN_SMALL_DATA else '>='} {PLAN_SMALL_DATA} examples), each phase "
+        f"stopped after {PLAN_PATIENCE} epochs without a lower validation loss and its best "
+        "weights kept; fine-tuning is kept only if it beats the head alone. Table entry: "
+        f"{base.name}."
+    )
+    return dataclasses.replace(
+        base,
+        reason=reason,
+        feature_block=None,
+        head_epochs=head_epochs,
+        head_lr=1e-3,
+        fine_tune_epochs=fine_tune_epochs,
+        fine_tune_lr=fine_tune_lr,
+        unfreeze=unfreeze,
+        train_bn=False,
+        patience=PLAN_PATIENCE,
+    )
 
 
 DEFAULT_SCRATCH_BN_MOMENTUM = 0.9

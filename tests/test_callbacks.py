@@ -360,3 +360,94 @@ def test_fine_tuning_recipes_script_smoke():
         for accuracy in per_epoch:
             assert accuracy * 16 == pytest.approx(round(accuracy * 16), abs=1e-3), per_epoch
     assert report["head_lr_finder"]["steps"] > 0
+
+
+class _ScriptedValLoss(keras.callbacks.Callback):
+    """Replaces `val_loss` by scripted values, one per epoch (a list per `fit`)."""
+
+    def __init__(self, *fits):
+        super().__init__()
+        self.fits, self.fit = [list(values) for values in fits], -1
+
+    def on_train_begin(self, logs=None):
+        self.fit += 1
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs["val_loss"] = self.fits[self.fit].pop(0)
+
+
+def _dense_model(ema):
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, activation="softmax")])
+    model.compile(
+        optimizer=keras.optimizers.Adam(0.05, use_ema=ema, ema_momentum=0.8),
+        loss="sparse_categorical_crossentropy",
+    )
+    return model
+
+
+def _separable(n=64, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 4)).astype("float32")
+    return x, (x[:, 0] + 0.5 * x[:, 1] > 0).astype("int32")
+
+
+class _WeightsSeen(keras.callbacks.Callback):
+    """The weights validation scored and the raw weights at each epoch's end."""
+
+    def __init__(self):
+        super().__init__()
+        self.validated, self.raw, self.epoch = [], [], 0
+
+    def on_test_end(self, logs=None):
+        self.validated.append(self.model.get_weights())
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.raw.append(self.model.get_weights())
+
+
+def test_validated_early_stopping_restores_the_averaged_weights_validation_scored():
+    x, y = _separable()
+    model = _dense_model(ema=True)
+    seen = _WeightsSeen()
+    stop = callbacks_lib.ValidatedEarlyStopping(patience=10, restore_best_weights=True)
+    model.fit(
+        x,
+        y,
+        batch_size=8,
+        epochs=4,
+        validation_data=_separable(32, seed=1),
+        callbacks=[
+            _ScriptedValLoss([0.5, 0.1, 0.3, 0.4]),
+            seen,
+            stop,
+            keras.callbacks.SwapEMAWeights(),
+        ],
+        verbose=0,
+    )
+    assert stop.best_epoch == 1
+    # The model ends with the averaged weights validation scored in epoch 2, not that
+    # epoch's raw weights (which Keras' EarlyStopping would restore).
+    for restored, validated in zip(model.get_weights(), seen.validated[1]):
+        np.testing.assert_array_equal(restored, validated)
+    assert any(not np.array_equal(a, b) for a, b in zip(seen.validated[1], seen.raw[1]))
+
+
+def test_validated_early_stopping_carries_the_best_score_into_the_next_fit():
+    x, y = _separable()
+    validation = _separable(32, seed=1)
+    model = _dense_model(ema=False)
+    stop = callbacks_lib.ValidatedEarlyStopping(
+        patience=2, restore_best_weights=True, carry_over=True
+    )
+    script = _ScriptedValLoss([0.5, 0.2, 0.3], [0.25, 0.3, 0.4, 0.1])
+    model.fit(x, y, epochs=3, validation_data=validation, callbacks=[script, stop], verbose=0)
+    after_first = [w.copy() for w in model.get_weights()]
+    assert stop.best_epoch == 1 and stop.previous_best == pytest.approx(0.2)
+    # The second fit never beats 0.2 within its patience: it stops after 2 epochs and
+    # gives back the weights it started from (the first fit's best).
+    history = model.fit(
+        x, y, epochs=4, validation_data=validation, callbacks=[script, stop], verbose=0
+    )
+    assert len(history.epoch) == 2 and stop.best_epoch == -1
+    for restored, kept in zip(model.get_weights(), after_first):
+        np.testing.assert_array_equal(restored, kept)

@@ -488,3 +488,37 @@ def test_dann_under_mirrored_strategy_matches_one_device():
     assert (
         "domain_accuracy" in results["mirrored_keys"] and "val_accuracy" in results["mirrored_keys"]
     )
+
+
+def test_target_images_in_any_layout_labelled_only_under_training_class_folders(tmp_path):
+    from conftest import write_image_folder
+
+    # Class subfolders named like the training classes (one nested deeper): labelled.
+    labelled = tmp_path / "labelled"
+    write_image_folder(labelled, {"cats": 3, "dogs": 2}, size=(30, 40))
+    write_image_folder(labelled / "dogs", {"more": 1}, seed=1)
+    target = kt.data.target_image_dataset(labelled, ["cats", "dogs"], image_size=32, batch_size=4)
+    assert target.num_images == 6
+    images = np.concatenate(list(target.unshuffled.as_numpy_iterator()))
+    assert images.shape == (6, 32, 32, 3)
+    labels = np.concatenate([y for _, y in target.labelled.as_numpy_iterator()])
+    assert sorted(labels.tolist()) == [0, 0, 0, 1, 1, 1]
+    shuffled = np.concatenate(list(target.images.as_numpy_iterator()))
+    assert shuffled.shape == (6, 32, 32, 3)
+
+    # Loose images, or folders that are not training classes: unlabeled, and why.
+    loose = tmp_path / "loose"
+    write_image_folder(loose, {"x": 2}, size=(30, 40))
+    (loose / "x" / "x_0.jpg").rename(loose / "top.jpg")
+    target = kt.data.target_image_dataset(loose, ["cats", "dogs"], image_size=32)
+    assert target.labelled is None and "directly in the target folder" in target.labelled_reason
+    target = kt.data.target_image_dataset(labelled, ["ants", "bees"], image_size=32)
+    assert target.labelled is None and "are not training classes" in target.labelled_reason
+
+    empty = tmp_path / "empty"
+    (empty / "sub").mkdir(parents=True)
+    (empty / "sub" / "notes.txt").write_text("no images")
+    with pytest.raises(ValueError, match="No decodable images under the target folder"):
+        kt.data.target_image_dataset(empty, ["cats", "dogs"])
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        kt.data.target_image_dataset(tmp_path / "missing")

@@ -11,6 +11,7 @@ import sys
 import keras
 import numpy as np
 import pytest
+from keras_transfer.apps._config import ConfigError
 from interruption import InterruptAt
 
 import keras_transfer as kt
@@ -32,6 +33,7 @@ def _config(data_dir, model_dir, **overrides):
         fine_tune_epochs=1,
         unfreeze_blocks="2",
         verbose=0,
+        plan="fixed",  # the advisor's plan has its own tests
     )
     settings.update(overrides)
     return image_classifier_lib.Config(**settings)
@@ -104,7 +106,12 @@ def test_binary_flags_and_main(image_folder, tmp_path):
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert "feature_extraction: val_accuracy=" in completed.stdout
     assert "fine_tune: val_accuracy=" in completed.stdout
-    assert json.loads((model_dir / "results.json").read_text())["config"]["weights"] == "none"
+    results = json.loads((model_dir / "results.json").read_text())
+    assert results["config"]["weights"] == "none"
+    # Flags given win over the advisor's plan, which fills in the rest.
+    assert results["plan"]["given"] == ["head_epochs", "fine_tune_epochs", "unfreeze_blocks"]
+    assert results["config"]["head_epochs"] == 1 and results["config"]["fine_tune_lr"] == 1e-5
+    assert "plan (auto; given: head_epochs, fine_tune_epochs, unfreeze_blocks)" in completed.stdout
 
 
 # TensorFlow's C++ start-up log lines, which are not the example's own output.
@@ -572,13 +579,12 @@ def test_cached_head_phase_then_fine_tuning_on_one_timeline_with_best_weights_ke
     history = results["history"]
     assert history["epoch"] == [0, 1, 2, 3]
     assert results["feature_extraction"]["epochs"] == 2
-    # The saved weights are those of phase 2's lowest-val_loss epoch, and the saved model's
-    # measured accuracy is that epoch's.
-    fine_tune_losses = history["val_loss"][2:]
-    best = int(np.argmin(fine_tune_losses))
-    assert results["saved_weights"] == {"phase": "fine_tune", "epoch": 3 + best}
+    # The saved weights are those of the lowest-val_loss epoch (fine-tuning had to beat
+    # the head phase's best), and the saved model's measured accuracy is that epoch's.
+    best = int(np.argmin(history["val_loss"]))
+    assert results["saved_weights"] == {"phase": history["phase"][best], "epoch": best + 1}
     assert results["saved_model_val_accuracy"] == pytest.approx(
-        history["val_accuracy"][2 + best], abs=1e-6
+        history["val_accuracy"][best], abs=1e-6
     )
 
 
@@ -694,3 +700,188 @@ def test_class_weight_flag_warning_and_balanced_accuracy_in_results(image_folder
     assert not (tmp_path / "bad").exists()
     with pytest.raises(image_classifier_lib.config_lib.ConfigError, match="JSON object"):
         _config(root, tmp_path / "bad", class_weight="[1]")
+
+
+def test_advisor_plans_the_settings_not_given_with_early_stopping_and_resume(
+    image_folder, tmp_path
+):
+    root = image_folder({"a": 8, "b": 8})
+    # The advisor fills in everything but fine_tune_epochs and lr_decay; EMA (default) and
+    # per-block learning rates compose with its early stopping, and a kill in fine-tuning
+    # resumes there.
+    config = _config(
+        root,
+        tmp_path / "out",
+        plan="auto",
+        head_epochs=None,
+        unfreeze_blocks=None,
+        fine_tune_epochs=3,
+        lr_decay=0.8,
+        validation_split=0.25,
+        augment="",
+    )
+    first = InterruptAt(at=kt.recommend_training_plan(12).head_epochs + 1)
+    with pytest.raises(KeyboardInterrupt):
+        image_classifier_lib.run(config, callbacks=[first])
+    second = InterruptAt()
+    results = image_classifier_lib.run(config, callbacks=[second])
+
+    plan = results["plan"]
+    backbone = kt.create_backbone("mobilenet", input_shape=(32, 32, 3), weights=None)
+    recipe = kt.recommend_training_plan(12, plan["block_logme"], backbone=backbone)
+    assert list(plan["block_logme"]) == backbone.block_names()
+    assert plan["given"] == ["fine_tune_epochs"] and plan["source"] == "auto"
+    assert plan["fine_tune_epochs"] == 3  # the given setting wins
+    assert (plan["head_epochs"], plan["head_lr"], plan["fine_tune_lr"]) == (
+        recipe.head_epochs,
+        recipe.head_lr,
+        recipe.fine_tune_lr,
+    )
+    assert plan["unfreeze_blocks"] == str(recipe.unfreeze)
+    assert (plan["patience"], plan["restore_best"]) == (3, True)
+    assert plan["reason"] == recipe.reason + " Given settings win: fine_tune_epochs=3."
+    assert results["config"]["fine_tune_lr"] == recipe.fine_tune_lr  # what trained
+    history = results["history"]
+    head = [i for i, phase in enumerate(history["phase"]) if phase == "feature_extraction"]
+    # Early stopping: the head phase ran until 3 epochs brought no lower val_loss.
+    losses = [history["val_loss"][i] for i in head]
+    if len(head) < plan["head_epochs"]:
+        assert int(np.argmin(losses)) == len(head) - 1 - 3
+    # The resumed run trained only the fine-tuning epochs after the kill.
+    fine_tune_start = plan["head_epochs"]
+    assert second.epochs[0] == fine_tune_start + 1
+    assert [e for e in history["epoch"] if e >= fine_tune_start][:2] == [
+        fine_tune_start,
+        fine_tune_start + 1,
+    ]
+
+
+def test_fixed_plan_keeps_the_old_defaults(image_folder, tmp_path):
+    root = image_folder({"a": 6, "b": 6})
+    config = _config(
+        root, tmp_path / "out", head_epochs=None, fine_tune_epochs=0, unfreeze_blocks=None
+    )
+    resolved, plan = image_classifier_lib.plan_training(config, None, None, None)
+    assert plan["source"] == "fixed" and plan["given"] == ["fine_tune_epochs"]
+    assert (resolved.head_epochs, resolved.fine_tune_epochs, resolved.unfreeze_blocks) == (
+        20,
+        0,
+        "all",
+    )
+    assert (resolved.fine_tune_lr, resolved.patience, resolved.restore_best) == (2e-5, 0, False)
+
+
+def test_diagnostics_report_transferability_drift_and_source_agreement(image_folder, tmp_path):
+    from conftest import assert_png_image
+
+    root = image_folder({"a": 16, "b": 16})
+    # A with-top weights file of the same architecture, as mobilenet_1_0_224_tf.h5 is.
+    with_top = keras.applications.MobileNet(weights=None, input_shape=(32, 32, 3))
+    source_weights = tmp_path / "with_top.weights.h5"
+    with_top.save_weights(source_weights)
+    model_dir = tmp_path / "out"
+    config = _config(
+        root,
+        model_dir,
+        validation_split=0.25,
+        fine_tune_lr=1e-2,
+        diagnostics=True,
+        source_weights=str(source_weights),
+    )
+    results = image_classifier_lib.run(config)
+
+    diagnostics = json.loads((model_dir / "results.json").read_text())["diagnostics"]
+    assert diagnostics == json.loads(json.dumps(results["diagnostics"]))
+    backbone = kt.create_backbone("mobilenet", input_shape=(32, 32, 3), weights=None)
+    names = backbone.block_names()
+    logme = diagnostics["transferability"]["logme"]
+    assert list(logme) == names and list(diagnostics["transferability"]["hscore"]) == names
+    assert diagnostics["transferability"]["best_block_by_logme"] == max(logme, key=logme.get)
+    assert "leep" in diagnostics["transferability"]  # a source head was given
+    # Only conv_dw_12 and conv_dw_13 were fine-tuned: the blocks below kept their
+    # representation exactly. (How much the top blocks drift is not tested here: in a
+    # random network under fresh BatchNormalization statistics activations vanish.)
+    cka = diagnostics["block_cka"]
+    assert list(cka) == names
+    assert all(cka[name] == pytest.approx(1.0, abs=1e-6) for name in names[:-2]), cka
+    # The same numbers as a report computed here from the same pretrained backbone (the run
+    # seeds before building it), the saved model and the validation images.
+    keras.utils.set_random_seed(config.seed)
+    pretrained = kt.create_backbone("mobilenet", input_shape=(32, 32, 3), weights=None)
+    saved = keras.saving.load_model(model_dir / "model.keras")
+    validation = data.image_folder_dataset(
+        root, image_size=32, batch_size=8, validation_split=0.25, seed=config.seed
+    ).validation
+    expected = kt.forgetting_report(
+        pretrained,
+        saved,
+        validation,
+        source_head=kt.forgetting.source_model(pretrained, source_weights),
+    )
+    assert diagnostics["source_top1_agreement"] == pytest.approx(expected["source_top1_agreement"])
+    for name in names:
+        assert cka[name] == pytest.approx(expected["block_cka"][name], abs=1e-4)
+    assert diagnostics["probe_split"] == "validation"
+    assert diagnostics["num_probe_images"] == results["num_validation"] == 8
+    assert_png_image(model_dir / "drift.png")
+
+
+def test_target_dir_and_adapt_report_domain_distance_and_target_accuracy(image_folder, tmp_path):
+    from conftest import write_image_folder
+
+    root = image_folder({"a": 8, "b": 8})
+    # Target: the same classes in subfolders, other images of another size.
+    target_dir = tmp_path / "target"
+    write_image_folder(target_dir, {"a": 4, "b": 4}, size=(56, 44), seed=3)
+    model_dir = tmp_path / "out"
+    config = _config(
+        root,
+        model_dir,
+        validation_split=0.25,
+        fine_tune_epochs=2,
+        target_dir=str(target_dir),
+        adapt="dann",
+        # The advisor's learning rates and early stopping (the adaptation phase must beat
+        # the head phase's validation loss) with the EMA default.
+        plan="auto",
+    )
+    results = image_classifier_lib.run(config)
+
+    domain = json.loads((model_dir / "results.json").read_text())["domain"]
+    assert (domain["method"], domain["target_images"], domain["target_labelled"]) == (
+        "dann",
+        8,
+        True,
+    )
+    for when in ("distance_before", "distance_after"):
+        distance = domain[when]
+        assert distance["proxy_a_distance"] == pytest.approx(2 * (1 - 2 * distance["domain_error"]))
+        assert distance["num_examples"] == 8  # the smaller set's size
+    # Phase 2 was DANN (its logs), on the unfrozen blocks, continuing the epoch axis.
+    history = results["history"]
+    assert history["phase"] == ["feature_extraction"] * 2 + ["fine_tune"] * 2
+    assert history["epoch"] == [0, 1, 2, 3]
+    assert not math.isnan(history["domain_accuracy"][-1])
+    assert results["unfrozen_blocks"] == ["conv_dw_12", "conv_dw_13"]
+    assert results["plan"]["restore_best"] is True
+    best = int(np.argmin(history["val_loss"]))
+    assert results["saved_weights"] == {"phase": history["phase"][best], "epoch": best + 1}
+    # The saved (EMA-averaged) weights are those validation scored at that epoch.
+    assert results["saved_model_val_accuracy"] == pytest.approx(
+        history["val_accuracy"][best], abs=1e-6
+    )
+    # The reported target accuracy is the saved model's on the labelled target images.
+    saved = keras.saving.load_model(model_dir / "model.keras")
+    target = kt.data.target_image_dataset(target_dir, ["a", "b"], image_size=32)
+    predicted = np.argmax(saved.predict(target.labelled.map(lambda x, y: x), verbose=0), axis=1)
+    labels = np.concatenate([y for _, y in target.labelled.as_numpy_iterator()])
+    assert domain["target_accuracy"] == pytest.approx(float(np.mean(predicted == labels)))
+
+
+def test_adapt_needs_a_target_and_the_two_phase_strategy(tmp_path):
+    with pytest.raises(ConfigError, match="set target_dir"):
+        _config(tmp_path, tmp_path / "out", adapt="coral")
+    with pytest.raises(ConfigError, match="replaces the fine-tuning phase"):
+        _config(tmp_path, tmp_path / "out", adapt="mmd", target_dir="x", fine_tune="lora")
+    with pytest.raises(ConfigError, match="adapt='swd' is not one of"):
+        _config(tmp_path, tmp_path / "out", adapt="swd", target_dir="x")

@@ -245,3 +245,23 @@ def test_accuracy_benchmark_smoke(tmp_path):
     settings = details["settings"]
     assert settings["deterministic"] is True
     assert settings["head_dropout"] == 0.5 and settings["fine_tune_lr"] == 5e-6
+
+
+def test_training_plan_from_data_size_and_measured_logme():
+    backbone = kt.create_backbone("mobilenet", input_shape=(32, 32, 3), weights=None)
+    names = backbone.block_names()  # 14 blocks
+    rising = {name: -1.0 + 0.05 * i for i, name in enumerate(names)}  # the last is best
+    small = kt.recommend_training_plan(245, rising, backbone=backbone)
+    assert (small.head_epochs, small.fine_tune_epochs, small.patience) == (100, 10, 3)
+    assert (small.fine_tune_lr, small.unfreeze, small.train_bn) == (1e-5, 7, False)
+    assert "the last block conv_dw_13" in small.reason and "top 7 of 14 blocks" in small.reason
+    # A lower block scoring better: the top features are too specific, fine-tune everything.
+    peaked = {**rising, "conv_dw_11": 0.5}
+    medium = kt.recommend_training_plan(2000, peaked, backbone=backbone, cached_head=False)
+    assert (medium.head_epochs, medium.fine_tune_lr, medium.unfreeze) == (20, 2e-5, "all")
+    assert "below conv_dw_11" in medium.reason
+    large = kt.recommend_training_plan(6000)
+    assert (large.fine_tune_epochs, large.fine_tune_lr, large.unfreeze) == (20, 5e-5, 0.5)
+    assert "assumed similar" in large.reason
+    with pytest.raises(ValueError, match="positive integer"):
+        kt.recommend_training_plan(0)

@@ -3,8 +3,12 @@
 `run` composes named steps, each a function tests and notebooks can call on its own (the
 shape of TF Hub's `make_image_classifier_lib.make_image_classifier`):
 
-    check_config -> create_backbone -> load_data -> build_model -> train_model
-        -> save_model -> report -> export
+    check_config -> create_backbone -> load_data -> measure_transferability
+        -> plan_training -> build_model -> [check_diagnostics, load_target] -> train_model
+        -> save_model -> report [-> domain_report, diagnose] -> export
+
+`plan_training` fills in the training settings left unset (None) with the advisor's plan
+(`keras_transfer.recommend_training_plan`), see docs/diagnostics_and_defaults.md.
 
 `examples/image_classifier.py` holds only the flags and `main`.
 """
@@ -47,6 +51,18 @@ FREEZE_STRATEGIES = ("auto", "all_frozen", "top_n_unfrozen", "gradual", "none")
 LR_SCHEDULES = ("constant", "cosine", "slanted_triangular", "one_cycle")
 EXPORT_FORMATS = ("saved_model", "tflite")
 RESOLVED_CONFIG_FILE = "config.json"
+PLANS = ("auto", "fixed")
+ADAPT_METHODS = ("dann", "coral", "mmd")
+# The settings before the advisor (tuned on ants-vs-bees): what `plan="fixed"` fills in.
+FIXED_DEFAULTS = dict(
+    head_epochs=20,
+    fine_tune_epochs=5,
+    unfreeze_blocks="all",
+    head_lr=1e-3,
+    fine_tune_lr=2e-5,
+    patience=0,
+    restore_best=False,
+)
 
 
 @dataclasses.dataclass
@@ -72,21 +88,25 @@ class Config:
     weights: str | None = "imagenet"
     image_size: int = 0  # 0: the backbone's pretrained size
     batch_size: int = 32
-    head_epochs: int = 20
-    fine_tune_epochs: int = 5
+    # "auto": keras_transfer.recommend_training_plan chooses the settings left at None below
+    # (epochs, learning rates, blocks to unfreeze, early stopping) from the training set's
+    # size and measured per-block LogME; "fixed": None means the values of FIXED_DEFAULTS.
+    plan: str = "auto"
+    head_epochs: int | None = None
+    fine_tune_epochs: int | None = None
     # Phase 1 on backbone features computed once from the unaugmented training images: an
     # epoch then costs a pass of the small head instead of the backbone, so 20 head epochs
     # take less time than 2 through the frozen backbone.
     cache_features: bool = True
     # auto: "gradual" when unfreeze_schedule is set, else "top_n_unfrozen".
     freeze_strategy: str = "auto"
-    unfreeze_blocks: str = "all"
+    unfreeze_blocks: str | None = None
     unfreeze_schedule: str = ""
-    head_lr: float = 1e-3
+    head_lr: float | None = None
     # Adam fine-tuning all blocks of a small dataset needs a far lower rate than the head's:
     # at head_lr / 10 = 1e-4 ants-vs-bees validation accuracy fell from 0.87 to 0.73 in the
     # first fine-tuning epoch; 2e-5 improved it steadily. 0 means head_lr / 10.
-    fine_tune_lr: float = 2e-5
+    fine_tune_lr: float | None = None
     lr_decay: float = 0.0  # 0: one learning rate for all blocks
     # "lora": phase 2 trains LoRA updates of the unfrozen blocks (keras_transfer.enable_lora)
     # and writes adapter.weights.h5 beside the model.
@@ -100,10 +120,11 @@ class Config:
     # 0 disables). On ants-vs-bees the last fine-tuning epochs' raw weights swing by 2-3
     # validation images from one epoch to the next; their average does not.
     ema_momentum: float = 0.9
-    patience: int = 0  # 0: no early stopping
+    patience: int | None = None  # 0: no early stopping
     # Keep (and save) the weights of each phase's epoch with the lowest validation loss
-    # instead of its last epoch's.
-    restore_best: bool = False
+    # instead of its last epoch's; the fine-tuning phase must beat the head phase's best
+    # (kt.ValidatedEarlyStopping(carry_over=True)), else the head phase's weights are kept.
+    restore_best: bool | None = None
     validation_split: float = 0.2
     # Images with more pixels are skipped before decoding (decompression bombs); 0: no limit.
     max_pixels: int = 50_000_000
@@ -119,6 +140,17 @@ class Config:
     mixed_precision: bool = False
     export: str = ""
     resume: bool = True
+    # Measure transferability before training and per-block drift after it (results.json
+    # "diagnostics", drift.png); source_weights: a with-top weights file of the backbone
+    # (e.g. mobilenet_1_0_224_tf.h5) for the source-task agreement.
+    diagnostics: bool = False
+    source_weights: str = ""
+    # Images of the domain the model will see (any folder layout; class subfolders named
+    # like the training classes give a target accuracy): results.json "domain" reports the
+    # domain distance before and after training. With adapt (dann, coral, mmd), the
+    # fine-tuning phase is unsupervised domain adaptation on them (kt.fit_domain_adaptation).
+    target_dir: str = ""
+    adapt: str = ""
     # Keras fit verbosity 0-2; 3 is 2 for Keras, and the binary shows tracebacks.
     verbose: int = 2
     # Same results on every run of the same settings on the same machine: seeds and
@@ -133,13 +165,14 @@ class Config:
                 )
 
         check("freeze_strategy", FREEZE_STRATEGIES)
+        check("plan", PLANS)
         check("fine_tune", ("full", "lora"))
         if self.fine_tune == "lora" and self.resolved_freeze_strategy() == "gradual":
             raise config_lib.ConfigError("fine_tune=lora does not combine with gradual unfreezing.")
         check("lr_schedule", LR_SCHEDULES)
         check("strategy", distribute.STRATEGIES)
         for name in ("head_epochs", "fine_tune_epochs", "patience", "warmup_steps"):
-            if getattr(self, name) < 0:
+            if (getattr(self, name) or 0) < 0:
                 raise config_lib.ConfigError(f"{name} must be >= 0, got {getattr(self, name)}.")
         if not 0 <= self.verbose <= 3:
             raise config_lib.ConfigError(f"verbose must be 0, 1, 2 or 3, got {self.verbose}.")
@@ -150,12 +183,6 @@ class Config:
         if not 0 <= self.ema_momentum < 1:
             raise config_lib.ConfigError(
                 f"ema_momentum must lie in [0, 1) (0: off), got {self.ema_momentum}."
-            )
-        if self.ema_momentum and self.restore_best:
-            raise config_lib.ConfigError(
-                "restore_best keeps an epoch's raw weights, but with ema_momentum the "
-                "validation scores belong to the averaged ones: set ema_momentum=0 to use "
-                "restore_best."
             )
         if self.weight_decay < 0:
             raise config_lib.ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}.")
@@ -172,6 +199,24 @@ class Config:
         if self.freeze_strategy == "gradual" and not self.unfreeze_schedule:
             raise config_lib.ConfigError(
                 "freeze_strategy='gradual' needs unfreeze_schedule, e.g. '10:1,11:3,12:all'."
+            )
+        check("adapt", ("",) + ADAPT_METHODS)
+        if self.adapt and not self.target_dir:
+            raise config_lib.ConfigError(
+                f"adapt={self.adapt!r} adapts to unlabeled target images: set target_dir "
+                "(--target_dir) to a folder of them."
+            )
+        if self.adapt and (
+            self.fine_tune != "full" or self.resolved_freeze_strategy() != "top_n_unfrozen"
+        ):
+            raise config_lib.ConfigError(
+                f"adapt={self.adapt!r} replaces the fine-tuning phase of the two-phase "
+                "strategy: use freeze_strategy auto or top_n_unfrozen with fine_tune=full."
+            )
+        if self.source_weights and not self.diagnostics:
+            raise config_lib.ConfigError(
+                "source_weights is for the diagnostics' source-task agreement: add diagnostics "
+                "(--diagnostics), or drop source_weights."
             )
         if self.unfreeze_schedule:
             GradualUnfreezing(self.unfreeze_schedule)  # a clear error for bad syntax, now
@@ -262,11 +307,23 @@ def run(
         )
         _check_batches(config, data, environment.strategy)
         class_weight(config, data)  # a bad class_weight fails before model_dir is written
+        transfer = measure_transferability(config, backbone, data)
+        config, plan = plan_training(config, backbone, data, transfer)
         model = build_model(config, backbone, data.class_names, environment.strategy)
+        source = check_diagnostics(config, backbone, data)
+        target, distance_before = load_target(config, backbone, data, image_size)
+        pretrained = kt.forgetting.pretrained_copy(model) if config.diagnostics else None
         _write_json(environment.output_dir, RESOLVED_CONFIG_FILE, config.resolved(image_size))
-        trained = train_model(config, model, data, environment, list(callbacks or []))
+        trained = train_model(config, model, data, environment, list(callbacks or []), target)
         save_model(model, data.class_names, environment.output_dir)
         results = report(config, model, data, trained, environment, image_size)
+        results["plan"] = plan
+        if target is not None:
+            results["domain"] = domain_report(config, model, data, target, distance_before)
+        if config.diagnostics:
+            results["diagnostics"] = diagnose(
+                pretrained, model, data, transfer, source, environment.output_dir
+            )
         for export_format in config.export_formats():
             results.setdefault("exports", {})[export_format] = export(
                 model, environment.output_dir, export_format
@@ -407,6 +464,189 @@ def _check_batches(
         )
 
 
+def measure_transferability(
+    config: Config, backbone: kt.Backbone, data: data_lib.ImageData
+) -> dict[str, Any] | None:
+    """Per-block LogME of the pretrained backbone on the training images, before training
+    (one backbone pass): what the advisor plans from and `--diagnostics` reports. `None`
+    when nothing needs it; `{"error": why}` when it cannot be measured."""
+    needed = config.plan == "auto" and any(getattr(config, n) is None for n in FIXED_DEFAULTS)
+    if not (needed or config.diagnostics):
+        return None
+    start = time.perf_counter()
+    try:
+        try:
+            scores = kt.transferability(backbone, data, ["logme", "hscore"], blocks="all")
+        except ValueError as error:
+            if "blocks" not in str(error):
+                raise
+            scores = kt.transferability(backbone, data, ["logme", "hscore"])  # no known blocks
+            scores = {method: {"output": value} for method, value in scores.items()}
+    except ValueError as error:  # e.g. fewer than two examples in a class
+        logger.warning("Transferability not measured: %s", error)
+        return {"error": str(error)}
+    scores["best_block_by_logme"] = max(scores["logme"], key=scores["logme"].get)
+    scores["seconds"] = round(time.perf_counter() - start, 2)
+    return scores
+
+
+def plan_training(
+    config: Config,
+    backbone: kt.Backbone,
+    data: data_lib.ImageData,
+    transfer: dict[str, Any] | None,
+) -> tuple[Config, dict[str, Any]]:
+    """`config` with the planned settings it left at None filled in, and the plan for
+    results.json: every planned setting, which were given, and why."""
+    missing = [name for name in FIXED_DEFAULTS if getattr(config, name) is None]
+    if config.plan == "fixed" or not missing:
+        values, reason = dict(FIXED_DEFAULTS), "plan=fixed: the fixed defaults."
+        if not missing:
+            reason = "Every planned setting was given."
+    else:
+        logme = (transfer or {}).get("logme")
+        recipe = kt.recommend_training_plan(
+            data.num_train,
+            logme if isinstance(logme, dict) and "output" not in logme else None,
+            backbone=backbone,
+            cached_head=config.cache_features,
+        )
+        values = dict(
+            head_epochs=recipe.head_epochs,
+            fine_tune_epochs=recipe.fine_tune_epochs,
+            unfreeze_blocks=str(recipe.unfreeze),
+            head_lr=recipe.head_lr,
+            fine_tune_lr=recipe.fine_tune_lr,
+            patience=recipe.patience,
+            restore_best=True,
+        )
+        reason = recipe.reason
+        given = {name: getattr(config, name) for name in FIXED_DEFAULTS if name not in missing}
+        if given:
+            reason += " Given settings win: " + ", ".join(f"{k}={v}" for k, v in given.items())
+            reason += "."
+        if transfer and "error" in transfer:
+            reason = f"Transferability not measured ({transfer['error']}). {reason}"
+    config = dataclasses.replace(config, **{name: values[name] for name in missing})
+    plan = {name: getattr(config, name) for name in FIXED_DEFAULTS}
+    plan.update(
+        source=config.plan,
+        given=[name for name in FIXED_DEFAULTS if name not in missing],
+        reason=reason,
+        block_logme=(transfer or {}).get("logme"),
+    )
+    logger.info("Training plan: %s", json.dumps(plan))
+    return config, plan
+
+
+def check_diagnostics(
+    config: Config, backbone: kt.Backbone, data: data_lib.ImageData
+) -> keras.Model | None:
+    """The with-top source model of `source_weights`, or `None`; before training, so that
+    a wrong file or too few probe images fail the run before it starts."""
+    if config.diagnostics and _probe_split(data)[1] < kt.forgetting.MIN_PROBE_IMAGES:
+        raise ValueError(
+            f"diagnostics compare activations on at least {kt.forgetting.MIN_PROBE_IMAGES} "
+            f"images, but there are {data.num_validation} validation and {data.num_train} "
+            "training images: add images or drop diagnostics."
+        )
+    if not config.source_weights:
+        return None
+    return kt.forgetting.source_model(backbone, config.source_weights)
+
+
+def _probe_split(data: data_lib.ImageData) -> tuple[str, int]:
+    """The images drift is measured on: validation, or training when validation has too
+    few (CKA needs kt.forgetting.MIN_PROBE_IMAGES)."""
+    if data.validation is not None and data.num_validation >= kt.forgetting.MIN_PROBE_IMAGES:
+        return "validation", data.num_validation
+    return "training", data.num_train
+
+
+def load_target(
+    config: Config, backbone: kt.Backbone, data: data_lib.ImageData, image_size: int
+) -> tuple[data_lib.TargetImages | None, kt.DomainDistance | None]:
+    """The target images of `target_dir` and their distance from the training images in
+    the pretrained backbone's features (before training), or `(None, None)`."""
+    if not config.target_dir:
+        return None, None
+    target = data_lib.target_image_dataset(
+        config.target_dir,
+        data.class_names,
+        image_size=image_size,
+        batch_size=config.batch_size,
+        seed=config.seed,
+        max_pixels=config.max_pixels or None,
+    )
+    logger.info("%d target images; labelled: %s", target.num_images, target.labelled_reason)
+    distance = kt.domain_distance(backbone, data.train_unaugmented, target.unshuffled)
+    logger.info("Before training: %s", distance.describe())
+    return target, distance
+
+
+def domain_report(
+    config: Config,
+    model: keras.Model,
+    data: data_lib.ImageData,
+    target: data_lib.TargetImages,
+    before: kt.DomainDistance,
+) -> dict[str, Any]:
+    """results.json's "domain": the distance between training and target images before
+    and after training, and the trained model's target accuracy if the target is labelled."""
+    after = kt.domain_distance(model, data.train_unaugmented, target.unshuffled)
+    accuracy = None
+    if target.labelled is not None:
+        true, predicted = reports.predict_labels(model, target.labelled)
+        accuracy = float((true == predicted).mean())
+    logger.info("After training: %s; target accuracy %s", after.describe(), accuracy)
+    return {
+        "method": config.adapt or None,
+        "target_images": target.num_images,
+        "target_labelled": target.labelled is not None,
+        "target_labelled_reason": target.labelled_reason,
+        "target_skipped": target.skipped,
+        "distance_before": dataclasses.asdict(before),
+        "distance_after": dataclasses.asdict(after),
+        "describe_before": before.describe(),
+        "describe_after": after.describe(),
+        "target_accuracy": accuracy,
+    }
+
+
+def diagnose(
+    pretrained: kt.Backbone,
+    model: keras.Model,
+    data: data_lib.ImageData,
+    transfer: dict[str, Any] | None,
+    source: keras.Model | None,
+    output_dir: str,
+) -> dict[str, Any]:
+    """results.json's "diagnostics": the transferability measured before training, and
+    the per-block drift (CKA) from the pretrained backbone and the source-task agreement
+    on the validation images (the training images without validation); drift.png."""
+    if transfer and "error" in transfer:
+        raise ValueError(f"diagnostics: transferability cannot be measured: {transfer['error']}")
+    scores = {k: v for k, v in (transfer or {}).items() if k != "seconds"}
+    split, _ = _probe_split(data)
+    summary = kt.forgetting.diagnostics_summary(
+        pretrained,
+        model,
+        data,
+        data.validation if split == "validation" else data.train_unaugmented,
+        source_head=source,
+        drift_plot=os.path.join(output_dir, "drift.png"),
+        transferability=scores or None,
+    )
+    summary["transferability"]["seconds"] = (transfer or {}).get("seconds")
+    summary["probe_split"] = split
+    logger.info(
+        "diagnostics: least changed -> most changed block: %s; source top-1 agreement %s",
+        sorted(summary["block_cka"], key=summary["block_cka"].get, reverse=True),
+        summary["source_top1_agreement"],
+    )
+    return summary
+
+
 def build_model(
     config: Config,
     backbone: kt.Backbone,
@@ -446,9 +686,18 @@ def train_model(
     data: data_lib.ImageData,
     environment: Environment,
     callbacks: list[keras.callbacks.Callback],
+    target: data_lib.TargetImages | None = None,
 ) -> Trained:
     """Two-phase (or gradual, or all-frozen, or unfrozen) training of `model` as `config`
-    says, with TensorBoard logs and the backup in `environment.output_dir`."""
+    says, with TensorBoard logs and the backup in `environment.output_dir`. With
+    `config.adapt`, phase 2 is domain adaptation to `target` (same blocks, epochs and
+    learning rate; the head and the domain classifier at head_lr); it is not backed up."""
+    unplanned = [name for name in FIXED_DEFAULTS if getattr(config, name) is None]
+    if unplanned:
+        raise ValueError(
+            f"{', '.join(unplanned)} not set: pass the config through plan_training first "
+            "(run does), or set them."
+        )
     output_dir, strategy = environment.output_dir, environment.strategy
     plan = _plan(config)
     static = distribute.static_batches(strategy)
@@ -458,21 +707,25 @@ def train_model(
         callbacks.append(kt.RunTensorBoard(os.path.join(output_dir, "logs")))
     else:
         logger.info("tensorboard is not installed: no TensorBoard logs (pip install tensorboard)")
-    if config.ema_momentum:
-        # Validation sees the averaged weights; Keras puts them into the model when each
-        # phase's fit ends. Between epochs the model (and its backup) keeps the raw ones.
-        callbacks.append(keras.callbacks.SwapEMAWeights())
     monitor = "val_loss" if data.validation is not None else "loss"
     if config.patience or config.restore_best:
+        # Before SwapEMAWeights: it keeps the (averaged) weights validation scored.
         callbacks.append(
-            keras.callbacks.EarlyStopping(
+            kt.ValidatedEarlyStopping(
                 monitor=monitor,
                 # Without early stopping, a patience longer than any phase never stops.
                 patience=config.patience or config.head_epochs + config.fine_tune_epochs + 1,
                 restore_best_weights=config.restore_best,
+                # Fine-tuning must beat the head's best validation loss (training losses
+                # on cached and on augmented images are not comparable).
+                carry_over=bool(config.restore_best) and data.validation is not None,
                 verbose=1 if config.verbose else 0,
             )
         )
+    if config.ema_momentum:
+        # Validation sees the averaged weights; Keras puts them into the model when each
+        # phase's fit ends. Between epochs the model (and its backup) keeps the raw ones.
+        callbacks.append(keras.callbacks.SwapEMAWeights())
     gradual = config.resolved_freeze_strategy() == "gradual"
     if gradual:
         callbacks.append(GradualUnfreezing(config.unfreeze_schedule, train_bn=config.train_bn))
@@ -493,6 +746,9 @@ def train_model(
         class_weight=class_weight(config, data),
     )
     cached = _use_feature_cache(config, plan, strategy, data)
+    adapt_epochs = plan["fine_tune_epochs"] if config.adapt else 0
+    if config.adapt:
+        plan["fine_tune_epochs"] = 0
     with strategy.scope():
         if cached:
             history = kt.fit_two_phase_cached(
@@ -507,6 +763,27 @@ def train_model(
             )
         else:
             history = kt.fit_two_phase(model, data.train, data.validation, **plan, **common)
+    if adapt_epochs:
+        start = time.perf_counter()
+        adapted, history.unfrozen_blocks = kt.domain.fit_adaptation_phase(
+            model,
+            data.train,
+            target.images,
+            config.adapt,
+            adapt_epochs,
+            data.validation,
+            unfreeze=plan["unfreeze"],
+            train_bn=config.train_bn,
+            backbone_lr=plan["fine_tune_lr"],
+            head_lr=plan["head_lr"],
+            optimizer_kwargs=dict(
+                use_ema=bool(config.ema_momentum), ema_momentum=config.ema_momentum or 0.99
+            ),
+            callbacks=callbacks,
+            initial_epoch=plan["head_epochs"],
+            verbose=min(config.verbose, 2),
+        )
+        history.add(training.PHASE_FINE_TUNE, adapted, time.perf_counter() - start)
     unfrozen = kt.trainable_blocks(model) if gradual else history.unfrozen_blocks
     return Trained(history, cached, unfrozen, monitor)
 
@@ -650,8 +927,7 @@ def report(
     }
     last_phase = history.phases[-1] if history.phases else None
     if config.restore_best and last_phase:
-        kept = history.best_phase_metrics(last_phase, trained.monitor, mode="min")
-        results["saved_weights"] = {"phase": last_phase, "epoch": int(kept["epoch"]) + 1}
+        results["saved_weights"] = _kept_epoch(history, trained.monitor, last_phase)
     output_dir = environment.output_dir
     if data.validation is not None:
         true, predicted = reports.predict_labels(model, data.validation)
@@ -715,6 +991,19 @@ def summary(results: dict[str, Any], config: Config) -> str:
         )
     lines.append(f"outputs in {config.model_dir} ({results.get('total_seconds', 0):.0f} s in all)")
     return "\n".join(lines)
+
+
+def _kept_epoch(history: kt.TwoPhaseHistory, monitor: str, last_phase: str) -> dict[str, Any]:
+    """The phase and 1-based epoch whose weights `restore_best` kept: the lowest `monitor`
+    of the last phase, or of both phases when the fine-tuning phase had to beat the head
+    phase (validation loss, `carry_over`)."""
+    phases = {last_phase}
+    if monitor.startswith("val_"):
+        phases = set(history.phases)
+    indices = [i for i, phase in enumerate(history.phases) if phase in phases]
+    values = history.history.get(monitor, [])
+    best = min(indices, key=lambda i: (values[i], i)) if values else indices[-1]
+    return {"phase": history.phases[best], "epoch": int(history.epoch[best]) + 1}
 
 
 def export(model: keras.Model, output_dir: str, export_format: str) -> str:

@@ -64,12 +64,21 @@ flags.DEFINE_integer(
     "Input height and width; 0 for the backbone's pretrained size.",
 )
 flags.DEFINE_integer("batch_size", _DEFAULTS.batch_size, "Batch size.")
-flags.DEFINE_integer(
-    "head_epochs", _DEFAULTS.head_epochs, "Epochs training the head on the frozen backbone."
+flags.DEFINE_enum(
+    "plan",
+    _DEFAULTS.plan,
+    list(image_classifier_lib.PLANS),
+    "auto: the advisor (keras_transfer.recommend_training_plan) chooses every setting of "
+    "head_epochs, fine_tune_epochs, unfreeze_blocks, head_lr, fine_tune_lr, patience and "
+    "restore_best not given, from the training set's size and measured per-block LogME, "
+    "with early stopping; fixed: the values before the advisor (20, 5, all, 1e-3, 2e-5, 0, "
+    "false). Flags given always win.",
 )
+_PLANNED = " Default: chosen by --plan."
 flags.DEFINE_integer(
-    "fine_tune_epochs", _DEFAULTS.fine_tune_epochs, "Epochs fine-tuning the unfrozen blocks."
+    "head_epochs", None, "Epochs training the head on the frozen backbone." + _PLANNED
 )
+flags.DEFINE_integer("fine_tune_epochs", None, "Epochs fine-tuning the unfrozen blocks." + _PLANNED)
 flags.DEFINE_bool(
     "cache_features",
     _DEFAULTS.cache_features,
@@ -79,14 +88,15 @@ flags.DEFINE_bool(
 )
 flags.DEFINE_string(
     "unfreeze_blocks",
-    _DEFAULTS.unfreeze_blocks,
-    "Blocks to fine-tune: a count from the top, a block name to unfreeze from, or 'all'.",
+    None,
+    "Blocks to fine-tune: a count from the top, a block name to unfreeze from, or 'all'."
+    + _PLANNED,
 )
-flags.DEFINE_float("head_lr", _DEFAULTS.head_lr, "Learning rate of the head phase.")
+flags.DEFINE_float("head_lr", None, "Learning rate of the head phase." + _PLANNED)
 flags.DEFINE_float(
     "fine_tune_lr",
-    _DEFAULTS.fine_tune_lr,
-    "Learning rate of the fine-tuning phase; 0 for head_lr / 10.",
+    None,
+    "Learning rate of the fine-tuning phase; 0 for head_lr / 10." + _PLANNED,
 )
 flags.DEFINE_float(
     "validation_split",
@@ -156,7 +166,7 @@ flags.DEFINE_integer(
 )
 flags.DEFINE_float("weight_decay", _DEFAULTS.weight_decay, "AdamW weight decay; 0: Adam.")
 flags.DEFINE_integer(
-    "patience", _DEFAULTS.patience, "Early stopping patience in epochs (per phase); 0: off."
+    "patience", None, "Early stopping patience in epochs (per phase); 0: off." + _PLANNED
 )
 flags.DEFINE_enum(
     "strategy",
@@ -179,9 +189,9 @@ flags.DEFINE_float(
 )
 flags.DEFINE_bool(
     "restore_best",
-    _DEFAULTS.restore_best,
+    None,
     "Keep (and save) the weights of each phase's epoch with the lowest validation loss "
-    "instead of the last epoch's.",
+    "instead of the last epoch's; fine-tuning is kept only if it beats the head phase." + _PLANNED,
 )
 flags.DEFINE_bool(
     "resume",
@@ -193,6 +203,34 @@ flags.DEFINE_bool(
     _DEFAULTS.deterministic,
     "Identical results on every run of the same settings on this machine: seeds plus "
     "TensorFlow's deterministic ops (slower).",
+)
+flags.DEFINE_bool(
+    "diagnostics",
+    _DEFAULTS.diagnostics,
+    "Before training, score the backbone's blocks on the training images (LogME, H-score); "
+    "after it, per-block drift (CKA) from the pretrained backbone on the validation images: "
+    "results.json 'diagnostics' and drift.png.",
+)
+flags.DEFINE_string(
+    "source_weights",
+    _DEFAULTS.source_weights,
+    "With --diagnostics: the backbone's weights file WITH its ImageNet top (e.g. "
+    "mobilenet_1_0_224_tf.h5), for the source-task top-1 agreement after fine-tuning.",
+)
+flags.DEFINE_string(
+    "target_dir",
+    _DEFAULTS.target_dir,
+    "Images of the domain the model will see, any folder layout: results.json 'domain' gets "
+    "their distance from the training images (proxy A-distance, MMD) before and after "
+    "training, and the target accuracy when they sit in subfolders named like the classes.",
+)
+flags.DEFINE_enum(
+    "adapt",
+    _DEFAULTS.adapt,
+    ["", *image_classifier_lib.ADAPT_METHODS],
+    "Unsupervised domain adaptation to --target_dir in the fine-tuning phase: dann, coral "
+    "or mmd (kt.fit_domain_adaptation; the target labels are never used); empty: plain "
+    "fine-tuning.",
 )
 _cli.define_verbose_flag(_DEFAULTS.verbose, "Keras fit verbosity.")
 
@@ -207,6 +245,8 @@ def main(argv: list[str]) -> None:
     if bool(config.data_dir) == bool(config.dataset):
         raise app.UsageError("Give exactly one of --data_dir and --dataset=tfds:<name>.")
     results = image_classifier_lib.run(config)
+    plan = results["plan"]
+    print(f"plan ({plan['source']}; given: {', '.join(plan['given']) or 'none'}): {plan['reason']}")
     print(image_classifier_lib.summary(results, config))
 
 

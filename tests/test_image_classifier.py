@@ -11,12 +11,12 @@ import sys
 import keras
 import numpy as np
 import pytest
-from keras_transfer.apps._config import ConfigError
 from interruption import InterruptAt
 
 import keras_transfer as kt
 from keras_transfer import data
 from keras_transfer.apps import image_classifier as image_classifier_lib
+from keras_transfer.apps._config import ConfigError
 
 EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "examples", "image_classifier.py")
 

@@ -102,8 +102,8 @@ def test_binary_flags_and_main(image_folder, tmp_path):
         timeout=600,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
-    assert "feature_extraction: val_accuracy=" in completed.stdout
-    assert "fine_tune: val_accuracy=" in completed.stdout
+    assert "phase 1/2 (head): val_accuracy " in completed.stdout
+    assert "phase 2/2 (fine-tuning): val_accuracy " in completed.stdout
     assert json.loads((model_dir / "results.json").read_text())["config"]["weights"] == "none"
 
 
@@ -395,7 +395,7 @@ def test_gradual_unfreezing_follows_the_schedule(image_folder, tmp_path):
         callbacks=[recorder],
     )
     # One timeline of 3 epochs (2 steps each) and one optimizer at the head's rate.
-    assert results["history"]["epoch"] == [0, 1, 2]
+    assert results["history"]["epoch"] == [1, 2, 3]  # 1-based, as Keras prints them
     (optimizer,) = recorder.optimizers()
     assert float(optimizer.learning_rate) == pytest.approx(1e-3)
     model = recorder.steps[0]["model"]
@@ -570,7 +570,7 @@ def test_cached_head_phase_then_fine_tuning_on_one_timeline_with_best_weights_ke
     assert results["cached_features"] is True
     assert seen.epochs == [0, 1, 2, 3]  # callbacks see phase 2 continue phase 1's count
     history = results["history"]
-    assert history["epoch"] == [0, 1, 2, 3]
+    assert history["epoch"] == [1, 2, 3, 4]
     assert results["feature_extraction"]["epochs"] == 2
     # The saved weights are those of phase 2's lowest-val_loss epoch, and the saved model's
     # measured accuracy is that epoch's.
@@ -602,7 +602,7 @@ def test_interrupted_run_resumes_from_model_dir(image_folder, tmp_path):
     second = InterruptAt()
     results = image_classifier_lib.run(config, callbacks=[second])
     assert second.epochs == [1, 2]  # epoch 0 is not trained again
-    assert results["history"]["epoch"] == [0, 1, 2]
+    assert results["history"]["epoch"] == [1, 2, 3]
     assert results["feature_extraction"]["epochs"] == 2
 
 
@@ -619,7 +619,7 @@ def test_cached_run_interrupted_in_fine_tuning_resumes_there(image_folder, tmp_p
     # The finished cached phase 1 is not repeated (extraction included), nor is
     # fine-tuning epoch 2; the history still covers every epoch once.
     assert second.epochs == [3]
-    assert results["history"]["epoch"] == [0, 1, 2, 3]
+    assert results["history"]["epoch"] == [1, 2, 3, 4]
     assert results["history"]["phase"] == ["feature_extraction"] * 2 + ["fine_tune"] * 2
 
 

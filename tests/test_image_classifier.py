@@ -63,6 +63,9 @@ def test_run_writes_model_labels_and_results(image_folder, tmp_path):
     model = keras.saving.load_model(model_dir / "model.keras", safe_mode=True)
     assert model.class_names == ["cats", "dogs"]
     # The saved model takes raw images and reproduces the reported validation accuracy.
+    # An inference file: no optimizer state, so it reloads uncompiled.
+    assert not model.compiled
+    model.compile(**kt.heads.resolve_loss_and_metrics(model, "auto", "auto"))
     validation = data.image_folder_dataset(root, image_size=32, batch_size=8).validation
     _, accuracy = model.evaluate(validation, verbose=0)
     assert accuracy == pytest.approx(on_disk["fine_tune"]["val_accuracy"], abs=1e-6)

@@ -316,10 +316,10 @@ def fit_two_phase(
         )
     if head_epochs and not (state and state.head_done):
         logger.info(
-            "phase 1/%d: training the head on the frozen backbone at lr %s for %d epochs%s",
+            "phase 1/%d: training the head on the frozen backbone at lr %s for %s%s",
             phases,
             _rate(head_lr),
-            head_epochs,
+            _epochs_text(head_epochs),
             ", on cached backbone features" if head_features is not None else "",
         )
         freezing.freeze(model, train_bn=train_bn)
@@ -376,13 +376,13 @@ def fit_two_phase(
             **compile_kwargs,
         )
         logger.info(
-            "phase %d/%d: fine-tuning %s at lr %s%s for %d epochs, BatchNorm %s",
+            "phase %d/%d: fine-tuning %s at lr %s%s for %s, BatchNorm %s",
             phases,
             phases,
             _blocks_text(result.unfrozen_blocks, fine_tune, lora_rank),
             _rate(fine_tune_lr),
             f" (x{lr_decay} per block below the top)" if lr_decay is not None else "",
-            fine_tune_epochs,
+            _epochs_text(fine_tune_epochs),
             "training" if train_bn else "frozen",
         )
         if state is not None and head_epochs:
@@ -412,6 +412,10 @@ def fit_two_phase(
 
 def _rate(learning_rate: Any) -> str:
     return f"{learning_rate:g}" if isinstance(learning_rate, int | float) else str(learning_rate)
+
+
+def _epochs_text(epochs: int) -> str:
+    return f"{epochs} epoch{'' if epochs == 1 else 's'}"
 
 
 def _blocks_text(blocks: Sequence[str], fine_tune: str, lora_rank: int) -> str:

@@ -65,6 +65,9 @@ def test_run_writes_model_labels_and_results(image_folder, tmp_path):
     model = keras.saving.load_model(model_dir / "model.keras", safe_mode=True)
     assert model.class_names == ["cats", "dogs"]
     # The saved model takes raw images and reproduces the reported validation accuracy.
+    # An inference file: no optimizer state, so it reloads uncompiled.
+    assert not model.compiled
+    model.compile(**kt.heads.resolve_loss_and_metrics(model, "auto", "auto"))
     validation = data.image_folder_dataset(root, image_size=32, batch_size=8).validation
     _, accuracy = model.evaluate(validation, verbose=0)
     assert accuracy == pytest.approx(on_disk["fine_tune"]["val_accuracy"], abs=1e-6)
@@ -104,8 +107,8 @@ def test_binary_flags_and_main(image_folder, tmp_path):
         timeout=600,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
-    assert "feature_extraction: val_accuracy=" in completed.stdout
-    assert "fine_tune: val_accuracy=" in completed.stdout
+    assert "phase 1/2 (head): val_accuracy " in completed.stdout
+    assert "phase 2/2 (fine-tuning): val_accuracy " in completed.stdout
     results = json.loads((model_dir / "results.json").read_text())
     assert results["config"]["weights"] == "none"
     # Flags given win over the advisor's plan, which fills in the rest.
@@ -402,7 +405,7 @@ def test_gradual_unfreezing_follows_the_schedule(image_folder, tmp_path):
         callbacks=[recorder],
     )
     # One timeline of 3 epochs (2 steps each) and one optimizer at the head's rate.
-    assert results["history"]["epoch"] == [0, 1, 2]
+    assert results["history"]["epoch"] == [1, 2, 3]  # 1-based, as Keras prints them
     (optimizer,) = recorder.optimizers()
     assert float(optimizer.learning_rate) == pytest.approx(1e-3)
     model = recorder.steps[0]["model"]
@@ -577,7 +580,7 @@ def test_cached_head_phase_then_fine_tuning_on_one_timeline_with_best_weights_ke
     assert results["cached_features"] is True
     assert seen.epochs == [0, 1, 2, 3]  # callbacks see phase 2 continue phase 1's count
     history = results["history"]
-    assert history["epoch"] == [0, 1, 2, 3]
+    assert history["epoch"] == [1, 2, 3, 4]
     assert results["feature_extraction"]["epochs"] == 2
     # The saved weights are those of the lowest-val_loss epoch (fine-tuning had to beat
     # the head phase's best), and the saved model's measured accuracy is that epoch's.
@@ -608,7 +611,7 @@ def test_interrupted_run_resumes_from_model_dir(image_folder, tmp_path):
     second = InterruptAt()
     results = image_classifier_lib.run(config, callbacks=[second])
     assert second.epochs == [1, 2]  # epoch 0 is not trained again
-    assert results["history"]["epoch"] == [0, 1, 2]
+    assert results["history"]["epoch"] == [1, 2, 3]
     assert results["feature_extraction"]["epochs"] == 2
 
 
@@ -625,7 +628,7 @@ def test_cached_run_interrupted_in_fine_tuning_resumes_there(image_folder, tmp_p
     # The finished cached phase 1 is not repeated (extraction included), nor is
     # fine-tuning epoch 2; the history still covers every epoch once.
     assert second.epochs == [3]
-    assert results["history"]["epoch"] == [0, 1, 2, 3]
+    assert results["history"]["epoch"] == [1, 2, 3, 4]
     assert results["history"]["phase"] == ["feature_extraction"] * 2 + ["fine_tune"] * 2
 
 

@@ -179,14 +179,16 @@ class _RunHandler(logging.StreamHandler):
 
 
 def configure_logging(verbose: int) -> None:
-    """The run's own messages (`keras_transfer` logger) as plain lines on stderr; other
-    libraries' INFO lines (TensorFlow's SavedModel writer, absl) only with `--verbose`."""
+    """The run's own messages (`keras_transfer` logger) as plain lines on stderr (none at
+    `--verbose=0`); other libraries' INFO lines (TensorFlow's SavedModel writer, absl) only
+    with `--verbose`."""
     logger = logging.getLogger("keras_transfer")
     if not any(isinstance(handler, _RunHandler) for handler in logger.handlers):
         handler = _RunHandler(sys.stderr)
         handler.setFormatter(_PlainFormatter("%(message)s"))
         logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
+    # --verbose=0 is silent: only warnings and errors.
+    logger.setLevel(logging.INFO if verbose else logging.WARNING)
     logger.propagate = False
     if verbose < TRACEBACK_VERBOSITY:
         absl_logging.set_verbosity(absl_logging.WARNING)

@@ -1,0 +1,237 @@
+"""The `keras-transfer` command as a user runs it (`python -m keras_transfer` in a
+subprocess): train on a tiny image folder, predict, export to TFLite; its output files and
+its output on the terminal."""
+
+import collections
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+from conftest import REPO_ROOT
+from conftest import write_image_folder
+
+import keras_transfer as kt
+from keras_transfer.apps import image_classifier
+from keras_transfer.apps import predict as predict_lib
+
+TRAIN_FLAGS = [
+    "--backbone=mobilenet",
+    "--weights=none",
+    "--image_size=32",
+    "--batch_size=4",
+    "--head_epochs=2",
+    "--fine_tune_epochs=1",
+    "--unfreeze_blocks=2",
+    "--head_lr=0.01",
+    "--fine_tune_lr=0",
+    "--seed=3",
+    "--deterministic",
+]
+
+
+def command(*args, timeout=300):
+    """Runs `python -m keras_transfer ARGS` as a user would: TensorFlow's log level unset."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")])
+    return subprocess.run(
+        [sys.executable, "-m", "keras_transfer", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=str(REPO_ROOT.parent),
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One `keras-transfer train` run: (data folder, model folder, the finished process)."""
+    root = tmp_path_factory.mktemp("command")
+    data_dir = root / "images"
+    write_image_folder(data_dir, {"ants": 8, "bees": 8}, size=(40, 48))
+    model_dir = root / "run"
+    process = command("train", f"--data_dir={data_dir}", f"--model_dir={model_dir}", *TRAIN_FLAGS)
+    assert process.returncode == 0, process.stderr[-3000:]
+    return data_dir, model_dir, process
+
+
+def test_train_writes_the_outputs_and_prints_one_summary(trained):
+    _, model_dir, process = trained
+    for name in ("model.keras", "labels.txt", "config.json", "results.json"):
+        assert (model_dir / name).is_file(), name
+    assert (model_dir / "labels.txt").read_text().split() == ["ants", "bees"]
+    # The summary is printed once, on stdout; the validation table is in it once.
+    assert process.stdout.count("saved model on") == 1
+    assert process.stdout.count("macro F1") == 1
+    assert "model.keras:" in process.stdout and "for inference" in process.stdout
+
+
+def test_train_output_is_readable(trained):
+    _, _, process = trained
+    log = process.stderr
+    assert "phase 1/2: training the head on the frozen backbone at lr 0.01 for 2 epochs" in log
+    assert "phase 2/2: fine-tuning 2 blocks at lr 0.001 for 1 epoch, BatchNorm frozen" in log
+    assert "extracting backbone features of the training images" in log
+    assert "extracted features of 13 training images" in log
+    # Not a Keras progress bar's float formatting of a count, not Keras' shuffle warning,
+    # not TensorFlow's C++ start-up lines.
+    assert "examples:" not in log
+    assert "shuffle=True" not in log
+    for noise in ("cuInit", "oneDNN", "absl::InitializeLog", "cpu_feature_guard"):
+        assert noise not in log, noise
+
+
+def test_config_json_holds_the_resolved_values(trained):
+    data_dir, model_dir, _ = trained
+    config = json.loads((model_dir / "config.json").read_text())
+    assert config["image_size"] == 32
+    assert config["freeze_strategy"] == "top_n_unfrozen"  # "auto" as resolved
+    assert config["fine_tune_lr"] == pytest.approx(0.001)  # 0: head_lr / 10
+    assert config["data_dir"] == str(data_dir)
+    for tfds_field in ("dataset", "tfds_data_dir", "train_split", "eval_split"):
+        assert tfds_field not in config
+    # It reads back as a --config file.
+    again = image_classifier.load_config(str(model_dir / "config.json"), {})
+    assert again.freeze_strategy == "top_n_unfrozen" and again.image_size == 32
+
+
+def test_epochs_are_counted_from_one_everywhere(trained):
+    _, model_dir, process = trained
+    results = json.loads((model_dir / "results.json").read_text())
+    assert results["history"]["epoch"] == [1, 2, 3]
+    assert results["history"]["phase"] == ["feature_extraction"] * 2 + ["fine_tune"]
+    assert "Epoch 3/3" in process.stdout + process.stderr
+
+
+def _event_steps(folder):
+    from tensorboard.backend.event_processing import event_file_loader
+
+    steps = collections.defaultdict(list)
+    for path in sorted(folder.glob("events*")):
+        for event in event_file_loader.EventFileLoader(str(path)).Load():
+            for value in event.summary.value:
+                steps[value.tag].append(event.step)
+    return steps
+
+
+def test_tensorboard_steps_continue_across_the_phases(trained):
+    _, model_dir, _ = trained
+    steps = _event_steps(model_dir / "logs" / "validation")
+    # 13 training images in batches of 4: 4 steps per epoch, in both phases.
+    assert steps["evaluation_loss_vs_iterations"] == [4, 8, 12]
+    assert steps["epoch_loss"] == [0, 1, 2]
+
+
+def test_predict_matches_the_model(trained, tmp_path):
+    data_dir, model_dir, _ = trained
+    unreadable = tmp_path / "broken.jpg"
+    unreadable.write_bytes(b"not an image")
+    process = command(
+        "predict",
+        f"--model_dir={model_dir}",
+        "--format=jsonl",
+        "--top_k=2",
+        data_dir / "ants",
+        data_dir / "bees" / "bees_0.jpg",
+        unreadable,
+    )
+    assert process.returncode == 0, process.stderr[-3000:]
+    rows = [json.loads(line) for line in process.stdout.splitlines()]
+    assert len(rows) == 9  # 8 ants and a bee
+    assert f"skipped {unreadable}: cannot decode it as an image" in process.stderr
+    assert "9 image(s) predicted, 1 skipped" in process.stderr
+
+    model = kt.load_model(model_dir / "model.keras")
+    labels = ["ants", "bees"]
+    images = np.stack([predict_lib.load_image(row["file"], (32, 32)) for row in rows])
+    expected = model.predict(images, verbose=0)
+    for row, probabilities in zip(rows, expected):
+        order = np.argsort(-probabilities)
+        assert row["labels"] == [labels[i] for i in order]
+        np.testing.assert_allclose(row["probabilities"], probabilities[order], atol=1e-5)
+
+    csv_text = predict_lib.format_rows(rows, "csv")
+    lines = list(csv.reader(io.StringIO(csv_text)))
+    assert lines[0] == ["file", "label_1", "probability_1", "label_2", "probability_2"]
+    assert lines[1][0] == rows[0]["file"] and len(lines) == 10
+
+
+def test_export_tflite_matches_keras(trained):
+    data_dir, model_dir, _ = trained
+    process = command("export", f"--model_dir={model_dir}", "--format=tflite")
+    assert process.returncode == 0, process.stderr[-3000:]
+    assert (model_dir / "model.tflite").is_file()
+
+    import tensorflow as tf
+
+    model = kt.load_model(model_dir / "model.keras")
+    images = np.stack(
+        [predict_lib.load_image(str(p), (32, 32)) for p in sorted(data_dir.glob("*/*.jpg"))[:4]]
+    )
+    interpreter = tf.lite.Interpreter(model_path=str(model_dir / "model.tflite"))
+    interpreter.resize_tensor_input(interpreter.get_input_details()[0]["index"], images.shape)
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], images)
+    interpreter.invoke()
+    lite = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    np.testing.assert_allclose(lite, model.predict(images, verbose=0), atol=1e-4)
+
+
+def test_export_onnx_without_tf2onnx_names_the_extra(tiny_classifier, tmp_path):
+    import importlib.util
+
+    from keras_transfer.apps import export as export_lib
+
+    if importlib.util.find_spec("tf2onnx") is not None:
+        pytest.skip("tf2onnx is installed")
+    with pytest.raises(export_lib.ExportUnavailableError) as error:
+        export_lib.export_model(tiny_classifier, str(tmp_path), "onnx")
+    assert str(error.value) == "ONNX export needs tf2onnx: pip install 'keras-transfer[onnx]'."
+    assert not os.listdir(tmp_path)
+
+
+def test_usage_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
+    from keras_transfer.apps import command as command_lib
+
+    with pytest.raises(SystemExit) as exit_info:
+        command_lib.main(["keras-transfer", "trian"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "keras-transfer: error: unknown command 'trian' (did you mean 'train'?)",
+        "  hint: the commands are train, train-text, predict, export; `keras-transfer --help` "
+        "describes them.",
+    ]
+    no_images = command("predict", f"--model_dir={tmp_path}")
+    assert no_images.returncode == 2
+    assert no_images.stderr.splitlines() == [
+        "keras-transfer predict: error: Give one or more image files or folders after the flags.",
+        "  hint: `keras-transfer predict --helpshort` lists the flags and their values.",
+    ]
+
+
+def test_helpshort_lists_the_command_flags():
+    help_text = command("predict", "--helpshort")
+    assert help_text.returncode == 0
+    assert help_text.stdout.startswith("usage: keras-transfer predict [flags]")
+    for flag in ("--model_dir", "--top_k", "--format: <table|jsonl|csv>"):
+        assert flag in help_text.stdout
+
+
+@pytest.mark.slow
+def test_deterministic_runs_give_identical_results(trained, tmp_path):
+    data_dir, model_dir, _ = trained
+    again = command("train", f"--data_dir={data_dir}", f"--model_dir={tmp_path}", *TRAIN_FLAGS)
+    assert again.returncode == 0, again.stderr[-3000:]
+    first = json.loads((model_dir / "results.json").read_text())["history"]
+    second = json.loads((tmp_path / "results.json").read_text())["history"]
+    assert first == second  # every metric of every epoch, bit for bit
+    a = keras.saving.load_model(model_dir / "model.keras")
+    b = keras.saving.load_model(tmp_path / "model.keras")
+    for x, y in zip(a.get_weights(), b.get_weights()):
+        np.testing.assert_array_equal(x, y)

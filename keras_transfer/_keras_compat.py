@@ -5,12 +5,16 @@ Each entry says why no public API does the job and on which versions it was chec
 changed; `tests/test_keras_compat.py` fails with that list, so an upgrade that breaks one
 fails loudly in CI instead of mis-training silently.
 
-Checked on: keras 3.15.0 with tensorflow 2.21.0 (the pinned pair).
+Checked on: keras 3.15.0 with tensorflow 2.21.0, and keras 3.10.0 with tensorflow 2.19.1 (the
+oldest supported pair). Features that need a newer Keras than the oldest supported one ask
+`require_keras` first, so they fail with a message naming the version instead of an
+AttributeError deep inside Keras.
 """
 
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +22,7 @@ import keras
 import tensorflow as tf
 
 __all__ = [
+    "KERAS_VERSION",
     "BackupSaveHook",
     "OptimizerHooks",
     "SymbolicBuildHook",
@@ -25,17 +30,47 @@ __all__ = [
     "flatten_layers",
     "has_standard_weight_decay",
     "in_safe_mode",
+    "keras_at_least",
     "merge_call",
     "missing_internals",
     "moving_average_variables",
     "own_trainable_variables",
     "patch_symbolic_build",
+    "require_keras",
     "reset_fit_initial_epoch",
     "sync_compiled_trainable_state",
     "track_variable",
     "uses_weight_decay",
     "variable_index",
 ]
+
+
+# -- versions ------------------------------------------------------------------------------
+
+
+def _release(version: str) -> tuple[int, ...]:
+    """`"3.10.0rc1"` -> `(3, 10, 0)`: the leading release numbers of a version string."""
+    match = re.match(r"\d+(?:\.\d+)*", version)
+    return tuple(int(part) for part in match.group(0).split(".")) if match else ()
+
+
+KERAS_VERSION: tuple[int, ...] = _release(keras.__version__)
+
+
+def keras_at_least(version: str) -> bool:
+    """Whether the installed Keras is `version` (e.g. `"3.12"`) or newer."""
+    return KERAS_VERSION >= _release(version)
+
+
+def require_keras(version: str, feature: str) -> None:
+    """Raises a `RuntimeError` naming `feature`, the Keras it needs and the installed one,
+    unless Keras is at least `version`."""
+    if not keras_at_least(version):
+        raise RuntimeError(
+            f"{feature} needs Keras {version} or newer; this is Keras {keras.__version__}. "
+            f'Upgrade it: pip install "keras>={version}" (keras_transfer supports Keras 3.10+ '
+            "on TensorFlow 2.19-2.21; the rest of the package works on this version)."
+        )
 
 
 # -- layers and models --------------------------------------------------------------------

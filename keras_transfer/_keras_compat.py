@@ -42,6 +42,7 @@ __all__ = [
     "track_variable",
     "uses_weight_decay",
     "variable_index",
+    "wrapper_optimizer_classes",
 ]
 
 
@@ -71,6 +72,18 @@ def require_keras(version: str, feature: str) -> None:
             f'Upgrade it: pip install "keras>={version}" (keras_transfer supports Keras 3.10+ '
             "on TensorFlow 2.19-2.21; the rest of the package works on this version)."
         )
+
+
+def wrapper_optimizer_classes() -> tuple[type, ...]:
+    """The `keras.optimizers` classes that wrap other optimizers, as far as this Keras has them.
+
+    Why here: `keras.optimizers.MultiOptimizer` is new in Keras 3.15, so naming it directly
+    would break the import on the oldest supported Keras.
+    """
+    names = ("LossScaleOptimizer", "MultiOptimizer")
+    return tuple(
+        getattr(keras.optimizers, name) for name in names if hasattr(keras.optimizers, name)
+    )
 
 
 # -- layers and models --------------------------------------------------------------------
@@ -294,7 +307,12 @@ def missing_internals() -> list[str]:
     )
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     model.compile(optimizer="sgd", loss="mse")
-    need(lambda: hasattr(model, "_compiled_trainable_state"), "Model._compiled_trainable_state")
+    # Keras 3.15 added the "trainable state changed since compile" warning and this attribute;
+    # before it there is nothing to keep in sync.
+    need(
+        lambda: hasattr(model, "_compiled_trainable_state") or not keras_at_least("3.15"),
+        "Model._compiled_trainable_state (Keras 3.15+)",
+    )
     need(lambda: hasattr(model, "_initial_epoch"), "Model._initial_epoch (BackupAndRestore)")
     need(
         lambda: _has_parameters(model_cls._maybe_symbolic_build, ("iterator", "data_batch")),

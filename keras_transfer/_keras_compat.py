@@ -5,10 +5,11 @@ Each entry says why no public API does the job and on which versions it was chec
 changed; `tests/test_keras_compat.py` fails with that list, so an upgrade that breaks one
 fails loudly in CI instead of mis-training silently.
 
-Checked on: keras 3.15.0 with tensorflow 2.21.0, and keras 3.10.0 with tensorflow 2.19.1 (the
-oldest supported pair). Features that need a newer Keras than the oldest supported one ask
-`require_keras` first, so they fail with a message naming the version instead of an
-AttributeError deep inside Keras.
+Checked on: keras 3.15.0 with tensorflow 2.21.0, and keras 3.15.1 with tensorflow 2.19.1
+(the oldest supported pair). Keras 3.10.0 also has every entry, but before 3.15 Keras does not
+save the weights of layers held in nested lists; features that need a newer Keras than the one
+installed ask `require_keras` first, so they fail with a message naming the version instead of
+silently or deep inside Keras.
 """
 
 from __future__ import annotations
@@ -69,16 +70,16 @@ def require_keras(version: str, feature: str) -> None:
     if not keras_at_least(version):
         raise RuntimeError(
             f"{feature} needs Keras {version} or newer; this is Keras {keras.__version__}. "
-            f'Upgrade it: pip install "keras>={version}" (keras_transfer supports Keras 3.10+ '
-            "on TensorFlow 2.19-2.21; the rest of the package works on this version)."
+            f'Upgrade it: pip install "keras>={version}" (keras_transfer supports Keras 3.15+ '
+            "on TensorFlow 2.19-2.21)."
         )
 
 
 def wrapper_optimizer_classes() -> tuple[type, ...]:
     """The `keras.optimizers` classes that wrap other optimizers, as far as this Keras has them.
 
-    Why here: `keras.optimizers.MultiOptimizer` is new in Keras 3.15, so naming it directly
-    would break the import on the oldest supported Keras.
+    Why here: `keras.optimizers.MultiOptimizer` is new in Keras 3.15; naming it directly
+    would make an older Keras fail at import instead of at the version check.
     """
     names = ("LossScaleOptimizer", "MultiOptimizer")
     return tuple(

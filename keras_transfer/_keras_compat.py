@@ -5,12 +5,17 @@ Each entry says why no public API does the job and on which versions it was chec
 changed; `tests/test_keras_compat.py` fails with that list, so an upgrade that breaks one
 fails loudly in CI instead of mis-training silently.
 
-Checked on: keras 3.15.0 with tensorflow 2.21.0 (the pinned pair).
+Checked on: keras 3.15.0 with tensorflow 2.21.0, and keras 3.15.1 with tensorflow 2.19.1
+(the oldest supported pair). Keras 3.10.0 also has every entry, but before 3.15 Keras does not
+save the weights of layers held in nested lists; features that need a newer Keras than the one
+installed ask `require_keras` first, so they fail with a message naming the version instead of
+silently or deep inside Keras.
 """
 
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +23,7 @@ import keras
 import tensorflow as tf
 
 __all__ = [
+    "KERAS_VERSION",
     "BackupSaveHook",
     "OptimizerHooks",
     "SymbolicBuildHook",
@@ -25,17 +31,60 @@ __all__ = [
     "flatten_layers",
     "has_standard_weight_decay",
     "in_safe_mode",
+    "keras_at_least",
     "merge_call",
     "missing_internals",
     "moving_average_variables",
     "own_trainable_variables",
     "patch_symbolic_build",
+    "require_keras",
     "reset_fit_initial_epoch",
     "sync_compiled_trainable_state",
     "track_variable",
     "uses_weight_decay",
     "variable_index",
+    "wrapper_optimizer_classes",
 ]
+
+
+# -- versions ------------------------------------------------------------------------------
+
+
+def _release(version: str) -> tuple[int, ...]:
+    """`"3.10.0rc1"` -> `(3, 10, 0)`: the leading release numbers of a version string."""
+    match = re.match(r"\d+(?:\.\d+)*", version)
+    return tuple(int(part) for part in match.group(0).split(".")) if match else ()
+
+
+KERAS_VERSION: tuple[int, ...] = _release(keras.__version__)
+
+
+def keras_at_least(version: str) -> bool:
+    """Whether the installed Keras is `version` (e.g. `"3.12"`) or newer."""
+    return KERAS_VERSION >= _release(version)
+
+
+def require_keras(version: str, feature: str) -> None:
+    """Raises a `RuntimeError` naming `feature`, the Keras it needs and the installed one,
+    unless Keras is at least `version`."""
+    if not keras_at_least(version):
+        raise RuntimeError(
+            f"{feature} needs Keras {version} or newer; this is Keras {keras.__version__}. "
+            f'Upgrade it: pip install "keras>={version}" (keras_transfer supports Keras 3.15+ '
+            "on TensorFlow 2.19-2.21)."
+        )
+
+
+def wrapper_optimizer_classes() -> tuple[type, ...]:
+    """The `keras.optimizers` classes that wrap other optimizers, as far as this Keras has them.
+
+    Why here: `keras.optimizers.MultiOptimizer` is new in Keras 3.15; naming it directly
+    would make an older Keras fail at import instead of at the version check.
+    """
+    names = ("LossScaleOptimizer", "MultiOptimizer")
+    return tuple(
+        getattr(keras.optimizers, name) for name in names if hasattr(keras.optimizers, name)
+    )
 
 
 # -- layers and models --------------------------------------------------------------------
@@ -259,7 +308,12 @@ def missing_internals() -> list[str]:
     )
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     model.compile(optimizer="sgd", loss="mse")
-    need(lambda: hasattr(model, "_compiled_trainable_state"), "Model._compiled_trainable_state")
+    # Keras 3.15 added the "trainable state changed since compile" warning and this attribute;
+    # before it there is nothing to keep in sync.
+    need(
+        lambda: hasattr(model, "_compiled_trainable_state") or not keras_at_least("3.15"),
+        "Model._compiled_trainable_state (Keras 3.15+)",
+    )
     need(lambda: hasattr(model, "_initial_epoch"), "Model._initial_epoch (BackupAndRestore)")
     need(
         lambda: _has_parameters(model_cls._maybe_symbolic_build, ("iterator", "data_batch")),

@@ -712,8 +712,8 @@ def tfds_dataset(
 
     Args:
         name: TFDS name, e.g. `"tf_flowers"`.
-        image_size, batch_size, seed, augment, shuffle, cache, drop_remainder,
-            crop_fraction, resize: as in `image_folder_dataset`.
+        image_size, batch_size, seed, augment, shuffle: as in `image_folder_dataset`.
+        cache, drop_remainder, crop_fraction, resize: as in `image_folder_dataset`.
         train_split: TFDS split string for training.
         validation_split: TFDS split string for validation, or `None`.
         data_dir: TFDS data directory.
@@ -723,7 +723,13 @@ def tfds_dataset(
     Returns:
         An `ImageData`.
     """
-    import tensorflow_datasets as tfds
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError:
+        raise ImportError(
+            "tfds_dataset needs TensorFlow Datasets, an optional dependency: "
+            'pip install "keras-transfer[tfds]" (or pip install tensorflow-datasets).'
+        ) from None
 
     check_batch_size(batch_size)
     options = PipelineOptions(

@@ -8,6 +8,7 @@ from typing import Any
 
 import keras
 
+from keras_transfer import _keras_compat
 from keras_transfer import backbones as backbones_lib
 from keras_transfer import distribute
 from keras_transfer import reliability
@@ -73,6 +74,10 @@ class ClassificationHead(keras.layers.Layer):
         self.logits = bool(logits)
         self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
 
+        if self.hidden_units:
+            # The hidden layers are a list of lists; Keras saves nested lists' weights from 3.15
+            # on, and before it reloads them silently re-initialised.
+            _keras_compat.require_keras("3.15", "A head with hidden_units (saving its weights)")
         self.hidden_layers = []
         for i, units in enumerate(self.hidden_units):
             block = [

@@ -367,9 +367,7 @@ def layerwise_optimizer_class(optimizer_class: type) -> type:
         return _CLASSES[optimizer_class]
     if issubclass(optimizer_class, LayerwiseLearningRate):
         return optimizer_class
-    if issubclass(
-        optimizer_class, keras.optimizers.LossScaleOptimizer | keras.optimizers.MultiOptimizer
-    ):
+    if issubclass(optimizer_class, _keras_compat.wrapper_optimizer_classes()):
         raise TypeError(
             f"{optimizer_class.__name__} wraps other optimizers; give per-variable learning "
             "rates to the optimizer inside it (Keras wraps it in a LossScaleOptimizer itself "

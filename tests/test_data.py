@@ -2,6 +2,7 @@
 
 import logging
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -147,5 +148,13 @@ def test_tfds_dataset_with_mock_data():
 
 
 def test_tfds_failure_says_how_to_work_offline(tmp_path):
+    pytest.importorskip("tensorflow_datasets")
     with pytest.raises(RuntimeError, match="data_dir="):
         data.tfds_dataset("tf_flowers", data_dir=str(tmp_path), download=False)
+
+
+def test_tfds_dataset_without_tfds_names_the_extra(monkeypatch):
+    # TensorFlow Datasets is an optional dependency: `None` in sys.modules makes its import fail.
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)
+    with pytest.raises(ImportError, match=r"keras-transfer\[tfds\]"):
+        data.tfds_dataset("tf_flowers")

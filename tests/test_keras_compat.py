@@ -4,6 +4,7 @@ by name, instead of mis-training silently."""
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
 import keras_transfer as kt
@@ -95,3 +96,17 @@ def test_optimizer_hooks_route_to_public_names():
     np.testing.assert_allclose(variable.numpy(), [0.95, 0.95], rtol=1e-6)
     assert _keras_compat.variable_index(optimizer, variable) == 0
     assert _keras_compat.has_standard_weight_decay(keras.optimizers.AdamW)
+
+
+def test_require_keras_names_the_feature_and_both_versions(monkeypatch):
+    monkeypatch.setattr(_keras_compat, "KERAS_VERSION", (3, 14, 1))
+    assert _keras_compat.keras_at_least("3.14") and not _keras_compat.keras_at_least("3.15")
+    with pytest.raises(RuntimeError, match=r"hidden_units.*Keras 3\.15 or newer.*keras>=3\.15"):
+        kt.heads.ClassificationHead(2, hidden_units=[4])
+    kt.heads.ClassificationHead(2)  # no hidden layers: nothing nested to save
+
+
+def test_version_strings_parse_to_release_numbers():
+    assert _keras_compat._release("3.10.0rc1") == (3, 10, 0)
+    assert _keras_compat._release("3.15.1") == (3, 15, 1)
+    assert _keras_compat._release("3.13.0.dev2025") == (3, 13, 0)

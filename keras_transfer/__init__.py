@@ -70,6 +70,7 @@ from keras_transfer.freezing import freeze
 from keras_transfer.freezing import trainable_blocks
 from keras_transfer.freezing import unfreeze
 from keras_transfer.heads import ClassificationHead
+from keras_transfer.heads import MultiTaskHead
 from keras_transfer.heads import TransferClassifier
 from keras_transfer.heads import create_classifier
 from keras_transfer.hub import HubBackbone
@@ -192,6 +193,7 @@ __all__ = [
     "logme",
     "LoraSummary",
     "merge_lora",
+    "MultiTaskHead",
     "MultiWorkerFitMixin",
     "NegativeTransferWarning",
     "NonFiniteGuard",

@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 from keras_transfer import backbones
 from keras_transfer import callbacks
 from keras_transfer import data
+from keras_transfer import distillation
 from keras_transfer import distribute
 from keras_transfer import domain
 from keras_transfer import features
@@ -48,6 +49,9 @@ from keras_transfer.callbacks import recalibrate_batchnorm
 from keras_transfer.data import ImageData
 from keras_transfer.data import image_folder_dataset
 from keras_transfer.data import tfds_dataset
+from keras_transfer.distillation import ProbabilitiesToLogits
+from keras_transfer.distillation import distill
+from keras_transfer.distillation import logits_model
 from keras_transfer.distribute import MultiWorkerFitMixin
 from keras_transfer.distribute import create_strategy
 from keras_transfer.distribute import enable_multi_worker_fit
@@ -121,6 +125,7 @@ __all__ = [
     "backbones",
     "callbacks",
     "data",
+    "distillation",
     "distribute",
     "domain",
     "features",
@@ -158,6 +163,7 @@ __all__ = [
     "create_classifier",
     "create_strategy",
     "DannLearningRate",
+    "distill",
     "domain_distance",
     "DomainAdaptation",
     "DomainDistance",
@@ -189,6 +195,7 @@ __all__ = [
     "leep",
     "linear_cka",
     "list_backbones",
+    "logits_model",
     "load_adapter",
     "logme",
     "LoraSummary",
@@ -202,6 +209,7 @@ __all__ = [
     "OneCycle",
     "plot_confusion_matrix",
     "plot_training_curves",
+    "ProbabilitiesToLogits",
     "rank_backbones",
     "RankedCandidate",
     "recalibrate_batchnorm",

@@ -133,6 +133,12 @@ def _describe(model: keras.Model, role: str, task: str | None, from_logits: bool
 
 def _describe_last_layer(model: keras.Model):
     layer = model.layers[-1] if model.layers else None
+    if isinstance(layer, keras.Model):
+        # A wrapped classifier (e.g. resizing or tokenizing in front): its output is ours.
+        head = getattr(layer, "head", None)
+        if isinstance(head, heads.ClassificationHead) and head.task != "regression":
+            return head.task, head.logits
+        return _describe_last_layer(layer)
     activation = getattr(layer, "activation", None)
     name = getattr(activation, "__name__", None)
     units = model.outputs[0].shape[-1] if model.outputs else None
@@ -337,7 +343,12 @@ def distill(
         distiller = distillation.Distiller(
             teacher=teacher_view,
             student=student_view,
-            distillation_losses=distillation.LogitsDistillation(temperature=temperature),
+            # A KLDivergence instance, not the default "kl_divergence": Keras 3.15 resolves
+            # the string to a function, which skips LogitsDistillation's softmax and
+            # applies the KL to the raw logits (zero for log-probabilities).
+            distillation_losses=distillation.LogitsDistillation(
+                temperature=temperature, loss=keras.losses.KLDivergence()
+            ),
             student_loss_weight=alpha,
         )
         distiller.compile(

@@ -88,8 +88,10 @@ def ms_per_image(model: keras.Model, batch) -> float:
 
 
 def accuracy(model: keras.Model, data) -> float:
-    true, predicted = kt.reports.predict_labels(model, data)
-    return float(np.mean(np.asarray(true) == np.asarray(predicted)))
+    """Validation accuracy; `data` is unshuffled, so `predict` keeps the labels' order."""
+    labels = np.concatenate([np.asarray(y) for _, y in data])
+    scores = model.predict(data.map(lambda x, y: x), verbose=0)
+    return float(np.mean(np.argmax(scores, axis=-1) == labels))
 
 
 # --- text ------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ accuracy is reported.
   Student: the example's from-scratch embedding bag (its `--baseline`: word-index
   vectorisation, 64-d embedding bag, softmax), 10 epochs, Adam 1e-3. The teacher's outputs are
   computed once (`cache_teacher=True`).
-- `--task images`: ants vs bees (hymenoptera), the real ImageNet MobileNet V1 weights.
+- `--task images` (`--consistent`: see its flag): ants vs bees (hymenoptera), the real ImageNet MobileNet V1 weights.
   Teacher: MobileNet at 224 px, head on cached features then all blocks fine-tuned
   (`fit_two_phase_cached`). Student: the same pretrained MobileNet at 112 px (4x fewer
   multiply-adds) behind a `Resizing(112, 112)` layer, so it takes the teacher's 224 px images;
@@ -71,6 +71,14 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--head_epochs", type=int, default=15, help="images: student head")
     parser.add_argument("--fine_tune_epochs", type=int, default=5, help="images: student")
     parser.add_argument("--max_examples", type=int, default=0, help="text: 0 = all")
+    parser.add_argument(
+        "--consistent",
+        action="store_true",
+        help="images: both students train on flip+crop augmented batches and the teacher "
+        "runs on the same augmented views at every step (Beyer et al. 2022, 'Knowledge "
+        "distillation: a good teacher is patient and consistent'); default: unaugmented "
+        "images, teacher outputs cached",
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny synthetic run (seconds)")
     return parser
 
@@ -299,11 +307,11 @@ def run_images(args) -> dict:
             kt.distill(
                 teacher,
                 student,
-                data.train_unaugmented,
+                data.train if args.consistent else data.train_unaugmented,
                 data.validation,
                 temperature=args.temperature,
                 alpha=alpha,
-                cache_teacher=True,
+                cache_teacher=not args.consistent,
                 seed=args.seed,
                 verbose=2,
                 **settings,
@@ -325,7 +333,12 @@ def run_images(args) -> dict:
         "teacher_training": "head 20 epochs on cached features (Adam 1e-3), all blocks 3 "
         "epochs at 2e-5 on flip+crop",
         "student_training": f"head {args.head_epochs} epochs at 1e-3 (backbone frozen), all "
-        f"blocks {args.fine_tune_epochs} epochs at 2e-5, unaugmented images",
+        f"blocks {args.fine_tune_epochs} epochs at 2e-5, "
+        + (
+            "flip+crop augmented images, teacher on the same views every step"
+            if args.consistent
+            else "unaugmented images, teacher outputs cached"
+        ),
     }
 
 
@@ -347,7 +360,11 @@ def main(argv=None) -> dict:
         "load_average": _common.load_average(),
     }
     if not args.smoke:
-        path = _common.output_dir(args.output_dir, "") / f"distillation_{result['dataset']}.json"
+        suffix = "_consistent" if args.consistent else ""
+        path = (
+            _common.output_dir(args.output_dir, "")
+            / f"distillation_{result['dataset']}{suffix}.json"
+        )
         _common.write_json(path, result)
     print(json.dumps(result))
     return result

@@ -19,6 +19,7 @@ _command_startup.quiet_tensorflow_for_the_command()
 from keras_transfer import backbones
 from keras_transfer import callbacks
 from keras_transfer import data
+from keras_transfer import distillation
 from keras_transfer import distribute
 from keras_transfer import domain
 from keras_transfer import features
@@ -59,6 +60,9 @@ from keras_transfer.callbacks import recalibrate_batchnorm
 from keras_transfer.data import ImageData
 from keras_transfer.data import image_folder_dataset
 from keras_transfer.data import tfds_dataset
+from keras_transfer.distillation import ProbabilitiesToLogits
+from keras_transfer.distillation import distill
+from keras_transfer.distillation import logits_model
 from keras_transfer.distribute import MultiWorkerFitMixin
 from keras_transfer.distribute import create_strategy
 from keras_transfer.distribute import enable_multi_worker_fit
@@ -84,6 +88,7 @@ from keras_transfer.freezing import freeze
 from keras_transfer.freezing import trainable_blocks
 from keras_transfer.freezing import unfreeze
 from keras_transfer.heads import ClassificationHead
+from keras_transfer.heads import MultiTaskHead
 from keras_transfer.heads import TransferClassifier
 from keras_transfer.heads import create_classifier
 from keras_transfer.hub import HubBackbone
@@ -140,6 +145,7 @@ __all__ = [
     "backbones",
     "callbacks",
     "data",
+    "distillation",
     "distribute",
     "domain",
     "features",
@@ -183,6 +189,7 @@ __all__ = [
     "create_classifier",
     "create_strategy",
     "DannLearningRate",
+    "distill",
     "domain_distance",
     "DomainAdaptation",
     "DomainDistance",
@@ -217,10 +224,12 @@ __all__ = [
     "list_backbones",
     "load_adapter",
     "load_model",
+    "logits_model",
     "logme",
     "LoraBackupAndRestore",
     "LoraSummary",
     "merge_lora",
+    "MultiTaskHead",
     "MultiWorkerFitMixin",
     "NegativeTransferWarning",
     "NonFiniteGuard",
@@ -229,6 +238,7 @@ __all__ = [
     "OneCycle",
     "plot_confusion_matrix",
     "plot_training_curves",
+    "ProbabilitiesToLogits",
     "PrototypeHead",
     "rank_backbones",
     "RankedCandidate",

@@ -56,7 +56,8 @@ class CachedFeatures:
     Attributes:
         features: `(num_examples, *feature_shape)` float32 array; a read-only `np.memmap`
             when the features were streamed to disk.
-        labels: `(num_examples, ...)` labels, in the same order.
+        labels: `(num_examples, ...)` labels, in the same order; for a multi-task model
+            (labels given as a dict by head name), a dict of such arrays.
         passes: how many passes over the dataset the rows hold (`num_examples` is
             `passes` times the dataset's size).
         path: the folder of the feature files when on disk, else `None`.
@@ -64,7 +65,7 @@ class CachedFeatures:
     """
 
     features: np.ndarray
-    labels: np.ndarray
+    labels: np.ndarray | dict[str, np.ndarray]
     passes: int = 1
     path: str | None = None
     seconds: float = 0.0
@@ -87,28 +88,26 @@ class CachedFeatures:
                 dataset = dataset.shuffle(self.num_examples, seed=seed)
             return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
         # Shuffle indices, not rows, so that only a batch of features is in memory at a time.
-        features, labels = self.features, self.labels
+        features, labels = self.features, keras.tree.flatten(self.labels)
 
         def gather(indices):
             indices = np.sort(indices)  # sorted reads are sequential on disk
-            return features[indices], labels[indices]
+            return (features[indices], *[leaf[indices] for leaf in labels])
+
+        def read(indices):
+            x, *y = tf.numpy_function(
+                gather,
+                [indices],
+                (tf.float32, *[tf.as_dtype(leaf.dtype) for leaf in labels]),
+            )
+            x = tf.ensure_shape(x, (None, *features.shape[1:]))
+            y = [tf.ensure_shape(t, (None, *leaf.shape[1:])) for t, leaf in zip(y, labels)]
+            return x, keras.tree.pack_sequence_as(self.labels, y)
 
         dataset = tf.data.Dataset.range(self.num_examples)
         if shuffle:
             dataset = dataset.shuffle(self.num_examples, seed=seed)
-        dataset = dataset.batch(batch_size).map(
-            lambda indices: tf.numpy_function(
-                gather, [indices], (tf.float32, tf.as_dtype(labels.dtype))
-            ),
-            num_parallel_calls=tf.data.AUTOTUNE,
-        )
-        feature_shape, label_shape = features.shape[1:], labels.shape[1:]
-        dataset = dataset.map(
-            lambda x, y: (
-                tf.ensure_shape(x, (None, *feature_shape)),
-                tf.ensure_shape(y, (None, *label_shape)),
-            )
-        )
+        dataset = dataset.batch(batch_size).map(read, num_parallel_calls=tf.data.AUTOTUNE)
         return dataset.prefetch(tf.data.AUTOTUNE)
 
 
@@ -230,7 +229,7 @@ def extract_features(
         for _ in range(passes):
             for batch in dataset:
                 images, labels = _split_batch(batch)
-                writer.add(np.asarray(forward(tf.cast(images, tf.float32))), np.asarray(labels))
+                writer.add(np.asarray(forward(tf.cast(images, tf.float32))), labels)
                 seen += 1
                 if progbar is not None:
                     progbar.update(seen, finalize=False)
@@ -277,25 +276,32 @@ def _forward_function(extractor: keras.Model):
 
 
 class _FeatureWriter:
-    """Keeps feature batches in memory, spilling to raw files past a byte budget."""
+    """Keeps feature batches in memory, spilling to raw files past a byte budget.
+
+    Labels may be a structure (a dict by head name for multi-task models): each leaf is
+    kept, or written to its own file, and the structure is rebuilt at the end.
+    """
 
     def __init__(self, cache_dir, max_memory_bytes: int, expected_batches: int | None = None):
         self.cache_dir = cache_dir
         self.max_memory_bytes = max_memory_bytes
         self.expected_batches = expected_batches
         self.num_batches = 0
-        self.batches: list[tuple[np.ndarray, np.ndarray]] = []
+        self.batches: list[tuple[np.ndarray, list[np.ndarray]]] = []
+        self.structure = None
         self.bytes = 0
         self.num_examples = 0
         self.path = None
         self.files = None
         self.shapes = None
 
-    def add(self, features: np.ndarray, labels: np.ndarray) -> None:
+    def add(self, features: np.ndarray, labels: Any) -> None:
         features = features.astype(np.float32, copy=False)
-        shapes = (features.shape[1:], labels.shape[1:], labels.dtype)
+        leaves = [np.asarray(leaf) for leaf in keras.tree.flatten(labels)]
+        shapes = (features.shape[1:], tuple((leaf.shape[1:], leaf.dtype) for leaf in leaves))
         if self.shapes is None:
             self.shapes = shapes
+            self.structure = labels
         elif shapes != self.shapes:
             raise ValueError(
                 f"Batches differ in feature/label shape or label dtype: {self.shapes} then "
@@ -304,18 +310,21 @@ class _FeatureWriter:
         self.num_examples += len(features)
         self.num_batches += 1
         if self.files is None:
-            self.batches.append((features, labels))
+            self.batches.append((features, leaves))
             self.bytes += features.nbytes
             if self.bytes > self.max_memory_bytes:
                 self._spill()
         else:
-            self._write(features, labels)
+            self._write(features, leaves)
 
     def _spill(self) -> None:
         parent = tempfile.gettempdir() if self.cache_dir is None else os.fspath(self.cache_dir)
         os.makedirs(parent, exist_ok=True)
         # Bytes per example so far, times the examples expected (or at least those held).
-        per_example = sum(f.nbytes + y.nbytes for f, y in self.batches) / self.num_examples
+        per_example = (
+            sum(f.nbytes + sum(leaf.nbytes for leaf in y) for f, y in self.batches)
+            / self.num_examples
+        )
         batches = max(self.expected_batches or 0, self.num_batches)
         expected = self.num_examples * batches / self.num_batches
         reliability.check_free_space(parent, int(per_example * expected), "the feature cache")
@@ -324,15 +333,18 @@ class _FeatureWriter:
         self.path = tempfile.mkdtemp(prefix="keras_transfer_features_", dir=parent)
         self.files = (
             open(os.path.join(self.path, "features.f32"), "wb"),
-            open(os.path.join(self.path, "labels.bin"), "wb"),
+            *[
+                open(os.path.join(self.path, f"labels_{i}.bin"), "wb")
+                for i in range(len(self.shapes[1]))
+            ],
         )
         for features, labels in self.batches:
             self._write(features, labels)
         self.batches = []
 
-    def _write(self, features, labels) -> None:
-        self.files[0].write(np.ascontiguousarray(features).tobytes())
-        self.files[1].write(np.ascontiguousarray(labels).tobytes())
+    def _write(self, features, leaves) -> None:
+        for file, array in zip(self.files, [features, *leaves], strict=True):
+            file.write(np.ascontiguousarray(array).tobytes())
 
     def delete(self) -> None:
         """Closes and deletes the files of an extraction that did not finish."""
@@ -344,11 +356,13 @@ class _FeatureWriter:
     def finish(self) -> tuple[np.ndarray, np.ndarray, str | None]:
         if self.shapes is None:
             raise ValueError("The dataset is empty: there are no features to extract.")
-        feature_shape, label_shape, label_dtype = self.shapes
+        feature_shape, label_specs = self.shapes
         if self.files is None:
             features = np.concatenate([f for f, _ in self.batches])
-            labels = np.concatenate([y for _, y in self.batches])
-            return features, labels, None
+            leaves = [
+                np.concatenate([y[i] for _, y in self.batches]) for i in range(len(label_specs))
+            ]
+            return features, keras.tree.pack_sequence_as(self.structure, leaves), None
         for file in self.files:
             file.close()
         features = np.memmap(
@@ -357,13 +371,16 @@ class _FeatureWriter:
             mode="r",
             shape=(self.num_examples, *feature_shape),
         )
-        labels = np.memmap(
-            os.path.join(self.path, "labels.bin"),
-            dtype=label_dtype,
-            mode="r",
-            shape=(self.num_examples, *label_shape),
-        )
-        return features, labels, self.path
+        leaves = [
+            np.memmap(
+                os.path.join(self.path, f"labels_{i}.bin"),
+                dtype=label_dtype,
+                mode="r",
+                shape=(self.num_examples, *label_shape),
+            )
+            for i, (label_shape, label_dtype) in enumerate(label_specs)
+        ]
+        return features, keras.tree.pack_sequence_as(self.structure, leaves), self.path
 
 
 def _as_dataset(data: Any, what: str) -> Any:
@@ -531,7 +548,12 @@ def fit_head_on_features(
 
     inputs = keras.Input(shape=train_cache.features.shape[1:], name="features")
     head_model = keras.Model(inputs, model.head(inputs), name="head_on_features")
-    head_model.compile(optimizer=optimizer, **heads.resolve_loss_and_metrics(model, loss, metrics))
+    head_model.compile(
+        optimizer=optimizer,
+        # A multi-task head's per-output loss weights, as `model.compile()` applies them.
+        loss_weights=getattr(model.head, "loss_weights", None),
+        **heads.resolve_loss_and_metrics(model, loss, metrics),
+    )
     train = train_cache.as_dataset(cache.batch_size, shuffle=True, seed=cache.seed)
     if cache.passes > 1:
         # One epoch = one dataset's worth of examples drawn from the K augmented copies, so

@@ -1,7 +1,13 @@
-"""Classification and regression heads, and the classifier model that joins them to a backbone."""
+"""Classification and regression heads, and the classifier model that joins them to a backbone.
+
+A classifier has one head (`ClassificationHead`) or several named ones on a shared backbone
+(`MultiTaskHead`: hard parameter sharing, Caruana 1997, "Multitask Learning", Machine
+Learning 28).
+"""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from collections.abc import Sequence
 from typing import Any
@@ -249,6 +255,191 @@ def make_head(num_classes: int, head: Mapping[str, Any] | None = None) -> Classi
     return ClassificationHead(num_classes, name="head", **head)
 
 
+# Head names become output names and log keys (`<name>_loss`, `val_<name>_accuracy`).
+HEAD_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+RESERVED_HEAD_NAMES = ("loss",)
+
+
+def check_heads(heads: Any) -> dict[str, dict[str, Any]]:
+    """The `heads` argument of `create_classifier` / `MultiTaskHead`, checked and copied:
+    name -> `ClassificationHead` options including `num_classes`."""
+    if not isinstance(heads, Mapping):
+        raise TypeError(
+            "heads must be a dict of head name -> head options, e.g. "
+            '{"species": {"num_classes": 5}, "colour": {"num_classes": 3, "task": '
+            f'"multilabel"}}}}, got {type(heads).__name__}.'
+        )
+    if not heads:
+        raise ValueError(
+            "heads is empty: give at least one head, e.g. heads={'species': {'num_classes': 5}}, "
+            "or pass num_classes for a single head."
+        )
+    checked = {}
+    seen = {}
+    for name, options in heads.items():
+        if not isinstance(name, str) or not HEAD_NAME.match(name):
+            raise ValueError(
+                f"Head name {name!r} is not valid: use letters, digits and underscores, starting "
+                "with a letter (the name becomes the output's name and its log keys)."
+            )
+        if name.lower() in RESERVED_HEAD_NAMES or name.lower().startswith("val_"):
+            raise ValueError(
+                f"Head name {name!r} clashes with Keras' log keys ('loss' is the total loss, "
+                "'val_' prefixes validation metrics): rename the head."
+            )
+        if name.lower() in seen:
+            raise ValueError(
+                f"Head names {seen[name.lower()]!r} and {name!r} clash: they differ only in case, "
+                "and their outputs, log keys and saved files would be confused. Rename one."
+            )
+        seen[name.lower()] = name
+        if not isinstance(options, Mapping):
+            raise TypeError(
+                f"Head {name!r}: options must be a dict such as {{'num_classes': 3}}, got "
+                f"{type(options).__name__}."
+            )
+        options = dict(options)
+        unknown = sorted(set(options) - {"num_classes", *HEAD_ARGS})
+        if unknown:
+            raise ValueError(
+                f"Head {name!r}: unknown option(s) {unknown}. Valid options: "
+                f"{['num_classes', *HEAD_ARGS]}."
+            )
+        if "num_classes" not in options:
+            raise ValueError(f"Head {name!r} needs 'num_classes' in its options.")
+        checked[name] = options
+    return checked
+
+
+def check_loss_weights(loss_weights: Any, names: Sequence[str]) -> dict[str, float] | None:
+    """`None`, or a dict head name -> non-negative weight covering only known heads (a head
+    left out weighs 1)."""
+    if loss_weights is None:
+        return None
+    if not isinstance(loss_weights, Mapping):
+        raise TypeError(
+            f"loss_weights must be a dict of head name -> weight, got {type(loss_weights).__name__}."
+        )
+    unknown = sorted(set(loss_weights) - set(names))
+    if unknown:
+        raise ValueError(
+            f"loss_weights for unknown head(s) {unknown}; the heads are {list(names)}."
+        )
+    weights = {}
+    for name in names:
+        value = loss_weights.get(name, 1.0)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+            raise ValueError(f"loss_weights[{name!r}] must be a number >= 0, got {value!r}.")
+        weights[name] = float(value)
+    return weights
+
+
+@keras.saving.register_keras_serializable(package="keras_transfer")
+class MultiTaskHead(keras.layers.Layer):
+    """Several named `ClassificationHead`s on the same features; outputs a dict by name.
+
+    Each head has its own pooling, dense stack, task and output activation, so one backbone
+    can predict, say, a species (softmax), colours (independent sigmoids) and a size
+    (regression) at once. The layer supplies per-output defaults to `compile()`: a loss and
+    metric per head (`default_loss()`, `default_metrics()`), and the optional per-head
+    `loss_weights` (the total loss is their weighted sum).
+
+    Args:
+        heads: head name -> `ClassificationHead` options with `num_classes`, e.g.
+            `{"species": {"num_classes": 5}, "colour": {"num_classes": 3, "task":
+            "multilabel"}}`. Names are letters, digits and underscores; names that differ
+            only in case, `"loss"` and `"val_..."` clash with Keras' log keys and are errors.
+        loss_weights: optional head name -> weight of its loss (a head left out weighs 1).
+        **kwargs: standard `keras.layers.Layer` arguments.
+
+    Example:
+    ```python
+    head = MultiTaskHead({"species": {"num_classes": 5}, "colour": {"num_classes": 3, "task": "multilabel"}})
+    outputs = head(np.zeros((2, 7, 7, 32)))
+    outputs["species"].shape, outputs["colour"].shape  # -> (2, 5), (2, 3)
+    ```
+    """
+
+    def __init__(
+        self,
+        heads: Mapping[str, Mapping[str, Any]],
+        loss_weights: Mapping[str, float] | None = None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        options = check_heads(heads)
+        self.loss_weights = check_loss_weights(loss_weights, list(options))
+        self.head_names = list(options)
+        task_heads = []
+        for name, head_options in options.items():
+            head_options = dict(head_options)
+            num_classes = head_options.pop("num_classes")
+            try:
+                task_heads.append(ClassificationHead(num_classes, name=name, **head_options))
+            except (TypeError, ValueError) as error:
+                raise type(error)(f"Head {name!r}: {error}") from error
+        # A list, not a dict: Keras tracks the sublayers of either, but a list keeps the
+        # order of the user's dict in the weights file and the variable paths.
+        self.task_heads = task_heads
+
+    @property
+    def heads(self) -> dict[str, ClassificationHead]:
+        """Head name -> `ClassificationHead`, in the order given."""
+        return dict(zip(self.head_names, self.task_heads, strict=True))
+
+    @property
+    def task(self) -> str:
+        return "multitask"
+
+    @property
+    def num_classes(self) -> dict[str, int]:
+        return {name: head.num_classes for name, head in self.heads.items()}
+
+    @property
+    def pooling(self) -> str | None:
+        """The heads' pooling when they share one (cached features are then pooled once);
+        `"per_head"` when they differ (feature maps are cached and each head pools)."""
+        poolings = {head.pooling for head in self.task_heads}
+        return poolings.pop() if len(poolings) == 1 else "per_head"
+
+    def pool(self, x):
+        if self.pooling == "per_head":
+            return x
+        return self.task_heads[0].pool(x)
+
+    def build(self, input_shape):
+        for head in self.task_heads:
+            head.build(input_shape)
+
+    def call(self, inputs, training=None):
+        return {name: head(inputs, training=training) for name, head in self.heads.items()}
+
+    def compute_output_spec(self, inputs, training=None):
+        return {
+            name: keras.KerasTensor((inputs.shape[0], head.output_units), dtype="float32")
+            for name, head in self.heads.items()
+        }
+
+    def default_loss(self) -> dict[str, keras.losses.Loss]:
+        """Each head's loss, by head name."""
+        return {name: head.default_loss() for name, head in self.heads.items()}
+
+    def default_metrics(self) -> dict[str, list[keras.metrics.Metric]]:
+        """Each head's metrics, by head name (logged as `<name>_accuracy`, ...)."""
+        return {name: head.default_metrics() for name, head in self.heads.items()}
+
+    def get_config(self):
+        config = super().get_config()
+        heads_config = {}
+        for name, head in self.heads.items():
+            head_config = head.get_config()
+            heads_config[name] = {
+                key: head_config[key] for key in ("num_classes", *HEAD_ARGS) if key in head_config
+            }
+        config.update({"heads": heads_config, "loss_weights": self.loss_weights})
+        return config
+
+
 @keras.saving.register_keras_serializable(package="keras_transfer")
 class TransferClassifier(distribute.MultiWorkerFitMixin, keras.Model):
     """Raw images in, predictions out: preprocessing, a pretrained backbone and a head.
@@ -261,13 +452,16 @@ class TransferClassifier(distribute.MultiWorkerFitMixin, keras.Model):
 
     `compile()` fills in what the head implies: `loss="auto"` and `metrics="auto"` pick the
     matching loss and accuracy metric; `optimizer="auto"` is Adam with learning rate 1e-3.
+    With a `MultiTaskHead` the outputs are a dict by head name, and `compile()` picks a loss
+    and metric per output and applies the head's `loss_weights` (`loss_weights="auto"`).
 
     Args:
         backbone: the headless `keras.Model` (e.g. `create_backbone(...).model`).
-        head: a `ClassificationHead`.
+        head: a `ClassificationHead`, or a `MultiTaskHead` for several named outputs.
         backbone_name: registry name of the backbone, to find its blocks.
         preprocessing: `ImagePreprocessing` mode applied to the raw 0-255 input, or `None`.
-        class_names: optional names of the output classes, saved with the model.
+        class_names: optional names of the output classes, saved with the model; with a
+            `MultiTaskHead`, a dict head name -> class names (for some or all heads).
         **kwargs: standard `keras.Model` arguments (e.g. `name`).
 
     Example:
@@ -283,7 +477,7 @@ class TransferClassifier(distribute.MultiWorkerFitMixin, keras.Model):
     def __init__(
         self,
         backbone: keras.Model,
-        head: ClassificationHead,
+        head: ClassificationHead | MultiTaskHead,
         backbone_name: str | None = None,
         preprocessing: str | None = None,
         class_names: Sequence[str] | None = None,
@@ -303,28 +497,26 @@ class TransferClassifier(distribute.MultiWorkerFitMixin, keras.Model):
         self.backbone_name = backbone_name
         self.preprocessing = preprocessing
         self.preprocess_layer = preprocess_layer
-        self.class_names = list(class_names) if class_names is not None else None
-        if self.class_names is not None and head.task != "regression":
-            allowed = (1, 2) if head.task == "binary" else (head.num_classes,)
-            if len(self.class_names) not in allowed:
-                raise ValueError(
-                    f"{len(self.class_names)} class names for a {head.task} head with "
-                    f"{head.num_classes} classes: {self.class_names}."
-                )
+        self.class_names = _check_class_names(class_names, head)
 
     @property
     def blocks(self) -> list[backbones_lib.Block]:
         """The backbone's blocks, input side first."""
         return backbones_lib.get_blocks(self.backbone, self.backbone_name)
 
-    def compile(self, optimizer="auto", loss="auto", metrics="auto", **kwargs):
+    def compile(self, optimizer="auto", loss="auto", metrics="auto", loss_weights="auto", **kwargs):
         if optimizer == "auto":
             optimizer = keras.optimizers.Adam(1e-3)
         if loss == "auto":
             loss = self.head.default_loss()
         if metrics == "auto":
             metrics = self.head.default_metrics()
-        super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
+        if isinstance(loss_weights, str) and loss_weights == "auto":
+            # A multi-task head's per-output weights; Keras' default (all 1) otherwise.
+            loss_weights = getattr(self.head, "loss_weights", None)
+        super().compile(
+            optimizer=optimizer, loss=loss, metrics=metrics, loss_weights=loss_weights, **kwargs
+        )
 
     def compile_from_config(self, config):
         # Keras skips restoring the compile state of models that override `compile`; ours
@@ -358,26 +550,57 @@ class TransferClassifier(distribute.MultiWorkerFitMixin, keras.Model):
 
 def create_classifier(
     backbone: backbones_lib.Backbone | str,
-    num_classes: int,
+    num_classes: int | None = None,
     head: Mapping[str, Any] | ClassificationHead | None = None,
     *,
+    heads: Mapping[str, Mapping[str, Any]] | None = None,
+    loss_weights: Mapping[str, float] | None = None,
     feature_block: str | int | None = None,
-    class_names: Sequence[str] | None = None,
+    class_names: Sequence[str] | Mapping[str, Sequence[str]] | None = None,
     name: str | None = None,
     **backbone_kwargs: Any,
 ) -> TransferClassifier:
-    """Joins a backbone, its preprocessing and a head into a model that takes raw images.
+    """Joins a backbone, its preprocessing and a head (or several) into a model that takes
+    raw images.
+
+    With `heads=`, one backbone feeds several named heads (a `MultiTaskHead`) and the model
+    outputs a dict by head name. Training then takes labels as a dict of the same names:
+    `model.fit(images, {"species": species_ids, "colour": colour_bits})`, or a
+    `tf.data.Dataset` of `(images, {"species": ..., "colour": ...})`. From an image folder
+    whose class folders encode every task (e.g. `red_ant/`, `blue_bee/`), map the folder
+    label to each task's label with lookup tables; `image_folder_dataset` itself needs no
+    change:
+
+    ```python
+    data = image_folder_dataset("insects", image_size=224)  # classes: blue_bee, red_ant, ...
+    species = tf.constant([names.index(c.split("_")[1]) for c in data.class_names])
+    colour = tf.constant([[float(c.startswith(k)) for k in colours] for c in data.class_names])
+    to_tasks = lambda x, y: (x, {"species": tf.gather(species, y), "colour": tf.gather(colour, y)})
+    train, validation = data.train.map(to_tasks), data.validation.map(to_tasks)
+    ```
+
+    (Labels from a CSV of file names work the same way: build `(image, {...})` pairs with
+    `tf.data.Dataset.from_tensor_slices((paths, {"species": ..., "colour": ...}))` and decode
+    the images in a `map`.)
 
     Args:
         backbone: a `Backbone` from `create_backbone`, or a registry name (then
             `backbone_kwargs` such as `input_shape` and `weights` go to `create_backbone`).
-        num_classes: number of classes (or regression targets).
+        num_classes: number of classes (or regression targets) of a single head; leave it
+            out with `heads`.
         head: `ClassificationHead` arguments as a dict (`task`, `pooling`, `hidden_units`,
             `activation`, `dropout`, `batch_norm`, `logits`), or a `ClassificationHead`.
             `None` gives the Keras guide's head: average pooling, dropout 0.2, softmax.
+        heads: several named heads instead: head name -> its `ClassificationHead` options
+            with `num_classes`, e.g. `{"species": {"num_classes": 5}, "colour":
+            {"num_classes": 3, "task": "multilabel"}}`. `compile()` picks each output's
+            loss and metric.
+        loss_weights: with `heads`, head name -> weight of its loss in the total (a head
+            left out weighs 1); saved with the model and applied by `compile()`.
         feature_block: take features from this block (name or index) instead of the last
             one: for small datasets far from ImageNet, lower blocks transfer better.
-        class_names: names of the classes, saved with the model.
+        class_names: names of the classes, saved with the model; with `heads`, a dict
+            head name -> class names.
         name: model name.
 
     Returns:
@@ -387,8 +610,35 @@ def create_classifier(
     ```python
     model = create_classifier("mobilenet_v2", 3, input_shape=(96, 96, 3), weights=None)
     model.output_shape  # -> (None, 3)
+    multi = create_classifier(
+        "mobilenet_v2",
+        heads={"species": {"num_classes": 5}, "colour": {"num_classes": 3, "task": "multilabel"}},
+        loss_weights={"colour": 0.5},
+        input_shape=(96, 96, 3),
+        weights=None,
+    )
+    multi.compile()  # per output: sparse categorical / binary cross-entropy and accuracy
     ```
     """
+    if heads is not None:
+        if num_classes is not None:
+            raise ValueError(
+                "Pass either num_classes (one head) or heads (several named heads, each with "
+                "its own num_classes), not both."
+            )
+        if head is not None:
+            raise ValueError(
+                "Pass either head (options of one head) or heads (name -> options of each "
+                "head), not both: put the options inside each entry of heads."
+            )
+        head = MultiTaskHead(heads, loss_weights=loss_weights, name="head")
+    elif loss_weights is not None:
+        raise ValueError(
+            "loss_weights weighs the outputs of several heads: pass it with heads=. A single "
+            "head has one loss."
+        )
+    elif num_classes is None and not isinstance(head, ClassificationHead):
+        raise ValueError("Pass num_classes (one head) or heads= (several named heads).")
     if isinstance(backbone, str):
         backbone = backbones_lib.create_backbone(backbone, **backbone_kwargs)
     elif backbone_kwargs:
@@ -398,10 +648,11 @@ def create_classifier(
         )
     if feature_block is not None:
         backbone = backbone.cut(feature_block)
-    if not isinstance(head, ClassificationHead):
+    if isinstance(head, ClassificationHead):
+        if num_classes is not None and head.num_classes != num_classes:
+            raise ValueError(f"head has {head.num_classes} classes but num_classes={num_classes}.")
+    elif not isinstance(head, MultiTaskHead):
         head = make_head(num_classes, head)
-    elif head.num_classes != num_classes:
-        raise ValueError(f"head has {head.num_classes} classes but num_classes={num_classes}.")
     return TransferClassifier(
         backbone.model,
         head,
@@ -410,6 +661,40 @@ def create_classifier(
         class_names=class_names,
         name=name or f"{backbone.name.replace(':', '_').replace('/', '_')}_classifier",
     )
+
+
+def _check_class_names(class_names, head) -> list[str] | dict[str, list[str]] | None:
+    if class_names is None:
+        return None
+    if isinstance(head, MultiTaskHead):
+        if not isinstance(class_names, Mapping):
+            raise TypeError(
+                "A multi-task classifier takes class_names as a dict head name -> class names, "
+                f"got {type(class_names).__name__}."
+            )
+        unknown = sorted(set(class_names) - set(head.head_names))
+        if unknown:
+            raise ValueError(
+                f"class_names for unknown head(s) {unknown}; the heads are {head.head_names}."
+            )
+        checked = {}
+        for name, names in class_names.items():
+            try:
+                checked[name] = _check_class_names(names, head.heads[name])
+            except (TypeError, ValueError) as error:
+                raise type(error)(f"Head {name!r}: {error}") from error
+        return checked
+    if isinstance(class_names, str | Mapping):
+        raise TypeError(f"class_names must be a list of names, got {type(class_names).__name__}.")
+    class_names = list(class_names)
+    if head.task != "regression":
+        allowed = (1, 2) if head.task == "binary" else (head.num_classes,)
+        if len(class_names) not in allowed:
+            raise ValueError(
+                f"{len(class_names)} class names for a {head.task} head with "
+                f"{head.num_classes} classes: {class_names}."
+            )
+    return class_names
 
 
 def resolve_loss_and_metrics(model: keras.Model, loss: Any, metrics: Any) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from serialization import run_serialization_test
 
 import keras_transfer
 from keras_transfer import callbacks
+from keras_transfer import distillation
 from keras_transfer import domain
 from keras_transfer import few_shot
 from keras_transfer import heads
@@ -83,6 +84,60 @@ def transfer_classifier(tmp_path):
         return m(x, training=False)
 
     return model, model, probe
+
+
+def multi_task_head(tmp_path):
+    head = heads.MultiTaskHead(
+        {
+            "species": {"num_classes": 3, "hidden_units": [4], "kernel_regularizer": "l2"},
+            "colour": {"num_classes": 2, "task": "multilabel", "pooling": "max"},
+        },
+        loss_weights={"colour": 0.5},
+    )
+    model = keras.Sequential([keras.Input((3, 3, 5)), head])
+    x = rng().normal(size=(2, 3, 3, 5)).astype("float32")
+
+    def probe(m):
+        layer = m.layers[0]
+        assert type(layer) is heads.MultiTaskHead
+        assert layer.loss_weights == {"species": 1.0, "colour": 0.5}
+        outputs = m(x, training=False)
+        return [outputs["species"], outputs["colour"], sum(m.losses)]
+
+    return head, model, probe
+
+
+def multi_task_classifier(tmp_path):
+    # Not a registered class of its own: a TransferClassifier with a MultiTaskHead.
+    model = heads.create_classifier(
+        "mobilenet",
+        heads={"a": {"num_classes": 2}, "b": {"num_classes": 1, "task": "regression"}},
+        input_shape=(32, 32, 3),
+        weights=None,
+        alpha=0.25,
+        class_names={"a": ["x", "y"]},
+    )
+    x = tiny_images(2)
+
+    def probe(m):
+        assert type(m.head) is heads.MultiTaskHead and m.class_names == {"a": ["x", "y"]}
+        outputs = m(x, training=False)
+        return [outputs["a"], outputs["b"]]
+
+    return model, model, probe
+
+
+def probabilities_to_logits(tmp_path):
+    layer = distillation.ProbabilitiesToLogits("multilabel", from_logits=False)
+    model = keras.Sequential([keras.Input((3,)), layer])
+    x = rng().uniform(0.05, 0.95, (2, 3)).astype("float32")
+
+    def probe(m):
+        assert type(m.layers[0]) is distillation.ProbabilitiesToLogits
+        assert m.layers[0].task == "multilabel"
+        return m(x)
+
+    return layer, model, probe
 
 
 def image_preprocessing(tmp_path):
@@ -258,6 +313,8 @@ FACTORIES = {
     "DannLearningRate": learning_rate_schedule(domain.DannLearningRate),
     "ClassificationHead": classification_head,
     "PrototypeHead": prototype_head,
+    "MultiTaskHead": multi_task_head,
+    "ProbabilitiesToLogits": probabilities_to_logits,
     "TransferClassifier": transfer_classifier,
     "ImagePreprocessing": image_preprocessing,
     "HubBackbone": hub_backbone,
@@ -285,6 +342,11 @@ def test_every_registered_class_has_a_factory():
         "Add one to FACTORIES in tests/test_serialization.py."
     )
     assert len(names) >= 21  # the registry was read (a vacuous pass is a failure too)
+
+
+def test_multi_task_classifier_round_trip(tmp_path):
+    model, _, probe = multi_task_classifier(tmp_path)
+    run_model_saving_test(model, probe, tmp_path)
 
 
 @pytest.mark.parametrize("name", sorted(REGISTERED))

@@ -1,0 +1,374 @@
+"""Knowledge distillation (`kt.distill`) of a fine-tuned teacher into a cheaper student.
+
+For each task: fine-tune the teacher, then train the same student twice from the same seed,
+for the same epochs, through the same `kt.distill` call: once on the labels only
+(`alpha=1`, the teacher term is off) and once distilled (`alpha=--alpha`,
+`temperature=--temperature`). Temperature and alpha are fixed in advance (T=4, alpha=0.1: the
+weight Keras' distillation guide gives the labels, and a temperature in the 2-5 range that
+Hinton et al. found best for small students); they are not tuned on the validation set whose
+accuracy is reported.
+
+- `--task text`: SMS spam (stratified 80/20 split, seed 42, as examples/text_classifier.py).
+  Teacher: the example's all-MiniLM-L6-v2 classifier (`text_classifier_lib.build_classifier`),
+  all blocks and the head fine-tuned together for `--teacher_epochs` (per-block learning rates,
+  `lr_decay`), wrapped with its tokenizer so that it reads raw strings like the student.
+  Student: the example's from-scratch embedding bag (its `--baseline`: word-index
+  vectorisation, 64-d embedding bag, softmax), 10 epochs, Adam 1e-3. The teacher's outputs are
+  computed once (`cache_teacher=True`).
+- `--task images` (`--consistent`: see its flag): ants vs bees (hymenoptera), the real ImageNet MobileNet V1 weights.
+  Teacher: MobileNet at 224 px, head on cached features then all blocks fine-tuned
+  (`fit_two_phase_cached`). Student: the same pretrained MobileNet at 112 px (4x fewer
+  multiply-adds) behind a `Resizing(112, 112)` layer, so it takes the teacher's 224 px images;
+  head trained with the backbone frozen, then all blocks fine-tuned (two `kt.distill` calls per
+  arm), on the unaugmented training images with the teacher's outputs cached.
+
+ms/image: `model.predict` of teacher and student on the same validation batch, after a
+warm-up call, median of 5 (the machine is shared: timings are noisy).
+
+    python benchmarks/distillation.py --task images
+    python benchmarks/distillation.py --task text
+    python benchmarks/distillation.py --task images --smoke   # seconds: synthetic, weights=None
+
+The last line printed is one JSON object; it is also written to
+`benchmarks/results/distillation_<dataset>.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(
+    0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+)
+
+import _common  # noqa: E402
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import keras_transfer as kt  # noqa: E402
+
+TEXT_FILE = "datasets/sms_spam/SMSSpamCollection.tsv"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--task", choices=("text", "images"), required=True)
+    parser.add_argument("--assets", default=None, help="default: $KERAS_TRANSFER_ASSETS")
+    parser.add_argument("--output_dir", default=None, help="default: benchmarks/results")
+    parser.add_argument("--temperature", type=float, default=4.0)
+    parser.add_argument("--alpha", type=float, default=0.1, help="weight of the labels' loss")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--teacher_epochs", type=int, default=1, help="text: fine-tuning epochs")
+    parser.add_argument("--student_epochs", type=int, default=10, help="text student epochs")
+    parser.add_argument("--student_size", type=int, default=112, help="images: student px")
+    parser.add_argument("--head_epochs", type=int, default=15, help="images: student head")
+    parser.add_argument("--fine_tune_epochs", type=int, default=5, help="images: student")
+    parser.add_argument("--max_examples", type=int, default=0, help="text: 0 = all")
+    parser.add_argument(
+        "--consistent",
+        action="store_true",
+        help="images: both students train on flip+crop augmented batches and the teacher "
+        "runs on the same augmented views at every step (Beyer et al. 2022, 'Knowledge "
+        "distillation: a good teacher is patient and consistent'); default: unaugmented "
+        "images, teacher outputs cached",
+    )
+    parser.add_argument("--smoke", action="store_true", help="tiny synthetic run (seconds)")
+    return parser
+
+
+def ms_per_image(model: keras.Model, batch) -> float:
+    """Median wall time of `model.predict` on `batch`, per example, after a warm-up."""
+    n = int(keras.tree.flatten(batch)[0].shape[0])
+    model.predict(batch, batch_size=n, verbose=0)
+    times = []
+    for _ in range(5):
+        start = time.perf_counter()
+        model.predict(batch, batch_size=n, verbose=0)
+        times.append(time.perf_counter() - start)
+    return 1000.0 * float(np.median(times)) / n
+
+
+def accuracy(model: keras.Model, data) -> float:
+    """Validation accuracy; `data` is unshuffled, so `predict` keeps the labels' order."""
+    labels = np.concatenate([np.asarray(y) for _, y in data])
+    scores = model.predict(data.map(lambda x, y: x), verbose=0)
+    return float(np.mean(np.argmax(scores, axis=-1) == labels))
+
+
+# --- text ------------------------------------------------------------------------------
+
+
+class Tokenize(keras.layers.Layer):
+    """Raw strings -> the MiniLM classifier's token inputs (benchmark-only: the KerasHub
+    preprocessor cannot take a symbolic string input itself)."""
+
+    def __init__(self, preprocessor, sequence_length: int, **kwargs):
+        super().__init__(**kwargs)
+        self.preprocessor = preprocessor
+        self.sequence_length = sequence_length
+
+    def call(self, texts):
+        return {k: tf.cast(v, "int32") for k, v in self.preprocessor(texts).items()}
+
+    def compute_output_spec(self, texts):
+        shape = (texts.shape[0], self.sequence_length)
+        return {
+            key: keras.KerasTensor(shape, dtype="int32")
+            for key in ("token_ids", "segment_ids", "padding_mask")
+        }
+
+
+def embedding_bag(train_texts, num_classes: int, sequence_length: int, dropout: float):
+    """The student: text_classifier_lib.train_baseline's model, built without training it."""
+    vectorizer = keras.layers.TextVectorization(
+        max_tokens=20_000, output_sequence_length=sequence_length
+    )
+    vectorizer.adapt(tf.data.Dataset.from_tensor_slices(train_texts).batch(256))
+    return keras.Sequential(
+        [
+            keras.Input((), dtype="string"),
+            vectorizer,
+            keras.layers.Embedding(20_000, 64),
+            keras.layers.GlobalAveragePooling1D(),
+            keras.layers.Dropout(dropout),
+            keras.layers.Dense(num_classes, activation="softmax"),
+        ],
+        name="embedding_bag",
+    )
+
+
+def run_text(args) -> dict:
+    import text_classifier_lib as text_lib
+
+    assets = _common.assets_dir(args.assets, TEXT_FILE)
+    config = text_lib.Config(
+        data_path=str(assets / TEXT_FILE),
+        model_dir="",
+        max_examples=200 if args.smoke else args.max_examples,
+    )
+    keras.utils.set_random_seed(args.seed)
+    texts, labels, class_names = text_lib.load_text_data(config)
+    train, validation = text_lib.split(
+        texts, labels, config.validation_split, args.seed, config.max_examples
+    )
+    print(f"{len(train[0])} train / {len(validation[0])} validation texts", flush=True)
+
+    start = time.perf_counter()
+    classifier, preprocessor = text_lib.build_classifier(
+        text_lib.default_preset(), len(class_names), config.sequence_length, config.dropout
+    )
+    token_train = text_lib._dataset(
+        preprocessor, *train, config.batch_size, True, args.seed
+    )  # the example's own pipeline
+    kt.fit_two_phase(
+        classifier,
+        token_train,
+        head_epochs=0,
+        fine_tune_epochs=args.teacher_epochs,
+        fine_tune_lr=1e-4,
+        lr_decay=0.7,  # head 1e-4, top block 7e-5 ... embeddings 8e-6
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+        verbose=2,
+    )
+    teacher_seconds = time.perf_counter() - start
+    strings = keras.Input((), dtype="string", name="text")
+    teacher = keras.Model(
+        strings, classifier(Tokenize(preprocessor, config.sequence_length)(strings)), name="teacher"
+    )
+
+    def batches(part, shuffle):
+        data = tf.data.Dataset.from_tensor_slices((list(part[0]), part[1]))
+        if shuffle:
+            data = data.shuffle(len(part[0]), seed=args.seed, reshuffle_each_iteration=True)
+        return data.batch(config.batch_size)
+
+    train_data, validation_data = batches(train, True), batches(validation, False)
+    teacher_acc = accuracy(teacher, validation_data)
+    print(f"teacher validation accuracy {teacher_acc:.4f} ({teacher_seconds:.0f} s)", flush=True)
+
+    students = {}
+    for arm, alpha in (("labels_only", 1.0), ("distilled", args.alpha)):
+        keras.utils.set_random_seed(args.seed)
+        student = embedding_bag(train[0], len(class_names), config.sequence_length, config.dropout)
+        arm_start = time.perf_counter()
+        kt.distill(
+            teacher,
+            student,
+            train_data,
+            validation_data,
+            temperature=args.temperature,
+            alpha=alpha,
+            epochs=1 if args.smoke else args.student_epochs,
+            learning_rate=1e-3,
+            # Labels only: the teacher term is off and the teacher never runs.
+            cache_teacher=alpha < 1.0,
+            seed=args.seed,
+            verbose=2,
+        )
+        students[arm] = (student, accuracy(student, validation_data))
+        print(f"student {arm}: {students[arm][1]:.4f} ({time.perf_counter() - arm_start:.0f} s)")
+
+    probe = tf.constant(list(validation[0][:256]))
+    return {
+        "dataset": "sms_spam",
+        "teacher_acc": teacher_acc,
+        "student_labels_only_acc": students["labels_only"][1],
+        "student_distilled_acc": students["distilled"][1],
+        "teacher_ms_per_image": ms_per_image(teacher, probe),
+        "student_ms_per_image": ms_per_image(students["distilled"][0], probe),
+        "teacher_params": int(classifier.count_params()),
+        "student_params": int(students["distilled"][0].count_params()),
+        "num_train": len(train[0]),
+        "num_validation": len(validation[0]),
+        "teacher_training": f"MiniLM-L6 + head, all blocks {args.teacher_epochs} epoch(s), "
+        "Adam 1e-4 with lr_decay 0.7",
+        "student_epochs": args.student_epochs,
+    }
+
+
+# --- images ----------------------------------------------------------------------------
+
+
+def run_images(args) -> dict:
+    if args.smoke:
+        folder, weights, size = _common.smoke_image_folder(), None, 64
+    else:
+        assets = _common.assets_dir(args.assets, _common.DATASETS["hymenoptera"])
+        folder = assets / _common.DATASETS["hymenoptera"]
+        weights, size = str(assets / _common.MOBILENET_WEIGHTS), 224
+    student_size = size // 2 if args.smoke else args.student_size
+    keras.utils.set_random_seed(args.seed)
+    data = kt.image_folder_dataset(
+        folder, image_size=size, batch_size=32, augment="flip,crop", seed=args.seed
+    )
+    print(f"classes {data.class_names}", flush=True)
+
+    start = time.perf_counter()
+    teacher = kt.create_classifier(
+        kt.create_backbone("mobilenet", input_shape=(size, size, 3), weights=weights),
+        len(data.class_names),
+        class_names=data.class_names,
+    )
+    kt.fit_two_phase_cached(
+        teacher,
+        data.train,
+        data.validation,
+        feature_data=data.train_unaugmented,
+        head_epochs=2 if args.smoke else 20,
+        fine_tune_epochs=1 if args.smoke else 3,
+        head_lr=1e-3,
+        fine_tune_lr=2e-5,
+        verbose=2,
+    )
+    teacher_seconds = time.perf_counter() - start
+    teacher_acc = accuracy(teacher, data.validation)
+    print(f"teacher validation accuracy {teacher_acc:.4f} ({teacher_seconds:.0f} s)", flush=True)
+
+    def make_student():
+        classifier = kt.create_classifier(
+            kt.create_backbone(
+                "mobilenet", input_shape=(student_size, student_size, 3), weights=weights
+            ),
+            len(data.class_names),
+            class_names=data.class_names,
+        )
+        student = keras.Sequential(
+            [
+                keras.Input((size, size, 3)),
+                keras.layers.Resizing(student_size, student_size, antialias=True),
+                classifier,
+            ],
+            name=f"student_{student_size}px",
+        )
+        return student, classifier
+
+    students = {}
+    for arm, alpha in (("labels_only", 1.0), ("distilled", args.alpha)):
+        keras.utils.set_random_seed(args.seed)
+        student, classifier = make_student()
+        arm_start = time.perf_counter()
+        phases = (
+            ("head", {"epochs": 2 if args.smoke else args.head_epochs, "learning_rate": 1e-3}),
+            ("all", {"epochs": 1 if args.smoke else args.fine_tune_epochs, "learning_rate": 2e-5}),
+        )
+        for phase, settings in phases:
+            if phase == "head":
+                kt.freeze(classifier)
+            else:
+                kt.unfreeze(classifier, "all")
+            kt.distill(
+                teacher,
+                student,
+                data.train if args.consistent else data.train_unaugmented,
+                data.validation,
+                temperature=args.temperature,
+                alpha=alpha,
+                cache_teacher=not args.consistent,
+                seed=args.seed,
+                verbose=2,
+                **settings,
+            )
+        students[arm] = (student, accuracy(student, data.validation))
+        print(f"student {arm}: {students[arm][1]:.4f} ({time.perf_counter() - arm_start:.0f} s)")
+
+    probe = next(iter(data.validation))[0][:32]
+    return {
+        "dataset": "synthetic" if args.smoke else "hymenoptera",
+        "teacher_acc": teacher_acc,
+        "student_labels_only_acc": students["labels_only"][1],
+        "student_distilled_acc": students["distilled"][1],
+        "teacher_ms_per_image": ms_per_image(teacher, probe),
+        "student_ms_per_image": ms_per_image(students["distilled"][0], probe),
+        "teacher_px": size,
+        "student_px": student_size,
+        "num_train": int(sum(int(x.shape[0]) for x, _ in data.train_unaugmented)),
+        "teacher_training": "head 20 epochs on cached features (Adam 1e-3), all blocks 3 "
+        "epochs at 2e-5 on flip+crop",
+        "student_training": f"head {args.head_epochs} epochs at 1e-3 (backbone frozen), all "
+        f"blocks {args.fine_tune_epochs} epochs at 2e-5, "
+        + (
+            "flip+crop augmented images, teacher on the same views every step"
+            if args.consistent
+            else "unaugmented images, teacher outputs cached"
+        ),
+    }
+
+
+def main(argv=None) -> dict:
+    args = _parser().parse_args(argv)
+    start = time.perf_counter()
+    result = run_text(args) if args.task == "text" else run_images(args)
+    gap = result["teacher_acc"] - result["student_labels_only_acc"]
+    gained = result["student_distilled_acc"] - result["student_labels_only_acc"]
+    result = {
+        "task": args.task,
+        **result,
+        "gap_closed": round(gained / gap, 3) if gap > 0 else None,
+        "speedup": round(result["teacher_ms_per_image"] / result["student_ms_per_image"], 2),
+        "temperature": args.temperature,
+        "alpha": args.alpha,
+        "seed": args.seed,
+        "seconds": round(time.perf_counter() - start, 1),
+        "load_average": _common.load_average(),
+    }
+    if not args.smoke:
+        suffix = "_consistent" if args.consistent else ""
+        path = (
+            _common.output_dir(args.output_dir, "")
+            / f"distillation_{result['dataset']}{suffix}.json"
+        )
+        _common.write_json(path, result)
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()

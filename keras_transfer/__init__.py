@@ -50,6 +50,7 @@ from keras_transfer.data import image_folder_dataset
 from keras_transfer.data import tfds_dataset
 from keras_transfer.distribute import MultiWorkerFitMixin
 from keras_transfer.distribute import create_strategy
+from keras_transfer.distribute import default_jit_compile
 from keras_transfer.distribute import enable_multi_worker_fit
 from keras_transfer.distribute import set_mixed_precision
 from keras_transfer.domain import DannLearningRate
@@ -157,6 +158,7 @@ __all__ = [
     "create_classifier",
     "create_strategy",
     "DannLearningRate",
+    "default_jit_compile",
     "domain_distance",
     "DomainAdaptation",
     "DomainDistance",

@@ -32,6 +32,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_transfer import distribute
 from keras_transfer import heads
 from keras_transfer import optimizers
 from keras_transfer import reliability
@@ -448,6 +449,7 @@ def fit_head_on_features(
     callbacks: Sequence[keras.callbacks.Callback] | None = None,
     initial_epoch: int = 0,
     verbose: int = 1,
+    jit_compile: bool | None = None,
     **fit_kwargs: Any,
 ) -> HeadOnFeatures:
     """Trains `model.head` in place on features of `cache.data` cached from `model`'s
@@ -466,6 +468,7 @@ def fit_head_on_features(
         callbacks: Keras callbacks for the head's `fit`.
         initial_epoch: where the head's epoch count starts.
         verbose: verbosity of the extraction and of `fit`.
+        jit_compile: XLA for the head's steps; `None`: `distribute.default_jit_compile`.
         **fit_kwargs: extra `fit` arguments (`class_weight`, ...).
     """
     if not isinstance(model, TransferClassifier):
@@ -501,7 +504,13 @@ def fit_head_on_features(
 
     inputs = keras.Input(shape=train_cache.features.shape[1:], name="features")
     head_model = keras.Model(inputs, model.head(inputs), name="head_on_features")
-    head_model.compile(optimizer=optimizer, **heads.resolve_loss_and_metrics(model, loss, metrics))
+    if jit_compile is None:
+        jit_compile = distribute.default_jit_compile(model.distribute_strategy, head_model)
+    head_model.compile(
+        optimizer=optimizer,
+        **heads.resolve_loss_and_metrics(model, loss, metrics),
+        jit_compile=jit_compile,
+    )
     train = train_cache.as_dataset(cache.batch_size, shuffle=True, seed=cache.seed)
     if cache.passes > 1:
         # One epoch = one dataset's worth of examples drawn from the K augmented copies, so

@@ -272,7 +272,10 @@ def decode_and_resize(
     With `scaled_jpeg`, a JPEG at least twice `size` on both sides is decoded at 1/2, 1/4 or
     1/8 of its size (`tf.io.decode_jpeg(ratio=...)`, the largest ratio that keeps it at least
     `size`): libjpeg then skips most of the inverse DCT work, and the smaller image resizes
-    with less aliasing (speed and accuracy: benchmarks/throughput.py, `large_jpeg_decode`). Other
+    with less aliasing. Measured (benchmarks/throughput.py, `large_jpeg_decode`): ants-vs-bees
+    photos (median 500x375) at 128 px, 377 of 397 decoded at ratio 2: 1.32x the images/s
+    (noisy, loaded machine) and a linear-probe validation accuracy of 0.889 vs 0.895 (one
+    image of 153). Other
     formats, and JPEGs smaller than twice `size`, are decoded in full.
     """
     contents = tf.io.read_file(path)

@@ -473,6 +473,7 @@ def run_scale(args) -> dict:
             verbose=0,
         )
         curve = recording.curve
+        print("extracted", count, "images in", round(cached.seconds, 1), "s", flush=True)
         spill_at = args.scale_memory_mb * 2**20 // (cached.features.shape[1] * 4)
         # Images/s in each tenth of the run: flat means no slowdown as the cache spills.
         tenths = []
@@ -483,9 +484,8 @@ def run_scale(args) -> dict:
                 tenths.append(
                     round((hi["images"] - lo["images"]) / (hi["seconds"] - lo["seconds"]))
                 )
-        head = keras.Model(
-            keras.Input(cached.features.shape[1:]), keras.layers.Dense(2, activation="softmax")
-        )
+        head_inputs = keras.Input(cached.features.shape[1:])
+        head = keras.Model(head_inputs, keras.layers.Dense(2, activation="softmax")(head_inputs))
         head.compile(optimizer="adam", loss=LOSS)
         epoch_start = time.perf_counter()
         head.fit(cached.as_dataset(128, shuffle=True, seed=0), epochs=1, verbose=0)

@@ -58,15 +58,15 @@ LOSS = "sparse_categorical_crossentropy"
 
 def example_module():
     """The image classifier example's library, wherever this checkout keeps it."""
-    try:
+    # Only this checkout's: an editable install elsewhere could also answer the import.
+    if (_common.REPO_ROOT / "keras_transfer" / "apps" / "image_classifier.py").exists():
         from keras_transfer.apps import image_classifier  # moved into the package
 
         return image_classifier
-    except ImportError:
-        sys.path.insert(0, str(_common.REPO_ROOT / "examples"))
-        import image_classifier_lib
+    sys.path.insert(0, str(_common.REPO_ROOT / "examples"))
+    import image_classifier_lib
 
-        return image_classifier_lib
+    return image_classifier_lib
 
 
 # --- timing ------------------------------------------------------------------------------

@@ -65,6 +65,7 @@ from keras_transfer.distillation import distill
 from keras_transfer.distillation import logits_model
 from keras_transfer.distribute import MultiWorkerFitMixin
 from keras_transfer.distribute import create_strategy
+from keras_transfer.distribute import default_jit_compile
 from keras_transfer.distribute import enable_multi_worker_fit
 from keras_transfer.distribute import set_mixed_precision
 from keras_transfer.domain import DannLearningRate
@@ -189,6 +190,7 @@ __all__ = [
     "create_classifier",
     "create_strategy",
     "DannLearningRate",
+    "default_jit_compile",
     "distill",
     "domain_distance",
     "DomainAdaptation",

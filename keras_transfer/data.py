@@ -269,11 +269,51 @@ def resize_and_crop(image: tf.Tensor, size: tuple[int, int], resize: str = "crop
     return tf.ensure_shape(image, (*size, 3))
 
 
-def _decode(path: tf.Tensor, size: tuple[int, int], resize: str = "crop") -> tf.Tensor:
+def decode_and_resize(
+    path: tf.Tensor, size: tuple[int, int], resize: str = "crop", scaled_jpeg: bool = True
+) -> tf.Tensor:
+    """Reads, decodes and resizes one image file to `size` (see `resize_and_crop`).
+
+    With `scaled_jpeg`, a JPEG at least twice `size` on both sides is decoded at 1/2, 1/4 or
+    1/8 of its size (`tf.io.decode_jpeg(ratio=...)`, the largest ratio that keeps it at least
+    `size`): libjpeg then skips most of the inverse DCT work, and the smaller image resizes
+    with less aliasing. Measured (benchmarks/throughput.py, `large_jpeg_decode`): ants-vs-bees
+    photos (median 500x375) at 128 px, 377 of 397 decoded at ratio 2: 1.32x the images/s
+    (noisy, loaded machine) and a linear-probe validation accuracy of 0.889 vs 0.895 (one
+    image of 153). Other
+    formats, and JPEGs smaller than twice `size`, are decoded in full.
+    """
+    contents = tf.io.read_file(path)
+    if not scaled_jpeg:
+        return resize_and_crop(_decode_full(contents), size, resize)
+
+    def scaled():
+        shape = tf.image.extract_jpeg_shape(contents)
+        # The largest ratio that keeps both sides at least `size`: 0 -> 1, 1 -> 2, 2 -> 4, 3 -> 8.
+        fits = tf.minimum(shape[0] // size[0], shape[1] // size[1])
+        branch = tf.reduce_sum(tf.cast(fits >= tf.constant([2, 4, 8]), tf.int32))
+        return tf.switch_case(
+            branch,
+            [
+                lambda ratio=ratio: tf.io.decode_jpeg(contents, channels=3, ratio=ratio)
+                for ratio in (1, 2, 4, 8)
+            ],
+        )
+
+    image = tf.cond(tf.io.is_jpeg(contents), scaled, lambda: _decode_full(contents))
+    return resize_and_crop(image, size, resize)
+
+
+def _decode_full(contents: tf.Tensor) -> tf.Tensor:
     # decode_image handles JPEG, PNG, GIF (first frame) and BMP; channels=3 turns
     # grayscale into RGB and drops alpha, so every image arrives as RGB.
-    image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-    return resize_and_crop(image, size, resize)
+    image = tf.io.decode_image(contents, channels=3, expand_animations=False)
+    image.set_shape((None, None, 3))
+    return image
+
+
+def _decode(path: tf.Tensor, size: tuple[int, int], resize: str = "crop") -> tf.Tensor:
+    return decode_and_resize(path, size, resize)
 
 
 def load_size(image_size: tuple[int, int], crop_fraction: float) -> tuple[int, int]:
@@ -296,7 +336,11 @@ def find_undecodable(paths: Sequence[str]) -> list[str]:
     dataset = dataset.map(
         # Reduce over the pixels: a statically known output (like the shape) would let
         # tf.data prune the decode and miss the errors.
-        lambda index, path: (index, tf.reduce_max(_decode(path, (8, 8), "squash"))),
+        lambda index, path: (
+            index,
+            # Full decode: every part of the file is read, whatever its size.
+            tf.reduce_max(decode_and_resize(path, (8, 8), "squash", scaled_jpeg=False)),
+        ),
         num_parallel_calls=tf.data.AUTOTUNE,
     ).ignore_errors()
     decoded = {int(index) for index, _ in dataset.as_numpy_iterator()}

@@ -2,7 +2,8 @@
 
 `create_strategy("tpu", tpu="local")` does the TPU dance (`TPUClusterResolver`,
 `experimental_connect_to_cluster`, `initialize_tpu_system`); `mixed_precision_policy` picks
-the policy the hardware runs fast (`mixed_bfloat16` on TPU, `mixed_float16` on GPU).
+the policy the hardware runs fast (`mixed_bfloat16` on TPU, `mixed_float16` on GPU, float32 on
+CPU) and `default_jit_compile` whether XLA pays (GPU: yes; CPU: no), each choice logged.
 Build and compile the model inside `strategy.scope()`; Keras' `fit` distributes the data.
 `MultiWorkerFitMixin` / `enable_multi_worker_fit` make Keras 3's `fit` and `evaluate` work
 under `MultiWorkerMirroredStrategy` (`TransferClassifier` has it built in).
@@ -93,6 +94,15 @@ def is_chief(strategy: tf.distribute.Strategy | None = None) -> bool:
     return task_type is None or task_type == "chief" or (task_type == "worker" and task_id == 0)
 
 
+def accelerator(strategy: tf.distribute.Strategy | None = None) -> str:
+    """The kind of device a run's steps execute on: `"TPU"`, `"GPU"` or `"CPU"`."""
+    if is_tpu(strategy):
+        return "TPU"
+    if tf.config.list_logical_devices("GPU"):
+        return "GPU"
+    return "CPU"
+
+
 def mixed_precision_policy(
     mixed_precision: bool | str, strategy: tf.distribute.Strategy | None = None
 ) -> str:
@@ -100,9 +110,11 @@ def mixed_precision_policy(
 
     Args:
         mixed_precision: `False` / `"float32"` for full precision; `True` / `"auto"` for
-            the hardware's fast policy (`mixed_bfloat16` on TPU, `mixed_float16` on GPU,
-            `mixed_bfloat16` on CPU, where it saves memory but is rarely faster); or a policy
-            name (`"mixed_float16"`, `"mixed_bfloat16"`).
+            the hardware's fast policy: `mixed_bfloat16` on TPU, `mixed_float16` on GPU,
+            and `float32` on CPU, where `mixed_bfloat16` made a MobileNet V1 fine-tuning
+            step about 2x slower (benchmarks/throughput.py, `bf16_vs_fp32_cpu`); or a
+            policy name (`"mixed_float16"`, `"mixed_bfloat16"`), used as given on any
+            device (e.g. to save memory on CPU).
         strategy: the strategy the run uses (to detect a TPU).
     """
     if mixed_precision in (False, None, "", "false", "float32", "none"):
@@ -114,12 +126,16 @@ def mixed_precision_policy(
             f"mixed_precision must be a bool, 'auto', 'float32', 'mixed_float16' or "
             f"'mixed_bfloat16', got {mixed_precision!r}."
         )
-    if is_tpu(strategy):
+    device = accelerator(strategy)
+    if device == "TPU":
         return "mixed_bfloat16"
-    if tf.config.list_logical_devices("GPU"):
+    if device == "GPU":
         return "mixed_float16"
-    logger.info("mixed precision on CPU: using mixed_bfloat16 (saves memory, rarely faster)")
-    return "mixed_bfloat16"
+    logger.info(
+        "mixed precision on CPU: keeping float32, measured faster than mixed_bfloat16 on CPU "
+        "(benchmarks/throughput.py bf16_vs_fp32_cpu); pass 'mixed_bfloat16' to force it."
+    )
+    return "float32"
 
 
 def set_mixed_precision(
@@ -128,11 +144,55 @@ def set_mixed_precision(
     """Sets the global Keras dtype policy (see `mixed_precision_policy`) and returns its name.
 
     Set it before building the model: layers read the global policy when they are created.
-    `keras_transfer` heads keep a float32 output layer, so losses stay stable.
+    `keras_transfer` heads keep a float32 output layer, so losses stay stable. On CPU,
+    `True` keeps float32 (measured faster there); pass `"mixed_bfloat16"` to force it.
     """
     policy = mixed_precision_policy(mixed_precision, strategy)
     keras.config.set_dtype_policy(policy)
+    logger.info("dtype policy: %s", policy)
     return policy
+
+
+def default_jit_compile(
+    strategy: tf.distribute.Strategy | None = None, model: keras.Model | None = None
+) -> bool:
+    """Whether to compile training steps with XLA (`compile(jit_compile=...)`) on this device.
+
+    An explicit, logged choice instead of Keras' `"auto"`: `False` on CPU, where XLA made
+    fine-tuning steps 2-13x slower here (benchmarks/throughput.py, `jit_vs_nojit_cpu`);
+    `True` on a GPU with one replica, where XLA fuses the many small ops of a fine-tuning
+    step; `False` under a multi-replica GPU strategy (Keras' own `"auto"` also turns XLA off
+    with `tf.distribute`); `False` on TPU, whose strategy compiles every step with XLA
+    anyway. Also `False` when a layer of `model` does not support XLA (`layer.supports_jit`).
+
+    Args:
+        strategy: the strategy the model trains under; default the current one.
+        model: the model to compile, to check its layers.
+
+    Returns:
+        The `jit_compile` value to pass to `model.compile`.
+
+    Example:
+    ```python
+    model.compile(optimizer="adam", loss="mse", jit_compile=default_jit_compile(strategy, model))
+    ```
+    """
+    strategy = strategy or tf.distribute.get_strategy()
+    device = accelerator(strategy)
+    if device == "CPU":
+        reason, choice = "on CPU XLA made fine-tuning steps 2-13x slower", False
+    elif device == "TPU":
+        reason, choice = "the TPU strategy compiles every step with XLA itself", False
+    elif strategy.num_replicas_in_sync > 1:
+        reason, choice = "Keras does not combine XLA with multi-replica tf.distribute", False
+    elif model is not None and not all(
+        getattr(layer, "supports_jit", True) for layer in _keras_compat.flatten_layers(model)
+    ):
+        reason, choice = "a layer of the model does not support XLA", False
+    else:
+        reason, choice = "XLA fuses the step's small ops on GPU", True
+    logger.info("jit_compile=%s: %s.", choice, reason)
+    return choice
 
 
 def hub_load_options(strategy: tf.distribute.Strategy | None) -> dict[str, Any] | None:

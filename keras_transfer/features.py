@@ -34,6 +34,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_transfer import distribute
 from keras_transfer import heads
 from keras_transfer import imbalance
 from keras_transfer import optimizers
@@ -484,6 +485,7 @@ def fit_head_on_features(
     initial_epoch: int = 0,
     verbose: int = 1,
     class_weight: str | Mapping[Any, float] | None = None,
+    jit_compile: bool | None = None,
     **fit_kwargs: Any,
 ) -> HeadOnFeatures:
     """Trains `model.head` in place on features of `cache.data` cached from `model`'s
@@ -505,6 +507,7 @@ def fit_head_on_features(
         class_weight: `"balanced"` (weights `n / (k * n_c)` from the cached training
             labels: no extra pass), a dict `{class index or name: weight}`, or `None`; see
             `imbalance.resolve_class_weight`. Given to Keras' `fit(class_weight=...)`.
+        jit_compile: XLA for the head's steps; `None`: `distribute.default_jit_compile`.
         **fit_kwargs: extra `fit` arguments.
     """
     if not isinstance(model, TransferClassifier):
@@ -548,11 +551,14 @@ def fit_head_on_features(
 
     inputs = keras.Input(shape=train_cache.features.shape[1:], name="features")
     head_model = keras.Model(inputs, model.head(inputs), name="head_on_features")
+    if jit_compile is None:
+        jit_compile = distribute.default_jit_compile(model.distribute_strategy, head_model)
     head_model.compile(
         optimizer=optimizer,
         # A multi-task head's per-output loss weights, as `model.compile()` applies them.
         loss_weights=getattr(model.head, "loss_weights", None),
         **heads.resolve_loss_and_metrics(model, loss, metrics),
+        jit_compile=jit_compile,
     )
     train = train_cache.as_dataset(cache.batch_size, shuffle=True, seed=cache.seed)
     if cache.passes > 1:

@@ -158,3 +158,35 @@ def test_tfds_dataset_without_tfds_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)
     with pytest.raises(ImportError, match=r"keras-transfer\[tfds\]"):
         data.tfds_dataset("tf_flowers")
+
+
+def test_large_jpegs_decode_at_reduced_scale_with_the_same_result(tmp_path, monkeypatch):
+    # A smooth 400x300 photo-like image: scaled decoding must give nearly the same pixels.
+    rows, cols = np.mgrid[0:300, 0:400]
+    image = np.stack([rows * 0.8, cols * 0.6, (rows + cols) * 0.35], -1).astype("uint8")
+    jpeg = tmp_path / "big.jpg"
+    jpeg.write_bytes(tf.io.encode_jpeg(image, quality=95).numpy())
+    png = tmp_path / "big.png"
+    png.write_bytes(tf.io.encode_png(image).numpy())
+    ratios = []
+    decode_jpeg = tf.io.decode_jpeg
+
+    def recording(contents, **kwargs):
+        ratios.append(kwargs.get("ratio", 1))
+        return decode_jpeg(contents, **kwargs)
+
+    monkeypatch.setattr(tf.io, "decode_jpeg", recording)
+    # The largest ratio that keeps both sides >= the target: 300 // 100 = 3 -> 2;
+    # min(400 // 40, 300 // 40) = 7 -> 4; 300 // 200 = 1 -> full size.
+    for size, ratio in (((100, 100), 2), ((40, 40), 4), ((200, 200), 1)):
+        ratios.clear()
+        scaled = data.decode_and_resize(tf.constant(str(jpeg)), size)
+        full = data.decode_and_resize(tf.constant(str(jpeg)), size, scaled_jpeg=False)
+        assert ratios == [ratio]
+        assert scaled.shape == (*size, 3) and scaled.dtype == tf.uint8
+        difference = np.abs(scaled.numpy().astype(int) - full.numpy().astype(int))
+        assert difference.mean() < 2.0, size
+    # Other formats are decoded in full, without the JPEG decoder.
+    ratios.clear()
+    from_png = data.decode_and_resize(tf.constant(str(png)), (40, 40))
+    assert ratios == [] and from_png.shape == (40, 40, 3)

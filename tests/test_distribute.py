@@ -98,21 +98,100 @@ def test_tpu_strategy_without_a_tpu_says_how_to_get_one(monkeypatch):
         distribute.create_strategy("tpu")
 
 
-def test_mixed_precision_policy_per_hardware(monkeypatch):
-    assert distribute.mixed_precision_policy(False) == "float32"
-    assert distribute.mixed_precision_policy("mixed_float16") == "mixed_float16"
-    # This machine has no GPU: bfloat16.
-    assert distribute.mixed_precision_policy(True) == "mixed_bfloat16"
-    with pytest.raises(ValueError, match="mixed_precision must be"):
-        distribute.mixed_precision_policy("half")
+def _pretend_gpu(monkeypatch):
     monkeypatch.setattr(
         tf.config, "list_logical_devices", lambda kind=None: ["gpu:0"] if kind == "GPU" else []
     )
+
+
+def test_mixed_precision_policy_per_hardware(monkeypatch, caplog):
+    assert distribute.mixed_precision_policy(False) == "float32"
+    assert distribute.mixed_precision_policy("mixed_float16") == "mixed_float16"
+    with pytest.raises(ValueError, match="mixed_precision must be"):
+        distribute.mixed_precision_policy("half")
+    # This machine has no GPU: "auto" keeps float32 and says why; an explicit policy is kept.
+    assert distribute.accelerator() == "CPU"
+    with caplog.at_level("INFO", logger="keras_transfer"):
+        assert distribute.mixed_precision_policy(True) == "float32"
+    assert "keeping float32" in caplog.text and "bf16_vs_fp32_cpu" in caplog.text
+    assert distribute.mixed_precision_policy("mixed_bfloat16") == "mixed_bfloat16"
+    _pretend_gpu(monkeypatch)
+    assert distribute.accelerator() == "GPU"
     assert distribute.mixed_precision_policy(True) == "mixed_float16"
     monkeypatch.setattr(distribute, "is_tpu", lambda strategy: True)
+    assert distribute.accelerator(object()) == "TPU"
     assert distribute.mixed_precision_policy(True, object()) == "mixed_bfloat16"
     assert distribute.hub_load_options(object()) == {"experimental_io_device": "/job:localhost"}
     assert distribute.static_batches(object())
+
+
+def test_set_mixed_precision_on_cpu_keeps_float32_unless_forced():
+    try:
+        assert distribute.set_mixed_precision(True) == "float32"
+        assert keras.config.dtype_policy().name == "float32"
+        assert distribute.set_mixed_precision("mixed_bfloat16") == "mixed_bfloat16"
+        assert keras.config.dtype_policy().name == "mixed_bfloat16"
+    finally:
+        keras.config.set_dtype_policy("float32")
+
+
+def _tiny_model():
+    inputs = keras.Input((4,))
+    return keras.Model(inputs, keras.layers.Dense(2)(inputs))
+
+
+def test_default_jit_compile_per_hardware(monkeypatch, caplog):
+    model = _tiny_model()
+    with caplog.at_level("INFO", logger="keras_transfer"):
+        assert distribute.default_jit_compile(model=model) is False
+    assert "jit_compile=False: on CPU" in caplog.text
+    _pretend_gpu(monkeypatch)
+    assert distribute.default_jit_compile(model=model) is True
+    # A layer without XLA support turns it off.
+    model.layers[-1].supports_jit = False
+    assert distribute.default_jit_compile(model=model) is False
+
+    class TwoReplicas:
+        num_replicas_in_sync = 2
+
+    assert distribute.default_jit_compile(TwoReplicas()) is False
+    monkeypatch.setattr(distribute, "is_tpu", lambda strategy: True)
+    assert distribute.default_jit_compile(object()) is False
+
+
+def test_fit_two_phase_compiles_with_the_default_jit_choice(
+    monkeypatch, tiny_classifier, tiny_dataset
+):
+    choices = []
+
+    def choose(strategy=None, model=None):
+        choices.append(model)
+        return True
+
+    monkeypatch.setattr(distribute, "default_jit_compile", choose)
+    compiled = []
+    compile_ = tiny_classifier.compile
+    monkeypatch.setattr(
+        tiny_classifier,
+        "compile",
+        lambda **kwargs: (compiled.append(kwargs.get("jit_compile")), compile_(**kwargs))[1],
+    )
+    training.fit_two_phase(
+        tiny_classifier, tiny_dataset, head_epochs=1, fine_tune_epochs=1, unfreeze=1, verbose=0
+    )
+    assert choices == [tiny_classifier]
+    assert compiled == [True, True]  # both phases' compile
+    assert tiny_classifier.jit_compile is True
+    # An explicit value wins and the default is not consulted.
+    training.fit_two_phase(
+        tiny_classifier,
+        tiny_dataset,
+        head_epochs=0,
+        fine_tune_epochs=1,
+        verbose=0,
+        compile_kwargs={"jit_compile": False},
+    )
+    assert len(choices) == 1 and compiled[-1] is False
 
 
 def test_tpu_settings_give_static_batch_shapes(image_folder):
@@ -130,14 +209,22 @@ def test_tpu_settings_give_static_batch_shapes(image_folder):
     assert dynamic.train.element_spec[0].shape.as_list() == [None, 32, 32, 3]
 
 
-def test_mixed_precision_run_trains_in_bfloat16(image_folder, tmp_path):
+def test_mixed_precision_run_keeps_float32_on_cpu_and_trains_in_bfloat16_when_chosen(
+    image_folder, tmp_path, monkeypatch
+):
     root = image_folder({"a": 6, "b": 6})
     settings = _settings(root, tmp_path / "out", "default")
     settings.update(mixed_precision=True, fine_tune_epochs=0, validation_split=0.25)
+    # On this CPU --mixed_precision keeps float32 (measured faster).
+    results = image_classifier_lib.run(image_classifier_lib.Config(**settings))
+    assert results["dtype_policy"] == "float32"
+    # Where bfloat16 is the hardware's choice (a TPU), the run trains in it.
+    monkeypatch.setattr(distribute, "accelerator", lambda strategy=None: "TPU")
+    settings["model_dir"] = str(tmp_path / "bf16")
     results = image_classifier_lib.run(image_classifier_lib.Config(**settings))
     assert results["dtype_policy"] == "mixed_bfloat16"
     assert keras.config.dtype_policy().name == "float32"  # restored after the run
-    model = keras.saving.load_model(tmp_path / "out" / "model.keras")
+    model = keras.saving.load_model(tmp_path / "bf16" / "model.keras")
     assert model.backbone.layers[2].dtype_policy.name == "mixed_bfloat16"
     assert model.output.dtype == "float32"
 

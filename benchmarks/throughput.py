@@ -1,0 +1,548 @@
+"""Throughput of every phase against plain Keras, and the CPU defaults' measurements.
+
+One process, the same model (MobileNet V1, real ImageNet weights), data (ants-vs-bees) and
+batch for every arm, arms interleaved round by round (the order rotates), medians reported:
+
+- `fine_tune_vs_plain_fit`: images/s of our phase 2 (`fit_two_phase` as the image
+  classifier example runs it: EMA optimizer (momentum 0.9), `SwapEMAWeights`, TensorBoard,
+  the resumable backup, the guards, and the per-layer learning-rate wrapper of
+  `--lr_decay`) over a hand-written `model.compile(Adam); model.fit` of the same unfrozen
+  network (BatchNormalization frozen in both). Steady state: each fit runs one warm-up
+  epoch (tracing, first-epoch callbacks) and then `--epochs` timed epochs.
+- `pipeline_vs_model`: images/s of the input pipeline alone (listing done; decode, crop,
+  flip augmentation, batch from the image folder), first epoch and cached epochs, over
+  the plain fit's training images/s.
+- `extract_vs_predict`: `extract_features` over `extractor.predict` of the same network.
+- `bf16_vs_fp32_cpu`: plain fit images/s under `mixed_bfloat16` over float32.
+- `jit_vs_nojit_cpu`: plain fit images/s with `jit_compile=True` over `False` (steady
+  state: the XLA compilation falls in the warm-up epoch; its time is reported apart).
+- `large_jpeg_decode`: decode + resize images/s with `decode_jpeg(ratio=2|4|8)` for JPEGs
+  at least 2x the target on both sides vs full decoding, and the validation accuracy of a
+  linear probe (logistic regression on the frozen backbone's pooled features) trained on
+  features of images decoded each way.
+
+`--scale` runs the scale check instead: a synthetic folder of `--scale_images` small JPEGs
+(made in /tmp, deleted afterwards), the cached feature pipeline (`extract_features` with
+`--scale_memory_mb` so it spills to disk, then one head epoch from the disk cache),
+recording images vs seconds and the process RSS along the way.
+
+    python benchmarks/throughput.py                 # ~10-15 min on a loaded 2-core CPU
+    python benchmarks/throughput.py --scale         # 50 000 images at 64 px
+    python benchmarks/throughput.py --smoke         # seconds: synthetic data, weights=None
+
+The last line printed is one JSON object; results go to
+benchmarks/results/throughput.json (throughput_scale.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import resource
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import _common  # noqa: E402
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import keras_transfer as kt  # noqa: E402
+from keras_transfer import data as data_lib  # noqa: E402
+from keras_transfer import features  # noqa: E402
+
+LOSS = "sparse_categorical_crossentropy"
+
+
+class EpochTimer(keras.callbacks.Callback):
+    """Times a fit's epochs after the first (warm-up) one, end-of-epoch callbacks included:
+    put it last in the callback list."""
+
+    def __init__(self):
+        super().__init__()
+        self.begins: list[float] = []
+        self.end = 0.0
+        self.start = time.perf_counter()
+
+    def on_train_begin(self, logs=None):
+        self.start = time.perf_counter()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.begins.append(time.perf_counter())
+
+    def on_train_end(self, logs=None):
+        self.end = time.perf_counter()
+
+    def steady_seconds(self) -> float:
+        return self.end - self.begins[1]
+
+    def warmup_seconds(self) -> float:
+        return self.begins[1] - self.start
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def median(values):
+    return statistics.median(values)
+
+
+def build(weights, size, policy="float32", **extra):
+    previous = keras.config.dtype_policy().name
+    keras.config.set_dtype_policy(policy)
+    try:
+        keras.utils.set_random_seed(0)
+        return kt.create_classifier(
+            "mobilenet",
+            2,
+            head={"dropout": 0.2},
+            input_shape=(size, size, 3),
+            weights=weights,
+            **extra,
+        )
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+# --- fine-tuning arms ----------------------------------------------------------------------
+
+
+def ours_fit(model, train, args, work):
+    """Phase 2 of fit_two_phase with the example's settings (examples/image_classifier_lib
+    train_model): EMA Adam, SwapEMAWeights, TensorBoard, backup, guards, lr_decay."""
+    timer = EpochTimer()
+    callbacks = [keras.callbacks.SwapEMAWeights()]
+    if args.tensorboard:
+        callbacks.insert(0, keras.callbacks.TensorBoard(str(work / "logs")))
+    kt.fit_two_phase(
+        model,
+        train,
+        head_epochs=0,
+        fine_tune_epochs=1 + args.epochs,
+        fine_tune_lr=args.learning_rate,
+        unfreeze="all",
+        optimizer=lambda lr: keras.optimizers.Adam(lr, use_ema=True, ema_momentum=0.9),
+        lr_decay=args.lr_decay or None,
+        callbacks=[*callbacks, timer],
+        backup_dir=str(work / "backup") if args.backup else None,
+        verbose=0,
+    )
+    return timer
+
+
+def plain_fit(model, train, args, compile_kwargs=None):
+    timer = EpochTimer()
+    if compile_kwargs is not None:
+        model.compile(
+            optimizer=keras.optimizers.Adam(args.learning_rate),
+            loss=LOSS,
+            metrics=["accuracy"],
+            **compile_kwargs,
+        )
+    model.fit(train, epochs=1 + args.epochs, callbacks=[timer], verbose=0)
+    return timer
+
+
+def pipeline_rates(directory, args):
+    """Images/s of the training pipeline alone: the first epoch (decode, crop, flip, batch,
+    filling the cache) and the next (cached) epochs."""
+    data = kt.image_folder_dataset(
+        directory / "train",
+        image_size=args.image_size,
+        batch_size=args.batch_size,
+        validation_dir=directory / "val",
+        augment="flip,crop",
+        seed=0,
+    )
+    rates = []
+    for _ in range(3):
+        start = time.perf_counter()
+        count = sum(int(images.shape[0]) for images, _ in data.train)
+        rates.append(count / (time.perf_counter() - start))
+    return rates[0], median(rates[1:])
+
+
+# --- large JPEG decoding -----------------------------------------------------------------
+
+
+def _files(directory):
+    paths, labels = [], []
+    classes = sorted(p.name for p in directory.iterdir() if p.is_dir())
+    for label, name in enumerate(classes):
+        for path in sorted((directory / name).iterdir()):
+            if path.suffix.lower() in (".jpg", ".jpeg", ".png"):
+                paths.append(str(path))
+                labels.append(label)
+    return paths, np.asarray(labels)
+
+
+def decoded_batches(paths, size, load, scaled, batch_size):
+    top = (load - size) // 2
+
+    def load_one(path):
+        image = data_lib.decode_and_resize(path, (load, load), scaled_jpeg=scaled)
+        return tf.cast(image[top : top + size, top : top + size], tf.float32)
+
+    dataset = tf.data.Dataset.from_tensor_slices(paths)
+    return dataset.map(load_one, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size)
+
+
+def jpeg_ratio_applies(paths, load):
+    count = 0
+    for path in paths:
+        size = data_lib.read_image_size(path)
+        if size and min(size[0] // load, size[1] // load) >= 2:
+            count += 1
+    return count
+
+
+def probe_accuracy(extractor, train, val, size, load, scaled, batch_size):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    def feats(paths):
+        return np.concatenate(
+            [
+                np.asarray(extractor.predict_on_batch(batch))
+                for batch in decoded_batches(paths, size, load, scaled, batch_size)
+            ]
+        )
+
+    x_train, x_val = feats(train[0]), feats(val[0])
+    scaler = StandardScaler().fit(x_train)
+    probe = LogisticRegression(C=0.1, max_iter=3000).fit(scaler.transform(x_train), train[1])
+    return float(probe.score(scaler.transform(x_val), val[1]))
+
+
+def large_jpeg_decode(directory, weights, args, extra):
+    size = args.decode_size
+    load = data_lib.load_size((size, size), 0.875)[0]
+    train, val = _files(directory / "train"), _files(directory / "val")
+    paths = train[0] + val[0]
+    speeds = {"full": [], "scaled": []}
+    for round_index in range(args.rounds):
+        order = ("full", "scaled") if round_index % 2 == 0 else ("scaled", "full")
+        for arm in order:
+            start = time.perf_counter()
+            count = sum(
+                int(b.shape[0])
+                for b in decoded_batches(paths, size, load, arm == "scaled", args.batch_size)
+            )
+            speeds[arm].append(count / (time.perf_counter() - start))
+    extractor = features.feature_extractor(build(weights, size, **extra))
+    accuracy = {
+        arm: probe_accuracy(extractor, train, val, size, load, arm == "scaled", args.batch_size)
+        for arm in ("full", "scaled")
+    }
+    return {
+        "image_size": size,
+        "decode_size": load,
+        "images": len(paths),
+        "images_decoded_at_reduced_scale": jpeg_ratio_applies(paths, load),
+        "full_images_per_second": [round(v, 1) for v in speeds["full"]],
+        "scaled_images_per_second": [round(v, 1) for v in speeds["scaled"]],
+        "speedup": round(median(speeds["scaled"]) / median(speeds["full"]), 3),
+        "probe_val_accuracy_full": round(accuracy["full"], 4),
+        "probe_val_accuracy_scaled": round(accuracy["scaled"], 4),
+    }
+
+
+# --- the main benchmark ------------------------------------------------------------------
+
+
+def run(args) -> dict:
+    if args.smoke:
+        directory = _common.smoke_image_folder(per_class=16, size=72)
+        (directory / "val").mkdir()
+        for name in ("ants", "bees"):
+            shutil.move(str(directory / "validation" / name), str(directory / "val" / name))
+        weights, extra = None, {"alpha": 0.25}
+        args.image_size, args.decode_size, args.rounds, args.epochs = 32, 32, 2, 1
+    else:
+        assets = _common.assets_dir(args.assets, _common.DATASETS["hymenoptera"])
+        directory = assets / _common.DATASETS["hymenoptera"]
+        weights, extra = str(assets / _common.MOBILENET_WEIGHTS), {}
+    work = pathlib.Path(tempfile.mkdtemp(prefix="keras_transfer_throughput_"))
+    result: dict = {
+        "benchmark": "throughput",
+        "dataset": "synthetic" if args.smoke else "hymenoptera",
+        "image_size": args.image_size,
+        "batch_size": args.batch_size,
+        "rounds": args.rounds,
+        "timed_epochs_per_fit": args.epochs,
+        "lr_decay": args.lr_decay,
+        "load_average_start": _common.load_average(),
+    }
+    start = time.perf_counter()
+    try:
+        result["large_jpeg_decode"] = large_jpeg_decode(directory, weights, args, extra)
+        print("large_jpeg_decode", result["large_jpeg_decode"], flush=True)
+
+        data = kt.image_folder_dataset(
+            directory / "train",
+            image_size=args.image_size,
+            batch_size=args.batch_size,
+            validation_dir=directory / "val",
+            augment="flip,crop",
+            seed=0,
+        )
+        train = data.train
+        for _ in train:  # fill the decoded-image cache before anything is timed
+            pass
+        images_per_epoch = data.num_train
+
+        model = build(weights, args.image_size, **extra)
+        jit_model = build(weights, args.image_size, **extra)
+        bf16_model = build(weights, args.image_size, policy="mixed_bfloat16", **extra)
+        for m in (jit_model, bf16_model):
+            kt.unfreeze(m, "all")
+        # Compile once (the XLA compilation of the jit arm happens here, timed apart).
+        result["jit_first_fit_warmup_epoch_seconds"] = round(
+            plain_fit(jit_model, train, args, {"jit_compile": True}).warmup_seconds(), 1
+        )
+        plain_fit(bf16_model, train, args, {"jit_compile": False})
+
+        # Extraction vs predict, same extractor, unaugmented cached validation batches.
+        extractor = features.feature_extractor(model)
+        validation = data.validation
+        features.extract_features(extractor, validation, verbose=0)
+        extractor.predict(validation, verbose=0)
+        rates = {name: [] for name in ("extract", "predict")}
+        for round_index in range(args.rounds):
+            for arm in ("extract", "predict")[:: 1 if round_index % 2 == 0 else -1]:
+                t = time.perf_counter()
+                if arm == "extract":
+                    n = features.extract_features(extractor, validation, verbose=0).num_examples
+                else:
+                    n = len(extractor.predict(validation, verbose=0))
+                rates[arm].append(n / (time.perf_counter() - t))
+
+        arms = ("ours", "plain", "plain_jit", "plain_bf16", "pipeline")
+        timings = {arm: [] for arm in arms}
+        warmups = {arm: [] for arm in arms}
+        pipeline_cached = []
+        for round_index in range(args.rounds):
+            order = arms[round_index % len(arms) :] + arms[: round_index % len(arms)]
+            for arm in order:
+                if arm == "pipeline":
+                    first, cached = pipeline_rates(directory, args)
+                    timings[arm].append(first)
+                    pipeline_cached.append(cached)
+                    continue
+                if arm == "ours":
+                    timer = ours_fit(model, train, args, work)
+                elif arm == "plain":
+                    # Same unfrozen set as ours (all blocks, BatchNormalization frozen).
+                    kt.unfreeze(model, "all")
+                    timer = plain_fit(model, train, args, {})
+                elif arm == "plain_jit":
+                    timer = plain_fit(jit_model, train, args)
+                else:
+                    timer = plain_fit(bf16_model, train, args)
+                timings[arm].append(images_per_epoch * args.epochs / timer.steady_seconds())
+                warmups[arm].append(timer.warmup_seconds())
+                print(round_index, arm, round(timings[arm][-1], 2), "img/s", flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        if args.smoke:
+            shutil.rmtree(directory, ignore_errors=True)
+
+    med = {arm: median(v) for arm, v in timings.items()}
+    result.update(
+        {
+            "fine_tune_vs_plain_fit": round(med["ours"] / med["plain"], 3),
+            "pipeline_vs_model": round(med["pipeline"] / med["plain"], 3),
+            "pipeline_cached_vs_model": round(median(pipeline_cached) / med["plain"], 3),
+            "extract_vs_predict": round(median(rates["extract"]) / median(rates["predict"]), 3),
+            "bf16_vs_fp32_cpu": round(med["plain_bf16"] / med["plain"], 3),
+            "jit_vs_nojit_cpu": round(med["plain_jit"] / med["plain"], 3),
+            "images_per_second": {
+                arm: [round(v, 2) for v in vals] for arm, vals in timings.items()
+            },
+            "pipeline_cached_images_per_second": [round(v, 1) for v in pipeline_cached],
+            "extract_images_per_second": [round(v, 1) for v in rates["extract"]],
+            "predict_images_per_second": [round(v, 1) for v in rates["predict"]],
+            "warmup_epoch_seconds": {
+                arm: [round(v, 2) for v in vals] for arm, vals in warmups.items() if vals
+            },
+            "seconds": round(time.perf_counter() - start, 1),
+            "load_average_end": _common.load_average(),
+        }
+    )
+    return result
+
+
+# --- the scale run -----------------------------------------------------------------------
+
+
+class RecordingIterable:
+    """Yields a dataset's batches, recording (images so far, seconds, RSS) every `every`
+    batches."""
+
+    def __init__(self, dataset, every: int):
+        self.dataset = dataset
+        self.every = every
+        self.curve: list[dict] = []
+
+    def __iter__(self):
+        start = time.perf_counter()
+        seen = 0
+        for index, batch in enumerate(self.dataset):
+            seen += int(batch[0].shape[0])
+            if index % self.every == 0:
+                self.curve.append(
+                    {
+                        "images": seen,
+                        "seconds": round(time.perf_counter() - start, 2),
+                        "rss_mb": round(rss_mb(), 1),
+                    }
+                )
+            yield batch
+        self.curve.append(
+            {
+                "images": seen,
+                "seconds": round(time.perf_counter() - start, 2),
+                "rss_mb": round(rss_mb(), 1),
+            }
+        )
+
+
+def make_synthetic_folder(root: pathlib.Path, count: int, size: int) -> None:
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 255, (64, size, size, 3), dtype=np.uint8)
+    for label in ("a", "b"):
+        (root / label).mkdir(parents=True)
+    encoded = [tf.io.encode_jpeg(image, quality=85).numpy() for image in base]
+    for i in range(count):
+        # Any content does: 64 distinct JPEGs (small random noise makes them differ).
+        (root / ("a" if i % 2 else "b") / f"{i:06d}.jpg").write_bytes(encoded[i % len(encoded)])
+
+
+def run_scale(args) -> dict:
+    weights = None
+    extra = {"alpha": 0.25} if args.smoke else {}
+    if not args.smoke:
+        assets = _common.assets_dir(args.assets, _common.MOBILENET_WEIGHTS)
+        weights = str(assets / _common.MOBILENET_WEIGHTS)
+    count = 2_000 if args.smoke else args.scale_images
+    root = pathlib.Path(tempfile.mkdtemp(prefix="keras_transfer_scale_"))
+    result = {
+        "benchmark": "throughput_scale",
+        "images": count,
+        "image_size": args.scale_size,
+        "batch_size": args.scale_batch_size,
+        "max_memory_bytes": args.scale_memory_mb * 2**20,
+        "load_average_start": _common.load_average(),
+    }
+    try:
+        start = time.perf_counter()
+        make_synthetic_folder(root / "images", count, args.scale_size + 16)
+        result["generate_seconds"] = round(time.perf_counter() - start, 1)
+        start = time.perf_counter()
+        data = kt.image_folder_dataset(
+            root / "images",
+            image_size=args.scale_size,
+            batch_size=args.scale_batch_size,
+            validation_split=0.0,
+            cache=False,  # 50 000 decoded images would not be a fair memory test
+            shuffle=False,
+        )
+        result["listing_seconds"] = round(time.perf_counter() - start, 1)
+        model = build(weights, args.scale_size, **extra)
+        extractor = features.feature_extractor(model)
+        recording = RecordingIterable(data.train_unaugmented, every=max(1, 2000 // 128))
+        cached = features.extract_features(
+            extractor,
+            recording,
+            cache_dir=root / "cache",
+            max_memory_bytes=args.scale_memory_mb * 2**20,
+            verbose=0,
+        )
+        curve = recording.curve
+        print("extracted", count, "images in", round(cached.seconds, 1), "s", flush=True)
+        spill_at = args.scale_memory_mb * 2**20 // (cached.features.shape[1] * 4)
+        # Images/s in each tenth of the run: flat means no slowdown as the cache spills.
+        tenths = []
+        for i in range(1, 11):
+            lo = next(p for p in curve if p["images"] >= count * (i - 1) / 10)
+            hi = next(p for p in curve if p["images"] >= count * i / 10)
+            if hi["seconds"] > lo["seconds"]:
+                tenths.append(
+                    round((hi["images"] - lo["images"]) / (hi["seconds"] - lo["seconds"]))
+                )
+        head_inputs = keras.Input(cached.features.shape[1:])
+        head = keras.Model(head_inputs, keras.layers.Dense(2, activation="softmax")(head_inputs))
+        head.compile(optimizer="adam", loss=LOSS)
+        epoch_start = time.perf_counter()
+        head.fit(cached.as_dataset(128, shuffle=True, seed=0), epochs=1, verbose=0)
+        result.update(
+            {
+                "on_disk": cached.on_disk,
+                "spilled_after_images": int(spill_at),
+                "extract_seconds": round(cached.seconds, 1),
+                "extract_images_per_second": round(count / cached.seconds, 1),
+                "images_per_second_by_tenth": tenths,
+                "flatness_min_over_max_tenth": round(min(tenths) / max(tenths), 3),
+                "head_epoch_from_disk_seconds": round(time.perf_counter() - epoch_start, 1),
+                "peak_rss_mb": round(peak_rss_mb(), 1),
+                "curve": curve,
+                "load_average_end": _common.load_average(),
+            }
+        )
+        del cached
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    result["temporary_folder_deleted"] = not root.exists()
+    return result
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--assets", default=None)
+    parser.add_argument("--output_dir", default=None)
+    parser.add_argument("--image_size", type=int, default=128)
+    parser.add_argument("--decode_size", type=int, default=128)
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--epochs", type=int, default=2, help="timed epochs per fit")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--learning_rate", type=float, default=2e-5)
+    parser.add_argument("--lr_decay", type=float, default=0.8, help="0: no per-layer LR")
+    parser.add_argument("--no_backup", dest="backup", action="store_false")
+    parser.add_argument("--no_tensorboard", dest="tensorboard", action="store_false")
+    parser.add_argument("--scale", action="store_true")
+    parser.add_argument("--scale_images", type=int, default=50_000)
+    parser.add_argument("--scale_size", type=int, default=64)
+    parser.add_argument("--scale_batch_size", type=int, default=128)
+    parser.add_argument("--scale_memory_mb", type=int, default=16)
+    parser.add_argument("--smoke", action="store_true")
+    args = parser.parse_args(argv)
+    out = _common.output_dir(args.output_dir, "")
+    if args.scale:
+        result = run_scale(args)
+        name = "throughput_scale.json"
+    else:
+        result = run(args)
+        name = "throughput.json"
+    result["command"] = "python benchmarks/throughput.py " + " ".join(argv or sys.argv[1:])
+    if not args.smoke:
+        _common.write_json(out / name, result)
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -149,7 +149,9 @@ def set_mixed_precision(
     """
     policy = mixed_precision_policy(mixed_precision, strategy)
     keras.config.set_dtype_policy(policy)
-    logger.info("dtype policy: %s", policy)
+    # float32 is the default: worth a line only when it overrides a mixed-precision request.
+    quiet = policy == "float32" and not mixed_precision
+    (logger.debug if quiet else logger.info)("dtype policy: %s", policy)
     return policy
 
 

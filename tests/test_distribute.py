@@ -58,6 +58,9 @@ def _settings(data_dir, model_dir, strategy):
         augment="",
         verbose=0,
         strategy=strategy,
+        # The settings above, nothing planned: the advisor's early stopping and best-weights
+        # restore are tested in test_image_classifier.py.
+        plan="fixed",
     )
 
 

@@ -735,10 +735,8 @@ def train_model(
         fine_tune_optimizer=_optimizer_factory(config, plan["fine_tune_epochs"], batches),
         lr_decay=config.lr_decay or None,
         callbacks=callbacks,
-        # Keras' backups merge LoRA into the kernels: a LoRA run cannot resume from them.
-        backup_dir=os.path.join(output_dir, "backup")
-        if config.resume and config.fine_tune == "full"
-        else None,
+        # LoRA runs resume too: fit_two_phase keeps their matrices (kt.LoraBackupAndRestore).
+        backup_dir=os.path.join(output_dir, "backup") if config.resume else None,
         fine_tune=config.fine_tune,
         lora_rank=config.lora_rank,
         lora_alpha=config.lora_alpha or None,

@@ -351,14 +351,10 @@ def _check_support(counts: np.ndarray, class_names: Sequence[str] | None) -> Non
             f"The support set has {len(counts)} class(es): a classifier needs at least 2. "
             "Give images of at least two classes."
         )
-    empty = [int(c) for c in np.flatnonzero(counts == 0)]
+    empty = imbalance.empty_classes(counts, class_names)
     if empty:
-        names = [
-            f"{c} ({class_names[c]!r})" if class_names and c < len(class_names) else str(c)
-            for c in empty
-        ]
         raise ValueError(
-            f"Class(es) {', '.join(names)} have no support images: every class needs at "
+            f"Class(es) {empty} have no support images: every class needs at "
             "least one to define its prototype. Add images of it, or leave the class out."
         )
 

@@ -30,6 +30,7 @@ __all__ = [
     "balanced_weights",
     "class_counts",
     "class_weight_classes",
+    "empty_classes",
     "imbalance_warning",
     "label_indices",
     "parse_class_weight",
@@ -270,18 +271,23 @@ def resolve_class_weight(
     return resolved or None
 
 
+def empty_classes(counts: Any, class_names: Sequence[str] | None = None) -> str:
+    """The classes with a count of 0, as `"1 ('dogs'), 3"` for an error message; `""` if none."""
+    empty = [int(c) for c in np.flatnonzero(np.asarray(counts) == 0)]
+    return ", ".join(
+        f"{c} ({class_names[c]!r})" if class_names and c < len(class_names) else str(c)
+        for c in empty
+    )
+
+
 def balanced_weights(counts: Any, class_names: Sequence[str] | None = None) -> dict[int, float]:
     """`{c: n / (k * n_c)}` for the class counts `counts` (every class must have examples)."""
     counts = np.asarray(counts, dtype=np.int64)
-    empty = [int(c) for c in np.flatnonzero(counts == 0)]
+    empty = empty_classes(counts, class_names)
     if empty:
-        names = [
-            f"{c} ({class_names[c]!r})" if class_names and c < len(class_names) else str(c)
-            for c in empty
-        ]
         raise ValueError(
             f"class_weight='balanced' needs examples of every class, but class(es) "
-            f"{', '.join(names)} have none in the training data (weight n / (k * 0)). Add "
+            f"{empty} have none in the training data (weight n / (k * 0)). Add "
             "images of that class, remove the class, or pass an explicit dict of weights."
         )
     total, k = counts.sum(), len(counts)

@@ -157,10 +157,9 @@ def plain_fit(model, train, args, compile_kwargs=None):
     return timer
 
 
-def pipeline_rates(directory, args):
-    """Images/s of the training pipeline alone: the first epoch (decode, crop, flip, batch,
-    filling the cache) and the next (cached) epochs."""
-    data = kt.image_folder_dataset(
+def _training_data(directory, args):
+    """The image folder as every arm reads it: flip+crop training images, seed 0."""
+    return kt.image_folder_dataset(
         directory / "train",
         image_size=args.image_size,
         batch_size=args.batch_size,
@@ -168,6 +167,12 @@ def pipeline_rates(directory, args):
         augment="flip,crop",
         seed=0,
     )
+
+
+def pipeline_rates(directory, args):
+    """Images/s of the training pipeline alone: the first epoch (decode, crop, flip, batch,
+    filling the cache) and the next (cached) epochs."""
+    data = _training_data(directory, args)
     rates = []
     for _ in range(3):
         start = time.perf_counter()
@@ -292,14 +297,7 @@ def run(args) -> dict:
         result["large_jpeg_decode"] = large_jpeg_decode(directory, weights, args, extra)
         print("large_jpeg_decode", result["large_jpeg_decode"], flush=True)
 
-        data = kt.image_folder_dataset(
-            directory / "train",
-            image_size=args.image_size,
-            batch_size=args.batch_size,
-            validation_dir=directory / "val",
-            augment="flip,crop",
-            seed=0,
-        )
+        data = _training_data(directory, args)
         train = data.train
         for _ in train:  # fill the decoded-image cache before anything is timed
             pass

@@ -133,6 +133,17 @@ class Recipe:
         }
 
 
+def _check_num_train_examples(num_train_examples: Any) -> None:
+    if (
+        isinstance(num_train_examples, bool)
+        or not isinstance(num_train_examples, int)
+        or num_train_examples < 1
+    ):
+        raise ValueError(
+            f"num_train_examples must be a positive integer, got {num_train_examples!r}."
+        )
+
+
 def recommend_recipe(
     num_train_examples: int,
     domain_similarity: str | float | domain_lib.DomainDistance | None = None,
@@ -175,14 +186,7 @@ def recommend_recipe(
     fit_two_phase_cached(model, data.train, data.validation, **recipe.fit_kwargs())
     ```
     """
-    if (
-        isinstance(num_train_examples, bool)
-        or not isinstance(num_train_examples, int)
-        or num_train_examples < 1
-    ):
-        raise ValueError(
-            f"num_train_examples must be a positive integer, got {num_train_examples!r}."
-        )
+    _check_num_train_examples(num_train_examples)
     measured = _measured_distance(domain_similarity, proxy_a_distance)
     if measured is not None:
         similar = measured < domain_lib.CLOSE_BELOW
@@ -402,14 +406,7 @@ def recommend_training_plan(
     print(plan.reason)
     ```
     """
-    if (
-        isinstance(num_train_examples, bool)
-        or not isinstance(num_train_examples, int)
-        or num_train_examples < 1
-    ):
-        raise ValueError(
-            f"num_train_examples must be a positive integer, got {num_train_examples!r}."
-        )
+    _check_num_train_examples(num_train_examples)
     n = num_train_examples
     if block_logme:
         scores = dict(block_logme)

@@ -8,11 +8,16 @@ batch for every arm, arms interleaved round by round (the order rotates), median
   the resumable backup, the guards, and the per-layer learning-rate wrapper of
   `--lr_decay`) over a hand-written `model.compile(Adam); model.fit` of the same unfrozen
   network (BatchNormalization frozen in both). Steady state: each fit runs one warm-up
-  epoch (tracing, first-epoch callbacks) and then `--epochs` timed epochs.
+  epoch (tracing, first-epoch callbacks) and then `--epochs` timed epochs. Also as the
+  median of the per-round ratios (`_paired`), which the load drifting between rounds
+  disturbs less. The `ours_no_backup`, `ours_no_ema`, `ours_no_lr_decay`,
+  `ours_no_tensorboard` and `ours_bare` arms (`--arms`) each leave one of those parts out
+  (all four for bare), which attributes the cost.
 - `pipeline_vs_model`: images/s of the input pipeline alone (listing done; decode, crop,
   flip augmentation, batch from the image folder), first epoch and cached epochs, over
   the plain fit's training images/s.
-- `extract_vs_predict`: `extract_features` over `extractor.predict` of the same network.
+- `extract_vs_predict`: `extract_features` over `extractor.predict` of the same network, on
+  the unaugmented training images.
 - `bf16_vs_fp32_cpu`: plain fit images/s under `mixed_bfloat16` over float32.
 - `jit_vs_nojit_cpu`: plain fit images/s with `jit_compile=True` over `False` (steady
   state: the XLA compilation falls in the warm-up epoch; its time is reported apart).
@@ -26,12 +31,14 @@ batch for every arm, arms interleaved round by round (the order rotates), median
 `--scale_memory_mb` so it spills to disk, then one head epoch from the disk cache),
 recording images vs seconds and the process RSS along the way.
 
-    python benchmarks/throughput.py                 # ~10-15 min on a loaded 2-core CPU
+    python benchmarks/throughput.py                 # 71 min in its run: the XLA arm is slow
     python benchmarks/throughput.py --scale         # 50 000 images at 64 px
     python benchmarks/throughput.py --smoke         # seconds: synthetic data, weights=None
+    python benchmarks/throughput.py --image_size 224 --rounds 5 --tag attribution \
+        --arms ours,plain,plain_bf16,pipeline,ours_no_backup,ours_no_ema,ours_no_lr_decay,ours_no_tensorboard,ours_bare
 
 The last line printed is one JSON object; results go to
-benchmarks/results/throughput.json (throughput_scale.json).
+benchmarks/results/throughput.json (throughput_<tag>.json, throughput_scale.json).
 """
 
 from __future__ import annotations
@@ -121,13 +128,31 @@ def build(weights, size, policy="float32", **extra):
 # --- fine-tuning arms ----------------------------------------------------------------------
 
 
-def ours_fit(model, train, args, work):
-    """Phase 2 of fit_two_phase with the example's settings (examples/image_classifier_lib
-    train_model): EMA Adam, SwapEMAWeights, TensorBoard, backup, guards, lr_decay."""
+# What each "ours" arm leaves out of the example's phase 2, to attribute its cost.
+OURS_VARIANTS = {
+    "ours": {},
+    "ours_no_backup": {"backup": False},
+    "ours_no_ema": {"ema": False},
+    "ours_no_lr_decay": {"lr_decay": False},
+    "ours_no_tensorboard": {"tensorboard": False},
+    "ours_bare": {"backup": False, "ema": False, "lr_decay": False, "tensorboard": False},
+}
+
+
+def ours_fit(model, train, args, work, backup=True, ema=True, lr_decay=True, tensorboard=True):
+    """Phase 2 of fit_two_phase with the example's settings (apps/image_classifier.py
+    train step): EMA Adam, SwapEMAWeights, TensorBoard, backup, guards, lr_decay; the
+    keyword arguments turn one of them off."""
     timer = EpochTimer()
-    callbacks = [keras.callbacks.SwapEMAWeights()]
-    if args.tensorboard:
+    backup = backup and args.backup
+    tensorboard = tensorboard and args.tensorboard
+    callbacks = [keras.callbacks.SwapEMAWeights()] if ema else []
+    if tensorboard:
         callbacks.insert(0, keras.callbacks.TensorBoard(str(work / "logs")))
+    if ema:
+        optimizer = lambda lr: keras.optimizers.Adam(lr, use_ema=True, ema_momentum=0.9)  # noqa: E731
+    else:
+        optimizer = "adam"
     kt.fit_two_phase(
         model,
         train,
@@ -135,12 +160,14 @@ def ours_fit(model, train, args, work):
         fine_tune_epochs=1 + args.epochs,
         fine_tune_lr=args.learning_rate,
         unfreeze="all",
-        optimizer=lambda lr: keras.optimizers.Adam(lr, use_ema=True, ema_momentum=0.9),
-        lr_decay=args.lr_decay or None,
+        optimizer=optimizer,
+        lr_decay=(args.lr_decay or None) if lr_decay else None,
         callbacks=[*callbacks, timer],
-        backup_dir=str(work / "backup") if args.backup else None,
+        backup_dir=str(work / "backup") if backup else None,
         verbose=0,
     )
+    if backup:
+        shutil.rmtree(work / "backup", ignore_errors=True)
     return timer
 
 
@@ -269,6 +296,17 @@ def large_jpeg_decode(directory, weights, args, extra):
 # --- the main benchmark ------------------------------------------------------------------
 
 
+def parse_arms(text: str) -> list[str]:
+    arms = [arm.strip() for arm in text.split(",") if arm.strip()]
+    known = {"plain", "plain_jit", "plain_bf16", "pipeline", *OURS_VARIANTS}
+    if set(arms) - known or "plain" not in arms:
+        raise SystemExit(
+            f"--arms {text!r}: unknown arms {sorted(set(arms) - known)}, or no 'plain' (the "
+            f"reference of every ratio); choose from {sorted(known)}."
+        )
+    return arms
+
+
 def run(args) -> dict:
     if args.smoke:
         directory = _common.smoke_image_folder(per_class=16, size=72)
@@ -294,8 +332,9 @@ def run(args) -> dict:
     }
     start = time.perf_counter()
     try:
-        result["large_jpeg_decode"] = large_jpeg_decode(directory, weights, args, extra)
-        print("large_jpeg_decode", result["large_jpeg_decode"], flush=True)
+        if "decode" in args.sections:
+            result["large_jpeg_decode"] = large_jpeg_decode(directory, weights, args, extra)
+            print("large_jpeg_decode", result["large_jpeg_decode"], flush=True)
 
         data = _training_data(directory, args)
         train = data.train
@@ -303,37 +342,46 @@ def run(args) -> dict:
             pass
         images_per_epoch = data.num_train
 
+        arms = parse_arms(args.arms) if "fits" in args.sections else []
         model = build(weights, args.image_size, **extra)
-        jit_model = build(weights, args.image_size, **extra)
-        bf16_model = build(weights, args.image_size, policy="mixed_bfloat16", **extra)
-        for m in (jit_model, bf16_model):
-            kt.unfreeze(m, "all")
-        # Compile once (the XLA compilation of the jit arm happens here, timed apart).
-        result["jit_first_fit_warmup_epoch_seconds"] = round(
-            plain_fit(jit_model, train, args, {"jit_compile": True}).warmup_seconds(), 1
+        jit_model = build(weights, args.image_size, **extra) if "plain_jit" in arms else None
+        bf16_model = (
+            build(weights, args.image_size, policy="mixed_bfloat16", **extra)
+            if "plain_bf16" in arms
+            else None
         )
-        plain_fit(bf16_model, train, args, {"jit_compile": False})
+        for m in (jit_model, bf16_model):
+            if m is not None:
+                kt.unfreeze(m, "all")
+        if jit_model is not None:
+            # Compile once (the XLA compilation of the jit arm happens here, timed apart).
+            result["jit_first_fit_warmup_epoch_seconds"] = round(
+                plain_fit(jit_model, train, args, {"jit_compile": True}).warmup_seconds(), 1
+            )
+        if bf16_model is not None:
+            plain_fit(bf16_model, train, args, {"jit_compile": False})
 
-        # Extraction vs predict, same extractor, unaugmented cached validation batches.
+        # Extraction vs predict, same extractor, the unaugmented (cached) training images.
         extractor = features.feature_extractor(model)
-        validation = data.validation
-        features.extract_features(extractor, validation, verbose=0)
-        extractor.predict(validation, verbose=0)
+        extraction_data = data.train_unaugmented
+        features.extract_features(extractor, extraction_data, verbose=0)
+        extractor.predict(extraction_data, verbose=0)
         rates = {name: [] for name in ("extract", "predict")}
-        for round_index in range(args.rounds):
+        for round_index in range(args.rounds if "extract" in args.sections else 0):
             for arm in ("extract", "predict")[:: 1 if round_index % 2 == 0 else -1]:
                 t = time.perf_counter()
                 if arm == "extract":
-                    n = features.extract_features(extractor, validation, verbose=0).num_examples
+                    n = features.extract_features(extractor, extraction_data, verbose=0)
+                    n = n.num_examples
                 else:
-                    n = len(extractor.predict(validation, verbose=0))
+                    n = len(extractor.predict(extraction_data, verbose=0))
                 rates[arm].append(n / (time.perf_counter() - t))
+        print("extract", rates, flush=True)
 
-        arms = ("ours", "plain", "plain_jit", "plain_bf16", "pipeline")
         timings = {arm: [] for arm in arms}
         warmups = {arm: [] for arm in arms}
         pipeline_cached = []
-        for round_index in range(args.rounds):
+        for round_index in range(args.rounds if arms else 0):
             order = arms[round_index % len(arms) :] + arms[: round_index % len(arms)]
             for arm in order:
                 if arm == "pipeline":
@@ -341,8 +389,8 @@ def run(args) -> dict:
                     timings[arm].append(first)
                     pipeline_cached.append(cached)
                     continue
-                if arm == "ours":
-                    timer = ours_fit(model, train, args, work)
+                if arm in OURS_VARIANTS:
+                    timer = ours_fit(model, train, args, work, **OURS_VARIANTS[arm])
                 elif arm == "plain":
                     # Same unfrozen set as ours (all blocks, BatchNormalization frozen).
                     kt.unfreeze(model, "all")
@@ -360,14 +408,44 @@ def run(args) -> dict:
             shutil.rmtree(directory, ignore_errors=True)
 
     med = {arm: median(v) for arm, v in timings.items()}
+
+    def over_plain(arm):
+        return round(med[arm] / med["plain"], 3) if arm in med and "plain" in med else None
+
+    def paired_over_plain(arm):
+        # Same round, back to back: less exposed to the load drifting between rounds.
+        if arm not in timings or "plain" not in timings:
+            return None
+        return round(median([a / b for a, b in zip(timings[arm], timings["plain"])]), 3)
+
     result.update(
         {
-            "fine_tune_vs_plain_fit": round(med["ours"] / med["plain"], 3),
-            "pipeline_vs_model": round(med["pipeline"] / med["plain"], 3),
-            "pipeline_cached_vs_model": round(median(pipeline_cached) / med["plain"], 3),
-            "extract_vs_predict": round(median(rates["extract"]) / median(rates["predict"]), 3),
-            "bf16_vs_fp32_cpu": round(med["plain_bf16"] / med["plain"], 3),
-            "jit_vs_nojit_cpu": round(med["plain_jit"] / med["plain"], 3),
+            "arms": arms,
+            "fine_tune_vs_plain_fit": over_plain("ours"),
+            "fine_tune_vs_plain_fit_paired": paired_over_plain("ours"),
+            "variants_vs_plain_fit": {
+                arm: {"medians": over_plain(arm), "paired": paired_over_plain(arm)}
+                for arm in OURS_VARIANTS
+                if arm in med
+            },
+            "pipeline_vs_model": over_plain("pipeline"),
+            "pipeline_cached_vs_model": (
+                round(median(pipeline_cached) / med["plain"], 3)
+                if pipeline_cached and "plain" in med
+                else None
+            ),
+            "extract_vs_predict": (
+                round(median(rates["extract"]) / median(rates["predict"]), 3)
+                if rates["extract"]
+                else None
+            ),
+            "extract_vs_predict_paired": (
+                round(median([a / b for a, b in zip(rates["extract"], rates["predict"])]), 3)
+                if rates["extract"]
+                else None
+            ),
+            "bf16_vs_fp32_cpu": over_plain("plain_bf16"),
+            "jit_vs_nojit_cpu": over_plain("plain_jit"),
             "images_per_second": {
                 arm: [round(v, 2) for v in vals] for arm, vals in timings.items()
             },
@@ -521,6 +599,20 @@ def main(argv=None) -> dict:
     parser.add_argument("--lr_decay", type=float, default=0.8, help="0: no per-layer LR")
     parser.add_argument("--no_backup", dest="backup", action="store_false")
     parser.add_argument("--no_tensorboard", dest="tensorboard", action="store_false")
+    parser.add_argument(
+        "--arms",
+        default="ours,plain,plain_jit,plain_bf16,pipeline",
+        help="comma-separated fit arms, from: plain, plain_jit, plain_bf16, pipeline, "
+        + ", ".join(OURS_VARIANTS)
+        + " (ours_no_X leaves X out of ours; ours_bare leaves all four out)",
+    )
+    parser.add_argument(
+        "--sections",
+        default="decode,extract,fits",
+        help="comma-separated parts to run: decode (large_jpeg_decode), extract "
+        "(extract_vs_predict), fits (the --arms)",
+    )
+    parser.add_argument("--tag", default="", help="results file throughput_<tag>.json")
     parser.add_argument("--scale", action="store_true")
     parser.add_argument("--scale_images", type=int, default=50_000)
     parser.add_argument("--scale_size", type=int, default=64)
@@ -529,12 +621,16 @@ def main(argv=None) -> dict:
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args(argv)
     out = _common.output_dir(args.output_dir, "")
+    parse_arms(args.arms)
+    args.sections = {part.strip() for part in args.sections.split(",") if part.strip()}
+    if args.sections - {"decode", "extract", "fits"}:
+        raise SystemExit(f"--sections: choose from decode, extract, fits; got {args.sections}.")
     if args.scale:
         result = run_scale(args)
         name = "throughput_scale.json"
     else:
         result = run(args)
-        name = "throughput.json"
+        name = f"throughput_{args.tag}.json" if args.tag else "throughput.json"
     result["command"] = "python benchmarks/throughput.py " + " ".join(argv or sys.argv[1:])
     if not args.smoke:
         _common.write_json(out / name, result)

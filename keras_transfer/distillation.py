@@ -356,6 +356,9 @@ def distill(
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
             metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
         )
+        if isinstance(train, tf.data.Dataset):
+            # A dataset shuffles itself; Keras ignores (and warns about) shuffle=True.
+            fit_kwargs.setdefault("shuffle", False)
         distiller.fit(
             train,
             validation_data=validation,

@@ -470,7 +470,13 @@ class PrototypeRefinement:
         model.optimizer.learning_rate = self.learning_rate
         data = tf.data.Dataset.from_tensor_slices((features, labels))
         data = data.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
-        model.fit(data.batch(self.batch_size).repeat(self.epochs), epochs=1, verbose=self.verbose)
+        # shuffle=False: the dataset is already shuffled (Keras warns otherwise).
+        model.fit(
+            data.batch(self.batch_size).repeat(self.epochs),
+            epochs=1,
+            shuffle=False,
+            verbose=self.verbose,
+        )
         refined = PrototypeHead(
             head.num_classes,
             temperature=head.temperature,

@@ -52,6 +52,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import keras
+import tensorflow as tf
 
 from keras_transfer import _keras_compat
 from keras_transfer import backbones as backbones_lib
@@ -557,6 +558,9 @@ def fit_scratch_baseline(
             *(fit_kwargs.get("callbacks") or []),
             callbacks_lib.BatchNormRecalibration(train_data, recalibration_steps),
         ]
+    if isinstance(train_data, tf.data.Dataset):
+        # A dataset shuffles itself; Keras ignores (and warns about) shuffle=True.
+        fit_kwargs.setdefault("shuffle", False)
     history = baseline.fit(train_data, validation_data=validation_data, epochs=epochs, **fit_kwargs)
     return baseline, history
 

@@ -235,7 +235,9 @@ def series(points: list[dict], key: str) -> str:
     return " ".join(f"{point[key]:.3f}" for point in points)
 
 
-def plot_curves(path: pathlib.Path, arms: dict, matched: dict, after_head: float) -> None:
+def plot_curves(path: pathlib.Path, arms: dict, matched: dict) -> None:
+    """Agreement against target accuracy along each arm's fine-tuning; the first point of
+    each line is the head-only model (pretrained backbone: agreement 1 by construction)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -243,7 +245,8 @@ def plot_curves(path: pathlib.Path, arms: dict, matched: dict, after_head: float
 
     figure, axis = plt.subplots(figsize=(7.0, 4.6))
     for arm, result in arms.items():
-        xs = [after_head] + [point["val_accuracy"] for point in result["curve"]]
+        xs = [result["val_accuracy_after_head"]]
+        xs += [point["val_accuracy"] for point in result["curve"]]
         ys = [1.0] + [point["source_top1_agreement"] for point in result["curve"]]
         (line,) = axis.plot(xs, ys, marker="o", label=arm)
         for point in result["curve"]:
@@ -441,6 +444,12 @@ def main(argv=None) -> dict:
             report.plot(out / f"forgetting_{args.dataset}_{arm}.png", title=f"{arm}: drift")
         if path is not None:
             _common.write_json(path, summary(results, agrees, complete=False))
+        if not args.smoke:
+            plot_curves(
+                out / f"forgetting_{args.dataset}_curves.png",
+                results,
+                matched_comparison({a: r["curve"] for a, r in results.items()}, {}),
+            )
 
     result = summary(results, agrees, complete=True)
     matched = result["matched"]
@@ -450,9 +459,6 @@ def main(argv=None) -> dict:
             f"{hit['val_accuracy']:.3f}, agreement {hit['source_top1_agreement']:.3f}, "
             f"mean KL {hit['source_mean_kl']:.3f}"
         )
-    if not args.smoke:
-        after_head = next(iter(results.values()))["val_accuracy_after_head"]
-        plot_curves(out / f"forgetting_{args.dataset}_curves.png", results, matched, after_head)
     if path is not None:
         _common.write_json(path, result)
     print(json.dumps(result))

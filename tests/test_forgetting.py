@@ -6,6 +6,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import assert_png_image
 
 import keras_transfer as kt
 from keras_transfer import forgetting
@@ -267,3 +268,5 @@ def test_forgetting_benchmark_smoke_records_curves_and_the_matched_comparison(tm
         matched["arms"]["l2sp_1e-4"]["source_top1_agreement"] > plain
     )
     assert matched["lora_keeps_more"] == (matched["arms"]["lora"]["source_top1_agreement"] > plain)
+    script.plot_curves(tmp_path / "curves.png", result["arms"], matched)
+    assert_png_image(tmp_path / "curves.png")

@@ -6,6 +6,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import assert_png_image
 
 import keras_transfer as kt
 from keras_transfer import forgetting
@@ -165,3 +166,107 @@ def test_diagnostics_summary_has_the_results_json_fields(tiny, tmp_path):
     assert summary["block_cka"]["conv_dw_12"] < 0.99
     assert (tmp_path / "d.png").is_file()
     json.dumps(summary)
+
+
+# ---------------------------------------------------------------------------------------
+# benchmarks/forgetting.py: the matched-accuracy comparison and the smoke run
+# ---------------------------------------------------------------------------------------
+
+
+def _forgetting_script():
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "forgetting.py"
+    spec = importlib.util.spec_from_file_location("forgetting_benchmark", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
+def _curve(*points):
+    return [
+        {"epoch": i + 1, "val_accuracy": acc, "source_top1_agreement": agree, "source_mean_kl": kl}
+        for i, (acc, agree, kl) in enumerate(points)
+    ]
+
+
+def test_matched_comparison_reads_each_arm_at_its_first_epoch_within_a_point_of_the_lowest_best():
+    script = _forgetting_script()
+    curves = {
+        # best 0.85: the lowest best, so T = 0.85 and this arm is read at epoch 3.
+        "fine_tune_1e-4": _curve((0.55, 0.1, 5.0), (0.80, 0.05, 6.0), (0.85, 0.0, 6.5)),
+        "fine_tune_1e-5": _curve((0.93, 0.9, 0.1), (0.94, 0.8, 0.2), (0.93, 0.7, 0.3)),
+        # 0.842 >= 0.85 - 0.01: read at epoch 2, not at its best epoch 3.
+        "l2sp_1e-4": _curve((0.70, 0.5, 1.0), (0.842, 0.4, 2.0), (0.90, 0.2, 3.0)),
+        "lora": _curve((0.95, 0.95, 0.05), (0.95, 0.9, 0.1), (0.96, 0.9, 0.1)),
+    }
+    agrees = {
+        "fine_tune_1e-5": [None, None, None],
+        "lora": [None, None, None],
+    }
+    agrees["fine_tune_1e-5"][0] = np.array([True] * 9 + [False])
+    agrees["lora"][0] = np.array([True] * 10)
+    matched = script.matched_comparison(curves, agrees)
+    assert matched["target_accuracy"] == 0.85
+    assert {arm: hit["epoch"] for arm, hit in matched["arms"].items()} == {
+        "fine_tune_1e-4": 3,
+        "fine_tune_1e-5": 1,
+        "l2sp_1e-4": 2,
+        "lora": 1,
+    }
+    assert matched["arms"]["l2sp_1e-4"]["source_top1_agreement"] == 0.4
+    assert matched["arms"]["l2sp_1e-4"]["within_one_point"]
+    assert not matched["arms"]["lora"]["within_one_point"]  # read at 0.95, 10 points above
+    assert matched["arms"]["lora"]["accuracy_minus_target"] == pytest.approx(0.10)
+    # L2-SP beats plain 1e-4 (0.4 vs 0.0) but not plain 1e-5 (0.9): not "keeps more".
+    assert matched["l2sp_keeps_more"] is False
+    assert matched["l2sp_keeps_more_at_same_lr"] is True
+    assert matched["lora_keeps_more"] is True  # 0.95 > 0.9 and > 0.0
+    difference = matched["agreement_differences"]["lora - fine_tune_1e-5"]
+    assert difference["difference"] == pytest.approx(0.05)
+    # Paired per-image differences: one 1 among ten 0s.
+    assert difference["standard_error"] == pytest.approx(np.std([1] + [0] * 9, ddof=1) / 10**0.5)
+    assert "standard_error" not in matched["agreement_differences"]["lora - fine_tune_1e-4"]
+    without_plain = script.matched_comparison({"lora": curves["lora"]}, {})
+    assert without_plain["lora_keeps_more"] is None
+    assert without_plain["l2sp_keeps_more"] is None
+
+
+@pytest.mark.slow
+def test_forgetting_benchmark_smoke_records_curves_and_the_matched_comparison(tmp_path):
+    script = _forgetting_script()
+    output = tmp_path / "forgetting.json"
+    arms = ["fine_tune_1e-4", "l2sp_1e-4", "lora"]
+    result = script.main(["--smoke", "--arms", ",".join(arms), "--output", str(output)])
+    assert json.loads(output.read_text()) == json.loads(json.dumps(result))
+    assert result["complete"] is True
+    epochs = result["budget"]["fine_tune_epochs"]
+    assert epochs == 2
+    for arm in arms:
+        entry = result["arms"][arm]
+        curve = entry["curve"]
+        assert [point["epoch"] for point in curve] == list(range(1, epochs + 1))
+        # The callback's last point and forgetting_report measure the same final model.
+        assert entry["val_accuracy"] == curve[-1]["val_accuracy"]
+        assert entry["curve_vs_report_max_abs_difference"] < 1e-6
+        assert set(curve[-1]["block_cka"]) == set(entry["block_cka"])
+        # Fine-tuning (full or LoRA) moved the top block away from the pretrained one.
+        assert entry["block_cka"]["conv_dw_13"] < 0.999
+    matched = result["matched"]
+    best = {arm: max(p["val_accuracy"] for p in result["arms"][arm]["curve"]) for arm in arms}
+    assert matched["target_accuracy"] == min(best.values())
+    for arm in arms:
+        curve = result["arms"][arm]["curve"]
+        first = next(p for p in curve if p["val_accuracy"] >= matched["target_accuracy"] - 0.01)
+        hit = matched["arms"][arm]
+        assert hit["epoch"] == first["epoch"]
+        assert hit["source_top1_agreement"] == first["source_top1_agreement"]
+        assert hit["source_mean_kl"] == first["source_mean_kl"]
+    plain = matched["arms"]["fine_tune_1e-4"]["source_top1_agreement"]
+    assert matched["l2sp_keeps_more"] == (
+        matched["arms"]["l2sp_1e-4"]["source_top1_agreement"] > plain
+    )
+    assert matched["lora_keeps_more"] == (matched["arms"]["lora"]["source_top1_agreement"] > plain)
+    script.plot_curves(tmp_path / "curves.png", result["arms"], matched)
+    assert_png_image(tmp_path / "curves.png")

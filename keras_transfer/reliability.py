@@ -1,5 +1,5 @@
 """Nothing silent, nothing lost: divergence and empty-data detection, label checks, atomic
-backups and finite-checked, atomic saving."""
+backups, and the finite-weights check and atomic write that `saving.save_model` uses."""
 
 from __future__ import annotations
 
@@ -193,26 +193,6 @@ def check_free_space(folder: str | os.PathLike, needed_bytes: int, what: str) ->
             f"{needed_bytes:,} bytes and {free:,} bytes are free. Free some space, or point it "
             "at a folder on a disk with room.",
         )
-
-
-def save_model(
-    model: keras.Model, filepath: str | os.PathLike, *, check_finite: bool = True, **kwargs: Any
-) -> None:
-    """`model.save(filepath)` that never leaves a truncated or NaN model at `filepath`.
-
-    Args:
-        model: the model to save.
-        filepath: a `.keras` path (or `.weights.h5`, then only the weights are saved).
-        check_finite: refuse (`NonFiniteWeightsError`) to save NaN/inf weights.
-        **kwargs: passed to `model.save` / `model.save_weights`.
-    """
-    if check_finite:
-        check_finite_weights(model)
-    filepath = os.fspath(filepath)
-    if filepath.endswith(".weights.h5"):
-        write_atomically(filepath, lambda path: model.save_weights(path, **kwargs))
-    else:
-        write_atomically(filepath, lambda path: model.save(path, **kwargs))
 
 
 # ---------------------------------------------------------------------------------------

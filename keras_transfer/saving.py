@@ -72,15 +72,16 @@ def save_model(
 
     The file is written beside `path` and renamed onto it, so a killed process leaves the
     previous file intact; NaN or infinite weights are refused (`NonFiniteWeightsError`).
+    A path ending in `.weights.h5` gets the weights alone, written the same way.
 
     Args:
         model: the model to save.
-        path: a `.keras` path.
+        path: a `.keras` path, or `.weights.h5` for the weights only.
         include_optimizer: also save the optimizer's state (its slots and EMA copies) and
             the compile settings, to continue training from the file. Without it the file
             reloads uncompiled, which is all `predict` and `export` need.
         check_finite: refuse to save NaN/inf weights.
-        **kwargs: passed to `model.save`.
+        **kwargs: passed to `model.save` (`model.save_weights` for `.weights.h5`).
 
     Example:
 
@@ -90,16 +91,19 @@ def save_model(
     ```
     """
     path = os.fspath(path)
-    if not path.endswith(".keras"):
+    if not path.endswith((".keras", ".weights.h5")):
         raise ValueError(
-            f"save_model writes a .keras file, got {path!r}: end the path in .keras (or "
-            "call model.save_weights for a .weights.h5 file)."
+            f"save_model writes a .keras file (or .weights.h5 for the weights only), got "
+            f"{path!r}: end the path in .keras."
         )
-    if include_optimizer:
-        reliability.save_model(model, path, check_finite=check_finite, **kwargs)
+    if check_finite:
+        reliability.check_finite_weights(model)
+    if path.endswith(".weights.h5"):
+        reliability.write_atomically(path, lambda target: model.save_weights(target, **kwargs))
         return
-    with _without_optimizer(model):
-        reliability.save_model(model, path, check_finite=check_finite, **kwargs)
+    saving = contextlib.nullcontext() if include_optimizer else _without_optimizer(model)
+    with saving:
+        reliability.write_atomically(path, lambda target: model.save(target, **kwargs))
 
 
 def load_model(path: str | os.PathLike, **kwargs: Any) -> keras.Model:

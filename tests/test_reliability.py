@@ -13,6 +13,7 @@ from conftest import make_tiny_classifier
 from interruption import InterruptAt
 
 from keras_transfer import reliability
+from keras_transfer import saving
 from keras_transfer import training
 
 
@@ -61,7 +62,7 @@ def test_divergence_stops_restores_and_keeps_the_backup(tiny_dataset, tmp_path):
     assert sorted(state["epochs"], key=int) == ["0", "1", "2"]
     metadata = json.loads((backup / "fine_tune" / "training_metadata.json").read_text())
     assert metadata["epoch"] == 3
-    reliability.save_model(model, tmp_path / "model.keras")  # finite: saving is allowed
+    saving.save_model(model, tmp_path / "model.keras")  # finite: saving is allowed
 
     # A rerun (here without the poison) resumes from the last good epoch and completes.
     history = training.fit_two_phase(
@@ -94,7 +95,7 @@ def test_nan_guard_off_lets_keras_behave_as_usual(tiny_dataset, tmp_path):
     )
     assert np.isnan(history.history["loss"][1])
     with pytest.raises(reliability.NonFiniteWeightsError, match="head/predictions/kernel"):
-        reliability.save_model(model, tmp_path / "unused.keras")
+        saving.save_model(model, tmp_path / "unused.keras")
     assert not (tmp_path / "unused.keras").exists()
 
 
@@ -125,7 +126,7 @@ def test_backup_of_other_settings_is_refused(tiny_dataset, tmp_path):
 def test_interrupted_save_keeps_the_previous_file(tmp_path):
     model = make_tiny_classifier()
     path = tmp_path / "model.keras"
-    reliability.save_model(model, path)
+    saving.save_model(model, path)
     good = path.read_bytes()
 
     def crash_midway(target, **kwargs):
@@ -135,7 +136,7 @@ def test_interrupted_save_keeps_the_previous_file(tmp_path):
 
     model.save = crash_midway
     with pytest.raises(OSError, match="disk full"):
-        reliability.save_model(model, path)
+        saving.save_model(model, path)
     assert path.read_bytes() == good
     assert sorted(os.listdir(tmp_path)) == ["model.keras"]  # no partial file left behind
     keras.saving.load_model(path, safe_mode=True)
@@ -143,7 +144,7 @@ def test_interrupted_save_keeps_the_previous_file(tmp_path):
 
 def test_save_model_weights_only(tmp_path):
     model = make_tiny_classifier()
-    reliability.save_model(model, tmp_path / "model.weights.h5")
+    saving.save_model(model, tmp_path / "model.weights.h5")
     other = make_tiny_classifier()
     other.load_weights(tmp_path / "model.weights.h5")
     for a, b in zip(model.get_weights(), other.get_weights()):
@@ -233,10 +234,10 @@ SAVE_LOOP = textwrap.dedent(
     import os, sys
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
     import keras_transfer as kt
-    from keras_transfer import reliability
+    from keras_transfer import saving
     model = kt.create_classifier("mobilenet", 2, input_shape=(32, 32, 3), weights=None)
     while True:
-        reliability.save_model(model, sys.argv[1])
+        saving.save_model(model, sys.argv[1])
         print("SAVED", flush=True)
     """
 )

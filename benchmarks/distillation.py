@@ -6,21 +6,34 @@ for the same epochs, through the same `kt.distill` call: once on the labels only
 `temperature=--temperature`). Temperature and alpha are fixed in advance (T=4, alpha=0.1: the
 weight Keras' distillation guide gives the labels, and a temperature in the 2-5 range that
 Hinton et al. found best for small students); they are not tuned on the validation set whose
-accuracy is reported.
+accuracy is reported, and neither are the epochs: the reported accuracy is the last epoch's.
 
 - `--task text`: SMS spam (stratified 80/20 split, seed 42, as examples/text_classifier.py).
-  Teacher: the example's all-MiniLM-L6-v2 classifier (`text_classifier_lib.build_classifier`),
+  Teacher: the example's all-MiniLM-L6-v2 classifier (`apps.text_classifier.build_classifier`),
   all blocks and the head fine-tuned together for `--teacher_epochs` (per-block learning rates,
   `lr_decay`), wrapped with its tokenizer so that it reads raw strings like the student.
   Student: the example's from-scratch embedding bag (its `--baseline`: word-index
-  vectorisation, 64-d embedding bag, softmax), 10 epochs, Adam 1e-3. The teacher's outputs are
-  computed once (`cache_teacher=True`).
+  vectorisation, 64-d embedding bag, softmax), `--student_epochs` (10), Adam 1e-3. The
+  teacher's outputs are computed once (`cache_teacher=True`).
 - `--task images` (`--consistent`: see its flag): ants vs bees (hymenoptera), the real ImageNet MobileNet V1 weights.
   Teacher: MobileNet at 224 px, head on cached features then all blocks fine-tuned
   (`fit_two_phase_cached`). Student: the same pretrained MobileNet at 112 px (4x fewer
   multiply-adds) behind a `Resizing(112, 112)` layer, so it takes the teacher's 224 px images;
-  head trained with the backbone frozen, then all blocks fine-tuned (two `kt.distill` calls per
-  arm), on the unaugmented training images with the teacher's outputs cached.
+  head trained with the backbone frozen (`--head_epochs`), then all blocks fine-tuned
+  (`--fine_tune_epochs`): two `kt.distill` calls per arm, on the unaugmented training images
+  with the teacher's outputs cached.
+
+`--teacher_cache DIR` keeps the fine-tuned teacher in `DIR` (`kt.save_model`, one `.keras`
+file per task, dataset, seed and teacher schedule) and reuses it when present, so student
+experiments do not pay for the teacher again (fine-tuning MiniLM costs 5-11 minutes here) and
+compare against the same teacher (fine-tuning is not bit-reproducible). The JSON says whether
+the teacher came from the cache (`teacher_from_cache`).
+
+Patient schedules (Beyer et al. 2022, "Knowledge distillation: A good teacher is patient and
+consistent", CVPR): `--student_epochs` (text) and `--fine_tune_epochs` (images) set the
+student schedule, the same for both arms; `--tag patient` names the results file. The
+per-epoch accuracies of both arms are in the JSON (`curves`); `--validation_freq N`
+validates every N epochs (a validation epoch with `--consistent` runs the teacher too).
 
 ms/image: `model.predict` of teacher and student on the same validation batch, after a
 warm-up call, median of 5 (the machine is shared: timings are noisy).
@@ -28,9 +41,10 @@ warm-up call, median of 5 (the machine is shared: timings are noisy).
     python benchmarks/distillation.py --task images
     python benchmarks/distillation.py --task text
     python benchmarks/distillation.py --task images --smoke   # seconds: synthetic, weights=None
+    python benchmarks/distillation.py --task text --smoke --text_file any.tsv  # 200 texts
 
 The last line printed is one JSON object; it is also written to
-`benchmarks/results/distillation_<dataset>.json`.
+`benchmarks/results/distillation_<dataset>[_consistent][_<tag>].json`.
 """
 
 from __future__ import annotations
@@ -38,14 +52,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pathlib
 import sys
 import time
+from collections.abc import Callable
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(
-    0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
-)
 
 import _common  # noqa: E402
 import keras  # noqa: E402
@@ -79,8 +92,65 @@ def _parser() -> argparse.ArgumentParser:
         "distillation: a good teacher is patient and consistent'); default: unaugmented "
         "images, teacher outputs cached",
     )
+    parser.add_argument(
+        "--teacher_cache",
+        default=None,
+        help="folder keeping the fine-tuned teacher (one .keras file per task, dataset, seed "
+        "and teacher schedule); reused when present. Default: train it every run",
+    )
+    parser.add_argument(
+        "--validation_freq", type=int, default=1, help="validate the students every N epochs"
+    )
+    parser.add_argument("--tag", default="", help="results file suffix, e.g. patient")
+    parser.add_argument(
+        "--text_file", default=None, help=f"text: a TSV (default: <assets>/{TEXT_FILE})"
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny synthetic run (seconds)")
     return parser
+
+
+def teacher_from_cache(
+    cache_dir: str | None, key: str, train: Callable[[], keras.Model]
+) -> tuple[keras.Model, bool, float]:
+    """`(teacher, from_cache, seconds)`: the teacher an earlier run saved as
+    `<cache_dir>/<key>.keras`, else `train()`'s, saved there for the next run (when
+    `cache_dir` is given). `seconds` is the time to load or to train it."""
+    start = time.perf_counter()
+    path = pathlib.Path(cache_dir) / f"{key}.keras" if cache_dir else None
+    if path is not None and path.exists():
+        teacher = kt.load_model(path)
+        print(f"teacher: reusing {path} (fine-tuned by an earlier run)", flush=True)
+        return teacher, True, time.perf_counter() - start
+    teacher = train()
+    seconds = time.perf_counter() - start
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        kt.save_model(teacher, path)
+        print(f"teacher: saved to {path} for later runs", flush=True)
+    return teacher, False, seconds
+
+
+class Curves(keras.callbacks.Callback):
+    """Per-epoch training and validation accuracy of every `fit` it is passed to, appended
+    (the two phases of an image student make one curve)."""
+
+    def __init__(self):
+        super().__init__()
+        self.accuracy, self.val_accuracy, self.val_epochs = [], [], []
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        self.accuracy.append(round(float(logs["accuracy"]), 4))
+        if "val_accuracy" in logs:
+            self.val_accuracy.append(round(float(logs["val_accuracy"]), 4))
+            self.val_epochs.append(len(self.accuracy))
+
+    def as_dict(self) -> dict:
+        return {
+            "accuracy": self.accuracy,
+            "val_accuracy": self.val_accuracy,
+            "val_epochs": self.val_epochs,
+        }
 
 
 def ms_per_image(model: keras.Model, batch) -> float:
@@ -145,11 +215,14 @@ def embedding_bag(train_texts, num_classes: int, sequence_length: int, dropout: 
 
 
 def run_text(args) -> dict:
-    import text_classifier_lib as text_lib
+    from keras_transfer.apps import text_classifier as text_lib
 
-    assets = _common.assets_dir(args.assets, TEXT_FILE)
+    if args.text_file:
+        data_path = args.text_file
+    else:
+        data_path = str(_common.assets_dir(args.assets, TEXT_FILE) / TEXT_FILE)
     config = text_lib.Config(
-        data_path=str(assets / TEXT_FILE),
+        data_path=data_path,
         model_dir="",
         max_examples=200 if args.smoke else args.max_examples,
     )
@@ -159,26 +232,37 @@ def run_text(args) -> dict:
         texts, labels, config.validation_split, args.seed, config.max_examples
     )
     print(f"{len(train[0])} train / {len(validation[0])} validation texts", flush=True)
+    preset = text_lib.default_preset()
+    preprocessor = text_lib.build_preprocessor(preset, config.sequence_length)
 
-    start = time.perf_counter()
-    classifier, preprocessor = text_lib.build_classifier(
-        text_lib.default_preset(), len(class_names), config.sequence_length, config.dropout
+    def fine_tune_teacher() -> keras.Model:
+        classifier, _ = text_lib.build_classifier(
+            preset, len(class_names), config.sequence_length, config.dropout
+        )
+        token_train = text_lib._dataset(
+            preprocessor, *train, config.batch_size, True, args.seed
+        )  # the example's own pipeline
+        kt.fit_two_phase(
+            classifier,
+            token_train,
+            head_epochs=0,
+            fine_tune_epochs=args.teacher_epochs,
+            fine_tune_lr=1e-4,
+            lr_decay=0.7,  # head 1e-4, top block 7e-5 ... embeddings 8e-6
+            loss="sparse_categorical_crossentropy",
+            metrics=["accuracy"],
+            verbose=2,
+        )
+        return classifier
+
+    dataset = "synthetic" if args.text_file else "sms_spam"
+    key = (
+        f"text_{dataset}_minilm_l6_seed{args.seed}_epochs{args.teacher_epochs}"
+        f"_n{config.max_examples}_len{config.sequence_length}"
     )
-    token_train = text_lib._dataset(
-        preprocessor, *train, config.batch_size, True, args.seed
-    )  # the example's own pipeline
-    kt.fit_two_phase(
-        classifier,
-        token_train,
-        head_epochs=0,
-        fine_tune_epochs=args.teacher_epochs,
-        fine_tune_lr=1e-4,
-        lr_decay=0.7,  # head 1e-4, top block 7e-5 ... embeddings 8e-6
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-        verbose=2,
+    classifier, from_cache, teacher_seconds = teacher_from_cache(
+        args.teacher_cache, key, fine_tune_teacher
     )
-    teacher_seconds = time.perf_counter() - start
     strings = keras.Input((), dtype="string", name="text")
     teacher = keras.Model(
         strings, classifier(Tokenize(preprocessor, config.sequence_length)(strings)), name="teacher"
@@ -194,10 +278,12 @@ def run_text(args) -> dict:
     teacher_acc = accuracy(teacher, validation_data)
     print(f"teacher validation accuracy {teacher_acc:.4f} ({teacher_seconds:.0f} s)", flush=True)
 
-    students = {}
+    students, curves = {}, {}
+    epochs = 1 if args.smoke else args.student_epochs
     for arm, alpha in (("labels_only", 1.0), ("distilled", args.alpha)):
         keras.utils.set_random_seed(args.seed)
         student = embedding_bag(train[0], len(class_names), config.sequence_length, config.dropout)
+        curves[arm] = Curves()
         arm_start = time.perf_counter()
         kt.distill(
             teacher,
@@ -206,11 +292,13 @@ def run_text(args) -> dict:
             validation_data,
             temperature=args.temperature,
             alpha=alpha,
-            epochs=1 if args.smoke else args.student_epochs,
+            epochs=epochs,
             learning_rate=1e-3,
             # Labels only: the teacher term is off and the teacher never runs.
             cache_teacher=alpha < 1.0,
             seed=args.seed,
+            callbacks=[curves[arm]],
+            validation_freq=args.validation_freq,
             verbose=2,
         )
         students[arm] = (student, accuracy(student, validation_data))
@@ -218,7 +306,7 @@ def run_text(args) -> dict:
 
     probe = tf.constant(list(validation[0][:256]))
     return {
-        "dataset": "sms_spam",
+        "dataset": dataset,
         "teacher_acc": teacher_acc,
         "student_labels_only_acc": students["labels_only"][1],
         "student_distilled_acc": students["distilled"][1],
@@ -230,7 +318,10 @@ def run_text(args) -> dict:
         "num_validation": len(validation[0]),
         "teacher_training": f"MiniLM-L6 + head, all blocks {args.teacher_epochs} epoch(s), "
         "Adam 1e-4 with lr_decay 0.7",
-        "student_epochs": args.student_epochs,
+        "teacher_from_cache": from_cache,
+        "teacher_seconds": round(teacher_seconds, 1),
+        "student_epochs": epochs,
+        "curves": {arm: c.as_dict() for arm, c in curves.items()},
     }
 
 
@@ -251,24 +342,35 @@ def run_images(args) -> dict:
     )
     print(f"classes {data.class_names}", flush=True)
 
-    start = time.perf_counter()
-    teacher = kt.create_classifier(
-        kt.create_backbone("mobilenet", input_shape=(size, size, 3), weights=weights),
-        len(data.class_names),
-        class_names=data.class_names,
+    teacher_head_epochs, teacher_fine_tune_epochs = (2, 1) if args.smoke else (20, 3)
+
+    def fine_tune_teacher() -> keras.Model:
+        teacher = kt.create_classifier(
+            kt.create_backbone("mobilenet", input_shape=(size, size, 3), weights=weights),
+            len(data.class_names),
+            class_names=data.class_names,
+        )
+        kt.fit_two_phase_cached(
+            teacher,
+            data.train,
+            data.validation,
+            feature_data=data.train_unaugmented,
+            head_epochs=teacher_head_epochs,
+            fine_tune_epochs=teacher_fine_tune_epochs,
+            head_lr=1e-3,
+            fine_tune_lr=2e-5,
+            verbose=2,
+        )
+        return teacher
+
+    dataset = "synthetic" if args.smoke else "hymenoptera"
+    key = (
+        f"images_{dataset}_mobilenet{size}_seed{args.seed}"
+        f"_head{teacher_head_epochs}_all{teacher_fine_tune_epochs}"
     )
-    kt.fit_two_phase_cached(
-        teacher,
-        data.train,
-        data.validation,
-        feature_data=data.train_unaugmented,
-        head_epochs=2 if args.smoke else 20,
-        fine_tune_epochs=1 if args.smoke else 3,
-        head_lr=1e-3,
-        fine_tune_lr=2e-5,
-        verbose=2,
+    teacher, from_cache, teacher_seconds = teacher_from_cache(
+        args.teacher_cache, key, fine_tune_teacher
     )
-    teacher_seconds = time.perf_counter() - start
     teacher_acc = accuracy(teacher, data.validation)
     print(f"teacher validation accuracy {teacher_acc:.4f} ({teacher_seconds:.0f} s)", flush=True)
 
@@ -290,14 +392,17 @@ def run_images(args) -> dict:
         )
         return student, classifier
 
-    students = {}
+    students, curves = {}, {}
+    head_epochs = 2 if args.smoke else args.head_epochs
+    fine_tune_epochs = 1 if args.smoke else args.fine_tune_epochs
     for arm, alpha in (("labels_only", 1.0), ("distilled", args.alpha)):
         keras.utils.set_random_seed(args.seed)
         student, classifier = make_student()
+        curves[arm] = Curves()
         arm_start = time.perf_counter()
         phases = (
-            ("head", {"epochs": 2 if args.smoke else args.head_epochs, "learning_rate": 1e-3}),
-            ("all", {"epochs": 1 if args.smoke else args.fine_tune_epochs, "learning_rate": 2e-5}),
+            ("head", {"epochs": head_epochs, "learning_rate": 1e-3}),
+            ("all", {"epochs": fine_tune_epochs, "learning_rate": 2e-5}),
         )
         for phase, settings in phases:
             if phase == "head":
@@ -313,6 +418,8 @@ def run_images(args) -> dict:
                 alpha=alpha,
                 cache_teacher=not args.consistent,
                 seed=args.seed,
+                callbacks=[curves[arm]],
+                validation_freq=args.validation_freq,
                 verbose=2,
                 **settings,
             )
@@ -321,7 +428,7 @@ def run_images(args) -> dict:
 
     probe = next(iter(data.validation))[0][:32]
     return {
-        "dataset": "synthetic" if args.smoke else "hymenoptera",
+        "dataset": dataset,
         "teacher_acc": teacher_acc,
         "student_labels_only_acc": students["labels_only"][1],
         "student_distilled_acc": students["distilled"][1],
@@ -330,10 +437,15 @@ def run_images(args) -> dict:
         "teacher_px": size,
         "student_px": student_size,
         "num_train": int(sum(int(x.shape[0]) for x, _ in data.train_unaugmented)),
-        "teacher_training": "head 20 epochs on cached features (Adam 1e-3), all blocks 3 "
-        "epochs at 2e-5 on flip+crop",
-        "student_training": f"head {args.head_epochs} epochs at 1e-3 (backbone frozen), all "
-        f"blocks {args.fine_tune_epochs} epochs at 2e-5, "
+        "teacher_training": f"head {teacher_head_epochs} epochs on cached features (Adam "
+        f"1e-3), all blocks {teacher_fine_tune_epochs} epochs at 2e-5 on flip+crop",
+        "teacher_from_cache": from_cache,
+        "teacher_seconds": round(teacher_seconds, 1),
+        "head_epochs": head_epochs,
+        "fine_tune_epochs": fine_tune_epochs,
+        "curves": {arm: c.as_dict() for arm, c in curves.items()},
+        "student_training": f"head {head_epochs} epochs at 1e-3 (backbone frozen), all "
+        f"blocks {fine_tune_epochs} epochs at 2e-5, "
         + (
             "flip+crop augmented images, teacher on the same views every step"
             if args.consistent
@@ -344,8 +456,11 @@ def run_images(args) -> dict:
 
 def main(argv=None) -> dict:
     args = _parser().parse_args(argv)
+    if args.validation_freq < 1:
+        raise SystemExit(f"--validation_freq must be at least 1, got {args.validation_freq}.")
     start = time.perf_counter()
     result = run_text(args) if args.task == "text" else run_images(args)
+    curves = result.pop("curves")
     gap = result["teacher_acc"] - result["student_labels_only_acc"]
     gained = result["student_distilled_acc"] - result["student_labels_only_acc"]
     result = {
@@ -358,9 +473,11 @@ def main(argv=None) -> dict:
         "seed": args.seed,
         "seconds": round(time.perf_counter() - start, 1),
         "load_average": _common.load_average(),
+        # Last: long lists. Per epoch, both phases of an image student in one list.
+        "curves": curves,
     }
-    if not args.smoke:
-        suffix = "_consistent" if args.consistent else ""
+    if not args.smoke or args.output_dir:
+        suffix = ("_consistent" if args.consistent else "") + (f"_{args.tag}" if args.tag else "")
         path = (
             _common.output_dir(args.output_dir, "")
             / f"distillation_{result['dataset']}{suffix}.json"

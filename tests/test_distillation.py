@@ -1,5 +1,7 @@
 """Knowledge distillation (`kt.distill`) on Keras' own Distiller, checked by hand."""
 
+import json
+
 import keras
 import numpy as np
 import pytest
@@ -190,3 +192,58 @@ def test_missing_keras_distillation_names_the_version(monkeypatch):
     teacher, _, _ = dense_classifier(1)
     with pytest.raises(ImportError, match=r"Keras 3\.12 or newer"):
         kt.distill(teacher, teacher, tf.data.Dataset.from_tensor_slices((X, Y)).batch(8))
+
+
+def _benchmark_script():
+    """benchmarks/distillation.py as a module (the benchmarks folder is not a package)."""
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "distillation.py"
+    spec = importlib.util.spec_from_file_location("distillation_benchmark", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
+def test_benchmark_teacher_cache_trains_once_then_reuses_the_saved_teacher(tmp_path):
+    script = _benchmark_script()
+    trained = []
+
+    def train():
+        teacher, _, _ = dense_classifier(len(trained) + 1)
+        trained.append(teacher)
+        return teacher
+
+    first, from_cache, _ = script.teacher_from_cache(str(tmp_path), "task_seed1", train)
+    assert (first, from_cache) == (trained[0], False)
+    assert (tmp_path / "task_seed1.keras").exists()
+    second, from_cache, _ = script.teacher_from_cache(str(tmp_path), "task_seed1", train)
+    assert from_cache and len(trained) == 1  # not trained again
+    np.testing.assert_allclose(second.predict(X, verbose=0), first.predict(X, verbose=0))
+    # Another key (another seed or schedule) is another teacher; no folder: train every run.
+    script.teacher_from_cache(str(tmp_path), "task_seed2", train)
+    script.teacher_from_cache(None, "task_seed1", train)
+    assert len(trained) == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["task_seed1.keras", "task_seed2.keras"]
+
+
+@pytest.mark.slow
+def test_benchmark_smoke_same_schedule_for_both_students(tmp_path):
+    script = _benchmark_script()
+    cache = tmp_path / "teachers"
+    args = ["--task=images", "--smoke", f"--output_dir={tmp_path}", f"--teacher_cache={cache}"]
+    result = script.main([*args, "--tag=patient", "--validation_freq=2"])
+    assert result["teacher_from_cache"] is False
+    assert [p.name for p in cache.iterdir()] == [
+        "images_synthetic_mobilenet64_seed42_head2_all1.keras"
+    ]
+    saved = json.loads((tmp_path / "distillation_synthetic_patient.json").read_text())
+    assert saved == json.loads(json.dumps(result))
+    # Both arms: 2 head epochs + 1 all-blocks epoch in one curve, validated at epoch 2 only.
+    for arm in ("labels_only", "distilled"):
+        curve = result["curves"][arm]
+        assert len(curve["accuracy"]) == 3 and curve["val_epochs"] == [2]
+    gap = result["teacher_acc"] - result["student_labels_only_acc"]
+    gained = result["student_distilled_acc"] - result["student_labels_only_acc"]
+    assert result["gap_closed"] == (round(gained / gap, 3) if gap > 0 else None)

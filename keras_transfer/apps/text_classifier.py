@@ -172,6 +172,17 @@ def split(texts, labels, validation_split: float, seed: int, max_examples: int =
     return pick(train_index), pick(validation_index)
 
 
+def build_preprocessor(preset: str, sequence_length: int) -> Any:
+    """The preset's tokenizer as a KerasHub `BertTextClassifierPreprocessor`: strings ->
+    `{"token_ids", "segment_ids", "padding_mask"}` of `sequence_length` tokens. Without the
+    encoder, so a classifier loaded from a file gets its preprocessor cheaply."""
+    keras_hub = _keras_hub()
+    tokenizer = keras_hub.models.BertTokenizer.from_preset(preset)
+    return keras_hub.models.BertTextClassifierPreprocessor(
+        tokenizer, sequence_length=sequence_length
+    )
+
+
 def build_classifier(
     preset: str, num_classes: int, sequence_length: int, dropout: float
 ) -> tuple[keras.Model, Any]:
@@ -180,10 +191,7 @@ def build_classifier(
     keras_hub = _keras_hub()
     register_bert_blocks()
     encoder = keras_hub.models.BertBackbone.from_preset(preset)
-    tokenizer = keras_hub.models.BertTokenizer.from_preset(preset)
-    preprocessor = keras_hub.models.BertTextClassifierPreprocessor(
-        tokenizer, sequence_length=sequence_length
-    )
+    preprocessor = build_preprocessor(preset, sequence_length)
     inputs = {
         "token_ids": keras.Input((sequence_length,), dtype="int32", name="token_ids"),
         "segment_ids": keras.Input((sequence_length,), dtype="int32", name="segment_ids"),

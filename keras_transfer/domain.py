@@ -58,9 +58,11 @@ __all__ = [
     "DannLearningRate",
     "DomainAdaptation",
     "DomainDistance",
+    "describe_proxy_a_distance",
     "domain_distance",
     "fit_adaptation_phase",
     "fit_domain_adaptation",
+    "paired_batches",
     "reversal_weight",
 ]
 

@@ -9,7 +9,7 @@ Hinton et al. found best for small students); they are not tuned on the validati
 accuracy is reported.
 
 - `--task text`: SMS spam (stratified 80/20 split, seed 42, as examples/text_classifier.py).
-  Teacher: the example's all-MiniLM-L6-v2 classifier (`text_classifier_lib.build_classifier`),
+  Teacher: the example's all-MiniLM-L6-v2 classifier (`apps.text_classifier.build_classifier`),
   all blocks and the head fine-tuned together for `--teacher_epochs` (per-block learning rates,
   `lr_decay`), wrapped with its tokenizer so that it reads raw strings like the student.
   Student: the example's from-scratch embedding bag (its `--baseline`: word-index
@@ -126,7 +126,7 @@ class Tokenize(keras.layers.Layer):
 
 
 def embedding_bag(train_texts, num_classes: int, sequence_length: int, dropout: float):
-    """The student: text_classifier_lib.train_baseline's model, built without training it."""
+    """The student: text_classifier.train_baseline's model, built without training it."""
     vectorizer = keras.layers.TextVectorization(
         max_tokens=20_000, output_sequence_length=sequence_length
     )
@@ -145,7 +145,7 @@ def embedding_bag(train_texts, num_classes: int, sequence_length: int, dropout: 
 
 
 def run_text(args) -> dict:
-    import text_classifier_lib as text_lib
+    from keras_transfer.apps import text_classifier as text_lib
 
     assets = _common.assets_dir(args.assets, TEXT_FILE)
     config = text_lib.Config(

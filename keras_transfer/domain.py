@@ -55,6 +55,7 @@ from keras_transfer.layers import GradientReversal
 from keras_transfer.preprocessing import ImagePreprocessing
 
 __all__ = [
+    "CLOSE_BELOW",
     "DannLearningRate",
     "DomainAdaptation",
     "DomainDistance",

@@ -196,7 +196,7 @@ class Tokenize(keras.layers.Layer):
 
 
 def embedding_bag(train_texts, num_classes: int, sequence_length: int, dropout: float):
-    """The student: text_classifier_lib.train_baseline's model, built without training it."""
+    """The student: text_classifier.train_baseline's model, built without training it."""
     vectorizer = keras.layers.TextVectorization(
         max_tokens=20_000, output_sequence_length=sequence_length
     )

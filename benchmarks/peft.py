@@ -18,7 +18,7 @@ Three steps, each in its own Python process (so that each arm's peak RSS is its 
 
 Both arms use the same data, seed, head and number of epochs. Images: the real ImageNet
 MobileNet V1 weights, 224 px, flip+crop augmentation in phase 2. Text (`sms_spam`): the
-all-MiniLM-L6-v2 encoder of examples/text_classifier_lib.py (LoRA on query/value).
+all-MiniLM-L6-v2 encoder of keras_transfer/apps/text_classifier.py (LoRA on query/value).
 
     python benchmarks/peft.py --dataset hymenoptera
     python benchmarks/peft.py --dataset cats_and_dogs

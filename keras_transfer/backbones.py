@@ -17,6 +17,25 @@ from typing import Any
 
 import keras
 
+__all__ = [
+    "Backbone",
+    "BackboneSpec",
+    "Block",
+    "BlockRules",
+    "WeightsUnavailableError",
+    "blocks_from_rules",
+    "create_backbone",
+    "find_backbone_model",
+    "find_block",
+    "get_blocks",
+    "get_spec",
+    "keras_cache_dir",
+    "list_backbones",
+    "register_backbone",
+    "register_backbone_prefix",
+    "register_block_finder",
+]
+
 # ---------------------------------------------------------------------------------------
 # Blocks
 # ---------------------------------------------------------------------------------------

@@ -28,6 +28,15 @@ import keras
 from keras_transfer import _keras_compat
 from keras_transfer import freezing
 
+__all__ = [
+    "BatchNormRecalibration",
+    "GradualUnfreezing",
+    "ValidatedEarlyStopping",
+    "ensure_optimizer_variables",
+    "parse_unfreeze_schedule",
+    "recalibrate_batchnorm",
+]
+
 ScheduleValue = int | float | str
 
 

@@ -21,6 +21,25 @@ import tensorflow as tf
 
 from keras_transfer import imbalance
 
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "ImageData",
+    "PipelineOptions",
+    "TargetImages",
+    "augmentation_names",
+    "augmentation_pipeline",
+    "check_batch_size",
+    "check_image_size",
+    "decode_and_resize",
+    "find_undecodable",
+    "image_folder_dataset",
+    "load_size",
+    "read_image_size",
+    "resize_and_crop",
+    "target_image_dataset",
+    "tfds_dataset",
+]
+
 logger = logging.getLogger("keras_transfer")
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")

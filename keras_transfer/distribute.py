@@ -19,6 +19,22 @@ import tensorflow as tf
 
 from keras_transfer import _keras_compat
 
+__all__ = [
+    "MultiWorkerFitMixin",
+    "STRATEGIES",
+    "accelerator",
+    "create_strategy",
+    "default_jit_compile",
+    "enable_multi_worker_fit",
+    "hub_load_options",
+    "is_chief",
+    "is_multi_worker",
+    "is_tpu",
+    "mixed_precision_policy",
+    "set_mixed_precision",
+    "static_batches",
+]
+
 logger = logging.getLogger("keras_transfer")
 
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")

@@ -55,12 +55,15 @@ from keras_transfer.layers import GradientReversal
 from keras_transfer.preprocessing import ImagePreprocessing
 
 __all__ = [
+    "CLOSE_BELOW",
     "DannLearningRate",
     "DomainAdaptation",
     "DomainDistance",
+    "describe_proxy_a_distance",
     "domain_distance",
     "fit_adaptation_phase",
     "fit_domain_adaptation",
+    "paired_batches",
     "reversal_weight",
 ]
 

@@ -45,6 +45,19 @@ from keras_transfer.heads import TransferClassifier
 from keras_transfer.heads import create_classifier
 from keras_transfer.preprocessing import ImagePreprocessing
 
+__all__ = [
+    "CachedFeatures",
+    "DEFAULT_MAX_MEMORY_BYTES",
+    "FeatureCache",
+    "FeatureExtraction",
+    "HeadOnFeatures",
+    "check_class_weight",
+    "extract_features",
+    "feature_extractor",
+    "fit_feature_extractor",
+    "fit_head_on_features",
+]
+
 logger = logging.getLogger("keras_transfer")
 
 DEFAULT_MAX_MEMORY_BYTES = 2 * 1024**3

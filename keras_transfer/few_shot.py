@@ -51,7 +51,9 @@ __all__ = [
     "add_classes",
     "calibrate_temperature",
     "cl2n",
+    "class_statistics",
     "fit_prototypes",
+    "linear_weights",
     "prototype_head_from_features",
     "refine_prototype_head",
 ]

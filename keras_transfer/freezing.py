@@ -19,6 +19,15 @@ from keras_transfer import backbones as backbones_lib
 from keras_transfer.backbones import Backbone
 from keras_transfer.backbones import Block
 
+__all__ = [
+    "backbone_and_blocks",
+    "freeze",
+    "select_blocks",
+    "trainable_blocks",
+    "unfreeze",
+    "unfreeze_request",
+]
+
 
 def backbone_and_blocks(model: keras.Model | Backbone) -> tuple[keras.Model, list[Block]]:
     """The backbone `keras.Model` inside `model` and its blocks, input side first."""

@@ -20,6 +20,18 @@ from keras_transfer import distribute
 from keras_transfer import reliability
 from keras_transfer.preprocessing import ImagePreprocessing
 
+__all__ = [
+    "ClassificationHead",
+    "MultiTaskHead",
+    "TASKS",
+    "TransferClassifier",
+    "check_heads",
+    "check_loss_weights",
+    "create_classifier",
+    "make_head",
+    "resolve_loss_and_metrics",
+]
+
 TASKS = ("multiclass", "binary", "multilabel", "regression")
 POOLINGS = ("avg", "max", "avgmax", "flatten", None)
 

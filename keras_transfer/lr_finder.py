@@ -18,6 +18,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+__all__ = ["LRFinderResult", "find_learning_rate"]
+
 
 @dataclasses.dataclass
 class LRFinderResult:

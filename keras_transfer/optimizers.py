@@ -45,6 +45,16 @@ import tensorflow as tf
 from keras_transfer import _keras_compat
 from keras_transfer import backbones as backbones_lib
 
+__all__ = [
+    "LayerwiseLearningRate",
+    "OptimizerFactory",
+    "check_learning_rate",
+    "layer_decay_multipliers",
+    "layerwise_optimizer_class",
+    "optimizer_factory",
+    "with_layerwise_lr",
+]
+
 Multipliers = Mapping[str, float] | Sequence[tuple[str, float]] | Callable[[Any], float | None]
 
 _PACKAGE = "keras_transfer"

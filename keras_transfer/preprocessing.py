@@ -5,6 +5,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+__all__ = ["ImagePreprocessing"]
+
 # Channel statistics used by `keras.applications.imagenet_utils.preprocess_input`.
 _CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
 _TORCH_MEAN = (0.485, 0.456, 0.406)

@@ -62,6 +62,17 @@ from keras_transfer import optimizers
 from keras_transfer.heads import TransferClassifier
 from keras_transfer.hub import HubBackbone
 
+__all__ = [
+    "DEFAULT_SCRATCH_BN_MOMENTUM",
+    "NegativeTransferWarning",
+    "Recipe",
+    "check_negative_transfer",
+    "fit_scratch_baseline",
+    "recommend_recipe",
+    "recommend_training_plan",
+    "scratch_model",
+]
+
 logger = logging.getLogger("keras_transfer")
 
 SIMILARITIES = ("similar", "different")

@@ -25,6 +25,8 @@ from keras_transfer import _keras_compat
 from keras_transfer import backbones as backbones_lib
 from keras_transfer.heads import ClassificationHead
 
+__all__ = ["L2SP", "apply_l2sp"]
+
 
 @keras.saving.register_keras_serializable(package="keras_transfer")
 class L2SP(keras.regularizers.Regularizer):

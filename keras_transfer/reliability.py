@@ -19,6 +19,21 @@ import tensorflow as tf
 
 from keras_transfer import _keras_compat
 
+__all__ = [
+    "AtomicBackupAndRestore",
+    "BackupUnreadableError",
+    "BinaryLabelCrossentropy",
+    "EmptyEpochGuard",
+    "NonFiniteGuard",
+    "NonFiniteLossError",
+    "NonFiniteWeightsError",
+    "check_finite_weights",
+    "check_free_space",
+    "copy_atomically",
+    "non_finite_variables",
+    "write_atomically",
+]
+
 
 class NonFiniteLossError(FloatingPointError):
     """Training produced a NaN or infinite loss or metric."""

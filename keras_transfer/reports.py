@@ -16,6 +16,15 @@ from typing import Any
 import keras
 import numpy as np
 
+__all__ = [
+    "classification_report",
+    "confusion_matrix",
+    "format_report",
+    "plot_confusion_matrix",
+    "plot_training_curves",
+    "predict_labels",
+]
+
 logger = logging.getLogger("keras_transfer")
 
 

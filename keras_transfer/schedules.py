@@ -12,6 +12,8 @@ import math
 import keras
 from keras import ops
 
+__all__ = ["OneCycle", "SlantedTriangular", "WarmupCosineDecay"]
+
 
 def _check_positive_int(name: str, value: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:

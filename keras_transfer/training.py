@@ -25,6 +25,15 @@ from keras_transfer import lora
 from keras_transfer import optimizers
 from keras_transfer import reliability
 
+__all__ = [
+    "PHASE_FINE_TUNE",
+    "PHASE_HEAD",
+    "TwoPhaseHistory",
+    "check_initial_epoch",
+    "fit_two_phase",
+    "fit_two_phase_cached",
+]
+
 logger = logging.getLogger("keras_transfer")
 
 PHASE_HEAD = "feature_extraction"

@@ -49,6 +49,7 @@ from keras_transfer.preprocessing import ImagePreprocessing
 __all__ = [
     "METHODS",
     "RankedCandidate",
+    "SOURCE_PROBABILITIES",
     "backbone_of",
     "block_features",
     "h_score",

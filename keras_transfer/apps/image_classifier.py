@@ -45,6 +45,34 @@ from keras_transfer.apps import export as export_lib
 from keras_transfer.callbacks import GradualUnfreezing
 from keras_transfer.callbacks import parse_unfreeze_schedule
 
+__all__ = [
+    "ADAPT_METHODS",
+    "Config",
+    "Environment",
+    "FREEZE_STRATEGIES",
+    "LR_SCHEDULES",
+    "PLANS",
+    "Trained",
+    "build_model",
+    "check_config",
+    "check_diagnostics",
+    "class_weight",
+    "create_backbone",
+    "diagnose",
+    "domain_report",
+    "export",
+    "load_config",
+    "load_data",
+    "load_target",
+    "measure_transferability",
+    "plan_training",
+    "report",
+    "run",
+    "save_model",
+    "summary",
+    "train_model",
+]
+
 logger = logging.getLogger("keras_transfer")
 
 FREEZE_STRATEGIES = ("auto", "all_frozen", "top_n_unfrozen", "gradual", "none")

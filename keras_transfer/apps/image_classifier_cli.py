@@ -171,7 +171,7 @@ flags.DEFINE_integer(
 flags.DEFINE_enum(
     "strategy",
     _DEFAULTS.strategy,
-    list(image_classifier_lib.distribute.STRATEGIES),
+    list(kt.distribute.STRATEGIES),
     "tf.distribute strategy.",
 )
 flags.DEFINE_string("tpu", _DEFAULTS.tpu, "TPU address or name, 'local' on a TPU VM, empty: auto.")

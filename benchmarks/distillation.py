@@ -239,7 +239,7 @@ def run_text(args) -> dict:
         classifier, _ = text_lib.build_classifier(
             preset, len(class_names), config.sequence_length, config.dropout
         )
-        token_train = text_lib._dataset(
+        token_train = text_lib.token_dataset(
             preprocessor, *train, config.batch_size, True, args.seed
         )  # the example's own pipeline
         kt.fit_two_phase(

@@ -129,7 +129,7 @@ def _text_data(args):
     )
 
     def batches(part, shuffle):
-        return text_lib._dataset(preprocessor, *part, args.batch_size, shuffle, args.seed)
+        return text_lib.token_dataset(preprocessor, *part, args.batch_size, shuffle, args.seed)
 
     return batches(train, True), batches(validation, False), class_names
 

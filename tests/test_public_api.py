@@ -112,12 +112,7 @@ def test_top_level_names_are_public_in_their_own_module():
 
 REPO_ROOT = PACKAGE.parent
 # Known uses of names another module does not declare public, to be resolved, not added to.
-KNOWN_UNDECLARED_USES = {
-    ("benchmarks/distillation.py", "keras_transfer.apps.text_classifier._dataset"),
-    ("benchmarks/peft.py", "keras_transfer.apps.text_classifier._dataset"),
-    # Deprecated in favour of `saving.save_model`, which still delegates to it.
-    ("keras_transfer/saving.py", "keras_transfer.reliability.save_model"),
-}
+KNOWN_UNDECLARED_USES: set[tuple[str, str]] = set()
 
 
 def _static_all(module_name: str) -> list[str] | None:

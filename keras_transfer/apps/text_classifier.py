@@ -37,6 +37,7 @@ __all__ = [
     "Config",
     "bert_blocks",
     "build_classifier",
+    "build_preprocessor",
     "default_preset",
     "load_text_data",
     "register_bert_blocks",
@@ -44,6 +45,7 @@ __all__ = [
     "run",
     "save_model",
     "split",
+    "token_dataset",
     "train_baseline",
     "train_model",
 ]
@@ -224,7 +226,10 @@ def build_classifier(
     return keras.Model(inputs, outputs, name="text_classifier"), preprocessor
 
 
-def _dataset(preprocessor, texts, labels, batch_size, shuffle, seed):
+def token_dataset(
+    preprocessor: Any, texts: Any, labels: Any, batch_size: int, shuffle: bool, seed: int
+) -> tf.data.Dataset:
+    """Batches of `(preprocessor(texts), labels)`, shuffled each epoch when `shuffle`."""
     dataset = tf.data.Dataset.from_tensor_slices((texts, labels))
     if shuffle:
         dataset = dataset.shuffle(len(texts), seed=seed, reshuffle_each_iteration=True)
@@ -308,8 +313,10 @@ def run(config: Config) -> dict[str, Any]:
     model, preprocessor = build_classifier(
         config.preset or default_preset(), len(class_names), config.sequence_length, config.dropout
     )
-    train_data = _dataset(preprocessor, *train, config.batch_size, True, config.seed)
-    validation_data = _dataset(preprocessor, *validation, config.batch_size, False, config.seed)
+    train_data = token_dataset(preprocessor, *train, config.batch_size, True, config.seed)
+    validation_data = token_dataset(
+        preprocessor, *validation, config.batch_size, False, config.seed
+    )
     history = train_model(config, model, train_data, validation_data)
     results = report(config, model, history, validation_data, class_names)
     results["num_train"], results["num_validation"] = len(train[0]), len(validation[0])

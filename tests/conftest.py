@@ -24,6 +24,17 @@ def assets_dir() -> pathlib.Path | None:
     return candidate if (candidate / "README.md").is_file() else None
 
 
+def load_benchmark(name: str):
+    """benchmarks/<name>.py imported as a module (the benchmarks folder is not a package)."""
+    import importlib.util
+
+    path = REPO_ROOT / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"{name}_benchmark", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
 @pytest.fixture
 def assets() -> pathlib.Path:
     """The real assets folder; skips the test (with the reason) when it is not present."""

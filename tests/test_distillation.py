@@ -6,6 +6,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import load_benchmark
 from conftest import tiny_images
 
 import keras_transfer as kt
@@ -194,20 +195,8 @@ def test_missing_keras_distillation_names_the_version(monkeypatch):
         kt.distill(teacher, teacher, tf.data.Dataset.from_tensor_slices((X, Y)).batch(8))
 
 
-def _benchmark_script():
-    """benchmarks/distillation.py as a module (the benchmarks folder is not a package)."""
-    import importlib.util
-    import pathlib
-
-    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "distillation.py"
-    spec = importlib.util.spec_from_file_location("distillation_benchmark", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    return script
-
-
 def test_benchmark_teacher_cache_trains_once_then_reuses_the_saved_teacher(tmp_path):
-    script = _benchmark_script()
+    script = load_benchmark("distillation")
     trained = []
 
     def train():
@@ -230,7 +219,7 @@ def test_benchmark_teacher_cache_trains_once_then_reuses_the_saved_teacher(tmp_p
 
 @pytest.mark.slow
 def test_benchmark_smoke_same_schedule_for_both_students(tmp_path):
-    script = _benchmark_script()
+    script = load_benchmark("distillation")
     cache = tmp_path / "teachers"
     args = ["--task=images", "--smoke", f"--output_dir={tmp_path}", f"--teacher_cache={cache}"]
     result = script.main([*args, "--tag=patient", "--validation_freq=2"])

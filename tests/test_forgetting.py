@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import assert_png_image
+from conftest import load_benchmark
 
 import keras_transfer as kt
 from keras_transfer import forgetting
@@ -173,17 +174,6 @@ def test_diagnostics_summary_has_the_results_json_fields(tiny, tmp_path):
 # ---------------------------------------------------------------------------------------
 
 
-def _forgetting_script():
-    import importlib.util
-    import pathlib
-
-    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "forgetting.py"
-    spec = importlib.util.spec_from_file_location("forgetting_benchmark", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    return script
-
-
 def _curve(*points):
     return [
         {"epoch": i + 1, "val_accuracy": acc, "source_top1_agreement": agree, "source_mean_kl": kl}
@@ -192,7 +182,7 @@ def _curve(*points):
 
 
 def test_matched_comparison_reads_each_arm_at_its_first_epoch_within_a_point_of_the_lowest_best():
-    script = _forgetting_script()
+    script = load_benchmark("forgetting")
     curves = {
         # best 0.85: the lowest best, so T = 0.85 and this arm is read at epoch 3.
         "fine_tune_1e-4": _curve((0.55, 0.1, 5.0), (0.80, 0.05, 6.0), (0.85, 0.0, 6.5)),
@@ -235,7 +225,7 @@ def test_matched_comparison_reads_each_arm_at_its_first_epoch_within_a_point_of_
 
 @pytest.mark.slow
 def test_forgetting_benchmark_smoke_records_curves_and_the_matched_comparison(tmp_path):
-    script = _forgetting_script()
+    script = load_benchmark("forgetting")
     output = tmp_path / "forgetting.json"
     arms = ["fine_tune_1e-4", "l2sp_1e-4", "lora"]
     result = script.main(["--smoke", "--arms", ",".join(arms), "--output", str(output)])

@@ -58,6 +58,7 @@ __all__ = [
     "check_diagnostics",
     "class_weight",
     "create_backbone",
+    "describe_plan",
     "diagnose",
     "domain_report",
     "export",
@@ -563,8 +564,14 @@ def plan_training(
         reason=reason,
         block_logme=(transfer or {}).get("logme"),
     )
-    logger.info("Training plan: %s", json.dumps(plan))
+    logger.info("%s", describe_plan(plan))
     return config, plan
+
+
+def describe_plan(plan: dict[str, Any]) -> str:
+    """The training plan as one line: where it came from, the settings given, and why."""
+    given = ", ".join(plan["given"]) or "none"
+    return f"plan ({plan['source']}; given: {given}): {plan['reason']}"
 
 
 def check_diagnostics(

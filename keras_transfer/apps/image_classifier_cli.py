@@ -245,8 +245,7 @@ def main(argv: list[str]) -> None:
     if bool(config.data_dir) == bool(config.dataset):
         raise app.UsageError("Give exactly one of --data_dir and --dataset=tfds:<name>.")
     results = image_classifier_lib.run(config)
-    plan = results["plan"]
-    print(f"plan ({plan['source']}; given: {', '.join(plan['given']) or 'none'}): {plan['reason']}")
+    print(image_classifier_lib.describe_plan(results["plan"]))
     print(image_classifier_lib.summary(results, config))
 
 

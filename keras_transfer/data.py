@@ -34,6 +34,7 @@ __all__ = [
     "find_undecodable",
     "image_folder_dataset",
     "load_size",
+    "no_fit_shuffle",
     "read_image_size",
     "resize_and_crop",
     "target_image_dataset",
@@ -1045,3 +1046,12 @@ def target_image_dataset(
         labelled_reason=reason,
         skipped=dict(listing.skipped),
     )
+
+
+def no_fit_shuffle(train_data: Any, fit_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """`fit_kwargs` with `shuffle=False` when `train_data` is a `tf.data.Dataset` and no
+    `shuffle` is given: a dataset shuffles itself, and Keras ignores (and warns about) fit's
+    default `shuffle=True` for one."""
+    if isinstance(train_data, tf.data.Dataset):
+        fit_kwargs.setdefault("shuffle", False)
+    return fit_kwargs

@@ -25,6 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_transfer import _keras_compat
+from keras_transfer import data as data_lib
 from keras_transfer import heads
 from keras_transfer import optimizers
 
@@ -356,9 +357,7 @@ def distill(
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
             metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
         )
-        if isinstance(train, tf.data.Dataset):
-            # A dataset shuffles itself; Keras ignores (and warns about) shuffle=True.
-            fit_kwargs.setdefault("shuffle", False)
+        data_lib.no_fit_shuffle(train, fit_kwargs)
         distiller.fit(
             train,
             validation_data=validation,

@@ -52,11 +52,11 @@ from collections.abc import Mapping
 from typing import Any
 
 import keras
-import tensorflow as tf
 
 from keras_transfer import _keras_compat
 from keras_transfer import backbones as backbones_lib
 from keras_transfer import callbacks as callbacks_lib
+from keras_transfer import data as data_lib
 from keras_transfer import domain as domain_lib
 from keras_transfer import optimizers
 from keras_transfer.heads import TransferClassifier
@@ -569,9 +569,7 @@ def fit_scratch_baseline(
             *(fit_kwargs.get("callbacks") or []),
             callbacks_lib.BatchNormRecalibration(train_data, recalibration_steps),
         ]
-    if isinstance(train_data, tf.data.Dataset):
-        # A dataset shuffles itself; Keras ignores (and warns about) shuffle=True.
-        fit_kwargs.setdefault("shuffle", False)
+    data_lib.no_fit_shuffle(train_data, fit_kwargs)
     history = baseline.fit(train_data, validation_data=validation_data, epochs=epochs, **fit_kwargs)
     return baseline, history
 

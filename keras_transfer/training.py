@@ -16,6 +16,7 @@ import keras
 import tensorflow as tf
 
 from keras_transfer import _keras_compat
+from keras_transfer import data as data_lib
 from keras_transfer import distribute
 from keras_transfer import features
 from keras_transfer import freezing
@@ -320,10 +321,7 @@ def fit_two_phase(
             *callbacks,
         ]
 
-    if isinstance(train_data, tf.data.Dataset) and "shuffle" not in fit_kwargs:
-        # A dataset shuffles itself; Keras ignores (and warns about) fit's default
-        # shuffle=True for one.
-        fit_kwargs["shuffle"] = False
+    data_lib.no_fit_shuffle(train_data, fit_kwargs)
     phases = int(bool(head_epochs)) + int(bool(fine_tune_epochs))
     result = TwoPhaseHistory()
     if head_epochs and state and state.head_done:

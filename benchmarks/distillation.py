@@ -85,6 +85,15 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--fine_tune_epochs", type=int, default=5, help="images: student")
     parser.add_argument("--max_examples", type=int, default=0, help="text: 0 = all")
     parser.add_argument(
+        "--transfer_copies",
+        type=int,
+        default=0,
+        help="text: distil on a transfer set of the training texts plus this many augmented "
+        "copies of each (Tang et al. 2019: words masked with p=0.1, then with p=0.25 one "
+        "random 1-5-gram kept); the labels-only student trains on the same set, and a third "
+        "student on the original texts only. 0: the training texts only",
+    )
+    parser.add_argument(
         "--consistent",
         action="store_true",
         help="images: both students train on flip+crop augmented batches and the teacher "
@@ -214,6 +223,27 @@ def embedding_bag(train_texts, num_classes: int, sequence_length: int, dropout: 
     )
 
 
+def augment_texts(texts, copies: int, seed: int, mask_probability=0.1, ngram_probability=0.25):
+    """`copies` augmented versions of every text, in order (copy 1 of each text, copy 2, ...).
+
+    Tang et al. 2019 ("Distilling task-specific knowledge from BERT into simple neural
+    networks", section 3.3): each word is replaced by `[MASK]` with `mask_probability`, then
+    with `ngram_probability` only a random n-gram (n uniform in 1..5) of the text is kept.
+    Their part-of-speech-guided word replacement is left out (it needs a tagger).
+    """
+    rng = np.random.default_rng(seed)
+    augmented = []
+    for _ in range(copies):
+        for text in texts:
+            words = ["[MASK]" if rng.random() < mask_probability else w for w in text.split()]
+            if len(words) > 1 and rng.random() < ngram_probability:
+                n = min(int(rng.integers(1, 6)), len(words))
+                first = int(rng.integers(0, len(words) - n + 1))
+                words = words[first : first + n]
+            augmented.append(" ".join(words))
+    return augmented
+
+
 def run_text(args) -> dict:
     from keras_transfer.apps import text_classifier as text_lib
 
@@ -278,9 +308,26 @@ def run_text(args) -> dict:
     teacher_acc = accuracy(teacher, validation_data)
     print(f"teacher validation accuracy {teacher_acc:.4f} ({teacher_seconds:.0f} s)", flush=True)
 
+    arms = [("labels_only", 1.0, train_data), ("distilled", args.alpha, train_data)]
+    if args.transfer_copies:
+        # The transfer set keeps each copy's original label, for the labels' term (alpha)
+        # and for the labels-only student trained on the same texts.
+        copies = augment_texts(train[0], args.transfer_copies, args.seed)
+        transfer = (
+            list(train[0]) + copies,
+            np.concatenate([train[1]] * (args.transfer_copies + 1)),
+        )
+        print(f"transfer set: {len(transfer[0])} texts, e.g. {copies[:3]}", flush=True)
+        transfer_data = batches(transfer, True)
+        arms = [
+            ("labels_only_original", 1.0, train_data),
+            ("labels_only", 1.0, transfer_data),
+            ("distilled", args.alpha, transfer_data),
+        ]
+
     students, curves = {}, {}
     epochs = 1 if args.smoke else args.student_epochs
-    for arm, alpha in (("labels_only", 1.0), ("distilled", args.alpha)):
+    for arm, alpha, arm_data in arms:
         keras.utils.set_random_seed(args.seed)
         student = embedding_bag(train[0], len(class_names), config.sequence_length, config.dropout)
         curves[arm] = Curves()
@@ -288,7 +335,7 @@ def run_text(args) -> dict:
         kt.distill(
             teacher,
             student,
-            train_data,
+            arm_data,
             validation_data,
             temperature=args.temperature,
             alpha=alpha,
@@ -305,11 +352,25 @@ def run_text(args) -> dict:
         print(f"student {arm}: {students[arm][1]:.4f} ({time.perf_counter() - arm_start:.0f} s)")
 
     probe = tf.constant(list(validation[0][:256]))
+    transfer_set = {}
+    if args.transfer_copies:
+        original = students["labels_only_original"][1]
+        transfer_set = {
+            "transfer_copies": args.transfer_copies,
+            "num_transfer": len(train[0]) * (args.transfer_copies + 1),
+            "student_labels_only_original_acc": original,
+            "gap_closed_vs_original": round(
+                (students["distilled"][1] - original) / (teacher_acc - original), 3
+            )
+            if teacher_acc > original
+            else None,
+        }
     return {
         "dataset": dataset,
         "teacher_acc": teacher_acc,
         "student_labels_only_acc": students["labels_only"][1],
         "student_distilled_acc": students["distilled"][1],
+        **transfer_set,
         "teacher_ms_per_image": ms_per_image(teacher, probe),
         "student_ms_per_image": ms_per_image(students["distilled"][0], probe),
         "teacher_params": int(classifier.count_params()),

@@ -236,3 +236,27 @@ def test_benchmark_smoke_same_schedule_for_both_students(tmp_path):
     gap = result["teacher_acc"] - result["student_labels_only_acc"]
     gained = result["student_distilled_acc"] - result["student_labels_only_acc"]
     assert result["gap_closed"] == (round(gained / gap, 3) if gap > 0 else None)
+
+
+def test_benchmark_transfer_set_masks_words_and_keeps_ngrams_as_tang_et_al():
+    script = load_benchmark("distillation")
+    texts = [" ".join(f"w{i}_{j}" for j in range(20)) for i in range(200)]
+    copies = script.augment_texts(texts, copies=3, seed=0)
+    assert len(copies) == 600
+    assert copies == script.augment_texts(texts, copies=3, seed=0)  # seeded
+    words = [copy.split() for copy in copies]
+    # Copy k of text i is at k * len(texts) + i, and keeps only that text's words.
+    for k in range(3):
+        for i in (0, 117):
+            assert {w for w in words[k * 200 + i] if w != "[MASK]"} <= set(texts[i].split())
+    full = [w for w in words if len(w) == 20]
+    ngrams = [w for w in words if len(w) < 20]
+    # p_ng = 0.25: about a quarter are one 1-5-gram, in the text's order.
+    assert 0.18 < len(ngrams) / len(words) < 0.32
+    assert all(1 <= len(w) <= 5 for w in ngrams)
+    masked = sum(w == "[MASK]" for copy in full for w in copy) / (20 * len(full))
+    assert 0.07 < masked < 0.13  # p_mask = 0.1
+    unmasked = [w for w in ngrams if "[MASK]" not in w and len(w) > 1]
+    for copy in unmasked:
+        first = int(copy[0].split("_")[1])
+        assert [int(w.split("_")[1]) for w in copy] == list(range(first, first + len(copy)))

@@ -69,6 +69,7 @@ __all__ = [
 
 METHODS = ("dann", "coral", "mmd")
 WEIGHT_SCHEDULES = ("auto", "dann", "constant")
+ALIGNMENT_LAYERS = ("features", "logits")
 # Below this proxy A-distance a linear classifier errs on more than 3/8 of the images:
 # the feature distributions overlap mostly. At 1.5 and above it errs on fewer than 1/8.
 CLOSE_BELOW = 0.5
@@ -202,6 +203,9 @@ class DomainAdaptation(keras.Model):
             one logit (the paper's 1024-1024 for deep features).
         domain_dropout: dropout before each dense layer of the domain classifier.
         mmd_kernel_multipliers: `losses.MMDLoss`'s bandwidth multipliers.
+        alignment_layer: what is aligned: `"features"` (the pooled backbone features, as
+            DANN) or `"logits"` (the head's pre-activation outputs, computed for source and
+            target alike, as Deep CORAL aligns the last layer, fc8: Sun & Saenko 2016).
         **kwargs: standard `keras.Model` arguments.
 
     Example:
@@ -223,6 +227,7 @@ class DomainAdaptation(keras.Model):
         domain_hidden_units: Sequence[int] = (1024, 1024),
         domain_dropout: float = 0.5,
         mmd_kernel_multipliers: Sequence[float] = (0.125, 0.25, 0.5, 1.0, 2.0),
+        alignment_layer: str = "features",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -232,6 +237,7 @@ class DomainAdaptation(keras.Model):
                 f"Domain adaptation needs a classifier from create_classifier (a backbone whose "
                 f"feature map a head pools), got {type(classifier).__name__}."
             )
+        _check_alignment_layer(alignment_layer, classifier)
         self.classifier = classifier
         self.method = method
         self.total_steps = int(total_steps)
@@ -240,7 +246,13 @@ class DomainAdaptation(keras.Model):
         self.domain_hidden_units = tuple(int(u) for u in domain_hidden_units)
         self.domain_dropout = float(domain_dropout)
         self.mmd_kernel_multipliers = tuple(float(m) for m in mmd_kernel_multipliers)
+        self.alignment_layer = alignment_layer
         self.feature_model = _pooled_feature_model(classifier)
+        aligned_size = (
+            self.feature_model.output_shape[-1]
+            if alignment_layer == "features"
+            else classifier.head.output_units
+        )
 
         self.gradient_reversal = None
         self.domain_classifier = None
@@ -265,7 +277,7 @@ class DomainAdaptation(keras.Model):
             ]
             # float32 whatever the policy: the domain loss is a sigmoid cross-entropy.
             self.domain_classifier = keras.Sequential(layers, name="domain_classifier")
-            self.domain_classifier.build((None, self.feature_model.output_shape[-1]))
+            self.domain_classifier.build((None, aligned_size))
             self.domain_accuracy = keras.metrics.BinaryAccuracy(
                 name="domain_accuracy", threshold=0.0
             )
@@ -344,7 +356,12 @@ class DomainAdaptation(keras.Model):
         weight = self.current_weight()
         with tf.GradientTape() as tape:
             features = self.feature_model(images, training=True)
-            predictions = self.classifier.head(features[:num_source], training=True)
+            if self.alignment_layer == "logits":
+                # Source and target through the head together; the loss sees the source half.
+                features = self.classifier.head.compute_logits(features, training=True)
+                predictions = self.classifier.head.activate(features[:num_source])
+            else:
+                predictions = self.classifier.head(features[:num_source], training=True)
             # compute_loss already divides by the number of replicas (the gradients of the
             # replicas are summed); the alignment term is a scalar, so divide it here.
             classification_loss = self.compute_loss(
@@ -391,6 +408,7 @@ class DomainAdaptation(keras.Model):
                 "domain_hidden_units": list(self.domain_hidden_units),
                 "domain_dropout": self.domain_dropout,
                 "mmd_kernel_multipliers": list(self.mmd_kernel_multipliers),
+                "alignment_layer": self.alignment_layer,
             }
         )
         return config
@@ -400,6 +418,20 @@ class DomainAdaptation(keras.Model):
         config = dict(config)
         config["classifier"] = keras.saving.deserialize_keras_object(config["classifier"])
         return cls(**config)
+
+
+def _check_alignment_layer(alignment_layer, classifier):
+    if alignment_layer not in ALIGNMENT_LAYERS:
+        raise ValueError(
+            f"alignment_layer must be one of {ALIGNMENT_LAYERS}, got {alignment_layer!r}."
+        )
+    if alignment_layer == "logits" and not isinstance(
+        classifier.head, heads_lib.ClassificationHead
+    ):
+        raise ValueError(
+            f"alignment_layer='logits' needs one ClassificationHead, got a "
+            f"{type(classifier.head).__name__}: align the features (alignment_layer='features')."
+        )
 
 
 def _check_options(method, total_steps, alignment_weight, weight_schedule, domain_dropout):
@@ -562,6 +594,7 @@ def fit_domain_adaptation(
     domain_hidden_units: Sequence[int] = (1024, 1024),
     domain_dropout: float = 0.5,
     mmd_kernel_multipliers: Sequence[float] = (0.125, 0.25, 0.5, 1.0, 2.0),
+    alignment_layer: str = "features",
     steps_per_epoch: int | None = None,
     batch_size: int = 32,
     **fit_kwargs: Any,
@@ -600,6 +633,8 @@ def fit_domain_adaptation(
             with mu_0 the optimizer's learning rate.
         domain_hidden_units, domain_dropout: DANN's domain classifier.
         mmd_kernel_multipliers: bandwidth multipliers of the MMD's Gaussian kernels.
+        alignment_layer: `"features"` (the pooled backbone features) or `"logits"` (the
+            head's pre-activation outputs, as Deep CORAL aligns the last layer).
         steps_per_epoch: steps per epoch; needed when both datasets are infinite.
         batch_size: batch size for NumPy inputs.
 
@@ -647,6 +682,7 @@ def fit_domain_adaptation(
             domain_hidden_units=domain_hidden_units,
             domain_dropout=domain_dropout,
             mmd_kernel_multipliers=mmd_kernel_multipliers,
+            alignment_layer=alignment_layer,
             name=f"{model.name}_{method}",
         )
         adapter.compile(

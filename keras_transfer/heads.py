@@ -118,9 +118,11 @@ class ClassificationHead(keras.layers.Layer):
             keras.layers.Dropout(self.dropout, name=f"dropout_{i}", dtype=self.dtype_policy)
             for i in range(len(self.hidden_units) + 1)
         ]
+        # The output activation is applied in `call`, so that `compute_logits` can give the
+        # pre-activation outputs (domain alignment on logits) from the same variables.
         self.output_dense = keras.layers.Dense(
             self.output_units,
-            activation=None if self.logits else self.output_activation,
+            activation=None,
             kernel_regularizer=self.kernel_regularizer,
             dtype="float32",
             name="predictions",
@@ -180,7 +182,8 @@ class ClassificationHead(keras.layers.Layer):
             )
         return keras.ops.reshape(x, (-1, x.shape[1] * x.shape[2] * x.shape[3]))
 
-    def call(self, inputs, training=None):
+    def compute_logits(self, inputs, training=None):
+        """The output layer's pre-activation values (float32), whatever `logits` says."""
         x = self.pool(inputs)
         for dropout, block in zip(self.dropout_layers, self.hidden_layers):
             x = dropout(x, training=training)
@@ -188,6 +191,16 @@ class ClassificationHead(keras.layers.Layer):
                 x = layer(x, training=training)
         x = self.dropout_layers[-1](x, training=training)
         return self.output_dense(x)
+
+    def activate(self, logits):
+        """The head's outputs from `compute_logits`' values: `logits` itself when the head
+        outputs logits, else the task's softmax or sigmoid."""
+        if self.logits:
+            return logits
+        return keras.activations.get(self.output_activation)(logits)
+
+    def call(self, inputs, training=None):
+        return self.activate(self.compute_logits(inputs, training=training))
 
     def compute_output_spec(self, inputs, training=None):
         # The output layer computes in float32 whatever the policy: say so symbolically too.

@@ -522,3 +522,60 @@ def test_target_images_in_any_layout_labelled_only_under_training_class_folders(
         kt.data.target_image_dataset(empty, ["cats", "dogs"])
     with pytest.raises(FileNotFoundError, match="does not exist"):
         kt.data.target_image_dataset(tmp_path / "missing")
+
+
+def test_coral_on_logits_aligns_the_heads_pre_activation_outputs():
+    source_x, labels, target_x = shifted_task(n=32)
+    keras.utils.set_random_seed(0)
+    model = tiny_classifier()
+    features = domain._pooled_feature_model(model)
+    # The head's outputs are the softmax of its pre-activation values.
+    logits = model.head.compute_logits(features(source_x)).numpy()
+    np.testing.assert_allclose(
+        model.predict(source_x, verbose=0), keras.ops.softmax(logits).numpy(), atol=1e-6
+    )
+    expected = float(
+        kt.losses.CoralLoss()(logits, model.head.compute_logits(features(target_x)).numpy())
+    )
+    history = kt.fit_domain_adaptation(
+        model,
+        (source_x, labels),
+        target_x,
+        method="coral",
+        epochs=1,
+        batch_size=32,  # one step, from the weights the expected loss was computed with
+        alignment_layer="logits",
+        verbose=0,
+    )
+    assert history.history["alignment_loss"][0] == pytest.approx(expected, rel=1e-4)
+    # DANN on logits: the domain classifier reads the 2 logits, and the option is saved.
+    adapter = domain.DomainAdaptation(tiny_classifier(), "dann", alignment_layer="logits")
+    assert adapter.domain_classifier.layers[1].kernel.shape[0] == 2  # on the 2 logits
+    restored = domain.DomainAdaptation.from_config(adapter.get_config())
+    assert restored.alignment_layer == "logits"
+
+
+def test_coral_on_logits_training_lowers_the_logits_covariance_gap():
+    def logits_gap(model, source_x, target_x):
+        features = domain._pooled_feature_model(model)
+        return float(
+            kt.losses.CoralLoss()(
+                model.head.compute_logits(features(source_x)),
+                model.head.compute_logits(features(target_x)),
+            )
+        )
+
+    plain, _, source_x, target_x = _adapt("coral", 0.0, alignment_layer="logits")
+    adapted, _, _, _ = _adapt("coral", 1000.0, alignment_layer="logits")
+    assert logits_gap(adapted, source_x, target_x) < 0.5 * logits_gap(plain, source_x, target_x)
+
+
+def test_alignment_layer_is_checked():
+    with pytest.raises(ValueError, match="alignment_layer must be one of"):
+        domain.DomainAdaptation(tiny_classifier(), "coral", alignment_layer="pooled")
+    backbone = tiny_classifier().backbone
+    multi = kt.TransferClassifier(
+        backbone, kt.MultiTaskHead({"a": {"num_classes": 2}, "b": {"num_classes": 3}})
+    )
+    with pytest.raises(ValueError, match="needs one ClassificationHead"):
+        domain.DomainAdaptation(multi, "coral", alignment_layer="logits")

@@ -271,7 +271,7 @@ def run_seed(task, data, args, seed, assets):
         if arm in ("source_only", "target_supervised"):
             model.compile(optimizer=optimizer())
             train = source() if arm == "source_only" else source("target_train")
-            model.fit(train, epochs=args.epochs, verbose=0)
+            model.fit(train, epochs=args.epochs, shuffle=False, verbose=0)  # shuffled above
         else:
             weight = {"dann": 1.0, "coral": args.coral_weight, "mmd": args.mmd_weight}[arm]
             history = kt.fit_domain_adaptation(

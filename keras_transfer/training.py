@@ -139,7 +139,11 @@ def fit_two_phase(
     Phase 1 freezes the backbone and trains the head at `head_lr`. Phase 2 unfreezes the
     requested blocks (BatchNormalization stays in inference mode unless `train_bn`),
     recompiles with a new optimizer at `fine_tune_lr`, and continues the epoch count
-    (Keras' `initial_epoch`), so callbacks and TensorBoard see one timeline.
+    (Keras' `initial_epoch`), so callbacks and TensorBoard see one timeline. Phase 2 starts
+    at epoch `initial_epoch + head_epochs` even when early stopping ended phase 1 sooner
+    (the log then jumps, e.g. from epoch 9 to 101 of a 100-epoch head budget): the timeline
+    is the plan's, so epoch-keyed schedules (`GradualUnfreezing`) and a resumed run's
+    backups number every phase-2 epoch the same way whatever phase 1 did.
 
     Args:
         model: a `create_classifier` model, or any model nesting a `keras.applications`

@@ -17,6 +17,8 @@ import tensorflow as tf
 import keras_transfer as kt
 from keras_transfer import domain
 
+from conftest import load_benchmark
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 16
 
@@ -579,3 +581,45 @@ def test_alignment_layer_is_checked():
     )
     with pytest.raises(ValueError, match="needs one ClassificationHead"):
         domain.DomainAdaptation(multi, "coral", alignment_layer="logits")
+
+
+@pytest.mark.slow
+def test_benchmark_smoke_writes_the_issue_fields_and_aligns_coral_on_logits(
+    tmp_path, monkeypatch
+):
+    """photo_shift --smoke: the cats-vs-dogs photos of ../shared (synthetic photos without
+    it), a few images per class, one epoch per arm."""
+    aligned = {}
+
+    def recording(*args, method, alignment_layer, **kwargs):
+        aligned[method] = alignment_layer
+        return fit(*args, method=method, alignment_layer=alignment_layer, **kwargs)
+
+    fit = kt.fit_domain_adaptation
+    monkeypatch.setattr(kt, "fit_domain_adaptation", recording)
+    output = tmp_path / "domain.json"
+    arms = "source_only,dann,coral"
+    load_benchmark("domain_adaptation").main(
+        ["--task", "photo_shift", "--smoke", "--arms", arms, "--output", str(output)]
+    )
+    saved = json.loads(output.read_text())
+    assert list(saved)[:10] == [
+        "task",
+        "seeds",
+        "source_only_acc",
+        "dann_acc",
+        "coral_acc",
+        "mmd_acc",
+        "target_supervised_acc",
+        "proxy_a_distance_before",
+        "proxy_a_distance_after_dann",
+        "seconds",
+    ]
+    (seed,) = saved["per_seed"]
+    assert saved["settings"]["coral_layer"] == "logits"
+    assert (saved["mmd_acc"], saved["target_supervised_acc"]) == (None, None)  # arms not run
+    for key in ("source_only_acc", "dann_acc", "coral_acc", "proxy_a_distance_before"):
+        assert saved[key] == round(seed[key], 4)
+    # Deep CORAL's layer for CORAL; DANN's domain classifier reads the pooled features.
+    assert aligned == {"dann": "features", "coral": "logits"}
+    assert seed["coral_alignment_loss_first_last"][0] > 0

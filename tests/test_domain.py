@@ -13,11 +13,10 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import load_benchmark
 
 import keras_transfer as kt
 from keras_transfer import domain
-
-from conftest import load_benchmark
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 16
@@ -584,9 +583,7 @@ def test_alignment_layer_is_checked():
 
 
 @pytest.mark.slow
-def test_benchmark_smoke_writes_the_issue_fields_and_aligns_coral_on_logits(
-    tmp_path, monkeypatch
-):
+def test_benchmark_smoke_writes_the_issue_fields_and_aligns_coral_on_logits(tmp_path, monkeypatch):
     """photo_shift --smoke: the cats-vs-dogs photos of ../shared (synthetic photos without
     it), a few images per class, one epoch per arm."""
     aligned = {}

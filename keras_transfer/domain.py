@@ -47,12 +47,12 @@ import numpy as np
 import tensorflow as tf
 
 from keras_transfer import backbones as backbones_lib
+from keras_transfer import features as features_lib
 from keras_transfer import freezing
 from keras_transfer import heads as heads_lib
 from keras_transfer import losses as losses_lib
 from keras_transfer import optimizers
 from keras_transfer.layers import GradientReversal
-from keras_transfer.preprocessing import ImagePreprocessing
 
 __all__ = [
     "CLOSE_BELOW",
@@ -136,37 +136,34 @@ class DannLearningRate(keras.optimizers.schedules.LearningRateSchedule):
 
 
 def _pooled_feature_model(model: Any) -> keras.Model:
-    """Raw images -> pooled feature vectors, sharing the layers of `model`."""
-    if isinstance(model, heads_lib.TransferClassifier):
-        inputs = keras.Input(shape=model.input_shape[1:], name="images")
-        x = model.preprocess_layer(inputs) if model.preprocess_layer is not None else inputs
-        x = model.head.pool(model.backbone(x))
-    elif isinstance(model, backbones_lib.Backbone):
-        inputs = keras.Input(shape=model.model.input_shape[1:], name="images")
-        x = inputs
-        if model.preprocessing:
-            x = ImagePreprocessing(model.preprocessing, name="preprocessing")(x)
-        x = model.model(x)
-        if len(x.shape) == 4:
-            x = keras.ops.mean(x, axis=(1, 2))
+    """Raw images -> pooled feature vectors, sharing the layers of `model` and running its
+    backbone in the mode the result is called in (domain adaptation trains through it)."""
+    if isinstance(model, heads_lib.TransferClassifier | backbones_lib.Backbone):
+        try:
+            extractor = features_lib.feature_extractor(model, training=None)
+        except ValueError:
+            extractor = None  # a head without pooling: the error below says what to do
     elif isinstance(model, keras.Model):
+        # A plain model: its own preprocessing, if any; feature maps are average-pooled.
         inputs = keras.Input(shape=model.input_shape[1:], name="images")
         x = model(inputs)
         if len(x.shape) == 4:
             x = keras.ops.mean(x, axis=(1, 2))
+        extractor = keras.Model(inputs, x, name="pooled_features")
     else:
         raise TypeError(
             f"Expected a classifier from create_classifier, a Backbone or a keras.Model, got "
             f"{type(model).__name__}."
         )
-    if len(x.shape) != 2:
+    shape = None if extractor is None else tuple(extractor.output_shape)
+    if shape is None or len(shape) != 2:
         raise ValueError(
-            f"The model's features have shape {tuple(x.shape)}, not (batch, features): "
-            "domain adaptation aligns pooled feature vectors. Use a classifier whose head "
-            "pools the backbone's feature map (create_classifier with pooling='avg', 'max', "
-            "'avgmax' or 'flatten')."
+            f"The model's features have shape {shape or 'of a feature map'}, not (batch, "
+            "features): domain adaptation aligns pooled feature vectors. Use a classifier "
+            "whose head pools the backbone's feature map (create_classifier with "
+            "pooling='avg', 'max', 'avgmax' or 'flatten')."
         )
-    return keras.Model(inputs, x, name="pooled_features")
+    return extractor
 
 
 @keras.saving.register_keras_serializable(package="keras_transfer")

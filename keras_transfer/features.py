@@ -130,6 +130,7 @@ def feature_extractor(
     head: ClassificationHead | None = None,
     *,
     pool: bool = True,
+    training: bool | None = False,
 ) -> keras.Model:
     """The model whose outputs are cached: raw 0-255 images -> preprocessing -> backbone
     (in inference mode) -> the head's pooling.
@@ -143,6 +144,9 @@ def feature_extractor(
             backbone, preprocessing and head are used).
         head: the head whose pooling is applied; default: the classifier's head, or none.
         pool: pool the feature maps with the head's pooling.
+        training: the backbone's mode: `False` (inference, what a cache holds) or `None`
+            (the mode the extractor is called in, for training through it, as domain
+            adaptation does; its layers are the backbone's own, so they train).
 
     Returns:
         A `keras.Model` taking the images a `TransferClassifier` of this backbone takes.
@@ -160,7 +164,7 @@ def feature_extractor(
     if preprocessing:
         x = ImagePreprocessing(preprocessing, name="preprocessing")(x)
     # training=False: BatchNormalization uses its moving statistics, as in a frozen backbone.
-    x = backbone_model(x, training=False)
+    x = backbone_model(x, training=training)
     if pool and len(x.shape) == 4:
         if head is None:
             head = ClassificationHead(1)  # the default head's pooling: global average

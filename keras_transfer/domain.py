@@ -136,11 +136,12 @@ class DannLearningRate(keras.optimizers.schedules.LearningRateSchedule):
 
 
 def _pooled_feature_model(model: Any) -> keras.Model:
-    """Raw images -> pooled feature vectors, sharing the layers of `model` and running its
-    backbone in the mode the result is called in (domain adaptation trains through it)."""
+    """Raw images -> pooled feature vectors, sharing the layers of `model`; called in
+    training mode, its trainable layers run in training mode (domain adaptation trains
+    through it)."""
     if isinstance(model, heads_lib.TransferClassifier | backbones_lib.Backbone):
         try:
-            extractor = features_lib.feature_extractor(model, training=None)
+            extractor = features_lib.feature_extractor(model)
         except ValueError:
             extractor = None  # a head without pooling: the error below says what to do
     elif isinstance(model, keras.Model):

@@ -130,7 +130,6 @@ def feature_extractor(
     head: ClassificationHead | None = None,
     *,
     pool: bool = True,
-    training: bool | None = False,
 ) -> keras.Model:
     """The model whose outputs are cached: raw 0-255 images -> preprocessing -> backbone
     (in inference mode) -> the head's pooling.
@@ -144,9 +143,6 @@ def feature_extractor(
             backbone, preprocessing and head are used).
         head: the head whose pooling is applied; default: the classifier's head, or none.
         pool: pool the feature maps with the head's pooling.
-        training: the backbone's mode: `False` (inference, what a cache holds) or `None`
-            (the mode the extractor is called in, for training through it, as domain
-            adaptation does; its layers are the backbone's own, so they train).
 
     Returns:
         A `keras.Model` taking the images a `TransferClassifier` of this backbone takes.
@@ -163,8 +159,12 @@ def feature_extractor(
     x = inputs
     if preprocessing:
         x = ImagePreprocessing(preprocessing, name="preprocessing")(x)
-    # training=False: BatchNormalization uses its moving statistics, as in a frozen backbone.
-    x = backbone_model(x, training=training)
+    # training=False: BatchNormalization uses its moving statistics, as in a frozen backbone,
+    # when the extractor runs on its own (`predict`, which the caches use). Called in
+    # training mode, a Keras functional model passes that mode to every layer instead (Keras
+    # 3), so trainable BatchNormalization layers use batch statistics: domain adaptation
+    # trains through the extractor that way, with the backbone's own layers.
+    x = backbone_model(x, training=False)
     if pool and len(x.shape) == 4:
         if head is None:
             head = ClassificationHead(1)  # the default head's pooling: global average

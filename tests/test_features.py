@@ -386,3 +386,17 @@ def test_two_phase_cached_checks_every_argument_before_extracting(monkeypatch, b
     monkeypatch.setattr(features, "extract_features", fail)
     with pytest.raises((ValueError, TypeError), match=message):
         kt.fit_two_phase_cached(model, dataset, dataset, head_epochs=1, verbose=0, **bad)
+
+
+def test_feature_extractor_predicts_in_inference_mode_and_trains_through_in_training_mode():
+    images = tiny_images(8, SIZE, 3)
+    backbone = tiny_backbone()  # BatchNormalization trainable, moving statistics perturbed
+    extractor = features.feature_extractor(backbone)
+    # What a cache holds (predict): the moving statistics.
+    cached = extractor.predict(images, verbose=0)
+    np.testing.assert_allclose(cached, extractor(images, training=False).numpy(), atol=1e-5)
+    # Called in training mode (domain adaptation trains through it), Keras passes the mode to
+    # every layer: trainable BatchNormalization normalises with the batch's statistics.
+    assert not np.allclose(extractor(images, training=True).numpy(), cached, atol=1e-3)
+    # Its layers are the backbone's own: what trains through it trains the backbone.
+    assert {id(w) for w in backbone.model.weights} <= {id(w) for w in extractor.weights}

@@ -324,7 +324,7 @@ def main(argv=None):
     parser.add_argument("--mmd_weight", type=float)
     parser.add_argument(
         "--coral_layer",
-        choices=("features", "logits"),
+        choices=kt.domain.ALIGNMENT_LAYERS,
         help="what CORAL aligns: the head's logits (Deep CORAL's last layer; default) or the "
         "pooled features",
     )

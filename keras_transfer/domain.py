@@ -55,6 +55,7 @@ from keras_transfer import optimizers
 from keras_transfer.layers import GradientReversal
 
 __all__ = [
+    "ALIGNMENT_LAYERS",
     "CLOSE_BELOW",
     "DannLearningRate",
     "DomainAdaptation",
@@ -140,10 +141,8 @@ def _pooled_feature_model(model: Any) -> keras.Model:
     training mode, its trainable layers run in training mode (domain adaptation trains
     through it)."""
     if isinstance(model, heads_lib.TransferClassifier | backbones_lib.Backbone):
-        try:
-            extractor = features_lib.feature_extractor(model)
-        except ValueError:
-            extractor = None  # a head without pooling: the error below says what to do
+        # A classifier's head pools (one with pooling=None cannot be built on feature maps).
+        extractor = features_lib.feature_extractor(model)
     elif isinstance(model, keras.Model):
         # A plain model: its own preprocessing, if any; feature maps are average-pooled.
         inputs = keras.Input(shape=model.input_shape[1:], name="images")
@@ -156,10 +155,9 @@ def _pooled_feature_model(model: Any) -> keras.Model:
             f"Expected a classifier from create_classifier, a Backbone or a keras.Model, got "
             f"{type(model).__name__}."
         )
-    shape = None if extractor is None else tuple(extractor.output_shape)
-    if shape is None or len(shape) != 2:
+    if len(extractor.output_shape) != 2:
         raise ValueError(
-            f"The model's features have shape {shape or 'of a feature map'}, not (batch, "
+            f"The model's features have shape {tuple(extractor.output_shape)}, not (batch, "
             "features): domain adaptation aligns pooled feature vectors. Use a classifier "
             "whose head pools the backbone's feature map (create_classifier with "
             "pooling='avg', 'max', 'avgmax' or 'flatten')."
@@ -356,9 +354,10 @@ class DomainAdaptation(keras.Model):
             features = self.feature_model(images, training=True)
             if self.alignment_layer == "logits":
                 # Source and target through the head together; the loss sees the source half.
-                features = self.classifier.head.compute_logits(features, training=True)
-                predictions = self.classifier.head.activate(features[:num_source])
+                aligned = self.classifier.head.compute_logits(features, training=True)
+                predictions = self.classifier.head.activate(aligned[:num_source])
             else:
+                aligned = features
                 predictions = self.classifier.head(features[:num_source], training=True)
             # compute_loss already divides by the number of replicas (the gradients of the
             # replicas are summed); the alignment term is a scalar, so divide it here.
@@ -369,10 +368,8 @@ class DomainAdaptation(keras.Model):
                 sample_weight=sample_weight,
                 training=True,
             )
-            float_features = keras.ops.cast(features, "float32")
-            term, value = self._alignment(
-                float_features[:num_source], float_features[num_source:], weight
-            )
+            aligned = keras.ops.cast(aligned, "float32")
+            term, value = self._alignment(aligned[:num_source], aligned[num_source:], weight)
             loss = classification_loss + term / replicas
             scaled_loss = self.optimizer.scale_loss(loss)
         variables = self.trainable_variables

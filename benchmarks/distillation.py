@@ -162,6 +162,13 @@ class Curves(keras.callbacks.Callback):
         }
 
 
+def gap_closed(teacher_acc: float, baseline_acc: float, distilled_acc: float) -> float | None:
+    """The fraction of the baseline student's gap to the teacher that distillation closed
+    (None when the baseline is not below the teacher)."""
+    gap = teacher_acc - baseline_acc
+    return round((distilled_acc - baseline_acc) / gap, 3) if gap > 0 else None
+
+
 def ms_per_image(model: keras.Model, batch) -> float:
     """Median wall time of `model.predict` on `batch`, per example, after a warm-up."""
     n = int(keras.tree.flatten(batch)[0].shape[0])
@@ -359,11 +366,7 @@ def run_text(args) -> dict:
             "transfer_copies": args.transfer_copies,
             "num_transfer": len(train[0]) * (args.transfer_copies + 1),
             "student_labels_only_original_acc": original,
-            "gap_closed_vs_original": round(
-                (students["distilled"][1] - original) / (teacher_acc - original), 3
-            )
-            if teacher_acc > original
-            else None,
+            "gap_closed_vs_original": gap_closed(teacher_acc, original, students["distilled"][1]),
         }
     return {
         "dataset": dataset,
@@ -522,12 +525,14 @@ def main(argv=None) -> dict:
     start = time.perf_counter()
     result = run_text(args) if args.task == "text" else run_images(args)
     curves = result.pop("curves")
-    gap = result["teacher_acc"] - result["student_labels_only_acc"]
-    gained = result["student_distilled_acc"] - result["student_labels_only_acc"]
     result = {
         "task": args.task,
         **result,
-        "gap_closed": round(gained / gap, 3) if gap > 0 else None,
+        "gap_closed": gap_closed(
+            result["teacher_acc"],
+            result["student_labels_only_acc"],
+            result["student_distilled_acc"],
+        ),
         "speedup": round(result["teacher_ms_per_image"] / result["student_ms_per_image"], 2),
         "temperature": args.temperature,
         "alpha": args.alpha,

@@ -931,4 +931,15 @@ def merge_lora(model: keras.Model) -> keras.Model:
             # The file holds the optimizer's state too; the uncompiled copy has none.
             warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
             merged.load_weights(weights)
+    # Keras' weights file holds each LoRA layer's `kernel` property, which it casts to the
+    # compute dtype: under mixed_float16 every merged kernel came back rounded to float16.
+    # The merge is written again in the variables' own dtype (float32), so it is exact.
+    # The copy's variables stand in the order of the model's, LoRA left out (nested names
+    # may differ, so they are paired by position).
+    originals = [v for v in model.weights if v.path.rsplit("/", 1)[-1] not in _LORA_NAMES]
+    copies = dict(zip((id(v) for v in originals), merged.weights, strict=True))
+    for layer in lora_layers(model):
+        base = _base_kernel_variable(layer)
+        a, b = (keras.ops.convert_to_numpy(v) for v in (layer.lora_kernel_a, layer.lora_kernel_b))
+        copies[id(base)].assign(keras.ops.convert_to_numpy(base) + _lora_update(layer, a, b))
     return merged

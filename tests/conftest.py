@@ -16,6 +16,25 @@ import keras_transfer as kt  # noqa: E402
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
+# The numerically sensitive group (marker `numerics`): whole files whose tests compare
+# numbers across kernels, merges or save/load, and elsewhere every test whose name says it
+# runs under mixed precision, XLA or a distribution strategy. CI runs it with
+# TF_ENABLE_ONEDNN_OPTS=0 and =1 (.ci/run); tolerances there come from the dtype, not a lucky run.
+NUMERICS_FILES = {
+    "test_lora.py",
+    "test_optimizers.py",
+    "test_optimizers_distributed.py",
+    "test_save_load.py",
+    "test_keras_compat.py",
+}
+NUMERICS_NAMES = ("mixed_precision", "jit", "mirrored", "strategy")
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if item.path.name in NUMERICS_FILES or any(n in item.name for n in NUMERICS_NAMES):
+            item.add_marker(pytest.mark.numerics)
+
 
 def assets_dir() -> pathlib.Path | None:
     """The real weights/datasets folder: $KERAS_TRANSFER_ASSETS, else ../shared/assets."""

@@ -47,9 +47,9 @@ import _common  # noqa: E402
 import keras  # noqa: E402
 
 import keras_transfer as kt  # noqa: E402
-from keras_transfer import data as data_lib  # noqa: E402
-from keras_transfer import features  # noqa: E402
-from keras_transfer import recipes  # noqa: E402
+from keras_transfer.data import folders as data_lib  # noqa: E402
+from keras_transfer.diagnostics import recipes  # noqa: E402
+from keras_transfer.training import features  # noqa: E402
 
 # Per dataset, the defaults of the flags left unset. Cats-vs-dogs has 8x the images of
 # ants-vs-bees: 2 fine-tuning and 5 from-scratch epochs keep it under 30 minutes on 2 cores;

@@ -34,7 +34,7 @@ import _common  # noqa: E402
 CHILD = """
 import json, os, resource, sys, time
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
-from keras_transfer import data
+from keras_transfer.data import folders as data
 start = time.perf_counter()
 max_pixels = None if sys.argv[2] == "none" else int(sys.argv[2])
 loaded = data.image_folder_dataset(sys.argv[1], image_size=32, batch_size=8, max_pixels=max_pixels)

@@ -33,8 +33,8 @@ import _common  # noqa: E402
 import keras  # noqa: E402
 
 import keras_transfer as kt  # noqa: E402
-from keras_transfer import data as data_lib  # noqa: E402
-from keras_transfer import features  # noqa: E402
+from keras_transfer.data import folders as data_lib  # noqa: E402
+from keras_transfer.training import features  # noqa: E402
 
 
 def main(argv=None) -> dict:

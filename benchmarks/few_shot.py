@@ -74,7 +74,7 @@ def main():
     start = time.perf_counter()
     import keras
 
-    from keras_transfer import few_shot
+    from keras_transfer.few_shot import prototypes as few_shot
 
     assets = _common.assets_dir(args.assets, _common.DATASETS[args.dataset])
     feats = _common.mobilenet_features(assets, args.dataset, cache_dir=args.feature_cache_dir)

@@ -38,11 +38,11 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import keras_transfer as kt  # noqa: E402
-from keras_transfer import callbacks as callbacks_lib  # noqa: E402
-from keras_transfer import lr_finder  # noqa: E402
-from keras_transfer import optimizers  # noqa: E402
-from keras_transfer import regularizers  # noqa: E402
-from keras_transfer import schedules  # noqa: E402
+from keras_transfer.optimizers import layerwise as optimizers  # noqa: E402
+from keras_transfer.optimizers import schedules  # noqa: E402
+from keras_transfer.peft import l2sp as regularizers  # noqa: E402
+from keras_transfer.training import callbacks as callbacks_lib  # noqa: E402
+from keras_transfer.training import lr_finder  # noqa: E402
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 RECIPES = ("two_phase", "gradual", "two_phase_discriminative_cosine", "two_phase_l2sp")
@@ -69,7 +69,7 @@ def load_data(args) -> tuple[tf.data.Dataset, tf.data.Dataset, int, str | None]:
         y = np.array([0, 1] * 8)
         train = tf.data.Dataset.from_tensor_slices((x, y)).batch(args.batch_size)
         return train, train, -(-16 // args.batch_size), None
-    from keras_transfer import data as data_lib
+    from keras_transfer.data import folders as data_lib
 
     assets = assets_dir(args.assets)
     images = data_lib.image_folder_dataset(

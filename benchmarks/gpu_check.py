@@ -7,7 +7,7 @@ and synthetic in-memory batches; prints one JSON line:
   224 px, every block trainable; expected >= 1.5 on a GPU with tensor cores);
 - `jit_vs_nojit`: fine-tuning images/s with `jit_compile=True` over `False` (float32);
 - `optimizers`: at 20 and 100 learning-rate groups (MobileNetV2, contiguous groups of
-  layers), with `jit_compile=True`: `keras_transfer.optimizers.with_layerwise_lr` vs a
+  layers), with `jit_compile=True`: `keras_transfer.optimizers.layerwise.with_layerwise_lr` vs a
   plain AdamW and vs `keras.optimizers.MultiOptimizer` (one AdamW per group; Keras 3.15
   ships it; when a Keras has none the JSON says so and only plain is compared);
 - `hub`: the hub SavedModel backbone fine-tuned with `jit_compile=True` under
@@ -49,8 +49,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import keras_transfer as kt  # noqa: E402
-from keras_transfer import backbones  # noqa: E402
-from keras_transfer import optimizers  # noqa: E402
+from keras_transfer.backbones import registry as backbones  # noqa: E402
+from keras_transfer.optimizers import layerwise as optimizers  # noqa: E402
 
 HUB_MODEL = "tfhub/mobilenet_v1_100_224_feature_vector"
 LOSS = "sparse_categorical_crossentropy"

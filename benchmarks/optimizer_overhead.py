@@ -3,7 +3,7 @@
 Compares, on the same model, data and initial weights (MobileNetV2 with `weights=None`
 plus a linear head; `--backbone` picks another registered MobileNet, every variable trainable):
 - `plain`: `keras.optimizers.AdamW` (one learning rate);
-- `wrapper`: `keras_transfer.optimizers.with_layerwise_lr(AdamW, ...)` with layer-wise
+- `wrapper`: `keras_transfer.optimizers.layerwise.with_layerwise_lr(AdamW, ...)` with layer-wise
   decay over the backbone's blocks (head 1.0);
 - `multioptimizer`: `keras.optimizers.MultiOptimizer` with one AdamW per block at
   `lr * multiplier` (the same numbers), the stock Keras way to get per-group rates;
@@ -42,8 +42,8 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from keras_transfer import backbones  # noqa: E402
-from keras_transfer import optimizers  # noqa: E402
+from keras_transfer.backbones import registry as backbones  # noqa: E402
+from keras_transfer.optimizers import layerwise as optimizers  # noqa: E402
 
 LEARNING_RATE = 1e-3
 WEIGHT_DECAY = 0.01

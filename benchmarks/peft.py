@@ -165,7 +165,7 @@ def run_step(args) -> dict:
     import tensorflow as tf
 
     import keras_transfer as kt
-    from keras_transfer import lora
+    from keras_transfer.peft import lora
 
     tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(args.seed)

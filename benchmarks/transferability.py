@@ -1,7 +1,7 @@
 """Do transferability scores rank MobileNet V1's blocks as a linear probe does?
 
 For every block of MobileNet V1 (real ImageNet weights), from one backbone pass over each
-split (`keras_transfer.transfer_scores.block_features`):
+split (`keras_transfer.diagnostics.transfer_scores.block_features`):
 
 - LogME, H-score (plain, as Bao et al.; and Ledoit-Wolf-regularised) on the training
   split's average-pooled block outputs; LEEP through the ImageNet top of the with-top
@@ -46,7 +46,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import keras_transfer as kt  # noqa: E402
-from keras_transfer import transfer_scores  # noqa: E402
+from keras_transfer.diagnostics import transfer_scores  # noqa: E402
 
 MOBILENET_WITH_TOP = "weights/mobilenet_1_0_224_tf.h5"
 

@@ -3,144 +3,174 @@
 Backbones from `keras.applications` and TF Hub with their blocks, configurable heads,
 freezing by block, two-phase and gradual fine-tuning, per-layer learning rates, and data
 loaders, all usable from plain `model.compile` / `model.fit`.
+
+Importing the package is cheap and has no side effect: each `kt.<name>` is imported from
+the module that defines it on first use (PEP 562), and the classes that `.keras` files name
+are registered with Keras before any of them can be needed (see `_serializables`).
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from keras_transfer import _serializables
 
 # The one place the version is written: pyproject.toml reads it from here.
 __version__ = "0.1.0"
 
-# The `keras-transfer` command (and `python -m keras_transfer`) hides TensorFlow's C++
-# start-up lines, which only works before the imports below load TensorFlow.
-from keras_transfer.apps import _startup as _command_startup
+# Every public `kt.<name>` and the module that defines it.
+_EXPORTS = {
+    "add_classes": "keras_transfer.few_shot.prototypes",
+    "apply_l2sp": "keras_transfer.peft.l2sp",
+    "AtomicBackupAndRestore": "keras_transfer.utils.reliability",
+    "Backbone": "keras_transfer.backbones.registry",
+    "BackboneSpec": "keras_transfer.backbones.registry",
+    "BackupUnreadableError": "keras_transfer.utils.reliability",
+    "BatchNormRecalibration": "keras_transfer.training.callbacks",
+    "BinaryLabelCrossentropy": "keras_transfer.utils.reliability",
+    "Block": "keras_transfer.backbones.registry",
+    "CachedFeatures": "keras_transfer.training.features",
+    "check_negative_transfer": "keras_transfer.diagnostics.recipes",
+    "class_counts": "keras_transfer.data.imbalance",
+    "classification_report": "keras_transfer.diagnostics.reports",
+    "ClassificationHead": "keras_transfer.heads.classification",
+    "confusion_matrix": "keras_transfer.diagnostics.reports",
+    "create_backbone": "keras_transfer.backbones.registry",
+    "create_classifier": "keras_transfer.heads.classification",
+    "create_strategy": "keras_transfer.utils.distribute",
+    "DannLearningRate": "keras_transfer.adaptation.domain",
+    "default_jit_compile": "keras_transfer.utils.distribute",
+    "distill": "keras_transfer.distillation.distiller",
+    "domain_distance": "keras_transfer.adaptation.domain",
+    "DomainAdaptation": "keras_transfer.adaptation.domain",
+    "DomainDistance": "keras_transfer.adaptation.domain",
+    "EmptyEpochGuard": "keras_transfer.utils.reliability",
+    "enable_lora": "keras_transfer.peft.lora",
+    "enable_multi_worker_fit": "keras_transfer.utils.distribute",
+    "extract_features": "keras_transfer.training.features",
+    "feature_extractor": "keras_transfer.training.features",
+    "FeatureCache": "keras_transfer.training.features",
+    "FeatureExtraction": "keras_transfer.training.features",
+    "find_learning_rate": "keras_transfer.training.lr_finder",
+    "fit_domain_adaptation": "keras_transfer.adaptation.domain",
+    "fit_feature_extractor": "keras_transfer.training.features",
+    "fit_prototypes": "keras_transfer.few_shot.prototypes",
+    "fit_scratch_baseline": "keras_transfer.diagnostics.recipes",
+    "fit_two_phase": "keras_transfer.training.two_phase",
+    "fit_two_phase_cached": "keras_transfer.training.two_phase",
+    "forgetting_report": "keras_transfer.diagnostics.forgetting",
+    "ForgettingReport": "keras_transfer.diagnostics.forgetting",
+    "freeze": "keras_transfer.backbones.freezing",
+    "get_blocks": "keras_transfer.backbones.registry",
+    "GradualUnfreezing": "keras_transfer.training.callbacks",
+    "h_score": "keras_transfer.diagnostics.transfer_scores",
+    "HubBackbone": "keras_transfer.backbones.hub",
+    "HubModuleUnavailableError": "keras_transfer.backbones.hub",
+    "image_folder_dataset": "keras_transfer.data.folders",
+    "ImageData": "keras_transfer.data.folders",
+    "ImagePreprocessing": "keras_transfer.backbones.preprocessing",
+    "layer_decay_multipliers": "keras_transfer.optimizers.layerwise",
+    "leep": "keras_transfer.diagnostics.transfer_scores",
+    "linear_cka": "keras_transfer.diagnostics.forgetting",
+    "list_backbones": "keras_transfer.backbones.registry",
+    "load_adapter": "keras_transfer.peft.lora",
+    "load_model": "keras_transfer.saving",
+    "logits_model": "keras_transfer.distillation.distiller",
+    "logme": "keras_transfer.diagnostics.transfer_scores",
+    "LoraBackupAndRestore": "keras_transfer.peft.lora",
+    "LoraSummary": "keras_transfer.peft.lora",
+    "merge_lora": "keras_transfer.peft.lora",
+    "MultiTaskHead": "keras_transfer.heads.classification",
+    "MultiWorkerFitMixin": "keras_transfer.utils.distribute",
+    "NegativeTransferWarning": "keras_transfer.diagnostics.recipes",
+    "NonFiniteGuard": "keras_transfer.utils.reliability",
+    "NonFiniteLossError": "keras_transfer.utils.reliability",
+    "NonFiniteWeightsError": "keras_transfer.utils.reliability",
+    "OneCycle": "keras_transfer.optimizers.schedules",
+    "plot_confusion_matrix": "keras_transfer.diagnostics.reports",
+    "plot_training_curves": "keras_transfer.diagnostics.reports",
+    "ProbabilitiesToLogits": "keras_transfer.distillation.distiller",
+    "PrototypeHead": "keras_transfer.few_shot.prototypes",
+    "rank_backbones": "keras_transfer.diagnostics.transfer_scores",
+    "RankedCandidate": "keras_transfer.diagnostics.transfer_scores",
+    "recalibrate_batchnorm": "keras_transfer.training.callbacks",
+    "Recipe": "keras_transfer.diagnostics.recipes",
+    "recommend_recipe": "keras_transfer.diagnostics.recipes",
+    "recommend_training_plan": "keras_transfer.diagnostics.recipes",
+    "register_backbone": "keras_transfer.backbones.registry",
+    "register_backbone_prefix": "keras_transfer.backbones.registry",
+    "resolve_class_weight": "keras_transfer.data.imbalance",
+    "resume_lora": "keras_transfer.peft.lora",
+    "RunTensorBoard": "keras_transfer.training.tensorboard",
+    "save_adapter": "keras_transfer.peft.lora",
+    "save_model": "keras_transfer.saving",
+    "scratch_model": "keras_transfer.diagnostics.recipes",
+    "set_mixed_precision": "keras_transfer.utils.distribute",
+    "SlantedTriangular": "keras_transfer.optimizers.schedules",
+    "tfds_dataset": "keras_transfer.data.folders",
+    "trainable_blocks": "keras_transfer.backbones.freezing",
+    "transferability": "keras_transfer.diagnostics.transfer_scores",
+    "TransferClassifier": "keras_transfer.heads.classification",
+    "TwoPhaseHistory": "keras_transfer.training.two_phase",
+    "unfreeze": "keras_transfer.backbones.freezing",
+    "ValidatedEarlyStopping": "keras_transfer.training.callbacks",
+    "WarmupCosineDecay": "keras_transfer.optimizers.schedules",
+    "WeightsUnavailableError": "keras_transfer.backbones.registry",
+    "with_layerwise_lr": "keras_transfer.optimizers.layerwise",
+}
 
-_command_startup.quiet_tensorflow_for_the_command()
+# Today's `kt.<module>` names (before the subpackages), and where each lives now.
+_MODULES = {
+    "backbones": "keras_transfer.backbones",
+    "callbacks": "keras_transfer.training.callbacks",
+    "data": "keras_transfer.data",
+    "distillation": "keras_transfer.distillation",
+    "distribute": "keras_transfer.utils.distribute",
+    "domain": "keras_transfer.adaptation.domain",
+    "features": "keras_transfer.training.features",
+    "few_shot": "keras_transfer.few_shot",
+    "forgetting": "keras_transfer.diagnostics.forgetting",
+    "freezing": "keras_transfer.backbones.freezing",
+    "heads": "keras_transfer.heads",
+    "hub": "keras_transfer.backbones.hub",
+    "imbalance": "keras_transfer.data.imbalance",
+    "layers": "keras_transfer.adaptation.layers",
+    "lora": "keras_transfer.peft.lora",
+    "losses": "keras_transfer.adaptation.losses",
+    "lr_finder": "keras_transfer.training.lr_finder",
+    "optimizers": "keras_transfer.optimizers",
+    "preprocessing": "keras_transfer.backbones.preprocessing",
+    "recipes": "keras_transfer.diagnostics.recipes",
+    "regularizers": "keras_transfer.peft.l2sp",
+    "reliability": "keras_transfer.utils.reliability",
+    "reports": "keras_transfer.diagnostics.reports",
+    "saving": "keras_transfer.saving",
+    "schedules": "keras_transfer.optimizers.schedules",
+    "tensorboard": "keras_transfer.training.tensorboard",
+    "training": "keras_transfer.training",
+    "transfer_scores": "keras_transfer.diagnostics.transfer_scores",
+}
 
-# Submodules, so that `keras_transfer.optimizers.X` and friends work after one import. Each
-# also registers its serialisable classes, which `keras.saving.load_model` needs.
-from keras_transfer import backbones
-from keras_transfer import callbacks
-from keras_transfer import data
-from keras_transfer import distillation
-from keras_transfer import distribute
-from keras_transfer import domain
-from keras_transfer import features
-from keras_transfer import few_shot
-from keras_transfer import forgetting
-from keras_transfer import freezing
-from keras_transfer import heads
-from keras_transfer import hub
-from keras_transfer import imbalance
-from keras_transfer import layers
-from keras_transfer import lora
-from keras_transfer import losses
-from keras_transfer import lr_finder
-from keras_transfer import optimizers
-from keras_transfer import preprocessing
-from keras_transfer import recipes
-from keras_transfer import regularizers
-from keras_transfer import reliability
-from keras_transfer import reports
-from keras_transfer import saving
-from keras_transfer import schedules
-from keras_transfer import tensorboard
-from keras_transfer import training
-from keras_transfer import transfer_scores
-from keras_transfer.backbones import Backbone
-from keras_transfer.backbones import BackboneSpec
-from keras_transfer.backbones import Block
-from keras_transfer.backbones import WeightsUnavailableError
-from keras_transfer.backbones import create_backbone
-from keras_transfer.backbones import get_blocks
-from keras_transfer.backbones import list_backbones
-from keras_transfer.backbones import register_backbone
-from keras_transfer.backbones import register_backbone_prefix
-from keras_transfer.callbacks import BatchNormRecalibration
-from keras_transfer.callbacks import GradualUnfreezing
-from keras_transfer.callbacks import ValidatedEarlyStopping
-from keras_transfer.callbacks import recalibrate_batchnorm
-from keras_transfer.data import ImageData
-from keras_transfer.data import image_folder_dataset
-from keras_transfer.data import tfds_dataset
-from keras_transfer.distillation import ProbabilitiesToLogits
-from keras_transfer.distillation import distill
-from keras_transfer.distillation import logits_model
-from keras_transfer.distribute import MultiWorkerFitMixin
-from keras_transfer.distribute import create_strategy
-from keras_transfer.distribute import default_jit_compile
-from keras_transfer.distribute import enable_multi_worker_fit
-from keras_transfer.distribute import set_mixed_precision
-from keras_transfer.domain import DannLearningRate
-from keras_transfer.domain import DomainAdaptation
-from keras_transfer.domain import DomainDistance
-from keras_transfer.domain import domain_distance
-from keras_transfer.domain import fit_domain_adaptation
-from keras_transfer.features import CachedFeatures
-from keras_transfer.features import FeatureCache
-from keras_transfer.features import FeatureExtraction
-from keras_transfer.features import extract_features
-from keras_transfer.features import feature_extractor
-from keras_transfer.features import fit_feature_extractor
-from keras_transfer.few_shot import PrototypeHead
-from keras_transfer.few_shot import add_classes
-from keras_transfer.few_shot import fit_prototypes
-from keras_transfer.forgetting import ForgettingReport
-from keras_transfer.forgetting import forgetting_report
-from keras_transfer.forgetting import linear_cka
-from keras_transfer.freezing import freeze
-from keras_transfer.freezing import trainable_blocks
-from keras_transfer.freezing import unfreeze
-from keras_transfer.heads import ClassificationHead
-from keras_transfer.heads import MultiTaskHead
-from keras_transfer.heads import TransferClassifier
-from keras_transfer.heads import create_classifier
-from keras_transfer.hub import HubBackbone
-from keras_transfer.hub import HubModuleUnavailableError
-from keras_transfer.imbalance import class_counts
-from keras_transfer.imbalance import resolve_class_weight
-from keras_transfer.lora import LoraBackupAndRestore
-from keras_transfer.lora import LoraSummary
-from keras_transfer.lora import enable_lora
-from keras_transfer.lora import load_adapter
-from keras_transfer.lora import merge_lora
-from keras_transfer.lora import resume_lora
-from keras_transfer.lora import save_adapter
-from keras_transfer.lr_finder import find_learning_rate
-from keras_transfer.optimizers import layer_decay_multipliers
-from keras_transfer.optimizers import with_layerwise_lr
-from keras_transfer.preprocessing import ImagePreprocessing
-from keras_transfer.recipes import NegativeTransferWarning
-from keras_transfer.recipes import Recipe
-from keras_transfer.recipes import check_negative_transfer
-from keras_transfer.recipes import fit_scratch_baseline
-from keras_transfer.recipes import recommend_recipe
-from keras_transfer.recipes import recommend_training_plan
-from keras_transfer.recipes import scratch_model
-from keras_transfer.regularizers import apply_l2sp
-from keras_transfer.reliability import AtomicBackupAndRestore
-from keras_transfer.reliability import BackupUnreadableError
-from keras_transfer.reliability import BinaryLabelCrossentropy
-from keras_transfer.reliability import EmptyEpochGuard
-from keras_transfer.reliability import NonFiniteGuard
-from keras_transfer.reliability import NonFiniteLossError
-from keras_transfer.reliability import NonFiniteWeightsError
-from keras_transfer.reports import classification_report
-from keras_transfer.reports import confusion_matrix
-from keras_transfer.reports import plot_confusion_matrix
-from keras_transfer.reports import plot_training_curves
-from keras_transfer.saving import load_model
-from keras_transfer.saving import save_model
-from keras_transfer.schedules import OneCycle
-from keras_transfer.schedules import SlantedTriangular
-from keras_transfer.schedules import WarmupCosineDecay
-from keras_transfer.tensorboard import RunTensorBoard
-from keras_transfer.training import TwoPhaseHistory
-from keras_transfer.training import fit_two_phase
-from keras_transfer.training import fit_two_phase_cached
-from keras_transfer.transfer_scores import RankedCandidate
-from keras_transfer.transfer_scores import h_score
-from keras_transfer.transfer_scores import leep
-from keras_transfer.transfer_scores import logme
-from keras_transfer.transfer_scores import rank_backbones
-from keras_transfer.transfer_scores import transferability
+
+def __getattr__(name: str) -> Any:
+    if name in _MODULES:
+        value = importlib.import_module(_MODULES[name])
+    elif name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    else:
+        raise AttributeError(f"module 'keras_transfer' has no attribute {name!r}")
+    # Any use of the library can lead to a `.keras` file: its classes are registered now.
+    _serializables.register_all()
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+_serializables.register_when_keras_is_imported()
 
 __all__ = [
     "backbones",

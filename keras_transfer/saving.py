@@ -8,7 +8,8 @@ state is a separate thing, kept by `fit_two_phase(backup_dir=...)` (Keras'
 `BackupAndRestore`).
 
 `load_model` is `keras.saving.load_model` after importing every module of this package
-that registers serialisable classes, so it works in a process that has not used them yet.
+that registers serialisable classes (`_serializables.register_all`), so it works in a
+process that has not used them yet.
 
 ```python
 kt.save_model(model, "model.keras")  # 17 MB MobileNet: 17 MB, not 51 MB
@@ -25,20 +26,8 @@ from typing import Any
 
 import keras
 
-# Each import registers the package's serialisable classes (layers, heads, optimizers,
-# schedules, losses, regularizers, callbacks); `load_model` needs them all.
-from keras_transfer import callbacks  # noqa: F401
-from keras_transfer import domain  # noqa: F401
-from keras_transfer import heads  # noqa: F401
-from keras_transfer import hub  # noqa: F401
-from keras_transfer import layers  # noqa: F401
-from keras_transfer import lora  # noqa: F401
-from keras_transfer import losses  # noqa: F401
-from keras_transfer import optimizers  # noqa: F401
-from keras_transfer import preprocessing  # noqa: F401
-from keras_transfer import regularizers  # noqa: F401
-from keras_transfer import reliability
-from keras_transfer import schedules  # noqa: F401
+from keras_transfer import _serializables
+from keras_transfer.utils import reliability
 
 __all__ = ["load_model", "save_model"]
 
@@ -126,4 +115,5 @@ def load_model(path: str | os.PathLike, **kwargs: Any) -> keras.Model:
     if not os.path.exists(path):
         raise FileNotFoundError(f"No model at {path!r}.")
     kwargs.setdefault("safe_mode", True)
+    _serializables.register_all()
     return keras.saving.load_model(path, **kwargs)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import keras_transfer as kt
-from keras_transfer import backbones
+from keras_transfer.backbones import registry as backbones
 
 # One variant per family, at the smallest input each accepts (weights=None: no network).
 FAMILY_VARIANTS = {

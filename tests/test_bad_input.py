@@ -18,9 +18,9 @@ from conftest import tiny_images
 from PIL import Image
 
 import keras_transfer as kt
-from keras_transfer import data
-from keras_transfer import optimizers
-from keras_transfer import training
+from keras_transfer.data import folders as data
+from keras_transfer.optimizers import layerwise as optimizers
+from keras_transfer.training import two_phase as training
 
 # --- image folders --------------------------------------------------------------------
 
@@ -76,7 +76,7 @@ def test_broken_files_are_counted_logged_and_skipped(image_folder, caplog):
 
 _LOAD_FOLDER = """
 import json, sys
-from keras_transfer import data
+from keras_transfer.data import folders as data
 try:
     open(sys.argv[2], "rb").close()
     print("READABLE")  # the permission check is not enforced for this process

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 import keras_transfer as kt
-from keras_transfer import callbacks as callbacks_lib
-from keras_transfer import freezing
+from keras_transfer.backbones import freezing
+from keras_transfer.training import callbacks as callbacks_lib
 
 
 def tiny_data(n=16):
@@ -274,7 +274,7 @@ def test_request_the_backbone_cannot_satisfy_fails_before_training():
 
 
 def test_newly_unfrozen_blocks_get_their_layerwise_multiplier():
-    from keras_transfer import optimizers
+    from keras_transfer.optimizers import layerwise as optimizers
 
     model = tiny_classifier()
     kt.unfreeze(model, 2)  # the multipliers name every block the schedule will train
@@ -302,7 +302,7 @@ def test_newly_unfrozen_blocks_get_their_layerwise_multiplier():
 
 
 def test_rebuilt_layerwise_optimizer_keeps_multipliers_and_state():
-    from keras_transfer import optimizers
+    from keras_transfer.optimizers import layerwise as optimizers
 
     model = tiny_classifier(functional=True)
     freezing.freeze(model)

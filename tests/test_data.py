@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_transfer import data
+from keras_transfer.data import folders as data
 
 
 def _all_labels(dataset):

@@ -10,7 +10,7 @@ from conftest import load_benchmark
 from conftest import tiny_images
 
 import keras_transfer as kt
-from keras_transfer import distillation
+from keras_transfer.distillation import distiller as distillation
 
 RNG = np.random.default_rng(0)
 X = RNG.normal(size=(8, 4)).astype("float32")

@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_transfer import distribute
-from keras_transfer import heads
-from keras_transfer import training
 from keras_transfer.apps import image_classifier as image_classifier_lib
+from keras_transfer.heads import classification as heads
+from keras_transfer.training import two_phase as training
+from keras_transfer.utils import distribute
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -394,7 +394,7 @@ _WORKER = textwrap.dedent(
     import tensorflow as tf
     sys.path.insert(0, sys.argv[1])
     sys.path.insert(0, os.path.join(sys.argv[1], "tests"))
-    from keras_transfer import distribute
+    from keras_transfer.utils import distribute
     from keras_transfer.apps import image_classifier as image_classifier_lib
     from test_distribute import train_plain_model
 

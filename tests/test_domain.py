@@ -16,7 +16,7 @@ import tensorflow as tf
 from conftest import load_benchmark
 
 import keras_transfer as kt
-from keras_transfer import domain
+from keras_transfer.adaptation import domain
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 16

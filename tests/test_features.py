@@ -15,8 +15,8 @@ import tensorflow as tf
 from conftest import tiny_images
 
 import keras_transfer as kt
-from keras_transfer import data as data_lib
-from keras_transfer import features
+from keras_transfer.data import folders as data_lib
+from keras_transfer.training import features
 
 SIZE = 32
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]

@@ -7,7 +7,7 @@ import pytest
 from conftest import tiny_images
 
 import keras_transfer as kt
-from keras_transfer import few_shot
+from keras_transfer.few_shot import prototypes as few_shot
 
 
 @pytest.fixture(scope="module")

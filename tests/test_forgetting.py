@@ -10,7 +10,7 @@ from conftest import assert_png_image
 from conftest import load_benchmark
 
 import keras_transfer as kt
-from keras_transfer import forgetting
+from keras_transfer.diagnostics import forgetting
 
 # ---------------------------------------------------------------------------------------
 # Linear CKA

@@ -13,10 +13,10 @@ import tensorflow as tf
 from interruption import InterruptAt
 
 import keras_transfer as kt
-from keras_transfer import features
-from keras_transfer import lr_finder
-from keras_transfer import reliability
-from keras_transfer import training
+from keras_transfer.training import features
+from keras_transfer.training import lr_finder
+from keras_transfer.training import two_phase as training
+from keras_transfer.utils import reliability
 
 
 def tiny_classifier(**head):

@@ -1,4 +1,4 @@
-"""Tests for keras_transfer.hub: SavedModels exported here, plus the real hub-style model."""
+"""Tests for keras_transfer.backbones.hub: SavedModels exported here, plus the real hub-style model."""
 
 import hashlib
 import os
@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_transfer import backbones
-from keras_transfer import freezing
-from keras_transfer import heads
-from keras_transfer import hub
+from keras_transfer.backbones import freezing
+from keras_transfer.backbones import hub
+from keras_transfer.backbones import registry as backbones
+from keras_transfer.heads import classification as heads
 
 TRAINING_OFFSET = 100.0
 REG_SCALE = 0.01
@@ -484,7 +484,7 @@ def test_real_savedmodel_matches_direct_load_and_hub_keras_layer(assets):
 
 
 def test_layerwise_learning_rates_address_hub_blocks(tiny_module):
-    optimizers = pytest.importorskip("keras_transfer.optimizers")
+    optimizers = pytest.importorskip("keras_transfer.optimizers.layerwise")
     model = classifier(tiny_module)
     freezing.unfreeze(model, train_bn=True)
     multipliers = optimizers.layer_decay_multipliers(model, 0.5)
@@ -503,7 +503,7 @@ def test_layerwise_learning_rates_address_hub_blocks(tiny_module):
 
 
 def test_scratch_model_of_a_hub_classifier_has_fresh_weights(tiny_module):
-    from keras_transfer import recipes
+    from keras_transfer.diagnostics import recipes
 
     model = classifier(tiny_module)
     pretrained = module_values(hub_layer(model))

@@ -14,7 +14,7 @@ import pytest
 from test_hub import classifier
 from test_hub import export_tiny_module
 
-from keras_transfer import hub
+from keras_transfer.backbones import hub
 
 
 @pytest.fixture

@@ -14,9 +14,9 @@ import pytest
 from interruption import InterruptAt
 
 import keras_transfer as kt
-from keras_transfer import data
 from keras_transfer.apps import image_classifier as image_classifier_lib
 from keras_transfer.apps._config import ConfigError
+from keras_transfer.data import folders as data
 
 EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "examples", "image_classifier.py")
 

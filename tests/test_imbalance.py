@@ -9,8 +9,8 @@ from conftest import make_tiny_classifier
 from conftest import tiny_images
 
 import keras_transfer as kt
-from keras_transfer import imbalance
-from keras_transfer import reports
+from keras_transfer.data import imbalance
+from keras_transfer.diagnostics import reports
 
 LABELS = np.array([0] * 6 + [1] * 2 + [2] * 4, dtype=np.int32)  # 12 examples, 3 classes
 

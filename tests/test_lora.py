@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 import keras_transfer as kt
-from keras_transfer import callbacks
-from keras_transfer import lora
-from keras_transfer import optimizers
+from keras_transfer.optimizers import layerwise as optimizers
+from keras_transfer.peft import lora
+from keras_transfer.training import callbacks
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 X = np.random.default_rng(0).uniform(0, 255, (8, 32, 32, 3)).astype("float32")

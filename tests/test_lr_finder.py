@@ -4,8 +4,8 @@ import pytest
 import tensorflow as tf
 from conftest import assert_png_image
 
-from keras_transfer import lr_finder
-from keras_transfer import schedules
+from keras_transfer.optimizers import schedules
+from keras_transfer.training import lr_finder
 
 
 def regression_data(n=256, seed=0):

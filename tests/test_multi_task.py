@@ -7,8 +7,8 @@ import tensorflow as tf
 from conftest import tiny_images
 
 import keras_transfer as kt
-from keras_transfer import features
-from keras_transfer import reliability
+from keras_transfer.training import features
+from keras_transfer.utils import reliability
 
 HEADS = {
     "species": {"num_classes": 3, "dropout": 0.0},

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 
 import keras_transfer as kt
-from keras_transfer import optimizers
-from keras_transfer.optimizers import LayerwiseLearningRate
-from keras_transfer.optimizers import layer_decay_multipliers
-from keras_transfer.optimizers import layerwise_optimizer_class
-from keras_transfer.optimizers import with_layerwise_lr
+from keras_transfer.optimizers import layerwise as optimizers
+from keras_transfer.optimizers.layerwise import LayerwiseLearningRate
+from keras_transfer.optimizers.layerwise import layer_decay_multipliers
+from keras_transfer.optimizers.layerwise import layerwise_optimizer_class
+from keras_transfer.optimizers.layerwise import with_layerwise_lr
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 LR = 0.01

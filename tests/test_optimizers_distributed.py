@@ -32,7 +32,7 @@ def _model_and_optimizer():
     """A 3-layer model (seeded) and AdamW with per-layer multipliers, one of them 0."""
     import keras
 
-    from keras_transfer.optimizers import with_layerwise_lr
+    from keras_transfer.optimizers.layerwise import with_layerwise_lr
 
     keras.utils.set_random_seed(1)
     inputs = keras.Input((8,))
@@ -69,7 +69,7 @@ def train_custom_loop(strategy=None) -> list[np.ndarray]:
 
     A custom loop exercises the optimizer's own distributed code (all-reduce, merge_call
     updates and decay) without Keras' `fit`, whose multi-worker support needs
-    `keras_transfer.distribute.MultiWorkerFitMixin` (tested in tests/test_distribute.py).
+    `keras_transfer.utils.distribute.MultiWorkerFitMixin` (tested in tests/test_distribute.py).
     """
     import keras
     import tensorflow as tf

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import keras_transfer as kt
-from keras_transfer import backbones
+from keras_transfer.backbones import registry as backbones
 
 FAMILY_MODULES = {
     "mobilenet": keras.applications.mobilenet,

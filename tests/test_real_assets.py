@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import keras_transfer as kt
-from keras_transfer import data
+from keras_transfer.data import folders as data
 
 pytestmark = pytest.mark.assets
 

@@ -19,8 +19,8 @@ from conftest import make_tiny_classifier
 from conftest import tiny_images
 
 import keras_transfer as kt
-from keras_transfer import callbacks
-from keras_transfer import recipes
+from keras_transfer.diagnostics import recipes
+from keras_transfer.training import callbacks
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 

@@ -4,8 +4,8 @@ import pytest
 from conftest import make_tiny_classifier
 
 import keras_transfer as kt
-from keras_transfer import callbacks as callbacks_lib
-from keras_transfer import regularizers
+from keras_transfer.peft import l2sp as regularizers
+from keras_transfer.training import callbacks as callbacks_lib
 
 
 def mini_model():

@@ -12,9 +12,9 @@ import pytest
 from conftest import make_tiny_classifier
 from interruption import InterruptAt
 
-from keras_transfer import reliability
 from keras_transfer import saving
-from keras_transfer import training
+from keras_transfer.training import two_phase as training
+from keras_transfer.utils import reliability
 
 
 class Poison(keras.callbacks.Callback):

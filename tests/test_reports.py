@@ -9,8 +9,8 @@ import pytest
 import tensorflow as tf
 from conftest import assert_png_image
 
-from keras_transfer import reports
-from keras_transfer import training
+from keras_transfer.diagnostics import reports
+from keras_transfer.training import two_phase as training
 
 
 def test_confusion_matrix_and_report_by_hand():

@@ -23,7 +23,7 @@ SCRIPT = textwrap.dedent(
     import numpy as np
     import tensorflow as tf
     import keras_transfer as kt
-    from keras_transfer import training
+    from keras_transfer.training import two_phase as training
 
     backup_dir, out, kill_at, mode = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
     extract = kt.features.extract_features

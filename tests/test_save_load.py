@@ -16,8 +16,8 @@ from conftest import make_tiny_classifier
 from conftest import tiny_images
 
 import keras_transfer as kt
-from keras_transfer import optimizers
-from keras_transfer import training
+from keras_transfer.optimizers import layerwise as optimizers
+from keras_transfer.training import two_phase as training
 
 # One variant per family at its smallest input. The fast set covers every preprocessing
 # mode ("tf", "caffe", "torch", and inside the model); the others are big and slow to save.

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_transfer import schedules
+from keras_transfer.optimizers import schedules
 
 
 def values(schedule, steps):

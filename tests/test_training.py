@@ -6,7 +6,7 @@ import pytest
 from interruption import InterruptAt
 
 import keras_transfer as kt
-from keras_transfer import freezing
+from keras_transfer.backbones import freezing
 
 
 @pytest.fixture

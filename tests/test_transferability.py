@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 import keras_transfer as kt
-from keras_transfer import transfer_scores as tr
+from keras_transfer.diagnostics import transfer_scores as tr
 
 # ---------------------------------------------------------------------------------------
 # Independent references

@@ -4,3 +4,5 @@
 `text_classifier` a sentence encoder on labelled text. Not imported by `keras_transfer`
 itself: they need absl, and the text application KerasHub.
 """
+
+__all__: list[str] = []

@@ -9,9 +9,9 @@ from typing import Any
 
 import keras
 
-from keras_transfer import lora
-from keras_transfer import reliability
 from keras_transfer import saving
+from keras_transfer.peft import lora
+from keras_transfer.utils import reliability
 
 __all__ = ["LABELS_FILE", "MODEL_FILE", "save_classifier", "write_json"]
 

@@ -82,6 +82,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             "describes them.\n"
         )
         sys.exit(_cli.EXIT_USAGE)
+    # Only now, with a subcommand that needs it, is TensorFlow imported (quietly).
+    _startup.quiet_tensorflow(argv)
     module = importlib.import_module(COMMANDS[name][0])
     _cli.set_program(f"{program} {name}")
     _cli.run(

@@ -22,7 +22,7 @@ import tempfile
 import keras
 import tensorflow as tf
 
-from keras_transfer import reliability
+from keras_transfer.utils import reliability
 
 __all__ = ["EXPORT_FORMATS", "OUTPUT_NAMES", "ExportUnavailableError", "export_model"]
 

@@ -32,18 +32,18 @@ import keras
 import tensorflow as tf
 
 import keras_transfer as kt
-from keras_transfer import data as data_lib
-from keras_transfer import distribute
-from keras_transfer import imbalance
-from keras_transfer import reliability
-from keras_transfer import reports
-from keras_transfer import schedules
-from keras_transfer import training
 from keras_transfer.apps import _config as config_lib
 from keras_transfer.apps import _outputs
 from keras_transfer.apps import export as export_lib
-from keras_transfer.callbacks import GradualUnfreezing
-from keras_transfer.callbacks import parse_unfreeze_schedule
+from keras_transfer.data import folders as data_lib
+from keras_transfer.data import imbalance
+from keras_transfer.diagnostics import reports
+from keras_transfer.optimizers import schedules
+from keras_transfer.training import two_phase as training
+from keras_transfer.training.callbacks import GradualUnfreezing
+from keras_transfer.training.callbacks import parse_unfreeze_schedule
+from keras_transfer.utils import distribute
+from keras_transfer.utils import reliability
 
 __all__ = [
     "ADAPT_METHODS",

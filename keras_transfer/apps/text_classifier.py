@@ -27,11 +27,11 @@ import numpy as np
 import tensorflow as tf
 
 import keras_transfer as kt
-from keras_transfer import backbones
-from keras_transfer import reliability
-from keras_transfer import reports
-from keras_transfer import training
 from keras_transfer.apps import _outputs
+from keras_transfer.backbones import registry as backbones
+from keras_transfer.diagnostics import reports
+from keras_transfer.training import two_phase as training
+from keras_transfer.utils import reliability
 
 __all__ = [
     "Config",

@@ -29,11 +29,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_transfer import backbones as backbones_lib
-from keras_transfer import transfer_scores
-from keras_transfer.backbones import Backbone
-from keras_transfer.heads import TransferClassifier
-from keras_transfer.preprocessing import ImagePreprocessing
+from keras_transfer.backbones import registry as backbones_lib
+from keras_transfer.backbones.preprocessing import ImagePreprocessing
+from keras_transfer.backbones.registry import Backbone
+from keras_transfer.diagnostics import transfer_scores
+from keras_transfer.heads.classification import TransferClassifier
 
 __all__ = [
     "MIN_PROBE_IMAGES",

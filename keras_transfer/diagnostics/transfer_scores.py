@@ -25,7 +25,7 @@ Three scores computed from the features of the labelled target data, with no tra
 
 `transferability(backbone, data, blocks="all")` scores the globally average-pooled output
 of each block from one backbone pass per image (the cached-feature machinery of
-`keras_transfer.features`), and `rank_backbones` ranks backbones and `feature_block` cuts.
+`keras_transfer.training.features`), and `rank_backbones` ranks backbones and `feature_block` cuts.
 """
 
 from __future__ import annotations
@@ -40,11 +40,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_transfer import backbones as backbones_lib
-from keras_transfer import features as features_lib
-from keras_transfer.backbones import Backbone
-from keras_transfer.heads import TransferClassifier
-from keras_transfer.preprocessing import ImagePreprocessing
+from keras_transfer.backbones import registry as backbones_lib
+from keras_transfer.backbones.preprocessing import ImagePreprocessing
+from keras_transfer.backbones.registry import Backbone
+from keras_transfer.heads.classification import TransferClassifier
+from keras_transfer.training import features as features_lib
 
 __all__ = [
     "METHODS",

@@ -54,13 +54,13 @@ from typing import Any
 import keras
 
 from keras_transfer import _keras_compat
-from keras_transfer import backbones as backbones_lib
-from keras_transfer import callbacks as callbacks_lib
-from keras_transfer import data as data_lib
-from keras_transfer import domain as domain_lib
-from keras_transfer import optimizers
-from keras_transfer.heads import TransferClassifier
-from keras_transfer.hub import HubBackbone
+from keras_transfer.adaptation import domain as domain_lib
+from keras_transfer.backbones import registry as backbones_lib
+from keras_transfer.backbones.hub import HubBackbone
+from keras_transfer.data import folders as data_lib
+from keras_transfer.heads.classification import TransferClassifier
+from keras_transfer.optimizers import layerwise as optimizers
+from keras_transfer.training import callbacks as callbacks_lib
 
 __all__ = [
     "DEFAULT_SCRATCH_BN_MOMENTUM",

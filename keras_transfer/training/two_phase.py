@@ -16,15 +16,15 @@ import keras
 import tensorflow as tf
 
 from keras_transfer import _keras_compat
-from keras_transfer import data as data_lib
-from keras_transfer import distribute
-from keras_transfer import features
-from keras_transfer import freezing
-from keras_transfer import heads
-from keras_transfer import imbalance
-from keras_transfer import lora
-from keras_transfer import optimizers
-from keras_transfer import reliability
+from keras_transfer.backbones import freezing
+from keras_transfer.data import folders as data_lib
+from keras_transfer.data import imbalance
+from keras_transfer.heads import classification as heads
+from keras_transfer.optimizers import layerwise as optimizers
+from keras_transfer.peft import lora
+from keras_transfer.training import features
+from keras_transfer.utils import distribute
+from keras_transfer.utils import reliability
 
 __all__ = [
     "PHASE_FINE_TUNE",
@@ -162,7 +162,7 @@ def fit_two_phase(
             learning-rate optimizer, ...).
         fine_tune_optimizer: optimizer for phase 2 if different from `optimizer`.
         lr_decay: discriminative learning rates in phase 2: the phase-2 optimizer gets
-            per-variable multipliers (`keras_transfer.optimizers.with_layerwise_lr`), block
+            per-variable multipliers (`keras_transfer.optimizers.layerwise.with_layerwise_lr`), block
             `i` of the backbone's `L` blocks `lr_decay ** (L - i)`, the head 1.0. Frozen
             blocks get no gradients. `None` (default): one learning rate for all.
         loss, metrics: passed to `compile`; `"auto"` uses the head's defaults.
@@ -233,7 +233,7 @@ def fit_two_phase(
     if head_features is not None:
         if not isinstance(head_features, features.FeatureCache):
             raise TypeError(
-                f"head_features must be a keras_transfer.features.FeatureCache, got "
+                f"head_features must be a keras_transfer.training.features.FeatureCache, got "
                 f"{type(head_features).__name__}."
             )
         if not isinstance(model, heads.TransferClassifier):

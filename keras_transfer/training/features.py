@@ -34,16 +34,16 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_transfer import distribute
-from keras_transfer import heads
-from keras_transfer import imbalance
-from keras_transfer import optimizers
-from keras_transfer import reliability
-from keras_transfer.backbones import Backbone
-from keras_transfer.heads import ClassificationHead
-from keras_transfer.heads import TransferClassifier
-from keras_transfer.heads import create_classifier
-from keras_transfer.preprocessing import ImagePreprocessing
+from keras_transfer.backbones.preprocessing import ImagePreprocessing
+from keras_transfer.backbones.registry import Backbone
+from keras_transfer.data import imbalance
+from keras_transfer.heads import classification as heads
+from keras_transfer.heads.classification import ClassificationHead
+from keras_transfer.heads.classification import TransferClassifier
+from keras_transfer.heads.classification import create_classifier
+from keras_transfer.optimizers import layerwise as optimizers
+from keras_transfer.utils import distribute
+from keras_transfer.utils import reliability
 
 __all__ = [
     "CachedFeatures",
@@ -404,7 +404,7 @@ class _FeatureWriter:
 def _as_dataset(data: Any, what: str) -> Any:
     if data is None:
         raise ValueError(f"{what} is None.")
-    # ImageData (keras_transfer.data) without importing it: its training split.
+    # ImageData (keras_transfer.data.folders) without importing it: its training split.
     if hasattr(data, "train") and hasattr(data, "class_names"):
         return data.train
     if isinstance(data, tuple | list | np.ndarray):

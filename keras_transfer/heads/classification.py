@@ -15,10 +15,10 @@ from typing import Any
 import keras
 
 from keras_transfer import _keras_compat
-from keras_transfer import backbones as backbones_lib
-from keras_transfer import distribute
-from keras_transfer import reliability
-from keras_transfer.preprocessing import ImagePreprocessing
+from keras_transfer.backbones import registry as backbones_lib
+from keras_transfer.backbones.preprocessing import ImagePreprocessing
+from keras_transfer.utils import distribute
+from keras_transfer.utils import reliability
 
 __all__ = [
     "ClassificationHead",

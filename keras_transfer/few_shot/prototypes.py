@@ -8,7 +8,7 @@ support) set, divide by the norm, and average each class's transformed features 
 prototype. No weights are trained.
 
 `fit_prototypes` runs the backbone once per support image (the cached-feature machinery of
-`keras_transfer.features`) and returns a `TransferClassifier` whose head is a
+`keras_transfer.training.features`) and returns a `TransferClassifier` whose head is a
 `PrototypeHead`: it holds the class means and the centring mean as non-trainable weights and
 scores a query by the softmax of its cosine similarity to every prototype divided by a
 temperature. The model takes raw images, saves to `.keras` and loads with `safe_mode=True`.
@@ -38,11 +38,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_transfer import features as features_lib
-from keras_transfer import heads
-from keras_transfer import imbalance
-from keras_transfer.backbones import Backbone
-from keras_transfer.heads import TransferClassifier
+from keras_transfer.backbones.registry import Backbone
+from keras_transfer.data import imbalance
+from keras_transfer.heads import classification as heads
+from keras_transfer.heads.classification import TransferClassifier
+from keras_transfer.training import features as features_lib
 
 __all__ = [
     "DEFAULT_TEMPERATURE",

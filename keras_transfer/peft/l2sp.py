@@ -22,8 +22,8 @@ import numpy as np
 from keras import ops
 
 from keras_transfer import _keras_compat
-from keras_transfer import backbones as backbones_lib
-from keras_transfer.heads import ClassificationHead
+from keras_transfer.backbones import registry as backbones_lib
+from keras_transfer.heads.classification import ClassificationHead
 
 __all__ = ["L2SP", "apply_l2sp"]
 

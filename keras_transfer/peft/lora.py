@@ -33,9 +33,9 @@ import keras
 import numpy as np
 
 from keras_transfer import _keras_compat
-from keras_transfer import backbones as backbones_lib
-from keras_transfer import freezing
-from keras_transfer import reliability
+from keras_transfer.backbones import freezing
+from keras_transfer.backbones import registry as backbones_lib
+from keras_transfer.utils import reliability
 
 __all__ = [
     "LoraBackupAndRestore",
@@ -206,7 +206,7 @@ def _check_rank_alpha(rank: Any, alpha: Any) -> None:
 
 
 def _find_backbone(model: keras.Model) -> tuple[keras.Model, list[backbones_lib.Block]]:
-    from keras_transfer import hub  # noqa: PLC0415 (hub imports TF Hub helpers lazily)
+    from keras_transfer.backbones import hub  # noqa: PLC0415 (hub imports TF Hub helpers lazily)
 
     hub_layers = [
         layer
@@ -226,7 +226,7 @@ def _find_backbone(model: keras.Model) -> tuple[keras.Model, list[backbones_lib.
     except ValueError as error:
         raise ValueError(
             f"LoRA needs a known backbone to choose blocks from: {error} For a KerasHub "
-            "encoder, register its blocks with keras_transfer.backbones.register_block_finder "
+            "encoder, register its blocks with keras_transfer.backbones.registry.register_block_finder "
             "(see examples/text_classifier_lib.py)."
         ) from error
 

@@ -43,7 +43,7 @@ import keras
 import tensorflow as tf
 
 from keras_transfer import _keras_compat
-from keras_transfer import backbones as backbones_lib
+from keras_transfer.backbones import registry as backbones_lib
 
 __all__ = [
     "LayerwiseLearningRate",

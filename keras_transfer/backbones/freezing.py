@@ -15,9 +15,9 @@ from typing import Any
 
 import keras
 
-from keras_transfer import backbones as backbones_lib
-from keras_transfer.backbones import Backbone
-from keras_transfer.backbones import Block
+from keras_transfer.backbones import registry as backbones_lib
+from keras_transfer.backbones.registry import Backbone
+from keras_transfer.backbones.registry import Block
 
 __all__ = [
     "backbone_and_blocks",

@@ -26,7 +26,7 @@ from typing import Any
 import keras
 
 from keras_transfer import _keras_compat
-from keras_transfer import freezing
+from keras_transfer.backbones import freezing
 
 __all__ = [
     "BatchNormRecalibration",
@@ -74,7 +74,7 @@ class GradualUnfreezing(keras.callbacks.Callback):
     epoch `<= e`; before the first entry it is frozen (only the head trains). Epochs count
     from 0 as in Keras callbacks, and `initial_epoch` is respected, so a resumed run lands
     in the right state. BatchNormalization layers stay frozen and in inference mode unless
-    `train_bn=True`, as in `keras_transfer.freezing`.
+    `train_bn=True`, as in `keras_transfer.backbones.freezing`.
 
     Newly unfrozen variables get fresh optimizer slots while the optimizer's step count
     keeps running: for Adam-like optimizers their first updates are not bias-corrected as

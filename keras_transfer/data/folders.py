@@ -19,7 +19,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_transfer import imbalance
+from keras_transfer.data import imbalance
 
 __all__ = [
     "IMAGE_EXTENSIONS",

@@ -48,7 +48,7 @@ import keras
 import tensorflow as tf
 
 from keras_transfer import _keras_compat
-from keras_transfer import backbones as backbones_lib
+from keras_transfer.backbones import registry as backbones_lib
 
 __all__ = [
     "HubBackbone",
@@ -285,7 +285,7 @@ def trust(handle: str) -> str:
     Example:
 
     ```python
-    keras_transfer.hub.trust("/models/mobilenet_v1_100_224_feature_vector")
+    keras_transfer.backbones.hub.trust("/models/mobilenet_v1_100_224_feature_vector")
     model = keras.saving.load_model("model.keras")  # safe_mode=True
     ```
     """
@@ -329,7 +329,7 @@ def _refuse_untrusted(config: Mapping[str, Any]) -> None:
         f"This model contains a HubBackbone that loads the SavedModel {handle!r}; loading it "
         f"runs that SavedModel's graph, and {why}, so safe mode refuses it. If you trust the "
         "file and that SavedModel, load with keras.saving.load_model(..., safe_mode=False), "
-        f"or call keras_transfer.hub.trust({handle!r}) first."
+        f"or call keras_transfer.backbones.hub.trust({handle!r}) first."
     )
 
 

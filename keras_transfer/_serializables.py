@@ -1,0 +1,105 @@
+"""Registering the package's serialisable classes with Keras, without importing Keras early.
+
+A `.keras` file names each class by its registered name (`"keras_transfer>ClassificationHead"`),
+which Keras finds only if the module defining the class has been imported. `import
+keras_transfer` imports neither Keras nor TensorFlow (seconds of start-up, and the command's
+`--help` must answer at once), so registration is tied to Keras itself:
+
+- when Keras is already imported, `import keras_transfer` registers at once;
+- otherwise the first import of `keras` that follows registers, right after Keras has loaded
+  (a one-shot import hook, `importlib`'s public finder/loader protocol);
+- and the first use of any `kt.<name>` registers too.
+
+So `import keras_transfer` then `keras.saving.load_model(path)` works in either order.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import sys
+import types
+
+__all__ = ["SERIALIZABLE_MODULES", "register_all", "register_when_keras_is_imported"]
+
+# Every module that defines a class or function registered with
+# `keras.saving.register_keras_serializable` (tests/test_serialization.py checks the list).
+SERIALIZABLE_MODULES = (
+    "keras_transfer.utils.reliability",
+    "keras_transfer.backbones.preprocessing",
+    "keras_transfer.backbones.hub",
+    "keras_transfer.heads.classification",
+    "keras_transfer.optimizers.layerwise",
+    "keras_transfer.optimizers.schedules",
+    "keras_transfer.peft.l2sp",
+    "keras_transfer.distillation.distiller",
+    "keras_transfer.training.callbacks",
+    "keras_transfer.adaptation.layers",
+    "keras_transfer.adaptation.losses",
+    "keras_transfer.adaptation.domain",
+    "keras_transfer.few_shot.prototypes",
+)
+
+_registered = False
+
+
+def register_all() -> None:
+    """Imports every module in `SERIALIZABLE_MODULES` (once), which registers its classes."""
+    global _registered
+    if _registered:
+        return
+    _registered = True
+    for name in SERIALIZABLE_MODULES:
+        importlib.import_module(name)
+
+
+def _inside_package_import() -> bool:
+    # Keras imported by a module of this package (`kt.X` on first use, or a submodule
+    # imported directly): registering now would import modules that import the one still
+    # loading. The caller registers when it is done (`keras_transfer.__getattr__`,
+    # `saving.load_model`).
+    return any(name.startswith("keras_transfer.") and name != __name__ for name in sys.modules)
+
+
+class _KerasLoader(importlib.abc.Loader):
+    """Keras' own loader, and registration once Keras has loaded."""
+
+    def __init__(self, loader: importlib.abc.Loader):
+        self._loader = loader
+
+    def __getattr__(self, name: str):
+        # is_package, get_code, get_resource_reader...: Keras' loader answers.
+        return getattr(self._loader, name)
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType | None:
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        self._loader.exec_module(module)
+        if not _inside_package_import():
+            register_all()
+
+
+class _KerasImportHook(importlib.abc.MetaPathFinder):
+    """Finds `keras` with the other finders, once, and wraps its loader."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != "keras":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(fullname)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _KerasLoader(spec.loader)
+        return spec
+
+
+def register_when_keras_is_imported() -> None:
+    """Registers now if Keras is loaded, else when it is (see the module's docstring)."""
+    if "keras" in sys.modules:
+        if not _inside_package_import():
+            register_all()
+        return
+    if not any(isinstance(finder, _KerasImportHook) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _KerasImportHook())

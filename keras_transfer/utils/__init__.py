@@ -1,0 +1,61 @@
+"""Plumbing every floor above uses: guards and atomic writes (`reliability`), and
+distribution strategies and mixed precision (`distribute`).
+"""
+
+from keras_transfer.utils import distribute
+from keras_transfer.utils import reliability
+from keras_transfer.utils.distribute import STRATEGIES
+from keras_transfer.utils.distribute import MultiWorkerFitMixin
+from keras_transfer.utils.distribute import accelerator
+from keras_transfer.utils.distribute import create_strategy
+from keras_transfer.utils.distribute import default_jit_compile
+from keras_transfer.utils.distribute import enable_multi_worker_fit
+from keras_transfer.utils.distribute import hub_load_options
+from keras_transfer.utils.distribute import is_chief
+from keras_transfer.utils.distribute import is_multi_worker
+from keras_transfer.utils.distribute import is_tpu
+from keras_transfer.utils.distribute import mixed_precision_policy
+from keras_transfer.utils.distribute import set_mixed_precision
+from keras_transfer.utils.distribute import static_batches
+from keras_transfer.utils.reliability import AtomicBackupAndRestore
+from keras_transfer.utils.reliability import BackupUnreadableError
+from keras_transfer.utils.reliability import BinaryLabelCrossentropy
+from keras_transfer.utils.reliability import EmptyEpochGuard
+from keras_transfer.utils.reliability import NonFiniteGuard
+from keras_transfer.utils.reliability import NonFiniteLossError
+from keras_transfer.utils.reliability import NonFiniteWeightsError
+from keras_transfer.utils.reliability import check_finite_weights
+from keras_transfer.utils.reliability import check_free_space
+from keras_transfer.utils.reliability import copy_atomically
+from keras_transfer.utils.reliability import non_finite_variables
+from keras_transfer.utils.reliability import write_atomically
+
+__all__ = [
+    "reliability",
+    "distribute",
+    "AtomicBackupAndRestore",
+    "BackupUnreadableError",
+    "BinaryLabelCrossentropy",
+    "EmptyEpochGuard",
+    "NonFiniteGuard",
+    "NonFiniteLossError",
+    "NonFiniteWeightsError",
+    "check_finite_weights",
+    "check_free_space",
+    "copy_atomically",
+    "non_finite_variables",
+    "write_atomically",
+    "MultiWorkerFitMixin",
+    "STRATEGIES",
+    "accelerator",
+    "create_strategy",
+    "default_jit_compile",
+    "enable_multi_worker_fit",
+    "hub_load_options",
+    "is_chief",
+    "is_multi_worker",
+    "is_tpu",
+    "mixed_precision_policy",
+    "set_mixed_precision",
+    "static_batches",
+]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_transfer.data import folders as data
+from keras_transfer import data
 
 
 def _all_labels(dataset):
@@ -29,6 +29,15 @@ def test_folder_with_validation_split(image_folder):
     # The same seed gives the same split; the split does not depend on the batch size.
     again = data.image_folder_dataset(root, image_size=32, batch_size=5, validation_split=0.25)
     assert sorted(_all_labels(again.validation)) == sorted(_all_labels(loaded.validation))
+
+
+def test_is_image_data_recognises_a_loader_result(image_folder):
+    root = image_folder({"ants": 4, "bees": 4})
+    loaded = data.image_folder_dataset(root, image_size=16, batch_size=4, validation_split=0)
+    assert data.is_image_data(loaded)
+    assert not data.is_image_data(loaded.train)
+    assert not data.is_image_data(np.zeros(3))
+    assert not data.is_image_data(None)
 
 
 def test_train_and_val_folders_are_used(image_folder):

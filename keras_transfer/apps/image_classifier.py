@@ -32,10 +32,10 @@ import keras
 import tensorflow as tf
 
 import keras_transfer as kt
+from keras_transfer import data as data_lib
 from keras_transfer.apps import _config as config_lib
 from keras_transfer.apps import _outputs
 from keras_transfer.apps import export as export_lib
-from keras_transfer.data import folders as data_lib
 from keras_transfer.data import imbalance
 from keras_transfer.diagnostics import reports
 from keras_transfer.optimizers import schedules

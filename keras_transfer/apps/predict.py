@@ -28,8 +28,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_transfer import data as data_lib
 from keras_transfer import saving
-from keras_transfer.data import folders as data_lib
 
 __all__ = [
     "CROP_FRACTION",

@@ -1,26 +1,32 @@
-"""Datasets for transfer learning: image folders (decoding, limits, splits), TFDS, and
-class counts and weights (`imbalance`).
+"""Datasets for transfer learning: image folders (listing, decoding, size limits, splits),
+the tf.data pipeline, TFDS, and class counts and weights (`imbalance`).
 """
 
+from keras_transfer.data import decoding
 from keras_transfer.data import folders
+from keras_transfer.data import image_data
 from keras_transfer.data import imbalance
-from keras_transfer.data.folders import IMAGE_EXTENSIONS
-from keras_transfer.data.folders import ImageData
-from keras_transfer.data.folders import PipelineOptions
+from keras_transfer.data import listing
+from keras_transfer.data import pipeline
+from keras_transfer.data import tfds_loader
+from keras_transfer.data.decoding import DEFAULT_MAX_PIXELS
+from keras_transfer.data.decoding import IMAGE_EXTENSIONS
+from keras_transfer.data.decoding import UNSUPPORTED_IMAGE_FORMATS
+from keras_transfer.data.decoding import as_image_size
+from keras_transfer.data.decoding import check_batch_size
+from keras_transfer.data.decoding import check_image_size
+from keras_transfer.data.decoding import check_max_pixels
+from keras_transfer.data.decoding import decode_and_resize
+from keras_transfer.data.decoding import find_undecodable
+from keras_transfer.data.decoding import load_size
+from keras_transfer.data.decoding import read_image_size
+from keras_transfer.data.decoding import resize_and_crop
 from keras_transfer.data.folders import TargetImages
-from keras_transfer.data.folders import augmentation_names
-from keras_transfer.data.folders import augmentation_pipeline
-from keras_transfer.data.folders import check_batch_size
-from keras_transfer.data.folders import check_image_size
-from keras_transfer.data.folders import decode_and_resize
-from keras_transfer.data.folders import find_undecodable
 from keras_transfer.data.folders import image_folder_dataset
-from keras_transfer.data.folders import load_size
 from keras_transfer.data.folders import no_fit_shuffle
-from keras_transfer.data.folders import read_image_size
-from keras_transfer.data.folders import resize_and_crop
 from keras_transfer.data.folders import target_image_dataset
-from keras_transfer.data.folders import tfds_dataset
+from keras_transfer.data.image_data import ImageData
+from keras_transfer.data.image_data import is_image_data
 from keras_transfer.data.imbalance import IMBALANCE_WARNING_RATIO
 from keras_transfer.data.imbalance import balanced_weights
 from keras_transfer.data.imbalance import class_counts
@@ -30,10 +36,63 @@ from keras_transfer.data.imbalance import imbalance_warning
 from keras_transfer.data.imbalance import label_indices
 from keras_transfer.data.imbalance import parse_class_weight
 from keras_transfer.data.imbalance import resolve_class_weight
+from keras_transfer.data.listing import TRAIN_DIR_NAMES
+from keras_transfer.data.listing import VALIDATION_DIR_NAMES
+from keras_transfer.data.listing import DatasetFiles
+from keras_transfer.data.listing import FileListing
+from keras_transfer.data.listing import drop_bad_files
+from keras_transfer.data.listing import list_class_folder
+from keras_transfer.data.listing import list_dataset_folder
+from keras_transfer.data.listing import report_listing
+from keras_transfer.data.listing import walk_image_files
+from keras_transfer.data.pipeline import PipelineOptions
+from keras_transfer.data.pipeline import augmentation_names
+from keras_transfer.data.pipeline import augmentation_pipeline
+from keras_transfer.data.pipeline import decoded_dataset
+from keras_transfer.data.pipeline import pipeline_options
+from keras_transfer.data.tfds_loader import tfds_dataset
 
 __all__ = [
-    "imbalance",
+    "decoding",
+    "image_data",
+    "pipeline",
+    "listing",
     "folders",
+    "tfds_loader",
+    "imbalance",
+    "DEFAULT_MAX_PIXELS",
+    "IMAGE_EXTENSIONS",
+    "UNSUPPORTED_IMAGE_FORMATS",
+    "as_image_size",
+    "check_batch_size",
+    "check_image_size",
+    "check_max_pixels",
+    "decode_and_resize",
+    "find_undecodable",
+    "load_size",
+    "read_image_size",
+    "resize_and_crop",
+    "ImageData",
+    "is_image_data",
+    "PipelineOptions",
+    "augmentation_names",
+    "augmentation_pipeline",
+    "decoded_dataset",
+    "pipeline_options",
+    "TRAIN_DIR_NAMES",
+    "VALIDATION_DIR_NAMES",
+    "DatasetFiles",
+    "FileListing",
+    "drop_bad_files",
+    "list_class_folder",
+    "list_dataset_folder",
+    "report_listing",
+    "walk_image_files",
+    "TargetImages",
+    "image_folder_dataset",
+    "no_fit_shuffle",
+    "target_image_dataset",
+    "tfds_dataset",
     "IMBALANCE_WARNING_RATIO",
     "balanced_weights",
     "class_counts",
@@ -43,21 +102,4 @@ __all__ = [
     "label_indices",
     "parse_class_weight",
     "resolve_class_weight",
-    "IMAGE_EXTENSIONS",
-    "ImageData",
-    "PipelineOptions",
-    "TargetImages",
-    "augmentation_names",
-    "augmentation_pipeline",
-    "check_batch_size",
-    "check_image_size",
-    "decode_and_resize",
-    "find_undecodable",
-    "image_folder_dataset",
-    "load_size",
-    "no_fit_shuffle",
-    "read_image_size",
-    "resize_and_crop",
-    "target_image_dataset",
-    "tfds_dataset",
 ]

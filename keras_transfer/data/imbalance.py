@@ -25,6 +25,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_transfer.data.image_data import is_image_data
+
 __all__ = [
     "IMBALANCE_WARNING_RATIO",
     "balanced_weights",
@@ -72,10 +74,9 @@ def class_counts(data: Any, num_classes: int | None = None) -> np.ndarray:
     class_counts(np.array([0, 0, 1, 2, 2, 2]))  # -> array([2, 1, 3])
     ```
     """
-    counts = getattr(data, "class_counts", None)
-    if counts is not None and hasattr(data, "class_names"):
-        counts = np.asarray(counts, dtype=np.int64)
-    elif hasattr(data, "train") and hasattr(data, "class_names"):
+    if is_image_data(data) and getattr(data, "class_counts", None) is not None:
+        counts = np.asarray(data.class_counts, dtype=np.int64)
+    elif is_image_data(data):
         counts = class_counts(data.train, num_classes or len(data.class_names))
     elif hasattr(data, "labels") and hasattr(data, "features"):
         counts = np.bincount(label_indices(data.labels))

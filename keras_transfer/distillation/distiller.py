@@ -25,8 +25,8 @@ import numpy as np
 import tensorflow as tf
 
 from keras_transfer import _keras_compat
+from keras_transfer import heads
 from keras_transfer.data import folders as data_lib
-from keras_transfer.heads import classification as heads
 from keras_transfer.optimizers import layerwise as optimizers
 
 __all__ = ["ProbabilitiesToLogits", "distill", "logits_model"]

@@ -27,10 +27,12 @@ __all__ = ["SERIALIZABLE_MODULES", "register_all", "register_when_keras_is_impor
 # Every module that defines a class or function registered with
 # `keras.saving.register_keras_serializable` (tests/test_serialization.py checks the list).
 SERIALIZABLE_MODULES = (
-    "keras_transfer.utils.reliability",
     "keras_transfer.backbones.preprocessing",
     "keras_transfer.backbones.hub",
+    "keras_transfer.heads.losses",
     "keras_transfer.heads.classification",
+    "keras_transfer.heads.multi_task",
+    "keras_transfer.heads.classifier",
     "keras_transfer.optimizers.layerwise",
     "keras_transfer.optimizers.schedules",
     "keras_transfer.peft.l2sp",
@@ -39,7 +41,7 @@ SERIALIZABLE_MODULES = (
     "keras_transfer.adaptation.layers",
     "keras_transfer.adaptation.losses",
     "keras_transfer.adaptation.domain",
-    "keras_transfer.few_shot.prototypes",
+    "keras_transfer.few_shot.prototype_head",
 )
 
 _registered = False

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from keras_transfer import heads
 from keras_transfer.apps import image_classifier as image_classifier_lib
-from keras_transfer.heads import classification as heads
 from keras_transfer.training import two_phase as training
 from keras_transfer.utils import distribute
 

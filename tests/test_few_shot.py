@@ -7,7 +7,7 @@ import pytest
 from conftest import tiny_images
 
 import keras_transfer as kt
-from keras_transfer.few_shot import prototypes as few_shot
+from keras_transfer import few_shot
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,7 @@ def normalise(x):
     return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
 
-def test_prototypes_are_the_normalised_class_means_of_cl2n_features():
+def test_prototypes_are_the_normalised_class_means_of_centred_normalised_features():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(9, 6)).astype("float32") + 2.0
     y = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2])
@@ -58,7 +58,7 @@ def test_temperature_is_calibrated_by_leave_one_out_unless_one_shot():
     head = few_shot.prototype_head_from_features(x, y)
     assert head.temperature in few_shot.TEMPERATURE_GRID
     # All left-out examples are right: their mean confidence is set to (10 + 1) / (10 + 2).
-    transformed = few_shot.cl2n(x, x.mean(axis=0))
+    transformed = few_shot.centre_and_normalise(x, x.mean(axis=0))
     assert few_shot.calibrate_temperature(transformed, y, 2) == head.temperature
     one_shot = few_shot.prototype_head_from_features(x[[0, 5]], y[[0, 5]])
     assert one_shot.temperature == few_shot.DEFAULT_TEMPERATURE
@@ -108,7 +108,7 @@ def test_add_classes_grows_the_head_and_keeps_the_old_scores(backbone):
     )
     # The new prototype: CL2N with the model's own centre, averaged.
     blue = kt.feature_extractor(model).predict(images["blue"], verbose=0)
-    expected = few_shot.cl2n(blue, model.head.centre.numpy()).mean(axis=0)
+    expected = few_shot.centre_and_normalise(blue, model.head.centre.numpy()).mean(axis=0)
     np.testing.assert_allclose(grown.head.class_means.numpy()[2], expected, atol=1e-5)
     np.testing.assert_allclose(model.predict(query, verbose=0), before)  # model untouched
     # More images of an existing class merge into its prototype.

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from keras_transfer import heads
 from keras_transfer.backbones import freezing
 from keras_transfer.backbones import hub
 from keras_transfer.backbones import registry as backbones
-from keras_transfer.heads import classification as heads
 
 TRAINING_OFFSET = 100.0
 REG_SCALE = 0.01

@@ -8,7 +8,6 @@ from conftest import tiny_images
 
 import keras_transfer as kt
 from keras_transfer.training import features
-from keras_transfer.utils import reliability
 
 HEADS = {
     "species": {"num_classes": 3, "dropout": 0.0},
@@ -73,7 +72,7 @@ def test_compile_picks_each_outputs_loss_metric_and_weight():
     model = make_multi(loss_weights={"colour": 0.5, "size": 2.0})
     model.compile()
     assert isinstance(model.loss["species"], keras.losses.SparseCategoricalCrossentropy)
-    assert isinstance(model.loss["colour"], reliability.BinaryLabelCrossentropy)
+    assert isinstance(model.loss["colour"], kt.BinaryLabelCrossentropy)
     assert isinstance(model.loss["size"], keras.losses.MeanSquaredError)
     images, labels = multi_data(8)
     logs = model.evaluate(images, labels, verbose=0, return_dict=True)
@@ -132,7 +131,7 @@ def test_save_load_round_trip(tmp_path):
         np.testing.assert_allclose(got[name], expected[name], atol=1e-6)
     # The compiled state came back too: each output's loss.
     assert isinstance(reloaded.loss["species"], keras.losses.SparseCategoricalCrossentropy)
-    assert isinstance(reloaded.loss["colour"], reliability.BinaryLabelCrossentropy)
+    assert isinstance(reloaded.loss["colour"], kt.BinaryLabelCrossentropy)
     assert isinstance(reloaded.loss["size"], keras.losses.MeanSquaredError)
 
 

@@ -17,19 +17,18 @@ from serialization import run_model_saving_test
 from serialization import run_serialization_test
 
 import keras_transfer
+from keras_transfer import few_shot
+from keras_transfer import heads
 from keras_transfer.adaptation import domain
 from keras_transfer.adaptation import layers
 from keras_transfer.adaptation import losses
 from keras_transfer.backbones import hub
 from keras_transfer.backbones import preprocessing
 from keras_transfer.distillation import distiller as distillation
-from keras_transfer.few_shot import prototypes as few_shot
-from keras_transfer.heads import classification as heads
 from keras_transfer.optimizers import layerwise as optimizers
 from keras_transfer.optimizers import schedules
 from keras_transfer.peft import l2sp as regularizers
 from keras_transfer.training import callbacks
-from keras_transfer.utils import reliability
 
 PREFIX = "keras_transfer>"
 
@@ -304,7 +303,7 @@ def prototype_head(tmp_path):
 
 FACTORIES = {
     "BinaryLabelCrossentropy": compiled_loss(
-        reliability.BinaryLabelCrossentropy, binary_labels=True, from_logits=True
+        heads.BinaryLabelCrossentropy, binary_labels=True, from_logits=True
     ),
     "GradientReversal": gradient_reversal,
     "CoralLoss": compiled_loss(losses.CoralLoss),

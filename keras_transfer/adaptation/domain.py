@@ -46,11 +46,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_transfer import heads as heads_lib
 from keras_transfer.adaptation import losses as losses_lib
 from keras_transfer.adaptation.layers import GradientReversal
 from keras_transfer.backbones import freezing
 from keras_transfer.backbones import registry as backbones_lib
-from keras_transfer.heads import classification as heads_lib
 from keras_transfer.optimizers import layerwise as optimizers
 from keras_transfer.training import features as features_lib
 

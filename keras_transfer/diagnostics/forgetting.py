@@ -33,7 +33,7 @@ from keras_transfer.backbones import registry as backbones_lib
 from keras_transfer.backbones.preprocessing import ImagePreprocessing
 from keras_transfer.backbones.registry import Backbone
 from keras_transfer.diagnostics import transfer_scores
-from keras_transfer.heads.classification import TransferClassifier
+from keras_transfer.heads.classifier import TransferClassifier
 
 __all__ = [
     "MIN_PROBE_IMAGES",

@@ -58,7 +58,7 @@ from keras_transfer.adaptation import domain as domain_lib
 from keras_transfer.backbones import registry as backbones_lib
 from keras_transfer.backbones.hub import HubBackbone
 from keras_transfer.data import folders as data_lib
-from keras_transfer.heads.classification import TransferClassifier
+from keras_transfer.heads.classifier import TransferClassifier
 from keras_transfer.optimizers import layerwise as optimizers
 from keras_transfer.training import callbacks as callbacks_lib
 

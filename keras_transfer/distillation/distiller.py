@@ -17,7 +17,9 @@ it is the same plain model, taking raw inputs and saved like any other.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import keras
@@ -25,8 +27,8 @@ import numpy as np
 import tensorflow as tf
 
 from keras_transfer import _keras_compat
+from keras_transfer import heads
 from keras_transfer.data import folders as data_lib
-from keras_transfer.heads import classification as heads
 from keras_transfer.optimizers import layerwise as optimizers
 
 __all__ = ["ProbabilitiesToLogits", "distill", "logits_model"]
@@ -254,10 +256,8 @@ def distill(
     """Trains `student` on the labels and on `teacher`'s softened predictions; returns it.
 
     Runs `keras.distillation.Distiller` with `LogitsDistillation(temperature)` and
-    `student_loss_weight=alpha` on logit views of both models (`logits_model`), so
-    probability outputs are distilled correctly. The teacher is frozen and runs in inference
-    mode; its `trainable` flags are restored afterwards. The returned student is the same
-    object, trained: a plain model on the same raw inputs, saved like any other.
+    `student_loss_weight=alpha` on logit views of both models (`logits_model`). The teacher
+    is frozen and runs in inference mode; its `trainable` flags are restored afterwards.
 
     Args:
         teacher: the trained classifier (a keras_transfer classifier or any single-output
@@ -265,8 +265,7 @@ def distill(
         student: the model to train; same inputs and the same classes as the teacher.
         train: a `tf.data.Dataset` of `(inputs, labels)` batches (labels as the student's
             loss expects them: class ids, or 0/1 per label for sigmoid outputs).
-        validation: the same for validation (the loss then includes the teacher term), or
-            `None`.
+        validation: the same for validation (its loss includes the teacher term), or `None`.
         temperature: softmax temperature `T` of the distillation term (Hinton et al. use
             1-20; 2-5 is common). The term is scaled by `T^2`.
         alpha: weight of the labels' cross-entropy; `1 - alpha` weighs the distillation
@@ -275,12 +274,11 @@ def distill(
         optimizer: optimizer name, class or factory `learning_rate -> optimizer`.
         learning_rate: learning rate given to `optimizer`.
         cache_teacher: run the teacher once over `train` and `validation` and train on its
-            stored outputs, instead of at every step. Much faster with a large teacher;
-            holds both datasets in memory and freezes their augmentation (each example
-            keeps the augmentation of that one pass), and reshuffles every epoch with `seed`.
+            stored outputs: much faster with a large teacher, but holds both datasets in
+            memory and freezes their augmentation; reshuffles every epoch with `seed`.
         seed: shuffling seed with `cache_teacher`.
-        task: `"multiclass"`, `"binary"` or `"multilabel"` when it cannot be read from the
-            models (a keras_transfer head or a softmax/sigmoid last layer tells).
+        task: `"multiclass"`, `"binary"` or `"multilabel"` when the models do not tell (a
+            keras_transfer head or a softmax/sigmoid last layer does).
         teacher_logits, student_logits: whether each model outputs logits, when it cannot
             be read from the model.
         callbacks: Keras callbacks of the distillation `fit` (they see the `Distiller`).
@@ -288,7 +286,7 @@ def distill(
         **fit_kwargs: other `fit` arguments (`steps_per_epoch`, ...).
 
     Returns:
-        `student`, trained.
+        `student`, trained: the same plain model on the same raw inputs, saved like any other.
 
     Example:
     ```python
@@ -301,6 +299,23 @@ def distill(
     ```
     """
     distillation = _require_keras_distillation()
+    temperature, alpha = _check_arguments(temperature, alpha, epochs, learning_rate, fit_kwargs)
+    make_optimizer = optimizers.optimizer_factory(optimizer)
+    views = _logit_views(teacher, student, task, teacher_logits, student_logits)
+    with _trainable_flags_restored(teacher):
+        if cache_teacher:
+            train, validation, views = _on_cached_teacher_logits(train, validation, views, seed)
+        distiller = _compiled_distiller(
+            distillation, *views, temperature, alpha, make_optimizer(learning_rate)
+        )
+        fit_kwargs.update(callbacks=list(callbacks or []), verbose=verbose)
+        data_lib.no_fit_shuffle(train, fit_kwargs)
+        distiller.fit(train, validation_data=validation, epochs=epochs, **fit_kwargs)
+    return student
+
+
+def _check_arguments(temperature, alpha, epochs, learning_rate, fit_kwargs) -> tuple[float, float]:
+    """`(temperature, alpha)` as floats, once every number and `fit` argument is valid."""
     temperature = _check_number(temperature, "temperature", 0.0, math.inf, low_open=True)
     alpha = _check_number(alpha, "alpha", 0.0, 1.0, low_open=False)
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
@@ -309,14 +324,23 @@ def distill(
         if key in fit_kwargs:
             raise TypeError(f"distill sets `{key}` itself.")
     optimizers.check_learning_rate(learning_rate, "learning_rate")
-    make_optimizer = optimizers.optimizer_factory(optimizer)
+    return temperature, alpha
+
+
+def _logit_views(
+    teacher: keras.Model,
+    student: keras.Model,
+    task: str | None,
+    teacher_logits: bool | None,
+    student_logits: bool | None,
+) -> tuple[keras.Model, keras.Model]:
+    """`(teacher view, student view)`: `logits_model`s of both, checked to predict the same
+    classes from the same inputs."""
     teacher_task, teacher_from_logits = _describe(teacher, "teacher", task, teacher_logits)
     student_task, student_from_logits = _describe(student, "student", task, student_logits)
     teacher_view = logits_model(teacher, task=teacher_task, from_logits=teacher_from_logits)
     student_view = logits_model(student, task=student_task, from_logits=student_from_logits)
-    teacher_shape = tuple(teacher_view.outputs[0].shape[1:])
-    student_shape = tuple(student_view.outputs[0].shape[1:])
-    if teacher_shape != student_shape:
+    if _logits_shape(teacher_view) != _logits_shape(student_view):
         raise ValueError(
             f"The teacher predicts {teacher.outputs[0].shape[-1]} outputs ({teacher_task}) and "
             f"the student {student.outputs[0].shape[-1]} ({student_task}): distillation needs "
@@ -331,45 +355,65 @@ def distill(
                 "Put the resizing (or tokenizing) inside the student, e.g. keras.Sequential("
                 "[keras.Input(teacher_shape), keras.layers.Resizing(h, w), student])."
             )
+    return teacher_view, student_view
 
-    # The Distiller freezes the teacher by setting `trainable = False` on every layer it
-    # shares with the user's teacher: remember their flags and put them back afterwards.
+
+def _logits_shape(view: keras.Model) -> tuple:
+    return tuple(view.outputs[0].shape[1:])
+
+
+@contextlib.contextmanager
+def _trainable_flags_restored(teacher: keras.Model) -> Iterator[None]:
+    """Puts back the `trainable` flag of every layer of `teacher` on exit.
+
+    The Distiller freezes the teacher by setting `trainable = False` on every layer it
+    shares with the user's teacher, which must come back as it was given."""
     flags = {layer: layer.trainable for layer in _keras_compat.flatten_layers(teacher)}
     try:
-        if cache_teacher:
-            train = _with_teacher_outputs(train, teacher_view, shuffle=True, seed=seed)
-            if validation is not None:
-                validation = _with_teacher_outputs(validation, teacher_view, False, seed)
-            teacher_view, student_view = _cached_views(student_view, teacher_shape)
-        distiller = distillation.Distiller(
-            teacher=teacher_view,
-            student=student_view,
-            # A KLDivergence instance, not the default "kl_divergence": Keras 3.15 resolves
-            # the string to a function, which skips LogitsDistillation's softmax and
-            # applies the KL to the raw logits (zero for log-probabilities).
-            distillation_losses=distillation.LogitsDistillation(
-                temperature=temperature, loss=keras.losses.KLDivergence()
-            ),
-            student_loss_weight=alpha,
-        )
-        distiller.compile(
-            optimizer=make_optimizer(learning_rate),
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-        )
-        data_lib.no_fit_shuffle(train, fit_kwargs)
-        distiller.fit(
-            train,
-            validation_data=validation,
-            epochs=epochs,
-            callbacks=list(callbacks or []),
-            verbose=verbose,
-            **fit_kwargs,
-        )
+        yield
     finally:
         for layer, trainable in flags.items():
             layer.trainable = trainable
-    return student
+
+
+def _on_cached_teacher_logits(
+    train: Any, validation: Any, views: tuple[keras.Model, keras.Model], seed: int | None
+) -> tuple[Any, Any, tuple[keras.Model, keras.Model]]:
+    """`(train, validation, views)` over the teacher's logits computed once: datasets of
+    `({"inputs": x, "teacher_logits": t}, y)` and the views that read them."""
+    teacher_view, student_view = views
+    train = _with_teacher_outputs(train, teacher_view, shuffle=True, seed=seed)
+    if validation is not None:
+        validation = _with_teacher_outputs(validation, teacher_view, False, seed)
+    return train, validation, _cached_views(student_view, _logits_shape(teacher_view))
+
+
+def _compiled_distiller(
+    distillation: Any,
+    teacher_view: keras.Model,
+    student_view: keras.Model,
+    temperature: float,
+    alpha: float,
+    optimizer: keras.optimizers.Optimizer,
+) -> keras.Model:
+    """A compiled `keras.distillation.Distiller` of the student view on the teacher view."""
+    distiller = distillation.Distiller(
+        teacher=teacher_view,
+        student=student_view,
+        # A KLDivergence instance, not the default "kl_divergence": Keras 3.15 resolves
+        # the string to a function, which skips LogitsDistillation's softmax and
+        # applies the KL to the raw logits (zero for log-probabilities).
+        distillation_losses=distillation.LogitsDistillation(
+            temperature=temperature, loss=keras.losses.KLDivergence()
+        ),
+        student_loss_weight=alpha,
+    )
+    distiller.compile(
+        optimizer=optimizer,
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+    )
+    return distiller
 
 
 def _cached_views(

@@ -39,8 +39,8 @@ from keras_transfer.backbones.registry import Backbone
 from keras_transfer.data import imbalance
 from keras_transfer.heads import classification as heads
 from keras_transfer.heads.classification import ClassificationHead
-from keras_transfer.heads.classification import TransferClassifier
-from keras_transfer.heads.classification import create_classifier
+from keras_transfer.heads.classifier import TransferClassifier
+from keras_transfer.heads.classifier import create_classifier
 from keras_transfer.optimizers import layerwise as optimizers
 from keras_transfer.utils import distribute
 from keras_transfer.utils import reliability

@@ -16,10 +16,10 @@ import keras
 import tensorflow as tf
 
 from keras_transfer import _keras_compat
+from keras_transfer import heads
 from keras_transfer.backbones import freezing
 from keras_transfer.data import folders as data_lib
 from keras_transfer.data import imbalance
-from keras_transfer.heads import classification as heads
 from keras_transfer.optimizers import layerwise as optimizers
 from keras_transfer.peft import lora
 from keras_transfer.training import features

@@ -19,7 +19,6 @@ from keras_transfer.utils.distribute import set_mixed_precision
 from keras_transfer.utils.distribute import static_batches
 from keras_transfer.utils.reliability import AtomicBackupAndRestore
 from keras_transfer.utils.reliability import BackupUnreadableError
-from keras_transfer.utils.reliability import BinaryLabelCrossentropy
 from keras_transfer.utils.reliability import EmptyEpochGuard
 from keras_transfer.utils.reliability import NonFiniteGuard
 from keras_transfer.utils.reliability import NonFiniteLossError
@@ -35,7 +34,6 @@ __all__ = [
     "distribute",
     "AtomicBackupAndRestore",
     "BackupUnreadableError",
-    "BinaryLabelCrossentropy",
     "EmptyEpochGuard",
     "NonFiniteGuard",
     "NonFiniteLossError",

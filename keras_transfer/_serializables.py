@@ -38,7 +38,8 @@ SERIALIZABLE_MODULES = (
     "keras_transfer.training.callbacks",
     "keras_transfer.adaptation.layers",
     "keras_transfer.adaptation.losses",
-    "keras_transfer.adaptation.domain",
+    "keras_transfer.adaptation.schedules",
+    "keras_transfer.adaptation.model",
     "keras_transfer.few_shot.prototypes",
 )
 

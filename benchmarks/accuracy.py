@@ -48,7 +48,7 @@ import keras  # noqa: E402
 
 import keras_transfer as kt  # noqa: E402
 from keras_transfer.data import folders as data_lib  # noqa: E402
-from keras_transfer.diagnostics import recipes  # noqa: E402
+from keras_transfer.diagnostics import scratch  # noqa: E402
 from keras_transfer.training import features  # noqa: E402
 
 # Per dataset, the defaults of the flags left unset. Cats-vs-dogs has 8x the images of
@@ -236,7 +236,7 @@ def main(argv=None) -> dict:
     if "scratch" in arms:
         plain, augmented, head_data = fresh_start()
         start = time.perf_counter()
-        _, scratch_history = recipes.fit_scratch_baseline(
+        _, scratch_history = scratch.fit_scratch_baseline(
             classifier(),
             augmented.train,
             plain.validation,
@@ -252,7 +252,7 @@ def main(argv=None) -> dict:
     if "two_phase" in accuracy and "scratch" in accuracy:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            negative = recipes.check_negative_transfer(accuracy["two_phase"], accuracy["scratch"])
+            negative = scratch.check_negative_transfer(accuracy["two_phase"], accuracy["scratch"])
         for warning in caught:
             print(f"WARNING: {warning.message}")
 
@@ -279,7 +279,7 @@ def main(argv=None) -> dict:
             "head_dropout": head_dropout,
             "ema_momentum": args.ema_momentum,
             "scratch_lr": args.scratch_lr,
-            "scratch_bn_momentum": recipes.DEFAULT_SCRATCH_BN_MOMENTUM,
+            "scratch_bn_momentum": scratch.DEFAULT_SCRATCH_BN_MOMENTUM,
             "scratch_recalibrate_bn": True,
             "augment": args.augment,
             "head_passes": args.head_passes,

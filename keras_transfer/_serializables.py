@@ -40,7 +40,8 @@ SERIALIZABLE_MODULES = (
     "keras_transfer.training.callbacks",
     "keras_transfer.adaptation.layers",
     "keras_transfer.adaptation.losses",
-    "keras_transfer.adaptation.domain",
+    "keras_transfer.adaptation.schedules",
+    "keras_transfer.adaptation.model",
     "keras_transfer.few_shot.prototype_head",
 )
 
@@ -48,9 +49,10 @@ _registered = False
 
 
 def register_all() -> None:
-    """Imports every module in `SERIALIZABLE_MODULES` (once), which registers its classes."""
+    """Imports every module in `SERIALIZABLE_MODULES` (once), which registers its classes;
+    deferred while a module of the package is still being imported."""
     global _registered
-    if _registered:
+    if _registered or _inside_package_import():
         return
     _registered = True
     for name in SERIALIZABLE_MODULES:
@@ -58,11 +60,17 @@ def register_all() -> None:
 
 
 def _inside_package_import() -> bool:
-    # Keras imported by a module of this package (`kt.X` on first use, or a submodule
-    # imported directly): registering now would import modules that import the one still
-    # loading. The caller registers when it is done (`keras_transfer.__getattr__`,
-    # `saving.load_model`).
-    return any(name.startswith("keras_transfer.") and name != __name__ for name in sys.modules)
+    """Whether a module of this package is being imported right now. Registering then
+    would import modules that import the one still loading (a circular import); the import
+    that started it registers when it is done (`keras_transfer.__getattr__`,
+    `saving.load_model`, or the next import of Keras)."""
+    for name, module in list(sys.modules.items()):
+        # `__spec__._initializing` is what importlib itself reads to tell a partially
+        # initialised module (importlib._bootstrap); no public API says it.
+        spec = getattr(module, "__spec__", None)
+        if name.startswith("keras_transfer.") and getattr(spec, "_initializing", False):
+            return True
+    return False
 
 
 class _KerasLoader(importlib.abc.Loader):
@@ -80,8 +88,7 @@ class _KerasLoader(importlib.abc.Loader):
 
     def exec_module(self, module: types.ModuleType) -> None:
         self._loader.exec_module(module)
-        if not _inside_package_import():
-            register_all()
+        register_all()
 
 
 class _KerasImportHook(importlib.abc.MetaPathFinder):
@@ -100,8 +107,7 @@ class _KerasImportHook(importlib.abc.MetaPathFinder):
 def register_when_keras_is_imported() -> None:
     """Registers now if Keras is loaded, else when it is (see the module's docstring)."""
     if "keras" in sys.modules:
-        if not _inside_package_import():
-            register_all()
+        register_all()
         return
     if not any(isinstance(finder, _KerasImportHook) for finder in sys.meta_path):
         sys.meta_path.insert(0, _KerasImportHook())

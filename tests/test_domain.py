@@ -16,7 +16,10 @@ import tensorflow as tf
 from conftest import load_benchmark
 
 import keras_transfer as kt
+from keras_transfer.adaptation import distance
 from keras_transfer.adaptation import domain
+from keras_transfer.adaptation import model as adaptation_model
+from keras_transfer.adaptation import schedules
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 16
@@ -59,7 +62,7 @@ def shifted_task(n=64, seed=0):
 
 
 def pooled(model, images):
-    return domain._pooled_feature_model(model).predict(images, verbose=0)
+    return adaptation_model.pooled_feature_model(model).predict(images, verbose=0)
 
 
 # ---------------------------------------------------------------------------------------
@@ -134,8 +137,8 @@ def test_alignment_losses_reject_feature_maps_and_mismatched_sizes():
 
 
 def test_schedules_follow_the_paper():
-    assert float(domain.reversal_weight(0.0)) == pytest.approx(0.0)
-    assert float(domain.reversal_weight(0.5)) == pytest.approx(2 / (1 + math.exp(-5)) - 1)
+    assert float(schedules.reversal_weight(0.0)) == pytest.approx(0.0)
+    assert float(schedules.reversal_weight(0.5)) == pytest.approx(2 / (1 + math.exp(-5)) - 1)
     schedule = kt.DannLearningRate(0.01, total_steps=100)
     assert float(schedule(0)) == pytest.approx(0.01)
     assert float(schedule(50)) == pytest.approx(0.01 / 6**0.75, rel=1e-5)
@@ -238,12 +241,14 @@ def test_returned_model_is_the_plain_classifier_and_saves(tmp_path):
 
 
 def test_domain_adaptation_model_config_round_trips():
-    adapter = domain.DomainAdaptation(tiny_classifier(), "mmd", total_steps=5, alignment_weight=2.0)
-    restored = domain.DomainAdaptation.from_config(adapter.get_config())
+    adapter = adaptation_model.DomainAdaptation(
+        tiny_classifier(), "mmd", total_steps=5, alignment_weight=2.0
+    )
+    restored = adaptation_model.DomainAdaptation.from_config(adapter.get_config())
     assert (restored.method, restored.total_steps, restored.alignment_weight) == ("mmd", 5, 2.0)
     assert type(restored.classifier) is kt.TransferClassifier
     with pytest.raises(TypeError, match="needs a classifier from create_classifier"):
-        domain.DomainAdaptation(keras.Sequential([keras.layers.Dense(2)]), "dann")
+        adaptation_model.DomainAdaptation(keras.Sequential([keras.layers.Dense(2)]), "dann")
 
 
 def test_target_labels_are_never_used():
@@ -411,7 +416,9 @@ def test_domain_distance_separates_shifted_from_identical_sets():
 
 
 def test_recommend_recipe_accepts_a_measured_distance():
-    far = domain.DomainDistance(proxy_a_distance=1.8, domain_error=0.05, mmd=0.3, num_examples=500)
+    far = distance.DomainDistance(
+        proxy_a_distance=1.8, domain_error=0.05, mmd=0.3, num_examples=500
+    )
     recipe = kt.recommend_recipe(300, far)
     assert recipe.name == "lower_block_features"
     assert recipe.domain_adaptation == "dann"
@@ -529,7 +536,7 @@ def test_coral_on_logits_aligns_the_heads_pre_activation_outputs():
     source_x, labels, target_x = shifted_task(n=32)
     keras.utils.set_random_seed(0)
     model = tiny_classifier()
-    features = domain._pooled_feature_model(model)
+    features = adaptation_model.pooled_feature_model(model)
     # The head's outputs are the softmax of its pre-activation values.
     logits = model.head.compute_logits(features(source_x)).numpy()
     np.testing.assert_allclose(
@@ -550,15 +557,15 @@ def test_coral_on_logits_aligns_the_heads_pre_activation_outputs():
     )
     assert history.history["alignment_loss"][0] == pytest.approx(expected, rel=1e-4)
     # DANN on logits: the domain classifier reads the 2 logits, and the option is saved.
-    adapter = domain.DomainAdaptation(tiny_classifier(), "dann", alignment_layer="logits")
+    adapter = adaptation_model.DomainAdaptation(tiny_classifier(), "dann", alignment_layer="logits")
     assert adapter.domain_classifier.layers[1].kernel.shape[0] == 2  # on the 2 logits
-    restored = domain.DomainAdaptation.from_config(adapter.get_config())
+    restored = adaptation_model.DomainAdaptation.from_config(adapter.get_config())
     assert restored.alignment_layer == "logits"
 
 
 def test_coral_on_logits_training_lowers_the_logits_covariance_gap():
     def logits_gap(model, source_x, target_x):
-        features = domain._pooled_feature_model(model)
+        features = adaptation_model.pooled_feature_model(model)
         return float(
             kt.losses.CoralLoss()(
                 model.head.compute_logits(features(source_x)),
@@ -573,13 +580,13 @@ def test_coral_on_logits_training_lowers_the_logits_covariance_gap():
 
 def test_alignment_layer_is_checked():
     with pytest.raises(ValueError, match="alignment_layer must be one of"):
-        domain.DomainAdaptation(tiny_classifier(), "coral", alignment_layer="pooled")
+        adaptation_model.DomainAdaptation(tiny_classifier(), "coral", alignment_layer="pooled")
     backbone = tiny_classifier().backbone
     multi = kt.TransferClassifier(
         backbone, kt.MultiTaskHead({"a": {"num_classes": 2}, "b": {"num_classes": 3}})
     )
     with pytest.raises(ValueError, match="needs one ClassificationHead"):
-        domain.DomainAdaptation(multi, "coral", alignment_layer="logits")
+        adaptation_model.DomainAdaptation(multi, "coral", alignment_layer="logits")
 
 
 @pytest.mark.slow

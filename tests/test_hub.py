@@ -503,11 +503,11 @@ def test_layerwise_learning_rates_address_hub_blocks(tiny_module):
 
 
 def test_scratch_model_of_a_hub_classifier_has_fresh_weights(tiny_module):
-    from keras_transfer.diagnostics import recipes
+    from keras_transfer.diagnostics import scratch
 
     model = classifier(tiny_module)
     pretrained = module_values(hub_layer(model))
-    baseline = recipes.scratch_model(model)
+    baseline = scratch.scratch_model(model)
     fresh = module_values(hub_layer(baseline))
     assert fresh.keys() == pretrained.keys()
     # Rebuilding from the config reloaded the SavedModel; the values were then replaced.

@@ -20,6 +20,7 @@ from conftest import tiny_images
 
 import keras_transfer as kt
 from keras_transfer.diagnostics import recipes
+from keras_transfer.diagnostics import scratch
 from keras_transfer.training import callbacks
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -103,7 +104,7 @@ def test_scratch_model_is_the_same_architecture_with_new_trainable_weights():
     model = make_tiny_classifier(head={})
     kt.freeze(model)
     before = [w.numpy().copy() for w in model.weights]
-    baseline = recipes.scratch_model(model)
+    baseline = scratch.scratch_model(model)
     assert [w.shape for w in baseline.weights] == [w.shape for w in model.weights]
     kernels = [(a, b) for a, b in zip(model.weights, baseline.weights) if "kernel" in a.path]
     assert kernels and not any(np.allclose(a.numpy(), b.numpy()) for a, b in kernels)
@@ -115,7 +116,7 @@ def test_scratch_model_is_the_same_architecture_with_new_trainable_weights():
     for old, now in zip(before, model.weights):
         np.testing.assert_array_equal(old, now.numpy())
     with pytest.raises(TypeError, match="clone_model"):
-        recipes.scratch_model(keras.Sequential([keras.layers.Dense(1)]))
+        scratch.scratch_model(keras.Sequential([keras.layers.Dense(1)]))
 
 
 def test_scratch_model_sets_batchnorm_momentum():
@@ -129,17 +130,17 @@ def test_scratch_model_sets_batchnorm_momentum():
         }
 
     assert momenta(model) == {0.99}
-    baseline = recipes.scratch_model(model)
+    baseline = scratch.scratch_model(model)
     assert momenta(baseline) == {0.9}  # backbone and head
     assert momenta(model) == {0.99}  # the original is untouched
     # The backbone's setting survives a rebuild from the config (and so a .keras save); the
     # head rebuilds its BatchNormalization from its own arguments.
     assert momenta(type(baseline).from_config(baseline.get_config()).backbone) == {0.9}
-    assert momenta(recipes.scratch_model(model, bn_momentum=None)) == {0.99}
-    assert momenta(recipes.scratch_model(model, bn_momentum=0.5)) == {0.5}
+    assert momenta(scratch.scratch_model(model, bn_momentum=None)) == {0.99}
+    assert momenta(scratch.scratch_model(model, bn_momentum=0.5)) == {0.5}
     for bad in (1.0, -0.1, True, "0.9"):
         with pytest.raises(ValueError, match="bn_momentum must be a number in"):
-            recipes.scratch_model(model, bn_momentum=bad)
+            scratch.scratch_model(model, bn_momentum=bad)
 
 
 @pytest.mark.parametrize("fixed", [True, False])
@@ -151,7 +152,7 @@ def test_scratch_baseline_predicts_in_inference_mode_after_a_short_run(fixed):
     model = make_tiny_classifier(head={})
     train, validation = colour_dataset(64, seed=0), colour_dataset(64, seed=1)
     settings = {} if fixed else {"bn_momentum": None, "recalibrate_bn": False}
-    baseline, history = recipes.fit_scratch_baseline(
+    baseline, history = scratch.fit_scratch_baseline(
         model, train, validation, epochs=6, learning_rate=1e-2, verbose=0, **settings
     )
     assert history.history["accuracy"][-1] > 0.9
@@ -187,7 +188,7 @@ def test_fit_scratch_baseline_trains_for_the_budget():
     model = make_tiny_classifier(head={})
     images = tiny_images(8)
     dataset = tf.data.Dataset.from_tensor_slices((images, np.arange(8) % 2)).batch(4)
-    baseline, history = recipes.fit_scratch_baseline(model, dataset, dataset, epochs=2, verbose=0)
+    baseline, history = scratch.fit_scratch_baseline(model, dataset, dataset, epochs=2, verbose=0)
     assert len(history.history["val_accuracy"]) == 2
     assert baseline is not model
 
@@ -195,15 +196,15 @@ def test_fit_scratch_baseline_trains_for_the_budget():
 def test_negative_transfer_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert recipes.check_negative_transfer(0.95, 0.70) is False
-    with pytest.warns(recipes.NegativeTransferWarning, match=r"0\.6000.*0\.7000"):
-        assert recipes.check_negative_transfer(0.60, 0.70) is True
-    with pytest.warns(recipes.NegativeTransferWarning):
-        assert recipes.check_negative_transfer(0.71, 0.70, margin=0.02) is True
+        assert scratch.check_negative_transfer(0.95, 0.70) is False
+    with pytest.warns(scratch.NegativeTransferWarning, match=r"0\.6000.*0\.7000"):
+        assert scratch.check_negative_transfer(0.60, 0.70) is True
+    with pytest.warns(scratch.NegativeTransferWarning):
+        assert scratch.check_negative_transfer(0.71, 0.70, margin=0.02) is True
     # Losses: lower is better.
-    assert recipes.check_negative_transfer(0.2, 0.5, higher_is_better=False) is False
-    with pytest.warns(recipes.NegativeTransferWarning, match="val_loss"):
-        recipes.check_negative_transfer(0.5, 0.2, metric="val_loss", higher_is_better=False)
+    assert scratch.check_negative_transfer(0.2, 0.5, higher_is_better=False) is False
+    with pytest.warns(scratch.NegativeTransferWarning, match="val_loss"):
+        scratch.check_negative_transfer(0.5, 0.2, metric="val_loss", higher_is_better=False)
 
 
 @pytest.mark.slow

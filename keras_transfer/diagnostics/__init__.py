@@ -1,11 +1,20 @@
-"""Measures and advice over everything below: transferability scores, forgetting
-reports, training reports and plots, and the advisor (`recipes`).
+"""Measures and advice over everything below: transferability scores (on feature arrays
+in `feature_scores`, of backbones and blocks in `transfer_scores`), forgetting
+reports, training reports and plots, the advisor (`recipes`) and the from-scratch
+baseline (`scratch`).
 """
 
+from keras_transfer.diagnostics import feature_scores
 from keras_transfer.diagnostics import forgetting
 from keras_transfer.diagnostics import recipes
 from keras_transfer.diagnostics import reports
+from keras_transfer.diagnostics import scratch
 from keras_transfer.diagnostics import transfer_scores
+from keras_transfer.diagnostics.feature_scores import DEFAULT_MIN_EXAMPLES_PER_CLASS
+from keras_transfer.diagnostics.feature_scores import class_indices
+from keras_transfer.diagnostics.feature_scores import h_score
+from keras_transfer.diagnostics.feature_scores import leep
+from keras_transfer.diagnostics.feature_scores import logme
 from keras_transfer.diagnostics.forgetting import MIN_PROBE_IMAGES
 from keras_transfer.diagnostics.forgetting import ForgettingReport
 from keras_transfer.diagnostics.forgetting import diagnostics_summary
@@ -13,51 +22,52 @@ from keras_transfer.diagnostics.forgetting import forgetting_report
 from keras_transfer.diagnostics.forgetting import linear_cka
 from keras_transfer.diagnostics.forgetting import pretrained_copy
 from keras_transfer.diagnostics.forgetting import source_model
-from keras_transfer.diagnostics.recipes import DEFAULT_SCRATCH_BN_MOMENTUM
-from keras_transfer.diagnostics.recipes import NegativeTransferWarning
 from keras_transfer.diagnostics.recipes import Recipe
-from keras_transfer.diagnostics.recipes import check_negative_transfer
-from keras_transfer.diagnostics.recipes import fit_scratch_baseline
 from keras_transfer.diagnostics.recipes import recommend_recipe
 from keras_transfer.diagnostics.recipes import recommend_training_plan
-from keras_transfer.diagnostics.recipes import scratch_model
 from keras_transfer.diagnostics.reports import classification_report
 from keras_transfer.diagnostics.reports import confusion_matrix
 from keras_transfer.diagnostics.reports import format_report
 from keras_transfer.diagnostics.reports import plot_confusion_matrix
 from keras_transfer.diagnostics.reports import plot_training_curves
 from keras_transfer.diagnostics.reports import predict_labels
+from keras_transfer.diagnostics.scratch import DEFAULT_SCRATCH_BN_MOMENTUM
+from keras_transfer.diagnostics.scratch import NegativeTransferWarning
+from keras_transfer.diagnostics.scratch import check_negative_transfer
+from keras_transfer.diagnostics.scratch import fit_scratch_baseline
+from keras_transfer.diagnostics.scratch import scratch_model
 from keras_transfer.diagnostics.transfer_scores import METHODS
 from keras_transfer.diagnostics.transfer_scores import SOURCE_PROBABILITIES
 from keras_transfer.diagnostics.transfer_scores import RankedCandidate
 from keras_transfer.diagnostics.transfer_scores import backbone_of
 from keras_transfer.diagnostics.transfer_scores import block_features
-from keras_transfer.diagnostics.transfer_scores import h_score
-from keras_transfer.diagnostics.transfer_scores import leep
-from keras_transfer.diagnostics.transfer_scores import logme
 from keras_transfer.diagnostics.transfer_scores import rank_backbones
 from keras_transfer.diagnostics.transfer_scores import source_head_from_model
 from keras_transfer.diagnostics.transfer_scores import transferability
 
 __all__ = [
     "reports",
+    "feature_scores",
     "transfer_scores",
     "forgetting",
     "recipes",
+    "scratch",
     "classification_report",
     "confusion_matrix",
     "format_report",
     "plot_confusion_matrix",
     "plot_training_curves",
     "predict_labels",
+    "DEFAULT_MIN_EXAMPLES_PER_CLASS",
+    "class_indices",
+    "h_score",
+    "leep",
+    "logme",
     "METHODS",
     "RankedCandidate",
     "SOURCE_PROBABILITIES",
     "backbone_of",
     "block_features",
-    "h_score",
-    "leep",
-    "logme",
     "rank_backbones",
     "source_head_from_model",
     "transferability",

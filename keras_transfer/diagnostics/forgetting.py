@@ -32,6 +32,7 @@ import tensorflow as tf
 from keras_transfer.backbones import registry as backbones_lib
 from keras_transfer.backbones.preprocessing import ImagePreprocessing
 from keras_transfer.backbones.registry import Backbone
+from keras_transfer.diagnostics import feature_scores
 from keras_transfer.diagnostics import transfer_scores
 from keras_transfer.heads.classifier import TransferClassifier
 
@@ -323,19 +324,7 @@ def forgetting_report(
     before = transfer_scores.backbone_of(pretrained)
     after = transfer_scores.backbone_of(fine_tuned)
     images = _probe_array(probe_images)
-    after_names = set(after.block_names())
-    common = [name for name in before.block_names() if name in after_names]
-    if not common:
-        raise ValueError(
-            f"The backbones share no block: {before.block_names()} vs {after.block_names()}. "
-            "Compare a fine-tuned model with the pretrained backbone it started from."
-        )
-    if blocks != "all":
-        names = [blocks] if isinstance(blocks, str) else list(blocks)
-        missing = [name for name in names if name not in common]
-        if missing:
-            raise ValueError(f"Blocks {missing} are not in both backbones: use {common}.")
-        common = [name for name in common if name in names]
+    common = _common_blocks(before, after, blocks)
     head = _resolve_source_head(source_head, before)
     if head is not None and before.model.output_shape != after.model.output_shape:
         raise ValueError(
@@ -356,12 +345,38 @@ def forgetting_report(
         pooling=pooling,
     )
     if head is not None:
-        p, q = np.asarray(p, np.float64), np.asarray(q, np.float64)
-        report["source_top1_agreement"] = float(np.mean(p.argmax(1) == q.argmax(1)))
-        eps = 1e-12
-        kl = (p * (np.log(p + eps) - np.log(q + eps))).sum(axis=1)
-        report["source_mean_kl"] = float(np.mean(kl))
+        report.update(_source_retention(p, q))
     return report
+
+
+def _common_blocks(before: Backbone, after: Backbone, blocks: str | Sequence[str]) -> list[str]:
+    """The blocks to compare: those of `blocks` (or all) that both backbones have."""
+    after_names = set(after.block_names())
+    common = [name for name in before.block_names() if name in after_names]
+    if not common:
+        raise ValueError(
+            f"The backbones share no block: {before.block_names()} vs {after.block_names()}. "
+            "Compare a fine-tuned model with the pretrained backbone it started from."
+        )
+    if blocks != "all":
+        names = [blocks] if isinstance(blocks, str) else list(blocks)
+        missing = [name for name in names if name not in common]
+        if missing:
+            raise ValueError(f"Blocks {missing} are not in both backbones: use {common}.")
+        common = [name for name in common if name in names]
+    return common
+
+
+def _source_retention(p: Any, q: Any) -> dict[str, float]:
+    """Top-1 agreement and mean KL(p || q) of the source-class probabilities before (`p`)
+    and after (`q`) fine-tuning."""
+    p, q = np.asarray(p, np.float64), np.asarray(q, np.float64)
+    eps = 1e-12
+    kl = (p * (np.log(p + eps) - np.log(q + eps))).sum(axis=1)
+    return {
+        "source_top1_agreement": float(np.mean(p.argmax(1) == q.argmax(1))),
+        "source_mean_kl": float(np.mean(kl)),
+    }
 
 
 def diagnostics_summary(
@@ -424,18 +439,7 @@ def diagnostics_summary(
                 before, train_data, "leep", source_head=head, verbose=verbose
             )
     else:
-        # One pass over the training images for every block's score and LEEP.
-        features, labels = transfer_scores.block_features(
-            before, train_data, "all", source_head=head, verbose=verbose
-        )
-        source = features.pop(transfer_scores.SOURCE_PROBABILITIES, None)
-        score = {"logme": transfer_scores.logme, "hscore": transfer_scores.h_score}
-        transfer = {
-            method: {block: score[method](value, labels) for block, value in features.items()}
-            for method in methods
-        }
-        if source is not None:
-            transfer["leep"] = transfer_scores.leep(source, labels)
+        transfer = _block_transferability(before, train_data, methods, head, verbose)
     if isinstance(transfer.get("logme"), Mapping):
         transfer["best_block_by_logme"] = max(transfer["logme"], key=transfer["logme"].get)
     report = forgetting_report(before, fine_tuned, probe_images, source_head=head)
@@ -448,3 +452,22 @@ def diagnostics_summary(
         "source_mean_kl": report["source_mean_kl"],
         "num_probe_images": report["num_probe_images"],
     }
+
+
+def _block_transferability(
+    backbone: Backbone, train_data: Any, methods: Sequence[str], head: Any, verbose: int
+) -> dict[str, Any]:
+    """`{method: {block: score}}` and, with a source head, `"leep"`, from one pass over the
+    training images."""
+    features, labels = transfer_scores.block_features(
+        backbone, train_data, "all", source_head=head, verbose=verbose
+    )
+    source = features.pop(transfer_scores.SOURCE_PROBABILITIES, None)
+    score = {"logme": feature_scores.logme, "hscore": feature_scores.h_score}
+    transfer: dict[str, Any] = {
+        method: {block: score[method](value, labels) for block, value in features.items()}
+        for method in methods
+    }
+    if source is not None:
+        transfer["leep"] = feature_scores.leep(source, labels)
+    return transfer

@@ -1,5 +1,4 @@
-"""Which transfer-learning recipe to use, a from-scratch baseline, and the
-negative-transfer check.
+"""Which transfer-learning recipe to use: the recipe table and the training-plan advisor.
 
 The recipe table is the usual one (CS231n's "Transfer Learning" notes, Yosinski et al.
 2014): how much to fine-tune depends on how much labelled data there is and how close the
@@ -19,61 +18,24 @@ the images) the domains count as similar, otherwise as different; from 0.5 on, w
 measured sets are the labelled training images and the unlabeled images the model will
 see, the recipe also suggests `fit_domain_adaptation` (`Recipe.domain_adaptation`).
 
-Whether transfer helps at all is an empirical question: `fit_scratch_baseline` trains the
-same architecture from random weights with the same budget, and
-`check_negative_transfer` warns when the transferred model is not better.
-
-A from-scratch baseline on a small dataset has few optimiser steps (244 images at batch 32
-for 15 epochs: 120 steps), and its weights change fast. BatchNormalization's moving
-statistics, which the inference-mode model (validation, `evaluate`, `predict`) normalises
-with, are an exponential average that lags behind them. With Keras' default momentum 0.99
-they still hold 0.99**120 = 30% of their initial values (mean 0, variance 1) after 120
-steps; even at 0.9 the depthwise layers of a MobileNet that is still learning fast keep
-about twice their current variance, and the error compounds over ~27 layers until the
-features vanish and the model predicts one class while its training accuracy rises.
-Two fixes, both on by default in `fit_scratch_baseline`:
-
-- `scratch_model(bn_momentum=0.9)` (PyTorch's default; a window of ~10 steps instead of
-  ~100). Momentum is a training setting: the layers and their shapes are unchanged.
-- `BatchNormRecalibration` ("precise BN", Wu & Johnson 2021, "Rethinking 'Batch' in
-  BatchNorm"): before each validation and at the end of training, the moving statistics
-  are recomputed as the average of batch statistics over training batches with the
-  current, fixed weights. It runs forward passes only (no weight changes), so the
-  training budget stays the same.
+The from-scratch baseline and the negative-transfer check are in `scratch`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
-import warnings
 from collections.abc import Mapping
 from typing import Any
 
-import keras
-
-from keras_transfer import _keras_compat
-from keras_transfer.adaptation import domain as domain_lib
+from keras_transfer.adaptation import distance as distance_lib
 from keras_transfer.backbones import registry as backbones_lib
-from keras_transfer.backbones.hub import HubBackbone
-from keras_transfer.data import folders as data_lib
-from keras_transfer.heads.classifier import TransferClassifier
-from keras_transfer.optimizers import layerwise as optimizers
-from keras_transfer.training import callbacks as callbacks_lib
 
 __all__ = [
-    "DEFAULT_SCRATCH_BN_MOMENTUM",
-    "NegativeTransferWarning",
     "Recipe",
-    "check_negative_transfer",
-    "fit_scratch_baseline",
     "recommend_recipe",
     "recommend_training_plan",
-    "scratch_model",
 ]
-
-logger = logging.getLogger("keras_transfer")
 
 SIMILARITIES = ("similar", "different")
 RECIPES = ("feature_extraction", "lower_block_features", "fine_tune_top", "fine_tune_all")
@@ -158,7 +120,7 @@ def _check_num_train_examples(num_train_examples: Any) -> None:
 
 def recommend_recipe(
     num_train_examples: int,
-    domain_similarity: str | float | domain_lib.DomainDistance | None = None,
+    domain_similarity: str | float | distance_lib.DomainDistance | None = None,
     *,
     backbone: backbones_lib.Backbone | None = None,
     small_data_threshold: int = 5000,
@@ -201,14 +163,32 @@ def recommend_recipe(
     _check_num_train_examples(num_train_examples)
     measured = _measured_distance(domain_similarity, proxy_a_distance)
     if measured is not None:
-        similar = measured < domain_lib.CLOSE_BELOW
+        similar = measured < distance_lib.CLOSE_BELOW
     else:
         similar = _is_similar(domain_similarity)
     small = num_train_examples < small_data_threshold
+    recipe = _table_recipe(num_train_examples, small_data_threshold, small, similar)
+    if measured is not None:
+        recipe = dataclasses.replace(
+            recipe,
+            reason=f"Measured {distance_lib.describe_proxy_a_distance(measured)} {recipe.reason}",
+            domain_adaptation=None if similar else "dann",
+        )
+    if block_logme is not None:
+        recipe = _with_measured_block(recipe, block_logme, backbone, logme_margin, small)
+    if backbone is not None and isinstance(recipe.feature_block, float):
+        recipe = dataclasses.replace(recipe, feature_block=recipe.feature_block_for(backbone))
+    return recipe
+
+
+def _table_recipe(
+    num_train_examples: int, small_data_threshold: int, small: bool, similar: bool
+) -> Recipe:
+    """The recipe table's entry for the data size and domain, with its reason."""
     size = f"{num_train_examples} examples is {'small' if small else 'large'} data"
     size += f" (threshold {small_data_threshold})"
     if small and similar:
-        recipe = Recipe(
+        return Recipe(
             "feature_extraction",
             f"{size} from a domain similar to the pretraining data: the top-level features "
             "already separate the classes, and fine-tuning millions of weights on few "
@@ -217,8 +197,8 @@ def recommend_recipe(
             head_epochs=20,
             head_lr=1e-3,
         )
-    elif small:
-        recipe = Recipe(
+    if small:
+        return Recipe(
             "lower_block_features",
             f"{size} from a domain different from the pretraining data: the last blocks "
             "encode pretraining-specific concepts, lower blocks generic edges and textures. "
@@ -228,8 +208,8 @@ def recommend_recipe(
             head_epochs=30,
             head_lr=1e-3,
         )
-    elif similar:
-        recipe = Recipe(
+    if similar:
+        return Recipe(
             "fine_tune_top",
             f"{size} from a similar domain: enough data to adapt the top blocks without "
             "over-fitting, while the lower blocks' generic features are kept. Train the head "
@@ -242,32 +222,20 @@ def recommend_recipe(
             unfreeze=1 / 3,
             augment="flip,crop",
         )
-    else:
-        recipe = Recipe(
-            "fine_tune_all",
-            f"{size} from a different domain: the features need to change at every level, "
-            "and there is enough data to do it. Train the head, then fine-tune all blocks "
-            "with trainable BatchNorm (new image statistics) at a low learning rate. "
-            "Compare against training from scratch (fit_scratch_baseline).",
-            head_epochs=5,
-            head_lr=1e-3,
-            fine_tune_epochs=20,
-            fine_tune_lr=1e-4,
-            unfreeze="all",
-            train_bn=True,
-            augment="flip,crop",
-        )
-    if measured is not None:
-        recipe = dataclasses.replace(
-            recipe,
-            reason=f"Measured {domain_lib.describe_proxy_a_distance(measured)} {recipe.reason}",
-            domain_adaptation=None if similar else "dann",
-        )
-    if block_logme is not None:
-        recipe = _with_measured_block(recipe, block_logme, backbone, logme_margin, small)
-    if backbone is not None and isinstance(recipe.feature_block, float):
-        recipe = dataclasses.replace(recipe, feature_block=recipe.feature_block_for(backbone))
-    return recipe
+    return Recipe(
+        "fine_tune_all",
+        f"{size} from a different domain: the features need to change at every level, "
+        "and there is enough data to do it. Train the head, then fine-tune all blocks "
+        "with trainable BatchNorm (new image statistics) at a low learning rate. "
+        "Compare against training from scratch (fit_scratch_baseline).",
+        head_epochs=5,
+        head_lr=1e-3,
+        fine_tune_epochs=20,
+        fine_tune_lr=1e-4,
+        unfreeze="all",
+        train_bn=True,
+        augment="flip,crop",
+    )
 
 
 def _with_measured_block(
@@ -322,7 +290,7 @@ def _measured_distance(domain_similarity: Any, proxy_a_distance: float | None) -
             "Pass domain_similarity or proxy_a_distance, not both: a measured distance "
             "replaces the word."
         )
-    if isinstance(domain_similarity, domain_lib.DomainDistance):
+    if isinstance(domain_similarity, distance_lib.DomainDistance):
         proxy_a_distance = domain_similarity.proxy_a_distance
     if proxy_a_distance is None:
         if domain_similarity is None:
@@ -420,42 +388,10 @@ def recommend_training_plan(
     """
     _check_num_train_examples(num_train_examples)
     n = num_train_examples
-    if block_logme:
-        scores = dict(block_logme)
-        last, best = list(scores)[-1], max(scores, key=scores.get)
-        similar = scores[best] <= scores[last] + logme_margin
-        measured = (
-            f"Measured LogME: the last block {last} ({scores[last]:.3f}) "
-            + (
-                "scores best, so the pretrained top-level features suit this data"
-                if similar
-                else f"scores below {best} ({scores[best]:.3f}), so the top features are "
-                "too specific to the pretraining task"
-            )
-            + "."
-        )
-    else:
-        similar = True
-        measured = "No transferability measured: the data is assumed similar to ImageNet photos."
+    similar, measured = _last_block_suits(block_logme, logme_margin)
     base = recommend_recipe(n, "similar" if similar else "different", backbone=backbone)
-    if n < PLAN_SMALL_DATA:
-        fine_tune_lr = 1e-5
-    elif n < PLAN_LARGE_DATA:
-        fine_tune_lr = 2e-5
-    else:
-        fine_tune_lr = 5e-5
-    unfreeze: int | float | str = "all"
-    blocks_text = "every block"
-    if similar:
-        unfreeze = 0.5
-        blocks_text = "the top half of the blocks"
-        if backbone is not None:
-            try:
-                count = max(1, math.ceil(len(backbone.blocks) / 2))
-                unfreeze = count
-                blocks_text = f"the top {count} of {len(backbone.blocks)} blocks"
-            except ValueError:  # a backbone without known blocks: everything
-                unfreeze, blocks_text = "all", "every block (the backbone has no known blocks)"
+    fine_tune_lr = _plan_fine_tune_lr(n)
+    unfreeze, blocks_text = _plan_unfreeze(similar, backbone)
     head_epochs = PLAN_HEAD_EPOCHS_CACHED if cached_head else PLAN_HEAD_EPOCHS
     fine_tune_epochs = 20 if n >= PLAN_LARGE_DATA else 10
     reason = (
@@ -481,136 +417,49 @@ def recommend_training_plan(
     )
 
 
-DEFAULT_SCRATCH_BN_MOMENTUM = 0.9
-
-
-def scratch_model(
-    model: TransferClassifier, *, bn_momentum: float | None = DEFAULT_SCRATCH_BN_MOMENTUM
-) -> TransferClassifier:
-    """The same architecture as `model` with freshly initialised weights, all trainable
-    (BatchNormalization included): the baseline transfer must beat.
-
-    Args:
-        model: a `TransferClassifier` (`create_classifier`); it is not modified.
-        bn_momentum: momentum of the moving mean and variance of every
-            BatchNormalization layer (backbone and head). The default 0.9 lets the
-            moving statistics follow the fast-changing weights of a short from-scratch
-            run, so that inference-mode predictions (validation, `evaluate`) match what
-            training learned; Keras' default 0.99 needs many hundreds of steps (see the
-            module docstring). `None` keeps each layer's own momentum.
-
-    Example:
-    ```python
-    baseline = scratch_model(model)
-    baseline.compile()
-    ```
-    """
-    if not isinstance(model, TransferClassifier):
-        raise TypeError(
-            f"scratch_model needs a TransferClassifier (create_classifier), got "
-            f"{type(model).__name__}. For another model use keras.models.clone_model."
+def _last_block_suits(
+    block_logme: Mapping[str, float] | None, logme_margin: float
+) -> tuple[bool, str]:
+    """Whether the last block's features suit the data (its LogME within `logme_margin` of
+    the best block's; assumed without measurements), and the sentence that says why."""
+    if not block_logme:
+        return True, "No transferability measured: the data is assumed similar to ImageNet photos."
+    scores = dict(block_logme)
+    last, best = list(scores)[-1], max(scores, key=scores.get)
+    similar = scores[best] <= scores[last] + logme_margin
+    measured = (
+        f"Measured LogME: the last block {last} ({scores[last]:.3f}) "
+        + (
+            "scores best, so the pretrained top-level features suit this data"
+            if similar
+            else f"scores below {best} ({scores[best]:.3f}), so the top features are "
+            "too specific to the pretraining task"
         )
-    # Rebuilding from the config creates every layer anew: new initial weights, nothing copied.
-    if bn_momentum is not None and not (
-        isinstance(bn_momentum, int | float)
-        and not isinstance(bn_momentum, bool)
-        and 0.0 <= bn_momentum < 1.0
-    ):
-        raise ValueError(
-            f"bn_momentum must be a number in [0, 1) or None, got {bn_momentum!r} (0.9 suits "
-            "runs of a few hundred steps; None keeps the layers' own momentum)."
-        )
-    baseline = TransferClassifier.from_config(model.get_config())
-    # A HubBackbone rebuilt from its config loads the pretrained SavedModel again.
-    for layer in _keras_compat.flatten_layers(baseline, include_self=False):
-        if isinstance(layer, HubBackbone):
-            layer.reinitialize()
-    baseline.trainable = True
-    for layer in _keras_compat.flatten_layers(baseline, include_self=False):
-        layer.trainable = True
-        # Read at trace time by BatchNormalization.call, and saved by its get_config.
-        if bn_momentum is not None and isinstance(layer, keras.layers.BatchNormalization):
-            layer.momentum = float(bn_momentum)
-    return baseline
-
-
-def fit_scratch_baseline(
-    model: TransferClassifier,
-    train_data: Any,
-    validation_data: Any = None,
-    *,
-    epochs: int,
-    learning_rate: float = 1e-3,
-    optimizer: str | type = "adam",
-    bn_momentum: float | None = DEFAULT_SCRATCH_BN_MOMENTUM,
-    recalibrate_bn: bool = True,
-    recalibration_steps: int | None = None,
-    **fit_kwargs: Any,
-) -> tuple[TransferClassifier, keras.callbacks.History]:
-    """Trains `scratch_model(model)` (same architecture, random weights) for `epochs`.
-
-    Give it the transferred model's budget (its total epochs on the same data) to ask
-    whether transfer helped; then `check_negative_transfer`. Every layer trains,
-    BatchNormalization included, at `learning_rate` (1e-3 with Adam: random weights need
-    larger steps than fine-tuning's 1e-4 to 1e-5); `bn_momentum` is `scratch_model`'s.
-
-    With `recalibrate_bn` (default), a `BatchNormRecalibration(train_data,
-    recalibration_steps)` callback recomputes the BatchNormalization statistics before
-    each validation and at the end: forward passes only, one pass over `train_data` each
-    time unless `recalibration_steps` limits it (set it for a large or infinite dataset).
-
-    Returns:
-        The trained baseline and its `History`.
-    """
-    baseline = scratch_model(model, bn_momentum=bn_momentum)
-    baseline.compile(optimizer=optimizers.optimizer_factory(optimizer)(learning_rate))
-    if recalibrate_bn:
-        fit_kwargs["callbacks"] = [
-            *(fit_kwargs.get("callbacks") or []),
-            callbacks_lib.BatchNormRecalibration(train_data, recalibration_steps),
-        ]
-    data_lib.no_fit_shuffle(train_data, fit_kwargs)
-    history = baseline.fit(train_data, validation_data=validation_data, epochs=epochs, **fit_kwargs)
-    return baseline, history
-
-
-class NegativeTransferWarning(UserWarning):
-    """The pretrained model did no better than the same architecture trained from scratch."""
-
-
-def check_negative_transfer(
-    transfer_score: float,
-    scratch_score: float,
-    *,
-    metric: str = "val_accuracy",
-    higher_is_better: bool = True,
-    margin: float = 0.0,
-) -> bool:
-    """Warns (`NegativeTransferWarning`) when transfer is not better than from scratch.
-
-    Args:
-        transfer_score: the transferred model's validation score.
-        scratch_score: the from-scratch baseline's score on the same data and budget.
-        metric: the score's name, for the message.
-        higher_is_better: `False` for losses.
-        margin: transfer must win by more than this to count as better.
-
-    Returns:
-        `True` if negative transfer was detected (and warned about).
-    """
-    gain = transfer_score - scratch_score if higher_is_better else scratch_score - transfer_score
-    if gain > margin:
-        logger.info(
-            "Transfer helped: %s %.4f vs %.4f from scratch.", metric, transfer_score, scratch_score
-        )
-        return False
-    warnings.warn(
-        f"Negative transfer: the pretrained model's {metric} ({transfer_score:.4f}) is not "
-        f"better than the same architecture trained from scratch ({scratch_score:.4f}). The "
-        "pretraining domain may be too far from this data: try features from a lower block "
-        "(create_classifier(feature_block=...)), fine-tuning all blocks with train_bn=True, "
-        "or another backbone.",
-        NegativeTransferWarning,
-        stacklevel=2,
+        + "."
     )
-    return True
+    return similar, measured
+
+
+def _plan_fine_tune_lr(num_train_examples: int) -> float:
+    """Larger steps with more data: 1e-5 below 1,000 examples, 2e-5 below 5,000, else 5e-5."""
+    if num_train_examples < PLAN_SMALL_DATA:
+        return 1e-5
+    if num_train_examples < PLAN_LARGE_DATA:
+        return 2e-5
+    return 5e-5
+
+
+def _plan_unfreeze(
+    similar: bool, backbone: backbones_lib.Backbone | None
+) -> tuple[int | float | str, str]:
+    """`unfreeze` and its words: the top half of the blocks when the top features suit the
+    data (a count when the backbone's blocks are known), else every block."""
+    if not similar:
+        return "all", "every block"
+    if backbone is None:
+        return 0.5, "the top half of the blocks"
+    try:
+        count = max(1, math.ceil(len(backbone.blocks) / 2))
+    except ValueError:  # a backbone without known blocks: everything
+        return "all", "every block (the backbone has no known blocks)"
+    return count, f"the top {count} of {len(backbone.blocks)} blocks"

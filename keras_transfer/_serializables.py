@@ -29,7 +29,7 @@ __all__ = ["SERIALIZABLE_MODULES", "register_all", "register_when_keras_is_impor
 SERIALIZABLE_MODULES = (
     "keras_transfer.utils.reliability",
     "keras_transfer.backbones.preprocessing",
-    "keras_transfer.backbones.hub",
+    "keras_transfer.backbones.hub.layer",
     "keras_transfer.heads.classification",
     "keras_transfer.optimizers.layerwise",
     "keras_transfer.optimizers.schedules",

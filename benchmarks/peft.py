@@ -165,7 +165,7 @@ def run_step(args) -> dict:
     import tensorflow as tf
 
     import keras_transfer as kt
-    from keras_transfer.peft import lora
+    from keras_transfer.peft import adapters
 
     tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(args.seed)
@@ -266,7 +266,7 @@ def run_step(args) -> dict:
             result["acc"] = _accuracy(_load(str(work / "model.keras")), validation, text)
         else:
             adapter = str(work / "adapter.weights.h5")
-            metadata = lora.save_adapter(model, adapter)
+            metadata = adapters.save_adapter(model, adapter)
             trainable = sum(int(v.numpy().size) for v in model.trainable_weights)
             total = sum(int(v.numpy().size) for v in model.weights)
             result["lora_trainable_fraction"] = trainable / total
@@ -274,7 +274,7 @@ def run_step(args) -> dict:
             result["adapter_bytes"] = os.path.getsize(adapter)
             result["lora_layers"] = len(metadata["layers"])
             fresh = _load(head_path)
-            lora.load_adapter(fresh, adapter)
+            adapters.load_adapter(fresh, adapter)
             result["acc"] = _accuracy(fresh, validation, text)
             if text:
                 encoder = kt.freezing.backbone_and_blocks(fresh)[0]

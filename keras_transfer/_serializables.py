@@ -28,7 +28,7 @@ __all__ = ["SERIALIZABLE_MODULES", "register_all", "register_when_keras_is_impor
 # `keras.saving.register_keras_serializable` (tests/test_serialization.py checks the list).
 SERIALIZABLE_MODULES = (
     "keras_transfer.backbones.preprocessing",
-    "keras_transfer.backbones.hub",
+    "keras_transfer.backbones.hub.layer",
     "keras_transfer.heads.losses",
     "keras_transfer.heads.classification",
     "keras_transfer.heads.multi_task",

@@ -304,7 +304,7 @@ def test_block_pattern_and_cut_error(tiny_module):
 # --- saving -------------------------------------------------------------------------------
 
 
-def test_save_and_load_keep_fine_tuned_weights(tiny_module, tmp_path, monkeypatch):
+def test_save_and_load_keep_fine_tuned_weights(tiny_module, tmp_path):
     model = classifier(tiny_module)
     fit_briefly(model)
     freezing.unfreeze(model, top_blocks=1)
@@ -320,7 +320,7 @@ def test_save_and_load_keep_fine_tuned_weights(tiny_module, tmp_path, monkeypatc
     assert freezing.trainable_blocks(reloaded) == ["block_2"]  # Per-block state is saved.
 
     # Safe mode refuses a SavedModel that this process has not loaded by itself.
-    monkeypatch.setattr(hub, "_TRUSTED_HANDLES", set())
+    hub.clear_trusted()
     with pytest.raises(ValueError, match="safe mode refuses it.*safe_mode=False"):
         keras.saving.load_model(tmp_path / "model.keras")
 

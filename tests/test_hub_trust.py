@@ -18,12 +18,12 @@ from keras_transfer.backbones import hub
 
 
 @pytest.fixture
-def saved(tmp_path, monkeypatch):
+def saved(tmp_path):
     """A SavedModel at a path, a `.keras` file naming it, and a process that trusts only what
     it loads from here on."""
     module = export_tiny_module(tmp_path / "module")
     classifier(module).save(tmp_path / "model.keras")
-    monkeypatch.setattr(hub, "_TRUSTED_HANDLES", set())
+    hub.clear_trusted()
     return module, tmp_path / "model.keras"
 
 
@@ -149,6 +149,6 @@ def test_a_cache_owned_by_another_user_is_refused(monkeypatch, tmp_path):
     cache.mkdir(mode=0o755)
     os.chown(cache, 4242, 4242)
     monkeypatch.setenv("TFHUB_CACHE_DIR", str(cache))
-    monkeypatch.setattr(hub.os, "geteuid", lambda: 1000)  # as an ordinary user
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)  # as an ordinary user
     with pytest.raises(hub.UnsafeCacheError, match="owned by another user.*uid 4242"):
         hub.resolve_handle(HANDLE)

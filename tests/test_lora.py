@@ -14,6 +14,7 @@ import pytest
 
 import keras_transfer as kt
 from keras_transfer.optimizers import layerwise as optimizers
+from keras_transfer.peft import adapters
 from keras_transfer.peft import lora
 from keras_transfer.training import callbacks
 
@@ -164,7 +165,7 @@ def test_adapter_errors_name_the_problem(tmp_path):
 
 def _trainable_state(model):
     return (
-        [layer.trainable for layer in lora._leaves([model])],
+        [layer.trainable for layer in lora.leaf_layers([model])],
         [v.path for v in model.trainable_weights],
     )
 
@@ -419,7 +420,7 @@ def test_image_families(name, kwargs, depthwise):
     ]
     assert bool(depthwise_layers) == depthwise
     assert {path for path, _ in summary.not_adaptable} >= set(depthwise_layers)
-    adapted = [lora._layer_path(layer) for layer in lora.lora_layers(model)]
+    adapted = [lora.layer_path(layer) for layer in lora.lora_layers(model)]
     assert adapted and sorted(adapted) == sorted(summary.adapted)
     assert {v.path.rsplit("/", 1)[0] for v in model.trainable_weights} == set(summary.adapted) | {
         "head/predictions"
@@ -564,7 +565,7 @@ def test_image_example_writes_the_adapter_beside_the_model(image_folder, tmp_pat
     )
     results = image_classifier_lib.run(config)
     assert results["unfrozen_blocks"] == ["conv_dw_12", "conv_dw_13"]
-    metadata, values = lora.read_adapter(tmp_path / "out" / "adapter.weights.h5")
+    metadata, values = adapters.read_adapter(tmp_path / "out" / "adapter.weights.h5")
     assert metadata["rank"] == 2 and metadata["layers"] == ["conv_pw_12", "conv_pw_13"]
     assert "conv_pw_13/lora_kernel_b" in values
     with pytest.raises(Exception, match="fine_tune"):

@@ -10,6 +10,7 @@ from typing import Any
 import keras
 
 from keras_transfer import saving
+from keras_transfer.peft import adapters
 from keras_transfer.peft import lora
 from keras_transfer.utils import reliability
 
@@ -25,7 +26,7 @@ def save_classifier(model: keras.Model, class_names: list[str], output_dir: str)
     `labels.txt` (line i = output i)."""
     saving.save_model(model, os.path.join(output_dir, MODEL_FILE), include_optimizer=False)
     if lora.lora_layers(model):
-        lora.save_adapter(model, os.path.join(output_dir, "adapter.weights.h5"))
+        adapters.save_adapter(model, os.path.join(output_dir, "adapter.weights.h5"))
 
     def write_labels(path):
         with open(path, "w", encoding="utf-8") as f:

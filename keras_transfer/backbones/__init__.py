@@ -1,7 +1,9 @@
-"""Headless backbones and their blocks: the registry over `keras.applications`, TF Hub
-SavedModels (`hub`), each backbone's input preprocessing, and freezing by block.
+"""Headless backbones and their blocks: the registry and its `keras.applications` families
+(`applications`), TF Hub SavedModels (`hub`), each backbone's input preprocessing, and
+freezing by block.
 """
 
+from keras_transfer.backbones import applications
 from keras_transfer.backbones import freezing
 from keras_transfer.backbones import hub
 from keras_transfer.backbones import preprocessing
@@ -28,6 +30,7 @@ from keras_transfer.backbones.registry import BackboneSpec
 from keras_transfer.backbones.registry import Block
 from keras_transfer.backbones.registry import BlockRules
 from keras_transfer.backbones.registry import WeightsUnavailableError
+from keras_transfer.backbones.registry import backbone_of
 from keras_transfer.backbones.registry import blocks_from_rules
 from keras_transfer.backbones.registry import create_backbone
 from keras_transfer.backbones.registry import find_backbone_model
@@ -42,6 +45,7 @@ from keras_transfer.backbones.registry import register_block_finder
 
 __all__ = [
     "registry",
+    "applications",
     "preprocessing",
     "freezing",
     "hub",
@@ -50,6 +54,7 @@ __all__ = [
     "Block",
     "BlockRules",
     "WeightsUnavailableError",
+    "backbone_of",
     "blocks_from_rules",
     "create_backbone",
     "find_backbone_model",

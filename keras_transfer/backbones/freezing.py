@@ -31,10 +31,8 @@ __all__ = [
 
 def backbone_and_blocks(model: keras.Model | Backbone) -> tuple[keras.Model, list[Block]]:
     """The backbone `keras.Model` inside `model` and its blocks, input side first."""
-    if isinstance(model, Backbone):
-        return model.model, model.blocks
-    backbone_model, name = backbones_lib.find_backbone_model(model)
-    return backbone_model, backbones_lib.get_blocks(backbone_model, name)
+    backbone = backbones_lib.backbone_of(model, nested=True)
+    return backbone.model, backbone.blocks
 
 
 def _set_bn_trainable(blocks: Sequence[Block], trainable: bool) -> None:

@@ -23,6 +23,7 @@ __all__ = [
     "Block",
     "BlockRules",
     "WeightsUnavailableError",
+    "backbone_of",
     "blocks_from_rules",
     "create_backbone",
     "find_backbone_model",
@@ -143,82 +144,6 @@ def blocks_from_rules(model: keras.Model, rules: BlockRules) -> list[Block]:
     return [Block(name, tuple(group), index) for index, (name, group) in enumerate(grouped.items())]
 
 
-# Rules per family, from the layer names `keras.applications` gives (stable names only:
-# auto-generated names such as `conv2d_12` change with what was built before).
-_MOBILENET_V1 = BlockRules(
-    rules=((r"^conv1(_|$)", "stem"), (r"^conv_(?:dw|pw|pad)_(\d+)", "conv_dw_{}"))
-)
-_MOBILENET_V2 = BlockRules(
-    rules=(
-        (r"^(Conv1|bn_Conv1|Conv1_relu)$", "stem"),
-        (r"^expanded_conv_", "block_0"),
-        (r"^block_(\d+)_", "block_{}"),
-        (r"^(Conv_1|Conv_1_bn|out_relu)$", "top"),
-    )
-)
-_MOBILENET_V3 = BlockRules(
-    rules=(
-        (r"^(rescaling|conv|conv_bn)$", "stem"),
-        (r"^expanded_conv_(\d+)_", "block_{}"),
-        (r"^expanded_conv_", "block_0"),
-        (r"^conv_1(_bn)?$", "top"),
-    )
-)
-_RESNET = BlockRules(
-    rules=(
-        (r"^(conv1|pool1)_", "stem"),
-        (r"^conv(\d)_", "conv{}"),
-        (r"^post_(bn|relu)$", "top"),
-    )
-)
-_DENSENET = BlockRules(
-    rules=(
-        (r"^(conv1_|pool1$)", "stem"),
-        (r"^(?:conv|pool)(\d)_", "conv{}"),
-        (r"^(bn|relu)$", "top"),
-    )
-)
-_VGG = BlockRules(rules=((r"^block(\d)_", "block{}"),))
-_XCEPTION = BlockRules(rules=((r"^block(\d+)_", "block{}"),))
-_EFFICIENTNET = BlockRules(
-    rules=(
-        (r"^stem_", "stem"),
-        (r"^block(\d[a-z])_", "block{}"),
-        (r"^top_", "top"),
-    )
-)
-_CONVNEXT = BlockRules(
-    rules=(
-        (r"_(prestem_normalization|stem)$", "stem"),
-        (r"_stage_(\d)_block_", "stage_{}"),
-        # A downsampling layer opens the stage after it.
-        (r"_downsampling_block_(\d)$", lambda m: f"stage_{int(m.group(1)) + 1}"),
-    )
-)
-_INCEPTION_V3 = BlockRules(
-    rules=((r"^(mixed\d+)$", "{}"),),
-    unnamed="next",
-    stem_ends_with=keras.layers.MaxPooling2D,
-)
-_INCEPTION_RESNET_V2 = BlockRules(
-    rules=(
-        (r"^(mixed_\w+)$", "{}"),
-        (r"^(block(?:35|17|8)_\d+)", "{}"),
-        (r"^conv_7b", "top"),
-    ),
-    unnamed="next",
-    stem_ends_with=keras.layers.MaxPooling2D,
-)
-_NASNET = BlockRules(
-    rules=(
-        (r"^stem_(conv1|bn1)$", "stem"),
-        (r"_stem_(\d)$", "stem_{}"),
-        (r"_reduce_(\d+)$", "reduce_{}"),
-        (r"^(?:normal|adjust|separable_conv)_.*_(\d+)$", "cell_{}"),
-    )
-)
-
-
 # ---------------------------------------------------------------------------------------
 # Registry
 # ---------------------------------------------------------------------------------------
@@ -281,166 +206,6 @@ def get_spec(name: str) -> BackboneSpec:
             f"Unknown backbone {name!r}.{hint} `keras_transfer.list_backbones()` lists all "
             "names; TF Hub models are named 'hub:<handle or path>'."
         ) from None
-
-
-def _register_family(
-    family: str,
-    rules: BlockRules,
-    variants: dict[str, tuple[Callable[..., keras.Model], int]],
-    *,
-    preprocessing: str | None,
-    model_name_pattern: str,
-    min_size: int = 32,
-) -> None:
-    for name, (constructor, default_size) in variants.items():
-        register_backbone(
-            BackboneSpec(
-                name=name,
-                constructor=constructor,
-                family=family,
-                default_size=default_size,
-                min_size=min_size,
-                preprocessing=preprocessing,
-                model_name_pattern=model_name_pattern,
-                blocks=lambda model, rules=rules: blocks_from_rules(model, rules),
-            )
-        )
-
-
-_apps = keras.applications
-_register_family(
-    "convnext",
-    _CONVNEXT,
-    {
-        "convnext_tiny": (_apps.ConvNeXtTiny, 224),
-        "convnext_small": (_apps.ConvNeXtSmall, 224),
-        "convnext_base": (_apps.ConvNeXtBase, 224),
-        "convnext_large": (_apps.ConvNeXtLarge, 224),
-        "convnext_xlarge": (_apps.ConvNeXtXLarge, 224),
-    },
-    preprocessing=None,
-    model_name_pattern=r"^convnext_",
-)
-_register_family(
-    "densenet",
-    _DENSENET,
-    {
-        "densenet121": (_apps.DenseNet121, 224),
-        "densenet169": (_apps.DenseNet169, 224),
-        "densenet201": (_apps.DenseNet201, 224),
-    },
-    preprocessing="torch",
-    model_name_pattern=r"^densenet\d+$",
-)
-_register_family(
-    "efficientnet",
-    _EFFICIENTNET,
-    {
-        f"efficientnet_b{i}": (getattr(_apps, f"EfficientNetB{i}"), size)
-        for i, size in enumerate((224, 240, 260, 300, 380, 456, 528, 600))
-    },
-    preprocessing=None,
-    model_name_pattern=r"^efficientnetb\d$",
-)
-_register_family(
-    "efficientnet_v2",
-    _EFFICIENTNET,
-    {
-        "efficientnet_v2_b0": (_apps.EfficientNetV2B0, 224),
-        "efficientnet_v2_b1": (_apps.EfficientNetV2B1, 240),
-        "efficientnet_v2_b2": (_apps.EfficientNetV2B2, 260),
-        "efficientnet_v2_b3": (_apps.EfficientNetV2B3, 300),
-        "efficientnet_v2_s": (_apps.EfficientNetV2S, 384),
-        "efficientnet_v2_m": (_apps.EfficientNetV2M, 480),
-        "efficientnet_v2_l": (_apps.EfficientNetV2L, 480),
-    },
-    preprocessing=None,
-    model_name_pattern=r"^efficientnetv2-",
-)
-_register_family(
-    "inception_v3",
-    _INCEPTION_V3,
-    {"inception_v3": (_apps.InceptionV3, 299)},
-    preprocessing="tf",
-    model_name_pattern=r"^inception_v3$",
-    min_size=75,
-)
-_register_family(
-    "inception_resnet_v2",
-    _INCEPTION_RESNET_V2,
-    {"inception_resnet_v2": (_apps.InceptionResNetV2, 299)},
-    preprocessing="tf",
-    model_name_pattern=r"^inception_resnet_v2$",
-    min_size=75,
-)
-_register_family(
-    "mobilenet",
-    _MOBILENET_V1,
-    {"mobilenet": (_apps.MobileNet, 224)},
-    preprocessing="tf",
-    model_name_pattern=r"^mobilenet_\d",
-)
-_register_family(
-    "mobilenet_v2",
-    _MOBILENET_V2,
-    {"mobilenet_v2": (_apps.MobileNetV2, 224)},
-    preprocessing="tf",
-    model_name_pattern=r"^mobilenetv2_",
-)
-_register_family(
-    "mobilenet_v3",
-    _MOBILENET_V3,
-    {
-        "mobilenet_v3_small": (_apps.MobileNetV3Small, 224),
-        "mobilenet_v3_large": (_apps.MobileNetV3Large, 224),
-    },
-    preprocessing=None,
-    model_name_pattern=r"^MobileNetV3",
-)
-_register_family(
-    "nasnet",
-    _NASNET,
-    {"nasnet_mobile": (_apps.NASNetMobile, 224), "nasnet_large": (_apps.NASNetLarge, 331)},
-    preprocessing="tf",
-    model_name_pattern=r"^nasnet_",
-)
-_register_family(
-    "resnet",
-    _RESNET,
-    {
-        "resnet50": (_apps.ResNet50, 224),
-        "resnet101": (_apps.ResNet101, 224),
-        "resnet152": (_apps.ResNet152, 224),
-    },
-    preprocessing="caffe",
-    model_name_pattern=r"^resnet\d+$",
-)
-_register_family(
-    "resnet_v2",
-    _RESNET,
-    {
-        "resnet50_v2": (_apps.ResNet50V2, 224),
-        "resnet101_v2": (_apps.ResNet101V2, 224),
-        "resnet152_v2": (_apps.ResNet152V2, 224),
-    },
-    preprocessing="tf",
-    model_name_pattern=r"^resnet\d+v2$",
-)
-_register_family(
-    "vgg",
-    _VGG,
-    {"vgg16": (_apps.VGG16, 224), "vgg19": (_apps.VGG19, 224)},
-    preprocessing="caffe",
-    model_name_pattern=r"^vgg\d+$",
-)
-_register_family(
-    "xception",
-    _XCEPTION,
-    {"xception": (_apps.Xception, 299)},
-    preprocessing="tf",
-    model_name_pattern=r"^xception$",
-    min_size=71,
-)
 
 
 # ---------------------------------------------------------------------------------------
@@ -643,9 +408,15 @@ def register_block_finder(
     _BLOCK_FINDERS.append((matches, finder))
 
 
+def _is_classifier(model: Any) -> bool:
+    # A classifier from `create_classifier` (also after a reload), or any model that holds
+    # its backbone the same way, in a `backbone` attribute.
+    return isinstance(getattr(model, "backbone", None), keras.Model)
+
+
 def find_backbone_model(model: keras.Model) -> tuple[keras.Model, str | None]:
     """The backbone inside `model` (or `model` itself) and its registry name if known."""
-    if hasattr(model, "backbone") and isinstance(model.backbone, keras.Model):
+    if _is_classifier(model):
         return model.backbone, getattr(model, "backbone_name", None)
     if _spec_for_model(model) or any(matches(model) for matches, _ in _BLOCK_FINDERS):
         return model, None
@@ -659,6 +430,63 @@ def find_backbone_model(model: keras.Model) -> tuple[keras.Model, str | None]:
         "keras_transfer.create_classifier / create_backbone, or nest a keras.applications "
         "model in it."
     )
+
+
+def backbone_of(model: keras.Model | Backbone, *, nested: bool = False) -> Backbone:
+    """The `Backbone` of a model: its headless `keras.Model`, name and preprocessing.
+
+    A `Backbone` is returned as it is. A classifier (`create_classifier`'s, also reloaded
+    from a `.keras` file: a model whose `backbone` attribute is a `keras.Model`) gives its
+    backbone model, the backbone's registry name (else the backbone model's name) and the
+    classifier's preprocessing. With `nested=True`, any other model gives the known backbone
+    inside it, or itself (`find_backbone_model`): its preprocessing is unknown, so use only
+    its model, name and blocks. `default_size` is the backbone model's input height (224
+    when the height is not fixed or the model takes several inputs).
+
+    Args:
+        model: a `Backbone`, a classifier, or (with `nested=True`) any model holding a
+            known backbone.
+        nested: look for a known backbone inside models that are not classifiers.
+
+    Returns:
+        A `Backbone`; its `blocks` are the model's blocks.
+
+    Raises:
+        TypeError: `model` is neither a `Backbone` nor a classifier, and `nested` is false.
+        ValueError: with `nested=True`, no known backbone is inside `model`.
+
+    Example:
+
+    ```python
+    model = create_classifier("mobilenet_v2", 2, input_shape=(96, 96, 3), weights=None)
+    backbone = backbone_of(model)
+    backbone.name, backbone.preprocessing  # -> ('mobilenet_v2', 'tf')
+    ```
+    """
+    if isinstance(model, Backbone):
+        return model
+    if _is_classifier(model):
+        backbone_model = model.backbone
+        name = getattr(model, "backbone_name", None) or backbone_model.name
+        preprocessing = getattr(model, "preprocessing", None)
+    elif nested and isinstance(model, keras.Model):
+        backbone_model, name = find_backbone_model(model)
+        name, preprocessing = name or backbone_model.name, None
+    else:
+        raise TypeError(
+            f"Expected a Backbone (create_backbone) or a TransferClassifier, got "
+            f"{type(model).__name__}. A plain keras.Model has no known preprocessing: wrap it "
+            "with create_classifier first."
+        )
+    return Backbone(name, backbone_model, _input_height(backbone_model), preprocessing)
+
+
+def _input_height(model: keras.Model) -> int:
+    # An image model's input height; 224 when not fixed, or for models of several inputs
+    # (a KerasHub text encoder), where no image size applies.
+    shape = model.input_shape
+    height = shape[1] if isinstance(shape, tuple) and len(shape) > 1 else None
+    return int(height) if isinstance(height, int) and height else 224
 
 
 def _spec_for_model(model: keras.Model) -> BackboneSpec | None:

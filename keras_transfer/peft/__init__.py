@@ -1,35 +1,54 @@
-"""Parameter-efficient fine-tuning: LoRA by block with adapter files (`lora`), and the L2-SP
-regulariser toward the pretrained weights (`l2sp`).
+"""Parameter-efficient fine-tuning: LoRA by block (`lora`), its adapter files (`adapters`),
+merging and training backups of LoRA models (`lora_saving`), and the L2-SP regulariser
+toward the pretrained weights (`l2sp`).
 """
 
+from keras_transfer.peft import adapters
 from keras_transfer.peft import l2sp
 from keras_transfer.peft import lora
+from keras_transfer.peft import lora_saving
+from keras_transfer.peft.adapters import load_adapter
+from keras_transfer.peft.adapters import read_adapter
+from keras_transfer.peft.adapters import save_adapter
 from keras_transfer.peft.l2sp import L2SP
 from keras_transfer.peft.l2sp import apply_l2sp
-from keras_transfer.peft.lora import LoraBackupAndRestore
+from keras_transfer.peft.lora import LORA_VARIABLE_NAMES
 from keras_transfer.peft.lora import LoraSummary
 from keras_transfer.peft.lora import check_lora_request
 from keras_transfer.peft.lora import enable_lora
-from keras_transfer.peft.lora import load_adapter
+from keras_transfer.peft.lora import enable_lora_on_layers
+from keras_transfer.peft.lora import layer_path
+from keras_transfer.peft.lora import leaf_layers
+from keras_transfer.peft.lora import lora_capable_layers
 from keras_transfer.peft.lora import lora_layers
-from keras_transfer.peft.lora import merge_lora
-from keras_transfer.peft.lora import read_adapter
+from keras_transfer.peft.lora import lora_matrix_shapes
 from keras_transfer.peft.lora import resume_lora
-from keras_transfer.peft.lora import save_adapter
+from keras_transfer.peft.lora import supports_lora
+from keras_transfer.peft.lora_saving import LoraBackupAndRestore
+from keras_transfer.peft.lora_saving import merge_lora
 
 __all__ = [
     "lora",
+    "adapters",
+    "lora_saving",
     "l2sp",
-    "LoraBackupAndRestore",
+    "LORA_VARIABLE_NAMES",
     "LoraSummary",
     "check_lora_request",
     "enable_lora",
-    "load_adapter",
+    "enable_lora_on_layers",
+    "layer_path",
+    "leaf_layers",
+    "lora_capable_layers",
     "lora_layers",
-    "merge_lora",
-    "read_adapter",
+    "lora_matrix_shapes",
     "resume_lora",
+    "supports_lora",
+    "load_adapter",
+    "read_adapter",
     "save_adapter",
+    "LoraBackupAndRestore",
+    "merge_lora",
     "L2SP",
     "apply_l2sp",
 ]

@@ -148,7 +148,7 @@ def apply_l2sp(
     if beta < 0 or not np.isfinite(beta):
         raise ValueError(f"`beta` must be a finite number >= 0, got {beta!r}.")
     if backbone is None:
-        backbone, _ = backbones_lib.find_backbone_model(model)
+        backbone = backbones_lib.backbone_of(model, nested=True).model
     reference = dict(reference or {})
     counts = {"backbone": 0, "head": 0, "unsaved": 0}
     backbone_ids = {id(v) for v in backbone.weights}

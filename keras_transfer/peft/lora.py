@@ -10,22 +10,18 @@ mode), and adds what Keras leaves out:
 - a summary that lists the layers of the chosen blocks LoRA cannot adapt
   (`DepthwiseConv2D`, `SeparableConv2D`, custom layers) instead of skipping them silently;
 - adapter files keyed by variable path, with the rank, alpha, backbone and a fingerprint
-  of the frozen base weights, so that an adapter never loads onto another base;
-- `merge_lora`, a model without LoRA variables whose kernels hold the updates;
+  of the frozen base weights, so that an adapter never loads onto another base
+  (`keras_transfer.peft.adapters`);
 - `resume_lora`: Keras merges LoRA into the kernel when saving and reloads with both LoRA
   matrices zero, where both gradients are zero too; re-initialising `A` lets training go on;
-- `LoraBackupAndRestore`: a training backup that keeps the LoRA matrices, so that a killed
-  LoRA run resumes exactly where it stopped (Keras' weights files keep only the merged sum).
+- `merge_lora`, a model without LoRA variables whose kernels hold the updates, and
+  `LoraBackupAndRestore`, a training backup that keeps the LoRA matrices so that a killed
+  LoRA run resumes exactly where it stopped (`keras_transfer.peft.lora_saving`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
-import os
-import tempfile
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -35,25 +31,26 @@ import numpy as np
 from keras_transfer import _keras_compat
 from keras_transfer.backbones import freezing
 from keras_transfer.backbones import registry as backbones_lib
-from keras_transfer.utils import reliability
 
 __all__ = [
-    "LoraBackupAndRestore",
+    "LORA_VARIABLE_NAMES",
     "LoraSummary",
     "check_lora_request",
     "enable_lora",
-    "load_adapter",
+    "enable_lora_on_layers",
+    "layer_path",
+    "leaf_layers",
+    "lora_capable_layers",
     "lora_layers",
-    "merge_lora",
-    "read_adapter",
+    "lora_matrix_shapes",
     "resume_lora",
-    "save_adapter",
+    "supports_lora",
 ]
 
-ADAPTER_FORMAT = "keras_transfer.lora_adapter/1"
 # What `targets` accepts besides a list of layer names.
 TARGET_CHOICES = ("all", "all_dense")
-_LORA_NAMES = ("lora_kernel_a", "lora_kernel_b")
+# The names Keras gives the two LoRA matrices of a layer (the last part of their paths).
+LORA_VARIABLE_NAMES = ("lora_kernel_a", "lora_kernel_b")
 _NORMALIZATION = (
     keras.layers.BatchNormalization,
     keras.layers.LayerNormalization,
@@ -104,12 +101,6 @@ class LoraSummary:
         """`trainable_params / total_params`."""
         return self.trainable_params / max(self.total_params, 1)
 
-    def to_dict(self) -> dict[str, Any]:
-        result = dataclasses.asdict(self)
-        result["not_adaptable"] = [list(item) for item in self.not_adaptable]
-        result["trainable_fraction"] = self.trainable_fraction
-        return result
-
     def __str__(self) -> str:
         def names(items, limit=8):
             items = list(items)
@@ -139,22 +130,23 @@ class LoraSummary:
         return "\n".join(lines)
 
 
-def _leaves(layers: Sequence[keras.layers.Layer]) -> list[keras.layers.Layer]:
+def leaf_layers(layers: Sequence[keras.layers.Layer]) -> list[keras.layers.Layer]:
     """The layers that own weights directly: `layers` themselves, or their innermost
     sublayers for composite layers (a transformer block, an attention layer)."""
     seen: dict[int, keras.layers.Layer] = {}
     for layer in layers:
         inner = _keras_compat.flatten_layers(layer, include_self=False)
-        candidates = [layer] if _supports_lora(layer) or not inner else inner
+        candidates = [layer] if supports_lora(layer) or not inner else inner
         for candidate in candidates:
-            if _supports_lora(candidate) or not _keras_compat.flatten_layers(
+            if supports_lora(candidate) or not _keras_compat.flatten_layers(
                 candidate, include_self=False
             ):
                 seen.setdefault(id(candidate), candidate)
     return list(seen.values())
 
 
-def _supports_lora(layer: keras.layers.Layer) -> bool:
+def supports_lora(layer: keras.layers.Layer) -> bool:
+    """Whether Keras LoRA can adapt `layer` (it has `enable_lora`)."""
     return callable(getattr(layer, "enable_lora", None))
 
 
@@ -170,15 +162,17 @@ def _base_kernel(layer: keras.layers.Layer):
     return None
 
 
-def _layer_path(layer: keras.layers.Layer) -> str:
+def layer_path(layer: keras.layers.Layer) -> str:
+    """The path of a layer's variables without the variable name (`"functional/conv1"`),
+    unique in a model where layer names are not; its name when it has no weights."""
     weights = layer.weights
     return weights[0].path.rsplit("/", 1)[0] if weights else layer.name
 
 
 def lora_layers(model: keras.Model) -> list[keras.layers.Layer]:
     """The layers of `model` with LoRA enabled."""
-    layers = [layer for layer in _leaves([model]) if getattr(layer, "lora_enabled", False)]
-    return sorted(layers, key=_layer_path)
+    layers = [layer for layer in leaf_layers([model]) if getattr(layer, "lora_enabled", False)]
+    return sorted(layers, key=layer_path)
 
 
 def _max_rank(layer: keras.layers.Layer) -> int:
@@ -205,7 +199,8 @@ def _check_rank_alpha(rank: Any, alpha: Any) -> None:
         )
 
 
-def _find_backbone(model: keras.Model) -> tuple[keras.Model, list[backbones_lib.Block]]:
+def _lora_backbone_and_blocks(model: keras.Model) -> tuple[keras.Model, list[backbones_lib.Block]]:
+    """The backbone model LoRA adapts in `model`, and its blocks; raises if LoRA cannot."""
     from keras_transfer.backbones import hub  # noqa: PLC0415 (hub imports TF Hub helpers lazily)
 
     hub_layers = [
@@ -222,13 +217,32 @@ def _find_backbone(model: keras.Model) -> tuple[keras.Model, list[backbones_lib.
             "backbone (e.g. create_backbone('mobilenet')) for LoRA."
         )
     try:
-        return freezing.backbone_and_blocks(model)
+        backbone = backbones_lib.backbone_of(model, nested=True)
+        return backbone.model, backbone.blocks
     except ValueError as error:
         raise ValueError(
             f"LoRA needs a known backbone to choose blocks from: {error} For a KerasHub "
             "encoder, register its blocks with keras_transfer.backbones.registry.register_block_finder "
             "(see examples/text_classifier_lib.py)."
         ) from error
+
+
+def lora_capable_layers(
+    model: keras.Model, rank: int, alpha: float | None = None
+) -> dict[str, keras.layers.Layer]:
+    """`path -> layer` of every layer of `model` Keras LoRA can adapt, after the checks
+    `enable_lora` makes on `rank`, `alpha` and the backbone (a `ValueError` names what is
+    wrong)."""
+    _check_rank_alpha(rank, alpha)
+    _lora_backbone_and_blocks(model)
+    return {layer_path(layer): layer for layer in leaf_layers([model]) if supports_lora(layer)}
+
+
+def lora_matrix_shapes(layer: keras.layers.Layer, rank: int) -> tuple[tuple, tuple]:
+    """The shapes of the `A` and `B` matrices LoRA of `rank` gives `layer`: Keras' `A` is
+    `kernel.shape[:-1] + (rank,)` and `B` is `(rank, kernel.shape[-1])`."""
+    shape = tuple(_base_kernel(layer).shape)
+    return shape[:-1] + (rank,), (rank, shape[-1])
 
 
 def _choose_blocks(blocks, blocks_arg, top_blocks, from_block, fraction):
@@ -269,7 +283,9 @@ def _target_filter(targets: Any, backbone_model: keras.Model):
 
 
 @dataclasses.dataclass
-class _Plan:
+class _ChosenLayers:
+    """The layers `enable_lora` adapts, and what it leaves out."""
+
     backbone_model: keras.Model
     blocks: list[backbones_lib.Block]
     adapt: list[keras.layers.Layer]
@@ -278,40 +294,64 @@ class _Plan:
     normalization: int
 
 
-def _plan(model, rank, alpha, blocks_arg, top_blocks, from_block, fraction, targets) -> _Plan:
+def _choose_layers(
+    model, rank, alpha, blocks_arg, top_blocks, from_block, fraction, targets
+) -> _ChosenLayers:
     """Every check `enable_lora` makes, before it changes anything."""
     _check_rank_alpha(rank, alpha)
-    backbone_model, all_blocks = _find_backbone(model)
-    already = lora_layers(model)
-    if already:
-        raise ValueError(
-            f"LoRA is already enabled on {len(already)} layers of {model.name!r} (e.g. "
-            f"{_layer_path(already[0])!r}, rank {already[0].lora_rank}); Keras enables it "
-            "once per layer. Keep training as it is, or build the model again (or use "
-            "keras_transfer.merge_lora(model)) to start a new adapter. After reloading a "
-            ".keras file, call keras_transfer.resume_lora(model) instead."
-        )
+    backbone_model, all_blocks = _lora_backbone_and_blocks(model)
+    _check_no_lora_yet(model)
     chosen = _choose_blocks(all_blocks, blocks_arg, top_blocks, from_block, fraction)
     if not chosen:
         raise ValueError("No block chosen: LoRA would train nothing. Choose at least one block.")
     wanted = _target_filter(targets, backbone_model)
+    adapt, not_adaptable, not_targeted = _sort_block_layers(chosen, wanted)
+    _check_targets_found(model, targets, chosen, adapt, not_adaptable)
+    _check_layers_take_lora(adapt, rank)
+    normalization = sum(
+        isinstance(layer, _NORMALIZATION) for layer in leaf_layers(backbone_model.layers)
+    )
+    return _ChosenLayers(backbone_model, chosen, adapt, not_adaptable, not_targeted, normalization)
+
+
+def _check_no_lora_yet(model: keras.Model) -> None:
+    already = lora_layers(model)
+    if already:
+        raise ValueError(
+            f"LoRA is already enabled on {len(already)} layers of {model.name!r} (e.g. "
+            f"{layer_path(already[0])!r}, rank {already[0].lora_rank}); Keras enables it "
+            "once per layer. Keep training as it is, or build the model again (or use "
+            "keras_transfer.merge_lora(model)) to start a new adapter. After reloading a "
+            ".keras file, call keras_transfer.resume_lora(model) instead."
+        )
+
+
+def _sort_block_layers(blocks, wanted) -> tuple[list, list[tuple[str, str]], list[str]]:
+    """The weighted layers of `blocks` (normalization aside): `(to adapt, (path, type) of
+    those Keras LoRA cannot adapt, paths of those `wanted` leaves out)`."""
     adapt, not_adaptable, not_targeted = [], [], []
-    for layer in _leaves([layer for block in chosen for layer in block.layers]):
+    for layer in leaf_layers([layer for block in blocks for layer in block.layers]):
         if not layer.weights or isinstance(layer, _NORMALIZATION):
             continue
-        if not _supports_lora(layer) or _base_kernel(layer) is None:
-            not_adaptable.append((_layer_path(layer), type(layer).__name__))
+        if not supports_lora(layer) or _base_kernel(layer) is None:
+            not_adaptable.append((layer_path(layer), type(layer).__name__))
         elif not wanted(layer):
-            not_targeted.append(_layer_path(layer))
+            not_targeted.append(layer_path(layer))
         else:
             adapt.append(layer)
+    return adapt, not_adaptable, not_targeted
+
+
+def _check_targets_found(model, targets, chosen, adapt, not_adaptable) -> None:
+    """Raises when named targets are missing from the chosen blocks, or nothing is left."""
     if targets not in (None, "all", "all_dense"):
         missing = set(targets) - {layer.name for layer in adapt}
         if missing:
+            supported = {layer.name for layer in leaf_layers([model]) if supports_lora(layer)}
             raise ValueError(
                 f"targets {sorted(missing)} name no LoRA-capable layer in blocks "
                 f"{[b.name for b in chosen]}. Supported layers there: "
-                f"{sorted({layer.name for layer in _leaves([model]) if _supports_lora(layer)})[:20]}."
+                f"{sorted(supported)[:20]}."
             )
     if not adapt:
         raise ValueError(
@@ -320,12 +360,16 @@ def _plan(model, rank, alpha, blocks_arg, top_blocks, from_block, fraction, targ
             f"Conv1D/2D/3D; these blocks hold {not_adaptable[:8]}. Choose other blocks or "
             "targets, or fine-tune with keras_transfer.unfreeze."
         )
+
+
+def _check_layers_take_lora(adapt, rank) -> None:
+    """Raises for a rank larger than a kernel allows, a kernel constraint or quantization."""
     too_small = [(layer, _max_rank(layer)) for layer in adapt if rank > _max_rank(layer)]
     if too_small:
         layer, limit = min(too_small, key=lambda item: item[1])
         raise ValueError(
             f"rank {rank} is larger than {len(too_small)} layer(s) allow, e.g. "
-            f"{_layer_path(layer)!r} ({type(layer).__name__}, kernel "
+            f"{layer_path(layer)!r} ({type(layer).__name__}, kernel "
             f"{tuple(_base_kernel(layer).shape)}) allows at most rank {limit}. Use "
             f"rank <= {min(limit for _, limit in too_small)}, or leave those layers out "
             "with targets= / blocks=."
@@ -333,35 +377,43 @@ def _plan(model, rank, alpha, blocks_arg, top_blocks, from_block, fraction, targ
     for layer in adapt:
         if getattr(layer, "kernel_constraint", None) is not None:
             raise ValueError(
-                f"Layer {_layer_path(layer)!r} has a kernel_constraint, which Keras LoRA "
+                f"Layer {layer_path(layer)!r} has a kernel_constraint, which Keras LoRA "
                 "does not support. Remove the constraint or leave the layer out with targets=."
             )
         if getattr(layer, "quantization_mode", None) not in (None, "int8", "int4"):
             raise ValueError(
-                f"Layer {_layer_path(layer)!r} is quantized ({layer.quantization_mode}), "
+                f"Layer {layer_path(layer)!r} is quantized ({layer.quantization_mode}), "
                 "which Keras LoRA does not support."
             )
-    normalization = sum(
-        isinstance(layer, _NORMALIZATION) for layer in _leaves(backbone_model.layers)
-    )
-    return _Plan(backbone_model, chosen, adapt, not_adaptable, not_targeted, normalization)
 
 
-def _apply(plan: _Plan, rank: int, alpha: float | None, train_bn: bool) -> None:
-    backbone_model = plan.backbone_model
+def enable_lora_on_layers(
+    model: keras.Model,
+    layers: Sequence[keras.layers.Layer],
+    rank: int,
+    alpha: float | None = None,
+    train_bn: bool = False,
+) -> None:
+    """Enables LoRA of `rank` on exactly `layers` and freezes the rest of `model`'s backbone
+    as `enable_lora` does (BatchNormalization trains only with `train_bn`).
+
+    Unlike `enable_lora` it chooses and checks nothing: pass layers that
+    `lora_capable_layers` returned, for a rank they allow.
+    """
+    backbone_model = backbones_lib.backbone_of(model, nested=True).model
     # Trainable as a whole, so that the per-layer flags below decide.
     backbone_model.trainable = True
-    adapt_ids = {id(layer) for layer in plan.adapt}
-    for layer in _leaves(backbone_model.layers):
+    adapt_ids = {id(layer) for layer in layers}
+    for layer in leaf_layers(backbone_model.layers):
         if id(layer) in adapt_ids:
             layer.trainable = True
         elif isinstance(layer, keras.layers.BatchNormalization):
             layer.trainable = train_bn
         else:
             layer.trainable = False
-    for layer in plan.adapt:
+    for layer in layers:
         layer.enable_lora(int(rank), lora_alpha=alpha)
-    _freeze_base_of_lora_layers(plan.adapt)
+    _freeze_base_of_lora_layers(layers)
 
 
 def _freeze_base_of_lora_layers(layers: Sequence[keras.layers.Layer]) -> None:
@@ -369,7 +421,7 @@ def _freeze_base_of_lora_layers(layers: Sequence[keras.layers.Layer]) -> None:
     # update alone (Hu et al. freeze every pretrained weight).
     for layer in layers:
         for variable in layer.weights:
-            if variable.name not in _LORA_NAMES:
+            if variable.name not in LORA_VARIABLE_NAMES:
                 variable.trainable = False
 
 
@@ -428,16 +480,16 @@ def enable_lora(
     model.compile(optimizer=keras.optimizers.Adam(1e-3))
     ```
     """
-    plan = _plan(model, rank, alpha, blocks, top_blocks, from_block, fraction, targets)
-    _apply(plan, rank, alpha, train_bn)
+    chosen = _choose_layers(model, rank, alpha, blocks, top_blocks, from_block, fraction, targets)
+    enable_lora_on_layers(model, chosen.adapt, rank, alpha, train_bn)
     return LoraSummary(
         rank=int(rank),
         alpha=float(alpha if alpha is not None else rank),
-        blocks=[block.name for block in plan.blocks],
-        adapted=[_layer_path(layer) for layer in plan.adapt],
-        not_adaptable=plan.not_adaptable,
-        not_targeted=plan.not_targeted,
-        normalization=plan.normalization,
+        blocks=[block.name for block in chosen.blocks],
+        adapted=[layer_path(layer) for layer in chosen.adapt],
+        not_adaptable=chosen.not_adaptable,
+        not_targeted=chosen.not_targeted,
+        normalization=chosen.normalization,
         train_bn=bool(train_bn),
         trainable_params=_count(model.trainable_weights),
         total_params=_count(model.weights),
@@ -457,7 +509,7 @@ def check_lora_request(
 ) -> None:
     """Raises the error `enable_lora` would raise with these arguments, changing nothing
     (e.g. to fail before a long head-training phase)."""
-    _plan(model, rank, alpha, blocks, top_blocks, from_block, fraction, targets)
+    _choose_layers(model, rank, alpha, blocks, top_blocks, from_block, fraction, targets)
 
 
 def resume_lora(
@@ -506,440 +558,6 @@ def resume_lora(
         a, b = layer.lora_kernel_a, layer.lora_kernel_b
         if not np.any(keras.ops.convert_to_numpy(a)) and not np.any(keras.ops.convert_to_numpy(b)):
             a.assign(initializer(a.shape, dtype=a.dtype))
-            resumed.append(_layer_path(layer))
+            resumed.append(layer_path(layer))
     _freeze_base_of_lora_layers(layers)
     return resumed
-
-
-def _base_kernel_variable(layer: keras.layers.Layer):
-    """The variable holding the frozen `W` of a LoRA layer (its `kernel` attribute is the
-    merged sum, a tensor)."""
-    for variable in layer.weights:
-        if variable.path.rsplit("/", 1)[-1] in ("kernel", "embeddings"):
-            return variable
-    raise ValueError(f"LoRA layer {layer.name!r} has no kernel or embeddings variable.")
-
-
-def _lora_update(layer: keras.layers.Layer, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    # Keras' LoRA layers all compute W + (alpha / rank) * A @ B (A: (..., rank), B: (rank, n)).
-    return (float(layer.lora_alpha) / int(layer.lora_rank)) * np.matmul(a, b)
-
-
-class LoraBackupAndRestore(reliability.AtomicBackupAndRestore):
-    """`AtomicBackupAndRestore` for LoRA training: a killed run resumes with its LoRA
-    matrices, not with zeros.
-
-    Keras' weights files hold LoRA layers merged (`W + (alpha / rank) A B` in the kernel) and
-    load them with `A = B = 0`, where both gradients are zero: a plain backup would resume a
-    LoRA run that can no longer train. This callback writes the `A` and `B` matrices beside
-    each backup (before it, so a kill in between leaves a newer matrices file, never a
-    missing one). On restore it takes the frozen `W` from the model as it was built, picks
-    the matrices file whose update matches the restored kernels (`W + update`), and sets
-    `W`, `A` and `B` back, so that training goes on as if never interrupted. A backup whose
-    kernels match no matrices file (another base model) is an error naming the folder.
-
-    Args:
-        backup_dir: the folder of the backup.
-        **kwargs: `AtomicBackupAndRestore` arguments (`save_freq`, `double_checkpoint`,
-            `delete_checkpoint`).
-
-    Example:
-
-    ```python
-    kt.enable_lora(model, rank=4)
-    model.compile(optimizer=keras.optimizers.Adam(1e-3))
-    backup = kt.lora.LoraBackupAndRestore("run/backup", double_checkpoint=True)
-    model.fit(train, epochs=10, callbacks=[backup])  # rerun the same lines after a kill
-    ```
-    """
-
-    LORA_FILE = "latest.lora.npz"
-
-    def save_backup(self):
-        os.makedirs(self.backup_dir, exist_ok=True)
-        matrices = self._path(self.LORA_FILE)
-
-        def save_matrices(temporary):
-            values = {}
-            for layer in lora_layers(self.model):
-                path = _layer_path(layer)
-                values[f"{path}/a"] = keras.ops.convert_to_numpy(layer.lora_kernel_a)
-                values[f"{path}/b"] = keras.ops.convert_to_numpy(layer.lora_kernel_b)
-            with open(temporary, "wb") as f:
-                np.savez(f, **values)
-            if self.double_checkpoint and os.path.exists(matrices):
-                reliability.copy_atomically(matrices, self._path(self.LORA_FILE, previous=True))
-
-        reliability.write_atomically(matrices, save_matrices)
-        super().save_backup()
-
-    def on_train_begin(self, logs=None):
-        layers = lora_layers(self.model)
-        has_backup = any(
-            os.path.exists(self._path(self.WEIGHTS_FILE, previous=previous))
-            for previous in (False, True)
-        )
-        if not layers or not has_backup:
-            return super().on_train_begin(logs)
-        # The frozen W as built: the restored kernels hold W + update, not W.
-        bases = [keras.ops.convert_to_numpy(_base_kernel_variable(layer)) for layer in layers]
-        result = super().on_train_begin(logs)
-        restored = [keras.ops.convert_to_numpy(_base_kernel_variable(layer)) for layer in layers]
-        for candidate in (self._path(self.LORA_FILE), self._path(self.LORA_FILE, previous=True)):
-            matrices = self._matching_matrices(candidate, layers, bases, restored)
-            if matrices is not None:
-                for layer, base, (a, b) in zip(layers, bases, matrices, strict=True):
-                    _base_kernel_variable(layer).assign(base)
-                    layer.lora_kernel_a.assign(a)
-                    layer.lora_kernel_b.assign(b)
-                return result
-        raise reliability.BackupUnreadableError(
-            f"The training backup in {self.backup_dir!r} holds LoRA kernels that match neither "
-            "the model's frozen weights plus its saved LoRA matrices nor the previous ones: it "
-            "was written for another base model, or its matrices file is missing. Build the "
-            "model from the same weights as the run that wrote it, or delete the folder to "
-            "start over."
-        )
-
-    @staticmethod
-    def _matching_matrices(path, layers, bases, restored):
-        if not os.path.exists(path):
-            return None
-        with np.load(path) as stored:
-            matrices = []
-            for layer, base, kernel in zip(layers, bases, restored, strict=True):
-                key = _layer_path(layer)
-                if f"{key}/a" not in stored:
-                    return None
-                a, b = stored[f"{key}/a"], stored[f"{key}/b"]
-                if a.shape != tuple(layer.lora_kernel_a.shape) or b.shape != tuple(
-                    layer.lora_kernel_b.shape
-                ):
-                    return None
-                expected = base + _lora_update(layer, a, b)
-                scale = max(1.0, float(np.max(np.abs(expected))))
-                if not np.allclose(kernel, expected, rtol=0, atol=1e-5 * scale):
-                    return None
-                matrices.append((a, b))
-        return matrices
-
-
-# ---------------------------------------------------------------------------------------
-# Adapter files
-# ---------------------------------------------------------------------------------------
-
-
-def _is_lora_variable(variable) -> bool:
-    return variable.path.rsplit("/", 1)[-1] in _LORA_NAMES
-
-
-def _adapter_variables(model: keras.Model) -> dict[str, Any]:
-    """`path -> variable` of what LoRA training changes: trainable variables (LoRA matrices,
-    head, BN if trained) and the moving statistics of trained BatchNormalization layers."""
-    chosen = {id(v): v for v in model.trainable_weights}
-    for layer in _leaves([model]):
-        if isinstance(layer, keras.layers.BatchNormalization) and any(
-            id(v) in chosen for v in layer.weights
-        ):
-            chosen.update({id(v): v for v in layer.weights})
-    result = {}
-    for variable in chosen.values():
-        if variable.path in result:
-            raise ValueError(
-                f"Two variables share the path {variable.path!r}: give the layers unique names "
-                "so that adapters can be keyed by path."
-            )
-        result[variable.path] = variable
-    return result
-
-
-def _fingerprint(variables) -> str:
-    """sha256 over the frozen base weights: path, shape, dtype and bytes, in path order."""
-    digest = hashlib.sha256()
-    for variable in sorted(variables, key=lambda v: v.path):
-        value = np.ascontiguousarray(keras.ops.convert_to_numpy(variable))
-        digest.update(f"{variable.path}|{value.shape}|{value.dtype}|".encode())
-        digest.update(value.tobytes())
-    return digest.hexdigest()
-
-
-def _base_variables(model: keras.Model, adapter_paths) -> list:
-    adapter_paths = set(adapter_paths)
-    return [v for v in model.weights if v.path not in adapter_paths and not _is_lora_variable(v)]
-
-
-def _backbone_description(model: keras.Model) -> str:
-    name = getattr(model, "backbone_name", None)
-    if name:
-        return str(name)
-    try:
-        backbone_model, _ = freezing.backbone_and_blocks(model)
-    except ValueError:
-        return model.name
-    return f"{type(backbone_model).__name__}:{backbone_model.name}"
-
-
-def save_adapter(model: keras.Model, path: str | os.PathLike) -> dict[str, Any]:
-    """Writes what LoRA training changed to an HDF5 file: the LoRA matrices and the other
-    trained weights (the head), keyed by variable path, with rank, alpha, the backbone and a
-    fingerprint of the frozen base weights.
-
-    Args:
-        model: a model after `enable_lora` (and training).
-        path: any file path, e.g. `"adapter.weights.h5"`.
-
-    Returns:
-        The metadata written (`rank`, `alpha`, `backbone`, `base_fingerprint`, `layers`, ...).
-
-    Example:
-
-    ```python
-    kt.save_adapter(model, "runs/ants/adapter.weights.h5")
-    ```
-    """
-    import h5py  # noqa: PLC0415 (a Keras dependency; only adapters need it here)
-
-    layers = lora_layers(model)
-    if not layers:
-        raise ValueError(
-            f"{model.name!r} has no LoRA layers: call keras_transfer.enable_lora(model, ...) "
-            "and train before saving an adapter."
-        )
-    ranks = sorted({int(layer.lora_rank) for layer in layers})
-    alphas = sorted({float(layer.lora_alpha) for layer in layers})
-    variables = _adapter_variables(model)
-    for layer in layers:
-        for variable in (layer.lora_kernel_a, layer.lora_kernel_b):
-            variables.setdefault(variable.path, variable)
-    metadata = {
-        "format": ADAPTER_FORMAT,
-        "rank": ranks[0] if len(ranks) == 1 else ranks,
-        "alpha": alphas[0] if len(alphas) == 1 else alphas,
-        "backbone": _backbone_description(model),
-        "layers": [_layer_path(layer) for layer in layers],
-        "train_bn": any(
-            isinstance(layer, keras.layers.BatchNormalization) and layer.trainable
-            for layer in _leaves(freezing.backbone_and_blocks(model)[0].layers)
-        ),
-        "base_fingerprint": _fingerprint(_base_variables(model, variables)),
-        "keras_version": keras.__version__,
-    }
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-    os.close(handle)
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.attrs["metadata"] = json.dumps(metadata)
-            group = f.create_group("variables")
-            for index, (variable_path, variable) in enumerate(sorted(variables.items())):
-                dataset = group.create_dataset(
-                    str(index), data=keras.ops.convert_to_numpy(variable)
-                )
-                dataset.attrs["path"] = variable_path
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return metadata
-
-
-def read_adapter(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """`(metadata, {variable path: value})` of an adapter file."""
-    import h5py  # noqa: PLC0415
-
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"No adapter file at {path!r}.")
-    with h5py.File(path, "r") as f:
-        if "metadata" not in f.attrs or "variables" not in f:
-            raise ValueError(
-                f"{path!r} is not a keras_transfer LoRA adapter (write one with "
-                "keras_transfer.save_adapter)."
-            )
-        metadata = json.loads(f.attrs["metadata"])
-        values = {
-            str(dataset.attrs["path"]): np.asarray(dataset) for dataset in f["variables"].values()
-        }
-    return metadata, values
-
-
-def load_adapter(model: keras.Model, path: str | os.PathLike) -> dict[str, Any]:
-    """Applies an adapter file to a model built from the same base weights.
-
-    If the model has no LoRA layers yet, LoRA is enabled on the layers the adapter names with
-    its rank and alpha (frozen as `enable_lora` freezes). Everything is checked before
-    anything changes: a rank other than the model's, a missing or extra variable, a shape
-    mismatch, or base weights other than those the adapter was trained on (fingerprint) is a
-    `ValueError` naming it. Recompile before training further.
-
-    Args:
-        model: the model, e.g. `create_classifier(...)` with the same backbone weights.
-        path: the file `save_adapter` wrote.
-
-    Returns:
-        The adapter's metadata.
-
-    Example:
-
-    ```python
-    model = kt.create_classifier("mobilenet", 2, weights="mobilenet_1_0_224_tf_no_top.h5")
-    kt.load_adapter(model, "runs/ants/adapter.weights.h5")
-    model.predict(images)
-    ```
-    """
-    metadata, values = read_adapter(path)
-    path = os.fspath(path)
-    rank, alpha = metadata["rank"], metadata["alpha"]
-    by_path = {v.path: v for v in model.weights}
-    existing = lora_layers(model)
-    if existing:
-        model_ranks = sorted({int(layer.lora_rank) for layer in existing})
-        if model_ranks != ([rank] if isinstance(rank, int) else sorted(rank)):
-            raise ValueError(
-                f"The adapter {path!r} has LoRA rank {rank} but the model's LoRA layers have "
-                f"rank {model_ranks}. Load it into a model without LoRA (it enables LoRA with "
-                "the adapter's rank) or one enabled with the same rank."
-            )
-        model_alphas = sorted({float(layer.lora_alpha) for layer in existing})
-        if model_alphas != ([float(alpha)] if not isinstance(alpha, list) else sorted(alpha)):
-            raise ValueError(
-                f"The adapter {path!r} has LoRA alpha {alpha} but the model's LoRA layers have "
-                f"alpha {model_alphas}: the same matrices would scale differently. Load it into "
-                "a model without LoRA, or enable LoRA with the adapter's alpha."
-            )
-        model_layers = {_layer_path(layer) for layer in existing}
-        if model_layers != set(metadata["layers"]):
-            raise ValueError(
-                f"The adapter {path!r} adapts other layers than the model: only in the "
-                f"adapter {sorted(set(metadata['layers']) - model_layers)[:8]}, only in the "
-                f"model {sorted(model_layers - set(metadata['layers']))[:8]}."
-            )
-        to_enable = []
-    else:
-        if not isinstance(rank, int):
-            raise ValueError(f"The adapter {path!r} mixes ranks {rank}; enable LoRA first.")
-        _check_rank_alpha(rank, alpha)
-        _find_backbone(model)
-        layer_by_path = {
-            _layer_path(layer): layer for layer in _leaves([model]) if _supports_lora(layer)
-        }
-        missing_layers = [p for p in metadata["layers"] if p not in layer_by_path]
-        if missing_layers:
-            raise ValueError(
-                f"The adapter {path!r} adapts layers the model does not have: "
-                f"{missing_layers[:8]}. Build the model with the same backbone "
-                f"({metadata.get('backbone')!r})."
-            )
-        to_enable = [layer_by_path[p] for p in metadata["layers"]]
-    # Expected variables: the model's after enabling LoRA on `to_enable`.
-    expected = {p: tuple(v.shape) for p, v in by_path.items()}
-    for layer in to_enable:
-        shape = tuple(_base_kernel(layer).shape)
-        expected[f"{_layer_path(layer)}/lora_kernel_a"] = shape[:-1] + (rank,)
-        expected[f"{_layer_path(layer)}/lora_kernel_b"] = (rank, shape[-1])
-    missing = sorted(set(values) - set(expected))
-    if missing:
-        raise ValueError(
-            f"The adapter {path!r} holds variables the model does not have: {missing[:8]}. "
-            f"It was saved from another model (backbone {metadata.get('backbone')!r}); build "
-            "the same model (backbone, head, layer names)."
-        )
-    wrong = [(p, values[p].shape, expected[p]) for p in values if values[p].shape != expected[p]]
-    if wrong:
-        p, got, want = wrong[0]
-        raise ValueError(
-            f"Shape mismatch for {p!r}: the adapter {path!r} has {got}, the model {want} "
-            f"({len(wrong)} mismatching variable(s)). Build the model with the same backbone, "
-            "number of classes and head as the adapter's."
-        )
-    lora_paths = [p for p in expected if p.rsplit("/", 1)[-1] in _LORA_NAMES]
-    absent = sorted(set(lora_paths) - set(values))
-    if absent:
-        raise ValueError(
-            f"The adapter {path!r} lacks the model's LoRA variables {absent[:8]}: it was "
-            "saved from a model adapted on other layers."
-        )
-    fingerprint = _fingerprint(_base_variables(model, values))
-    if fingerprint != metadata["base_fingerprint"]:
-        raise ValueError(
-            f"The adapter {path!r} was trained on other base weights than this model's "
-            f"(adapter backbone {metadata.get('backbone')!r}, base fingerprint "
-            f"{metadata['base_fingerprint'][:12]}..., this model {fingerprint[:12]}...). Build "
-            "the model from the same pretrained weights file the adapter was trained on."
-        )
-    if to_enable:
-        _apply(
-            _Plan(freezing.backbone_and_blocks(model)[0], [], to_enable, [], [], 0),
-            rank,
-            alpha,
-            bool(metadata.get("train_bn", False)),
-        )
-    by_path = {v.path: v for v in model.weights}
-    for variable_path, value in values.items():
-        by_path[variable_path].assign(value)
-    return metadata
-
-
-# ---------------------------------------------------------------------------------------
-# Merging
-# ---------------------------------------------------------------------------------------
-
-
-def _strip_lora(config: Any) -> Any:
-    if isinstance(config, dict):
-        result = {key: _strip_lora(value) for key, value in config.items()}
-        if "lora_rank" in result:
-            result["lora_rank"] = None
-            result.pop("lora_alpha", None)
-        return result
-    if isinstance(config, list):
-        return [_strip_lora(item) for item in config]
-    return config
-
-
-def merge_lora(model: keras.Model) -> keras.Model:
-    """A copy of `model` without LoRA variables whose kernels hold `W + (alpha / rank) A B`.
-
-    For inference and export: the copy predicts what `model` predicts (within float
-    rounding) at the cost of the base model. It is built from the model's config with LoRA
-    left out, and takes its weights from Keras' own weights file, in which Keras already
-    merges LoRA into the kernels. `model` itself is unchanged; compile the copy to train it.
-
-    Args:
-        model: a model with LoRA layers (from `enable_lora` or `load_adapter`).
-
-    Returns:
-        The merged model.
-
-    Example:
-
-    ```python
-    merged = kt.merge_lora(model)
-    merged.export("serving")  # a plain model, no LoRA
-    ```
-    """
-    if not lora_layers(model):
-        raise ValueError(f"{model.name!r} has no LoRA layers to merge.")
-    config = _strip_lora(keras.saving.serialize_keras_object(model))
-    merged = keras.saving.deserialize_keras_object(config)
-    with tempfile.TemporaryDirectory() as directory:
-        weights = os.path.join(directory, "merged.weights.h5")
-        model.save_weights(weights)
-        with warnings.catch_warnings():
-            # The file holds the optimizer's state too; the uncompiled copy has none.
-            warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
-            merged.load_weights(weights)
-    # Keras' weights file holds each LoRA layer's `kernel` property, which it casts to the
-    # compute dtype: under mixed_float16 every merged kernel came back rounded to float16.
-    # The merge is written again in the variables' own dtype (float32), so it is exact.
-    # The copy's variables stand in the order of the model's, LoRA left out (nested names
-    # may differ, so they are paired by position).
-    originals = [v for v in model.weights if v.path.rsplit("/", 1)[-1] not in _LORA_NAMES]
-    copies = dict(zip((id(v) for v in originals), merged.weights, strict=True))
-    for layer in lora_layers(model):
-        base = _base_kernel_variable(layer)
-        a, b = (keras.ops.convert_to_numpy(v) for v in (layer.lora_kernel_a, layer.lora_kernel_b))
-        copies[id(base)].assign(keras.ops.convert_to_numpy(base) + _lora_update(layer, a, b))
-    return merged

@@ -22,6 +22,7 @@ from keras_transfer.data import folders as data_lib
 from keras_transfer.data import imbalance
 from keras_transfer.optimizers import layerwise as optimizers
 from keras_transfer.peft import lora
+from keras_transfer.peft import lora_saving
 from keras_transfer.training import features
 from keras_transfer.utils import distribute
 from keras_transfer.utils import reliability
@@ -317,7 +318,9 @@ def fit_two_phase(
         # Keras' weights files hold LoRA merged and reload it as zeros: LoRA backups keep
         # the matrices too.
         lora_phase = fine_tune == "lora" and phase == PHASE_FINE_TUNE
-        backup = lora.LoraBackupAndRestore if lora_phase else reliability.AtomicBackupAndRestore
+        backup = (
+            lora_saving.LoraBackupAndRestore if lora_phase else reliability.AtomicBackupAndRestore
+        )
         return [
             *guard,
             _EpochRecorder(state, phase),

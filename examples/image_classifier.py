@@ -26,11 +26,11 @@ setting in --config, a missing file, an error while training). `--verbose` alone
 KERAS_TRANSFER_DEBUG=1) adds the traceback.
 """
 
-from keras_transfer.apps import _cli
+from keras_transfer.apps import cli
 from keras_transfer.apps import image_classifier_cli
 
 if __name__ == "__main__":
-    _cli.run(
+    cli.run(
         image_classifier_cli.main,
         hints=image_classifier_cli.HINTS,
         doc=image_classifier_cli.__doc__,

@@ -20,11 +20,11 @@ be used (an unknown or missing flag, a bad flag value), 1 for anything else. `--
 alone (or KERAS_TRANSFER_DEBUG=1) adds the traceback.
 """
 
-from keras_transfer.apps import _cli
+from keras_transfer.apps import cli
 from keras_transfer.apps import text_classifier_cli
 
 if __name__ == "__main__":
-    _cli.run(
+    cli.run(
         text_classifier_cli.main,
         doc=text_classifier_cli.__doc__,
         flags_modules=[text_classifier_cli],

@@ -18,7 +18,7 @@ from conftest import REPO_ROOT
 from conftest import write_image_folder
 
 import keras_transfer as kt
-from keras_transfer.apps import image_classifier
+from keras_transfer.apps import image_config
 from keras_transfer.apps import predict as predict_lib
 
 TRAIN_FLAGS = [
@@ -98,7 +98,7 @@ def test_config_json_holds_the_resolved_values(trained):
     for tfds_field in ("dataset", "tfds_data_dir", "train_split", "eval_split"):
         assert tfds_field not in config
     # It reads back as a --config file.
-    again = image_classifier.load_config(str(model_dir / "config.json"), {})
+    again = image_config.load_config(str(model_dir / "config.json"), {})
     assert again.freeze_strategy == "top_n_unfrozen" and again.image_size == 32
 
 

@@ -1,4 +1,4 @@
-"""The example's config files (keras_transfer/apps/_config.py): YAML/JSON, recipe aliases, unknown keys
+"""The example's config files (keras_transfer/apps/config.py): YAML/JSON, recipe aliases, unknown keys
 and bad values, flags on top."""
 
 import dataclasses
@@ -7,8 +7,8 @@ import json
 import pytest
 from conftest import REPO_ROOT
 
-from keras_transfer.apps import _config as config_lib
-from keras_transfer.apps import image_classifier as image_classifier_lib
+from keras_transfer.apps import config as config_lib
+from keras_transfer.apps import image_config
 
 
 @dataclasses.dataclass
@@ -90,19 +90,19 @@ def test_example_config_choices_are_checked(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("freeze_strategy: sometimes\n")
     with pytest.raises(config_lib.ConfigError, match="freeze_strategy='sometimes'"):
-        image_classifier_lib.load_config(str(path), {})
+        image_config.load_config(str(path), {})
     with pytest.raises(config_lib.ConfigError, match="needs unfreeze_schedule"):
-        image_classifier_lib.load_config(None, {"freeze_strategy": "gradual"})
+        image_config.load_config(None, {"freeze_strategy": "gradual"})
     with pytest.raises(ValueError, match="epoch:blocks"):
-        image_classifier_lib.load_config(None, {"unfreeze_schedule": "soon"})
+        image_config.load_config(None, {"unfreeze_schedule": "soon"})
     with pytest.raises(config_lib.ConfigError, match="Unknown export"):
-        image_classifier_lib.load_config(None, {"export": "onnx"})
+        image_config.load_config(None, {"export": "onnx"})
     with pytest.raises(config_lib.ConfigError, match="tfds:<name>"):
-        image_classifier_lib.load_config(None, {"dataset": "tf_flowers"})
+        image_config.load_config(None, {"dataset": "tf_flowers"})
 
 
 @pytest.mark.parametrize("name", ["ants_vs_bees.yaml", "tf_flowers_tpu.yaml", "smoke.json"])
 def test_shipped_example_configs_load(name):
     path = REPO_ROOT / "examples" / "configs" / name
-    config = image_classifier_lib.load_config(str(path), {"model_dir": "/tmp/x"})
+    config = image_config.load_config(str(path), {"model_dir": "/tmp/x"})
     assert config.model_dir == "/tmp/x"

@@ -15,7 +15,9 @@ from interruption import InterruptAt
 
 import keras_transfer as kt
 from keras_transfer.apps import image_classifier as image_classifier_lib
-from keras_transfer.apps._config import ConfigError
+from keras_transfer.apps import image_config
+from keras_transfer.apps import image_plan
+from keras_transfer.apps.config import ConfigError
 from keras_transfer.data import folders as data
 
 EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "examples", "image_classifier.py")
@@ -36,7 +38,7 @@ def _config(data_dir, model_dir, **overrides):
         plan="fixed",  # the advisor's plan has its own tests
     )
     settings.update(overrides)
-    return image_classifier_lib.Config(**settings)
+    return image_config.Config(**settings)
 
 
 def test_run_writes_model_labels_and_results(image_folder, tmp_path):
@@ -173,14 +175,14 @@ def test_binary_usage_errors_exit_2_with_one_line(image_folder, tmp_path):
 
 
 def test_stray_arguments_are_usage_errors(capsys):
-    from keras_transfer.apps import _cli
+    from keras_transfer.apps import cli
 
     def main(argv):
         raise AssertionError("main must not run")
 
     # `--verbose 1` used to set the level; now `--verbose` alone is 3 and "1" is left over.
     with pytest.raises(SystemExit) as exit_info:
-        _cli._guarded(main, {})(["image_classifier.py", "1"])
+        cli.guarded(main, {})(["image_classifier.py", "1"])
     assert exit_info.value.code == 2
     error, hint = capsys.readouterr().err.splitlines()
     assert "unexpected argument(s) '1': write flags as --name=value" in error
@@ -293,7 +295,7 @@ def test_reports_and_resolved_config(image_folder, tmp_path):
     assert results["history"]["phase"] == ["feature_extraction"] * 2 + ["fine_tune"]
     resolved = json.loads((model_dir / "config.json").read_text())
     assert resolved == results["config"]
-    assert image_classifier_lib.load_config(str(model_dir / "config.json"), {}).head_epochs == 2
+    assert image_config.load_config(str(model_dir / "config.json"), {}).head_epochs == 2
     if pytest.importorskip("matplotlib"):
         assert (model_dir / "training_curves.png").read_bytes()[:4] == b"\x89PNG"
         assert (model_dir / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
@@ -701,7 +703,7 @@ def test_class_weight_flag_warning_and_balanced_accuracy_in_results(image_folder
     with pytest.raises(ValueError, match="wolves"):
         image_classifier_lib.run(_config(root, tmp_path / "bad", class_weight='{"wolves": 2}'))
     assert not (tmp_path / "bad").exists()
-    with pytest.raises(image_classifier_lib.config_lib.ConfigError, match="JSON object"):
+    with pytest.raises(ConfigError, match="JSON object"):
         _config(root, tmp_path / "bad", class_weight="[1]")
 
 
@@ -765,7 +767,7 @@ def test_fixed_plan_keeps_the_old_defaults(image_folder, tmp_path):
     config = _config(
         root, tmp_path / "out", head_epochs=None, fine_tune_epochs=0, unfreeze_blocks=None
     )
-    resolved, plan = image_classifier_lib.plan_training(config, None, None, None)
+    resolved, plan = image_plan.plan_training(config, None, None, None)
     assert plan["source"] == "fixed" and plan["given"] == ["fine_tune_epochs"]
     assert (resolved.head_epochs, resolved.fine_tune_epochs, resolved.unfreeze_blocks) == (
         20,

@@ -50,7 +50,7 @@ def test_public_modules_are_found():
     assert "keras_transfer.training.two_phase" in PUBLIC_MODULES
     assert "keras_transfer.apps.image_classifier" in PUBLIC_MODULES
     assert "keras_transfer._keras_compat" not in PUBLIC_MODULES
-    assert "keras_transfer.apps._cli" not in PUBLIC_MODULES
+    assert "keras_transfer.apps._startup" not in PUBLIC_MODULES
 
 
 # The binaries' modules define absl flags when imported, and two of them define the same flag
@@ -209,7 +209,7 @@ def test_names_other_modules_use_are_public_where_defined():
         relative = path.relative_to(REPO_ROOT).as_posix()
         own_module = relative.removesuffix(".py").replace("/", ".").removesuffix(".__init__")
         for module, name in sorted(_cross_module_uses(path)):
-            # `_`-prefixed modules (`_keras_compat`, `apps/_cli.py`...) are internals by design,
+            # `_`-prefixed modules (`_keras_compat`, `apps/_startup.py`...) are internals by design,
             # and the package's `__init__` re-exports are checked above.
             if module == own_module or module == "keras_transfer":
                 continue

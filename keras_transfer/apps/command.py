@@ -17,8 +17,8 @@ import sys
 from collections.abc import Sequence
 
 import keras_transfer
-from keras_transfer.apps import _cli
 from keras_transfer.apps import _startup
+from keras_transfer.apps import cli
 
 __all__ = ["COMMANDS", "main"]
 
@@ -68,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     program = _startup.COMMAND_NAME
     if len(argv) < 2 or argv[1] in ("-h", "-?", "--help", "--helpshort", "help"):
         sys.stdout.write(_usage())
-        sys.exit(0 if len(argv) >= 2 else _cli.EXIT_USAGE)
+        sys.exit(0 if len(argv) >= 2 else cli.EXIT_USAGE)
     if argv[1] == "--version":
         print(f"{program} {keras_transfer.__version__}")
         return
@@ -81,12 +81,12 @@ def main(argv: Sequence[str] | None = None) -> None:
             + f"\n  hint: the commands are {', '.join(COMMANDS)}; `{program} --help` "
             "describes them.\n"
         )
-        sys.exit(_cli.EXIT_USAGE)
+        sys.exit(cli.EXIT_USAGE)
     # Only now, with a subcommand that needs it, is TensorFlow imported (quietly).
     _startup.quiet_tensorflow(argv)
     module = importlib.import_module(COMMANDS[name][0])
-    _cli.set_program(f"{program} {name}")
-    _cli.run(
+    cli.set_program(f"{program} {name}")
+    cli.run(
         module.main,
         hints=getattr(module, "HINTS", None),
         argv=[f"{program} {name}", *argv[2:]],

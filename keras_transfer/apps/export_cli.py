@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from absl import flags
 
-from keras_transfer.apps import _cli
+from keras_transfer.apps import cli
 from keras_transfer.apps import export as export_lib
 from keras_transfer.apps import predict as predict_lib
 
@@ -26,7 +26,7 @@ flags.DEFINE_string("output_dir", "", "Where the export goes; empty: --model_dir
 flags.DEFINE_bool(
     "safe_mode", True, "Load model.keras in Keras' safe mode (no arbitrary code from the file)."
 )
-_cli.define_verbose_flag(0, "Messages while exporting.")
+cli.define_verbose_flag(0, "Messages while exporting.")
 flags.mark_flags_as_required(["model_dir"])
 
 

@@ -31,13 +31,16 @@ from absl import app
 from absl import flags
 
 import keras_transfer as kt
-from keras_transfer.apps import _cli
+from keras_transfer.apps import cli
 from keras_transfer.apps import image_classifier as image_classifier_lib
+from keras_transfer.apps import image_config
+from keras_transfer.apps import image_plan
+from keras_transfer.apps import image_reports
 
 __all__ = ["HINTS", "main"]
 
 FLAGS = flags.FLAGS
-_DEFAULTS = image_classifier_lib.Config(data_dir="", model_dir="")
+_DEFAULTS = image_config.Config(data_dir="", model_dir="")
 
 flags.DEFINE_string("config", None, "A .yaml or .json file of settings; flags given override it.")
 flags.DEFINE_string(
@@ -67,7 +70,7 @@ flags.DEFINE_integer("batch_size", _DEFAULTS.batch_size, "Batch size.")
 flags.DEFINE_enum(
     "plan",
     _DEFAULTS.plan,
-    list(image_classifier_lib.PLANS),
+    list(image_config.PLANS),
     "auto: the advisor (keras_transfer.recommend_training_plan) chooses every setting of "
     "head_epochs, fine_tune_epochs, unfreeze_blocks, head_lr, fine_tune_lr, patience and "
     "restore_best not given, from the training set's size and measured per-block LogME, "
@@ -130,7 +133,7 @@ flags.DEFINE_bool(
 flags.DEFINE_enum(
     "freeze_strategy",
     _DEFAULTS.freeze_strategy,
-    image_classifier_lib.FREEZE_STRATEGIES,
+    image_config.FREEZE_STRATEGIES,
     "all_frozen: head only; top_n_unfrozen: two phases, --unfreeze_blocks in phase 2; gradual: "
     "--unfreeze_schedule in one timeline; none: train everything from the start; auto: gradual "
     "if --unfreeze_schedule is set, else top_n_unfrozen.",
@@ -158,7 +161,7 @@ flags.DEFINE_float("lora_alpha", _DEFAULTS.lora_alpha, "LoRA alpha; 0 for the ra
 flags.DEFINE_enum(
     "lr_schedule",
     _DEFAULTS.lr_schedule,
-    image_classifier_lib.LR_SCHEDULES,
+    image_config.LR_SCHEDULES,
     "Learning-rate schedule within each phase.",
 )
 flags.DEFINE_integer(
@@ -227,26 +230,26 @@ flags.DEFINE_string(
 flags.DEFINE_enum(
     "adapt",
     _DEFAULTS.adapt,
-    ["", *image_classifier_lib.ADAPT_METHODS],
+    ["", *image_config.ADAPT_METHODS],
     "Unsupervised domain adaptation to --target_dir in the fine-tuning phase: dann, coral "
     "or mmd (kt.fit_domain_adaptation; the target labels are never used); empty: plain "
     "fine-tuning.",
 )
-_cli.define_verbose_flag(_DEFAULTS.verbose, "Keras fit verbosity.")
+cli.define_verbose_flag(_DEFAULTS.verbose, "Keras fit verbosity.")
 
 
 def main(argv: list[str]) -> None:
     del argv
-    fields = image_classifier_lib.Config.__dataclass_fields__
+    fields = image_config.Config.__dataclass_fields__
     overrides = {name: FLAGS[name].value for name in fields if FLAGS[name].present}
-    config = image_classifier_lib.load_config(FLAGS.config, overrides)
+    config = image_config.load_config(FLAGS.config, overrides)
     if not config.model_dir:
         raise app.UsageError("Set --model_dir (or model_dir in --config).")
     if bool(config.data_dir) == bool(config.dataset):
         raise app.UsageError("Give exactly one of --data_dir and --dataset=tfds:<name>.")
     results = image_classifier_lib.run(config)
-    print(image_classifier_lib.describe_plan(results["plan"]))
-    print(image_classifier_lib.summary(results, config))
+    print(image_plan.describe_plan(results["plan"]))
+    print(image_reports.summary(results, config))
 
 
 # Errors whose message names no flag to change.

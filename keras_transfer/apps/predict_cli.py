@@ -16,7 +16,7 @@ import sys
 from absl import app
 from absl import flags
 
-from keras_transfer.apps import _cli
+from keras_transfer.apps import cli
 from keras_transfer.apps import predict as predict_lib
 
 __all__ = ["main"]
@@ -35,7 +35,7 @@ flags.DEFINE_bool(
     True,
     "Load model.keras in Keras' safe mode (no arbitrary code from the file).",
 )
-_cli.define_verbose_flag(0, "Messages while predicting.")
+cli.define_verbose_flag(0, "Messages while predicting.")
 flags.mark_flags_as_required(["model_dir"])
 
 

@@ -1,4 +1,4 @@
-"""Logic of the text classifier example: a pretrained sentence encoder fine-tuned on labelled
+"""The text classifier application: a pretrained sentence encoder fine-tuned on labelled
 text, with the package's two-phase training, freezing by block and per-block learning rates.
 
 The encoder is a KerasHub `BertBackbone` (e.g. all-MiniLM-L6-v2, which the PyPI package
@@ -8,15 +8,14 @@ The encoder is a KerasHub `BertBackbone` (e.g. all-MiniLM-L6-v2, which the PyPI 
 lr_decay=...)` work on the classifier as on image models.
 
 `run` composes the steps (`load_text_data` -> `split` -> `build_classifier` -> `train_model`
--> `report` -> `save_model`, and `train_baseline` on request); `examples/text_classifier.py`
-holds only the flags and `main`.
+-> `report` -> `write_model_folder`, and `train_baseline` on request);
+`keras_transfer/apps/text_classifier_cli.py` holds the flags and `main`.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
-import json
 import logging
 import os
 import time
@@ -31,7 +30,6 @@ from keras_transfer.apps import _outputs
 from keras_transfer.backbones import registry as backbones
 from keras_transfer.diagnostics import reports
 from keras_transfer.training import two_phase as training
-from keras_transfer.utils import reliability
 
 __all__ = [
     "Config",
@@ -43,11 +41,11 @@ __all__ = [
     "register_bert_blocks",
     "report",
     "run",
-    "save_model",
     "split",
     "token_dataset",
     "train_baseline",
     "train_model",
+    "write_model_folder",
 ]
 
 logger = logging.getLogger("keras_transfer")
@@ -320,13 +318,13 @@ def run(config: Config) -> dict[str, Any]:
     history = train_model(config, model, train_data, validation_data)
     results = report(config, model, history, validation_data, class_names)
     results["num_train"], results["num_validation"] = len(train[0]), len(validation[0])
-    save_model(model, class_names, config.model_dir)
+    write_model_folder(model, class_names, config.model_dir)
     reports.plot_training_curves(history, os.path.join(config.model_dir, "training_curves.png"))
     results["config"] = dataclasses.asdict(config)
     if config.baseline:
         results["baseline"] = train_baseline(config, train, validation, class_names)
     results["total_seconds"] = round(time.perf_counter() - start, 2)
-    _write_json(os.path.join(config.model_dir, "results.json"), results)
+    _outputs.write_json(os.path.join(config.model_dir, "results.json"), results)
     return results
 
 
@@ -375,15 +373,8 @@ def report(
     }
 
 
-def save_model(model: keras.Model, class_names: list[str], model_dir: str) -> None:
-    """`model.keras` for inference (without the optimizer's state and EMA copies) and
-    `labels.txt` (line i = output i), each replaced atomically."""
+def write_model_folder(model: keras.Model, class_names: list[str], model_dir: str) -> None:
+    """`model.keras` for inference (without the optimizer's state and EMA copies),
+    `adapter.weights.h5` for a LoRA model, and `labels.txt` (line i = output i), each
+    replaced atomically."""
     _outputs.save_classifier(model, class_names, model_dir)
-
-
-def _write_json(path: str, content: Any) -> None:
-    def write(temporary):
-        with open(temporary, "w", encoding="utf-8") as f:
-            json.dump(content, f, indent=2)
-
-    reliability.write_atomically(path, write)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from absl import flags
 
-from keras_transfer.apps import _cli
+from keras_transfer.apps import cli
 from keras_transfer.apps import text_classifier as text_classifier_lib
 
 __all__ = ["main"]
@@ -74,7 +74,7 @@ flags.DEFINE_bool(
     _DEFAULTS.deterministic,
     "Identical results on every run: seeds plus TensorFlow's deterministic ops (slower).",
 )
-_cli.define_verbose_flag(_DEFAULTS.verbose, "Keras fit verbosity.")
+cli.define_verbose_flag(_DEFAULTS.verbose, "Keras fit verbosity.")
 flags.mark_flags_as_required(["data_path", "model_dir"])
 
 

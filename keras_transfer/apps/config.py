@@ -1,8 +1,9 @@
-"""The example binaries' `--config` files: YAML or JSON, checked against a settings dataclass.
+"""The `--config` files of `keras-transfer train` / `train-text` (and the example binaries):
+YAML or JSON, checked against a settings dataclass.
 
 A file holds the settings of a run (the `transfer_config` of a recipe), either at the top
-level or under a `transfer_config:` key. `build_config` maps it onto the example's dataclass
-of settings: unknown keys and values of the wrong type are errors that name the key, the
+level or under a `transfer_config:` key. `build_config` maps it onto the application's
+dataclass of settings: unknown keys and values of the wrong type are errors that name the key, the
 file and the fix; recipe names (`source_model`, `backbone_lr`, `lr_decay_per_layer`,
 `scheduler`, `early_stopping_patience`, `unfreeze`, `epochs: {head, fine_tune}`) are
 accepted as aliases of the dataclass fields. Command-line flags given explicitly override
@@ -10,7 +11,7 @@ the file.
 
 ```python
 values = read_config_file("examples/configs/ants_vs_bees.yaml")
-config = build_config(image_classifier_lib.Config, values, overrides={"head_epochs": 3})
+config = build_config(image_config.Config, values, overrides={"head_epochs": 3})
 ```
 """
 

@@ -1,4 +1,5 @@
-"""What the example binaries share on the command line: one-line errors, exit codes, `--verbose`.
+"""What the subcommands of `keras-transfer` and the example binaries share on the command
+line: one-line errors, exit codes, `--verbose`.
 
 A failed run prints one line saying what went wrong and one hint line on stderr, not a
 traceback and not the flags' help:
@@ -14,9 +15,9 @@ environment variable `KERAS_TRANSFER_DEBUG=1` prints the traceback as well.
 `--helpshort` (or `--help`, `-h`) prints the program's description and its own flags.
 
 ```python
-_cli.define_verbose_flag(default=2, help="Keras fit verbosity ...")
+cli.define_verbose_flag(default=2, help="Keras fit verbosity ...")
 if __name__ == "__main__":
-    _cli.run(main)
+    cli.run(main)
 ```
 """
 
@@ -42,6 +43,7 @@ __all__ = [
     "configure_logging",
     "define_verbose_flag",
     "fit_verbosity",
+    "guarded",
     "run",
     "set_program",
 ]
@@ -195,9 +197,13 @@ def configure_logging(verbose: int) -> None:
         logging.getLogger("tensorflow").setLevel(logging.WARNING)
 
 
-def _guarded(
+def guarded(
     main: Callable[[list[str]], Any], hints: dict[type, str], takes_arguments: bool = False
 ) -> Callable:
+    """`main` as `run` calls it: logging configured, stray arguments refused (unless
+    `takes_arguments`), and every error turned into one line, a hint and the exit code of
+    the module docstring (`hints` as in `run`)."""
+
     def guarded_main(argv: list[str]) -> Any:
         try:
             try:
@@ -252,7 +258,7 @@ def run(
             are a usage error).
     """
     app.run(
-        _guarded(main, dict(hints or {}), takes_arguments),
+        guarded(main, dict(hints or {}), takes_arguments),
         argv=argv,
         flags_parser=_flags_parser(doc, list(flags_modules or [])),
     )

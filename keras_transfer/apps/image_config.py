@@ -1,0 +1,280 @@
+"""The settings of one image classifier run: `Config`, its allowed values, the `--config`
+file's reading (`load_config`) and the checks that need the file system (`check_config`).
+
+`plan="fixed"` fills the planned settings left at None with `FIXED_DEFAULTS`; `plan="auto"`
+asks the advisor (`image_plan.plan_training`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+from keras_transfer.apps import config as config_lib
+from keras_transfer.data import imbalance
+from keras_transfer.training.callbacks import GradualUnfreezing
+from keras_transfer.utils import distribute
+
+__all__ = [
+    "ADAPT_METHODS",
+    "Config",
+    "EXPORT_FORMATS",
+    "FIXED_DEFAULTS",
+    "FREEZE_STRATEGIES",
+    "LR_SCHEDULES",
+    "PLANS",
+    "RESOLVED_CONFIG_FILE",
+    "check_config",
+    "load_config",
+]
+
+
+FREEZE_STRATEGIES = ("auto", "all_frozen", "top_n_unfrozen", "gradual", "none")
+LR_SCHEDULES = ("constant", "cosine", "slanted_triangular", "one_cycle")
+EXPORT_FORMATS = ("saved_model", "tflite")
+RESOLVED_CONFIG_FILE = "config.json"
+PLANS = ("auto", "fixed")
+ADAPT_METHODS = ("dann", "coral", "mmd")
+# The settings before the advisor (tuned on ants-vs-bees): what `plan="fixed"` fills in.
+FIXED_DEFAULTS = dict(
+    head_epochs=20,
+    fine_tune_epochs=5,
+    unfreeze_blocks="all",
+    head_lr=1e-3,
+    fine_tune_lr=2e-5,
+    patience=0,
+    restore_best=False,
+)
+
+
+@dataclasses.dataclass
+class Config:
+    """Everything one run needs; the binary's flags and the `--config` file's keys map one to
+    one onto these fields (the file also takes the recipe aliases in
+    `apps.config.TRANSFER_CONFIG_ALIASES`). Invalid values raise `apps.config.ConfigError`.
+
+    ```python
+    config = Config(data_dir="images", model_dir="runs/one", backbone="mobilenet")
+    results = run(config)
+    ```
+    """
+
+    data_dir: str = ""
+    model_dir: str = ""
+    # "tfds:<name>" reads TensorFlow Datasets instead of data_dir.
+    dataset: str = ""
+    tfds_data_dir: str = ""
+    train_split: str = "train[:80%]"
+    eval_split: str = "train[80%:]"
+    backbone: str = "mobilenet_v2"
+    weights: str | None = "imagenet"
+    image_size: int = 0  # 0: the backbone's pretrained size
+    batch_size: int = 32
+    # "auto": keras_transfer.recommend_training_plan chooses the settings left at None below
+    # (epochs, learning rates, blocks to unfreeze, early stopping) from the training set's
+    # size and measured per-block LogME; "fixed": None means the values of FIXED_DEFAULTS.
+    plan: str = "auto"
+    head_epochs: int | None = None
+    fine_tune_epochs: int | None = None
+    # Phase 1 on backbone features computed once from the unaugmented training images: an
+    # epoch then costs a pass of the small head instead of the backbone, so 20 head epochs
+    # take less time than 2 through the frozen backbone.
+    cache_features: bool = True
+    # auto: "gradual" when unfreeze_schedule is set, else "top_n_unfrozen".
+    freeze_strategy: str = "auto"
+    unfreeze_blocks: str | None = None
+    unfreeze_schedule: str = ""
+    head_lr: float | None = None
+    # Adam fine-tuning all blocks of a small dataset needs a far lower rate than the head's:
+    # at head_lr / 10 = 1e-4 ants-vs-bees validation accuracy fell from 0.87 to 0.73 in the
+    # first fine-tuning epoch; 2e-5 improved it steadily. 0 means head_lr / 10.
+    fine_tune_lr: float | None = None
+    lr_decay: float = 0.0  # 0: one learning rate for all blocks
+    # "lora": phase 2 trains LoRA updates of the unfrozen blocks (keras_transfer.enable_lora)
+    # and writes adapter.weights.h5 beside the model.
+    fine_tune: str = "full"
+    lora_rank: int = 8
+    lora_alpha: float = 0.0  # 0: the rank
+    lr_schedule: str = "constant"
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    # Validate and save an exponential moving average of the weights (momentum per step;
+    # 0 disables). On ants-vs-bees the last fine-tuning epochs' raw weights swing by 2-3
+    # validation images from one epoch to the next; their average does not.
+    ema_momentum: float = 0.9
+    patience: int | None = None  # 0: no early stopping
+    # Keep (and save) the weights of each phase's epoch with the lowest validation loss
+    # instead of its last epoch's; the fine-tuning phase must beat the head phase's best
+    # (kt.ValidatedEarlyStopping(carry_over=True)), else the head phase's weights are kept.
+    restore_best: bool | None = None
+    validation_split: float = 0.2
+    # Images with more pixels are skipped before decoding (decompression bombs); 0: no limit.
+    max_pixels: int = 50_000_000
+    # Class weights of the training loss: "balanced" (n / (k * n_c)), "none", or a JSON
+    # object {class name or index: weight}, e.g. '{"dogs": 10}'.
+    class_weight: str = "none"
+    seed: int = 42
+    augment: str = "flip,crop"
+    dropout: float = 0.2
+    train_bn: bool = False
+    strategy: str = "default"
+    tpu: str = ""
+    mixed_precision: bool = False
+    export: str = ""
+    resume: bool = True
+    # Measure transferability before training and per-block drift after it (results.json
+    # "diagnostics", drift.png); source_weights: a with-top weights file of the backbone
+    # (e.g. mobilenet_1_0_224_tf.h5) for the source-task agreement.
+    diagnostics: bool = False
+    source_weights: str = ""
+    # Images of the domain the model will see (any folder layout; class subfolders named
+    # like the training classes give a target accuracy): results.json "domain" reports the
+    # domain distance before and after training. With adapt (dann, coral, mmd), the
+    # fine-tuning phase is unsupervised domain adaptation on them (kt.fit_domain_adaptation).
+    target_dir: str = ""
+    adapt: str = ""
+    # Keras fit verbosity 0-2; 3 is 2 for Keras, and the binary shows tracebacks.
+    verbose: int = 2
+    # Same results on every run of the same settings on the same machine: seeds and
+    # TensorFlow's deterministic ops (slower; it cannot be turned off in the process).
+    deterministic: bool = False
+
+    def __post_init__(self):
+        def check(name, allowed):
+            if getattr(self, name) not in allowed:
+                raise config_lib.ConfigError(
+                    f"{name}={getattr(self, name)!r} is not one of {', '.join(allowed)}."
+                )
+
+        check("freeze_strategy", FREEZE_STRATEGIES)
+        check("plan", PLANS)
+        check("fine_tune", ("full", "lora"))
+        if self.fine_tune == "lora" and self.resolved_freeze_strategy() == "gradual":
+            raise config_lib.ConfigError("fine_tune=lora does not combine with gradual unfreezing.")
+        check("lr_schedule", LR_SCHEDULES)
+        check("strategy", distribute.STRATEGIES)
+        for name in ("head_epochs", "fine_tune_epochs", "patience", "warmup_steps"):
+            if (getattr(self, name) or 0) < 0:
+                raise config_lib.ConfigError(f"{name} must be >= 0, got {getattr(self, name)}.")
+        if not 0 <= self.verbose <= 3:
+            raise config_lib.ConfigError(f"verbose must be 0, 1, 2 or 3, got {self.verbose}.")
+        if self.batch_size <= 0:
+            raise config_lib.ConfigError(f"batch_size must be > 0, got {self.batch_size}.")
+        if not 0 <= self.lr_decay <= 1:
+            raise config_lib.ConfigError(f"lr_decay must lie in [0, 1], got {self.lr_decay}.")
+        if not 0 <= self.ema_momentum < 1:
+            raise config_lib.ConfigError(
+                f"ema_momentum must lie in [0, 1) (0: off), got {self.ema_momentum}."
+            )
+        if self.weight_decay < 0:
+            raise config_lib.ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}.")
+        unknown = set(self.export_formats()) - set(EXPORT_FORMATS)
+        if unknown:
+            raise config_lib.ConfigError(
+                f"Unknown export format(s) {sorted(unknown)}; use {', '.join(EXPORT_FORMATS)}."
+            )
+        if self.dataset and not self.dataset.startswith("tfds:"):
+            raise config_lib.ConfigError(
+                f"dataset={self.dataset!r}: write tfds:<name> (e.g. tfds:tf_flowers), or use "
+                "data_dir for a folder of images."
+            )
+        if self.freeze_strategy == "gradual" and not self.unfreeze_schedule:
+            raise config_lib.ConfigError(
+                "freeze_strategy='gradual' needs unfreeze_schedule, e.g. '10:1,11:3,12:all'."
+            )
+        check("adapt", ("",) + ADAPT_METHODS)
+        if self.adapt and not self.target_dir:
+            raise config_lib.ConfigError(
+                f"adapt={self.adapt!r} adapts to unlabeled target images: set target_dir "
+                "(--target_dir) to a folder of them."
+            )
+        if self.adapt and (
+            self.fine_tune != "full" or self.resolved_freeze_strategy() != "top_n_unfrozen"
+        ):
+            raise config_lib.ConfigError(
+                f"adapt={self.adapt!r} replaces the fine-tuning phase of the two-phase "
+                "strategy: use freeze_strategy auto or top_n_unfrozen with fine_tune=full."
+            )
+        if self.source_weights and not self.diagnostics:
+            raise config_lib.ConfigError(
+                "source_weights is for the diagnostics' source-task agreement: add diagnostics "
+                "(--diagnostics), or drop source_weights."
+            )
+        if self.unfreeze_schedule:
+            GradualUnfreezing(self.unfreeze_schedule)  # a clear error for bad syntax, now
+        try:
+            imbalance.parse_class_weight(self.class_weight)
+        except ValueError as error:
+            raise config_lib.ConfigError(str(error)) from None
+
+    def resolved_weights(self) -> str | None:
+        if self.weights is None or str(self.weights).lower() in ("", "none"):
+            return None
+        return self.weights
+
+    def resolved_freeze_strategy(self) -> str:
+        if self.freeze_strategy != "auto":
+            return self.freeze_strategy
+        return "gradual" if self.unfreeze_schedule else "top_n_unfrozen"
+
+    def export_formats(self) -> list[str]:
+        return [f.strip() for f in self.export.split(",") if f.strip()]
+
+    def resolved(self, image_size: int) -> dict[str, Any]:
+        """The settings the run really used, as `config.json` holds them (and `--config`
+        reads them back): the real image size, freeze strategy and fine-tuning rate, and
+        only the data source's own fields."""
+        values = dataclasses.asdict(self)
+        values.update(
+            image_size=int(image_size),
+            freeze_strategy=self.resolved_freeze_strategy(),
+            fine_tune_lr=self.fine_tune_lr or self.head_lr / 10,
+            weights=self.resolved_weights() or "none",
+        )
+        unused = _TFDS_FIELDS if self.data_dir else _FOLDER_FIELDS
+        for name in unused:
+            values.pop(name, None)
+        return values
+
+
+# Fields that only a TFDS run, or only an image-folder run, reads.
+_TFDS_FIELDS = ("dataset", "tfds_data_dir", "train_split", "eval_split")
+_FOLDER_FIELDS = ("data_dir", "validation_split", "max_pixels")
+
+
+def load_config(path: str | None, overrides: dict[str, Any]) -> Config:
+    """The run's `Config`: the file's settings (if `path`), then `overrides` (the flags given
+    on the command line) on top."""
+    values = config_lib.read_config_file(path) if path else {}
+    return config_lib.build_config(
+        Config, values, overrides=overrides, source=repr(path) if path else "the flags"
+    )
+
+
+def check_config(config: Config) -> None:
+    """Fails (`ConfigError`, `FileNotFoundError`) before any work on what `Config` alone
+    cannot check: the outputs' folder, the data source, a weights path."""
+    if not config.model_dir:
+        raise config_lib.ConfigError("Set model_dir (--model_dir): where the outputs go.")
+    if bool(config.data_dir) == bool(config.dataset):
+        raise config_lib.ConfigError(
+            "Give exactly one of data_dir (--data_dir, a folder of images) and dataset "
+            "(--dataset=tfds:<name>)."
+        )
+    weights = config.resolved_weights()
+    if (
+        weights not in (None, "imagenet")
+        and not config.backbone.startswith("hub:")
+        and not os.path.isfile(weights)
+    ):
+        raise FileNotFoundError(
+            f"weights={weights!r} (--weights) is not a file. Give the path of the backbone's "
+            "headless weights file (e.g. mobilenet_1_0_224_tf_no_top.h5), 'imagenet' to "
+            "download them, or 'none' to start from random weights."
+        )
+    if config.data_dir and not os.path.isdir(config.data_dir):
+        raise FileNotFoundError(
+            f"data_dir={config.data_dir!r} (--data_dir) is not a folder. Give a folder with "
+            "one subfolder of images per class, or with train/ and val/ folders that have them."
+        )

@@ -1,0 +1,149 @@
+"""What an image classifier run builds before training: its environment (seeds, strategy,
+dtype policy, output folder), the pretrained backbone, the data and the classifier.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import shutil
+import tempfile
+from collections.abc import Iterator
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+import keras_transfer as kt
+from keras_transfer import data as data_lib
+from keras_transfer.apps.image_config import Config
+from keras_transfer.utils import distribute
+
+__all__ = [
+    "Environment",
+    "build_backbone_from_config",
+    "build_model",
+    "check_batches",
+    "load_data",
+    "run_environment",
+]
+
+
+@dataclasses.dataclass
+class Environment:
+    """Where and how a run executes.
+
+    Args:
+        strategy: the `tf.distribute.Strategy` the model is built and trained under.
+        output_dir: `model_dir` on the chief; a scratch folder, deleted at the end, on the
+            other workers of a multi-worker run.
+        chief: whether this process writes the results.
+        dtype_policy: the Keras dtype policy of the run (`float32`, `mixed_bfloat16`, ...).
+    """
+
+    strategy: tf.distribute.Strategy
+    output_dir: str
+    chief: bool
+    dtype_policy: str
+
+
+@contextlib.contextmanager
+def run_environment(
+    config: Config, strategy: tf.distribute.Strategy | None
+) -> Iterator[Environment]:
+    """Seeds, creates the strategy and sets the dtype policy; restores the previous policy
+    and deletes a worker's scratch folder when the run ends, failed or not."""
+    keras.utils.set_random_seed(config.seed)
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    if strategy is None:
+        strategy = distribute.create_strategy(config.strategy, config.tpu or None)
+    chief = distribute.is_chief(strategy)
+    # The chief's model_dir is created by its first write, after the backbone, the data
+    # and the model were built: a run that cannot start leaves no folder behind.
+    output_dir = config.model_dir if chief else tempfile.mkdtemp(prefix="worker_")
+    previous_policy = keras.config.dtype_policy().name
+    policy = distribute.set_mixed_precision(config.mixed_precision, strategy)
+    try:
+        yield Environment(strategy, output_dir, chief, policy)
+    finally:
+        keras.config.set_dtype_policy(previous_policy)
+        if not chief:
+            shutil.rmtree(output_dir, ignore_errors=True)
+
+
+def build_backbone_from_config(config: Config, strategy: tf.distribute.Strategy) -> kt.Backbone:
+    """The pretrained backbone of `config`, built under `strategy`."""
+    backbone_kwargs: dict[str, Any] = {}
+    if config.backbone.startswith("hub:"):
+        backbone_kwargs["load_options"] = distribute.hub_load_options(strategy)
+    with strategy.scope():
+        return kt.create_backbone(
+            config.backbone,
+            input_shape=(config.image_size, config.image_size, 3) if config.image_size else None,
+            weights=config.resolved_weights(),
+            **backbone_kwargs,
+        )
+
+
+def load_data(config: Config, image_size: int, drop_remainder: bool) -> data_lib.ImageData:
+    """The training and validation data of `config`: an image folder or a TFDS dataset."""
+    common = dict(
+        image_size=image_size,
+        batch_size=config.batch_size,
+        seed=config.seed,
+        augment=config.augment or False,
+        drop_remainder=drop_remainder,
+    )
+    if config.dataset:
+        return data_lib.tfds_dataset(
+            config.dataset[len("tfds:") :],
+            train_split=config.train_split,
+            validation_split=config.eval_split or None,
+            data_dir=config.tfds_data_dir or None,
+            **common,
+        )
+    return data_lib.image_folder_dataset(
+        config.data_dir,
+        validation_split=config.validation_split,
+        max_pixels=config.max_pixels or None,
+        **common,
+    )
+
+
+def check_batches(
+    config: Config, data: data_lib.ImageData, strategy: tf.distribute.Strategy
+) -> None:
+    """Batch sizes the strategy cannot run, before building the model."""
+    if distribute.static_batches(strategy) and data.num_train < config.batch_size:
+        raise ValueError(
+            f"{data.num_train} training images are fewer than one batch of {config.batch_size}: "
+            "with static shapes (TPU) every batch is full. Lower batch_size."
+        )
+    replicas = strategy.num_replicas_in_sync
+    first_validation_batch = min(config.batch_size, data.num_validation)
+    if data.validation is not None and first_validation_batch % replicas:
+        # Keras builds a distributed model from the mean of the first validation batch's
+        # per-replica parts, which fails when they differ in size.
+        raise ValueError(
+            f"The first validation batch ({first_validation_batch} images) does not split "
+            f"evenly over {replicas} replicas, which Keras' distributed evaluation cannot "
+            "handle. Use a batch_size that is a multiple of the replica count and at most the "
+            "validation set's size."
+        )
+
+
+def build_model(
+    config: Config,
+    backbone: kt.Backbone,
+    class_names: list[str],
+    strategy: tf.distribute.Strategy,
+) -> kt.TransferClassifier:
+    """The classifier: `backbone`, then a head with `config.dropout`, one output per class."""
+    with strategy.scope():
+        return kt.create_classifier(
+            backbone,
+            len(class_names),
+            head={"dropout": config.dropout},
+            class_names=class_names,
+        )

@@ -1,0 +1,166 @@
+"""What an image classifier run leaves behind: the model folder, the results and their
+plots, the summary a person reads, and the serving exports.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import keras
+
+import keras_transfer as kt
+from keras_transfer import data as data_lib
+from keras_transfer.apps import _outputs
+from keras_transfer.apps import export as export_lib
+from keras_transfer.apps.image_config import EXPORT_FORMATS
+from keras_transfer.apps.image_config import Config
+from keras_transfer.apps.image_model import Environment
+from keras_transfer.apps.image_training import Trained
+from keras_transfer.diagnostics import reports
+from keras_transfer.training import two_phase as training
+
+__all__ = [
+    "export",
+    "report",
+    "summary",
+    "write_model_folder",
+]
+
+
+def write_model_folder(model: keras.Model, class_names: list[str], output_dir: str) -> None:
+    """`model.keras` for inference (without the optimizer's state and EMA copies),
+    `adapter.weights.h5` for a LoRA model, and `labels.txt` (line i = output i), each
+    replaced atomically."""
+    _outputs.save_classifier(model, class_names, output_dir)
+
+
+def report(
+    config: Config,
+    model: keras.Model,
+    data: data_lib.ImageData,
+    trained: Trained,
+    environment: Environment,
+    image_size: int,
+    *,
+    class_weight: dict[int, float] | None,
+) -> dict[str, Any]:
+    """The results of the run (what `results.json` holds), the validation report of the
+    saved model, and the confusion matrix and training-curve plots in the output folder;
+    `class_weight` is what the training loss used (`image_plan.class_weight`)."""
+    history = trained.history
+    results: dict[str, Any] = {
+        "feature_extraction": history.phase_summary(training.PHASE_HEAD),
+        "fine_tune": history.phase_summary(training.PHASE_FINE_TUNE),
+        "history": {
+            # 1-based over the whole run, as Keras prints them and the plots draw them.
+            "epoch": [int(epoch) + 1 for epoch in history.epoch],
+            "phase": list(history.phases),
+            **{k: list(v) for k, v in history.history.items()},
+        },
+        "unfrozen_blocks": trained.unfrozen_blocks,
+        "class_names": data.class_names,
+        "num_train": data.num_train,
+        "num_validation": data.num_validation,
+        "skipped_files": data.skipped,
+        # Why each file was skipped, and what the loader warned about (e.g. an empty val/).
+        "skip_reasons": dict(getattr(data, "skip_reasons", {}) or {}),
+        "warnings": list(getattr(data, "warnings", []) or []),
+        "validation": data.validation is not None,
+        "image_size": image_size,
+        "replicas": environment.strategy.num_replicas_in_sync,
+        "dtype_policy": environment.dtype_policy,
+        "cached_features": trained.cached_features,
+        "class_counts": getattr(data, "class_counts", None),
+        "class_weight": {data.class_names[c]: w for c, w in (class_weight or {}).items()},
+        "config": config.resolved(image_size),
+    }
+    last_phase = history.phases[-1] if history.phases else None
+    if config.restore_best and last_phase:
+        results["saved_weights"] = _kept_epoch(history, trained.monitor, last_phase)
+    output_dir = environment.output_dir
+    if data.validation is not None:
+        true, predicted = reports.predict_labels(model, data.validation)
+        matrix = reports.confusion_matrix(true, predicted, len(data.class_names))
+        # Measured on the saved model, whichever epoch's weights it holds.
+        results["saved_model_val_accuracy"] = float(matrix.trace() / max(matrix.sum(), 1))
+        validation_report = reports.classification_report(matrix, data.class_names)
+        validation_report["confusion_matrix"] = matrix.tolist()
+        results["validation_report"] = validation_report
+        plotted = reports.plot_confusion_matrix(
+            matrix,
+            data.class_names,
+            os.path.join(output_dir, "confusion_matrix.png"),
+            title=f"{_run_title(config)}\nvalidation data, {int(matrix.sum())} images",
+        )
+        if plotted:
+            results.setdefault("plots", []).append(os.path.basename(plotted))
+    plotted = reports.plot_training_curves(
+        history, os.path.join(output_dir, "training_curves.png"), title=_run_title(config)
+    )
+    if plotted:
+        results.setdefault("plots", []).append(os.path.basename(plotted))
+    return results
+
+
+def _run_title(config: Config) -> str:
+    source = config.dataset or os.path.basename(os.path.normpath(config.data_dir))
+    return f"{config.backbone} on {source}"
+
+
+def summary(results: dict[str, Any], config: Config) -> str:
+    """What a person reads at the end of a run: each phase's result, the saved model's
+    validation report and where everything went."""
+    lines = []
+    phases = [p for p in (training.PHASE_HEAD, training.PHASE_FINE_TUNE) if results.get(p)]
+    names = {training.PHASE_HEAD: "head", training.PHASE_FINE_TUNE: "fine-tuning"}
+    for index, phase in enumerate(phases, start=1):
+        row = results[phase]
+        accuracy = row.get("val_accuracy")
+        lines.append(
+            f"phase {index}/{len(phases)} ({names[phase]}): "
+            + (f"val_accuracy {accuracy:.4f}, " if accuracy is not None else "")
+            + f"{row['epochs']} epochs, {row['seconds']:.1f} s"
+        )
+    report = results.get("validation_report")
+    if report:
+        kept = results.get("saved_weights")
+        lines.append(
+            f"saved model on {results['num_validation']} validation images"
+            + (f" (weights of epoch {kept['epoch']}, lowest val_loss)" if kept else "")
+            + ":"
+        )
+        lines.append(reports.format_report(report))
+    model_path = os.path.join(config.model_dir, _outputs.MODEL_FILE)
+    if os.path.isfile(model_path):
+        size = os.path.getsize(model_path) / 1e6
+        lines.append(f"model.keras: {size:.1f} MB, for inference (no optimizer state)")
+    if not results.get("plots"):
+        lines.append(
+            "plots: skipped, matplotlib is not installed (pip install 'keras-transfer[plot]')"
+        )
+    lines.append(f"outputs in {config.model_dir} ({results.get('total_seconds', 0):.0f} s in all)")
+    return "\n".join(lines)
+
+
+def _kept_epoch(history: kt.TwoPhaseHistory, monitor: str, last_phase: str) -> dict[str, Any]:
+    """The phase and 1-based epoch whose weights `restore_best` kept: the lowest `monitor`
+    of the last phase, or of both phases when the fine-tuning phase had to beat the head
+    phase (validation loss, `carry_over`)."""
+    phases = {last_phase}
+    if monitor.startswith("val_"):
+        phases = set(history.phases)
+    indices = [i for i, phase in enumerate(history.phases) if phase in phases]
+    values = history.history.get(monitor, [])
+    best = min(indices, key=lambda i: (values[i], i)) if values else indices[-1]
+    return {"phase": history.phases[best], "epoch": int(history.epoch[best]) + 1}
+
+
+def export(model: keras.Model, output_dir: str, export_format: str) -> str:
+    """Exports `model` for serving: `"saved_model"` (`model.export`, a `serve` signature
+    taking raw 0-255 float32 images) or `"tflite"` (converted from that SavedModel).
+    Returns the written path."""
+    if export_format not in EXPORT_FORMATS:
+        raise ValueError(f"Unknown export format {export_format!r}; use {EXPORT_FORMATS}.")
+    # Always a fresh SavedModel: one left by an earlier run in this folder is stale.
+    return export_lib.export_model(model, output_dir, export_format)

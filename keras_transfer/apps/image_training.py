@@ -1,0 +1,306 @@
+"""The training run of the image classifier: the two-phase (or gradual, all-frozen,
+unfrozen) fit with its callbacks and optimizers, and domain adaptation in phase 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import logging
+import math
+import os
+import time
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+import keras_transfer as kt
+from keras_transfer import data as data_lib
+from keras_transfer.apps.image_config import FIXED_DEFAULTS
+from keras_transfer.apps.image_config import Config
+from keras_transfer.apps.image_model import Environment
+from keras_transfer.optimizers import schedules
+from keras_transfer.training import two_phase as training
+from keras_transfer.training.callbacks import GradualUnfreezing
+from keras_transfer.training.callbacks import parse_unfreeze_schedule
+from keras_transfer.utils import distribute
+
+__all__ = [
+    "Trained",
+    "train_model",
+]
+
+logger = logging.getLogger("keras_transfer")
+
+
+@dataclasses.dataclass
+class Trained:
+    """What `train_model` did.
+
+    Args:
+        history: both phases' `TwoPhaseHistory`.
+        cached_features: whether phase 1 ran on cached backbone features.
+        unfrozen_blocks: the blocks trainable at the end.
+        monitor: the metric early stopping and `restore_best` watched.
+    """
+
+    history: kt.TwoPhaseHistory
+    cached_features: bool
+    unfrozen_blocks: list[str]
+    monitor: str
+
+
+def train_model(
+    config: Config,
+    model: keras.Model,
+    data: data_lib.ImageData,
+    environment: Environment,
+    callbacks: list[keras.callbacks.Callback],
+    target: data_lib.TargetImages | None = None,
+    *,
+    class_weight: dict[int, float] | None,
+) -> Trained:
+    """Two-phase (or gradual, or all-frozen, or unfrozen) training of `model` as `config`
+    says, with TensorBoard logs and the backup in `environment.output_dir`. With
+    `config.adapt`, phase 2 is domain adaptation to `target` (same blocks, epochs and
+    learning rate; the head and the domain classifier at head_lr); it is not backed up.
+
+    Args:
+        config: the run's settings, planned (`image_plan.plan_training`).
+        model: the classifier to train.
+        data: the training and validation data.
+        environment: the run's strategy and output folder.
+        callbacks: extra Keras callbacks; the run's own are appended to this list.
+        target: the target images of `config.adapt`.
+        class_weight: `{class index: weight}` of the training loss
+            (`image_plan.class_weight`), or None.
+    """
+    _check_planned(config)
+    plan = _plan(config)
+    monitor = "val_loss" if data.validation is not None else "loss"
+    callbacks.extend(_run_callbacks(config, data, environment.output_dir, monitor))
+    common = _fit_arguments(config, plan, data, environment, callbacks, class_weight)
+    cached = _use_feature_cache(config, plan, environment.strategy, data)
+    adapt_epochs = plan["fine_tune_epochs"] if config.adapt else 0
+    if config.adapt:
+        plan["fine_tune_epochs"] = 0  # domain adaptation replaces the fine-tuning phase
+    with environment.strategy.scope():
+        history = _fit_phases(config, model, data, plan, common, cached)
+    if adapt_epochs:
+        _adapt_to_target(config, model, data, target, plan, adapt_epochs, callbacks, history)
+    gradual = config.resolved_freeze_strategy() == "gradual"
+    unfrozen = kt.trainable_blocks(model) if gradual else history.unfrozen_blocks
+    return Trained(history, cached, unfrozen, monitor)
+
+
+def _check_planned(config: Config) -> None:
+    """Fails on planned settings still None: `plan_training` fills them in."""
+    unplanned = [name for name in FIXED_DEFAULTS if getattr(config, name) is None]
+    if unplanned:
+        raise ValueError(
+            f"{', '.join(unplanned)} not set: pass the config through plan_training first "
+            "(run does), or set them."
+        )
+
+
+def _run_callbacks(
+    config: Config, data: data_lib.ImageData, output_dir: str, monitor: str
+) -> list[keras.callbacks.Callback]:
+    """TensorBoard logs, early stopping / best weights, EMA validation and gradual
+    unfreezing, in the order they must run."""
+    callbacks: list[keras.callbacks.Callback] = []
+    if importlib.util.find_spec("tensorboard") is not None:
+        # One step axis for both phases (Keras' own callback restarts it with each optimizer).
+        callbacks.append(kt.RunTensorBoard(os.path.join(output_dir, "logs")))
+    else:
+        logger.info("tensorboard is not installed: no TensorBoard logs (pip install tensorboard)")
+    if config.patience or config.restore_best:
+        # Before SwapEMAWeights: it keeps the (averaged) weights validation scored.
+        callbacks.append(
+            kt.ValidatedEarlyStopping(
+                monitor=monitor,
+                # Without early stopping, a patience longer than any phase never stops.
+                patience=config.patience or config.head_epochs + config.fine_tune_epochs + 1,
+                restore_best_weights=config.restore_best,
+                # Fine-tuning must beat the head's best validation loss (training losses
+                # on cached and on augmented images are not comparable).
+                carry_over=bool(config.restore_best) and data.validation is not None,
+                verbose=1 if config.verbose else 0,
+            )
+        )
+    if config.ema_momentum:
+        # Validation sees the averaged weights; Keras puts them into the model when each
+        # phase's fit ends. Between epochs the model (and its backup) keeps the raw ones.
+        callbacks.append(keras.callbacks.SwapEMAWeights())
+    if config.resolved_freeze_strategy() == "gradual":
+        callbacks.append(GradualUnfreezing(config.unfreeze_schedule, train_bn=config.train_bn))
+    return callbacks
+
+
+def _fit_arguments(
+    config: Config,
+    plan: dict[str, Any],
+    data: data_lib.ImageData,
+    environment: Environment,
+    callbacks: list[keras.callbacks.Callback],
+    class_weight: dict[int, float] | None,
+) -> dict[str, Any]:
+    """The `fit_two_phase` arguments besides the plan: optimizers over each phase's steps,
+    callbacks, backup folder, LoRA and class weights."""
+    static = distribute.static_batches(environment.strategy)
+    batches = (math.floor if static else math.ceil)(data.num_train / config.batch_size)
+    return dict(
+        train_bn=config.train_bn,
+        optimizer=_optimizer_factory(config, plan["head_epochs"], batches),
+        fine_tune_optimizer=_optimizer_factory(config, plan["fine_tune_epochs"], batches),
+        lr_decay=config.lr_decay or None,
+        callbacks=callbacks,
+        # LoRA runs resume too: fit_two_phase keeps their matrices (kt.LoraBackupAndRestore).
+        backup_dir=os.path.join(environment.output_dir, "backup") if config.resume else None,
+        fine_tune=config.fine_tune,
+        lora_rank=config.lora_rank,
+        lora_alpha=config.lora_alpha or None,
+        verbose=min(config.verbose, 2),
+        class_weight=class_weight,
+    )
+
+
+def _fit_phases(
+    config: Config,
+    model: keras.Model,
+    data: data_lib.ImageData,
+    plan: dict[str, Any],
+    common: dict[str, Any],
+    cached: bool,
+) -> kt.TwoPhaseHistory:
+    """Both phases, the head's on cached backbone features when `cached`."""
+    if cached:
+        return kt.fit_two_phase_cached(
+            model,
+            data.train,
+            data.validation,
+            feature_data=data.train_unaugmented,
+            head_batch_size=config.batch_size,
+            seed=config.seed,
+            **plan,
+            **common,
+        )
+    return kt.fit_two_phase(model, data.train, data.validation, **plan, **common)
+
+
+def _adapt_to_target(
+    config: Config,
+    model: keras.Model,
+    data: data_lib.ImageData,
+    target: data_lib.TargetImages,
+    plan: dict[str, Any],
+    epochs: int,
+    callbacks: list[keras.callbacks.Callback],
+    history: kt.TwoPhaseHistory,
+) -> None:
+    """Phase 2 as domain adaptation to `target`, added to `history`."""
+    start = time.perf_counter()
+    adapted, history.unfrozen_blocks = kt.domain.fit_adaptation_phase(
+        model,
+        data.train,
+        target.images,
+        config.adapt,
+        epochs,
+        data.validation,
+        unfreeze=plan["unfreeze"],
+        train_bn=config.train_bn,
+        backbone_lr=plan["fine_tune_lr"],
+        head_lr=plan["head_lr"],
+        optimizer_kwargs=dict(
+            use_ema=bool(config.ema_momentum), ema_momentum=config.ema_momentum or 0.99
+        ),
+        callbacks=callbacks,
+        initial_epoch=plan["head_epochs"],
+        verbose=min(config.verbose, 2),
+    )
+    history.add(training.PHASE_FINE_TUNE, adapted, time.perf_counter() - start)
+
+
+def _plan(config: Config) -> dict[str, Any]:
+    """`fit_two_phase` arguments for the freeze strategy."""
+    strategy = config.resolved_freeze_strategy()
+    plan = dict(
+        head_epochs=config.head_epochs,
+        fine_tune_epochs=config.fine_tune_epochs,
+        head_lr=config.head_lr,
+        fine_tune_lr=config.fine_tune_lr or config.head_lr / 10,
+        unfreeze=config.unfreeze_blocks,
+    )
+    if strategy == "all_frozen":
+        plan["fine_tune_epochs"] = 0
+    elif strategy == "none":
+        # Everything trains from the first epoch, at the fine-tuning rate.
+        plan.update(head_epochs=0, fine_tune_epochs=config.head_epochs + config.fine_tune_epochs)
+        plan["unfreeze"] = "all"
+    elif strategy == "gradual":
+        # One timeline: GradualUnfreezing starts frozen (head only) and unfreezes at the
+        # scheduled epochs; phase 2's optimizer (with lr_decay, if any) covers every block.
+        schedule = parse_unfreeze_schedule(config.unfreeze_schedule)
+        plan.update(
+            head_epochs=0,
+            fine_tune_epochs=config.head_epochs + config.fine_tune_epochs,
+            fine_tune_lr=config.head_lr,
+            # The blocks the schedule ends with: the layer-wise multipliers cover them all.
+            unfreeze=schedule[max(schedule)],
+        )
+    return plan
+
+
+def _use_feature_cache(
+    config: Config, plan: dict[str, Any], strategy: tf.distribute.Strategy, data
+) -> bool:
+    """Whether phase 1 runs on cached features; says why not when it was asked for."""
+    if not config.cache_features or not plan["head_epochs"]:
+        return False
+    reason = None
+    if data.train_unaugmented is None:
+        reason = "the data has no unaugmented training split"
+    elif not isinstance(strategy, _CACHE_STRATEGIES):
+        # The extraction loop runs on the host, outside the strategy's replicas.
+        reason = f"{type(strategy).__name__} runs the backbone on its own devices"
+    if reason:
+        logger.info("Phase 1 trains through the frozen backbone: %s.", reason)
+        return False
+    return True
+
+
+# Strategies whose devices are this host's, where extracting on the host loses nothing.
+_CACHE_STRATEGIES = (
+    type(tf.distribute.get_strategy()),
+    tf.distribute.MirroredStrategy,
+    tf.distribute.OneDeviceStrategy,
+)
+
+
+def _optimizer_factory(config: Config, epochs: int, steps_per_epoch: int):
+    """`learning_rate -> optimizer` for one phase: Adam, or AdamW with weight decay, on the
+    configured learning-rate schedule over that phase's steps."""
+    total_steps = max(epochs * steps_per_epoch, 1)
+
+    def make(learning_rate):
+        rate: Any = learning_rate
+        if config.lr_schedule == "cosine":
+            rate = schedules.WarmupCosineDecay(
+                learning_rate,
+                total_steps=total_steps,
+                warmup_steps=min(config.warmup_steps, total_steps - 1),
+                floor=learning_rate * 0.01,
+            )
+        elif config.lr_schedule == "slanted_triangular":
+            rate = schedules.SlantedTriangular(learning_rate, total_steps=total_steps)
+        elif config.lr_schedule == "one_cycle":
+            rate = schedules.OneCycle(learning_rate, total_steps=total_steps)
+        ema = dict(use_ema=bool(config.ema_momentum), ema_momentum=config.ema_momentum or 0.99)
+        if config.weight_decay:
+            return keras.optimizers.AdamW(
+                learning_rate=rate, weight_decay=config.weight_decay, **ema
+            )
+        return keras.optimizers.Adam(learning_rate=rate, **ema)
+
+    return make

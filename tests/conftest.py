@@ -1,9 +1,16 @@
 """Shared test set-up: quiet TF logs, the real-assets fixture, and the tiny models, images,
 datasets and image folders most tests start from (with `weights=None` and 32 px inputs, so
-that they run on a fresh clone in seconds)."""
+that they run on a fresh clone in seconds).
+
+Test files do not import each other: a helper that several of them use is a fixture here
+(returning the helper function where a test calls it with arguments). Code that scripts run
+in subprocesses also need lives in tests/helpers.py, which those scripts import."""
 
 import os
 import pathlib
+import re
+import subprocess
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -114,28 +121,68 @@ def tiny_image_folder(image_folder):
 # --- tiny models and data -------------------------------------------------------------
 
 
-def make_tiny_classifier(num_classes=2, head=None, **kwargs):
+def make_tiny_classifier(
+    num_classes=2, head=None, *, fitted_norms=False, functional=False, **kwargs
+):
     """The smallest real classifier: MobileNet (alpha 0.25) at 32 px with random weights.
 
     `head` defaults to the guide's head without dropout (deterministic outputs); pass
     `head={}` for the package default (dropout 0.2) or any `ClassificationHead` options.
+    With `fitted_norms`, the BatchNormalization statistics are those of `tiny_images()`, like
+    pretrained ones: with fresh statistics (mean 0, variance 1) in inference mode the random
+    network's activations vanish (~1e-17) and no backbone weight would visibly move.
+    `functional=True` (with `fitted_norms`) nests that backbone in a plain functional model
+    (Rescaling, the backbone, average pooling, a softmax Dense "top_dense") instead of a
+    `TransferClassifier`.
     """
     head = {"dropout": 0.0} if head is None else head
-    return kt.create_classifier(
-        "mobilenet",
-        num_classes,
-        head=head,
-        input_shape=(32, 32, 3),
-        weights=None,
-        alpha=0.25,
-        **kwargs,
+    if not fitted_norms:
+        return kt.create_classifier(
+            "mobilenet",
+            num_classes,
+            head=head,
+            input_shape=(32, 32, 3),
+            weights=None,
+            alpha=0.25,
+            **kwargs,
+        )
+    backbone = kt.create_backbone(
+        "mobilenet", input_shape=(32, 32, 3), weights=None, alpha=0.25, **kwargs
     )
+    _fit_batch_norm_statistics(backbone.model, tiny_images() / 127.5 - 1.0)
+    if not functional:
+        return kt.create_classifier(backbone, num_classes, head=head)
+    inputs = keras.Input((32, 32, 3))
+    features = backbone.model(keras.layers.Rescaling(1 / 127.5, offset=-1.0)(inputs))
+    pooled = keras.layers.GlobalAveragePooling2D()(features)
+    outputs = keras.layers.Dense(num_classes, activation="softmax", name="top_dense")(pooled)
+    return keras.Model(inputs, outputs)
+
+
+def _fit_batch_norm_statistics(model, images):
+    """Sets the moving statistics of every BatchNormalization layer of `model` to those of
+    `images` (one training-mode call with momentum 0)."""
+    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    for layer in norms:
+        layer.momentum = 0.0
+    model(images, training=True)
+    for layer in norms:
+        layer.momentum = 0.99
 
 
 @pytest.fixture
-def tiny_classifier():
-    """A fresh `make_tiny_classifier()` (2 classes, no dropout)."""
-    return make_tiny_classifier()
+def tiny_classifier(request):
+    """A fresh `make_tiny_classifier()` (2 classes, no dropout). Other options by indirect
+    parametrisation: `@pytest.mark.parametrize("tiny_classifier", [{"num_classes": 3}],
+    indirect=True)`."""
+    return make_tiny_classifier(**getattr(request, "param", {}))
+
+
+@pytest.fixture(scope="session")
+def new_tiny_classifier():
+    """`make_tiny_classifier` itself, for tests that build several models or build them at a
+    chosen moment: `new_tiny_classifier(fitted_norms=True)`."""
+    return make_tiny_classifier
 
 
 def tiny_images(n=16, size=32, seed=0):
@@ -180,3 +227,75 @@ def assert_png_image(path, min_size=(100, 100), min_colours=3):
     colours = len(np.unique(image.reshape(-1, 3), axis=0))
     assert colours >= min_colours, f"{path} has only {colours} colour(s)"
     return image
+
+
+# --- helpers of several test files, as fixtures ---------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def export_tiny_module():
+    """`export_tiny_module(path, reusable_api=True)`: writes the tiny TF Hub-style SavedModel
+    of tests/helpers.py at `path` and returns the path as a string."""
+    import helpers  # on first use: helpers imports modules of the package
+
+    return helpers.export_tiny_module
+
+
+@pytest.fixture(scope="session")
+def hub_classifier():
+    """`hub_classifier(path, **backbone_options)`: a 2-class classifier without dropout on
+    the SavedModel at `path` (tests/helpers.py)."""
+    import helpers  # on first use: helpers imports modules of the package
+
+    return helpers.hub_classifier
+
+
+# TensorFlow's C++ start-up log lines, which are not the command line programs' own output.
+_TF_LOG = re.compile(r"^(?:[IWEF]\d{4} |WARNING: All log messages before absl::InitializeLog)")
+
+
+def _run_binaries(script, cases):
+    processes = {
+        name: subprocess.Popen(
+            [sys.executable, script, *args],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **env},
+        )
+        for name, (args, env) in cases.items()
+    }
+    results = {}
+    for name, process in processes.items():
+        _, stderr = process.communicate(timeout=300)
+        lines = [line for line in stderr.splitlines() if not _TF_LOG.match(line)]
+        results[name] = (process.returncode, stderr, lines)
+    return results
+
+
+@pytest.fixture(scope="session")
+def run_binaries():
+    """`run_binaries(script, {name: (args, extra environment)})` runs `script` once per case,
+    in parallel; returns `{name: (exit code, stderr, stderr lines that are not TensorFlow's
+    log)}`."""
+    return _run_binaries
+
+
+def _assert_one_line_error(name, result, code, *, says):
+    returncode, stderr, lines = result
+    assert returncode == code, (name, stderr[-2000:])
+    assert "Traceback" not in stderr, name
+    # One error line naming the problem, one hint line; no flag help.
+    assert len(lines) == 2, (name, lines)
+    assert lines[0].startswith("image_classifier.py: error: ") or lines[0].startswith(
+        "text_classifier.py: error: "
+    ), (name, lines)
+    assert says in lines[0], (name, lines)
+    assert lines[1].startswith("  hint: "), (name, lines)
+
+
+@pytest.fixture(scope="session")
+def assert_one_line_error():
+    """`assert_one_line_error(name, result, code, says=...)`: a `run_binaries` result is exit
+    `code` with exactly one error line containing `says` and one hint line, no traceback."""
+    return _assert_one_line_error

@@ -12,34 +12,6 @@ def tiny_data(n=16):
     return rng.uniform(0, 255, (n, 32, 32, 3)).astype("float32"), rng.integers(0, 2, n)
 
 
-def tiny_classifier(functional=False):
-    """A small MobileNet whose BatchNorm statistics fit the data, like pretrained ones.
-
-    With fresh statistics (mean 0, variance 1) in inference mode the random network's
-    activations vanish (~1e-17) and no backbone weight would visibly move.
-    `functional=True` nests the backbone in a plain functional model instead of a
-    `TransferClassifier`.
-    """
-    backbone = kt.create_backbone("mobilenet", input_shape=(32, 32, 3), weights=None, alpha=0.25)
-    norms = [
-        layer
-        for layer in backbone.model.layers
-        if isinstance(layer, keras.layers.BatchNormalization)
-    ]
-    for layer in norms:
-        layer.momentum = 0.0
-    backbone.model(tiny_data()[0] / 127.5 - 1.0, training=True)  # statistics := this batch's
-    for layer in norms:
-        layer.momentum = 0.99
-    if not functional:
-        return kt.create_classifier(backbone, 2)
-    inputs = keras.Input((32, 32, 3))
-    features = backbone.model(keras.layers.Rescaling(1 / 127.5, offset=-1.0)(inputs))
-    pooled = keras.layers.GlobalAveragePooling2D()(features)
-    outputs = keras.layers.Dense(2, activation="softmax", name="top_dense")(pooled)
-    return keras.Model(inputs, outputs)
-
-
 class Snapshots(keras.callbacks.Callback):
     """Every model variable by path, at train begin and at each epoch end."""
 
@@ -68,8 +40,8 @@ def block_paths(model, name, kind):
     return {"bn": bn, "weights": other}[kind]
 
 
-def test_blocks_start_changing_at_their_epoch_and_get_optimizer_slots():
-    model = tiny_classifier()
+def test_blocks_start_changing_at_their_epoch_and_get_optimizer_slots(new_tiny_classifier):
+    model = new_tiny_classifier(head={}, fitted_norms=True)
     model.compile(optimizer=keras.optimizers.Adam(1e-2))
     snapshots = Snapshots()
     unfreezing = callbacks_lib.GradualUnfreezing({1: 1, 2: 2})
@@ -104,8 +76,8 @@ def test_blocks_start_changing_at_their_epoch_and_get_optimizer_slots():
     assert int(optimizer.iterations) == 6
 
 
-def test_train_bn_trains_batchnorm_in_frozen_blocks_too():
-    model = tiny_classifier()
+def test_train_bn_trains_batchnorm_in_frozen_blocks_too(new_tiny_classifier):
+    model = new_tiny_classifier(head={}, fitted_norms=True)
     model.compile(optimizer=keras.optimizers.Adam(1e-2))
     snapshots = Snapshots()
     x, y = tiny_data()
@@ -121,10 +93,10 @@ def test_train_bn_trains_batchnorm_in_frozen_blocks_too():
     assert not any(snapshots.changed(p, 0) for p in block_paths(model, "conv_dw_5", "weights"))
 
 
-def test_reloaded_model_with_built_optimizer_keeps_its_state(tmp_path):
+def test_reloaded_model_with_built_optimizer_keeps_its_state(tmp_path, new_tiny_classifier):
     # A plain functional model reloads compiled, with its optimizer built on the
     # variables trainable when it was saved (the head only).
-    model = tiny_classifier(functional=True)
+    model = new_tiny_classifier(head={}, fitted_norms=True, functional=True)
     freezing.freeze(model)
     model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="sparse_categorical_crossentropy")
     x, y = tiny_data()
@@ -176,8 +148,8 @@ def test_reloaded_model_with_built_optimizer_keeps_its_state(tmp_path):
     assert freezing.trainable_blocks(restored) == [b.name for b in kt.get_blocks(restored)]
 
 
-def test_reloaded_transfer_classifier(tmp_path, capsys):
-    model = tiny_classifier()
+def test_reloaded_transfer_classifier(tmp_path, capsys, new_tiny_classifier):
+    model = new_tiny_classifier(head={}, fitted_norms=True)
     model.save(tmp_path / "model.keras")
     restored = keras.saving.load_model(tmp_path / "model.keras")
     restored.compile(optimizer=keras.optimizers.Adam(1e-2))
@@ -198,8 +170,8 @@ def test_reloaded_transfer_classifier(tmp_path, capsys):
     assert all(snapshots.changed(p, 1) for p in top)
 
 
-def test_works_with_jit_compile():
-    model = tiny_classifier()
+def test_works_with_jit_compile(new_tiny_classifier):
+    model = new_tiny_classifier(head={}, fitted_norms=True)
     model.compile(optimizer=keras.optimizers.SGD(1e-2), jit_compile=True)
     snapshots = Snapshots()
     x, y = tiny_data(8)
@@ -216,10 +188,10 @@ def test_works_with_jit_compile():
     assert all(snapshots.changed(p, 1) for p in top)
 
 
-def test_weight_averaging_optimizer_writes_each_average_into_its_own_variable():
+def test_weight_averaging_optimizer_writes_each_average_into_its_own_variable(new_tiny_classifier):
     # Keras writes `use_ema` averages back into `model.trainable_weights` by position at
     # the end of fit, so the optimizer's variable order must be the final trainable order.
-    model = tiny_classifier()
+    model = new_tiny_classifier(head={}, fitted_norms=True)
     model.compile(optimizer=keras.optimizers.Adam(1e-2, use_ema=True, ema_momentum=0.5))
     x, y = tiny_data(8)
     model.fit(
@@ -265,18 +237,18 @@ def test_bad_flag_syntax_is_a_clear_error():
         callbacks_lib.parse_unfreeze_schedule("3=1")
 
 
-def test_request_the_backbone_cannot_satisfy_fails_before_training():
-    model = tiny_classifier()
+def test_request_the_backbone_cannot_satisfy_fails_before_training(new_tiny_classifier):
+    model = new_tiny_classifier(head={}, fitted_norms=True)
     model.compile(optimizer=keras.optimizers.Adam(1e-3))
     x, y = tiny_data(8)
     with pytest.raises(ValueError, match="has 14"):
         model.fit(x, y, epochs=1, callbacks=[callbacks_lib.GradualUnfreezing({1: 99})], verbose=0)
 
 
-def test_newly_unfrozen_blocks_get_their_layerwise_multiplier():
+def test_newly_unfrozen_blocks_get_their_layerwise_multiplier(new_tiny_classifier):
     from keras_transfer.optimizers import layerwise as optimizers
 
-    model = tiny_classifier()
+    model = new_tiny_classifier(head={}, fitted_norms=True)
     kt.unfreeze(model, 2)  # the multipliers name every block the schedule will train
     multipliers = optimizers.layer_decay_multipliers(model, 0.5)
     top_pattern, next_pattern = sorted(multipliers, key=multipliers.get, reverse=True)
@@ -301,10 +273,10 @@ def test_newly_unfrozen_blocks_get_their_layerwise_multiplier():
     assert freezing.trainable_blocks(model) == ["conv_dw_12", "conv_dw_13"]
 
 
-def test_rebuilt_layerwise_optimizer_keeps_multipliers_and_state():
+def test_rebuilt_layerwise_optimizer_keeps_multipliers_and_state(new_tiny_classifier):
     from keras_transfer.optimizers import layerwise as optimizers
 
-    model = tiny_classifier(functional=True)
+    model = new_tiny_classifier(head={}, fitted_norms=True, functional=True)
     freezing.freeze(model)
     optimizer = optimizers.with_layerwise_lr(
         keras.optimizers.Adam, {"^(top_dense|conv_dw_13|conv_pw_13)/": 0.5}, learning_rate=1e-2

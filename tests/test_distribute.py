@@ -16,6 +16,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import train_plain_model
 
 from keras_transfer import heads
 from keras_transfer.apps import image_classifier as image_classifier_lib
@@ -243,7 +244,7 @@ _MIRRORED = textwrap.dedent(
     sys.path.insert(0, sys.argv[1])
     sys.path.insert(0, os.path.join(sys.argv[1], "tests"))
     from keras_transfer.apps import image_classifier as image_classifier_lib
-    from test_distribute import train_two_phase_cached
+    from helpers import train_two_phase_cached
 
     mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     images = np.random.default_rng(0).uniform(0, 255, (6, 32, 32, 3)).astype("float32")
@@ -269,50 +270,6 @@ _MIRRORED = textwrap.dedent(
                                    "mirrored_history": results["mirrored_history"]}))
     """
 )
-
-
-def train_two_phase_cached(strategy):
-    """`fit_two_phase_cached` (cached phase 1, then fine-tuning 2 blocks) of a tiny
-    classifier under `strategy`: (weights, history and the largest change of a backbone
-    weight). Phase 1 takes all 16 cached feature
-    vectors as one batch and phase 2 reads the images unshuffled, so one device and two
-    replicas see the same batches (a reshuffling dataset is iterated in another order under
-    MirroredStrategy than on one device)."""
-    import keras_transfer as kt
-
-    rng = np.random.default_rng(0)
-    labels = (np.arange(16) % 2).astype("int32")
-    images = rng.uniform(0, 60, (16, 32, 32, 3)).astype("float32")
-    images[labels == 1, ..., 0] += 190
-    dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(4)
-    with strategy.scope():
-        keras.utils.set_random_seed(1)
-        model = kt.create_classifier(
-            "mobilenet", 2, head={"dropout": 0.0}, input_shape=(32, 32, 3), weights=None
-        )
-        # Small moving variances keep a random MobileNet's features from vanishing
-        # (~1e-17 with the initial statistics), so that the backbone's updates matter.
-        for layer in model.backbone.layers:
-            if isinstance(layer, keras.layers.BatchNormalization):
-                layer.moving_variance.assign(np.full(layer.moving_variance.shape, 0.05))
-        before = [np.asarray(w) for w in model.backbone.get_weights()]
-        history = kt.fit_two_phase_cached(
-            model,
-            dataset,
-            dataset,
-            head_epochs=2,
-            fine_tune_epochs=2,
-            unfreeze=2,
-            head_lr=1e-2,
-            fine_tune_lr=1e-3,
-            head_batch_size=32,
-            verbose=0,
-        )
-    change = max(
-        float(np.abs(np.asarray(a) - b).max()) for a, b in zip(model.backbone.get_weights(), before)
-    )
-    weights = [np.asarray(w) for w in model.get_weights()]
-    return weights, {"phase": list(history.phases), "backbone_change": change, **history.history}
 
 
 def test_mirrored_on_two_logical_cpus_matches_one_device(image_folder, tmp_path):
@@ -363,29 +320,6 @@ def _free_ports(count):
     return ports
 
 
-def train_plain_model(strategy=None):
-    """A Sequential model trained with `fit` (2 epochs, validation) on one device or under
-    `strategy` (made multi-worker ready by `enable_multi_worker_fit`): (weights, history)."""
-    import numpy as np
-
-    strategy = strategy or tf.distribute.get_strategy()
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(32, 8)).astype("float32")
-    y = (x[:, 0] > 0).astype("int32")
-    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
-    with strategy.scope():
-        keras.utils.set_random_seed(1)
-        model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(2, activation="softmax")])
-        model = distribute.enable_multi_worker_fit(model)
-        model.compile(
-            optimizer=keras.optimizers.SGD(0.5),
-            loss="sparse_categorical_crossentropy",
-            metrics=["accuracy"],
-        )
-    history = model.fit(dataset, epochs=2, validation_data=dataset, verbose=0)
-    return [np.asarray(w) for w in model.get_weights()], history.history
-
-
 _WORKER = textwrap.dedent(
     """
     import json, os, sys
@@ -396,7 +330,7 @@ _WORKER = textwrap.dedent(
     sys.path.insert(0, os.path.join(sys.argv[1], "tests"))
     from keras_transfer.utils import distribute
     from keras_transfer.apps import image_classifier as image_classifier_lib
-    from test_distribute import train_plain_model
+    from helpers import train_plain_model
 
     class FinalWeights(keras.callbacks.Callback):
         def on_train_end(self, logs=None):  # the last call is the fine-tuning phase's

@@ -14,6 +14,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import load_benchmark
+from helpers import DOMAIN_SIZE as SIZE
+from helpers import shifted_task
+from helpers import two_conv_classifier as tiny_classifier
 
 import keras_transfer as kt
 from keras_transfer.adaptation import distance
@@ -22,18 +25,6 @@ from keras_transfer.adaptation import model as adaptation_model
 from keras_transfer.adaptation import schedules
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SIZE = 16
-
-
-def tiny_classifier(dropout=0.0):
-    """A two-conv backbone and an average-pooling head: a `TransferClassifier` in ms."""
-    inputs = keras.Input((SIZE, SIZE, 3))
-    x = keras.layers.Rescaling(1 / 255.0)(inputs)
-    x = keras.layers.Conv2D(8, 3, activation="relu", name="conv_a")(x)
-    x = keras.layers.Conv2D(8, 3, activation="relu", name="conv_b")(x)
-    backbone = keras.Model(inputs, x, name="tiny_backbone")
-    head = kt.ClassificationHead(2, dropout=dropout, name="head")
-    return kt.TransferClassifier(backbone, head, name="tiny")
 
 
 def linear_classifier():
@@ -45,20 +36,6 @@ def linear_classifier():
     backbone = keras.Model(inputs, x, name="linear_backbone")
     head = kt.ClassificationHead(2, dropout=0.0, name="head")
     return kt.TransferClassifier(backbone, head, name="linear")
-
-
-def shifted_task(n=64, seed=0):
-    """Source: noise images whose class is the red level; target: the same kind of
-    images, darker and with a blue cast (the shift)."""
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, 2, n).astype("int32")
-    images = rng.uniform(0, 120, (n, SIZE, SIZE, 3)).astype("float32")
-    images[..., 0] += 120 * labels[:, None, None]
-    target = rng.uniform(0, 120, (n, SIZE, SIZE, 3)).astype("float32")
-    target[..., 0] += 120 * labels[:, None, None]
-    target = target * 0.5
-    target[..., 2] += 100
-    return images, labels, target
 
 
 def pooled(model, images):
@@ -445,7 +422,7 @@ _MIRRORED = textwrap.dedent(
     sys.path.insert(0, sys.argv[1])
     import keras, numpy as np
     import keras_transfer as kt
-    from test_domain import shifted_task, tiny_classifier
+    from helpers import shifted_task, two_conv_classifier as tiny_classifier
 
     source_x, labels, target_x = shifted_task(n=32)
 

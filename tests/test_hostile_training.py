@@ -19,17 +19,6 @@ from keras_transfer.training import two_phase as training
 from keras_transfer.utils import reliability
 
 
-def tiny_classifier(**head):
-    return kt.create_classifier(
-        "mobilenet",
-        head.pop("num_classes", 2),
-        input_shape=(32, 32, 3),
-        weights=None,
-        alpha=0.25,
-        head={"dropout": 0.0, **head},
-    )
-
-
 def images(n=16, seed=0):
     return np.random.default_rng(seed).uniform(0, 255, (n, 32, 32, 3)).astype("float32")
 
@@ -85,18 +74,18 @@ def test_checked_loss_is_the_sigmoid_default_and_serializes():
 # --- 6. empty data -------------------------------------------------------------------------
 
 
-def test_fit_two_phase_refuses_empty_data_of_unknown_size(dataset):
+def test_fit_two_phase_refuses_empty_data_of_unknown_size(dataset, new_tiny_classifier):
     empty = dataset.unbatch().filter(lambda x, y: False).batch(8)
     assert int(empty.cardinality()) == tf.data.UNKNOWN_CARDINALITY
-    model = tiny_classifier()
+    model = new_tiny_classifier()
     with pytest.raises(ValueError, match="train_data yielded no batches in epoch 1"):
         kt.fit_two_phase(model, empty, head_epochs=1, fine_tune_epochs=1, verbose=0)
     with pytest.raises(ValueError, match="validation_data yielded no batches"):
         kt.fit_two_phase(model, dataset, empty, head_epochs=1, fine_tune_epochs=0, verbose=0)
 
 
-def test_find_learning_rate_on_empty_data_is_a_clear_error(dataset):
-    model = tiny_classifier()
+def test_find_learning_rate_on_empty_data_is_a_clear_error(dataset, new_tiny_classifier):
+    model = new_tiny_classifier()
     model.compile()
     empty = dataset.unbatch().filter(lambda x, y: False).batch(8)
     with pytest.raises(ValueError, match="`data` yielded no batches"):
@@ -107,8 +96,8 @@ def test_find_learning_rate_on_empty_data_is_a_clear_error(dataset):
 
 
 @pytest.fixture(scope="module")
-def shared_classifier():
-    return tiny_classifier()
+def shared_classifier(new_tiny_classifier):
+    return new_tiny_classifier()
 
 
 @pytest.mark.parametrize("value", [-1e-3, 0.0, float("nan"), float("inf"), "1e-3", True])
@@ -138,8 +127,8 @@ def _extract(extractor, n, seed, cache_dir):
     )
 
 
-def test_two_extractions_into_one_cache_dir_keep_their_own_files(tmp_path):
-    extractor = features.feature_extractor(tiny_classifier())
+def test_two_extractions_into_one_cache_dir_keep_their_own_files(tmp_path, new_tiny_classifier):
+    extractor = features.feature_extractor(new_tiny_classifier())
     first = _extract(extractor, 8, seed=0, cache_dir=tmp_path)
     assert first.on_disk
     expected = np.array(first.features)
@@ -156,8 +145,8 @@ def test_two_extractions_into_one_cache_dir_keep_their_own_files(tmp_path):
     assert os.listdir(tmp_path) == [os.path.basename(first.path)]
 
 
-def test_full_disk_is_a_clear_error_before_streaming(tmp_path, monkeypatch):
-    extractor = features.feature_extractor(tiny_classifier())
+def test_full_disk_is_a_clear_error_before_streaming(tmp_path, monkeypatch, new_tiny_classifier):
+    extractor = features.feature_extractor(new_tiny_classifier())
     usage = shutil.disk_usage(tmp_path)
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=1000))  # 1 KB free
     with pytest.raises(OSError, match=r"(?s)needs about [\d,]+ bytes.*1,000 bytes are free.*"):
@@ -165,8 +154,10 @@ def test_full_disk_is_a_clear_error_before_streaming(tmp_path, monkeypatch):
     assert not any(files for _, _, files in os.walk(tmp_path))  # no half-written files
 
 
-def test_disk_filling_up_while_streaming_leaves_no_files(tmp_path, monkeypatch):
-    extractor = features.feature_extractor(tiny_classifier())
+def test_disk_filling_up_while_streaming_leaves_no_files(
+    tmp_path, monkeypatch, new_tiny_classifier
+):
+    extractor = features.feature_extractor(new_tiny_classifier())
     calls = []
 
     def full_after_one_batch(self, features_batch, labels):
@@ -203,15 +194,17 @@ class FullDiskAt(keras.callbacks.Callback):
             self.model.save_weights = full_disk
 
 
-def test_full_disk_during_a_backup_keeps_the_last_good_one_and_resumes(dataset, tmp_path):
+def test_full_disk_during_a_backup_keeps_the_last_good_one_and_resumes(
+    dataset, tmp_path, new_tiny_classifier
+):
     backup = tmp_path / "backup"
     kwargs = dict(head_epochs=1, fine_tune_epochs=3, head_lr=1e-2, verbose=0, backup_dir=backup)
     with pytest.raises(OSError, match="No space left"):
         # The first save of phase 2: there is no earlier backup to fall back to.
-        training.fit_two_phase(tiny_classifier(), dataset, callbacks=[FullDiskAt(1)], **kwargs)
+        training.fit_two_phase(new_tiny_classifier(), dataset, callbacks=[FullDiskAt(1)], **kwargs)
     assert not (backup / "fine_tune" / "latest.weights.h5").exists()  # nothing half-written
     recorder = InterruptAt()
-    history = training.fit_two_phase(tiny_classifier(), dataset, callbacks=[recorder], **kwargs)
+    history = training.fit_two_phase(new_tiny_classifier(), dataset, callbacks=[recorder], **kwargs)
     assert recorder.epochs == [1, 2, 3]  # phase 1 was done; phase 2 runs in full
     assert history.epoch == [0, 1, 2, 3]
 

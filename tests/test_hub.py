@@ -14,68 +14,21 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import REG_SCALE
+from helpers import TRAINING_OFFSET
+from helpers import export_tiny_module
+from helpers import hub_classifier as classifier
+from helpers import hub_inputs as inputs
 
 from keras_transfer import heads
 from keras_transfer.backbones import freezing
 from keras_transfer.backbones import hub
 from keras_transfer.backbones import registry as backbones
 
-TRAINING_OFFSET = 100.0
-REG_SCALE = 0.01
-
-
-def export_tiny_module(path, reusable_api=True):
-    """A tf.Module-style SavedModel: 5 variables (one non-trainable), a training-only path.
-
-    `__call__(inputs, training)`: with `training=True` it updates `moving_mean` and adds
-    TRAINING_OFFSET to the output. With `reusable_api` it has the TF Hub reusable-SavedModel
-    attributes (`variables`, `trainable_variables`, `regularization_losses`).
-    """
-    rng = np.random.RandomState(0)
-    w1 = tf.Variable(rng.normal(size=(4, 8)).astype("float32"), name="stem/dense/kernel")
-    b1 = tf.Variable(np.full(8, 0.1, "float32"), name="stem/dense/bias")
-    gamma = tf.Variable(np.ones(8, "float32"), name="block_1/BatchNorm/gamma")
-    moving = tf.Variable(
-        np.zeros(8, "float32"), trainable=False, name="block_1/BatchNorm/moving_mean"
-    )
-    w2 = tf.Variable(rng.normal(size=(8, 3)).astype("float32"), name="block_2/dense/kernel")
-
-    @tf.function
-    def call(inputs, training=False):
-        h = tf.nn.relu(tf.matmul(inputs, w1) + b1)
-        if training:
-            moving.assign(0.9 * moving + 0.1 * tf.reduce_mean(h, axis=0))
-            return tf.matmul(h * gamma, w2) + TRAINING_OFFSET
-        return tf.matmul(h * gamma - moving, w2)
-
-    spec = tf.TensorSpec([None, 4], tf.float32)
-    call.get_concrete_function(spec, training=True)
-    call.get_concrete_function(spec, training=False)
-    root = tf.__internal__.tracking.AutoTrackable()
-    root.__call__ = call
-    if reusable_api:
-        root.variables = [w1, b1, gamma, moving, w2]
-        root.trainable_variables = [w1, b1, gamma, w2]
-        regularization = tf.function(lambda: REG_SCALE * tf.reduce_sum(w2**2), input_signature=[])
-        root.regularization_losses = [regularization]
-    else:
-        root.weights = [w1, b1, gamma, moving, w2]
-    tf.saved_model.save(root, str(path))
-    return str(path)
-
 
 @pytest.fixture(scope="module")
 def tiny_module(tmp_path_factory):
     return export_tiny_module(tmp_path_factory.mktemp("hub") / "tiny")
-
-
-def inputs(n=8, seed=0):
-    return np.random.RandomState(seed).uniform(-1, 1, (n, 4)).astype("float32")
-
-
-def classifier(path, **kwargs):
-    backbone = backbones.create_backbone(f"hub:{path}", **kwargs)
-    return heads.create_classifier(backbone, 2, head={"dropout": 0.0})
 
 
 def module_values(layer):
@@ -390,7 +343,7 @@ MIRRORED_SCRIPT = textwrap.dedent(
     )
     import keras
     sys.path.insert(0, sys.argv[2])
-    from test_hub import export_tiny_module, inputs
+    from helpers import export_tiny_module, hub_inputs as inputs
     from keras_transfer import backbones, freezing, heads, hub
 
     path = export_tiny_module(sys.argv[1])

@@ -11,18 +11,16 @@ import zipfile
 
 import keras
 import pytest
-from test_hub import classifier
-from test_hub import export_tiny_module
 
 from keras_transfer.backbones import hub
 
 
 @pytest.fixture
-def saved(tmp_path):
+def saved(tmp_path, export_tiny_module, hub_classifier):
     """A SavedModel at a path, a `.keras` file naming it, and a process that trusts only what
     it loads from here on."""
     module = export_tiny_module(tmp_path / "module")
-    classifier(module).save(tmp_path / "model.keras")
+    hub_classifier(module).save(tmp_path / "model.keras")
     hub.clear_trusted()
     return module, tmp_path / "model.keras"
 
@@ -50,9 +48,9 @@ def _edit_hub_config(path, **changes):
             archive.writestr(name, content)
 
 
-def test_a_savedmodel_replaced_after_its_load_is_refused(saved):
+def test_a_savedmodel_replaced_after_its_load_is_refused(saved, export_tiny_module, hub_classifier):
     module, model_file = saved
-    classifier(module)  # the user loads the benign SavedModel: trusted
+    hub_classifier(module)  # the user loads the benign SavedModel: trusted
     keras.saving.load_model(model_file)  # safe mode: fine
     shutil.rmtree(module)
     export_tiny_module(module, reusable_api=False)  # another graph at the same path
@@ -68,9 +66,9 @@ def test_trust_is_added_only_after_a_successful_load(saved):
         keras.saving.load_model(model_file)
 
 
-def test_the_file_cannot_change_how_a_trusted_savedmodel_is_loaded(saved):
+def test_the_file_cannot_change_how_a_trusted_savedmodel_is_loaded(saved, hub_classifier):
     module, model_file = saved
-    classifier(module)
+    hub_classifier(module)
     _edit_hub_config(model_file, tags=["serve"])
     with pytest.raises(ValueError, match=r"tags.*\['serve'\].*safe mode refuses it"):
         keras.saving.load_model(model_file)

@@ -4,7 +4,6 @@ flags in a subprocess."""
 import json
 import math
 import os
-import re
 import subprocess
 import sys
 
@@ -119,45 +118,9 @@ def test_binary_flags_and_main(image_folder, tmp_path):
     assert "plan (auto; given: head_epochs, fine_tune_epochs, unfreeze_blocks)" in completed.stdout
 
 
-# TensorFlow's C++ start-up log lines, which are not the example's own output.
-_TF_LOG = re.compile(r"^(?:[IWEF]\d{4} |WARNING: All log messages before absl::InitializeLog)")
-
-
-def run_binaries(script, cases):
-    """Runs `script` once per `{name: (args, extra environment)}`, in parallel; returns
-    `{name: (exit code, stderr, stderr lines that are not TensorFlow's log)}`."""
-    processes = {
-        name: subprocess.Popen(
-            [sys.executable, script, *args],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, **env},
-        )
-        for name, (args, env) in cases.items()
-    }
-    results = {}
-    for name, process in processes.items():
-        _, stderr = process.communicate(timeout=300)
-        lines = [line for line in stderr.splitlines() if not _TF_LOG.match(line)]
-        results[name] = (process.returncode, stderr, lines)
-    return results
-
-
-def assert_one_line_error(name, result, code, *, says):
-    returncode, stderr, lines = result
-    assert returncode == code, (name, stderr[-2000:])
-    assert "Traceback" not in stderr, name
-    # One error line naming the problem, one hint line; no flag help.
-    assert len(lines) == 2, (name, lines)
-    assert lines[0].startswith("image_classifier.py: error: ") or lines[0].startswith(
-        "text_classifier.py: error: "
-    ), (name, lines)
-    assert says in lines[0], (name, lines)
-    assert lines[1].startswith("  hint: "), (name, lines)
-
-
-def test_binary_usage_errors_exit_2_with_one_line(image_folder, tmp_path):
+def test_binary_usage_errors_exit_2_with_one_line(
+    image_folder, tmp_path, run_binaries, assert_one_line_error
+):
     root = image_folder({"x": 2, "y": 2})
     results = run_binaries(
         EXAMPLE,
@@ -189,7 +152,9 @@ def test_stray_arguments_are_usage_errors(capsys):
     assert hint.startswith("  hint: ")
 
 
-def test_binary_errors_exit_1_with_one_line_and_no_model_dir(image_folder, tmp_path):
+def test_binary_errors_exit_1_with_one_line_and_no_model_dir(
+    image_folder, tmp_path, run_binaries, assert_one_line_error
+):
     root = image_folder({"x": 2, "y": 2})
     (tmp_path / "empty").mkdir()
     bad_config = tmp_path / "bad.yaml"
@@ -220,7 +185,7 @@ def test_binary_errors_exit_1_with_one_line_and_no_model_dir(image_folder, tmp_p
         assert not (tmp_path / name).exists()
 
 
-def test_binary_shows_the_traceback_on_request(tmp_path):
+def test_binary_shows_the_traceback_on_request(tmp_path, run_binaries):
     (tmp_path / "empty").mkdir()
     args = [f"--data_dir={tmp_path / 'empty'}", f"--model_dir={tmp_path / 'out'}"]
     args += ["--backbone=mobilenet", "--image_size=32", "--weights=none"]

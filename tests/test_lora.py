@@ -207,11 +207,8 @@ def test_enabling_twice_and_models_without_a_known_backbone():
     assert not lora.lora_layers(plain)
 
 
-def test_tf_hub_backbone_is_a_clear_error(tmp_path):
-    from test_hub import classifier
-    from test_hub import export_tiny_module
-
-    model = classifier(export_tiny_module(tmp_path / "tiny"))
+def test_tf_hub_backbone_is_a_clear_error(tmp_path, export_tiny_module, hub_classifier):
+    model = hub_classifier(export_tiny_module(tmp_path / "tiny"))
     with pytest.raises(ValueError, match="cannot adapt the TF Hub backbone"):
         kt.enable_lora(model, rank=2)
 

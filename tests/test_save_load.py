@@ -177,9 +177,7 @@ HUB_SCRIPT = textwrap.dedent(
 )
 
 
-def test_hub_backbone_in_this_and_a_new_process(tmp_path):
-    from test_hub import export_tiny_module
-
+def test_hub_backbone_in_this_and_a_new_process(tmp_path, export_tiny_module):
     handle = export_tiny_module(tmp_path / "module")
     backbone = kt.create_backbone(f"hub:{handle}")
     model = kt.create_classifier(backbone, 2, head={"dropout": 0.0})

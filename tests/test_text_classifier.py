@@ -141,10 +141,7 @@ def test_binary(sms_file, tmp_path):
     assert "spam: precision=" in completed.stdout
 
 
-def test_binary_errors_are_one_line_with_exit_codes(tmp_path):
-    from test_image_classifier import assert_one_line_error
-    from test_image_classifier import run_binaries
-
+def test_binary_errors_are_one_line_with_exit_codes(tmp_path, run_binaries, assert_one_line_error):
     results = run_binaries(
         EXAMPLE,
         {

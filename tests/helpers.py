@@ -9,8 +9,8 @@ import numpy as np
 import tensorflow as tf
 
 import keras_transfer as kt
+from keras_transfer import heads
 from keras_transfer.backbones import registry as backbones
-from keras_transfer.heads import classification as heads
 from keras_transfer.utils import distribute
 
 __all__ = [

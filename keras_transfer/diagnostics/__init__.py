@@ -39,7 +39,6 @@ from keras_transfer.diagnostics.scratch import scratch_model
 from keras_transfer.diagnostics.transfer_scores import METHODS
 from keras_transfer.diagnostics.transfer_scores import SOURCE_PROBABILITIES
 from keras_transfer.diagnostics.transfer_scores import RankedCandidate
-from keras_transfer.diagnostics.transfer_scores import backbone_of
 from keras_transfer.diagnostics.transfer_scores import block_features
 from keras_transfer.diagnostics.transfer_scores import rank_backbones
 from keras_transfer.diagnostics.transfer_scores import source_head_from_model
@@ -66,7 +65,6 @@ __all__ = [
     "METHODS",
     "RankedCandidate",
     "SOURCE_PROBABILITIES",
-    "backbone_of",
     "block_features",
     "rank_backbones",
     "source_head_from_model",

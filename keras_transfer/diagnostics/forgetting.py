@@ -32,6 +32,7 @@ import tensorflow as tf
 from keras_transfer.backbones import registry as backbones_lib
 from keras_transfer.backbones.preprocessing import ImagePreprocessing
 from keras_transfer.backbones.registry import Backbone
+from keras_transfer.data import is_image_data
 from keras_transfer.diagnostics import feature_scores
 from keras_transfer.diagnostics import transfer_scores
 from keras_transfer.heads.classifier import TransferClassifier
@@ -94,7 +95,7 @@ def source_model(
     report = kt.forgetting_report(pretrained, model, images, source_head=with_top)
     ```
     """
-    backbone = transfer_scores.backbone_of(backbone)
+    backbone = backbones_lib.backbone_of(backbone)
     path = os.fspath(weights)
     if not os.path.isfile(path):
         raise FileNotFoundError(
@@ -134,7 +135,7 @@ def pretrained_copy(model: Backbone | TransferClassifier) -> Backbone:
     report = kt.forgetting_report(pretrained, model, probe_images)
     ```
     """
-    backbone = transfer_scores.backbone_of(model)
+    backbone = backbones_lib.backbone_of(model)
     clone = keras.models.clone_model(backbone.model)
     clone.set_weights(backbone.model.get_weights())
     return Backbone(backbone.name, clone, backbone.default_size, backbone.preprocessing)
@@ -191,7 +192,7 @@ class ForgettingReport(dict):
 
 
 def _probe_array(probe_images: Any) -> np.ndarray:
-    if hasattr(probe_images, "validation") and hasattr(probe_images, "class_names"):
+    if is_image_data(probe_images):
         probe_images = probe_images.validation  # an ImageData: its validation images
     if isinstance(probe_images, tf.data.Dataset) or (
         not isinstance(probe_images, np.ndarray | tf.Tensor | list | tuple)
@@ -321,8 +322,8 @@ def forgetting_report(
     """
     if pooling not in ("avg", None):
         raise ValueError(f"pooling must be 'avg' or None, got {pooling!r}.")
-    before = transfer_scores.backbone_of(pretrained)
-    after = transfer_scores.backbone_of(fine_tuned)
+    before = backbones_lib.backbone_of(pretrained)
+    after = backbones_lib.backbone_of(fine_tuned)
     images = _probe_array(probe_images)
     common = _common_blocks(before, after, blocks)
     head = _resolve_source_head(source_head, before)
@@ -427,7 +428,7 @@ def diagnostics_summary(
     )
     ```
     """
-    before = transfer_scores.backbone_of(pretrained)
+    before = backbones_lib.backbone_of(pretrained)
     head = _resolve_source_head(source_head, before)
     for method in methods:
         if method not in ("logme", "hscore"):

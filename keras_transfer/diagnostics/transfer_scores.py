@@ -44,6 +44,7 @@ import tensorflow as tf
 from keras_transfer.backbones import registry as backbones_lib
 from keras_transfer.backbones.preprocessing import ImagePreprocessing
 from keras_transfer.backbones.registry import Backbone
+from keras_transfer.data import is_image_data
 from keras_transfer.diagnostics.feature_scores import DEFAULT_MIN_EXAMPLES_PER_CLASS
 from keras_transfer.diagnostics.feature_scores import class_indices
 from keras_transfer.diagnostics.feature_scores import h_score
@@ -56,7 +57,6 @@ __all__ = [
     "METHODS",
     "RankedCandidate",
     "SOURCE_PROBABILITIES",
-    "backbone_of",
     "block_features",
     "rank_backbones",
     "source_head_from_model",
@@ -114,24 +114,6 @@ def source_head_from_model(model_with_top: keras.Model, backbone: Backbone) -> k
     return keras.Model(inputs, x, name="source_head")
 
 
-def backbone_of(backbone: Any) -> Backbone:
-    """The `Backbone` (model, name, preprocessing) of a `Backbone` or `TransferClassifier`."""
-    if isinstance(backbone, Backbone):
-        return backbone
-    if isinstance(backbone, TransferClassifier):
-        return Backbone(
-            backbone.backbone_name or backbone.backbone.name,
-            backbone.backbone,
-            int(backbone.backbone.input_shape[1] or 224),
-            backbone.preprocessing,
-        )
-    raise TypeError(
-        f"Expected a Backbone (create_backbone) or a TransferClassifier, got "
-        f"{type(backbone).__name__}. A plain keras.Model has no known preprocessing: wrap it "
-        "with create_classifier first."
-    )
-
-
 def _resolve_blocks(backbone: Backbone, blocks: Any) -> list[str | None]:
     """Block names to score; `None` stands for the backbone's own output."""
     if blocks is None:
@@ -151,7 +133,7 @@ def _resolve_blocks(backbone: Backbone, blocks: Any) -> list[str | None]:
 
 
 def _as_image_dataset(data: Any) -> Any:
-    if hasattr(data, "class_names") and getattr(data, "train_unaugmented", None) is not None:
+    if is_image_data(data) and data.train_unaugmented is not None:
         # An augmented ImageData: score the images as they are, not one random augmentation.
         return data.train_unaugmented
     if isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], np.ndarray):
@@ -186,7 +168,7 @@ def block_features(
         `(features, labels)`: a dict from block name to an `(N, channels)` array, and the
         `(N, ...)` labels.
     """
-    backbone = backbone_of(backbone)
+    backbone = backbones_lib.backbone_of(backbone)
     names = _resolve_blocks(backbone, blocks)
     model = backbone.model
     known = {block.name: block for block in backbone.blocks} if names != [None] else {}
@@ -279,7 +261,7 @@ def transferability(
     ```
     """
     methods = _check_methods(method, source_head)
-    backbone = backbone_of(backbone)
+    backbone = backbones_lib.backbone_of(backbone)
     names = _resolve_blocks(backbone, blocks)
     if "leep" in methods and names != [None]:
         last = backbone.blocks[-1].name
@@ -340,7 +322,7 @@ class RankedCandidate:
 
 
 def _image_shape(data: Any) -> tuple[int, ...] | None:
-    split = getattr(data, "train", data) if hasattr(data, "class_names") else data
+    split = data.train if is_image_data(data) else data
     spec = getattr(split, "element_spec", None)
     if isinstance(spec, tuple) and hasattr(spec[0], "shape") and len(spec[0].shape) == 4:
         return tuple(spec[0].shape[1:])
@@ -450,7 +432,7 @@ def _group_candidates(
                     candidate, input_shape=_image_shape(data), weights=weights
                 )
             candidate = built[candidate]
-        candidate = backbone_of(candidate)
+        candidate = backbones_lib.backbone_of(candidate)
         built.setdefault(id(candidate), candidate)
         if block is not None:
             block = backbones_lib.find_block(candidate.blocks, block).name

@@ -19,7 +19,9 @@ import numpy as np
 import tensorflow as tf
 
 from keras_transfer.backbones.registry import Backbone
+from keras_transfer.backbones.registry import backbone_of
 from keras_transfer.data import imbalance
+from keras_transfer.data import is_image_data
 from keras_transfer.few_shot.prototype_head import PrototypeHead
 from keras_transfer.few_shot.prototype_head import centre_and_normalise
 from keras_transfer.few_shot.prototype_head import linear_weights
@@ -116,17 +118,12 @@ def fit_prototypes(
 def _feature_shell(backbone: Backbone | TransferClassifier, pooling: str) -> TransferClassifier:
     """A two-class classifier around the backbone that tells the feature extractor the
     preprocessing and pooling; the real head replaces it once the classes are known."""
-    if isinstance(backbone, TransferClassifier):
-        backbone_model, backbone_name = backbone.backbone, backbone.backbone_name
-        preprocessing = backbone.preprocessing
-    elif isinstance(backbone, Backbone):
-        backbone_model, backbone_name = backbone.model, backbone.name
-        preprocessing = backbone.preprocessing
-    else:
-        raise TypeError(
-            f"Expected a Backbone (create_backbone) or a TransferClassifier, got "
-            f"{type(backbone).__name__}."
-        )
+    found = backbone_of(backbone)
+    # A classifier keeps its own backbone_name (None stays None), so saved configs are as before.
+    backbone_name = (
+        backbone.backbone_name if isinstance(backbone, TransferClassifier) else found.name
+    )
+    backbone_model, preprocessing = found.model, found.preprocessing
     return TransferClassifier(
         backbone_model,
         PrototypeHead(2, pooling=pooling),
@@ -250,7 +247,7 @@ def _support_dataset(data: Any, batch_size: int) -> tuple[Any, list[str] | None]
             (np.concatenate(images), np.concatenate(labels))
         )
         return dataset.batch(batch_size), names
-    if hasattr(data, "class_names") and hasattr(data, "train"):
+    if is_image_data(data):
         split = getattr(data, "train_unaugmented", None)
         split = data.train if split is None else split
         return split, list(data.class_names)

@@ -122,8 +122,9 @@ def test_top_level_names_are_public_in_their_own_module():
             continue
         obj = getattr(kt, name)
         if isinstance(obj, types.ModuleType):
-            # Today's module names stand for where each module lives now.
-            assert obj.__name__ == kt._MODULES[name], name
+            # Today's module names (`kt.lora`, `kt.callbacks`...) stand for the module or
+            # subpackage of the package where their names live now.
+            assert obj.__name__.startswith("keras_transfer."), (name, obj.__name__)
             continue
         owner = importlib.import_module(obj.__module__)
         if name not in getattr(owner, "__all__", ()):

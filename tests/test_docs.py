@@ -9,8 +9,6 @@ import sys
 
 import pytest
 
-import keras_transfer as kt
-
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 NEEDED = ("mkdocs", "material", "mkdocstrings", "mkdocstrings_handlers.python")
 

@@ -1,4 +1,4 @@
-"""Reports: confusion matrix, per-class precision/recall, PNGs (or a note without matplotlib)."""
+"""Reports: confusion matrix, per-class precision/recall, and their PNGs."""
 
 import builtins
 import logging

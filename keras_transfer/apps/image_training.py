@@ -77,7 +77,7 @@ def train_model(
             (`image_plan.class_weight`), or None.
     """
     _check_planned(config)
-    plan = _plan(config)
+    plan = _freeze_strategy_arguments(config)
     monitor = "val_loss" if data.validation is not None else "loss"
     callbacks.extend(_run_callbacks(config, data, environment.output_dir, monitor))
     common = _fit_arguments(config, plan, data, environment, callbacks, class_weight)
@@ -222,7 +222,7 @@ def _adapt_to_target(
     history.add(training.PHASE_FINE_TUNE, adapted, time.perf_counter() - start)
 
 
-def _plan(config: Config) -> dict[str, Any]:
+def _freeze_strategy_arguments(config: Config) -> dict[str, Any]:
     """`fit_two_phase` arguments for the freeze strategy."""
     strategy = config.resolved_freeze_strategy()
     plan = dict(

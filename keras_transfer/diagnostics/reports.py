@@ -1,8 +1,7 @@
 """Reports of a training run: training curves, confusion matrix, per-class precision/recall.
 
-The numbers need only numpy; the PNGs need matplotlib (`pip install keras-transfer[plot]`).
-Without it the plotting functions log a note and return `None`, so a training run never
-fails for want of a plot.
+The numbers need only numpy; the PNGs are drawn with matplotlib, a base dependency (the
+command writes both plots on every run), through its file-only Agg backend.
 """
 
 from __future__ import annotations
@@ -29,13 +28,8 @@ logger = logging.getLogger("keras_transfer")
 
 
 def _pyplot():
-    try:
-        import matplotlib
-    except ImportError:
-        logger.info(
-            "matplotlib is not installed: skipping the plot (pip install 'keras-transfer[plot]')"
-        )
-        return None
+    import matplotlib
+
     matplotlib.use("Agg")  # files only; no display on servers and TPU VMs
     from matplotlib import pyplot
 
@@ -125,10 +119,9 @@ def classification_report(matrix: np.ndarray, class_names: Sequence[str]) -> dic
 
 def plot_training_curves(
     history: Any, path: str | os.PathLike, title: str | None = None
-) -> str | None:
+) -> str:
     """Plots every metric of a run (train and `val_` together) against the epoch, with the
-    boundary between the head phase and fine-tuning marked. Returns the path, or `None`
-    when matplotlib is missing.
+    boundary between the head phase and fine-tuning marked. Returns the path.
 
     Args:
         history: a `keras_transfer.TwoPhaseHistory`, or a `keras.callbacks.History`.
@@ -136,8 +129,6 @@ def plot_training_curves(
         title: above the charts (e.g. the backbone and the dataset).
     """
     pyplot = _pyplot()
-    if pyplot is None:
-        return None
     values = history.history
     epochs = [e + 1 for e in history.epoch]
     phases = list(getattr(history, "phases", []) or [])
@@ -172,13 +163,11 @@ def plot_confusion_matrix(
     class_names: Sequence[str],
     path: str | os.PathLike,
     title: str | None = None,
-) -> str | None:
+) -> str:
     """Draws the confusion matrix (rows: true class, columns: predicted) with its counts.
     `title` says what it is of (e.g. "mobilenet on flowers, validation data"). Returns the
-    path, or `None` when matplotlib is missing."""
+    path."""
     pyplot = _pyplot()
-    if pyplot is None:
-        return None
     count = len(class_names)
     size = min(max(3.5, 0.45 * count + 2), 30)
     figure, axis = pyplot.subplots(figsize=(size, size))

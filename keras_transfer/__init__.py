@@ -112,7 +112,7 @@ _EXPORTS = {
     "trainable_blocks": "keras_transfer.backbones.freezing",
     "transferability": "keras_transfer.diagnostics.transfer_scores",
     "TransferClassifier": "keras_transfer.heads.classification",
-    "TwoPhaseHistory": "keras_transfer.training.two_phase",
+    "TwoPhaseHistory": "keras_transfer.training.two_phase_state",
     "unfreeze": "keras_transfer.backbones.freezing",
     "ValidatedEarlyStopping": "keras_transfer.training.callbacks",
     "WarmupCosineDecay": "keras_transfer.optimizers.schedules",

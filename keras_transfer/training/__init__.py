@@ -1,5 +1,6 @@
-"""The training run: two-phase fine-tuning (`two_phase`), the feature cache (`features`),
-callbacks, the learning-rate finder and TensorBoard logging.
+"""The training run: two-phase fine-tuning (`two_phase`; its history and resumable state in
+`two_phase_state`), the feature cache (`features`), callbacks, the learning-rate finder and
+TensorBoard logging.
 """
 
 from keras_transfer.training import callbacks
@@ -7,6 +8,7 @@ from keras_transfer.training import features
 from keras_transfer.training import lr_finder
 from keras_transfer.training import tensorboard
 from keras_transfer.training import two_phase
+from keras_transfer.training import two_phase_state
 from keras_transfer.training.callbacks import BatchNormRecalibration
 from keras_transfer.training.callbacks import GradualUnfreezing
 from keras_transfer.training.callbacks import ValidatedEarlyStopping
@@ -26,12 +28,16 @@ from keras_transfer.training.features import fit_head_on_features
 from keras_transfer.training.lr_finder import LRFinderResult
 from keras_transfer.training.lr_finder import find_learning_rate
 from keras_transfer.training.tensorboard import RunTensorBoard
-from keras_transfer.training.two_phase import PHASE_FINE_TUNE
-from keras_transfer.training.two_phase import PHASE_HEAD
-from keras_transfer.training.two_phase import TwoPhaseHistory
 from keras_transfer.training.two_phase import check_initial_epoch
 from keras_transfer.training.two_phase import fit_two_phase
 from keras_transfer.training.two_phase import fit_two_phase_cached
+from keras_transfer.training.two_phase_state import HEAD_WEIGHTS_FILE
+from keras_transfer.training.two_phase_state import PHASE_FINE_TUNE
+from keras_transfer.training.two_phase_state import PHASE_HEAD
+from keras_transfer.training.two_phase_state import STATE_FILE
+from keras_transfer.training.two_phase_state import EpochRecorder
+from keras_transfer.training.two_phase_state import RunState
+from keras_transfer.training.two_phase_state import TwoPhaseHistory
 
 __all__ = [
     "callbacks",
@@ -39,6 +45,7 @@ __all__ = [
     "lr_finder",
     "features",
     "two_phase",
+    "two_phase_state",
     "BatchNormRecalibration",
     "GradualUnfreezing",
     "ValidatedEarlyStopping",
@@ -58,10 +65,14 @@ __all__ = [
     "feature_extractor",
     "fit_feature_extractor",
     "fit_head_on_features",
-    "PHASE_FINE_TUNE",
-    "PHASE_HEAD",
-    "TwoPhaseHistory",
     "check_initial_epoch",
     "fit_two_phase",
     "fit_two_phase_cached",
+    "HEAD_WEIGHTS_FILE",
+    "PHASE_FINE_TUNE",
+    "PHASE_HEAD",
+    "STATE_FILE",
+    "EpochRecorder",
+    "RunState",
+    "TwoPhaseHistory",
 ]

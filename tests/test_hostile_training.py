@@ -13,6 +13,7 @@ import tensorflow as tf
 from interruption import InterruptAt
 
 import keras_transfer as kt
+from keras_transfer.training import feature_writer
 from keras_transfer.training import features
 from keras_transfer.training import lr_finder
 from keras_transfer.training import two_phase as training
@@ -175,8 +176,8 @@ def test_disk_filling_up_while_streaming_leaves_no_files(tmp_path, monkeypatch):
             raise OSError(errno.ENOSPC, "No space left on device")
         return original(self, features_batch, labels)
 
-    original = features._FeatureWriter._write
-    monkeypatch.setattr(features._FeatureWriter, "_write", full_after_one_batch)
+    original = feature_writer.FeatureWriter.write
+    monkeypatch.setattr(feature_writer.FeatureWriter, "write", full_after_one_batch)
     with pytest.raises(OSError, match="No space left.*cache"):
         _extract(extractor, 16, seed=0, cache_dir=tmp_path / "cache")
     assert not any(files for _, _, files in os.walk(tmp_path))

@@ -1,9 +1,12 @@
 """The training run: two-phase fine-tuning (`two_phase`; its history and resumable state in
-`two_phase_state`), the feature cache (`features`), callbacks, the learning-rate finder and
+`two_phase_state`), the feature cache (`extraction`, its on-disk `feature_writer`, and the
+head trained on cached features in `features`), callbacks, the learning-rate finder and
 TensorBoard logging.
 """
 
 from keras_transfer.training import callbacks
+from keras_transfer.training import extraction
+from keras_transfer.training import feature_writer
 from keras_transfer.training import features
 from keras_transfer.training import lr_finder
 from keras_transfer.training import tensorboard
@@ -15,14 +18,17 @@ from keras_transfer.training.callbacks import ValidatedEarlyStopping
 from keras_transfer.training.callbacks import ensure_optimizer_variables
 from keras_transfer.training.callbacks import parse_unfreeze_schedule
 from keras_transfer.training.callbacks import recalibrate_batchnorm
-from keras_transfer.training.features import DEFAULT_MAX_MEMORY_BYTES
-from keras_transfer.training.features import CachedFeatures
+from keras_transfer.training.extraction import DEFAULT_MAX_MEMORY_BYTES
+from keras_transfer.training.extraction import CachedFeatures
+from keras_transfer.training.extraction import backbone_preprocessing_and_head
+from keras_transfer.training.extraction import extract_features
+from keras_transfer.training.extraction import feature_extractor
+from keras_transfer.training.extraction import image_batches
+from keras_transfer.training.feature_writer import FeatureWriter
 from keras_transfer.training.features import FeatureCache
 from keras_transfer.training.features import FeatureExtraction
 from keras_transfer.training.features import HeadOnFeatures
 from keras_transfer.training.features import check_class_weight
-from keras_transfer.training.features import extract_features
-from keras_transfer.training.features import feature_extractor
 from keras_transfer.training.features import fit_feature_extractor
 from keras_transfer.training.features import fit_head_on_features
 from keras_transfer.training.lr_finder import LRFinderResult
@@ -43,6 +49,8 @@ __all__ = [
     "callbacks",
     "tensorboard",
     "lr_finder",
+    "extraction",
+    "feature_writer",
     "features",
     "two_phase",
     "two_phase_state",
@@ -57,6 +65,9 @@ __all__ = [
     "find_learning_rate",
     "CachedFeatures",
     "DEFAULT_MAX_MEMORY_BYTES",
+    "FeatureWriter",
+    "backbone_preprocessing_and_head",
+    "image_batches",
     "FeatureCache",
     "FeatureExtraction",
     "HeadOnFeatures",

@@ -41,7 +41,6 @@ __all__ = [
     "TRACEBACK_VERBOSITY",
     "configure_logging",
     "define_verbose_flag",
-    "fit_verbosity",
     "run",
     "set_program",
 ]
@@ -95,11 +94,6 @@ def define_verbose_flag(default: int, help: str) -> None:
             boolean=True,
         )
     )
-
-
-def fit_verbosity(verbose: int) -> int:
-    """The `verbose` Keras' `fit` accepts (0-2) for a level of `--verbose`."""
-    return min(int(verbose), 2)
 
 
 def set_program(name: str | None) -> None:

@@ -7,7 +7,7 @@ import tensorflow as tf
 from conftest import tiny_images
 
 import keras_transfer as kt
-from keras_transfer.training import features
+from keras_transfer.training import extraction as features
 from keras_transfer.utils import reliability
 
 HEADS = {

@@ -52,7 +52,7 @@ from keras_transfer.backbones import freezing
 from keras_transfer.backbones import registry as backbones_lib
 from keras_transfer.heads import classification as heads_lib
 from keras_transfer.optimizers import layerwise as optimizers
-from keras_transfer.training import features as features_lib
+from keras_transfer.training import extraction as features_lib
 
 __all__ = [
     "ALIGNMENT_LAYERS",

@@ -44,7 +44,7 @@ from keras_transfer.backbones import registry as backbones_lib
 from keras_transfer.backbones.preprocessing import ImagePreprocessing
 from keras_transfer.backbones.registry import Backbone
 from keras_transfer.heads.classification import TransferClassifier
-from keras_transfer.training import features as features_lib
+from keras_transfer.training import extraction as features_lib
 
 __all__ = [
     "METHODS",

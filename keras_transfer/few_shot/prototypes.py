@@ -42,7 +42,7 @@ from keras_transfer.backbones.registry import Backbone
 from keras_transfer.data import imbalance
 from keras_transfer.heads import classification as heads
 from keras_transfer.heads.classification import TransferClassifier
-from keras_transfer.training import features as features_lib
+from keras_transfer.training import extraction as features_lib
 
 __all__ = [
     "DEFAULT_TEMPERATURE",

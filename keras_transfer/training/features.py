@@ -37,24 +37,17 @@ from keras_transfer.heads.classification import ClassificationHead
 from keras_transfer.heads.classification import TransferClassifier
 from keras_transfer.heads.classification import create_classifier
 from keras_transfer.optimizers import layerwise as optimizers
+from keras_transfer.training import extraction
 from keras_transfer.training.extraction import DEFAULT_MAX_MEMORY_BYTES
 from keras_transfer.training.extraction import CachedFeatures
-from keras_transfer.training.extraction import backbone_preprocessing_and_head
-from keras_transfer.training.extraction import extract_features
-from keras_transfer.training.extraction import feature_extractor
-from keras_transfer.training.extraction import image_batches
 from keras_transfer.utils import distribute
 
-# The extraction itself lives in `extraction`; its public names stay importable from here.
 __all__ = [
-    "CachedFeatures",
     "DEFAULT_MAX_MEMORY_BYTES",
     "FeatureCache",
     "FeatureExtraction",
     "HeadOnFeatures",
     "check_class_weight",
-    "extract_features",
-    "feature_extractor",
     "fit_feature_extractor",
     "fit_head_on_features",
 ]
@@ -191,14 +184,14 @@ def _cache_splits(
 ) -> tuple[CachedFeatures, CachedFeatures | None]:
     """The cached features of `cache.data` and of `validation_data` (`None` without it),
     each in its own subfolder of `cache.cache_dir` when given."""
-    extractor = feature_extractor(model)
+    extractor = extraction.feature_extractor(model)
 
     def folder(name):
         return os.path.join(os.fspath(cache.cache_dir), name) if cache.cache_dir else None
 
-    train_cache = extract_features(
+    train_cache = extraction.extract_features(
         extractor,
-        image_batches(cache.data, "the data to cache"),
+        extraction.image_batches(cache.data, "the data to cache"),
         passes=cache.passes,
         cache_dir=folder("train"),
         max_memory_bytes=cache.max_memory_bytes,
@@ -207,9 +200,9 @@ def _cache_splits(
     )
     if validation_data is None:
         return train_cache, None
-    val_cache = extract_features(
+    val_cache = extraction.extract_features(
         extractor,
-        image_batches(validation_data, "validation_data"),
+        extraction.image_batches(validation_data, "validation_data"),
         cache_dir=folder("validation"),
         max_memory_bytes=cache.max_memory_bytes,
         verbose=verbose,
@@ -400,7 +393,7 @@ def _classifier_to_train(
     if isinstance(backbone, TransferClassifier):
         return backbone
     if not isinstance(backbone, Backbone):
-        backbone_preprocessing_and_head(backbone, None)  # raises the clear error
+        extraction.backbone_preprocessing_and_head(backbone, None)  # raises the clear error
     if num_classes is None:
         if class_names is None:
             raise ValueError("Pass num_classes (or class_names, or an ImageData).")

@@ -74,7 +74,6 @@ from keras_transfer.utils import reliability
 __all__ = [
     "PHASE_FINE_TUNE",
     "PHASE_HEAD",
-    "TwoPhaseHistory",
     "check_initial_epoch",
     "fit_two_phase",
     "fit_two_phase_cached",

@@ -64,7 +64,7 @@ import tensorflow as tf  # noqa: E402
 
 import keras_transfer as kt  # noqa: E402
 from keras_transfer import data as data_lib  # noqa: E402
-from keras_transfer.training import features  # noqa: E402
+from keras_transfer.training import extraction as features  # noqa: E402
 
 LOSS = "sparse_categorical_crossentropy"
 

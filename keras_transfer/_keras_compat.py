@@ -37,6 +37,7 @@ __all__ = [
     "moving_average_variables",
     "own_trainable_variables",
     "patch_symbolic_build",
+    "release_numbers",
     "require_keras",
     "reset_fit_initial_epoch",
     "sync_compiled_trainable_state",
@@ -50,18 +51,18 @@ __all__ = [
 # -- versions ------------------------------------------------------------------------------
 
 
-def _release(version: str) -> tuple[int, ...]:
+def release_numbers(version: str) -> tuple[int, ...]:
     """`"3.10.0rc1"` -> `(3, 10, 0)`: the leading release numbers of a version string."""
     match = re.match(r"\d+(?:\.\d+)*", version)
     return tuple(int(part) for part in match.group(0).split(".")) if match else ()
 
 
-KERAS_VERSION: tuple[int, ...] = _release(keras.__version__)
+KERAS_VERSION: tuple[int, ...] = release_numbers(keras.__version__)
 
 
 def keras_at_least(version: str) -> bool:
     """Whether the installed Keras is `version` (e.g. `"3.12"`) or newer."""
-    return KERAS_VERSION >= _release(version)
+    return KERAS_VERSION >= release_numbers(version)
 
 
 def require_keras(version: str, feature: str) -> None:

@@ -268,8 +268,8 @@ def test_newly_unfrozen_blocks_get_their_layerwise_multiplier(new_tiny_classifie
     assert [any(snapshots.changed(p, e) for p in top) for e in range(3)] == [False, True, True]
     assert not any(snapshots.changed(p, e) for p in second for e in range(3))
     by_path = {v.path: v for v in model.variables}
-    assert [optimizer._multiplier_of(by_path[p]) for p in top] == [0.5, 0.5]
-    assert [optimizer._multiplier_of(by_path[p]) for p in second] == [0.0, 0.0]
+    assert [optimizer.multiplier_of(by_path[p]) for p in top] == [0.5, 0.5]
+    assert [optimizer.multiplier_of(by_path[p]) for p in second] == [0.0, 0.0]
     assert freezing.trainable_blocks(model) == ["conv_dw_12", "conv_dw_13"]
 
 
@@ -307,7 +307,7 @@ def test_rebuilt_layerwise_optimizer_keeps_multipliers_and_state(new_tiny_classi
     assert int(rebuilt.iterations) == 2
     by_path = {v.path: v for v in model.variables}
     top = block_paths(model, "conv_dw_13", "weights")
-    assert [rebuilt._multiplier_of(by_path[p]) for p in top] == [0.5, 0.5]
+    assert [rebuilt.multiplier_of(by_path[p]) for p in top] == [0.5, 0.5]
     assert captured.keys() == head_slots.keys()  # the head's slots carried over
     for path, value in head_slots.items():
         np.testing.assert_array_equal(captured[path], value)

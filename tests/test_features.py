@@ -16,6 +16,7 @@ from conftest import tiny_images
 
 import keras_transfer as kt
 from keras_transfer.data import folders as data_lib
+from keras_transfer.training import extraction
 from keras_transfer.training import features
 
 SIZE = 32
@@ -99,7 +100,7 @@ def test_preprocessing_is_applied_before_the_backbone():
     images, _, _ = image_batches(4)
     backbone = tiny_backbone()
     assert backbone.preprocessing == "tf"
-    extractor = features.feature_extractor(backbone)
+    extractor = extraction.feature_extractor(backbone)
     expected = keras.ops.mean(backbone.model(images / 127.5 - 1.0, training=False), axis=(1, 2))
     np.testing.assert_allclose(extractor.predict(images, verbose=0), expected, atol=1e-5)
 
@@ -131,10 +132,10 @@ def test_head_learns_on_cached_features():
 
 def test_features_spill_to_disk_past_the_memory_budget(tmp_path):
     images, labels, dataset = image_batches(20)
-    extractor = features.feature_extractor(tiny_backbone())
-    in_memory = features.extract_features(extractor, dataset, verbose=0)
+    extractor = extraction.feature_extractor(tiny_backbone())
+    in_memory = extraction.extract_features(extractor, dataset, verbose=0)
     assert not in_memory.on_disk
-    on_disk = features.extract_features(
+    on_disk = extraction.extract_features(
         extractor, dataset, cache_dir=tmp_path / "cache", max_memory_bytes=1000, verbose=0
     )
     assert on_disk.on_disk and isinstance(on_disk.features, np.memmap)
@@ -208,11 +209,11 @@ def test_unpooled_maps_for_heads_that_pool_themselves():
     images, _, dataset = image_batches(8)
     backbone = tiny_backbone()
     head = kt.ClassificationHead(3, pooling="max")
-    extractor = features.feature_extractor(backbone, head, pool=False)
-    cache = features.extract_features(extractor, dataset, verbose=0)
+    extractor = extraction.feature_extractor(backbone, head, pool=False)
+    cache = extraction.extract_features(extractor, dataset, verbose=0)
     assert cache.features.shape == (8, 1, 1, 256)
-    pooled = features.extract_features(
-        features.feature_extractor(backbone, head), dataset, verbose=0
+    pooled = extraction.extract_features(
+        extraction.feature_extractor(backbone, head), dataset, verbose=0
     )
     np.testing.assert_allclose(head(cache.features), head(pooled.features), atol=1e-6)
 
@@ -314,19 +315,19 @@ def test_two_phase_cached_continues_from_initial_epoch(tmp_path):
 def test_bad_input_is_a_clear_error():
     images, labels, dataset = image_batches(8)
     backbone = tiny_backbone()
-    extractor = features.feature_extractor(backbone)
+    extractor = extraction.feature_extractor(backbone)
     with pytest.raises(ValueError, match="passes must be a positive integer"):
-        features.extract_features(extractor, dataset, passes=0)
+        extraction.extract_features(extractor, dataset, passes=0)
     with pytest.raises(TypeError, match="from_tensor_slices"):
-        features.extract_features(extractor, (images, labels))
+        extraction.extract_features(extractor, (images, labels))
     with pytest.raises(ValueError, match="empty"):
-        features.extract_features(extractor, dataset.take(0), verbose=0)
+        extraction.extract_features(extractor, dataset.take(0), verbose=0)
     with pytest.raises(ValueError, match=r"\(images, labels\)"):
-        features.extract_features(extractor, dataset.map(lambda x, y: (x, y, y)), verbose=0)
+        extraction.extract_features(extractor, dataset.map(lambda x, y: (x, y, y)), verbose=0)
     with pytest.raises(ValueError, match="pool=False"):
-        features.feature_extractor(backbone, kt.ClassificationHead(3, pooling=None))
+        extraction.feature_extractor(backbone, kt.ClassificationHead(3, pooling=None))
     with pytest.raises(TypeError, match="create_classifier"):
-        features.feature_extractor(backbone.model)
+        extraction.feature_extractor(backbone.model)
     with pytest.raises(ValueError, match="num_classes"):
         features.fit_feature_extractor(backbone, dataset, verbose=0)
     with pytest.raises(TypeError, match="sets `x`"):
@@ -383,7 +384,7 @@ def test_two_phase_cached_checks_every_argument_before_extracting(monkeypatch, b
     def fail(*args, **kwargs):
         raise AssertionError("features were extracted before the arguments were checked")
 
-    monkeypatch.setattr(features, "extract_features", fail)
+    monkeypatch.setattr(extraction, "extract_features", fail)
     with pytest.raises((ValueError, TypeError), match=message):
         kt.fit_two_phase_cached(model, dataset, dataset, head_epochs=1, verbose=0, **bad)
 
@@ -391,7 +392,7 @@ def test_two_phase_cached_checks_every_argument_before_extracting(monkeypatch, b
 def test_feature_extractor_predicts_in_inference_mode_and_trains_through_in_training_mode():
     images = tiny_images(8, SIZE, 3)
     backbone = tiny_backbone()  # BatchNormalization trainable, moving statistics perturbed
-    extractor = features.feature_extractor(backbone)
+    extractor = extraction.feature_extractor(backbone)
     # What a cache holds (predict): the moving statistics.
     cached = extractor.predict(images, verbose=0)
     np.testing.assert_allclose(cached, extractor(images, training=False).numpy(), atol=1e-5)

@@ -13,7 +13,8 @@ import tensorflow as tf
 from interruption import InterruptAt
 
 import keras_transfer as kt
-from keras_transfer.training import features
+from keras_transfer.training import extraction
+from keras_transfer.training import feature_writer
 from keras_transfer.training import lr_finder
 from keras_transfer.training import two_phase as training
 from keras_transfer.utils import reliability
@@ -122,13 +123,13 @@ def test_bad_learning_rates_name_the_argument(dataset, shared_classifier, value)
 def _extract(extractor, n, seed, cache_dir):
     x = images(n, seed)
     data = tf.data.Dataset.from_tensor_slices((x, np.zeros(n, "int32"))).batch(4)
-    return features.extract_features(
+    return extraction.extract_features(
         extractor, data, cache_dir=cache_dir, max_memory_bytes=1, verbose=0
     )
 
 
 def test_two_extractions_into_one_cache_dir_keep_their_own_files(tmp_path, new_tiny_classifier):
-    extractor = features.feature_extractor(new_tiny_classifier())
+    extractor = extraction.feature_extractor(new_tiny_classifier())
     first = _extract(extractor, 8, seed=0, cache_dir=tmp_path)
     assert first.on_disk
     expected = np.array(first.features)
@@ -146,7 +147,7 @@ def test_two_extractions_into_one_cache_dir_keep_their_own_files(tmp_path, new_t
 
 
 def test_full_disk_is_a_clear_error_before_streaming(tmp_path, monkeypatch, new_tiny_classifier):
-    extractor = features.feature_extractor(new_tiny_classifier())
+    extractor = extraction.feature_extractor(new_tiny_classifier())
     usage = shutil.disk_usage(tmp_path)
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=1000))  # 1 KB free
     with pytest.raises(OSError, match=r"(?s)needs about [\d,]+ bytes.*1,000 bytes are free.*"):
@@ -157,7 +158,7 @@ def test_full_disk_is_a_clear_error_before_streaming(tmp_path, monkeypatch, new_
 def test_disk_filling_up_while_streaming_leaves_no_files(
     tmp_path, monkeypatch, new_tiny_classifier
 ):
-    extractor = features.feature_extractor(new_tiny_classifier())
+    extractor = extraction.feature_extractor(new_tiny_classifier())
     calls = []
 
     def full_after_one_batch(self, features_batch, labels):
@@ -166,8 +167,8 @@ def test_disk_filling_up_while_streaming_leaves_no_files(
             raise OSError(errno.ENOSPC, "No space left on device")
         return original(self, features_batch, labels)
 
-    original = features._FeatureWriter._write
-    monkeypatch.setattr(features._FeatureWriter, "_write", full_after_one_batch)
+    original = feature_writer.FeatureWriter.write
+    monkeypatch.setattr(feature_writer.FeatureWriter, "write", full_after_one_batch)
     with pytest.raises(OSError, match="No space left.*cache"):
         _extract(extractor, 16, seed=0, cache_dir=tmp_path / "cache")
     assert not any(files for _, _, files in os.walk(tmp_path))

@@ -107,6 +107,6 @@ def test_require_keras_names_the_feature_and_both_versions(monkeypatch):
 
 
 def test_version_strings_parse_to_release_numbers():
-    assert _keras_compat._release("3.10.0rc1") == (3, 10, 0)
-    assert _keras_compat._release("3.15.1") == (3, 15, 1)
-    assert _keras_compat._release("3.13.0.dev2025") == (3, 13, 0)
+    assert _keras_compat.release_numbers("3.10.0rc1") == (3, 10, 0)
+    assert _keras_compat.release_numbers("3.15.1") == (3, 15, 1)
+    assert _keras_compat.release_numbers("3.13.0.dev2025") == (3, 13, 0)

@@ -7,7 +7,7 @@ import tensorflow as tf
 from conftest import tiny_images
 
 import keras_transfer as kt
-from keras_transfer.training import features
+from keras_transfer.training import extraction as features
 
 HEADS = {
     "species": {"num_classes": 3, "dropout": 0.0},

@@ -23,10 +23,11 @@ SCRIPT = textwrap.dedent(
     import numpy as np
     import tensorflow as tf
     import keras_transfer as kt
+    from keras_transfer.training import extraction
     from keras_transfer.training import two_phase as training
 
     backup_dir, out, kill_at, mode = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-    extract = kt.features.extract_features
+    extract = extraction.extract_features
 
     def counting_extract(*args, **kwargs):
         # How often this process ran the backbone over a dataset to cache features.
@@ -34,7 +35,7 @@ SCRIPT = textwrap.dedent(
             f.write("x")
         return extract(*args, **kwargs)
 
-    kt.features.extract_features = counting_extract
+    extraction.extract_features = counting_extract
     keras.utils.set_random_seed(0)
     model = kt.create_classifier(
         "mobilenet", 2, input_shape=(32, 32, 3), weights=None, alpha=0.25, head={"dropout": 0.0}

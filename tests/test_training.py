@@ -1,5 +1,7 @@
 """fit_two_phase: what trains in each phase, one epoch timeline, callbacks pass through."""
 
+import json
+
 import keras
 import numpy as np
 import pytest
@@ -100,6 +102,95 @@ def test_initial_epoch_shifts_both_phases_and_resumes(model, tiny_dataset, tmp_p
     assert history.phases == ["feature_extraction"] * 2 + ["fine_tune"] * 2
     assert all(len(v) == 4 for v in history.history.values())
     assert not backup.exists()
+
+
+class _StopAfterEpoch(keras.callbacks.Callback):
+    """Early stopping at the end of epoch `epoch` (the head phase, in these tests)."""
+
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.epoch:
+            self.model.stop_training = True
+
+
+def test_fine_tuning_continues_where_an_early_stopped_head_phase_ended(model, tiny_dataset):
+    recorder = _RecordTrainable()
+    history = kt.fit_two_phase(
+        model,
+        tiny_dataset,
+        tiny_dataset,
+        head_epochs=5,
+        fine_tune_epochs=2,
+        unfreeze=1,
+        initial_epoch=1,
+        callbacks=[_StopAfterEpoch(2), recorder],
+        verbose=0,
+    )
+    # Phase 1 stopped after epochs 1-2 of 1-5: phase 2 is 3-4, not the planned 6-7.
+    assert recorder.epochs == [1, 2, 3, 4] == history.epoch
+    assert history.phases == ["feature_extraction"] * 2 + ["fine_tune"] * 2
+    assert history.phase_summary("fine_tune")["epochs"] == 2
+
+
+def test_resume_after_an_early_stopped_head_phase_keeps_the_epoch_numbers(
+    model, tiny_dataset, tmp_path
+):
+    kwargs = dict(head_epochs=5, fine_tune_epochs=3, head_lr=1e-2, unfreeze=1, verbose=0)
+    backup = tmp_path / "backup"
+    first = _RecordTrainable()
+    with pytest.raises(KeyboardInterrupt):
+        kt.fit_two_phase(
+            model,
+            tiny_dataset,
+            tiny_dataset,
+            callbacks=[_StopAfterEpoch(1), first, InterruptAt(3)],
+            backup_dir=backup,
+            **kwargs,
+        )
+    assert first.epochs == [0, 1, 2, 3]
+    resumed = _RecordTrainable()
+    fresh = kt.create_classifier("vgg16", 2, input_shape=(32, 32, 3), weights=None)
+    history = kt.fit_two_phase(
+        fresh,
+        tiny_dataset,
+        tiny_dataset,
+        # No early stop now: the resumed run must still number phase 2 from epoch 2.
+        callbacks=[resumed],
+        backup_dir=backup,
+        **kwargs,
+    )
+    assert resumed.epochs == [3, 4]  # the epochs the kill prevented, under the same numbers
+    assert resumed.learning_rates == pytest.approx([1e-3, 1e-3])
+    assert history.epoch == [0, 1, 2, 3, 4]
+    assert history.phases == ["feature_extraction"] * 2 + ["fine_tune"] * 3
+    assert not backup.exists()
+
+
+def test_a_backup_without_the_recorded_fine_tuning_start_resumes_on_the_plan(
+    model, tiny_dataset, tmp_path
+):
+    kwargs = dict(head_epochs=2, fine_tune_epochs=2, head_lr=1e-2, unfreeze=1, verbose=0)
+    backup = tmp_path / "backup"
+    with pytest.raises(KeyboardInterrupt):
+        kt.fit_two_phase(
+            model, tiny_dataset, callbacks=[InterruptAt(3)], backup_dir=backup, **kwargs
+        )
+    # A backup written before phase 2's first epoch was recorded: it numbered phase 2
+    # from the plan (here the same as where phase 1 ended).
+    path = backup / kt.training.STATE_FILE
+    state = json.loads(path.read_text())
+    assert state.pop("fine_tune_initial_epoch") == 2
+    path.write_text(json.dumps(state))
+    resumed = _RecordTrainable()
+    fresh = kt.create_classifier("vgg16", 2, input_shape=(32, 32, 3), weights=None)
+    history = kt.fit_two_phase(
+        fresh, tiny_dataset, callbacks=[resumed], backup_dir=backup, **kwargs
+    )
+    assert resumed.epochs == [3]
+    assert history.epoch == [0, 1, 2, 3]
 
 
 def test_history_summaries(model, tiny_dataset):

@@ -117,9 +117,7 @@ def classification_report(matrix: np.ndarray, class_names: Sequence[str]) -> dic
     }
 
 
-def plot_training_curves(
-    history: Any, path: str | os.PathLike, title: str | None = None
-) -> str:
+def plot_training_curves(history: Any, path: str | os.PathLike, title: str | None = None) -> str:
     """Plots every metric of a run (train and `val_` together) against the epoch, with the
     boundary between the head phase and fine-tuning marked. Returns the path.
 

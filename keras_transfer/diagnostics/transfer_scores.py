@@ -51,7 +51,7 @@ from keras_transfer.diagnostics.feature_scores import h_score
 from keras_transfer.diagnostics.feature_scores import leep
 from keras_transfer.diagnostics.feature_scores import logme
 from keras_transfer.heads.classifier import TransferClassifier
-from keras_transfer.training import features as features_lib
+from keras_transfer.training import extraction as features_lib
 
 __all__ = [
     "METHODS",

@@ -180,7 +180,8 @@ class LayerwiseLearningRate(_keras_compat.OptimizerHooks):
             )
         return result
 
-    def _multiplier_of(self, variable) -> float:
+    def multiplier_of(self, variable: keras.Variable) -> float:
+        """The learning-rate multiplier of `variable`, one the optimizer was built on."""
         return self._lr_multipliers[_keras_compat.variable_index(self, variable)]
 
     def build(self, variables):
@@ -194,7 +195,7 @@ class LayerwiseLearningRate(_keras_compat.OptimizerHooks):
 
     def update_step(self, gradient, variable, learning_rate):
         # Runs once per variable while the step is traced: the multiplier is a constant.
-        multiplier = self._multiplier_of(variable)
+        multiplier = self.multiplier_of(variable)
         if multiplier == 0.0:
             return None  # leave the variable and its slots untouched
         if multiplier != 1.0:
@@ -206,13 +207,13 @@ class LayerwiseLearningRate(_keras_compat.OptimizerHooks):
         # (AdamW, Loshchilov & Hutter) is `lr * wd * w`, so it must use the scaled rate.
         if self.weight_decay is None:
             return
-        if all(self._multiplier_of(variable) == 1.0 for variable in variables):
+        if all(self.multiplier_of(variable) == 1.0 for variable in variables):
             self.parent_apply_weight_decay(variables)
             return
 
         def distributed_apply(distribution, variables):
             for variable in variables:
-                multiplier = self._multiplier_of(variable)
+                multiplier = self.multiplier_of(variable)
                 if multiplier == 0.0:
                     continue
 
@@ -242,7 +243,7 @@ class LayerwiseLearningRate(_keras_compat.OptimizerHooks):
         ):
             if average is None:
                 continue
-            if self._multiplier_of(variable) == 0.0:
+            if self.multiplier_of(variable) == 0.0:
                 average.assign(variable)
                 continue
             not_first_step = keras.ops.not_equal(self.iterations, 0)

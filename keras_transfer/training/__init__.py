@@ -1,44 +1,59 @@
-"""The training run: two-phase fine-tuning (`two_phase`), the feature cache (`features`),
-callbacks, the learning-rate finder and TensorBoard logging.
+"""The training run: two-phase fine-tuning (`two_phase`; its history and resumable state in
+`two_phase_state`), the feature cache (`extraction`, its on-disk `feature_writer`, and the
+head trained on cached features in `features`), callbacks, the learning-rate finder and
+TensorBoard logging.
 """
 
 from keras_transfer.training import callbacks
+from keras_transfer.training import extraction
+from keras_transfer.training import feature_writer
 from keras_transfer.training import features
 from keras_transfer.training import lr_finder
 from keras_transfer.training import tensorboard
 from keras_transfer.training import two_phase
+from keras_transfer.training import two_phase_state
 from keras_transfer.training.callbacks import BatchNormRecalibration
 from keras_transfer.training.callbacks import GradualUnfreezing
 from keras_transfer.training.callbacks import ValidatedEarlyStopping
 from keras_transfer.training.callbacks import ensure_optimizer_variables
 from keras_transfer.training.callbacks import parse_unfreeze_schedule
 from keras_transfer.training.callbacks import recalibrate_batchnorm
-from keras_transfer.training.features import DEFAULT_MAX_MEMORY_BYTES
-from keras_transfer.training.features import CachedFeatures
+from keras_transfer.training.extraction import DEFAULT_MAX_MEMORY_BYTES
+from keras_transfer.training.extraction import CachedFeatures
+from keras_transfer.training.extraction import backbone_preprocessing_and_head
+from keras_transfer.training.extraction import extract_features
+from keras_transfer.training.extraction import feature_extractor
+from keras_transfer.training.extraction import image_batches
+from keras_transfer.training.feature_writer import FeatureWriter
 from keras_transfer.training.features import FeatureCache
 from keras_transfer.training.features import FeatureExtraction
 from keras_transfer.training.features import HeadOnFeatures
 from keras_transfer.training.features import check_class_weight
-from keras_transfer.training.features import extract_features
-from keras_transfer.training.features import feature_extractor
 from keras_transfer.training.features import fit_feature_extractor
 from keras_transfer.training.features import fit_head_on_features
 from keras_transfer.training.lr_finder import LRFinderResult
 from keras_transfer.training.lr_finder import find_learning_rate
 from keras_transfer.training.tensorboard import RunTensorBoard
-from keras_transfer.training.two_phase import PHASE_FINE_TUNE
-from keras_transfer.training.two_phase import PHASE_HEAD
-from keras_transfer.training.two_phase import TwoPhaseHistory
 from keras_transfer.training.two_phase import check_initial_epoch
 from keras_transfer.training.two_phase import fit_two_phase
 from keras_transfer.training.two_phase import fit_two_phase_cached
+from keras_transfer.training.two_phase_state import HEAD_WEIGHTS_FILE
+from keras_transfer.training.two_phase_state import PHASE_FINE_TUNE
+from keras_transfer.training.two_phase_state import PHASE_HEAD
+from keras_transfer.training.two_phase_state import STATE_FILE
+from keras_transfer.training.two_phase_state import EpochRecorder
+from keras_transfer.training.two_phase_state import RunState
+from keras_transfer.training.two_phase_state import TwoPhaseHistory
 
 __all__ = [
     "callbacks",
     "tensorboard",
     "lr_finder",
+    "extraction",
+    "feature_writer",
     "features",
     "two_phase",
+    "two_phase_state",
     "BatchNormRecalibration",
     "GradualUnfreezing",
     "ValidatedEarlyStopping",
@@ -50,6 +65,9 @@ __all__ = [
     "find_learning_rate",
     "CachedFeatures",
     "DEFAULT_MAX_MEMORY_BYTES",
+    "FeatureWriter",
+    "backbone_preprocessing_and_head",
+    "image_batches",
     "FeatureCache",
     "FeatureExtraction",
     "HeadOnFeatures",
@@ -58,10 +76,14 @@ __all__ = [
     "feature_extractor",
     "fit_feature_extractor",
     "fit_head_on_features",
-    "PHASE_FINE_TUNE",
-    "PHASE_HEAD",
-    "TwoPhaseHistory",
     "check_initial_epoch",
     "fit_two_phase",
     "fit_two_phase_cached",
+    "HEAD_WEIGHTS_FILE",
+    "PHASE_FINE_TUNE",
+    "PHASE_HEAD",
+    "STATE_FILE",
+    "EpochRecorder",
+    "RunState",
+    "TwoPhaseHistory",
 ]

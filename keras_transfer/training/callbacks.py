@@ -1,4 +1,7 @@
-"""Gradual unfreezing inside one `model.fit` (ULMFiT's recipe, on backbone blocks).
+"""Callbacks for transfer learning: gradual unfreezing inside one `model.fit` (ULMFiT's
+recipe, on backbone blocks: `GradualUnfreezing`, `ensure_optimizer_variables`),
+BatchNormalization recalibration (`recalibrate_batchnorm`, `BatchNormRecalibration`) and
+early stopping that restores the weights validation scored (`ValidatedEarlyStopping`).
 
 Keras builds the train step once per `fit` and the optimizer creates its slots for the
 variables of its first update, refusing unknown variables afterwards. Changing `trainable`

@@ -9,9 +9,11 @@ left as it was.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import keras
@@ -49,19 +51,14 @@ class LRFinderResult:
     diverged: bool
 
     def plot(self, path: str | os.PathLike, title: str | None = None) -> str:
-        """Saves loss vs learning rate (log scale) with the suggestion marked, as a PNG.
+        """Saves loss vs learning rate (log scale) with the suggestion marked, as a PNG."""
+        # matplotlib is a base dependency; imported here so that importing the finder
+        # does not load it. Agg: no display is needed to write a file.
+        import matplotlib
 
-        Needs matplotlib (`pip install matplotlib`).
-        """
-        try:
-            import matplotlib
+        matplotlib.use("Agg")
+        from matplotlib import pyplot
 
-            matplotlib.use("Agg")
-            from matplotlib import pyplot
-        except ImportError as error:
-            raise ImportError(
-                "LRFinderResult.plot needs matplotlib: pip install matplotlib"
-            ) from error
         figure, axes = pyplot.subplots(figsize=(6, 4))
         axes.plot(self.learning_rates, self.losses, label="smoothed loss")
         axes.set_xscale("log")
@@ -121,7 +118,7 @@ def find_learning_rate(
         optimizer: the optimizer to sweep with; default a copy of the model's (same class and
             settings, learning-rate schedule replaced by the sweep's constant per step).
         batch_size: the batch size when `data` is arrays.
-        plot_path: if given, save the curve as a PNG there (needs matplotlib).
+        plot_path: if given, save the curve as a PNG there.
 
     Returns:
         An `LRFinderResult` (curve, suggestions, `plot(path)`).
@@ -133,6 +130,29 @@ def find_learning_rate(
     model.compile(optimizer=keras.optimizers.Adam(result.suggestion))
     ```
     """
+    _check_sweep(model, min_lr, max_lr, steps, method, smoothing, divergence_factor)
+    batches = iter(_as_dataset(data, batch_size).repeat())
+    sweep_optimizer = optimizer if optimizer is not None else _copy_optimizer(model.optimizer)
+    learning_rates = min_lr * (max_lr / min_lr) ** (np.arange(steps) / (steps - 1))
+    with _model_restored_afterwards(model, sweep_optimizer):
+        curve = _sweep(
+            model, sweep_optimizer, batches, learning_rates, smoothing, divergence_factor
+        )
+    result = _suggest(curve.finite() if curve.diverged else curve, method, min_lr)
+    if plot_path is not None:
+        result.plot(plot_path)
+    return result
+
+
+def _check_sweep(
+    model: keras.Model,
+    min_lr: float,
+    max_lr: float,
+    steps: int,
+    method: str,
+    smoothing: float,
+    divergence_factor: float,
+) -> None:
     if getattr(model, "optimizer", None) is None:
         raise ValueError("find_learning_rate needs a compiled model: call model.compile first.")
     if not (0 < min_lr < max_lr and math.isfinite(max_lr)):
@@ -146,40 +166,19 @@ def find_learning_rate(
     if divergence_factor <= 1:
         raise ValueError(f"`divergence_factor` must be > 1, got {divergence_factor}.")
 
-    batches = iter(_as_dataset(data, batch_size).repeat())
-    sweep_optimizer = optimizer if optimizer is not None else _copy_optimizer(model.optimizer)
+
+@contextlib.contextmanager
+def _model_restored_afterwards(
+    model: keras.Model, sweep_optimizer: keras.optimizers.Optimizer
+) -> Iterator[None]:
+    """Inside, `model` trains with `sweep_optimizer`; afterwards (even after an error) its
+    own optimizer, train function, variables and metrics are as they were."""
     saved_values = [variable.numpy() for variable in model.variables]
     own_optimizer = model.optimizer
-    learning_rates = min_lr * (max_lr / min_lr) ** (np.arange(steps) / (steps - 1))
-    tried: list[float] = []
-    raw: list[float] = []
-    smoothed: list[float] = []
-    average, best, diverged = 0.0, math.inf, False
     try:
         model.optimizer = sweep_optimizer
         model.make_train_function(force=True)
-        for step, learning_rate in enumerate(learning_rates):
-            sweep_optimizer.learning_rate = float(learning_rate)
-            try:
-                batch = next(batches)
-            except StopIteration:  # only an empty dataset ends: it is repeated
-                raise ValueError(
-                    "`data` yielded no batches: the learning-rate sweep needs at least one. "
-                    "Check that the dataset is not empty (with drop_remainder=True, a dataset "
-                    "smaller than one batch has none: lower batch_size)."
-                ) from None
-            x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(batch)
-            logs = model.train_on_batch(x, y, sample_weight=sample_weight, return_dict=True)
-            loss = float(logs["loss"])
-            tried.append(float(learning_rate))
-            raw.append(loss)
-            average = smoothing * average + (1 - smoothing) * loss
-            value = average / (1 - smoothing ** (step + 1))
-            smoothed.append(value)
-            if not math.isfinite(value) or (step > 0 and value > divergence_factor * best):
-                diverged = True
-                break
-            best = min(best, value)
+        yield
     finally:
         model.optimizer = own_optimizer
         model.make_train_function(force=True)
@@ -187,36 +186,84 @@ def find_learning_rate(
             variable.assign(value)
         model.reset_metrics()
 
-    if diverged:
-        # Keep the curve up to the last finite point for the suggestions and the plot.
-        keep = [i for i, v in enumerate(smoothed) if math.isfinite(v)]
-        tried, smoothed, raw = (
-            [tried[i] for i in keep],
-            [smoothed[i] for i in keep],
-            [raw[i] for i in keep],
+
+@dataclasses.dataclass
+class _Curve:
+    """The sweep's learning rates, raw and smoothed losses, and whether it diverged."""
+
+    tried: list[float] = dataclasses.field(default_factory=list)
+    raw: list[float] = dataclasses.field(default_factory=list)
+    smoothed: list[float] = dataclasses.field(default_factory=list)
+    diverged: bool = False
+
+    def finite(self) -> _Curve:
+        """The curve up to its last finite point, for the suggestions and the plot."""
+        keep = [i for i, v in enumerate(self.smoothed) if math.isfinite(v)]
+        return _Curve(
+            [self.tried[i] for i in keep],
+            [self.raw[i] for i in keep],
+            [self.smoothed[i] for i in keep],
+            self.diverged,
         )
-    if len(smoothed) < 3:
+
+
+def _sweep(
+    model: keras.Model,
+    optimizer: keras.optimizers.Optimizer,
+    batches: Iterator[Any],
+    learning_rates: np.ndarray,
+    smoothing: float,
+    divergence_factor: float,
+) -> _Curve:
+    """One training step per learning rate, until the smoothed loss diverges."""
+    curve = _Curve()
+    average, best = 0.0, math.inf
+    for step, learning_rate in enumerate(learning_rates):
+        optimizer.learning_rate = float(learning_rate)
+        try:
+            batch = next(batches)
+        except StopIteration:  # only an empty dataset ends: it is repeated
+            raise ValueError(
+                "`data` yielded no batches: the learning-rate sweep needs at least one. "
+                "Check that the dataset is not empty (with drop_remainder=True, a dataset "
+                "smaller than one batch has none: lower batch_size)."
+            ) from None
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(batch)
+        logs = model.train_on_batch(x, y, sample_weight=sample_weight, return_dict=True)
+        loss = float(logs["loss"])
+        curve.tried.append(float(learning_rate))
+        curve.raw.append(loss)
+        average = smoothing * average + (1 - smoothing) * loss
+        value = average / (1 - smoothing ** (step + 1))  # bias-corrected, as in Adam
+        curve.smoothed.append(value)
+        if not math.isfinite(value) or (step > 0 and value > divergence_factor * best):
+            curve.diverged = True
+            break
+        best = min(best, value)
+    return curve
+
+
+def _suggest(curve: _Curve, method: str, min_lr: float) -> LRFinderResult:
+    """The result: the curve and the learning rate each method suggests."""
+    if len(curve.smoothed) < 3:
         raise ValueError(
-            f"The loss diverged after {len(smoothed)} step(s) of the sweep, from min_lr={min_lr}: "
-            "lower min_lr (or check the data and loss)."
+            f"The loss diverged after {len(curve.smoothed)} step(s) of the sweep, from "
+            f"min_lr={min_lr}: lower min_lr (or check the data and loss)."
         )
     suggestions = {
-        "steepest": _steepest(tried, smoothed),
-        "valley": _valley(tried, smoothed),
-        "minimum": tried[int(np.argmin(smoothed))] / 10.0,
+        "steepest": _steepest(curve.tried, curve.smoothed),
+        "valley": _valley(curve.tried, curve.smoothed),
+        "minimum": curve.tried[int(np.argmin(curve.smoothed))] / 10.0,
     }
-    result = LRFinderResult(
-        learning_rates=tried,
-        losses=smoothed,
-        raw_losses=raw,
+    return LRFinderResult(
+        learning_rates=curve.tried,
+        losses=curve.smoothed,
+        raw_losses=curve.raw,
         suggestion=suggestions[method],
         method=method,
-        diverged=diverged,
+        diverged=curve.diverged,
         **suggestions,
     )
-    if plot_path is not None:
-        result.plot(plot_path)
-    return result
 
 
 def _as_dataset(data: Any, batch_size: int) -> tf.data.Dataset:

@@ -23,7 +23,7 @@ from keras_transfer.adaptation import losses as losses_lib
 from keras_transfer.adaptation.layers import GradientReversal
 from keras_transfer.adaptation.schedules import reversal_weight
 from keras_transfer.backbones import registry as backbones_lib
-from keras_transfer.training import features as features_lib
+from keras_transfer.training import extraction as features_lib
 
 __all__ = [
     "ALIGNMENT_LAYERS",

@@ -29,7 +29,7 @@ from keras_transfer.few_shot.prototypes import DEFAULT_REFINE_LEARNING_RATE
 from keras_transfer.few_shot.prototypes import prototype_head_from_features
 from keras_transfer.few_shot.prototypes import refine_prototype_head
 from keras_transfer.heads.classifier import TransferClassifier
-from keras_transfer.training import features as features_lib
+from keras_transfer.training import extraction as features_lib
 
 __all__ = ["add_classes", "fit_prototypes"]
 

@@ -21,7 +21,7 @@ import tensorflow as tf
 from keras_transfer.backbones.preprocessing import ImagePreprocessing
 from keras_transfer.backbones.registry import Backbone
 from keras_transfer.heads.classification import ClassificationHead
-from keras_transfer.heads.classification import TransferClassifier
+from keras_transfer.heads.classifier import TransferClassifier
 from keras_transfer.training.feature_writer import FeatureWriter
 
 __all__ = [

@@ -30,9 +30,9 @@ from typing import Any
 
 import keras
 
+from keras_transfer import heads
 from keras_transfer.backbones.registry import Backbone
 from keras_transfer.data import imbalance
-from keras_transfer.heads import classification as heads
 from keras_transfer.heads.classification import ClassificationHead
 from keras_transfer.heads.classifier import TransferClassifier
 from keras_transfer.heads.classifier import create_classifier

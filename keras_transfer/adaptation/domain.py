@@ -38,6 +38,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_transfer import data as data_lib
 from keras_transfer import heads as heads_lib
 from keras_transfer.adaptation.model import ALIGNMENT_LAYERS as ALIGNMENT_LAYERS
 from keras_transfer.adaptation.model import DomainAdaptation
@@ -60,16 +61,13 @@ __all__ = [
 
 
 def _as_dataset(data: Any, what: str, batch_size: int) -> tf.data.Dataset:
-    if isinstance(data, tf.data.Dataset):
-        return data
-    if isinstance(data, np.ndarray):
-        return tf.data.Dataset.from_tensor_slices(data).batch(batch_size)
-    if isinstance(data, tuple | list) and data and all(isinstance(a, np.ndarray) for a in data):
-        return tf.data.Dataset.from_tensor_slices(tuple(data)).batch(batch_size)
-    raise TypeError(
-        f"{what} must be a batched tf.data.Dataset, a NumPy array of images or a tuple of "
-        f"NumPy arrays (images, labels); got {type(data).__name__}."
-    )
+    dataset = data_lib.as_dataset(data, what, batch_size=batch_size)
+    if not isinstance(dataset, tf.data.Dataset):  # the pairing zips and repeats datasets
+        raise TypeError(
+            f"{what} must be a batched tf.data.Dataset, a NumPy array of images or a tuple of "
+            f"NumPy arrays (images, labels); got {type(data).__name__}."
+        )
+    return dataset
 
 
 def _images_only(dataset: tf.data.Dataset, what: str) -> tf.data.Dataset:

@@ -23,9 +23,9 @@ from keras_transfer.data.decoding import read_image_size
 from keras_transfer.data.decoding import resize_and_crop
 from keras_transfer.data.folders import TargetImages
 from keras_transfer.data.folders import image_folder_dataset
-from keras_transfer.data.folders import no_fit_shuffle
 from keras_transfer.data.folders import target_image_dataset
 from keras_transfer.data.image_data import ImageData
+from keras_transfer.data.image_data import as_dataset
 from keras_transfer.data.image_data import is_image_data
 from keras_transfer.data.imbalance import IMBALANCE_WARNING_RATIO
 from keras_transfer.data.imbalance import balanced_weights
@@ -73,6 +73,7 @@ __all__ = [
     "read_image_size",
     "resize_and_crop",
     "ImageData",
+    "as_dataset",
     "is_image_data",
     "PipelineOptions",
     "augmentation_names",
@@ -90,7 +91,6 @@ __all__ = [
     "walk_image_files",
     "TargetImages",
     "image_folder_dataset",
-    "no_fit_shuffle",
     "target_image_dataset",
     "tfds_dataset",
     "IMBALANCE_WARNING_RATIO",

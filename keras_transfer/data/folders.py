@@ -35,7 +35,6 @@ from keras_transfer.data.pipeline import pipeline_options
 __all__ = [
     "TargetImages",
     "image_folder_dataset",
-    "no_fit_shuffle",
     "target_image_dataset",
 ]
 
@@ -290,12 +289,3 @@ def target_image_dataset(
         labelled_reason=reason,
         skipped=dict(listing.skipped),
     )
-
-
-def no_fit_shuffle(train_data: Any, fit_kwargs: dict[str, Any]) -> dict[str, Any]:
-    """`fit_kwargs` with `shuffle=False` when `train_data` is a `tf.data.Dataset` and no
-    `shuffle` is given: a dataset shuffles itself, and Keras ignores (and warns about) fit's
-    default `shuffle=True` for one."""
-    if isinstance(train_data, tf.data.Dataset):
-        fit_kwargs.setdefault("shuffle", False)
-    return fit_kwargs

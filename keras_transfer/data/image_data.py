@@ -1,4 +1,5 @@
-"""What the image loaders return: `ImageData`, and `is_image_data` to recognise it.
+"""What the image loaders return: `ImageData`, `is_image_data` to recognise it, and
+`as_dataset`, the one conversion of what functions accept as data into batches.
 
 Modules that accept an `ImageData` as well as arrays or datasets test for it with
 `is_image_data` (by its attributes, so they need not import the loaders or TensorFlow data
@@ -10,10 +11,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import numpy as np
 import tensorflow as tf
 
 __all__ = [
     "ImageData",
+    "as_dataset",
     "is_image_data",
 ]
 
@@ -66,3 +69,70 @@ def is_image_data(obj: Any) -> bool:
     ```
     """
     return hasattr(obj, "train") and hasattr(obj, "class_names")
+
+
+def as_dataset(
+    data: Any,
+    what: str = "data",
+    *,
+    batch_size: int | None = None,
+    shuffle_seed: int | None = None,
+) -> Any:
+    """What the package's functions accept as data, as batches: the one conversion.
+
+    - a `tf.data.Dataset` (or any other iterable of batches) comes back as it is;
+    - an `ImageData` gives its training split;
+    - NumPy arrays (images, or a tuple/list such as `(images, labels)`) are batched by
+      `batch_size`, shuffled first when `shuffle_seed` is given; without a `batch_size` the
+      caller takes no arrays, and the error says how to make a dataset of them;
+    - `None` is an error naming `what`.
+
+    Args:
+        data: the data.
+        what: its name in error messages (`"source"`, `"validation_data"`...).
+        batch_size: batch arrays into this many examples; `None` refuses arrays.
+        shuffle_seed: shuffle arrays (every epoch anew) with this seed before batching.
+
+    Returns:
+        Batches: a `tf.data.Dataset`, or the caller's own iterable.
+
+    Example:
+
+    ```python
+    batches = as_dataset((images, labels), "data", batch_size=32)
+    ```
+    """
+    if data is None:
+        raise ValueError(f"{what} is None.")
+    if is_image_data(data):
+        return data.train
+    if not isinstance(data, tuple | list | np.ndarray):
+        return data
+    arrays = _as_arrays(data)
+    if batch_size is None:
+        raise TypeError(
+            f"{what} must be a batched tf.data.Dataset (or iterable) of (images, labels), got a "
+            f"{type(data).__name__}. For arrays use "
+            "tf.data.Dataset.from_tensor_slices((images, labels)).batch(32)."
+        )
+    if arrays is None:
+        raise TypeError(
+            f"{what} must be a batched tf.data.Dataset, a NumPy array of images or a tuple of "
+            f"NumPy arrays (images, labels); got a {type(data).__name__} of "
+            f"{', '.join(sorted({type(a).__name__ for a in data})) or 'nothing'}."
+        )
+    dataset = tf.data.Dataset.from_tensor_slices(arrays)
+    if shuffle_seed is not None:
+        count = len(arrays[0]) if isinstance(arrays, tuple) else len(arrays)
+        dataset = dataset.shuffle(count, seed=shuffle_seed, reshuffle_each_iteration=True)
+    return dataset.batch(batch_size)
+
+
+def _as_arrays(data: Any) -> Any:
+    """`data` as a NumPy array or a tuple of arrays (what `from_tensor_slices` takes), else
+    `None`. A tuple's parts may be lists (labels often are); each becomes an array."""
+    if isinstance(data, np.ndarray):
+        return data
+    if data and all(isinstance(a, np.ndarray | list) for a in data):
+        return tuple(np.asarray(a) for a in data)
+    return None

@@ -33,10 +33,10 @@ import keras
 
 from keras_transfer import _keras_compat
 from keras_transfer.backbones.hub import HubBackbone
-from keras_transfer.data import folders as data_lib
 from keras_transfer.heads.classifier import TransferClassifier
 from keras_transfer.optimizers import layerwise as optimizers
 from keras_transfer.training import callbacks as callbacks_lib
+from keras_transfer.utils import fit_arguments
 
 __all__ = [
     "DEFAULT_SCRATCH_BN_MOMENTUM",
@@ -136,7 +136,7 @@ def fit_scratch_baseline(
             *(fit_kwargs.get("callbacks") or []),
             callbacks_lib.BatchNormRecalibration(train_data, recalibration_steps),
         ]
-    data_lib.no_fit_shuffle(train_data, fit_kwargs)
+    fit_arguments.no_fit_shuffle(train_data, fit_kwargs)
     history = baseline.fit(train_data, validation_data=validation_data, epochs=epochs, **fit_kwargs)
     return baseline, history
 

@@ -28,8 +28,8 @@ import tensorflow as tf
 
 from keras_transfer import _keras_compat
 from keras_transfer import heads
-from keras_transfer.data import folders as data_lib
 from keras_transfer.optimizers import layerwise as optimizers
+from keras_transfer.utils import fit_arguments
 
 __all__ = ["ProbabilitiesToLogits", "distill", "logits_model"]
 
@@ -309,7 +309,7 @@ def distill(
             distillation, *views, temperature, alpha, make_optimizer(learning_rate)
         )
         fit_kwargs.update(callbacks=list(callbacks or []), verbose=verbose)
-        data_lib.no_fit_shuffle(train, fit_kwargs)
+        fit_arguments.no_fit_shuffle(train, fit_kwargs)
         distiller.fit(train, validation_data=validation, epochs=epochs, **fit_kwargs)
     return student
 

@@ -23,7 +23,6 @@ from keras_transfer.training.extraction import CachedFeatures
 from keras_transfer.training.extraction import backbone_preprocessing_and_head
 from keras_transfer.training.extraction import extract_features
 from keras_transfer.training.extraction import feature_extractor
-from keras_transfer.training.extraction import image_batches
 from keras_transfer.training.feature_writer import FeatureWriter
 from keras_transfer.training.features import FeatureCache
 from keras_transfer.training.features import FeatureExtraction
@@ -67,7 +66,6 @@ __all__ = [
     "DEFAULT_MAX_MEMORY_BYTES",
     "FeatureWriter",
     "backbone_preprocessing_and_head",
-    "image_batches",
     "FeatureCache",
     "FeatureExtraction",
     "HeadOnFeatures",

@@ -18,6 +18,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_transfer import data as data_lib
 from keras_transfer.backbones.preprocessing import ImagePreprocessing
 from keras_transfer.backbones.registry import Backbone
 from keras_transfer.heads.classification import ClassificationHead
@@ -30,7 +31,6 @@ __all__ = [
     "backbone_preprocessing_and_head",
     "extract_features",
     "feature_extractor",
-    "image_batches",
 ]
 
 logger = logging.getLogger("keras_transfer")
@@ -199,7 +199,7 @@ def extract_features(
     """
     if isinstance(passes, bool) or not isinstance(passes, int) or passes < 1:
         raise ValueError(f"passes must be a positive integer, got {passes!r}.")
-    dataset = image_batches(dataset, "dataset")
+    dataset = data_lib.as_dataset(dataset, "dataset")
     steps = _cardinality(dataset)
     batches = steps * passes if steps else None
     if verbose:
@@ -275,23 +275,6 @@ def _forward_function(extractor: keras.Model):
 
         extractor._keras_transfer_forward = forward
     return forward
-
-
-def image_batches(data: Any, what: str) -> Any:
-    """`data` as batches of `(images, labels)` to extract from: an `ImageData` gives its
-    training split; `None` and unbatched arrays are errors that name `what`."""
-    if data is None:
-        raise ValueError(f"{what} is None.")
-    # ImageData (keras_transfer.data.folders) without importing it: its training split.
-    if hasattr(data, "train") and hasattr(data, "class_names"):
-        return data.train
-    if isinstance(data, tuple | list | np.ndarray):
-        raise TypeError(
-            f"{what} must be a batched tf.data.Dataset (or iterable) of (images, labels), got a "
-            f"{type(data).__name__}. For arrays use "
-            "tf.data.Dataset.from_tensor_slices((images, labels)).batch(32)."
-        )
-    return data
 
 
 def _cardinality(dataset) -> int | None:

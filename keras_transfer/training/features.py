@@ -30,6 +30,7 @@ from typing import Any
 
 import keras
 
+from keras_transfer import data as data_lib
 from keras_transfer import heads
 from keras_transfer.backbones.registry import Backbone
 from keras_transfer.data import imbalance
@@ -191,7 +192,7 @@ def _cache_splits(
 
     train_cache = extraction.extract_features(
         extractor,
-        extraction.image_batches(cache.data, "the data to cache"),
+        data_lib.as_dataset(cache.data, "the data to cache"),
         passes=cache.passes,
         cache_dir=folder("train"),
         max_memory_bytes=cache.max_memory_bytes,
@@ -202,7 +203,7 @@ def _cache_splits(
         return train_cache, None
     val_cache = extraction.extract_features(
         extractor,
-        extraction.image_batches(validation_data, "validation_data"),
+        data_lib.as_dataset(validation_data, "validation_data"),
         cache_dir=folder("validation"),
         max_memory_bytes=cache.max_memory_bytes,
         verbose=verbose,

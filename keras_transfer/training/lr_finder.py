@@ -20,6 +20,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_transfer import data as data_lib
+
 __all__ = ["LRFinderResult", "find_learning_rate"]
 
 
@@ -267,17 +269,15 @@ def _suggest(curve: _Curve, method: str, min_lr: float) -> LRFinderResult:
 
 
 def _as_dataset(data: Any, batch_size: int) -> tf.data.Dataset:
-    if isinstance(data, tf.data.Dataset):
-        return data
-    if isinstance(data, tuple) and len(data) in (2, 3):
-        return (
-            tf.data.Dataset.from_tensor_slices(data)
-            .shuffle(len(data[0]), seed=0, reshuffle_each_iteration=True)
-            .batch(batch_size)
+    # Arrays are shuffled every pass: the sweep repeats the data when it is shorter than
+    # `steps`, and each learning rate should see fresh batches.
+    dataset = data_lib.as_dataset(data, "`data`", batch_size=batch_size, shuffle_seed=0)
+    if not isinstance(dataset, tf.data.Dataset):  # the sweep repeats it
+        raise TypeError(
+            f"`data` must be a tf.data.Dataset of batches or a tuple (x, y), got "
+            f"{type(data).__name__}."
         )
-    raise TypeError(
-        f"`data` must be a tf.data.Dataset of batches or a tuple (x, y), got {type(data).__name__}."
-    )
+    return dataset
 
 
 def _copy_optimizer(optimizer: keras.optimizers.Optimizer) -> keras.optimizers.Optimizer:

@@ -59,7 +59,6 @@ import tensorflow as tf
 from keras_transfer import _keras_compat
 from keras_transfer import heads
 from keras_transfer.backbones import freezing
-from keras_transfer.data import folders as data_lib
 from keras_transfer.data import imbalance
 from keras_transfer.optimizers import layerwise as optimizers
 from keras_transfer.peft import lora
@@ -70,6 +69,7 @@ from keras_transfer.training.two_phase_state import PHASE_FINE_TUNE
 from keras_transfer.training.two_phase_state import PHASE_HEAD
 from keras_transfer.training.two_phase_state import TwoPhaseHistory
 from keras_transfer.utils import distribute
+from keras_transfer.utils import fit_arguments
 from keras_transfer.utils import reliability
 
 __all__ = [
@@ -232,7 +232,7 @@ def _prepare_run(run: _Run) -> _Run:
     expect_validation = run.validation_data is not None and "validation_freq" not in run.fit_kwargs
     run.guard = [reliability.EmptyEpochGuard(expect_validation)]
     run.guard += [reliability.NonFiniteGuard()] if run.nan_guard else []
-    data_lib.no_fit_shuffle(run.train_data, run.fit_kwargs)
+    fit_arguments.no_fit_shuffle(run.train_data, run.fit_kwargs)
     return run
 
 

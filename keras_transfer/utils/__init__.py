@@ -3,6 +3,7 @@ distribution strategies and mixed precision (`distribute`).
 """
 
 from keras_transfer.utils import distribute
+from keras_transfer.utils import fit_arguments
 from keras_transfer.utils import reliability
 from keras_transfer.utils.distribute import STRATEGIES
 from keras_transfer.utils.distribute import MultiWorkerFitMixin
@@ -17,6 +18,7 @@ from keras_transfer.utils.distribute import is_tpu
 from keras_transfer.utils.distribute import mixed_precision_policy
 from keras_transfer.utils.distribute import set_mixed_precision
 from keras_transfer.utils.distribute import static_batches
+from keras_transfer.utils.fit_arguments import no_fit_shuffle
 from keras_transfer.utils.reliability import AtomicBackupAndRestore
 from keras_transfer.utils.reliability import BackupUnreadableError
 from keras_transfer.utils.reliability import EmptyEpochGuard
@@ -32,6 +34,7 @@ from keras_transfer.utils.reliability import write_atomically
 __all__ = [
     "reliability",
     "distribute",
+    "fit_arguments",
     "AtomicBackupAndRestore",
     "BackupUnreadableError",
     "EmptyEpochGuard",
@@ -56,4 +59,5 @@ __all__ = [
     "mixed_precision_policy",
     "set_mixed_precision",
     "static_batches",
+    "no_fit_shuffle",
 ]

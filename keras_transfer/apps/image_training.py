@@ -216,7 +216,8 @@ def _adapt_to_target(
             use_ema=bool(config.ema_momentum), ema_momentum=config.ema_momentum or 0.99
         ),
         callbacks=callbacks,
-        initial_epoch=plan["head_epochs"],
+        # Numbered on from the head phase's last epoch, also when it stopped early.
+        initial_epoch=history.epoch[-1] + 1 if history.epoch else 0,
         verbose=min(config.verbose, 2),
     )
     history.add(training.PHASE_FINE_TUNE, adapted, time.perf_counter() - start)

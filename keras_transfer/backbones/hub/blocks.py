@@ -9,15 +9,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import keras
 
 from keras_transfer import _keras_compat
 from keras_transfer.backbones import registry as backbones_lib
-
-if TYPE_CHECKING:
-    from keras_transfer.backbones.hub import layer as layer_lib
 
 __all__ = [
     "HubBlock",
@@ -100,9 +96,7 @@ class HubVariableGroup:
     `trainable_weights`, `trainable`); setting `trainable` sets the variables'.
     """
 
-    def __init__(
-        self, layer: layer_lib.HubBackbone, name: str, variables: tuple[keras.Variable, ...]
-    ):
+    def __init__(self, layer: keras.layers.Layer, name: str, variables: tuple[keras.Variable, ...]):
         self.layer = layer
         self.name = name
         self.variables = variables

@@ -37,7 +37,7 @@ SERIALIZABLE_MODULES = (
     "keras_transfer.optimizers.schedules",
     "keras_transfer.peft.l2sp",
     "keras_transfer.distillation.distiller",
-    "keras_transfer.training.callbacks",
+    "keras_transfer.training.callbacks.unfreezing",
     "keras_transfer.adaptation.layers",
     "keras_transfer.adaptation.losses",
     "keras_transfer.adaptation.schedules",

@@ -17,6 +17,8 @@ from keras_transfer.training import extraction
 from keras_transfer.training import feature_writer
 from keras_transfer.training import lr_finder
 from keras_transfer.training import two_phase as training
+from keras_transfer.training.callbacks.backup import AtomicBackupAndRestore
+from keras_transfer.training.callbacks.backup import BackupUnreadableError
 from keras_transfer.utils import reliability
 
 
@@ -228,9 +230,7 @@ def _interrupted_backup(folder):
             epochs=5,
             verbose=0,
             callbacks=[
-                reliability.AtomicBackupAndRestore(
-                    folder, double_checkpoint=True, delete_checkpoint=False
-                ),
+                AtomicBackupAndRestore(folder, double_checkpoint=True, delete_checkpoint=False),
                 InterruptAt(3),
             ],
         )
@@ -251,8 +251,8 @@ def test_unreadable_backup_names_the_folder_and_the_fix(tmp_path):
         _damage(folder / name, tmp_path)
     model = small_model()
     before = model.get_weights()
-    backup = reliability.AtomicBackupAndRestore(folder, double_checkpoint=True)
-    with pytest.raises(reliability.BackupUnreadableError) as error:
+    backup = AtomicBackupAndRestore(folder, double_checkpoint=True)
+    with pytest.raises(BackupUnreadableError) as error:
         model.fit(*XY, epochs=5, verbose=0, callbacks=[backup])
     message = str(error.value)
     assert str(folder) in message and "could not be loaded" in message
@@ -266,7 +266,7 @@ def test_damaged_latest_backup_falls_back_to_the_previous_one(tmp_path):
     _interrupted_backup(folder)
     _damage(folder / "latest.weights.h5", tmp_path)
     recorder = InterruptAt()
-    backup = reliability.AtomicBackupAndRestore(folder, double_checkpoint=True)
+    backup = AtomicBackupAndRestore(folder, double_checkpoint=True)
     small_model().fit(*XY, epochs=5, verbose=0, callbacks=[backup, recorder])
     assert recorder.epochs == [2, 3, 4]  # from the previous backup (end of epoch 1) onwards
 
@@ -274,7 +274,7 @@ def test_damaged_latest_backup_falls_back_to_the_previous_one(tmp_path):
 def test_backup_callback_writes_no_partial_file_at_its_final_name(tmp_path):
     model = small_model()
     x, y = XY
-    backup = reliability.AtomicBackupAndRestore(tmp_path / "b", delete_checkpoint=False)
+    backup = AtomicBackupAndRestore(tmp_path / "b", delete_checkpoint=False)
     model.fit(x, y, epochs=1, verbose=0, callbacks=[backup])
     good = (tmp_path / "b" / "latest.weights.h5").read_bytes()
     with pytest.raises(OSError, match="No space left"):

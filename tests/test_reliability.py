@@ -14,6 +14,7 @@ from interruption import InterruptAt
 
 from keras_transfer import saving
 from keras_transfer.training import two_phase as training
+from keras_transfer.training.callbacks import guards
 from keras_transfer.utils import reliability
 
 
@@ -44,7 +45,7 @@ def test_divergence_stops_restores_and_keeps_the_backup(tiny_dataset, tmp_path):
     snapshot = Snapshot()
     backup = tmp_path / "backup"
     kwargs = dict(head_epochs=2, fine_tune_epochs=3, head_lr=1e-2, verbose=0)
-    with pytest.raises(reliability.NonFiniteLossError, match=r"loss=nan.*epoch 4.*learning rate"):
+    with pytest.raises(guards.NonFiniteLossError, match=r"loss=nan.*epoch 4.*learning rate"):
         training.fit_two_phase(
             model,
             tiny_dataset,
@@ -77,8 +78,8 @@ def test_guard_catches_real_divergence_in_plain_fit():
     model.compile(keras.optimizers.SGD(1e12), "mse")
     x = np.random.default_rng(0).normal(size=(64, 4)).astype("float32") * 100
     y = x.sum(axis=1, keepdims=True)
-    with pytest.raises(reliability.NonFiniteLossError, match="epoch 1"):
-        model.fit(x, y, epochs=5, verbose=0, callbacks=[reliability.NonFiniteGuard()])
+    with pytest.raises(guards.NonFiniteLossError, match="epoch 1"):
+        model.fit(x, y, epochs=5, verbose=0, callbacks=[guards.NonFiniteGuard()])
     assert not reliability.non_finite_variables(model)  # back to the initial weights
 
 

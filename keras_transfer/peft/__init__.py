@@ -1,5 +1,5 @@
 """Parameter-efficient fine-tuning: LoRA by block (`lora`), its adapter files (`adapters`),
-merging and training backups of LoRA models (`lora_saving`), and the L2-SP regulariser
+merging LoRA models for export (`lora_saving`), and the L2-SP regulariser
 toward the pretrained weights (`l2sp`).
 """
 
@@ -24,7 +24,8 @@ from keras_transfer.peft.lora import lora_layers
 from keras_transfer.peft.lora import lora_matrix_shapes
 from keras_transfer.peft.lora import resume_lora
 from keras_transfer.peft.lora import supports_lora
-from keras_transfer.peft.lora_saving import LoraBackupAndRestore
+from keras_transfer.peft.lora_saving import base_kernel_variable
+from keras_transfer.peft.lora_saving import lora_update
 from keras_transfer.peft.lora_saving import merge_lora
 
 __all__ = [
@@ -47,7 +48,8 @@ __all__ = [
     "load_adapter",
     "read_adapter",
     "save_adapter",
-    "LoraBackupAndRestore",
+    "base_kernel_variable",
+    "lora_update",
     "merge_lora",
     "L2SP",
     "apply_l2sp",

@@ -1,7 +1,8 @@
 """The training run: two-phase fine-tuning (`two_phase`; its history and resumable state in
 `two_phase_state`), the feature cache (`extraction`, its on-disk `feature_writer`, and the
-head trained on cached features in `features`), callbacks, the learning-rate finder and
-TensorBoard logging.
+head trained on cached features in `features`), every Keras callback of the package
+(`callbacks`: unfreezing, BatchNormalization recalibration, early stopping, guards, backups,
+TensorBoard logging) and the learning-rate finder.
 """
 
 from keras_transfer.training import callbacks
@@ -9,11 +10,17 @@ from keras_transfer.training import extraction
 from keras_transfer.training import feature_writer
 from keras_transfer.training import features
 from keras_transfer.training import lr_finder
-from keras_transfer.training import tensorboard
 from keras_transfer.training import two_phase
 from keras_transfer.training import two_phase_state
+from keras_transfer.training.callbacks import AtomicBackupAndRestore
+from keras_transfer.training.callbacks import BackupUnreadableError
 from keras_transfer.training.callbacks import BatchNormRecalibration
+from keras_transfer.training.callbacks import EmptyEpochGuard
 from keras_transfer.training.callbacks import GradualUnfreezing
+from keras_transfer.training.callbacks import LoraBackupAndRestore
+from keras_transfer.training.callbacks import NonFiniteGuard
+from keras_transfer.training.callbacks import NonFiniteLossError
+from keras_transfer.training.callbacks import RunTensorBoard
 from keras_transfer.training.callbacks import ValidatedEarlyStopping
 from keras_transfer.training.callbacks import ensure_optimizer_variables
 from keras_transfer.training.callbacks import parse_unfreeze_schedule
@@ -32,7 +39,6 @@ from keras_transfer.training.features import fit_feature_extractor
 from keras_transfer.training.features import fit_head_on_features
 from keras_transfer.training.lr_finder import LRFinderResult
 from keras_transfer.training.lr_finder import find_learning_rate
-from keras_transfer.training.tensorboard import RunTensorBoard
 from keras_transfer.training.two_phase import check_initial_epoch
 from keras_transfer.training.two_phase import fit_two_phase
 from keras_transfer.training.two_phase import fit_two_phase_cached
@@ -46,7 +52,6 @@ from keras_transfer.training.two_phase_state import TwoPhaseHistory
 
 __all__ = [
     "callbacks",
-    "tensorboard",
     "lr_finder",
     "extraction",
     "feature_writer",
@@ -59,6 +64,12 @@ __all__ = [
     "ensure_optimizer_variables",
     "parse_unfreeze_schedule",
     "recalibrate_batchnorm",
+    "AtomicBackupAndRestore",
+    "BackupUnreadableError",
+    "LoraBackupAndRestore",
+    "EmptyEpochGuard",
+    "NonFiniteGuard",
+    "NonFiniteLossError",
     "RunTensorBoard",
     "LRFinderResult",
     "find_learning_rate",

@@ -62,15 +62,15 @@ from keras_transfer.backbones import freezing
 from keras_transfer.data import imbalance
 from keras_transfer.optimizers import layerwise as optimizers
 from keras_transfer.peft import lora
-from keras_transfer.peft import lora_saving
 from keras_transfer.training import features
 from keras_transfer.training import two_phase_state
+from keras_transfer.training.callbacks import backup
+from keras_transfer.training.callbacks import guards
 from keras_transfer.training.two_phase_state import PHASE_FINE_TUNE
 from keras_transfer.training.two_phase_state import PHASE_HEAD
 from keras_transfer.training.two_phase_state import TwoPhaseHistory
 from keras_transfer.utils import distribute
 from keras_transfer.utils import fit_arguments
-from keras_transfer.utils import reliability
 
 __all__ = [
     "PHASE_FINE_TUNE",
@@ -138,7 +138,7 @@ def fit_two_phase(
         compile_kwargs: extra `compile` arguments (`jit_compile`, `steps_per_execution`...).
         backup_dir: make the run resumable: a folder for the training state, emptied when
             training completes; rerun with the same arguments to resume.
-        nan_guard: add a `reliability.NonFiniteGuard`: a NaN/inf loss or metric restores
+        nan_guard: add a `guards.NonFiniteGuard`: a NaN/inf loss or metric restores
             the weights of the start of that epoch and raises `NonFiniteLossError`.
         initial_epoch: where the epoch axis starts, as in `model.fit`.
         head_features: run phase 1 on cached backbone features (`features.FeatureCache`);
@@ -230,8 +230,8 @@ def _prepare_run(run: _Run) -> _Run:
         run.state = two_phase_state.RunState(run.backup_dir, settings=_backup_settings(run))
     _count_balanced_class_weight(run)
     expect_validation = run.validation_data is not None and "validation_freq" not in run.fit_kwargs
-    run.guard = [reliability.EmptyEpochGuard(expect_validation)]
-    run.guard += [reliability.NonFiniteGuard()] if run.nan_guard else []
+    run.guard = [guards.EmptyEpochGuard(expect_validation)]
+    run.guard += [guards.NonFiniteGuard()] if run.nan_guard else []
     fit_arguments.no_fit_shuffle(run.train_data, run.fit_kwargs)
     return run
 
@@ -340,11 +340,11 @@ def _phase_callbacks(run: _Run, phase: str) -> list[keras.callbacks.Callback]:
     # Keras' weights files hold LoRA merged and reload it as zeros: LoRA backups keep
     # the matrices too.
     lora_phase = run.fine_tune == "lora" and phase == PHASE_FINE_TUNE
-    backup = lora_saving.LoraBackupAndRestore if lora_phase else reliability.AtomicBackupAndRestore
+    backup_type = backup.LoraBackupAndRestore if lora_phase else backup.AtomicBackupAndRestore
     return [
         *run.guard,
         two_phase_state.EpochRecorder(run.state, phase),
-        backup(run.state.phase_dir(phase), double_checkpoint=True, delete_checkpoint=False),
+        backup_type(run.state.phase_dir(phase), double_checkpoint=True, delete_checkpoint=False),
         *run.callbacks,
     ]
 

@@ -1,5 +1,6 @@
-"""Plumbing every floor above uses: guards and atomic writes (`reliability`), and
-distribution strategies and mixed precision (`distribute`).
+"""Plumbing every floor above uses: atomic writes and finite-weights checks (`reliability`),
+distribution strategies and mixed precision (`distribute`), and `fit` arguments
+(`fit_arguments`).
 """
 
 from keras_transfer.utils import distribute
@@ -19,11 +20,6 @@ from keras_transfer.utils.distribute import mixed_precision_policy
 from keras_transfer.utils.distribute import set_mixed_precision
 from keras_transfer.utils.distribute import static_batches
 from keras_transfer.utils.fit_arguments import no_fit_shuffle
-from keras_transfer.utils.reliability import AtomicBackupAndRestore
-from keras_transfer.utils.reliability import BackupUnreadableError
-from keras_transfer.utils.reliability import EmptyEpochGuard
-from keras_transfer.utils.reliability import NonFiniteGuard
-from keras_transfer.utils.reliability import NonFiniteLossError
 from keras_transfer.utils.reliability import NonFiniteWeightsError
 from keras_transfer.utils.reliability import check_finite_weights
 from keras_transfer.utils.reliability import check_free_space
@@ -35,11 +31,6 @@ __all__ = [
     "reliability",
     "distribute",
     "fit_arguments",
-    "AtomicBackupAndRestore",
-    "BackupUnreadableError",
-    "EmptyEpochGuard",
-    "NonFiniteGuard",
-    "NonFiniteLossError",
     "NonFiniteWeightsError",
     "check_finite_weights",
     "check_free_space",

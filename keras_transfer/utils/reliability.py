@@ -1,29 +1,21 @@
-"""Nothing silent, nothing lost: divergence and empty-data detection, label checks, atomic
-backups, and the finite-weights check and atomic write that `saving.save_model` uses."""
+"""Nothing silent, nothing lost, below the training floor: atomic file writes and copies, a
+free-space check before a large write, and the finite-weights check that `saving.save_model`
+uses. The callbacks built on them (divergence and empty-epoch guards, atomic training
+backups) live in `keras_transfer.training.callbacks`."""
 
 from __future__ import annotations
 
 import errno
-import json
-import math
 import os
 import shutil
 import tempfile
 from collections.abc import Callable
-from collections.abc import Sequence
 from typing import Any
 
 import keras
 import numpy as np
 
-from keras_transfer import _keras_compat
-
 __all__ = [
-    "AtomicBackupAndRestore",
-    "BackupUnreadableError",
-    "EmptyEpochGuard",
-    "NonFiniteGuard",
-    "NonFiniteLossError",
     "NonFiniteWeightsError",
     "check_finite_weights",
     "check_free_space",
@@ -33,78 +25,8 @@ __all__ = [
 ]
 
 
-class NonFiniteLossError(FloatingPointError):
-    """Training produced a NaN or infinite loss or metric."""
-
-
 class NonFiniteWeightsError(FloatingPointError):
     """A model holds NaN or infinite weights and must not be saved as a result."""
-
-
-class NonFiniteGuard(keras.callbacks.Callback):
-    """Stops training on a NaN/inf loss, puts back the last finite weights, and raises.
-
-    Keras' `TerminateOnNaN` only sets `stop_training`: `fit` then returns normally with
-    NaN weights, and `BackupAndRestore.on_train_end` deletes the last good backup. This
-    callback instead checks the epoch's logs (the training loss is a running mean, so one
-    non-finite batch makes it non-finite for the rest of the epoch), restores the weights
-    the model had when the epoch began, and raises `NonFiniteLossError`. Raising keeps
-    `fit` from running `on_train_end`, so a `BackupAndRestore` listed after this callback
-    keeps its last good checkpoint and never saves the diverged epoch.
-
-    The check runs once per epoch (no per-batch host synchronisation); the weight snapshot
-    is one host copy of the model weights per epoch.
-
-    Args:
-        monitor: log keys to check; `None` checks every numeric log value (`loss`,
-            `val_loss`, metrics).
-        restore_weights: put back the weights of the start of the diverged epoch.
-
-    Example:
-    ```python
-    model.fit(x, y, epochs=10, callbacks=[NonFiniteGuard(), keras.callbacks.BackupAndRestore(d)])
-    ```
-    """
-
-    def __init__(self, monitor: Sequence[str] | None = None, restore_weights: bool = True):
-        super().__init__()
-        self.monitor = list(monitor) if monitor is not None else None
-        self.restore_weights = restore_weights
-        self._good_weights = None
-        self._good_epoch = None
-
-    def on_epoch_begin(self, epoch, logs=None):
-        if self.restore_weights:
-            self._good_weights = self.model.get_weights()
-            self._good_epoch = epoch
-
-    def on_epoch_end(self, epoch, logs=None):
-        bad = {}
-        for key, value in (logs or {}).items():
-            if self.monitor is not None and key not in self.monitor:
-                continue
-            try:
-                number = float(np.asarray(value))
-            except (TypeError, ValueError):
-                continue
-            if not math.isfinite(number):
-                bad[key] = number
-        if not bad:
-            return
-        restored = ""
-        if self.restore_weights and self._good_weights is not None:
-            self.model.set_weights(self._good_weights)
-            restored = (
-                f" The model weights were restored to those at the start of epoch "
-                f"{self._good_epoch + 1}, the last finite state."
-            )
-        found = ", ".join(f"{key}={value}" for key, value in bad.items())
-        raise NonFiniteLossError(
-            f"Training diverged: {found} at the end of epoch {epoch + 1}.{restored} Lower the "
-            "learning rate (e.g. 10x), clip gradients (an optimizer with clipnorm=1.0), check "
-            "the inputs and labels for NaN/inf or out-of-range values, and with mixed precision "
-            "keep the loss in float32."
-        )
 
 
 def non_finite_variables(model: keras.Model) -> list[str]:
@@ -206,193 +128,3 @@ def check_free_space(folder: str | os.PathLike, needed_bytes: int, what: str) ->
             f"{needed_bytes:,} bytes and {free:,} bytes are free. Free some space, or point it "
             "at a folder on a disk with room.",
         )
-
-
-# ---------------------------------------------------------------------------------------
-# Labels and empty data
-# ---------------------------------------------------------------------------------------
-
-
-class EmptyEpochGuard(keras.callbacks.Callback):
-    """Raises when an epoch trained on no batch (or validated on none).
-
-    `model.fit` on a dataset of unknown size that yields nothing (a `filter` that drops
-    everything, an empty folder behind a generator) only warns, runs every epoch with no
-    step, and returns an empty history. This callback turns that into a `ValueError` at the
-    end of the first epoch.
-
-    Args:
-        expect_validation: also raise when the epoch's logs hold no validation metric
-            (leave `False` with `validation_freq` other than 1).
-        train_name, validation_name: what the message calls the two datasets.
-
-    Example:
-
-    ```python
-    model.fit(dataset, epochs=5, callbacks=[EmptyEpochGuard()])
-    ```
-    """
-
-    def __init__(
-        self,
-        expect_validation: bool = False,
-        train_name: str = "train_data",
-        validation_name: str = "validation_data",
-    ):
-        super().__init__()
-        self.expect_validation = expect_validation
-        self.train_name = train_name
-        self.validation_name = validation_name
-
-    def on_epoch_end(self, epoch, logs=None):
-        keys = list(logs or {})
-        empty = None
-        if not any(not key.startswith("val_") for key in keys):
-            empty = self.train_name
-        elif self.expect_validation and not any(key.startswith("val_") for key in keys):
-            empty = self.validation_name
-        if empty:
-            raise ValueError(
-                f"{empty} yielded no batches in epoch {epoch + 1}: it is empty. Check that "
-                "the folder, split or filter leaves examples; with drop_remainder=True, a "
-                "dataset smaller than one batch has no batches: lower batch_size."
-            )
-
-
-# ---------------------------------------------------------------------------------------
-# Backups
-# ---------------------------------------------------------------------------------------
-
-
-class BackupUnreadableError(RuntimeError):
-    """A training backup exists but cannot be loaded into the model."""
-
-
-class AtomicBackupAndRestore(_keras_compat.BackupSaveHook, keras.callbacks.BackupAndRestore):
-    """`keras.callbacks.BackupAndRestore` whose backups are never half-written.
-
-    Keras writes `latest.weights.h5` in place: a full disk or a kill during the save leaves
-    a partial file, and every rerun then fails to load it ("N objects could not be loaded")
-    without naming the folder. Here each backup is written to a temporary file beside it
-    and renamed into place, so the latest backup is always a complete one; with
-    `double_checkpoint=True` the previous backup is kept (as a hard link, no copy) before
-    the rename. On restore, a backup that cannot be loaded falls back to the previous one
-    if there is one, else raises `BackupUnreadableError` naming the folder, the reason and
-    the fix, leaving the model's weights as they were.
-
-    The weights and the epoch number are two files renamed one after the other: a kill
-    between the two renames (microseconds) repeats one epoch on resume.
-
-    Args:
-        backup_dir: the folder of the backup (used by this callback only).
-        save_freq: `"epoch"` or a number of batches, as in Keras.
-        double_checkpoint: keep the previous backup as a fallback.
-        delete_checkpoint: delete the folder when training ends.
-
-    Example:
-
-    ```python
-    backup = AtomicBackupAndRestore("run/backup", double_checkpoint=True)
-    model.fit(dataset, epochs=10, callbacks=[backup])  # rerun the same call after a kill
-    ```
-    """
-
-    WEIGHTS_FILE = "latest.weights.h5"
-    METADATA_FILE = "training_metadata.json"
-    PREVIOUS_SUFFIX = ".bkp"  # Keras' name for the previous backup
-
-    def __init__(
-        self,
-        backup_dir: str | os.PathLike,
-        save_freq: str | int = "epoch",
-        double_checkpoint: bool = False,
-        delete_checkpoint: bool = True,
-    ):
-        super().__init__(
-            os.fspath(backup_dir),
-            save_freq=save_freq,
-            double_checkpoint=double_checkpoint,
-            delete_checkpoint=delete_checkpoint,
-        )
-        self._epochs_done = 0
-        self._batch = 0
-
-    def _path(self, name: str, previous: bool = False) -> str:
-        return os.path.join(self.backup_dir, name) + (self.PREVIOUS_SUFFIX if previous else "")
-
-    def on_train_begin(self, logs=None):
-        if not os.path.exists(self._path(self.WEIGHTS_FILE)) and not os.path.exists(
-            self._path(self.WEIGHTS_FILE, previous=True)
-        ):
-            return super().on_train_begin(logs)
-        before = [v.numpy() for v in self.model.weights] if self.model.built else None
-        try:
-            return super().on_train_begin(logs)
-        except Exception as error:  # h5py's OSError, Keras' ValueError, a broken JSON ...
-            first_error = error
-        if self._use_previous():
-            try:
-                return super().on_train_begin(logs)
-            except Exception:  # the previous backup is damaged too: report the first error
-                pass
-        if before is not None:
-            for variable, value in zip(self.model.weights, before, strict=True):
-                variable.assign(value)
-        reason = f"{type(first_error).__name__}: {first_error}".strip()
-        if len(reason) > 400:
-            reason = reason[:400] + " ..."
-        raise BackupUnreadableError(
-            f"The training backup in {self.backup_dir!r} cannot be loaded into this model "
-            f"({reason}). It was left incomplete (a full disk or a kill during a save by an "
-            "older version) or was written for another model. Delete the folder "
-            f"{self.backup_dir!r} (or pass another backup folder) to start over, after freeing "
-            "disk space if the disk is full; to keep the backup, build the same model and "
-            "compile it the same way as the run that wrote it."
-        ) from first_error
-
-    def _use_previous(self) -> bool:
-        previous = self._path(self.WEIGHTS_FILE, previous=True)
-        if not os.path.exists(previous):
-            return False
-        copy_atomically(previous, self._path(self.WEIGHTS_FILE))
-        metadata = self._path(self.METADATA_FILE)
-        if os.path.exists(self._path(self.METADATA_FILE, previous=True)):
-            copy_atomically(self._path(self.METADATA_FILE, previous=True), metadata)
-        elif os.path.exists(metadata):
-            os.remove(metadata)
-        return True
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._epochs_done = epoch
-        self._batch = 0
-
-    def on_train_batch_end(self, batch, logs=None):
-        self._batch = batch
-        super().on_train_batch_end(batch, logs)
-
-    def on_epoch_end(self, epoch, logs=None):
-        self._epochs_done = epoch + 1
-        self._batch = 0
-        super().on_epoch_end(epoch, logs)
-
-    def save_backup(self):
-        # Called through `_keras_compat.BackupSaveHook` in place of Keras' in-place writes.
-        os.makedirs(self.backup_dir, exist_ok=True)
-        weights = self._path(self.WEIGHTS_FILE)
-        metadata = self._path(self.METADATA_FILE)
-
-        def save_weights(temporary):
-            self.model.save_weights(temporary, overwrite=True)
-            if self.double_checkpoint and os.path.exists(weights):
-                # The new backup is complete: only now retire the current one.
-                copy_atomically(weights, self._path(self.WEIGHTS_FILE, previous=True))
-
-        write_atomically(weights, save_weights)
-        if self.double_checkpoint and os.path.exists(metadata):
-            copy_atomically(metadata, self._path(self.METADATA_FILE, previous=True))
-
-        def save_metadata(temporary):
-            with open(temporary, "w", encoding="utf-8") as f:
-                json.dump({"epoch": self._epochs_done, "batch": self._batch}, f)
-
-        write_atomically(metadata, save_metadata)

@@ -1,7 +1,6 @@
-"""Callbacks for transfer learning: gradual unfreezing inside one `model.fit` (ULMFiT's
-recipe, on backbone blocks: `GradualUnfreezing`, `ensure_optimizer_variables`),
-BatchNormalization recalibration (`recalibrate_batchnorm`, `BatchNormRecalibration`) and
-early stopping that restores the weights validation scored (`ValidatedEarlyStopping`).
+"""Gradual unfreezing inside one `model.fit` (ULMFiT's recipe, on backbone blocks):
+`GradualUnfreezing`, its flag syntax (`parse_unfreeze_schedule`) and
+`ensure_optimizer_variables`.
 
 Keras builds the train step once per `fit` and the optimizer creates its slots for the
 variables of its first update, refusing unknown variables afterwards. Changing `trainable`
@@ -32,12 +31,10 @@ from keras_transfer import _keras_compat
 from keras_transfer.backbones import freezing
 
 __all__ = [
-    "BatchNormRecalibration",
     "GradualUnfreezing",
-    "ValidatedEarlyStopping",
+    "ScheduleValue",
     "ensure_optimizer_variables",
     "parse_unfreeze_schedule",
-    "recalibrate_batchnorm",
 ]
 
 ScheduleValue = int | float | str
@@ -230,174 +227,3 @@ def _copy_state(source: keras.optimizers.Optimizer, target: keras.optimizers.Opt
             old = by_path[variable.path].popleft()
             if tuple(old.shape) == tuple(variable.shape):
                 variable.assign(old.value)
-
-
-def recalibrate_batchnorm(model: keras.Model, data: Any, steps: int | None = None) -> int:
-    """Recomputes the moving statistics of `model`'s trainable BatchNormalization layers
-    from `data` with the current weights ("precise BN").
-
-    Each layer's moving mean and variance become the averages of its batch means and
-    variances over `steps` batches of `data`, with the layers below it normalising by
-    their batch statistics, exactly as in training. Weights do not change. Frozen
-    BatchNormalization layers (pretrained statistics) are left alone.
-
-    Args:
-        model: a Keras model.
-        data: batches of `(images, labels)` or of images (a `tf.data.Dataset` or any
-            iterable), e.g. the training data.
-        steps: batches to use; default all of `data` (it must be finite).
-
-    Returns:
-        The number of batches used (0 when the model has no trainable BatchNormalization).
-
-    Example:
-    ```python
-    recalibrate_batchnorm(model, data.train, steps=50)
-    model.evaluate(data.validation)
-    ```
-    """
-    layers = [
-        layer
-        for layer in _keras_compat.flatten_layers(model, include_self=False)
-        if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable
-    ]
-    if not layers:
-        return 0
-    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
-        raise ValueError(f"steps must be a positive integer or None, got {steps!r}.")
-    momenta = [layer.momentum for layer in layers]
-    sums = [[0.0, 0.0] for _ in layers]
-    used = 0
-    try:
-        # Momentum 0: after a training-mode forward pass the moving statistics are exactly
-        # that batch's statistics. Eager calls read the momentum set here.
-        for layer in layers:
-            layer.momentum = 0.0
-        for batch in data:
-            if steps is not None and used >= steps:
-                break
-            images = batch[0] if isinstance(batch, tuple | list) else batch
-            model(images, training=True)
-            for total, layer in zip(sums, layers):
-                total[0] += layer.moving_mean.numpy()
-                total[1] += layer.moving_variance.numpy()
-            used += 1
-    finally:
-        for layer, momentum in zip(layers, momenta):
-            layer.momentum = momentum
-    if not used:
-        raise ValueError("recalibrate_batchnorm got no batches: `data` is empty.")
-    for (mean, variance), layer in zip(sums, layers):
-        layer.moving_mean.assign(mean / used)
-        layer.moving_variance.assign(variance / used)
-    return used
-
-
-class BatchNormRecalibration(keras.callbacks.Callback):
-    """Recalibrates BatchNormalization statistics (`recalibrate_batchnorm`) before each
-    validation inside `fit` and at the end of training, so that the validation metrics and
-    the returned model use statistics of the current weights.
-
-    For models whose BatchNormalization layers train from scratch on few steps; a
-    pretrained model with frozen BatchNormalization does not need it.
-
-    Args:
-        data: training batches to compute the statistics on.
-        steps: batches per recalibration; default all of `data`.
-
-    Example:
-    ```python
-    model.fit(train, validation_data=val, epochs=15,
-              callbacks=[BatchNormRecalibration(train)])
-    ```
-    """
-
-    def __init__(self, data: Any, steps: int | None = None):
-        super().__init__()
-        self.data = data
-        self.steps = steps
-        self._calibrated = False
-
-    def on_train_batch_end(self, batch, logs=None):
-        self._calibrated = False
-
-    def on_test_begin(self, logs=None):
-        self._recalibrate_if_stale()
-
-    def on_train_end(self, logs=None):
-        # After the last validation the statistics already match the final weights.
-        self._recalibrate_if_stale()
-
-    def _recalibrate_if_stale(self):
-        if not self._calibrated:
-            recalibrate_batchnorm(self.model, self.data, self.steps)
-            self._calibrated = True
-
-
-class ValidatedEarlyStopping(keras.callbacks.EarlyStopping):
-    """`keras.callbacks.EarlyStopping` that restores the weights validation scored, and can
-    carry its best score from one `fit` to the next.
-
-    Two differences from Keras' class, both for two-phase training with an exponential
-    moving average of the weights:
-
-    - With `keras.callbacks.SwapEMAWeights`, validation scores the averaged weights, but
-      Keras' `EarlyStopping` keeps the raw ones of the best epoch: the restored model is
-      not the one that scored best. This callback copies the weights at the end of each
-      validation instead (for a model without EMA they are the epoch's weights). Put it
-      *before* `SwapEMAWeights` in the callback list, so that its `on_test_end` runs while
-      the averaged weights are still in the model.
-    - With `carry_over=True`, a `fit` starts from the best score of the previous `fit` it
-      watched (the head phase, for the fine-tuning phase), with the weights the new `fit`
-      starts from as that score's weights: a second phase that never beats the first is
-      undone at its end (`restore_best_weights`), so a generous fine-tuning budget cannot
-      leave the model worse on the monitored metric than the head alone. The best epoch of
-      the previous phase is reported as `best_epoch = -1`.
-
-    Args:
-        carry_over: start each `fit` from the previous `fit`'s best score and weights.
-        **kwargs: `keras.callbacks.EarlyStopping` arguments (`monitor`, `patience`,
-            `restore_best_weights`, ...).
-
-    Example:
-    ```python
-    stop = ValidatedEarlyStopping(patience=3, restore_best_weights=True, carry_over=True)
-    kt.fit_two_phase(model, train, val, callbacks=[stop, keras.callbacks.SwapEMAWeights()],
-                     optimizer=lambda lr: keras.optimizers.Adam(lr, use_ema=True))
-    ```
-    """
-
-    def __init__(self, carry_over: bool = False, **kwargs: Any):
-        super().__init__(**kwargs)
-        self.carry_over = bool(carry_over)
-        self.previous_best: float | None = None
-        self._validated_weights = None
-        self._in_fit = False
-
-    def on_train_begin(self, logs=None):
-        super().on_train_begin(logs)
-        self._validated_weights = None
-        self._in_fit = True
-        if self.carry_over and self.previous_best is not None:
-            self.best = self.previous_best
-            self.best_epoch = -1
-            if self.restore_best_weights:
-                self.best_weights = self.model.get_weights()
-
-    def on_test_end(self, logs=None):
-        if self._in_fit and self.restore_best_weights:
-            self._validated_weights = self.model.get_weights()
-
-    def on_epoch_end(self, epoch, logs=None):
-        best_before = self.best
-        super().on_epoch_end(epoch, logs)
-        improved = self.best_epoch == epoch and self.best is not best_before
-        if improved and self.restore_best_weights and self._validated_weights is not None:
-            self.best_weights = self._validated_weights
-        self._validated_weights = None
-
-    def on_train_end(self, logs=None):
-        super().on_train_end(logs)
-        self._in_fit = False
-        if self.best is not None:
-            self.previous_best = float(self.best)

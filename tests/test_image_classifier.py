@@ -690,7 +690,7 @@ def test_advisor_plans_the_settings_not_given_with_early_stopping_and_resume(
         validation_split=0.25,
         augment="",
     )
-    first = InterruptAt(at=kt.recommend_training_plan(12).head_epochs + 1)
+    first = _InterruptInFineTuning()
     with pytest.raises(KeyboardInterrupt):
         image_classifier_lib.run(config, callbacks=[first])
     second = InterruptAt()
@@ -717,14 +717,34 @@ def test_advisor_plans_the_settings_not_given_with_early_stopping_and_resume(
     losses = [history["val_loss"][i] for i in head]
     if len(head) < plan["head_epochs"]:
         assert int(np.argmin(losses)) == len(head) - 1 - 3
+    # Fine-tuning is numbered on from the head phase's last epoch, early-stopped or not.
+    fine_tune_start = len(head)
+    assert first.epochs == [fine_tune_start, fine_tune_start + 1]
     # The resumed run trained only the fine-tuning epochs after the kill.
-    fine_tune_start = plan["head_epochs"]
     assert second.epochs[0] == fine_tune_start + 1
-    # results.json counts epochs from 1, as Keras prints them.
+    # results.json counts epochs from 1, as Keras prints them, with no hole between phases.
+    assert history["epoch"] == list(range(1, len(history["epoch"]) + 1))
     assert [e for e in history["epoch"] if e > fine_tune_start][:2] == [
         fine_tune_start + 1,
         fine_tune_start + 2,
     ]
+
+
+class _InterruptInFineTuning(keras.callbacks.Callback):
+    """Records the fine-tuning epochs that begin and raises `KeyboardInterrupt` (a kill) at
+    the second. Phase 1 trains a model over cached feature vectors, phase 2 the image model,
+    so the phase is told by the model's input rank."""
+
+    def __init__(self):
+        super().__init__()
+        self.epochs = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if len(self.model.input_shape) != 4:
+            return
+        self.epochs.append(epoch)
+        if len(self.epochs) == 2:
+            raise KeyboardInterrupt("simulated preemption")
 
 
 def test_fixed_plan_keeps_the_old_defaults(image_folder, tmp_path):

@@ -1,7 +1,5 @@
 """Reports: confusion matrix, per-class precision/recall, and their PNGs."""
 
-import builtins
-import logging
 
 import keras
 import numpy as np
@@ -77,18 +75,3 @@ def test_pngs_are_written(tmp_path):
     )
     for path in (curves, matrix):
         assert_png_image(path, min_size=(300, 200))
-
-
-def test_without_matplotlib_plots_are_skipped_with_a_note(tmp_path, monkeypatch, caplog):
-    real_import = builtins.__import__
-
-    def no_matplotlib(name, *args, **kwargs):
-        if name.split(".")[0] == "matplotlib":
-            raise ImportError("No module named 'matplotlib'")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
-    with caplog.at_level(logging.INFO, logger="keras_transfer"):
-        assert reports.plot_training_curves(_history(), tmp_path / "curves.png") is None
-    assert "matplotlib is not installed" in caplog.text
-    assert not (tmp_path / "curves.png").exists()

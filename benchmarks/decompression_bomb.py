@@ -12,8 +12,11 @@ folder with `image_folder_dataset` and iterating one epoch of its training split
 
     python benchmarks/decompression_bomb.py
 
-The machine these numbers come from is shared: timings are noisy (the load average is
-printed); peak memory is not. The last line printed is one JSON object.
+`--repeats` rounds (default 3) run the three arms back to back, the order rotated each round;
+the results file (benchmarks/results/decompression_bomb_synthetic.json, the results schema
+of `_common.write_results`, kind "timing") keeps every round's values and the per-round
+ratios to the clean arm. Timings on a shared machine are noisy (the load average is
+recorded); peak memory is not. The last line printed is one JSON object.
 """
 
 from __future__ import annotations
@@ -24,7 +27,6 @@ import os
 import pathlib
 import subprocess
 import sys
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -79,13 +81,40 @@ def run_arm(directory: pathlib.Path, max_pixels: str) -> dict:
     return json.loads(output.strip().splitlines()[-1])
 
 
+ARMS = {"clean": "50000000", "bombs": "50000000", "bombs_no_limit": "none"}
+SELECTION = {
+    "tuned": "nothing: the folder, the bombs and max_pixels (50 MP, or None) are fixed flags",
+    "tuned_on": None,
+    "pairing": "round r runs clean, bombs and bombs_no_limit back to back, each in a fresh "
+    "process, the order rotated by r; the ratios to clean are taken within a round",
+}
+
+
+def results_arms(rounds: list[dict]) -> dict:
+    """`{arm: {metric: [one value per round]}}` from each round's `{arm: child output}`; the
+    bomb arms also carry their peak RSS over the same round's clean arm."""
+    arms = {}
+    for name in ARMS:
+        arms[name] = {
+            metric: [float(r[name][metric]) for r in rounds]
+            for metric in ("peak_rss_mb", "seconds", "train_images", "skipped")
+        }
+        if name != "clean":
+            arms[name]["peak_rss_vs_clean"] = [
+                r[name]["peak_rss_mb"] / r["clean"]["peak_rss_mb"] for r in rounds
+            ]
+    return arms
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--per_class", type=int, default=16)
     parser.add_argument("--bombs", type=int, default=2)
     parser.add_argument("--side", type=int, default=20000)
+    parser.add_argument("--repeats", type=int, default=3, help="rounds of the three arms")
     parser.add_argument("--output", default=None)
     args = parser.parse_args(argv)
+    run = _common.start_run(SELECTION, script=__file__, argv=argv)
 
     clean = _common.smoke_image_folder(per_class=args.per_class)
     with_bombs = _common.smoke_image_folder(per_class=args.per_class)
@@ -93,39 +122,41 @@ def main(argv=None) -> dict:
     for i in range(args.bombs):
         (with_bombs / "train" / "ants" / f"bomb_{i}.png").write_bytes(bomb)
 
-    start = time.perf_counter()
-    arms = {
-        "clean": run_arm(clean, "50000000"),
-        "bombs": run_arm(with_bombs, "50000000"),
-        "bombs_no_limit": run_arm(with_bombs, "none"),
-    }
-    for name, arm in arms.items():
-        print(
-            f"{name:15s} {arm['peak_rss_mb']:8.0f} MB peak  {arm['seconds']:6.1f} s  "
-            f"{arm['train_images']} training images, {arm['skipped']} skipped"
-        )
-    result = {
-        "benchmark": "decompression_bomb",
-        "bomb": {"side": args.side, "bytes": len(bomb), "count": args.bombs},
-        "arms": arms,
-        "peak_rss_ratio_bombs_vs_clean": arms["bombs"]["peak_rss_mb"]
-        / arms["clean"]["peak_rss_mb"],
-        "peak_rss_ratio_no_limit_vs_clean": (
-            arms["bombs_no_limit"]["peak_rss_mb"] / arms["clean"]["peak_rss_mb"]
-        ),
-        "total_seconds": time.perf_counter() - start,
-        "load_average": _common.load_average(),
-        "command": "python benchmarks/decompression_bomb.py",
-    }
+    folders = {"clean": clean, "bombs": with_bombs, "bombs_no_limit": with_bombs}
+    names = list(ARMS)
+    rounds = []
+    for index in range(args.repeats):
+        order = names[index % len(names) :] + names[: index % len(names)]
+        rounds.append({name: run_arm(folders[name], ARMS[name]) for name in order})
+        for name in names:
+            arm = rounds[-1][name]
+            print(
+                f"round {index}: {name:15s} {arm['peak_rss_mb']:8.0f} MB peak  "
+                f"{arm['seconds']:6.1f} s  {arm['train_images']} training images, "
+                f"{arm['skipped']} skipped"
+            )
     output = (
         pathlib.Path(args.output)
         if args.output
         else (_common.REPO_ROOT / "benchmarks" / "results" / "decompression_bomb_synthetic.json")
     )
-    output.parent.mkdir(parents=True, exist_ok=True)
-    _common.write_json(output, result)
-    print(json.dumps(result))
-    return result
+    record = _common.write_results(
+        output,
+        run,
+        kind="timing",
+        benchmark="decompression_bomb",
+        dataset="synthetic",
+        # The images of each class folder; the bomb arms' train/ also holds the bombs.
+        splits={"train": 2 * args.per_class, "validation": 2 * args.per_class},
+        evaluated_on="train",
+        repeats=args.repeats,
+        arms=results_arms(rounds),
+        primary_metric="peak_rss_mb",
+        comparisons=[["bombs", "clean"], ["bombs_no_limit", "clean"]],
+        details={"bomb": {"side": args.side, "bytes": len(bomb), "count": args.bombs}},
+    )
+    print(json.dumps(record))
+    return record
 
 
 if __name__ == "__main__":

@@ -21,7 +21,11 @@ implement the same maths). Weights after the timed training steps are not compar
 Adam, float round-off in near-zero gradients of a randomly initialised network grows to
 differences of the order of the learning rate within a few steps, for any two programs.
 
-The last line printed is one JSON object.
+The last line printed is one JSON object. The full run also writes
+benchmarks/results/optimizer_overhead.json (or `--output`; `--smoke` writes only with
+`--output`) in the results schema of `_common.write_results` (kind "timing"): one arm per
+grouping and variant (`blocks/wrapper`, ...), each round's step time, and the per-round
+ratios the summary's medians come from.
 
     python benchmarks/optimizer_overhead.py            # the full run (a few minutes)
     python benchmarks/optimizer_overhead.py --smoke    # seconds, checks the script runs
@@ -32,12 +36,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pathlib
 import re
 import statistics
+import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import _common  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -179,9 +187,42 @@ def compare(args, multipliers_of, label: str) -> dict:
         "trace_seconds": {k: round(v, 3) for k, v in trace.items()},
         "step_ms_median": {k: round(1000 * statistics.median(v), 2) for k, v in per_step.items()},
         "max_abs_diff_vs_reference": diff,
+        "per_round_step_ms": {k: [1000 * t for t in v] for k, v in per_step.items()},
+        "per_round_cpu_step_ms": {k: [1000 * t for t in v] for k, v in cpu_per_step.items()},
     }
     print(f"[{label}] {json.dumps(result)}", flush=True)
     return result
+
+
+SELECTION = {
+    "tuned": "nothing: model, batch, rounds, steps and the decay are fixed flags",
+    "tuned_on": None,
+    "pairing": "round r times every variant back to back on the same model, data and "
+    "initial weights, the order rotated by r; a ratio is taken within a round "
+    "(plain_again / plain is the A/A control)",
+}
+RATIOS = {"wrapper": "plain", "multioptimizer": "wrapper", "plain_again": "plain"}
+
+
+def results_arms(by_grouping: dict) -> dict:
+    """`{arm: {metric: [one value per round]}}` from `compare`'s results by grouping: arms
+    `<grouping>/<variant>` with the step time (wall, CPU) and, for the compared variants,
+    the per-round ratio to their reference (`wrapper` over `plain`, ...)."""
+    arms = {}
+    for grouping, result in by_grouping.items():
+        wall, cpu = result["per_round_step_ms"], result["per_round_cpu_step_ms"]
+        for variant in wall:
+            arm = {"step_ms": wall[variant], "cpu_step_ms": cpu[variant]}
+            reference = RATIOS.get(variant)
+            if reference is not None:
+                arm[f"ratio_vs_{reference}"] = [
+                    a / b for a, b in zip(wall[variant], wall[reference], strict=True)
+                ]
+                arm[f"cpu_ratio_vs_{reference}"] = [
+                    a / b for a, b in zip(cpu[variant], cpu[reference], strict=True)
+                ]
+            arms[f"{grouping}/{variant}"] = arm
+    return arms
 
 
 def main() -> None:
@@ -201,7 +242,9 @@ def main() -> None:
     parser.add_argument(
         "--smoke", action="store_true", help="tiny, eager: checks the script runs, times nothing"
     )
+    parser.add_argument("--output", default=None, help="results file (full run: the default)")
     args = parser.parse_args()
+    run = _common.start_run(SELECTION, script=__file__)
     if args.smoke:
         # MobileNet V1 traces several times faster than V2: the smoke run takes seconds.
         args.backbone, args.image_size, args.alpha, args.batch_size = "mobilenet", 32, 0.25, 2
@@ -237,6 +280,30 @@ def main() -> None:
             "seconds": round(time.perf_counter() - start, 1),
         },
     }
+    output = args.output or (
+        None
+        if args.smoke
+        else _common.REPO_ROOT / "benchmarks" / "results" / "optimizer_overhead.json"
+    )
+    if output is not None:
+        _common.write_results(
+            pathlib.Path(output),
+            run,
+            kind="timing",
+            benchmark="optimizer_overhead",
+            dataset="synthetic",
+            splits={"train": args.batch_size},
+            evaluated_on="train",
+            repeats=args.rounds,
+            arms=results_arms({"blocks": block_result, "layers": layer_result}),
+            primary_metric="step_ms",
+            comparisons=[
+                [f"{grouping}/{variant}", f"{grouping}/{reference}"]
+                for grouping in ("blocks", "layers")
+                for variant, reference in RATIOS.items()
+            ],
+            details=summary,
+        )
     print(json.dumps(summary))
 
 

@@ -31,14 +31,17 @@ batch for every arm, arms interleaved round by round (the order rotates), median
 `--scale_memory_mb` so it spills to disk, then one head epoch from the disk cache),
 recording images vs seconds and the process RSS along the way.
 
-    python benchmarks/throughput.py                 # 71 min in its run: the XLA arm is slow
+    python benchmarks/throughput.py                 # long: plain_jit (XLA on CPU) is slow
     python benchmarks/throughput.py --scale         # 50 000 images at 64 px
     python benchmarks/throughput.py --smoke         # seconds: synthetic data, weights=None
     python benchmarks/throughput.py --image_size 224 --rounds 5 --tag attribution \
         --arms ours,plain,plain_bf16,pipeline,ours_no_backup,ours_no_ema,ours_no_lr_decay,ours_no_tensorboard,ours_bare
 
 The last line printed is one JSON object; results go to
-benchmarks/results/throughput.json (throughput_<tag>.json, throughput_scale.json).
+benchmarks/results/throughput.json (throughput_<tag>.json, throughput_scale.json), in the
+results schema of `_common.write_results` (kind "timing"): each arm's images/s per round
+and its per-round ratio to its reference (`plain`, `predict`, full decoding); everything
+else the run measured is under `details`. `--smoke` writes no file.
 """
 
 from __future__ import annotations
@@ -337,6 +340,7 @@ def run(args) -> dict:
             print("large_jpeg_decode", result["large_jpeg_decode"], flush=True)
 
         data = _training_data(directory, args)
+        result["train_images"] = data.num_train
         train = data.train
         for _ in train:  # fill the decoded-image cache before anything is timed
             pass
@@ -586,6 +590,93 @@ def run_scale(args) -> dict:
     return result
 
 
+PAIRING = (
+    "round r runs the fit arms back to back on the same model and data, the order rotated by "
+    "r; extract and predict (and full and scaled decoding) alternate their order each round; "
+    "a ratio is taken within a round"
+)
+
+
+def _ratios(values: list, reference: list) -> list:
+    return [a / b for a, b in zip(values, reference, strict=True)]
+
+
+def results_arms(result: dict) -> tuple[dict, list]:
+    """`({arm: {metric: [one value per round]}}, comparisons)` from `run`'s result: each fit
+    arm's images/s and its ratio to `plain` in the same round, the pipeline's cached epochs,
+    `extract` over `predict`, and scaled over full JPEG decoding."""
+    arms, comparisons = {}, []
+    rates = {arm: v for arm, v in result.get("images_per_second", {}).items() if v}
+    plain = rates.get("plain")
+    for arm, values in rates.items():
+        arms[arm] = {"images_per_second": values}
+        if arm != "plain" and plain:
+            arms[arm]["ratio_vs_plain"] = _ratios(values, plain)
+            comparisons.append([arm, "plain"])
+    cached = result.get("pipeline_cached_images_per_second") or []
+    if cached and "pipeline" in arms:
+        arms["pipeline"]["cached_images_per_second"] = cached
+        if plain:
+            arms["pipeline"]["cached_ratio_vs_plain"] = _ratios(cached, plain)
+    extract, predict = (
+        result.get("extract_images_per_second"),
+        result.get("predict_images_per_second"),
+    )
+    if extract:
+        arms["predict"] = {"images_per_second": predict}
+        arms["extract"] = {
+            "images_per_second": extract,
+            "ratio_vs_predict": _ratios(extract, predict),
+        }
+        comparisons.append(["extract", "predict"])
+    decode = result.get("large_jpeg_decode")
+    if decode:
+        full, scaled = decode["full_images_per_second"], decode["scaled_images_per_second"]
+        arms["decode_full"] = {"images_per_second": full}
+        arms["decode_scaled"] = {
+            "images_per_second": scaled,
+            "ratio_vs_full": _ratios(scaled, full),
+        }
+        comparisons.append(["decode_scaled", "decode_full"])
+    return arms, comparisons
+
+
+def scale_arms(result: dict) -> dict:
+    """The scale run as one repeat: extraction to the disk cache, then a head epoch on it."""
+    return {
+        "extract_to_disk": {
+            "seconds": [result["extract_seconds"]],
+            "images_per_second": [result["extract_images_per_second"]],
+            "peak_rss_mb": [result["peak_rss_mb"]],
+        },
+        "head_epoch_from_disk": {"seconds": [result["head_epoch_from_disk_seconds"]]},
+    }
+
+
+def write(path: pathlib.Path, run_record, args, result: dict) -> dict:
+    """The results file of a main or `--scale` run (`_common.write_results`)."""
+    if args.scale:
+        arms, comparisons, repeats = scale_arms(result), [], 1
+        splits, dataset = {"train": result["images"]}, "synthetic"
+    else:
+        (arms, comparisons), repeats = results_arms(result), args.rounds
+        splits, dataset = {"train": result.get("train_images", 0)}, result["dataset"]
+    return _common.write_results(
+        path,
+        run_record,
+        kind="timing",
+        benchmark="throughput",
+        dataset=dataset,
+        splits=splits,
+        evaluated_on="train",
+        repeats=repeats,
+        arms=arms,
+        primary_metric="seconds" if args.scale else "images_per_second",
+        comparisons=comparisons,
+        details=result,
+    )
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--assets", default=None)
@@ -620,6 +711,12 @@ def main(argv=None) -> dict:
     parser.add_argument("--scale_memory_mb", type=int, default=16)
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args(argv)
+    selection = {
+        "tuned": "nothing: model, data, batch, rounds and arms are fixed flags",
+        "tuned_on": None,
+        "pairing": PAIRING if not args.scale else "one run (the scale check has no arms to pair)",
+    }
+    run_record = _common.start_run(selection, script=__file__, argv=argv)
     out = _common.output_dir(args.output_dir, "")
     parse_arms(args.arms)
     args.sections = {part.strip() for part in args.sections.split(",") if part.strip()}
@@ -633,7 +730,7 @@ def main(argv=None) -> dict:
         name = f"throughput_{args.tag}.json" if args.tag else "throughput.json"
     result["command"] = "python benchmarks/throughput.py " + " ".join(argv or sys.argv[1:])
     if not args.smoke:
-        _common.write_json(out / name, result)
+        write(out / name, run_record, args, result)
     print(json.dumps(result))
     return result
 

@@ -1,0 +1,283 @@
+"""Renders the benchmark tables from the results files, and checks them.
+
+Every table of results in benchmarks/README.md and README.md sits between two comments,
+`<!-- report:NAME -->` and `<!-- /report:NAME -->`, and is generated from
+`benchmarks/results/*.json` (the current runs; superseded files live in
+`benchmarks/results/archive/` and are not read):
+
+- `index` (benchmarks/README.md): one row per current results file;
+- `<benchmark>` (benchmarks/README.md): each current file of that benchmark, its selection,
+  command and commit, and a table of mean ± 95% confidence half-width (n seeds) per arm
+  and metric;
+- `summary` (README.md): the primary metric of every arm of every current file.
+
+    python benchmarks/report.py            # rewrites the tables from the files
+    python benchmarks/report.py --check    # exit 1 listing each stale table, each region
+                                           # missing, and each file breaking the schema
+
+Reads JSON only: no TensorFlow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import re
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import _common  # noqa: E402
+
+TARGETS = {"benchmarks/README.md": ("index",), "README.md": ("summary",)}
+# A marker is a line of its own (a marker quoted inside a sentence is not one).
+REGION = re.compile(
+    r"^<!-- report:(?P<name>[\w.-]+) -->\n(?P<body>.*?)^<!-- /report:(?P=name) -->$",
+    re.S | re.M,
+)
+OPENING = re.compile(r"^<!-- report:([\w.-]+) -->$", re.M)
+NO_RESULTS = (
+    "No current results file: the verdicts are being re-measured under the "
+    "train/validation/test protocol. Earlier runs are kept as history in "
+    "`benchmarks/results/archive/`; they are not results."
+)
+
+
+def load_results(root: pathlib.Path) -> tuple[list[tuple[str, dict]], list[str]]:
+    """The current results files (`benchmarks/results/*.json`, sorted) that follow the schema,
+    as (path relative to `root`, record), and one problem per file that does not."""
+    valid, problems = [], []
+    for path in sorted((root / "benchmarks" / "results").glob("*.json")):
+        name = path.relative_to(root).as_posix()
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            problems.append(f"{name}: not readable JSON ({error})")
+            continue
+        found = _common.validate_results(record)
+        if found:
+            problems.append(
+                f"{name}: breaks the results schema (write it with _common.write_results, "
+                "or move it to benchmarks/results/archive/): " + "; ".join(found)
+            )
+        else:
+            valid.append((name, record))
+    return valid, problems
+
+
+def _cell(text) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _number(value: float) -> str:
+    return f"{value:.4g}"
+
+
+def _estimate(summary: dict) -> str:
+    n = len(summary["per_seed"])
+    if summary["ci95"] is None:
+        return f"{_number(summary['mean'])} (n={n})"
+    return f"{_number(summary['mean'])} ± {_number(summary['ci95'])} (n={n})"
+
+
+def _runs_over(record: dict) -> str:
+    if record["kind"] == "accuracy":
+        return "seeds " + ", ".join(str(s) for s in record["seeds"])
+    return f"{record['repeats']} repeats"
+
+
+def _splits(record: dict) -> str:
+    return " / ".join(f"{name} {size}" for name, size in record["splits"].items())
+
+
+def _load(record: dict) -> str:
+    def one(values):
+        return " ".join(f"{v:g}" for v in values) if values else "unknown"
+
+    load = record["load_average"]
+    return f"{one(load['start'])} → {one(load['end'])}"
+
+
+def _commit(record: dict) -> str:
+    return record["git_commit"][:10] + (" (uncommitted changes)" if record["git_dirty"] else "")
+
+
+def render_index(results: list[tuple[str, dict]]) -> str:
+    if not results:
+        return NO_RESULTS
+    rows = [
+        "Current runs: the files in `benchmarks/results/`. A superseded run is moved to "
+        "`benchmarks/results/archive/` and leaves these tables.",
+        "",
+        "| results file | benchmark | kind | dataset | splits | evaluated on | runs over | "
+        "commit | finished | seconds | load average (1, 5, 15 min) start → end |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in results:
+        cells = (
+            f"`{name}`",
+            r["benchmark"],
+            r["kind"],
+            r["dataset"],
+            f"{_splits(r)} ({r['split_scheme']})",
+            r["evaluated_on"],
+            _runs_over(r),
+            f"`{_commit(r)}`",
+            r["finished_at"],
+            f"{r['seconds']:g}",
+            _load(r),
+        )
+        rows.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    return "\n".join(rows)
+
+
+def _file_section(name: str, r: dict) -> list[str]:
+    selection = r["selection"]
+    tuned_on = selection.get("tuned_on")
+    lines = [
+        f"**`{name}`** (current run; commit `{_commit(r)}`, finished {r['finished_at']}, "
+        f"{r['seconds']:g} s): {r['kind']} on `{r['dataset']}`, evaluated on the "
+        f"{r['evaluated_on']} split ({_splits(r)}, {r['split_scheme']}), {_runs_over(r)}.",
+        "",
+        f"- Command: `{r['command']}`",
+        f"- Selection (recorded {selection['recorded_at']}, before the run): "
+        + " ".join(str(selection["tuned"]).split())
+        + (f" (tuned on the {tuned_on} split)" if tuned_on else " (nothing tuned)"),
+    ]
+    if selection.get("pairing"):
+        lines.append("- Pairing: " + " ".join(str(selection["pairing"]).split()))
+    metrics = list(dict.fromkeys(m for arm in r["arms"].values() for m in arm))
+    noun = "seeds" if r["kind"] == "accuracy" else "repeats"
+    lines += [
+        "",
+        f"| arm | n {noun} | " + " | ".join(_cell(m) for m in metrics) + " |",
+        "|---|---|" + "---|" * len(metrics),
+    ]
+    for arm, values in r["arms"].items():
+        n = len(next(iter(values.values()))["per_seed"])
+        cells = [_estimate(values[m]) if m in values else "–" for m in metrics]
+        lines.append(f"| {_cell(arm)} | {n} | " + " | ".join(_cell(c) for c in cells) + " |")
+    return lines
+
+
+def render_benchmark(benchmark: str, results: list[tuple[str, dict]]) -> str:
+    mine = [(name, r) for name, r in results if r["benchmark"] == benchmark]
+    if not mine:
+        return f"`{benchmark}`: " + NO_RESULTS
+    lines = []
+    for name, r in mine:
+        lines += [*_file_section(name, r), ""]
+    lines.append("Each cell: mean ± 95% confidence half-width (t-interval over the n values).")
+    return "\n".join(lines)
+
+
+def render_summary(results: list[tuple[str, dict]]) -> str:
+    if not results:
+        return NO_RESULTS
+    rows = [
+        "Mean ± 95% confidence half-width over n seeds (accuracy) or repeats (timing), from "
+        "the current results files; every table, command and selection: "
+        "[benchmarks/README.md](benchmarks/README.md).",
+        "",
+        "| benchmark | dataset | arm | metric (split) | mean ± ci95 (n) | results file | commit |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, r in results:
+        metric = r["primary_metric"]
+        for arm, values in r["arms"].items():
+            cells = (
+                r["benchmark"],
+                r["dataset"],
+                arm,
+                f"{metric} ({r['evaluated_on']})",
+                _estimate(values[metric]),
+                f"`{name}`",
+                f"`{_commit(r)}`",
+            )
+            rows.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    return "\n".join(rows)
+
+
+def render(name: str, results: list[tuple[str, dict]]) -> str:
+    if name == "index":
+        return render_index(results)
+    if name == "summary":
+        return render_summary(results)
+    return render_benchmark(name, results)
+
+
+def update(text: str, results: list[tuple[str, dict]]) -> tuple[str, list[str], list[str]]:
+    """`text` with every region re-rendered, the names of the regions, and the names of
+    those whose content changed."""
+    names, changed = [], []
+
+    def replace(match: re.Match) -> str:
+        name = match.group("name")
+        names.append(name)
+        body = f"\n{render(name, results)}\n\n"
+        if match.group("body") != body:
+            changed.append(name)
+        return f"<!-- report:{name} -->\n{body}<!-- /report:{name} -->"
+
+    return REGION.sub(replace, text), names, changed
+
+
+def run(root: pathlib.Path, check: bool) -> list[str]:
+    """Renders (or, with `check`, compares) every region; returns the problems."""
+    results, problems = load_results(root)
+    rendered_benchmarks = set()
+    for target, required in TARGETS.items():
+        path = root / target
+        text = path.read_text(encoding="utf-8")
+        new, names, changed = update(text, results)
+        if target == "benchmarks/README.md":
+            rendered_benchmarks.update(names)
+        unclosed = sorted(set(OPENING.findall(text)) - set(names))
+        problems += [f"{target}: <!-- report:{n} --> has no <!-- /report:{n} -->" for n in unclosed]
+        problems += [
+            f"{target}: no <!-- report:{n} --> ... <!-- /report:{n} --> region"
+            for n in required
+            if n not in names
+        ]
+        if check:
+            problems += [
+                f"{target}: table {n!r} differs from what the results files give "
+                "(run python benchmarks/report.py)"
+                for n in changed
+            ]
+        elif new != text:
+            path.write_text(new, encoding="utf-8")
+    for name, record in results:
+        if record["benchmark"] not in rendered_benchmarks:
+            problems.append(
+                f"{name}: benchmarks/README.md has no <!-- report:{record['benchmark']} --> "
+                f"... <!-- /report:{record['benchmark']} --> region for its table"
+            )
+    return problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--check", action="store_true", help="change nothing; exit 1 if a table is stale"
+    )
+    parser.add_argument(
+        "--root", default=str(_common.REPO_ROOT), help="the repository (default: this one)"
+    )
+    args = parser.parse_args(argv)
+    problems = run(pathlib.Path(args.root), args.check)
+    for problem in problems:
+        print(problem)
+    if not problems:
+        print(
+            "report: every table matches benchmarks/results/*.json"
+            if args.check
+            else "report: tables rewritten from benchmarks/results/*.json"
+        )
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

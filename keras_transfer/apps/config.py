@@ -82,7 +82,19 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def _expand(values: Mapping[str, Any], aliases: Mapping[str, str], where: str) -> dict[str, Any]:
+    """`values` with aliases and `epochs: {head, fine_tune}` as field names; two keys that
+    name the same field (`backbone_lr` and `fine_tune_lr`) are an error, not a silent pick."""
     expanded: dict[str, Any] = {}
+    given_as: dict[str, str] = {}
+
+    def put(field: str, value: Any, key: str) -> None:
+        if field in given_as:
+            raise ConfigError(
+                f"{where} sets {field} twice, as {given_as[field]!r} and as {key!r}: keep one."
+            )
+        given_as[field] = key
+        expanded[field] = value
+
     for key, value in values.items():
         if key == "epochs":
             if not isinstance(value, Mapping) or not set(value) <= {"head", "fine_tune"}:
@@ -91,9 +103,9 @@ def _expand(values: Mapping[str, Any], aliases: Mapping[str, str], where: str) -
                     f"got {value!r} (or set head_epochs / fine_tune_epochs)."
                 )
             for phase, epochs in value.items():
-                expanded[f"{phase}_epochs"] = epochs
+                put(f"{phase}_epochs", epochs, f"epochs.{phase}")
             continue
-        expanded[aliases.get(key, key)] = value
+        put(aliases.get(key, key), value, key)
     return expanded
 
 

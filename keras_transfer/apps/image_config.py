@@ -11,6 +11,7 @@ import dataclasses
 import os
 from typing import Any
 
+from keras_transfer import data as data_lib
 from keras_transfer.apps import config as config_lib
 from keras_transfer.data import imbalance
 from keras_transfer.training.callbacks import GradualUnfreezing
@@ -254,9 +255,13 @@ def load_config(path: str | None, overrides: dict[str, Any]) -> Config:
 
 def check_config(config: Config) -> None:
     """Fails (`ConfigError`, `FileNotFoundError`) before any work on what `Config` alone
-    cannot check: the outputs' folder, the data source, a weights path."""
+    does not check: the numbers' ranges, the outputs' folder, the data source, the files
+    and folders the settings name. A run calls it first, so a bad setting is reported
+    before the backbone is built or a single image is read."""
+    _check_numbers(config)
     if not config.model_dir:
         raise config_lib.ConfigError("Set model_dir (--model_dir): where the outputs go.")
+    _check_model_dir(config.model_dir)
     if bool(config.data_dir) == bool(config.dataset):
         raise config_lib.ConfigError(
             "Give exactly one of data_dir (--data_dir, a folder of images) and dataset "
@@ -277,4 +282,66 @@ def check_config(config: Config) -> None:
         raise FileNotFoundError(
             f"data_dir={config.data_dir!r} (--data_dir) is not a folder. Give a folder with "
             "one subfolder of images per class, or with train/ and val/ folders that have them."
+        )
+    if config.target_dir and not os.path.isdir(config.target_dir):
+        raise FileNotFoundError(
+            f"target_dir={config.target_dir!r} (--target_dir) is not a folder. Give a folder "
+            "of images of the target domain, or leave target_dir empty."
+        )
+    if config.source_weights and not os.path.isfile(config.source_weights):
+        raise FileNotFoundError(
+            f"source_weights={config.source_weights!r} (--source_weights) is not a file. "
+            "Give the backbone's with-top weights file (e.g. mobilenet_1_0_224_tf.h5), or "
+            "leave source_weights empty."
+        )
+
+
+def _check_numbers(config: Config) -> None:
+    def refuse(name: str, rule: str) -> None:
+        raise config_lib.ConfigError(
+            f"{name}={getattr(config, name)!r} (--{name}): {name} must be {rule}."
+        )
+
+    if config.head_lr is not None and not config.head_lr > 0:
+        refuse("head_lr", "> 0 (e.g. 1e-3), or unset for the plan's rate")
+    if config.fine_tune_lr is not None and not config.fine_tune_lr >= 0:
+        refuse("fine_tune_lr", "> 0 (e.g. 2e-5), 0 for head_lr / 10, or unset for the plan's")
+    if config.image_size < 0:
+        refuse("image_size", ">= 0 (0: the backbone's pretrained size)")
+    if not 0 <= config.validation_split < 1:
+        refuse("validation_split", "in [0, 1): the fraction of images held out")
+    if not 0 <= config.dropout < 1:
+        refuse("dropout", "in [0, 1)")
+    if config.max_pixels < 0:
+        refuse("max_pixels", ">= 0 (0: no limit)")
+    if config.lora_rank < 1:
+        refuse("lora_rank", "an integer >= 1 (typically 4 to 16)")
+    if config.lora_alpha < 0:
+        refuse("lora_alpha", ">= 0 (0: the rank)")
+    try:
+        data_lib.augmentation_pipeline(config.augment or None, seed=0)
+    except ValueError as error:
+        raise config_lib.ConfigError(f"augment={config.augment!r} (--augment): {error}") from None
+
+
+def _check_model_dir(model_dir: str) -> None:
+    """`model_dir` must be a folder, or a path whose nearest existing part is a writable
+    folder (it is created by the run's first write)."""
+    if os.path.exists(model_dir) and not os.path.isdir(model_dir):
+        raise config_lib.ConfigError(
+            f"model_dir={model_dir!r} (--model_dir) is a file, not a folder: give a new or "
+            "existing folder for the outputs, or move the file away."
+        )
+    parent = os.path.dirname(os.path.abspath(model_dir))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise config_lib.ConfigError(
+            f"model_dir={model_dir!r} (--model_dir) lies under {parent!r}, which is a file: "
+            "give a folder path for the outputs."
+        )
+    if not os.path.isdir(model_dir) and not os.access(parent, os.W_OK | os.X_OK):
+        raise config_lib.ConfigError(
+            f"model_dir={model_dir!r} (--model_dir) cannot be created: {parent!r} is not "
+            "writable. Give a folder you can write to."
         )

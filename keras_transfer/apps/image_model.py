@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -18,15 +19,19 @@ import keras_transfer as kt
 from keras_transfer import data as data_lib
 from keras_transfer.apps.image_config import Config
 from keras_transfer.utils import distribute
+from keras_transfer.utils import memory
 
 __all__ = [
     "Environment",
     "build_backbone_from_config",
     "build_model",
     "check_batches",
+    "check_memory",
     "load_data",
     "run_environment",
 ]
+
+logger = logging.getLogger("keras_transfer")
 
 
 @dataclasses.dataclass
@@ -73,17 +78,38 @@ def run_environment(
 
 
 def build_backbone_from_config(config: Config, strategy: tf.distribute.Strategy) -> kt.Backbone:
-    """The pretrained backbone of `config`, built under `strategy`."""
+    """The pretrained backbone of `config`, built under `strategy`, once `check_memory`
+    found that a batch of its images can fit (before any data is loaded)."""
     backbone_kwargs: dict[str, Any] = {}
     if config.backbone.startswith("hub:"):
         backbone_kwargs["load_options"] = distribute.hub_load_options(strategy)
     with strategy.scope():
-        return kt.create_backbone(
+        backbone = kt.create_backbone(
             config.backbone,
             input_shape=(config.image_size, config.image_size, 3) if config.image_size else None,
             weights=config.resolved_weights(),
             **backbone_kwargs,
         )
+    check_memory(config, backbone, strategy)
+    return backbone
+
+
+def check_memory(config: Config, backbone: kt.Backbone, strategy: tf.distribute.Strategy) -> None:
+    """Refuses a `batch_size` x `image_size` whose activations through the backbone cannot
+    fit in the machine's memory, and warns when fine-tuning every block might not
+    (`utils.memory.check_activation_memory`). Only on CPU: a GPU's or TPU's own memory is
+    not what the host reports."""
+    if distribute.accelerator(strategy) != "CPU":
+        return
+    compute_dtype = keras.config.dtype_policy().compute_dtype
+    warning = memory.check_activation_memory(
+        backbone.model,
+        config.batch_size,
+        bytes_per_value=tf.as_dtype(compute_dtype).size,
+        what=config.backbone,
+    )
+    if warning and config.fine_tune_epochs != 0:
+        logger.warning(warning)
 
 
 def load_data(config: Config, image_size: int, drop_remainder: bool) -> data_lib.ImageData:

@@ -2,13 +2,18 @@
 logic.
 
 A folder written by `keras-transfer train` (or `image_classifier.run`) holds `model.keras`
-(raw 0-255 RGB images in, class probabilities out) and `labels.txt` (line i = output i).
-Each image is read as validation images are during training: decoded, scaled to cover
-`image_size / 0.875` and centrally cropped to the model's input size.
+(raw 0-255 RGB images in, class probabilities out, the class names stored with it),
+`labels.txt` (line i = output i) and `config.json` (the run's settings). Each image is read
+as validation images are during training, by the same function (`data.decode_for_model`):
+decoded (JPEGs at reduced scale, like the loaders), scaled to cover
+`image_size / crop_fraction` and centrally cropped to the model's input size, with the
+run's `crop_fraction` and `resize` (`decode_settings`), so predicting the validation images
+reproduces the validation accuracy of `results.json`.
 
 ```python
 model, labels = load_trained(model_dir)
-rows, skipped = predict_files(model, labels, ["bee.jpg", "photos/"], top_k=2)
+rows, skipped = predict_files(model, labels, ["bee.jpg", "photos/"], top_k=2,
+                              **decode_settings(model_dir))
 rows[0]  # -> {"file": "bee.jpg", "labels": ["bees", "ants"], "probabilities": [0.97, 0.03]}
 ```
 """
@@ -30,12 +35,14 @@ import tensorflow as tf
 
 from keras_transfer import data as data_lib
 from keras_transfer import saving
+from keras_transfer.apps.image_config import RESOLVED_CONFIG_FILE
 
 __all__ = [
     "CROP_FRACTION",
     "FORMATS",
     "LABELS_FILE",
     "MODEL_FILE",
+    "decode_settings",
     "format_rows",
     "list_images",
     "load_image",
@@ -46,12 +53,17 @@ __all__ = [
 MODEL_FILE = "model.keras"
 LABELS_FILE = "labels.txt"
 # What the training loaders' validation split uses (data.PipelineOptions.crop_fraction).
-CROP_FRACTION = 0.875
+CROP_FRACTION = data_lib.DEFAULT_CROP_FRACTION
 FORMATS = ("table", "jsonl", "csv")
 
 
 def load_trained(model_dir: str, safe_mode: bool = True) -> tuple[keras.Model, list[str]]:
-    """`(model, class names)` from a training run's folder."""
+    """`(model, class names)` from a training run's folder.
+
+    The names are the ones stored in `model.keras` (`class_names`); `labels.txt` is only
+    read for a model without them, and must agree with them when both exist: a stale
+    labels.txt beside a retrained model would otherwise print bees as ants.
+    """
     model_path = os.path.join(model_dir, MODEL_FILE)
     if not os.path.isfile(model_path):
         raise FileNotFoundError(
@@ -59,12 +71,16 @@ def load_trained(model_dir: str, safe_mode: bool = True) -> tuple[keras.Model, l
             "`keras-transfer train` (it holds model.keras and labels.txt)."
         )
     model = saving.load_model(model_path, safe_mode=safe_mode)
+    stored = getattr(model, "class_names", None)
+    stored = [str(name) for name in stored] if isinstance(stored, list | tuple) else []
     labels_path = os.path.join(model_dir, LABELS_FILE)
+    labels = stored
     if os.path.isfile(labels_path):
         with open(labels_path, encoding="utf-8") as f:
-            labels = [line.rstrip("\n") for line in f if line.strip()]
-    else:
-        labels = list(getattr(model, "class_names", None) or [])
+            listed = [line.rstrip("\n") for line in f if line.strip()]
+        if stored and listed != stored:
+            raise ValueError(_labels_mismatch(labels_path, listed, model_path, stored))
+        labels = listed
     outputs = int(model.output_shape[-1])
     if len(labels) != outputs:
         raise ValueError(
@@ -73,6 +89,51 @@ def load_trained(model_dir: str, safe_mode: bool = True) -> tuple[keras.Model, l
             "run's own labels.txt beside its model.keras."
         )
     return model, labels
+
+
+def _labels_mismatch(labels_path: str, listed: list[str], model_path: str, stored: list[str]):
+    if len(listed) != len(stored):
+        difference = f"lists {len(listed)} classes, the model {len(stored)}"
+    else:
+        line = next(i for i, (a, b) in enumerate(zip(listed, stored)) if a != b)
+        difference = f"says line {line + 1} is {listed[line]!r}, the model's output {line} is {stored[line]!r}"
+    return (
+        f"{labels_path!r} disagrees with the class names stored in {model_path!r}: it "
+        f"{difference}. labels.txt is stale or from another run: delete it (the model's "
+        "names are used) or write the model's names into it, one per line."
+    )
+
+
+def decode_settings(model_dir: str) -> dict[str, Any]:
+    """`{"crop_fraction", "resize"}` of the run that wrote `model_dir`, for `predict_files`
+    and `load_image`: from its `config.json`, else the loaders' defaults (a folder without
+    one, or a run that kept them)."""
+    settings: dict[str, Any] = {"crop_fraction": CROP_FRACTION, "resize": "crop"}
+    path = os.path.join(model_dir, RESOLVED_CONFIG_FILE)
+    if not os.path.isfile(path):
+        return settings
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = json.load(f)
+    except (OSError, ValueError) as error:
+        raise ValueError(
+            f"Cannot read {path!r} ({error}): restore the run's config.json or delete it "
+            "(predictions then use the default crop_fraction and resize)."
+        ) from error
+    if isinstance(config, dict):
+        settings.update({key: config[key] for key in settings if key in config})
+    crop_fraction, resize = settings["crop_fraction"], settings["resize"]
+    if (
+        isinstance(crop_fraction, bool)
+        or not isinstance(crop_fraction, int | float)
+        or not 0 < crop_fraction <= 1
+        or resize not in ("crop", "squash")
+    ):
+        raise ValueError(
+            f"{path!r} has crop_fraction={crop_fraction!r}, resize={resize!r}: crop_fraction "
+            "must lie in (0, 1] and resize be 'crop' or 'squash'. Restore the run's config.json."
+        )
+    return settings
 
 
 def list_images(paths: Iterable[str]) -> tuple[list[str], dict[str, str]]:
@@ -95,8 +156,16 @@ def list_images(paths: Iterable[str]) -> tuple[list[str], dict[str, str]]:
     return files, skipped
 
 
-def load_image(path: str, image_size: tuple[int, int], max_pixels: int | None = None) -> np.ndarray:
-    """One image as the model's `(height, width, 3)` float32 0-255 input.
+def load_image(
+    path: str,
+    image_size: tuple[int, int],
+    max_pixels: int | None = None,
+    crop_fraction: float = CROP_FRACTION,
+    resize: str = "crop",
+) -> np.ndarray:
+    """One image as the model's `(height, width, 3)` float32 0-255 input, read exactly as
+    the validation images of a run with this `crop_fraction` and `resize`
+    (`data.decode_for_model`).
 
     Raises:
         ValueError: the file is not an image TensorFlow can decode, or has more than
@@ -107,17 +176,13 @@ def load_image(path: str, image_size: tuple[int, int], max_pixels: int | None = 
         if size is not None and size[0] * size[1] > max_pixels:
             raise ValueError(f"{size[1]}x{size[0]} pixels is more than max_pixels={max_pixels}")
     try:
-        image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+        image = data_lib.decode_for_model(path, image_size, crop_fraction, resize)
     except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError, OSError) as error:
         message = getattr(error, "message", None) or str(error)
         # TensorFlow's message wraps the reason in the op's name and device.
         reason = re.sub(r"\{\{.*?\}\}\s*|\s*\[Op:.*$", "", message.splitlines()[0]).strip()
         raise ValueError(f"cannot decode it as an image ({reason})") from error
-    load = data_lib.load_size(image_size, CROP_FRACTION)
-    image = data_lib.resize_and_crop(image, load).numpy()
-    top = (load[0] - image_size[0]) // 2
-    left = (load[1] - image_size[1]) // 2
-    return image[top : top + image_size[0], left : left + image_size[1]].astype("float32")
+    return image.numpy().astype("float32")
 
 
 def predict_files(
@@ -127,8 +192,11 @@ def predict_files(
     top_k: int = 3,
     batch_size: int = 32,
     max_pixels: int | None = 50_000_000,
+    crop_fraction: float = CROP_FRACTION,
+    resize: str = "crop",
 ) -> tuple[list[dict[str, Any]], dict[str, str]]:
-    """The top-`top_k` labels and probabilities of every image in `paths`.
+    """The top-`top_k` labels and probabilities of every image in `paths`, each read by
+    `load_image` with `crop_fraction` and `resize` (those of the run: `decode_settings`).
 
     Returns:
         `(rows, skipped)`: one `{"file", "labels", "probabilities"}` row per readable
@@ -146,7 +214,7 @@ def predict_files(
         batch, names = [], []
         for path in files[start : start + batch_size]:
             try:
-                batch.append(load_image(path, image_size, max_pixels))
+                batch.append(load_image(path, image_size, max_pixels, crop_fraction, resize))
                 names.append(path)
             except ValueError as error:
                 skipped[path] = str(error)

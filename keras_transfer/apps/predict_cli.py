@@ -4,9 +4,11 @@ r"""`keras-transfer predict`: the top classes of image files by a trained model.
     keras-transfer predict --model_dir=/tmp/ants_vs_bees --format=jsonl --top_k=1 photos/
 
 Folders are searched recursively for .jpg/.jpeg/.png/.gif/.bmp/.webp files. Prints one
-row per image: its top `--top_k` labels (from labels.txt) with their probabilities, as a
-table (default), JSON lines or CSV on stdout. Files that cannot be read are skipped with
-a message on stderr and counted; the exit code is 1 when no image could be read.
+row per image: its top `--top_k` labels (the class names stored in model.keras) with their
+probabilities, as a table (default), JSON lines or CSV on stdout. Images are read exactly as
+the run's validation images were (its crop_fraction and resize, from config.json). Files
+that cannot be read are skipped with a message on stderr and counted; the exit code is 1
+when no image could be read.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ def main(argv: list[str]) -> int:
         top_k=FLAGS.top_k,
         batch_size=FLAGS.batch_size,
         max_pixels=FLAGS.max_pixels or None,
+        **predict_lib.decode_settings(FLAGS.model_dir),
     )
     sys.stdout.write(predict_lib.format_rows(rows, FLAGS.format))
     sys.stdout.flush()

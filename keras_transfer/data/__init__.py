@@ -9,14 +9,17 @@ from keras_transfer.data import imbalance
 from keras_transfer.data import listing
 from keras_transfer.data import pipeline
 from keras_transfer.data import tfds_loader
+from keras_transfer.data.decoding import DEFAULT_CROP_FRACTION
 from keras_transfer.data.decoding import DEFAULT_MAX_PIXELS
 from keras_transfer.data.decoding import IMAGE_EXTENSIONS
 from keras_transfer.data.decoding import UNSUPPORTED_IMAGE_FORMATS
 from keras_transfer.data.decoding import as_image_size
+from keras_transfer.data.decoding import central_crop
 from keras_transfer.data.decoding import check_batch_size
 from keras_transfer.data.decoding import check_image_size
 from keras_transfer.data.decoding import check_max_pixels
 from keras_transfer.data.decoding import decode_and_resize
+from keras_transfer.data.decoding import decode_for_model
 from keras_transfer.data.decoding import find_undecodable
 from keras_transfer.data.decoding import load_size
 from keras_transfer.data.decoding import read_image_size
@@ -60,6 +63,7 @@ __all__ = [
     "folders",
     "tfds_loader",
     "imbalance",
+    "DEFAULT_CROP_FRACTION",
     "DEFAULT_MAX_PIXELS",
     "IMAGE_EXTENSIONS",
     "UNSUPPORTED_IMAGE_FORMATS",
@@ -67,7 +71,9 @@ __all__ = [
     "check_batch_size",
     "check_image_size",
     "check_max_pixels",
+    "central_crop",
     "decode_and_resize",
+    "decode_for_model",
     "find_undecodable",
     "load_size",
     "read_image_size",

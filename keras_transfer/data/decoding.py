@@ -3,6 +3,10 @@
 Every loader decodes with `decode_and_resize` (float32 batches are made later, by
 `pipeline`), and checks sizes before decoding anything: `read_image_size` reads a file's
 header only, so an image above `max_pixels` (a decompression bomb) costs nothing.
+
+`decode_for_model` is what a model sees of one file outside the training loop (`predict`,
+export checks, notebooks): `decode_and_resize` to `load_size`, then `central_crop`, the two
+steps the loaders' validation images go through, so a prediction reproduces validation.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 __all__ = [
+    "DEFAULT_CROP_FRACTION",
     "DEFAULT_MAX_PIXELS",
     "IMAGE_EXTENSIONS",
     "UNSUPPORTED_IMAGE_FORMATS",
@@ -23,7 +28,9 @@ __all__ = [
     "check_batch_size",
     "check_image_size",
     "check_max_pixels",
+    "central_crop",
     "decode_and_resize",
+    "decode_for_model",
     "find_undecodable",
     "load_size",
     "read_image_size",
@@ -44,6 +51,9 @@ UNSUPPORTED_IMAGE_FORMATS = {
     ".svg": "SVG",
 }
 DEFAULT_MAX_PIXELS = 50_000_000
+# Validation images are scaled to cover image_size / 0.875 and centrally cropped (ImageNet's
+# evaluation), unless a loader is given another crop_fraction.
+DEFAULT_CROP_FRACTION = 0.875
 
 
 def resize_and_crop(image: tf.Tensor, size: tuple[int, int], resize: str = "crop") -> tf.Tensor:
@@ -103,6 +113,46 @@ def decode_and_resize(
 
     image = tf.cond(tf.io.is_jpeg(contents), scaled, lambda: _decode_full(contents))
     return resize_and_crop(image, size, resize)
+
+
+def central_crop(image: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
+    """The central `size` (height, width) part of one `(height, width, channels)` image:
+    the loaders' validation crop. An odd margin leaves its extra pixel at the bottom/right."""
+    shape = tf.shape(image)
+    height = image.shape[0] if image.shape[0] is not None else shape[0]
+    width = image.shape[1] if image.shape[1] is not None else shape[1]
+    top = (height - size[0]) // 2
+    left = (width - size[1]) // 2
+    return image[top : top + size[0], left : left + size[1]]
+
+
+def decode_for_model(
+    path: str | os.PathLike | tf.Tensor,
+    image_size: int | Sequence[int],
+    crop_fraction: float = DEFAULT_CROP_FRACTION,
+    resize: str = "crop",
+) -> tf.Tensor:
+    """One image file as a model sees it in validation: a `(height, width, 3)` uint8 tensor.
+
+    The same steps as the loaders' validation images (`decoded_dataset`, then the central
+    crop of `PipelineOptions.build`), JPEG ratio decoding included: `decode_and_resize` to
+    `load_size(image_size, crop_fraction)`, then `central_crop` to `image_size`. Decoding a
+    file any other way (in full, or with PIL) gives a few levels of difference per pixel,
+    enough to flip predictions near the decision boundary.
+
+    ```python
+    image = decode_for_model("bee.jpg", model.input_shape[1:3])
+    probabilities = model.predict(tf.cast(image, "float32")[None])
+    ```
+
+    Raises:
+        tf.errors.InvalidArgumentError: the file is not an image TensorFlow decodes.
+    """
+    image_size = as_image_size(image_size)
+    if not isinstance(path, tf.Tensor):
+        path = tf.constant(os.fspath(path))
+    image = decode_and_resize(path, load_size(image_size, crop_fraction), resize)
+    return central_crop(image, image_size)
 
 
 def _decode_full(contents: tf.Tensor) -> tf.Tensor:

@@ -15,7 +15,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_transfer.data.decoding import DEFAULT_CROP_FRACTION
 from keras_transfer.data.decoding import as_image_size
+from keras_transfer.data.decoding import central_crop
 from keras_transfer.data.decoding import check_batch_size
 from keras_transfer.data.decoding import decode_and_resize
 from keras_transfer.data.decoding import load_size
@@ -81,7 +83,7 @@ class PipelineOptions:
 
     image_size: tuple[int, int]
     batch_size: int
-    crop_fraction: float = 0.875
+    crop_fraction: float = DEFAULT_CROP_FRACTION
     resize: str = "crop"
     augment: Any = False
     shuffle: bool = True
@@ -127,9 +129,8 @@ class PipelineOptions:
         return dataset.prefetch(tf.data.AUTOTUNE)
 
     def _central_crop(self, image):
-        top = (self.load_size[0] - self.image_size[0]) // 2
-        left = (self.load_size[1] - self.image_size[1]) // 2
-        return image[top : top + self.image_size[0], left : left + self.image_size[1]]
+        # The crop of `decoding.decode_for_model` (what `predict` reads), on purpose.
+        return central_crop(image, self.image_size)
 
     def _random_crop(self, image):
         return tf.image.random_crop(image, (*self.image_size, 3), seed=self.seed)

@@ -1,10 +1,11 @@
 """Plumbing every floor above uses: atomic writes and finite-weights checks (`reliability`),
-distribution strategies and mixed precision (`distribute`), and `fit` arguments
-(`fit_arguments`).
+distribution strategies and mixed precision (`distribute`), `fit` arguments
+(`fit_arguments`), and whether a batch's activations fit in memory (`memory`).
 """
 
 from keras_transfer.utils import distribute
 from keras_transfer.utils import fit_arguments
+from keras_transfer.utils import memory
 from keras_transfer.utils import reliability
 from keras_transfer.utils.distribute import STRATEGIES
 from keras_transfer.utils.distribute import MultiWorkerFitMixin
@@ -20,6 +21,11 @@ from keras_transfer.utils.distribute import mixed_precision_policy
 from keras_transfer.utils.distribute import set_mixed_precision
 from keras_transfer.utils.distribute import static_batches
 from keras_transfer.utils.fit_arguments import no_fit_shuffle
+from keras_transfer.utils.memory import ActivationMemory
+from keras_transfer.utils.memory import InsufficientMemoryError
+from keras_transfer.utils.memory import activation_memory
+from keras_transfer.utils.memory import available_memory
+from keras_transfer.utils.memory import check_activation_memory
 from keras_transfer.utils.reliability import NonFiniteWeightsError
 from keras_transfer.utils.reliability import check_finite_weights
 from keras_transfer.utils.reliability import check_free_space
@@ -31,6 +37,7 @@ __all__ = [
     "reliability",
     "distribute",
     "fit_arguments",
+    "memory",
     "NonFiniteWeightsError",
     "check_finite_weights",
     "check_free_space",
@@ -51,4 +58,9 @@ __all__ = [
     "set_mixed_precision",
     "static_batches",
     "no_fit_shuffle",
+    "ActivationMemory",
+    "InsufficientMemoryError",
+    "activation_memory",
+    "available_memory",
+    "check_activation_memory",
 ]

@@ -87,7 +87,8 @@ def build_backbone_from_config(config: Config, strategy: tf.distribute.Strategy)
 
 
 def load_data(config: Config, image_size: int, drop_remainder: bool) -> data_lib.ImageData:
-    """The training and validation data of `config`: an image folder or a TFDS dataset."""
+    """The training, validation and test data of `config`: an image folder or a TFDS
+    dataset."""
     common = dict(
         image_size=image_size,
         batch_size=config.batch_size,
@@ -106,6 +107,8 @@ def load_data(config: Config, image_size: int, drop_remainder: bool) -> data_lib
     return data_lib.image_folder_dataset(
         config.data_dir,
         validation_split=config.validation_split,
+        test_dir=config.test_dir or None,
+        test_split=config.test_split,
         max_pixels=config.max_pixels or None,
         **common,
     )

@@ -152,7 +152,8 @@ def test_nested_folders_belong_to_their_top_class_and_empty_classes_are_reported
     assert loaded.class_names == ["a", "b", "c"]
     labels = np.concatenate([y.numpy() for _, y in loaded.train])
     assert np.bincount(labels, minlength=3).tolist() == [5, 2, 0]
-    assert "without images" in caplog.text and "'c'" in caplog.text
+    assert "1 of 3 classes have no training images" in caplog.text and "'c'" in caplog.text
+    assert any("'c'" in warning for warning in loaded.warnings)  # results.json's warnings
 
 
 def test_folder_structure_errors(tmp_path, image_folder):

@@ -20,6 +20,7 @@ from conftest import write_image_folder
 import keras_transfer as kt
 from keras_transfer.apps import image_config
 from keras_transfer.apps import predict as predict_lib
+from keras_transfer.diagnostics import reports
 
 TRAIN_FLAGS = [
     "--backbone=mobilenet",
@@ -33,6 +34,7 @@ TRAIN_FLAGS = [
     "--fine_tune_lr=0",
     "--seed=3",
     "--deterministic",
+    "--test_split=0.25",  # 9 training, 3 validation and 4 test images of the 16
 ]
 
 
@@ -67,9 +69,10 @@ def test_train_writes_the_outputs_and_prints_one_summary(trained):
     for name in ("model.keras", "labels.txt", "config.json", "results.json"):
         assert (model_dir / name).is_file(), name
     assert (model_dir / "labels.txt").read_text().split() == ["ants", "bees"]
-    # The summary is printed once, on stdout; the validation table is in it once.
+    # The summary is printed once, on stdout: the validation table, then the test line.
     assert process.stdout.count("saved model on") == 1
-    assert process.stdout.count("macro F1") == 1
+    assert process.stdout.count("macro F1") == 2
+    assert process.stdout.count("test set, 4 images never seen before") == 1
     assert "model.keras:" in process.stdout and "for inference" in process.stdout
 
 
@@ -79,7 +82,7 @@ def test_train_output_is_readable(trained):
     assert "phase 1/2: training the head on the frozen backbone at lr 0.01 for 2 epochs" in log
     assert "phase 2/2: fine-tuning 2 blocks at lr 0.001 for 1 epoch, BatchNorm frozen" in log
     assert "extracting backbone features of the training images" in log
-    assert "extracted features of 13 training images" in log
+    assert "extracted features of 9 training images" in log
     # Not a Keras progress bar's float formatting of a count, not Keras' shuffle warning,
     # not TensorFlow's C++ start-up lines.
     assert not re.search(r"examples: \d+\.\d{4}", log)
@@ -110,6 +113,25 @@ def test_epochs_are_counted_from_one_everywhere(trained):
     assert "Epoch 3/3" in process.stdout + process.stderr
 
 
+def test_train_with_test_split_reports_the_test_accuracy_and_its_interval(trained):
+    _, model_dir, process = trained
+    results = json.loads((model_dir / "results.json").read_text())
+    test = results["test"]
+    assert results["num_test"] == test["num_images"] == 4
+    assert (results["num_train"], results["num_validation"]) == (9, 3)
+    correct = round(test["accuracy"] * 4)
+    assert test["accuracy"] == correct / 4
+    low, high = test["accuracy_ci95"]
+    assert [low, high] == pytest.approx(list(reports.wilson_interval(correct, 4)))
+    assert low <= test["accuracy"] <= high
+    assert set(test["per_class"]) == {"ants", "bees"}
+    assert sum(row["support"] for row in test["per_class"].values()) == 4
+    assert {"macro_f1", "balanced_accuracy"} <= set(test)
+    assert results["config"]["test_split"] == 0.25
+    assert f"accuracy {test['accuracy']:.4f} (95% interval {low:.4f}-{high:.4f})" in process.stdout
+    assert "optimistic" not in process.stdout
+
+
 def _event_steps(folder):
     from tensorboard.backend.event_processing import event_file_loader
 
@@ -124,8 +146,8 @@ def _event_steps(folder):
 def test_tensorboard_steps_continue_across_the_phases(trained):
     _, model_dir, _ = trained
     steps = _event_steps(model_dir / "logs" / "validation")
-    # 13 training images in batches of 4: 4 steps per epoch, in both phases.
-    assert steps["evaluation_loss_vs_iterations"] == [4, 8, 12]
+    # 9 training images in batches of 4: 3 steps per epoch, in both phases.
+    assert steps["evaluation_loss_vs_iterations"] == [3, 6, 9]
     assert steps["epoch_loss"] == [0, 1, 2]
 
 

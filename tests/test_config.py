@@ -106,3 +106,26 @@ def test_shipped_example_configs_load(name):
     path = REPO_ROOT / "examples" / "configs" / name
     config = image_config.load_config(str(path), {"model_dir": "/tmp/x"})
     assert config.model_dir == "/tmp/x"
+
+
+def test_test_set_settings_are_checked(tmp_path):
+    for overrides, message in (
+        ({"test_split": 1.0}, r"test_split must lie in \[0, 1\)"),
+        ({"test_split": 0.2, "test_dir": "held_out"}, "Give one of test_dir .* and test_split"),
+        ({"test_split": 0.5, "validation_split": 0.5}, "their sum must be below 1"),
+        ({"test_split": 0.2, "dataset": "tfds:tf_flowers"}, "test_dir and test_split are for"),
+    ):
+        with pytest.raises(config_lib.ConfigError, match=message):
+            image_config.load_config(None, overrides)
+    config = image_config.load_config(
+        None, {"data_dir": str(tmp_path), "model_dir": "out", "test_dir": str(tmp_path / "no")}
+    )
+    with pytest.raises(FileNotFoundError, match=r"test_dir=.*\(--test_dir\) is not a folder"):
+        image_config.check_config(config)
+    # Folder-only settings: config.json of a TFDS run leaves them out.
+    resolved = image_config.Config(dataset="tfds:tf_flowers", head_lr=1e-3).resolved(224)
+    assert "test_split" not in resolved and "test_dir" not in resolved
+    assert (
+        image_config.Config(data_dir="d", test_split=0.2, head_lr=1e-3).resolved(224)["test_split"]
+        == 0.2
+    )

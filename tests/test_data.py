@@ -19,13 +19,16 @@ def test_folder_with_validation_split(image_folder):
     root = image_folder({"ants": 10, "bees": 10})
     loaded = data.image_folder_dataset(root, image_size=32, batch_size=4, validation_split=0.25)
     assert loaded.class_names == ["ants", "bees"]
-    assert (loaded.num_train, loaded.num_validation) == (15, 5)
+    # Each file's split is drawn from a hash of the seed and its path, so the sizes are
+    # near 0.25 (not exactly); every class has validation images (stratified).
+    assert (loaded.num_train, loaded.num_validation) == (17, 3)
+    assert set(_all_labels(loaded.validation)) == {0, 1}
     images, labels = next(iter(loaded.train))
     assert images.shape == (4, 32, 32, 3) and images.dtype == tf.float32
     assert labels.dtype == tf.int32
     assert 0.0 <= float(tf.reduce_min(images)) and float(tf.reduce_max(images)) <= 255.0
-    assert len(_all_labels(loaded.train)) == 15
-    assert len(_all_labels(loaded.validation)) == 5
+    assert len(_all_labels(loaded.train)) == 17
+    assert len(_all_labels(loaded.validation)) == 3
     # The same seed gives the same split; the split does not depend on the batch size.
     again = data.image_folder_dataset(root, image_size=32, batch_size=5, validation_split=0.25)
     assert sorted(_all_labels(again.validation)) == sorted(_all_labels(loaded.validation))

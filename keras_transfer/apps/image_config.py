@@ -110,6 +110,11 @@ class Config:
     # (kt.ValidatedEarlyStopping(carry_over=True)), else the head phase's weights are kept.
     restore_best: bool | None = None
     validation_split: float = 0.2
+    # A test set, evaluated once after training (results.json "test"): a folder with the
+    # class subfolders (a test/ beside data_dir's train/ is found without it), or a
+    # fraction of each class held out of data_dir. Image folders only.
+    test_dir: str = ""
+    test_split: float = 0.0
     # Images with more pixels are skipped before decoding (decompression bombs); 0: no limit.
     max_pixels: int = 50_000_000
     # Class weights of the training loss: "balanced" (n / (k * n_c)), "none", or a JSON
@@ -208,6 +213,27 @@ class Config:
             imbalance.parse_class_weight(self.class_weight)
         except ValueError as error:
             raise config_lib.ConfigError(str(error)) from None
+        self._check_test_set()
+
+    def _check_test_set(self) -> None:
+        if not 0 <= self.test_split < 1:
+            raise config_lib.ConfigError(
+                f"test_split must lie in [0, 1) (0: no held-out test set), got {self.test_split}."
+            )
+        if self.test_dir and self.test_split:
+            raise config_lib.ConfigError(
+                "Give one of test_dir (a test folder) and test_split (a held-out fraction)."
+            )
+        if self.dataset and (self.test_dir or self.test_split):
+            raise config_lib.ConfigError(
+                "test_dir and test_split are for data_dir: with a TFDS dataset, load it with "
+                "keras_transfer.tfds_dataset(test_split=...) in Python."
+            )
+        if self.validation_split + self.test_split >= 1:
+            raise config_lib.ConfigError(
+                f"validation_split={self.validation_split} and test_split={self.test_split} "
+                "leave no training images: their sum must be below 1."
+            )
 
     def resolved_weights(self) -> str | None:
         if self.weights is None or str(self.weights).lower() in ("", "none"):
@@ -241,7 +267,7 @@ class Config:
 
 # Fields that only a TFDS run, or only an image-folder run, reads.
 _TFDS_FIELDS = ("dataset", "tfds_data_dir", "train_split", "eval_split")
-_FOLDER_FIELDS = ("data_dir", "validation_split", "max_pixels")
+_FOLDER_FIELDS = ("data_dir", "validation_split", "test_dir", "test_split", "max_pixels")
 
 
 def load_config(path: str | None, overrides: dict[str, Any]) -> Config:
@@ -282,6 +308,11 @@ def check_config(config: Config) -> None:
         raise FileNotFoundError(
             f"data_dir={config.data_dir!r} (--data_dir) is not a folder. Give a folder with "
             "one subfolder of images per class, or with train/ and val/ folders that have them."
+        )
+    if config.test_dir and not os.path.isdir(config.test_dir):
+        raise FileNotFoundError(
+            f"test_dir={config.test_dir!r} (--test_dir) is not a folder. Give a folder with "
+            "the same class subfolders as the training images."
         )
     if config.target_dir and not os.path.isdir(config.target_dir):
         raise FileNotFoundError(

@@ -113,7 +113,8 @@ def check_memory(config: Config, backbone: kt.Backbone, strategy: tf.distribute.
 
 
 def load_data(config: Config, image_size: int, drop_remainder: bool) -> data_lib.ImageData:
-    """The training and validation data of `config`: an image folder or a TFDS dataset."""
+    """The training, validation and test data of `config`: an image folder or a TFDS
+    dataset."""
     common = dict(
         image_size=image_size,
         batch_size=config.batch_size,
@@ -132,6 +133,8 @@ def load_data(config: Config, image_size: int, drop_remainder: bool) -> data_lib
     return data_lib.image_folder_dataset(
         config.data_dir,
         validation_split=config.validation_split,
+        test_dir=config.test_dir or None,
+        test_split=config.test_split,
         max_pixels=config.max_pixels or None,
         **common,
     )

@@ -46,8 +46,9 @@ def report(
     class_weight: dict[int, float] | None,
 ) -> dict[str, Any]:
     """The results of the run (what `results.json` holds), the validation report of the
-    saved model, and the confusion matrix and training-curve plots in the output folder;
-    `class_weight` is what the training loss used (`image_plan.class_weight`)."""
+    saved model, its test report (`test`: evaluated here, once, after every choice was made
+    on validation data), and the confusion matrix and training-curve plots in the output
+    folder; `class_weight` is what the training loss used (`image_plan.class_weight`)."""
     history = trained.history
     results: dict[str, Any] = {
         "feature_extraction": history.phase_summary(training.PHASE_HEAD),
@@ -62,6 +63,7 @@ def report(
         "class_names": data.class_names,
         "num_train": data.num_train,
         "num_validation": data.num_validation,
+        "num_test": getattr(data, "num_test", 0),
         "skipped_files": data.skipped,
         # Why each file was skipped, and what the loader warned about (e.g. an empty val/).
         "skip_reasons": dict(getattr(data, "skip_reasons", {}) or {}),
@@ -95,6 +97,11 @@ def report(
         )
         if plotted:
             results.setdefault("plots", []).append(os.path.basename(plotted))
+    test = getattr(data, "test", None)
+    if test is not None:
+        true, predicted = reports.predict_labels(model, test)
+        matrix = reports.confusion_matrix(true, predicted, len(data.class_names))
+        results["test"] = reports.held_out_report(matrix, data.class_names)
     plotted = reports.plot_training_curves(
         history, os.path.join(output_dir, "training_curves.png"), title=_run_title(config)
     )
@@ -110,7 +117,8 @@ def _run_title(config: Config) -> str:
 
 def summary(results: dict[str, Any], config: Config) -> str:
     """What a person reads at the end of a run: each phase's result, the saved model's
-    validation report and where everything went."""
+    validation report, its test report (or, without a test set, that the validation
+    accuracy is optimistic) and where everything went."""
     lines = []
     phases = [p for p in (training.PHASE_HEAD, training.PHASE_FINE_TUNE) if results.get(p)]
     names = {training.PHASE_HEAD: "head", training.PHASE_FINE_TUNE: "fine-tuning"}
@@ -131,6 +139,7 @@ def summary(results: dict[str, Any], config: Config) -> str:
             + ":"
         )
         lines.append(reports.format_report(report))
+    lines += _test_summary(results)
     model_path = os.path.join(config.model_dir, _outputs.MODEL_FILE)
     if os.path.isfile(model_path):
         size = os.path.getsize(model_path) / 1e6
@@ -141,6 +150,25 @@ def summary(results: dict[str, Any], config: Config) -> str:
         )
     lines.append(f"outputs in {config.model_dir} ({results.get('total_seconds', 0):.0f} s in all)")
     return "\n".join(lines)
+
+
+def _test_summary(results: dict[str, Any]) -> list[str]:
+    test = results.get("test")
+    if not test:
+        if not results.get("validation_report"):
+            return []
+        return [
+            "no test set: the validation accuracy chose the epoch (and the plan), so it is "
+            "optimistic; --test_split or --test_dir gives an estimate of new images."
+        ]
+    low, high = test["accuracy_ci95"]
+    return [
+        f"test set, {test['num_images']} images never seen before, evaluated once:",
+        f"accuracy {test['accuracy']:.4f} (95% interval {low:.4f}-{high:.4f}), macro F1 "
+        f"{test['macro_f1']:.4f}, balanced accuracy {test['balanced_accuracy']:.4f}",
+        # The per-class table (its totals are on the line above).
+        *reports.format_report(test).splitlines()[: len(test["per_class"]) + 1],
+    ]
 
 
 def _kept_epoch(history: kt.TwoPhaseHistory, monitor: str, last_phase: str) -> dict[str, Any]:

@@ -7,8 +7,9 @@ The encoder is a KerasHub `BertBackbone` (e.g. all-MiniLM-L6-v2, which the PyPI 
 `keras_transfer.get_blocks` about them, so `freeze`, `unfreeze`, `fit_two_phase(unfreeze=...,
 lr_decay=...)` work on the classifier as on image models.
 
-`run` composes the steps (`load_text_data` -> `split` -> `build_classifier` -> `train_model`
--> `report` -> `write_model_folder`, and `train_baseline` on request);
+`run` composes the steps (`load_text_data` -> `split_data` -> `build_classifier` ->
+`train_model` -> `report` -> `write_model_folder`, and `train_baseline` on request); a test
+set (`test_split` of each label, or the file `test_path`) is evaluated once, at the end;
 `keras_transfer/apps/text_classifier_cli.py` holds the flags and `main`.
 """
 
@@ -28,6 +29,7 @@ import tensorflow as tf
 import keras_transfer as kt
 from keras_transfer.apps import _outputs
 from keras_transfer.backbones import registry as backbones
+from keras_transfer.data import splits
 from keras_transfer.diagnostics import reports
 from keras_transfer.training import two_phase as training
 
@@ -37,11 +39,13 @@ __all__ = [
     "build_classifier",
     "build_preprocessor",
     "default_preset",
+    "load_test_data",
     "load_text_data",
     "register_bert_blocks",
     "report",
     "run",
     "split",
+    "split_data",
     "token_dataset",
     "train_baseline",
     "train_model",
@@ -123,6 +127,10 @@ class Config:
     label_column: str = "Label"
     max_examples: int = 0  # 0: all; a small number for smoke runs
     validation_split: float = 0.2
+    # A test set evaluated once after training (results.json "test"): this fraction of each
+    # label held out, or a file with the same columns (test_path).
+    test_split: float = 0.0
+    test_path: str = ""
     sequence_length: int = 64
     batch_size: int = 32
     head_epochs: int = 2
@@ -147,22 +155,7 @@ class Config:
 
 def load_text_data(config: Config) -> tuple[list[str], np.ndarray, list[str]]:
     """`(texts, integer labels, class names)` from a TSV/CSV file with a header row."""
-    if not os.path.isfile(config.data_path):
-        raise FileNotFoundError(
-            f"data_path={config.data_path!r} (--data_path) is not a file. Give a TSV or CSV "
-            "file with a header row."
-        )
-    delimiter = "\t" if config.data_path.endswith((".tsv", ".txt")) else ","
-    with open(config.data_path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f, delimiter=delimiter))
-    if not rows:
-        raise ValueError(f"{config.data_path!r} holds no rows.")
-    for column in (config.text_column, config.label_column):
-        if column not in rows[0]:
-            raise ValueError(
-                f"{config.data_path!r} has no column {column!r}; its columns are "
-                f"{list(rows[0])}. Set text_column / label_column."
-            )
+    rows = _read_rows(config.data_path, config, "data_path")
     class_names = sorted({row[config.label_column] for row in rows})
     if len(class_names) < 2:
         raise ValueError(f"{config.data_path!r} has only one label: {class_names}.")
@@ -171,20 +164,83 @@ def load_text_data(config: Config) -> tuple[list[str], np.ndarray, list[str]]:
     return texts, labels, class_names
 
 
+def load_test_data(config: Config, class_names: list[str]) -> tuple[list[str], np.ndarray]:
+    """`(texts, labels)` of `config.test_path`, labelled with the training `class_names`."""
+    rows = _read_rows(config.test_path, config, "test_path")
+    unknown = sorted({row[config.label_column] for row in rows} - set(class_names))
+    if unknown:
+        raise ValueError(
+            f"{config.test_path!r} has labels the training data lacks: {unknown[:10]}. A "
+            f"test set can only hold the training labels {class_names}."
+        )
+    texts = [row[config.text_column] or "" for row in rows]
+    labels = np.array([class_names.index(row[config.label_column]) for row in rows], "int32")
+    return texts, labels
+
+
+def _read_rows(path: str, config: Config, flag: str) -> list[dict[str, str]]:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"{flag}={path!r} (--{flag}) is not a file. Give a TSV or CSV file with a header row."
+        )
+    delimiter = "\t" if path.endswith((".tsv", ".txt")) else ","
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f, delimiter=delimiter))
+    if not rows:
+        raise ValueError(f"{path!r} holds no rows.")
+    for column in (config.text_column, config.label_column):
+        if column not in rows[0]:
+            raise ValueError(
+                f"{path!r} has no column {column!r}; its columns are "
+                f"{list(rows[0])}. Set text_column / label_column."
+            )
+    return rows
+
+
+def split_data(
+    texts: list[str],
+    labels: np.ndarray,
+    *,
+    validation_split: float,
+    test_split: float = 0.0,
+    seed: int,
+    max_examples: int = 0,
+) -> tuple[tuple[list[str], np.ndarray], ...]:
+    """`(train, validation, test)`, each `(texts, labels)`: a stable, stratified split by a
+    hash of the seed and each text (`keras_transfer.data.splits`): adding rows moves no
+    other row, identical texts share a split, and every label keeps a training example.
+    `max_examples` keeps about that many, each label its share (at least 2), by another
+    hash of the text."""
+    labels = np.asarray(labels)
+    keep = np.arange(len(texts))
+    if max_examples:
+        kept = []
+        for label in np.unique(labels):
+            members = np.flatnonzero(labels == label)
+            order = sorted(members, key=lambda i: splits.stable_unit(f"sample:{texts[i]}", seed))
+            kept.extend(order[: max(2, int(round(max_examples * len(members) / len(labels))))])
+        keep = np.array(sorted(kept))
+    assigned = splits.assign_splits(
+        [texts[i] for i in keep],
+        labels[keep],
+        validation_split=validation_split,
+        test_split=test_split,
+        seed=seed,
+    )
+
+    def pick(split):
+        index = keep[assigned == split]
+        return [texts[i] for i in index], labels[index]
+
+    return pick(splits.TRAIN), pick(splits.VALIDATION), pick(splits.TEST)
+
+
 def split(texts, labels, validation_split: float, seed: int, max_examples: int = 0):
-    """A stratified shuffled split: every class keeps its share in both parts."""
-    rng = np.random.default_rng(seed)
-    train_index, validation_index = [], []
-    for label in np.unique(labels):
-        index = rng.permutation(np.flatnonzero(labels == label))
-        if max_examples:
-            index = index[: max(2, int(round(max_examples * len(index) / len(labels))))]
-        cut = int(round(len(index) * validation_split))
-        validation_index.extend(index[:cut])
-        train_index.extend(index[cut:])
-    train_index, validation_index = rng.permutation(train_index), np.array(validation_index)
-    pick = lambda index: ([texts[i] for i in index], labels[index])  # noqa: E731
-    return pick(train_index), pick(validation_index)
+    """`(train, validation)` of `split_data` without a test set."""
+    train, validation, _ = split_data(
+        texts, labels, validation_split=validation_split, seed=seed, max_examples=max_examples
+    )
+    return train, validation
 
 
 def build_preprocessor(preset: str, sequence_length: int) -> Any:
@@ -293,9 +349,9 @@ def run(config: Config) -> dict[str, Any]:
 
     Writes to `config.model_dir`: `model.keras` (token ids in, class probabilities out),
     `labels.txt`, `results.json` (per-phase metrics, validation accuracy and per-class
-    precision/recall/F1, the baseline's if requested, the configuration) and
-    `training_curves.png` (with matplotlib). A run that fails before training (a missing
-    file or column, no encoder) creates no `model_dir`.
+    precision/recall/F1, the test report with `test_split` or `test_path`, the baseline's
+    if requested, the configuration) and `training_curves.png` (with matplotlib). A run that
+    fails before training (a missing file or column, no encoder) creates no `model_dir`.
 
     Returns:
         The content of `results.json`.
@@ -305,9 +361,18 @@ def run(config: Config) -> dict[str, Any]:
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     texts, labels, class_names = load_text_data(config)
-    train, validation = split(
-        texts, labels, config.validation_split, config.seed, config.max_examples
+    if config.test_path and config.test_split:
+        raise ValueError("Give one of test_path (a test file) and test_split (a fraction).")
+    train, validation, test = split_data(
+        texts,
+        labels,
+        validation_split=config.validation_split,
+        test_split=config.test_split,
+        seed=config.seed,
+        max_examples=config.max_examples,
     )
+    if config.test_path:
+        test = load_test_data(config, class_names)
     model, preprocessor = build_classifier(
         config.preset or default_preset(), len(class_names), config.sequence_length, config.dropout
     )
@@ -318,6 +383,13 @@ def run(config: Config) -> dict[str, Any]:
     history = train_model(config, model, train_data, validation_data)
     results = report(config, model, history, validation_data, class_names)
     results["num_train"], results["num_validation"] = len(train[0]), len(validation[0])
+    results["num_test"] = len(test[0])
+    if len(test[0]):
+        # Once, after training: nothing above saw these texts.
+        test_data = token_dataset(preprocessor, *test, config.batch_size, False, config.seed)
+        true, predicted = reports.predict_labels(model, test_data)
+        matrix = reports.confusion_matrix(true, predicted, len(class_names))
+        results["test"] = reports.held_out_report(matrix, class_names)
     write_model_folder(model, class_names, config.model_dir)
     reports.plot_training_curves(history, os.path.join(config.model_dir, "training_curves.png"))
     results["config"] = dataclasses.asdict(config)

@@ -39,6 +39,14 @@ flags.DEFINE_string("text_column", _DEFAULTS.text_column, "Column holding the te
 flags.DEFINE_string("label_column", _DEFAULTS.label_column, "Column holding the label.")
 flags.DEFINE_integer("max_examples", _DEFAULTS.max_examples, "Use at most this many; 0: all.")
 flags.DEFINE_float("validation_split", _DEFAULTS.validation_split, "Held-out fraction.")
+flags.DEFINE_float(
+    "test_split",
+    _DEFAULTS.test_split,
+    "Fraction of each label held out as a test set, evaluated once after training; 0: none.",
+)
+flags.DEFINE_string(
+    "test_path", _DEFAULTS.test_path, "A test file with the same columns, instead of test_split."
+)
 flags.DEFINE_integer("sequence_length", _DEFAULTS.sequence_length, "Tokens per text.")
 flags.DEFINE_integer("batch_size", _DEFAULTS.batch_size, "Batch size.")
 flags.DEFINE_integer("head_epochs", _DEFAULTS.head_epochs, "Epochs on the frozen encoder.")
@@ -94,6 +102,16 @@ def main(argv: list[str]) -> None:
             f"  {name}: precision={row['precision']:.4f} recall={row['recall']:.4f} "
             f"f1={row['f1']:.4f}"
         )
+    test = results.get("test")
+    if test:
+        low, high = test["accuracy_ci95"]
+        print(
+            f"test set ({test['num_images']} texts, evaluated once): "
+            f"accuracy={test['accuracy']:.4f} (95% interval {low:.4f}-{high:.4f}) "
+            f"macro_f1={test['macro_f1']:.4f} balanced_accuracy={test['balanced_accuracy']:.4f}"
+        )
+    else:
+        print("no test set: the validation accuracy is optimistic (--test_split gives one).")
     if "baseline" in results:
         baseline = results["baseline"]
         print(

@@ -8,6 +8,7 @@ from keras_transfer.data import image_data
 from keras_transfer.data import imbalance
 from keras_transfer.data import listing
 from keras_transfer.data import pipeline
+from keras_transfer.data import splits
 from keras_transfer.data import tfds_loader
 from keras_transfer.data.decoding import DEFAULT_CROP_FRACTION
 from keras_transfer.data.decoding import DEFAULT_MAX_PIXELS
@@ -39,6 +40,7 @@ from keras_transfer.data.imbalance import imbalance_warning
 from keras_transfer.data.imbalance import label_indices
 from keras_transfer.data.imbalance import parse_class_weight
 from keras_transfer.data.imbalance import resolve_class_weight
+from keras_transfer.data.listing import TEST_DIR_NAMES
 from keras_transfer.data.listing import TRAIN_DIR_NAMES
 from keras_transfer.data.listing import VALIDATION_DIR_NAMES
 from keras_transfer.data.listing import DatasetFiles
@@ -53,6 +55,8 @@ from keras_transfer.data.pipeline import augmentation_names
 from keras_transfer.data.pipeline import augmentation_pipeline
 from keras_transfer.data.pipeline import decoded_dataset
 from keras_transfer.data.pipeline import pipeline_options
+from keras_transfer.data.splits import assign_splits
+from keras_transfer.data.splits import stable_unit
 from keras_transfer.data.tfds_loader import tfds_dataset
 
 __all__ = [
@@ -61,6 +65,7 @@ __all__ = [
     "pipeline",
     "listing",
     "folders",
+    "splits",
     "tfds_loader",
     "imbalance",
     "DEFAULT_CROP_FRACTION",
@@ -86,6 +91,7 @@ __all__ = [
     "augmentation_pipeline",
     "decoded_dataset",
     "pipeline_options",
+    "TEST_DIR_NAMES",
     "TRAIN_DIR_NAMES",
     "VALIDATION_DIR_NAMES",
     "DatasetFiles",
@@ -99,6 +105,8 @@ __all__ = [
     "image_folder_dataset",
     "target_image_dataset",
     "tfds_dataset",
+    "assign_splits",
+    "stable_unit",
     "IMBALANCE_WARNING_RATIO",
     "balanced_weights",
     "class_counts",

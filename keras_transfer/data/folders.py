@@ -20,7 +20,6 @@ import tensorflow as tf
 from keras_transfer.data import imbalance
 from keras_transfer.data.decoding import DEFAULT_MAX_PIXELS
 from keras_transfer.data.decoding import UNSUPPORTED_IMAGE_FORMATS
-from keras_transfer.data.decoding import check_max_pixels
 from keras_transfer.data.image_data import ImageData
 from keras_transfer.data.listing import DatasetFiles
 from keras_transfer.data.listing import FileListing
@@ -48,6 +47,8 @@ def image_folder_dataset(
     *,
     validation_split: float = 0.2,
     validation_dir: str | os.PathLike | None = None,
+    test_split: float = 0.0,
+    test_dir: str | os.PathLike | None = None,
     seed: int = 1337,
     augment: Any = False,
     shuffle: bool = True,
@@ -57,22 +58,23 @@ def image_folder_dataset(
     resize: str = "crop",
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> ImageData:
-    """Loads a folder of images, one subfolder per class.
+    """Loads a folder of images, one subfolder per class, as training, validation and test.
 
-    If `directory` has `train/` and `val/` (or `validation/`, `valid/`) subfolders, they are
-    the two splits; otherwise `validation_dir` is used if given, else `validation_split` of
-    the files (a seeded sample) is held out. An empty validation folder warns: no validation.
-    JPEG, PNG, GIF, BMP and WebP files are read; files that cannot be used (undecodable, above
-    `max_pixels`, TIFF, HEIC...) are left out with a logged warning, listed in `skipped` and
-    `skip_reasons`. Links are followed, each real file used once (rules: `listing`).
+    The splits are the `train/`, `val/` (`validation/`, `valid/`) and `test/` (`testing/`)
+    subfolders when `train/` has one of the others beside it, else `directory` (training),
+    `validation_dir` and `test_dir`; a split without a folder is held out of each class's
+    training images, stably (by a hash of `seed` and the file's path) and stratified (rules:
+    `data.splits`). The test split is for one evaluation of the finished model. Files that
+    cannot be used (undecodable, above `max_pixels`, TIFF, HEIC...) are left out with a
+    logged warning, in `skipped` and `skip_reasons`; links are followed, each file used once.
 
     Args:
         directory: the dataset folder.
         image_size: `(height, width)` (or one int) the images are resized to.
-        batch_size: batch size of both datasets.
-        validation_split: fraction held out when there is no validation folder (0 for none).
-        validation_dir: an explicit validation folder with the same class subfolders.
-        seed: seed of the split and the shuffling.
+        batch_size: batch size of the datasets.
+        validation_split, test_split: fractions held out where there is no such folder; 0: none.
+        validation_dir, test_dir: explicit folders with the same class subfolders.
+        seed: seed of the splits and the shuffling.
         augment: `True` for flip/rotation/zoom, a list or comma-separated string of
             augmentation names (`flip`, `rotation`, `zoom`, `contrast`, `translation`,
             `crop`: a random instead of the central crop), or a Keras layer; training only.
@@ -87,9 +89,6 @@ def image_folder_dataset(
             `"squash"` stretches the whole image, like `image_dataset_from_directory`.
         max_pixels: images with more pixels (from the file header) are skipped without being
             decoded; `None` for no limit. The default, 50 megapixels, is 150 MB decoded.
-
-    Returns:
-        An `ImageData`.
 
     Example:
     ```python
@@ -109,11 +108,12 @@ def image_folder_dataset(
         cache=cache,
         drop_remainder=drop_remainder,
     )
-    check_max_pixels(max_pixels)
     files = list_dataset_folder(
         directory,
         validation_dir=validation_dir,
         validation_split=validation_split,
+        test_dir=test_dir,
+        test_split=test_split,
         seed=seed,
         max_pixels=max_pixels,
     )
@@ -134,7 +134,8 @@ def _training_class_counts(files: DatasetFiles) -> np.ndarray:
 
 
 def _check_full_batches(files: DatasetFiles, options: PipelineOptions) -> None:
-    """With `drop_remainder`, each non-empty split needs at least one full batch."""
+    """With `drop_remainder`, each non-empty split that trains or validates needs at least
+    one full batch (the test split keeps its last partial batch: it is not distributed)."""
     splits = (("training", files.train_paths), ("validation", files.validation_paths))
     for split, paths in splits:
         count, batch_size = len(paths), options.batch_size
@@ -149,7 +150,7 @@ def _check_full_batches(files: DatasetFiles, options: PipelineOptions) -> None:
 def _image_data(
     files: DatasetFiles, class_counts: np.ndarray, options: PipelineOptions, directory: str
 ) -> ImageData:
-    """The training, unaugmented training and validation datasets of `files`."""
+    """The training, unaugmented training, validation and test datasets of `files`."""
     paths, labels = files.train_paths, files.train_labels
     train = options.build(decoded_dataset(paths, labels, options), training=True, split="train")
     # Lazy: its images are decoded (and cached) only if it is iterated.
@@ -163,10 +164,19 @@ def _image_data(
             training=False,
             split="validation",
         )
+    test = None
+    if files.test_paths:
+        # Every test image counts: no batch of them is dropped.
+        test = dataclasses.replace(options, drop_remainder=False).build(
+            decoded_dataset(files.test_paths, files.test_labels, options),
+            training=False,
+            split="test",
+        )
     logger.info(
-        "Loaded %d training and %d validation images of %d classes from %s.",
+        "Loaded %d training, %d validation and %d test images of %d classes from %s.",
         len(paths),
         len(files.validation_paths),
+        len(files.test_paths),
         len(files.class_names),
         directory,
     )
@@ -182,6 +192,8 @@ def _image_data(
         skip_reasons=files.skip_reasons,
         warnings=files.warnings,
         class_counts=[int(c) for c in class_counts],
+        test=test,
+        num_test=len(files.test_paths),
     )
 
 

@@ -23,7 +23,7 @@ __all__ = [
 
 @dataclasses.dataclass
 class ImageData:
-    """Batched training and validation datasets with what is known about them.
+    """Batched training, validation and test datasets with what is known about them.
 
     Attributes:
         train: `tf.data.Dataset` of `(images, labels)` batches, shuffled each epoch.
@@ -42,6 +42,10 @@ class ImageData:
             augmentation, no shuffle): what cached feature extraction should run on.
         class_counts: training images per class (index = label), from the file listing;
             `None` when the loader does not know them without reading the data (TFDS).
+        test: the held-out test images as validation sees them, or `None`: for one
+            evaluation of the finished model. Validation chooses epochs and settings, so its
+            accuracy is optimistic; the test split, never seen before, is not.
+        num_test: number of test images.
     """
 
     train: tf.data.Dataset
@@ -55,6 +59,8 @@ class ImageData:
     skip_reasons: dict[str, str] = dataclasses.field(default_factory=dict)
     warnings: list[str] = dataclasses.field(default_factory=list)
     class_counts: list[int] | None = None
+    test: tf.data.Dataset | None = None
+    num_test: int = 0
 
 
 def is_image_data(obj: Any) -> bool:

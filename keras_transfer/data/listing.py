@@ -1,11 +1,11 @@
 """The files of an image folder: the walk, what is left out and why, and the split.
 
-`list_dataset_folder` finds the training and validation folders (or holds out a seeded
-sample), lists one subfolder per class, and leaves out what cannot be used, each with its
+`list_dataset_folder` finds the training, validation and test folders (or holds out a
+stable, stratified sample: `splits`), lists one subfolder per class, and leaves out what cannot be used, each with its
 reason: undecodable files, images above `max_pixels` (from the header, before decoding),
 formats TensorFlow does not decode. Symbolic links are followed, but each real file is used
 once: a link loop is not followed again, a second link to an image in the same class is
-skipped, and a file reachable from two classes (or from both splits) is an error. Hidden
+skipped, and a file reachable from two classes (or from two splits) is an error. Hidden
 files and folders are ignored and counted in the log.
 """
 
@@ -14,17 +14,16 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import random
 from collections.abc import Sequence
 
-import numpy as np
-
 from keras_transfer.data import decoding
+from keras_transfer.data import splits
 from keras_transfer.data.decoding import IMAGE_EXTENSIONS
 from keras_transfer.data.decoding import UNSUPPORTED_IMAGE_FORMATS
 from keras_transfer.data.decoding import read_image_size
 
 __all__ = [
+    "TEST_DIR_NAMES",
     "TRAIN_DIR_NAMES",
     "VALIDATION_DIR_NAMES",
     "DatasetFiles",
@@ -40,6 +39,7 @@ logger = logging.getLogger("keras_transfer")
 
 VALIDATION_DIR_NAMES = ("val", "validation", "valid")
 TRAIN_DIR_NAMES = ("train", "training")
+TEST_DIR_NAMES = ("test", "testing")
 
 
 @dataclasses.dataclass
@@ -240,46 +240,71 @@ def _find_subdir(directory: str, names: Sequence[str]) -> str | None:
     return None
 
 
-def _check_no_shared_files(train: FileListing, validation: FileListing) -> None:
-    shared = sorted(set(train.real_paths) & set(validation.real_paths))
+def _check_no_shared_files(first: FileListing, second: FileListing, splits: str) -> None:
+    shared = sorted(set(first.real_paths) & set(second.real_paths))
     if shared:
         shown = "; ".join(
-            f"{train.real_paths[real]} and {validation.real_paths[real]}" for real in shared[:5]
+            f"{first.real_paths[real]} and {second.real_paths[real]}" for real in shared[:5]
         )
         raise ValueError(
-            f"{len(shared)} file(s) are both in the training folder {train.directory!r} and "
-            f"the validation folder {validation.directory!r} (through symbolic links): "
-            f"{shown}. Validation images seen in training make the validation metrics "
-            "meaningless: remove the links from one of the folders."
+            f"{len(shared)} file(s) are both {splits} images, in {first.directory!r} and "
+            f"{second.directory!r} (through symbolic links): {shown}. An image seen in "
+            "training or model selection makes the evaluation meaningless: remove the links "
+            "from one of the folders."
         )
 
 
-def _check_same_classes(train_classes, val_classes, train_dir, val_dir) -> None:
-    if train_classes != val_classes:
-        missing = sorted(set(train_classes) - set(val_classes))
-        extra = sorted(set(val_classes) - set(train_classes))
+def _check_same_classes(train_classes, other_classes, train_dir, other_dir, split) -> None:
+    if train_classes != other_classes:
+        missing = sorted(set(train_classes) - set(other_classes))
+        extra = sorted(set(other_classes) - set(train_classes))
         raise ValueError(
-            f"Class folders differ between {train_dir!r} and {val_dir!r}: missing in validation "
-            f"{missing}, only in validation {extra}. Labels are folder indices, so both splits "
-            "need the same class folders (an empty folder is fine)."
+            f"Class folders differ between {train_dir!r} and {other_dir!r}: missing in {split} "
+            f"{missing}, only in {split} {extra}. Labels are folder indices, so every split "
+            "needs the same class folders (an empty folder is fine)."
         )
 
 
-def _check_class_counts(class_names, labels, where) -> None:
-    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(class_names))
-    empty = [name for name, count in zip(class_names, counts) if count == 0]
+def _check_class_counts(files: DatasetFiles) -> None:
+    """At least two classes; a warning (logged and recorded) for each class without
+    training images and, for each split there is, without validation or test images."""
+    class_names, where = files.class_names, files.directory
     if len(class_names) < 2:
         raise ValueError(
             f"Only one class folder ({class_names[0]!r}) in {where!r}: a classifier needs at "
             "least two classes."
         )
-    if empty:
-        logger.warning("Class folder(s) without images in %s: %s", where, empty)
+    checks = [
+        (files.train_labels, "training", f"Their folders in {where} have no usable images."),
+        (files.validation_labels, "validation", _hint(files.held_out, "validation")),
+        (files.test_labels, "test", _hint(files.held_out, "test")),
+    ]
+    for labels, split, hint in checks:
+        message = None
+        if split in files.held_out and not labels:
+            message = (
+                f"{split}_split drew no image of {where}: there is no {split} split. Raise "
+                f"{split}_split or add images (a class of 3 images or more always gives one)."
+            )
+        elif labels or split == "training":  # per class, for each split there is
+            message = splits.missing_classes_warning(class_names, labels, split, hint)
+        if message:
+            logger.warning(message)
+            files.warnings.append(message)
+
+
+def _hint(held_out: list[str], split: str) -> str:
+    if split in held_out:
+        return (
+            f"A class needs 3 images to be held out for {split} (4 with both a validation and "
+            "a test split); add images to these classes."
+        )
+    return f"Put some of their images in the {split} folder's class folders."
 
 
 @dataclasses.dataclass
 class DatasetFiles:
-    """The training and validation images of a dataset folder, ready to decode.
+    """The training, validation and test images of a dataset folder, ready to decode.
 
     Attributes:
         directory: the training folder (the dataset folder, or its `train/`).
@@ -288,8 +313,11 @@ class DatasetFiles:
         train_labels: their labels.
         validation_paths: the validation images (empty for no validation split).
         validation_labels: their labels.
+        test_paths: the test images (empty for no test split).
+        test_labels: their labels.
         skip_reasons: each left-out file -> why, the training folder's first.
         warnings: what was logged as a warning.
+        held_out: the splits ("validation", "test") held out of the training folder.
     """
 
     directory: str
@@ -298,8 +326,11 @@ class DatasetFiles:
     train_labels: list[int]
     validation_paths: list[str] = dataclasses.field(default_factory=list)
     validation_labels: list[int] = dataclasses.field(default_factory=list)
+    test_paths: list[str] = dataclasses.field(default_factory=list)
+    test_labels: list[int] = dataclasses.field(default_factory=list)
     skip_reasons: dict[str, str] = dataclasses.field(default_factory=dict)
     warnings: list[str] = dataclasses.field(default_factory=list)
+    held_out: list[str] = dataclasses.field(default_factory=list)
 
 
 def list_dataset_folder(
@@ -307,24 +338,39 @@ def list_dataset_folder(
     *,
     validation_dir: str | os.PathLike | None = None,
     validation_split: float = 0.2,
+    test_dir: str | os.PathLike | None = None,
+    test_split: float = 0.0,
     seed: int = 1337,
     max_pixels: int | None = decoding.DEFAULT_MAX_PIXELS,
 ) -> DatasetFiles:
-    """Lists the training and validation images of `directory`, one subfolder per class.
+    """Lists the training, validation and test images of `directory`, one subfolder per
+    class.
 
-    The splits are `train/` and `val/` (or `validation/`, `valid/`) subfolders when both
-    exist; otherwise `directory` and `validation_dir` if given, else `directory` with a
-    `validation_split` sample held out (drawn with `seed`). An empty validation folder is a
-    logged warning, and then there is no validation split. What is left out and why: see the
-    module docstring.
+    The folders: `train/` with `val/` (or `validation/`, `valid/`) and/or `test/` (or
+    `testing/`) subfolders when they exist, else `directory` itself; `validation_dir` and
+    `test_dir` name other folders. A split without a folder is held out of the training
+    folder: `validation_split` and `test_split` of each class, by a hash of the seed and each
+    file's path relative to the training folder, so adding images moves no other image
+    between splits, with at least one training image per class (the rule: `splits`). An
+    empty validation or test folder is a logged warning, and then there is no such split;
+    a class without images in a split is one too. What is left out and why: see the module
+    docstring.
 
     Example:
     ```python
-    files = list_dataset_folder("hymenoptera_data", validation_split=0.2)
-    files.class_names, len(files.train_paths), files.skip_reasons
+    files = list_dataset_folder("hymenoptera_data", validation_split=0.2, test_split=0.1)
+    files.class_names, len(files.train_paths), len(files.test_paths), files.skip_reasons
     ```
     """
-    train_dir, val_dir = _split_folders(directory, validation_dir)
+    decoding.check_max_pixels(max_pixels)
+    train_dir, val_dir, found_test_dir = _split_folders(directory, validation_dir, test_dir)
+    held_out_validation = 0.0 if val_dir else validation_split
+    splits.check_fractions(held_out_validation, test_split)
+    if found_test_dir and test_split:
+        raise ValueError(
+            f"test_split={test_split} holds out test images, but there is a test folder "
+            f"{found_test_dir!r}: use one of them (test_split=0 to use the folder)."
+        )
     listing = list_class_folder(train_dir)
     drop_bad_files(listing, max_pixels)
     files = DatasetFiles(
@@ -335,61 +381,93 @@ def list_dataset_folder(
         skip_reasons=dict(sorted(listing.skipped.items())),
         warnings=report_listing(listing),
     )
+    added = [listing]
     if val_dir:
-        _add_validation_folder(files, listing, val_dir, max_pixels)
-    elif validation_split:
-        _hold_out(files, validation_split, seed)
+        added.append(_add_folder(files, added, val_dir, "validation", max_pixels))
+    if found_test_dir:
+        _add_folder(files, added, found_test_dir, "test", max_pixels)
+    if held_out_validation or test_split:
+        _hold_out(files, held_out_validation, test_split, seed)
     if not files.train_paths:
         raise ValueError(
             f"No decodable images found under {train_dir!r} ({len(listing.skipped)} skipped)."
         )
-    _check_class_counts(files.class_names, files.train_labels, train_dir)
+    _check_class_counts(files)
     return files
 
 
 def _split_folders(
-    directory: str, validation_dir: str | os.PathLike | None
-) -> tuple[str, str | None]:
-    """The training folder and the validation folder (`None`: hold out a sample)."""
+    directory: str,
+    validation_dir: str | os.PathLike | None,
+    test_dir: str | os.PathLike | None,
+) -> tuple[str, str | None, str | None]:
+    """The training folder, the validation folder and the test folder (`None`: held out,
+    or none). `val/` and `test/` subfolders count only beside a `train/` one."""
     train_dir = _find_subdir(directory, TRAIN_DIR_NAMES)
     val_dir = os.fspath(validation_dir) if validation_dir else None
+    test = os.fspath(test_dir) if test_dir else None
     if train_dir and not val_dir:
         val_dir = _find_subdir(directory, VALIDATION_DIR_NAMES)
-    if not (train_dir and val_dir):
+    if train_dir and not test:
+        test = _find_subdir(directory, TEST_DIR_NAMES)
+    if not (train_dir and (val_dir or test)):
         train_dir = directory
-    return train_dir, val_dir
+    return train_dir, val_dir, test
 
 
-def _add_validation_folder(
-    files: DatasetFiles, train: FileListing, val_dir: str, max_pixels: int | None
-) -> None:
-    val_listing = list_class_folder(val_dir, allow_empty=True)
-    if val_listing.paths or val_listing.skipped:
-        _check_same_classes(files.class_names, val_listing.class_names, files.directory, val_dir)
-    _check_no_shared_files(train, val_listing)
-    drop_bad_files(val_listing, max_pixels)
-    files.warnings += report_listing(val_listing)
-    files.skip_reasons.update(sorted(val_listing.skipped.items()))
-    files.validation_paths, files.validation_labels = val_listing.paths, val_listing.labels
-    if not val_listing.paths:
+def _add_folder(
+    files: DatasetFiles,
+    listed: list[FileListing],
+    directory: str,
+    split: str,
+    max_pixels: int | None,
+) -> FileListing:
+    """Lists `directory` as the `split` ("validation" or "test") images of `files`,
+    checking it shares no file with the folders `listed` before it."""
+    other = list_class_folder(directory, allow_empty=True)
+    if other.paths or other.skipped:
+        _check_same_classes(files.class_names, other.class_names, files.directory, directory, split)
+    for earlier, name in zip(listed, ("training", "validation")):
+        _check_no_shared_files(earlier, other, f"{name} and {split}")
+    drop_bad_files(other, max_pixels)
+    files.warnings += report_listing(other)
+    files.skip_reasons.update(sorted(other.skipped.items()))
+    setattr(files, f"{split}_paths", other.paths)
+    setattr(files, f"{split}_labels", other.labels)
+    if not other.paths:
+        fraction = "validation_split" if split == "validation" else "test_split"
         message = (
-            f"The validation folder {val_dir!r} has no images: training runs with no "
-            "validation (no validation metrics). Put images in it, or remove it to hold "
-            "out validation_split of the training images instead."
+            f"The {split} folder {directory!r} has no images: there is no {split} split (no "
+            f"{split} metrics). Put images in it, or remove it to hold out {fraction} of the "
+            "training images instead."
         )
         logger.warning(message)
         files.warnings.append(message)
+    return other
 
 
-def _hold_out(files: DatasetFiles, validation_split: float, seed: int) -> None:
-    """Moves a seeded `validation_split` sample of the training images to validation."""
-    if not 0.0 < validation_split < 1.0:
-        raise ValueError(f"validation_split must be in [0, 1), got {validation_split}.")
+def _hold_out(files: DatasetFiles, validation_split: float, test_split: float, seed: int) -> None:
+    """Moves `validation_split` and `test_split` of each class's training images to
+    validation and test: stable under added images, stratified (`splits.assign_splits`)."""
     paths, labels = files.train_paths, files.train_labels
-    order = list(range(len(paths)))
-    random.Random(seed).shuffle(order)
-    held_out = set(order[: int(round(validation_split * len(paths)))])
-    files.validation_paths = [p for i, p in enumerate(paths) if i in held_out]
-    files.validation_labels = [label for i, label in enumerate(labels) if i in held_out]
-    files.train_paths = [p for i, p in enumerate(paths) if i not in held_out]
-    files.train_labels = [label for i, label in enumerate(labels) if i not in held_out]
+    keys = [os.path.relpath(path, files.directory).replace(os.sep, "/") for path in paths]
+    assigned = splits.assign_splits(
+        keys, labels, validation_split=validation_split, test_split=test_split, seed=seed
+    )
+    chosen = {
+        split: [i for i, s in enumerate(assigned) if s == split]
+        for split in (splits.TRAIN, splits.VALIDATION, splits.TEST)
+    }
+    files.train_paths = [paths[i] for i in chosen[splits.TRAIN]]
+    files.train_labels = [labels[i] for i in chosen[splits.TRAIN]]
+    if validation_split:
+        files.validation_paths = [paths[i] for i in chosen[splits.VALIDATION]]
+        files.validation_labels = [labels[i] for i in chosen[splits.VALIDATION]]
+    if test_split:
+        files.test_paths = [paths[i] for i in chosen[splits.TEST]]
+        files.test_labels = [labels[i] for i in chosen[splits.TEST]]
+    files.held_out = [
+        name
+        for name, fraction in (("validation", validation_split), ("test", test_split))
+        if fraction
+    ]

@@ -6,6 +6,7 @@ does a folder's, through the same `PipelineOptions`.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -28,6 +29,7 @@ def tfds_dataset(
     *,
     train_split: str = "train[:80%]",
     validation_split: str | None = "train[80%:]",
+    test_split: str | None = None,
     data_dir: str | None = None,
     seed: int = 1337,
     augment: Any = False,
@@ -51,6 +53,9 @@ def tfds_dataset(
         cache, drop_remainder, crop_fraction, resize: as in `image_folder_dataset`.
         train_split: TFDS split string for training.
         validation_split: TFDS split string for validation, or `None`.
+        test_split: TFDS split string for the test set (e.g. `"test"`), or `None`: one
+            evaluation after training, never seen by training or model selection. It must
+            not overlap the other two (e.g. `"train[:10%]"` with `train_split="train[10%:]"`).
         data_dir: TFDS data directory.
         image_key, label_key: feature names of the image and the label.
         download: let TFDS download and prepare the dataset if it is missing.
@@ -75,20 +80,58 @@ def tfds_dataset(
         cache=cache,
         drop_remainder=drop_remainder,
     )
-    splits = [train_split] + ([validation_split] if validation_split else [])
-    loaded, info = _load_splits(tfds, name, splits, data_dir=data_dir, download=download)
-    to_pair = _example_to_pair(image_key, label_key, options)
-    return ImageData(
-        train=_prepare(loaded[0], to_pair, options, "train", training=True),
-        validation=_prepare(loaded[1], to_pair, options, "validation")
-        if validation_split
-        else None,
-        class_names=_class_names(info, label_key),
-        num_train=_num_examples(loaded[0], info, train_split),
-        num_validation=_num_examples(loaded[1], info, validation_split) if validation_split else 0,
-        image_size=options.image_size,
-        train_unaugmented=_prepare(loaded[0], to_pair, options, "train_unaugmented"),
+    named = {"train": train_split, "validation": validation_split, "test": test_split}
+    named = {split: value for split, value in named.items() if value}
+    _check_distinct(named)
+    loaded, info = _load_splits(
+        tfds, name, list(named.values()), data_dir=data_dir, download=download
     )
+    return _image_data(dict(zip(named, loaded)), named, info, options, image_key, label_key)
+
+
+def _image_data(
+    datasets: dict[str, tf.data.Dataset],
+    named: dict[str, str],
+    info: Any,
+    options: PipelineOptions,
+    image_key: str,
+    label_key: str,
+) -> ImageData:
+    """The `ImageData` of the loaded `datasets` (role -> dataset; `named`: role -> split)."""
+    to_pair = _example_to_pair(image_key, label_key, options)
+
+    def prepared(split, options=options):
+        if split not in datasets:
+            return None
+        return _prepare(datasets[split], to_pair, options, split)
+
+    def count(split):
+        return _num_examples(datasets[split], info, named[split]) if split in datasets else 0
+
+    return ImageData(
+        train=_prepare(datasets["train"], to_pair, options, "train", training=True),
+        validation=prepared("validation"),
+        class_names=_class_names(info, label_key),
+        num_train=count("train"),
+        num_validation=count("validation"),
+        image_size=options.image_size,
+        train_unaugmented=_prepare(datasets["train"], to_pair, options, "train_unaugmented"),
+        # Every test example counts: no batch of them is dropped.
+        test=prepared("test", dataclasses.replace(options, drop_remainder=False)),
+        num_test=count("test"),
+    )
+
+
+def _check_distinct(named: dict[str, str]) -> None:
+    """The same TFDS split string for two roles (e.g. validation and test) is an error."""
+    seen: dict[str, str] = {}
+    for role, split in named.items():
+        if split in seen:
+            raise ValueError(
+                f"The {seen[split]} and {role} splits are both {split!r}: a {role} set that "
+                "was also trained or selected on says nothing new. Give them different splits."
+            )
+        seen[split] = role
 
 
 def _import_tfds() -> Any:

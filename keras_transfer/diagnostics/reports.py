@@ -1,4 +1,5 @@
-"""Reports of a training run: training curves, confusion matrix, per-class precision/recall.
+"""Reports of a training run: training curves, confusion matrix, per-class precision/recall,
+and the held-out test report (accuracy with its Wilson interval, macro F1, balanced accuracy).
 
 The numbers need only numpy; the PNGs are drawn with matplotlib, a base dependency (the
 command writes both plots on every run), through its file-only Agg backend.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import statistics
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,12 +18,16 @@ import keras
 import numpy as np
 
 __all__ = [
+    "balanced_accuracy",
     "classification_report",
     "confusion_matrix",
     "format_report",
+    "held_out_report",
+    "macro_f1",
     "plot_confusion_matrix",
     "plot_training_curves",
     "predict_labels",
+    "wilson_interval",
 ]
 
 logger = logging.getLogger("keras_transfer")
@@ -72,17 +78,11 @@ def confusion_matrix(y_true: Any, y_pred: Any, num_classes: int) -> np.ndarray:
     return matrix
 
 
-def classification_report(matrix: np.ndarray, class_names: Sequence[str]) -> dict[str, Any]:
-    """Per-class precision, recall, F1 and support from a confusion matrix, plus accuracy,
-    macro averages, `balanced_accuracy` (the mean recall of the classes with validation
-    examples, as scikit-learn's `balanced_accuracy_score`) and `recall_per_class`
-    (`{class name: recall}`). A class never predicted has precision 0 (as scikit-learn's
+def _per_class(matrix: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Precision, recall, F1, support and predicted count of each class (precision 0 for a
+    class never predicted, recall 0 for one without examples: scikit-learn's
     `zero_division=0`)."""
     matrix = np.asarray(matrix)
-    if matrix.shape != (len(class_names), len(class_names)):
-        raise ValueError(
-            f"Confusion matrix of shape {matrix.shape} does not match {len(class_names)} classes."
-        )
     true_positives = np.diag(matrix).astype(float)
     predicted = matrix.sum(axis=0).astype(float)
     support = matrix.sum(axis=1).astype(float)
@@ -94,6 +94,67 @@ def classification_report(matrix: np.ndarray, class_names: Sequence[str]) -> dic
     f1 = np.divide(
         2 * precision * recall, denominator, out=np.zeros_like(denominator), where=denominator > 0
     )
+    return precision, recall, f1, support, predicted
+
+
+def macro_f1(matrix: np.ndarray) -> float:
+    """The mean F1 of the classes that occur in the labels or the predictions of a
+    confusion matrix (scikit-learn's `f1_score(average="macro")`): a class absent from
+    both says nothing about the model and is left out; NaN for an empty matrix.
+
+    Example: `macro_f1([[2, 1], [0, 1]])` -> `(0.8 + 2/3) / 2`.
+    """
+    _, _, f1, support, predicted = _per_class(matrix)
+    present = (support > 0) | (predicted > 0)
+    return float(f1[present].mean()) if present.any() else float("nan")
+
+
+def balanced_accuracy(matrix: np.ndarray) -> float:
+    """The mean recall of the classes with examples (scikit-learn's
+    `balanced_accuracy_score`); NaN for an empty matrix. Accuracy weighs classes by their
+    share of the data, so predicting the large class everywhere scores high there, not here.
+
+    Example: `balanced_accuracy([[9, 1], [1, 1]])` -> `(0.9 + 0.5) / 2`.
+    """
+    _, recall, _, support, _ = _per_class(matrix)
+    return float(recall[support > 0].mean()) if (support > 0).any() else float("nan")
+
+
+def wilson_interval(correct: int, total: int, confidence: float = 0.95) -> tuple[float, float]:
+    """The Wilson score interval of an accuracy of `correct` out of `total`: where the true
+    accuracy lies with `confidence`. Unlike the normal approximation it stays within [0, 1]
+    and is not of width 0 at 0 or `total` correct, which matters for small test sets.
+
+    Example: `wilson_interval(8, 10)` -> `(0.4902, 0.9433)` (rounded).
+    """
+    if total <= 0:
+        raise ValueError(f"An interval needs at least one example, got total={total}.")
+    if not 0 <= correct <= total:
+        raise ValueError(f"correct must lie in [0, total={total}], got {correct}.")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must lie in (0, 1), got {confidence}.")
+    z = statistics.NormalDist().inv_cdf(0.5 + confidence / 2)
+    p = correct / total
+    denominator = 1 + z * z / total
+    centre = (p + z * z / (2 * total)) / denominator
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denominator
+    # Exact at the ends: none right has lower bound 0, all right upper bound 1.
+    low = 0.0 if correct == 0 else max(0.0, centre - half)
+    high = 1.0 if correct == total else min(1.0, centre + half)
+    return low, high
+
+
+def classification_report(matrix: np.ndarray, class_names: Sequence[str]) -> dict[str, Any]:
+    """Per-class precision, recall, F1 and support from a confusion matrix, plus accuracy,
+    macro averages (`macro_f1` as the function: over the classes that occur),
+    `balanced_accuracy` (the function) and `recall_per_class` (`{class name: recall}`). A
+    class never predicted has precision 0 (as scikit-learn's `zero_division=0`)."""
+    matrix = np.asarray(matrix)
+    if matrix.shape != (len(class_names), len(class_names)):
+        raise ValueError(
+            f"Confusion matrix of shape {matrix.shape} does not match {len(class_names)} classes."
+        )
+    precision, recall, f1, support, _ = _per_class(matrix)
     per_class = {
         name: {
             "precision": float(precision[i]),
@@ -106,14 +167,40 @@ def classification_report(matrix: np.ndarray, class_names: Sequence[str]) -> dic
     total = matrix.sum()
     return {
         "per_class": per_class,
-        "accuracy": float(true_positives.sum() / total) if total else float("nan"),
+        "accuracy": float(np.trace(matrix) / total) if total else float("nan"),
         "macro_precision": float(precision.mean()),
         "macro_recall": float(recall.mean()),
-        "macro_f1": float(f1.mean()),
-        # Accuracy weighs classes by their share of the validation set; on imbalanced data
-        # predicting the large class everywhere scores high there, not here.
-        "balanced_accuracy": float(recall[support > 0].mean()) if total else float("nan"),
+        "macro_f1": macro_f1(matrix),
+        "balanced_accuracy": balanced_accuracy(matrix),
         "recall_per_class": {name: float(recall[i]) for i, name in enumerate(class_names)},
+    }
+
+
+def held_out_report(matrix: np.ndarray, class_names: Sequence[str]) -> dict[str, Any]:
+    """What a test set says about a finished model, from its confusion matrix: `accuracy`,
+    `accuracy_ci95` (`[low, high]`, the 95% `wilson_interval`), `macro_f1`,
+    `balanced_accuracy`, `per_class` (precision, recall, F1, support), `num_images` and the
+    `confusion_matrix`.
+
+    Example:
+    ```python
+    true, predicted = predict_labels(model, data.test)
+    held_out_report(confusion_matrix(true, predicted, 2), ["ants", "bees"])["accuracy_ci95"]
+    ```
+    """
+    report = classification_report(matrix, class_names)
+    total = int(np.asarray(matrix).sum())
+    if not total:
+        raise ValueError("The confusion matrix is empty: no test images to report on.")
+    low, high = wilson_interval(int(np.trace(matrix)), total, 0.95)
+    return {
+        "accuracy": report["accuracy"],
+        "accuracy_ci95": [low, high],
+        "macro_f1": report["macro_f1"],
+        "balanced_accuracy": report["balanced_accuracy"],
+        "per_class": report["per_class"],
+        "num_images": total,
+        "confusion_matrix": np.asarray(matrix).tolist(),
     }
 
 

@@ -1,6 +1,6 @@
-"""Plumbing every floor above uses: atomic writes and finite-weights checks (`reliability`),
-distribution strategies and mixed precision (`distribute`), and `fit` arguments
-(`fit_arguments`).
+"""Plumbing every floor above uses: atomic writes, output-folder locks and finite-weights
+checks (`reliability`), distribution strategies and mixed precision (`distribute`), and
+`fit` arguments (`fit_arguments`).
 """
 
 from keras_transfer.utils import distribute

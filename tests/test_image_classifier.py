@@ -212,13 +212,17 @@ def test_binary_errors_exit_1_with_one_line_and_no_model_dir(
 
 def test_binary_shows_the_traceback_on_request(tmp_path, run_binaries):
     (tmp_path / "empty").mkdir()
-    args = [f"--data_dir={tmp_path / 'empty'}", f"--model_dir={tmp_path / 'out'}"]
+    args = [f"--data_dir={tmp_path / 'empty'}"]
     args += ["--backbone=mobilenet", "--image_size=32", "--weights=none"]
+    # One model_dir each: the two run at once, and a second run into a folder is refused.
     results = run_binaries(
         EXAMPLE,
         {
-            "--verbose": ([*args, "--verbose"], {}),
-            "KERAS_TRANSFER_DEBUG": (args, {"KERAS_TRANSFER_DEBUG": "1"}),
+            "--verbose": ([*args, f"--model_dir={tmp_path / 'a'}", "--verbose"], {}),
+            "KERAS_TRANSFER_DEBUG": (
+                [*args, f"--model_dir={tmp_path / 'b'}"],
+                {"KERAS_TRANSFER_DEBUG": "1"},
+            ),
         },
     )
     for name, (returncode, stderr, lines) in results.items():

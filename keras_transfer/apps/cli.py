@@ -7,7 +7,9 @@ traceback and not the flags' help:
 - exit 2: the command line cannot be used (an unknown flag, a value of the wrong type, a
   missing required flag, a stray argument; `absl.app.UsageError` from `main`);
 - exit 1: anything else that fails (a setting that parses but cannot be used, a missing
-  file, an error during training).
+  file, an error during training);
+- an error with an `exit_code` attribute exits with it (`FolderLockedError`: 2, the
+  model folder is in use by another run).
 
 `--verbose` without a value (level 3: Keras' one line per epoch, plus tracebacks) or the
 environment variable `KERAS_TRANSFER_DEBUG=1` prints the traceback as well.
@@ -212,7 +214,8 @@ def guarded(
                 )
             return main(argv)
         except Exception as error:  # noqa: BLE001 - the one place errors become exit codes
-            usage = isinstance(error, app.UsageError | flags.Error)
+            code = getattr(error, "exit_code", None)
+            usage = isinstance(error, app.UsageError | flags.Error) or code == EXIT_USAGE
             message, rest = _first_line_and_rest(error)
             hint = next((text for kind, text in hints.items() if isinstance(error, kind)), rest)
             if _show_traceback():
@@ -223,7 +226,11 @@ def guarded(
                 )
             if usage and not hint:
                 hint = f"`{_program()} --helpshort` lists the flags and their values."
-            _fail(message, hint, EXIT_USAGE if usage else EXIT_ERROR)
+            _fail(
+                message,
+                hint,
+                code if isinstance(code, int) else (EXIT_USAGE if usage else EXIT_ERROR),
+            )
 
     return guarded_main
 

@@ -5,7 +5,9 @@
 - `tflite`: that SavedModel converted by `tf.lite.TFLiteConverter`;
 - `onnx`: `model.export(format="onnx")`, which needs `tf2onnx` (the `onnx` extra).
 
-Each output replaces the previous one only once it is complete.
+Each output replaces the previous one only once it is complete (a SavedModel folder: the
+old one is moved aside, the new one in, then the old one deleted), and an export first
+deletes what a killed export left in the folder (`.partial-*` scratch folders and files).
 
 ```python
 path = export_model(kt.load_model("run/model.keras"), "run", "tflite")  # run/model.tflite
@@ -24,10 +26,18 @@ import tensorflow as tf
 
 from keras_transfer.utils import reliability
 
-__all__ = ["EXPORT_FORMATS", "OUTPUT_NAMES", "ExportUnavailableError", "export_model"]
+__all__ = [
+    "EXPORT_FORMATS",
+    "OUTPUT_NAMES",
+    "PARTIAL_PREFIX",
+    "ExportUnavailableError",
+    "export_model",
+]
 
 EXPORT_FORMATS = ("saved_model", "tflite", "onnx")
 OUTPUT_NAMES = {"saved_model": "saved_model", "tflite": "model.tflite", "onnx": "model.onnx"}
+# How temporary files and folders beside an output start (`reliability.write_atomically`).
+PARTIAL_PREFIX = ".partial-"
 
 
 class ExportUnavailableError(ImportError):
@@ -35,18 +45,41 @@ class ExportUnavailableError(ImportError):
 
 
 def _replace_folder(build, target: str) -> None:
-    """Builds a folder with `build(path)` beside `target`, then swaps it in."""
+    """Builds a folder with `build(path)` in a scratch folder beside `target`, then moves
+    the old `target` aside into the scratch folder, moves the new one in and deletes the
+    scratch folder: never a half-deleted `target`, and what a kill leaves behind is one
+    `.partial-*` folder, which the next export deletes (`_remove_stale_partials`)."""
     parent = os.path.dirname(os.path.abspath(target))
     os.makedirs(parent, exist_ok=True)
-    scratch = tempfile.mkdtemp(prefix=".partial-", dir=parent)
+    scratch = tempfile.mkdtemp(prefix=PARTIAL_PREFIX, dir=parent)
     try:
         built = os.path.join(scratch, os.path.basename(target))
         build(built)
-        if os.path.isdir(target):
-            shutil.rmtree(target)
+        if os.path.lexists(target):
+            os.replace(target, os.path.join(scratch, "previous"))
         os.replace(built, target)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _remove_stale_partials(output_dir: str) -> list[str]:
+    """Deletes what killed exports left in `output_dir`: `.partial-*` scratch folders and
+    temporary export files. Returns their paths."""
+    if not os.path.isdir(output_dir):
+        return []
+    suffixes = tuple(f"-{name}" for name in OUTPUT_NAMES.values())
+    removed = []
+    for entry in os.scandir(output_dir):
+        if not entry.name.startswith(PARTIAL_PREFIX):
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path, ignore_errors=True)
+        elif entry.name.endswith(suffixes):
+            os.remove(entry.path)
+        else:
+            continue
+        removed.append(entry.path)
+    return removed
 
 
 def export_model(
@@ -72,6 +105,7 @@ def export_model(
             f"Unknown export format {export_format!r}; use one of {', '.join(EXPORT_FORMATS)}."
         )
     path = os.path.join(output_dir, OUTPUT_NAMES[export_format])
+    _remove_stale_partials(output_dir)
     if export_format == "onnx":
         if importlib.util.find_spec("tf2onnx") is None:
             raise ExportUnavailableError(

@@ -5,8 +5,9 @@ shape of TF Hub's `make_image_classifier_lib.make_image_classifier`):
 
     check_config -> build_backbone_from_config -> load_data -> class_weight
         -> measure_transferability -> plan_training -> build_model
-        -> [check_diagnostics, load_target] -> train_model -> write_model_folder
-        -> report [-> domain_report, diagnose] -> export
+        -> [check_diagnostics, load_target] -> check_resume -> train_model
+        -> report [-> domain_report, diagnose] -> export -> write_model_folder
+        -> delete_backup
 
 The steps live in modules by concept: the settings (`image_config`: `Config`,
 `load_config`, `check_config`), the plan (`image_plan`: transferability, the advisor's
@@ -28,13 +29,14 @@ import tensorflow as tf
 
 import keras_transfer as kt
 from keras_transfer.apps import _outputs
-from keras_transfer.apps.image_config import RESOLVED_CONFIG_FILE
+from keras_transfer.apps.image_config import RESOLVED_CONFIG_FILE as CONFIG
 from keras_transfer.apps.image_config import Config
 from keras_transfer.apps.image_config import check_config
 from keras_transfer.apps.image_diagnostics import check_diagnostics
 from keras_transfer.apps.image_diagnostics import diagnose
 from keras_transfer.apps.image_diagnostics import domain_report
 from keras_transfer.apps.image_diagnostics import load_target
+from keras_transfer.apps.image_model import Environment
 from keras_transfer.apps.image_model import build_backbone_from_config
 from keras_transfer.apps.image_model import build_model
 from keras_transfer.apps.image_model import check_batches
@@ -46,10 +48,16 @@ from keras_transfer.apps.image_plan import plan_training
 from keras_transfer.apps.image_reports import export
 from keras_transfer.apps.image_reports import report
 from keras_transfer.apps.image_reports import write_model_folder
+from keras_transfer.apps.image_training import OnTrainingStart
+from keras_transfer.apps.image_training import check_resume
+from keras_transfer.apps.image_training import delete_backup
+from keras_transfer.apps.image_training import resume_settings
 from keras_transfer.apps.image_training import train_model
 from keras_transfer.utils import distribute
 
-__all__ = ["run"]
+__all__ = ["RESULTS_FILE", "run"]
+
+RESULTS_FILE = "results.json"
 
 
 def run(
@@ -66,10 +74,17 @@ def run(
     `results.json` (per-phase final metrics and wall time, the configuration, data sizes,
     skipped files, validation precision/recall per class), `training_curves.png` and
     `confusion_matrix.png` (when matplotlib is installed), TensorBoard logs in `logs/`, and
-    with `export`: `saved_model/` and `model.tflite`. With `resume`, an interrupted run
-    started again with the same settings continues from its last finished epoch. A run
-    that fails before training starts (bad settings, missing weights or data) creates no
-    `model_dir`.
+    with `export`: `saved_model/` and `model.tflite`. A run that fails before training
+    starts (bad settings, missing weights or data) creates no `model_dir`.
+
+    One run at a time writes a `model_dir`: a second one fails at once
+    (`reliability.FolderLockedError`, naming the first's PID). `config.json` is written
+    when the first epoch is about to train (`OnTrainingStart`), once every check passed; at
+    the end `model.keras`, `labels.txt`, `config.json` and `results.json` are replaced
+    together. With `resume`, an interrupted run started again with the same settings
+    continues from its last finished epoch (other settings are refused, named, before
+    anything is written), and the backup is deleted only after those files are: a run
+    stopped while writing them finishes from it, without training again.
 
     Args:
         config: the run's settings.
@@ -82,7 +97,7 @@ def run(
     """
     start = time.perf_counter()
     check_config(config)
-    with run_environment(config, strategy) as environment:
+    with run_environment(config, strategy) as environment:  # locks model_dir
         backbone = build_backbone_from_config(config, environment.strategy)
         image_size = backbone.input_shape[0] or backbone.default_size
         data = load_data(
@@ -97,13 +112,21 @@ def run(
         target, distance_before = load_target(config, backbone, data, image_size)
         pretrained = kt.forgetting.pretrained_copy(model) if config.diagnostics else None
         output_dir = environment.output_dir
-        _outputs.write_json(
-            os.path.join(output_dir, RESOLVED_CONFIG_FILE), config.resolved(image_size)
-        )
+        settings = resume_settings(config, data, image_size)
+        check_resume(config, environment, settings)
+        resolved, config_path = config.resolved(image_size), os.path.join(output_dir, CONFIG)
+        write_config = OnTrainingStart(lambda: _outputs.write_json(config_path, resolved))
+        callbacks = [*(callbacks or []), write_config]
         trained = train_model(
-            config, model, data, environment, list(callbacks or []), target, class_weight=weights
+            config,
+            model,
+            data,
+            environment,
+            callbacks,
+            target,
+            class_weight=weights,
+            backup_settings=settings,
         )
-        write_model_folder(model, data.class_names, output_dir)
         results = report(
             config, model, data, trained, environment, image_size, class_weight=weights
         )
@@ -112,11 +135,28 @@ def run(
             results["domain"] = domain_report(config, model, data, target, distance_before)
         if config.diagnostics:
             results["diagnostics"] = diagnose(pretrained, model, data, transfer, source, output_dir)
-        for export_format in config.export_formats():
-            results.setdefault("exports", {})[export_format] = export(
-                model, output_dir, export_format
-            )
-    results["total_seconds"] = round(time.perf_counter() - start, 2)
-    if environment.chief:
-        _outputs.write_json(os.path.join(output_dir, "results.json"), results)
+        _save_outputs(config, model, data.class_names, environment, image_size, results, start)
     return results
+
+
+def _save_outputs(
+    config: Config,
+    model: keras.Model,
+    class_names: list[str],
+    environment: Environment,
+    image_size: int,
+    results: dict[str, Any],
+    start: float,
+) -> None:
+    """The end of a run: the exports, then the model folder's files together (the JSON
+    files on the chief only), then the backup, no longer needed to finish the run."""
+    output_dir = environment.output_dir
+    for export_format in config.export_formats():
+        results.setdefault("exports", {})[export_format] = export(model, output_dir, export_format)
+    results["total_seconds"] = round(time.perf_counter() - start, 2)
+    json_files = {
+        CONFIG: config.resolved(image_size),
+        RESULTS_FILE: results,
+    }
+    write_model_folder(model, class_names, output_dir, json_files if environment.chief else None)
+    delete_backup(config, environment)

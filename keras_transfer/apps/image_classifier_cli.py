@@ -213,7 +213,9 @@ flags.DEFINE_bool(
 flags.DEFINE_bool(
     "resume",
     _DEFAULTS.resume,
-    "Back up the training state in model_dir/backup and continue an interrupted run.",
+    "Back up the training state in model_dir/backup and continue an interrupted run (a run "
+    "with other settings is refused, naming them); the backup is deleted once the outputs "
+    "are written.",
 )
 flags.DEFINE_bool(
     "deterministic",

@@ -20,6 +20,7 @@ from keras_transfer import data as data_lib
 from keras_transfer.apps.image_config import Config
 from keras_transfer.utils import distribute
 from keras_transfer.utils import memory
+from keras_transfer.utils import reliability
 
 __all__ = [
     "Environment",
@@ -56,23 +57,33 @@ class Environment:
 def run_environment(
     config: Config, strategy: tf.distribute.Strategy | None
 ) -> Iterator[Environment]:
-    """Seeds, creates the strategy and sets the dtype policy; restores the previous policy
-    and deletes a worker's scratch folder when the run ends, failed or not."""
+    """Seeds, creates the strategy, locks the chief's `model_dir` and sets the dtype policy;
+    restores the previous policy, releases the lock and deletes a worker's scratch folder
+    when the run ends, failed or not.
+
+    The lock (`reliability.FolderLock`) is taken before anything else is done: a second run
+    into the same folder fails at once (`FolderLockedError`, exit code 2 of the command),
+    before it reads the first run's backup or writes anything. A `model_dir` the lock
+    created is deleted again if the run fails before writing to it.
+    """
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     if strategy is None:
         strategy = distribute.create_strategy(config.strategy, config.tpu or None)
     chief = distribute.is_chief(strategy)
-    # The chief's model_dir is created by its first write, after the backbone, the data
-    # and the model were built: a run that cannot start leaves no folder behind.
+    # Only the chief writes model_dir; the other workers write a scratch folder.
     output_dir = config.model_dir if chief else tempfile.mkdtemp(prefix="worker_")
+    lock = reliability.FolderLock(output_dir)
+    if chief:
+        lock.acquire()
     previous_policy = keras.config.dtype_policy().name
-    policy = distribute.set_mixed_precision(config.mixed_precision, strategy)
     try:
+        policy = distribute.set_mixed_precision(config.mixed_precision, strategy)
         yield Environment(strategy, output_dir, chief, policy)
     finally:
         keras.config.set_dtype_policy(previous_policy)
+        lock.release()
         if not chief:
             shutil.rmtree(output_dir, ignore_errors=True)
 

@@ -28,11 +28,18 @@ __all__ = [
 ]
 
 
-def write_model_folder(model: keras.Model, class_names: list[str], output_dir: str) -> None:
+def write_model_folder(
+    model: keras.Model,
+    class_names: list[str],
+    output_dir: str,
+    json_files: dict[str, Any] | None = None,
+) -> None:
     """`model.keras` for inference (without the optimizer's state and EMA copies),
-    `adapter.weights.h5` for a LoRA model, and `labels.txt` (line i = output i), each
-    replaced atomically."""
-    _outputs.save_classifier(model, class_names, output_dir)
+    `adapter.weights.h5` for a LoRA model, `labels.txt` (line i = output i) and
+    `json_files` (`{"config.json": ..., "results.json": ...}`), replaced together: each is
+    written and synced beside its name, then all are renamed, so a kill while writing
+    leaves the previous set whole."""
+    _outputs.save_classifier(model, class_names, output_dir, json_files)
 
 
 def report(
@@ -187,7 +194,9 @@ def _kept_epoch(history: kt.TwoPhaseHistory, monitor: str, last_phase: str) -> d
 def export(model: keras.Model, output_dir: str, export_format: str) -> str:
     """Exports `model` for serving: `"saved_model"` (`model.export`, a `serve` signature
     taking raw 0-255 float32 images) or `"tflite"` (converted from that SavedModel).
-    Returns the written path."""
+    Returns the written path. Each output replaces the previous one only once complete,
+    and what a killed export left in `output_dir` is deleted first
+    (`export.export_model`)."""
     if export_format not in EXPORT_FORMATS:
         raise ValueError(f"Unknown export format {export_format!r}; use {EXPORT_FORMATS}.")
     # Always a fresh SavedModel: one left by an earlier run in this folder is stale.

@@ -1,5 +1,12 @@
 """The training run of the image classifier: the two-phase (or gradual, all-frozen,
-unfrozen) fit with its callbacks and optimizers, and domain adaptation in phase 2.
+unfrozen) fit with its callbacks and optimizers, domain adaptation in phase 2, and the
+resumable backup in `model_dir/backup` (`resume`).
+
+The backup records every setting that changes the model, the data or the training
+(`resume_settings`); `check_resume` refuses a rerun with other values before the run writes
+anything, naming them. The backup outlives training (`fit_two_phase(keep_backup=True)`)
+until the run's outputs are written (`delete_backup`): a run stopped while writing them
+finishes from it when started again.
 """
 
 from __future__ import annotations
@@ -10,6 +17,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import keras
@@ -22,14 +30,37 @@ from keras_transfer.apps.image_config import Config
 from keras_transfer.apps.image_model import Environment
 from keras_transfer.optimizers import schedules
 from keras_transfer.training import two_phase as training
+from keras_transfer.training import two_phase_state
 from keras_transfer.training.callbacks import GradualUnfreezing
 from keras_transfer.training.callbacks import parse_unfreeze_schedule
 from keras_transfer.utils import distribute
 
 __all__ = [
+    "BACKUP_DIR",
+    "OnTrainingStart",
     "Trained",
+    "backup_dir",
+    "check_resume",
+    "delete_backup",
+    "resume_settings",
     "train_model",
 ]
+
+BACKUP_DIR = "backup"
+# Config fields that change neither the model, nor the data, nor the training: a resumed
+# run may differ in them. Every other field (new ones too) must match the backup's.
+_NOT_RESUME_SETTINGS = (
+    "model_dir",
+    "verbose",
+    "export",
+    "resume",
+    "diagnostics",
+    "source_weights",
+    "strategy",
+    "tpu",
+    "deterministic",
+    "plan",  # what it decides is compared: the resolved epochs, rates, blocks
+)
 
 logger = logging.getLogger("keras_transfer")
 
@@ -51,6 +82,25 @@ class Trained:
     monitor: str
 
 
+class OnTrainingStart(keras.callbacks.Callback):
+    """Calls `action()` once, when the run's first `fit` begins: after every check of the
+    training (its arguments, the resume check, the extraction of cached features), so
+    what it writes (the run's `config.json`) describes a run that really trains.
+
+    Args:
+        action: what to do, without arguments.
+    """
+
+    def __init__(self, action: Callable[[], Any]):
+        super().__init__()
+        self.action: Callable[[], Any] | None = action
+
+    def on_train_begin(self, logs=None):
+        if self.action is not None:
+            action, self.action = self.action, None
+            action()
+
+
 def train_model(
     config: Config,
     model: keras.Model,
@@ -60,6 +110,7 @@ def train_model(
     target: data_lib.TargetImages | None = None,
     *,
     class_weight: dict[int, float] | None,
+    backup_settings: dict[str, Any] | None = None,
 ) -> Trained:
     """Two-phase (or gradual, or all-frozen, or unfrozen) training of `model` as `config`
     says, with TensorBoard logs and the backup in `environment.output_dir`. With
@@ -75,12 +126,18 @@ def train_model(
         target: the target images of `config.adapt`.
         class_weight: `{class index: weight}` of the training loss
             (`image_plan.class_weight`), or None.
+        backup_settings: what the backup records and a resumed run must match; default
+            `resume_settings(config, data, <the data's image size>)`.
     """
     _check_planned(config)
     plan = _freeze_strategy_arguments(config)
     monitor = "val_loss" if data.validation is not None else "loss"
     callbacks.extend(_run_callbacks(config, data, environment.output_dir, monitor))
     common = _fit_arguments(config, plan, data, environment, callbacks, class_weight)
+    if common["backup_dir"] is not None:
+        common["backup_settings"] = backup_settings or resume_settings(
+            config, data, data.image_size[0]
+        )
     cached = _use_feature_cache(config, plan, environment.strategy, data)
     adapt_epochs = plan["fine_tune_epochs"] if config.adapt else 0
     if config.adapt:
@@ -92,6 +149,47 @@ def train_model(
     gradual = config.resolved_freeze_strategy() == "gradual"
     unfrozen = kt.trainable_blocks(model) if gradual else history.unfrozen_blocks
     return Trained(history, cached, unfrozen, monitor)
+
+
+def backup_dir(config: Config, environment: Environment) -> str | None:
+    """The run's backup folder (None without `resume`)."""
+    return os.path.join(environment.output_dir, BACKUP_DIR) if config.resume else None
+
+
+def resume_settings(config: Config, data: data_lib.ImageData, image_size: int) -> dict[str, Any]:
+    """What a resumed run must share with the run that wrote the backup: every setting
+    that changes the model, the data or the training (image size, backbone, weights, data
+    folder, class names and image counts, head, LoRA, epochs, rates, ...), as JSON values."""
+    settings = config.resolved(image_size)
+    for name in _NOT_RESUME_SETTINGS:
+        settings.pop(name, None)
+    if not config.adapt:
+        settings.pop("target_dir", None)  # only reported on, then
+    if settings.get("data_dir"):
+        settings["data_dir"] = os.path.abspath(settings["data_dir"])
+    settings.update(
+        class_names=list(data.class_names),
+        num_train=int(data.num_train),
+        num_validation=int(data.num_validation),
+    )
+    return settings
+
+
+def check_resume(config: Config, environment: Environment, settings: dict[str, Any]) -> None:
+    """Refuses (`two_phase_state.BackupSettingsError`, naming every differing setting) to
+    resume a backup in `model_dir` written with other `resume_settings`, before the run
+    writes anything; nothing without `resume` or a backup."""
+    folder = backup_dir(config, environment)
+    if folder is not None:
+        two_phase_state.check_backup_settings(folder, settings)
+
+
+def delete_backup(config: Config, environment: Environment) -> None:
+    """Deletes the run's backup: once its outputs are written, the backup is no longer
+    needed to finish it."""
+    folder = backup_dir(config, environment)
+    if folder is not None and os.path.isdir(folder):
+        two_phase_state.delete_backup(folder)
 
 
 def _check_planned(config: Config) -> None:
@@ -157,7 +255,9 @@ def _fit_arguments(
         lr_decay=config.lr_decay or None,
         callbacks=callbacks,
         # LoRA runs resume too: fit_two_phase keeps their matrices (kt.LoraBackupAndRestore).
-        backup_dir=os.path.join(environment.output_dir, "backup") if config.resume else None,
+        backup_dir=backup_dir(config, environment),
+        # Deleted by the run once its outputs are written (`delete_backup`).
+        keep_backup=True,
         fine_tune=config.fine_tune,
         lora_rank=config.lora_rank,
         lora_alpha=config.lora_alpha or None,

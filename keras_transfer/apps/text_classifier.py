@@ -32,6 +32,7 @@ from keras_transfer.backbones import registry as backbones
 from keras_transfer.data import splits
 from keras_transfer.diagnostics import reports
 from keras_transfer.training import two_phase as training
+from keras_transfer.utils import reliability
 
 __all__ = [
     "Config",
@@ -357,6 +358,13 @@ def run(config: Config) -> dict[str, Any]:
         The content of `results.json`.
     """
     start = time.perf_counter()
+    # One run at a time in model_dir (FolderLockedError, exit code 2, naming the other's
+    # PID); a model_dir the lock created is deleted again if nothing was written to it.
+    with reliability.FolderLock(config.model_dir):
+        return _run(config, start)
+
+
+def _run(config: Config, start: float) -> dict[str, Any]:
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
@@ -390,13 +398,13 @@ def run(config: Config) -> dict[str, Any]:
         true, predicted = reports.predict_labels(model, test_data)
         matrix = reports.confusion_matrix(true, predicted, len(class_names))
         results["test"] = reports.held_out_report(matrix, class_names)
-    write_model_folder(model, class_names, config.model_dir)
     reports.plot_training_curves(history, os.path.join(config.model_dir, "training_curves.png"))
     results["config"] = dataclasses.asdict(config)
     if config.baseline:
         results["baseline"] = train_baseline(config, train, validation, class_names)
     results["total_seconds"] = round(time.perf_counter() - start, 2)
-    _outputs.write_json(os.path.join(config.model_dir, "results.json"), results)
+    # The model, its labels and results.json replaced together.
+    write_model_folder(model, class_names, config.model_dir, {"results.json": results})
     return results
 
 
@@ -445,8 +453,13 @@ def report(
     }
 
 
-def write_model_folder(model: keras.Model, class_names: list[str], model_dir: str) -> None:
+def write_model_folder(
+    model: keras.Model,
+    class_names: list[str],
+    model_dir: str,
+    json_files: dict[str, Any] | None = None,
+) -> None:
     """`model.keras` for inference (without the optimizer's state and EMA copies),
-    `adapter.weights.h5` for a LoRA model, and `labels.txt` (line i = output i), each
-    replaced atomically."""
-    _outputs.save_classifier(model, class_names, model_dir)
+    `adapter.weights.h5` for a LoRA model, `labels.txt` (line i = output i) and
+    `json_files` (`{file name: content}`), replaced together."""
+    _outputs.save_classifier(model, class_names, model_dir, json_files)

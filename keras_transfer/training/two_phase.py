@@ -17,8 +17,12 @@ built model after a crash or kill skips a finished phase 1, restores phase 2's t
 set, optimizer and learning-rate schedule position, continues from the last completed epoch
 under the epoch numbers of the uninterrupted run (so epoch-keyed callbacks such as
 `GradualUnfreezing` see the same epochs), and returns the full history of both phases. The
-folder's contents are deleted when training completes. A rerun with other epochs, learning
-rates, `unfreeze`, `train_bn` or `lr_decay` is refused. Not restored: callbacks' own state
+folder's contents are deleted when training completes; with `keep_backup=True` they are
+kept, with the model's final values, until the caller deletes them
+(`two_phase_state.delete_backup`) once its own outputs are written: a rerun in between
+restores those values without training. A rerun with other epochs, learning rates,
+`unfreeze`, `train_bn`, `lr_decay` or caller settings (`backup_settings`, e.g. the image
+size and data) is refused, naming them. Not restored: callbacks' own state
 (e.g. `EarlyStopping` patience), the position of a per-epoch reshuffle and Keras' dropout
 random state, so a resumed run matches an uninterrupted one exactly only when neither is
 used. A backup written before phase 2's first epoch was recorded keeps numbering phase 2
@@ -44,7 +48,6 @@ and TPU (XLA anyway).
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import time
@@ -54,7 +57,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import keras
-import tensorflow as tf
 
 from keras_transfer import _keras_compat
 from keras_transfer import heads
@@ -112,6 +114,8 @@ def fit_two_phase(
     lora_rank: int = 8,
     lora_alpha: float | None = None,
     class_weight: str | Mapping[Any, float] | None = None,
+    keep_backup: bool = False,
+    backup_settings: Mapping[str, Any] | None = None,
     **fit_kwargs: Any,
 ) -> TwoPhaseHistory:
     """Trains the head with the backbone frozen, then fine-tunes the top blocks.
@@ -124,8 +128,7 @@ def fit_two_phase(
             backbone (then give `loss` and `metrics`).
         train_data, validation_data: what `model.fit` takes as `x` and `validation_data`.
         head_epochs, fine_tune_epochs: epochs of phase 1 and of phase 2 (0 skips it).
-        head_lr: learning rate of phase 1.
-        fine_tune_lr: learning rate of phase 2; default `head_lr / 10`.
+        head_lr, fine_tune_lr: learning rates of phases 1 and 2 (default `head_lr / 10`).
         unfreeze: blocks to fine-tune: a count from the output side, a block name to
             unfreeze from, a fraction in (0, 1), or `"all"`.
         train_bn: make BatchNormalization layers trainable (fastai's `train_bn`).
@@ -137,25 +140,28 @@ def fit_two_phase(
         callbacks: Keras callbacks, used in both phases.
         compile_kwargs: extra `compile` arguments (`jit_compile`, `steps_per_execution`...).
         backup_dir: make the run resumable: a folder for the training state, emptied when
-            training completes; rerun with the same arguments to resume.
+            training completes (unless `keep_backup`); rerun the same call to resume.
         nan_guard: add a `guards.NonFiniteGuard`: a NaN/inf loss or metric restores
             the weights of the start of that epoch and raises `NonFiniteLossError`.
         initial_epoch: where the epoch axis starts, as in `model.fit`.
-        head_features: run phase 1 on cached backbone features (`features.FeatureCache`);
-            needs a `TransferClassifier`.
+        head_features: a `features.FeatureCache`: phase 1 on cached backbone features.
         fine_tune: `"full"` trains the unfrozen blocks' weights in phase 2; `"lora"` trains
             low-rank updates of their layers instead (`keras_transfer.enable_lora`).
         lora_rank, lora_alpha: LoRA rank and alpha when `fine_tune="lora"`.
         class_weight: `"balanced"`, `{class index or name: weight}` or `None`, for the
             training loss of both phases (see `keras_transfer.resolve_class_weight`).
-        **fit_kwargs: extra `fit` arguments (`verbose`, ...); a cached phase 1 gets all
-            but `steps_per_epoch` and `validation_steps`, which count image batches.
+        keep_backup: keep the backup, with the final values, for the caller to delete.
+        backup_settings: the caller's own settings (JSON values) a resume must match.
+        **fit_kwargs: extra `fit` arguments (`verbose`, ...); a cached phase 1 drops those
+            counting image batches (`steps_per_epoch`, `validation_steps`).
 
     Returns:
         A `TwoPhaseHistory` with both phases on one epoch axis.
     """
     # Every argument by name, in one object the steps share (`_prepare_run` checks them).
     run = _prepare_run(_Run(**locals()))
+    if run.state is not None and run.state.finished:
+        return _finished_run(run)
     result = TwoPhaseHistory()
     if head_epochs:
         _head_phase(run, result)
@@ -192,6 +198,8 @@ class _Run:
     lora_rank: int
     lora_alpha: float | None
     class_weight: Any
+    keep_backup: bool
+    backup_settings: Mapping[str, Any] | None
     fit_kwargs: dict[str, Any]
     # Filled in by `_prepare_run`.
     make_head_optimizer: Callable[[float], Any] | None = None
@@ -217,8 +225,8 @@ def _prepare_run(run: _Run) -> _Run:
     _check_head_features(run)
     heads.resolve_loss_and_metrics(run.model, run.loss, run.metrics)  # fail before training
     run.class_weight = features.check_class_weight(run.model, run.class_weight)
-    _check_not_empty(run.train_data, "train_data")
-    _check_not_empty(run.validation_data, "validation_data")
+    fit_arguments.check_not_empty(run.train_data, "train_data")
+    fit_arguments.check_not_empty(run.validation_data, "validation_data")
     run.compile_kwargs = dict(run.compile_kwargs or {})
     if "jit_compile" not in run.compile_kwargs:
         run.compile_kwargs["jit_compile"] = distribute.default_jit_compile(
@@ -227,7 +235,9 @@ def _prepare_run(run: _Run) -> _Run:
     run.callbacks = list(run.callbacks or [])
     _check_fine_tune_request(run)
     if run.backup_dir is not None:
-        run.state = two_phase_state.RunState(run.backup_dir, settings=_backup_settings(run))
+        run.state = two_phase_state.RunState(
+            run.backup_dir, settings=two_phase_state.resume_settings(run)
+        )
     _count_balanced_class_weight(run)
     expect_validation = run.validation_data is not None and "validation_freq" not in run.fit_kwargs
     run.guard = [guards.EmptyEpochGuard(expect_validation)]
@@ -271,7 +281,7 @@ def _check_head_features(run: _Run) -> None:
         )
     if run.head_features.data is None:
         run.head_features = dataclasses.replace(run.head_features, data=run.train_data)
-    _check_not_empty(run.head_features.data, "head_features.data")
+    fit_arguments.check_not_empty(run.head_features.data, "head_features.data")
 
 
 def _check_fine_tune_request(run: _Run) -> None:
@@ -282,38 +292,6 @@ def _check_fine_tune_request(run: _Run) -> None:
         raise ValueError(f"fine_tune must be 'full' or 'lora', got {run.fine_tune!r}.")
     if run.fine_tune == "lora":
         lora.check_lora_request(run.model, run.lora_rank, run.lora_alpha, **run.unfreeze_kwargs)
-
-
-def _backup_settings(run: _Run) -> dict[str, Any]:
-    """The settings a backup is resumed with: a rerun with other settings is refused."""
-    return {
-        # Not the model name: Keras numbers default names per process.
-        "num_weights": len(run.model.weights),
-        "head_epochs": run.head_epochs,
-        "fine_tune_epochs": run.fine_tune_epochs,
-        # The backup restores the optimizer's learning-rate variable: a rerun with
-        # another rate would silently train at the old one, so it is refused.
-        "head_lr": float(run.head_lr),
-        "fine_tune_lr": float(run.fine_tune_lr),
-        "unfreeze": str(run.unfreeze),
-        "train_bn": bool(run.train_bn),
-        "lr_decay": run.lr_decay,
-        # The records and Keras' backups are keyed by absolute epoch numbers.
-        "initial_epoch": run.initial_epoch,
-        "cached_head_phase": run.head_features is not None,
-        # Only when set, so that backups of runs without them stay resumable.
-        **(
-            {"fine_tune": run.fine_tune, "lora_rank": run.lora_rank, "lora_alpha": run.lora_alpha}
-            if run.fine_tune == "lora"
-            else {}
-        ),
-        # Only when set, so that backups of runs without weights stay resumable.
-        **(
-            {"class_weight": json.loads(json.dumps(run.class_weight))}
-            if run.class_weight is not None
-            else {}
-        ),
-    }
 
 
 def _count_balanced_class_weight(run: _Run) -> None:
@@ -497,11 +475,31 @@ def _save_or_restore_head_phase(run: _Run, fine_tune_initial_epoch: int) -> None
 
 def _final_history(run: _Run, result: TwoPhaseHistory) -> TwoPhaseHistory:
     """The history of both phases; with a backup, the one spanning every process that
-    worked on this run, and the backup is deleted."""
+    worked on this run, and the backup is deleted (`keep_backup`: marked finished)."""
     if run.state is None:
         return result
     history = run.state.history(unfrozen_blocks=result.unfrozen_blocks)
-    run.state.delete()
+    if run.keep_backup:
+        run.state.finish(run.model)
+    else:
+        run.state.delete()
+    return history
+
+
+def _finished_run(run: _Run) -> TwoPhaseHistory:
+    """A kept backup of a finished run (its caller was stopped before deleting it): the
+    model is set up as at the end of that run, with its final values, and nothing trains."""
+    logger.info("training already finished (from %s): restoring its final model", run.backup_dir)
+    unfrozen: list[str] = []
+    if run.fine_tune_epochs:
+        unfrozen = _unfreeze_for_fine_tuning(run)  # LoRA layers exist from here on
+        _compile_fine_tuning(run)
+    else:
+        freezing.freeze(run.model, train_bn=run.train_bn)
+    run.state.restore_final_values(run.model)
+    history = run.state.history(unfrozen_blocks=unfrozen)
+    if not run.keep_backup:
+        run.state.delete()
     return history
 
 
@@ -524,20 +522,6 @@ def check_initial_epoch(initial_epoch: Any) -> None:
     """Raises a clear error unless `initial_epoch` is an integer >= 0."""
     if isinstance(initial_epoch, bool) or not isinstance(initial_epoch, int) or initial_epoch < 0:
         raise ValueError(f"initial_epoch must be an integer >= 0, got {initial_epoch!r}.")
-
-
-def _check_not_empty(data: Any, name: str) -> None:
-    if isinstance(data, tf.data.Dataset):
-        # -1 is infinite, -2 unknown (e.g. after `filter`): only a known 0 is an error.
-        empty = int(data.cardinality()) == 0
-    else:
-        empty = getattr(data, "shape", None) is not None and len(data.shape) and data.shape[0] == 0
-    if empty:
-        raise ValueError(
-            f"{name} is empty: it yields no batches. Check that the folder or split has "
-            "examples; with drop_remainder=True, a dataset smaller than one batch has no "
-            "batches: lower batch_size."
-        )
 
 
 def fit_two_phase_cached(

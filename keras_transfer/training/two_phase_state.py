@@ -5,6 +5,12 @@ The JSON file (`STATE_FILE`, in the run's `backup_dir`) holds the run's settings
 phase 1 finished, phase 2's first epoch and every finished epoch's logs and duration;
 `EpochRecorder` writes the epochs as they end. Model and optimizer state live in Keras' own
 backup files beside it.
+
+A run kept after training (`fit_two_phase(keep_backup=True)`) is marked finished, with the
+model's final values (`FINAL_WEIGHTS_FILE`): the caller writes its outputs, then deletes the
+backup (`delete_backup`); a rerun after a kill in between restores those values instead of
+training again. `check_backup_settings` compares a caller's own settings with the backup's
+before anything is written.
 """
 
 from __future__ import annotations
@@ -14,26 +20,145 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import keras
+import numpy as np
 
 from keras_transfer.utils import reliability
 
 __all__ = [
+    "CALLER_SETTINGS",
+    "FINAL_WEIGHTS_FILE",
     "HEAD_WEIGHTS_FILE",
     "PHASE_FINE_TUNE",
     "PHASE_HEAD",
     "STATE_FILE",
+    "BackupSettingsError",
     "EpochRecorder",
     "RunState",
     "TwoPhaseHistory",
+    "check_backup_settings",
+    "delete_backup",
+    "resume_settings",
 ]
 
 PHASE_HEAD = "feature_extraction"
 PHASE_FINE_TUNE = "fine_tune"
 STATE_FILE = "two_phase_state.json"
 HEAD_WEIGHTS_FILE = "feature_extraction_done.weights.h5"
+FINAL_WEIGHTS_FILE = "final_values.npz"
+# The key of the caller's own settings (`fit_two_phase(backup_settings=...)`) in the state.
+CALLER_SETTINGS = "caller_settings"
+
+
+class BackupSettingsError(ValueError):
+    """A backup was written by a run with other settings: resuming it would mix two runs."""
+
+
+def _differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """`name (backup: X, this run: Y)` for each setting that differs, the caller's own
+    settings by their names."""
+
+    def flat(settings):
+        values = {k: v for k, v in settings.items() if k != CALLER_SETTINGS}
+        return {**dict(settings.get(CALLER_SETTINGS) or {}), **values}
+
+    saved, current = flat(saved), flat(current)
+    missing = "<not recorded>"
+    return [
+        f"{name} (backup: {saved.get(name, missing)!r}, this run: {current.get(name, missing)!r})"
+        for name in sorted(set(saved) | set(current), key=str)
+        if saved.get(name, missing) != current.get(name, missing)
+    ]
+
+
+def _refusal(directory: str, differences: list[str]) -> BackupSettingsError:
+    return BackupSettingsError(
+        f"{directory!r} holds the backup of a run with other settings: "
+        f"{'; '.join(differences)}. Resume with the backup's settings, or delete the folder "
+        "to start over."
+    )
+
+
+def _read_state(directory: str) -> dict[str, Any] | None:
+    path = os.path.join(directory, STATE_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def check_backup_settings(backup_dir: str | os.PathLike, settings: Mapping[str, Any]) -> None:
+    """Raises `BackupSettingsError` naming every setting of `settings` that differs from
+    the caller settings the backup in `backup_dir` recorded (`fit_two_phase(...,
+    backup_settings=settings)`); nothing when there is no backup. Lets an application
+    refuse a resume before it writes anything."""
+    directory = os.fspath(backup_dir)
+    saved = _read_state(directory)
+    if saved is None:
+        return
+    recorded = dict(saved.get("settings", {}).get(CALLER_SETTINGS) or {})
+    differences = _differences(
+        {CALLER_SETTINGS: recorded}, {CALLER_SETTINGS: json.loads(json.dumps(dict(settings)))}
+    )
+    if differences:
+        raise _refusal(directory, differences)
+
+
+def resume_settings(run: Any) -> dict[str, Any]:
+    """The settings a backup of a `fit_two_phase` call (`run`: its arguments, by name) is
+    resumed with: a rerun with other settings is refused."""
+    return {
+        # Not the model name: Keras numbers default names per process.
+        "num_weights": len(run.model.weights),
+        "head_epochs": run.head_epochs,
+        "fine_tune_epochs": run.fine_tune_epochs,
+        # The backup restores the optimizer's learning-rate variable: a rerun with
+        # another rate would silently train at the old one, so it is refused.
+        "head_lr": float(run.head_lr),
+        "fine_tune_lr": float(run.fine_tune_lr),
+        "unfreeze": str(run.unfreeze),
+        "train_bn": bool(run.train_bn),
+        "lr_decay": run.lr_decay,
+        # The records and Keras' backups are keyed by absolute epoch numbers.
+        "initial_epoch": run.initial_epoch,
+        "cached_head_phase": run.head_features is not None,
+        # Only when set, so that backups of runs without them stay resumable.
+        **(
+            {"fine_tune": run.fine_tune, "lora_rank": run.lora_rank, "lora_alpha": run.lora_alpha}
+            if run.fine_tune == "lora"
+            else {}
+        ),
+        # Only when set, so that backups of runs without weights stay resumable.
+        **(
+            {"class_weight": json.loads(json.dumps(run.class_weight))}
+            if run.class_weight is not None
+            else {}
+        ),
+        # The caller's own (image size, data, ...), only when given.
+        **(
+            {CALLER_SETTINGS: json.loads(json.dumps(dict(run.backup_settings)))}
+            if run.backup_settings is not None
+            else {}
+        ),
+    }
+
+
+def delete_backup(backup_dir: str | os.PathLike) -> None:
+    """Deletes a two-phase backup: what `fit_two_phase` does at the end unless
+    `keep_backup=True`. The state file goes before the final values, so a kill midway
+    leaves either a finished backup or none."""
+    directory = os.fspath(backup_dir)
+    for phase in (PHASE_HEAD, PHASE_FINE_TUNE):
+        shutil.rmtree(os.path.join(directory, phase), ignore_errors=True)
+    for name in (HEAD_WEIGHTS_FILE, STATE_FILE, FINAL_WEIGHTS_FILE):
+        path = os.path.join(directory, name)
+        if os.path.exists(path):
+            os.remove(path)
+    if os.path.isdir(directory) and not os.listdir(directory):
+        os.rmdir(directory)
 
 
 @dataclasses.dataclass
@@ -121,16 +246,12 @@ class RunState:
         self.directory = os.fspath(directory)
         self.path = os.path.join(self.directory, STATE_FILE)
         self.head_weights_path = os.path.join(self.directory, HEAD_WEIGHTS_FILE)
+        self.final_weights_path = os.path.join(self.directory, FINAL_WEIGHTS_FILE)
         self.data: dict[str, Any] = {"settings": settings, "head_done": False, "epochs": {}}
-        if os.path.exists(self.path):
-            with open(self.path, encoding="utf-8") as f:
-                saved = json.load(f)
+        saved = _read_state(self.directory)
+        if saved is not None:
             if saved.get("settings") != settings:
-                raise ValueError(
-                    f"{self.directory!r} holds the backup of a run with other settings "
-                    f"({saved.get('settings')}; this run: {settings}). Resume with the same "
-                    "arguments, or delete the folder (or pass another backup_dir) to start over."
-                )
+                raise _refusal(self.directory, _differences(saved.get("settings", {}), settings))
             self.data = saved
         else:
             self._save()
@@ -195,14 +316,52 @@ class RunState:
             result.add(phase, history, sum(r["seconds"] for _, r in chosen))
         return result
 
-    def delete(self) -> None:
+    @property
+    def finished(self) -> bool:
+        """Whether training finished and the model's final values are kept."""
+        return bool(self.data.get("finished")) and os.path.exists(self.final_weights_path)
+
+    def finish(self, model: keras.Model) -> None:
+        """Keeps the model's final values (every variable, LoRA matrices included: what
+        the outputs are written from) and marks the run finished; Keras' epoch backups,
+        no longer needed, are deleted."""
+        values = {
+            f"{i:05d}": keras.ops.convert_to_numpy(v.value) for i, v in enumerate(model.variables)
+        }
+
+        def write(path):
+            with open(path, "wb") as f:
+                np.savez(f, **values)
+
+        reliability.write_atomically(self.final_weights_path, write)
+        self.data["finished"] = True
+        self._save()
         for phase in (PHASE_HEAD, PHASE_FINE_TUNE):
             shutil.rmtree(self.phase_dir(phase), ignore_errors=True)
-        for path in (self.head_weights_path, self.path):
-            if os.path.exists(path):
-                os.remove(path)
-        if os.path.isdir(self.directory) and not os.listdir(self.directory):
-            os.rmdir(self.directory)
+        if os.path.exists(self.head_weights_path):
+            os.remove(self.head_weights_path)
+
+    def restore_final_values(self, model: keras.Model) -> None:
+        """Sets the model's variables to the final values `finish` kept; the model must be
+        built as the run's was at its end (phase 2 unfrozen, LoRA enabled)."""
+        with np.load(self.final_weights_path) as stored:
+            values = [stored[key] for key in sorted(stored.files)]
+        variables = model.variables
+        shapes_match = len(values) == len(variables) and all(
+            tuple(v.shape) == value.shape for v, value in zip(variables, values, strict=False)
+        )
+        if not shapes_match:
+            raise BackupSettingsError(
+                f"The final values kept in {self.directory!r} do not fit this model "
+                f"({len(values)} values for {len(variables)} variables, or other shapes): it "
+                "was built differently. Build it as the run that wrote them, or delete the "
+                "folder to start over."
+            )
+        for variable, value in zip(variables, values, strict=True):
+            variable.assign(value)
+
+    def delete(self) -> None:
+        delete_backup(self.directory)
 
     def _save(self) -> None:
         def write(path):

@@ -1,6 +1,6 @@
-"""Plumbing every floor above uses: atomic writes and finite-weights checks (`reliability`),
-distribution strategies and mixed precision (`distribute`), `fit` arguments
-(`fit_arguments`), and whether a batch's activations fit in memory (`memory`).
+"""Plumbing every floor above uses: atomic writes, output-folder locks and finite-weights
+checks (`reliability`), distribution strategies and mixed precision (`distribute`), `fit`
+arguments (`fit_arguments`), and whether a batch's activations fit in memory (`memory`).
 """
 
 from keras_transfer.utils import distribute

@@ -6,7 +6,7 @@ from typing import Any
 
 import tensorflow as tf
 
-__all__ = ["no_fit_shuffle"]
+__all__ = ["check_not_empty", "no_fit_shuffle"]
 
 
 def no_fit_shuffle(train_data: Any, fit_kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -30,3 +30,19 @@ def no_fit_shuffle(train_data: Any, fit_kwargs: dict[str, Any]) -> dict[str, Any
     if isinstance(train_data, tf.data.Dataset):
         fit_kwargs.setdefault("shuffle", False)
     return fit_kwargs
+
+
+def check_not_empty(data: Any, name: str) -> None:
+    """Raises a `ValueError` naming `name` when `data` is known to yield no batches (a
+    dataset of cardinality 0, an array of 0 rows): fit would train on nothing."""
+    if isinstance(data, tf.data.Dataset):
+        # -1 is infinite, -2 unknown (e.g. after `filter`): only a known 0 is an error.
+        empty = int(data.cardinality()) == 0
+    else:
+        empty = getattr(data, "shape", None) is not None and len(data.shape) and data.shape[0] == 0
+    if empty:
+        raise ValueError(
+            f"{name} is empty: it yields no batches. Check that the folder or split has "
+            "examples; with drop_remainder=True, a dataset smaller than one batch has no "
+            "batches: lower batch_size."
+        )

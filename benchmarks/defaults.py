@@ -1,25 +1,38 @@
-"""The image example's advisor defaults against the fixed defaults they replace.
+"""The advisor's training plan against the fixed defaults it replaces, on the test split.
 
-Runs `examples/image_classifier.py` twice on the same data, each in its own process:
+Runs `examples/image_classifier.py` (the program of `keras-transfer train`, from this
+checkout) once per config and seed, each in its own process, on the same data and seed:
 
-- `fixed`: the defaults before the advisor, `--plan=fixed` (20 head epochs on cached
-  features at 1e-3, then every block 5 epochs at 2e-5, no early stopping; EMA 0.9);
-- `advisor`: no training flags: `kt.recommend_training_plan` chooses from the training
-  set's size and the backbone's per-block LogME (generous budgets, early stopping on the
-  validation loss with the best weights kept, fine-tuning kept only if it beats the head).
+- `fixed`: the defaults before the advisor, `--plan=fixed` (`FIXED_DEFAULTS` of
+  keras_transfer/apps/image_config.py: 20 head epochs on cached features at 1e-3, then every
+  block 5 epochs at 2e-5, no early stopping, the last epoch kept; EMA 0.9);
+- `advisor`: no training flags: `kt.recommend_training_plan` (keras_transfer/diagnostics/
+  recipes.py, called by keras_transfer/apps/image_plan.py) chooses epochs, rates and blocks
+  from the training split's size and the backbone's per-block LogME on the training images,
+  with early stopping on the validation loss, the best weights kept, and fine-tuning kept
+  only if it beats the head phase on validation.
 
-Both with MobileNet V1 (real ImageNet weights, 224 px), seed 42, the example's augmentation
-(flip, crop). Reported per config: the saved model's validation accuracy, the epochs each
-phase ran, and the wall time of the whole run (data, transferability, training, reports).
-`--train_per_class` / `--val_per_class` use the first N images of each class (in a seeded
-random order) through a folder of symbolic links, for a machine without the time.
+The advisor reads the training and validation splits only; the test split is evaluated once
+per run, by the program, after every choice (`results.json` "test"). MobileNet V1 (real
+ImageNet weights, 224 px), the program's augmentation (flip, crop). Splits: the dataset's
+`val/` folder is the test split (every image); validation is 20% of each class held out of
+`train/` by a stable hash of the seed and the path (it changes with the seed, the test split
+does not: `split_scheme="fixed"`). Cats vs dogs uses `--train_per_class 250` of the 1000
+training images per class by default (a stable hash order), to fit 2 CPU cores.
 
-    python benchmarks/defaults.py --dataset hymenoptera
-    python benchmarks/defaults.py --dataset cats_and_dogs
-    python benchmarks/defaults.py --smoke          # seconds: synthetic images, weights=None
+The verdict runs (5 seeds, the default), alone on the machine; durations on 2 CPU cores are
+estimates, scaled from the wall times of earlier single runs to these training-set sizes:
 
-The last line printed is one JSON object; it is also written to
-`benchmarks/results/defaults_<dataset>.json`.
+    python benchmarks/defaults.py --dataset hymenoptera     # estimate: about 55 min
+    python benchmarks/defaults.py --dataset cats_and_dogs   # estimate: about 1 h 45 min
+    python benchmarks/defaults.py --smoke                   # minutes: synthetic images,
+                                                            # weights=None, a temporary output
+
+Writes `benchmarks/results/defaults_<dataset>.json` through `_common.write_results`: arms
+`fixed` and `advisor`, per seed `test_accuracy` (primary), `test_balanced_accuracy`,
+`test_macro_f1`, the saved model's `val_accuracy`, `seconds` (the whole run) and the epochs
+each phase ran; each run's plan and kept weights in `details`. The last line printed is that
+record as JSON.
 """
 
 from __future__ import annotations
@@ -28,7 +41,6 @@ import argparse
 import json
 import os
 import pathlib
-import random
 import shutil
 import subprocess
 import sys
@@ -45,6 +57,20 @@ CONFIGS = {
     "advisor": [],
 }
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
+TRAIN_PER_CLASS = {"hymenoptera": 0, "cats_and_dogs": 250}
+VALIDATION_SPLIT = 0.2
+SELECTION = {
+    "tuned": (
+        "advisor: head and fine-tuning epochs, learning rates and unfrozen blocks chosen by "
+        "kt.recommend_training_plan from the training split's size and per-block LogME on the "
+        "training images; early stopping and the kept weights by the validation loss; "
+        "fine-tuning kept only if it beats the head phase on validation. fixed: nothing tuned "
+        "(FIXED_DEFAULTS, the last epoch kept). Splits: the dataset's val/ folder is the test "
+        "split; validation is 20% of each class held out of train/ by a stable hash of the "
+        "seed and the path. The test split is evaluated once per run, after training."
+    ),
+    "tuned_on": "validation",
+}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -52,35 +78,50 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--dataset", choices=sorted(_common.DATASETS), default="hymenoptera")
     parser.add_argument("--assets", default=None)
     parser.add_argument("--output", default=None, help="results JSON path")
+    parser.add_argument("--seeds", default="0,1,2,3,4", help="comma-separated")
     parser.add_argument("--configs", default="fixed,advisor", help="comma-separated")
-    parser.add_argument("--train_per_class", type=int, default=0, help="0: all")
-    parser.add_argument("--val_per_class", type=int, default=0, help="0: all")
+    parser.add_argument(
+        "--train_per_class", type=int, default=None, help="0: all (default: per dataset)"
+    )
+    parser.add_argument("--test_per_class", type=int, default=0, help="0: all")
     parser.add_argument("--extra_flag", action="append", default=[], help="for both configs")
     parser.add_argument("--smoke", action="store_true")
     return parser
 
 
-def _subset(source: pathlib.Path, train: int, val: int) -> pathlib.Path:
-    """A folder of symbolic links to the first `train` / `val` images of each class."""
-    root = pathlib.Path(tempfile.mkdtemp(prefix="defaults_subset_"))
-    for split in sorted(p for p in source.iterdir() if p.is_dir()):
-        limit = val if split.name in ("val", "validation") else train
-        for folder in sorted(p for p in split.iterdir() if p.is_dir()):
-            files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
-            random.Random(0).shuffle(files)
-            target = root / split.name / folder.name
-            target.mkdir(parents=True)
-            for path in files[: limit or None]:
-                (target / path.name).symlink_to(path.resolve())
+def _subset(folder: pathlib.Path, per_class: int, prefix: str) -> pathlib.Path:
+    """A folder of symbolic links to `per_class` images of each class of `folder`, the first
+    in a stable hash order of their names (the same subset on every run)."""
+    from keras_transfer.data import splits
+
+    root = pathlib.Path(tempfile.mkdtemp(prefix=f"defaults_{prefix}_"))
+    for source in sorted(p for p in folder.iterdir() if p.is_dir()):
+        files = [p for p in source.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS]
+        files.sort(key=lambda p: (splits.stable_unit(p.name, 0), p.name))
+        (root / source.name).mkdir()
+        for path in files[:per_class]:
+            (root / source.name / path.name).symlink_to(path.resolve())
     return root
 
 
-def _run(name: str, data_dir: pathlib.Path, weights: str, extra: list[str], work: pathlib.Path):
-    model_dir = work / name
+def run_config(
+    name: str,
+    seed: int,
+    train_dir: pathlib.Path,
+    test_dir: pathlib.Path,
+    weights: str,
+    extra: list[str],
+    work: pathlib.Path,
+) -> dict:
+    """One run of the program (`name`'s flags, `seed`) in its own process: its results."""
+    model_dir = work / f"{name}_{seed}"
     command = [
         sys.executable,
         str(EXAMPLE),
-        f"--data_dir={data_dir}",
+        f"--data_dir={train_dir}",
+        f"--test_dir={test_dir}",
+        f"--validation_split={VALIDATION_SPLIT}",
+        f"--seed={seed}",
         f"--model_dir={model_dir}",
         "--backbone=mobilenet",
         f"--weights={weights}",
@@ -89,83 +130,144 @@ def _run(name: str, data_dir: pathlib.Path, weights: str, extra: list[str], work
         *CONFIGS[name],
         *extra,
     ]
+    # The package of this checkout, whatever the environment has installed.
+    path = os.pathsep.join(filter(None, [str(_common.REPO_ROOT), os.environ.get("PYTHONPATH")]))
     start = time.perf_counter()
-    completed = subprocess.run(command, capture_output=True, text=True)
+    completed = subprocess.run(
+        command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": path}
+    )
     seconds = time.perf_counter() - start
     if completed.returncode:
-        raise SystemExit(f"{name} failed:\n{completed.stderr[-4000:]}")
+        raise SystemExit(f"{name} (seed {seed}) failed:\n{completed.stderr[-4000:]}")
     results = json.loads((model_dir / "results.json").read_text())
+    test = results["test"]
     summary = {
+        "test_accuracy": test["accuracy"],
+        "test_balanced_accuracy": test["balanced_accuracy"],
+        "test_macro_f1": test["macro_f1"],
+        "test_accuracy_ci95": test["accuracy_ci95"],
         "val_accuracy": results.get("saved_model_val_accuracy"),
         "seconds": round(seconds, 1),
-        "run_seconds": results["total_seconds"],
+        "run_seconds": results.get("total_seconds"),
         "head_epochs_run": results["feature_extraction"].get("epochs", 0),
         "fine_tune_epochs_run": results["fine_tune"].get("epochs", 0),
-        "head_seconds": results["feature_extraction"].get("seconds", 0.0),
-        "fine_tune_seconds": results["fine_tune"].get("seconds", 0.0),
         "saved_weights": results.get("saved_weights"),
         "plan": results["plan"],
         "val_accuracy_by_epoch": results["history"].get("val_accuracy"),
         "val_loss_by_epoch": results["history"].get("val_loss"),
         "phase_by_epoch": results["history"].get("phase"),
-        "num_train": results["num_train"],
-        "num_validation": results["num_validation"],
+        "splits": {
+            "train": results["num_train"],
+            "validation": results["num_validation"],
+            "test": results["num_test"],
+        },
         "command": " ".join(command[1:]),
     }
     print(
-        f"{name}: val_accuracy {summary['val_accuracy']:.4f}, {summary['seconds']:.0f} s, "
-        f"epochs head {summary['head_epochs_run']} / fine-tune {summary['fine_tune_epochs_run']}",
+        f"{name} seed {seed}: test accuracy {summary['test_accuracy']:.4f}, "
+        f"{summary['seconds']:.0f} s, epochs head {summary['head_epochs_run']} / fine-tune "
+        f"{summary['fine_tune_epochs_run']}",
         flush=True,
     )
     return summary
 
 
-def main() -> None:
-    args = _parser().parse_args()
-    start = time.perf_counter()
+METRICS = (
+    "test_accuracy",
+    "test_balanced_accuracy",
+    "test_macro_f1",
+    "val_accuracy",
+    "seconds",
+    "head_epochs_run",
+    "fine_tune_epochs_run",
+)
+
+
+def results_arms(runs: dict[str, list[dict]]) -> dict:
+    """`{config: {metric: [one value per seed]}}` for `_common.write_results`."""
+    return {
+        name: {metric: [run[metric] for run in per_seed] for metric in METRICS}
+        for name, per_seed in runs.items()
+    }
+
+
+def _train_per_class(args) -> int:
+    return TRAIN_PER_CLASS[args.dataset] if args.train_per_class is None else args.train_per_class
+
+
+def _data(args) -> tuple[str, pathlib.Path, pathlib.Path, str, list[str]]:
+    """`(dataset, train_dir, test_dir, weights, extra flags)` of this run."""
     extra = list(args.extra_flag)
     if args.smoke:
-        data_dir = _common.smoke_image_folder()
-        weights = "none"
+        root = _common.smoke_image_folder()
         extra += ["--image_size=32", "--batch_size=8"]
-        dataset = "smoke"
-    else:
-        assets = _common.assets_dir(args.assets, _common.DATASETS[args.dataset])
-        data_dir = assets / _common.DATASETS[args.dataset]
-        weights = str(assets / _common.MOBILENET_WEIGHTS)
-        dataset = args.dataset
-    if args.train_per_class or args.val_per_class:
-        data_dir = _subset(data_dir, args.train_per_class, args.val_per_class)
+        return "smoke", root / "train", root / "validation", "none", extra
+    assets = _common.assets_dir(args.assets, _common.DATASETS[args.dataset])
+    root = assets / _common.DATASETS[args.dataset]
+    train_dir, test_dir = root / "train", root / "val"
+    per_class = _train_per_class(args)
+    if per_class:
+        train_dir = _subset(train_dir, per_class, "train")
+    if args.test_per_class:
+        test_dir = _subset(test_dir, args.test_per_class, "test")
+    weights = str(assets / _common.MOBILENET_WEIGHTS)
+    return args.dataset, train_dir, test_dir, weights, extra
+
+
+def main(argv: list[str] | None = None) -> dict:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--smoke" in argv:
+        argv = ["--seeds", "0", *argv]  # one seed unless given: the smoke run checks the path
+    args = _parser().parse_args(argv)
+    selection = dict(SELECTION)
+    subset = _train_per_class(args)
+    if subset and not args.smoke:
+        selection["tuned"] += f" train/ subsampled to {subset} images per class."
+    if args.test_per_class and not args.smoke:
+        selection["tuned"] += f" val/ (test) subsampled to {args.test_per_class} per class."
+    run = _common.start_run(selection, script=__file__, argv=argv)
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    configs = [name for name in args.configs.split(",") if name]
+    dataset, train_dir, test_dir, weights, extra = _data(args)
     work = pathlib.Path(tempfile.mkdtemp(prefix="defaults_runs_"))
-    load_before = _common.load_average()
+    runs: dict[str, list[dict]] = {name: [] for name in configs}
     try:
-        runs = {
-            name: _run(name, data_dir, weights, extra, work)
-            for name in args.configs.split(",")
-            if name
-        }
+        for seed in seeds:
+            for name in configs:
+                runs[name].append(run_config(name, seed, train_dir, test_dir, weights, extra, work))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    result = {
-        "dataset": dataset,
-        "train_per_class": args.train_per_class or "all",
-        "val_per_class": args.val_per_class or "all",
-        **{f"{name}_val_accuracy": run["val_accuracy"] for name, run in runs.items()},
-        **{f"{name}_seconds": run["seconds"] for name, run in runs.items()},
-        "runs": runs,
-        "load_average_before": load_before,
-        "load_average_after": _common.load_average(),
-        "seconds": round(time.perf_counter() - start, 1),
-        "command": "python benchmarks/defaults.py " + " ".join(sys.argv[1:]),
-    }
-    if not args.smoke or args.output:
-        path = (
-            pathlib.Path(args.output)
-            if args.output
-            else _common.output_dir(None, "") / f"defaults_{dataset}.json"
+    output = pathlib.Path(
+        args.output
+        or (
+            pathlib.Path(tempfile.mkdtemp(prefix="defaults_smoke_")) / "defaults_smoke.json"
+            if args.smoke
+            else _common.REPO_ROOT / "benchmarks" / "results" / f"defaults_{dataset}.json"
         )
-        _common.write_json(path, result)
-    print(json.dumps({k: v for k, v in result.items() if k != "runs"}))
+    )
+    first = next(iter(runs.values()))[0]
+    record = _common.write_results(
+        output,
+        run,
+        kind="accuracy",
+        benchmark="defaults",
+        dataset=dataset,
+        splits=first["splits"],
+        evaluated_on="test",
+        arms=results_arms(runs),
+        primary_metric="test_accuracy",
+        seeds=seeds,
+        comparisons=[["fixed", "advisor"]] if {"fixed", "advisor"} <= set(configs) else None,
+        split_scheme="fixed",
+        details={
+            "runs": {
+                name: [{k: v for k, v in r.items() if k not in METRICS} for r in per_seed]
+                for name, per_seed in runs.items()
+            }
+        },
+    )
+    print(json.dumps({k: v for k, v in record.items() if k != "details"}))
+    return record
 
 
 if __name__ == "__main__":

@@ -567,9 +567,9 @@ def test_alignment_layer_is_checked():
 
 
 @pytest.mark.slow
-def test_benchmark_smoke_writes_the_issue_fields_and_aligns_coral_on_logits(tmp_path, monkeypatch):
+def test_benchmark_smoke_writes_a_schema_file_chosen_on_target_validation(tmp_path, monkeypatch):
     """photo_shift --smoke: the cats-vs-dogs photos of ../shared (synthetic photos without
-    it), a few images per class, one epoch per arm."""
+    it), a few images per class, two epochs per grid point, two seeds."""
     aligned = {}
 
     def recording(*args, method, alignment_layer, **kwargs):
@@ -579,28 +579,103 @@ def test_benchmark_smoke_writes_the_issue_fields_and_aligns_coral_on_logits(tmp_
     fit = kt.fit_domain_adaptation
     monkeypatch.setattr(kt, "fit_domain_adaptation", recording)
     output = tmp_path / "domain.json"
-    arms = "source_only,dann,coral"
-    load_benchmark("domain_adaptation").main(
-        ["--task", "photo_shift", "--smoke", "--arms", arms, "--output", str(output)]
+    arms = ["source_only", "dann", "coral", "best_on_target_val"]
+    script = load_benchmark("domain_adaptation")
+    common = sys.modules["_common"]
+    record = script.main(
+        ["--task", "photo_shift", "--smoke", "--arms", ",".join(arms), "--lr", "0.001"]
+        + ["--image_size", "32", "--output", str(output)]
     )
     saved = json.loads(output.read_text())
-    assert list(saved)[:10] == [
-        "task",
-        "seeds",
-        "source_only_acc",
-        "dann_acc",
-        "coral_acc",
-        "mmd_acc",
-        "target_supervised_acc",
-        "proxy_a_distance_before",
-        "proxy_a_distance_after_dann",
-        "seconds",
-    ]
-    (seed,) = saved["per_seed"]
-    assert saved["settings"]["coral_layer"] == "logits"
-    assert (saved["mmd_acc"], saved["target_supervised_acc"]) == (None, None)  # arms not run
-    for key in ("source_only_acc", "dann_acc", "coral_acc", "proxy_a_distance_before"):
-        assert saved[key] == round(seed[key], 4)
+    assert saved == json.loads(json.dumps(record))
+    # Schema-valid except the seed minimum a smoke run does not meet.
+    problems = common.validate_results(saved)
+    assert problems and all("seed" in problem for problem in problems), problems
+    assert saved["seeds"] == [0, 1] and saved["evaluated_on"] == "test"
+    assert list(saved["arms"]) == arms
+    for metrics in saved["arms"].values():
+        assert set(metrics) == {"target_test_acc", "target_test_acc_source_val_rule"}
+        assert all(len(m["per_seed"]) == 2 for m in metrics.values())
+    selection = saved["selection"]
+    assert selection["tuned_on"] == "target_validation"
+    assert selection["grid"]["dann"] == [{"lr": 0.001, "weight": 1.0}]
+    assert selection["checkpoints"] == [1, 2]
+    splits = saved["splits"]
+    assert splits["test"] > 0 and splits["target_validation"] > 0
+    per_seed = saved["details"]["per_seed"]
+    for s, seed in enumerate(per_seed):
+        for arm in ("source_only", "dann", "coral"):
+            chosen = seed[arm]["chosen_by_target_val"]
+            (curve,) = seed[arm]["grid_curves"]
+            # The kept checkpoint is the best target-validation one (the earlier on ties).
+            best = max(curve["epoch_target_val_source_val"], key=lambda row: (row[1], -row[0]))
+            assert (chosen["epoch"], chosen["acc"]) == (best[0], best[1])
+            assert saved["arms"][arm]["target_test_acc"]["per_seed"][s] == chosen["test_acc"]
+        winner = seed["best_on_target_val"]["chosen_by_target_val"]["method"]
+        assert (
+            saved["arms"]["best_on_target_val"]["target_test_acc"]["per_seed"][s]
+            == (seed[winner]["chosen_by_target_val"]["test_acc"])
+        )
     # Deep CORAL's layer for CORAL; DANN's domain classifier reads the pooled features.
     assert aligned == {"dann": "features", "coral": "logits"}
-    assert seed["coral_alignment_loss_first_last"][0] > 0
+
+
+class _Chosen:
+    """A stand-in for `CheckpointChooser` after training: fixed best checkpoints."""
+
+    def __init__(self, target_val, source_val):
+        self.curve = []
+        self.best = {
+            "target_val": {"acc": target_val[0], "epoch": target_val[1], "weights": target_val},
+            "source_val": {"acc": source_val[0], "epoch": source_val[1], "weights": source_val},
+        }
+
+
+class _Model:
+    def set_weights(self, weights):
+        self.kept = weights
+
+
+def test_benchmark_keeps_the_grid_point_and_epoch_best_on_target_validation(monkeypatch):
+    script = load_benchmark("domain_adaptation")
+    # (validation accuracy, epoch) per grid point; the test accuracy of each checkpoint.
+    runs = {
+        (0.1, 0.3): _Chosen((0.70, 3), (0.95, 1)),
+        (0.1, 1.0): _Chosen((0.80, 2), (0.90, 2)),
+        (1.0, 0.3): _Chosen((0.80, 1), (0.99, 4)),  # ties the best: the earlier point wins
+        (1.0, 1.0): _Chosen((0.60, 5), (0.50, 5)),
+    }
+    test_acc = {(0.70, 3): 0.9, (0.80, 2): 0.55, (0.80, 1): 0.99, (0.60, 5): 0.95}
+    test_acc.update({(0.95, 1): 0.1, (0.90, 2): 0.2, (0.99, 4): 0.3, (0.50, 5): 0.4})
+
+    def train(task, arm, setting, data, args, seed, assets):
+        return _Model(), runs[(setting["lr"], setting["weight"])]
+
+    monkeypatch.setattr(script, "train_candidate", train)
+    monkeypatch.setattr(script, "accuracy", lambda model, x, y: test_acc[model.kept])
+    args = script.parse_args(["--lr", "0.1,1", "--dann_weight", "0.3,1"])
+    record, model = script.run_arm("digits_m", "dann", {"test": (None, None)}, args, 0, None)
+    chosen = record["chosen_by_target_val"]
+    assert (chosen["lr"], chosen["weight"], chosen["epoch"], chosen["acc"]) == (0.1, 1.0, 2, 0.8)
+    assert chosen["test_acc"] == 0.55  # not the 0.99 or 0.95 of other points
+    assert model.kept == (0.80, 2)  # the model leaves holding the target-validation choice
+    by_source = record["chosen_by_source_val"]
+    assert (by_source["lr"], by_source["weight"], by_source["epoch"]) == (1.0, 0.3, 4)
+    assert by_source["test_acc"] == 0.3
+
+    # The best method is the target-validation winner of the seed, whatever its test score.
+    results = {
+        "source_only": {"chosen_by_target_val": {"acc": 0.5, "test_acc": 0.9}},
+        "dann": {"chosen_by_target_val": {"acc": 0.7, "test_acc": 0.6}},
+        "coral": {"chosen_by_target_val": {"acc": 0.7, "test_acc": 0.8}},
+    }
+    best = script.best_method(results, ["source_only", "dann", "coral"], "target_val")
+    assert best == {"method": "dann", "acc": 0.7, "test_acc": 0.6}
+
+
+def test_benchmark_needs_two_methods_for_the_best_method_arm():
+    script = load_benchmark("domain_adaptation")
+    with pytest.raises(SystemExit):
+        script.parse_args(["--arms", "dann,best_on_target_val"])
+    args = script.parse_args(["--task", "photo_shift"])
+    assert (args.seeds, args.lr, args.epochs) == (5, [1e-4, 1e-3], 3)

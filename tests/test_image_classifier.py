@@ -884,11 +884,11 @@ def test_target_dir_and_adapt_report_domain_distance_and_target_accuracy(image_f
     assert not math.isnan(history["domain_accuracy"][-1])
     assert results["unfrozen_blocks"] == ["conv_dw_12", "conv_dw_13"]
     assert results["plan"]["restore_best"] is True
-    best = int(np.argmin(history["val_loss"]))
-    assert results["saved_weights"] == {"phase": history["phase"][best], "epoch": best + 1}
-    # The saved (EMA-averaged) weights are those validation scored at that epoch.
+    # Adaptation keeps its last epoch (the source validation loss does not choose it); the
+    # saved (EMA-averaged) weights are those validation scored at that epoch.
+    assert results["saved_weights"] == {"phase": "fine_tune", "epoch": 4}
     assert results["saved_model_val_accuracy"] == pytest.approx(
-        history["val_accuracy"][best], abs=1e-6
+        history["val_accuracy"][-1], abs=1e-6
     )
     # The reported target accuracy is the saved model's on the labelled target images.
     saved = keras.saving.load_model(model_dir / "model.keras")
@@ -896,6 +896,50 @@ def test_target_dir_and_adapt_report_domain_distance_and_target_accuracy(image_f
     predicted = np.argmax(saved.predict(target.labelled.map(lambda x, y: x), verbose=0), axis=1)
     labels = np.concatenate([y for _, y in target.labelled.as_numpy_iterator()])
     assert domain["target_accuracy"] == pytest.approx(float(np.mean(predicted == labels)))
+
+
+class _SourceLossRisesWhileAdapting(keras.callbacks.Callback):
+    """Makes the source validation loss rise during domain adaptation (as it does on a real
+    shift, when the alignment term kicks in) and keeps the classifier's predictions at the
+    end of the adaptation phase, before any later callback acts."""
+
+    def __init__(self, images):
+        super().__init__()
+        self.images, self.predictions = images, None
+
+    def on_epoch_end(self, epoch, logs=None):
+        if isinstance(self.model, kt.DomainAdaptation):
+            logs["val_loss"] = 100.0 + epoch  # runs before early stopping reads it
+
+    def on_train_end(self, logs=None):
+        if isinstance(self.model, kt.DomainAdaptation):
+            self.predictions = self.model.classifier.predict(self.images, verbose=0)
+
+
+def test_adapt_keeps_its_last_epoch_when_the_source_validation_loss_rises(image_folder, tmp_path):
+    from conftest import write_image_folder
+
+    root = image_folder({"a": 8, "b": 8})
+    target_dir = tmp_path / "target"
+    write_image_folder(target_dir, {"a": 4, "b": 4}, size=(40, 40), seed=3)
+    images = np.random.default_rng(0).uniform(0, 255, (6, 32, 32, 3)).astype("float32")
+    watch = _SourceLossRisesWhileAdapting(images)
+    model_dir = tmp_path / "out"
+    config = _config(
+        root,
+        model_dir,
+        validation_split=0.25,
+        fine_tune_epochs=2,
+        target_dir=str(target_dir),
+        adapt="coral",
+        restore_best=True,
+        patience=1,
+    )
+    results = image_classifier_lib.run(config, callbacks=[watch])
+    assert results["history"]["phase"][-2:] == ["fine_tune"] * 2  # no early stop either
+    assert results["saved_weights"] == {"phase": "fine_tune", "epoch": 4}
+    saved = keras.saving.load_model(model_dir / "model.keras")
+    np.testing.assert_allclose(saved.predict(images, verbose=0), watch.predictions, atol=1e-6)
 
 
 def test_adapt_needs_a_target_and_the_two_phase_strategy(tmp_path):

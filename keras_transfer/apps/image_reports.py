@@ -85,7 +85,10 @@ def report(
         "config": config.resolved(image_size),
     }
     last_phase = history.phases[-1] if history.phases else None
-    if config.restore_best and last_phase:
+    if config.adapt and last_phase == training.PHASE_FINE_TUNE:
+        # Domain adaptation keeps its last epoch (`image_training`: no source-loss restore).
+        results["saved_weights"] = {"phase": last_phase, "epoch": int(history.epoch[-1]) + 1}
+    elif config.restore_best and last_phase:
         results["saved_weights"] = _kept_epoch(history, trained.monitor, last_phase)
     output_dir = environment.output_dir
     if data.validation is not None:
@@ -142,7 +145,7 @@ def summary(results: dict[str, Any], config: Config) -> str:
         kept = results.get("saved_weights")
         lines.append(
             f"saved model on {results['num_validation']} validation images"
-            + (f" (weights of epoch {kept['epoch']}, lowest val_loss)" if kept else "")
+            + (f" (weights of epoch {kept['epoch']}, {_kept_rule(config)})" if kept else "")
             + ":"
         )
         lines.append(reports.format_report(report))
@@ -176,6 +179,10 @@ def _test_summary(results: dict[str, Any]) -> list[str]:
         # The per-class table (its totals are on the line above).
         *reports.format_report(test).splitlines()[: len(test["per_class"]) + 1],
     ]
+
+
+def _kept_rule(config: Config) -> str:
+    return "the adaptation phase's last" if config.adapt else "lowest val_loss"
 
 
 def _kept_epoch(history: kt.TwoPhaseHistory, monitor: str, last_phase: str) -> dict[str, Any]:

@@ -299,8 +299,14 @@ def _adapt_to_target(
     callbacks: list[keras.callbacks.Callback],
     history: kt.TwoPhaseHistory,
 ) -> None:
-    """Phase 2 as domain adaptation to `target`, added to `history`."""
+    """Phase 2 as domain adaptation to `target`, added to `history`: it keeps its last
+    epoch. Early stopping and `restore_best` are left out of it: they watch the source
+    validation loss, which rises by design as the alignment term trades source fit for
+    target fit (DANN's reversal weight ramps up), so they would undo the adaptation and keep
+    its first epoch or the head phase's weights. Without target labels the epoch budget is
+    the declared, label-free choice."""
     start = time.perf_counter()
+    callbacks = [c for c in callbacks if not isinstance(c, kt.ValidatedEarlyStopping)]
     adapted, history.unfrozen_blocks = kt.domain.fit_adaptation_phase(
         model,
         data.train,

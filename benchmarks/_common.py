@@ -139,7 +139,10 @@ def mobilenet_features(
 # --- results files: the schema and its one writer ------------------------------------------
 
 SCHEMA_VERSION = 1
-KINDS = ("accuracy", "timing")
+KINDS = ("accuracy", "timing", "ranking")
+# The range of the primary metric per kind with seeds: accuracies are fractions, rank
+# correlations (Kendall's tau of a score against a measured accuracy) lie in [-1, 1].
+METRIC_RANGE = {"accuracy": (0.0, 1.0), "ranking": (-1.0, 1.0)}
 MIN_SEEDS = 3  # seeds behind every accuracy verdict
 MIN_SEEDS_CLOSE = 5  # ... where two compared arms differ by less than CLOSE_MARGIN
 CLOSE_MARGIN = 0.02  # 2 points of a metric in [0, 1]
@@ -300,7 +303,8 @@ def write_results(
 ) -> dict:
     """Writes one results file (atomically) and returns its record.
 
-    `arms` maps each arm to `{metric: [one value per seed (accuracy) or repeat (timing)]}`;
+    `arms` maps each arm to `{metric: [one value per seed (accuracy, ranking) or repeat
+    (timing)]}`;
     each list becomes `summarize(values)`. `seeds` (accuracy) or `repeats` (timing) say what
     the lists run over; `comparisons` lists the arm pairs the verdict compares (default:
     every pair). `details` holds anything else the script measured (curves, settings).
@@ -385,7 +389,7 @@ def _check_selection(record: dict) -> list[str]:
     tuned_on = selection.get("tuned_on")
     if tuned_on is not None and not isinstance(tuned_on, str):
         problems.append(f"selection: tuned_on must be a split name or null, got {tuned_on!r}")
-    if record.get("kind") == "accuracy" and tuned_on == record.get("evaluated_on"):
+    if record.get("kind") in METRIC_RANGE and tuned_on == record.get("evaluated_on"):
         problems.append(
             f"selection: settings were tuned on the {tuned_on!r} split the accuracies are "
             "evaluated on; tune on the validation split and report the test split"
@@ -399,21 +403,22 @@ def _check_selection(record: dict) -> list[str]:
 
 
 def _check_accuracy(record: dict, seeds: list) -> list[str]:
-    """Accuracy verdicts: a test split, enough seeds, and 5 where compared arms are close."""
+    """Accuracy and ranking verdicts: a test split, enough seeds, 5 where compared arms are
+    close, and the primary metric in its range (`METRIC_RANGE`)."""
     problems = []
+    kind = record.get("kind")
+    a_kind = f"an {kind}" if kind == "accuracy" else f"a {kind}"
     splits = record.get("splits") if isinstance(record.get("splits"), dict) else {}
     if record.get("evaluated_on") != "test" or not splits.get("test"):
         problems.append(
-            f"evaluated_on {record.get('evaluated_on')!r} with splits {splits}: an accuracy "
+            f"evaluated_on {record.get('evaluated_on')!r} with splits {splits}: {a_kind} "
             "verdict is measured on a held-out test split (splits['test'] > 0, "
             "evaluated_on='test')"
         )
     if record.get("split_scheme") not in SPLIT_SCHEMES:
         problems.append(f"split_scheme must be one of {SPLIT_SCHEMES}")
     if len(seeds) < MIN_SEEDS:
-        problems.append(
-            f"seeds: {len(seeds)} seed(s); an accuracy verdict needs at least {MIN_SEEDS}"
-        )
+        problems.append(f"seeds: {len(seeds)} seed(s); {a_kind} verdict needs at least {MIN_SEEDS}")
     arms, metric = record.get("arms") or {}, record.get("primary_metric")
     means = {
         arm: metrics[metric]["mean"]
@@ -422,9 +427,14 @@ def _check_accuracy(record: dict, seeds: list) -> list[str]:
         and isinstance(metrics.get(metric), dict)
         and _number(metrics[metric].get("mean"))
     }
+    low, high = METRIC_RANGE[kind]
     for arm, mean in means.items():
-        if not 0.0 <= mean <= 1.0:
-            problems.append(f"arms.{arm}.{metric}: an accuracy metric is a fraction in [0, 1]")
+        if not low <= mean <= high:
+            problems.append(
+                f"arms.{arm}.{metric}: {a_kind} metric lies in [{low:g}, {high:g}]"
+                if kind != "accuracy"
+                else f"arms.{arm}.{metric}: an accuracy metric is a fraction in [0, 1]"
+            )
     for pair in record.get("comparisons") or []:
         if not (isinstance(pair, list) and len(pair) == 2 and all(a in arms for a in pair)):
             problems.append(f"comparisons: {pair!r} is not a pair of arms of this file")
@@ -482,7 +492,7 @@ def validate_results(record) -> list[str]:
     ):
         problems.append(f"splits: {{split name: number of examples}}, got {splits!r}")
     problems += _check_selection(record)
-    if kind == "accuracy":
+    if kind in METRIC_RANGE:
         seeds = record.get("seeds")
         if not (isinstance(seeds, list) and all(isinstance(s, int) for s in seeds)):
             problems.append(f"seeds: a list of integer seeds, got {seeds!r}")

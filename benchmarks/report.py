@@ -83,7 +83,7 @@ def _estimate(summary: dict) -> str:
 
 
 def _runs_over(record: dict) -> str:
-    if record["kind"] == "accuracy":
+    if record["kind"] in _common.METRIC_RANGE:
         return "seeds " + ", ".join(str(s) for s in record["seeds"])
     return f"{record['repeats']} repeats"
 
@@ -149,7 +149,7 @@ def _file_section(name: str, r: dict) -> list[str]:
     if selection.get("pairing"):
         lines.append("- Pairing: " + " ".join(str(selection["pairing"]).split()))
     metrics = list(dict.fromkeys(m for arm in r["arms"].values() for m in arm))
-    noun = "seeds" if r["kind"] == "accuracy" else "repeats"
+    noun = "seeds" if r["kind"] in _common.METRIC_RANGE else "repeats"
     lines += [
         "",
         f"| arm | n {noun} | " + " | ".join(_cell(m) for m in metrics) + " |",

@@ -345,3 +345,43 @@ def test_timing_scripts_arms_pair_each_round_with_its_reference(common, tmp_path
     assert arms["blocks/wrapper"]["ratio_vs_plain"] == [1.5, 1.0]
     assert arms["blocks/multioptimizer"]["ratio_vs_wrapper"] == [2.0, 2.0]
     assert "ratio_vs_plain" not in arms["blocks/plain"]
+
+
+def test_ranking_files_hold_rank_correlations_per_seed_on_a_test_split(common, report, tmp_path):
+    """kind "ranking" (transferability.py): Kendall's tau of a score against test accuracies,
+    per seed. A negative tau is a valid result; the seed minimum and the test split apply."""
+    arms = {
+        "logme": {"kendall_tau": [0.40, 0.45, 0.50]},
+        "depth_baseline": {"kendall_tau": [-0.30, -0.25, -0.20]},
+    }
+    record = accuracy_file(
+        common,
+        tmp_path / "ranking.json",
+        arms,
+        seeds=(0, 1, 2),
+        kind="ranking",
+        benchmark="transferability",
+        primary_metric="kendall_tau",
+    )
+    assert common.validate_results(record) == []
+    assert report.render("transferability", [("r.json", record)]).count("seeds 0, 1, 2") == 1
+    assert "| depth_baseline | 3 | -0.25 ± 0.1242 (n=3) |" in report.render(
+        "transferability", [("r.json", record)]
+    )
+
+    beyond = {"logme": {"kendall_tau": [1.5, 1.5, 1.5]}, "depth_baseline": arms["depth_baseline"]}
+    record = accuracy_file(
+        common, tmp_path / "b.json", beyond, seeds=(0, 1, 2), kind="ranking",
+        primary_metric="kendall_tau",
+    )  # fmt: skip
+    assert common.validate_results(record) == [
+        "arms.logme.kendall_tau: a ranking metric lies in [-1, 1]"
+    ]
+    two = {arm: {"kendall_tau": v["kendall_tau"][:2]} for arm, v in arms.items()}
+    record = accuracy_file(
+        common, tmp_path / "two.json", two, seeds=(0, 1), kind="ranking",
+        primary_metric="kendall_tau", evaluated_on="validation",
+    )  # fmt: skip
+    problems = common.validate_results(record)
+    assert any("2 seed(s); a ranking verdict needs at least 3" in p for p in problems)
+    assert any("held-out test split" in p for p in problems)

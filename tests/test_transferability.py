@@ -1,9 +1,12 @@
 """Transferability scores against references written from the papers' equations."""
 
+import importlib
+
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import load_benchmark
 
 import keras_transfer as kt
 from keras_transfer.diagnostics import transfer_scores as tr
@@ -291,3 +294,77 @@ def test_recipe_block_logme_must_name_the_backbones_blocks():
     assert recipe.feature_block is None
     with pytest.raises(ValueError, match="does not have"):
         kt.recommend_recipe(245, "similar", backbone=backbone, block_logme={"block_3": 0.1})
+
+
+# ---------------------------------------------------------------------------------------
+# benchmarks/transferability.py: its rank correlations, its probe, and the smoke run
+# ---------------------------------------------------------------------------------------
+
+
+def test_benchmark_kendall_tau_b_and_weighted_tau_match_hand_values():
+    script = load_benchmark("transferability")
+    # Pairs (0,1) +, (0,2) +, (1,2) -: (2 - 1) / 3.
+    assert script.kendall_tau_b([1, 2, 3], [1, 3, 2]) == pytest.approx(1 / 3)
+    # A tie in x: S = 2 over sqrt(2 untied x-pairs * 3 untied y-pairs) (scipy: 0.8165).
+    assert script.kendall_tau_b([1, 1, 2], [1, 2, 3]) == pytest.approx(2 / np.sqrt(6))
+    assert script.kendall_tau_b([1, 1, 1], [1, 2, 3]) is None
+    # Weights 1, 1/2, 1/3 by the truth's rank; pair weight w_i + w_j: 3/2, 4/3, 5/6.
+    truth = [0.9, 0.8, 0.7]
+    top_swapped = script.weighted_tau([2, 3, 1], truth)  # (-3/2 + 4/3 + 5/6) / (11/3)
+    bottom_swapped = script.weighted_tau([3, 1, 2], truth)  # (3/2 + 4/3 - 5/6) / (11/3)
+    assert top_swapped == pytest.approx(2 / 11) and bottom_swapped == pytest.approx(6 / 11)
+    # Kendall's tau cannot tell the two swaps apart; the weighted tau counts the top more.
+    assert script.kendall_tau_b([2, 3, 1], truth) == pytest.approx(1 / 3)
+    assert script.kendall_tau_b([3, 1, 2], truth) == pytest.approx(1 / 3)
+    assert script.weighted_tau(truth, truth) == pytest.approx(1.0)
+
+
+def test_benchmark_probe_chooses_its_l2_on_validation_and_reports_test():
+    script = load_benchmark("transferability")
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1], 30)
+    features = rng.normal(size=(60, 3)) + 3.0 * labels[:, None]
+    split = np.tile([0, 0, 1, 2], 15)  # TRAIN, TRAIN, VALIDATION, TEST
+    accuracy, l2 = script.probe_test_accuracy(features, labels, split, l2_grid=(1e-3, 1.0))
+    assert accuracy == 1.0 and l2 == 1.0  # both separate validation: the larger L2 wins
+    flipped = labels.copy()
+    flipped[split == 2] = 1 - flipped[split == 2]  # test labels wrong: only test changes
+    accuracy, l2_again = script.probe_test_accuracy(features, flipped, split, l2_grid=(1e-3, 1.0))
+    assert accuracy == 0.0 and l2_again == l2
+
+
+@pytest.mark.slow
+def test_benchmark_smoke_writes_a_ranking_file_with_every_arm_per_seed(tmp_path):
+    script = load_benchmark("transferability")
+    output = tmp_path / "transferability.json"
+    record = script.main(
+        ["--smoke", "--seeds", "0,1,2", "--output", str(output), "--cache_dir", str(tmp_path)]
+    )
+    common = importlib.import_module("_common")  # on sys.path once the script is loaded
+    assert common.validate_results(record) == [] and record["kind"] == "ranking"
+    assert list(record["arms"]) == [
+        "logme", "hscore_shrinkage", "leep", "depth_baseline", "imagenet_baseline"
+    ]  # fmt: skip
+    tasks = ["colour", "brightness", "orientation"]
+    for arm, metrics in record["arms"].items():
+        for metric in ["kendall_tau", "weighted_tau"] + [f"kendall_tau_{t}" for t in tasks]:
+            assert len(metrics[metric]["per_seed"]) == 3, (arm, metric)
+            assert all(-1.0 <= v <= 1.0 for v in metrics[metric]["per_seed"])
+        mean = np.mean([metrics[f"kendall_tau_{t}"]["per_seed"] for t in tasks], axis=0)
+        assert metrics["kendall_tau"]["per_seed"] == pytest.approx(mean)
+    assert "kendall_tau_heads_only" in record["arms"]["depth_baseline"]
+    assert record["comparisons"][0] == ["logme", "depth_baseline"]
+    candidates = record["details"]["tasks"]["colour"]["candidates"]
+    assert len(candidates) == 17 and candidates["hub@output"]["depth"] == 13
+    checkpoints = {c["checkpoint"] for c in candidates.values()}
+    # The target's own fine-tuned checkpoint is never a candidate for it.
+    assert checkpoints == {
+        "imagenet", "finetuned_on_brightness", "finetuned_on_orientation", "random", "hub"
+    }  # fmt: skip
+    rows = record["details"]["per_seed"]["0"]["colour"]["candidates"]
+    assert rows["random@conv_dw_5"]["leep"] is None and rows["imagenet@conv_dw_5"]["leep"] < 0
+    assert set(record["details"]["verdict"]) == {"logme", "hscore_shrinkage", "leep"}
+    assert sorted(p.name for p in tmp_path.glob("finetuned_*.weights.h5")) == [
+        f"finetuned_{t}_32px_1+1ep_{64 if t == 'orientation' else 32}img.weights.h5"
+        for t in sorted(tasks)
+    ]

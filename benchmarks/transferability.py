@@ -11,7 +11,8 @@ images):
 
 - `hymenoptera`: ants vs bees, every JPEG of `hymenoptera_data` (train/ and val/);
 - `cats_and_dogs`: cats vs dogs, `--per_class` images per class of
-  `cats_and_dogs_filtered/train/` (the lowest `stable_unit(path, 0)`: a fixed subsample);
+  `cats_and_dogs_filtered/train/` (the lowest `stable_unit(path, SUBSAMPLE_SALT)`: a fixed subsample drawn with a salt no
+  split seed uses, so the subsample does not decide the splits);
 - `rotation`: a derived 4-way task, the orientation (0, 90, 180, 270 degrees) of
   `--rotation_images` photos of `cats_and_dogs_filtered/validation/`, each square-cropped
   then rotated (rotation k for the i-th image in stable-hash order: i mod 4, balanced).
@@ -216,8 +217,15 @@ def _jpegs(folder: pathlib.Path) -> list[pathlib.Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg"))
 
 
+# The subsamples' hash salt. It must differ from every split seed: a subsample taken as the
+# lowest stable_unit(key, 0) would all fall in seed 0's test interval [0, test_split).
+SUBSAMPLE_SALT = 1_000_003
+
+
 def _by_hash(paths: list[pathlib.Path], root: pathlib.Path) -> list[pathlib.Path]:
-    return sorted(paths, key=lambda p: splits_lib.stable_unit(p.relative_to(root).as_posix(), 0))
+    return sorted(
+        paths, key=lambda p: splits_lib.stable_unit(p.relative_to(root).as_posix(), SUBSAMPLE_SALT)
+    )
 
 
 def real_tasks(assets: pathlib.Path, size: int, per_class: int, rotation_images: int) -> list:

@@ -50,6 +50,15 @@ def assets_dir(flag: str | None, needs: str) -> pathlib.Path:
     return path
 
 
+def held_out_folder(root: pathlib.Path) -> pathlib.Path:
+    """The dataset's own held-out folder (`val/`, `validation/` or `valid/`, as the package's
+    loader finds them): hymenoptera_data has `val/`, cats_and_dogs_filtered `validation/`."""
+    for name in ("val", "validation", "valid"):
+        if (root / name).is_dir():
+            return root / name
+    sys.exit(f"{root} has no val/, validation/ or valid/ folder to use as the test split.")
+
+
 def output_dir(flag: str | None, name: str) -> pathlib.Path:
     path = pathlib.Path(flag) if flag else REPO_ROOT / "benchmarks" / "results" / name
     path.mkdir(parents=True, exist_ok=True)

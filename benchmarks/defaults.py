@@ -204,7 +204,7 @@ def _data(args) -> tuple[str, pathlib.Path, pathlib.Path, str, list[str]]:
         return "smoke", root / "train", root / "validation", "none", extra
     assets = _common.assets_dir(args.assets, _common.DATASETS[args.dataset])
     root = assets / _common.DATASETS[args.dataset]
-    train_dir, test_dir = root / "train", root / "val"
+    train_dir, test_dir = root / "train", _common.held_out_folder(root)
     per_class = _train_per_class(args)
     if per_class:
         train_dir = _subset(train_dir, per_class, "train")

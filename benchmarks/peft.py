@@ -422,7 +422,7 @@ def _inputs(args) -> tuple[str, list[str]]:
     train_dir, per_class = root / "train", _setting(args, "train_per_class")
     if per_class:
         train_dir = _train_subset(train_dir, per_class)
-    extra = ["--data_dir", str(train_dir), "--test_dir", str(root / "val")]
+    extra = ["--data_dir", str(train_dir), "--test_dir", str(_common.held_out_folder(root))]
     return args.dataset, [*extra, "--weights", str(assets / _common.MOBILENET_WEIGHTS)]
 
 

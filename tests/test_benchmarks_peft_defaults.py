@@ -230,3 +230,16 @@ def test_smoke_run_writes_a_schema_file_apart_from_its_few_seeds(
         assert metrics["test_accuracy"]["per_seed"] and all(
             len(summary["per_seed"]) == seeds for summary in metrics.values()
         )
+
+
+def test_the_test_split_is_the_datasets_own_held_out_folder_whatever_its_name(tmp_path):
+    # cats_and_dogs_filtered names it validation/, hymenoptera_data val/: the verdict run on
+    # cats vs dogs stopped at once when the scripts assumed val/.
+    common = load_benchmark("_common")
+    for name in ("val", "validation", "valid"):
+        root = tmp_path / name / "data"
+        (root / "train").mkdir(parents=True)
+        (root / name).mkdir()
+        assert common.held_out_folder(root) == root / name
+    with pytest.raises(SystemExit, match="no val/, validation/ or valid/"):
+        common.held_out_folder(tmp_path / "val" / "data" / "train")

@@ -232,10 +232,13 @@ def test_smoke_run_writes_a_schema_file_apart_from_its_few_seeds(
         )
 
 
-def test_the_test_split_is_the_datasets_own_held_out_folder_whatever_its_name(tmp_path):
+def test_the_test_split_is_the_datasets_own_held_out_folder_whatever_its_name(
+    tmp_path, monkeypatch
+):
     # cats_and_dogs_filtered names it validation/, hymenoptera_data val/: the verdict run on
     # cats vs dogs stopped at once when the scripts assumed val/.
-    common = load_benchmark("_common")
+    monkeypatch.syspath_prepend(str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
+    common = importlib.import_module("_common")
     for name in ("val", "validation", "valid"):
         root = tmp_path / name / "data"
         (root / "train").mkdir(parents=True)

@@ -50,6 +50,35 @@ def assets_dir(flag: str | None, needs: str) -> pathlib.Path:
     return path
 
 
+# The image files the benchmark subsets link to (the package's loader reads WebP too).
+SUBSET_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
+
+
+def image_subset(folder: pathlib.Path, per_class: int, prefix: str) -> pathlib.Path:
+    """A new temporary folder of symbolic links to `per_class` images of each class of
+    `folder`, the first in a stable hash order of their names (the same subset on every run)."""
+    from keras_transfer.data import splits
+
+    root = pathlib.Path(tempfile.mkdtemp(prefix=prefix))
+    for source in sorted(p for p in folder.iterdir() if p.is_dir()):
+        files = [p for p in source.iterdir() if p.suffix.lower() in SUBSET_EXTENSIONS]
+        files.sort(key=lambda p: (splits.stable_unit(p.name, 0), p.name))
+        (root / source.name).mkdir()
+        for path in files[:per_class]:
+            (root / source.name / path.name).symlink_to(path.resolve())
+    return root
+
+
+def results_path(output: str | None, smoke: bool, name: str) -> pathlib.Path:
+    """`--output` if given; else a smoke run's file in a new temporary folder (never
+    benchmarks/results/), else benchmarks/results/<name>.json."""
+    if output:
+        return pathlib.Path(output)
+    if smoke:
+        return pathlib.Path(tempfile.mkdtemp(prefix=f"{name}_smoke_")) / f"{name}_smoke.json"
+    return REPO_ROOT / "benchmarks" / "results" / f"{name}.json"
+
+
 def held_out_folder(root: pathlib.Path) -> pathlib.Path:
     """The dataset's own held-out folder (`val/`, `validation/` or `valid/`, as the package's
     loader finds them): hymenoptera_data has `val/`, cats_and_dogs_filtered `validation/`."""

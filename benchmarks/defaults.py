@@ -56,7 +56,6 @@ CONFIGS = {
     "fixed": ["--plan=fixed"],
     "advisor": [],
 }
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
 TRAIN_PER_CLASS = {"hymenoptera": 0, "cats_and_dogs": 250}
 VALIDATION_SPLIT = 0.2
 SELECTION = {
@@ -87,21 +86,6 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--extra_flag", action="append", default=[], help="for both configs")
     parser.add_argument("--smoke", action="store_true")
     return parser
-
-
-def _subset(folder: pathlib.Path, per_class: int, prefix: str) -> pathlib.Path:
-    """A folder of symbolic links to `per_class` images of each class of `folder`, the first
-    in a stable hash order of their names (the same subset on every run)."""
-    from keras_transfer.data import splits
-
-    root = pathlib.Path(tempfile.mkdtemp(prefix=f"defaults_{prefix}_"))
-    for source in sorted(p for p in folder.iterdir() if p.is_dir()):
-        files = [p for p in source.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS]
-        files.sort(key=lambda p: (splits.stable_unit(p.name, 0), p.name))
-        (root / source.name).mkdir()
-        for path in files[:per_class]:
-            (root / source.name / path.name).symlink_to(path.resolve())
-    return root
 
 
 def run_config(
@@ -207,9 +191,9 @@ def _data(args) -> tuple[str, pathlib.Path, pathlib.Path, str, list[str]]:
     train_dir, test_dir = root / "train", _common.held_out_folder(root)
     per_class = _train_per_class(args)
     if per_class:
-        train_dir = _subset(train_dir, per_class, "train")
+        train_dir = _common.image_subset(train_dir, per_class, "defaults_train_")
     if args.test_per_class:
-        test_dir = _subset(test_dir, args.test_per_class, "test")
+        test_dir = _common.image_subset(test_dir, args.test_per_class, "defaults_test_")
     weights = str(assets / _common.MOBILENET_WEIGHTS)
     return args.dataset, train_dir, test_dir, weights, extra
 
@@ -237,13 +221,8 @@ def main(argv: list[str] | None = None) -> dict:
                 runs[name].append(run_config(name, seed, train_dir, test_dir, weights, extra, work))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    output = pathlib.Path(
-        args.output
-        or (
-            pathlib.Path(tempfile.mkdtemp(prefix="defaults_smoke_")) / "defaults_smoke.json"
-            if args.smoke
-            else _common.REPO_ROOT / "benchmarks" / "results" / f"defaults_{dataset}.json"
-        )
+    output = _common.results_path(
+        args.output, args.smoke, "defaults" if args.smoke else f"defaults_{dataset}"
     )
     first = next(iter(runs.values()))[0]
     record = _common.write_results(

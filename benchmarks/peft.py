@@ -84,7 +84,6 @@ DEFAULTS = {
 }
 TEXT_FILE = "datasets/sms_spam/SMSSpamCollection.tsv"
 FINE_TUNE_ARMS = ("full", "lora", "full_frozen_depthwise")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
 VALIDATION_SPLIT = 0.2  # images: of train/
 TEXT_VALIDATION_SPLIT, TEXT_TEST_SPLIT = 0.15, 0.2
 SMOKE_DEFAULTS = ["--seeds", "0", "--lr_grid", "1e-4,1e-3"]
@@ -392,21 +391,6 @@ def choose(runs: list[dict]) -> dict:
     return min(runs, key=lambda r: (-r["val_accuracy"], r["val_loss"], r["learning_rate"]))
 
 
-def _train_subset(train_dir: pathlib.Path, per_class: int) -> pathlib.Path:
-    """A folder of symbolic links to `per_class` images of each class of `train_dir`, the
-    first in a stable hash order of their names (the same subset on every run)."""
-    from keras_transfer.data import splits
-
-    root = pathlib.Path(tempfile.mkdtemp(prefix="keras_transfer_peft_subset_"))
-    for folder in sorted(p for p in train_dir.iterdir() if p.is_dir()):
-        files = [p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS]
-        files.sort(key=lambda p: (splits.stable_unit(p.name, 0), p.name))
-        (root / folder.name).mkdir()
-        for path in files[:per_class]:
-            (root / folder.name / path.name).symlink_to(path.resolve())
-    return root
-
-
 def _inputs(args) -> tuple[str, list[str]]:
     """The dataset's name in the results, and the data arguments of every step."""
     if args.smoke:
@@ -421,7 +405,7 @@ def _inputs(args) -> tuple[str, list[str]]:
     root = assets / _common.DATASETS[args.dataset]
     train_dir, per_class = root / "train", _setting(args, "train_per_class")
     if per_class:
-        train_dir = _train_subset(train_dir, per_class)
+        train_dir = _common.image_subset(train_dir, per_class, "keras_transfer_peft_subset_")
     extra = ["--data_dir", str(train_dir), "--test_dir", str(_common.held_out_folder(root))]
     return args.dataset, [*extra, "--weights", str(assets / _common.MOBILENET_WEIGHTS)]
 
@@ -532,13 +516,8 @@ def main(argv=None) -> dict:
             print(f"seed {seed}: test {per_seed[-1]['test']}", flush=True)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    output = pathlib.Path(
-        args.output
-        or (
-            pathlib.Path(tempfile.mkdtemp(prefix="peft_smoke_")) / "peft_smoke.json"
-            if args.smoke
-            else _common.REPO_ROOT / "benchmarks" / "results" / f"peft_{dataset}.json"
-        )
+    output = _common.results_path(
+        args.output, args.smoke, "peft" if args.smoke else f"peft_{dataset}"
     )
     record = write(output, run, args, dataset, seeds, per_seed)
     print(json.dumps(record))

@@ -229,12 +229,8 @@ class Config:
                 "test_dir and test_split are for data_dir: with a TFDS dataset, load it with "
                 "keras_transfer.tfds_dataset(test_split=...) in Python."
             )
-        if not 0 <= self.validation_split < 1:
-            raise config_lib.ConfigError(
-                f"validation_split={self.validation_split!r} (--validation_split): "
-                "validation_split must be in [0, 1): the fraction of images held out."
-            )
-        if self.validation_split + self.test_split >= 1:
+        # validation_split's own range is check_config's (_check_numbers) to report.
+        if 0 <= self.validation_split < 1 and self.validation_split + self.test_split >= 1:
             raise config_lib.ConfigError(
                 f"validation_split={self.validation_split} and test_split={self.test_split} "
                 "leave no training images: their sum must be below 1."

@@ -71,6 +71,7 @@ Writes benchmarks/results/transferability.json (`kind: "ranking"`) through
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import pathlib
 import sys
@@ -576,7 +577,10 @@ def main(argv=None) -> dict:
         split_scheme="repeated_stratified",
         details=details,
     )
-    print(f"verdict: {details['verdict']}\nwrote {path}")
+    print(f"wrote {path}")
+    # The last line, as every benchmark's: the verdict as JSON.
+    summary = {arm: record["arms"][arm]["kendall_tau"]["mean"] for arm in record["arms"]}
+    print(json.dumps({"kendall_tau": summary, "verdict": details["verdict"]}))
     return record
 
 

@@ -57,12 +57,12 @@ SUBSET_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
 def image_subset(folder: pathlib.Path, per_class: int, prefix: str) -> pathlib.Path:
     """A new temporary folder of symbolic links to `per_class` images of each class of
     `folder`, the first in a stable hash order of their names (the same subset on every run)."""
-    from keras_transfer.data import splits
+    from keras_transfer.data import splits as splits_lib
 
     root = pathlib.Path(tempfile.mkdtemp(prefix=prefix))
     for source in sorted(p for p in folder.iterdir() if p.is_dir()):
         files = [p for p in source.iterdir() if p.suffix.lower() in SUBSET_EXTENSIONS]
-        files.sort(key=lambda p: (splits.stable_unit(p.name, 0), p.name))
+        files.sort(key=lambda p: (splits_lib.stable_unit(p.name, 0), p.name))
         (root / source.name).mkdir()
         for path in files[:per_class]:
             (root / source.name / path.name).symlink_to(path.resolve())

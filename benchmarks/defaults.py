@@ -96,8 +96,10 @@ def run_config(
     weights: str,
     extra: list[str],
     work: pathlib.Path,
+    flags: list[str] | None = None,
 ) -> dict:
-    """One run of the program (`name`'s flags, `seed`) in its own process: its results."""
+    """One run of the program (`flags`, default `CONFIGS[name]`; `seed`) in its own process:
+    its results."""
     model_dir = work / f"{name}_{seed}"
     command = [
         sys.executable,
@@ -111,7 +113,7 @@ def run_config(
         f"--weights={weights}",
         "--noresume",
         "--verbose=0",
-        *CONFIGS[name],
+        *(CONFIGS[name] if flags is None else flags),
         *extra,
     ]
     # The package of this checkout, whatever the environment has installed.

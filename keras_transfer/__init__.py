@@ -118,6 +118,14 @@ _EXPORTS = {
     "WarmupCosineDecay": "keras_transfer.optimizers.schedules",
     "WeightsUnavailableError": "keras_transfer.backbones.registry",
     "with_layerwise_lr": "keras_transfer.optimizers.layerwise",
+    "SoftLabelAccuracy": "keras_transfer.heads.losses",
+    "SoftLabelCrossentropy": "keras_transfer.heads.losses",
+    "interpolate_weights": "keras_transfer.training.weight_averaging",
+    "soup": "keras_transfer.training.weight_averaging",
+    "SoupResult": "keras_transfer.training.weight_averaging",
+    "wise_ft": "keras_transfer.training.weight_averaging",
+    "WiseFtResult": "keras_transfer.training.weight_averaging",
+    "ema_momentum_per_step": "keras_transfer.training.weight_averaging",
 }
 
 # Today's `kt.<module>` names (before the subpackages), and where each lives now.
@@ -298,5 +306,13 @@ __all__ = [
     "WarmupCosineDecay",
     "WeightsUnavailableError",
     "with_layerwise_lr",
+    "SoftLabelAccuracy",
+    "SoftLabelCrossentropy",
+    "interpolate_weights",
+    "soup",
+    "SoupResult",
+    "wise_ft",
+    "WiseFtResult",
+    "ema_momentum_per_step",
     "__version__",
 ]

@@ -129,3 +129,26 @@ def test_test_set_settings_are_checked(tmp_path):
         image_config.Config(data_dir="d", test_split=0.2, head_lr=1e-3).resolved(224)["test_split"]
         == 0.2
     )
+
+
+def test_fit_two_phase_snippets_show_the_defaults_the_command_uses():
+    # One set of defaults: the README's and the docs' fit_two_phase snippets, the function's
+    # own defaults and the command's plan="fixed" agree.
+    import inspect
+    import re
+
+    import keras_transfer as kt
+
+    signature = inspect.signature(kt.fit_two_phase).parameters
+    defaults = {name: signature[name].default for name in ("head_epochs", "fine_tune_epochs")}
+    defaults.update(
+        head_lr=signature["head_lr"].default, fine_tune_lr=signature["fine_tune_lr"].default
+    )
+    fixed = image_config.FIXED_DEFAULTS
+    assert {name: fixed[name] for name in defaults} == defaults
+    for path in ("README.md", "docs/index.md", "docs/guide/freezing.md"):
+        text = (REPO_ROOT / path).read_text()
+        snippet = text[text.index("kt.fit_two_phase(") :].split("\n)\n")[0]
+        for name, value in defaults.items():
+            written = re.search(rf"\b{name}=([0-9.e-]+)", snippet)
+            assert written and float(written.group(1)) == value, (path, name)

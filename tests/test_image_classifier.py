@@ -705,12 +705,13 @@ def test_advisor_plans_the_settings_not_given_with_early_stopping_and_resume(
     image_folder, tmp_path
 ):
     root = image_folder({"a": 8, "b": 8})
-    # The advisor fills in everything but fine_tune_epochs and lr_decay; EMA (default) and
-    # per-block learning rates compose with its early stopping, and a kill in fine-tuning
-    # resumes there.
+    # The advisor fills in everything but fine_tune_epochs and lr_decay; EMA and per-block
+    # learning rates compose with its early stopping, and a kill in fine-tuning resumes
+    # there.
     config = _config(
         root,
         tmp_path / "out",
+        ema_momentum=0.5,
         plan="auto",
         head_epochs=None,
         unfreeze_blocks=None,
@@ -862,8 +863,9 @@ def test_target_dir_and_adapt_report_domain_distance_and_target_accuracy(image_f
         target_dir=str(target_dir),
         adapt="dann",
         # The advisor's learning rates and early stopping (the adaptation phase must beat
-        # the head phase's validation loss) with the EMA default.
+        # the head phase's validation loss) with an EMA.
         plan="auto",
+        ema_momentum=0.5,
     )
     results = image_classifier_lib.run(config)
 

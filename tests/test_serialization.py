@@ -281,6 +281,24 @@ def compiled_loss(cls, binary_labels=False, **kwargs):
     return factory
 
 
+def soft_label_accuracy(tmp_path):
+    metric = heads.SoftLabelAccuracy()
+    model = dense_model()
+    model.compile(optimizer="sgd", loss="mse", metrics=[metric])
+    soft = np.array([[0.7, 0.3], [0.2, 0.8], [0.4, 0.6]], "float32")
+    predicted = np.array([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7]], "float32")
+
+    def probe(m):
+        # The reloaded compiled metric is the same class and scores the same batch alike.
+        config = m.get_compile_config()["metrics"][0]
+        restored = keras.metrics.deserialize(config)
+        assert type(restored) is heads.SoftLabelAccuracy
+        restored.update_state(soft, predicted)
+        return restored.result()
+
+    return metric, model, probe
+
+
 def domain_adaptation(tmp_path):
     # A training wrapper (fit_domain_adaptation): its config round-trips; the model users
     # save afterwards is the plain classifier, covered by TransferClassifier above.
@@ -305,6 +323,10 @@ FACTORIES = {
     "BinaryLabelCrossentropy": compiled_loss(
         heads.BinaryLabelCrossentropy, binary_labels=True, from_logits=True
     ),
+    "SoftLabelCrossentropy": compiled_loss(
+        heads.SoftLabelCrossentropy, label_smoothing=0.1, from_logits=True
+    ),
+    "SoftLabelAccuracy": soft_label_accuracy,
     "GradientReversal": gradient_reversal,
     "CoralLoss": compiled_loss(losses.CoralLoss),
     "MMDLoss": compiled_loss(losses.MMDLoss, kernel_multipliers=(0.5, 1.0)),

@@ -131,6 +131,8 @@ def run(
             config, model, data, trained, environment, image_size, class_weight=weights
         )
         results["plan"] = plan
+        if trained.wise_ft is not None:
+            results["wise_ft"] = trained.wise_ft
         if target is not None:
             results["domain"] = domain_report(config, model, data, target, distance_before)
         if config.diagnostics:

@@ -136,7 +136,19 @@ flags.DEFINE_integer("seed", _DEFAULTS.seed, "Random seed (data split, shuffling
 flags.DEFINE_string(
     "augment",
     _DEFAULTS.augment,
-    "Comma-separated training augmentations (flip, rotation, zoom, contrast, translation, crop); empty for none.",
+    "Comma-separated training augmentations (flip, rotation, zoom, contrast, translation, "
+    "crop, randaugment, augmix, and mixup / cutmix, which also mix the labels); empty for none.",
+)
+flags.DEFINE_float(
+    "label_smoothing",
+    _DEFAULTS.label_smoothing,
+    "Label smoothing of the training loss (e.g. 0.1); 0 for none.",
+)
+flags.DEFINE_bool(
+    "wise_ft",
+    _DEFAULTS.wise_ft,
+    "WiSE-FT: after fine-tuning, keep the interpolation between the head phase's and the "
+    "fine-tuned weights (alpha 0, 0.1, ..., 1) with the best validation accuracy.",
 )
 flags.DEFINE_float("dropout", _DEFAULTS.dropout, "Dropout before the output layer.")
 flags.DEFINE_bool(
@@ -202,7 +214,8 @@ flags.DEFINE_float(
     "ema_momentum",
     _DEFAULTS.ema_momentum,
     "Validate and save an exponential moving average of the weights with this momentum "
-    "per step (keras use_ema); 0 turns it off.",
+    "per epoch (converted to keras use_ema's per-step momentum from the batch count); "
+    "0 (the default) turns it off.",
 )
 flags.DEFINE_bool(
     "restore_best",

@@ -14,6 +14,7 @@ from typing import Any
 from keras_transfer import data as data_lib
 from keras_transfer.apps import config as config_lib
 from keras_transfer.data import imbalance
+from keras_transfer.training import two_phase
 from keras_transfer.training.callbacks import GradualUnfreezing
 from keras_transfer.utils import distribute
 
@@ -37,13 +38,14 @@ EXPORT_FORMATS = ("saved_model", "tflite")
 RESOLVED_CONFIG_FILE = "config.json"
 PLANS = ("auto", "fixed")
 ADAPT_METHODS = ("dann", "coral", "mmd")
-# The settings before the advisor (tuned on ants-vs-bees): what `plan="fixed"` fills in.
+# What `plan="fixed"` fills in: `fit_two_phase`'s own defaults (the settings before the
+# advisor), so the command, the API and the README's snippets agree.
 FIXED_DEFAULTS = dict(
-    head_epochs=20,
-    fine_tune_epochs=5,
+    head_epochs=two_phase.DEFAULT_HEAD_EPOCHS,
+    fine_tune_epochs=two_phase.DEFAULT_FINE_TUNE_EPOCHS,
     unfreeze_blocks="all",
-    head_lr=1e-3,
-    fine_tune_lr=2e-5,
+    head_lr=two_phase.DEFAULT_HEAD_LR,
+    fine_tune_lr=two_phase.DEFAULT_FINE_TUNE_LR,
     patience=0,
     restore_best=False,
 )
@@ -100,10 +102,12 @@ class Config:
     lr_schedule: str = "constant"
     warmup_steps: int = 0
     weight_decay: float = 0.0
-    # Validate and save an exponential moving average of the weights (momentum per step;
-    # 0 disables). On ants-vs-bees the last fine-tuning epochs' raw weights swing by 2-3
-    # validation images from one epoch to the next; their average does not.
-    ema_momentum: float = 0.9
+    # Validate and save an exponential moving average of the weights, its momentum stated
+    # per epoch (the older weights' share after one epoch; 0: off). Keras' per-step momentum
+    # is derived from the batch count, so 0.5 averages over about the last two epochs on any
+    # dataset; a per-step 0.9 averaged over a few epochs of a small dataset and over a
+    # fraction of one epoch of a large one. Off by default: a recipe the suite measures.
+    ema_momentum: float = 0.0
     patience: int | None = None  # 0: no early stopping
     # Keep (and save) the weights of each phase's epoch with the lowest validation loss
     # instead of its last epoch's; the fine-tuning phase must beat the head phase's best
@@ -122,6 +126,13 @@ class Config:
     class_weight: str = "none"
     seed: int = 42
     augment: str = "flip,crop"
+    # Label smoothing of the training loss; with it or with mixup/cutmix in augment the
+    # model trains with kt.SoftLabelCrossentropy (class indices and soft labels alike).
+    label_smoothing: float = 0.0
+    # WiSE-FT (kt.wise_ft): after fine-tuning, interpolate between the head phase's weights
+    # and the fine-tuned ones, alpha in 0, 0.1, ..., 1 chosen on validation accuracy
+    # (results.json "wise_ft"). Needs fine_tune=full, top_n_unfrozen blocks and resume.
+    wise_ft: bool = False
     dropout: float = 0.2
     train_bn: bool = False
     strategy: str = "default"
@@ -172,6 +183,21 @@ class Config:
         if not 0 <= self.ema_momentum < 1:
             raise config_lib.ConfigError(
                 f"ema_momentum must lie in [0, 1) (0: off), got {self.ema_momentum}."
+            )
+        if self.wise_ft and (
+            self.fine_tune != "full"
+            or self.resolved_freeze_strategy() != "top_n_unfrozen"
+            or self.adapt
+            or not self.resume
+        ):
+            raise config_lib.ConfigError(
+                "wise_ft interpolates from the head phase's weights, kept in the run's backup: "
+                "it needs fine_tune=full, freeze_strategy top_n_unfrozen (or auto), no adapt, "
+                "and resume."
+            )
+        if not 0 <= self.label_smoothing < 1:
+            raise config_lib.ConfigError(
+                f"label_smoothing must lie in [0, 1) (0: none), got {self.label_smoothing}."
             )
         if self.weight_decay < 0:
             raise config_lib.ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}.")

@@ -74,12 +74,14 @@ class Trained:
         cached_features: whether phase 1 ran on cached backbone features.
         unfrozen_blocks: the blocks trainable at the end.
         monitor: the metric early stopping and `restore_best` watched.
+        wise_ft: with `config.wise_ft`, the alpha kept and each alpha's validation accuracy.
     """
 
     history: kt.TwoPhaseHistory
     cached_features: bool
     unfrozen_blocks: list[str]
     monitor: str
+    wise_ft: dict[str, Any] | None = None
 
 
 class OnTrainingStart(keras.callbacks.Callback):
@@ -148,7 +150,28 @@ def train_model(
         _adapt_to_target(config, model, data, target, plan, adapt_epochs, callbacks, history)
     gradual = config.resolved_freeze_strategy() == "gradual"
     unfrozen = kt.trainable_blocks(model) if gradual else history.unfrozen_blocks
-    return Trained(history, cached, unfrozen, monitor)
+    wise = _wise_ft(model, data, common["backup_dir"]) if config.wise_ft else None
+    return Trained(history, cached, unfrozen, monitor, wise)
+
+
+def _wise_ft(
+    model: keras.Model, data: data_lib.ImageData, backup: str | None
+) -> dict[str, Any] | None:
+    """WiSE-FT after fine-tuning: the interpolation between the head phase's weights (kept
+    in the backup) and the fine-tuned ones whose validation accuracy is best."""
+    head_weights = os.path.join(backup or "", two_phase_state.HEAD_WEIGHTS_FILE)
+    if backup is None or not os.path.exists(head_weights):
+        logger.warning("wise_ft: no head-phase weights in the backup; the fine-tuned weights stay.")
+        return None
+    if data.validation is None:
+        raise ValueError(
+            "wise_ft chooses its alpha on the validation split: set validation_split > 0."
+        )
+    chosen = kt.wise_ft(model, head_weights, data.validation)
+    return {
+        "alpha": chosen.alpha,
+        "val_accuracy_by_alpha": {f"{a:.2f}": round(v, 6) for a, v in chosen.scores.items()},
+    }
 
 
 def backup_dir(config: Config, environment: Environment) -> str | None:
@@ -263,6 +286,18 @@ def _fit_arguments(
         lora_alpha=config.lora_alpha or None,
         verbose=min(config.verbose, 2),
         class_weight=class_weight,
+        **loss_arguments(config),
+    )
+
+
+def loss_arguments(config: Config) -> dict[str, Any]:
+    """`fit_two_phase`'s `loss` and `metrics` for label smoothing or label-mixing
+    augmentations (soft training labels); empty (the head's defaults) otherwise."""
+    if not config.label_smoothing and not data_lib.uses_label_mixing(config.augment):
+        return {}
+    return dict(
+        loss=kt.SoftLabelCrossentropy(label_smoothing=config.label_smoothing),
+        metrics=[kt.SoftLabelAccuracy(name="accuracy")],
     )
 
 
@@ -318,9 +353,7 @@ def _adapt_to_target(
         train_bn=config.train_bn,
         backbone_lr=plan["fine_tune_lr"],
         head_lr=plan["head_lr"],
-        optimizer_kwargs=dict(
-            use_ema=bool(config.ema_momentum), ema_momentum=config.ema_momentum or 0.99
-        ),
+        optimizer_kwargs=ema_arguments(config, math.ceil(data.num_train / config.batch_size)),
         callbacks=callbacks,
         # Numbered on from the head phase's last epoch, also when it stopped early.
         initial_epoch=history.epoch[-1] + 1 if history.epoch else 0,
@@ -403,7 +436,7 @@ def _optimizer_factory(config: Config, epochs: int, steps_per_epoch: int):
             rate = schedules.SlantedTriangular(learning_rate, total_steps=total_steps)
         elif config.lr_schedule == "one_cycle":
             rate = schedules.OneCycle(learning_rate, total_steps=total_steps)
-        ema = dict(use_ema=bool(config.ema_momentum), ema_momentum=config.ema_momentum or 0.99)
+        ema = ema_arguments(config, steps_per_epoch)
         if config.weight_decay:
             return keras.optimizers.AdamW(
                 learning_rate=rate, weight_decay=config.weight_decay, **ema
@@ -411,3 +444,14 @@ def _optimizer_factory(config: Config, epochs: int, steps_per_epoch: int):
         return keras.optimizers.Adam(learning_rate=rate, **ema)
 
     return make
+
+
+def ema_arguments(config: Config, steps_per_epoch: int) -> dict[str, Any]:
+    """Keras optimizer arguments for `config.ema_momentum`, a momentum per *epoch*: Keras'
+    `ema_momentum` acts per step, so it is converted over this phase's steps per epoch
+    (`kt.ema_momentum_per_step`) and averages over the same number of epochs whatever the
+    dataset's size."""
+    if not config.ema_momentum:
+        return dict(use_ema=False)
+    per_step = kt.ema_momentum_per_step(config.ema_momentum, max(steps_per_epoch, 1))
+    return dict(use_ema=True, ema_momentum=per_step)

@@ -54,7 +54,9 @@ from keras_transfer.data.pipeline import PipelineOptions
 from keras_transfer.data.pipeline import augmentation_names
 from keras_transfer.data.pipeline import augmentation_pipeline
 from keras_transfer.data.pipeline import decoded_dataset
+from keras_transfer.data.pipeline import label_mixing
 from keras_transfer.data.pipeline import pipeline_options
+from keras_transfer.data.pipeline import uses_label_mixing
 from keras_transfer.data.splits import assign_splits
 from keras_transfer.data.splits import stable_unit
 from keras_transfer.data.tfds_loader import tfds_dataset
@@ -89,6 +91,8 @@ __all__ = [
     "PipelineOptions",
     "augmentation_names",
     "augmentation_pipeline",
+    "label_mixing",
+    "uses_label_mixing",
     "decoded_dataset",
     "pipeline_options",
     "TEST_DIR_NAMES",

@@ -77,7 +77,10 @@ def image_folder_dataset(
         seed: seed of the splits and the shuffling.
         augment: `True` for flip/rotation/zoom, a list or comma-separated string of
             augmentation names (`flip`, `rotation`, `zoom`, `contrast`, `translation`,
-            `crop`: a random instead of the central crop), or a Keras layer; training only.
+            `crop`: a random instead of the central crop, `randaugment`, `augmix`, and
+            `mixup` / `cutmix`, which also mix the labels: the training labels are then
+            soft vectors, for `heads.SoftLabelCrossentropy`), or a Keras layer; training
+            only.
         shuffle: shuffle the training set every epoch.
         cache: keep decoded, resized images in memory (`True`), in files with this prefix
             (a string), or decode every epoch (`False`).
@@ -151,6 +154,7 @@ def _image_data(
     files: DatasetFiles, class_counts: np.ndarray, options: PipelineOptions, directory: str
 ) -> ImageData:
     """The training, unaugmented training, validation and test datasets of `files`."""
+    options = dataclasses.replace(options, num_classes=len(files.class_names))
     paths, labels = files.train_paths, files.train_labels
     train = options.build(decoded_dataset(paths, labels, options), training=True, split="train")
     # Lazy: its images are decoded (and cached) only if it is iterated.

@@ -27,7 +27,9 @@ __all__ = [
     "augmentation_names",
     "augmentation_pipeline",
     "decoded_dataset",
+    "label_mixing",
     "pipeline_options",
+    "uses_label_mixing",
 ]
 
 _AUGMENTATIONS = {
@@ -36,6 +38,18 @@ _AUGMENTATIONS = {
     "zoom": lambda seed: keras.layers.RandomZoom(0.1, seed=seed),
     "contrast": lambda seed: keras.layers.RandomContrast(0.1, seed=seed),
     "translation": lambda seed: keras.layers.RandomTranslation(0.1, 0.1, seed=seed),
+    # Cubuk et al. 2020 (arXiv:1909.13719): 2 random operations of magnitude 0.5 per image.
+    "randaugment": lambda seed: keras.layers.RandAugment(value_range=(0, 255), seed=seed),
+    # Hendrycks et al. 2020 (arXiv:1912.02781): the image side (Keras has no JSD loss).
+    "augmix": lambda seed: keras.layers.AugMix(value_range=(0, 255), seed=seed),
+}
+# Augmentations that mix two images and their labels: the training labels become soft
+# vectors (train with `heads.SoftLabelCrossentropy`); both given: one of them per batch.
+_LABEL_MIXING = {
+    # Zhang et al. 2018 (arXiv:1710.09412), alpha 0.2 as in their ImageNet runs.
+    "mixup": lambda seed: keras.layers.MixUp(alpha=0.2, seed=seed),
+    # Yun et al. 2019 (arXiv:1905.04899), Beta(1, 1) box sizes.
+    "cutmix": lambda seed: keras.layers.CutMix(factor=1.0, seed=seed),
 }
 
 
@@ -44,8 +58,9 @@ def augmentation_pipeline(
 ) -> keras.layers.Layer | None:
     """A `keras.layers.Pipeline` from `True` (the guide's set), names, or a ready layer.
 
-    Names: `flip`, `rotation`, `zoom`, `contrast`, `translation`. (`crop`, a random crop
-    instead of the central one, is handled by the loaders, which keep the uncropped image.)
+    Names: `flip`, `rotation`, `zoom`, `contrast`, `translation`, `randaugment`, `augmix`.
+    (`crop`, a random crop instead of the central one, is handled by the loaders, which keep
+    the uncropped image; `mixup` and `cutmix` mix labels too: `label_mixing`.)
     """
     if augment is None or augment is False:
         return None
@@ -54,16 +69,49 @@ def augmentation_pipeline(
     augment = augmentation_names(augment)
     layers = []
     for name in augment:
-        if name == "crop":
+        if name == "crop" or name in _LABEL_MIXING:
             continue
         if name in _AUGMENTATIONS:
             layers.append(_AUGMENTATIONS[name](seed))
         else:
             raise ValueError(
-                f"Unknown augmentation {name!r}. Choose from {sorted([*_AUGMENTATIONS, 'crop'])}, "
+                f"Unknown augmentation {name!r}. Choose from "
+                f"{sorted([*_AUGMENTATIONS, *_LABEL_MIXING, 'crop'])}, "
                 "or pass a keras layer."
             )
     return keras.layers.Pipeline(layers, name="augmentation") if layers else None
+
+
+def uses_label_mixing(augment: Any) -> bool:
+    """Whether `augment` names `mixup` or `cutmix` (its training labels are then soft)."""
+    return any(name in _LABEL_MIXING for name in augmentation_names(augment))
+
+
+def label_mixing(augment: Any, num_classes: int, seed: int | None = None):
+    """A function `(float images, int labels) -> (images, soft labels)` applying the `mixup`
+    / `cutmix` of `augment` to a batch (one of them per batch when both are named), or
+    `None` when it names neither."""
+    layers = [
+        _LABEL_MIXING[name](seed) for name in augmentation_names(augment) if name in _LABEL_MIXING
+    ]
+    if not layers:
+        return None
+    if not num_classes or num_classes < 2:
+        raise ValueError(f"mixup/cutmix need the number of classes (>= 2), got {num_classes!r}.")
+
+    def mix(images, labels):
+        batch = {"images": images, "labels": tf.one_hot(tf.reshape(labels, [-1]), num_classes)}
+        if len(layers) == 1:
+            mixed = layers[0](batch, training=True)
+        else:
+            mixed = tf.cond(
+                tf.random.uniform((), seed=seed) < 0.5,
+                lambda: layers[0](batch, training=True),
+                lambda: layers[1](batch, training=True),
+            )
+        return mixed["images"], mixed["labels"]
+
+    return mix
 
 
 def augmentation_names(augment: Any) -> list[str]:
@@ -90,6 +138,8 @@ class PipelineOptions:
     seed: int | None = None
     cache: bool | str = True
     drop_remainder: bool = False
+    # Needed by the label-mixing augmentations (`mixup`, `cutmix`); the loaders set it.
+    num_classes: int | None = None
 
     @property
     def load_size(self) -> tuple[int, int]:
@@ -126,6 +176,9 @@ class PipelineOptions:
                 lambda images, labels: (tf.cast(images, tf.float32), labels),
                 num_parallel_calls=tf.data.AUTOTUNE,
             )
+        mix = label_mixing(self.augment, self.num_classes, self.seed) if training else None
+        if mix is not None:
+            dataset = dataset.map(mix, num_parallel_calls=tf.data.AUTOTUNE)
         return dataset.prefetch(tf.data.AUTOTUNE)
 
     def _central_crop(self, image):

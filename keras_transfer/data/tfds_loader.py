@@ -98,6 +98,8 @@ def _image_data(
     label_key: str,
 ) -> ImageData:
     """The `ImageData` of the loaded `datasets` (role -> dataset; `named`: role -> split)."""
+    class_names = _class_names(info, label_key)
+    options = dataclasses.replace(options, num_classes=len(class_names))
     to_pair = _example_to_pair(image_key, label_key, options)
 
     def prepared(split, options=options):
@@ -111,7 +113,7 @@ def _image_data(
     return ImageData(
         train=_prepare(datasets["train"], to_pair, options, "train", training=True),
         validation=prepared("validation"),
-        class_names=_class_names(info, label_key),
+        class_names=class_names,
         num_train=count("train"),
         num_validation=count("validation"),
         image_size=options.image_size,

@@ -13,6 +13,8 @@ from keras_transfer.heads.classification import resolve_loss_and_metrics
 from keras_transfer.heads.classifier import TransferClassifier
 from keras_transfer.heads.classifier import create_classifier
 from keras_transfer.heads.losses import BinaryLabelCrossentropy
+from keras_transfer.heads.losses import SoftLabelAccuracy
+from keras_transfer.heads.losses import SoftLabelCrossentropy
 from keras_transfer.heads.multi_task import HEAD_NAME
 from keras_transfer.heads.multi_task import RESERVED_HEAD_NAMES
 from keras_transfer.heads.multi_task import MultiTaskHead
@@ -25,6 +27,8 @@ __all__ = [
     "losses",
     "multi_task",
     "BinaryLabelCrossentropy",
+    "SoftLabelAccuracy",
+    "SoftLabelCrossentropy",
     "ClassificationHead",
     "HEAD_ARGS",
     "HEAD_NAME",

@@ -1,7 +1,9 @@
-"""Losses that heads compile with by default.
+"""Losses that heads compile with, and the soft-label loss and accuracy of the recipes.
 
 `BinaryLabelCrossentropy` is the binary cross-entropy of `task="binary"` and `"multilabel"`
 heads: it refuses labels other than 0 and 1 instead of training towards them.
+`SoftLabelCrossentropy` and `SoftLabelAccuracy` take class indices (validation, test) and
+soft label vectors (MixUp / CutMix training batches) alike, with label smoothing.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-__all__ = ["BinaryLabelCrossentropy"]
+__all__ = ["BinaryLabelCrossentropy", "SoftLabelAccuracy", "SoftLabelCrossentropy"]
 
 _BINARY_LABELS_MESSAGE = (
     "Labels of a binary or multilabel (sigmoid) head must be 0 or 1. For class indices "
@@ -52,3 +54,77 @@ class BinaryLabelCrossentropy(keras.losses.BinaryCrossentropy):
         with tf.control_dependencies([check]):
             y_true = tf.identity(y_true)
         return super().call(y_true, y_pred)
+
+
+def _label_vectors(y_true, y_pred):
+    """Soft label vectors for `y_true`: class indices (shape `(batch,)` or `(batch, 1)`) are
+    one-hot encoded; vectors as wide as `y_pred`'s class axis pass through."""
+    num_classes = y_pred.shape[-1]
+    if len(y_true.shape) == len(y_pred.shape) and y_true.shape[-1] == num_classes != 1:
+        return tf.cast(y_true, y_pred.dtype)
+    indices = tf.cast(tf.reshape(y_true, [-1]), tf.int32)
+    return tf.one_hot(indices, num_classes, dtype=y_pred.dtype)
+
+
+@keras.saving.register_keras_serializable(package="keras_transfer")
+class SoftLabelCrossentropy(keras.losses.CategoricalCrossentropy):
+    """Categorical cross-entropy on class indices or soft label vectors, with label smoothing.
+
+    Keras' `SparseCategoricalCrossentropy` takes indices but no label smoothing and no mixed
+    labels; `CategoricalCrossentropy` takes only vectors. MixUp and CutMix (`augment=
+    "mixup"`, `"cutmix"`) give the training batches soft vectors while validation and test
+    keep class indices, so one compiled loss must take both: indices are one-hot encoded,
+    then `label_smoothing` (Szegedy et al. 2016, arXiv:1512.00567) moves that much of each
+    label's mass to the uniform distribution.
+
+    Args:
+        label_smoothing: in [0, 1); 0.1 is the usual value.
+        **kwargs: `keras.losses.CategoricalCrossentropy` arguments (`from_logits`, `axis`,
+            `reduction`, `name`, `dtype`).
+
+    Example:
+
+    ```python
+    loss = SoftLabelCrossentropy(label_smoothing=0.1)
+    float(loss(np.array([1]), np.array([[0.5, 0.5]])))  # -> 0.693: ln 2
+    ```
+    """
+
+    def __init__(self, label_smoothing: float = 0.0, **kwargs):
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must lie in [0, 1), got {label_smoothing}.")
+        super().__init__(label_smoothing=label_smoothing, **kwargs)
+
+    def call(self, y_true, y_pred):
+        return super().call(_label_vectors(y_true, y_pred), y_pred)
+
+
+@keras.saving.register_keras_serializable(package="keras_transfer")
+class SoftLabelAccuracy(keras.metrics.MeanMetricWrapper):
+    """Accuracy on class indices or soft label vectors (the most likely class of each).
+
+    Validation and test batches keep class indices while MixUp/CutMix training batches
+    carry soft vectors; compiled with `SoftLabelCrossentropy`, this metric reads both.
+
+    Args:
+        name, dtype: as for any Keras metric (default name `"accuracy"`).
+
+    Example:
+
+    ```python
+    metric = SoftLabelAccuracy()
+    metric.update_state(np.array([[0.7, 0.3], [0.2, 0.8]]), np.array([[0.9, 0.1], [0.6, 0.4]]))
+    float(metric.result())  # -> 0.5
+    ```
+    """
+
+    def __init__(self, name: str = "accuracy", dtype=None):
+        super().__init__(_soft_label_accuracy, name=name, dtype=dtype)
+
+    def get_config(self):
+        return {"name": self.name, "dtype": self.dtype}
+
+
+def _soft_label_accuracy(y_true, y_pred):
+    labels = tf.argmax(_label_vectors(y_true, y_pred), axis=-1)
+    return tf.cast(tf.equal(labels, tf.argmax(y_pred, axis=-1)), tf.float32)

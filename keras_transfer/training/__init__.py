@@ -2,7 +2,8 @@
 `two_phase_state`), the feature cache (`extraction`, its on-disk `feature_writer`, and the
 head trained on cached features in `features`), every Keras callback of the package
 (`callbacks`: unfreezing, BatchNormalization recalibration, early stopping, guards, backups,
-TensorBoard logging) and the learning-rate finder.
+TensorBoard logging), the learning-rate finder and weight averaging after fine-tuning
+(`weight_averaging`: WiSE-FT, model soups, a per-epoch EMA momentum).
 """
 
 from keras_transfer.training import callbacks
@@ -12,6 +13,7 @@ from keras_transfer.training import features
 from keras_transfer.training import lr_finder
 from keras_transfer.training import two_phase
 from keras_transfer.training import two_phase_state
+from keras_transfer.training import weight_averaging
 from keras_transfer.training.callbacks import AtomicBackupAndRestore
 from keras_transfer.training.callbacks import BackupUnreadableError
 from keras_transfer.training.callbacks import BatchNormRecalibration
@@ -49,6 +51,12 @@ from keras_transfer.training.two_phase_state import STATE_FILE
 from keras_transfer.training.two_phase_state import EpochRecorder
 from keras_transfer.training.two_phase_state import RunState
 from keras_transfer.training.two_phase_state import TwoPhaseHistory
+from keras_transfer.training.weight_averaging import SoupResult
+from keras_transfer.training.weight_averaging import WiseFtResult
+from keras_transfer.training.weight_averaging import ema_momentum_per_step
+from keras_transfer.training.weight_averaging import interpolate_weights
+from keras_transfer.training.weight_averaging import soup
+from keras_transfer.training.weight_averaging import wise_ft
 
 __all__ = [
     "callbacks",
@@ -58,6 +66,7 @@ __all__ = [
     "features",
     "two_phase",
     "two_phase_state",
+    "weight_averaging",
     "BatchNormRecalibration",
     "GradualUnfreezing",
     "ValidatedEarlyStopping",
@@ -95,4 +104,10 @@ __all__ = [
     "EpochRecorder",
     "RunState",
     "TwoPhaseHistory",
+    "SoupResult",
+    "WiseFtResult",
+    "ema_momentum_per_step",
+    "interpolate_weights",
+    "soup",
+    "wise_ft",
 ]

@@ -75,6 +75,10 @@ from keras_transfer.utils import distribute
 from keras_transfer.utils import fit_arguments
 
 __all__ = [
+    "DEFAULT_FINE_TUNE_EPOCHS",
+    "DEFAULT_FINE_TUNE_LR",
+    "DEFAULT_HEAD_EPOCHS",
+    "DEFAULT_HEAD_LR",
     "PHASE_FINE_TUNE",
     "PHASE_HEAD",
     "check_initial_epoch",
@@ -83,6 +87,13 @@ __all__ = [
 ]
 
 logger = logging.getLogger("keras_transfer")
+
+# The defaults of `fit_two_phase`, which the command's `plan="fixed"` and the README's
+# snippets use too (one set of defaults everywhere).
+DEFAULT_HEAD_EPOCHS = 20
+DEFAULT_FINE_TUNE_EPOCHS = 5
+DEFAULT_HEAD_LR = 1e-3
+DEFAULT_FINE_TUNE_LR = 2e-5
 
 # `fit` arguments that count image batches: meaningless for a phase on cached features.
 IMAGE_BATCH_COUNTS = ("steps_per_epoch", "validation_steps")
@@ -93,10 +104,10 @@ def fit_two_phase(
     train_data: Any,
     validation_data: Any = None,
     *,
-    head_epochs: int = 5,
-    fine_tune_epochs: int = 5,
-    head_lr: float = 1e-3,
-    fine_tune_lr: float | None = None,
+    head_epochs: int = DEFAULT_HEAD_EPOCHS,
+    fine_tune_epochs: int = DEFAULT_FINE_TUNE_EPOCHS,
+    head_lr: float = DEFAULT_HEAD_LR,
+    fine_tune_lr: float | None = DEFAULT_FINE_TUNE_LR,
     unfreeze: int | str = "all",
     train_bn: bool = False,
     optimizer: str | type | optimizers.OptimizerFactory = "adam",
@@ -128,7 +139,8 @@ def fit_two_phase(
             backbone (then give `loss` and `metrics`).
         train_data, validation_data: what `model.fit` takes as `x` and `validation_data`.
         head_epochs, fine_tune_epochs: epochs of phase 1 and of phase 2 (0 skips it).
-        head_lr, fine_tune_lr: learning rates of phases 1 and 2 (default `head_lr / 10`).
+        head_lr, fine_tune_lr: learning rates of phases 1 and 2 (`fine_tune_lr=None`:
+            `head_lr / 10`).
         unfreeze: blocks to fine-tune: a count from the output side, a block name to
             unfreeze from, a fraction in (0, 1), or `"all"`.
         train_bn: make BatchNormalization layers trainable (fastai's `train_bn`).

@@ -338,8 +338,8 @@ class RunState:
         self._save()
         for phase in (PHASE_HEAD, PHASE_FINE_TUNE):
             shutil.rmtree(self.phase_dir(phase), ignore_errors=True)
-        if os.path.exists(self.head_weights_path):
-            os.remove(self.head_weights_path)
+        # The end-of-phase-1 weights stay until `delete_backup`: a caller that keeps the
+        # backup may start from them (WiSE-FT interpolates from them to the final weights).
 
     def restore_final_values(self, model: keras.Model) -> None:
         """Sets the model's variables to the final values `finish` kept; the model must be

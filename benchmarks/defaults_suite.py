@@ -1,0 +1,345 @@
+"""The training defaults and each recipe on a suite of image tasks, and an advisor chosen
+leave-one-task-out; test accuracy on a test split nothing chose.
+
+Every run is `examples/image_classifier.py` (the program of `keras-transfer train`, this
+checkout) in its own process, MobileNet V1 with the real ImageNet weights, 224 px unless the
+task says otherwise, on the task's training folder (20% of each class held out as the
+validation split by a stable hash of the seed and the path) and its test folder (evaluated
+once, after training: results.json "test").
+
+Tasks (built from ../shared/assets, no downloads; a task's test images are never among its
+training images):
+
+- `ants_bees`: hymenoptera train/ (about 120 images per class); test: its val/ folder.
+- `cats_dogs_{10,50,200,1000}`: that many images per class of cats_and_dogs train/ (a stable
+  hash order); test: the first half of its validation/ folder (`assign_splits`, seed 0).
+- `cats_dogs_96px`: 200 per class at `--image_size=96`; the same test half.
+- `photo_shift`: 200 per class through the "night camera" shift (grayscale, inverted, half
+  contrast, noise; benchmarks/domain_adaptation.py), trained and tested on shifted photos.
+- `digits`: scikit-learn's 8x8 digits (`pip install .[bench]`) as 32x32 PNGs, 10 classes,
+  2/3 of each class for training (about 120 per class) and 1/3 for test, at 96 px.
+
+Arms: `fixed` (`--plan=fixed`), `advisor_rules` (the package's `plan=auto` rules), and each
+recipe alone on top of `fixed` (`RECIPES`). `advisor` is not a run: for each task it is the
+arm whose mean test-accuracy gain over `fixed` on the *other* tasks is largest (ties: fixed),
+measured on that task (leave-one-task-out: a task's own test split never chooses its plan).
+
+    python benchmarks/defaults_suite.py --seeds 0,1,2                 # every task and arm
+    python benchmarks/defaults_suite.py --tasks ants_bees,cats_dogs_10 --seeds 0,1,2
+    python benchmarks/defaults_suite.py --smoke                       # minutes, synthetic
+
+Each finished run is appended to `--runs_file` (default
+benchmarks/results/partial/defaults_suite_runs.jsonl) and skipped when the script runs
+again with the same task, arm, seed and commit, so the suite can be run in parts. The results
+file (benchmarks/results/defaults_suite.json) is written when every requested run is done;
+its last printed line is `{"tasks": {task: {"fixed", "advisor", "advisor_rules",
+"recipes": {...}}}, "mean_gain_vs_fixed", "worst_gain_vs_fixed", "advisor_choice"}` with
+each accuracy as `{mean, ci95, per_seed}`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import statistics
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import _common  # noqa: E402
+import defaults  # noqa: E402
+
+RECIPES = {
+    "label_smoothing": ["--label_smoothing=0.1"],
+    "randaugment": ["--augment=flip,crop,randaugment"],
+    "augmix": ["--augment=flip,crop,augmix"],
+    "mixup": ["--augment=flip,crop,mixup"],
+    "cutmix": ["--augment=flip,crop,cutmix"],
+    "ema": ["--ema_momentum=0.5"],
+    "wise_ft": ["--wise_ft", "--resume"],
+    "cosine": ["--lr_schedule=cosine", "--warmup_steps=10"],
+    "early_stopping": ["--patience=5", "--restore_best"],
+}
+ARMS = {"fixed": ["--plan=fixed"], "advisor_rules": [], **{
+    name: ["--plan=fixed", *flags] for name, flags in RECIPES.items()
+}}  # fmt: skip
+CATS_DOGS_SIZES = (10, 50, 200, 1000)
+_PARTS = ("train", "validation", "test")
+TASKS = (
+    "ants_bees",
+    *(f"cats_dogs_{n}" for n in CATS_DOGS_SIZES),
+    "cats_dogs_96px",
+    "photo_shift",
+    "digits",
+)
+SELECTION = {
+    "tuned": (
+        "fixed: nothing tuned (--plan=fixed). advisor_rules: the package's plan=auto rules "
+        "(training split size, per-block LogME on training images; early stopping and kept "
+        "weights on the validation loss). Recipes: fixed plus one setting each, nothing "
+        "tuned, except wise_ft (alpha on validation accuracy). advisor: for each task, the "
+        "arm with the largest mean test-accuracy gain over fixed on the other tasks (ties: "
+        "fixed); the task's own test split chooses nothing. Validation: 20% of each class of "
+        "the task's training folder by a stable hash of the seed and the path."
+    ),
+    "tuned_on": "validation",
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tasks", default=",".join(TASKS))
+    parser.add_argument("--arms", default=",".join(ARMS))
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated")
+    parser.add_argument("--assets", default=None)
+    parser.add_argument("--output", default=None, help="results JSON path")
+    parser.add_argument("--runs_file", default=None, help="JSON lines of finished runs")
+    parser.add_argument("--smoke", action="store_true")
+    return parser
+
+
+def build_task(name: str, assets: pathlib.Path | None, work: pathlib.Path) -> dict:
+    """`{train_dir, test_dir, flags}` of task `name` (synthetic folders with `assets=None`)."""
+    if assets is None:
+        root = _common.smoke_image_folder()
+        return {"train_dir": root / "train", "test_dir": root / "validation", "flags": []}
+    cats = assets / _common.DATASETS["cats_and_dogs"]
+    if name == "ants_bees":
+        root = assets / _common.DATASETS["hymenoptera"]
+        return {"train_dir": root / "train", "test_dir": root / "val", "flags": []}
+    if name.startswith("cats_dogs_") and name.removeprefix("cats_dogs_").isdigit():
+        per_class = int(name.removeprefix("cats_dogs_"))
+        train = _common.image_subset(cats / "train", per_class, f"suite_{name}_")
+        return {"train_dir": train, "test_dir": _test_half(cats, work), "flags": []}
+    if name == "cats_dogs_96px":
+        train = _common.image_subset(cats / "train", 200, "suite_96px_")
+        flags = ["--image_size=96"]
+        return {"train_dir": train, "test_dir": _test_half(cats, work), "flags": flags}
+    if name == "photo_shift":
+        return _photo_shift(cats, work)
+    if name == "digits":
+        return _digits(work)
+    raise SystemExit(f"Unknown task {name!r}; choose from {', '.join(TASKS)}.")
+
+
+def _test_half(cats: pathlib.Path, work: pathlib.Path) -> pathlib.Path:
+    """Links to the test half of cats_and_dogs validation/ (`assign_splits`, seed 0)."""
+    folder = work / "cats_dogs_test"
+    if folder.exists():
+        return folder
+    keys, paths, labels = _listing(cats / "validation")
+    from keras_transfer.data import splits as splits_lib
+
+    split = splits_lib.assign_splits(keys, labels, test_split=0.5, seed=0)
+    for key, path, unit in zip(keys, paths, split):
+        if unit == splits_lib.TEST:
+            (folder / key).parent.mkdir(parents=True, exist_ok=True)
+            (folder / key).symlink_to(path.resolve())
+    return folder
+
+
+def _listing(root: pathlib.Path):
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    paths = [p for c in classes for p in sorted((root / c).iterdir())]
+    paths = [p for p in paths if p.suffix.lower() in _common.SUBSET_EXTENSIONS]
+    return (
+        [f"{p.parent.name}/{p.name}" for p in paths],
+        paths,
+        [classes.index(p.parent.name) for p in paths],
+    )
+
+
+def _write_images(folder: pathlib.Path, images, labels, names) -> None:
+    import numpy as np
+    import tensorflow as tf
+
+    for i, (image, label) in enumerate(zip(images, labels)):
+        target = folder / names[label] / f"{i:05d}.png"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        pixels = tf.constant(np.clip(image, 0, 255).astype("uint8"))
+        target.write_bytes(tf.io.encode_png(pixels).numpy())
+
+
+def _photo_shift(cats: pathlib.Path, work: pathlib.Path) -> dict:
+    import domain_adaptation
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    names = sorted(p.name for p in (cats / "train").iterdir() if p.is_dir())
+    train_x, train_y, _ = domain_adaptation._load_folder(cats / "train", 256, 200)
+    held_x, held_y, keys = domain_adaptation._load_folder(cats / "validation", 256, None)
+    _, is_test = domain_adaptation._halves(keys, held_y)
+    train, test = work / "photo_shift_train", work / "photo_shift_test"
+    _write_images(train, domain_adaptation.night_camera(train_x, rng), train_y, names)
+    shifted = domain_adaptation.night_camera(held_x[is_test], rng)
+    _write_images(test, shifted, held_y[is_test], names)
+    return {"train_dir": train, "test_dir": test, "flags": []}
+
+
+def _digits(work: pathlib.Path) -> dict:
+    import numpy as np
+    import tensorflow as tf
+    from sklearn.datasets import load_digits
+
+    from keras_transfer.data import splits as splits_lib
+
+    digits = load_digits()
+    images = tf.image.resize(digits.images[..., None] / 16.0 * 255.0, (32, 32)).numpy()
+    images = np.repeat(images, 3, axis=-1)
+    keys = [f"digit_{i}" for i in range(len(images))]
+    split = splits_lib.assign_splits(keys, list(digits.target), test_split=1 / 3, seed=0)
+    names = [str(d) for d in range(10)]
+    train, test = work / "digits_train", work / "digits_test"
+    is_test = split == splits_lib.TEST
+    _write_images(train, images[~is_test], digits.target[~is_test], names)
+    _write_images(test, images[is_test], digits.target[is_test], names)
+    return {"train_dir": train, "test_dir": test, "flags": ["--image_size=96"]}
+
+
+def _run_key(task: str, arm: str, seed: int, commit: str) -> str:
+    return f"{task}|{arm}|{seed}|{commit}"
+
+
+def _load_runs(path: pathlib.Path) -> dict[str, dict]:
+    if not path.exists():
+        return {}
+    runs = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            run = json.loads(line)
+            runs[run["key"]] = run
+    return runs
+
+
+def advisor_choices(accuracy: dict[str, dict[str, float]]) -> dict[str, str]:
+    """Leave-one-task-out: for each task, the arm with the largest mean gain over `fixed`
+    on the other tasks (`accuracy[task][arm]` = mean test accuracy); ties go to `fixed`."""
+    choices = {}
+    for task in accuracy:
+        others = [t for t in accuracy if t != task]
+        gains = {
+            arm: statistics.mean(accuracy[t][arm] - accuracy[t]["fixed"] for t in others)
+            for arm in accuracy[task]
+            if others and all(arm in accuracy[t] for t in others)
+        }
+        best = max(gains.values(), default=0.0)
+        choices[task] = "fixed" if gains.get("fixed", 0.0) >= best else max(gains, key=gains.get)
+    return choices
+
+
+def suite_summary(per_seed: dict[str, dict[str, list[float]]]) -> dict:
+    """The last printed line: per task each arm's test accuracy `{mean, ci95, per_seed}`,
+    the leave-one-task-out advisor, and its mean and worst gain over `fixed`."""
+    means = {t: {a: statistics.mean(v) for a, v in arms.items()} for t, arms in per_seed.items()}
+    choices = advisor_choices(means)
+    tasks, gains = {}, []
+    for task, arms in per_seed.items():
+        entry = {"fixed": _summary(arms["fixed"])} if "fixed" in arms else {}
+        advisor = arms[choices[task]]
+        entry["advisor"] = {**_summary(advisor), "arm": choices[task]}
+        if "advisor_rules" in arms:
+            entry["advisor_rules"] = _summary(arms["advisor_rules"])
+        entry["recipes"] = {a: _summary(v) for a, v in arms.items() if a in RECIPES}
+        tasks[task] = entry
+        if "fixed" in arms:
+            gains.append(statistics.mean(advisor) - statistics.mean(arms["fixed"]))
+    return {
+        "tasks": tasks,
+        "mean_gain_vs_fixed": round(statistics.mean(gains), 4) if gains else None,
+        "worst_gain_vs_fixed": round(min(gains), 4) if gains else None,
+        "advisor_choice": choices,
+    }
+
+
+def _summary(values: list[float]) -> dict:
+    summary = _common.summarize(values)
+    return {"mean": summary["mean"], "ci95": summary["ci95"], "per_seed": list(values)}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--smoke" in argv:
+        argv = ["--tasks", "smoke_a,smoke_b", "--arms", "fixed,label_smoothing", *argv]
+        argv = ["--seeds", "0", *argv]
+    args = _parser().parse_args(argv)
+    run = _common.start_run(SELECTION, script=__file__, argv=argv)
+    tasks = [t for t in args.tasks.split(",") if t]
+    arms = [a for a in args.arms.split(",") if a]
+    unknown = sorted(set(arms) - set(ARMS))
+    if unknown:
+        raise SystemExit(f"Unknown arms {unknown}; choose from {', '.join(ARMS)}.")
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    assets = None if args.smoke else _common.assets_dir(args.assets, _common.MOBILENET_WEIGHTS)
+    weights = "none" if assets is None else str(assets / _common.MOBILENET_WEIGHTS)
+    work = pathlib.Path(tempfile.mkdtemp(prefix="defaults_suite_"))
+    runs_file = _runs_file(args)
+    done = _load_runs(runs_file)
+    per_seed: dict[str, dict[str, list[float]]] = {}
+    splits = {}
+    for task in tasks:
+        built = build_task(task, assets, work)
+        flags = [*built["flags"], *(["--image_size=32", "--batch_size=8"] if args.smoke else [])]
+        for arm in arms:
+            for seed in seeds:
+                key = _run_key(task, arm, seed, run.git_commit)
+                if key not in done:
+                    result = defaults.run_config(
+                        arm,
+                        seed,
+                        built["train_dir"],
+                        built["test_dir"],
+                        weights,
+                        flags,
+                        work / task,
+                        flags=ARMS[arm],
+                    )
+                    done[key] = {"key": key, "task": task, "arm": arm, "seed": seed, **result}
+                    with runs_file.open("a") as out:
+                        out.write(json.dumps(done[key]) + "\n")
+                per_seed.setdefault(task, {}).setdefault(arm, []).append(done[key]["test_accuracy"])
+                splits[task] = done[key]["splits"]
+    summary = suite_summary(per_seed)
+    output = _common.results_path(args.output, args.smoke, "defaults_suite")
+    _common.write_results(
+        output,
+        run,
+        kind="accuracy",
+        benchmark="defaults_suite",
+        dataset="suite:" + ",".join(tasks),
+        # The schema's split sizes are totals over the tasks; each task's are in details.
+        splits={part: sum(task[part] for task in splits.values()) for part in _PARTS},
+        evaluated_on="test",
+        arms={
+            f"{task}:{arm}": {"test_accuracy": values}
+            for task, by_arm in per_seed.items()
+            for arm, values in by_arm.items()
+        },
+        primary_metric="test_accuracy",
+        seeds=seeds,
+        comparisons=[
+            [f"{t}:fixed", f"{t}:{a}"] for t in per_seed for a in per_seed[t] if a != "fixed"
+        ],
+        details={"summary": summary, "splits_by_task": splits, "runs_file": str(runs_file)},
+    )
+    print(json.dumps(summary))
+    return summary
+
+
+def _runs_file(args) -> pathlib.Path:
+    if args.runs_file:
+        path = pathlib.Path(args.runs_file)
+    elif args.smoke:
+        path = pathlib.Path(tempfile.mkdtemp(prefix="defaults_suite_smoke_")) / "runs.jsonl"
+    else:
+        path = (
+            _common.REPO_ROOT / "benchmarks" / "results" / "partial" / "defaults_suite_runs.jsonl"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+if __name__ == "__main__":
+    main()

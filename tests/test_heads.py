@@ -187,3 +187,22 @@ def test_classifier_summary_and_get_blocks_agree(small_backbone):
     model = kt.create_classifier(small_backbone, 2)
     assert [b.name for b in model.blocks] == small_backbone.block_names()
     assert [b.name for b in kt.get_blocks(model)] == small_backbone.block_names()
+
+
+def test_create_classifier_from_image_data_takes_its_classes_names_and_size(tiny_image_folder):
+    data = kt.image_folder_dataset(tiny_image_folder, image_size=48, batch_size=4)
+
+    model = kt.create_classifier("mobilenet", data, weights=None, alpha=0.25)
+
+    assert model.input_shape == (None, 48, 48, 3)
+    assert model.output_shape == (None, 2) and model.class_names == ["ants", "bees"]
+
+
+def test_fit_two_phase_names_both_image_sizes_when_data_and_model_differ(tiny_image_folder):
+    data = kt.image_folder_dataset(tiny_image_folder, image_size=48, batch_size=4)
+    model = kt.create_classifier("mobilenet", 2, input_shape=(32, 32, 3), weights=None, alpha=0.25)
+
+    with pytest.raises(
+        ValueError, match=r"48x48 images but the model takes 32x32.*create_classifier"
+    ):
+        kt.fit_two_phase(model, data.train, data.validation, verbose=0)

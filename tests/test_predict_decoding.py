@@ -147,3 +147,42 @@ def test_labels_file_names_the_classes_of_a_model_without_stored_names(
     model_dir = tmp_path / "run"
     _save_model_folder(model_dir, new_tiny_classifier(), labels=["wasps", "flies"])
     assert predict_lib.load_trained(str(model_dir))[1] == ["wasps", "flies"]
+
+
+def test_predict_images_labels_every_image_with_the_models_class_names(
+    image_folder, new_tiny_classifier, tmp_path, caplog
+):
+    root = image_folder({"ants": 3, "bees": 3})
+    (root / "bees" / "broken.jpg").write_bytes(b"not an image")
+    model = new_tiny_classifier(class_names=["ants", "bees"])
+
+    with caplog.at_level("WARNING", logger="keras_transfer"):
+        rows = kt.predict_images(model, root, top_k=2)
+
+    assert len(rows) == 6 and all(set(r["labels"]) == {"ants", "bees"} for r in rows)
+    assert "broken.jpg" in caplog.text and "Skipped 1 of 7" in caplog.text
+    # Each row is the model's prediction on kt.load_image of that file.
+    first = rows[0]
+    probabilities = model.predict(kt.load_image(first["file"], model)[None], verbose=0)[0]
+    assert first["labels"][0] == ["ants", "bees"][int(np.argmax(probabilities))]
+    assert first["probabilities"][0] == pytest.approx(float(np.max(probabilities)), abs=1e-6)
+
+
+def test_predict_images_reads_a_model_folder_and_one_file(
+    image_folder, new_tiny_classifier, tmp_path
+):
+    root = image_folder({"ants": 2, "bees": 2})
+    model = new_tiny_classifier(class_names=["ants", "bees"])
+    model_dir = tmp_path / "run"
+    model_dir.mkdir()
+    kt.save_model(model, str(model_dir / "model.keras"), include_optimizer=False)
+    (model_dir / "config.json").write_text(json.dumps({"crop_fraction": 1.0, "resize": "squash"}))
+    image = sorted((root / "bees").iterdir())[0]
+
+    (row,) = kt.predict_images(str(model_dir), image)
+
+    squashed = kt.load_image(str(image), model, crop_fraction=1.0, resize="squash")
+    expected = model.predict(squashed[None], verbose=0)[0]
+    assert row["file"] == str(image)
+    assert row["labels"] == [["ants", "bees"][int(np.argmax(expected))]]
+    assert row["probabilities"][0] == pytest.approx(float(np.max(expected)), abs=1e-6)

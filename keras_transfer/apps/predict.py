@@ -23,6 +23,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import os
 import re
 from collections.abc import Iterable
@@ -48,7 +49,10 @@ __all__ = [
     "load_image",
     "load_trained",
     "predict_files",
+    "predict_images",
 ]
+
+logger = logging.getLogger("keras_transfer")
 
 MODEL_FILE = "model.keras"
 LABELS_FILE = "labels.txt"
@@ -158,7 +162,7 @@ def list_images(paths: Iterable[str]) -> tuple[list[str], dict[str, str]]:
 
 def load_image(
     path: str,
-    image_size: tuple[int, int],
+    image_size: tuple[int, int] | keras.Model,
     max_pixels: int | None = None,
     crop_fraction: float = CROP_FRACTION,
     resize: str = "crop",
@@ -167,10 +171,24 @@ def load_image(
     the validation images of a run with this `crop_fraction` and `resize`
     (`data.decode_for_model`).
 
+    Args:
+        path: the image file.
+        image_size: `(height, width)`, or the model (its input size).
+        max_pixels: refuse images with more pixels (read from the header); None: no limit.
+        crop_fraction, resize: as the training loaders took them (their defaults here).
+
+    Example:
+    ```python
+    image = kt.load_image("bee.jpg", model)
+    model.predict(image[None])
+    ```
+
     Raises:
         ValueError: the file is not an image TensorFlow can decode, or has more than
             `max_pixels` pixels (read from its header, before decoding).
     """
+    if isinstance(image_size, keras.Model):
+        image_size = _model_image_size(image_size)
     if max_pixels:
         size = data_lib.read_image_size(path)
         if size is not None and size[0] * size[1] > max_pixels:
@@ -205,9 +223,7 @@ def predict_files(
     if top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}.")
     files, skipped = list_images(paths)
-    image_size = tuple(int(side) for side in model.input_shape[1:3])
-    if None in image_size:
-        raise ValueError(f"The model takes images of any size {model.input_shape}: set one.")
+    image_size = _model_image_size(model)
     rows: list[dict[str, Any]] = []
     k = min(top_k, len(labels))
     for start in range(0, len(files), batch_size):
@@ -231,6 +247,83 @@ def predict_files(
                 }
             )
     return rows, skipped
+
+
+def _model_image_size(model: keras.Model) -> tuple[int, int]:
+    image_size = tuple(model.input_shape[1:3])
+    if None in image_size:
+        raise ValueError(
+            f"The model takes images of any size {model.input_shape}: pass image_size=(h, w)."
+        )
+    return tuple(int(side) for side in image_size)
+
+
+def predict_images(
+    model: keras.Model | str | os.PathLike,
+    paths: str | os.PathLike | Sequence[str | os.PathLike],
+    top_k: int = 1,
+    *,
+    class_names: Sequence[str] | None = None,
+    batch_size: int = 32,
+    max_pixels: int | None = 50_000_000,
+    crop_fraction: float | None = None,
+    resize: str | None = None,
+) -> list[dict[str, Any]]:
+    """The top-`top_k` labels of image files, read as the validation images of training.
+
+    Args:
+        model: a classifier taking raw 0-255 images, or a folder written by
+            `keras-transfer train` (its model, class names and decode settings are used).
+        paths: image files and folders (searched recursively), or one of them.
+        top_k: labels per image, most probable first.
+        class_names: the output names; default the model's `class_names` (a
+            `create_classifier` model keeps them), else "0", "1", ...
+        batch_size: images per `predict` call.
+        max_pixels: images with more pixels are skipped (decompression bombs).
+        crop_fraction, resize: how the images are cropped (default: the run's settings for
+            a folder, the loaders' defaults for a model).
+
+    Returns:
+        One `{"file", "labels", "probabilities"}` row per readable image. Unreadable files
+        are skipped with a logged warning naming each and the reason.
+
+    Example:
+    ```python
+    rows = kt.predict_images("model_dir", "photos/", top_k=2)
+    rows[0]  # -> {"file": "photos/bee.jpg", "labels": ["bees", "ants"], ...}
+    ```
+    """
+    settings: dict[str, Any] = {"crop_fraction": CROP_FRACTION, "resize": "crop"}
+    if isinstance(model, str | os.PathLike):
+        model_dir = os.fspath(model)
+        model, names = load_trained(model_dir)
+        settings = decode_settings(model_dir)
+    else:
+        stored = getattr(model, "class_names", None)
+        outputs = int(model.output_shape[-1])
+        names = [str(n) for n in stored] if stored else [str(i) for i in range(outputs)]
+    if crop_fraction is not None:
+        settings["crop_fraction"] = crop_fraction
+    if resize is not None:
+        settings["resize"] = resize
+    if isinstance(paths, str | os.PathLike):
+        paths = [paths]
+    rows, skipped = predict_files(
+        model,
+        list(class_names or names),
+        [os.fspath(p) for p in paths],
+        top_k=top_k,
+        batch_size=batch_size,
+        max_pixels=max_pixels,
+        **settings,
+    )
+    for path, reason in skipped.items():
+        logger.warning("Skipped %s: %s", path, reason)
+    if skipped:
+        logger.warning(
+            "Skipped %d of %d paths (reasons above).", len(skipped), len(rows) + len(skipped)
+        )
+    return rows
 
 
 def format_rows(rows: Sequence[dict[str, Any]], output_format: str = "table") -> str:

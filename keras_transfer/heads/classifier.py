@@ -150,7 +150,7 @@ class TransferClassifier(distribute.MultiWorkerFitMixin, keras.Model):
 
 def create_classifier(
     backbone: backbones_lib.Backbone | str,
-    num_classes: int | None = None,
+    num_classes: Any = None,
     head: Mapping[str, Any] | ClassificationHead | None = None,
     *,
     heads: Mapping[str, Mapping[str, Any]] | None = None,
@@ -170,8 +170,10 @@ def create_classifier(
     Args:
         backbone: a `Backbone` from `create_backbone`, or a registry name (then
             `backbone_kwargs` such as `input_shape` and `weights` go to `create_backbone`).
-        num_classes: number of classes (or regression targets) of a single head; leave it
-            out with `heads`.
+        num_classes: number of classes (or regression targets) of a single head, or the
+            `ImageData` of a loader (its class count and names, and for a backbone named
+            here its image size: `create_classifier("mobilenet", data)`); leave it out with
+            `heads`.
         head: `ClassificationHead` arguments as a dict (`task`, `pooling`, `hidden_units`,
             `activation`, `dropout`, `batch_norm`, `logits`), or a `ClassificationHead`.
             `None` gives the Keras guide's head: average pooling, dropout 0.2, softmax.
@@ -204,6 +206,12 @@ def create_classifier(
     multi.compile()  # per output: sparse categorical / binary cross-entropy and accuracy
     ```
     """
+    if hasattr(num_classes, "class_names") and hasattr(num_classes, "image_size"):
+        # An `ImageData`: its classes, its names and (for a backbone built here) its size.
+        data, num_classes = num_classes, len(num_classes.class_names)
+        class_names = list(data.class_names) if class_names is None else class_names
+        if isinstance(backbone, str):
+            backbone_kwargs.setdefault("input_shape", (*data.image_size, 3))
     head = _multi_task_head_or(head, num_classes, heads, loss_weights)
     backbone = _resolve_backbone(backbone, feature_block, backbone_kwargs)
     head = _single_head_or(head, num_classes)

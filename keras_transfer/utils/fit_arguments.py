@@ -6,7 +6,7 @@ from typing import Any
 
 import tensorflow as tf
 
-__all__ = ["check_not_empty", "no_fit_shuffle"]
+__all__ = ["check_image_size", "check_not_empty", "no_fit_shuffle"]
 
 
 def no_fit_shuffle(train_data: Any, fit_kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -45,4 +45,28 @@ def check_not_empty(data: Any, name: str) -> None:
             f"{name} is empty: it yields no batches. Check that the folder or split has "
             "examples; with drop_remainder=True, a dataset smaller than one batch has no "
             "batches: lower batch_size."
+        )
+
+
+def check_image_size(model: Any, data: Any, name: str) -> None:
+    """Raises a `ValueError` naming both sizes and the fix when `data`'s images (a
+    `tf.data.Dataset` of `(images, labels)`) do not have the height and width `model`
+    takes; Keras would fail later with a traceback through the traced training step."""
+    if not isinstance(data, tf.data.Dataset):
+        return
+    spec = data.element_spec
+    images = spec[0] if isinstance(spec, tuple) else spec
+    input_shape = getattr(model, "input_shape", None)
+    if not isinstance(images, tf.TensorSpec) or not isinstance(input_shape, tuple):
+        return
+    data_size, model_size = tuple(images.shape[-3:-1]), tuple(input_shape[1:3])
+    if len(data_size) != 2 or None in data_size or None in model_size:
+        return
+    if data_size != model_size:
+        raise ValueError(
+            f"{name} has {data_size[0]}x{data_size[1]} images but the model takes "
+            f"{model_size[0]}x{model_size[1]}. Build the backbone at the data's size "
+            f"(create_classifier(name, data) or create_backbone(name, input_shape="
+            f"({data_size[0]}, {data_size[1]}, 3))), or load the data at the model's "
+            f"(image_size={model_size[0]})."
         )

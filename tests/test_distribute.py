@@ -421,3 +421,37 @@ def test_multi_worker_on_loopback(image_folder, tmp_path):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
         for name, values in history.items():
             np.testing.assert_allclose(results[index]["plain_history"][name], values, rtol=1e-5)
+
+
+class _NoChipsResolver:
+    """A `TPUClusterResolver` stand-in: from the environment it finds nothing (ValueError,
+    as on a TPU VM without TPU_NAME); "local" is built but reports no TPU chips."""
+
+    attempts: list = []
+
+    def __init__(self, tpu=None):
+        _NoChipsResolver.attempts.append(tpu)
+        if tpu is None:
+            raise ValueError("Please provide a TPU Name to connect to.")
+
+    def num_accelerators(self):
+        return {}
+
+
+def test_tpu_strategy_tries_the_local_tpu_before_giving_up(monkeypatch):
+    _NoChipsResolver.attempts = []
+    monkeypatch.setattr(tf.distribute.cluster_resolver, "TPUClusterResolver", _NoChipsResolver)
+
+    with pytest.raises(RuntimeError, match=r"No TPU found \(from the environment: .*; local: "):
+        kt.create_strategy("tpu")
+
+    assert _NoChipsResolver.attempts == [None, "local"]
+
+
+def test_tpu_expected_reads_the_environment(monkeypatch):
+    for name in ("TPU_NAME", "COLAB_TPU_ADDR", "TPU_ACCELERATOR_TYPE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(kt.distribute.glob, "glob", lambda pattern: [])
+    assert not kt.distribute.tpu_expected()
+    monkeypatch.setenv("TPU_ACCELERATOR_TYPE", "v5litepod-8")
+    assert kt.distribute.tpu_expected()

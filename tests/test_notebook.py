@@ -163,3 +163,37 @@ def test_notebook_installs_the_wheel_and_runs_on_cpu(tmp_path, monkeypatch):
     assert sorted(os.listdir(tmp_path / "out")) == sorted(
         ["confusion_matrix.png", "labels.txt", "model.keras", "training_curves.png"]
     )
+
+
+def _strategy_cell() -> str:
+    cells = json.loads(NOTEBOOK.read_text())["cells"]
+    return next(
+        "".join(c["source"]) for c in cells if 'create_strategy("tpu")' in "".join(c["source"])
+    )
+
+
+@pytest.mark.parametrize(
+    ("accelerator", "expected", "falls_back"),
+    [("tpu", False, False), ("auto", True, False), ("auto", False, True)],
+)
+def test_notebook_never_trains_on_the_cpu_when_a_tpu_was_expected(
+    monkeypatch, accelerator, expected, falls_back
+):
+    import keras_transfer as kt
+
+    create = kt.distribute.create_strategy
+
+    def no_tpu(name="default", tpu=None):
+        if name == "tpu":
+            raise RuntimeError("No TPU found (local: this machine has no TPU chips).")
+        return create(name, tpu)
+
+    monkeypatch.setattr(kt.distribute, "create_strategy", no_tpu)
+    monkeypatch.setattr(kt.distribute, "tpu_expected", lambda: expected)
+    namespace = {"os": os, "ACCELERATOR": accelerator}
+    if falls_back:
+        exec(_strategy_cell(), namespace)
+        assert not kt.distribute.is_tpu(namespace["strategy"])
+    else:
+        with pytest.raises(RuntimeError, match="A TPU was expected"):
+            exec(_strategy_cell(), namespace)

@@ -11,7 +11,9 @@ under `MultiWorkerMirroredStrategy` (`TransferClassifier` has it built in).
 
 from __future__ import annotations
 
+import glob
 import logging
+import os
 from typing import Any
 
 import keras
@@ -33,6 +35,7 @@ __all__ = [
     "mixed_precision_policy",
     "set_mixed_precision",
     "static_batches",
+    "tpu_expected",
 ]
 
 logger = logging.getLogger("keras_transfer")
@@ -78,13 +81,7 @@ def create_strategy(name: str = "default", tpu: str | None = None) -> tf.distrib
 
 
 def _tpu_strategy(tpu: str | None) -> tf.distribute.TPUStrategy:
-    try:
-        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu or None)
-    except (ValueError, RuntimeError) as error:
-        raise RuntimeError(
-            f"No TPU found ({error}). On Colab choose Runtime > Change runtime type > TPU; on "
-            "a TPU VM pass tpu='local'; elsewhere pass the TPU's name or grpc:// address."
-        ) from error
+    resolver, tpu = _tpu_resolver(tpu)
     if tpu != "local":
         # A remote TPU (Colab's TPU node, a named Cloud TPU) runs the graph on its workers.
         tf.config.experimental_connect_to_cluster(resolver)
@@ -92,6 +89,35 @@ def _tpu_strategy(tpu: str | None) -> tf.distribute.TPUStrategy:
     strategy = tf.distribute.TPUStrategy(resolver)
     logger.info("TPU strategy with %d replicas", strategy.num_replicas_in_sync)
     return strategy
+
+
+def _tpu_resolver(tpu: str | None):
+    """`(resolver, the address it used)`. Without an address: the environment's TPU
+    (`TPU_NAME`, Colab's `COLAB_TPU_ADDR`), then the TPU VM's own chips (`"local"`: today's
+    Colab TPU runtimes set neither variable)."""
+    attempts = [tpu] if tpu else [None, "local"]
+    errors = []
+    for address in attempts:
+        try:
+            resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=address)
+            # A "local" resolver is built without looking for chips: ask it for them.
+            if address == "local" and not resolver.num_accelerators().get("TPU"):
+                raise RuntimeError("this machine has no TPU chips")
+            return resolver, address
+        except (ValueError, RuntimeError, tf.errors.NotFoundError) as error:
+            errors.append(f"{address or 'from the environment'}: {str(error).splitlines()[0]}")
+    raise RuntimeError(
+        f"No TPU found ({'; '.join(errors)}). On Colab choose Runtime > Change runtime type > "
+        "TPU; elsewhere pass the TPU's name or grpc:// address."
+    )
+
+
+def tpu_expected() -> bool:
+    """Whether this machine looks like a TPU runtime (a TPU address in the environment, or
+    TPU device files): a failed TPU start there is an error, not a reason to use the CPU."""
+    if any(os.environ.get(name) for name in ("TPU_NAME", "COLAB_TPU_ADDR", "TPU_ACCELERATOR_TYPE")):
+        return True
+    return bool(glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*"))
 
 
 def is_tpu(strategy: tf.distribute.Strategy | None) -> bool:

@@ -443,7 +443,7 @@ def test_tpu_strategy_tries_the_local_tpu_before_giving_up(monkeypatch):
     monkeypatch.setattr(tf.distribute.cluster_resolver, "TPUClusterResolver", _NoChipsResolver)
 
     with pytest.raises(RuntimeError, match=r"No TPU found \(from the environment: .*; local: "):
-        kt.create_strategy("tpu")
+        distribute.create_strategy("tpu")
 
     assert _NoChipsResolver.attempts == [None, "local"]
 
@@ -451,7 +451,7 @@ def test_tpu_strategy_tries_the_local_tpu_before_giving_up(monkeypatch):
 def test_tpu_expected_reads_the_environment(monkeypatch):
     for name in ("TPU_NAME", "COLAB_TPU_ADDR", "TPU_ACCELERATOR_TYPE"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(kt.distribute.glob, "glob", lambda pattern: [])
-    assert not kt.distribute.tpu_expected()
+    monkeypatch.setattr(distribute.glob, "glob", lambda pattern: [])
+    assert not distribute.tpu_expected()
     monkeypatch.setenv("TPU_ACCELERATOR_TYPE", "v5litepod-8")
-    assert kt.distribute.tpu_expected()
+    assert distribute.tpu_expected()

@@ -155,10 +155,28 @@ def test_binary_usage_errors_exit_2_with_one_line(
                 {},
             ),
             "no model_dir": ([f"--data_dir={root}"], {}),
+            # Values that parse but cannot be used are usage errors too.
+            "negative epochs": (
+                [f"--data_dir={root}", f"--model_dir={tmp_path / 'out'}", "--head_epochs=-1"],
+                {},
+            ),
+            "tiny image": (
+                [f"--data_dir={root}", f"--model_dir={tmp_path / 'out'}", "--image_size=16"],
+                {},
+            ),
+            "unknown backbone": (
+                [f"--data_dir={root}", f"--model_dir={tmp_path / 'out'}", "--backbone=mobilenett"],
+                {},
+            ),
         },
     )
     assert_one_line_error("bad value", results["bad value"], 2, says="--head_epochs=ten")
     assert_one_line_error("no model_dir", results["no model_dir"], 2, says="--model_dir")
+    assert_one_line_error("negative epochs", results["negative epochs"], 2, says="head_epochs")
+    assert_one_line_error("tiny image", results["tiny image"], 2, says="--image_size=32 or more")
+    assert_one_line_error(
+        "unknown backbone", results["unknown backbone"], 2, says="Did you mean: mobilenet"
+    )
     assert not (tmp_path / "out").exists()
 
 
@@ -202,7 +220,7 @@ def test_binary_errors_exit_1_with_one_line_and_no_model_dir(
     # The weights error talks about the flag, not the library call behind it.
     assert_one_line_error("missing weights", results["missing weights"], 1, says="(--weights)")
     assert "create_backbone" not in results["missing weights"][1]
-    assert_one_line_error("bad config", results["bad config"], 1, says="did you mean 'head_lr'")
+    assert_one_line_error("bad config", results["bad config"], 2, says="did you mean 'head_lr'")
     # A runtime error after the backbone was built.
     assert_one_line_error("no classes", results["no classes"], 1, says="No class folders")
     assert "--verbose" in results["no classes"][2][1]

@@ -4,10 +4,10 @@ line: one-line errors, exit codes, `--verbose`.
 A failed run prints one line saying what went wrong and one hint line on stderr, not a
 traceback and not the flags' help:
 
-- exit 2: the command line cannot be used (an unknown flag, a value of the wrong type, a
-  missing required flag, a stray argument; `absl.app.UsageError` from `main`);
-- exit 1: anything else that fails (a setting that parses but cannot be used, a missing
-  file, an error during training);
+- exit 2: the command line cannot be used (an unknown flag, a value of the wrong type or
+  out of range, an unknown backbone, a missing required flag, a stray argument;
+  `absl.app.UsageError` from `main`, and `ConfigError`);
+- exit 1: anything else that fails (a missing file, an error during training);
 - an error with an `exit_code` attribute exits with it (`FolderLockedError`: 2, the
   model folder is in use by another run).
 

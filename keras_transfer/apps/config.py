@@ -40,7 +40,10 @@ TRANSFER_CONFIG_ALIASES = {
 
 
 class ConfigError(ValueError):
-    """A configuration file or value that cannot be used; the message says how to fix it."""
+    """A configuration file or value that cannot be used; the message says how to fix it.
+    The command exits with 2 on it, as on any other usage error."""
+
+    exit_code = 2
 
 
 def read_config_file(path: str | os.PathLike) -> dict[str, Any]:

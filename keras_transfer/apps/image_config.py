@@ -13,6 +13,7 @@ from typing import Any
 
 from keras_transfer import data as data_lib
 from keras_transfer.apps import config as config_lib
+from keras_transfer.backbones import registry
 from keras_transfer.data import imbalance
 from keras_transfer.training import two_phase
 from keras_transfer.training.callbacks import GradualUnfreezing
@@ -312,6 +313,7 @@ def check_config(config: Config) -> None:
     and folders the settings name. A run calls it first, so a bad setting is reported
     before the backbone is built or a single image is read."""
     _check_numbers(config)
+    _check_backbone(config)
     if not config.model_dir:
         raise config_lib.ConfigError("Set model_dir (--model_dir): where the outputs go.")
     _check_model_dir(config.model_dir)
@@ -380,6 +382,22 @@ def _check_numbers(config: Config) -> None:
         data_lib.augmentation_pipeline(config.augment or None, seed=0)
     except ValueError as error:
         raise config_lib.ConfigError(f"augment={config.augment!r} (--augment): {error}") from None
+
+
+def _check_backbone(config: Config) -> None:
+    """A registered backbone name, and an image size its architecture accepts."""
+    if config.backbone.startswith("hub:"):
+        return
+    try:
+        spec = registry.get_spec(config.backbone)
+    except ValueError as error:
+        raise config_lib.ConfigError(f"backbone={config.backbone!r} (--backbone): {error}") from None
+    if config.image_size and config.image_size < spec.min_size:
+        raise config_lib.ConfigError(
+            f"image_size={config.image_size} (--image_size): {config.backbone} needs images of "
+            f"at least {spec.min_size}x{spec.min_size}; use --image_size={spec.min_size} or "
+            "more, or 0 for its pretrained size."
+        )
 
 
 def _check_model_dir(model_dir: str) -> None:

@@ -20,6 +20,7 @@ training (`image_model`), the training run (`image_training`), the optional meas
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from typing import Any
@@ -32,6 +33,7 @@ from keras_transfer.apps import _outputs
 from keras_transfer.apps.image_config import RESOLVED_CONFIG_FILE as CONFIG
 from keras_transfer.apps.image_config import Config
 from keras_transfer.apps.image_config import check_config
+from keras_transfer.apps.image_config import remove_run_outputs
 from keras_transfer.apps.image_diagnostics import check_diagnostics
 from keras_transfer.apps.image_diagnostics import diagnose
 from keras_transfer.apps.image_diagnostics import domain_report
@@ -58,6 +60,8 @@ from keras_transfer.utils import distribute
 __all__ = ["RESULTS_FILE", "run"]
 
 RESULTS_FILE = "results.json"
+
+logger = logging.getLogger("keras_transfer")
 
 
 def run(
@@ -98,6 +102,10 @@ def run(
     start = time.perf_counter()
     check_config(config)
     with run_environment(config, strategy) as environment:  # locks model_dir
+        if config.overwrite and environment.chief:
+            removed = remove_run_outputs(environment.output_dir)
+            if removed:
+                logger.info("--overwrite: deleted %s of the earlier run.", ", ".join(removed))
         backbone = build_backbone_from_config(config, environment.strategy)
         image_size = backbone.input_shape[0] or backbone.default_size
         data = load_data(

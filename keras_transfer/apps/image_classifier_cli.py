@@ -224,6 +224,13 @@ flags.DEFINE_bool(
     "instead of the last epoch's; fine-tuning is kept only if it beats the head phase." + _PLANNED,
 )
 flags.DEFINE_bool(
+    "overwrite",
+    _DEFAULTS.overwrite,
+    "Replace the outputs of an earlier run in model_dir (its model, results, plots, logs and "
+    "backup; nothing else). Without it, a model_dir holding anything but a backup to resume "
+    "is refused.",
+)
+flags.DEFINE_bool(
     "resume",
     _DEFAULTS.resume,
     "Back up the training state in model_dir/backup and continue an interrupted run (a run "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 from typing import Any
 
 from keras_transfer import data as data_lib
@@ -16,8 +17,10 @@ from keras_transfer.apps import config as config_lib
 from keras_transfer.backbones import registry
 from keras_transfer.data import imbalance
 from keras_transfer.training import two_phase
+from keras_transfer.training import two_phase_state
 from keras_transfer.training.callbacks import GradualUnfreezing
 from keras_transfer.utils import distribute
+from keras_transfer.utils import reliability
 
 __all__ = [
     "ADAPT_METHODS",
@@ -28,7 +31,9 @@ __all__ = [
     "LR_SCHEDULES",
     "PLANS",
     "RESOLVED_CONFIG_FILE",
+    "RUN_OUTPUTS",
     "check_config",
+    "remove_run_outputs",
     "load_config",
 ]
 
@@ -141,6 +146,9 @@ class Config:
     mixed_precision: bool = False
     export: str = ""
     resume: bool = True
+    # Replace the outputs of an earlier run in model_dir (RUN_OUTPUTS only); without it a
+    # model_dir holding anything but a backup to resume is refused.
+    overwrite: bool = False
     # Measure transferability before training and per-block drift after it (results.json
     # "diagnostics", drift.png); source_weights: a with-top weights file of the backbone
     # (e.g. mobilenet_1_0_224_tf.h5) for the source-task agreement.
@@ -317,6 +325,7 @@ def check_config(config: Config) -> None:
     if not config.model_dir:
         raise config_lib.ConfigError("Set model_dir (--model_dir): where the outputs go.")
     _check_model_dir(config.model_dir)
+    _check_model_dir_reuse(config)
     if bool(config.data_dir) == bool(config.dataset):
         raise config_lib.ConfigError(
             "Give exactly one of data_dir (--data_dir, a folder of images) and dataset "
@@ -391,13 +400,67 @@ def _check_backbone(config: Config) -> None:
     try:
         spec = registry.get_spec(config.backbone)
     except ValueError as error:
-        raise config_lib.ConfigError(f"backbone={config.backbone!r} (--backbone): {error}") from None
+        raise config_lib.ConfigError(
+            f"backbone={config.backbone!r} (--backbone): {error}"
+        ) from None
     if config.image_size and config.image_size < spec.min_size:
         raise config_lib.ConfigError(
             f"image_size={config.image_size} (--image_size): {config.backbone} needs images of "
             f"at least {spec.min_size}x{spec.min_size}; use --image_size={spec.min_size} or "
             "more, or 0 for its pretrained size."
         )
+
+
+# What a run writes into model_dir: `--overwrite` deletes these (and only these) first.
+RUN_OUTPUTS = (
+    RESOLVED_CONFIG_FILE,
+    "results.json",
+    "model.keras",
+    "labels.txt",
+    "adapter.weights.h5",
+    "training_curves.png",
+    "confusion_matrix.png",
+    "drift.png",
+    "logs",
+    "saved_model",
+    "model.tflite",
+    "model.onnx",
+    "backup",
+)
+
+
+def _check_model_dir_reuse(config: Config) -> None:
+    """A model_dir that holds anything (but the lock) is refused unless the run resumes the
+    backup in it or `overwrite` is set: a rerun would replace the earlier run's model and
+    mix two runs' TensorBoard events."""
+    if not os.path.isdir(config.model_dir):
+        return
+    entries = sorted(set(os.listdir(config.model_dir)) - {reliability.LOCK_FILE})
+    state = os.path.join(config.model_dir, "backup", two_phase_state.STATE_FILE)
+    if not entries or config.overwrite or (config.resume and os.path.isfile(state)):
+        return
+    shown = ", ".join(entries[:4]) + (", ..." if len(entries) > 4 else "")
+    raise config_lib.ConfigError(
+        f"model_dir={config.model_dir!r} (--model_dir) already holds {shown}: a run there "
+        "would replace them. Pass --overwrite to replace that run's outputs, or give a new "
+        "--model_dir."
+    )
+
+
+def remove_run_outputs(model_dir: str) -> list[str]:
+    """Deletes what an earlier run wrote into `model_dir` (`RUN_OUTPUTS`, nothing else);
+    returns the names deleted."""
+    removed = []
+    for name in RUN_OUTPUTS:
+        path = os.path.join(model_dir, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        elif os.path.lexists(path):
+            os.remove(path)
+        else:
+            continue
+        removed.append(name)
+    return removed
 
 
 def _check_model_dir(model_dir: str) -> None:

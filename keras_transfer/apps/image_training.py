@@ -54,6 +54,7 @@ _NOT_RESUME_SETTINGS = (
     "verbose",
     "export",
     "resume",
+    "overwrite",
     "diagnostics",
     "source_weights",
     "strategy",

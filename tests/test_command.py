@@ -35,6 +35,7 @@ TRAIN_FLAGS = [
     "--seed=3",
     "--deterministic",
     "--test_split=0.25",  # 9 training, 3 validation and 4 test images of the 16
+    "--verbose=1",  # a progress bar, and still none of TensorFlow's C++ start-up lines
 ]
 
 
@@ -258,3 +259,40 @@ def test_deterministic_runs_give_identical_results(trained, tmp_path):
     b = keras.saving.load_model(tmp_path / "model.keras")
     for x, y in zip(a.get_weights(), b.get_weights()):
         np.testing.assert_array_equal(x, y)
+
+
+def test_helpshort_fits_a_screen_and_help_groups_every_flag():
+    from absl import flags
+
+    from keras_transfer.apps import image_classifier_cli
+
+    short = subprocess.run(
+        [sys.executable, "-m", "keras_transfer", "train", "--helpshort"],
+        capture_output=True,
+        text=True,
+    )
+    assert short.returncode == 0 and len(short.stdout.splitlines()) <= 40
+    assert "--model_dir" in short.stdout and "--verbose" in short.stdout
+    grouped = {n for names in image_classifier_cli.FLAG_GROUPS.values() for n in names}
+    defined = {
+        flag.name for flag in flags.FLAGS.get_flags_for_module(image_classifier_cli.__name__)
+    }
+    assert defined - grouped == set(), "flags missing from FLAG_GROUPS"
+    full = subprocess.run(
+        [sys.executable, "-m", "keras_transfer", "train", "--help"], capture_output=True, text=True
+    )
+    for title in image_classifier_cli.FLAG_GROUPS:
+        assert f"\n{title}:\n" in full.stdout
+    assert "--verbose (default: 2)" in full.stdout
+
+
+def test_progress_is_a_bar_at_a_terminal_and_lines_in_a_log():
+    # (--verbose=1 without TensorFlow's start-up lines: test_train_output_is_readable.)
+    from keras_transfer.apps import image_classifier_cli
+
+    class Terminal:
+        def isatty(self):
+            return True
+
+    assert image_classifier_cli.progress_verbosity(Terminal()) == 1
+    assert image_classifier_cli.progress_verbosity(io.StringIO()) == 2

@@ -8,7 +8,8 @@ the command sends the process's stderr to /dev/null while TensorFlow is imported
 
 Only the command's entry point (`apps/command.py`) calls this, once it knows a subcommand
 needs TensorFlow: importing `keras_transfer` itself reads no `sys.argv` and leaves stderr
-alone. A user who set `TF_CPP_MIN_LOG_LEVEL`, or who passes `--verbose`, sees everything.
+alone. A user who set `TF_CPP_MIN_LOG_LEVEL`, or who passes `--verbose` (level 3), sees
+everything.
 """
 
 from __future__ import annotations
@@ -17,17 +18,17 @@ import os
 import sys
 from collections.abc import Sequence
 
-__all__ = ["COMMAND_NAME", "quiet_tensorflow"]
+__all__ = ["COMMAND_NAME", "quiet_tensorflow", "wants_tensorflow_messages"]
 
 COMMAND_NAME = "keras-transfer"
 LOG_LEVEL_ENV = "TF_CPP_MIN_LOG_LEVEL"
 
 
-def _wants_verbose(argv: Sequence[str]) -> bool:
+def wants_tensorflow_messages(argv: Sequence[str]) -> bool:
+    """Whether the command line asks for TensorFlow's own messages: `--verbose` alone or
+    `--verbose=3` (levels 1 and 2 only choose Keras' progress display)."""
     for argument in argv[1:]:
-        if argument == "--verbose" or (
-            argument.startswith("--verbose=") and argument.split("=", 1)[1] not in ("0", "false")
-        ):
+        if argument == "--verbose" or argument == "--verbose=3":
             return True
     return False
 
@@ -35,7 +36,11 @@ def _wants_verbose(argv: Sequence[str]) -> bool:
 def quiet_tensorflow(argv: Sequence[str]) -> bool:
     """Unless the user asked otherwise: sets `TF_CPP_MIN_LOG_LEVEL=3` and imports TensorFlow
     with stderr silenced. Returns whether it did."""
-    if LOG_LEVEL_ENV in os.environ or "tensorflow" in sys.modules or _wants_verbose(argv):
+    if (
+        LOG_LEVEL_ENV in os.environ
+        or "tensorflow" in sys.modules
+        or wants_tensorflow_messages(argv)
+    ):
         return False
     os.environ[LOG_LEVEL_ENV] = "3"
     try:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import traceback
 from collections.abc import Callable
@@ -127,22 +128,60 @@ def _fail(message: str, hint: str, code: int) -> NoReturn:
     sys.exit(code)
 
 
-def _print_help(doc: str, modules: list[Any]) -> NoReturn:
-    text = (doc or "").strip()
-    sections = [f"usage: {_program()} [flags]", text] if text else [f"usage: {_program()} [flags]"]
-    for module in modules:
-        listed = FLAGS.module_help(module).strip()
-        if listed:
-            sections.append("flags:\n" + "\n".join(listed.splitlines()[1:]))
-    sys.stdout.write("\n\n".join(sections) + "\n")
+def _print_help(doc: str, modules: list[Any], short: bool = False) -> NoReturn:
+    """The help of `--help` (the description, then every flag; by group where a module
+    declares `FLAG_GROUPS`, `{group title: [flag names]}`) or of `--helpshort` (a module's
+    `SHORT_FLAGS`, one line each)."""
+    usage = f"usage: {_program()} [flags]"
+    groups = {k: v for m in modules for k, v in getattr(m, "FLAG_GROUPS", {}).items()}
+    short_flags = [name for m in modules for name in getattr(m, "SHORT_FLAGS", ())]
+    if short and short_flags:
+        first = (doc or "").strip().split("\n\n")[0].replace("\n", " ")
+        lines = [usage, first, "", "The flags most runs need (`--help` lists all, by group):"]
+        lines += [_short_line(name) for name in short_flags]
+        sys.stdout.write("\n".join(lines) + "\n")
+    else:
+        text = (doc or "").strip()
+        sections = [usage, text] if text else [usage]
+        if groups:
+            sections += [_group_help(title, names) for title, names in groups.items()]
+        for module in [] if groups else modules:
+            listed = FLAGS.module_help(module).strip()
+            if listed:
+                sections.append("flags:\n" + "\n".join(listed.splitlines()[1:]))
+        sys.stdout.write("\n\n".join(sections) + "\n")
     sys.stdout.flush()
     sys.exit(0)
+
+
+def _short_line(name: str) -> str:
+    flag = FLAGS[name]
+    # The first sentence ("e.g." and "i.e." do not end one).
+    sentence = re.split(r"(?<!e\.g)(?<!i\.e)\.\s", " ".join(flag.help.split()))[0].rstrip(".")
+    line = f"  --{name}={'' if flag.default is None else flag.default}: {sentence}"
+    return line if len(line) <= 110 else line[:107] + "..."
+
+
+def _group_help(title: str, names: list[str]) -> str:
+    lines = [f"{title}:"]
+    for name in names:
+        flag = FLAGS[name]
+        default = "" if flag.default is None else f" (default: {flag.default!r})"
+        lines.append(f"  --{name}{default}")
+        words, line = " ".join(flag.help.split()).split(), "   "
+        for word in words:
+            if len(line) + len(word) > 96:
+                lines.append(line)
+                line = "   "
+            line += " " + word
+        lines.append(line)
+    return "\n".join(lines)
 
 
 def _flags_parser(doc: str | None, modules: list[Any]) -> Callable[[list[str]], list[str]]:
     def parse(argv: list[str]) -> list[str]:
         if modules and any(argument in HELP_ARGUMENTS for argument in argv[1:]):
-            _print_help(doc or "", modules)
+            _print_help(doc or "", modules, short="--helpshort" in argv[1:])
         try:
             return FLAGS(argv)
         except flags.Error as error:

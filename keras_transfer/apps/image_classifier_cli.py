@@ -22,12 +22,16 @@ once after training, its accuracy (with a 95% interval) in results.json "test" i
 estimate to report; the validation accuracy chose the epoch and settings, so it is optimistic.
 
 A failure prints one error line and a hint on stderr: exit 2 for a command line that cannot
-be used (an unknown flag, a bad flag value, no --model_dir), 1 for anything else (a bad
-setting in --config, a missing file, an error while training). `--verbose` alone (or
-KERAS_TRANSFER_DEBUG=1) adds the traceback.
+be used (an unknown flag, a bad flag or --config value, an unknown backbone, no
+--model_dir, a model_dir holding an earlier run without --overwrite), 1 for anything else (a
+missing file, an error while training). `--verbose` alone (or KERAS_TRANSFER_DEBUG=1) adds
+the traceback and TensorFlow's own messages. `--helpshort` lists the flags most runs need.
 """
 
 from __future__ import annotations
+
+import dataclasses
+import sys
 
 from absl import app
 from absl import flags
@@ -271,7 +275,38 @@ flags.DEFINE_enum(
     "or mmd (kt.fit_domain_adaptation; the target labels are never used); empty: plain "
     "fine-tuning.",
 )
-cli.define_verbose_flag(_DEFAULTS.verbose, "Keras fit verbosity.")
+cli.define_verbose_flag(
+    _DEFAULTS.verbose,
+    "Progress: 0 quiet, 1 a progress bar per epoch, 2 one line per epoch (the default), "
+    "3 (or --verbose alone) one line per epoch plus TensorFlow's messages and tracebacks.",
+)
+
+# `--help` lists every flag under these groups (a test checks that none is missing);
+# `--helpshort` lists SHORT_FLAGS, the ones most runs need.
+FLAG_GROUPS = {
+    "data": [
+        "data_dir", "dataset", "tfds_data_dir", "train_split", "eval_split", "validation_split",
+        "test_dir", "test_split", "max_pixels", "image_size", "batch_size", "augment",
+        "class_weight", "seed", "deterministic",
+    ],
+    "backbone": ["backbone", "weights", "dropout", "config"],
+    "plan": ["plan", "head_epochs", "fine_tune_epochs", "head_lr", "fine_tune_lr",
+             "unfreeze_blocks", "patience", "restore_best"],
+    "phases": ["cache_features", "freeze_strategy", "unfreeze_schedule", "train_bn",
+               "lr_decay", "lr_schedule", "warmup_steps", "fine_tune", "lora_rank",
+               "lora_alpha"],
+    "regularisation and weight averaging": ["weight_decay", "label_smoothing", "ema_momentum",
+                                            "wise_ft"],
+    "adaptation and diagnostics": ["target_dir", "adapt", "diagnostics", "source_weights"],
+    "output": ["model_dir", "overwrite", "resume", "export", "verbose"],
+    "distribution": ["strategy", "tpu", "mixed_precision"],
+}  # fmt: skip
+SHORT_FLAGS = [
+    "data_dir", "dataset", "model_dir", "backbone", "weights", "image_size", "batch_size",
+    "validation_split", "test_dir", "test_split", "plan", "head_epochs", "fine_tune_epochs",
+    "head_lr", "fine_tune_lr", "unfreeze_blocks", "augment", "fine_tune", "export",
+    "overwrite", "resume", "strategy", "config", "verbose",
+]  # fmt: skip
 
 
 def main(argv: list[str]) -> None:
@@ -279,6 +314,9 @@ def main(argv: list[str]) -> None:
     fields = image_config.Config.__dataclass_fields__
     overrides = {name: FLAGS[name].value for name in fields if FLAGS[name].present}
     config = image_config.load_config(FLAGS.config, overrides)
+    if "verbose" not in overrides and config.verbose == image_config.Config.verbose:
+        # A progress bar for a person at a terminal; one line per epoch into a log file.
+        config = dataclasses.replace(config, verbose=progress_verbosity(sys.stdout))
     if not config.model_dir:
         raise app.UsageError("Set --model_dir (or model_dir in --config).")
     if bool(config.data_dir) == bool(config.dataset):
@@ -286,6 +324,13 @@ def main(argv: list[str]) -> None:
     results = image_classifier_lib.run(config)
     print(image_plan.describe_plan(results["plan"]))
     print(image_reports.summary(results, config))
+
+
+def progress_verbosity(stream) -> int:
+    """Keras' fit verbosity when none was asked for: 1 (a progress bar) on a terminal, 2 (one
+    line per epoch) when the output goes to a file or a pipe."""
+    isatty = getattr(stream, "isatty", None)
+    return 1 if isatty is not None and isatty() else 2
 
 
 # Errors whose message names no flag to change.

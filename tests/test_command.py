@@ -296,3 +296,16 @@ def test_progress_is_a_bar_at_a_terminal_and_lines_in_a_log():
 
     assert image_classifier_cli.progress_verbosity(Terminal()) == 1
     assert image_classifier_cli.progress_verbosity(io.StringIO()) == 2
+
+
+def test_the_command_line_guide_names_every_train_flag():
+    from keras_transfer.apps import image_classifier_cli
+
+    guide = (REPO_ROOT / "docs" / "guide" / "command-line.md").read_text()
+    missing = [
+        name
+        for names in image_classifier_cli.FLAG_GROUPS.values()
+        for name in names
+        if f"`--{name}" not in guide
+    ]
+    assert missing == []

@@ -191,6 +191,9 @@ def test_export_tflite_matches_keras(trained):
     process = command("export", f"--model_dir={model_dir}", "--format=tflite")
     assert process.returncode == 0, process.stderr[-3000:]
     assert (model_dir / "model.tflite").is_file()
+    # The converter's SavedModel was temporary: nothing but the .tflite is left behind.
+    assert not (model_dir / "saved_model").exists()
+    assert not [p.name for p in model_dir.iterdir() if p.name.startswith(".partial")]
 
     import tensorflow as tf
 

@@ -92,7 +92,7 @@ def export_model(
         output_dir: the folder to write into.
         export_format: `"saved_model"`, `"tflite"` or `"onnx"`.
         saved_model_dir: for `"tflite"`, a SavedModel of `model` already exported; by
-            default one is exported to `output_dir/saved_model` first.
+            default one is exported to a temporary folder, deleted after the conversion.
 
     Returns:
         The written path.
@@ -115,15 +115,19 @@ def export_model(
             path, lambda temporary: model.export(temporary, format="onnx", verbose=False)
         )
         return path
-    if export_format == "saved_model" or saved_model_dir is None:
-        saved_model_dir = os.path.join(output_dir, OUTPUT_NAMES["saved_model"])
+    if export_format == "saved_model":
         _replace_folder(
-            lambda folder: model.export(folder, format="tf_saved_model", verbose=False),
-            saved_model_dir,
+            lambda folder: model.export(folder, format="tf_saved_model", verbose=False), path
         )
-        if export_format == "saved_model":
-            return saved_model_dir
-    content = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir).convert()
+        return path
+    if saved_model_dir is None:
+        # The converter's input only: a temporary SavedModel, not left beside the .tflite.
+        with tempfile.TemporaryDirectory(prefix=PARTIAL_PREFIX, dir=output_dir) as scratch:
+            source = os.path.join(scratch, "saved_model")
+            model.export(source, format="tf_saved_model", verbose=False)
+            content = tf.lite.TFLiteConverter.from_saved_model(source).convert()
+    else:
+        content = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir).convert()
 
     def write(temporary):
         with open(temporary, "wb") as f:

@@ -6,6 +6,11 @@ fine-tunes at a lower learning rate. Writes model.keras (for inference: no optim
 state), labels.txt, config.json, results.json, TensorBoard logs, training curves and a
 confusion matrix to --model_dir.
 
+    # Your folder, ImageNet weights downloaded (needs a network):
+    keras-transfer train --data_dir=path/to/images --backbone=mobilenet \
+      --weights=imagenet --model_dir=runs/mine
+
+    # Offline, from a weights file (in the project's checkout: the shared assets):
     keras-transfer train \
       --data_dir=../shared/assets/datasets/hymenoptera_data \
       --backbone=mobilenet \

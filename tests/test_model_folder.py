@@ -126,7 +126,9 @@ def test_fit_two_phase_keeps_a_finished_backup_on_request_and_restores_it(tiny_d
     kwargs = dict(head_epochs=1, fine_tune_epochs=1, unfreeze=2, verbose=0, backup_dir=backup)
     model = make_tiny_classifier()
     history = kt_fit(model, tiny_dataset, keep_backup=True, **kwargs)
+    # The final values, the state, and the head phase's end (WiSE-FT starts from it).
     assert sorted(os.listdir(backup)) == [
+        two_phase_state.HEAD_WEIGHTS_FILE,
         two_phase_state.FINAL_WEIGHTS_FILE,
         "two_phase_state.json",
     ]
@@ -341,11 +343,18 @@ def test_a_setting_refused_by_training_does_not_overwrite_config_json(image_fold
     model_dir = tmp_path / "out"
     image_classifier_lib.run(_config(root, model_dir, fine_tune_epochs=0))
     written = (model_dir / "config.json").read_bytes()
-    with pytest.raises(ValueError, match="no_such_block"):
+    # A rerun into the finished run's folder is refused before anything is written (it
+    # would need --overwrite)...
+    with pytest.raises(ValueError, match="--overwrite"):
         image_classifier_lib.run(_config(root, model_dir, unfreeze_blocks="no_such_block"))
     assert (model_dir / "config.json").read_bytes() == written
     results = json.loads((model_dir / "results.json").read_text())
     assert results["config"] == json.loads(written)
+    # ...and a setting that training refuses writes no config.json into a new folder.
+    fresh = tmp_path / "fresh"
+    with pytest.raises(ValueError, match="no_such_block"):
+        image_classifier_lib.run(_config(root, fresh, unfreeze_blocks="no_such_block"))
+    assert not (fresh / "config.json").exists()
 
 
 # --- 9. exports --------------------------------------------------------------------------

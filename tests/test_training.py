@@ -41,6 +41,7 @@ def test_phases_train_what_they_should(model, tiny_dataset):
         head_epochs=2,
         fine_tune_epochs=2,
         head_lr=1e-2,
+        fine_tune_lr=None,  # head_lr / 10
         unfreeze=1,
         callbacks=[recorder],
         verbose=0,
@@ -67,6 +68,7 @@ def test_phases_train_what_they_should(model, tiny_dataset):
 
 def test_initial_epoch_shifts_both_phases_and_resumes(model, tiny_dataset, tmp_path):
     kwargs = dict(head_epochs=2, fine_tune_epochs=2, head_lr=1e-2, unfreeze=1, verbose=0)
+    kwargs["fine_tune_lr"] = None  # head_lr / 10
     backup = tmp_path / "backup"
     first = _RecordTrainable()
     with pytest.raises(KeyboardInterrupt):
@@ -139,6 +141,7 @@ def test_resume_after_an_early_stopped_head_phase_keeps_the_epoch_numbers(
     model, tiny_dataset, tmp_path
 ):
     kwargs = dict(head_epochs=5, fine_tune_epochs=3, head_lr=1e-2, unfreeze=1, verbose=0)
+    kwargs["fine_tune_lr"] = None  # head_lr / 10
     backup = tmp_path / "backup"
     first = _RecordTrainable()
     with pytest.raises(KeyboardInterrupt):
@@ -231,6 +234,7 @@ def test_optimizer_choices(model, tiny_dataset):
         head_epochs=1,
         fine_tune_epochs=1,
         head_lr=0.1,
+        fine_tune_lr=None,  # head_lr / 10
         optimizer=factory,
         verbose=0,
     )

@@ -102,10 +102,7 @@ def run(
     start = time.perf_counter()
     check_config(config)
     with run_environment(config, strategy) as environment:  # locks model_dir
-        if config.overwrite and environment.chief:
-            removed = remove_run_outputs(environment.output_dir)
-            if removed:
-                logger.info("--overwrite: deleted %s of the earlier run.", ", ".join(removed))
+        _overwrite_earlier_run(config, environment)
         backbone = build_backbone_from_config(config, environment.strategy)
         image_size = backbone.input_shape[0] or backbone.default_size
         data = load_data(
@@ -147,6 +144,14 @@ def run(
             results["diagnostics"] = diagnose(pretrained, model, data, transfer, source, output_dir)
         _save_outputs(config, model, data.class_names, environment, image_size, results, start)
     return results
+
+
+def _overwrite_earlier_run(config: Config, environment: Environment) -> None:
+    """With `overwrite`, deletes what an earlier run wrote into model_dir (its outputs only)."""
+    if config.overwrite and environment.chief:
+        removed = remove_run_outputs(environment.output_dir)
+        if removed:
+            logger.info("--overwrite: deleted %s of the earlier run.", ", ".join(removed))
 
 
 def _save_outputs(

@@ -193,21 +193,7 @@ class Config:
             raise config_lib.ConfigError(
                 f"ema_momentum must lie in [0, 1) (0: off), got {self.ema_momentum}."
             )
-        if self.wise_ft and (
-            self.fine_tune != "full"
-            or self.resolved_freeze_strategy() != "top_n_unfrozen"
-            or self.adapt
-            or not self.resume
-        ):
-            raise config_lib.ConfigError(
-                "wise_ft interpolates from the head phase's weights, kept in the run's backup: "
-                "it needs fine_tune=full, freeze_strategy top_n_unfrozen (or auto), no adapt, "
-                "and resume."
-            )
-        if not 0 <= self.label_smoothing < 1:
-            raise config_lib.ConfigError(
-                f"label_smoothing must lie in [0, 1) (0: none), got {self.label_smoothing}."
-            )
+        self._check_recipes()
         if self.weight_decay < 0:
             raise config_lib.ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}.")
         unknown = set(self.export_formats()) - set(EXPORT_FORMATS)
@@ -275,6 +261,23 @@ class Config:
         if self.weights is None or str(self.weights).lower() in ("", "none"):
             return None
         return self.weights
+
+    def _check_recipes(self) -> None:
+        if self.wise_ft and (
+            self.fine_tune != "full"
+            or self.resolved_freeze_strategy() != "top_n_unfrozen"
+            or self.adapt
+            or not self.resume
+        ):
+            raise config_lib.ConfigError(
+                "wise_ft interpolates from the head phase's weights, kept in the run's backup: "
+                "it needs fine_tune=full, freeze_strategy top_n_unfrozen (or auto), no adapt, "
+                "and resume."
+            )
+        if not 0 <= self.label_smoothing < 1:
+            raise config_lib.ConfigError(
+                f"label_smoothing must lie in [0, 1) (0: none), got {self.label_smoothing}."
+            )
 
     def resolved_freeze_strategy(self) -> str:
         if self.freeze_strategy != "auto":

@@ -75,12 +75,9 @@ def image_folder_dataset(
         validation_split, test_split: fractions held out where there is no such folder; 0: none.
         validation_dir, test_dir: explicit folders with the same class subfolders.
         seed: seed of the splits and the shuffling.
-        augment: `True` for flip/rotation/zoom, a list or comma-separated string of
-            augmentation names (`flip`, `rotation`, `zoom`, `contrast`, `translation`,
-            `crop`: a random instead of the central crop, `randaugment`, `augmix`, and
-            `mixup` / `cutmix`, which also mix the labels: the training labels are then
-            soft vectors, for `heads.SoftLabelCrossentropy`), or a Keras layer; training
-            only.
+        augment: `True` (flip/rotation/zoom), names as a list or comma-separated string
+            (`data.augmentation_pipeline`; `crop`: a random crop; `mixup` / `cutmix` make
+            soft training labels), or a Keras layer; training only.
         shuffle: shuffle the training set every epoch.
         cache: keep decoded, resized images in memory (`True`), in files with this prefix
             (a string), or decode every epoch (`False`).

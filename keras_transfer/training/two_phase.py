@@ -139,8 +139,7 @@ def fit_two_phase(
             backbone (then give `loss` and `metrics`).
         train_data, validation_data: what `model.fit` takes as `x` and `validation_data`.
         head_epochs, fine_tune_epochs: epochs of phase 1 and of phase 2 (0 skips it).
-        head_lr, fine_tune_lr: learning rates of phases 1 and 2 (`fine_tune_lr=None`:
-            `head_lr / 10`).
+        head_lr, fine_tune_lr: learning rates of phases 1 and 2 (None: `head_lr / 10`).
         unfreeze: blocks to fine-tune: a count from the output side, a block name to
             unfreeze from, a fraction in (0, 1), or `"all"`.
         train_bn: make BatchNormalization layers trainable (fastai's `train_bn`).

@@ -5,7 +5,8 @@ checkout) once per config and seed, each in its own process, on the same data an
 
 - `fixed`: the defaults before the advisor, `--plan=fixed` (`FIXED_DEFAULTS` of
   keras_transfer/apps/image_config.py: 20 head epochs on cached features at 1e-3, then every
-  block 5 epochs at 2e-5, no early stopping, the last epoch kept; EMA 0.9);
+  block 5 epochs at 2e-5, no early stopping, the last epoch kept; no EMA, the default since
+  `--ema_momentum` became a per-epoch momentum);
 - `advisor`: no training flags: `kt.recommend_training_plan` (keras_transfer/diagnostics/
   recipes.py, called by keras_transfer/apps/image_plan.py) chooses epochs, rates and blocks
   from the training split's size and the backbone's per-block LogME on the training images,

@@ -96,12 +96,12 @@ def test_greedy_soup_leaves_out_the_run_that_lowers_validation_accuracy():
     greedy = kt.soup(runs, data, method="greedy")
     uniform = kt.soup(runs, data, method="uniform")
 
-    assert greedy.ingredients == [0, 1]
-    assert greedy.score == 1.0
-    np.testing.assert_allclose(greedy.model.get_layer("dense").kernel.numpy()[0], [-1.5, 1.5])
-    assert uniform.ingredients == [0, 1, 2]
-    assert uniform.score == 0.5
-    assert greedy.scores == [1.0, 1.0, 0.0]
+    assert greedy.soup_ingredients == [0, 1]
+    assert greedy.soup_score == 1.0
+    np.testing.assert_allclose(greedy.get_layer("dense").kernel.numpy()[0], [-1.5, 1.5])
+    assert uniform.soup_ingredients == [0, 1, 2]
+    assert uniform.soup_score == 0.5
+    assert greedy.soup_scores == [1.0, 1.0, 0.0]
     # The runs themselves are untouched: the soup is a clone.
     np.testing.assert_allclose(runs[2].get_layer("dense").kernel.numpy()[0], [3.0, -3.0])
 
@@ -113,14 +113,14 @@ def test_soup_of_transfer_classifiers_is_a_compiled_transfer_classifier(new_tiny
     images = np.random.default_rng(0).uniform(0, 255, (8, 32, 32, 3)).astype("float32")
     data = tf.data.Dataset.from_tensor_slices((images, np.arange(8) % 2)).batch(4)
 
-    result = kt.soup(runs, data, method="uniform")
+    souped = kt.soup(runs, data, method="uniform")
 
-    assert isinstance(result.model, kt.TransferClassifier)
-    assert result.model is not runs[0]
+    assert isinstance(souped, kt.TransferClassifier)
+    assert souped is not runs[0]
     mean = [(a + b) / 2 for a, b in zip(runs[0].get_weights(), runs[1].get_weights())]
-    for got, want in zip(result.model.get_weights(), mean):
+    for got, want in zip(souped.get_weights(), mean):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
-    assert "accuracy" in result.model.evaluate(data, verbose=0, return_dict=True)
+    assert "accuracy" in souped.evaluate(data, verbose=0, return_dict=True)
 
 
 def test_soup_and_wise_ft_name_a_metric_the_model_does_not_report():

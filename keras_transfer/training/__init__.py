@@ -51,7 +51,6 @@ from keras_transfer.training.two_phase_state import STATE_FILE
 from keras_transfer.training.two_phase_state import EpochRecorder
 from keras_transfer.training.two_phase_state import RunState
 from keras_transfer.training.two_phase_state import TwoPhaseHistory
-from keras_transfer.training.weight_averaging import SoupResult
 from keras_transfer.training.weight_averaging import WiseFtResult
 from keras_transfer.training.weight_averaging import ema_momentum_per_step
 from keras_transfer.training.weight_averaging import interpolate_weights
@@ -104,7 +103,6 @@ __all__ = [
     "EpochRecorder",
     "RunState",
     "TwoPhaseHistory",
-    "SoupResult",
     "WiseFtResult",
     "ema_momentum_per_step",
     "interpolate_weights",

@@ -36,7 +36,6 @@ import keras
 import numpy as np
 
 __all__ = [
-    "SoupResult",
     "WiseFtResult",
     "ema_momentum_per_step",
     "interpolate_weights",
@@ -138,24 +137,17 @@ def wise_ft(
     return WiseFtResult(alpha=best, scores=scores)
 
 
-@dataclasses.dataclass
-class SoupResult:
-    """A soup: the model holding the averaged weights, the indices of the runs in it (in the
-    order they were added) and every run's own validation score."""
-
-    model: keras.Model
-    ingredients: list[int]
-    scores: list[float]
-    score: float
-
-
 def soup(
     models: Sequence[WeightsSource],
     validation_data: Any,
     method: str = "greedy",
     metric: str = "accuracy",
-) -> SoupResult:
+) -> keras.Model:
     """Averages the weights of runs fine-tuned from one starting point (a model soup).
+
+    Returns a compiled clone of `models[0]` holding the averaged weights; its
+    `soup_ingredients` are the indices of the runs in it (in the order they were added),
+    `soup_scores` every run's own validation score and `soup_score` the soup's.
 
     Args:
         models: the fine-tuned runs; the first must be a compiled model (the soup is a clone
@@ -169,8 +161,9 @@ def soup(
 
     Example:
     ```python
-    result = soup([run_a, run_b, run_c], data.validation, method="greedy")
-    result.model.evaluate(data.test)
+    souped = soup([run_a, run_b, run_c], data.validation, method="greedy")
+    souped.soup_ingredients  # -> [1, 0]: run_c lowered the validation accuracy
+    souped.evaluate(data.test)
     ```
     """
     if method not in ("uniform", "greedy"):
@@ -194,7 +187,8 @@ def soup(
         "Soup (%s) of runs %s: validation %s %.4f (best run alone %.4f).",
         method, ingredients, metric, score, sign * max(sign * s for s in scores),
     )  # fmt: skip
-    return SoupResult(model=souped, ingredients=ingredients, scores=scores, score=score)
+    souped.soup_ingredients, souped.soup_scores, souped.soup_score = ingredients, scores, score
+    return souped
 
 
 def _greedy_ingredients(souped, weights, scores, validation_data, metric) -> list[int]:

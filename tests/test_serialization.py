@@ -329,6 +329,7 @@ FACTORIES = {
     "SoftLabelAccuracy": soft_label_accuracy,
     "GradientReversal": gradient_reversal,
     "CoralLoss": compiled_loss(losses.CoralLoss),
+    "PredictionEntropy": compiled_loss(losses.PredictionEntropy, from_logits=True),
     "MMDLoss": compiled_loss(losses.MMDLoss, kernel_multipliers=(0.5, 1.0)),
     "DomainAdaptation": domain_adaptation,
     "DannLearningRate": learning_rate_schedule(domain.DannLearningRate),

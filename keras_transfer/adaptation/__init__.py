@@ -1,6 +1,8 @@
 """Unsupervised domain adaptation: DANN, Deep CORAL and MMD training (`domain`, on the
 `model.DomainAdaptation` wrapper and the DANN `schedules`), the domain distance
-(`distance`), the alignment losses (`losses`) and the gradient reversal layer (`layers`).
+(`distance`), the alignment losses (`losses`) and the gradient reversal layer (`layers`);
+adaptation of a trained model to unlabeled target images without the source data, AdaBN
+and TENT (`test_time`).
 """
 
 from keras_transfer.adaptation import distance
@@ -9,6 +11,7 @@ from keras_transfer.adaptation import layers
 from keras_transfer.adaptation import losses
 from keras_transfer.adaptation import model
 from keras_transfer.adaptation import schedules
+from keras_transfer.adaptation import test_time
 from keras_transfer.adaptation.distance import CLOSE_BELOW
 from keras_transfer.adaptation.distance import FAR_FROM
 from keras_transfer.adaptation.distance import DomainDistance
@@ -22,6 +25,7 @@ from keras_transfer.adaptation.domain import paired_batches
 from keras_transfer.adaptation.layers import GradientReversal
 from keras_transfer.adaptation.losses import CoralLoss
 from keras_transfer.adaptation.losses import MMDLoss
+from keras_transfer.adaptation.losses import PredictionEntropy
 from keras_transfer.adaptation.model import ALIGNMENT_LAYERS
 from keras_transfer.adaptation.model import METHODS
 from keras_transfer.adaptation.model import WEIGHT_SCHEDULES
@@ -30,17 +34,25 @@ from keras_transfer.adaptation.model import check_adaptation_options
 from keras_transfer.adaptation.model import pooled_feature_model
 from keras_transfer.adaptation.schedules import DannLearningRate
 from keras_transfer.adaptation.schedules import reversal_weight
+from keras_transfer.adaptation.test_time import adapt_batchnorm
+from keras_transfer.adaptation.test_time import batchnorm_layers
+from keras_transfer.adaptation.test_time import fit_tent
 
 __all__ = [
     "layers",
     "losses",
     "schedules",
+    "test_time",
     "model",
     "domain",
     "distance",
     "GradientReversal",
     "CoralLoss",
     "MMDLoss",
+    "PredictionEntropy",
+    "adapt_batchnorm",
+    "batchnorm_layers",
+    "fit_tent",
     "DannLearningRate",
     "reversal_weight",
     "ALIGNMENT_LAYERS",

@@ -1,5 +1,5 @@
-"""Distribution-alignment losses between source and target features: Deep CORAL and
-multi-kernel MMD.
+"""Distribution-alignment losses between source and target features (Deep CORAL and
+multi-kernel MMD), and the prediction entropy that test-time adaptation (TENT) minimises.
 
 - `CoralLoss`: Sun & Saenko 2016, "Deep CORAL: Correlation Alignment for Deep Domain
   Adaptation" (ECCV workshops): the squared Frobenius distance between the feature
@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 import keras
 
-__all__ = ["CoralLoss", "MMDLoss"]
+__all__ = ["CoralLoss", "MMDLoss", "PredictionEntropy"]
 
 
 def _check_features(source, target, name: str) -> None:
@@ -152,4 +152,40 @@ class MMDLoss(keras.losses.Loss):
         config.update(
             {"kernel_multipliers": list(self.kernel_multipliers), "bandwidth": self.bandwidth}
         )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="keras_transfer")
+class PredictionEntropy(keras.losses.Loss):
+    """The Shannon entropy of each prediction, `-sum_c p_c log p_c`; `y_true` is ignored.
+
+    TENT (Wang et al., ICLR 2021) minimises it on unlabeled target batches
+    (`adaptation.test_time.fit_tent`), which `fit` can then train with dummy targets.
+
+    Args:
+        from_logits: whether `y_pred` holds logits (else probabilities).
+        **kwargs: `keras.losses.Loss` arguments (`reduction`, `name`, `dtype`).
+
+    Example:
+
+    ```python
+    PredictionEntropy()(np.zeros(2), np.array([[0.5, 0.5], [1.0, 0.0]]))  # -> 0.347: ln 2 / 2
+    ```
+    """
+
+    def __init__(self, from_logits: bool = False, name: str = "prediction_entropy", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.from_logits = from_logits
+
+    def call(self, y_true, y_pred):
+        del y_true
+        if self.from_logits:
+            log_p = keras.ops.log_softmax(y_pred, axis=-1)
+        else:
+            log_p = keras.ops.log(keras.ops.clip(y_pred, 1e-7, 1.0))
+        return -keras.ops.sum(keras.ops.exp(log_p) * log_p, axis=-1)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"from_logits": self.from_logits})
         return config

@@ -79,4 +79,6 @@ def test_prediction_entropy_of_probabilities_and_logits():
     assert entropy == pytest.approx(np.log(2) / 2, abs=2e-6)
     logits = np.log(np.array([[0.25, 0.75]], "float32"))
     expected = -(0.25 * np.log(0.25) + 0.75 * np.log(0.75))
-    assert float(kt.PredictionEntropy(from_logits=True)(np.zeros(1), logits)) == pytest.approx(expected)
+    assert float(kt.PredictionEntropy(from_logits=True)(np.zeros(1), logits)) == pytest.approx(
+        expected
+    )

@@ -10,7 +10,6 @@ import tensorflow as tf
 
 import keras_transfer as kt
 from keras_transfer.apps import image_classifier as image_classifier_lib
-from keras_transfer.apps import image_config
 from keras_transfer.apps import image_training
 from keras_transfer.apps.config import ConfigError
 
@@ -98,29 +97,10 @@ def test_soft_label_accuracy_reads_indices_and_soft_labels():
     assert float(metric.result()) == pytest.approx(2 / 3)
 
 
-def _config(root, model_dir, **overrides):
-    settings = dict(
-        data_dir=str(root),
-        model_dir=str(model_dir),
-        backbone="mobilenet",
-        weights=None,
-        image_size=32,
-        batch_size=4,
-        head_epochs=1,
-        fine_tune_epochs=1,
-        unfreeze_blocks="1",
-        validation_split=0.25,
-        verbose=0,
-        plan="fixed",
-    )
-    settings.update(overrides)
-    return image_config.Config(**settings)
-
-
-def test_command_trains_with_mixup_and_label_smoothing(image_folder, tmp_path):
+def test_command_trains_with_mixup_and_label_smoothing(image_folder, tmp_path, tiny_run_config):
     root = image_folder({"a": 8, "b": 8, "c": 8})
     model_dir = tmp_path / "out"
-    config = _config(root, model_dir, augment="flip,mixup,cutmix", label_smoothing=0.1)
+    config = tiny_run_config(root, model_dir, augment="flip,mixup,cutmix", label_smoothing=0.1)
 
     results = image_classifier_lib.run(config)
 
@@ -130,11 +110,11 @@ def test_command_trains_with_mixup_and_label_smoothing(image_folder, tmp_path):
     assert isinstance(arguments["loss"], kt.SoftLabelCrossentropy)
     assert arguments["loss"].label_smoothing == pytest.approx(0.1)
     assert isinstance(arguments["metrics"][0], kt.SoftLabelAccuracy)
-    assert image_training.loss_arguments(_config(root, model_dir)) == {}
+    assert image_training.loss_arguments(tiny_run_config(root, model_dir)) == {}
     settings = json.loads((model_dir / "config.json").read_text())
     assert settings["label_smoothing"] == 0.1 and "mixup" in settings["augment"]
 
 
-def test_config_refuses_label_smoothing_outside_0_1(tmp_path):
+def test_config_refuses_label_smoothing_outside_0_1(tmp_path, tiny_run_config):
     with pytest.raises(ConfigError, match="label_smoothing must lie in"):
-        _config(tmp_path, tmp_path / "out", label_smoothing=1.0)
+        tiny_run_config(tmp_path, tmp_path / "out", label_smoothing=1.0)

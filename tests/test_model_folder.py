@@ -403,35 +403,21 @@ def test_export_replaces_saved_model_without_a_half_deleted_moment_and_cleans_le
     assert sorted(os.listdir(tmp_path)) == ["saved_model"]
 
 
-def test_a_rerun_into_a_finished_model_dir_needs_overwrite(image_folder, tmp_path):
-    from keras_transfer.apps import image_classifier as image_classifier_lib
-    from keras_transfer.apps import image_config
+def test_a_rerun_into_a_finished_model_dir_needs_overwrite(image_folder, tmp_path, tiny_run_config):
     from keras_transfer.apps.config import ConfigError
 
     root = image_folder({"a": 4, "b": 4})
     model_dir = tmp_path / "out"
-    settings = dict(
-        data_dir=str(root),
-        model_dir=str(model_dir),
-        backbone="mobilenet",
-        weights=None,
-        image_size=32,
-        batch_size=4,
-        head_epochs=1,
-        fine_tune_epochs=0,
-        validation_split=0.25,
-        verbose=0,
-        plan="fixed",
-    )
-    image_classifier_lib.run(image_config.Config(**settings))
+    settings = dict(fine_tune_epochs=0)
+    image_classifier_lib.run(tiny_run_config(root, model_dir, **settings))
     (model_dir / "notes.txt").write_text("mine")
     first_events = sorted(p.name for p in (model_dir / "logs").rglob("*") if p.is_file())
 
     with pytest.raises(ConfigError, match=r"already holds .*--overwrite") as refused:
-        image_classifier_lib.run(image_config.Config(**settings))
+        image_classifier_lib.run(tiny_run_config(root, model_dir, **settings))
     assert refused.value.exit_code == 2
 
-    image_classifier_lib.run(image_config.Config(**settings, overwrite=True))
+    image_classifier_lib.run(tiny_run_config(root, model_dir, **settings, overwrite=True))
     # The earlier run's outputs were replaced (no mixed TensorBoard events); the user's
     # own file stayed.
     events = sorted(p.name for p in (model_dir / "logs").rglob("*") if p.is_file())

@@ -157,27 +157,13 @@ def test_the_command_states_its_ema_momentum_per_epoch():
 
 
 def test_the_command_keeps_the_wise_ft_alpha_with_the_best_validation_accuracy(
-    image_folder, tmp_path
+    image_folder, tmp_path, tiny_run_config
 ):
     from keras_transfer.apps import image_classifier as image_classifier_lib
-    from keras_transfer.apps import image_config
 
     root = image_folder({"a": 8, "b": 8})
-    config = image_config.Config(
-        data_dir=str(root),
-        model_dir=str(tmp_path / "out"),
-        backbone="mobilenet",
-        weights=None,
-        image_size=32,
-        batch_size=4,
-        head_epochs=2,
-        fine_tune_epochs=2,
-        fine_tune_lr=1e-2,
-        unfreeze_blocks="2",
-        validation_split=0.25,
-        verbose=0,
-        plan="fixed",
-        wise_ft=True,
+    config = tiny_run_config(
+        root, tmp_path / "out", head_epochs=2, fine_tune_epochs=2, fine_tune_lr=1e-2, wise_ft=True
     )
 
     results = image_classifier_lib.run(config)

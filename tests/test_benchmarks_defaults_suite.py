@@ -59,7 +59,7 @@ def test_main_runs_each_task_arm_and_seed_once_and_resumes_from_the_runs_file(
         lambda name, assets, work: {"train_dir": name, "test_dir": "t", "flags": ["--x"]},
     )
     monkeypatch.setattr(suite._common, "assets_dir", lambda flag, needs: tmp_path)
-    args = ["--tasks", "t1,t2", "--arms", "fixed,label_smoothing", "--seeds", "0,1,2"]
+    args = ["--tasks", "t1,t2", "--arms", "fixed,label_smoothing", "--seeds", "3"]
     args += ["--runs_file", str(tmp_path / "runs.jsonl"), "--output", str(tmp_path / "out.json")]
 
     summary = suite.main(args)
@@ -81,3 +81,8 @@ def test_main_runs_each_task_arm_and_seed_once_and_resumes_from_the_runs_file(
     calls.clear()
     assert suite.main(args) == summary
     assert calls == []  # every run came from the runs file
+
+
+def test_seeds_is_a_count_or_a_list(suite):
+    assert suite.parse_seeds("3") == [0, 1, 2]
+    assert suite.parse_seeds("0,4,7") == [0, 4, 7]

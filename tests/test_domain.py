@@ -679,3 +679,23 @@ def test_benchmark_needs_two_methods_for_the_best_method_arm():
         script.parse_args(["--arms", "dann,best_on_target_val"])
     args = script.parse_args(["--task", "photo_shift"])
     assert (args.seeds, args.lr, args.epochs) == (5, [1e-4, 1e-3], 3)
+
+
+def test_benchmark_later_seeds_train_the_grid_points_the_first_seeds_chose():
+    script = load_benchmark("domain_adaptation")
+
+    def chosen(target, source):
+        return {
+            "chosen_by_target_val": {"lr": target[0], "weight": target[1]},
+            "chosen_by_source_val": {"lr": source[0], "weight": source[1]},
+        }
+
+    first = [
+        {"dann": chosen((1e-3, 1.0), (1e-4, 0.3)), "best_on_target_val": {}},
+        {"dann": chosen((1e-4, 0.3), (1e-4, 0.3))},
+    ]
+    # (1e-4, 0.3): 2 + 1 + 1 votes; (1e-3, 1.0): 2; nothing else was chosen.
+    fixed = script.fixed_settings(first)
+    assert fixed == {"dann": [{"lr": 1e-4, "weight": 0.3}, {"lr": 1e-3, "weight": 1.0}]}
+    args = script.parse_args(["--task", "photo_shift", "--grid_seeds", "1"])
+    assert "seeds 0..0 only" in script.selection(args)["tuned"]

@@ -400,9 +400,9 @@ def run_seed(task, data, args, seed, assets, fixed=None) -> dict:
 
 
 def fixed_settings(first_seeds: list[dict]) -> dict:
-    """Per arm, the grid points the first seeds chose by either rule (target validation
-    and source validation), most often chosen first, in grid order among ties: the only
-    points the later seeds train."""
+    """Per arm, the one grid point the later seeds train: the one the first seeds chose
+    most often, a target-validation choice counting 2 and a source-validation choice 1
+    (ties: the earlier choice)."""
     fixed = {}
     for arm in first_seeds[0]:
         if arm == "best_on_target_val":
@@ -414,7 +414,7 @@ def fixed_settings(first_seeds: list[dict]) -> dict:
                 key = (chosen["lr"], chosen["weight"])
                 votes[key] = votes.get(key, 0) + (2 if rule == "target_val" else 1)
         ranked = sorted(votes, key=lambda key: -votes[key])
-        fixed[arm] = [{"lr": lr, "weight": weight} for lr, weight in ranked[:2]]
+        fixed[arm] = [{"lr": lr, "weight": weight} for lr, weight in ranked[:1]]
     return fixed
 
 
@@ -501,9 +501,9 @@ def selection(args) -> dict:
             f"batch {args.batch_size}, CORAL on {args.coral_layer}, data seed 0."
             + (
                 f" The whole grid is searched on seeds 0..{args.grid_seeds - 1} only; later "
-                "seeds train, per arm, the (at most two) grid points those seeds chose, by "
-                "votes (a target-validation choice counts 2, a source-validation choice 1; "
-                "ties: grid order), and choose among them and their checkpoints as above."
+                "seeds train, per arm, the one grid point those seeds chose most (a "
+                "target-validation choice counts 2, a source-validation choice 1; ties: the "
+                "earlier choice), and both rules choose among its checkpoints as above."
                 if args.grid_seeds and args.grid_seeds < args.seeds
                 else ""
             )

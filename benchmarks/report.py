@@ -11,6 +11,11 @@ Every table of results in benchmarks/README.md and README.md sits between two co
   and metric;
 - `summary` (README.md): the primary metric of every arm of every current file.
 
+A timing file's section ends with the history of its ratios (`ratio_*`, `speedup_*`): the
+same command's earlier runs in `archive/` that follow the schema, oldest first, and the
+change of the current run against the previous one; a drop of more than 10%
+(`REGRESSION`) is marked, so a performance regression shows in the table.
+
     python benchmarks/report.py            # rewrites the tables from the files
     python benchmarks/report.py --check    # exit 1 listing each stale table, each region
                                            # missing, and each file breaking the schema
@@ -45,6 +50,10 @@ NO_RESULTS = (
 )
 
 
+REGRESSION = 0.10  # a ratio more than 10% below the previous run's is marked
+HISTORY_RUNS = 5  # archived runs shown per history table
+
+
 def load_results(root: pathlib.Path) -> tuple[list[tuple[str, dict]], list[str]]:
     """The current results files (`benchmarks/results/*.json`, sorted) that follow the schema,
     as (path relative to `root`, record), and one problem per file that does not."""
@@ -65,6 +74,84 @@ def load_results(root: pathlib.Path) -> tuple[list[tuple[str, dict]], list[str]]
         else:
             valid.append((name, record))
     return valid, problems
+
+
+def load_archive(root: pathlib.Path) -> list[tuple[str, dict]]:
+    """The archived results files that follow the schema (older formats carry no history
+    this report can read), as (path relative to `root`, record)."""
+    archived = []
+    for path in sorted((root / "benchmarks" / "results" / "archive").glob("*.json")):
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if not _common.validate_results(record):
+            archived.append((path.relative_to(root).as_posix(), record))
+    return archived
+
+
+def _same_command(command: str) -> str:
+    """`command` without the arguments that only say where files are."""
+    words = command.split()
+    kept, skip = [], False
+    for word in words:
+        if skip:
+            skip = False
+            continue
+        if word in ("--output", "--assets", "--output_dir"):
+            skip = True
+            continue
+        if not word.startswith(("--output=", "--assets=", "--output_dir=")):
+            kept.append(word)
+    return " ".join(kept)
+
+
+def _ratio_metrics(record: dict) -> list[tuple[str, str]]:
+    return [
+        (arm, metric)
+        for arm, metrics in record["arms"].items()
+        for metric in metrics
+        if metric.startswith(("ratio", "speedup"))
+    ]
+
+
+def render_history(record: dict, archived: list[tuple[str, dict]]) -> list[str]:
+    """The history table of a timing file's ratios (module docstring), or `[]`."""
+    ratios = _ratio_metrics(record)
+    if record["kind"] != "timing" or not ratios:
+        return []
+    earlier = sorted(
+        (r for _, r in archived if r["benchmark"] == record["benchmark"]
+         and r["dataset"] == record["dataset"]
+         and _same_command(r["command"]) == _same_command(record["command"])
+         and r["finished_at"] < record["finished_at"]),
+        key=lambda r: r["finished_at"],
+    )[-HISTORY_RUNS:]  # fmt: skip
+    if not earlier:
+        return [
+            "History: no earlier run of this command in `archive/` follows the schema; the "
+            "next run is compared with this one.",
+            "",
+        ]
+    runs = [*earlier, record]
+    lines = [
+        f"History of the ratios (each run: the mean over its repeats), a drop "
+        f"of more than {REGRESSION:.0%} against the previous run marked:",
+        "",
+        "| arm | metric | " + " | ".join(f"`{r['git_commit'][:7]}` {r['finished_at'][:10]}"
+                                          for r in runs) + " | change |",
+        "|---|---|" + "---|" * (len(runs) + 1),
+    ]  # fmt: skip
+    for arm, metric in ratios:
+        means = [r["arms"].get(arm, {}).get(metric, {}).get("mean") for r in runs]
+        cells = [_number(m) if m is not None else "–" for m in means]
+        previous = next((m for m in reversed(means[:-1]) if m is not None), None)
+        change = "–"
+        if previous:
+            relative = means[-1] / previous - 1
+            change = f"{relative:+.1%}" + (" **drop**" if relative < -REGRESSION else "")
+        lines.append(f"| {_cell(arm)} | {_cell(metric)} | " + " | ".join(cells) + f" | {change} |")
+    return [*lines, ""]
 
 
 def _cell(text) -> str:
@@ -162,13 +249,15 @@ def _file_section(name: str, r: dict) -> list[str]:
     return lines
 
 
-def render_benchmark(benchmark: str, results: list[tuple[str, dict]]) -> str:
+def render_benchmark(
+    benchmark: str, results: list[tuple[str, dict]], archived: list[tuple[str, dict]] = ()
+) -> str:
     mine = [(name, r) for name, r in results if r["benchmark"] == benchmark]
     if not mine:
         return f"`{benchmark}`: " + NO_RESULTS
     lines = []
     for name, r in mine:
-        lines += [*_file_section(name, r), ""]
+        lines += [*_file_section(name, r), "", *render_history(r, list(archived))]
     lines.append("Each cell: mean ± 95% confidence half-width (t-interval over the n values).")
     return "\n".join(lines)
 
@@ -200,15 +289,17 @@ def render_summary(results: list[tuple[str, dict]]) -> str:
     return "\n".join(rows)
 
 
-def render(name: str, results: list[tuple[str, dict]]) -> str:
+def render(name: str, results: list[tuple[str, dict]], archived=()) -> str:
     if name == "index":
         return render_index(results)
     if name == "summary":
         return render_summary(results)
-    return render_benchmark(name, results)
+    return render_benchmark(name, results, archived)
 
 
-def update(text: str, results: list[tuple[str, dict]]) -> tuple[str, list[str], list[str]]:
+def update(
+    text: str, results: list[tuple[str, dict]], archived=()
+) -> tuple[str, list[str], list[str]]:
     """`text` with every region re-rendered, the names of the regions, and the names of
     those whose content changed."""
     names, changed = [], []
@@ -216,7 +307,7 @@ def update(text: str, results: list[tuple[str, dict]]) -> tuple[str, list[str], 
     def replace(match: re.Match) -> str:
         name = match.group("name")
         names.append(name)
-        body = f"\n{render(name, results)}\n\n"
+        body = f"\n{render(name, results, archived)}\n\n"
         if match.group("body") != body:
             changed.append(name)
         return f"<!-- report:{name} -->\n{body}<!-- /report:{name} -->"
@@ -227,11 +318,12 @@ def update(text: str, results: list[tuple[str, dict]]) -> tuple[str, list[str], 
 def run(root: pathlib.Path, check: bool) -> list[str]:
     """Renders (or, with `check`, compares) every region; returns the problems."""
     results, problems = load_results(root)
+    archived = load_archive(root)
     rendered_benchmarks = set()
     for target, required in TARGETS.items():
         path = root / target
         text = path.read_text(encoding="utf-8")
-        new, names, changed = update(text, results)
+        new, names, changed = update(text, results, archived)
         if target == "benchmarks/README.md":
             rendered_benchmarks.update(names)
         unclosed = sorted(set(OPENING.findall(text)) - set(names))

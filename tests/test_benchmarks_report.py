@@ -385,3 +385,49 @@ def test_ranking_files_hold_rank_correlations_per_seed_on_a_test_split(common, r
     problems = common.validate_results(record)
     assert any("2 seed(s); a ranking verdict needs at least 3" in p for p in problems)
     assert any("held-out test split" in p for p in problems)
+
+
+def test_report_shows_each_ratio_against_the_same_commands_earlier_runs(common, report, tmp_path):
+    root = copy_of_the_repository(tmp_path)
+    results = root / "benchmarks" / "results"
+    pairing = {"tuned": "nothing", "tuned_on": None, "pairing": "guide and cached per round"}
+
+    def timing(path, speedups, finished_at, argv=("--rounds", "3")):
+        run = common.start_run(pairing, script=str(BENCHMARKS / "feature_cache.py"), argv=argv)
+        common.write_results(
+            path,
+            run,
+            kind="timing",
+            benchmark="feature_cache",
+            dataset="hymenoptera",
+            splits={"train": 244, "validation": 153},
+            evaluated_on="validation",
+            repeats=len(speedups),
+            arms={
+                "guide": {"seconds": [100.0] * len(speedups)},
+                "cached": {"seconds": [10.0] * len(speedups), "speedup_vs_guide": speedups},
+            },
+            primary_metric="seconds",
+        )
+        record = json.loads(path.read_text())
+        path.write_text(json.dumps({**record, "finished_at": finished_at}))
+
+    archive = results / "archive"
+    timing(archive / "feature_cache_a.json", [9.0, 9.2, 9.1], "2026-11-01T10:00:00Z")
+    timing(archive / "feature_cache_b.json", [8.0, 8.0, 8.0], "2026-11-20T10:00:00Z")
+    # Another command (other settings) is not this run's history.
+    timing(archive / "feature_cache_c.json", [1.0] * 3, "2026-11-25T10:00:00Z", ("--epochs", "2"))
+    timing(results / "feature_cache.json", [6.8, 7.0, 7.2], "2026-12-01T10:00:00Z")
+    assert report.main(["--root", str(root)]) == 0
+    bench = (root / "benchmarks" / "README.md").read_text()
+    section = bench.split("<!-- report:feature_cache -->")[1].split("<!-- /report:")[0]
+    history = section.split("History of the ratios")[1]
+    row = next(line for line in history.splitlines() if line.startswith("| cached |"))
+    # Oldest first, then the current run; 7 is 12.5% below the previous 8.
+    assert row.endswith("| 9.1 | 8 | 7 | -12.5% **drop** |"), row
+    assert "| 1 |" not in section
+
+    timing(results / "feature_cache.json", [7.6, 7.6, 7.6], "2026-12-01T10:00:00Z")
+    report.main(["--root", str(root)])
+    bench = (root / "benchmarks" / "README.md").read_text()
+    assert "| 9.1 | 8 | 7.6 | -5.0% |" in bench  # within 10%: shown, not marked

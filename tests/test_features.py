@@ -336,14 +336,13 @@ def test_bad_input_is_a_clear_error():
         kt.fit_two_phase_cached(backbone.model, dataset)
 
 
-def run_benchmark(name, tmp_path, *args):
+def run_benchmark(name, *args):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     completed = subprocess.run(
         [
             sys.executable,
             str(REPO_ROOT / "benchmarks" / name),
             "--smoke",
-            f"--output_dir={tmp_path}",
             *args,
         ],
         capture_output=True,
@@ -358,12 +357,21 @@ def run_benchmark(name, tmp_path, *args):
 
 @pytest.mark.slow
 def test_feature_cache_benchmark_smoke(tmp_path):
-    result = run_benchmark("feature_cache.py", tmp_path)
-    assert set(result) == {"speedup", "guide_s", "cached_s", "guide_val_acc", "cached_val_acc"}
-    assert result["speedup"] == pytest.approx(result["guide_s"] / result["cached_s"])
-    details = json.loads((tmp_path / "results.json").read_text())
+    output = tmp_path / "feature_cache.json"
+    result = run_benchmark("feature_cache.py", f"--output={output}")
+    record = json.loads(output.read_text())
+    rounds = record["details"]["rounds"]
+    assert len(rounds) == 2 == record["repeats"]
+    # The speedup is paired within each round, and the summary is their median.
+    for arm in rounds:
+        assert arm["speedup"] == pytest.approx(arm["guide"]["seconds"] / arm["cached"]["seconds"])
+    assert result["speedup_per_round"] == [arm["speedup"] for arm in rounds]
+    assert record["arms"]["cached"]["speedup_vs_guide"]["per_seed"] == result["speedup_per_round"]
+    assert record["selection"]["pairing"] and record["git_commit"]
     # The re-attached model evaluated on images agrees with the head's last validation epoch.
-    assert details["cached_end_to_end_val_acc"] == pytest.approx(result["cached_val_acc"])
+    for arm in rounds:
+        cached = arm["cached"]
+        assert cached["end_to_end_val_accuracy"] == pytest.approx(cached["val_accuracy"])
 
 
 @pytest.mark.parametrize(

@@ -28,9 +28,13 @@ training seeds are 0 .. --seeds-1):
   (BatchNorm in inference mode), Adam at the learning rate for the head (and DANN's domain
   classifier) and a tenth of it for the backbone (`kt.with_layerwise_lr`).
 
-Arms: `source_only`, `dann`, `coral`, `mmd` (`kt.fit_domain_adaptation`; DANN and MMD align
-the pooled features, CORAL the logits as Deep CORAL does, `--coral_layer`),
-`best_on_target_val` (per seed, the test accuracy of whichever of the first four won on that
+Arms: `source_only`, `dann`, `coral`, `mmd`, `mcc` (`kt.fit_domain_adaptation`; DANN and
+MMD align the pooled features, CORAL the logits as Deep CORAL does, `--coral_layer`; MCC
+penalises the class confusion of the target logits); the source-free `adabn`, `tent`,
+`shot` (`_source_free.py`: from the source-only model that source validation chose, with
+the command's declared defaults as the label-free selection; photo_shift only for AdaBN
+and TENT, which adapt BatchNormalization);
+`best_on_target_val` (per seed, the test accuracy of whichever of the five methods won on that
 seed's target validation split) and `target_supervised` (trained on the labelled target
 train split: the upper bound, the only arm that trains on target labels).
 
@@ -78,15 +82,17 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import _common  # noqa: E402
+import _source_free  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import keras_transfer as kt  # noqa: E402
 
-METHODS = ("source_only", "dann", "coral", "mmd")
-ARMS = (*METHODS, "best_on_target_val", "target_supervised")
-ADAPTATION = ("dann", "coral", "mmd")
+METHODS = ("source_only", "dann", "coral", "mmd", "mcc")
+SOURCE_FREE = _source_free.SOURCE_FREE
+ARMS = (*METHODS, *SOURCE_FREE, "best_on_target_val", "target_supervised")
+ADAPTATION = ("dann", "coral", "mmd", "mcc")
 PRIMARY = "target_test_acc"
 DEFAULTS = {
     # `epochs` is the budget the schedules span; the kept checkpoint is chosen among every
@@ -101,6 +107,7 @@ DEFAULTS = {
         "dann_weight": "0.3,1",
         "coral_weight": "1,10",
         "mmd_weight": "0.3,1",
+        "mcc_weight": "0.3,1",
         "coral_layer": "logits",
         "image_size": 32,
     },
@@ -112,6 +119,7 @@ DEFAULTS = {
         "dann_weight": "1",
         "coral_weight": "1",
         "mmd_weight": "1",
+        "mcc_weight": "1",
         "coral_layer": "logits",
         "image_size": 128,
     },
@@ -357,24 +365,32 @@ def run_arm(task, arm, data, args, seed, assets, settings=None) -> tuple[dict, k
         for rule, best in chooser.best.items():
             if best["acc"] > kept[rule]["acc"]:
                 kept[rule] = {**best, **setting}
-    record = {"grid_curves": curves}
+    record, weights = {"grid_curves": curves}, {}
     for rule in ("source_val", "target_val"):  # the target-val choice stays in the model
-        model.set_weights(kept[rule].pop("weights"))
+        weights[rule] = kept[rule].pop("weights")
+        model.set_weights(weights[rule])
         record[f"chosen_by_{rule}"] = {
             **kept[rule],
             "test_acc": accuracy(model, *data["test"]),
         }
     record["seconds"] = round(time.perf_counter() - start, 1)
-    return record, model
+    return record, model, weights["source_val"]
 
 
 def run_seed(task, data, args, seed, assets, fixed=None) -> dict:
     """Every arm on one seed; `fixed` (arm -> grid points) replaces the full grid."""
-    results = {}
+    results, source_weights = {}, None
     for arm in args.arms:
         if arm == "best_on_target_val":
             continue
-        record, model = run_arm(task, arm, data, args, seed, assets, (fixed or {}).get(arm))
+        if arm in SOURCE_FREE:
+            results[arm] = run_source_free_arm(task, arm, data, args, seed, assets, source_weights)
+            continue
+        record, model, source_val_weights = run_arm(
+            task, arm, data, args, seed, assets, (fixed or {}).get(arm)
+        )
+        if arm == "source_only":
+            source_weights = source_val_weights
         if arm in ("source_only", "dann"):
             distance = kt.domain_distance(
                 model, data["source_validation"][0], data["target_validation"][0], seed=seed
@@ -399,13 +415,30 @@ def run_seed(task, data, args, seed, assets, fixed=None) -> dict:
     return results
 
 
+def run_source_free_arm(task, arm, data, args, seed, assets, source_weights) -> dict:
+    """A source-free arm from the source-only model that source validation chose."""
+    keras.utils.set_random_seed(seed)
+    model = digits_cnn() if task == "digits_m" else mobilenet(assets, args.image_size, 0)
+    model.set_weights(source_weights)
+    unfreeze = "all" if task == "digits_m" else args.unfreeze
+    record = _source_free.run_source_free(arm, model, data, args.batch_size, unfreeze, accuracy)
+    declared, chosen = record["declared"], record["chosen_by_target_val"]
+    print(
+        f"seed {seed} {arm}: declared defaults (epoch {declared['epoch']}) -> target test "
+        f"{declared['test_acc']:.4f}; target val chose epoch {chosen['epoch']} -> target test "
+        f"{chosen['test_acc']:.4f} ({record['seconds']} s)",
+        flush=True,
+    )
+    return record
+
+
 def fixed_settings(first_seeds: list[dict]) -> dict:
     """Per arm, the one grid point the later seeds train: the one the first seeds chose
     most often, a target-validation choice counting 2 and a source-validation choice 1
     (ties: the earlier choice)."""
     fixed = {}
     for arm in first_seeds[0]:
-        if arm == "best_on_target_val":
+        if arm == "best_on_target_val" or arm in SOURCE_FREE:
             continue
         votes: dict = {}
         for seed in first_seeds:
@@ -439,7 +472,9 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--task", choices=sorted(DEFAULTS), default="digits_m")
     parser.add_argument("--seeds", type=int, help="number of seeds, 0 .. n-1 (default 5)")
-    parser.add_argument("--arms", default=",".join(ARMS))
+    parser.add_argument(
+        "--arms", help="comma-separated arms (default: all; digits_m: all but adabn and tent)"
+    )
     parser.add_argument("--epochs", type=int, help="the budget the schedules span")
     parser.add_argument("--eval_every", type=int, help="epochs between scored checkpoints")
     parser.add_argument("--batch_size", type=int)
@@ -476,10 +511,17 @@ def parse_args(argv=None):
     args.lr = _floats(args.lr)
     for method in ADAPTATION:
         setattr(args, f"{method}_weight", _floats(getattr(args, f"{method}_weight")))
+    if args.arms is None:
+        skip = _source_free.NEEDS_BATCHNORM if args.task == "digits_m" else ()
+        args.arms = ",".join(arm for arm in ARMS if arm not in skip)
     args.arms = [a for a in args.arms.split(",") if a]
     unknown = sorted(set(args.arms) - set(ARMS))
     if unknown:
         parser.error(f"unknown arms {unknown}; choose from {list(ARMS)}")
+    if any(a in SOURCE_FREE for a in args.arms) and "source_only" not in args.arms:
+        parser.error("the source-free arms adapt the source_only arm's model: add source_only")
+    if args.task == "digits_m" and set(args.arms) & set(_source_free.NEEDS_BATCHNORM):
+        parser.error("adabn and tent adapt BatchNormalization; digits_m's network has none")
     if "best_on_target_val" in args.arms and sum(a in METHODS for a in args.arms) < 2:
         parser.error("best_on_target_val picks among two or more of " + ", ".join(METHODS))
     if args.seeds < 1 or args.epochs < 1 or args.eval_every < 1:
@@ -488,7 +530,9 @@ def parse_args(argv=None):
 
 
 def selection(args) -> dict:
-    grids = {arm: grid(arm, args) for arm in args.arms if arm != "best_on_target_val"}
+    grids = {
+        arm: grid(arm, args) for arm in args.arms if arm not in ("best_on_target_val", *SOURCE_FREE)
+    }
     return {
         "tuned": (
             "Per arm and seed: the grid point (learning rate, alignment weight) and the "
@@ -509,7 +553,12 @@ def selection(args) -> dict:
             )
         ),
         "tuned_on": "target_validation",
-        "label_free_rule": "source_validation accuracy, the same grid and checkpoints",
+        "label_free_rule": "source_validation accuracy, the same grid and checkpoints; "
+        "source-free arms (adabn, tent, shot): the declared defaults (benchmarks/"
+        "_source_free.py)",
+        "source_free_checkpoints": {
+            arm: _source_free.CHECKPOINTS[arm] for arm in args.arms if arm in SOURCE_FREE
+        },
         "grid": grids,
         "checkpoints": sorted(
             {e for e in range(args.eval_every, args.epochs + 1, args.eval_every)} | {args.epochs}
@@ -530,16 +579,31 @@ def _assets(args):
 
 
 def results_arms(per_seed: list[dict], arms: list[str]) -> dict:
-    """`{arm: {metric: [one value per seed]}}` for `_common.write_results`."""
-    return {
-        arm: {
-            PRIMARY: [seed[arm]["chosen_by_target_val"]["test_acc"] for seed in per_seed],
-            "target_test_acc_source_val_rule": [
-                seed[arm]["chosen_by_source_val"]["test_acc"] for seed in per_seed
-            ],
-        }
-        for arm in arms
-    }
+    """`{arm: {metric: [one value per seed]}}` for `_common.write_results`: the
+    target-validation choice, and the label-free one (source validation, or a source-free
+    arm's declared defaults)."""
+
+    def label_free(record: dict) -> tuple[str, float]:
+        if "declared" in record:
+            return "target_test_acc_declared_defaults", record["declared"]["test_acc"]
+        return "target_test_acc_source_val_rule", record["chosen_by_source_val"]["test_acc"]
+
+    results = {}
+    for arm in arms:
+        results[arm] = {PRIMARY: [s[arm]["chosen_by_target_val"]["test_acc"] for s in per_seed]}
+        for seed in per_seed:
+            name, value = label_free(seed[arm])
+            results[arm].setdefault(name, []).append(value)
+    return results
+
+
+LABEL_FREE_SELECTION = {
+    "domain_adaptation_arms": "the grid point and checkpoint with the best source "
+    "validation accuracy (target_test_acc_source_val_rule)",
+    "source_free_arms": "the command's declared defaults, keras_transfer.apps.adapt."
+    "METHOD_DEFAULTS (target_test_acc_declared_defaults), from the source-only model that "
+    "source validation chose",
+}
 
 
 def main(argv=None) -> dict:
@@ -586,11 +650,29 @@ def main(argv=None) -> dict:
             "settings": {k: v for k, v in vars(args).items() if k not in ("assets", "output")},
             "smoke": args.smoke,
             "fixed_grid_points": fixed,
+            "label_free_selection": LABEL_FREE_SELECTION,
         },
     )
     means = {arm: round(values[PRIMARY]["mean"], 4) for arm, values in record["arms"].items()}
+    label_free = {
+        arm: round(value["mean"], 4)
+        for arm, values in record["arms"].items()
+        for name, value in values.items()
+        if name != PRIMARY
+    }
+    new_arms = {f"{arm}_acc": means[arm] for arm in (*SOURCE_FREE, "mcc") if arm in means}
     print(f"written to {output}")
-    print(json.dumps({"task": args.task, "seeds": len(seeds), **means}))
+    print(
+        json.dumps(
+            {
+                "task": args.task,
+                "seeds": len(seeds),
+                **means,
+                **new_arms,
+                "label_free_selection": label_free,
+            }
+        )
+    )
     return record
 
 

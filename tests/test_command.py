@@ -231,7 +231,7 @@ def test_usage_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.splitlines() == [
         "keras-transfer: error: unknown command 'trian' (did you mean 'train'?)",
-        "  hint: the commands are train, train-text, predict, export; `keras-transfer --help` "
+        "  hint: the commands are train, train-text, predict, export, adapt; `keras-transfer --help` "
         "describes them.",
     ]
     no_images = command("predict", f"--model_dir={tmp_path}")

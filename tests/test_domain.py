@@ -654,7 +654,10 @@ def test_benchmark_keeps_the_grid_point_and_epoch_best_on_target_validation(monk
     monkeypatch.setattr(script, "train_candidate", train)
     monkeypatch.setattr(script, "accuracy", lambda model, x, y: test_acc[model.kept])
     args = script.parse_args(["--lr", "0.1,1", "--dann_weight", "0.3,1"])
-    record, model = script.run_arm("digits_m", "dann", {"test": (None, None)}, args, 0, None)
+    record, model, source_weights = script.run_arm(
+        "digits_m", "dann", {"test": (None, None)}, args, 0, None
+    )
+    assert source_weights == (0.99, 4)  # the source-validation choice, for source-free arms
     chosen = record["chosen_by_target_val"]
     assert (chosen["lr"], chosen["weight"], chosen["epoch"], chosen["acc"]) == (0.1, 1.0, 2, 0.8)
     assert chosen["test_acc"] == 0.55  # not the 0.99 or 0.95 of other points
@@ -699,3 +702,59 @@ def test_benchmark_later_seeds_train_the_grid_points_the_first_seeds_chose():
     assert fixed == {"dann": [{"lr": 1e-4, "weight": 0.3}]}
     args = script.parse_args(["--task", "photo_shift", "--grid_seeds", "1"])
     assert "seeds 0..0 only" in script.selection(args)["tuned"]
+
+
+def test_mcc_training_lowers_the_target_class_confusion():
+    loss = kt.MinimumClassConfusion()
+
+    def confusion(model, target_x):
+        logits = model.head.compute_logits(pooled(model, target_x))
+        return float(loss(None, logits))
+
+    plain, _, _, target_x = _adapt("mcc", 0.0)
+    adapted, history, _, _ = _adapt("mcc", 1.0)
+    # Same initial weights, data and steps: only the MCC term differs.
+    assert confusion(adapted, target_x) < confusion(plain, target_x)
+    assert history.history["alignment_loss"][-1] < history.history["alignment_loss"][0]
+    adapter = kt.DomainAdaptation(tiny_classifier(), "mcc", mcc_temperature=2.0)
+    restored = kt.DomainAdaptation.from_config(adapter.get_config())
+    assert (restored.method, restored.mcc_temperature) == ("mcc", 2.0)
+
+
+@pytest.mark.slow
+def test_benchmark_source_free_arms_adapt_the_source_model_source_validation_chose(tmp_path):
+    output = tmp_path / "domain.json"
+    arms = ["source_only", "mcc", "adabn", "tent", "shot"]
+    script = load_benchmark("domain_adaptation")
+    script.main(
+        ["--task", "photo_shift", "--smoke", "--arms", ",".join(arms), "--lr", "0.001"]
+        + ["--image_size", "32", "--output", str(output)]
+    )
+    saved = json.loads(output.read_text())
+    assert list(saved["arms"]) == arms
+    assert set(saved["arms"]["mcc"]) == {"target_test_acc", "target_test_acc_source_val_rule"}
+    for arm in ("adabn", "tent", "shot"):
+        assert set(saved["arms"][arm]) == {"target_test_acc", "target_test_acc_declared_defaults"}
+    assert set(saved["details"]["label_free_selection"]) == {
+        "domain_adaptation_arms",
+        "source_free_arms",
+    }
+    for seed in saved["details"]["per_seed"]:
+        source = seed["source_only"]
+        kept = source["chosen_by_source_val"]
+        (curve,) = source["grid_curves"]
+        start = next(
+            row[1] for row in curve["epoch_target_val_source_val"] if row[0] == kept["epoch"]
+        )
+        for arm, declared_epoch, last in (("adabn", 1, 1), ("tent", 1, 3), ("shot", 5, 5)):
+            record = seed[arm]
+            # Checkpoint 0 is the source model source validation chose, before adapting.
+            assert record["curve"][0] == [0, start]
+            assert [row[0] for row in record["curve"]] == list(range(last + 1))
+            assert record["declared"]["epoch"] == declared_epoch
+            best = max(record["curve"], key=lambda row: (row[1], -row[0]))
+            assert record["chosen_by_target_val"]["epoch"] == best[0]
+    with pytest.raises(SystemExit):
+        script.parse_args(["--task", "digits_m", "--arms", "source_only,tent"])
+    with pytest.raises(SystemExit):
+        script.parse_args(["--task", "photo_shift", "--arms", "dann,shot"])

@@ -331,6 +331,11 @@ FACTORIES = {
     "CoralLoss": compiled_loss(losses.CoralLoss),
     "PredictionEntropy": compiled_loss(losses.PredictionEntropy, from_logits=True),
     "MMDLoss": compiled_loss(losses.MMDLoss, kernel_multipliers=(0.5, 1.0)),
+    "MinimumClassConfusion": compiled_loss(losses.MinimumClassConfusion, temperature=2.0),
+    # Without the pseudo-label term the probe's float targets are not read as labels.
+    "InformationMaximization": compiled_loss(
+        losses.InformationMaximization, pseudo_label_weight=0.0, diversity_weight=0.5
+    ),
     "DomainAdaptation": domain_adaptation,
     "DannLearningRate": learning_rate_schedule(domain.DannLearningRate),
     "ClassificationHead": classification_head,

@@ -5,6 +5,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import make_tiny_classifier
 
 import keras_transfer as kt
 
@@ -82,3 +83,121 @@ def test_prediction_entropy_of_probabilities_and_logits():
     assert float(kt.PredictionEntropy(from_logits=True)(np.zeros(1), logits)) == pytest.approx(
         expected
     )
+
+
+# ---------------------------------------------------------------------------------------
+# MCC and SHOT's losses, against NumPy versions of the papers' equations.
+
+
+def _softmax(z):
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def numpy_mcc(logits, temperature=2.5):
+    """Jin et al. 2020, eq. 1-6: entropy-weighted class correlation, rows normalised."""
+    p = _softmax(logits / temperature)
+    entropy = -(p * np.log(p + 1e-7)).sum(axis=1)
+    w = 1 + np.exp(-entropy)
+    w = len(p) * w / w.sum()
+    c = (p * w[:, None]).T @ p
+    c = c / c.sum(axis=1, keepdims=True)
+    return (c.sum() - np.trace(c)) / c.shape[0]
+
+
+def test_minimum_class_confusion_matches_the_paper():
+    logits = np.random.default_rng(0).normal(0, 3, (16, 4)).astype("float32")
+    loss = kt.MinimumClassConfusion()
+    assert float(loss(None, logits)) == pytest.approx(numpy_mcc(logits), rel=1e-4)
+    # Uniform predictions confuse every class: (k - 1) / k; confident distinct ones hardly.
+    assert float(loss(None, np.zeros((8, 4), "float32"))) == pytest.approx(0.75, rel=1e-5)
+    confident = np.array([[9.0, 0.0], [0.0, 9.0]], "float32")
+    assert float(loss(None, confident)) == pytest.approx(numpy_mcc(confident), rel=1e-4)
+    assert float(loss(None, confident)) < 0.06
+    # One sigmoid logit z is the two classes (0, z) of a softmax.
+    z = logits[:, :1]
+    two = np.concatenate([np.zeros_like(z), z], axis=1)
+    assert float(loss(None, z)) == pytest.approx(numpy_mcc(two), rel=1e-4)
+    # Probabilities in, the same value as their logits.
+    probabilities = _softmax(logits)
+    from_probabilities = kt.MinimumClassConfusion(from_logits=False)(None, probabilities)
+    assert float(from_probabilities) == pytest.approx(numpy_mcc(logits), rel=1e-3)
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        kt.MinimumClassConfusion(temperature=0)
+
+
+def test_information_maximization_is_confidence_minus_diversity_plus_pseudo_labels():
+    p = _softmax(np.random.default_rng(1).normal(0, 2, (10, 3))).astype("float32")
+    labels = np.array([0, 1, 2, 0, 1, 2, 0, 1, 2, 0], "int32")
+    entropy = -(p * np.log(p)).sum(axis=1).mean()
+    mean = p.mean(axis=0)
+    diversity = -(mean * np.log(mean)).sum()
+    cross_entropy = -np.log(p[np.arange(10), labels]).mean()
+    loss = kt.InformationMaximization(pseudo_label_weight=0.3, diversity_weight=0.5)
+    expected = entropy - 0.5 * diversity + 0.3 * cross_entropy
+    assert float(loss(labels, p)) == pytest.approx(expected, rel=1e-4)
+    plain = kt.InformationMaximization(pseudo_label_weight=0.0)
+    assert float(plain(labels, p)) == pytest.approx(entropy - diversity, rel=1e-4)
+    # A collapse onto one class is penalised by the diversity term, not rewarded.
+    collapsed = np.tile([[0.98, 0.01, 0.01]], (10, 1)).astype("float32")
+    spread = np.eye(3, dtype="float32")[labels] * 0.97 + 0.01
+    assert float(plain(labels, spread)) < float(plain(labels, collapsed))
+
+
+def test_shot_pseudo_labels_follow_the_feature_clusters_not_the_wrong_predictions():
+    rng = np.random.default_rng(2)
+    truth = np.repeat([0, 1, 2], 10)
+    centres = np.eye(3) * 5.0
+    features = centres[truth] + rng.normal(0, 0.3, (30, 3))
+    probabilities = np.eye(3)[truth] * 0.5 + 0.5 / 3  # 2/3 on the predicted class
+    # Four examples predicted wrongly (the source hypothesis errs on the target).
+    for index, wrong in ((0, 1), (11, 2), (12, 0), (25, 0)):
+        probabilities[index] = np.roll(probabilities[index], wrong - truth[index])
+    assert (probabilities.argmax(1) != truth).sum() == 4
+    labels = kt.shot_pseudo_labels(features, probabilities)
+    np.testing.assert_array_equal(labels, truth)
+    # A sigmoid unit's probability p is the two classes (1 - p, p).
+    p = np.where(truth[:20] == 1, 0.6, 0.4)[:, None]
+    p[3] = 0.55  # class 0, predicted 1
+    np.testing.assert_array_equal(kt.shot_pseudo_labels(features[:20], p), truth[:20])
+
+
+def _tiny_mobilenet():
+    # Fitted BatchNormalization statistics: with fresh ones the random network's features
+    # vanish and no backbone weight could move.
+    keras.utils.set_random_seed(0)
+    return make_tiny_classifier(fitted_norms=True)
+
+
+def test_fit_shot_trains_the_backbone_with_the_head_fixed_and_restores_the_flags():
+    model = _tiny_mobilenet()
+    kt.freeze(model)
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    images = np.random.default_rng(3).uniform(0, 255, (16, 32, 32, 3)).astype("float32")
+    target = tf.data.Dataset.from_tensor_slices((images, np.zeros(16, "int32"))).batch(8)
+    head_before = [w.numpy().copy() for w in model.head.weights]
+    kernels = [w for w in model.backbone.weights if w.path.endswith("kernel")]
+    kernels_before = [w.numpy().copy() for w in kernels]
+    bn_before = [w.numpy().copy() for w in model.backbone.weights if "moving" in w.path]
+
+    history = kt.fit_shot(model, target, epochs=3, learning_rate=1e-3, verbose=0)
+
+    assert history.epoch == [0, 1, 2] and len(history.history["loss"]) == 3
+    for before, after in zip(head_before, model.head.weights):
+        np.testing.assert_array_equal(before, after.numpy())
+    assert any(not np.allclose(b, w.numpy()) for b, w in zip(kernels_before, kernels))
+    # BatchNormalization stayed frozen (train_bn=False): its statistics did not move.
+    moving = [w.numpy() for w in model.backbone.weights if "moving" in w.path]
+    assert all(np.array_equal(b, a) for b, a in zip(bn_before, moving))
+    assert model.backbone.trainable is False  # the flags as they were
+    assert model.loss == "sparse_categorical_crossentropy"
+
+
+def test_fit_shot_refuses_a_target_that_reshuffles():
+    model = _tiny_mobilenet()
+    images = np.random.default_rng(4).uniform(0, 255, (16, 32, 32, 3)).astype("float32")
+    shuffled = tf.data.Dataset.from_tensor_slices(images).shuffle(16, seed=1).batch(8)
+    with pytest.raises(ValueError, match="other images on each pass"):
+        kt.fit_shot(model, shuffled, epochs=1, verbose=0)
+    with pytest.raises(TypeError, match="needs a classifier from create_classifier"):
+        kt.fit_shot(keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]), shuffled)

@@ -1,8 +1,8 @@
 """Unsupervised domain adaptation: DANN, Deep CORAL and MMD training (`domain`, on the
 `model.DomainAdaptation` wrapper and the DANN `schedules`), the domain distance
 (`distance`), the alignment losses (`losses`) and the gradient reversal layer (`layers`);
-adaptation of a trained model to unlabeled target images without the source data, AdaBN
-and TENT (`test_time`).
+adaptation of a trained model to unlabeled target images without the source data, AdaBN,
+TENT and SHOT (`test_time`); MCC as a fourth `fit_domain_adaptation` method.
 """
 
 from keras_transfer.adaptation import distance
@@ -24,6 +24,8 @@ from keras_transfer.adaptation.domain import image_batches
 from keras_transfer.adaptation.domain import paired_batches
 from keras_transfer.adaptation.layers import GradientReversal
 from keras_transfer.adaptation.losses import CoralLoss
+from keras_transfer.adaptation.losses import InformationMaximization
+from keras_transfer.adaptation.losses import MinimumClassConfusion
 from keras_transfer.adaptation.losses import MMDLoss
 from keras_transfer.adaptation.losses import PredictionEntropy
 from keras_transfer.adaptation.model import ALIGNMENT_LAYERS
@@ -36,7 +38,9 @@ from keras_transfer.adaptation.schedules import DannLearningRate
 from keras_transfer.adaptation.schedules import reversal_weight
 from keras_transfer.adaptation.test_time import adapt_batchnorm
 from keras_transfer.adaptation.test_time import batchnorm_layers
+from keras_transfer.adaptation.test_time import fit_shot
 from keras_transfer.adaptation.test_time import fit_tent
+from keras_transfer.adaptation.test_time import shot_pseudo_labels
 
 __all__ = [
     "layers",
@@ -50,9 +54,13 @@ __all__ = [
     "CoralLoss",
     "MMDLoss",
     "PredictionEntropy",
+    "MinimumClassConfusion",
+    "InformationMaximization",
     "adapt_batchnorm",
     "batchnorm_layers",
+    "fit_shot",
     "fit_tent",
+    "shot_pseudo_labels",
     "DannLearningRate",
     "reversal_weight",
     "ALIGNMENT_LAYERS",

@@ -1,4 +1,4 @@
-"""Unsupervised domain adaptation (DANN, Deep CORAL, MMD): `fit_domain_adaptation`.
+"""Unsupervised domain adaptation (DANN, Deep CORAL, MMD, MCC): `fit_domain_adaptation`.
 
 When the labelled images (source) and the images the model will see (target) come from
 different distributions, `fit_domain_adaptation` trains the classifier on the labelled
@@ -14,6 +14,8 @@ source batches while aligning the pooled features of source and unlabeled target
   `schedules`.
 - `"coral"`: Deep CORAL (Sun & Saenko 2016), `losses.CoralLoss` between the batches.
 - `"mmd"`: multi-kernel MMD as in DAN (Long et al. 2015), `losses.MMDLoss`.
+- `"mcc"`: minimum class confusion (Jin et al. 2020, ECCV), `losses.MinimumClassConfusion`
+  on the target batch's logits: no domain classifier and no feature statistics.
 
 Training is Keras `fit` on `model.DomainAdaptation`, a `keras.Model` that wraps the
 classifier and has its own `train_step`: callbacks, history, validation on labelled target
@@ -201,19 +203,19 @@ def fit_domain_adaptation(
     domain_dropout: float = 0.5,
     mmd_kernel_multipliers: Sequence[float] = (0.125, 0.25, 0.5, 1.0, 2.0),
     alignment_layer: str = "features",
+    mcc_temperature: float = 2.5,
     steps_per_epoch: int | None = None,
     batch_size: int = 32,
     **fit_kwargs: Any,
 ) -> keras.callbacks.History:
-    """Trains `model` on labelled `source` and unlabeled `target` images (DANN, CORAL, MMD).
-
-    Keras `fit` (with `fit_kwargs`) of a `DomainAdaptation` sharing `model`'s layers.
+    """Trains `model` on labelled `source` and unlabeled `target` images (DANN, CORAL, MMD,
+    MCC): Keras `fit` (with `fit_kwargs`) of a `DomainAdaptation` sharing `model`'s layers.
 
     Args:
         model: a `TransferClassifier` (`create_classifier`), frozen or not, on any backbone.
         source: labelled batches `(images, labels)`: a batched dataset or NumPy arrays.
         target: unlabeled image batches, or tuples of images first (the rest is not read).
-        method: `"dann"`, `"coral"` or `"mmd"`.
+        method: `"dann"`, `"coral"`, `"mmd"` or `"mcc"`.
         epochs: epochs of `max(source batches, target batches)` steps (the shorter one
             cycles) or `steps_per_epoch`; `initial_epoch=k` numbers them from k.
         validation_data: labelled target data to validate on (resized like `source`).
@@ -223,15 +225,15 @@ def fit_domain_adaptation(
         weight_schedule: `"dann"` (the `reversal_weight` ramp-up), `"constant"`, or `"auto"`:
             `"dann"` for DANN, `"constant"` for CORAL and MMD.
         lr_annealing: the paper's annealing `DannLearningRate` from the optimizer's rate.
-        domain_hidden_units, domain_dropout: DANN's domain classifier.
-        mmd_kernel_multipliers: bandwidth multipliers of the MMD's Gaussian kernels.
+        domain_hidden_units, domain_dropout, mmd_kernel_multipliers: DANN's domain
+            classifier; the bandwidth multipliers of the MMD's Gaussian kernels.
         alignment_layer: `"features"` (pooled backbone features) or `"logits"` (the head's).
-        steps_per_epoch: steps per epoch; needed when both datasets are infinite.
-        batch_size: batch size for NumPy inputs.
+        mcc_temperature: MCC's softmax temperature.
+        steps_per_epoch, batch_size: steps per epoch (needed when both datasets are
+            infinite); batch size for NumPy inputs.
 
     Returns:
-        `fit`'s `History`: the source's metrics, `alignment_loss`, `alignment_weight`, DANN's
-        `domain_accuracy`, and `val_*` on `validation_data`.
+        `fit`'s `History`: source metrics, `alignment_loss`/`_weight`, `domain_accuracy`, `val_*`.
 
     Example:
     ```python
@@ -240,7 +242,6 @@ def fit_domain_adaptation(
     history = kt.fit_domain_adaptation(
         model, source_train, target_unlabeled, "dann", epochs=10, validation_data=target_labelled
     )
-    model.save("adapted.keras")
     ```
     """
     _check_fit_arguments(model, method, epochs, alignment_weight, weight_schedule, domain_dropout)
@@ -261,6 +262,7 @@ def fit_domain_adaptation(
         domain_dropout=domain_dropout,
         mmd_kernel_multipliers=mmd_kernel_multipliers,
         alignment_layer=alignment_layer,
+        mcc_temperature=mcc_temperature,
     )
     return _fit_epochs(adapter, train, steps, epochs, validation_data, fit_kwargs)
 

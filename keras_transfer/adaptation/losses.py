@@ -1,5 +1,6 @@
 """Distribution-alignment losses between source and target features (Deep CORAL and
-multi-kernel MMD), and the prediction entropy that test-time adaptation (TENT) minimises.
+multi-kernel MMD), the losses on target predictions alone: the prediction entropy that
+TENT minimises, SHOT's information maximisation, and MCC's class confusion.
 
 - `CoralLoss`: Sun & Saenko 2016, "Deep CORAL: Correlation Alignment for Deep Domain
   Adaptation" (ECCV workshops): the squared Frobenius distance between the feature
@@ -9,7 +10,18 @@ multi-kernel MMD), and the prediction entropy that test-time adaptation (TENT) m
   kernels (multi-kernel MMD), as in DAN; the bandwidths are multiples of the mean pairwise
   squared distance of the batch, as in Transfer-Learning-Library's `GaussianKernel`.
 
-Both compare two *sets* of feature vectors, so `y_true` and `y_pred` are the source and
+- `MinimumClassConfusion`: Jin et al. 2020, "Minimum Class Confusion for Versatile Domain
+  Adaptation" (ECCV): the between-class confusion of a target batch's
+  temperature-scaled predictions, entropy-weighted and row-normalised, as in
+  Transfer-Learning-Library's `MinimumClassConfusionLoss`.
+- `InformationMaximization`: Liang et al. 2020, "Do We Really Need to Access the Source
+  Data? Source Hypothesis Transfer for Unsupervised Domain Adaptation" (SHOT, ICML): mean
+  prediction entropy minus the entropy of the mean prediction, plus a weighted
+  cross-entropy to pseudo-labels.
+
+A one-unit sigmoid output counts as two classes, `(1 - p, p)`, in the last three.
+
+CORAL and MMD compare two *sets* of feature vectors, so `y_true` and `y_pred` are the source and
 target features, of shapes `(n_s, d)` and `(n_t, d)` with possibly different `n_s` and
 `n_t`, and the loss is one number for the pair of batches (not one per example:
 `sample_weight` would only rescale it). Like any scalar loss they are not divided by the
@@ -22,7 +34,38 @@ from collections.abc import Sequence
 
 import keras
 
-__all__ = ["CoralLoss", "MMDLoss", "PredictionEntropy"]
+__all__ = [
+    "CoralLoss",
+    "InformationMaximization",
+    "MMDLoss",
+    "MinimumClassConfusion",
+    "PredictionEntropy",
+    "log_class_probabilities",
+]
+
+
+def log_class_probabilities(y_pred, from_logits: bool):
+    """`(batch, classes)` log-probabilities of softmax outputs or logits; a one-unit
+    sigmoid output (probability or logit) becomes the two classes `(1 - p, p)`."""
+    y_pred = keras.ops.cast(y_pred, "float32")
+    if y_pred.shape[-1] == 1:
+        logit = y_pred if from_logits else _logit(y_pred)
+        # log sigmoid(-z), log sigmoid(z): the classes (1 - p) and p.
+        return keras.ops.concatenate(
+            [keras.ops.log_sigmoid(-logit), keras.ops.log_sigmoid(logit)], axis=-1
+        )
+    if from_logits:
+        return keras.ops.log_softmax(y_pred, axis=-1)
+    return keras.ops.log(keras.ops.clip(y_pred, 1e-7, 1.0))
+
+
+def _logit(p):
+    p = keras.ops.clip(p, 1e-7, 1.0 - 1e-7)
+    return keras.ops.log(p) - keras.ops.log(1.0 - p)
+
+
+def _entropy(log_p):
+    return -keras.ops.sum(keras.ops.exp(log_p) * log_p, axis=-1)
 
 
 def _check_features(source, target, name: str) -> None:
@@ -179,13 +222,145 @@ class PredictionEntropy(keras.losses.Loss):
 
     def call(self, y_true, y_pred):
         del y_true
-        if self.from_logits:
-            log_p = keras.ops.log_softmax(y_pred, axis=-1)
-        else:
-            log_p = keras.ops.log(keras.ops.clip(y_pred, 1e-7, 1.0))
-        return -keras.ops.sum(keras.ops.exp(log_p) * log_p, axis=-1)
+        return _entropy(log_class_probabilities(y_pred, self.from_logits))
 
     def get_config(self):
         config = super().get_config()
         config.update({"from_logits": self.from_logits})
+        return config
+
+
+@keras.saving.register_keras_serializable(package="keras_transfer")
+class MinimumClassConfusion(keras.losses.Loss):
+    """MCC: how much a target batch's predictions confuse classes with one another.
+
+    With `P` the batch's softmax of `logits / temperature` and `w_i` each example's weight
+    `1 + exp(-H(p_i))` (confident examples count more), scaled to sum to the batch size, the
+    class correlation is `C = P^T diag(w) P`; each row of `C` is divided by its sum, and
+    the loss is the mean over classes of the off-diagonal mass: 0 when no two classes are
+    predicted together, `(k - 1) / k` at uniform predictions (Jin et al. 2020, eq. 1-6).
+    `y_true` is ignored: the loss is one number for the batch.
+
+    Args:
+        temperature: the rescaling temperature (the paper's 2.5; 1 is the plain softmax).
+        from_logits: whether `y_pred` holds logits (else probabilities, which are turned
+            back into logits up to a constant).
+        **kwargs: `keras.losses.Loss` arguments (`name`, `dtype`).
+
+    Example:
+    ```python
+    MinimumClassConfusion()(None, np.array([[9.0, 0.0], [0.0, 9.0]]))  # -> about 0.052
+    ```
+    """
+
+    def __init__(
+        self,
+        temperature: float = 2.5,
+        from_logits: bool = True,
+        name: str = "minimum_class_confusion",
+        **kwargs,
+    ):
+        super().__init__(name=name, **kwargs)
+        if not float(temperature) > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature!r}.")
+        self.temperature = float(temperature)
+        self.from_logits = from_logits
+
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        # One number per batch, not per example: no reduction or sample weights apply.
+        del y_true, sample_weight
+        return self.call(None, y_pred)
+
+    def call(self, y_true, y_pred):
+        del y_true
+        # Log-probabilities are logits up to a per-row constant, which softmax ignores.
+        log_p = log_class_probabilities(y_pred, self.from_logits)
+        probabilities = keras.ops.softmax(log_p / self.temperature, axis=-1)
+        entropy = keras.ops.stop_gradient(_entropy(keras.ops.log(probabilities + 1e-7)))
+        weights = 1.0 + keras.ops.exp(-entropy)
+        batch = keras.ops.cast(keras.ops.shape(probabilities)[0], "float32")
+        weights = batch * weights / keras.ops.sum(weights)
+        confusion = keras.ops.matmul(
+            keras.ops.transpose(probabilities * weights[:, None]), probabilities
+        )
+        confusion = confusion / keras.ops.sum(confusion, axis=1, keepdims=True)
+        classes = keras.ops.cast(keras.ops.shape(confusion)[0], "float32")
+        return (keras.ops.sum(confusion) - keras.ops.trace(confusion)) / classes
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"temperature": self.temperature, "from_logits": self.from_logits})
+        return config
+
+
+@keras.saving.register_keras_serializable(package="keras_transfer")
+class InformationMaximization(keras.losses.Loss):
+    """SHOT's objective on target predictions: confident, diverse, and near pseudo-labels.
+
+    `mean_i H(p_i) - diversity_weight * H(mean_i p_i)
+    + pseudo_label_weight * mean_i CE(y_i, p_i)`, with `y` the pseudo-labels
+    (`adaptation.test_time.shot_pseudo_labels`) given as `y_true`. The first term makes each
+    prediction confident, the second keeps the batch's predictions spread over the classes
+    (no collapse onto one), the third is SHOT's self-supervised pseudo-labelling (Liang et
+    al. 2020, eq. 2-6; the paper's pseudo-label weight is 0.3).
+
+    Args:
+        pseudo_label_weight: weight of the cross-entropy to the pseudo-labels (0: plain
+            information maximisation; `y_true` is then ignored).
+        diversity_weight: weight of the diversity term.
+        from_logits: whether `y_pred` holds logits (else probabilities).
+        **kwargs: `keras.losses.Loss` arguments (`name`, `dtype`).
+
+    Example:
+    ```python
+    loss = InformationMaximization(pseudo_label_weight=0.3)
+    value = loss(np.array([0, 1]), np.array([[0.9, 0.1], [0.2, 0.8]]))
+    ```
+    """
+
+    def __init__(
+        self,
+        pseudo_label_weight: float = 0.3,
+        diversity_weight: float = 1.0,
+        from_logits: bool = False,
+        name: str = "information_maximization",
+        **kwargs,
+    ):
+        super().__init__(name=name, **kwargs)
+        for label, value in (
+            ("pseudo_label_weight", pseudo_label_weight),
+            ("diversity_weight", diversity_weight),
+        ):
+            if not float(value) >= 0:
+                raise ValueError(f"{label} must be >= 0, got {value!r}.")
+        self.pseudo_label_weight = float(pseudo_label_weight)
+        self.diversity_weight = float(diversity_weight)
+        self.from_logits = from_logits
+
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        # The diversity term is a property of the batch: one number, no per-example weights.
+        del sample_weight
+        return self.call(y_true, y_pred)
+
+    def call(self, y_true, y_pred):
+        log_p = log_class_probabilities(y_pred, self.from_logits)
+        confidence = keras.ops.mean(_entropy(log_p))
+        mean_p = keras.ops.mean(keras.ops.exp(log_p), axis=0)
+        diversity = -keras.ops.sum(mean_p * keras.ops.log(mean_p + 1e-7))
+        loss = confidence - self.diversity_weight * diversity
+        if self.pseudo_label_weight:
+            labels = keras.ops.cast(keras.ops.reshape(y_true, (-1,)), "int32")
+            chosen = keras.ops.take_along_axis(log_p, labels[:, None], axis=-1)
+            loss = loss - self.pseudo_label_weight * keras.ops.mean(chosen)
+        return loss
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "pseudo_label_weight": self.pseudo_label_weight,
+                "diversity_weight": self.diversity_weight,
+                "from_logits": self.from_logits,
+            }
+        )
         return config

@@ -34,7 +34,7 @@ __all__ = [
     "pooled_feature_model",
 ]
 
-METHODS = ("dann", "coral", "mmd")
+METHODS = ("dann", "coral", "mmd", "mcc")
 WEIGHT_SCHEDULES = ("auto", "dann", "constant")
 ALIGNMENT_LAYERS = ("features", "logits")
 
@@ -70,14 +70,16 @@ def pooled_feature_model(model: Any) -> keras.Model:
 
 @keras.saving.register_keras_serializable(package="keras_transfer")
 class DomainAdaptation(keras.Model):
-    """A classifier trained on labelled source and unlabeled target batches (DANN, CORAL, MMD).
+    """A classifier trained on labelled source and unlabeled target batches (DANN, CORAL, MMD,
+    MCC).
 
     `fit` takes batches `((source_images, target_images), source_labels)` (or with source
     sample weights as a third element); `fit_domain_adaptation` builds them from separate
     source and target datasets. Each training step runs the source and target images
     through the classifier's preprocessing and backbone as one batch, pools the features,
     computes the classification loss on the source half, and adds
-    `weight * alignment_loss` between the two halves, where `weight` is `alignment_weight`
+    `weight * alignment_loss` between the two halves (MCC: the class confusion of the
+    target half's logits, `losses.MinimumClassConfusion`; no domain classifier), where `weight` is `alignment_weight`
     times lambda_p = 2 / (1 + exp(-10 p)) - 1 (Ganin et al. 2016) with the `"dann"`
     schedule, or `alignment_weight` with `"constant"`. For DANN the weight is the gradient
     reversal factor: the domain classifier always gets its full gradient, the features get
@@ -91,7 +93,7 @@ class DomainAdaptation(keras.Model):
     Args:
         classifier: a `TransferClassifier` from `create_classifier` (any backbone, any
             freezing); its layers are shared, so training trains it.
-        method: `"dann"`, `"coral"` or `"mmd"`.
+        method: `"dann"`, `"coral"`, `"mmd"` or `"mcc"`.
         total_steps: the optimizer steps of the whole run, for the progress p of the
             schedule (`fit_domain_adaptation` computes it).
         alignment_weight: the weight of the alignment term (DANN: the maximum reversal
@@ -105,6 +107,8 @@ class DomainAdaptation(keras.Model):
         alignment_layer: what is aligned: `"features"` (the pooled backbone features, as
             DANN) or `"logits"` (the head's pre-activation outputs, computed for source and
             target alike, as Deep CORAL aligns the last layer, fc8: Sun & Saenko 2016).
+            MCC always works on the target logits.
+        mcc_temperature: MCC's softmax temperature (the paper's 2.5).
         **kwargs: standard `keras.Model` arguments.
 
     Example:
@@ -127,6 +131,7 @@ class DomainAdaptation(keras.Model):
         domain_dropout: float = 0.5,
         mmd_kernel_multipliers: Sequence[float] = (0.125, 0.25, 0.5, 1.0, 2.0),
         alignment_layer: str = "features",
+        mcc_temperature: float = 2.5,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -138,7 +143,7 @@ class DomainAdaptation(keras.Model):
                 f"Domain adaptation needs a classifier from create_classifier (a backbone whose "
                 f"feature map a head pools), got {type(classifier).__name__}."
             )
-        _check_alignment_layer(alignment_layer, classifier)
+        _check_alignment_layer("logits" if method == "mcc" else alignment_layer, classifier)
         self.classifier = classifier
         self.method = method
         self.total_steps = int(total_steps)
@@ -148,6 +153,7 @@ class DomainAdaptation(keras.Model):
         self.domain_dropout = float(domain_dropout)
         self.mmd_kernel_multipliers = tuple(float(m) for m in mmd_kernel_multipliers)
         self.alignment_layer = alignment_layer
+        self.mcc_temperature = float(mcc_temperature)
         self.feature_model = pooled_feature_model(classifier)
         aligned_size = (
             self.feature_model.output_shape[-1]
@@ -184,6 +190,8 @@ class DomainAdaptation(keras.Model):
             )
         elif method == "coral":
             self.alignment_fn = losses_lib.CoralLoss()
+        elif method == "mcc":
+            self.alignment_fn = losses_lib.MinimumClassConfusion(self.mcc_temperature)
         else:
             self.alignment_fn = losses_lib.MMDLoss(self.mmd_kernel_multipliers)
         self.alignment_loss_tracker = keras.metrics.Mean(name="alignment_loss")
@@ -216,6 +224,9 @@ class DomainAdaptation(keras.Model):
 
     def _alignment(self, source_features, target_features, weight):
         """(the term added to the loss, the unweighted alignment loss to log)."""
+        if self.method == "mcc":  # the target's predictions alone
+            value = self.alignment_fn(None, target_features)
+            return weight * value, value
         if self.method != "dann":
             value = self.alignment_fn(source_features, target_features)
             return weight * value, value
@@ -257,7 +268,7 @@ class DomainAdaptation(keras.Model):
         weight = self.current_weight()
         with tf.GradientTape() as tape:
             features = self.feature_model(images, training=True)
-            if self.alignment_layer == "logits":
+            if self.alignment_layer == "logits" or self.method == "mcc":
                 # Source and target through the head together; the loss sees the source half.
                 aligned = self.classifier.head.compute_logits(features, training=True)
                 predictions = self.classifier.head.activate(aligned[:num_source])
@@ -309,6 +320,7 @@ class DomainAdaptation(keras.Model):
                 "domain_dropout": self.domain_dropout,
                 "mmd_kernel_multipliers": list(self.mmd_kernel_multipliers),
                 "alignment_layer": self.alignment_layer,
+                "mcc_temperature": self.mcc_temperature,
             }
         )
         return config

@@ -1,5 +1,5 @@
 """Adaptation of a trained classifier to unlabeled target images, without the source data:
-AdaBN and TENT.
+AdaBN, TENT and SHOT.
 
 - `adapt_batchnorm` (AdaBN; Li et al., "Revisiting Batch Normalization For Practical Domain
   Adaptation", 2016, arXiv:1603.04779): every BatchNormalization layer's moving statistics
@@ -11,9 +11,16 @@ AdaBN and TENT.
   batches' statistics while it trains, and its moving statistics follow them, so the
   adapted model predicts with target statistics too.
 
-Both need a backbone with BatchNormalization (the `keras.applications` CNNs); for one
-without, they raise a `ValueError` saying so. Neither reads a label: a target dataset of
-`(images, labels)` has its labels dropped.
+- `fit_shot` (SHOT; Liang et al., "Do We Really Need to Access the Source Data? Source
+  Hypothesis Transfer for Unsupervised Domain Adaptation", ICML 2020, arXiv:2002.08546):
+  the head (the source hypothesis) is frozen and the backbone trains with information
+  maximisation (confident and diverse predictions) plus a cross-entropy to pseudo-labels
+  that are recomputed at the start of every epoch by SHOT's weighted k-means in the
+  feature space (`shot_pseudo_labels`). Plain `model.fit`, one epoch per call.
+
+AdaBN and TENT need a backbone with BatchNormalization (the `keras.applications` CNNs);
+for one without, they raise a `ValueError` saying so. None of them reads a label: a target
+dataset of `(images, labels)` has its labels dropped.
 """
 
 from __future__ import annotations
@@ -21,11 +28,16 @@ from __future__ import annotations
 from typing import Any
 
 import keras
+import numpy as np
 
 from keras_transfer import _keras_compat
+from keras_transfer import heads as heads_lib
+from keras_transfer.adaptation.losses import InformationMaximization
 from keras_transfer.adaptation.losses import PredictionEntropy
+from keras_transfer.adaptation.model import pooled_feature_model
+from keras_transfer.backbones import freezing
 
-__all__ = ["adapt_batchnorm", "batchnorm_layers", "fit_tent"]
+__all__ = ["adapt_batchnorm", "batchnorm_layers", "fit_shot", "fit_tent", "shot_pseudo_labels"]
 
 
 def batchnorm_layers(model: keras.Model) -> list[keras.layers.BatchNormalization]:
@@ -137,3 +149,163 @@ def _images_only(target: Any) -> Any:
         return images, tf.zeros(tf.shape(images)[:1])
 
     return target.map(pair)
+
+
+def shot_pseudo_labels(features: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
+    """SHOT's self-supervised pseudo-labels (Liang et al. 2020, eq. 4-6): class centroids in
+    the feature space weighted by the predicted probabilities, each example labelled by its
+    nearest centroid (cosine distance), then once more with centroids of those labels.
+
+    Args:
+        features: `(n, d)` pooled features of the target images.
+        probabilities: `(n, k)` predicted class probabilities of the same images.
+
+    Returns:
+        `(n,)` int32 labels; classes that no example is predicted as get no centroid.
+    """
+    features = np.asarray(features, np.float64)
+    probabilities = np.asarray(probabilities, np.float64)
+    if probabilities.shape[1] == 1:  # one sigmoid unit: the classes (1 - p, p)
+        probabilities = np.concatenate([1.0 - probabilities, probabilities], axis=1)
+    # SHOT appends a constant 1 before normalising (a bias dimension), as here.
+    features = np.concatenate([features, np.ones((len(features), 1))], axis=1)
+    features /= np.linalg.norm(features, axis=1, keepdims=True)
+    num_classes = probabilities.shape[1]
+    present = np.flatnonzero(np.bincount(probabilities.argmax(1), minlength=num_classes))
+    weights = probabilities
+    for _ in range(2):  # soft centroids, then one round of hard ones
+        centroids = weights.T @ features / (1e-8 + weights.sum(axis=0)[:, None])
+        centroids = centroids[present]
+        centroids /= np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-12)
+        labels = present[np.argmax(features @ centroids.T, axis=1)]  # max cosine similarity
+        weights = np.eye(num_classes)[labels]
+    return labels.astype("int32")
+
+
+def fit_shot(
+    model: heads_lib.TransferClassifier,
+    target: Any,
+    epochs: int = 5,
+    learning_rate: float = 1e-4,
+    *,
+    unfreeze: int | float | str = "all",
+    train_bn: bool = False,
+    pseudo_label_weight: float = 0.3,
+    diversity_weight: float = 1.0,
+    **fit_kwargs: Any,
+) -> keras.callbacks.History:
+    """SHOT: trains the backbone on unlabeled target images with the head frozen, by
+    information maximisation and pseudo-labels recomputed every epoch (module docstring).
+
+    The model's `trainable` flags and compiled loss are restored afterwards; the backbone's
+    weights stay adapted.
+
+    Args:
+        model: a trained `TransferClassifier`.
+        target: unlabeled target batches (images, or `(images, labels)`: labels unused), a
+            finite `tf.data.Dataset` in a fixed order: the pseudo-labels of an epoch are
+            matched to the images by position, so a dataset that reshuffles or augments
+            differently on each pass is refused.
+        epochs: epochs over `target`, each starting with new pseudo-labels.
+        learning_rate: Adam's rate for the backbone.
+        unfreeze: the backbone blocks to train, as `fit_two_phase`'s `unfreeze`; `"all"`:
+            every backbone layer (any backbone, with or without known blocks).
+        train_bn: BatchNormalization layers trainable (batch statistics while training).
+        pseudo_label_weight, diversity_weight: the loss weights (`InformationMaximization`).
+        **fit_kwargs: more `fit` arguments (`verbose`, `callbacks`).
+
+    Example:
+    ```python
+    history = fit_shot(model, target_images, epochs=5, unfreeze=2)
+    ```
+    """
+    if not isinstance(model, heads_lib.TransferClassifier):
+        raise TypeError(
+            f"fit_shot needs a classifier from create_classifier (a backbone and a head to "
+            f"keep fixed), got {type(model).__name__}."
+        )
+    images = _image_batches(target)
+    _check_fixed_order(images)
+    from_logits = bool(getattr(model.head, "logits", False))
+    layers = _keras_compat.flatten_layers(model, include_self=True)
+    flags = [layer.trainable for layer in layers]
+    compiled = model.get_compile_config() if model.compiled else None
+    try:
+        _unfreeze_backbone(model, unfreeze, train_bn)
+        model.head.trainable = False  # the source hypothesis stays as it is
+        model.compile(
+            optimizer=keras.optimizers.Adam(learning_rate),
+            loss=InformationMaximization(pseudo_label_weight, diversity_weight, from_logits),
+        )
+        return _shot_epochs(model, images, epochs, fit_kwargs)
+    finally:
+        for layer, flag in zip(layers, flags):
+            layer.trainable = flag
+        if compiled is not None:
+            model.compile_from_config(compiled)
+
+
+def _unfreeze_backbone(model, unfreeze, train_bn: bool) -> None:
+    """`unfreeze` blocks trainable; `"all"` needs no known blocks (any backbone)."""
+    if unfreeze != "all":
+        freezing.unfreeze(model, train_bn=train_bn, **freezing.unfreeze_request(unfreeze))
+        return
+    model.backbone.trainable = True
+    for layer in _keras_compat.flatten_layers(model.backbone, include_self=False):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = train_bn
+
+
+def _shot_epochs(model, images, epochs: int, fit_kwargs: dict) -> keras.callbacks.History:
+    """One `fit` per epoch on the images paired with that epoch's pseudo-labels; one
+    `History` over all of them."""
+    import tensorflow as tf
+
+    batch_size = int(next(iter(images)).shape[0])
+    merged = keras.callbacks.History()
+    merged.history, merged.epoch = {}, []
+    for epoch in range(epochs):
+        labels = shot_pseudo_labels(*_features_and_probabilities(model, images))
+        labelled = tf.data.Dataset.zip(
+            (images.unbatch(), tf.data.Dataset.from_tensor_slices(labels))
+        ).batch(batch_size)
+        history = model.fit(labelled, initial_epoch=epoch, epochs=epoch + 1, **fit_kwargs)
+        merged.epoch += history.epoch
+        for name, values in history.history.items():
+            merged.history.setdefault(name, []).extend(values)
+    merged.set_model(model)
+    return merged
+
+
+def _features_and_probabilities(model, images) -> tuple[np.ndarray, np.ndarray]:
+    """The pooled features of every target image and the head's class probabilities."""
+    features = pooled_feature_model(model).predict(images, verbose=0)
+    outputs = keras.ops.convert_to_numpy(model.head(features, training=False))
+    if getattr(model.head, "logits", False):
+        activation = "sigmoid" if outputs.shape[1] == 1 else "softmax"
+        outputs = keras.ops.convert_to_numpy(keras.activations.get(activation)(outputs))
+    return features, outputs
+
+
+def _image_batches(target: Any) -> Any:
+    """The image batches of `target`: labels (or anything after the images) dropped."""
+    import tensorflow as tf
+
+    if not isinstance(target, tf.data.Dataset):
+        raise TypeError(
+            f"target must be a tf.data.Dataset of image batches, got {type(target).__name__}."
+        )
+    if isinstance(target.element_spec, tuple):
+        return target.map(lambda *batch: batch[0])
+    return target
+
+
+def _check_fixed_order(images: Any) -> None:
+    first, again = (np.asarray(next(iter(images))) for _ in range(2))
+    if first.shape != again.shape or not np.array_equal(first, again):
+        raise ValueError(
+            "target gives other images on each pass (it is shuffled or augmented with "
+            "reshuffle_each_iteration): SHOT matches each epoch's pseudo-labels to the images "
+            "by position. Pass the target images unshuffled and unaugmented (e.g. "
+            "image_folder_dataset(..., augment=False) without shuffling)."
+        )

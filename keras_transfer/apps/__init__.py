@@ -4,7 +4,8 @@
 `image_classifier` fine-tunes an image backbone on a folder of images or a TFDS dataset
 (its steps in `image_config`, `image_plan`, `image_model`, `image_training`,
 `image_diagnostics`, `image_reports`), `text_classifier` a sentence encoder on labelled
-text; `predict` and `export` use a trained model folder. Each `*_cli` module holds one
+text; `predict`, `export` and `adapt` (source-free adaptation to a new domain) use a
+trained model folder. Each `*_cli` module holds one
 subcommand's absl flags and `main`; `cli` is what they share (one-line errors, exit codes,
 `--verbose`), `config` reads `--config` files. `import keras_transfer` does not import these
 modules (its lazy surface has no app in it); the text application also needs KerasHub (the

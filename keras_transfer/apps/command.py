@@ -4,6 +4,7 @@
     keras-transfer train-text --data_path=FILE.tsv --model_dir=OUT
     keras-transfer predict --model_dir=OUT IMAGE_OR_FOLDER...
     keras-transfer export --model_dir=OUT --format=saved_model|tflite|onnx
+    keras-transfer adapt --model_dir=OUT --target_dir=DIR --output_dir=NEW --method=tent
 
 `keras-transfer <command> --helpshort` lists a command's flags. Errors print one line and
 a hint: exit 2 for a command line that cannot be used, 1 for anything else.
@@ -39,6 +40,10 @@ COMMANDS = {
     "export": (
         "keras_transfer.apps.export_cli",
         "write a trained model as a SavedModel, TFLite or ONNX file",
+    ),
+    "adapt": (
+        "keras_transfer.apps.adapt_cli",
+        "adapt a trained model to unlabeled images of a new domain (AdaBN, TENT, SHOT)",
     ),
 }
 # Commands whose `main` takes arguments after the flags.

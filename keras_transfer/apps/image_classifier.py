@@ -135,9 +135,8 @@ def run(
         results = report(
             config, model, data, trained, environment, image_size, class_weight=weights
         )
-        results["plan"] = plan
-        if trained.wise_ft is not None:
-            results["wise_ft"] = trained.wise_ft
+        extras = {"plan": plan, "wise_ft": trained.wise_ft, "adaptation": trained.adaptation}
+        results.update({name: value for name, value in extras.items() if value is not None})
         if target is not None:
             results["domain"] = domain_report(config, model, data, target, distance_before)
         if config.diagnostics:

@@ -275,10 +275,11 @@ flags.DEFINE_string(
 flags.DEFINE_enum(
     "adapt",
     _DEFAULTS.adapt,
-    ["", *image_config.ADAPT_METHODS],
-    "Unsupervised domain adaptation to --target_dir in the fine-tuning phase: dann, coral "
-    "or mmd (kt.fit_domain_adaptation; the target labels are never used); empty: plain "
-    "fine-tuning.",
+    ["", *image_config.ADAPT_METHODS, *image_config.SOURCE_FREE_METHODS],
+    "Adaptation to the unlabeled images of --target_dir (their labels are never used): "
+    "dann, coral, mmd or mcc replace the fine-tuning phase (kt.fit_domain_adaptation); "
+    "adabn, tent or shot adapt the trained model at the end, without the training images "
+    "(results.json 'adaptation'); empty: none.",
 )
 cli.define_verbose_flag(
     _DEFAULTS.verbose,

@@ -24,6 +24,7 @@ from keras_transfer.utils import reliability
 
 __all__ = [
     "ADAPT_METHODS",
+    "SOURCE_FREE_METHODS",
     "Config",
     "EXPORT_FORMATS",
     "FIXED_DEFAULTS",
@@ -43,7 +44,10 @@ LR_SCHEDULES = ("constant", "cosine", "slanted_triangular", "one_cycle")
 EXPORT_FORMATS = ("saved_model", "tflite")
 RESOLVED_CONFIG_FILE = "config.json"
 PLANS = ("auto", "fixed")
-ADAPT_METHODS = ("dann", "coral", "mmd")
+# Domain adaptation with the labelled training images, in place of the fine-tuning phase.
+ADAPT_METHODS = ("dann", "coral", "mmd", "mcc")
+# Source-free adaptation of the trained model, after training (`apps.adapt`).
+SOURCE_FREE_METHODS = ("adabn", "tent", "shot")
 # What `plan="fixed"` fills in: `fit_two_phase`'s own defaults (the settings before the
 # advisor), so the command, the API and the README's snippets agree.
 FIXED_DEFAULTS = dict(
@@ -210,13 +214,13 @@ class Config:
             raise config_lib.ConfigError(
                 "freeze_strategy='gradual' needs unfreeze_schedule, e.g. '10:1,11:3,12:all'."
             )
-        check("adapt", ("",) + ADAPT_METHODS)
+        check("adapt", ("",) + ADAPT_METHODS + SOURCE_FREE_METHODS)
         if self.adapt and not self.target_dir:
             raise config_lib.ConfigError(
                 f"adapt={self.adapt!r} adapts to unlabeled target images: set target_dir "
                 "(--target_dir) to a folder of them."
             )
-        if self.adapt and (
+        if self.adapt in ADAPT_METHODS and (
             self.fine_tune != "full" or self.resolved_freeze_strategy() != "top_n_unfrozen"
         ):
             raise config_lib.ConfigError(

@@ -13,6 +13,7 @@ import keras_transfer as kt
 from keras_transfer import data as data_lib
 from keras_transfer.apps import _outputs
 from keras_transfer.apps import export as export_lib
+from keras_transfer.apps.image_config import ADAPT_METHODS
 from keras_transfer.apps.image_config import EXPORT_FORMATS
 from keras_transfer.apps.image_config import Config
 from keras_transfer.apps.image_model import Environment
@@ -85,7 +86,7 @@ def report(
         "config": config.resolved(image_size),
     }
     last_phase = history.phases[-1] if history.phases else None
-    if config.adapt and last_phase == training.PHASE_FINE_TUNE:
+    if config.adapt in ADAPT_METHODS and last_phase == training.PHASE_FINE_TUNE:
         # Domain adaptation keeps its last epoch (`image_training`: no source-loss restore).
         results["saved_weights"] = {"phase": last_phase, "epoch": int(history.epoch[-1]) + 1}
     elif config.restore_best and last_phase:
@@ -182,7 +183,7 @@ def _test_summary(results: dict[str, Any]) -> list[str]:
 
 
 def _kept_rule(config: Config) -> str:
-    return "the adaptation phase's last" if config.adapt else "lowest val_loss"
+    return "the adaptation phase's last" if config.adapt in ADAPT_METHODS else "lowest val_loss"
 
 
 def _kept_epoch(history: kt.TwoPhaseHistory, monitor: str, last_phase: str) -> dict[str, Any]:

@@ -25,7 +25,10 @@ import tensorflow as tf
 
 import keras_transfer as kt
 from keras_transfer import data as data_lib
+from keras_transfer.apps import adapt as adapt_lib
+from keras_transfer.apps.image_config import ADAPT_METHODS
 from keras_transfer.apps.image_config import FIXED_DEFAULTS
+from keras_transfer.apps.image_config import SOURCE_FREE_METHODS
 from keras_transfer.apps.image_config import Config
 from keras_transfer.apps.image_model import Environment
 from keras_transfer.optimizers import schedules
@@ -76,6 +79,7 @@ class Trained:
         unfrozen_blocks: the blocks trainable at the end.
         monitor: the metric early stopping and `restore_best` watched.
         wise_ft: with `config.wise_ft`, the alpha kept and each alpha's validation accuracy.
+        adaptation: with a source-free `config.adapt`, `apps.adapt.adapt_model`'s report.
     """
 
     history: kt.TwoPhaseHistory
@@ -83,6 +87,7 @@ class Trained:
     unfrozen_blocks: list[str]
     monitor: str
     wise_ft: dict[str, Any] | None = None
+    adaptation: dict[str, Any] | None = None
 
 
 class OnTrainingStart(keras.callbacks.Callback):
@@ -116,9 +121,11 @@ def train_model(
     backup_settings: dict[str, Any] | None = None,
 ) -> Trained:
     """Two-phase (or gradual, or all-frozen, or unfrozen) training of `model` as `config`
-    says, with TensorBoard logs and the backup in `environment.output_dir`. With
-    `config.adapt`, phase 2 is domain adaptation to `target` (same blocks, epochs and
-    learning rate; the head and the domain classifier at head_lr); it is not backed up.
+    says, with TensorBoard logs and the backup in `environment.output_dir`. With a
+    domain-adaptation `config.adapt` (dann, coral, mmd, mcc), phase 2 is domain adaptation
+    to `target` (same blocks, epochs and learning rate; the head and the domain classifier
+    at head_lr); it is not backed up. With a source-free one (adabn, tent, shot), the
+    trained model is adapted to `target` at the end (`apps.adapt`).
 
     Args:
         config: the run's settings, planned (`image_plan.plan_training`).
@@ -142,8 +149,9 @@ def train_model(
             config, data, data.image_size[0]
         )
     cached = _use_feature_cache(config, plan, environment.strategy, data)
-    adapt_epochs = plan["fine_tune_epochs"] if config.adapt else 0
-    if config.adapt:
+    domain_adaptation = config.adapt in ADAPT_METHODS
+    adapt_epochs = plan["fine_tune_epochs"] if domain_adaptation else 0
+    if domain_adaptation:
         plan["fine_tune_epochs"] = 0  # domain adaptation replaces the fine-tuning phase
     with environment.strategy.scope():
         history = _fit_phases(config, model, data, plan, common, cached)
@@ -152,7 +160,11 @@ def train_model(
     gradual = config.resolved_freeze_strategy() == "gradual"
     unfrozen = kt.trainable_blocks(model) if gradual else history.unfrozen_blocks
     wise = _wise_ft(model, data, common["backup_dir"]) if config.wise_ft else None
-    return Trained(history, cached, unfrozen, monitor, wise)
+    adaptation = None
+    if config.adapt in SOURCE_FREE_METHODS:  # the trained model, to the target images
+        settings = adapt_lib.AdaptSettings(config.adapt, train_bn=config.train_bn)
+        adaptation = adapt_lib.adapt_model(model, target, settings, min(config.verbose, 2))
+    return Trained(history, cached, unfrozen, monitor, wise, adaptation)
 
 
 def _wise_ft(

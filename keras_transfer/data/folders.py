@@ -235,6 +235,7 @@ def target_image_dataset(
     *,
     seed: int = 1337,
     crop_fraction: float = 0.875,
+    resize: str = "crop",
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> TargetImages:
     """Loads every image under `directory`, in any folder layout, as target images.
@@ -249,7 +250,7 @@ def target_image_dataset(
     Args:
         directory: the target folder.
         class_names: the training classes (`ImageData.class_names`).
-        image_size, batch_size, seed, crop_fraction, max_pixels: as in
+        image_size, batch_size, seed, crop_fraction, resize, max_pixels: as in
             `image_folder_dataset`.
 
     Returns:
@@ -260,7 +261,9 @@ def target_image_dataset(
         raise FileNotFoundError(
             f"Target folder {directory!r} does not exist: give a folder of images (any layout)."
         )
-    options = pipeline_options(image_size, batch_size, crop_fraction=crop_fraction, seed=seed)
+    options = pipeline_options(
+        image_size, batch_size, crop_fraction=crop_fraction, resize=resize, seed=seed
+    )
     listing = FileListing(directory, [])
     for path in walk_image_files(directory, listing):
         extension = os.path.splitext(path)[1].lower()

@@ -1,0 +1,223 @@
+"""Source-free adaptation of a trained model to a folder of unlabeled target images:
+AdaBN, TENT or SHOT, for `keras-transfer adapt` and `keras-transfer train --adapt=...`.
+
+`adapt_model` runs one method with the command's declared defaults (`METHOD_DEFAULTS`,
+nothing chosen on target labels) and measures, label-free, what it changed on the target
+images: the mean prediction entropy, the predicted class shares and the share of images
+whose top class stayed the same. When the target folder is labelled (subfolders named like
+the classes) the target accuracy before and after is reported beside them; it chooses
+nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from typing import Any
+
+import keras
+import numpy as np
+
+from keras_transfer import data as data_lib
+from keras_transfer.adaptation import test_time
+from keras_transfer.apps import _outputs
+from keras_transfer.apps import predict as predict_lib
+from keras_transfer.apps.image_config import RESOLVED_CONFIG_FILE
+from keras_transfer.apps.image_config import SOURCE_FREE_METHODS
+from keras_transfer.diagnostics import reports
+
+__all__ = [
+    "ADAPT_FILE",
+    "METHOD_DEFAULTS",
+    "SOURCE_FREE_METHODS",
+    "AdaptSettings",
+    "adapt_model",
+    "adapt_model_dir",
+    "target_predictions",
+]
+
+logger = logging.getLogger("keras_transfer")
+
+ADAPT_FILE = "adapt.json"
+# The papers' settings where they carry over (TENT: one online pass at Adam 1e-3; SHOT: a
+# few epochs, pseudo-label weight 0.3) and the package's fine-tuning rate for SHOT's
+# backbone. Declared, not tuned on any target.
+METHOD_DEFAULTS = {
+    "adabn": {"epochs": 0, "learning_rate": 0.0},
+    "tent": {"epochs": 1, "learning_rate": 1e-3},
+    "shot": {"epochs": 5, "learning_rate": 1e-4},
+}
+
+
+@dataclasses.dataclass
+class AdaptSettings:
+    """How `adapt_model` adapts: the method, and its epochs and learning rate (`None`:
+    `METHOD_DEFAULTS`); `unfreeze` and `train_bn` are SHOT's trained blocks."""
+
+    method: str
+    epochs: int | None = None
+    learning_rate: float | None = None
+    unfreeze: int | float | str = "all"
+    train_bn: bool = False
+
+    def resolved(self) -> dict[str, Any]:
+        if self.method not in SOURCE_FREE_METHODS:
+            raise ValueError(
+                f"adapt={self.method!r}: the methods without source data are "
+                f"{', '.join(SOURCE_FREE_METHODS)}."
+            )
+        defaults = METHOD_DEFAULTS[self.method]
+        epochs = defaults["epochs"] if self.epochs is None else self.epochs
+        rate = defaults["learning_rate"] if self.learning_rate is None else self.learning_rate
+        if self.method != "adabn" and (epochs < 1 or not rate > 0):
+            raise ValueError(
+                f"adapt={self.method!r} needs epochs >= 1 and a learning rate > 0, got "
+                f"{epochs} and {rate}."
+            )
+        return {**dataclasses.asdict(self), "epochs": epochs, "learning_rate": rate}
+
+
+def target_predictions(model: keras.Model, images: Any) -> np.ndarray:
+    """`(n, classes)` class probabilities of the fixed-order target images."""
+    outputs = model.predict(images, verbose=0)
+    if getattr(getattr(model, "head", None), "logits", False):
+        activation = "sigmoid" if outputs.shape[1] == 1 else "softmax"
+        outputs = keras.ops.convert_to_numpy(keras.activations.get(activation)(outputs))
+    if outputs.shape[1] == 1:
+        outputs = np.concatenate([1.0 - outputs, outputs], axis=1)
+    return np.asarray(outputs, np.float64)
+
+
+def _label_free(before: np.ndarray, after: np.ndarray) -> dict[str, Any]:
+    def entropy(p):
+        return float(-(p * np.log(np.clip(p, 1e-12, 1.0))).sum(axis=1).mean())
+
+    def shares(p):
+        counts = np.bincount(p.argmax(1), minlength=p.shape[1])
+        return [round(float(c) / len(p), 4) for c in counts]
+
+    return {
+        "mean_entropy_before": round(entropy(before), 6),
+        "mean_entropy_after": round(entropy(after), 6),
+        "class_shares_before": shares(before),
+        "class_shares_after": shares(after),
+        "unchanged_top1": round(float((before.argmax(1) == after.argmax(1)).mean()), 6),
+    }
+
+
+def _accuracy(model: keras.Model, labelled: Any) -> float | None:
+    if labelled is None:
+        return None
+    true, predicted = reports.predict_labels(model, labelled)
+    return float((true == predicted).mean())
+
+
+def adapt_model(
+    model: keras.Model, target: data_lib.TargetImages, settings: AdaptSettings, verbose: int = 0
+) -> dict[str, Any]:
+    """Adapts `model` in place to `target` (`target.unshuffled`: SHOT needs a fixed order)
+    and returns the report: settings, seconds, the label-free measures and, for a labelled
+    target, the accuracy before and after."""
+    resolved = settings.resolved()
+    accuracy_before = _accuracy(model, target.labelled)
+    before = target_predictions(model, target.unshuffled)
+    start = time.perf_counter()
+    if settings.method == "adabn":
+        test_time.adapt_batchnorm(model, target.unshuffled)
+    elif settings.method == "tent":
+        test_time.fit_tent(
+            model,
+            target.images,
+            epochs=resolved["epochs"],
+            learning_rate=resolved["learning_rate"],
+            verbose=verbose,
+        )
+    else:
+        test_time.fit_shot(
+            model,
+            target.unshuffled,
+            epochs=resolved["epochs"],
+            learning_rate=resolved["learning_rate"],
+            unfreeze=settings.unfreeze,
+            train_bn=settings.train_bn,
+            verbose=verbose,
+        )
+    seconds = time.perf_counter() - start
+    report = {
+        "method": settings.method,
+        "settings": resolved,
+        "selection": "declared defaults (METHOD_DEFAULTS) or the flags; nothing read target labels",
+        "seconds": round(seconds, 2),
+        "target_images": target.num_images,
+        "target_labelled": target.labelled is not None,
+        "target_labelled_reason": target.labelled_reason,
+        "label_free": _label_free(before, target_predictions(model, target.unshuffled)),
+        "target_accuracy_before": accuracy_before,
+        "target_accuracy_after": _accuracy(model, target.labelled),
+    }
+    logger.info(
+        "%s: mean target entropy %.4f -> %.4f, top-1 unchanged on %.1f%% of %d images%s",
+        settings.method,
+        report["label_free"]["mean_entropy_before"],
+        report["label_free"]["mean_entropy_after"],
+        100 * report["label_free"]["unchanged_top1"],
+        target.num_images,
+        ""
+        if accuracy_before is None
+        else f"; target accuracy {accuracy_before:.4f} -> {report['target_accuracy_after']:.4f}",
+    )
+    return report
+
+
+def adapt_model_dir(
+    model_dir: str,
+    target_dir: str,
+    output_dir: str,
+    settings: AdaptSettings,
+    *,
+    batch_size: int = 32,
+    max_pixels: int | None = 50_000_000,
+    safe_mode: bool = True,
+    verbose: int = 0,
+) -> dict[str, Any]:
+    """`keras-transfer adapt`: loads the trained model of `model_dir`, reads `target_dir`'s
+    images as that run read its validation images, adapts, and writes `model.keras`,
+    `labels.txt` and `adapt.json` to `output_dir` (never to `model_dir`)."""
+    settings.resolved()  # a bad method or rate stops before anything is read
+    if os.path.abspath(output_dir) == os.path.abspath(model_dir):
+        raise ValueError(
+            f"output_dir {output_dir!r} is the trained model's folder: the adapted model goes "
+            "to a folder of its own (--output_dir), so the source model stays."
+        )
+    if os.path.isdir(output_dir) and os.listdir(output_dir):
+        raise FileExistsError(
+            f"output_dir {output_dir!r} is not empty: give a new folder, or remove it first."
+        )
+    model, class_names = predict_lib.load_trained(model_dir, safe_mode=safe_mode)
+    decode = predict_lib.decode_settings(model_dir)
+    target = data_lib.target_image_dataset(
+        target_dir,
+        class_names,
+        image_size=tuple(model.input_shape[1:3]),
+        batch_size=batch_size,
+        crop_fraction=decode["crop_fraction"],
+        resize=decode["resize"],
+        max_pixels=max_pixels,
+    )
+    report = adapt_model(model, target, settings, verbose=verbose)
+    report.update(
+        model_dir=os.path.abspath(model_dir),
+        target_dir=os.path.abspath(target_dir),
+        target_skipped=target.skipped,
+    )
+    files = {ADAPT_FILE: report}
+    config_path = os.path.join(model_dir, RESOLVED_CONFIG_FILE)
+    if os.path.isfile(config_path):  # `predict` reads the adapted folder's images alike
+        with open(config_path, encoding="utf-8") as f:
+            files[RESOLVED_CONFIG_FILE] = json.load(f)
+    os.makedirs(output_dir, exist_ok=True)
+    _outputs.save_classifier(model, list(class_names), output_dir, files)
+    return report

@@ -1,0 +1,163 @@
+"""Source-free adaptation from the command: `keras-transfer train --adapt=adabn|tent|shot`
+adapts the trained model at the end, `keras-transfer adapt` a trained model folder, and
+`--adapt=mcc` replaces the fine-tuning phase like DANN, CORAL and MMD."""
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+from conftest import make_tiny_classifier
+from conftest import write_image_folder
+
+import keras_transfer as kt
+from keras_transfer.apps import adapt as adapt_lib
+from keras_transfer.apps import image_classifier as image_classifier_lib
+
+
+def _mean_entropy(model, target):
+    p = adapt_lib.target_predictions(model, target.unshuffled)
+    return float(-(p * np.log(np.clip(p, 1e-12, 1.0))).sum(axis=1).mean())
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, tiny_run_config):
+    """A tiny trained model folder, and a labelled target folder of darker images."""
+    root = tmp_path_factory.mktemp("adapt")
+    write_image_folder(root / "images", {"a": 8, "b": 8}, size=(40, 40))
+    write_image_folder(root / "target", {"a": 4, "b": 4}, size=(48, 40), seed=5)
+    model_dir = root / "run"
+    image_classifier_lib.run(tiny_run_config(root / "images", model_dir))
+    return model_dir, root / "target"
+
+
+def test_train_with_a_source_free_method_saves_the_adapted_model(
+    trained_run, tiny_run_config, tmp_path
+):
+    _, target_dir = trained_run
+    images = tmp_path / "images"
+    write_image_folder(images, {"a": 8, "b": 8}, size=(40, 40))
+    model_dir = tmp_path / "out"
+    config = tiny_run_config(images, model_dir, target_dir=str(target_dir), adapt="adabn")
+    results = image_classifier_lib.run(config)
+
+    adaptation = results["adaptation"]
+    assert adaptation["method"] == "adabn" and adaptation["target_images"] == 8
+    assert adaptation["target_labelled"] is True
+    assert adaptation["settings"]["epochs"] == 0
+    free = adaptation["label_free"]
+    assert sum(free["class_shares_after"]) == pytest.approx(1.0, abs=1e-3)
+    # The saved model is the adapted one: its target predictions give the "after" entropy.
+    saved = keras.saving.load_model(model_dir / "model.keras")
+    target = kt.data.target_image_dataset(target_dir, ["a", "b"], image_size=32)
+    assert _mean_entropy(saved, target) == pytest.approx(free["mean_entropy_after"], abs=1e-4)
+    # results.json holds the same report; fine-tuning ran as usual before it.
+    written = json.loads((model_dir / "results.json").read_text())
+    assert written["adaptation"]["label_free"] == free
+    assert written["history"]["phase"][-1] == "fine_tune"
+
+
+def test_adapt_model_dir_writes_a_new_folder_and_leaves_the_trained_one(trained_run, tmp_path):
+    model_dir, target_dir = trained_run
+    before = {name: (model_dir / name).read_bytes() for name in ("model.keras", "labels.txt")}
+    output = tmp_path / "adapted"
+    settings = adapt_lib.AdaptSettings("adabn")
+    report = adapt_lib.adapt_model_dir(str(model_dir), str(target_dir), str(output), settings)
+
+    assert {p.name for p in output.iterdir()} >= {
+        "model.keras",
+        "labels.txt",
+        "config.json",
+        "adapt.json",
+    }
+    assert json.loads((output / "adapt.json").read_text())["method"] == "adabn"
+    # The run's decoding settings travel with the adapted model (predict reads them).
+    assert json.loads((output / "config.json").read_text()) == json.loads(
+        (model_dir / "config.json").read_text()
+    )
+    assert {n: (model_dir / n).read_bytes() for n in before} == before
+    adapted = keras.saving.load_model(output / "model.keras")
+    original = keras.saving.load_model(model_dir / "model.keras")
+    # AdaBN moved the BatchNormalization statistics to the target's and nothing else.
+    for a, b in zip(adapted.weights, original.weights):
+        moved = not np.allclose(a.numpy(), b.numpy())
+        assert moved == (moved and "moving_" in a.path), a.path
+    assert any(
+        not np.allclose(a.numpy(), b.numpy())
+        for a, b in zip(adapted.weights, original.weights)
+        if "moving_mean" in a.path
+    )
+    assert report["target_accuracy_before"] is not None
+
+    with pytest.raises(FileExistsError, match="is not empty"):
+        adapt_lib.adapt_model_dir(str(model_dir), str(target_dir), str(output), settings)
+    with pytest.raises(ValueError, match="the trained model's folder"):
+        adapt_lib.adapt_model_dir(str(model_dir), str(target_dir), str(model_dir), settings)
+    with pytest.raises(ValueError, match="the methods without source data are"):
+        adapt_lib.AdaptSettings("dann").resolved()
+    with pytest.raises(ValueError, match="needs epochs >= 1"):
+        adapt_lib.AdaptSettings("tent", epochs=0).resolved()
+
+
+def test_adapt_model_with_shot_trains_the_backbone_on_the_fixed_order_images(tmp_path):
+    write_image_folder(tmp_path / "target", {"a": 4, "b": 4}, size=(40, 40), seed=5)
+    target = kt.data.target_image_dataset(tmp_path / "target", ["a", "b"], image_size=32)
+    model = make_tiny_classifier(fitted_norms=True)
+    head = [w.numpy().copy() for w in model.head.weights]
+    kernels = [w for w in model.backbone.weights if w.path.endswith("kernel")]
+    before = [w.numpy().copy() for w in kernels]
+    settings = adapt_lib.AdaptSettings("shot", epochs=2, learning_rate=1e-3)
+    report = adapt_lib.adapt_model(model, target, settings)
+    assert report["settings"]["epochs"] == 2 and report["target_labelled"] is True
+    assert any(not np.allclose(b, w.numpy()) for b, w in zip(before, kernels))
+    for b, w in zip(head, model.head.weights):
+        np.testing.assert_array_equal(b, w.numpy())
+    # The label-free "after" measure is the adapted model's.
+    assert _mean_entropy(model, target) == pytest.approx(
+        report["label_free"]["mean_entropy_after"], abs=1e-4
+    )
+
+
+@pytest.mark.slow
+def test_adapt_command_prints_what_changed_and_refuses_a_bad_method(trained_run, tmp_path):
+    model_dir, target_dir = trained_run
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    command = [sys.executable, "-m", "keras_transfer", "adapt", f"--model_dir={model_dir}"]
+    done = subprocess.run(
+        [
+            *command,
+            f"--target_dir={target_dir}",
+            f"--output_dir={tmp_path / 'new'}",
+            "--method=tent",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "tent on 8 target images: mean entropy" in done.stdout
+    assert "target accuracy" in done.stdout and (tmp_path / "new" / "model.keras").exists()
+    bad = subprocess.run(
+        [*command, f"--target_dir={target_dir}", "--output_dir=x", "--method=dann"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+
+def test_train_with_mcc_replaces_the_fine_tuning_phase(trained_run, tiny_run_config, tmp_path):
+    _, target_dir = trained_run
+    images = tmp_path / "images"
+    write_image_folder(images, {"a": 8, "b": 8}, size=(40, 40))
+    config = tiny_run_config(images, tmp_path / "out", target_dir=str(target_dir), adapt="mcc")
+    results = image_classifier_lib.run(config)
+    history = results["history"]
+    assert history["phase"][-1] == "fine_tune"
+    assert history["alignment_loss"][-1] > 0  # the class confusion of the target batches
+    assert results["domain"]["method"] == "mcc"

@@ -185,31 +185,37 @@ def new_tiny_classifier():
     return make_tiny_classifier
 
 
+def tiny_run_settings(data_dir, model_dir, **overrides):
+    """The command's settings for a tiny, quick run, as a dict: MobileNet alpha 1 with
+    random weights at 32 px, one head and one fine-tuning epoch of the top 2 blocks, a
+    quarter of each class for validation, the fixed plan, no augmentation, silent;
+    `overrides` replace any of them."""
+    settings = dict(
+        data_dir=str(data_dir),
+        model_dir=str(model_dir),
+        backbone="mobilenet",
+        weights=None,
+        image_size=32,
+        batch_size=4,
+        head_epochs=1,
+        fine_tune_epochs=1,
+        unfreeze_blocks="2",
+        validation_split=0.25,
+        augment="",
+        verbose=0,
+        plan="fixed",
+    )
+    return {**settings, **overrides}
+
+
 @pytest.fixture(scope="session")
 def tiny_run_config():
     """A factory of the command's `Config` for a tiny, quick run:
-    `tiny_run_config(data_dir, model_dir, **overrides)` (MobileNet alpha 1 with random
-    weights at 32 px, one head and one fine-tuning epoch of the top 2 blocks, a quarter of
-    each class for validation, the fixed plan, no augmentation, silent)."""
+    `tiny_run_config(data_dir, model_dir, **overrides)` (`tiny_run_settings`)."""
     from keras_transfer.apps import image_config
 
     def make(data_dir, model_dir, **overrides):
-        settings = dict(
-            data_dir=str(data_dir),
-            model_dir=str(model_dir),
-            backbone="mobilenet",
-            weights=None,
-            image_size=32,
-            batch_size=4,
-            head_epochs=1,
-            fine_tune_epochs=1,
-            unfreeze_blocks="2",
-            validation_split=0.25,
-            augment="",
-            verbose=0,
-            plan="fixed",
-        )
-        return image_config.Config(**{**settings, **overrides})
+        return image_config.Config(**tiny_run_settings(data_dir, model_dir, **overrides))
 
     return make
 

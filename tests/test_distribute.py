@@ -16,6 +16,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import tiny_run_settings
 from helpers import train_plain_model
 
 from keras_transfer import heads
@@ -46,23 +47,10 @@ _RUN = textwrap.dedent(
 
 
 def _settings(data_dir, model_dir, strategy):
-    return dict(
-        data_dir=str(data_dir),
-        model_dir=str(model_dir),
-        backbone="mobilenet",
-        weights=None,
-        image_size=32,
-        batch_size=4,
-        head_epochs=1,
-        fine_tune_epochs=1,
-        unfreeze_blocks="2",
-        augment="",
-        verbose=0,
-        strategy=strategy,
-        # The settings above, nothing planned: the advisor's early stopping and best-weights
-        # restore are tested in test_image_classifier.py.
-        plan="fixed",
-    )
+    # The tiny run (fixed plan: the advisor's early stopping and best-weights restore are
+    # tested in test_image_classifier.py) with the command's validation split, as a dict
+    # the worker processes receive as JSON.
+    return tiny_run_settings(data_dir, model_dir, validation_split=0.2, strategy=strategy)
 
 
 def _env(**extra):

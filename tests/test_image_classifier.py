@@ -10,6 +10,7 @@ import sys
 import keras
 import numpy as np
 import pytest
+from conftest import tiny_run_settings
 from interruption import InterruptAt
 
 import keras_transfer as kt
@@ -25,20 +26,10 @@ EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "examples", "image_class
 
 
 def _config(data_dir, model_dir, **overrides):
-    settings = dict(
-        data_dir=str(data_dir),
-        model_dir=str(model_dir),
-        backbone="mobilenet",
-        weights=None,
-        image_size=32,
-        batch_size=8,
-        head_epochs=2,
-        fine_tune_epochs=1,
-        unfreeze_blocks="2",
-        verbose=0,
-        plan="fixed",  # the advisor's plan has its own tests
-    )
-    settings.update(overrides)
+    # The tiny run with two head epochs, batches of 8, and the command's own validation
+    # split and augmentation.
+    defaults = {"batch_size": 8, "head_epochs": 2, "validation_split": 0.2, "augment": "flip,crop"}
+    settings = tiny_run_settings(data_dir, model_dir, **{**defaults, **overrides})
     return image_config.Config(**settings)
 
 

@@ -15,6 +15,7 @@ import pytest
 import tensorflow as tf
 from conftest import REPO_ROOT
 from conftest import make_tiny_classifier
+from conftest import tiny_run_settings
 from conftest import write_image_folder
 from interruption import InterruptAt
 
@@ -27,22 +28,7 @@ from keras_transfer.utils import reliability
 
 
 def _config(data_dir, model_dir, **overrides):
-    settings = dict(
-        data_dir=str(data_dir),
-        model_dir=str(model_dir),
-        backbone="mobilenet",
-        weights=None,
-        image_size=32,
-        batch_size=8,
-        head_epochs=1,
-        fine_tune_epochs=1,
-        unfreeze_blocks="2",
-        validation_split=0.25,
-        augment="",
-        verbose=0,
-        plan="fixed",
-    )
-    settings.update(overrides)
+    settings = tiny_run_settings(data_dir, model_dir, **{"batch_size": 8, **overrides})
     return image_config.Config(**settings)
 
 

@@ -37,7 +37,14 @@ from keras_transfer.adaptation.losses import PredictionEntropy
 from keras_transfer.adaptation.model import pooled_feature_model
 from keras_transfer.backbones import freezing
 
-__all__ = ["adapt_batchnorm", "batchnorm_layers", "fit_shot", "fit_tent", "shot_pseudo_labels"]
+__all__ = [
+    "adapt_batchnorm",
+    "batchnorm_layers",
+    "class_probabilities",
+    "fit_shot",
+    "fit_tent",
+    "shot_pseudo_labels",
+]
 
 
 def batchnorm_layers(model: keras.Model) -> list[keras.layers.BatchNormalization]:
@@ -277,14 +284,22 @@ def _shot_epochs(model, images, epochs: int, fit_kwargs: dict) -> keras.callback
     return merged
 
 
+def class_probabilities(model: keras.Model, outputs: Any) -> np.ndarray:
+    """`(n, classes)` class probabilities from `model`'s outputs: the activation applied
+    when its head outputs logits, and one sigmoid unit read as the classes `(1 - p, p)`."""
+    outputs = keras.ops.convert_to_numpy(outputs)
+    if getattr(getattr(model, "head", None), "logits", False):
+        activation = "sigmoid" if outputs.shape[1] == 1 else "softmax"
+        outputs = keras.ops.convert_to_numpy(keras.activations.get(activation)(outputs))
+    if outputs.shape[1] == 1:
+        outputs = np.concatenate([1.0 - outputs, outputs], axis=1)
+    return np.asarray(outputs, np.float64)
+
+
 def _features_and_probabilities(model, images) -> tuple[np.ndarray, np.ndarray]:
     """The pooled features of every target image and the head's class probabilities."""
     features = pooled_feature_model(model).predict(images, verbose=0)
-    outputs = keras.ops.convert_to_numpy(model.head(features, training=False))
-    if getattr(model.head, "logits", False):
-        activation = "sigmoid" if outputs.shape[1] == 1 else "softmax"
-        outputs = keras.ops.convert_to_numpy(keras.activations.get(activation)(outputs))
-    return features, outputs
+    return features, class_probabilities(model, model.head(features, training=False))
 
 
 def _image_batches(target: Any) -> Any:

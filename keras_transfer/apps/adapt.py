@@ -82,13 +82,7 @@ class AdaptSettings:
 
 def target_predictions(model: keras.Model, images: Any) -> np.ndarray:
     """`(n, classes)` class probabilities of the fixed-order target images."""
-    outputs = model.predict(images, verbose=0)
-    if getattr(getattr(model, "head", None), "logits", False):
-        activation = "sigmoid" if outputs.shape[1] == 1 else "softmax"
-        outputs = keras.ops.convert_to_numpy(keras.activations.get(activation)(outputs))
-    if outputs.shape[1] == 1:
-        outputs = np.concatenate([1.0 - outputs, outputs], axis=1)
-    return np.asarray(outputs, np.float64)
+    return test_time.class_probabilities(model, model.predict(images, verbose=0))
 
 
 def _label_free(before: np.ndarray, after: np.ndarray) -> dict[str, Any]:

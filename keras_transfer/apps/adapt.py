@@ -36,6 +36,7 @@ __all__ = [
     "AdaptSettings",
     "adapt_model",
     "adapt_model_dir",
+    "default_output_dir",
     "target_predictions",
 ]
 
@@ -166,10 +167,16 @@ def adapt_model(
     return report
 
 
+def default_output_dir(model_dir: str, method: str) -> str:
+    """Where `keras-transfer adapt` writes without `--output_dir`: a folder beside the
+    trained one, `<model_dir>_<method>` (e.g. `runs/ants_vs_bees_tent`)."""
+    return os.path.normpath(model_dir) + f"_{method}"
+
+
 def adapt_model_dir(
     model_dir: str,
     target_dir: str,
-    output_dir: str,
+    output_dir: str | None,
     settings: AdaptSettings,
     *,
     batch_size: int = 32,
@@ -179,8 +186,10 @@ def adapt_model_dir(
 ) -> dict[str, Any]:
     """`keras-transfer adapt`: loads the trained model of `model_dir`, reads `target_dir`'s
     images as that run read its validation images, adapts, and writes `model.keras`,
-    `labels.txt` and `adapt.json` to `output_dir` (never to `model_dir`)."""
+    `labels.txt` and `adapt.json` to `output_dir` (never to `model_dir`; `None`:
+    `default_output_dir`). The report's `"output_dir"` says where."""
     settings.resolved()  # a bad method or rate stops before anything is read
+    output_dir = output_dir or default_output_dir(model_dir, settings.method)
     if os.path.abspath(output_dir) == os.path.abspath(model_dir):
         raise ValueError(
             f"output_dir {output_dir!r} is the trained model's folder: the adapted model goes "
@@ -203,6 +212,7 @@ def adapt_model_dir(
     )
     report = adapt_model(model, target, settings, verbose=verbose)
     report.update(
+        output_dir=os.path.abspath(output_dir),
         model_dir=os.path.abspath(model_dir),
         target_dir=os.path.abspath(target_dir),
         target_skipped=target.skipped,

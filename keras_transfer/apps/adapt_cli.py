@@ -9,7 +9,8 @@ resize, from config.json), in any folder layout; their labels, if they sit in su
 named like the classes, are never used to adapt, only reported. Writes model.keras,
 labels.txt, config.json (the run's) and adapt.json (settings, seconds, the label-free
 measures: mean prediction entropy, class shares, top-1 unchanged; and the target accuracy
-before and after when the folder is labelled) to --output_dir, never to --model_dir.
+before and after when the folder is labelled) to --output_dir (default: <model_dir>_<method>,
+beside it), never to --model_dir.
 """
 
 from __future__ import annotations
@@ -25,7 +26,11 @@ FLAGS = flags.FLAGS
 
 flags.DEFINE_string("model_dir", None, "Folder of a trained model (model.keras, labels.txt).")
 flags.DEFINE_string("target_dir", None, "Folder of unlabeled images of the new domain.")
-flags.DEFINE_string("output_dir", None, "New folder for the adapted model.")
+flags.DEFINE_string(
+    "output_dir",
+    "",
+    "New folder for the adapted model; empty: <model_dir>_<method>, beside the trained one.",
+)
 flags.DEFINE_enum(
     "method",
     "adabn",
@@ -48,7 +53,7 @@ flags.DEFINE_bool(
     "safe_mode", True, "Load model.keras in Keras' safe mode (no arbitrary code from the file)."
 )
 cli.define_verbose_flag(0, "Messages while adapting.")
-flags.mark_flags_as_required(["model_dir", "target_dir", "output_dir"])
+flags.mark_flags_as_required(["model_dir", "target_dir"])
 
 
 def main(argv: list[str]) -> None:
@@ -56,7 +61,7 @@ def main(argv: list[str]) -> None:
     report = adapt_lib.adapt_model_dir(
         FLAGS.model_dir,
         FLAGS.target_dir,
-        FLAGS.output_dir,
+        FLAGS.output_dir or None,
         adapt_lib.AdaptSettings(FLAGS.method, FLAGS.epochs, FLAGS.learning_rate),
         batch_size=FLAGS.batch_size,
         max_pixels=FLAGS.max_pixels or None,
@@ -75,4 +80,4 @@ def main(argv: list[str]) -> None:
             f"{report['target_accuracy_after']:.4f} (labels read for this line only)"
         )
     print(line)
-    print(f"Wrote {FLAGS.output_dir}")
+    print(f"Wrote {report['output_dir']}")

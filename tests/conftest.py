@@ -38,9 +38,16 @@ NUMERICS_NAMES = ("mixed_precision", "jit", "mirrored", "strategy")
 
 
 def pytest_collection_modifyitems(items):
+    on_tensorflow = keras.backend.backend() == "tensorflow"
     for item in items:
         if item.path.name in NUMERICS_FILES or any(n in item.name for n in NUMERICS_NAMES):
             item.add_marker(pytest.mark.numerics)
+        if not on_tensorflow and item.get_closest_marker("tensorflow_only"):
+            item.add_marker(
+                pytest.mark.skip(
+                    reason=f"needs the TensorFlow backend; Keras runs on {keras.backend.backend()}"
+                )
+            )
 
 
 def assets_dir() -> pathlib.Path | None:

@@ -74,7 +74,7 @@ def test_reattached_model_predicts_head_of_cached_features(pooling):
     assert result.train_features.features.ndim == 2  # pooled vectors are cached
     np.testing.assert_array_equal(result.train_features.labels, labels)
     from_images = model.predict(images, verbose=0)
-    from_features = model.head(result.train_features.features, training=False).numpy()
+    from_features = np.array(model.head(result.train_features.features, training=False))
     np.testing.assert_allclose(from_images, from_features, atol=1e-5)
     # The head was trained: its weights moved from their initial values and its loss on
     # the cached training features fell; the backbone stayed frozen.
@@ -148,7 +148,7 @@ def test_features_spill_to_disk_past_the_memory_budget(tmp_path):
     rows = {}
     for x, y in on_disk.as_dataset(6, shuffle=True, seed=0):
         assert x.shape[1:] == (256,)
-        for row, label in zip(x.numpy(), y.numpy()):
+        for row, label in zip(np.array(x), np.array(y)):
             index = int(np.argmin(np.abs(in_memory.features - row).sum(axis=1)))
             rows[index] = label
     assert sorted(rows) == list(range(20))
@@ -177,7 +177,7 @@ def test_training_from_a_disk_cache(tmp_path):
     assert np.all(np.isfinite(result.history.history["loss"]))
     np.testing.assert_allclose(
         result.model.predict(images, verbose=0),
-        result.model.head(np.asarray(result.train_features.features)).numpy(),
+        np.array(result.model.head(np.array(result.train_features.features))),
         atol=1e-5,
     )
 
@@ -242,8 +242,8 @@ def test_reattached_model_saves_and_reloads(tmp_path):
 def test_two_phase_with_cached_phase_1():
     images, _, dataset = image_batches(16)
     model = kt.create_classifier(tiny_backbone(), 3)
-    backbone_before = [w.numpy().copy() for w in model.backbone.weights]
-    head_before = [w.numpy().copy() for w in model.head.weights]
+    backbone_before = [np.array(w).copy() for w in model.backbone.weights]
+    head_before = [np.array(w).copy() for w in model.head.weights]
     seen_epochs = []
     callback = keras.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: seen_epochs.append(e))
     history = kt.fit_two_phase_cached(
@@ -257,8 +257,8 @@ def test_two_phase_with_cached_phase_1():
     )
     # Phase 1 trained the head only: the backbone (and its BN statistics) did not move.
     for before, after in zip(backbone_before, model.backbone.weights):
-        np.testing.assert_array_equal(before, after.numpy())
-    assert any(not np.allclose(b, a.numpy()) for b, a in zip(head_before, model.head.weights))
+        np.testing.assert_array_equal(before, np.array(after))
+    assert any(not np.allclose(b, np.array(a)) for b, a in zip(head_before, model.head.weights))
     assert history.phases == ["feature_extraction"] * 2 and seen_epochs == [0, 1]
 
     begun, ended = [], []
@@ -284,7 +284,7 @@ def test_two_phase_with_cached_phase_1():
     assert len(history.unfrozen_blocks) == 2
     assert all(len(v) == 4 for v in history.history.values())
     assert any(
-        not np.allclose(b, a.numpy()) for b, a in zip(backbone_before, model.backbone.weights)
+        not np.allclose(b, np.array(a)) for b, a in zip(backbone_before, model.backbone.weights)
     )
 
 
@@ -403,9 +403,9 @@ def test_feature_extractor_predicts_in_inference_mode_and_trains_through_in_trai
     extractor = extraction.feature_extractor(backbone)
     # What a cache holds (predict): the moving statistics.
     cached = extractor.predict(images, verbose=0)
-    np.testing.assert_allclose(cached, extractor(images, training=False).numpy(), atol=1e-5)
+    np.testing.assert_allclose(cached, np.array(extractor(images, training=False)), atol=1e-5)
     # Called in training mode (domain adaptation trains through it), Keras passes the mode to
     # every layer: trainable BatchNormalization normalises with the batch's statistics.
-    assert not np.allclose(extractor(images, training=True).numpy(), cached, atol=1e-3)
+    assert not np.allclose(np.array(extractor(images, training=True)), cached, atol=1e-3)
     # Its layers are the backbone's own: what trains through it trains the backbone.
     assert {id(w) for w in backbone.model.weights} <= {id(w) for w in extractor.weights}

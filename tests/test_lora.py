@@ -105,7 +105,8 @@ def test_merge_gives_same_predictions_and_no_lora_variables():
     assert np.ptp(expected[:, 0]) > 1e-3  # the outputs differ between images
     merged = kt.merge_lora(model)
     assert not lora_paths(merged) and not lora.lora_layers(merged)
-    np.testing.assert_allclose(merged.predict(X, verbose=0), expected, atol=1e-5)
+    # float32 through 14 blocks, merged kernels summed in another order: 1.4e-5 seen on JAX.
+    np.testing.assert_allclose(merged.predict(X, verbose=0), expected, atol=5e-5)
     assert lora.lora_layers(model)  # the original is unchanged
 
 
@@ -207,6 +208,7 @@ def test_enabling_twice_and_models_without_a_known_backbone():
     assert not lora.lora_layers(plain)
 
 
+@pytest.mark.tensorflow_only
 def test_tf_hub_backbone_is_a_clear_error(tmp_path, export_tiny_module, hub_classifier):
     model = hub_classifier(export_tiny_module(tmp_path / "tiny"))
     with pytest.raises(ValueError, match="cannot adapt the TF Hub backbone"):
@@ -363,9 +365,9 @@ _MIRRORED = textwrap.dedent(
         kt.callbacks.recalibrate_batchnorm(model, [x])
         summary = kt.enable_lora(model, rank=2, top_blocks=2)
         model.compile(optimizer=keras.optimizers.Adam(1e-2))
-    before = {v.path: v.numpy().copy() for v in model.weights}
+    before = {v.path: np.array(v).copy() for v in model.weights}
     model.fit(x, y, batch_size=4, epochs=2, verbose=0)
-    changed = sorted(v.path for v in model.weights if not np.array_equal(before[v.path], v.numpy()))
+    changed = sorted(v.path for v in model.weights if not np.array_equal(before[v.path], np.array(v)))
     kt.save_adapter(model, sys.argv[1])
     print("RESULT " + json.dumps({"replicas": strategy.num_replicas_in_sync, "changed": changed}))
     """

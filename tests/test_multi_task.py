@@ -53,7 +53,7 @@ def dataset(n=16, batch_size=8):
 
 def head_weights(model):
     return {
-        name: [w.numpy().copy() for w in head.weights] for name, head in model.head.heads.items()
+        name: [np.array(w).copy() for w in head.weights] for name, head in model.head.heads.items()
     }
 
 
@@ -106,10 +106,10 @@ def test_each_head_trains():
         loss=head.default_loss(),
         metrics=head.default_metrics(),
     )
-    before = {name: [w.numpy().copy() for w in h.weights] for name, h in head.heads.items()}
+    before = {name: [np.array(w).copy() for w in h.weights] for name, h in head.heads.items()}
     history = model.fit(vectors, labels, epochs=10, batch_size=8, verbose=0).history
     for name, h in head.heads.items():
-        changed = [not np.array_equal(a, w.numpy()) for a, w in zip(before[name], h.weights)]
+        changed = [not np.array_equal(a, np.array(w)) for a, w in zip(before[name], h.weights)]
         assert all(changed), f"head {name!r} did not train"
         assert history[f"{name}_loss"][-1] < 0.5 * history[f"{name}_loss"][0], name
     assert history["species_accuracy"][-1] == 1.0
@@ -137,7 +137,7 @@ def test_save_load_round_trip(tmp_path):
 
 def test_two_phase_freezing_and_layerwise_lr():
     model = make_trainable_multi()
-    backbone_before = {v.path: v.numpy().copy() for v in model.backbone.weights}
+    backbone_before = {v.path: np.array(v).copy() for v in model.backbone.weights}
     history = kt.fit_two_phase(
         model,
         dataset(),
@@ -149,10 +149,10 @@ def test_two_phase_freezing_and_layerwise_lr():
     )
     # Phase 1: backbone frozen, every head trained.
     for variable in model.backbone.weights:
-        np.testing.assert_array_equal(backbone_before[variable.path], variable.numpy())
+        np.testing.assert_array_equal(backbone_before[variable.path], np.array(variable))
     assert {"val_species_accuracy", "val_colour_accuracy", "val_size_mae"} <= set(history.history)
     heads_before = head_weights(model)
-    backbone_before = {v.path: v.numpy().copy() for v in model.backbone.weights}
+    backbone_before = {v.path: np.array(v).copy() for v in model.backbone.weights}
     history = kt.fit_two_phase(
         model,
         dataset(),
@@ -168,7 +168,7 @@ def test_two_phase_freezing_and_layerwise_lr():
     changed = {
         v.path.split("/")[-2]
         for v in model.backbone.weights
-        if not np.array_equal(backbone_before[v.path], v.numpy())
+        if not np.array_equal(backbone_before[v.path], np.array(v))
     }
     # Only the two unfrozen blocks' convolutions moved (their BatchNorm stays frozen).
     assert changed == {"conv_dw_12", "conv_pw_12", "conv_dw_13", "conv_pw_13"}
@@ -200,12 +200,12 @@ def test_cached_features_keep_dict_labels(poolings):
         np.testing.assert_array_equal(cached.labels["species"], labels["species"])
         np.testing.assert_array_equal(cached.labels["colour"], labels["colour"])
         x, y = next(iter(cached.as_dataset(16)))
-        np.testing.assert_array_equal(y["colour"].numpy(), labels["colour"])
+        np.testing.assert_array_equal(np.array(y["colour"]), labels["colour"])
         # The head on cached features predicts what the model predicts on images.
         expected = model.predict(images, verbose=0)
         got = model.head(x)
         for name in heads:
-            np.testing.assert_allclose(got[name].numpy(), expected[name], atol=1e-5)
+            np.testing.assert_allclose(np.array(got[name]), expected[name], atol=1e-5)
 
     if expected_rank == 2:
         return  # fit_two_phase_cached once, on the harder case (feature maps on disk)

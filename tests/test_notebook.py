@@ -87,10 +87,22 @@ def test_notebook_agrees_with_pyproject_on_the_tensorflow_range():
     assert f'SUPPORTED_TENSORFLOW = \\"{pinned}\\"' in notebook
 
 
+@pytest.fixture(scope="module")
+def colab_like(tmp_path_factory):
+    """(wheel, venv python): built once for both backends' runs."""
+    tmp_path = tmp_path_factory.mktemp("colab")
+    return _build_wheel(tmp_path), _colab_like_venv(tmp_path)
+
+
 @pytest.mark.slow
-def test_notebook_installs_the_wheel_and_runs_on_cpu(tmp_path, monkeypatch):
-    wheel = _build_wheel(tmp_path)
-    python = _colab_like_venv(tmp_path)
+@pytest.mark.parametrize(
+    ("backend", "strategy"),
+    [("tensorflow", "_DefaultDistributionStrategy"), ("jax", "KerasDistribution")],
+)
+def test_notebook_installs_the_wheel_and_runs_on_cpu(
+    tmp_path, monkeypatch, colab_like, backend, strategy
+):
+    wheel, python = colab_like
     venv = python.parents[1]
     # The kernel runs the fresh venv's interpreter.
     kernel_dir = tmp_path / "jupyter" / "kernels" / "colab-like"
@@ -120,6 +132,9 @@ def test_notebook_installs_the_wheel_and_runs_on_cpu(tmp_path, monkeypatch):
         "KT_MODEL_DIR": str(tmp_path / "out"),
         "TF_CPP_MIN_LOG_LEVEL": "2",
         "CUDA_VISIBLE_DEVICES": "",
+        # As set before the notebook starts: on a CPU runtime the notebook's own default is
+        # TensorFlow, and JAX is what a TPU VM gets.
+        "KERAS_BACKEND": backend,
     }
     for key, value in settings.items():
         monkeypatch.setenv(key, value)
@@ -157,8 +172,9 @@ def test_notebook_installs_the_wheel_and_runs_on_cpu(tmp_path, monkeypatch):
     # ...and the kernel imported it from there.
     assert f"({os.path.join(location, 'keras_transfer')})" in outputs, outputs
     # The notebook's run.
+    assert f"Keras backend: {backend} (TPU VM: False" in outputs
     assert "No TPU" in outputs
-    assert "_DefaultDistributionStrategy: 1 replica(s), policy float32" in outputs
+    assert f"on {backend}, CPU: {strategy}, 1 replica(s), policy float32" in outputs
     assert "feature_extraction {" in outputs and "fine_tune {" in outputs
     assert sorted(os.listdir(tmp_path / "out")) == sorted(
         ["confusion_matrix.png", "labels.txt", "model.keras", "training_curves.png"]

@@ -57,7 +57,7 @@ def _run(make_optimizer, names=("a", "b", "c"), steps=6):
         optimizer.apply([grads[n] for n in names], variables)
     if getattr(optimizer, "use_ema", False):
         optimizer.finalize_variable_values(variables)
-    return {n: v.numpy() for n, v in zip(names, variables, strict=True)}
+    return {n: np.array(v) for n, v in zip(names, variables, strict=True)}
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -104,7 +104,7 @@ def test_adamw_decay_uses_the_scaled_rate():
     )
     for _ in range(4):
         optimizer.apply([np.zeros(3, "float32")], [variable])
-    np.testing.assert_allclose(variable.numpy(), (1 - 0.5 * 0.1 * 0.2) ** 4, rtol=1e-6)
+    np.testing.assert_allclose(np.array(variable), (1 - 0.5 * 0.1 * 0.2) ** 4, rtol=1e-6)
 
 
 FEATURES = {
@@ -193,9 +193,9 @@ def test_fit_with_jit_compile_and_mixed_precision(policy):
         with_layerwise_lr("adamw", {"^low/": 0.0}, learning_rate=LR, weight_decay=0.1),
         jit_compile=True,
     )
-    np.testing.assert_array_equal(frozen.get_layer("low").kernel.numpy(), initial[0])
-    np.testing.assert_array_equal(frozen.get_layer("low").bias.numpy(), initial[1])
-    assert not np.array_equal(frozen.get_layer("mid").kernel.numpy(), initial[2])
+    np.testing.assert_array_equal(np.array(frozen.get_layer("low").kernel), initial[0])
+    np.testing.assert_array_equal(np.array(frozen.get_layer("low").bias), initial[1])
+    assert not np.array_equal(np.array(frozen.get_layer("mid").kernel), initial[2])
 
 
 def test_config_round_trip():
@@ -248,13 +248,13 @@ def test_keras_file_keeps_multipliers_and_optimizer_state(tmp_path, policy):
     for got, want in zip(restored.optimizer.variables, model.optimizer.variables, strict=True):
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
     # Training on from the file equals training on in memory.
-    low_before = restored.get_layer("low").kernel.numpy()
+    low_before = np.array(restored.get_layer("low").kernel)
     x, y = _data()
     model.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False)
     restored.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False)
     for got, want in zip(restored.get_weights(), model.get_weights(), strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
-    np.testing.assert_array_equal(restored.get_layer("low").kernel.numpy(), low_before)
+    np.testing.assert_array_equal(np.array(restored.get_layer("low").kernel), low_before)
 
 
 def test_first_matching_pattern_wins():
@@ -306,7 +306,7 @@ def test_instance_config_is_copied_and_kwargs_override():
     )
     assert isinstance(optimizer, optimizers.LayerwiseAdamW)
     assert (optimizer.weight_decay, optimizer.beta_1) == (0.3, 0.7)
-    assert math.isclose(float(optimizer.learning_rate.numpy()), 0.002, rel_tol=1e-6)
+    assert math.isclose(float(np.array(optimizer.learning_rate)), 0.002, rel_tol=1e-6)
 
 
 def test_custom_optimizer_class():
@@ -382,9 +382,9 @@ def test_fit_two_phase_with_lr_decay(classifier):
     assert isinstance(optimizer, LayerwiseLearningRate)
     assert sorted(set(optimizer._lr_multipliers)) == [0.25, 0.5, 1.0]
     assert result.unfrozen_blocks == [b.name for b in blocks[-2:]]
-    before = frozen_kernel.numpy()  # frozen in phase 2: unchanged by a further epoch
+    before = np.array(frozen_kernel)  # frozen in phase 2: unchanged by a further epoch
     classifier.fit(x, y, batch_size=4, epochs=1, verbose=0)
-    np.testing.assert_array_equal(frozen_kernel.numpy(), before)
+    np.testing.assert_array_equal(np.array(frozen_kernel), before)
     with pytest.raises(ValueError, match="lr_decay"):
         kt.fit_two_phase(classifier, x, y=y, lr_decay=0.0, verbose=0)
 

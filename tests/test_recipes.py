@@ -103,18 +103,18 @@ def test_fractional_block_needs_a_backbone():
 def test_scratch_model_is_the_same_architecture_with_new_trainable_weights():
     model = make_tiny_classifier(head={})
     kt.freeze(model)
-    before = [w.numpy().copy() for w in model.weights]
+    before = [np.array(w).copy() for w in model.weights]
     baseline = scratch.scratch_model(model)
     assert [w.shape for w in baseline.weights] == [w.shape for w in model.weights]
     kernels = [(a, b) for a, b in zip(model.weights, baseline.weights) if "kernel" in a.path]
-    assert kernels and not any(np.allclose(a.numpy(), b.numpy()) for a, b in kernels)
+    assert kernels and not any(np.allclose(np.array(a), np.array(b)) for a, b in kernels)
     # Everything trains, BatchNorm included (it has no pretrained statistics to protect).
     assert len(baseline.trainable_weights) == len(
         [w for w in baseline.weights if "moving" not in w.path]
     )
     assert len(model.trainable_weights) == 2  # the original is untouched
     for old, now in zip(before, model.weights):
-        np.testing.assert_array_equal(old, now.numpy())
+        np.testing.assert_array_equal(old, np.array(now))
     with pytest.raises(TypeError, match="clone_model"):
         scratch.scratch_model(keras.Sequential([keras.layers.Dense(1)]))
 
@@ -169,19 +169,21 @@ def test_recalibrate_batchnorm_uses_batch_statistics_and_skips_frozen_layers():
     images = tiny_images(8)
     dataset = tf.data.Dataset.from_tensor_slices((images, np.zeros(8, "int32"))).batch(4)
     bn = model.backbone.get_layer("conv1_bn")
-    kernel_before = [w.numpy().copy() for w in model.trainable_weights]
+    kernel_before = [np.array(w).copy() for w in model.trainable_weights]
     assert callbacks.recalibrate_batchnorm(model, dataset, steps=1) == 1
     probe = keras.Model(model.backbone.inputs, bn.input)
-    inputs = probe(model.preprocess_layer(images[:4])).numpy().reshape(-1, bn.moving_mean.shape[0])
-    np.testing.assert_allclose(bn.moving_mean.numpy(), inputs.mean(0), rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(bn.moving_variance.numpy(), inputs.var(0), rtol=1e-3, atol=1e-6)
+    inputs = np.array(probe(model.preprocess_layer(images[:4]))).reshape(
+        -1, bn.moving_mean.shape[0]
+    )
+    np.testing.assert_allclose(np.array(bn.moving_mean), inputs.mean(0), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.array(bn.moving_variance), inputs.var(0), rtol=1e-3, atol=1e-6)
     assert bn.momentum == 0.99  # restored
     for before, after in zip(kernel_before, model.trainable_weights):
-        np.testing.assert_array_equal(before, after.numpy())
+        np.testing.assert_array_equal(before, np.array(after))
     kt.freeze(model)
-    frozen = bn.moving_mean.numpy().copy()
+    frozen = np.array(bn.moving_mean).copy()
     assert callbacks.recalibrate_batchnorm(model, dataset) == 0
-    np.testing.assert_array_equal(frozen, bn.moving_mean.numpy())
+    np.testing.assert_array_equal(frozen, np.array(bn.moving_mean))
 
 
 def test_fit_scratch_baseline_trains_for_the_budget():

@@ -177,6 +177,7 @@ HUB_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.tensorflow_only
 def test_hub_backbone_in_this_and_a_new_process(tmp_path, export_tiny_module):
     handle = export_tiny_module(tmp_path / "module")
     backbone = kt.create_backbone(f"hub:{handle}")

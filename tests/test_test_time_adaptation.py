@@ -34,20 +34,20 @@ def test_adapt_batchnorm_gives_frozen_layers_the_target_statistics():
     model = _conv_bn_classifier()
     bn = model.get_layer("bn")
     data, images = _target()
-    conv_outputs = model.get_layer("conv")(images).numpy().reshape(-1, 4)
+    conv_outputs = np.array(model.get_layer("conv")(images)).reshape(-1, 4)
 
     used = kt.adapt_batchnorm(model, data)
 
     assert used == 4
-    np.testing.assert_allclose(bn.moving_mean.numpy(), conv_outputs.mean(axis=0), rtol=1e-4)
+    np.testing.assert_allclose(np.array(bn.moving_mean), conv_outputs.mean(axis=0), rtol=1e-4)
     assert bn.trainable is False  # flags unchanged
-    np.testing.assert_allclose(bn.gamma.numpy(), np.ones(4))  # weights unchanged
+    np.testing.assert_allclose(np.array(bn.gamma), np.ones(4))  # weights unchanged
 
 
 def test_fit_tent_lowers_the_entropy_training_only_batchnorm_scales_and_offsets():
     model = _conv_bn_classifier()
     data, images = _target()
-    before = {w.path: w.numpy().copy() for w in model.weights}
+    before = {w.path: np.array(w).copy() for w in model.weights}
     entropy = kt.PredictionEntropy()
 
     start = float(entropy(np.zeros(len(images)), model.predict(images, verbose=0)))
@@ -63,7 +63,7 @@ def test_fit_tent_lowers_the_entropy_training_only_batchnorm_scales_and_offsets(
 
 
 def _value(model, path):
-    return next(w.numpy() for w in model.weights if w.path == path)
+    return next(np.array(w) for w in model.weights if w.path == path)
 
 
 def test_test_time_adaptation_needs_batchnorm():
@@ -175,19 +175,19 @@ def test_fit_shot_trains_the_backbone_with_the_head_fixed_and_restores_the_flags
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
     images = np.random.default_rng(3).uniform(0, 255, (16, 32, 32, 3)).astype("float32")
     target = tf.data.Dataset.from_tensor_slices((images, np.zeros(16, "int32"))).batch(8)
-    head_before = [w.numpy().copy() for w in model.head.weights]
+    head_before = [np.array(w).copy() for w in model.head.weights]
     kernels = [w for w in model.backbone.weights if w.path.endswith("kernel")]
-    kernels_before = [w.numpy().copy() for w in kernels]
-    bn_before = [w.numpy().copy() for w in model.backbone.weights if "moving" in w.path]
+    kernels_before = [np.array(w).copy() for w in kernels]
+    bn_before = [np.array(w).copy() for w in model.backbone.weights if "moving" in w.path]
 
     history = kt.fit_shot(model, target, epochs=3, learning_rate=1e-3, verbose=0)
 
     assert history.epoch == [0, 1, 2] and len(history.history["loss"]) == 3
     for before, after in zip(head_before, model.head.weights):
-        np.testing.assert_array_equal(before, after.numpy())
-    assert any(not np.allclose(b, w.numpy()) for b, w in zip(kernels_before, kernels))
+        np.testing.assert_array_equal(before, np.array(after))
+    assert any(not np.allclose(b, np.array(w)) for b, w in zip(kernels_before, kernels))
     # BatchNormalization stayed frozen (train_bn=False): its statistics did not move.
-    moving = [w.numpy() for w in model.backbone.weights if "moving" in w.path]
+    moving = [np.array(w) for w in model.backbone.weights if "moving" in w.path]
     assert all(np.array_equal(b, a) for b, a in zip(bn_before, moving))
     assert model.backbone.trainable is False  # the flags as they were
     assert model.loss == "sparse_categorical_crossentropy"

@@ -48,6 +48,7 @@ from keras_transfer.adaptation.model import check_adaptation_options
 from keras_transfer.adaptation.schedules import DannLearningRate
 from keras_transfer.backbones import freezing
 from keras_transfer.optimizers import layerwise as optimizers
+from keras_transfer.utils import distribute
 
 __all__ = [
     "NEW_LAYERS_PATTERN",
@@ -300,7 +301,7 @@ def _compiled_adapter(
 ):
     """A `DomainAdaptation` around `model`, compiled with a fresh copy of `optimizer`, both
     built under `model`'s strategy."""
-    with model.distribute_strategy.scope():
+    with distribute.model_scope(model):
         adapter = DomainAdaptation(
             model, method, total_steps=total_steps, name=f"{model.name}_{method}", **options
         )

@@ -24,6 +24,7 @@ from keras_transfer.adaptation.layers import GradientReversal
 from keras_transfer.adaptation.schedules import reversal_weight
 from keras_transfer.backbones import registry as backbones_lib
 from keras_transfer.training import extraction as features_lib
+from keras_transfer.utils import backend
 
 __all__ = [
     "ALIGNMENT_LAYERS",
@@ -66,6 +67,13 @@ def pooled_feature_model(model: Any) -> keras.Model:
             "pooling='avg', 'max', 'avgmax' or 'flatten')."
         )
     return extractor
+
+
+# The training step is a tf.GradientTape program (Keras' JAX trainer would need a stateless one).
+_NEEDS_TENSORFLOW = (
+    "Domain adaptation (DANN, CORAL, MMD, MCC)",
+    "set KERAS_BACKEND=tensorflow; on JAX, keras-transfer adapt --method=adabn|tent|shot",
+)
 
 
 @keras.saving.register_keras_serializable(package="keras_transfer")
@@ -134,6 +142,7 @@ class DomainAdaptation(keras.Model):
         mcc_temperature: float = 2.5,
         **kwargs,
     ):
+        backend.require_tensorflow(*_NEEDS_TENSORFLOW)
         super().__init__(**kwargs)
         check_adaptation_options(
             method, total_steps, alignment_weight, weight_schedule, domain_dropout

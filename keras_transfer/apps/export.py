@@ -24,6 +24,7 @@ import tempfile
 import keras
 import tensorflow as tf
 
+from keras_transfer.utils import backend
 from keras_transfer.utils import reliability
 
 __all__ = [
@@ -103,6 +104,11 @@ def export_model(
     if export_format not in EXPORT_FORMATS:
         raise ValueError(
             f"Unknown export format {export_format!r}; use one of {', '.join(EXPORT_FORMATS)}."
+        )
+    if export_format == "tflite":
+        # The converter rejects the uint32 seed state jax2tf's SavedModel carries.
+        backend.require_tensorflow(
+            "TFLite export", "export with KERAS_BACKEND=tensorflow (model.keras loads on either)"
         )
     path = os.path.join(output_dir, OUTPUT_NAMES[export_format])
     _remove_stale_partials(output_dir)

@@ -19,6 +19,7 @@ from keras_transfer.data import imbalance
 from keras_transfer.training import two_phase
 from keras_transfer.training import two_phase_state
 from keras_transfer.training.callbacks import GradualUnfreezing
+from keras_transfer.utils import backend
 from keras_transfer.utils import distribute
 from keras_transfer.utils import reliability
 
@@ -198,6 +199,7 @@ class Config:
                 f"ema_momentum must lie in [0, 1) (0: off), got {self.ema_momentum}."
             )
         self._check_recipes()
+        self._check_backend()
         if self.weight_decay < 0:
             raise config_lib.ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}.")
         unknown = set(self.export_formats()) - set(EXPORT_FORMATS)
@@ -287,6 +289,25 @@ class Config:
         if self.freeze_strategy != "auto":
             return self.freeze_strategy
         return "gradual" if self.unfreeze_schedule else "top_n_unfrozen"
+
+    def _check_backend(self) -> None:
+        """The TensorFlow-only settings refused before any work on another Keras backend."""
+        if backend.is_tensorflow():
+            return
+        needs_tensorflow = {
+            f"adapt={self.adapt}": self.adapt in ADAPT_METHODS,
+            f"backbone={self.backbone}": self.backbone.startswith("hub:"),
+            "export=tflite": "tflite" in self.export_formats(),
+            "freeze_strategy=gradual": self.resolved_freeze_strategy() == "gradual",
+        }
+        for setting, needed in needs_tensorflow.items():
+            if needed:
+                raise config_lib.ConfigError(
+                    f"{setting} needs the TensorFlow backend, but Keras runs on "
+                    f"{backend.backend()!r}: set KERAS_BACKEND=tensorflow (adapt=adabn|tent|"
+                    "shot, keras.applications backbones, freeze_strategy=top_n_unfrozen and "
+                    "export=saved_model run on JAX)."
+                )
 
     def export_formats(self) -> list[str]:
         return [f.strip() for f in self.export.split(",") if f.strip()]

@@ -18,6 +18,7 @@ import tensorflow as tf
 import keras_transfer as kt
 from keras_transfer import data as data_lib
 from keras_transfer.apps.image_config import Config
+from keras_transfer.utils import backend
 from keras_transfer.utils import distribute
 from keras_transfer.utils import memory
 from keras_transfer.utils import reliability
@@ -69,8 +70,19 @@ def run_environment(
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
+    # On JAX `create_strategy` sets Keras' global distribution: the run's own, undone after it.
+    previous_distribution = None if backend.is_tensorflow() else keras.distribution.distribution()
     if strategy is None:
         strategy = distribute.create_strategy(config.strategy, config.tpu or None)
+    # Worth a line where it is not TensorFlow on one device (which says nothing new).
+    usual = backend.is_tensorflow() and strategy.num_replicas_in_sync == 1
+    (logger.debug if usual else logger.info)(
+        "Keras backend %s on %s: %d replica(s) (%s)",
+        keras.backend.backend(),
+        distribute.accelerator(strategy),
+        strategy.num_replicas_in_sync,
+        type(strategy).__name__,
+    )
     chief = distribute.is_chief(strategy)
     # Only the chief writes model_dir; the other workers write a scratch folder.
     output_dir = config.model_dir if chief else tempfile.mkdtemp(prefix="worker_")
@@ -83,6 +95,8 @@ def run_environment(
         yield Environment(strategy, output_dir, chief, policy)
     finally:
         keras.config.set_dtype_policy(previous_policy)
+        if not backend.is_tensorflow():
+            keras.distribution.set_distribution(previous_distribution)
         lock.release()
         if not chief:
             shutil.rmtree(output_dir, ignore_errors=True)

@@ -20,6 +20,7 @@ from keras_transfer.apps.image_model import Environment
 from keras_transfer.apps.image_training import Trained
 from keras_transfer.diagnostics import reports
 from keras_transfer.training import two_phase as training
+from keras_transfer.utils import distribute
 
 __all__ = [
     "export",
@@ -79,6 +80,8 @@ def report(
         "validation": data.validation is not None,
         "image_size": image_size,
         "replicas": environment.strategy.num_replicas_in_sync,
+        "backend": keras.backend.backend(),
+        "accelerator": distribute.accelerator(environment.strategy),
         "dtype_policy": environment.dtype_policy,
         "cached_features": trained.cached_features,
         "class_counts": getattr(data, "class_counts", None),

@@ -423,8 +423,10 @@ def _use_feature_cache(
     return True
 
 
-# Strategies whose devices are this host's, where extracting on the host loses nothing.
+# Strategies whose devices are this host's, where extracting on the host loses nothing; on
+# JAX extraction is Keras' own predict step, which runs on the distribution's devices.
 _CACHE_STRATEGIES = (
+    distribute.KerasDistribution,
     type(tf.distribute.get_strategy()),
     tf.distribute.MirroredStrategy,
     tf.distribute.OneDeviceStrategy,

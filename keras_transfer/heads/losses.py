@@ -11,6 +11,8 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from keras_transfer.utils import backend
+
 __all__ = ["BinaryLabelCrossentropy", "SoftLabelAccuracy", "SoftLabelCrossentropy"]
 
 _BINARY_LABELS_MESSAGE = (
@@ -29,7 +31,8 @@ class BinaryLabelCrossentropy(keras.losses.BinaryCrossentropy):
     batch and fails at the first bad one with `tf.errors.InvalidArgumentError` saying what
     to do, as sparse categorical cross-entropy does for out-of-range class indices. The
     check is one comparison per label; under XLA (`jit_compile=True`) TensorFlow drops
-    assertions, so there it checks nothing. Heads with `task="binary"` or `"multilabel"`
+    assertions, and the JAX backend (whose steps are always compiled) has no in-graph
+    assertion, so there it checks nothing. Heads with `task="binary"` or `"multilabel"`
     use it by default; pass `keras.losses.BinaryCrossentropy()` for soft labels.
 
     Args:
@@ -45,6 +48,8 @@ class BinaryLabelCrossentropy(keras.losses.BinaryCrossentropy):
     """
 
     def call(self, y_true, y_pred):
+        if not backend.is_tensorflow():
+            return super().call(y_true, y_pred)
         labels = tf.cast(y_true, tf.float32)
         valid = tf.logical_or(tf.equal(labels, 0.0), tf.equal(labels, 1.0))
         check = tf.debugging.Assert(
@@ -61,9 +66,9 @@ def _label_vectors(y_true, y_pred):
     one-hot encoded; vectors as wide as `y_pred`'s class axis pass through."""
     num_classes = y_pred.shape[-1]
     if len(y_true.shape) == len(y_pred.shape) and y_true.shape[-1] == num_classes != 1:
-        return tf.cast(y_true, y_pred.dtype)
-    indices = tf.cast(tf.reshape(y_true, [-1]), tf.int32)
-    return tf.one_hot(indices, num_classes, dtype=y_pred.dtype)
+        return keras.ops.cast(y_true, y_pred.dtype)
+    indices = keras.ops.cast(keras.ops.reshape(y_true, [-1]), "int32")
+    return keras.ops.one_hot(indices, num_classes, dtype=y_pred.dtype)
 
 
 @keras.saving.register_keras_serializable(package="keras_transfer")
@@ -126,5 +131,5 @@ class SoftLabelAccuracy(keras.metrics.MeanMetricWrapper):
 
 
 def _soft_label_accuracy(y_true, y_pred):
-    labels = tf.argmax(_label_vectors(y_true, y_pred), axis=-1)
-    return tf.cast(tf.equal(labels, tf.argmax(y_pred, axis=-1)), tf.float32)
+    labels = keras.ops.argmax(_label_vectors(y_true, y_pred), axis=-1)
+    return keras.ops.cast(keras.ops.equal(labels, keras.ops.argmax(y_pred, axis=-1)), "float32")

@@ -40,10 +40,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import keras
-import tensorflow as tf
 
 from keras_transfer import _keras_compat
 from keras_transfer.backbones import registry as backbones_lib
+from keras_transfer.utils import backend
 
 __all__ = [
     "LayerwiseLearningRate",
@@ -211,26 +211,31 @@ class LayerwiseLearningRate(_keras_compat.OptimizerHooks):
             self.parent_apply_weight_decay(variables)
             return
 
-        def distributed_apply(distribution, variables):
-            for variable in variables:
-                multiplier = self.multiplier_of(variable)
-                if multiplier == 0.0:
-                    continue
+        def decay(value, multiplier):
+            if _keras_compat.uses_weight_decay(self, value):
+                learning_rate = self.learning_rate
+                if multiplier != 1.0:
+                    learning_rate = learning_rate * multiplier
+                learning_rate = keras.ops.cast(learning_rate, value.dtype)
+                weight_decay = keras.ops.cast(self.weight_decay, value.dtype)
+                value.assign_sub(value * weight_decay * learning_rate)
 
-                def decay(value, multiplier=multiplier):
-                    if _keras_compat.uses_weight_decay(self, value):
-                        learning_rate = self.learning_rate
-                        if multiplier != 1.0:
-                            learning_rate = learning_rate * multiplier
-                        learning_rate = tf.cast(learning_rate, value.dtype)
-                        weight_decay = tf.cast(self.weight_decay, value.dtype)
-                        value.assign_sub(value * weight_decay * learning_rate)
+        scaled = [(v, self.multiplier_of(v)) for v in variables if self.multiplier_of(v) != 0.0]
+        if not backend.is_tensorflow():
+            # No tf.distribute replicas to merge: Keras' own decay assigns directly here.
+            for variable, multiplier in scaled:
+                decay(variable, multiplier)
+            return
 
+        def distributed_apply(distribution, scaled):
+            for variable, multiplier in scaled:
                 if isinstance(variable, keras.Variable):
                     variable = variable.value
-                distribution.extended.update(variable, decay, group=False)
+                distribution.extended.update(
+                    variable, lambda value, m=multiplier: decay(value, m), group=False
+                )
 
-        _keras_compat.merge_call(self, distributed_apply, variables)
+        _keras_compat.merge_call(self, distributed_apply, scaled)
 
     def update_moving_averages(self, trainable_variables):
         # `m * w + (1 - m) * w` can differ from `w` in the last bit; the average of a

@@ -24,6 +24,7 @@ from keras_transfer.backbones.registry import Backbone
 from keras_transfer.heads.classification import ClassificationHead
 from keras_transfer.heads.classifier import TransferClassifier
 from keras_transfer.training.feature_writer import FeatureWriter
+from keras_transfer.utils import backend
 
 __all__ = [
     "CachedFeatures",
@@ -265,6 +266,9 @@ def _forward_function(extractor: keras.Model):
     # every split: tracing and optimising the backbone's graph costs seconds, a noticeable
     # part of extracting a small dataset.
     forward = getattr(extractor, "_keras_transfer_forward", None)
+    if forward is None and not backend.is_tensorflow():
+        # A tf.function cannot run a JAX model: Keras' own compiled predict step does.
+        return lambda images: extractor.predict_on_batch(np.asarray(images))
     if forward is None:
 
         @tf.function(

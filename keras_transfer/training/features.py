@@ -225,7 +225,7 @@ def _compiled_head_model(
     inputs = keras.Input(shape=feature_shape, name="features")
     head_model = keras.Model(inputs, model.head(inputs), name="head_on_features")
     if jit_compile is None:
-        jit_compile = distribute.default_jit_compile(model.distribute_strategy, head_model)
+        jit_compile = distribute.default_jit_compile(distribute.model_strategy(model), head_model)
     head_model.compile(
         optimizer=optimizer,
         # A multi-task head's per-output loss weights, as `model.compile()` applies them.

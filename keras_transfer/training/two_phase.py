@@ -243,7 +243,7 @@ def _prepare_run(run: _Run) -> _Run:
     run.compile_kwargs = dict(run.compile_kwargs or {})
     if "jit_compile" not in run.compile_kwargs:
         run.compile_kwargs["jit_compile"] = distribute.default_jit_compile(
-            run.model.distribute_strategy, run.model
+            distribute.model_strategy(run.model), run.model
         )
     run.callbacks = list(run.callbacks or [])
     _check_fine_tune_request(run)

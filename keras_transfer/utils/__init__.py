@@ -1,13 +1,16 @@
-"""Plumbing every floor above uses: atomic writes, output-folder locks and finite-weights
-checks (`reliability`), distribution strategies and mixed precision (`distribute`), `fit`
-arguments (`fit_arguments`), and whether a batch's activations fit in memory (`memory`).
+"""Plumbing every floor above uses: which Keras backend runs (`backend`), atomic writes,
+output-folder locks and finite-weights checks (`reliability`), distribution strategies and
+mixed precision (`distribute`), `fit` arguments (`fit_arguments`), and whether a batch's
+activations fit in memory (`memory`).
 """
 
+from keras_transfer.utils import backend
 from keras_transfer.utils import distribute
 from keras_transfer.utils import fit_arguments
 from keras_transfer.utils import memory
 from keras_transfer.utils import reliability
 from keras_transfer.utils.distribute import STRATEGIES
+from keras_transfer.utils.distribute import KerasDistribution
 from keras_transfer.utils.distribute import MultiWorkerFitMixin
 from keras_transfer.utils.distribute import accelerator
 from keras_transfer.utils.distribute import create_strategy
@@ -18,6 +21,8 @@ from keras_transfer.utils.distribute import is_chief
 from keras_transfer.utils.distribute import is_multi_worker
 from keras_transfer.utils.distribute import is_tpu
 from keras_transfer.utils.distribute import mixed_precision_policy
+from keras_transfer.utils.distribute import model_scope
+from keras_transfer.utils.distribute import model_strategy
 from keras_transfer.utils.distribute import set_mixed_precision
 from keras_transfer.utils.distribute import static_batches
 from keras_transfer.utils.fit_arguments import no_fit_shuffle
@@ -34,6 +39,7 @@ from keras_transfer.utils.reliability import non_finite_variables
 from keras_transfer.utils.reliability import write_atomically
 
 __all__ = [
+    "backend",
     "reliability",
     "distribute",
     "fit_arguments",
@@ -44,8 +50,11 @@ __all__ = [
     "copy_atomically",
     "non_finite_variables",
     "write_atomically",
+    "KerasDistribution",
     "MultiWorkerFitMixin",
     "STRATEGIES",
+    "model_scope",
+    "model_strategy",
     "accelerator",
     "create_strategy",
     "default_jit_compile",

@@ -5,12 +5,19 @@
 the policy the hardware runs fast (`mixed_bfloat16` on TPU, `mixed_float16` on GPU, float32 on
 CPU) and `default_jit_compile` whether XLA pays (GPU: yes; CPU: no), each choice logged.
 Build and compile the model inside `strategy.scope()`; Keras' `fit` distributes the data.
+
+On the JAX backend the same names drive `keras.distribution`: `create_strategy("mirrored")` (or
+`"tpu"` on a TPU VM) sets a `keras.distribution.DataParallel` over every device and returns it
+in a `KerasDistribution`, which answers the two things a run asks of a strategy, `scope()` and
+`num_replicas_in_sync`; `model_scope(model)` is the scope a model's variables belong to on
+either backend.
 `MultiWorkerFitMixin` / `enable_multi_worker_fit` make Keras 3's `fit` and `evaluate` work
 under `MultiWorkerMirroredStrategy` (`TransferClassifier` has it built in).
 """
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import logging
 import os
@@ -20,8 +27,10 @@ import keras
 import tensorflow as tf
 
 from keras_transfer import _keras_compat
+from keras_transfer.utils import backend
 
 __all__ = [
+    "KerasDistribution",
     "MultiWorkerFitMixin",
     "STRATEGIES",
     "accelerator",
@@ -33,6 +42,8 @@ __all__ = [
     "is_multi_worker",
     "is_tpu",
     "mixed_precision_policy",
+    "model_scope",
+    "model_strategy",
     "set_mixed_precision",
     "static_batches",
     "tpu_expected",
@@ -43,20 +54,24 @@ logger = logging.getLogger("keras_transfer")
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 
 
-def create_strategy(name: str = "default", tpu: str | None = None) -> tf.distribute.Strategy:
-    """A `tf.distribute.Strategy` by name.
+def create_strategy(name: str = "default", tpu: str | None = None) -> Any:
+    """A distribution strategy by name, for the running Keras backend.
 
     Args:
         name: `"default"` (one device, no distribution), `"mirrored"` (all local GPUs, or
-            the logical CPU devices when there is no GPU), `"multi_worker"` (synchronous
-            data parallelism over the workers in the `TF_CONFIG` environment variable) or
-            `"tpu"`.
-        tpu: for `"tpu"`: the TPU's gRPC address (`grpc://10.0.0.2:8470`), its name, or
-            `"local"` for a TPU VM; `None` or `""` lets `TPUClusterResolver` find it from
-            the environment (Colab's `COLAB_TPU_ADDR`, `TPU_NAME`).
+            the logical CPU devices when there is no GPU; on JAX every local device),
+            `"multi_worker"` (synchronous data parallelism over the workers in the
+            `TF_CONFIG` environment variable; on JAX the processes `jax.distributed` finds)
+            or `"tpu"`.
+        tpu: for `"tpu"` on TensorFlow: the TPU's gRPC address (`grpc://10.0.0.2:8470`),
+            its name, or `"local"` for a TPU VM; `None` or `""` lets `TPUClusterResolver`
+            find it from the environment (Colab's `COLAB_TPU_ADDR`, `TPU_NAME`). On JAX only
+            the TPU VM's own chips (`None` or `"local"`).
 
     Returns:
-        The strategy. For `"tpu"` the TPU system is initialised.
+        On TensorFlow a `tf.distribute.Strategy` (for `"tpu"` the TPU system is
+        initialised); on JAX a `KerasDistribution` whose `keras.distribution.DataParallel`
+        is set as Keras' global distribution.
 
     Example:
     ```python
@@ -71,6 +86,8 @@ def create_strategy(name: str = "default", tpu: str | None = None) -> tf.distrib
         raise ValueError(
             f"A TPU address was given ({tpu!r}) but strategy is {name!r}; pass strategy='tpu'."
         )
+    if not backend.is_tensorflow():
+        return _keras_distribution(name, tpu)
     if name == "default":
         return tf.distribute.get_strategy()
     if name == "mirrored":
@@ -78,6 +95,87 @@ def create_strategy(name: str = "default", tpu: str | None = None) -> tf.distrib
     if name == "multi_worker":
         return tf.distribute.MultiWorkerMirroredStrategy()
     return _tpu_strategy(tpu)
+
+
+class KerasDistribution:
+    """A `keras.distribution` layout (or none) where a run expects a strategy.
+
+    `create_strategy` returns it on the JAX backend. `scope()` enters the distribution (a
+    no-op without one: `create_strategy` also sets it globally, Keras' documented way, so
+    `fit` shards every batch over the devices) and `num_replicas_in_sync` is the number of
+    devices a batch is split over.
+
+    Args:
+        distribution: a `keras.distribution.Distribution`, or `None` for one device.
+
+    Example:
+    ```python
+    distribution = KerasDistribution(keras.distribution.DataParallel())
+    with distribution.scope():
+        model = keras_transfer.create_classifier("mobilenet_v2", 5, weights=None)
+    ```
+    """
+
+    def __init__(self, distribution: Any = None):
+        self.distribution = distribution
+
+    def scope(self):
+        if self.distribution is None:
+            return contextlib.nullcontext()
+        return self.distribution.scope()
+
+    @property
+    def devices(self) -> list[str]:
+        if self.distribution is None:
+            return keras.distribution.list_devices()[:1]
+        return [str(device) for device in self.distribution.device_mesh.devices.flatten()]
+
+    @property
+    def num_replicas_in_sync(self) -> int:
+        return len(self.devices)
+
+    def __repr__(self) -> str:
+        kind = type(self.distribution).__name__ if self.distribution else "no distribution"
+        return f"KerasDistribution({kind} over {', '.join(self.devices)})"
+
+
+def _keras_distribution(name: str, tpu: str | None) -> KerasDistribution:
+    """`create_strategy` on JAX: `DataParallel` over the devices `name` asks for."""
+    if tpu not in (None, "", "local"):
+        raise ValueError(
+            f"On the {backend.backend()} backend strategy='tpu' uses this TPU VM's own chips; "
+            f"a TPU address ({tpu!r}) needs the TensorFlow backend (KERAS_BACKEND=tensorflow)."
+        )
+    if name == "default":
+        return KerasDistribution(None)
+    if name == "multi_worker":
+        keras.distribution.initialize()  # jax.distributed: the processes of the job
+    devices = keras.distribution.list_devices()
+    if name == "tpu" and not any(device.startswith("tpu") for device in devices):
+        raise RuntimeError(
+            f"strategy='tpu' on {backend.backend()}: no TPU among the devices ({', '.join(devices)}"
+            "). On Colab choose Runtime > Change runtime type > TPU (a TPU VM runs JAX)."
+        )
+    distribution = keras.distribution.DataParallel(devices=devices)
+    keras.distribution.set_distribution(distribution)
+    logger.info("keras.distribution.DataParallel over %d devices: %s", len(devices), devices)
+    return KerasDistribution(distribution)
+
+
+def model_strategy(model: keras.Model) -> Any:
+    """The `tf.distribute.Strategy` `model` was built under on TensorFlow; on another
+    backend the current `keras.distribution` in a `KerasDistribution`."""
+    strategy = getattr(model, "distribute_strategy", None)
+    if strategy is not None or backend.is_tensorflow():
+        return strategy
+    return KerasDistribution(keras.distribution.distribution())
+
+
+def model_scope(model: keras.Model):
+    """The scope new variables of `model` (an optimizer, a wrapper model) belong in: its
+    strategy's on TensorFlow, the current `keras.distribution`'s on JAX."""
+    strategy = model_strategy(model)
+    return strategy.scope() if strategy is not None else contextlib.nullcontext()
 
 
 def _tpu_strategy(tpu: str | None) -> tf.distribute.TPUStrategy:
@@ -120,14 +218,21 @@ def tpu_expected() -> bool:
     return bool(glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*"))
 
 
-def is_tpu(strategy: tf.distribute.Strategy | None) -> bool:
-    """Whether `strategy` runs on TPU (which needs static batch shapes)."""
+def is_tpu(strategy: Any) -> bool:
+    """Whether `strategy` runs on TPU (which needs static batch shapes): a `TPUStrategy`, or
+    on JAX a distribution over TPU devices."""
+    if isinstance(strategy, KerasDistribution):
+        return strategy.devices[0].startswith("tpu")
     return isinstance(strategy, tf.distribute.TPUStrategy)
 
 
 def is_chief(strategy: tf.distribute.Strategy | None = None) -> bool:
     """Whether this process should write outputs: always, except on the non-chief workers
     of a multi-worker strategy."""
+    if not backend.is_tensorflow():
+        import jax  # the only backend besides TensorFlow with several processes here
+
+        return jax.process_index() == 0
     strategy = strategy or tf.distribute.get_strategy()
     resolver = getattr(strategy, "cluster_resolver", None)
     if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) or resolver is None:
@@ -140,6 +245,8 @@ def accelerator(strategy: tf.distribute.Strategy | None = None) -> str:
     """The kind of device a run's steps execute on: `"TPU"`, `"GPU"` or `"CPU"`."""
     if is_tpu(strategy):
         return "TPU"
+    if not backend.is_tensorflow():
+        return keras.distribution.list_devices()[0].split(":")[0].upper()
     if tf.config.list_logical_devices("GPU"):
         return "GPU"
     return "CPU"
@@ -221,6 +328,10 @@ def default_jit_compile(
     model.compile(optimizer="adam", loss="mse", jit_compile=default_jit_compile(strategy, model))
     ```
     """
+    if not backend.is_tensorflow():
+        # Without jit the JAX trainer dispatches every op of a step from Python.
+        logger.info("jit_compile=True: on %s a step without jit runs op by op.", backend.backend())
+        return True
     strategy = strategy or tf.distribute.get_strategy()
     device = accelerator(strategy)
     if device == "CPU":
@@ -248,14 +359,18 @@ def hub_load_options(strategy: tf.distribute.Strategy | None) -> dict[str, Any] 
 
 def static_batches(strategy: tf.distribute.Strategy | None) -> bool:
     """Whether datasets must drop their last partial batch (`drop_remainder=True`): TPUs
-    compile for one static batch shape."""
+    compile for one static batch shape, and on JAX a batch is split evenly over the devices."""
+    if isinstance(strategy, KerasDistribution) and strategy.num_replicas_in_sync > 1:
+        return True
     return is_tpu(strategy)
 
 
 def is_multi_worker(strategy: tf.distribute.Strategy | None) -> bool:
     """Whether `strategy` is a `MultiWorkerMirroredStrategy` spanning more than one worker."""
-    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and (
-        strategy.num_replicas_in_sync > len(strategy.extended.worker_devices)
+    return (
+        backend.is_tensorflow()
+        and isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+        and (strategy.num_replicas_in_sync > len(strategy.extended.worker_devices))
     )
 
 
@@ -315,18 +430,21 @@ class MultiWorkerFitMixin(_keras_compat.SymbolicBuildHook):
     ```
     """
 
+    # On JAX the steps take `(state, data)` and return `(logs, state)`: passed through as they
+    # are (`*args`), since the fix is for TensorFlow's trainer only.
+
     def symbolic_build_inputs(self, iterator, data_batch):
-        if iterator is not None and is_multi_worker(self.distribute_strategy):
+        if iterator is not None and is_multi_worker(model_strategy(self)):
             return None, _symbolic_build_iterator(self, iterator)
         return iterator, data_batch
 
-    def train_step(self, data):
-        logs = super().train_step(data)
-        return _logs_with_replica_axis(logs) if is_multi_worker(self.distribute_strategy) else logs
+    def train_step(self, *args):
+        logs = super().train_step(*args)
+        return _logs_with_replica_axis(logs) if is_multi_worker(model_strategy(self)) else logs
 
-    def test_step(self, data):
-        logs = super().test_step(data)
-        return _logs_with_replica_axis(logs) if is_multi_worker(self.distribute_strategy) else logs
+    def test_step(self, *args):
+        logs = super().test_step(*args)
+        return _logs_with_replica_axis(logs) if is_multi_worker(model_strategy(self)) else logs
 
 
 def enable_multi_worker_fit(model: keras.Model) -> keras.Model:
@@ -352,7 +470,7 @@ def enable_multi_worker_fit(model: keras.Model) -> keras.Model:
     model.fit(dataset)
     ```
     """
-    if isinstance(model, MultiWorkerFitMixin) or not is_multi_worker(model.distribute_strategy):
+    if isinstance(model, MultiWorkerFitMixin) or not is_multi_worker(model_strategy(model)):
         return model
     train_step, test_step = model.train_step, model.test_step
 

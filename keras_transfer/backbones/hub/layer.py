@@ -31,6 +31,7 @@ from keras_transfer import _keras_compat
 from keras_transfer.backbones.hub import blocks as blocks_lib
 from keras_transfer.backbones.hub import cache
 from keras_transfer.backbones.hub import safe_mode
+from keras_transfer.utils import backend
 
 __all__ = ["HubBackbone"]
 
@@ -76,6 +77,13 @@ def _input_spec_of(fn: Any, signature: str | None) -> Any:
     except (AttributeError, IndexError, StopIteration, TypeError):
         pass
     return None
+
+
+# A SavedModel is a TensorFlow graph: it runs only where Keras runs on TensorFlow.
+_NEEDS_TENSORFLOW = (
+    "A TF Hub SavedModel backbone",
+    "set KERAS_BACKEND=tensorflow, or use a keras.applications backbone",
+)
 
 
 @keras.saving.register_keras_serializable(package="keras_transfer")
@@ -135,6 +143,7 @@ class HubBackbone(keras.layers.Layer):
         tags: Sequence[str] | None = None,
         **kwargs,
     ):
+        backend.require_tensorflow(*_NEEDS_TENSORFLOW)
         super().__init__(trainable=trainable, **kwargs)
         self.handle = os.fspath(handle)
         self.arguments = dict(arguments or {})

@@ -19,7 +19,6 @@ mid-fit therefore needs two things, which `GradualUnfreezing` does:
 from __future__ import annotations
 
 import collections
-import contextlib
 import re
 from collections.abc import Iterable
 from collections.abc import Mapping
@@ -29,6 +28,8 @@ import keras
 
 from keras_transfer import _keras_compat
 from keras_transfer.backbones import freezing
+from keras_transfer.utils import backend
+from keras_transfer.utils import distribute
 
 __all__ = [
     "GradualUnfreezing",
@@ -138,6 +139,7 @@ class GradualUnfreezing(keras.callbacks.Callback):
         )
 
     def on_train_begin(self, logs=None):
+        backend.require_tensorflow(*_NEEDS_TENSORFLOW)
         if getattr(self.model, "optimizer", None) is None:
             raise ValueError("GradualUnfreezing needs a compiled model: call model.compile first.")
         # Visit every state of the schedule (fails now on a request the backbone cannot
@@ -184,6 +186,15 @@ class GradualUnfreezing(keras.callbacks.Callback):
         return cls(**config)
 
 
+# Keras' JAX trainer pairs the optimizer's slots 1:1 with the trainable variables it reads at
+# the start of `fit`; a set that grows between epochs needs TensorFlow's trainer.
+_NEEDS_TENSORFLOW = (
+    "GradualUnfreezing (freeze_strategy='gradual')",
+    "set KERAS_BACKEND=tensorflow, or unfreeze once (fit_two_phase's unfreeze=, "
+    "freeze_strategy='top_n_unfrozen')",
+)
+
+
 def ensure_optimizer_variables(
     model: keras.Model, variables: Iterable[keras.Variable]
 ) -> keras.optimizers.Optimizer:
@@ -199,8 +210,7 @@ def ensure_optimizer_variables(
     """
     optimizer = model.optimizer
     variables = list(variables)
-    strategy = getattr(model, "distribute_strategy", None)
-    scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
+    scope = distribute.model_scope(model)
     if not optimizer.built:
         with scope:
             optimizer.build(variables)

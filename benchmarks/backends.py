@@ -1,0 +1,277 @@
+"""The main job on Keras' TensorFlow and JAX backends, on this CPU: step time and accuracy.
+
+Two measurements, each backend in processes of its own (`KERAS_BACKEND` is read once, when
+Keras is imported):
+
+- **Step time.** One fine-tuning step of the main job's model: MobileNet 1.0 at 224 px with
+  the shared ImageNet weights, the top 7 of 14 blocks trainable with BatchNorm frozen (the
+  plan the main job runs on ants vs bees), Adam, batch 32 of fixed images, each backend with
+  the package's `jit_compile` choice (`distribute.default_jit_compile`: no XLA on TensorFlow
+  on CPU, jit on JAX). A fresh process per backend and round builds the model, runs 3 warm-up
+  steps and times `--steps` more; its median step is the round's value. Pairing (stated in
+  the results file before the run): round r runs both backends back to back, TensorFlow
+  first in even rounds and JAX first in odd ones; the ratio `jax_vs_tf` is taken within a
+  round, and the reported value is the median over rounds.
+- **Accuracy.** The main job as the README runs it (`keras-transfer train` on ants vs bees
+  with the shared weights, plan `auto`) plus `--test_split=0.2` and `--seed=s`, for each seed
+  and backend. Everything the run chooses (plan, epochs, kept weights) reads the validation
+  split; the test split is read once, at the end, by the command.
+
+    python benchmarks/backends.py               # about 40 min at 5 seeds and 5 rounds
+    python benchmarks/backends.py --smoke       # about 3 min: synthetic data, weights=None
+
+Writes `benchmarks/results/backends_step.json` (kind "timing") and
+`benchmarks/results/backends_accuracy.json` (kind "accuracy") through `_common.write_results`;
+the last line printed is `{tf_step_s, jax_step_s, jax_vs_tf, tf_accuracy, jax_accuracy}`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import _common  # noqa: E402
+
+BACKENDS = ("tensorflow", "jax")
+WEIGHTS = "weights/mobilenet_1_0_224_tf_no_top.h5"
+DATA = "datasets/hymenoptera_data"
+PAIRING = (
+    "round r runs both backends back to back in fresh processes, TensorFlow first in even "
+    "rounds and JAX first in odd ones; a process's value is its median timed step; "
+    "jax_vs_tf is the ratio within a round, reported as the median over rounds"
+)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, default=5, help="accuracy seeds per backend")
+    parser.add_argument("--rounds", type=int, default=5, help="paired step-time rounds")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per process")
+    parser.add_argument("--test_split", type=float, default=0.2)
+    parser.add_argument("--assets", help="the shared assets folder (default ../shared/assets)")
+    parser.add_argument("--output", help="folder for the results files")
+    parser.add_argument("--smoke", action="store_true", help="tiny synthetic run")
+    parser.add_argument("--worker_step", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--weights", help=argparse.SUPPRESS)
+    parser.add_argument("--image_size", type=int, default=224, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.seeds, args.rounds, args.steps = min(args.seeds, 2), min(args.rounds, 2), 2
+    return args
+
+
+# -- the step-time worker (runs in the subprocess, on the backend its environment names) ----
+
+
+def worker_step(args: argparse.Namespace) -> None:
+    """Prints `{"backend", "step_seconds", "jit_compile"}` for one process's timed steps."""
+    import keras
+    import numpy as np
+
+    import keras_transfer as kt
+    from keras_transfer.utils import distribute
+
+    keras.utils.set_random_seed(0)
+    size = args.image_size
+    model = kt.create_classifier(
+        "mobilenet", 2, input_shape=(size, size, 3), weights=args.weights or None
+    )
+    kt.freeze(model)
+    kt.unfreeze(model, 7)
+    jit_compile = distribute.default_jit_compile(None, model)
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-5),
+        loss="sparse_categorical_crossentropy",
+        jit_compile=jit_compile,
+    )
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 255, (32, size, size, 3)).astype("float32")
+    labels = rng.integers(0, 2, 32)
+    for _ in range(3):
+        model.train_on_batch(images, labels)
+    times = []
+    for _ in range(args.steps):
+        start = time.perf_counter()
+        model.train_on_batch(images, labels)
+        times.append(time.perf_counter() - start)
+    print(
+        json.dumps(
+            {
+                "backend": keras.backend.backend(),
+                "step_seconds": statistics.median(times),
+                "jit_compile": jit_compile,
+            }
+        )
+    )
+
+
+def _environment(backend: str) -> dict:
+    return dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
+
+
+def step_round(args: argparse.Namespace, round_index: int, weights: str | None) -> dict:
+    order = BACKENDS if round_index % 2 == 0 else BACKENDS[::-1]
+    values = {}
+    for backend in order:
+        command = [sys.executable, __file__, "--worker_step", "--steps", str(args.steps)]
+        command += ["--image_size", str(args.image_size)]
+        command += ["--weights", weights] if weights else []
+        done = subprocess.run(
+            command, env=_environment(backend), capture_output=True, text=True, check=False
+        )
+        if done.returncode:
+            raise RuntimeError(f"{backend} step worker failed:\n{done.stderr[-3000:]}")
+        values[backend] = json.loads(done.stdout.strip().splitlines()[-1])
+    ratio = values["jax"]["step_seconds"] / values["tensorflow"]["step_seconds"]
+    print(f"round {round_index}: {values} jax/tf {ratio:.3f}", flush=True)
+    return {"order": list(order), **values, "ratio_jax_vs_tf": ratio}
+
+
+# -- accuracy: the command itself -----------------------------------------------------------
+
+
+def train_run(args, backend: str, seed: int, data: pathlib.Path, weights, work) -> dict:
+    model_dir = pathlib.Path(work) / f"{backend}_seed{seed}"
+    command = [
+        _command_path(),
+        "train",
+        f"--data_dir={data}",
+        "--backbone=mobilenet",
+        f"--weights={weights or 'none'}",
+        f"--model_dir={model_dir}",
+        f"--test_split={args.test_split}",
+        f"--seed={seed}",
+    ]
+    if args.smoke:
+        command += ["--image_size=32", "--batch_size=4", "--head_epochs=1"]
+        command += ["--fine_tune_epochs=1", "--plan=fixed", "--unfreeze_blocks=2"]
+    start = time.perf_counter()
+    done = subprocess.run(command, env=_environment(backend), capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"{' '.join(command)} failed on {backend}:\n{done.stderr[-3000:]}")
+    results = json.loads((model_dir / "results.json").read_text())
+    record = {
+        "test_accuracy": results["test"]["accuracy"],
+        "validation_accuracy": results["saved_model_val_accuracy"],
+        "seconds": round(time.perf_counter() - start, 1),
+        "backend": results["backend"],
+        "splits": {
+            "train": results["num_train"],
+            "validation": results["num_validation"],
+            "test": results["num_test"],
+        },
+        "plan": results.get("plan", {}).get("summary") if results.get("plan") else None,
+    }
+    print(f"{backend} seed {seed}: {record}", flush=True)
+    return record
+
+
+def _command_path() -> str:
+    """The `keras-transfer` beside this interpreter (its venv), else the one on PATH."""
+    beside = pathlib.Path(sys.executable).with_name("keras-transfer")
+    return str(beside) if beside.exists() else "keras-transfer"
+
+
+def measure(args: argparse.Namespace) -> tuple[list[dict], dict[str, list[dict]]]:
+    if args.smoke:
+        data, weights = _common.smoke_image_folder(per_class=8), None
+        args.image_size = 32
+    else:
+        assets = _common.assets_dir(args.assets, WEIGHTS)
+        data, weights = assets / DATA, str(assets / WEIGHTS)
+    rounds = [step_round(args, r, weights) for r in range(args.rounds)]
+    runs: dict[str, list[dict]] = {backend: [] for backend in BACKENDS}
+    with tempfile.TemporaryDirectory(prefix="backends_") as work:
+        for seed in range(args.seeds):
+            for backend in BACKENDS if seed % 2 == 0 else BACKENDS[::-1]:
+                runs[backend].append(train_run(args, backend, seed, data, weights, work))
+    return rounds, runs
+
+
+def write(args, run, rounds, runs) -> dict:
+    dataset = "synthetic" if args.smoke else "hymenoptera"
+    settings = {**vars(args), "assets": None, "weights": None}
+    _common.write_results(
+        _common.results_path(args.output, args.smoke, "backends_step"),
+        run,
+        kind="timing",
+        benchmark="backends_step",
+        dataset=dataset,
+        splits={"train": 32},
+        evaluated_on="train",
+        repeats=args.rounds,
+        arms={
+            "tensorflow": {"step_seconds": [r["tensorflow"]["step_seconds"] for r in rounds]},
+            "jax": {
+                "step_seconds": [r["jax"]["step_seconds"] for r in rounds],
+                "ratio_jax_vs_tf": [r["ratio_jax_vs_tf"] for r in rounds],
+            },
+        },
+        primary_metric="step_seconds",
+        comparisons=[["jax", "tensorflow"]],
+        details={"rounds": rounds, "settings": settings},
+    )
+    splits = runs["tensorflow"][0]["splits"]
+    _common.write_results(
+        _common.results_path(args.output, args.smoke, "backends_accuracy"),
+        run,
+        kind="accuracy",
+        benchmark="backends_accuracy",
+        dataset=dataset,
+        splits=splits,
+        evaluated_on="test",
+        seeds=list(range(args.seeds)),
+        arms={
+            backend: {
+                metric: [r[metric] for r in records]
+                for metric in ("test_accuracy", "validation_accuracy", "seconds")
+            }
+            for backend, records in runs.items()
+        },
+        primary_metric="test_accuracy",
+        comparisons=[["jax", "tensorflow"]],
+        details={"runs": runs, "settings": settings},
+    )
+    return {
+        "tf_step_s": statistics.median(r["tensorflow"]["step_seconds"] for r in rounds),
+        "jax_step_s": statistics.median(r["jax"]["step_seconds"] for r in rounds),
+        "jax_vs_tf": statistics.median(r["ratio_jax_vs_tf"] for r in rounds),
+        "tf_accuracy": statistics.fmean(r["test_accuracy"] for r in runs["tensorflow"]),
+        "jax_accuracy": statistics.fmean(r["test_accuracy"] for r in runs["jax"]),
+    }
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    if args.worker_step:
+        worker_step(args)
+        return {}
+    run = _common.start_run(
+        {
+            "tuned": "nothing: the step arm uses fixed settings; the accuracy arm runs the "
+            "main job, whose plan, epochs and kept weights read the validation split only; "
+            "the test split is read once per run",
+            "tuned_on": "validation",
+            "pairing": PAIRING,
+        },
+        script=__file__,
+        argv=argv,
+    )
+    rounds, runs = measure(args)
+    summary = write(args, run, rounds, runs)
+    print(json.dumps(summary))
+    return summary
+
+
+if __name__ == "__main__":
+    main()

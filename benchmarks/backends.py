@@ -230,6 +230,10 @@ def write(args, run, rounds, runs) -> dict:
         dataset=dataset,
         splits=splits,
         evaluated_on="test",
+        # --test_split holds out a seed-dependent stratified part of train/: each seed has its
+        # own test images (`splits` are seed 0's; every seed's are in details.runs), shared by
+        # both backends, so the arms are paired by seed.
+        split_scheme="repeated_stratified",
         seeds=list(range(args.seeds)),
         arms={
             backend: {

@@ -300,14 +300,16 @@ class Config:
             "export=tflite": "tflite" in self.export_formats(),
             "freeze_strategy=gradual": self.resolved_freeze_strategy() == "gradual",
         }
+        alternative = (
+            "set KERAS_BACKEND=tensorflow (adapt=adabn|tent|shot, keras.applications "
+            "backbones, freeze_strategy=top_n_unfrozen and export=saved_model run on JAX)"
+        )
         for setting, needed in needs_tensorflow.items():
             if needed:
-                raise config_lib.ConfigError(
-                    f"{setting} needs the TensorFlow backend, but Keras runs on "
-                    f"{backend.backend()!r}: set KERAS_BACKEND=tensorflow (adapt=adabn|tent|"
-                    "shot, keras.applications backbones, freeze_strategy=top_n_unfrozen and "
-                    "export=saved_model run on JAX)."
-                )
+                try:
+                    backend.require_tensorflow(setting, alternative)
+                except backend.BackendError as error:  # a usage error of the command
+                    raise config_lib.ConfigError(str(error)) from None
 
     def export_formats(self) -> list[str]:
         return [f.strip() for f in self.export.split(",") if f.strip()]

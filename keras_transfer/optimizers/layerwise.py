@@ -220,7 +220,7 @@ class LayerwiseLearningRate(_keras_compat.OptimizerHooks):
                 weight_decay = keras.ops.cast(self.weight_decay, value.dtype)
                 value.assign_sub(value * weight_decay * learning_rate)
 
-        scaled = [(v, self.multiplier_of(v)) for v in variables if self.multiplier_of(v) != 0.0]
+        scaled = [(v, m) for v in variables if (m := self.multiplier_of(v)) != 0.0]
         if not backend.is_tensorflow():
             # No tf.distribute replicas to merge: Keras' own decay assigns directly here.
             for variable, multiplier in scaled:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import keras
 
-__all__ = ["BackendError", "backend", "is_jax", "is_tensorflow", "require_tensorflow"]
+__all__ = ["BackendError", "backend", "is_tensorflow", "require_tensorflow"]
 
 
 class BackendError(RuntimeError):
@@ -26,11 +26,6 @@ def backend() -> str:
 def is_tensorflow() -> bool:
     """Whether Keras runs on TensorFlow (where `tf.distribute` strategies exist)."""
     return backend() == "tensorflow"
-
-
-def is_jax() -> bool:
-    """Whether Keras runs on JAX (distribution through `keras.distribution`)."""
-    return backend() == "jax"
 
 
 def require_tensorflow(feature: str, alternative: str) -> None:

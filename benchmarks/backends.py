@@ -19,6 +19,9 @@ Keras is imported):
 
     python benchmarks/backends.py               # about 40 min at 5 seeds and 5 rounds
     python benchmarks/backends.py --smoke       # about 3 min: synthetic data, weights=None
+    python benchmarks/backends.py --measure=accuracy --test_on=val_folder
+        # accuracy only, every seed tested on the dataset's 153-image val/ folder (train on
+        # train/ with a 20% validation split): writes backends_accuracy_fixed_test.json
 
 Writes `benchmarks/results/backends_step.json` (kind "timing") and
 `benchmarks/results/backends_accuracy.json` (kind "accuracy") through `_common.write_results`;
@@ -58,6 +61,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=5, help="paired step-time rounds")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per process")
     parser.add_argument("--test_split", type=float, default=0.2)
+    parser.add_argument(
+        "--measure",
+        choices=("both", "step", "accuracy"),
+        default="both",
+        help="which arm to run (each writes its own results file)",
+    )
+    parser.add_argument(
+        "--test_on",
+        choices=("split", "val_folder"),
+        default="split",
+        help="split: --test_split of train/ per seed; val_folder: train on train/ with "
+        "--validation_split=0.2 and test every seed on the dataset's val/ folder (153 "
+        "images shared by all seeds: finer paired differences)",
+    )
     parser.add_argument("--assets", help="the shared assets folder (default ../shared/assets)")
     parser.add_argument("--output", help="folder for the results files")
     parser.add_argument("--smoke", action="store_true", help="tiny synthetic run")
@@ -145,12 +162,11 @@ def train_run(args, backend: str, seed: int, data: pathlib.Path, weights, work) 
     command = [
         _command_path(),
         "train",
-        f"--data_dir={data}",
         "--backbone=mobilenet",
         f"--weights={weights or 'none'}",
         f"--model_dir={model_dir}",
-        f"--test_split={args.test_split}",
         f"--seed={seed}",
+        *_data_flags(args, data),
     ]
     if args.smoke:
         command += ["--image_size=32", "--batch_size=4", "--head_epochs=1"]
@@ -176,6 +192,13 @@ def train_run(args, backend: str, seed: int, data: pathlib.Path, weights, work) 
     return record
 
 
+def _data_flags(args, data: pathlib.Path) -> list[str]:
+    if args.test_on == "split":
+        return [f"--data_dir={data}", f"--test_split={args.test_split}"]
+    held_out = data / "val" if (data / "val").is_dir() else data / "validation"
+    return [f"--data_dir={data / 'train'}", "--validation_split=0.2", f"--test_dir={held_out}"]
+
+
 def _command_path() -> str:
     """The `keras-transfer` beside this interpreter (its venv), else the one on PATH."""
     beside = pathlib.Path(sys.executable).with_name("keras-transfer")
@@ -189,24 +212,39 @@ def measure(args: argparse.Namespace) -> tuple[list[dict], dict[str, list[dict]]
     else:
         assets = _common.assets_dir(args.assets, WEIGHTS)
         data, weights = assets / DATA, str(assets / WEIGHTS)
-    rounds = [step_round(args, r, weights) for r in range(args.rounds)]
+    rounds = []
+    if args.measure in ("both", "step"):
+        rounds = [step_round(args, r, weights) for r in range(args.rounds)]
     runs: dict[str, list[dict]] = {backend: [] for backend in BACKENDS}
+    seeds = range(args.seeds) if args.measure in ("both", "accuracy") else ()
     with tempfile.TemporaryDirectory(prefix="backends_") as work:
-        for seed in range(args.seeds):
+        for seed in seeds:
             for backend in BACKENDS if seed % 2 == 0 else BACKENDS[::-1]:
                 runs[backend].append(train_run(args, backend, seed, data, weights, work))
     return rounds, runs
 
 
 def write(args, run, rounds, runs) -> dict:
-    dataset = "synthetic" if args.smoke else "hymenoptera"
-    settings = {**vars(args), "assets": None, "weights": None}
+    summary = dict.fromkeys(("tf_step_s", "jax_step_s", "jax_vs_tf"))
+    if rounds:
+        summary.update(write_step(args, run, rounds))
+    summary.update(tf_accuracy=None, jax_accuracy=None)
+    if runs["tensorflow"]:
+        summary.update(write_accuracy(args, run, runs))
+    return summary
+
+
+def _settings(args) -> dict:
+    return {**vars(args), "assets": None, "weights": None}
+
+
+def write_step(args, run, rounds) -> dict:
     _common.write_results(
         _common.results_path(args.output, args.smoke, "backends_step"),
         run,
         kind="timing",
         benchmark="backends_step",
-        dataset=dataset,
+        dataset="synthetic" if args.smoke else "hymenoptera",
         splits={"train": 32},
         evaluated_on="train",
         repeats=args.rounds,
@@ -219,39 +257,52 @@ def write(args, run, rounds, runs) -> dict:
         },
         primary_metric="step_seconds",
         comparisons=[["jax", "tensorflow"]],
-        details={"rounds": rounds, "settings": settings},
-    )
-    splits = runs["tensorflow"][0]["splits"]
-    _common.write_results(
-        _common.results_path(args.output, args.smoke, "backends_accuracy"),
-        run,
-        kind="accuracy",
-        benchmark="backends_accuracy",
-        dataset=dataset,
-        splits=splits,
-        evaluated_on="test",
-        # --test_split holds out a seed-dependent stratified part of train/: each seed has its
-        # own test images (`splits` are seed 0's; every seed's are in details.runs), shared by
-        # both backends, so the arms are paired by seed.
-        split_scheme="repeated_stratified",
-        seeds=list(range(args.seeds)),
-        arms={
-            backend: {
-                metric: [r[metric] for r in records]
-                for metric in ("test_accuracy", "validation_accuracy", "seconds")
-            }
-            for backend, records in runs.items()
-        },
-        primary_metric="test_accuracy",
-        comparisons=[["jax", "tensorflow"]],
-        details={"runs": runs, "settings": settings},
+        details={"rounds": rounds, "settings": _settings(args)},
     )
     return {
         "tf_step_s": statistics.median(r["tensorflow"]["step_seconds"] for r in rounds),
         "jax_step_s": statistics.median(r["jax"]["step_seconds"] for r in rounds),
         "jax_vs_tf": statistics.median(r["ratio_jax_vs_tf"] for r in rounds),
-        "tf_accuracy": statistics.fmean(r["test_accuracy"] for r in runs["tensorflow"]),
-        "jax_accuracy": statistics.fmean(r["test_accuracy"] for r in runs["jax"]),
+    }
+
+
+def write_accuracy(args, run, runs) -> dict:
+    arms = {
+        backend: {
+            metric: [r[metric] for r in records]
+            for metric in ("test_accuracy", "validation_accuracy", "seconds")
+        }
+        for backend, records in runs.items()
+    }
+    # The verdict's quantity: JAX minus TensorFlow on the same seed and the same test images.
+    arms["jax"]["test_accuracy_minus_tensorflow"] = [
+        j - t for j, t in zip(arms["jax"]["test_accuracy"], arms["tensorflow"]["test_accuracy"])
+    ]
+    fixed_test = args.test_on == "val_folder"
+    name = "backends_accuracy_fixed_test" if fixed_test else "backends_accuracy"
+    _common.write_results(
+        _common.results_path(args.output, args.smoke, name),
+        run,
+        kind="accuracy",
+        benchmark=name,
+        dataset="synthetic" if args.smoke else "hymenoptera",
+        splits=runs["tensorflow"][0]["splits"],
+        evaluated_on="test",
+        # split: --test_split holds out a seed-dependent stratified part of train/, each seed
+        # its own test images (`splits` are seed 0's; every seed's are in details.runs).
+        # val_folder: the dataset's val/ folder is every seed's test set; validation is a
+        # seed-dependent 20% of train/. Either way both backends share a seed's images, so
+        # the arms are paired by seed.
+        split_scheme="fixed" if fixed_test else "repeated_stratified",
+        seeds=list(range(args.seeds)),
+        arms=arms,
+        primary_metric="test_accuracy",
+        comparisons=[["jax", "tensorflow"]],
+        details={"runs": runs, "settings": _settings(args)},
+    )
+    return {
+        "tf_accuracy": statistics.fmean(arms["tensorflow"]["test_accuracy"]),
+        "jax_accuracy": statistics.fmean(arms["jax"]["test_accuracy"]),
     }
 
 

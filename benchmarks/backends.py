@@ -195,7 +195,7 @@ def train_run(args, backend: str, seed: int, data: pathlib.Path, weights, work) 
 def _data_flags(args, data: pathlib.Path) -> list[str]:
     if args.test_on == "split":
         return [f"--data_dir={data}", f"--test_split={args.test_split}"]
-    held_out = data / "val" if (data / "val").is_dir() else data / "validation"
+    held_out = _common.held_out_folder(data)
     return [f"--data_dir={data / 'train'}", "--validation_split=0.2", f"--test_dir={held_out}"]
 
 

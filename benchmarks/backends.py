@@ -49,9 +49,11 @@ BACKENDS = ("tensorflow", "jax")
 WEIGHTS = "weights/mobilenet_1_0_224_tf_no_top.h5"
 DATA = "datasets/hymenoptera_data"
 PAIRING = (
-    "round r runs both backends back to back in fresh processes, TensorFlow first in even "
-    "rounds and JAX first in odd ones; a process's value is its median timed step; "
-    "jax_vs_tf is the ratio within a round, reported as the median over rounds"
+    "step: round r runs both backends back to back in fresh processes, TensorFlow first in "
+    "even rounds and JAX first in odd ones; a process's value is its median timed step; "
+    "jax_vs_tf is the ratio within a round, reported as the median over rounds. accuracy: "
+    "seed s runs both backends back to back on the same splits (TensorFlow first on even "
+    "seeds); the verdict is the per-seed JAX-minus-TensorFlow test accuracy"
 )
 
 

@@ -24,10 +24,9 @@ from conftest import tiny_run_settings
 from conftest import write_image_folder
 
 import keras_transfer as kt
-from keras_transfer import _keras_compat
-from keras_transfer.apps import _outputs
 from keras_transfer.apps import export_folder
 from keras_transfer.apps import image_config
+from keras_transfer.apps import image_reports
 
 CLASSES = ["ants", "bees"]
 TFLITE_MODES = [None, "dynamic", "float16", "int8"]
@@ -48,7 +47,7 @@ def run_folder(tmp_path_factory):
     model.fit(data.train, epochs=8, verbose=0)
     settings = tiny_run_settings(data_dir, model_dir, validation_split=0.25, head_lr=0.05)
     config = image_config.Config(**settings).resolved(32)
-    _outputs.save_classifier(model, CLASSES, str(model_dir), {"config.json": config})
+    image_reports.write_model_folder(model, CLASSES, str(model_dir), {"config.json": config})
     return model_dir, data_dir, kt.load_model(model_dir / "model.keras")
 
 
@@ -171,12 +170,8 @@ def test_keras_int8_names_the_layers_it_leaves_in_float(run_folder, tmp_path):
     assert report["float_layer_types"]["BatchNormalization"] > 5
     assert len(report["float_layers"]) == sum(report["float_layer_types"].values())
     loaded = kt.load_model(tmp_path / "model_int8.keras")
-    modes = {
-        layer.name: layer.dtype_policy.quantization_mode
-        for layer in _keras_compat.flatten_layers(loaded)
-        if isinstance(layer, keras.layers.Dense)
-    }
-    assert modes and set(modes.values()) == {"int8"}
+    assert loaded.head.output_dense.dtype_policy.quantization_mode == "int8"
+    assert loaded.head.output_dense.kernel.dtype == "int8"
     record = json.loads((tmp_path / "export.json").read_text())["exports"]["model_int8.keras"]
     assert record["float_layers"] == report["float_layers"]
     assert record["check"]["top1_agreement"] == 1.0  # only the head's weights are rounded
@@ -213,6 +208,27 @@ def test_an_impossible_min_agreement_exits_1_and_leaves_no_file(run_folder, tmp_
     assert sorted(os.listdir(tmp_path)) == ["export.json"]
     entry = json.loads((tmp_path / "export.json").read_text())["exports"]["model_int8.keras"]
     assert entry["written"] is False and entry["check"]["passed"] is False
+
+
+@pytest.mark.tensorflow_only
+def test_onnx_is_checked_in_onnx_runtime(run_folder, tmp_path):
+    for package in ("tf2onnx", "onnxruntime"):
+        pytest.importorskip(package, reason="the onnx extra is not installed")
+    import onnxruntime
+
+    _, data_dir, model = run_folder
+    images, labels = validation_images(data_dir)
+    report = kt.export(model, tmp_path / "model.onnx", check_data=(images, labels))
+    session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"))
+    output = session.run(None, {session.get_inputs()[0].name: images})[0]
+    expected = model.predict(images, verbose=0)
+    np.testing.assert_allclose(output, expected, atol=1e-4)
+    check = report["check"]
+    assert check["top1_agreement"] == 1.0 and check["keras_accuracy"] == check["export_accuracy"]
+    assert check["max_probability_difference"] == pytest.approx(
+        np.abs(output - expected).max(), abs=1e-6
+    )
+    assert os.listdir(tmp_path) == ["model.onnx"]
 
 
 def test_lora_is_merged_before_quantizing(run_folder, tmp_path):

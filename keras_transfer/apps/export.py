@@ -33,6 +33,7 @@ import importlib.util
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -139,10 +140,16 @@ def check_request(export_format: str, quantize: str | None, io_dtype: str = "flo
             "format='keras' with quantize='int8', which runs on JAX",
         )
     if export_format == "onnx":
-        converter = "tf2onnx" if backend.is_tensorflow() else "jax2onnx"
-        if importlib.util.find_spec(converter) is None:
+        if backend.is_tensorflow() and importlib.util.find_spec("tf2onnx") is None:
             raise ExportUnavailableError(
-                f"ONNX export needs {converter}: pip install 'keras-transfer[onnx]'."
+                "ONNX export needs tf2onnx: pip install 'keras-transfer[onnx]'."
+            )
+        if not backend.is_tensorflow() and importlib.util.find_spec("jax2onnx") is None:
+            # Keras converts with jax2onnx on JAX, which the extra leaves out (it pulls in
+            # Flax, Equinox and Orbax).
+            raise ExportUnavailableError(
+                f"ONNX export on {backend.backend()} needs jax2onnx: pip install jax2onnx, or "
+                "export with KERAS_BACKEND=tensorflow and the onnx extra."
             )
 
 
@@ -246,7 +253,10 @@ def _write_export(
     elif export_format == "onnx":
 
         def write(temporary):
-            model.export(temporary, format="onnx", verbose=False)
+            with warnings.catch_warnings():
+                # Keras' patch of tf2onnx for NumPy 2 probes the removed `np.object`.
+                warnings.filterwarnings("ignore", message=r"In the future `np.object`")
+                model.export(temporary, format="onnx", verbose=False)
             verify(temporary, export_check.predict_onnx)
 
         reliability.write_atomically(path, write)
@@ -364,8 +374,7 @@ def export(
 ) -> dict[str, Any]:
     """Writes `model` for serving at `path`, optionally quantized, checked against `model`.
 
-    A LoRA model is merged first. The file is written beside `path` as `.partial-*` and
-    moved onto `path` only once complete (and, with `check_data`, checked).
+    A LoRA model is merged first; the file is moved onto `path` only once complete and checked.
 
     Args:
         model: a classifier taking raw 0-255 images (what `create_classifier` builds).
@@ -391,10 +400,9 @@ def export(
             `"uint8"` / `"int8"` (the caller quantizes the pixels by the stored scale).
 
     Returns:
-        The report: `file`, `format`, `quantize`, `lora_merged`, `bytes`, `written`, and
-        with `check_data` a `check` of `top1_agreement`, `max_probability_difference`,
-        `mean_probability_difference` (and `keras_accuracy`, `export_accuracy` with
-        labels).
+        The report: `file`, `format`, `quantize`, `lora_merged`, `bytes`, `written`, and with
+        `check_data` a `check` of `top1_agreement`, `max_probability_difference`,
+        `mean_probability_difference` (with labels `keras_accuracy`, `export_accuracy`).
 
     Raises:
         ExportCheckError: the check fell below `min_agreement`.
@@ -421,23 +429,25 @@ def export(
             "quantize='int8' calibrates every activation's range on representative images: "
             "pass representative_data (a few hundred training images, 0-255)."
         )
-    check = None
-    if check_data is not None:
-        images, labels = check_data if isinstance(check_data, tuple) else (check_data, None)
-        images = np.concatenate(list(quantization.as_image_batches(images)))
-        labels = None if labels is None else np.asarray(labels).reshape(-1)
-        check = CheckImages(images, labels, f"{len(images)} given images")
     remove_stale_partials(os.path.dirname(os.path.abspath(path)))
     return export_one(
         model,
         path,
         format,
         quantize,
-        check=check,
+        check=None if check_data is None else _given_check_images(check_data),
         min_agreement=min_agreement,
         representative_data=representative_data,
         io_dtype=io_dtype,
     )
+
+
+def _given_check_images(check_data: Any) -> CheckImages:
+    """`export`'s `check_data` (`(images, labels)` or images) as `CheckImages`."""
+    images, labels = check_data if isinstance(check_data, tuple) else (check_data, None)
+    images = np.concatenate(list(quantization.as_image_batches(images)))
+    labels = None if labels is None else np.asarray(labels).reshape(-1)
+    return CheckImages(images, labels, f"{len(images)} given images")
 
 
 def export_model(

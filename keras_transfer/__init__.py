@@ -135,6 +135,8 @@ _EXPORTS = {
     "wise_ft": "keras_transfer.training.weight_averaging",
     "WiseFtResult": "keras_transfer.training.weight_averaging",
     "ema_momentum_per_step": "keras_transfer.training.weight_averaging",
+    "export": "keras_transfer.apps.export",
+    "ExportCheckError": "keras_transfer.apps.export_check",
 }
 
 # Today's `kt.<module>` names (before the subpackages), and where each lives now.
@@ -332,5 +334,7 @@ __all__ = [
     "wise_ft",
     "WiseFtResult",
     "ema_momentum_per_step",
+    "export",
+    "ExportCheckError",
     "__version__",
 ]

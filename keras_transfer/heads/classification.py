@@ -52,6 +52,9 @@ class ClassificationHead(keras.layers.Layer):
         logits: output raw logits instead of probabilities (pair with a `from_logits=True` loss).
         kernel_regularizer: regularizer of every dense kernel of the head (hidden and
             output), e.g. `"l2"` or `keras.regularizers.L2(1e-4)`; saved with the model.
+        dense_dtypes: `{dense layer name: dtype policy}` of dense layers Keras' `quantize`
+            changed (`"int8_from_float32"`); `get_config` records it, so that a quantized
+            head reloads with quantized layers.
         **kwargs: standard `keras.layers.Layer` arguments.
 
     Example:
@@ -72,9 +75,13 @@ class ClassificationHead(keras.layers.Layer):
         batch_norm: bool = False,
         logits: bool = False,
         kernel_regularizer: str | keras.regularizers.Regularizer | None = None,
+        dense_dtypes: Mapping[str, Any] | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        # The dense layers are built here from the head's own settings, so Keras' saved
+        # sublayer policies are not read back: a quantized one is named in the config.
+        dtypes = {name: keras.dtype_policies.get(p) for name, p in (dense_dtypes or {}).items()}
         _check_head_args(num_classes, task, pooling, hidden_units, dropout)
         self.num_classes = int(num_classes)
         self.task = task
@@ -97,7 +104,7 @@ class ClassificationHead(keras.layers.Layer):
                     units,
                     kernel_regularizer=self.kernel_regularizer,
                     name=f"hidden_{i}_dense",
-                    dtype=self.dtype_policy,
+                    dtype=dtypes.get(f"hidden_{i}_dense", self.dtype_policy),
                 )
             ]
             if self.batch_norm:
@@ -118,7 +125,7 @@ class ClassificationHead(keras.layers.Layer):
             self.output_units,
             activation=None,
             kernel_regularizer=self.kernel_regularizer,
-            dtype="float32",
+            dtype=dtypes.get("predictions", "float32"),
             name="predictions",
         )
 
@@ -232,6 +239,13 @@ class ClassificationHead(keras.layers.Layer):
                 "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
             }
         )
+        quantized = {
+            layer.name: keras.dtype_policies.serialize(layer.dtype_policy)
+            for layer in [block[0] for block in self.hidden_layers] + [self.output_dense]
+            if layer.dtype_policy.quantization_mode
+        }
+        if quantized:  # after `model.quantize`; absent otherwise
+            config["dense_dtypes"] = quantized
         return config
 
 

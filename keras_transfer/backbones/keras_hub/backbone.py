@@ -168,7 +168,7 @@ def create_keras_hub_backbone(
         x = {key: x for key in backbone_inputs}
     features = _final_output(hub_backbone, hub_backbone(x))
     if len(features.shape) == 3:
-        features = TokenPooling(_token_pooling(hub_backbone, family), name="pooling")(features)
+        features = TokenPooling(families.token_pooling(hub_backbone), name="pooling")(features)
     model = keras.Model(inputs, features, name=name or f"keras_hub_{family.name}")
     return registry.Backbone(f"keras_hub:{preset}", model, int(size[0]), None)
 
@@ -183,13 +183,6 @@ def _final_output(backbone: keras.Model, outputs):
     if "sequence_output" in outputs:
         return outputs["sequence_output"]
     return outputs[sorted(outputs)[-1]]
-
-
-def _token_pooling(backbone: keras.Model, family: families.KerasHubFamily) -> str:
-    # A ViT without a class token pools by mean, as ViTImageClassifier's "gap".
-    if family.tokens == "cls" and getattr(backbone, "use_class_token", True) is False:
-        return "mean"
-    return family.tokens
 
 
 registry.register_backbone_prefix("keras_hub:", create_keras_hub_backbone)

@@ -3,8 +3,8 @@
 A CNN's graph names its layers by stage (`stack0_block1_conv`, `block3a_project`,
 `block_2_0`): the layers up to a name's first number (`stack0`, `block3`, `block_2`) form a
 block. A ViT-like family nests its transformer layers in one encoder layer of the graph
-(`KerasHubFamily.nested`): each repeated sublayer (`transformer_block_3`, `layers_3`, a
-stage) is a block. Unnumbered layers before the first numbered one form `"stem"`, after it
+(`KerasHubFamily.nested`, a layer named `*encoder`): each repeated sublayer
+(`transformer_block_3`, `layers_3`, a stage) is a block. Unnumbered layers before the first numbered one form `"stem"`, after it
 `"top"`; a block without weights, or holding only normalization layers (a final
 `LayerNormalization`), joins the block before it.
 """
@@ -57,26 +57,30 @@ def _repeated(sublayers: list[keras.layers.Layer]) -> bool:
     return bool(counts) and max(counts.values()) >= 2
 
 
+def _own_name(backbone: keras.Model, layer: keras.layers.Layer) -> str:
+    # Some families prefix their layers with the backbone's name (`dinov2_backbone_`).
+    prefix = f"{backbone.name}_"
+    return layer.name[len(prefix) :] if layer.name.startswith(prefix) else layer.name
+
+
 def unit_layers(backbone: keras.Model, nested: bool) -> list[keras.layers.Layer]:
-    """The layers blocks are made of, in order: the backbone's graph layers, with each
-    encoder layer of repeated sublayers replaced by its sublayers when `nested`."""
+    """The layers blocks are made of, in order: the backbone's graph layers, with its
+    encoder layer (`*encoder`) replaced by its sublayers when `nested` and they repeat."""
     units = []
     for layer in backbone.layers:
         if isinstance(layer, keras.layers.InputLayer):
             continue
-        sublayers = _direct_sublayers(layer) if nested else []
+        encoder = nested and _own_name(backbone, layer).endswith("encoder")
+        sublayers = _direct_sublayers(layer) if encoder else []
         units.extend(sublayers if sublayers and _repeated(sublayers) else [layer])
     return units
 
 
 def _names(backbone: keras.Model, units: list[keras.layers.Layer]) -> list[str]:
     """The block name of each unit (see the module docstring)."""
-    prefix = f"{backbone.name}_"
     names, previous, numbered = [], "stem", False
     for layer in units:
-        # Some families prefix their layers with the backbone's name (`dinov2_backbone_`).
-        own = layer.name[len(prefix) :] if layer.name.startswith(prefix) else layer.name
-        match = _NUMBERED.match(own)
+        match = _NUMBERED.match(_own_name(backbone, layer))
         if match:
             name, numbered = match.group(0), True
         elif not numbered:
@@ -156,15 +160,33 @@ def _backbone_input(model: keras.Model, backbone: keras.Model):
         return model.inputs[0]
 
 
+def _output_layer(block: registry.Block) -> keras.layers.Layer:
+    """The layer whose output is the block's: its last layer with a per-image output (not
+    DINOv3's rotary position table); a sublayer, which has no output of its own in the
+    graph, is taken as it is."""
+    for layer in reversed(block.layers):
+        try:
+            output = layer.output
+        except (AttributeError, ValueError):  # a nested sublayer: no node in the graph
+            return layer
+        first = keras.tree.flatten(output)[0]
+        if first.shape and first.shape[0] is None:
+            return layer
+    return block.layers[-1]
+
+
 def _block_outputs(model: keras.Model) -> dict[str, Any]:
     cached = _OUTPUTS.get(model)
     if cached is None:
         backbone = families.find_image_backbone(model)
         blocks = keras_hub_blocks(model)
+        # The last block's output is the model's own; earlier token outputs are averaged
+        # (at the stem a class token is still the same for every image).
+        pooling = families.token_pooling(backbone)
         tap = layers_lib.BlockOutputs(
             backbone,
-            [block.layers[-1] for block in blocks],
-            families.family_of(backbone).tokens,
+            [_output_layer(block) for block in blocks],
+            ["mean"] * (len(blocks) - 1) + [pooling],
             name=f"{backbone.name}_block_outputs",
         )
         outputs = tap(_backbone_input(model, backbone))

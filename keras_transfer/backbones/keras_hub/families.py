@@ -21,6 +21,7 @@ __all__ = [
     "import_keras_hub",
     "image_tower",
     "supported_keras_hub_families",
+    "token_pooling",
 ]
 
 INSTALL_HINT = 'pip install "keras-transfer[keras_hub]" (the text extra includes it)'
@@ -144,3 +145,12 @@ def find_image_backbone(model: Any) -> keras.Model | None:
         if family_of(layer) is not None:
             return layer
     return None
+
+
+def token_pooling(backbone: keras.Model) -> str:
+    """How the token outputs of a supported KerasHub backbone are pooled: its family's
+    `tokens`, except `"mean"` for a ViT without a class token (ViTImageClassifier's "gap")."""
+    family = family_of(backbone)
+    if family.tokens == "cls" and getattr(backbone, "use_class_token", True) is False:
+        return "mean"
+    return family.tokens

@@ -59,16 +59,21 @@ class TokenPooling(keras.layers.Layer):
         return config
 
 
-def _last(outputs):
-    # A layer returning several tensors (an encoder's tuple of stage outputs): its last.
+def _main_output(outputs):
+    # A transformer layer returning `(hidden states, attention scores or None)`, an encoder
+    # returning `(hidden states, pyramid outputs)`: the hidden states come first.
     while isinstance(outputs, list | tuple | dict):
-        outputs = list(outputs.values())[-1] if isinstance(outputs, dict) else outputs[-1]
+        if isinstance(outputs, dict):
+            outputs = list(outputs.values())[-1]
+        else:
+            outputs = next(x for x in outputs if x is not None)
     return outputs
 
 
 class BlockOutputs(keras.layers.Layer):
     """Runs a KerasHub backbone once and returns the output of each given layer (the last
-    layer of each block), token outputs pooled by `tokens`, feature maps as they are.
+    layer of each block), token outputs pooled by `poolings` (one per layer: `"cls"` or
+    `"mean"`), feature maps as they are.
 
     The layers may be nested inside the backbone's layers (a transformer block inside its
     encoder layer): their outputs are recorded while the backbone runs
@@ -81,13 +86,13 @@ class BlockOutputs(keras.layers.Layer):
         self,
         backbone: keras.Model,
         layers: Sequence[keras.layers.Layer],
-        tokens: str,
+        poolings: Sequence[str],
         **kwargs,
     ):
         super().__init__(**kwargs)
         self.backbone = backbone
         self._tapped = list(layers)
-        self.tokens = tokens
+        self.poolings = list(poolings)
 
     def call(self, inputs):
         backbone_inputs = self.backbone.input
@@ -101,7 +106,10 @@ class BlockOutputs(keras.layers.Layer):
                 f"The layers {missing} did not run when {self.backbone.name!r} ran: their "
                 "blocks have no output to take."
             )
-        return [pool_tokens(_last(captured[i]), self.tokens) for i in range(len(self._tapped))]
+        return [
+            pool_tokens(_main_output(captured[i]), pooling)
+            for i, pooling in enumerate(self.poolings)
+        ]
 
     def get_config(self):
         raise NotImplementedError(

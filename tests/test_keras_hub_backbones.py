@@ -109,7 +109,7 @@ BUILDERS = {
         8, 16, 2, 2, 32, image_shape=(SIZE, SIZE, 3)
     ),
     "swin_transformer": lambda: keras_hub.models.SwinTransformerBackbone(
-        image_shape=(SIZE, SIZE, 3), embed_dim=8, depths=(2, 2), num_heads=(1, 2),
+        image_shape=(SIZE, SIZE, 3), embed_dim=8, depths=(1, 1), num_heads=(1, 2),
         window_size=4, drop_path=0.0,
     ),
     "vgg": lambda: keras_hub.models.VGGBackbone(
@@ -141,14 +141,21 @@ def preset():
         if family not in made:
             keras.utils.set_random_seed(1)
             folder = os.path.join(root, family)
-            BUILDERS[family]().save_to_preset(folder)
+            backbone = BUILDERS[family]()
+            backbone.save_to_preset(folder)
             scaling = PER_CHANNEL if family == "resnet" else {"scale": 1 / 127.5, "offset": -1.0}
             converter = keras_hub.layers.ImageConverter(image_size=(SIZE, SIZE), **scaling)
             converter.save_to_preset(folder)
+            tower = families.image_tower(backbone)
+            SAVED_WEIGHTS[folder] = [keras.ops.convert_to_numpy(v) for v in tower.weights]
             made[family] = folder
         return made[family]
 
     return make
+
+
+# preset folder -> the saved backbone's (image tower's) weights, to check they are loaded.
+SAVED_WEIGHTS = {}
 
 
 def _images(n=2, seed=0):
@@ -177,10 +184,8 @@ def test_family_builds_with_blocks_preprocessing_and_pooled_features(preset, fam
     assert backbone.default_size == SIZE and backbone.input_shape == (SIZE, SIZE, 3)
 
     # The preset's weights are loaded, not fresh ones.
-    saved = keras_hub.models.Backbone.from_preset(folder)
-    saved = families.image_tower(saved)
-    for mine, theirs in zip(hub.weights, saved.weights, strict=True):
-        np.testing.assert_array_equal(*(keras.ops.convert_to_numpy(v) for v in (mine, theirs)))
+    for mine, saved in zip(hub.weights, SAVED_WEIGHTS[folder], strict=True):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(mine), saved)
 
     # The preset's scaling is the model's first layer.
     rescaling = backbone.model.get_layer("preprocessing")
@@ -214,10 +219,11 @@ def test_family_builds_with_blocks_preprocessing_and_pooled_features(preset, fam
 # --- LoRA, saving, export, precision -----------------------------------------------------
 
 
-def _fit_one_step(model, seed=0):
-    model.compile(optimizer=keras.optimizers.Adam(1e-2))
-    labels = np.arange(4) % 3
-    model.fit(_images(4, seed), labels, batch_size=4, epochs=1, verbose=0)
+def _perturb(variables, seed=0):
+    """Moves `variables` away from their values (what training would do), cheaply."""
+    rng = np.random.default_rng(seed)
+    for variable in variables:
+        variable.assign(variable + rng.normal(0, 0.1, variable.shape).astype(variable.dtype))
 
 
 def test_lora_defaults_to_query_value_and_adapter_is_keyed_by_layer_path(preset, tmp_path):
@@ -228,29 +234,31 @@ def test_lora_defaults_to_query_value_and_adapter_is_keyed_by_layer_path(preset,
     assert len(summary.adapted) == 4
     assert all(path.rsplit("/", 1)[-1] in ("query", "value") for path in summary.adapted)
     assert any("transformer_block_2" in path for path in summary.adapted)
-    _fit_one_step(model)
+    lora_layers = kt.lora.lora_layers(model)
+    _perturb([layer.lora_kernel_b for layer in lora_layers] + model.head.trainable_weights)
 
     path = tmp_path / "adapter.weights.h5"
     metadata = kt.save_adapter(model, path)
     assert sorted(metadata["layers"]) == sorted(summary.adapted)
     with h5py.File(path) as f:
         stored = {f["variables"][k].attrs["path"] for k in f["variables"]}
-    assert {f"{layer}/lora_kernel_a" for layer in summary.adapted} <= stored
+    assert {f"{layer}/lora_kernel_b" for layer in summary.adapted} <= stored
 
     fresh = kt.create_classifier(f"keras_hub:{folder}", 3)
     kt.load_adapter(fresh, path)
     images = _images(3, seed=5)
-    expected = model.predict(images, verbose=0)
-    np.testing.assert_allclose(fresh.predict(images, verbose=0), expected, atol=1e-6)
+    expected = model(images)
+    assert not np.allclose(kt.create_classifier(f"keras_hub:{folder}", 3)(images), expected)
+    np.testing.assert_allclose(fresh(images), expected, atol=1e-6)
     merged = kt.merge_lora(model)
     assert not kt.lora.lora_layers(merged)
-    np.testing.assert_allclose(merged.predict(images, verbose=0), expected, atol=1e-5)
+    np.testing.assert_allclose(merged(images), expected, atol=1e-5)
 
 
 def test_lora_targets_by_layer_path_pattern(preset):
     model = kt.create_classifier(f"keras_hub:{preset('vit')}", 3)
     summary = kt.enable_lora(model, rank=2, targets=["transformer_block_2/.*/key$", "value"])
-    assert sorted(p.split("/")[-3:][0] + "/" + p.rsplit("/", 1)[-1] for p in summary.adapted) == [
+    assert sorted(p.split("/")[-3] + "/" + p.rsplit("/", 1)[-1] for p in summary.adapted) == [
         "transformer_block_1/value",
         "transformer_block_2/key",
         "transformer_block_2/value",
@@ -269,16 +277,15 @@ def test_lora_on_a_cnn_family_adapts_its_convolutions(preset):
 
 def test_keras_file_round_trip_keeps_predictions_blocks_and_name(preset, tmp_path):
     model = kt.create_classifier(f"keras_hub:{preset('dinov2')}", 3)
-    _fit_one_step(model)
+    _perturb(kt.backbones.backbone_of(model).blocks[-1].variables)
     path = tmp_path / "model.keras"
     kt.save_model(model, path)
     loaded = kt.load_model(path)
     images = _images(3, seed=2)
-    np.testing.assert_allclose(
-        loaded.predict(images, verbose=0), model.predict(images, verbose=0), atol=1e-6
-    )
+    np.testing.assert_allclose(loaded(images), model(images), atol=1e-6)
     assert loaded.backbone_name == model.backbone_name
-    assert kt.backbones.backbone_of(loaded).block_names() == kt.backbones.backbone_of(model).block_names()
+    block_names = kt.backbones.backbone_of(model).block_names()
+    assert kt.backbones.backbone_of(loaded).block_names() == block_names
 
 
 @pytest.mark.tensorflow_only
@@ -289,16 +296,14 @@ def test_saved_model_export_serves_raw_images(preset, tmp_path):
     model.export(str(tmp_path / "serving"), verbose=False)
     served = tf.saved_model.load(str(tmp_path / "serving"))
     images = _images(2, seed=3)
-    np.testing.assert_allclose(
-        served.serve(images).numpy(), model.predict(images, verbose=0), atol=1e-5
-    )
+    np.testing.assert_allclose(served.serve(images).numpy(), model(images), atol=1e-5)
 
 
 def test_mixed_precision_computes_in_float16_with_float32_outputs(preset):
     keras.config.set_dtype_policy("mixed_float16")
     model = kt.create_classifier(f"keras_hub:{preset('vit')}", 3)
     assert _hub_backbone(kt.backbones.backbone_of(model)).compute_dtype == "float16"
-    outputs = model.predict(_images(), verbose=0)
+    outputs = keras.ops.convert_to_numpy(model(_images()))
     assert outputs.dtype == np.float32 and np.all(np.isfinite(outputs))
 
 
@@ -314,16 +319,12 @@ def test_transferability_and_forgetting_per_block(preset):
 
     model = kt.create_classifier(backbone, 2)
     pretrained = kt.forgetting.pretrained_copy(model)
-    kt.unfreeze(model, top_blocks=1)
-    model.compile(optimizer=keras.optimizers.SGD(0.5))
-    model.fit(images, labels, epochs=2, verbose=0)
-    report = kt.forgetting_report(pretrained, model, images)
-    cka = report["block_cka"]
+    _perturb(backbone.blocks[-1].variables)  # as if only the top block had trained
+    cka = kt.forgetting_report(pretrained, model, images)["block_cka"]
     assert list(cka) == backbone.block_names()
-    # Only the top block trained: every block below computes exactly what it did.
     for name in backbone.block_names()[:-1]:
         assert cka[name] == pytest.approx(1.0, abs=1e-5)
-    assert cka[backbone.block_names()[-1]] < 1.0
+    assert cka[backbone.block_names()[-1]] < 0.999
 
 
 # --- errors ------------------------------------------------------------------------------

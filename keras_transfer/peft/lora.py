@@ -303,8 +303,8 @@ def _target_filter(targets: Any, backbone_model: keras.Model):
         patterns = [re.compile(target) for target in targets if _is_path_pattern(target)]
     except re.error as error:
         raise ValueError(f"targets holds an invalid layer-path pattern: {error}.") from None
-    return lambda layer: layer.name in names or any(
-        pattern.search(layer_path(layer)) for pattern in patterns
+    return lambda layer: (
+        layer.name in names or any(pattern.search(layer_path(layer)) for pattern in patterns)
     )
 
 

@@ -441,6 +441,7 @@ def test_missing_keras_hub_names_the_extra(monkeypatch):
 
 
 def test_command_trains_lora_writes_adapter_by_layer_path_and_exports(preset, tmp_path):
+    # On TensorFlow also the SavedModel and TFLite exports; the other backends skip them.
     from keras_transfer.apps import image_classifier as app
     from keras_transfer.apps import image_config
 
@@ -459,7 +460,7 @@ def test_command_trains_lora_writes_adapter_by_layer_path_and_exports(preset, tm
         augment="",
         verbose=0,
         plan="fixed",
-        export="saved_model" if keras.backend.backend() == "tensorflow" else "",
+        export="saved_model,tflite" if keras.backend.backend() == "tensorflow" else "",
     )
     results = app.run(config)
     out = tmp_path / "out"
@@ -471,6 +472,7 @@ def test_command_trains_lora_writes_adapter_by_layer_path_and_exports(preset, tm
     )
     if keras.backend.backend() == "tensorflow":
         assert (out / "saved_model" / "saved_model.pb").is_file()
-        assert "saved_model" in results["exports"]
+        assert (out / "model.tflite").stat().st_size > 0
+        assert {"saved_model", "tflite"} <= set(results["exports"])
     loaded = kt.load_model(out / "model.keras")
     assert loaded.backbone_name == config.backbone

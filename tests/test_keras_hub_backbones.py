@@ -5,7 +5,6 @@ freezing, per-block outputs, LoRA adapters, `.keras` files, SavedModel export, m
 precision and the command."""
 
 import json
-import os
 import sys
 
 import h5py
@@ -198,19 +197,17 @@ PER_CHANNEL = {"scale": list(1 / (255 * _STD)), "offset": list(-_MEAN / _STD)}
 
 
 @pytest.fixture(scope="module")
-def preset():
+def preset(tmp_path_factory):
     """`preset(family)` -> a preset folder of a tiny random backbone of that family (built
     once per module) with an ImageConverter: ResNet's per-channel ImageNet normalisation,
     the others' scale 1/127.5, offset -1."""
-    import tempfile
-
-    root = tempfile.mkdtemp(prefix="keras_hub_presets_")
+    root = tmp_path_factory.mktemp("keras_hub_presets")
     made = {}
 
     def make(family):
         if family not in made:
             keras.utils.set_random_seed(1)
-            folder = os.path.join(root, family)
+            folder = str(root / family)
             backbone = BUILDERS[family]()
             backbone.save_to_preset(folder)
             scaling = PER_CHANNEL if family == "resnet" else {"scale": 1 / 127.5, "offset": -1.0}

@@ -14,12 +14,16 @@ silently or deep inside Keras.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import re
 from collections.abc import Callable
+from collections.abc import Iterator
+from collections.abc import Sequence
 from typing import Any
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 __all__ = [
@@ -28,6 +32,7 @@ __all__ = [
     "OptimizerHooks",
     "SymbolicBuildHook",
     "base_learning_rate",
+    "capture_call_outputs",
     "flatten_layers",
     "has_standard_weight_decay",
     "in_safe_mode",
@@ -91,13 +96,16 @@ def wrapper_optimizer_classes() -> tuple[type, ...]:
 # -- layers and models --------------------------------------------------------------------
 
 
-def flatten_layers(layer: keras.layers.Layer, include_self: bool = True) -> list:
-    """Every layer nested in `layer`, at any depth, including layers held as attributes.
+def flatten_layers(
+    layer: keras.layers.Layer, include_self: bool = True, recursive: bool = True
+) -> list:
+    """Every layer nested in `layer`, at any depth (only its direct sublayers with
+    `recursive=False`), including layers held as attributes, in the order they were set.
 
     Why private: `Model.layers` lists only direct children, and layers tracked as attributes
     of a custom layer (a head's Dense layers) have no public listing at all.
     """
-    return list(layer._flatten_layers(include_self=include_self))
+    return list(layer._flatten_layers(include_self=include_self, recursive=recursive))
 
 
 def own_trainable_variables(layer: keras.layers.Layer) -> list:
@@ -267,6 +275,40 @@ def merge_call(
     )
 
 
+@contextlib.contextmanager
+def capture_call_outputs(layers: Sequence[keras.layers.Layer]) -> Iterator[dict[int, Any]]:
+    """While active, `captured[i]` is the last output of `layers[i]`'s `call`.
+
+    For the outputs of layers nested inside a composite layer (a transformer block inside a
+    KerasHub encoder layer), which no functional graph exposes: the recording `call` is set
+    on each instance and the class's own `call` is back afterwards.
+
+    Why private: it relies on `Layer.__call__` dispatching through `self.call` (looked up on
+    the instance), which Keras does not document.
+    """
+    captured: dict[int, Any] = {}
+    saved = []
+    for index, layer in enumerate(layers):
+        saved.append(layer.__dict__.get("call"))
+        original = layer.call
+
+        def recording(*args, _index=index, _call=original, **kwargs):
+            outputs = _call(*args, **kwargs)
+            captured[_index] = outputs
+            return outputs
+
+        # `object.__setattr__`: a function is nothing for the layer's tracker to track.
+        object.__setattr__(layer, "call", recording)
+    try:
+        yield captured
+    finally:
+        for layer, previous in zip(layers, saved):
+            if previous is None:
+                object.__delattr__(layer, "call")
+            else:
+                object.__setattr__(layer, "call", previous)
+
+
 # -- the check --------------------------------------------------------------------------
 
 
@@ -355,4 +397,13 @@ def missing_internals() -> list[str]:
         "Optimizer._model_variables_moving_average (one per variable with use_ema)",
     )
     need(lambda: isinstance(adam._learning_rate, keras.Variable), "Optimizer._learning_rate")
+    need(_captures_nested_calls, "Layer.__call__ dispatching through the instance's `call`")
     return problems
+
+
+def _captures_nested_calls() -> bool:
+    inner = keras.layers.Dense(2, kernel_initializer="ones")
+    outer = keras.Sequential([keras.Input((2,)), inner, keras.layers.Dense(1)])
+    with capture_call_outputs([inner]) as captured:
+        outer(np.ones((1, 2), "float32"))
+    return 0 in captured and tuple(captured[0].shape) == (1, 2) and "call" not in inner.__dict__

@@ -29,6 +29,7 @@ __all__ = ["SERIALIZABLE_MODULES", "register_all", "register_when_keras_is_impor
 SERIALIZABLE_MODULES = (
     "keras_transfer.backbones.preprocessing",
     "keras_transfer.backbones.hub.layer",
+    "keras_transfer.backbones.keras_hub.layers",
     "keras_transfer.heads.losses",
     "keras_transfer.heads.classification",
     "keras_transfer.heads.multi_task",

@@ -55,6 +55,17 @@ def test_flatten_layers_reaches_layers_held_as_attributes():
     assert len(dense_in_head) == 2 and all(layer in layers for layer in dense_in_head)
 
 
+def test_capture_call_outputs_records_nested_layers_and_restores_their_call():
+    inner = keras.layers.Dense(2, kernel_initializer="ones")
+    outer = keras.Sequential([keras.Input((3,)), inner, keras.layers.Dense(1)])
+    x = np.ones((1, 3), "float32")
+    with pytest.raises(RuntimeError), _keras_compat.capture_call_outputs([inner]) as captured:
+        outer(x)
+        raise RuntimeError("restored even when the block fails")
+    np.testing.assert_allclose(captured[0], [[3.0, 3.0]])
+    assert "call" not in inner.__dict__ and inner.call.__func__ is keras.layers.Dense.call
+
+
 def test_own_trainable_variables_excludes_sublayers_and_survives_freezing():
     inner = keras.layers.Dense(3)
     inner.build((None, 2))

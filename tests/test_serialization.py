@@ -24,6 +24,7 @@ from keras_transfer.adaptation import layers
 from keras_transfer.adaptation import losses
 from keras_transfer.backbones import hub
 from keras_transfer.backbones import preprocessing
+from keras_transfer.backbones.keras_hub import layers as keras_hub_layers
 from keras_transfer.distillation import distiller as distillation
 from keras_transfer.optimizers import layerwise as optimizers
 from keras_transfer.optimizers import schedules
@@ -146,6 +147,19 @@ def image_preprocessing(tmp_path):
 
     def probe(m):
         assert type(m.layers[0]) is preprocessing.ImagePreprocessing
+        return m(x)
+
+    return layer, model, probe
+
+
+def token_pooling(tmp_path):
+    layer = keras_hub_layers.TokenPooling("mean")
+    model = keras.Sequential([keras.Input((5, 4)), layer])
+    x = rng().normal(size=(2, 5, 4)).astype("float32")
+
+    def probe(m):
+        assert type(m.layers[0]) is keras_hub_layers.TokenPooling
+        assert m.layers[0].mode == "mean"
         return m(x)
 
     return layer, model, probe
@@ -345,6 +359,7 @@ FACTORIES = {
     "TransferClassifier": transfer_classifier,
     "ImagePreprocessing": image_preprocessing,
     "HubBackbone": hub_backbone,
+    "TokenPooling": token_pooling,
     "L2SP": l2sp,
     "GradualUnfreezing": gradual_unfreezing,
     "WarmupCosineDecay": learning_rate_schedule(

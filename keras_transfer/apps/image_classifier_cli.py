@@ -67,7 +67,8 @@ flags.DEFINE_string("model_dir", "", "Where the model, results and reports go.")
 flags.DEFINE_string(
     "backbone",
     _DEFAULTS.backbone,
-    "Backbone name (see keras_transfer.list_backbones()) or hub:<handle or path>.",
+    "Backbone name (see keras_transfer.list_backbones()), hub:<handle or path>, or "
+    "keras_hub:<KerasHub preset name or folder>.",
 )
 flags.DEFINE_string(
     "weights", _DEFAULTS.weights, "'imagenet', 'none', or the path to a weights file (offline)."

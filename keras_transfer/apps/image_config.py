@@ -364,7 +364,7 @@ def check_config(config: Config) -> None:
     weights = config.resolved_weights()
     if (
         weights not in (None, "imagenet")
-        and not config.backbone.startswith("hub:")
+        and registry.backbone_prefix(config.backbone) is None
         and not os.path.isfile(weights)
     ):
         raise FileNotFoundError(
@@ -425,8 +425,8 @@ def _check_numbers(config: Config) -> None:
 
 def _check_backbone(config: Config) -> None:
     """A registered backbone name, and an image size its architecture accepts."""
-    if config.backbone.startswith("hub:"):
-        return
+    if registry.backbone_prefix(config.backbone) is not None:
+        return  # hub:..., keras_hub:...: checked when the backbone is built
     try:
         spec = registry.get_spec(config.backbone)
     except ValueError as error:

@@ -1,11 +1,12 @@
 """Headless backbones and their blocks: the registry and its `keras.applications` families
-(`applications`), TF Hub SavedModels (`hub`), each backbone's input preprocessing, and
-freezing by block.
+(`applications`), TF Hub SavedModels (`hub`), KerasHub image backbones (`keras_hub`), each
+backbone's input preprocessing, and freezing by block.
 """
 
 from keras_transfer.backbones import applications
 from keras_transfer.backbones import freezing
 from keras_transfer.backbones import hub
+from keras_transfer.backbones import keras_hub
 from keras_transfer.backbones import preprocessing
 from keras_transfer.backbones import registry
 from keras_transfer.backbones.freezing import backbone_and_blocks
@@ -24,6 +25,9 @@ from keras_transfer.backbones.hub import create_hub_backbone
 from keras_transfer.backbones.hub import hub_block_names
 from keras_transfer.backbones.hub import resolve_handle
 from keras_transfer.backbones.hub import trust
+from keras_transfer.backbones.keras_hub import TokenPooling
+from keras_transfer.backbones.keras_hub import create_keras_hub_backbone
+from keras_transfer.backbones.keras_hub import supported_keras_hub_families
 from keras_transfer.backbones.preprocessing import ImagePreprocessing
 from keras_transfer.backbones.registry import Backbone
 from keras_transfer.backbones.registry import BackboneSpec
@@ -31,6 +35,7 @@ from keras_transfer.backbones.registry import Block
 from keras_transfer.backbones.registry import BlockRules
 from keras_transfer.backbones.registry import WeightsUnavailableError
 from keras_transfer.backbones.registry import backbone_of
+from keras_transfer.backbones.registry import backbone_prefix
 from keras_transfer.backbones.registry import blocks_from_rules
 from keras_transfer.backbones.registry import create_backbone
 from keras_transfer.backbones.registry import find_backbone_model
@@ -49,12 +54,14 @@ __all__ = [
     "preprocessing",
     "freezing",
     "hub",
+    "keras_hub",
     "Backbone",
     "BackboneSpec",
     "Block",
     "BlockRules",
     "WeightsUnavailableError",
     "backbone_of",
+    "backbone_prefix",
     "blocks_from_rules",
     "create_backbone",
     "find_backbone_model",
@@ -83,4 +90,7 @@ __all__ = [
     "hub_block_names",
     "resolve_handle",
     "trust",
+    "TokenPooling",
+    "create_keras_hub_backbone",
+    "supported_keras_hub_families",
 ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import inspect
 import os
 import re
 from collections.abc import Callable
@@ -24,6 +25,7 @@ __all__ = [
     "BlockRules",
     "WeightsUnavailableError",
     "backbone_of",
+    "backbone_prefix",
     "blocks_from_rules",
     "create_backbone",
     "find_backbone_model",
@@ -204,7 +206,8 @@ def get_spec(name: str) -> BackboneSpec:
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
         raise ValueError(
             f"Unknown backbone {name!r}.{hint} `keras_transfer.list_backbones()` lists all "
-            "names; TF Hub models are named 'hub:<handle or path>'."
+            "names; TF Hub models are named 'hub:<handle or path>', KerasHub image backbones "
+            "'keras_hub:<preset name or folder>'."
         ) from None
 
 
@@ -299,7 +302,8 @@ def create_backbone(
     """Builds a registered backbone without its classification top.
 
     Args:
-        name: a name from `list_backbones()`, or `"hub:<handle or path>"` for a TF2 SavedModel.
+        name: a name from `list_backbones()`, `"hub:<handle or path>"` for a TF2 SavedModel,
+            or `"keras_hub:<preset name or folder>"` for a KerasHub image backbone.
         input_shape: `(height, width, channels)`; defaults to the size the weights were
             trained at. Any size from the family's minimum up works with any weights.
         weights: `"imagenet"` (downloaded once into the Keras cache), `None` (random
@@ -315,9 +319,12 @@ def create_backbone(
     backbone.block_names()[:3]  # -> ['stem', 'block_0', 'block_1']
     ```
     """
-    for prefix, factory in _PREFIX_FACTORIES.items():
-        if name.startswith(prefix):
-            return factory(name[len(prefix) :], input_shape=input_shape, **kwargs)
+    prefix = backbone_prefix(name)
+    if prefix is not None:
+        factory = _PREFIX_FACTORIES[prefix]
+        if _takes_weights(factory):
+            kwargs["weights"] = weights
+        return factory(name[len(prefix) :], input_shape=input_shape, **kwargs)
     spec = get_spec(name)
     if input_shape is None:
         input_shape = (spec.default_size, spec.default_size, 3)
@@ -388,10 +395,28 @@ _PREFIX_FACTORIES: dict[str, Callable[..., Backbone]] = {}
 
 def register_backbone_prefix(prefix: str, factory: Callable[..., Backbone]) -> None:
     """Teaches `create_backbone` names that start with `prefix` (e.g. `"hub:"`): the rest of
-    the name goes to `factory(rest, input_shape=..., **kwargs)`, which returns a `Backbone`."""
+    the name goes to `factory(rest, input_shape=..., **kwargs)`, which returns a `Backbone`.
+    A factory with a `weights` parameter also gets `create_backbone`'s `weights`."""
     if not prefix.endswith(":"):
         raise ValueError(f"A backbone prefix ends with ':', got {prefix!r}.")
     _PREFIX_FACTORIES[prefix] = factory
+
+
+def backbone_prefix(name: str) -> str | None:
+    """The registered prefix `name` starts with (`"hub:"`, `"keras_hub:"`), or `None` for
+    a registry name."""
+    # The longest first, so that no prefix shadows a longer one it begins.
+    for prefix in sorted(_PREFIX_FACTORIES, key=len, reverse=True):
+        if name.startswith(prefix):
+            return prefix
+    return None
+
+
+def _takes_weights(factory: Callable[..., Backbone]) -> bool:
+    try:
+        return "weights" in inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 # Block finders for backbones that are not `keras.applications` models (TF Hub, user

@@ -22,6 +22,7 @@ mode), and adds what Keras leaves out:
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -146,8 +147,9 @@ def leaf_layers(layers: Sequence[keras.layers.Layer]) -> list[keras.layers.Layer
 
 
 def supports_lora(layer: keras.layers.Layer) -> bool:
-    """Whether Keras LoRA can adapt `layer` (it has `enable_lora`)."""
-    return callable(getattr(layer, "enable_lora", None))
+    """Whether Keras LoRA can adapt `layer` (it has `enable_lora`; a KerasHub model's own
+    `enable_lora` is for the whole model, not a layer)."""
+    return callable(getattr(layer, "enable_lora", None)) and not isinstance(layer, keras.Model)
 
 
 def _base_kernel(layer: keras.layers.Layer):
@@ -260,13 +262,31 @@ def _choose_blocks(blocks, blocks_arg, top_blocks, from_block, fraction):
     return freezing.select_blocks(blocks, top_blocks, from_block, fraction)
 
 
+def _declared_targets(backbone_model: keras.Model) -> set[str] | None:
+    """The layer names the backbone (or a KerasHub model nested in it) declares as its LoRA
+    targets (`default_lora_layer_names`: attention query/value projections), when it has
+    such layers; `None` otherwise (a CNN, a `keras.applications` model)."""
+    for model in [backbone_model, *getattr(backbone_model, "layers", [])]:
+        declared = getattr(model, "default_lora_layer_names", None)
+        if callable(declared):
+            names = set(declared())
+            present = {layer.name for layer in leaf_layers([model]) if supports_lora(layer)}
+            return names if names & present else None
+    return None
+
+
+def _is_path_pattern(target: str) -> bool:
+    # A layer name has no '/' and no regex syntax; anything else is searched in layer paths.
+    return bool(re.search(r"[/*+?\[\](){}|^$\\]", target))
+
+
 def _target_filter(targets: Any, backbone_model: keras.Model):
     """A predicate on supported layers from `targets`; default: the backbone's own LoRA
-    targets when it declares them (KerasHub: query/value projections), else all."""
+    targets when it declares them and has them (KerasHub: query/value projections), else
+    all."""
     if targets is None:
-        defaults = getattr(backbone_model, "default_lora_layer_names", None)
-        if callable(defaults):
-            names = set(defaults())
+        names = _declared_targets(backbone_model)
+        if names is not None:
             return lambda layer: layer.name in names
         return lambda layer: True
     if targets == "all":
@@ -276,10 +296,22 @@ def _target_filter(targets: Any, backbone_model: keras.Model):
     if isinstance(targets, str) or not isinstance(targets, Sequence) or not targets:
         raise ValueError(
             f"targets must be None (the backbone's default), 'all', 'all_dense' or a list of "
-            f"layer names, got {targets!r}."
+            f"layer names or layer-path patterns, got {targets!r}."
         )
-    names = set(targets)
-    return lambda layer: layer.name in names
+    names = {target for target in targets if not _is_path_pattern(target)}
+    try:
+        patterns = [re.compile(target) for target in targets if _is_path_pattern(target)]
+    except re.error as error:
+        raise ValueError(f"targets holds an invalid layer-path pattern: {error}.") from None
+    return lambda layer: (
+        layer.name in names or any(pattern.search(layer_path(layer)) for pattern in patterns)
+    )
+
+
+def _target_found(target: str, layers) -> bool:
+    if _is_path_pattern(target):
+        return any(re.search(target, layer_path(layer)) for layer in layers)
+    return any(layer.name == target for layer in layers)
 
 
 @dataclasses.dataclass
@@ -345,7 +377,7 @@ def _sort_block_layers(blocks, wanted) -> tuple[list, list[tuple[str, str]], lis
 def _check_targets_found(model, targets, chosen, adapt, not_adaptable) -> None:
     """Raises when named targets are missing from the chosen blocks, or nothing is left."""
     if targets not in (None, "all", "all_dense"):
-        missing = set(targets) - {layer.name for layer in adapt}
+        missing = {target for target in targets if not _target_found(target, adapt)}
         if missing:
             supported = {layer.name for layer in leaf_layers([model]) if supports_lora(layer)}
             raise ValueError(
@@ -462,9 +494,11 @@ def enable_lora(
         from_block: adapt this block (name or index) and all after it instead.
         fraction: adapt this fraction of the blocks, from the output side, instead.
         targets: which supported layers of those blocks: `None` is the backbone's default
-            (KerasHub encoders: their query/value projections; `keras.applications`: all),
-            `"all"` every supported layer, `"all_dense"` every `Dense`/`EinsumDense`, or a
-            list of layer names.
+            (KerasHub models with attention: their query/value projections; CNNs and
+            `keras.applications`: all), `"all"` every supported layer, `"all_dense"` every
+            `Dense`/`EinsumDense`, or a list of layer names and layer-path patterns (an
+            entry with `/` or regex syntax is searched in each layer's path, e.g.
+            `"transformer_block_2/.*/(query|key)$"`).
         train_bn: train the BatchNormalization layers too (fastai's `train_bn`).
 
     Returns:

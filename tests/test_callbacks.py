@@ -1,3 +1,5 @@
+import re
+
 import keras
 import numpy as np
 import pytest
@@ -40,6 +42,7 @@ def block_paths(model, name, kind):
     return {"bn": bn, "weights": other}[kind]
 
 
+@pytest.mark.tensorflow_only
 def test_blocks_start_changing_at_their_epoch_and_get_optimizer_slots(new_tiny_classifier):
     model = new_tiny_classifier(head={}, fitted_norms=True)
     model.compile(optimizer=keras.optimizers.Adam(1e-2))
@@ -76,6 +79,7 @@ def test_blocks_start_changing_at_their_epoch_and_get_optimizer_slots(new_tiny_c
     assert int(optimizer.iterations) == 6
 
 
+@pytest.mark.tensorflow_only
 def test_train_bn_trains_batchnorm_in_frozen_blocks_too(new_tiny_classifier):
     model = new_tiny_classifier(head={}, fitted_norms=True)
     model.compile(optimizer=keras.optimizers.Adam(1e-2))
@@ -93,6 +97,7 @@ def test_train_bn_trains_batchnorm_in_frozen_blocks_too(new_tiny_classifier):
     assert not any(snapshots.changed(p, 0) for p in block_paths(model, "conv_dw_5", "weights"))
 
 
+@pytest.mark.tensorflow_only
 def test_reloaded_model_with_built_optimizer_keeps_its_state(tmp_path, new_tiny_classifier):
     # A plain functional model reloads compiled, with its optimizer built on the
     # variables trainable when it was saved (the head only).
@@ -148,6 +153,7 @@ def test_reloaded_model_with_built_optimizer_keeps_its_state(tmp_path, new_tiny_
     assert freezing.trainable_blocks(restored) == [b.name for b in kt.get_blocks(restored)]
 
 
+@pytest.mark.tensorflow_only
 def test_reloaded_transfer_classifier(tmp_path, capsys, new_tiny_classifier):
     model = new_tiny_classifier(head={}, fitted_norms=True)
     model.save(tmp_path / "model.keras")
@@ -170,6 +176,7 @@ def test_reloaded_transfer_classifier(tmp_path, capsys, new_tiny_classifier):
     assert all(snapshots.changed(p, 1) for p in top)
 
 
+@pytest.mark.tensorflow_only
 def test_works_with_jit_compile(new_tiny_classifier):
     model = new_tiny_classifier(head={}, fitted_norms=True)
     model.compile(optimizer=keras.optimizers.SGD(1e-2), jit_compile=True)
@@ -188,6 +195,7 @@ def test_works_with_jit_compile(new_tiny_classifier):
     assert all(snapshots.changed(p, 1) for p in top)
 
 
+@pytest.mark.tensorflow_only
 def test_weight_averaging_optimizer_writes_each_average_into_its_own_variable(new_tiny_classifier):
     # Keras writes `use_ema` averages back into `model.trainable_weights` by position at
     # the end of fit, so the optimizer's variable order must be the final trainable order.
@@ -237,6 +245,30 @@ def test_bad_flag_syntax_is_a_clear_error():
         callbacks_lib.parse_unfreeze_schedule("3=1")
 
 
+@pytest.mark.skipif(
+    keras.backend.backend() == "tensorflow", reason="checks the stop on other backends"
+)
+def test_gradual_unfreezing_stops_before_the_first_step_on_another_backend(new_tiny_classifier):
+    # Keras' JAX trainer pairs the optimizer's slots with the trainable variables of the
+    # start of `fit`: a trainable set that grows between epochs needs TensorFlow's trainer.
+    model = new_tiny_classifier(head={}, fitted_norms=True)
+    freezing.freeze(model)
+    model.compile(optimizer=keras.optimizers.Adam(1e-2))
+    before = [np.array(w) for w in model.weights]
+    x, y = tiny_data(8)
+    running = re.escape(repr(keras.backend.backend()))
+    with pytest.raises(
+        kt.BackendError, match=rf"^GradualUnfreezing.*TensorFlow.*{running}"
+    ) as error:
+        model.fit(x, y, epochs=2, callbacks=[callbacks_lib.GradualUnfreezing({1: 1})], verbose=0)
+    assert "\n" not in str(error.value) and "unfreeze once" in str(error.value)
+    assert freezing.trainable_blocks(model) == []
+    assert int(model.optimizer.iterations) == 0
+    for old, now in zip(before, model.weights, strict=True):
+        np.testing.assert_array_equal(old, np.array(now), err_msg=now.path)
+
+
+@pytest.mark.tensorflow_only
 def test_request_the_backbone_cannot_satisfy_fails_before_training(new_tiny_classifier):
     model = new_tiny_classifier(head={}, fitted_norms=True)
     model.compile(optimizer=keras.optimizers.Adam(1e-3))
@@ -245,6 +277,7 @@ def test_request_the_backbone_cannot_satisfy_fails_before_training(new_tiny_clas
         model.fit(x, y, epochs=1, callbacks=[callbacks_lib.GradualUnfreezing({1: 99})], verbose=0)
 
 
+@pytest.mark.tensorflow_only
 def test_newly_unfrozen_blocks_get_their_layerwise_multiplier(new_tiny_classifier):
     from keras_transfer.optimizers import layerwise as optimizers
 
@@ -273,6 +306,7 @@ def test_newly_unfrozen_blocks_get_their_layerwise_multiplier(new_tiny_classifie
     assert freezing.trainable_blocks(model) == ["conv_dw_12", "conv_dw_13"]
 
 
+@pytest.mark.tensorflow_only
 def test_rebuilt_layerwise_optimizer_keeps_multipliers_and_state(new_tiny_classifier):
     from keras_transfer.optimizers import layerwise as optimizers
 
@@ -313,6 +347,7 @@ def test_rebuilt_layerwise_optimizer_keeps_multipliers_and_state(new_tiny_classi
         np.testing.assert_array_equal(captured[path], value)
 
 
+@pytest.mark.tensorflow_only
 def test_fine_tuning_recipes_script_smoke():
     import importlib.util
     import pathlib

@@ -30,27 +30,28 @@ def test_model_and_its_optimizer_are_left_as_they_were():
     model.compile(optimizer=keras.optimizers.Adam(schedule), loss="mse")
     x, y = regression_data()
     model.fit(x, y, batch_size=32, epochs=1, verbose=0)  # optimizer built, with state
-    weights = [v.numpy().copy() for v in model.variables]
+    weights = [np.array(v) for v in model.variables]
     optimizer = model.optimizer
-    optimizer_state = [v.numpy().copy() for v in optimizer.variables]
+    optimizer_state = [np.array(v) for v in optimizer.variables]
 
     result = lr_finder.find_learning_rate(model, (x, y), min_lr=1e-5, max_lr=1.0, steps=20)
 
     assert len(result.learning_rates) > 5
     assert model.optimizer is optimizer
     for variable, value in zip(model.variables, weights, strict=True):
-        np.testing.assert_array_equal(variable.numpy(), value, err_msg=variable.path)
+        np.testing.assert_array_equal(np.array(variable), value, err_msg=variable.path)
     for variable, value in zip(optimizer.variables, optimizer_state, strict=True):
-        np.testing.assert_array_equal(variable.numpy(), value, err_msg=variable.path)
+        np.testing.assert_array_equal(np.array(variable), value, err_msg=variable.path)
     assert optimizer._learning_rate is schedule
     model.fit(x, y, batch_size=32, epochs=1, verbose=0)  # the model still trains as before
     assert int(optimizer.iterations) == 16
 
 
 def test_sweep_is_exponential_and_suggestion_is_a_rate_that_trains():
-    keras.utils.set_random_seed(1)
+    # Zero initial weights: the same curve on every backend (their random initial weights
+    # differ, and from a lucky start the early batches' noise can outweigh the descent).
     inputs = keras.Input((8,))
-    model = keras.Model(inputs, keras.layers.Dense(1)(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(1, kernel_initializer="zeros")(inputs))
     model.compile(optimizer=keras.optimizers.SGD(), loss="mse")
     x, y = regression_data()
     data = tf.data.Dataset.from_tensor_slices((x, y)).batch(32)  # 8 batches, repeated
@@ -75,8 +76,8 @@ def test_sweep_is_exponential_and_suggestion_is_a_rate_that_trains():
         ("too_small", 1e-4),
         ("blown", result.learning_rates[-1] * 3),
     ):
-        keras.utils.set_random_seed(1)
-        fresh = keras.Model(inputs := keras.Input((8,)), keras.layers.Dense(1)(inputs))
+        inputs = keras.Input((8,))
+        fresh = keras.Model(inputs, keras.layers.Dense(1, kernel_initializer="zeros")(inputs))
         fresh.compile(optimizer=keras.optimizers.SGD(learning_rate), loss="mse")
         history = fresh.fit(data, epochs=3, verbose=0)
         losses[name] = history.history["loss"][-1]

@@ -389,6 +389,7 @@ def test_fit_two_phase_with_lr_decay(classifier):
         kt.fit_two_phase(classifier, x, y=y, lr_decay=0.0, verbose=0)
 
 
+@pytest.mark.tensorflow_only  # the benchmark's reference gradients come from tf.GradientTape
 def test_benchmark_smoke():
     completed = subprocess.run(
         [sys.executable, str(REPO_ROOT / "benchmarks" / "optimizer_overhead.py"), "--smoke"],

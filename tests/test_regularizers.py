@@ -76,6 +76,28 @@ def test_penalty_counts_only_trainable_weights_of_a_partly_frozen_backbone():
     assert len(model.losses) == 5
 
 
+def test_penalty_enters_fit_once_its_block_is_unfrozen():
+    model = make_tiny_classifier()
+    regularizers.apply_l2sp(model, alpha=1.0, beta=0.0)
+    x = np.random.default_rng(0).uniform(0, 255, (8, 32, 32, 3)).astype("float32")
+    y = np.array([0, 1] * 4)
+    kernel = model.backbone.get_layer("conv_pw_13").kernel
+    kernel.assign_add(np.full(kernel.shape, 0.1, "float32"))
+
+    def one_epoch_loss():
+        model.compile(optimizer=keras.optimizers.SGD(0.0))  # lr 0: weights stay put
+        return model.fit(x, y, epochs=1, batch_size=8, verbose=0).history["loss"][0]
+
+    kt.freeze(model)
+    frozen = one_epoch_loss()
+    kt.unfreeze(model, 1)
+    top_block_trainable = one_epoch_loss()
+    # Only a trainable block pays its distance from the reference: 0.1 per kernel entry.
+    penalty = 1.0 * np.prod(kernel.shape) * 0.01
+    assert top_block_trainable - frozen == pytest.approx(penalty, rel=1e-3)
+
+
+@pytest.mark.tensorflow_only
 def test_penalty_enters_fit_and_works_with_gradual_unfreezing():
     model = make_tiny_classifier()
     regularizers.apply_l2sp(model, alpha=1.0, beta=0.0)

@@ -21,6 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_transfer import data as data_lib
+from keras_transfer.utils import backend
 
 __all__ = ["LRFinderResult", "find_learning_rate"]
 
@@ -133,7 +134,7 @@ def find_learning_rate(
     ```
     """
     _check_sweep(model, min_lr, max_lr, steps, method, smoothing, divergence_factor)
-    batches = iter(_as_dataset(data, batch_size).repeat())
+    batches = _batches(_as_dataset(data, batch_size).repeat())
     sweep_optimizer = optimizer if optimizer is not None else _copy_optimizer(model.optimizer)
     learning_rates = min_lr * (max_lr / min_lr) ** (np.arange(steps) / (steps - 1))
     with _model_restored_afterwards(model, sweep_optimizer):
@@ -278,6 +279,12 @@ def _as_dataset(data: Any, batch_size: int) -> tf.data.Dataset:
             f"{type(data).__name__}."
         )
     return dataset
+
+
+def _batches(dataset: tf.data.Dataset) -> Iterator[Any]:
+    # `train_on_batch` on JAX puts its inputs on the device with `jax.device_put`, which takes
+    # NumPy arrays but not TensorFlow tensors; TensorFlow gets its own tensors, as before.
+    return iter(dataset) if backend.is_tensorflow() else dataset.as_numpy_iterator()
 
 
 def _copy_optimizer(optimizer: keras.optimizers.Optimizer) -> keras.optimizers.Optimizer:

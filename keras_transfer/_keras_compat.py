@@ -325,6 +325,9 @@ def missing_internals() -> list[str]:
 
     An empty list means every entry was found. Instance attributes are checked on small
     objects built here.
+
+    The TensorFlow trainer's and `tf.distribute`'s entries are checked when Keras runs on
+    TensorFlow, the only backend that uses them (other backends' `keras.Model` lacks them).
     """
     problems = []
 
@@ -359,10 +362,6 @@ def missing_internals() -> list[str]:
     )
     need(lambda: hasattr(model, "_initial_epoch"), "Model._initial_epoch (BackupAndRestore)")
     need(
-        lambda: _has_parameters(model_cls._maybe_symbolic_build, ("iterator", "data_batch")),
-        "Model._maybe_symbolic_build(iterator, data_batch) (TensorFlow trainer)",
-    )
-    need(
         lambda: callable(
             __import__("keras.src.saving.serialization_lib", fromlist=["x"]).in_safe_mode
         ),
@@ -371,10 +370,6 @@ def missing_internals() -> list[str]:
     need(
         lambda: callable(keras.callbacks.BackupAndRestore._save_model),
         "keras.callbacks.BackupAndRestore._save_model (its epoch/batch-end save)",
-    )
-    need(
-        lambda: callable(tf.__internal__.distribute.interim.maybe_merge_call),
-        "tf.__internal__.distribute.interim.maybe_merge_call",
     )
     optimizer_cls = keras.optimizers.Optimizer
     for name, parameters in (
@@ -391,14 +386,29 @@ def missing_internals() -> list[str]:
         )
     adam = keras.optimizers.Adam(1e-3, use_ema=True)
     adam.build([dense.kernel])
-    need(lambda: hasattr(adam, "_distribution_strategy"), "Optimizer._distribution_strategy")
     need(
         lambda: len(adam._model_variables_moving_average) == 1,
         "Optimizer._model_variables_moving_average (one per variable with use_ema)",
     )
     need(lambda: isinstance(adam._learning_rate, keras.Variable), "Optimizer._learning_rate")
     need(_captures_nested_calls, "Layer.__call__ dispatching through the instance's `call`")
+    if keras.backend.backend() == "tensorflow":
+        _check_tensorflow_internals(need, model_cls, adam)
     return problems
+
+
+def _check_tensorflow_internals(need: Callable, model_cls: type, adam: Any) -> None:
+    """The entries only the TensorFlow backend uses: its trainer's symbolic build
+    (`SymbolicBuildHook`) and `tf.distribute`'s merge call (`merge_call`)."""
+    need(
+        lambda: _has_parameters(model_cls._maybe_symbolic_build, ("iterator", "data_batch")),
+        "Model._maybe_symbolic_build(iterator, data_batch) (TensorFlow trainer)",
+    )
+    need(
+        lambda: callable(tf.__internal__.distribute.interim.maybe_merge_call),
+        "tf.__internal__.distribute.interim.maybe_merge_call",
+    )
+    need(lambda: hasattr(adam, "_distribution_strategy"), "Optimizer._distribution_strategy")
 
 
 def _captures_nested_calls() -> bool:

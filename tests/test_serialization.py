@@ -391,7 +391,20 @@ def test_multi_task_classifier_round_trip(tmp_path):
     run_model_saving_test(model, probe, tmp_path)
 
 
-@pytest.mark.parametrize("name", sorted(REGISTERED))
+# TensorFlow programs by nature (a TF Hub SavedModel; a tf.GradientTape training step): on
+# another backend they stop with BackendError, checked below.
+TENSORFLOW_ONLY = {"HubBackbone": hub_backbone, "DomainAdaptation": domain_adaptation}
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(name, marks=pytest.mark.tensorflow_only)
+        if name[len(PREFIX) :] in TENSORFLOW_ONLY
+        else name
+        for name in sorted(REGISTERED)
+    ],
+)
 def test_round_trip(name, tmp_path):
     cls = REGISTERED[name]
     factory = FACTORIES.get(name[len(PREFIX) :])
@@ -402,3 +415,15 @@ def test_round_trip(name, tmp_path):
     run_serialization_test(instance)
     if model is not None:
         run_model_saving_test(model, probe, tmp_path)
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() == "tensorflow", reason="checks the stop on other backends"
+)
+@pytest.mark.parametrize("name", sorted(TENSORFLOW_ONLY))
+def test_tensorflow_only_classes_stop_with_a_backend_error(name, tmp_path):
+    with pytest.raises(
+        keras_transfer.BackendError,
+        match=f"needs the TensorFlow backend, but Keras runs on '{keras.backend.backend()}'",
+    ):
+        TENSORFLOW_ONLY[name](tmp_path)

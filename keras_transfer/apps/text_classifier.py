@@ -309,10 +309,10 @@ def train_baseline(config: Config, train, validation, class_names) -> dict[str, 
         max_tokens=20_000, output_sequence_length=config.sequence_length
     )
     vectorizer.adapt(tf.data.Dataset.from_tensor_slices(train[0]).batch(256))
+    # The vectorizer runs in the tf.data pipeline: string tensors cannot enter a JAX model.
     model = keras.Sequential(
         [
-            keras.Input((), dtype="string"),
-            vectorizer,
+            keras.Input((config.sequence_length,), dtype="int32"),
             # No masking: a text that is all out-of-vocabulary would average over nothing (NaN).
             keras.layers.Embedding(20_000, 64),
             keras.layers.GlobalAveragePooling1D(),
@@ -330,7 +330,9 @@ def train_baseline(config: Config, train, validation, class_names) -> dict[str, 
         dataset = tf.data.Dataset.from_tensor_slices((list(data[0]), data[1]))
         if shuffle:
             dataset = dataset.shuffle(len(data[0]), seed=config.seed)
-        return dataset.batch(config.batch_size)
+        return dataset.batch(config.batch_size).map(
+            lambda x, y: (tf.cast(vectorizer(x), "int32"), y)
+        )
 
     start = time.perf_counter()
     model.fit(

@@ -217,8 +217,10 @@ def _with_teacher_outputs(dataset, teacher_view, shuffle: bool, seed: int | None
     for batch in dataset:
         x, y = _split(batch)
         batch_size = batch_size or int(keras.tree.flatten(y)[0].shape[0])
+        # NumPy first: JAX's predict step takes arrays, not the tf.data batch's tf.Tensors.
+        x = keras.tree.map_structure(np.asarray, x)
         ts.append(np.asarray(teacher_view.predict_on_batch(x)))
-        xs.append(keras.tree.map_structure(np.asarray, x))
+        xs.append(x)
         ys.append(keras.tree.map_structure(np.asarray, y))
     if not xs:
         raise ValueError("The dataset is empty: there is nothing to distil on.")

@@ -70,7 +70,7 @@ class PrototypeHead(keras.layers.Layer):
     head = PrototypeHead(3, temperature=0.1)
     head.build((None, 8))
     head.set_prototypes(centre=np.zeros(8), class_means=np.eye(3, 8), class_counts=[1, 1, 1])
-    head(np.eye(3, 8)).numpy().argmax(axis=-1)  # -> array([0, 1, 2])
+    np.array(head(np.eye(3, 8))).argmax(axis=-1)  # -> array([0, 1, 2])
     ```
     """
 

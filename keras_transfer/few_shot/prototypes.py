@@ -261,7 +261,8 @@ class PrototypeRefinement:
         layer.temperature = head.temperature  # only sets the initial kernel here
         layer.set_prototypes(*_prototype_weights(head))
         for variable in model.optimizer.variables:
-            variable.assign(keras.ops.zeros_like(variable))
+            # zeros of the shape, not zeros_like: JAX cannot read a dtype off a keras.Variable.
+            variable.assign(keras.ops.zeros(variable.shape, variable.dtype))
         model.optimizer.learning_rate = self.learning_rate
         data = tf.data.Dataset.from_tensor_slices((features, labels))
         data = data.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)

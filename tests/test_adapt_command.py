@@ -150,6 +150,7 @@ def test_adapt_command_prints_what_changed_and_refuses_a_bad_method(trained_run,
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
 
 
+@pytest.mark.tensorflow_only
 def test_train_with_mcc_replaces_the_fine_tuning_phase(trained_run, tiny_run_config, tmp_path):
     _, target_dir = trained_run
     images = tmp_path / "images"
@@ -160,3 +161,17 @@ def test_train_with_mcc_replaces_the_fine_tuning_phase(trained_run, tiny_run_con
     assert history["phase"][-1] == "fine_tune"
     assert history["alignment_loss"][-1] > 0  # the class confusion of the target batches
     assert results["domain"]["method"] == "mcc"
+
+
+@pytest.mark.skipif(keras.backend.backend() == "tensorflow", reason="the stop on other backends")
+def test_train_with_mcc_is_refused_on_other_backends_before_any_work(tiny_run_config, tmp_path):
+    from keras_transfer.apps.config import ConfigError
+
+    write_image_folder(tmp_path / "target", {"a": 2, "b": 2}, size=(40, 40))
+    with pytest.raises(
+        ConfigError, match=r"^adapt=mcc needs the TensorFlow backend, .*adapt=adabn\|tent\|shot"
+    ):
+        tiny_run_config(
+            tmp_path / "images", tmp_path / "out", target_dir=str(tmp_path / "target"), adapt="mcc"
+        )
+    assert not (tmp_path / "out").exists()

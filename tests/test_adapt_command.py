@@ -84,10 +84,10 @@ def test_adapt_model_dir_writes_a_new_folder_and_leaves_the_trained_one(trained_
     original = keras.saving.load_model(model_dir / "model.keras")
     # AdaBN moved the BatchNormalization statistics to the target's and nothing else.
     for a, b in zip(adapted.weights, original.weights):
-        moved = not np.allclose(a.numpy(), b.numpy())
+        moved = not np.allclose(np.array(a), np.array(b))
         assert moved == (moved and "moving_" in a.path), a.path
     assert any(
-        not np.allclose(a.numpy(), b.numpy())
+        not np.allclose(np.array(a), np.array(b))
         for a, b in zip(adapted.weights, original.weights)
         if "moving_mean" in a.path
     )
@@ -107,15 +107,15 @@ def test_adapt_model_with_shot_trains_the_backbone_on_the_fixed_order_images(tmp
     write_image_folder(tmp_path / "target", {"a": 4, "b": 4}, size=(40, 40), seed=5)
     target = kt.data.target_image_dataset(tmp_path / "target", ["a", "b"], image_size=32)
     model = make_tiny_classifier(fitted_norms=True)
-    head = [w.numpy().copy() for w in model.head.weights]
+    head = [np.array(w) for w in model.head.weights]
     kernels = [w for w in model.backbone.weights if w.path.endswith("kernel")]
-    before = [w.numpy().copy() for w in kernels]
+    before = [np.array(w) for w in kernels]
     settings = adapt_lib.AdaptSettings("shot", epochs=2, learning_rate=1e-3)
     report = adapt_lib.adapt_model(model, target, settings)
     assert report["settings"]["epochs"] == 2 and report["target_labelled"] is True
-    assert any(not np.allclose(b, w.numpy()) for b, w in zip(before, kernels))
+    assert any(not np.allclose(b, np.array(w)) for b, w in zip(before, kernels))
     for b, w in zip(head, model.head.weights):
-        np.testing.assert_array_equal(b, w.numpy())
+        np.testing.assert_array_equal(b, np.array(w))
     # The label-free "after" measure is the adapted model's.
     assert _mean_entropy(model, target) == pytest.approx(
         report["label_free"]["mean_entropy_after"], abs=1e-4
@@ -150,6 +150,7 @@ def test_adapt_command_prints_what_changed_and_refuses_a_bad_method(trained_run,
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
 
 
+@pytest.mark.tensorflow_only
 def test_train_with_mcc_replaces_the_fine_tuning_phase(trained_run, tiny_run_config, tmp_path):
     _, target_dir = trained_run
     images = tmp_path / "images"
@@ -160,3 +161,17 @@ def test_train_with_mcc_replaces_the_fine_tuning_phase(trained_run, tiny_run_con
     assert history["phase"][-1] == "fine_tune"
     assert history["alignment_loss"][-1] > 0  # the class confusion of the target batches
     assert results["domain"]["method"] == "mcc"
+
+
+@pytest.mark.skipif(keras.backend.backend() == "tensorflow", reason="the stop on other backends")
+def test_train_with_mcc_is_refused_on_other_backends_before_any_work(tiny_run_config, tmp_path):
+    from keras_transfer.apps.config import ConfigError
+
+    write_image_folder(tmp_path / "target", {"a": 2, "b": 2}, size=(40, 40))
+    with pytest.raises(
+        ConfigError, match=r"^adapt=mcc needs the TensorFlow backend, .*adapt=adabn\|tent\|shot"
+    ):
+        tiny_run_config(
+            tmp_path / "images", tmp_path / "out", target_dir=str(tmp_path / "target"), adapt="mcc"
+        )
+    assert not (tmp_path / "out").exists()

@@ -186,6 +186,7 @@ def test_predict_matches_the_model(trained, tmp_path):
     assert lines[1][0] == rows[0]["file"] and len(lines) == 10
 
 
+@pytest.mark.tensorflow_only
 def test_export_tflite_matches_keras(trained):
     data_dir, model_dir, _ = trained
     process = command("export", f"--model_dir={model_dir}", "--format=tflite")
@@ -208,6 +209,16 @@ def test_export_tflite_matches_keras(trained):
     interpreter.invoke()
     lite = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
     np.testing.assert_allclose(lite, model.predict(images, verbose=0), atol=1e-4)
+
+
+@pytest.mark.skipif(keras.backend.backend() == "tensorflow", reason="the stop on other backends")
+def test_export_tflite_is_refused_on_other_backends_in_one_line(trained):
+    _, model_dir, _ = trained
+    process = command("export", f"--model_dir={model_dir}", "--format=tflite")
+    assert process.returncode == 1 and "Traceback" not in process.stderr
+    assert "TFLite export needs the TensorFlow backend, but Keras runs on" in process.stderr
+    assert not (model_dir / "model.tflite").exists()
+    assert not [p.name for p in model_dir.iterdir() if p.name.startswith(".partial")]
 
 
 @pytest.mark.tensorflow_only

@@ -4,6 +4,7 @@ and bad values, flags on top."""
 import dataclasses
 import json
 
+import keras
 import pytest
 from conftest import REPO_ROOT
 
@@ -101,11 +102,27 @@ def test_example_config_choices_are_checked(tmp_path):
         image_config.load_config(None, {"dataset": "tf_flowers"})
 
 
-@pytest.mark.parametrize("name", ["ants_vs_bees.yaml", "tf_flowers_tpu.yaml", "smoke.json"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "ants_vs_bees.yaml",
+        pytest.param("tf_flowers_tpu.yaml", marks=pytest.mark.tensorflow_only),  # TFLite export
+        "smoke.json",
+    ],
+)
 def test_shipped_example_configs_load(name):
     path = REPO_ROOT / "examples" / "configs" / name
     config = image_config.load_config(str(path), {"model_dir": "/tmp/x"})
     assert config.model_dir == "/tmp/x"
+
+
+@pytest.mark.skipif(keras.backend.backend() == "tensorflow", reason="the stop on other backends")
+def test_tflite_example_config_is_refused_on_other_backends():
+    path = REPO_ROOT / "examples" / "configs" / "tf_flowers_tpu.yaml"
+    with pytest.raises(
+        config_lib.ConfigError, match=r"^export=tflite needs the TensorFlow backend, but Keras"
+    ):
+        image_config.load_config(str(path), {"model_dir": "/tmp/x"})
 
 
 def test_test_set_settings_are_checked(tmp_path):

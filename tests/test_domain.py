@@ -46,6 +46,7 @@ def pooled(model, images):
 # GradientReversal.
 
 
+@pytest.mark.tensorflow_only
 def test_gradient_reversal_is_identity_forward_and_minus_lambda_backward():
     layer = kt.layers.GradientReversal(factor=0.3)
     x = tf.constant(np.random.default_rng(0).normal(size=(4, 5)).astype("float32"))
@@ -65,6 +66,20 @@ def test_gradient_reversal_is_identity_forward_and_minus_lambda_backward():
     assert isinstance(restored, kt.layers.GradientReversal) and restored.factor == 0.3
     with pytest.raises(ValueError, match="factor must be a number >= 0"):
         kt.layers.GradientReversal(factor=-1.0)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="JAX's own gradient")
+def test_gradient_reversal_reverses_the_jax_gradient():
+    import jax
+
+    layer = kt.layers.GradientReversal(factor=0.3)
+    x = np.random.default_rng(0).normal(size=(4, 5)).astype("float32")
+    upstream = np.random.default_rng(1).normal(size=(4, 5)).astype("float32")
+    y, backward = jax.vjp(layer, x)
+    np.testing.assert_array_equal(np.array(y), x)
+    np.testing.assert_allclose(np.array(backward(upstream)[0]), -0.3 * upstream, rtol=1e-6)
+    _, backward = jax.vjp(lambda v: layer(v, factor=2.0), x)
+    np.testing.assert_allclose(np.array(backward(upstream)[0]), -2.0 * upstream, rtol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------
@@ -148,6 +163,7 @@ def _adapt(method, weight, epochs=4, make_model=tiny_classifier, **options):
     return model, history, source_x, target_x
 
 
+@pytest.mark.tensorflow_only
 @pytest.mark.parametrize("method", ["coral", "mmd"])
 def test_coral_and_mmd_training_aligns_the_features(method):
     loss = kt.losses.CoralLoss() if method == "coral" else kt.losses.MMDLoss()
@@ -161,6 +177,7 @@ def test_coral_and_mmd_training_aligns_the_features(method):
     assert history.history["alignment_loss"][-1] < plain_history.history["alignment_loss"][-1]
 
 
+@pytest.mark.tensorflow_only
 def test_dann_makes_the_domains_harder_to_tell_apart():
     options = {"epochs": 8, "make_model": linear_classifier, "domain_dropout": 0.0}
     options["domain_hidden_units"] = (32,)
@@ -178,6 +195,7 @@ def test_dann_makes_the_domains_harder_to_tell_apart():
     assert history.history["accuracy"][-1] > 0.9
 
 
+@pytest.mark.tensorflow_only
 def test_returned_model_is_the_plain_classifier_and_saves(tmp_path):
     source_x, labels, target_x = shifted_task(n=32)
     model = tiny_classifier()
@@ -217,6 +235,7 @@ def test_returned_model_is_the_plain_classifier_and_saves(tmp_path):
     )
 
 
+@pytest.mark.tensorflow_only
 def test_domain_adaptation_model_config_round_trips():
     adapter = adaptation_model.DomainAdaptation(
         tiny_classifier(), "mmd", total_steps=5, alignment_weight=2.0
@@ -228,6 +247,7 @@ def test_domain_adaptation_model_config_round_trips():
         adaptation_model.DomainAdaptation(keras.Sequential([keras.layers.Dense(2)]), "dann")
 
 
+@pytest.mark.tensorflow_only
 def test_target_labels_are_never_used():
     source_x, labels, target_x = shifted_task(n=32)
 
@@ -253,6 +273,7 @@ def test_target_labels_are_never_used():
     assert all(np.isfinite(w).all() for w in with_nan_labels)
 
 
+@pytest.mark.tensorflow_only
 def test_layerwise_lr_and_lr_annealing_are_honoured():
     source_x, labels, target_x = shifted_task(n=32)
     model = tiny_classifier()
@@ -309,6 +330,7 @@ def test_unequal_lengths_cycle_the_shorter_and_other_sizes_are_resized():
     assert steps == 4
 
 
+@pytest.mark.tensorflow_only
 def test_fit_on_other_image_sizes_and_more_target_batches():
     source_x, labels, target_x = shifted_task(n=16)
     bigger = tf.image.resize(np.concatenate([target_x] * 3), (24, 24)).numpy()
@@ -331,6 +353,7 @@ def test_fit_on_other_image_sizes_and_more_target_batches():
     assert len(counted) == 6  # 48 target images / 8: the 2 source batches cycle
 
 
+@pytest.mark.tensorflow_only
 def test_bad_input_is_a_clear_error_and_changes_nothing():
     source_x, labels, target_x = shifted_task(n=16)
     model = tiny_classifier()
@@ -366,11 +389,28 @@ def test_bad_input_is_a_clear_error_and_changes_nothing():
     )
     with pytest.raises(TypeError, match="needs a classifier from create_classifier"):
         kt.fit_domain_adaptation(plain, (source_x, labels), target_x)
-    sequence = keras.Sequential(
-        [keras.Input((SIZE, SIZE, 3)), keras.layers.Reshape((SIZE, SIZE * 3))]
+
+
+@pytest.mark.skipif(keras.backend.backend() == "tensorflow", reason="the stop on other backends")
+def test_domain_adaptation_stops_on_other_backends_before_any_work():
+    source_x, labels, target_x = shifted_task(n=16)
+    model = tiny_classifier()
+    model.backbone.trainable = False
+    weights = [np.array(w) for w in model.weights]
+    expected = (
+        r"^Domain adaptation .* needs the TensorFlow backend, but Keras runs on '\w+': .*adabn"
     )
-    with pytest.raises(ValueError, match=r"not \(batch, features\)"):
-        kt.domain_distance(sequence, source_x, target_x)
+    with pytest.raises(kt.BackendError, match=expected):
+        kt.fit_domain_adaptation(model, (source_x, labels), target_x, method="coral")
+    with pytest.raises(kt.BackendError, match=expected):
+        kt.domain.fit_adaptation_phase(model, (source_x, labels), target_x, unfreeze="all")
+    with pytest.raises(kt.BackendError, match=expected) as info:
+        kt.DomainAdaptation(model, "dann")
+    assert "\n" not in str(info.value)
+    # Nothing was unfrozen or trained.
+    assert not model.backbone.trainable
+    for w, before in zip(model.weights, weights):
+        np.testing.assert_array_equal(np.array(w), before)
 
 
 # ---------------------------------------------------------------------------------------
@@ -390,6 +430,11 @@ def test_domain_distance_separates_shifted_from_identical_sets():
     # A Backbone pools its own feature map.
     backbone = kt.Backbone(name="tiny", model=model.backbone, default_size=SIZE)
     assert kt.domain_distance(backbone, source_x, target_x).proxy_a_distance > 1.5
+    sequence = keras.Sequential(
+        [keras.Input((SIZE, SIZE, 3)), keras.layers.Reshape((SIZE, SIZE * 3))]
+    )
+    with pytest.raises(ValueError, match=r"not \(batch, features\)"):
+        kt.domain_distance(sequence, source_x, target_x)
 
 
 def test_recommend_recipe_accepts_a_measured_distance():
@@ -453,6 +498,7 @@ _MIRRORED = textwrap.dedent(
 )
 
 
+@pytest.mark.tensorflow_only
 def test_dann_under_mirrored_strategy_matches_one_device():
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="", PYTHONPATH=REPO_ROOT)
     env.pop("TF_CONFIG", None)
@@ -509,6 +555,7 @@ def test_target_images_in_any_layout_labelled_only_under_training_class_folders(
         kt.data.target_image_dataset(tmp_path / "missing")
 
 
+@pytest.mark.tensorflow_only
 def test_coral_on_logits_aligns_the_heads_pre_activation_outputs():
     source_x, labels, target_x = shifted_task(n=32)
     keras.utils.set_random_seed(0)
@@ -540,6 +587,7 @@ def test_coral_on_logits_aligns_the_heads_pre_activation_outputs():
     assert restored.alignment_layer == "logits"
 
 
+@pytest.mark.tensorflow_only
 def test_coral_on_logits_training_lowers_the_logits_covariance_gap():
     def logits_gap(model, source_x, target_x):
         features = adaptation_model.pooled_feature_model(model)
@@ -555,6 +603,7 @@ def test_coral_on_logits_training_lowers_the_logits_covariance_gap():
     assert logits_gap(adapted, source_x, target_x) < 0.5 * logits_gap(plain, source_x, target_x)
 
 
+@pytest.mark.tensorflow_only
 def test_alignment_layer_is_checked():
     with pytest.raises(ValueError, match="alignment_layer must be one of"):
         adaptation_model.DomainAdaptation(tiny_classifier(), "coral", alignment_layer="pooled")
@@ -566,6 +615,7 @@ def test_alignment_layer_is_checked():
         adaptation_model.DomainAdaptation(multi, "coral", alignment_layer="logits")
 
 
+@pytest.mark.tensorflow_only
 @pytest.mark.slow
 def test_benchmark_smoke_writes_a_schema_file_chosen_on_target_validation(tmp_path, monkeypatch):
     """photo_shift --smoke: the cats-vs-dogs photos of ../shared (synthetic photos without
@@ -704,6 +754,7 @@ def test_benchmark_later_seeds_train_the_grid_points_the_first_seeds_chose():
     assert "seeds 0..0 only" in script.selection(args)["tuned"]
 
 
+@pytest.mark.tensorflow_only
 def test_mcc_training_lowers_the_target_class_confusion():
     loss = kt.MinimumClassConfusion()
 
@@ -721,6 +772,7 @@ def test_mcc_training_lowers_the_target_class_confusion():
     assert (restored.method, restored.mcc_temperature) == ("mcc", 2.0)
 
 
+@pytest.mark.tensorflow_only
 @pytest.mark.slow
 def test_benchmark_source_free_arms_adapt_the_source_model_source_validation_chose(tmp_path):
     output = tmp_path / "domain.json"

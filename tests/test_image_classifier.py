@@ -394,6 +394,7 @@ def test_lr_decay_cosine_warmup_and_weight_decay_reach_the_optimizers(image_fold
     )
 
 
+@pytest.mark.tensorflow_only
 def test_gradual_unfreezing_follows_the_schedule(image_folder, tmp_path):
     root = image_folder({"a": 6, "b": 6})
     recorder = _Recorder()
@@ -856,6 +857,7 @@ def test_diagnostics_report_transferability_drift_and_source_agreement(image_fol
     assert_png_image(model_dir / "drift.png")
 
 
+@pytest.mark.tensorflow_only
 def test_target_dir_and_adapt_report_domain_distance_and_target_accuracy(image_folder, tmp_path):
     from conftest import write_image_folder
 
@@ -927,6 +929,7 @@ class _SourceLossRisesWhileAdapting(keras.callbacks.Callback):
             self.predictions = self.model.classifier.predict(self.images, verbose=0)
 
 
+@pytest.mark.tensorflow_only
 def test_adapt_keeps_its_last_epoch_when_the_source_validation_loss_rises(image_folder, tmp_path):
     from conftest import write_image_folder
 
@@ -951,6 +954,21 @@ def test_adapt_keeps_its_last_epoch_when_the_source_validation_loss_rises(image_
     assert results["saved_weights"] == {"phase": "fine_tune", "epoch": 4}
     saved = keras.saving.load_model(model_dir / "model.keras")
     np.testing.assert_allclose(saved.predict(images, verbose=0), watch.predictions, atol=1e-6)
+
+
+@pytest.mark.skipif(keras.backend.backend() == "tensorflow", reason="the stop on other backends")
+@pytest.mark.parametrize(
+    "setting, overrides",
+    [
+        ("adapt=dann", {"adapt": "dann", "target_dir": "x"}),
+        ("adapt=coral", {"adapt": "coral", "target_dir": "x"}),
+        ("freeze_strategy=gradual", {"freeze_strategy": "gradual", "unfreeze_schedule": "1:1"}),
+    ],
+)
+def test_tensorflow_only_settings_are_refused_on_other_backends(tmp_path, setting, overrides):
+    with pytest.raises(ConfigError, match=f"^{setting} needs the TensorFlow backend, but Keras"):
+        _config(tmp_path, tmp_path / "out", **overrides)
+    assert not (tmp_path / "out").exists()
 
 
 def test_adapt_needs_a_target_and_the_two_phase_strategy(tmp_path):

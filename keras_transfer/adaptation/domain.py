@@ -43,11 +43,13 @@ import tensorflow as tf
 from keras_transfer import data as data_lib
 from keras_transfer import heads as heads_lib
 from keras_transfer.adaptation.model import ALIGNMENT_LAYERS as ALIGNMENT_LAYERS
+from keras_transfer.adaptation.model import NEEDS_TENSORFLOW
 from keras_transfer.adaptation.model import DomainAdaptation
 from keras_transfer.adaptation.model import check_adaptation_options
 from keras_transfer.adaptation.schedules import DannLearningRate
 from keras_transfer.backbones import freezing
 from keras_transfer.optimizers import layerwise as optimizers
+from keras_transfer.utils import backend
 from keras_transfer.utils import distribute
 
 __all__ = [
@@ -245,6 +247,7 @@ def fit_domain_adaptation(
     )
     ```
     """
+    backend.require_tensorflow(*NEEDS_TENSORFLOW)  # before the data pipelines are built
     _check_fit_arguments(model, method, epochs, alignment_weight, weight_schedule, domain_dropout)
     train, steps, validation_data = _training_batches(
         model, source, target, validation_data, steps_per_epoch, batch_size
@@ -379,6 +382,7 @@ def fit_adaptation_phase(
     )
     ```
     """
+    backend.require_tensorflow(*NEEDS_TENSORFLOW)  # before any block is unfrozen
     optimizers.check_learning_rate(backbone_lr, "backbone_lr")
     optimizers.check_learning_rate(head_lr, "head_lr")
     check_adaptation_options(method, 1, kwargs.get("alignment_weight", 1.0), "auto", 0.5)

@@ -29,6 +29,7 @@ from keras_transfer.utils import backend
 __all__ = [
     "ALIGNMENT_LAYERS",
     "METHODS",
+    "NEEDS_TENSORFLOW",
     "WEIGHT_SCHEDULES",
     "DomainAdaptation",
     "check_adaptation_options",
@@ -69,8 +70,9 @@ def pooled_feature_model(model: Any) -> keras.Model:
     return extractor
 
 
-# The training step is a tf.GradientTape program (Keras' JAX trainer would need a stateless one).
-_NEEDS_TENSORFLOW = (
+# `require_tensorflow`'s (feature, alternative): the training step is a tf.GradientTape
+# program (Keras' JAX trainer would need a stateless one).
+NEEDS_TENSORFLOW = (
     "Domain adaptation (DANN, CORAL, MMD, MCC)",
     "set KERAS_BACKEND=tensorflow; on JAX, keras-transfer adapt --method=adabn|tent|shot",
 )
@@ -142,7 +144,7 @@ class DomainAdaptation(keras.Model):
         mcc_temperature: float = 2.5,
         **kwargs,
     ):
-        backend.require_tensorflow(*_NEEDS_TENSORFLOW)
+        backend.require_tensorflow(*NEEDS_TENSORFLOW)
         super().__init__(**kwargs)
         check_adaptation_options(
             method, total_steps, alignment_weight, weight_schedule, domain_dropout

@@ -199,7 +199,6 @@ class Config:
                 f"ema_momentum must lie in [0, 1) (0: off), got {self.ema_momentum}."
             )
         self._check_recipes()
-        self._check_backend()
         if self.weight_decay < 0:
             raise config_lib.ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}.")
         unknown = set(self.export_formats()) - set(EXPORT_FORMATS)
@@ -241,6 +240,7 @@ class Config:
         except ValueError as error:
             raise config_lib.ConfigError(str(error)) from None
         self._check_test_set()
+        self._check_backend()  # last: a setting's own mistake is named first
 
     def _check_test_set(self) -> None:
         if not 0 <= self.test_split < 1:

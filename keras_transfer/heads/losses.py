@@ -9,6 +9,7 @@ soft label vectors (MixUp / CutMix training batches) alike, with label smoothing
 from __future__ import annotations
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from keras_transfer.utils import backend
@@ -31,9 +32,10 @@ class BinaryLabelCrossentropy(keras.losses.BinaryCrossentropy):
     batch and fails at the first bad one with `tf.errors.InvalidArgumentError` saying what
     to do, as sparse categorical cross-entropy does for out-of-range class indices. The
     check is one comparison per label; under XLA (`jit_compile=True`) TensorFlow drops
-    assertions, and the JAX backend (whose steps are always compiled) has no in-graph
-    assertion, so there it checks nothing. Heads with `task="binary"` or `"multilabel"`
-    use it by default; pass `keras.losses.BinaryCrossentropy()` for soft labels.
+    assertions. On JAX, which has no in-graph assertion, a host callback checks the labels
+    and the step fails with a `RuntimeError` (`JaxRuntimeError`) carrying the same message.
+    Heads with `task="binary"` or `"multilabel"` use it by default; pass
+    `keras.losses.BinaryCrossentropy()` for soft labels.
 
     Args:
         **kwargs: `keras.losses.BinaryCrossentropy` arguments (`from_logits`,
@@ -48,6 +50,10 @@ class BinaryLabelCrossentropy(keras.losses.BinaryCrossentropy):
     """
 
     def call(self, y_true, y_pred):
+        if backend.backend() == "jax":
+            import jax
+
+            jax.debug.callback(_check_binary_labels, y_true)
         if not backend.is_tensorflow():
             return super().call(y_true, y_pred)
         labels = tf.cast(y_true, tf.float32)
@@ -59,6 +65,14 @@ class BinaryLabelCrossentropy(keras.losses.BinaryCrossentropy):
         with tf.control_dependencies([check]):
             y_true = tf.identity(y_true)
         return super().call(y_true, y_pred)
+
+
+def _check_binary_labels(labels) -> None:
+    """The JAX check: runs on the host with the batch's labels as a NumPy array."""
+    labels = np.asarray(labels, dtype="float32")
+    bad = labels[(labels != 0.0) & (labels != 1.0)]
+    if bad.size:
+        raise ValueError(f"{_BINARY_LABELS_MESSAGE} {bad[:5]}")
 
 
 def _label_vectors(y_true, y_pred):

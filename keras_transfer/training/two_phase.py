@@ -240,6 +240,8 @@ def _prepare_run(run: _Run) -> _Run:
     fit_arguments.check_not_empty(run.validation_data, "validation_data")
     fit_arguments.check_image_size(run.model, run.train_data, "train_data")
     fit_arguments.check_image_size(run.model, run.validation_data, "validation_data")
+    run.train_data = fit_arguments.check_class_indices(run.model, run.train_data)
+    run.validation_data = fit_arguments.check_class_indices(run.model, run.validation_data)
     run.compile_kwargs = dict(run.compile_kwargs or {})
     if "jit_compile" not in run.compile_kwargs:
         run.compile_kwargs["jit_compile"] = distribute.default_jit_compile(

@@ -247,7 +247,6 @@ def fit_domain_adaptation(
     )
     ```
     """
-    backend.require_tensorflow(*NEEDS_TENSORFLOW)  # before the data pipelines are built
     _check_fit_arguments(model, method, epochs, alignment_weight, weight_schedule, domain_dropout)
     train, steps, validation_data = _training_batches(
         model, source, target, validation_data, steps_per_epoch, batch_size
@@ -272,6 +271,7 @@ def fit_domain_adaptation(
 
 
 def _check_fit_arguments(model, method, epochs, alignment_weight, weight_schedule, dropout):
+    backend.require_tensorflow(*NEEDS_TENSORFLOW)  # first: before the data pipelines are built
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be a positive integer, got {epochs!r}.")
     check_adaptation_options(method, 1, alignment_weight, weight_schedule, dropout)

@@ -109,6 +109,8 @@ def check_class_indices(model: Any, data: Any) -> Any:
     if not isinstance(labels_spec, tf.TensorSpec) or not labels_spec.dtype.is_integer:
         return data  # no labels, or soft label vectors (MixUp, CutMix)
     num_classes = int(head.num_classes)
+    if labels_spec.shape.rank == 2 and labels_spec.shape[-1] == num_classes != 1:
+        return data  # one-hot vectors
     message = (
         "Received a label value of {} which is outside the valid range of "
         f"[0, {num_classes}): class indices of a {num_classes}-class head run from 0 to "

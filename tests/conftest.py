@@ -42,6 +42,12 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if item.path.name in NUMERICS_FILES or any(n in item.name for n in NUMERICS_NAMES):
             item.add_marker(pytest.mark.numerics)
+        if keras.backend.backend() != "jax" and item.get_closest_marker("jax_only"):
+            item.add_marker(
+                pytest.mark.skip(
+                    reason=f"needs the JAX backend; Keras runs on {keras.backend.backend()}"
+                )
+            )
         if not on_tensorflow and item.get_closest_marker("tensorflow_only"):
             item.add_marker(
                 pytest.mark.skip(

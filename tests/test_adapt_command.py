@@ -163,7 +163,7 @@ def test_train_with_mcc_replaces_the_fine_tuning_phase(trained_run, tiny_run_con
     assert results["domain"]["method"] == "mcc"
 
 
-@pytest.mark.skipif(keras.backend.backend() == "tensorflow", reason="the stop on other backends")
+@pytest.mark.jax_only
 def test_train_with_mcc_is_refused_on_other_backends_before_any_work(tiny_run_config, tmp_path):
     from keras_transfer.apps.config import ConfigError
 

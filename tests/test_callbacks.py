@@ -245,9 +245,7 @@ def test_bad_flag_syntax_is_a_clear_error():
         callbacks_lib.parse_unfreeze_schedule("3=1")
 
 
-@pytest.mark.skipif(
-    keras.backend.backend() == "tensorflow", reason="checks the stop on other backends"
-)
+@pytest.mark.jax_only
 def test_gradual_unfreezing_stops_before_the_first_step_on_another_backend(new_tiny_classifier):
     # Keras' JAX trainer pairs the optimizer's slots with the trainable variables of the
     # start of `fit`: a trainable set that grows between epochs needs TensorFlow's trainer.

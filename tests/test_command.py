@@ -211,7 +211,7 @@ def test_export_tflite_matches_keras(trained):
     np.testing.assert_allclose(lite, model.predict(images, verbose=0), atol=1e-4)
 
 
-@pytest.mark.skipif(keras.backend.backend() == "tensorflow", reason="the stop on other backends")
+@pytest.mark.jax_only
 def test_export_tflite_is_refused_on_other_backends_in_one_line(trained):
     _, model_dir, _ = trained
     process = command("export", f"--model_dir={model_dir}", "--format=tflite")

@@ -4,7 +4,6 @@ and bad values, flags on top."""
 import dataclasses
 import json
 
-import keras
 import pytest
 from conftest import REPO_ROOT
 
@@ -116,7 +115,7 @@ def test_shipped_example_configs_load(name):
     assert config.model_dir == "/tmp/x"
 
 
-@pytest.mark.skipif(keras.backend.backend() == "tensorflow", reason="the stop on other backends")
+@pytest.mark.jax_only
 def test_tflite_example_config_is_refused_on_other_backends():
     path = REPO_ROOT / "examples" / "configs" / "tf_flowers_tpu.yaml"
     with pytest.raises(

@@ -68,7 +68,7 @@ def test_gradient_reversal_is_identity_forward_and_minus_lambda_backward():
         kt.layers.GradientReversal(factor=-1.0)
 
 
-@pytest.mark.skipif(keras.backend.backend() != "jax", reason="JAX's own gradient")
+@pytest.mark.jax_only
 def test_gradient_reversal_reverses_the_jax_gradient():
     import jax
 
@@ -391,7 +391,7 @@ def test_bad_input_is_a_clear_error_and_changes_nothing():
         kt.fit_domain_adaptation(plain, (source_x, labels), target_x)
 
 
-@pytest.mark.skipif(keras.backend.backend() == "tensorflow", reason="the stop on other backends")
+@pytest.mark.jax_only
 def test_domain_adaptation_stops_on_other_backends_before_any_work():
     source_x, labels, target_x = shifted_task(n=16)
     model = tiny_classifier()

@@ -278,7 +278,7 @@ def test_requests_that_cannot_work_are_refused_before_any_work(tmp_path):
     assert not [p for p in os.listdir(tmp_path) if not p.startswith(".partial-")]
 
 
-@pytest.mark.skipif(keras.backend.backend() == "tensorflow", reason="the refusal on JAX")
+@pytest.mark.jax_only
 def test_tflite_is_refused_on_jax_and_keras_int8_works(run_folder, tmp_path):
     model_dir, _, model = run_folder
     with pytest.raises(kt.BackendError, match="TFLite export needs the TensorFlow backend"):

@@ -956,7 +956,7 @@ def test_adapt_keeps_its_last_epoch_when_the_source_validation_loss_rises(image_
     np.testing.assert_allclose(saved.predict(images, verbose=0), watch.predictions, atol=1e-6)
 
 
-@pytest.mark.skipif(keras.backend.backend() == "tensorflow", reason="the stop on other backends")
+@pytest.mark.jax_only
 @pytest.mark.parametrize(
     "setting, overrides",
     [

@@ -417,9 +417,7 @@ def test_round_trip(name, tmp_path):
         run_model_saving_test(model, probe, tmp_path)
 
 
-@pytest.mark.skipif(
-    keras.backend.backend() == "tensorflow", reason="checks the stop on other backends"
-)
+@pytest.mark.jax_only
 @pytest.mark.parametrize("name", sorted(TENSORFLOW_ONLY))
 def test_tensorflow_only_classes_stop_with_a_backend_error(name, tmp_path):
     with pytest.raises(

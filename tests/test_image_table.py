@@ -322,3 +322,47 @@ def test_folder_data_is_multiclass(tiny_image_folder):
     data = kt.image_folder_dataset(tiny_image_folder, image_size=8)
     assert data.task == "multiclass"
     assert tables.TABLE_TASKS == ("multiclass", "multilabel", "regression")
+
+
+def test_average_precision_and_the_multilabel_report():
+    # Positives ranked 1st and 3rd: precisions 1 and 2/3 at the two recall steps.
+    assert kt.diagnostics.average_precision([1, 0, 1, 0], [0.9, 0.8, 0.7, 0.1]) == pytest.approx(
+        (1 + 2 / 3) / 2
+    )
+    # Tied scores enter together: 1 positive of 2 at the one threshold.
+    assert kt.diagnostics.average_precision([1, 0], [0.5, 0.5]) == 0.5
+    assert kt.diagnostics.average_precision([0, 0], [0.5, 0.1]) is None
+    labels = [[1, 0, 0], [0, 1, 0], [1, 1, 0]]
+    scores = [[0.9, 0.2, 0.1], [0.6, 0.7, 0.3], [0.8, 0.4, 0.2]]
+    report = kt.multilabel_report(labels, scores, ["cat", "dog", "bird"])
+    cat, dog = report["per_label"]["cat"], report["per_label"]["dog"]
+    assert cat["precision"] == pytest.approx(2 / 3) and cat["recall"] == 1.0
+    assert cat["f1"] == pytest.approx(0.8) and cat["average_precision"] == 1.0
+    assert dog["recall"] == 0.5 and dog["f1"] == pytest.approx(2 / 3)
+    # bird has no positive: no average precision, and mAP averages cat and dog only.
+    assert report["per_label"]["bird"]["average_precision"] is None
+    assert report["mAP"] == pytest.approx((1.0 + dog["average_precision"]) / 2)
+
+
+def test_the_regression_report():
+    report = kt.regression_report([[1.0, 5.0], [3.0, 5.0]], [[2.0, 4.0], [3.0, 7.0]], ["a", "b"])
+    assert report["per_target"]["a"] == pytest.approx({"mae": 0.5, "rmse": 0.5**0.5, "r2": 0.5})
+    b = report["per_target"]["b"]
+    assert b["mae"] == 1.5 and b["r2"] is None  # b is constant: R² is undefined
+    assert report["mae"] == 1.0 and report["r2"] == 0.5
+
+
+def test_evaluate_outputs_reports_a_regression_model(colour_table, tmp_path):
+    _, root = colour_table({"red": 4, "green": 4})
+    rows = [[f"{c}/{i}.{'jpg' if i % 3 == 2 else 'png'}", float(c == "red")]
+            for c in ("red", "green") for i in range(4)]  # fmt: skip
+    table = write_csv(tmp_path / "redness.csv", ["file", "redness"], rows)
+    data = kt.image_table_dataset(
+        table, root, "file", "redness", "regression", image_size=32, batch_size=4,
+        validation_split=0.0,
+    )  # fmt: skip
+    model = kt.create_classifier("mobilenet", data, weights=None, alpha=0.25)
+    assert model.head.task == "regression" and model.output_shape == (None, 1)
+    report = kt.diagnostics.evaluate_outputs(model, data.train, data.task, data.class_names)
+    assert report["num_examples"] == 8 and set(report["per_target"]) == {"redness"}
+    assert report["per_target"]["redness"]["rmse"] >= report["per_target"]["redness"]["mae"]

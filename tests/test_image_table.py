@@ -37,6 +37,12 @@ def write_csv(path, header, rows):
     return path
 
 
+def data_rows(path):
+    """The rows of a CSV file after its header."""
+    with open(path, newline="") as f:
+        return list(csv.reader(f))[1:]
+
+
 @pytest.fixture
 def colour_table(tmp_path):
     """A factory: `colour_table({"red": 6, "green": 6})` writes that many images of each
@@ -90,7 +96,7 @@ def test_each_bad_row_is_named_by_row_number_and_reason(colour_table, tmp_path):
     labels_csv, root = colour_table({"red": 3, "green": 3})
     write_image(root / "green" / "extra.png", COLOURS["green"])
     write_image(root / "red" / "extra.png", COLOURS["red"])
-    rows = list(csv.reader(open(labels_csv)))[1:]
+    rows = data_rows(labels_csv)
     rows += [
         ["red/missing.png", "red"],  # row 7
         ["red/0.png", "red"],  # row 8: again
@@ -127,7 +133,7 @@ def test_each_bad_row_is_named_by_row_number_and_reason(colour_table, tmp_path):
 
 def test_bad_rows_skip_leaves_them_out_with_a_warning(colour_table, tmp_path, caplog):
     labels_csv, root = colour_table({"red": 3, "green": 3})
-    rows = list(csv.reader(open(labels_csv)))[1:] + [["red/missing.png", "red"], ["x", ""]]
+    rows = data_rows(labels_csv) + [["red/missing.png", "red"], ["x", ""]]
     bad_csv = write_csv(tmp_path / "bad.csv", ["file", "colour"], rows)
     with caplog.at_level(logging.WARNING, logger="keras_transfer"):
         data = kt.image_table_dataset(
@@ -145,7 +151,7 @@ def test_bad_rows_skip_leaves_them_out_with_a_warning(colour_table, tmp_path, ca
 def test_an_undecodable_file_is_skipped_with_its_row(colour_table, tmp_path):
     labels_csv, root = colour_table({"red": 3, "green": 3})
     (root / "red" / "broken.png").write_bytes(b"not an image")
-    rows = list(csv.reader(open(labels_csv)))[1:] + [["red/broken.png", "red"]]
+    rows = data_rows(labels_csv) + [["red/broken.png", "red"]]
     data = kt.image_table_dataset(
         write_csv(tmp_path / "more.csv", ["file", "colour"], rows), root, "file", "colour",
         image_size=8, validation_split=0.0,
@@ -241,7 +247,7 @@ def test_multilabel_bad_cells_are_named(tmp_path):
 
 def test_splits_are_stable_when_rows_are_appended(colour_table, tmp_path):
     labels_csv, root = colour_table({"red": 20, "green": 20, "blue": 20})
-    rows = list(csv.reader(open(labels_csv)))[1:]
+    rows = data_rows(labels_csv)
     first = write_csv(tmp_path / "first.csv", ["file", "colour"], rows[::2])  # 30 rows
     settings = dict(validation_split=0.25, test_split=0.2, seed=5)
     before = kt.data.list_table_files(first, root, "file", "colour", **settings)

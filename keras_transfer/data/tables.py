@@ -151,7 +151,8 @@ def read_label_table(table: Any) -> LabelTable:
 
 
 def _check_columns(table: LabelTable, path_column: str, label_columns: list[str]) -> None:
-    duplicated = sorted({c for c in table.columns if table.columns.count(c) > 1})
+    # Unnamed columns (trailing commas) may repeat: no cell of theirs is read.
+    duplicated = sorted({c for c in table.columns if c and table.columns.count(c) > 1})
     if duplicated:
         raise ValueError(f"Label table {table.source} has duplicate columns {duplicated}.")
     missing = [c for c in [path_column, *label_columns] if c not in table.columns]

@@ -129,11 +129,13 @@ def read_label_table(table: Any) -> LabelTable:
         with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.reader(f)
             header = next(reader, None)
-            rows, lines = [], []
+            rows, lines, previous = [], [], reader.line_num
             for record in reader:
+                # A record starts after the previous one ends (a quoted cell may span lines).
+                start, previous = previous + 1, reader.line_num
                 if any(cell.strip() for cell in record):  # blank lines are no rows
                     rows.append(record)
-                    lines.append(reader.line_num)
+                    lines.append(start)
         if not header:
             raise ValueError(f"Label table {path!r} is empty: it needs a header row.")
         columns = [name.strip() for name in header]

@@ -378,8 +378,9 @@ def _check_arguments(task, bad_rows, label_columns, augment, classes) -> list[st
     return columns
 
 
-def _usable_rows(labels_table, image_root, path_column, columns, task, classes, delimiter,
-                 bad_rows, max_pixels):  # fmt: skip
+def _usable_rows(
+    labels_table, image_root, path_column, columns, task, classes, delimiter, bad_rows, max_pixels
+):
     """The rows that can be used, with what was left out (`skip_reasons`) and warned."""
     known = set(classes) if classes is not None else None
     rows = _check_rows(labels_table, image_root, path_column, columns, task, known, delimiter)

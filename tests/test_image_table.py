@@ -157,7 +157,7 @@ def test_an_undecodable_file_is_skipped_with_its_row(colour_table, tmp_path):
         image_size=8, validation_split=0.0,
     )  # fmt: skip
     assert data.num_train == 6
-    (path, reason), = data.skip_reasons.items()
+    ((path, reason),) = data.skip_reasons.items()
     assert path.endswith("broken.png")
     assert reason.startswith("row 7 (line 8): not a decodable image")
 
@@ -177,16 +177,22 @@ def test_non_numeric_regression_targets_are_bad_rows(colour_table, tmp_path):
 
 def test_regression_targets_are_float32_vectors(colour_table, tmp_path):
     _, root = colour_table({"red": 4, "green": 4})
-    paths = [f"{c}/{i}.{'jpg' if i % 3 == 2 else 'png'}" for c in ("red", "green") for i in range(4)]
+    paths = [
+        f"{c}/{i}.{'jpg' if i % 3 == 2 else 'png'}" for c in ("red", "green") for i in range(4)
+    ]
     targets = {path: (float(i), 10.0 * i) for i, path in enumerate(paths)}
     rows = [[path, *values] for path, values in targets.items()]
     table = write_csv(tmp_path / "targets.csv", ["file", "height", "age"], rows)
     files = kt.data.list_table_files(table, root, "file", ["height", "age"], "regression")
     assert files.class_names == ["height", "age"]
-    for path, label in zip(files.train_paths + files.validation_paths, files.train_labels + files.validation_labels):
+    for path, label in zip(
+        files.train_paths + files.validation_paths, files.train_labels + files.validation_labels
+    ):
         relative = path[len(str(root)) + 1 :]
         np.testing.assert_array_equal(label, np.float32(targets[relative]))
-    data = kt.image_table_dataset(table, root, "file", ["height", "age"], "regression", image_size=8)
+    data = kt.image_table_dataset(
+        table, root, "file", ["height", "age"], "regression", image_size=8
+    )
     _, labels = batches(data.train)
     assert labels.dtype == np.float32 and labels.shape == (data.num_train, 2)
     assert data.task == "regression" and data.class_counts is None
@@ -284,6 +290,7 @@ def test_bad_arguments_are_named(colour_table):
         kt.image_table_dataset(root / "none.csv", root, "file", "colour")
 
 
+@pytest.mark.slow  # ~30 s on 2 loaded cores: tracing MobileNet's training step
 def test_a_multilabel_table_trains_a_sigmoid_head(tmp_path):
     root = tmp_path / "images"
     write_multilabel_images(root)

@@ -196,42 +196,42 @@ def _parse_flag(cell: str) -> float | None:
 
 
 def _parse_labels(row: dict[str, str], task: str, label_columns: list[str], known, delimiter):
-    """The labels of one row (a class name, a list of names, or a list of floats), or a
-    string saying why there are none."""
+    """`(labels, None)`: the labels of one row (a class name, a list of names, or a list of
+    floats); or `(None, why there are none)`."""
     if task == "multiclass":
         name = row.get(label_columns[0], "")
         if not name:
-            return f"empty label cell {label_columns[0]!r}"
+            return None, f"empty label cell {label_columns[0]!r}"
         if known is not None and name not in known:
-            return f"unknown class {name!r} (classes: {sorted(known)[:10]})"
-        return name
+            return None, f"unknown class {name!r} (classes: {sorted(known)[:10]})"
+        return name, None
     if task == "multilabel" and len(label_columns) == 1:
         cell = row.get(label_columns[0], "")
         names = [n.strip() for n in cell.split(delimiter) if n.strip()]
         if not names:
-            return f"empty label cell {label_columns[0]!r}"
+            return None, f"empty label cell {label_columns[0]!r}"
         unknown = [n for n in names if known is not None and n not in known]
         if unknown:
-            return f"unknown label(s) {unknown} (labels: {sorted(known)[:10]})"
-        return sorted(set(names))
+            return None, f"unknown label(s) {unknown} (labels: {sorted(known)[:10]})"
+        return sorted(set(names)), None
     values = []
     for column in label_columns:
         cell = row.get(column, "")
         if not cell:
-            return f"empty label cell {column!r}"
+            return None, f"empty label cell {column!r}"
         if task == "multilabel":
             value = _parse_flag(cell)
             if value is None:
-                return f"{column!r} is {cell!r}, not 0 or 1"
+                return None, f"{column!r} is {cell!r}, not 0 or 1"
         else:
             try:
                 value = float(cell)
             except ValueError:
-                return f"{column!r} is {cell!r}, not a number"
+                return None, f"{column!r} is {cell!r}, not a number"
             if not math.isfinite(value):
-                return f"{column!r} is {cell!r}, not a finite number"
+                return None, f"{column!r} is {cell!r}, not a finite number"
         values.append(value)
-    return values
+    return values, None
 
 
 @dataclasses.dataclass
@@ -250,9 +250,8 @@ def _check_rows(table, image_root, path_column, label_columns, task, known, deli
     found, seen = _Rows(), {}
     for index, row in enumerate(table.rows):
         key, reason = _check_path(row.get(path_column, ""), image_root, seen, index, table)
-        labels = _parse_labels(row, task, label_columns, known, delimiter)
-        if reason is None and isinstance(labels, str):
-            reason = labels
+        labels, label_reason = _parse_labels(row, task, label_columns, known, delimiter)
+        reason = reason or label_reason
         if reason is not None:
             found.bad.append((index, reason))
             continue
@@ -321,7 +320,9 @@ def _encode_labels(rows: _Rows, task: str, label_columns: list[str], classes, de
         labels = np.asarray([index[name] for name in rows.labels], np.int32)
         return names, labels, labels.tolist()
     if len(label_columns) == 1:
-        names = list(classes) if classes is not None else sorted({n for r in rows.labels for n in r})
+        names = (
+            list(classes) if classes is not None else sorted({n for r in rows.labels for n in r})
+        )
         index = {name: i for i, name in enumerate(names)}
         labels = np.zeros((len(rows.labels), len(names)), np.float32)
         for row, row_names in enumerate(rows.labels):

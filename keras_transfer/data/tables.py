@@ -497,9 +497,9 @@ def image_table_dataset(
         label_delimiter: separates the names of the one-column multilabel form.
         bad_rows: `"error"` raises a `BadRowsError` naming every bad row; `"skip"` leaves
             them out with a logged warning (in `skip_reasons`, keyed `"row 3 (line 4)"`).
-        image_size, batch_size, validation_split, test_split, seed, augment, shuffle, cache,
-            drop_remainder, crop_fraction, resize, max_pixels: as in `image_folder_dataset`
-            (`mixup` and `cutmix` are for multiclass only).
+        image_size, batch_size, validation_split, test_split, seed: as `image_folder_dataset`.
+        augment, shuffle, cache, drop_remainder, crop_fraction, resize, max_pixels: as in
+            `image_folder_dataset` (`mixup` and `cutmix` are for multiclass only).
 
     Returns:
         An `ImageData` whose `task` is `task` and whose `class_names` name the outputs: the

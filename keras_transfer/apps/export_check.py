@@ -180,8 +180,8 @@ def _read_config(model_dir: str) -> dict[str, Any]:
 
 def run_files(model_dir: str, data_dir: str | None = None) -> data_lib.DatasetFiles:
     """The training, validation and test images of the run that wrote `model_dir`, listed
-    as the run listed them (its `config.json`: data folder, splits, seed, max_pixels);
-    `data_dir` replaces the data folder (the images moved)."""
+    as the run listed them (its `config.json`: data folder or label table, splits, seed,
+    max_pixels); `data_dir` replaces the data folder (the images moved)."""
     config = _read_config(model_dir)
     if config.get("dataset") and not data_dir:
         raise ValueError(
@@ -199,6 +199,18 @@ def run_files(model_dir: str, data_dir: str | None = None) -> data_lib.DatasetFi
     def setting(name: str) -> Any:
         return config.get(name, getattr(Config, name))
 
+    if config.get("labels_csv"):
+        return data_lib.list_table_files(
+            config["labels_csv"],
+            directory,
+            setting("path_column"),
+            setting("label_columns"),
+            validation_split=setting("validation_split"),
+            test_split=setting("test_split"),
+            seed=setting("seed"),
+            bad_rows=setting("bad_rows"),
+            max_pixels=setting("max_pixels") or None,
+        )
     return data_lib.list_dataset_folder(
         directory,
         validation_split=setting("validation_split"),

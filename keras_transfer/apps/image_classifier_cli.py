@@ -22,7 +22,8 @@ confusion matrix to --model_dir.
       --strategy=tpu --mixed_precision --model_dir=gs://bucket/flowers
 
 `--data_dir` holds one folder per class, or `train/` and `val/` (or `validation/`) folders
-that do, and optionally `test/`. `--test_split=0.2` holds out a test set instead: evaluated
+that do, and optionally `test/`; or any images, labelled by `--labels_csv` (a CSV file with
+`path` and `label` columns: `--path_column`, `--label_columns`). `--test_split=0.2` holds out a test set instead: evaluated
 once after training, its accuracy (with a 95% interval) in results.json "test" is the
 estimate to report; the validation accuracy chose the epoch and settings, so it is optimistic.
 
@@ -58,6 +59,29 @@ flags.DEFINE_string(
     "data_dir", "", "Folder of images, one subfolder per class, or with train/ and val/."
 )
 flags.DEFINE_string("dataset", "", "tfds:<name> (e.g. tfds:tf_flowers) instead of --data_dir.")
+flags.DEFINE_string(
+    "labels_csv",
+    _DEFAULTS.labels_csv,
+    "A CSV file labelling the images instead of class folders: a header row, a --path_column "
+    "of image paths relative to --data_dir and a --label_columns column of class names.",
+)
+flags.DEFINE_string("path_column", _DEFAULTS.path_column, "The image path column of --labels_csv.")
+flags.DEFINE_string(
+    "label_columns", _DEFAULTS.label_columns, "The class name column of --labels_csv."
+)
+flags.DEFINE_string(
+    "task",
+    _DEFAULTS.task,
+    "What the labels are; the command trains multiclass (multilabel and regression: "
+    "kt.image_table_dataset in Python).",
+)
+flags.DEFINE_string(
+    "bad_rows",
+    _DEFAULTS.bad_rows,
+    "Rows of --labels_csv that cannot be used (missing file, empty or unknown label, duplicate "
+    "path, path out of --data_dir): 'error' lists them by row number, 'skip' leaves them out "
+    "with a warning.",
+)
 flags.DEFINE_string("tfds_data_dir", "", "TFDS data directory (a prepared copy when offline).")
 flags.DEFINE_string("train_split", _DEFAULTS.train_split, "TFDS split to train on.")
 flags.DEFINE_string(
@@ -294,7 +318,8 @@ FLAG_GROUPS = {
     "data": [
         "data_dir", "dataset", "tfds_data_dir", "train_split", "eval_split", "validation_split",
         "test_dir", "test_split", "max_pixels", "image_size", "batch_size", "augment",
-        "class_weight", "seed", "deterministic",
+        "class_weight", "seed", "deterministic", "labels_csv", "path_column", "label_columns",
+        "task", "bad_rows",
     ],
     "backbone": ["backbone", "weights", "dropout", "config"],
     "plan": ["plan", "head_epochs", "fine_tune_epochs", "head_lr", "fine_tune_lr",

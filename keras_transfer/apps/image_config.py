@@ -16,6 +16,8 @@ from keras_transfer import data as data_lib
 from keras_transfer.apps import config as config_lib
 from keras_transfer.backbones import registry
 from keras_transfer.data import imbalance
+from keras_transfer.data.tables import BAD_ROW_POLICIES
+from keras_transfer.data.tables import TABLE_TASKS
 from keras_transfer.training import two_phase
 from keras_transfer.training import two_phase_state
 from keras_transfer.training.callbacks import GradualUnfreezing
@@ -132,6 +134,14 @@ class Config:
     test_split: float = 0.0
     # Images with more pixels are skipped before decoding (decompression bombs); 0: no limit.
     max_pixels: int = 50_000_000
+    # Labels from a CSV file instead of class folders (kt.image_table_dataset): its
+    # path_column holds image paths relative to data_dir, label_columns the class names.
+    # The command trains task="multiclass"; bad_rows "error" or "skip" (named by row).
+    labels_csv: str = ""
+    path_column: str = "path"
+    label_columns: str = "label"
+    task: str = "multiclass"
+    bad_rows: str = "error"
     # Class weights of the training loss: "balanced" (n / (k * n_c)), "none", or a JSON
     # object {class name or index: weight}, e.g. '{"dogs": 10}'.
     class_weight: str = "none"
@@ -240,6 +250,7 @@ class Config:
         except ValueError as error:
             raise config_lib.ConfigError(str(error)) from None
         self._check_test_set()
+        self._check_table()
         self._check_backend()  # last: a setting's own mistake is named first
 
     def _check_test_set(self) -> None:
@@ -261,6 +272,26 @@ class Config:
             raise config_lib.ConfigError(
                 f"validation_split={self.validation_split} and test_split={self.test_split} "
                 "leave no training images: their sum must be below 1."
+            )
+
+    def _check_table(self) -> None:
+        if self.task not in TABLE_TASKS:
+            raise config_lib.ConfigError(f"task must be one of {TABLE_TASKS}, got {self.task!r}.")
+        if self.bad_rows not in BAD_ROW_POLICIES:
+            raise config_lib.ConfigError(
+                f"bad_rows must be one of {BAD_ROW_POLICIES}, got {self.bad_rows!r}."
+            )
+        if self.task != "multiclass":
+            raise config_lib.ConfigError(
+                f"task={self.task!r}: the command trains multiclass classifiers (one class "
+                "name per row of labels_csv). For multilabel or regression labels load the "
+                f"table in Python: kt.image_table_dataset(..., task={self.task!r}) and "
+                f"kt.create_classifier(..., head={{'task': {self.task!r}}})."
+            )
+        if self.labels_csv and (self.dataset or self.test_dir):
+            raise config_lib.ConfigError(
+                "labels_csv labels the images of data_dir: it takes no dataset or test_dir "
+                "(hold a test set out with test_split)."
             )
 
     def resolved_weights(self) -> str | None:
@@ -326,6 +357,8 @@ class Config:
             weights=self.resolved_weights() or "none",
         )
         unused = _TFDS_FIELDS if self.data_dir else _FOLDER_FIELDS
+        if not self.labels_csv:
+            unused += _TABLE_FIELDS
         for name in unused:
             values.pop(name, None)
         return values
@@ -334,6 +367,8 @@ class Config:
 # Fields that only a TFDS run, or only an image-folder run, reads.
 _TFDS_FIELDS = ("dataset", "tfds_data_dir", "train_split", "eval_split")
 _FOLDER_FIELDS = ("data_dir", "validation_split", "test_dir", "test_split", "max_pixels")
+# Fields that only a run with labels_csv reads.
+_TABLE_FIELDS = ("labels_csv", "path_column", "label_columns", "task", "bad_rows")
 
 
 def load_config(path: str | None, overrides: dict[str, Any]) -> Config:
@@ -371,6 +406,17 @@ def check_config(config: Config) -> None:
             f"weights={weights!r} (--weights) is not a file. Give the path of the backbone's "
             "headless weights file (e.g. mobilenet_1_0_224_tf_no_top.h5), 'imagenet' to "
             "download them, or 'none' to start from random weights."
+        )
+    if config.labels_csv and not os.path.isfile(config.labels_csv):
+        raise FileNotFoundError(
+            f"labels_csv={config.labels_csv!r} (--labels_csv) is not a file. Give a CSV file "
+            f"with a header row, a {config.path_column!r} column of image paths relative to "
+            f"data_dir and a {config.label_columns!r} column of class names."
+        )
+    if config.labels_csv and config.data_dir and not os.path.isdir(config.data_dir):
+        raise FileNotFoundError(
+            f"data_dir={config.data_dir!r} (--data_dir) is not a folder: with labels_csv it "
+            "is the folder the CSV's image paths are relative to."
         )
     if config.data_dir and not os.path.isdir(config.data_dir):
         raise FileNotFoundError(

@@ -138,8 +138,8 @@ def check_memory(config: Config, backbone: kt.Backbone, strategy: tf.distribute.
 
 
 def load_data(config: Config, image_size: int, drop_remainder: bool) -> data_lib.ImageData:
-    """The training, validation and test data of `config`: an image folder or a TFDS
-    dataset."""
+    """The training, validation and test data of `config`: an image folder, images labelled
+    by a CSV file (`labels_csv`) or a TFDS dataset."""
     common = dict(
         image_size=image_size,
         batch_size=config.batch_size,
@@ -153,6 +153,19 @@ def load_data(config: Config, image_size: int, drop_remainder: bool) -> data_lib
             train_split=config.train_split,
             validation_split=config.eval_split or None,
             data_dir=config.tfds_data_dir or None,
+            **common,
+        )
+    if config.labels_csv:
+        return data_lib.image_table_dataset(
+            config.labels_csv,
+            config.data_dir,
+            config.path_column,
+            config.label_columns,
+            config.task,
+            validation_split=config.validation_split,
+            test_split=config.test_split,
+            bad_rows=config.bad_rows,
+            max_pixels=config.max_pixels or None,
             **common,
         )
     return data_lib.image_folder_dataset(

@@ -69,6 +69,7 @@ def report(
             **{k: list(v) for k, v in history.history.items()},
         },
         "unfrozen_blocks": trained.unfrozen_blocks,
+        "task": getattr(data, "task", "multiclass"),
         "class_names": data.class_names,
         "num_train": data.num_train,
         "num_validation": data.num_validation,

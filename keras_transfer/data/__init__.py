@@ -1,5 +1,5 @@
 """Datasets for transfer learning: image folders (listing, decoding, size limits, splits),
-the tf.data pipeline, TFDS, and class counts and weights (`imbalance`).
+images labelled by a table (`tables`), the tf.data pipeline, TFDS, and class counts and weights (`imbalance`).
 """
 
 from keras_transfer.data import decoding
@@ -9,6 +9,7 @@ from keras_transfer.data import imbalance
 from keras_transfer.data import listing
 from keras_transfer.data import pipeline
 from keras_transfer.data import splits
+from keras_transfer.data import tables
 from keras_transfer.data import tfds_loader
 from keras_transfer.data.decoding import DEFAULT_CROP_FRACTION
 from keras_transfer.data.decoding import DEFAULT_MAX_PIXELS
@@ -59,6 +60,13 @@ from keras_transfer.data.pipeline import pipeline_options
 from keras_transfer.data.pipeline import uses_label_mixing
 from keras_transfer.data.splits import assign_splits
 from keras_transfer.data.splits import stable_unit
+from keras_transfer.data.tables import BAD_ROW_POLICIES
+from keras_transfer.data.tables import TABLE_TASKS
+from keras_transfer.data.tables import BadRowsError
+from keras_transfer.data.tables import LabelTable
+from keras_transfer.data.tables import image_table_dataset
+from keras_transfer.data.tables import list_table_files
+from keras_transfer.data.tables import read_label_table
 from keras_transfer.data.tfds_loader import tfds_dataset
 
 __all__ = [
@@ -68,6 +76,7 @@ __all__ = [
     "listing",
     "folders",
     "splits",
+    "tables",
     "tfds_loader",
     "imbalance",
     "DEFAULT_CROP_FRACTION",
@@ -109,6 +118,13 @@ __all__ = [
     "image_folder_dataset",
     "target_image_dataset",
     "tfds_dataset",
+    "BAD_ROW_POLICIES",
+    "TABLE_TASKS",
+    "BadRowsError",
+    "LabelTable",
+    "image_table_dataset",
+    "list_table_files",
+    "read_label_table",
     "assign_splits",
     "stable_unit",
     "IMBALANCE_WARNING_RATIO",

@@ -46,6 +46,10 @@ class ImageData:
             evaluation of the finished model. Validation chooses epochs and settings, so its
             accuracy is optimistic; the test split, never seen before, is not.
         num_test: number of test images.
+        task: what the labels are: `"multiclass"` (int32 class indices), `"multilabel"`
+            (float32 0/1 vectors, one entry per name of `class_names`) or `"regression"`
+            (float32 target vectors; `class_names` names the targets). Only
+            `image_table_dataset` makes the last two.
     """
 
     train: tf.data.Dataset
@@ -61,6 +65,7 @@ class ImageData:
     class_counts: list[int] | None = None
     test: tf.data.Dataset | None = None
     num_test: int = 0
+    task: str = "multiclass"
 
 
 def is_image_data(obj: Any) -> bool:

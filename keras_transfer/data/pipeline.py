@@ -210,9 +210,12 @@ def pipeline_options(
 def decoded_dataset(
     paths: Sequence[str], labels: Sequence[int], options: PipelineOptions
 ) -> tf.data.Dataset:
-    """`(uint8 image of options.load_size, int32 label)` pairs of the image files `paths`,
-    decoded in parallel (unbatched, ready for `options.build`)."""
-    dataset = tf.data.Dataset.from_tensor_slices((list(paths), np.asarray(labels, np.int32)))
+    """`(uint8 image of options.load_size, label)` pairs of the image files `paths`, decoded
+    in parallel (unbatched, ready for `options.build`). A label is an int32 class index, or
+    a float32 vector when `labels` is 2-D (multilabel 0/1 or regression targets)."""
+    labels = np.asarray(labels)
+    labels = labels.astype(np.float32 if labels.ndim > 1 else np.int32)
+    dataset = tf.data.Dataset.from_tensor_slices((list(paths), labels))
     return dataset.map(
         lambda path, label: (decode_and_resize(path, options.load_size, options.resize), label),
         num_parallel_calls=tf.data.AUTOTUNE,

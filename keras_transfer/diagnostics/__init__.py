@@ -1,11 +1,12 @@
 """Measures and advice over everything below: transferability scores (on feature arrays
 in `feature_scores`, of backbones and blocks in `transfer_scores`), forgetting
-reports, training reports and plots, the advisor (`recipes`) and the from-scratch
-baseline (`scratch`).
+reports, training reports and plots (multilabel and regression ones in `label_reports`),
+the advisor (`recipes`) and the from-scratch baseline (`scratch`).
 """
 
 from keras_transfer.diagnostics import feature_scores
 from keras_transfer.diagnostics import forgetting
+from keras_transfer.diagnostics import label_reports
 from keras_transfer.diagnostics import recipes
 from keras_transfer.diagnostics import reports
 from keras_transfer.diagnostics import scratch
@@ -22,6 +23,11 @@ from keras_transfer.diagnostics.forgetting import forgetting_report
 from keras_transfer.diagnostics.forgetting import linear_cka
 from keras_transfer.diagnostics.forgetting import pretrained_copy
 from keras_transfer.diagnostics.forgetting import source_model
+from keras_transfer.diagnostics.label_reports import average_precision
+from keras_transfer.diagnostics.label_reports import evaluate_outputs
+from keras_transfer.diagnostics.label_reports import multilabel_report
+from keras_transfer.diagnostics.label_reports import predict_outputs
+from keras_transfer.diagnostics.label_reports import regression_report
 from keras_transfer.diagnostics.recipes import Recipe
 from keras_transfer.diagnostics.recipes import recommend_recipe
 from keras_transfer.diagnostics.recipes import recommend_training_plan
@@ -46,6 +52,7 @@ from keras_transfer.diagnostics.transfer_scores import transferability
 
 __all__ = [
     "reports",
+    "label_reports",
     "feature_scores",
     "transfer_scores",
     "forgetting",
@@ -57,6 +64,11 @@ __all__ = [
     "plot_confusion_matrix",
     "plot_training_curves",
     "predict_labels",
+    "average_precision",
+    "evaluate_outputs",
+    "multilabel_report",
+    "predict_outputs",
+    "regression_report",
     "DEFAULT_MIN_EXAMPLES_PER_CLASS",
     "class_indices",
     "h_score",

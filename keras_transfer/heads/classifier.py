@@ -171,9 +171,9 @@ def create_classifier(
         backbone: a `Backbone` from `create_backbone`, or a registry name (then
             `backbone_kwargs` such as `input_shape` and `weights` go to `create_backbone`).
         num_classes: number of classes (or regression targets) of a single head, or the
-            `ImageData` of a loader (its class count and names, and for a backbone named
-            here its image size: `create_classifier("mobilenet", data)`); leave it out with
-            `heads`.
+            `ImageData` of a loader (its class count and names, its `task` unless `head`
+            names one, and for a backbone named here its image size:
+            `create_classifier("mobilenet", data)`); leave it out with `heads`.
         head: `ClassificationHead` arguments as a dict (`task`, `pooling`, `hidden_units`,
             `activation`, `dropout`, `batch_norm`, `logits`), or a `ClassificationHead`.
             `None` gives the Keras guide's head: average pooling, dropout 0.2, softmax.
@@ -212,6 +212,9 @@ def create_classifier(
         class_names = list(data.class_names) if class_names is None else class_names
         if isinstance(backbone, str):
             backbone_kwargs.setdefault("input_shape", (*data.image_size, 3))
+        task = getattr(data, "task", "multiclass")  # a label table's multilabel/regression
+        if task != "multiclass" and (head is None or isinstance(head, Mapping)):
+            head = {"task": task, **(head or {})}
     head = _multi_task_head_or(head, num_classes, heads, loss_weights)
     backbone = _resolve_backbone(backbone, feature_block, backbone_kwargs)
     head = _single_head_or(head, num_classes)

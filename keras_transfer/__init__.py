@@ -139,7 +139,7 @@ _EXPORTS = {
     "ema_momentum_per_step": "keras_transfer.training.weight_averaging",
     "export": "keras_transfer.apps.export",
     "ExportCheckError": "keras_transfer.apps.export_check",
-    "zero_shot_classifier": "keras_transfer.backbones.keras_hub.zero_shot",
+    "zero_shot_classifier": "keras_transfer.heads.zero_shot",
     "ZeroShotHead": "keras_transfer.heads.zero_shot",
 }
 

@@ -14,7 +14,7 @@ import pytest
 from conftest import write_image_folder
 
 import keras_transfer as kt
-from keras_transfer.backbones.keras_hub import zero_shot
+from keras_transfer.heads import zero_shot
 
 keras_hub = pytest.importorskip("keras_hub", reason="needs the keras_hub extra (keras-hub)")
 
@@ -221,9 +221,8 @@ def test_keras_file_round_trip_gives_the_same_predictions(preset, family, tmp_pa
 
 def test_wrong_family_and_bad_prompts_are_refused_clearly(preset, tmp_path):
     vit = keras_hub.models.ViTBackbone(
-        image_shape=(SIZE, SIZE, 3), patch_size=8, num_layers=1, num_heads=2, hidden_dim=8,
-        mlp_dim=16,
-    )  # fmt: skip
+        image_shape=(SIZE, SIZE, 3), patch_size=8, num_layers=1, num_heads=2, hidden_dim=8, mlp_dim=16
+    )
     vit.save_to_preset(str(tmp_path / "vit"))
     keras_hub.layers.ImageConverter(image_size=(SIZE, SIZE), **SCALE).save_to_preset(
         str(tmp_path / "vit")
@@ -231,7 +230,7 @@ def test_wrong_family_and_bad_prompts_are_refused_clearly(preset, tmp_path):
     with pytest.raises(ValueError, match="is a vit image backbone, which has no text tower"):
         kt.zero_shot_classifier(f"keras_hub:{tmp_path / 'vit'}", CLASSES)
     with pytest.raises(ValueError, match="needs the image-text model of a CLIP or SigLIP"):
-        kt.zero_shot_classifier(kt.create_backbone("mobilenet", weights=None), CLASSES)
+        kt.zero_shot_classifier(kt.create_backbone("mobilenet", input_shape=(SIZE, SIZE, 3), weights=None), CLASSES)
     with pytest.raises(ValueError, match=r"exactly one \{\}"):
         kt.zero_shot_classifier(f"keras_hub:{preset('clip')}", CLASSES, ["a photo"])
     with pytest.raises(ValueError, match="duplicates"):

@@ -18,7 +18,7 @@ import tensorflow as tf
 import keras_transfer as kt
 from keras_transfer import data as data_lib
 from keras_transfer.apps.image_config import Config
-from keras_transfer.backbones.keras_hub import zero_shot
+from keras_transfer.heads import zero_shot
 from keras_transfer.utils import backend
 from keras_transfer.utils import distribute
 from keras_transfer.utils import memory

@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from keras_transfer import data as data_lib
 from keras_transfer.apps.image_config import Config
-from keras_transfer.backbones.keras_hub import zero_shot
+from keras_transfer.heads import zero_shot
 from keras_transfer.diagnostics import reports
 
 __all__ = ["ZeroShotStart", "zero_shot_start", "zero_shot_results"]

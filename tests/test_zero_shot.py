@@ -28,12 +28,13 @@ _WORDS += " ants bees golden retriever cats dogs"
 
 
 def _clip_tokenizer():
-    # Characters only (no merges), each alone and ending a word; the end token gets the
-    # largest id, as in CLIP's vocabulary: its text pooler takes the argmax position.
+    # Characters, each alone and ending a word, and one merge (the tokenizer needs one);
+    # the end token gets the largest id, as in CLIP's vocabulary: its text pooler takes
+    # the argmax position.
     characters = sorted(set(_WORDS.replace(" ", "")) | set("abcdefghijklmnopqrstuvwxyz"))
-    tokens = ["<|startoftext|>"] + characters + [f"{c}</w>" for c in characters]
+    tokens = ["<|startoftext|>"] + characters + [f"{c}</w>" for c in characters] + ["th"]
     vocabulary = {token: i for i, token in enumerate(tokens + ["<|endoftext|>"])}
-    return keras_hub.models.CLIPTokenizer(vocabulary=vocabulary, merges=[])
+    return keras_hub.models.CLIPTokenizer(vocabulary=vocabulary, merges=["t h"])
 
 
 def _siglip_tokenizer():

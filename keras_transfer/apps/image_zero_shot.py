@@ -19,8 +19,8 @@ import tensorflow as tf
 
 from keras_transfer import data as data_lib
 from keras_transfer.apps.image_config import Config
-from keras_transfer.heads import zero_shot
 from keras_transfer.diagnostics import reports
+from keras_transfer.heads import zero_shot
 
 __all__ = ["ZeroShotStart", "zero_shot_start", "zero_shot_results"]
 
@@ -62,9 +62,7 @@ def zero_shot_start(
     validation = None
     if data.validation is not None:
         validation = _report(copy, data.validation, data.class_names)
-        logger.info(
-            "Zero-shot validation accuracy before training: %.4f", validation["accuracy"]
-        )
+        logger.info("Zero-shot validation accuracy before training: %.4f", validation["accuracy"])
     return ZeroShotStart(copy, validation)
 
 

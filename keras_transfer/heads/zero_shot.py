@@ -141,8 +141,7 @@ class ZeroShotHead(ClassificationHead):
         embeddings = np.asarray(keras.ops.convert_to_numpy(embeddings), dtype="float32")
         if embeddings.ndim != 2 or embeddings.shape[0] != self.num_classes:
             raise ValueError(
-                f"embeddings must be (num_classes={self.num_classes}, dim), got "
-                f"{embeddings.shape}."
+                f"embeddings must be (num_classes={self.num_classes}, dim), got {embeddings.shape}."
             )
         if not self.built:
             self.build((None, int(feature_dim)))
@@ -165,8 +164,8 @@ class ZeroShotHead(ClassificationHead):
             config.pop(name, None)
         config["projection_units"] = self.projection_units
         if self.projection is not None and self.projection.dtype_policy.quantization_mode:
-            config.setdefault("dense_dtypes", {})["projection"] = (
-                keras.dtype_policies.serialize(self.projection.dtype_policy)
+            config.setdefault("dense_dtypes", {})["projection"] = keras.dtype_policies.serialize(
+                self.projection.dtype_policy
             )
         return config
 

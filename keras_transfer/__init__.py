@@ -143,6 +143,8 @@ _EXPORTS = {
     "ema_momentum_per_step": "keras_transfer.training.weight_averaging",
     "export": "keras_transfer.apps.export",
     "ExportCheckError": "keras_transfer.apps.export_check",
+    "zero_shot_classifier": "keras_transfer.heads.zero_shot",
+    "ZeroShotHead": "keras_transfer.heads.zero_shot",
 }
 
 # Today's `kt.<module>` names (before the subpackages), and where each lives now.
@@ -348,5 +350,7 @@ __all__ = [
     "ema_momentum_per_step",
     "export",
     "ExportCheckError",
+    "zero_shot_classifier",
+    "ZeroShotHead",
     "__version__",
 ]

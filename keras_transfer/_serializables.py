@@ -32,6 +32,7 @@ SERIALIZABLE_MODULES = (
     "keras_transfer.backbones.keras_hub.layers",
     "keras_transfer.heads.losses",
     "keras_transfer.heads.classification",
+    "keras_transfer.heads.zero_shot",
     "keras_transfer.heads.multi_task",
     "keras_transfer.heads.classifier",
     "keras_transfer.optimizers.layerwise",

@@ -74,6 +74,27 @@ def classification_head(tmp_path):
     return head, model, probe
 
 
+def zero_shot_head(tmp_path):
+    head = heads.ZeroShotHead(3, projection_units=4, dropout=0.1)
+    embeddings = rng(1).normal(size=(3, 4))
+    head.set_class_embeddings(
+        embeddings / np.linalg.norm(embeddings, axis=-1, keepdims=True),
+        feature_dim=5,
+        logit_scale=10.0,
+        logit_bias=-1.0,
+        projection_kernel=rng(2).normal(size=(5, 4)),
+    )
+    model = keras.Sequential([keras.Input((5,)), head])
+    x = rng().normal(size=(2, 5)).astype("float32")
+
+    def probe(m):
+        assert type(m.layers[0]) is heads.ZeroShotHead
+        assert m.layers[0].projection_units == 4
+        return m(x, training=False)
+
+    return head, model, probe
+
+
 def transfer_classifier(tmp_path):
     model = make_tiny_classifier(3, head={"hidden_units": [4]}, class_names=["a", "b", "c"])
     x = tiny_images(2)
@@ -353,6 +374,7 @@ FACTORIES = {
     "DomainAdaptation": domain_adaptation,
     "DannLearningRate": learning_rate_schedule(domain.DannLearningRate),
     "ClassificationHead": classification_head,
+    "ZeroShotHead": zero_shot_head,
     "PrototypeHead": prototype_head,
     "MultiTaskHead": multi_task_head,
     "ProbabilitiesToLogits": probabilities_to_logits,

@@ -181,8 +181,16 @@ flags.DEFINE_float(
 flags.DEFINE_bool(
     "wise_ft",
     _DEFAULTS.wise_ft,
-    "WiSE-FT: after fine-tuning, keep the interpolation between the head phase's and the "
-    "fine-tuned weights (alpha 0, 0.1, ..., 1) with the best validation accuracy.",
+    "WiSE-FT: after fine-tuning, keep the interpolation between the head phase's (with "
+    "--zero_shot: the zero-shot classifier's) and the fine-tuned weights (alpha 0, 0.1, ..., "
+    "1) with the best validation accuracy.",
+)
+flags.DEFINE_bool(
+    "zero_shot",
+    _DEFAULTS.zero_shot,
+    "Start from the zero-shot classifier of a CLIP or SigLIP --backbone=keras_hub:<preset>: "
+    "its head is the text tower's embeddings of prompts naming the class folders; scored "
+    "before training (results.json 'zero_shot'), and WiSE-FT's start with --wise_ft.",
 )
 flags.DEFINE_float("dropout", _DEFAULTS.dropout, "Dropout before the output layer.")
 flags.DEFINE_bool(
@@ -321,7 +329,7 @@ FLAG_GROUPS = {
         "class_weight", "seed", "deterministic", "labels_csv", "path_column", "label_columns",
         "task", "bad_rows",
     ],
-    "backbone": ["backbone", "weights", "dropout", "config"],
+    "backbone": ["backbone", "weights", "zero_shot", "dropout", "config"],
     "plan": ["plan", "head_epochs", "fine_tune_epochs", "head_lr", "fine_tune_lr",
              "unfreeze_blocks", "patience", "restore_best"],
     "phases": ["cache_features", "freeze_strategy", "unfreeze_schedule", "train_bn",

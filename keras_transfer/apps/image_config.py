@@ -151,9 +151,15 @@ class Config:
     # model trains with kt.SoftLabelCrossentropy (class indices and soft labels alike).
     label_smoothing: float = 0.0
     # WiSE-FT (kt.wise_ft): after fine-tuning, interpolate between the head phase's weights
-    # and the fine-tuned ones, alpha in 0, 0.1, ..., 1 chosen on validation accuracy
-    # (results.json "wise_ft"). Needs fine_tune=full, top_n_unfrozen blocks and resume.
+    # (the zero-shot classifier's with zero_shot) and the fine-tuned ones, alpha in 0, 0.1,
+    # ..., 1 chosen on validation accuracy (results.json "wise_ft"). Needs fine_tune=full,
+    # top_n_unfrozen blocks and resume.
     wise_ft: bool = False
+    # Start from a zero-shot classifier (kt.zero_shot_classifier) of a CLIP or SigLIP
+    # backbone (keras_hub:<preset>): its head is the text tower's embeddings of prompts
+    # naming the class folders. Scored before training (results.json "zero_shot"); WiSE-FT
+    # then interpolates from it.
+    zero_shot: bool = False
     dropout: float = 0.2
     train_bn: bool = False
     strategy: str = "default"
@@ -310,6 +316,12 @@ class Config:
                 "wise_ft interpolates from the head phase's weights, kept in the run's backup: "
                 "it needs fine_tune=full, freeze_strategy top_n_unfrozen (or auto), no adapt, "
                 "and resume."
+            )
+        if self.zero_shot and not self.backbone.startswith("keras_hub:"):
+            raise config_lib.ConfigError(
+                f"zero_shot needs a CLIP or SigLIP image-text backbone; backbone="
+                f"{self.backbone!r} is not one. Use --backbone=keras_hub:<clip or siglip preset "
+                "name or folder>, or drop --zero_shot."
             )
         if not 0 <= self.label_smoothing < 1:
             raise config_lib.ConfigError(

@@ -18,6 +18,7 @@ import tensorflow as tf
 import keras_transfer as kt
 from keras_transfer import data as data_lib
 from keras_transfer.apps.image_config import Config
+from keras_transfer.heads import zero_shot
 from keras_transfer.utils import backend
 from keras_transfer.utils import distribute
 from keras_transfer.utils import memory
@@ -115,6 +116,8 @@ def build_backbone_from_config(config: Config, strategy: tf.distribute.Strategy)
             weights=config.resolved_weights(),
             **backbone_kwargs,
         )
+    if config.zero_shot:  # a CLIP or SigLIP image tower, before any data is read
+        zero_shot.check_zero_shot_backbone(backbone)
     check_memory(config, backbone, strategy)
     return backbone
 
@@ -206,8 +209,14 @@ def build_model(
     class_names: list[str],
     strategy: tf.distribute.Strategy,
 ) -> kt.TransferClassifier:
-    """The classifier: `backbone`, then a head with `config.dropout`, one output per class."""
+    """The classifier: `backbone`, then a head with `config.dropout`, one output per class;
+    with `config.zero_shot`, the zero-shot head of its CLIP or SigLIP preset's text tower."""
     with strategy.scope():
+        if config.zero_shot:
+            weights = "preset" if config.resolved_weights() else None
+            return kt.zero_shot_classifier(
+                backbone, class_names, weights=weights, dropout=config.dropout
+            )
         return kt.create_classifier(
             backbone,
             len(class_names),

@@ -13,6 +13,7 @@ import keras_transfer as kt
 from keras_transfer import data as data_lib
 from keras_transfer.apps import _outputs
 from keras_transfer.apps import export as export_lib
+from keras_transfer.apps import image_zero_shot
 from keras_transfer.apps.image_config import ADAPT_METHODS
 from keras_transfer.apps.image_config import EXPORT_FORMATS
 from keras_transfer.apps.image_config import Config
@@ -117,6 +118,8 @@ def report(
         true, predicted = reports.predict_labels(model, test)
         matrix = reports.confusion_matrix(true, predicted, len(data.class_names))
         results["test"] = reports.held_out_report(matrix, data.class_names)
+    if trained.zero_shot is not None:  # its test split read here too, once
+        results["zero_shot"] = image_zero_shot.zero_shot_results(trained.zero_shot, data)
     plotted = reports.plot_training_curves(
         history, os.path.join(output_dir, "training_curves.png"), title=_run_title(config)
     )

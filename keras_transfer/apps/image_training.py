@@ -26,6 +26,7 @@ import tensorflow as tf
 import keras_transfer as kt
 from keras_transfer import data as data_lib
 from keras_transfer.apps import adapt as adapt_lib
+from keras_transfer.apps import image_zero_shot
 from keras_transfer.apps.image_config import ADAPT_METHODS
 from keras_transfer.apps.image_config import FIXED_DEFAULTS
 from keras_transfer.apps.image_config import SOURCE_FREE_METHODS
@@ -80,6 +81,7 @@ class Trained:
         monitor: the metric early stopping and `restore_best` watched.
         wise_ft: with `config.wise_ft`, the alpha kept and each alpha's validation accuracy.
         adaptation: with a source-free `config.adapt`, `apps.adapt.adapt_model`'s report.
+        zero_shot: with `config.zero_shot`, the zero-shot classifier training started from.
     """
 
     history: kt.TwoPhaseHistory
@@ -88,6 +90,7 @@ class Trained:
     monitor: str
     wise_ft: dict[str, Any] | None = None
     adaptation: dict[str, Any] | None = None
+    zero_shot: image_zero_shot.ZeroShotStart | None = None
 
 
 class OnTrainingStart(keras.callbacks.Callback):
@@ -140,6 +143,8 @@ def train_model(
             `resume_settings(config, data, <the data's image size>)`.
     """
     _check_planned(config)
+    # The zero-shot classifier, copied and scored on validation before any training.
+    zero_shot = image_zero_shot.zero_shot_start(config, model, data, environment.strategy)
     plan = _freeze_strategy_arguments(config)
     monitor = "val_loss" if data.validation is not None else "loss"
     callbacks.extend(_run_callbacks(config, data, environment.output_dir, monitor))
@@ -159,29 +164,35 @@ def train_model(
         _adapt_to_target(config, model, data, target, plan, adapt_epochs, callbacks, history)
     gradual = config.resolved_freeze_strategy() == "gradual"
     unfrozen = kt.trainable_blocks(model) if gradual else history.unfrozen_blocks
-    wise = _wise_ft(model, data, common["backup_dir"]) if config.wise_ft else None
+    wise = _wise_ft(model, data, common["backup_dir"], zero_shot) if config.wise_ft else None
     adaptation = None
     if config.adapt in SOURCE_FREE_METHODS:  # the trained model, to the target images
         settings = adapt_lib.AdaptSettings(config.adapt, train_bn=config.train_bn)
         adaptation = adapt_lib.adapt_model(model, target, settings, min(config.verbose, 2))
-    return Trained(history, cached, unfrozen, monitor, wise, adaptation)
+    return Trained(history, cached, unfrozen, monitor, wise, adaptation, zero_shot)
 
 
 def _wise_ft(
-    model: keras.Model, data: data_lib.ImageData, backup: str | None
+    model: keras.Model,
+    data: data_lib.ImageData,
+    backup: str | None,
+    zero_shot: image_zero_shot.ZeroShotStart | None = None,
 ) -> dict[str, Any] | None:
     """WiSE-FT after fine-tuning: the interpolation between the head phase's weights (kept
-    in the backup) and the fine-tuned ones whose validation accuracy is best."""
+    in the backup), or the zero-shot classifier's, and the fine-tuned ones whose validation
+    accuracy is best."""
     head_weights = os.path.join(backup or "", two_phase_state.HEAD_WEIGHTS_FILE)
-    if backup is None or not os.path.exists(head_weights):
+    start: Any = zero_shot.model if zero_shot is not None else head_weights
+    if zero_shot is None and (backup is None or not os.path.exists(head_weights)):
         logger.warning("wise_ft: no head-phase weights in the backup; the fine-tuned weights stay.")
         return None
     if data.validation is None:
         raise ValueError(
             "wise_ft chooses its alpha on the validation split: set validation_split > 0."
         )
-    chosen = kt.wise_ft(model, head_weights, data.validation)
+    chosen = kt.wise_ft(model, start, data.validation)
     return {
+        "start": "zero_shot" if zero_shot is not None else "head_phase",
         "alpha": chosen.alpha,
         "val_accuracy_by_alpha": {f"{a:.2f}": round(v, 6) for a, v in chosen.scores.items()},
     }

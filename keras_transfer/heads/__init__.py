@@ -4,6 +4,7 @@ from keras_transfer.heads import classification
 from keras_transfer.heads import classifier
 from keras_transfer.heads import losses
 from keras_transfer.heads import multi_task
+from keras_transfer.heads import zero_shot
 from keras_transfer.heads.classification import HEAD_ARGS
 from keras_transfer.heads.classification import POOLINGS
 from keras_transfer.heads.classification import TASKS
@@ -20,12 +21,14 @@ from keras_transfer.heads.multi_task import RESERVED_HEAD_NAMES
 from keras_transfer.heads.multi_task import MultiTaskHead
 from keras_transfer.heads.multi_task import check_heads
 from keras_transfer.heads.multi_task import check_loss_weights
+from keras_transfer.heads.zero_shot import ZeroShotHead
 
 __all__ = [
     "classification",
     "classifier",
     "losses",
     "multi_task",
+    "zero_shot",
     "BinaryLabelCrossentropy",
     "SoftLabelAccuracy",
     "SoftLabelCrossentropy",
@@ -37,6 +40,7 @@ __all__ = [
     "RESERVED_HEAD_NAMES",
     "TASKS",
     "TransferClassifier",
+    "ZeroShotHead",
     "check_heads",
     "check_loss_weights",
     "create_classifier",

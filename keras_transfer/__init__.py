@@ -139,6 +139,9 @@ _EXPORTS = {
     "ema_momentum_per_step": "keras_transfer.training.weight_averaging",
     "export": "keras_transfer.apps.export",
     "ExportCheckError": "keras_transfer.apps.export_check",
+    "zero_shot_text_classifier": "keras_transfer.apps.zero_shot_text",
+    "fit_text_prototypes": "keras_transfer.apps.zero_shot_text",
+    "ZeroShotTextClassifier": "keras_transfer.apps.zero_shot_text",
 }
 
 # Today's `kt.<module>` names (before the subpackages), and where each lives now.
@@ -340,5 +343,8 @@ __all__ = [
     "ema_momentum_per_step",
     "export",
     "ExportCheckError",
+    "zero_shot_text_classifier",
+    "fit_text_prototypes",
+    "ZeroShotTextClassifier",
     "__version__",
 ]

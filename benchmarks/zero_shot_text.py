@@ -25,14 +25,16 @@ The encoder runs once over the training and test messages (`embed_texts`); the z
 few-shot arms score those cached embeddings with their heads. The test split is read once
 per arm and seed, after every choice; the validation split is used by `fine_tuned` only.
 
-    python benchmarks/zero_shot_text.py            # estimate: about 9 minutes on 2 CPU cores
-    python benchmarks/zero_shot_text.py --smoke    # seconds: a tiny random encoder and
-                                                   # synthetic messages, a temporary output
+    python benchmarks/zero_shot_text.py            # estimate: about 10 minutes on 2 CPU cores
+    python benchmarks/zero_shot_text.py --smoke    # about a minute: a tiny random encoder,
+                                                   # synthetic messages, one seed, one epoch
+                                                   # per phase, a temporary output
 
 The estimate (2000 messages: about 1300 train, 300 validation, 400 test) is scaled from the
 per-epoch times of benchmarks/peft.py's SMS runs of the same encoder: about 30 s to embed
 the training and test messages, and about 165 s per `fine_tuned` seed (2 frozen-encoder
-epochs, 2 full fine-tuning epochs, 4 validations, one test pass), 3 seeds.
+epochs, 2 full fine-tuning epochs, 4 validations, one test pass), 3 seeds, plus the
+tracing of the Keras functions (about 20 s a seed on a loaded machine).
 
 Writes `benchmarks/results/zero_shot_text.json` through `_common.write_results` (arms above;
 metrics per seed: `test_macro_f1` (primary), `test_accuracy`; `fine_tuned` also
@@ -88,7 +90,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--sequence_length", type=int, default=64)
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--smoke", action="store_true")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.epochs = None  # fine_tuned: the text classifier's default epochs
+    return args
 
 
 def selection(args) -> dict:
@@ -231,6 +235,7 @@ def fine_tuned_run(args, preset, train, validation, test, class_names, seed) -> 
         batch_size=args.batch_size,
         seed=seed,
         verbose=0,
+        **dict(zip(("head_epochs", "fine_tune_epochs"), args.epochs or ())),
     )
     model, preprocessor = text_lib.build_classifier(
         preset, len(class_names), config.sequence_length, config.dropout
@@ -260,7 +265,9 @@ def main(argv=None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     if args.smoke:
+        # One seed, one epoch per phase: the tiny encoder's tracing is most of the time.
         args.sequence_length, args.batch_size, args.max_examples = 16, 16, 0
+        args.seeds, args.epochs = "0", (1, 1)
     run = _common.start_run(selection(args), script=__file__, argv=argv)
     import keras
 
@@ -295,8 +302,7 @@ def main(argv=None) -> dict:
     arms.update(few)
     print(f"zero-shot {zero}; few-shot {few}", flush=True)
     tuned = [
-        fine_tuned_run(args, preset, train, validation, test, class_names, seed)
-        for seed in seeds
+        fine_tuned_run(args, preset, train, validation, test, class_names, seed) for seed in seeds
     ]
     arms["fine_tuned"] = {metric: [r[metric] for r in tuned] for metric in tuned[0]}
     output = _common.results_path(args.output, args.smoke, "zero_shot_text")

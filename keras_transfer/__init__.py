@@ -145,6 +145,9 @@ _EXPORTS = {
     "ExportCheckError": "keras_transfer.apps.export_check",
     "zero_shot_classifier": "keras_transfer.heads.zero_shot",
     "ZeroShotHead": "keras_transfer.heads.zero_shot",
+    "zero_shot_text_classifier": "keras_transfer.apps.zero_shot_text",
+    "fit_text_prototypes": "keras_transfer.apps.zero_shot_text",
+    "ZeroShotTextClassifier": "keras_transfer.apps.zero_shot_text",
 }
 
 # Today's `kt.<module>` names (before the subpackages), and where each lives now.
@@ -352,5 +355,8 @@ __all__ = [
     "ExportCheckError",
     "zero_shot_classifier",
     "ZeroShotHead",
+    "zero_shot_text_classifier",
+    "fit_text_prototypes",
+    "ZeroShotTextClassifier",
     "__version__",
 ]

@@ -22,7 +22,13 @@ import importlib.util
 import sys
 import types
 
-__all__ = ["SERIALIZABLE_MODULES", "register_all", "register_when_keras_is_imported"]
+__all__ = [
+    "OPTIONAL_SERIALIZABLE_MODULES",
+    "SERIALIZABLE_MODULES",
+    "register_all",
+    "register_optional",
+    "register_when_keras_is_imported",
+]
 
 # Every module that defines a class or function registered with
 # `keras.saving.register_keras_serializable` (tests/test_serialization.py checks the list).
@@ -47,6 +53,12 @@ SERIALIZABLE_MODULES = (
     "keras_transfer.few_shot.prototype_head",
 )
 
+# Modules whose registered classes need an optional package: {module: package}. Importing
+# Keras must not import that package (KerasHub takes seconds), so `register_all` leaves them
+# out; `register_optional` imports them, and `saving.load_model` calls it for a file that
+# names one of them.
+OPTIONAL_SERIALIZABLE_MODULES = {"keras_transfer.apps.zero_shot_text": "keras_hub"}
+
 _registered = False
 
 
@@ -59,6 +71,16 @@ def register_all() -> None:
     _registered = True
     for name in SERIALIZABLE_MODULES:
         importlib.import_module(name)
+
+
+def register_optional(mentioned_in: str | None = None) -> None:
+    """Imports each module of `OPTIONAL_SERIALIZABLE_MODULES` whose package is installed;
+    with `mentioned_in` (the text of a `.keras` file's config), only those it names."""
+    for name, package in OPTIONAL_SERIALIZABLE_MODULES.items():
+        if mentioned_in is not None and f'"{name}"' not in mentioned_in:
+            continue
+        if importlib.util.find_spec(package) is not None:
+            importlib.import_module(name)
 
 
 def _inside_package_import() -> bool:

@@ -26,6 +26,7 @@ import ast
 import contextlib
 import os
 import re
+import zipfile
 from collections.abc import Iterator
 from typing import Any
 
@@ -133,6 +134,8 @@ def load_model(path: str | os.PathLike, **kwargs: Any) -> keras.Model:
         raise FileNotFoundError(f"No model at {path!r}.")
     kwargs.setdefault("safe_mode", True)
     _serializables.register_all()
+    # A file naming a class of an optional package's module (KerasHub tasks) imports it.
+    _serializables.register_optional(_saved_config(path))
     try:
         return keras.saving.load_model(path, **kwargs)
     except TypeError as error:
@@ -140,6 +143,16 @@ def load_model(path: str | os.PathLike, **kwargs: Any) -> keras.Model:
         if message is None:
             raise
         raise UnknownSavedClassError(message) from error
+
+
+def _saved_config(path: str) -> str:
+    """The text of a `.keras` file's `config.json` (a zip member), or `""` if it cannot be
+    read (then no optional module is imported, and Keras reports what it cannot read)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.read("config.json").decode("utf-8", errors="replace")
+    except (OSError, KeyError, zipfile.BadZipFile):
+        return ""
 
 
 def _unknown_class_message(error: BaseException, path: str) -> str | None:

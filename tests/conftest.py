@@ -258,6 +258,42 @@ def colour_dataset(n, seed, batch_size=16, size=32):
     return tf.data.Dataset.from_tensor_slices(data).shuffle(n, seed=seed).batch(batch_size)
 
 
+# Words of the tiny text encoder's vocabulary (`tiny_bert_preset`).
+TINY_BERT_WORDS = (
+    "win free prize cash call claim text now lunch home later mum dinner see you tonight "
+    "at a for the sky red blue apple"
+).split()
+
+
+def write_tiny_bert_preset(folder) -> str:
+    """Writes a KerasHub preset (`save_to_preset`) to `folder`: a tiny random
+    `BertBackbone` (1 layer, 16 dimensions, 32 positions, seed 0) and a lowercase
+    `BertTokenizer` of `TINY_BERT_WORDS`; returns the folder as a string."""
+    import keras_hub
+
+    folder = str(folder)
+    vocabulary = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *TINY_BERT_WORDS]
+    keras.utils.set_random_seed(0)
+    keras_hub.models.BertBackbone(
+        vocabulary_size=len(vocabulary),
+        num_layers=1,
+        num_heads=2,
+        hidden_dim=16,
+        intermediate_dim=32,
+        max_sequence_length=32,
+    ).save_to_preset(folder)
+    keras_hub.models.BertTokenizer(vocabulary=vocabulary, lowercase=True).save_to_preset(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_preset(tmp_path_factory):
+    """`write_tiny_bert_preset` in a session folder: what `text_classifier.build_classifier`
+    and `kt.zero_shot_text_classifier` load, in a second. Skips without KerasHub."""
+    pytest.importorskip("keras_hub", reason="needs the text extra (keras-hub)")
+    return write_tiny_bert_preset(tmp_path_factory.mktemp("tiny_bert") / "preset")
+
+
 # --- checks -----------------------------------------------------------------------------
 
 

@@ -5,6 +5,7 @@ The classes come from Keras's registry (`keras_transfer>` names), so a new regis
 without a factory below fails `test_every_registered_class_has_a_factory`."""
 
 import importlib
+import importlib.util
 import pkgutil
 
 import keras
@@ -13,6 +14,7 @@ import pytest
 import tensorflow as tf
 from conftest import make_tiny_classifier
 from conftest import tiny_images
+from conftest import write_tiny_bert_preset
 from serialization import run_model_saving_test
 from serialization import run_serialization_test
 
@@ -35,9 +37,12 @@ PREFIX = "keras_transfer>"
 
 
 def registered_classes():
-    """Registered name -> class, for everything the package registers on import."""
+    """Registered name -> class, for everything the package registers on import, and the
+    classes of the modules that need an optional package when it is installed."""
     for module in pkgutil.iter_modules(keras_transfer.__path__):
         importlib.import_module(f"keras_transfer.{module.name}")
+    if importlib.util.find_spec("keras_hub") is not None:
+        importlib.import_module("keras_transfer.apps.zero_shot_text")
     return {
         name: cls
         for name, cls in keras.saving.get_custom_objects().items()
@@ -354,6 +359,21 @@ def prototype_head(tmp_path):
     return head, model, probe
 
 
+def zero_shot_text_classifier(tmp_path):
+    preset = write_tiny_bert_preset(tmp_path / "tiny_bert")
+    model = keras_transfer.zero_shot_text_classifier(
+        preset, {"spam": "win a free prize", "ham": "see you at home"}, sequence_length=16
+    )
+    texts = ["claim cash now", "dinner tonight"]
+
+    def probe(m):
+        assert type(m) is keras_transfer.ZeroShotTextClassifier
+        assert m.class_names == ["spam", "ham"] and m.temperature == 0.1
+        return m.predict(texts, verbose=0)  # raw strings, through the saved preprocessor
+
+    return model, model, probe
+
+
 FACTORIES = {
     "BinaryLabelCrossentropy": compiled_loss(
         heads.BinaryLabelCrossentropy, binary_labels=True, from_logits=True
@@ -376,6 +396,7 @@ FACTORIES = {
     "ClassificationHead": classification_head,
     "ZeroShotHead": zero_shot_head,
     "PrototypeHead": prototype_head,
+    "ZeroShotTextClassifier": zero_shot_text_classifier,
     "MultiTaskHead": multi_task_head,
     "ProbabilitiesToLogits": probabilities_to_logits,
     "TransferClassifier": transfer_classifier,

@@ -42,6 +42,7 @@ __all__ = [
     "default_preset",
     "load_test_data",
     "load_text_data",
+    "mean_pool",
     "register_bert_blocks",
     "report",
     "run",
@@ -269,16 +270,22 @@ def build_classifier(
         "segment_ids": keras.Input((sequence_length,), dtype="int32", name="segment_ids"),
         "padding_mask": keras.Input((sequence_length,), dtype="int32", name="padding_mask"),
     }
-    sequence = encoder(inputs)["sequence_output"]
-    mask = keras.ops.cast(inputs["padding_mask"], sequence.dtype)[..., None]
-    pooled = keras.ops.sum(sequence * mask, axis=1) / keras.ops.maximum(
-        keras.ops.sum(mask, axis=1), 1.0
-    )
+    pooled = mean_pool(encoder(inputs)["sequence_output"], inputs["padding_mask"])
     pooled = keras.layers.Dropout(dropout, name="head_dropout")(pooled)
     outputs = keras.layers.Dense(
         num_classes, activation="softmax", dtype="float32", name="predictions"
     )(pooled)
     return keras.Model(inputs, outputs, name="text_classifier"), preprocessor
+
+
+def mean_pool(sequence: Any, padding_mask: Any) -> Any:
+    """The sentence embedding of the encoder's `sequence_output`: the mean over the tokens
+    that `padding_mask` keeps (`[CLS]` and `[SEP]` included), as sentence-transformers
+    pools all-MiniLM-L6-v2. `(batch, tokens, d)` -> `(batch, d)`."""
+    mask = keras.ops.cast(padding_mask, sequence.dtype)[..., None]
+    return keras.ops.sum(sequence * mask, axis=1) / keras.ops.maximum(
+        keras.ops.sum(mask, axis=1), 1.0
+    )
 
 
 def token_dataset(
@@ -415,8 +422,10 @@ def train_model(
     model: keras.Model,
     train_data: tf.data.Dataset,
     validation_data: tf.data.Dataset,
+    callbacks: list[keras.callbacks.Callback] | None = None,
 ) -> kt.TwoPhaseHistory:
-    """The head on the frozen encoder, then the top `config.unfreeze_blocks` fine-tuned."""
+    """The head on the frozen encoder, then the top `config.unfreeze_blocks` fine-tuned
+    (`callbacks`, e.g. `kt.ValidatedEarlyStopping`, watch both phases)."""
     return kt.fit_two_phase(
         model,
         train_data,
@@ -432,6 +441,7 @@ def train_model(
         lora_alpha=config.lora_alpha or None,
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
+        callbacks=callbacks,
         # 3 is the binary's "2 and tracebacks"; Keras knows 0-2.
         verbose=min(config.verbose, 2),
     )

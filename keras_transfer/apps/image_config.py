@@ -455,6 +455,7 @@ RUN_OUTPUTS = (
     "saved_model",
     "model.tflite",
     "model.onnx",
+    "export.json",
     "backup",
 )
 

@@ -62,7 +62,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import pathlib
 import statistics
 import sys
 import tempfile
@@ -72,9 +71,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import numpy as np  # noqa: E402
-
 import _common  # noqa: E402
+import numpy as np  # noqa: E402
 
 # name -> (export format, quantize mode)
 FORMATS = {
@@ -137,8 +135,9 @@ def _data(args, seed: int):
         train, test = root / "train", root / "validation"
     else:
         assets = _common.assets_dir(args.assets, _common.MOBILENET_WEIGHTS)
-        root, weights = assets / _common.DATASETS[args.dataset], str(
-            assets / _common.MOBILENET_WEIGHTS
+        root, weights = (
+            assets / _common.DATASETS[args.dataset],
+            str(assets / _common.MOBILENET_WEIGHTS),
         )
         train, test = root / "train", _common.held_out_folder(root)
         if args.train_per_class:
@@ -203,6 +202,7 @@ def export_formats(model, representative, work: str) -> dict[str, dict]:
     from keras_transfer.apps import export as export_lib
     from keras_transfer.apps import quantization
 
+    model.predict(representative[:1], verbose=0)  # Keras' ONNX export needs a called model
     saved_model_dir = os.path.join(work, "saved_model")
     plain, _ = quantization.plain_model(model)
     plain.export(saved_model_dir, format="tf_saved_model", verbose=False)
@@ -263,7 +263,9 @@ def run_seed(args, seed: int) -> dict:
         reference = np.asarray(model.predict(test_images, batch_size=32, verbose=0))
         record["float_accuracy"] = float(np.mean(reference.argmax(-1) == test_labels))
         for name, file in written.items():
-            result = export_check.compare(reference, _predict(file["path"], test_images), test_labels)
+            result = export_check.compare(
+                reference, _predict(file["path"], test_images), test_labels
+            )
             record["formats"][name] = {
                 "bytes": file["bytes"],
                 "accuracy": result["export_accuracy"],

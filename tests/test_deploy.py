@@ -72,9 +72,10 @@ def test_latency_of_a_tflite_file_is_positive_and_records_its_threads(tmp_path):
 def test_latency_of_an_onnx_file_runs_in_onnx_runtime(tmp_path):
     path = tmp_path / "model.onnx"
     model = make_tiny_classifier()
+    image = keras.ops.convert_to_numpy(keras.random.uniform((32, 32, 3), 0, 255, seed=0))
+    model.predict(image[None], verbose=0)  # Keras' ONNX export needs a called model
     kt.export(model, path)
-    image = keras.random.uniform((32, 32, 3), 0, 255, seed=0)
-    latency = export_latency.measure_latency(path, keras.ops.convert_to_numpy(image), runs=5)
+    latency = export_latency.measure_latency(path, image, runs=5)
     assert latency["latency_ms_median"] > 0 and latency["runtime"] == "onnx"
     assert latency["threads"] == 1
 
@@ -120,9 +121,15 @@ def test_train_export_runs_the_export_commands_check(run_folder, tmp_path):
     assert f"{report['check']['images']} validation images of " in report["check"]["on"]
     for key in ("top1_agreement", "keras_accuracy", "export_accuracy"):
         assert report["check"][key] == pytest.approx(command["check"][key])
+
+
+@pytest.mark.tensorflow_only
+def test_train_export_of_a_run_without_image_folder_is_unchecked(run_folder, tmp_path):
+    _, model, _ = run_folder
     # A run without a config to list its images from (a TFDS run) is exported unchecked.
-    unchecked = image_reports.export(model, str(tmp_path / "tfds"), "tflite", CLASSES, None)
-    assert "check" not in unchecked and unchecked["written"]
+    unchecked = image_reports.export(model, str(tmp_path), "saved_model", CLASSES, None)
+    assert unchecked["file"] == "saved_model" and unchecked["written"]
+    assert "check" not in unchecked and (tmp_path / "saved_model" / "saved_model.pb").is_file()
 
 
 def test_read_run_config_is_the_one_reader_of_config_json(tmp_path):
@@ -170,7 +177,9 @@ def test_deploy_smoke_prints_the_summary_and_writes_a_schema_file(tmp_path):
         assert set(values) == {"bytes", "latency_ms_median", "accuracy", "agreement_with_keras"}
         assert isinstance(values["bytes"], int) and values["bytes"] > 0
         assert values["latency_ms_median"] > 0
-    assert summary["formats"]["tflite_int8"]["bytes"] < summary["formats"]["tflite_float32"]["bytes"]
+    assert (
+        summary["formats"]["tflite_int8"]["bytes"] < summary["formats"]["tflite_float32"]["bytes"]
+    )
     record = json.loads(output.read_text())
     sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
     try:

@@ -239,8 +239,15 @@ def export_run(
     """
     calibrate = export_format == "tflite" and "int8" in modes
     check, representative = _check_and_calibration_images(
-        model, list(labels), model_dir, config, check_on, calibrate, data_dir,
-        count=representative_images, seed=seed,
+        model,
+        list(labels),
+        model_dir,
+        config,
+        check_on,
+        calibrate,
+        data_dir,
+        count=representative_images,
+        seed=seed,
     )
     os.makedirs(output_dir, exist_ok=True)
     remove_stale_partials(output_dir)

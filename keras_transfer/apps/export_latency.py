@@ -60,9 +60,7 @@ def _onnx_call(path: str, image: np.ndarray, threads: int) -> Callable[[], Any]:
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1  # one image: nothing to run side by side
     options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
-    session = onnxruntime.InferenceSession(
-        path, options, providers=["CPUExecutionProvider"]
-    )
+    session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     return lambda: session.run(None, {name: image})
 

@@ -64,9 +64,7 @@ def check_finite_weights(model: keras.Model) -> None:
         )
 
 
-def file_sha256(
-    path: str | os.PathLike, opener: Callable[[str, str], Any] = open
-) -> str:
+def file_sha256(path: str | os.PathLike, opener: Callable[[str, str], Any] = open) -> str:
     """The SHA-256 hex digest of a file's bytes, read in chunks of 1 MiB (a model file of
     gigabytes never sits in memory whole).
 

@@ -21,6 +21,7 @@ from keras_transfer.apps import image_reports
 from keras_transfer.apps.config import ConfigError
 from keras_transfer.data import folders as data
 from keras_transfer.diagnostics import reports
+from keras_transfer.utils import reliability
 
 EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "examples", "image_classifier.py")
 
@@ -267,6 +268,13 @@ def test_export_saved_model_and_tflite_match_keras(image_folder, tmp_path):
         )
     )
     assert set(results["exports"]) == {"saved_model", "tflite"}
+    # Each export is checked as `keras-transfer export` checks it, recorded in export.json.
+    record = json.loads((model_dir / "export.json").read_text())["exports"]
+    assert set(record) == {"saved_model", "model.tflite"}
+    for entry in record.values():
+        assert entry["check"]["images"] == results["num_validation"]
+        assert entry["check"]["top1_agreement"] == 1.0
+        assert entry["model_sha256"] == reliability.file_sha256(model_dir / "model.keras")
     model = keras.saving.load_model(model_dir / "model.keras")
     images = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
     expected = model.predict(images, verbose=0)

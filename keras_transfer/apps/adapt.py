@@ -12,7 +12,6 @@ nothing.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import time
@@ -218,10 +217,9 @@ def adapt_model_dir(
         target_skipped=target.skipped,
     )
     files = {ADAPT_FILE: report}
-    config_path = os.path.join(model_dir, RESOLVED_CONFIG_FILE)
-    if os.path.isfile(config_path):  # `predict` reads the adapted folder's images alike
-        with open(config_path, encoding="utf-8") as f:
-            files[RESOLVED_CONFIG_FILE] = json.load(f)
+    run_config = predict_lib.read_run_config(model_dir)
+    if run_config is not None:  # `predict` reads the adapted folder's images alike
+        files[RESOLVED_CONFIG_FILE] = run_config
     os.makedirs(output_dir, exist_ok=True)
     _outputs.save_classifier(model, list(class_names), output_dir, files)
     return report

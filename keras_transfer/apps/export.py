@@ -454,7 +454,8 @@ def export_model(
     model: keras.Model, output_dir: str, export_format: str, saved_model_dir: str | None = None
 ) -> str:
     """Writes `model` in `export_format` to `output_dir` (names in `OUTPUT_NAMES`),
-    unquantized and unchecked (what `keras-transfer train --export` writes).
+    unquantized and unchecked (`export_folder.export_run` checks the exports of a training
+    run, `keras-transfer train --export` included).
 
     Args:
         model: the model to export.

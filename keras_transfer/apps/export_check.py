@@ -21,7 +21,6 @@ compare(model.predict(images), predict_tflite(content, images), files.validation
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from collections.abc import Sequence
@@ -32,7 +31,6 @@ import numpy as np
 
 from keras_transfer import data as data_lib
 from keras_transfer.apps import predict as predict_lib
-from keras_transfer.apps.image_config import RESOLVED_CONFIG_FILE
 from keras_transfer.apps.image_config import Config
 
 __all__ = [
@@ -45,6 +43,8 @@ __all__ = [
     "read_images",
     "run_files",
     "sample_paths",
+    "tflite_interpreter",
+    "to_integer",
 ]
 
 # Which of the run's images an export is checked on; "auto": validation, else test.
@@ -95,7 +95,9 @@ def _batches(images: np.ndarray) -> list[np.ndarray]:
     return [images[i : i + _BATCH_SIZE] for i in range(0, len(images), _BATCH_SIZE)]
 
 
-def _to_integer(values: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
+def to_integer(values: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
+    """Float `values` as a full-integer TFLite tensor takes them (its scale and zero point
+    from the interpreter's `detail`), rounded and clipped to the integer type."""
     scale, zero_point = detail["quantization"]
     limits = np.iinfo(detail["dtype"])
     quantized = np.round(values / scale + zero_point)
@@ -107,9 +109,10 @@ def _from_integer(values: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
     return (values.astype("float32") - zero_point) * scale
 
 
-def _interpreter(content: bytes) -> Any:
-    """LiteRT's interpreter (`ai_edge_litert`) when installed, else TensorFlow's own, whose
-    deprecation warning in favour of LiteRT is not the user's to act on."""
+def tflite_interpreter(content: bytes, num_threads: int | None = None) -> Any:
+    """An interpreter of a `.tflite` flatbuffer: LiteRT's (`ai_edge_litert`) when installed,
+    else TensorFlow's own, whose deprecation warning in favour of LiteRT is not the user's
+    to act on. `num_threads`: its CPU threads (`None`: the interpreter's default)."""
     try:
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:
@@ -117,13 +120,13 @@ def _interpreter(content: bytes) -> Any:
 
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r"\s*Warning: tf.lite.Interpreter")
-            return tf.lite.Interpreter(model_content=content)
-    return Interpreter(model_content=content)
+            return tf.lite.Interpreter(model_content=content, num_threads=num_threads)
+    return Interpreter(model_content=content, num_threads=num_threads)
 
 
 def predict_tflite(content: bytes, images: np.ndarray) -> np.ndarray:
     """The outputs of a `.tflite` flatbuffer (`content`) on `images`, in float32."""
-    interpreter = _interpreter(content)
+    interpreter = tflite_interpreter(content)
     (input_detail,) = interpreter.get_input_details()
     outputs = []
     for batch in _batches(np.asarray(images, dtype="float32")):
@@ -133,7 +136,7 @@ def predict_tflite(content: bytes, images: np.ndarray) -> np.ndarray:
         input_detail = interpreter.get_input_details()[0]
         output_detail = interpreter.get_output_details()[0]
         if np.issubdtype(input_detail["dtype"], np.integer):
-            batch = _to_integer(batch, input_detail)
+            batch = to_integer(batch, input_detail)
         interpreter.set_tensor(input_detail["index"], batch)
         interpreter.invoke()
         output = interpreter.get_tensor(output_detail["index"])
@@ -164,25 +167,19 @@ def predict_onnx(path: str, images: np.ndarray) -> np.ndarray:
     )
 
 
-def _read_config(model_dir: str) -> dict[str, Any]:
-    path = os.path.join(model_dir, RESOLVED_CONFIG_FILE)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"{path!r} does not exist, so the run's images cannot be found: pass "
-            "--check_on=none to export unchecked (and no --quantize=int8, which needs them)."
-        )
-    with open(path, encoding="utf-8") as f:
-        config = json.load(f)
-    if not isinstance(config, dict):
-        raise ValueError(f"{path!r} is not a JSON object: restore the run's config.json.")
-    return config
-
-
-def run_files(model_dir: str, data_dir: str | None = None) -> data_lib.DatasetFiles:
+def run_files(
+    model_dir: str, data_dir: str | None = None, config: dict[str, Any] | None = None
+) -> data_lib.DatasetFiles:
     """The training, validation and test images of the run that wrote `model_dir`, listed
-    as the run listed them (its `config.json`: data folder or label table, splits, seed,
-    max_pixels); `data_dir` replaces the data folder (the images moved)."""
-    config = _read_config(model_dir)
+    as the run listed them (its `config.json`, or `config`, the run's resolved settings:
+    data folder or label table, splits, seed, max_pixels); `data_dir` replaces the data
+    folder (the images moved)."""
+    if config is None:
+        config = predict_lib.read_run_config(
+            model_dir,
+            required="so the run's images cannot be found: pass --check_on=none to export "
+            "unchecked (and no --quantize=int8, which needs them).",
+        )
     if config.get("dataset") and not data_dir:
         raise ValueError(
             f"The run read {config['dataset']!r}; checks and int8 calibration read image "

@@ -7,7 +7,10 @@ compared with the Keras model on the validation images (or the test images, if t
 no validation split). int8 TFLite calibrates on a random sample of the training images.
 `export.json` holds one report per file name (`export.export`'s, with the SHA-256 of the
 `model.keras` it came from); an export whose check failed is recorded with
-`"written": false` and leaves no file of that name.
+`"written": false` and leaves no file of that name. With `measure_latency`, each `.tflite`
+or `.onnx` file's single-image latency (`export_latency`) is added: `latency_ms_median` and
+the `latency` settings it was measured with. `export_run` is the same work on a model in
+memory: what `keras-transfer train --export` runs before the run's folder is written.
 
 ```python
 reports = export_model_dir("runs/ants", "tflite", ["dynamic", "int8"], min_agreement=0.98)
@@ -17,7 +20,6 @@ print("\\n".join(format_report(report) for report in reports))
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
@@ -30,6 +32,7 @@ import numpy as np
 
 from keras_transfer.apps import _outputs
 from keras_transfer.apps import export_check
+from keras_transfer.apps import export_latency
 from keras_transfer.apps import predict as predict_lib
 from keras_transfer.apps import quantization
 from keras_transfer.apps.export import EXPORT_REPORT_FILE
@@ -41,8 +44,15 @@ from keras_transfer.apps.export import export_one
 from keras_transfer.apps.export import output_name
 from keras_transfer.apps.export import remove_stale_partials
 from keras_transfer.apps.export_check import ExportCheckError
+from keras_transfer.utils import reliability
 
-__all__ = ["check_settings", "export_model_dir", "format_report"]
+__all__ = [
+    "check_settings",
+    "export_model_dir",
+    "export_run",
+    "format_report",
+    "record_reports",
+]
 
 
 def _run_check_images(
@@ -64,9 +74,9 @@ def _run_check_images(
     return CheckImages(images, labels, f"{len(paths)} {split} images of {files.directory}")
 
 
-def _record(output_dir: str, model_dir: str, reports: list[dict[str, Any]]) -> str:
+def record_reports(output_dir: str, model_dir: str, reports: list[dict[str, Any]]) -> str:
     """Adds `reports` to `export.json` in `output_dir` (one entry per file name, with the
-    SHA-256 of the `model.keras` they came from); returns its path."""
+    SHA-256 of the `model.keras` in `model_dir` they came from); returns its path."""
     path = os.path.join(output_dir, EXPORT_REPORT_FILE)
     exports: dict[str, Any] = {}
     if os.path.isfile(path):
@@ -77,12 +87,9 @@ def _record(output_dir: str, model_dir: str, reports: list[dict[str, Any]]) -> s
                 exports = previous["exports"]
         except (OSError, ValueError):
             pass  # an unreadable record is replaced by this one
-    digest = hashlib.sha256()
-    with open(os.path.join(model_dir, predict_lib.MODEL_FILE), "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
+    digest = reliability.file_sha256(os.path.join(model_dir, predict_lib.MODEL_FILE))
     for report in reports:
-        exports[report["file"]] = {**report, "model_sha256": digest.hexdigest()}
+        exports[report["file"]] = {**report, "model_sha256": digest}
     _outputs.write_json(path, {"exports": dict(sorted(exports.items()))})
     return path
 
@@ -93,6 +100,8 @@ def check_settings(
     check_on: str = "auto",
     io_dtype: str = "float32",
     min_agreement: float | None = None,
+    measure_latency: bool = False,
+    latency_threads: int = 1,
 ) -> None:
     """Raises `ValueError` for settings `export_model_dir` cannot use (before any work), and
     `BackendError` / `ExportUnavailableError` for a converter this process lacks."""
@@ -106,11 +115,17 @@ def check_settings(
         )
     if min_agreement is not None and check_on == "none":
         raise ValueError("min_agreement needs a check: leave out check_on='none'.")
-    if export_format == "onnx" and check_on != "none":
+    if measure_latency and export_format not in export_latency.LATENCY_FORMATS.values():
+        raise ValueError(
+            f"Latency is measured for format=tflite and format=onnx, not {export_format!r}."
+        )
+    if measure_latency and (isinstance(latency_threads, bool) or latency_threads < 1):
+        raise ValueError(f"latency_threads must be >= 1, got {latency_threads!r}.")
+    if export_format == "onnx" and (check_on != "none" or measure_latency):
         if importlib.util.find_spec("onnxruntime") is None:
             raise ExportUnavailableError(
-                "Checking the ONNX export needs onnxruntime: pip install 'keras-transfer[onnx]' "
-                "(or --check_on=none)."
+                "Checking the ONNX export (or timing it) needs onnxruntime: pip install "
+                "'keras-transfer[onnx]' (or --check_on=none without --measure_latency)."
             )
 
 
@@ -120,49 +135,122 @@ def export_model_dir(
     quantize: Sequence[str | None] = (None,),
     *,
     output_dir: str | None = None,
-    check_on: str = "auto",
-    data_dir: str | None = None,
-    representative_images: int = 200,
-    io_dtype: str = "float32",
-    min_agreement: float | None = None,
     safe_mode: bool = True,
-    seed: int = 0,
+    **options: Any,
 ) -> list[dict[str, Any]]:
     """`keras-transfer export`: the model of a training run's folder in `export_format`,
-    once per `quantize` mode, each checked on the run's validation images (`check_on`:
-    `"auto"` validation, else test; `"none"` unchecked) and recorded in `export.json`.
+    once per `quantize` mode, each checked on the run's validation images and recorded in
+    `export.json` (in `output_dir`, default `model_dir`).
 
-    The run's images are listed again from its `config.json` (`export_check.run_files`;
-    `data_dir` if they moved); int8 TFLite calibrates on `representative_images` of its
-    training images, chosen at random with `seed`. Every export is attempted; then, if any
-    fell below `min_agreement`, `ExportCheckError` (with every report) is raised.
+    The run's images are listed again from its `config.json` (`export_check.run_files`).
+    `options` are `export_run`'s (`check_on`, `data_dir`, `representative_images`,
+    `io_dtype`, `min_agreement`, `seed`, `measure_latency`, `latency_threads`). Every export
+    is attempted; then, if any fell below `min_agreement`, `ExportCheckError` (with every
+    report) is raised.
 
     Returns:
         One report per export (`export`'s), as `export.json` holds them.
     """
     modes = list(quantize) or [None]
-    check_settings(export_format, modes, check_on, io_dtype, min_agreement)
+    check_settings(
+        export_format,
+        modes,
+        options.get("check_on", "auto"),
+        options.get("io_dtype", "float32"),
+        options.get("min_agreement"),
+        options.get("measure_latency", False),
+        options.get("latency_threads", 1),
+    )
     model, labels = predict_lib.load_trained(model_dir, safe_mode=safe_mode)
     output_dir = output_dir or model_dir
-    os.makedirs(output_dir, exist_ok=True)
-    remove_stale_partials(output_dir)
-    settings = predict_lib.decode_settings(model_dir)
-    calibrate = export_format == "tflite" and "int8" in modes
-    files = None
-    if check_on != "none" or calibrate:
-        files = export_check.run_files(model_dir, data_dir)
-        if files.class_names != labels:
-            raise ValueError(
-                f"The data folder {files.directory!r} has the classes {files.class_names}, the "
-                f"model {labels}: pass --data_dir=<the run's images>."
-            )
+    reports, failures = export_run(
+        model, labels, model_dir, export_format, modes, output_dir, **options
+    )
+    record_reports(output_dir, model_dir, reports)
+    if failures:
+        raise ExportCheckError(" ".join(failures), reports)
+    return reports
+
+
+def _check_and_calibration_images(
+    model: keras.Model,
+    labels: list[str],
+    model_dir: str,
+    files_config: dict[str, Any] | None,
+    check_on: str,
+    calibrate: bool,
+    data_dir: str | None,
+    *,
+    count: int,
+    seed: int,
+) -> tuple[CheckImages | None, np.ndarray | None]:
+    """The run's check images and int8 calibration images, read as its validation images
+    were (with its decode settings)."""
+    if check_on == "none" and not calibrate:
+        return None, None
+    files = export_check.run_files(model_dir, data_dir, files_config)
+    if files.class_names != labels:
+        raise ValueError(
+            f"The data folder {files.directory!r} has the classes {files.class_names}, the "
+            f"model {labels}: pass --data_dir=<the run's images>."
+        )
+    settings = predict_lib.decode_settings(model_dir, files_config)
     check = None if check_on == "none" else _run_check_images(model, files, check_on, settings)
     representative = None
     if calibrate:
-        if representative_images < 1:
-            raise ValueError(f"representative_images must be >= 1, got {representative_images}.")
-        paths = export_check.sample_paths(files.train_paths, representative_images, seed)
+        if count < 1:
+            raise ValueError(f"representative_images must be >= 1, got {count}.")
+        paths = export_check.sample_paths(files.train_paths, count, seed)
         representative = export_check.read_images(paths, model, **settings)
+    return check, representative
+
+
+def export_run(
+    model: keras.Model,
+    labels: Sequence[str],
+    model_dir: str,
+    export_format: str,
+    modes: Sequence[str | None],
+    output_dir: str,
+    *,
+    config: dict[str, Any] | None = None,
+    check_on: str = "auto",
+    data_dir: str | None = None,
+    representative_images: int = 200,
+    io_dtype: str = "float32",
+    min_agreement: float | None = None,
+    seed: int = 0,
+    measure_latency: bool = False,
+    latency_threads: int = 1,
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """The exports of a training run's `model` (the work of `export_model_dir`, and of
+    `keras-transfer train --export` on the model it holds), unrecorded.
+
+    The run's images are listed from `config` (its resolved settings) or else from
+    `model_dir`'s `config.json` (`data_dir` if they moved). Each export is checked on the
+    validation images (`check_on`: `"auto"` validation, else test; `"none"` unchecked); int8
+    TFLite calibrates on `representative_images` training images chosen with `seed`; with
+    `measure_latency` each file's single-image latency on `latency_threads` threads is
+    added (`export_latency.measure_latency`).
+
+    Returns:
+        `(reports, failures)`: one report per export, and the messages of the checks that
+        fell below `min_agreement` (their files not written).
+    """
+    calibrate = export_format == "tflite" and "int8" in modes
+    check, representative = _check_and_calibration_images(
+        model,
+        list(labels),
+        model_dir,
+        config,
+        check_on,
+        calibrate,
+        data_dir,
+        count=representative_images,
+        seed=seed,
+    )
+    os.makedirs(output_dir, exist_ok=True)
+    remove_stale_partials(output_dir)
     reports, failures = [], []
     with tempfile.TemporaryDirectory(prefix=PARTIAL_PREFIX, dir=output_dir) as scratch:
         saved_model_dir = None
@@ -172,10 +260,11 @@ def export_model_dir(
             plain.export(saved_model_dir, format="tf_saved_model", verbose=False)
         for mode in modes:
             int8 = calibrate and mode == "int8"
+            path = os.path.join(output_dir, output_name(export_format, mode))
             try:
                 report = export_one(
                     model,
-                    os.path.join(output_dir, output_name(export_format, mode)),
+                    path,
                     export_format,
                     mode,
                     check=check,
@@ -189,11 +278,13 @@ def export_model_dir(
                 failures.append(str(error))
             if int8:
                 report["representative_images"] = len(representative)
+            if measure_latency and report["written"]:
+                image = None if check is None else check.images[0]
+                latency = export_latency.measure_latency(path, image, threads=latency_threads)
+                report["latency_ms_median"] = latency.pop("latency_ms_median")
+                report["latency"] = latency
             reports.append(report)
-    _record(output_dir, model_dir, reports)
-    if failures:
-        raise ExportCheckError(" ".join(failures), reports)
-    return reports
+    return reports, failures
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -218,6 +309,12 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(line)
     elif report.get("written"):
         lines.append("  not checked (--check_on=none)")
+    if report.get("latency_ms_median") is not None:
+        latency = report["latency"]
+        lines.append(
+            f"  latency {report['latency_ms_median']:.2f} ms per image (median of "
+            f"{latency['runs']} runs, {latency['runtime']}, {latency['threads']} thread(s))"
+        )
     if report.get("float_layer_types"):
         kinds = ", ".join(f"{n} {kind}" for kind, n in report["float_layer_types"].items())
         lines.append(

@@ -30,6 +30,7 @@ import tensorflow as tf
 
 import keras_transfer as kt
 from keras_transfer.apps import _outputs
+from keras_transfer.apps import export_folder
 from keras_transfer.apps.image_config import RESOLVED_CONFIG_FILE as CONFIG
 from keras_transfer.apps.image_config import Config
 from keras_transfer.apps.image_config import check_config
@@ -78,7 +79,8 @@ def run(
     `results.json` (per-phase final metrics and wall time, the configuration, data sizes,
     skipped files, validation precision/recall per class), `training_curves.png` and
     `confusion_matrix.png` (when matplotlib is installed), TensorBoard logs in `logs/`, and
-    with `export`: `saved_model/` and `model.tflite`. A run that fails before training
+    with `export`: `saved_model/` and `model.tflite`, with `export.json` (each checked
+    against the model on the validation images, as `keras-transfer export` checks). A run that fails before training
     starts (bad settings, missing weights or data) creates no `model_dir`.
 
     One run at a time writes a `model_dir`: a second one fails at once
@@ -141,7 +143,7 @@ def run(
             results["domain"] = domain_report(config, model, data, target, distance_before)
         if config.diagnostics:
             results["diagnostics"] = diagnose(pretrained, model, data, transfer, source, output_dir)
-        _save_outputs(config, model, data.class_names, environment, image_size, results, start)
+        _save_outputs(config, model, data, environment, image_size, results, start)
     return results
 
 
@@ -156,21 +158,33 @@ def _overwrite_earlier_run(config: Config, environment: Environment) -> None:
 def _save_outputs(
     config: Config,
     model: keras.Model,
-    class_names: list[str],
+    data: kt.ImageData,
     environment: Environment,
     image_size: int,
     results: dict[str, Any],
     start: float,
 ) -> None:
-    """The end of a run: the exports, then the model folder's files together (the JSON
-    files on the chief only), then the backup, no longer needed to finish the run."""
+    """The end of a run: the exports (each checked on the run's validation images), then
+    the model folder's files together (the JSON files on the chief only) and `export.json`,
+    then the backup, no longer needed to finish the run."""
+    class_names = data.class_names
     output_dir = environment.output_dir
+    resolved = config.resolved(image_size)
+    # Checked as `keras-transfer export` checks: on the run's validation (else test) images,
+    # listed again from its image folder (a TFDS run's exports go unchecked).
+    checkable = bool(config.data_dir) and bool(data.num_validation or data.num_test)
+    reports = []
     for export_format in config.export_formats():
-        results.setdefault("exports", {})[export_format] = export(model, output_dir, export_format)
+        reports.append(
+            export(model, output_dir, export_format, class_names, resolved if checkable else None)
+        )
+        logger.info("Exported %s", export_folder.format_report(reports[-1]))
+        results.setdefault("exports", {})[export_format] = os.path.join(
+            output_dir, reports[-1]["file"]
+        )
     results["total_seconds"] = round(time.perf_counter() - start, 2)
-    json_files = {
-        CONFIG: config.resolved(image_size),
-        RESULTS_FILE: results,
-    }
+    json_files = {CONFIG: resolved, RESULTS_FILE: results}
     write_model_folder(model, class_names, output_dir, json_files if environment.chief else None)
+    if reports:  # beside model.keras, whose SHA-256 it records
+        export_folder.record_reports(output_dir, output_dir, reports)
     delete_backup(config, environment)

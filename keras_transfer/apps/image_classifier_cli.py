@@ -251,7 +251,12 @@ flags.DEFINE_bool(
     _DEFAULTS.mixed_precision,
     "mixed_bfloat16 on TPU, mixed_float16 on GPU; float32 on CPU (measured faster there).",
 )
-flags.DEFINE_string("export", _DEFAULTS.export, "Comma-separated: saved_model, tflite.")
+flags.DEFINE_string(
+    "export",
+    _DEFAULTS.export,
+    "Comma-separated: saved_model, tflite; each checked against model.keras on the validation "
+    "images, as `keras-transfer export` checks, in export.json.",
+)
 flags.DEFINE_float(
     "ema_momentum",
     _DEFAULTS.ema_momentum,

@@ -513,6 +513,7 @@ RUN_OUTPUTS = (
     "saved_model",
     "model.tflite",
     "model.onnx",
+    "export.json",
     "backup",
 )
 

@@ -12,7 +12,7 @@ import keras
 import keras_transfer as kt
 from keras_transfer import data as data_lib
 from keras_transfer.apps import _outputs
-from keras_transfer.apps import export as export_lib
+from keras_transfer.apps import export_folder
 from keras_transfer.apps import image_zero_shot
 from keras_transfer.apps.image_config import ADAPT_METHODS
 from keras_transfer.apps.image_config import EXPORT_FORMATS
@@ -206,13 +206,35 @@ def _kept_epoch(history: kt.TwoPhaseHistory, monitor: str, last_phase: str) -> d
     return {"phase": history.phases[best], "epoch": int(history.epoch[best]) + 1}
 
 
-def export(model: keras.Model, output_dir: str, export_format: str) -> str:
+def export(
+    model: keras.Model,
+    output_dir: str,
+    export_format: str,
+    class_names: list[str] | None = None,
+    run_config: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Exports `model` for serving: `"saved_model"` (`model.export`, a `serve` signature
     taking raw 0-255 float32 images) or `"tflite"` (converted from that SavedModel).
-    Returns the written path. Each output replaces the previous one only once complete,
-    and what a killed export left in `output_dir` is deleted first
-    (`export.export_model`)."""
+
+    With `run_config` (the run's resolved settings: an image-folder run with validation
+    or test images) and `class_names`, the export is checked as `keras-transfer export`
+    checks it (`export_folder.export_run`: the run's validation images, else its test
+    images, listed and read again from its folder): top-1 agreement with `model`, the
+    accuracy of each, the probability differences. Returns the export's report (`file`,
+    `bytes`, and `check` when checked). Each output replaces the previous one only once
+    complete, and what a killed export left in `output_dir` is deleted first."""
     if export_format not in EXPORT_FORMATS:
         raise ValueError(f"Unknown export format {export_format!r}; use {EXPORT_FORMATS}.")
+    check_on = "none" if run_config is None else "auto"
     # Always a fresh SavedModel: one left by an earlier run in this folder is stale.
-    return export_lib.export_model(model, output_dir, export_format)
+    reports, _ = export_folder.export_run(
+        model,
+        list(class_names or ()),
+        output_dir,
+        export_format,
+        [None],
+        output_dir,
+        config=run_config,
+        check_on=check_on,
+    )
+    return reports[0]

@@ -50,6 +50,7 @@ __all__ = [
     "load_trained",
     "predict_files",
     "predict_images",
+    "read_run_config",
 ]
 
 logger = logging.getLogger("keras_transfer")
@@ -108,24 +109,41 @@ def _labels_mismatch(labels_path: str, listed: list[str], model_path: str, store
     )
 
 
-def decode_settings(model_dir: str) -> dict[str, Any]:
-    """`{"crop_fraction", "resize"}` of the run that wrote `model_dir`, for `predict_files`
-    and `load_image`: from its `config.json`, else the loaders' defaults (a folder without
-    one, or a run that kept them)."""
-    settings: dict[str, Any] = {"crop_fraction": CROP_FRACTION, "resize": "crop"}
+def read_run_config(model_dir: str, required: str = "") -> dict[str, Any] | None:
+    """The `config.json` a training run wrote into `model_dir`, as a dict; `None` if the
+    folder has none, unless `required` (what the caller needs it for and the way out, e.g.
+    "so the run's images cannot be found: pass --check_on=none"), which makes a missing file
+    a `FileNotFoundError` naming both. An unreadable file, or one that is not a JSON object,
+    is a `ValueError` naming the file."""
     path = os.path.join(model_dir, RESOLVED_CONFIG_FILE)
     if not os.path.isfile(path):
-        return settings
+        if required:
+            raise FileNotFoundError(f"{path!r} does not exist, {required}")
+        return None
+    restore = "restore the run's config.json" + (
+        "" if required else " or delete it (the defaults are used then)"
+    )
     try:
         with open(path, encoding="utf-8") as f:
             config = json.load(f)
     except (OSError, ValueError) as error:
-        raise ValueError(
-            f"Cannot read {path!r} ({error}): restore the run's config.json or delete it "
-            "(predictions then use the default crop_fraction and resize)."
-        ) from error
-    if isinstance(config, dict):
-        settings.update({key: config[key] for key in settings if key in config})
+        raise ValueError(f"Cannot read {path!r} ({error}): {restore}.") from error
+    if not isinstance(config, dict):
+        raise ValueError(f"{path!r} is not a JSON object: {restore}.")
+    return config
+
+
+def decode_settings(model_dir: str, config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`{"crop_fraction", "resize"}` of the run that wrote `model_dir`, for `predict_files`
+    and `load_image`: from its `config.json` (`read_run_config`), or from `config` (the
+    run's resolved settings, when the caller holds them), else the loaders' defaults (a
+    folder without one, or a run that kept them)."""
+    settings: dict[str, Any] = {"crop_fraction": CROP_FRACTION, "resize": "crop"}
+    if config is None:
+        config = read_run_config(model_dir)
+    if config is None:
+        return settings
+    settings.update({key: config[key] for key in settings if key in config})
     crop_fraction, resize = settings["crop_fraction"], settings["resize"]
     if (
         isinstance(crop_fraction, bool)
@@ -133,6 +151,7 @@ def decode_settings(model_dir: str) -> dict[str, Any]:
         or not 0 < crop_fraction <= 1
         or resize not in ("crop", "squash")
     ):
+        path = os.path.join(model_dir, RESOLVED_CONFIG_FILE)
         raise ValueError(
             f"{path!r} has crop_fraction={crop_fraction!r}, resize={resize!r}: crop_fraction "
             "must lie in (0, 1] and resize be 'crop' or 'squash'. Restore the run's config.json."

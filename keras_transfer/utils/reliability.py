@@ -7,6 +7,7 @@ atomic training backups) live in `keras_transfer.training.callbacks`."""
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import logging
 import os
@@ -28,6 +29,7 @@ __all__ = [
     "check_finite_weights",
     "check_free_space",
     "copy_atomically",
+    "file_sha256",
     "non_finite_variables",
     "write_atomically",
     "write_files_atomically",
@@ -60,6 +62,29 @@ def check_finite_weights(model: keras.Model) -> None:
             "save it as a result. Training diverged: restore a checkpoint and lower the "
             "learning rate or clip gradients."
         )
+
+
+def file_sha256(path: str | os.PathLike, opener: Callable[[str, str], Any] = open) -> str:
+    """The SHA-256 hex digest of a file's bytes, read in chunks of 1 MiB (a model file of
+    gigabytes never sits in memory whole).
+
+    Args:
+        path: the file.
+        opener: `opener(path, "rb")` opens it: `open`, or e.g. `tf.io.gfile.GFile` for a
+            path on a remote file system.
+
+    Example:
+    ```python
+    from keras_transfer.utils import reliability
+
+    reliability.file_sha256("run/model.keras")  # -> "3f5a..." (64 hex digits)
+    ```
+    """
+    digest = hashlib.sha256()
+    with opener(os.fspath(path), "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def write_atomically(path: str | os.PathLike, write: Callable[[str], Any]) -> None:

@@ -23,6 +23,7 @@ from typing import Any
 import tensorflow as tf
 
 from keras_transfer.backbones.hub import cache
+from keras_transfer.utils import reliability
 
 __all__ = [
     "clear_trusted",
@@ -61,9 +62,8 @@ def saved_model_digest(path: str) -> str:
         if not tf.io.gfile.exists(file):
             digest.update(b"\0missing")
             continue
-        with tf.io.gfile.GFile(file, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
+        # Each file's own digest: the names and digests together fix the content.
+        digest.update(reliability.file_sha256(file, tf.io.gfile.GFile).encode())
     return digest.hexdigest()
 
 

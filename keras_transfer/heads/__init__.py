@@ -2,6 +2,7 @@
 
 from keras_transfer.heads import classification
 from keras_transfer.heads import classifier
+from keras_transfer.heads import labels
 from keras_transfer.heads import losses
 from keras_transfer.heads import multi_task
 from keras_transfer.heads.classification import HEAD_ARGS
@@ -12,6 +13,7 @@ from keras_transfer.heads.classification import make_head
 from keras_transfer.heads.classification import resolve_loss_and_metrics
 from keras_transfer.heads.classifier import TransferClassifier
 from keras_transfer.heads.classifier import create_classifier
+from keras_transfer.heads.labels import check_labels
 from keras_transfer.heads.losses import BinaryLabelCrossentropy
 from keras_transfer.heads.losses import SoftLabelAccuracy
 from keras_transfer.heads.losses import SoftLabelCrossentropy
@@ -24,6 +26,7 @@ from keras_transfer.heads.multi_task import check_loss_weights
 __all__ = [
     "classification",
     "classifier",
+    "labels",
     "losses",
     "multi_task",
     "BinaryLabelCrossentropy",
@@ -38,6 +41,7 @@ __all__ = [
     "TASKS",
     "TransferClassifier",
     "check_heads",
+    "check_labels",
     "check_loss_weights",
     "create_classifier",
     "make_head",

@@ -195,12 +195,15 @@ def _cache_splits(
     against the head trained with `loss` as they are read (`heads.check_labels`)."""
     extractor = extraction.feature_extractor(model)
 
+    def checked(data, what):
+        return heads.check_labels(model, data_lib.as_dataset(data, what), loss=loss)
+
     def folder(name):
         return os.path.join(os.fspath(cache.cache_dir), name) if cache.cache_dir else None
 
     train_cache = extraction.extract_features(
         extractor,
-        heads.check_labels(model, data_lib.as_dataset(cache.data, "the data to cache"), loss=loss),
+        checked(cache.data, "the data to cache"),
         passes=cache.passes,
         cache_dir=folder("train"),
         max_memory_bytes=cache.max_memory_bytes,
@@ -211,7 +214,7 @@ def _cache_splits(
         return train_cache, None
     val_cache = extraction.extract_features(
         extractor,
-        heads.check_labels(model, data_lib.as_dataset(validation_data, "validation_data"), loss=loss),
+        checked(validation_data, "validation_data"),
         cache_dir=folder("validation"),
         max_memory_bytes=cache.max_memory_bytes,
         verbose=verbose,

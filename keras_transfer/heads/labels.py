@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from collections.abc import Mapping
 from typing import Any
+from typing import NamedTuple
 
 import numpy as np
 import tensorflow as tf
@@ -26,8 +27,14 @@ from keras_transfer.utils import backend
 
 __all__ = ["check_labels"]
 
-# labels (a tf.Tensor) -> (all valid, message naming the first bad ones), or None to skip.
-_Check = Callable[[tf.Tensor], "tuple[tf.Tensor, tf.Tensor] | None"]
+
+class _Check(NamedTuple):
+    """The check of one head's labels."""
+
+    # labels (a tf.Tensor or tf.TensorSpec) -> whether they are the kind this check reads.
+    applies: Callable[[Any], bool]
+    # labels (a tf.Tensor it applies to) -> (all valid, message naming the first bad ones).
+    run: Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor]]
 
 
 def check_labels(model: Any, data: Any, labels: Any = None, *, loss: Any = None) -> Any:
@@ -90,7 +97,7 @@ def _head_checks(model: Any, loss: Any) -> dict[str | None, _Check]:
         return {}
     losses = loss if isinstance(loss, Mapping) else {}
     checks = {
-        name: _check_for(sub, losses.get(name), prefix=f"Head {name!r}: ")
+        name: _check_for(sub, losses.get(name), prefix=f"Head {name}: ")
         for name, sub in head.heads.items()
     }
     return {name: check for name, check in checks.items() if check}
@@ -111,31 +118,33 @@ def _class_index_check(num_classes: int, prefix: str) -> _Check:
         f"{num_classes - 1}. Check the labels, or the head's num_classes."
     )
 
-    def check(labels):
-        if not (labels.dtype.is_integer or labels.dtype.is_floating):
-            return None
-        if labels.shape.rank == 2 and labels.shape[-1] == num_classes != 1:
-            return None  # one-hot or soft label vectors (MixUp, CutMix)
+    def applies(labels):
+        vectors = labels.shape.rank == 2 and labels.shape[-1] == num_classes != 1
+        # Not one-hot or soft label vectors (MixUp, CutMix).
+        return (labels.dtype.is_integer or labels.dtype.is_floating) and not vectors
+
+    def run(labels):
         indices = tf.reshape(labels, [-1])
         bad = tf.boolean_mask(indices, (indices < 0) | (indices >= num_classes))
         first = tf.concat([bad, tf.zeros([1], bad.dtype)], 0)[0]  # any value when none is bad
         return tf.size(bad) == 0, tf.strings.format(message, first)
 
-    return check
+    return _Check(applies, run)
 
 
 def _zero_one_check(prefix: str) -> _Check:
     # The loss's own wording; `{0, 1}` in it is no placeholder (that is exactly `{}`).
     message = prefix + BINARY_LABELS_MESSAGE + " {}"
 
-    def check(labels):
-        if not (labels.dtype.is_integer or labels.dtype.is_floating or labels.dtype.is_bool):
-            return None
+    def applies(labels):
+        return labels.dtype.is_integer or labels.dtype.is_floating
+
+    def run(labels):
         values = tf.cast(tf.reshape(labels, [-1]), tf.float32)
         bad = tf.boolean_mask(values, (values != 0.0) & (values != 1.0))
         return tf.size(bad) == 0, tf.strings.format(message, bad[:5], summarize=5)
 
-    return check
+    return _Check(applies, run)
 
 
 def _labels_of(checks: dict[str | None, _Check], labels: Any):
@@ -152,26 +161,31 @@ def _check_now(checks: dict[str | None, _Check], labels: Any) -> None:
         array = np.asarray(values)
         if array.dtype == object or array.size == 0:
             continue
-        result = check(tf.convert_to_tensor(array))
-        if result is not None and not bool(result[0]):
-            raise ValueError(result[1].numpy().decode())
+        tensor = tf.convert_to_tensor(array)
+        if not check.applies(tensor):
+            continue
+        valid, message = check.run(tensor)
+        if not bool(valid):
+            raise ValueError(message.numpy().decode())
 
 
 def _check_in_pipeline(checks: dict[str | None, _Check], data: tf.data.Dataset):
     spec = data.element_spec
     if not isinstance(spec, tuple) or len(spec) < 2:
         return data  # no labels
-    if not any(isinstance(values, tf.TensorSpec) for _, values in _labels_of(checks, spec[1])):
-        return data  # no labels of a checked head, or ragged or sparse ones
+    checked = [
+        isinstance(values, tf.TensorSpec) and check.applies(values)  # not ragged or sparse
+        for check, values in _labels_of(checks, spec[1])
+    ]
+    if not any(checked):
+        return data  # no labels of a checked head, or not the kind it reads
 
     def check(inputs, labels, *rest):
         assertions = []
-        for check_head, values in _labels_of(checks, labels):
-            if not isinstance(values, tf.Tensor):
-                continue  # ragged or sparse labels: not class indices
-            result = check_head(values)
-            if result is not None:
-                assertions.append(tf.debugging.Assert(result[0], [result[1]]))
+        for (check_head, values), applies in zip(_labels_of(checks, labels), checked):
+            if applies:
+                valid, message = check_head.run(values)
+                assertions.append(tf.debugging.Assert(valid, [message]))
         with tf.control_dependencies(assertions):
             labels = tf.nest.map_structure(tf.identity, labels)
         return (inputs, labels, *rest)

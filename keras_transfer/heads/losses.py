@@ -16,7 +16,10 @@ from keras_transfer.utils import backend
 
 __all__ = [
     "BINARY_LABELS_MESSAGE",
-    "BinaryLabelCrossentropy", "SoftLabelAccuracy", "SoftLabelCrossentropy"]
+    "BinaryLabelCrossentropy",
+    "SoftLabelAccuracy",
+    "SoftLabelCrossentropy",
+]
 
 BINARY_LABELS_MESSAGE = (
     "Labels of a binary or multilabel (sigmoid) head must be 0 or 1. For class indices "

@@ -4,6 +4,8 @@ A subprocess has no pytest fixtures: its script puts tests/ on `sys.path` and im
 it needs from here. Everything else shared between test files is a fixture in conftest.py.
 """
 
+import copy
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -15,12 +17,16 @@ from keras_transfer.utils import distribute
 
 __all__ = [
     "DOMAIN_SIZE",
+    "KERAS_HUB_SIZE",
     "REG_SCALE",
+    "TINY_KERAS_HUB_CLASSES",
     "TRAINING_OFFSET",
     "export_tiny_module",
     "hub_classifier",
     "hub_inputs",
     "shifted_task",
+    "tiny_config",
+    "tiny_keras_hub_model",
     "train_plain_model",
     "train_two_phase_cached",
     "two_conv_classifier",
@@ -112,6 +118,201 @@ def shifted_task(n=64, seed=0):
     target = target * 0.5
     target[..., 2] += 100
     return images, labels, target
+
+
+# --- tiny KerasHub models ---------------------------------------------------------------
+
+KERAS_HUB_SIZE = 32
+
+# family -> the keras_hub.models class of its tiny model (see `tiny_config`).
+TINY_KERAS_HUB_CLASSES = {
+    "bert": "BertBackbone",
+    "clip": "CLIPBackbone",
+    "cspnet": "CSPNetBackbone",
+    "deit": "DeiTBackbone",
+    "densenet": "DenseNetBackbone",
+    "dinov2": "DINOV2Backbone",
+    "dinov3": "DINOV3Backbone",
+    "efficientnet": "EfficientNetBackbone",
+    "hgnetv2": "HGNetV2Backbone",
+    "mit": "MiTBackbone",
+    "mobilenet": "MobileNetBackbone",
+    "mobilenetv5": "MobileNetV5Backbone",
+    "resnet": "ResNetBackbone",
+    "siglip": "SigLIPVisionEncoder",
+    "swin_transformer": "SwinTransformerBackbone",
+    "vgg": "VGGBackbone",
+    "vit": "ViTBackbone",
+    "xception": "XceptionBackbone",
+}
+
+
+def tiny_config(family, size=KERAS_HUB_SIZE):
+    """Constructor arguments of a tiny random KerasHub model of `family` (a key of
+    `TINY_KERAS_HUB_CLASSES`): images of `size` px, a few thousand weights. A CLIP model's
+    are `{"vision": ..., "text": ..., "projection_dim": ...}` (its two encoders')."""
+    image_shape = (size, size, 3)
+    # The transformers' shared shape: 2 blocks of 2 heads, width 16, 8 px patches.
+    transformer = dict(patch_size=8, num_layers=2, num_heads=2, hidden_dim=16)
+    encoder = dict(transformer, intermediate_dim=32, image_shape=image_shape)
+    configs = {
+        "bert": dict(
+            vocabulary_size=50,
+            num_layers=2,
+            num_heads=2,
+            hidden_dim=16,
+            intermediate_dim=32,
+            max_sequence_length=8,
+        ),
+        "clip": dict(
+            vision=encoder,
+            text=dict(
+                vocabulary_size=10,
+                embedding_dim=8,
+                hidden_dim=8,
+                num_layers=1,
+                num_heads=2,
+                intermediate_dim=16,
+                max_sequence_length=8,
+            ),
+            projection_dim=8,
+        ),
+        "cspnet": dict(
+            stem_filters=8,
+            stem_kernel_size=3,
+            stem_strides=1,
+            stackwise_depth=[1, 1],
+            stackwise_strides=2,
+            stackwise_num_filters=[8, 16],
+            block_type="dark_block",
+            stage_type="csp",
+            down_growth=True,
+            bottle_ratio=(0.5, 1.0),
+            block_ratio=(1.0, 0.5),
+            expand_ratio=(2.0, 1.0),
+            stem_padding="same",
+        ),
+        "deit": encoder,
+        "densenet": dict(stackwise_num_repeats=[1, 1], growth_rate=4),
+        "dinov2": dict(encoder, position_embedding_shape=image_shape),
+        "dinov3": encoder,
+        "efficientnet": dict(
+            stackwise_kernel_sizes=[3, 3],
+            stackwise_num_repeats=[1, 1],
+            stackwise_input_filters=[8, 8],
+            stackwise_output_filters=[8, 16],
+            stackwise_expansion_ratios=[1, 2],
+            stackwise_squeeze_and_excite_ratios=[0.0, 0.25],
+            stackwise_strides=[1, 2],
+            stackwise_block_types=["fused", "unfused"],
+            stackwise_force_input_filters=[0, 0],
+            stackwise_nores_option=[False, False],
+            width_coefficient=1.0,
+            depth_coefficient=1.0,
+        ),
+        "hgnetv2": dict(
+            depths=[1, 1],
+            embedding_size=16,
+            hidden_sizes=[16, 32],
+            stem_channels=[3, 8, 16],
+            hidden_act="relu",
+            use_learnable_affine_block=False,
+            stackwise_stage_filters=[[16, 8, 16, 1, 1, 3], [16, 8, 32, 1, 1, 3]],
+            apply_downsample=[False, True],
+            use_lightweight_conv_block=[False, False],
+            image_shape=image_shape,
+        ),
+        "mit": dict(
+            layerwise_depths=[1, 1],
+            num_layers=2,
+            layerwise_num_heads=[1, 1],
+            layerwise_sr_ratios=[4, 2],
+            max_drop_path_rate=0.0,
+            layerwise_patch_sizes=[7, 3],
+            layerwise_strides=[4, 2],
+            image_shape=image_shape,
+            hidden_dims=[8, 16],
+        ),
+        "mobilenet": dict(
+            stackwise_expansion=[[16], [32]],
+            stackwise_num_blocks=[1, 1],
+            stackwise_num_filters=[[8], [16]],
+            stackwise_kernel_size=[[3], [3]],
+            stackwise_num_strides=[[2], [2]],
+            stackwise_se_ratio=[[None], [0.25]],
+            stackwise_activation=[["relu"], ["hard_swish"], ["hard_swish"]],
+            stackwise_padding=[[1], [1]],
+            output_num_filters=32,
+            depthwise_filters=8,
+            depthwise_stride=2,
+            depthwise_residual=False,
+            squeeze_and_excite=0.5,
+            last_layer_filter=32,
+            input_num_filters=8,
+            image_shape=image_shape,
+        ),
+        "mobilenetv5": dict(
+            stackwise_block_types=[["er"], ["uir", "uir"]],
+            stackwise_num_blocks=[1, 2],
+            stackwise_num_filters=[[8], [16, 16]],
+            stackwise_strides=[[2], [2, 1]],
+            stackwise_act_layers=[["relu"], ["relu", "relu"]],
+            stackwise_exp_ratios=[[2.0], [2.0, 2.0]],
+            stackwise_se_ratios=[[0.0], [0.0, 0.0]],
+            stackwise_dw_kernel_sizes=[[0], [3, 3]],
+            stackwise_dw_start_kernel_sizes=[[0], [0, 0]],
+            stackwise_dw_end_kernel_sizes=[[0], [0, 0]],
+            stackwise_exp_kernel_sizes=[[3], [0, 0]],
+            stackwise_pw_kernel_sizes=[[1], [0, 0]],
+            stackwise_num_heads=[[0], [0, 0]],
+            stackwise_key_dims=[[0], [0, 0]],
+            stackwise_value_dims=[[0], [0, 0]],
+            stackwise_kv_strides=[[0], [0, 0]],
+            stackwise_use_cpe=[[False], [False, False]],
+            image_shape=image_shape,
+            stem_size=8,
+            use_msfa=False,
+        ),
+        "resnet": dict(
+            input_conv_filters=[64],
+            input_conv_kernel_sizes=[3],
+            stackwise_num_filters=[64, 16],
+            stackwise_num_blocks=[1, 1],
+            stackwise_num_strides=[1, 2],
+            block_type="basic_block",
+        ),
+        "siglip": encoder,
+        "swin_transformer": dict(
+            image_shape=image_shape,
+            embed_dim=8,
+            depths=(1, 1),
+            num_heads=(1, 2),
+            window_size=4,
+            drop_path=0.0,
+        ),
+        "vgg": dict(stackwise_num_repeats=[1, 1, 1], stackwise_num_filters=[8, 8, 16]),
+        # ViT calls its MLP width mlp_dim.
+        "vit": dict(transformer, mlp_dim=32, image_shape=image_shape),
+        "xception": dict(
+            stackwise_conv_filters=[[8, 8], [16, 16], [16, 16]],
+            stackwise_pooling=[False, True, False],
+        ),
+    }
+    return copy.deepcopy(configs[family])
+
+
+def tiny_keras_hub_model(family, size=KERAS_HUB_SIZE):
+    """A tiny random KerasHub model of `family` built from `tiny_config` (needs the
+    keras_hub extra)."""
+    import keras_hub
+
+    config = tiny_config(family, size)
+    if family == "clip":
+        # A CLIP preset holds the image-text model; keras_transfer takes its image tower.
+        vision = keras_hub.models.CLIPVisionEncoder(**config.pop("vision"))
+        text = keras_hub.models.CLIPTextEncoder(**config.pop("text"))
+        return keras_hub.models.CLIPBackbone(vision, text, **config)
+    return getattr(keras_hub.models, TINY_KERAS_HUB_CLASSES[family])(**config)
 
 
 # --- distribution -----------------------------------------------------------------------

@@ -4,6 +4,7 @@ ImageConverter, then used through keras_transfer: blocks, preprocessing, pooled 
 freezing, per-block outputs, LoRA adapters, `.keras` files, SavedModel export, mixed
 precision and the command."""
 
+import functools
 import json
 import sys
 
@@ -12,183 +13,22 @@ import keras
 import numpy as np
 import pytest
 from conftest import write_image_folder
+from helpers import KERAS_HUB_SIZE
+from helpers import TINY_KERAS_HUB_CLASSES
+from helpers import tiny_keras_hub_model
 
 import keras_transfer as kt
 from keras_transfer.backbones.keras_hub import families
 
 keras_hub = pytest.importorskip("keras_hub", reason="needs the keras_hub extra (keras-hub)")
 
-SIZE = 32
-
-
-def _vit():
-    return keras_hub.models.ViTBackbone(
-        image_shape=(SIZE, SIZE, 3),
-        patch_size=8,
-        num_layers=2,
-        num_heads=2,
-        hidden_dim=16,
-        mlp_dim=32,
-    )
-
-
-def _clip():
-    # A CLIP preset holds the image-text model; keras_transfer takes its image tower.
-    vision = keras_hub.models.CLIPVisionEncoder(8, 16, 2, 2, 32, image_shape=(SIZE, SIZE, 3))
-    text = keras_hub.models.CLIPTextEncoder(10, 8, 8, 1, 2, 16, max_sequence_length=8)
-    return keras_hub.models.CLIPBackbone(vision, text, projection_dim=8)
-
+SIZE = KERAS_HUB_SIZE
 
 # family -> a tiny random backbone of it (all at 32 px, a few thousand weights).
 BUILDERS = {
-    "clip": _clip,
-    "cspnet": lambda: keras_hub.models.CSPNetBackbone(
-        stem_filters=8,
-        stem_kernel_size=3,
-        stem_strides=1,
-        stackwise_depth=[1, 1],
-        stackwise_strides=2,
-        stackwise_num_filters=[8, 16],
-        block_type="dark_block",
-        stage_type="csp",
-        down_growth=True,
-        bottle_ratio=(0.5, 1.0),
-        block_ratio=(1.0, 0.5),
-        expand_ratio=(2.0, 1.0),
-        stem_padding="same",
-    ),
-    "deit": lambda: keras_hub.models.DeiTBackbone(
-        image_shape=(SIZE, SIZE, 3),
-        patch_size=8,
-        num_layers=2,
-        num_heads=2,
-        hidden_dim=16,
-        intermediate_dim=32,
-    ),
-    "densenet": lambda: keras_hub.models.DenseNetBackbone(
-        stackwise_num_repeats=[1, 1], growth_rate=4
-    ),
-    "dinov2": lambda: keras_hub.models.DINOV2Backbone(
-        patch_size=8,
-        num_layers=2,
-        hidden_dim=16,
-        num_heads=2,
-        intermediate_dim=32,
-        image_shape=(SIZE, SIZE, 3),
-        position_embedding_shape=(SIZE, SIZE, 3),
-    ),
-    "dinov3": lambda: keras_hub.models.DINOV3Backbone(
-        patch_size=8,
-        num_layers=2,
-        hidden_dim=16,
-        num_heads=2,
-        intermediate_dim=32,
-        image_shape=(SIZE, SIZE, 3),
-    ),
-    "efficientnet": lambda: keras_hub.models.EfficientNetBackbone(
-        stackwise_kernel_sizes=[3, 3],
-        stackwise_num_repeats=[1, 1],
-        stackwise_input_filters=[8, 8],
-        stackwise_output_filters=[8, 16],
-        stackwise_expansion_ratios=[1, 2],
-        stackwise_squeeze_and_excite_ratios=[0.0, 0.25],
-        stackwise_strides=[1, 2],
-        stackwise_block_types=["fused", "unfused"],
-        stackwise_force_input_filters=[0, 0],
-        stackwise_nores_option=[False, False],
-        width_coefficient=1.0,
-        depth_coefficient=1.0,
-    ),
-    "hgnetv2": lambda: keras_hub.models.HGNetV2Backbone(
-        depths=[1, 1],
-        embedding_size=16,
-        hidden_sizes=[16, 32],
-        stem_channels=[3, 8, 16],
-        hidden_act="relu",
-        use_learnable_affine_block=False,
-        stackwise_stage_filters=[[16, 8, 16, 1, 1, 3], [16, 8, 32, 1, 1, 3]],
-        apply_downsample=[False, True],
-        use_lightweight_conv_block=[False, False],
-        image_shape=(SIZE, SIZE, 3),
-    ),
-    "mit": lambda: keras_hub.models.MiTBackbone(
-        layerwise_depths=[1, 1],
-        num_layers=2,
-        layerwise_num_heads=[1, 1],
-        layerwise_sr_ratios=[4, 2],
-        max_drop_path_rate=0.0,
-        layerwise_patch_sizes=[7, 3],
-        layerwise_strides=[4, 2],
-        image_shape=(SIZE, SIZE, 3),
-        hidden_dims=[8, 16],
-    ),
-    "mobilenet": lambda: keras_hub.models.MobileNetBackbone(
-        stackwise_expansion=[[16], [32]],
-        stackwise_num_blocks=[1, 1],
-        stackwise_num_filters=[[8], [16]],
-        stackwise_kernel_size=[[3], [3]],
-        stackwise_num_strides=[[2], [2]],
-        stackwise_se_ratio=[[None], [0.25]],
-        stackwise_activation=[["relu"], ["hard_swish"], ["hard_swish"]],
-        stackwise_padding=[[1], [1]],
-        output_num_filters=32,
-        depthwise_filters=8,
-        depthwise_stride=2,
-        depthwise_residual=False,
-        squeeze_and_excite=0.5,
-        last_layer_filter=32,
-        input_num_filters=8,
-        image_shape=(SIZE, SIZE, 3),
-    ),
-    "mobilenetv5": lambda: keras_hub.models.MobileNetV5Backbone(
-        stackwise_block_types=[["er"], ["uir", "uir"]],
-        stackwise_num_blocks=[1, 2],
-        stackwise_num_filters=[[8], [16, 16]],
-        stackwise_strides=[[2], [2, 1]],
-        stackwise_act_layers=[["relu"], ["relu", "relu"]],
-        stackwise_exp_ratios=[[2.0], [2.0, 2.0]],
-        stackwise_se_ratios=[[0.0], [0.0, 0.0]],
-        stackwise_dw_kernel_sizes=[[0], [3, 3]],
-        stackwise_dw_start_kernel_sizes=[[0], [0, 0]],
-        stackwise_dw_end_kernel_sizes=[[0], [0, 0]],
-        stackwise_exp_kernel_sizes=[[3], [0, 0]],
-        stackwise_pw_kernel_sizes=[[1], [0, 0]],
-        stackwise_num_heads=[[0], [0, 0]],
-        stackwise_key_dims=[[0], [0, 0]],
-        stackwise_value_dims=[[0], [0, 0]],
-        stackwise_kv_strides=[[0], [0, 0]],
-        stackwise_use_cpe=[[False], [False, False]],
-        image_shape=(SIZE, SIZE, 3),
-        stem_size=8,
-        use_msfa=False,
-    ),
-    "resnet": lambda: keras_hub.models.ResNetBackbone(
-        input_conv_filters=[64],
-        input_conv_kernel_sizes=[3],
-        stackwise_num_filters=[64, 16],
-        stackwise_num_blocks=[1, 1],
-        stackwise_num_strides=[1, 2],
-        block_type="basic_block",
-    ),
-    "siglip": lambda: keras_hub.models.SigLIPVisionEncoder(
-        8, 16, 2, 2, 32, image_shape=(SIZE, SIZE, 3)
-    ),
-    "swin_transformer": lambda: keras_hub.models.SwinTransformerBackbone(
-        image_shape=(SIZE, SIZE, 3),
-        embed_dim=8,
-        depths=(1, 1),
-        num_heads=(1, 2),
-        window_size=4,
-        drop_path=0.0,
-    ),
-    "vgg": lambda: keras_hub.models.VGGBackbone(
-        stackwise_num_repeats=[1, 1, 1], stackwise_num_filters=[8, 8, 16]
-    ),
-    "vit": _vit,
-    "xception": lambda: keras_hub.models.XceptionBackbone(
-        stackwise_conv_filters=[[8, 8], [16, 16], [16, 16]],
-        stackwise_pooling=[False, True, False],
-    ),
+    family: functools.partial(tiny_keras_hub_model, family)
+    for family in TINY_KERAS_HUB_CLASSES
+    if family != "bert"  # a text model
 }
 
 # The ImageNet mean/std normalisation, per channel, as an ImageConverter's scale and offset.
@@ -416,14 +256,7 @@ def test_weights_file_or_unknown_weights_is_refused(preset):
 
 
 def test_text_preset_is_not_an_image_backbone(tmp_path):
-    keras_hub.models.BertBackbone(
-        vocabulary_size=10,
-        num_layers=1,
-        num_heads=1,
-        hidden_dim=4,
-        intermediate_dim=8,
-        max_sequence_length=8,
-    ).save_to_preset(str(tmp_path / "bert"))
+    tiny_keras_hub_model("bert").save_to_preset(str(tmp_path / "bert"))
     with pytest.raises(ValueError, match="BertBackbone.*not an image backbone.*vit"):
         kt.create_backbone(f"keras_hub:{tmp_path / 'bert'}")
 

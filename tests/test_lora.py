@@ -11,6 +11,7 @@ import h5py
 import keras
 import numpy as np
 import pytest
+from helpers import tiny_config
 
 import keras_transfer as kt
 from keras_transfer.optimizers import layerwise as optimizers
@@ -450,14 +451,7 @@ def tiny_bert_classifier(seed=0):
 
     text_classifier_lib.register_bert_blocks()
     keras.utils.set_random_seed(seed)
-    encoder = keras_hub.models.BertBackbone(
-        vocabulary_size=50,
-        num_layers=2,
-        num_heads=2,
-        hidden_dim=16,
-        intermediate_dim=32,
-        max_sequence_length=8,
-    )
+    encoder = keras_hub.models.BertBackbone(**tiny_config("bert"))
     inputs = {
         name: keras.Input((8,), dtype="int32", name=name)
         for name in ("token_ids", "segment_ids", "padding_mask")

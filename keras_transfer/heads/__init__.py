@@ -2,6 +2,7 @@
 
 from keras_transfer.heads import classification
 from keras_transfer.heads import classifier
+from keras_transfer.heads import labels
 from keras_transfer.heads import losses
 from keras_transfer.heads import multi_task
 from keras_transfer.heads import zero_shot
@@ -13,6 +14,7 @@ from keras_transfer.heads.classification import make_head
 from keras_transfer.heads.classification import resolve_loss_and_metrics
 from keras_transfer.heads.classifier import TransferClassifier
 from keras_transfer.heads.classifier import create_classifier
+from keras_transfer.heads.labels import check_labels
 from keras_transfer.heads.losses import BinaryLabelCrossentropy
 from keras_transfer.heads.losses import SoftLabelAccuracy
 from keras_transfer.heads.losses import SoftLabelCrossentropy
@@ -26,6 +28,7 @@ from keras_transfer.heads.zero_shot import ZeroShotHead
 __all__ = [
     "classification",
     "classifier",
+    "labels",
     "losses",
     "multi_task",
     "zero_shot",
@@ -42,6 +45,7 @@ __all__ = [
     "TransferClassifier",
     "ZeroShotHead",
     "check_heads",
+    "check_labels",
     "check_loss_weights",
     "create_classifier",
     "make_head",

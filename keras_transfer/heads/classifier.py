@@ -24,6 +24,7 @@ the images in a `map`.)
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 from collections.abc import Sequence
 from typing import Any
@@ -34,7 +35,9 @@ from keras_transfer.backbones import registry as backbones_lib
 from keras_transfer.backbones.preprocessing import ImagePreprocessing
 from keras_transfer.heads.classification import ClassificationHead
 from keras_transfer.heads.classification import make_head
+from keras_transfer.heads.labels import check_labels
 from keras_transfer.heads.multi_task import MultiTaskHead
+from keras_transfer.utils import backend
 from keras_transfer.utils import distribute
 
 __all__ = ["TransferClassifier", "create_classifier"]
@@ -48,7 +51,11 @@ class TransferClassifier(distribute.MultiWorkerFitMixin, keras.Model):
     any Keras model) that also remembers what transfer learning needs after a reload: the
     backbone's registry name (for its blocks), the class names and the head's task.
     `fit` and `evaluate` also run under `MultiWorkerMirroredStrategy`, which Keras 3.15
-    does not support for plain models (see `distribute.MultiWorkerFitMixin`).
+    does not support for plain models (see `distribute.MultiWorkerFitMixin`). On backends
+    other than TensorFlow (whose compiled steps cannot assert), `fit` and `evaluate` first
+    check the labels against the head (`heads.labels.check_labels`): a class index outside
+    `[0, num_classes)`, or a sigmoid head's label other than 0 or 1, is an error naming it,
+    where JAX's one-hot would train on a row of zeros silently.
 
     `compile()` fills in what the head implies: `loss="auto"` and `metrics="auto"` pick the
     matching loss and accuracy metric; `optimizer="auto"` is Adam with learning rate 1e-3.
@@ -118,6 +125,16 @@ class TransferClassifier(distribute.MultiWorkerFitMixin, keras.Model):
             optimizer=optimizer, loss=loss, metrics=metrics, loss_weights=loss_weights, **kwargs
         )
 
+    def fit(self, *args, **kwargs):
+        args, kwargs = _checked(self, _FIT, args, kwargs, ("x", "y"), ("validation_data", None))
+        return super().fit(*args, **kwargs)
+
+    def evaluate(self, *args, **kwargs):
+        # Keras' fit also validates through here: labels fit has checked are checked again,
+        # which costs one pass over an array and nothing for a dataset (a lazy map).
+        args, kwargs = _checked(self, _EVALUATE, args, kwargs, ("x", "y"))
+        return super().evaluate(*args, **kwargs)
+
     def compile_from_config(self, config):
         # Keras skips restoring the compile state of models that override `compile`; ours
         # takes the same arguments, so restore it as Keras does for plain models.
@@ -146,6 +163,24 @@ class TransferClassifier(distribute.MultiWorkerFitMixin, keras.Model):
         config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
         config["head"] = keras.saving.deserialize_keras_object(config["head"])
         return cls(**config)
+
+
+_FIT = inspect.signature(keras.Model.fit)
+_EVALUATE = inspect.signature(keras.Model.evaluate)
+
+
+def _checked(model, signature, args, kwargs, *pairs: tuple[str, str | None]):
+    """`args` and `kwargs` of `fit` or `evaluate` with each `(data, labels)` pair's data
+    replaced by `check_labels`' result (unchanged on TensorFlow)."""
+    if backend.is_tensorflow():
+        return args, kwargs
+    # Keras' own signature, bound, so that positional `y` or `validation_data` count too.
+    bound = signature.bind(model, *args, **kwargs)
+    for data_name, labels_name in pairs:
+        if bound.arguments.get(data_name) is not None:
+            labels = bound.arguments.get(labels_name) if labels_name else None
+            bound.arguments[data_name] = check_labels(model, bound.arguments[data_name], labels)
+    return bound.args[1:], bound.kwargs
 
 
 def create_classifier(

@@ -14,9 +14,14 @@ import tensorflow as tf
 
 from keras_transfer.utils import backend
 
-__all__ = ["BinaryLabelCrossentropy", "SoftLabelAccuracy", "SoftLabelCrossentropy"]
+__all__ = [
+    "BINARY_LABELS_MESSAGE",
+    "BinaryLabelCrossentropy",
+    "SoftLabelAccuracy",
+    "SoftLabelCrossentropy",
+]
 
-_BINARY_LABELS_MESSAGE = (
+BINARY_LABELS_MESSAGE = (
     "Labels of a binary or multilabel (sigmoid) head must be 0 or 1. For class indices "
     "0..N-1 use a multiclass head (task=multiclass); for soft labels in [0, 1] compile with "
     "an explicit loss=keras.losses.BinaryCrossentropy(). First labels outside {0, 1}:"
@@ -32,10 +37,17 @@ class BinaryLabelCrossentropy(keras.losses.BinaryCrossentropy):
     batch and fails at the first bad one with `tf.errors.InvalidArgumentError` saying what
     to do, as sparse categorical cross-entropy does for out-of-range class indices. The
     check is one comparison per label; under XLA (`jit_compile=True`) TensorFlow drops
-    assertions. On JAX, which has no in-graph assertion, a host callback checks the labels
-    and the step fails with a `RuntimeError` (`JaxRuntimeError`) carrying the same message.
-    Heads with `task="binary"` or `"multilabel"` use it by default; pass
+    assertions. Heads with `task="binary"` or `"multilabel"` use it by default; pass
     `keras.losses.BinaryCrossentropy()` for soft labels.
+
+    On JAX, which has no in-graph assertion, the package checks the labels in the data
+    before they reach a step (`heads.check_labels`: `TransferClassifier.fit` and
+    `.evaluate`, `fit_two_phase`, the feature cache), with the same message. For the
+    paths that check cannot see, this loss keeps a host callback: a model that is not a
+    `TransferClassifier` compiled with this loss (e.g. a `keras.Sequential` ending in a
+    `ClassificationHead`), data from a Python generator or a `keras.utils.PyDataset`, and
+    `train_on_batch` or a custom training loop. There the step fails with a `RuntimeError`
+    (`JaxRuntimeError`) carrying the message.
 
     Args:
         **kwargs: `keras.losses.BinaryCrossentropy` arguments (`from_logits`,
@@ -51,6 +63,8 @@ class BinaryLabelCrossentropy(keras.losses.BinaryCrossentropy):
 
     def call(self, y_true, y_pred):
         if backend.backend() == "jax":
+            # Also on a TransferClassifier, whose labels `check_labels` has already passed:
+            # the loss cannot tell which data feeds it (see the class docstring).
             import jax
 
             jax.debug.callback(_check_binary_labels, y_true)
@@ -60,7 +74,7 @@ class BinaryLabelCrossentropy(keras.losses.BinaryCrossentropy):
         valid = tf.logical_or(tf.equal(labels, 0.0), tf.equal(labels, 1.0))
         check = tf.debugging.Assert(
             tf.reduce_all(valid),
-            [_BINARY_LABELS_MESSAGE, tf.boolean_mask(labels, tf.logical_not(valid))[:5]],
+            [BINARY_LABELS_MESSAGE, tf.boolean_mask(labels, tf.logical_not(valid))[:5]],
         )
         with tf.control_dependencies([check]):
             y_true = tf.identity(y_true)
@@ -72,7 +86,7 @@ def _check_binary_labels(labels) -> None:
     labels = np.asarray(labels, dtype="float32")
     bad = labels[(labels != 0.0) & (labels != 1.0)]
     if bad.size:
-        raise ValueError(f"{_BINARY_LABELS_MESSAGE} {bad[:5]}")
+        raise ValueError(f"{BINARY_LABELS_MESSAGE} {bad[:5]}")
 
 
 def _label_vectors(y_true, y_pred):

@@ -150,8 +150,11 @@ def fit_head_on_features(
             f"got {type(model).__name__}: caching needs the model's preprocessing and head."
         )
     class_weight = check_class_weight(model, class_weight)  # before the extraction
+    # The head trains in a plain model, whose fit does not check labels: check them (on
+    # JAX) as the extraction reads them.
+    label_loss = heads.resolve_loss_and_metrics(model, loss, metrics)["loss"]
     start = time.perf_counter()
-    train_cache, val_cache = _cache_splits(model, validation_data, cache, verbose)
+    train_cache, val_cache = _cache_splits(model, validation_data, cache, verbose, label_loss)
     extract_seconds = time.perf_counter() - start
     if isinstance(class_weight, str):
         num_classes, class_names = imbalance.class_weight_classes(model)
@@ -181,18 +184,26 @@ def fit_head_on_features(
 
 
 def _cache_splits(
-    model: TransferClassifier, validation_data: Any, cache: FeatureCache, verbose: int
+    model: TransferClassifier,
+    validation_data: Any,
+    cache: FeatureCache,
+    verbose: int,
+    loss: Any,
 ) -> tuple[CachedFeatures, CachedFeatures | None]:
     """The cached features of `cache.data` and of `validation_data` (`None` without it),
-    each in its own subfolder of `cache.cache_dir` when given."""
+    each in its own subfolder of `cache.cache_dir` when given; the labels are checked
+    against the head trained with `loss` as they are read (`heads.check_labels`)."""
     extractor = extraction.feature_extractor(model)
+
+    def checked(data, what):
+        return heads.check_labels(model, data_lib.as_dataset(data, what), loss=loss)
 
     def folder(name):
         return os.path.join(os.fspath(cache.cache_dir), name) if cache.cache_dir else None
 
     train_cache = extraction.extract_features(
         extractor,
-        data_lib.as_dataset(cache.data, "the data to cache"),
+        checked(cache.data, "the data to cache"),
         passes=cache.passes,
         cache_dir=folder("train"),
         max_memory_bytes=cache.max_memory_bytes,
@@ -203,7 +214,7 @@ def _cache_splits(
         return train_cache, None
     val_cache = extraction.extract_features(
         extractor,
-        data_lib.as_dataset(validation_data, "validation_data"),
+        checked(validation_data, "validation_data"),
         cache_dir=folder("validation"),
         max_memory_bytes=cache.max_memory_bytes,
         verbose=verbose,

@@ -234,14 +234,15 @@ def _prepare_run(run: _Run) -> _Run:
         run.fine_tune_optimizer or run.optimizer
     )
     _check_head_features(run)
-    heads.resolve_loss_and_metrics(run.model, run.loss, run.metrics)  # fail before training
+    loss = heads.resolve_loss_and_metrics(run.model, run.loss, run.metrics)["loss"]  # fail now
     run.class_weight = features.check_class_weight(run.model, run.class_weight)
     fit_arguments.check_not_empty(run.train_data, "train_data")
     fit_arguments.check_not_empty(run.validation_data, "validation_data")
     fit_arguments.check_image_size(run.model, run.train_data, "train_data")
     fit_arguments.check_image_size(run.model, run.validation_data, "validation_data")
-    run.train_data = fit_arguments.check_class_indices(run.model, run.train_data)
-    run.validation_data = fit_arguments.check_class_indices(run.model, run.validation_data)
+    if not isinstance(run.model, heads.TransferClassifier):  # whose fit checks its labels
+        run.train_data = heads.check_labels(run.model, run.train_data, loss=loss)
+        run.validation_data = heads.check_labels(run.model, run.validation_data, loss=loss)
     run.compile_kwargs = dict(run.compile_kwargs or {})
     if "jit_compile" not in run.compile_kwargs:
         run.compile_kwargs["jit_compile"] = distribute.default_jit_compile(

@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from keras_transfer.utils import backend
 
-__all__ = ["check_class_indices", "check_image_size", "check_not_empty", "no_fit_shuffle"]
+__all__ = ["check_image_size", "check_not_empty", "no_fit_shuffle"]
 
 
 def no_fit_shuffle(train_data: Any, fit_kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -77,52 +77,3 @@ def check_image_size(model: Any, data: Any, name: str) -> None:
             f"({data_size[0]}, {data_size[1]}, 3))), or load the data at the model's "
             f"(image_size={model_size[0]})."
         )
-
-
-def check_class_indices(model: Any, data: Any) -> Any:
-    """`data` checking, batch by batch as `fit` reads it, that a multiclass head's class
-    indices lie in [0, num_classes), on backends other than TensorFlow.
-
-    TensorFlow's sparse cross-entropy kernel fails on such a label; JAX's one-hot encodes
-    it as a row of zeros, so the example would train towards nothing, silently. The check
-    runs in the `tf.data` pipeline that feeds the model, and fails with TensorFlow's
-    wording. Data that is not a `tf.data.Dataset` of integer labels passes unchanged.
-
-    Args:
-        model: the model `fit` trains; checked when its `head` has `task="multiclass"`.
-        data: what `fit` will read.
-
-    Returns:
-        `data`, checked where that applies.
-
-    Example:
-
-    ```python
-    train = check_class_indices(model, train)  # a label 5 of a 2-class head now fails
-    ```
-    """
-    head = getattr(model, "head", None)
-    if backend.is_tensorflow() or getattr(head, "task", None) != "multiclass":
-        return data
-    spec = data.element_spec if isinstance(data, tf.data.Dataset) else None
-    labels_spec = spec[1] if isinstance(spec, tuple) and len(spec) > 1 else None
-    if not isinstance(labels_spec, tf.TensorSpec) or not labels_spec.dtype.is_integer:
-        return data  # no labels, or soft label vectors (MixUp, CutMix)
-    num_classes = int(head.num_classes)
-    if labels_spec.shape.rank == 2 and labels_spec.shape[-1] == num_classes != 1:
-        return data  # one-hot vectors
-    message = (
-        "Received a label value of {} which is outside the valid range of "
-        f"[0, {num_classes}): class indices of a {num_classes}-class head run from 0 to "
-        f"{num_classes - 1}. Check the labels, or the head's num_classes."
-    )
-
-    def check(images, labels, *rest):
-        indices = tf.reshape(labels, [-1])
-        bad = tf.boolean_mask(indices, (indices < 0) | (indices >= num_classes))
-        first = tf.concat([bad, tf.zeros([1], bad.dtype)], 0)[0]  # any value when none is bad
-        assertion = tf.debugging.Assert(tf.size(bad) == 0, [tf.strings.format(message, first)])
-        with tf.control_dependencies([assertion]):
-            return (images, tf.identity(labels), *rest)
-
-    return data.map(check, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

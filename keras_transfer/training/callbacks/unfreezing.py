@@ -81,6 +81,10 @@ class GradualUnfreezing(keras.callbacks.Callback):
     keeps running: for Adam-like optimizers their first updates are not bias-corrected as
     for a fresh optimizer, so pair unfreezing with a low (or warming-up) rate for those blocks.
 
+    TensorFlow only: Keras' JAX trainer cannot grow the trainable set inside one `fit`, so
+    on another backend the constructor raises `kt.BackendError` (whatever the schedule and
+    optimizer); unfreeze once instead (`fit_two_phase(unfreeze=...)`).
+
     Args:
         schedule: `{epoch: blocks}` where `blocks` is a block count from the output side,
             `"all"`, a fraction in (0, 1) or a block name to unfreeze from (what
@@ -102,6 +106,10 @@ class GradualUnfreezing(keras.callbacks.Callback):
         verbose: int = 0,
     ):
         super().__init__()
+        # First, before any other check: no schedule, optimizer or model can make it work on
+        # another backend (see `_NEEDS_TENSORFLOW`), and a per-layer learning-rate
+        # optimizer would otherwise fail later, inside Keras, with its own error.
+        backend.require_tensorflow(*_NEEDS_TENSORFLOW)
         if isinstance(schedule, str):
             schedule = parse_unfreeze_schedule(schedule)
         if not isinstance(schedule, Mapping) or not schedule:
@@ -139,7 +147,6 @@ class GradualUnfreezing(keras.callbacks.Callback):
         )
 
     def on_train_begin(self, logs=None):
-        backend.require_tensorflow(*_NEEDS_TENSORFLOW)
         if getattr(self.model, "optimizer", None) is None:
             raise ValueError("GradualUnfreezing needs a compiled model: call model.compile first.")
         # Visit every state of the schedule (fails now on a request the backbone cannot
@@ -187,7 +194,9 @@ class GradualUnfreezing(keras.callbacks.Callback):
 
 
 # Keras' JAX trainer pairs the optimizer's slots 1:1 with the trainable variables it reads at
-# the start of `fit`; a set that grows between epochs needs TensorFlow's trainer.
+# the start of `fit`; a set that grows between epochs needs TensorFlow's trainer. Checked in
+# `GradualUnfreezing.__init__`: with a per-layer learning-rate optimizer, Keras' JAX trainer
+# fails before any callback's `on_train_begin` runs.
 _NEEDS_TENSORFLOW = (
     "GradualUnfreezing (freeze_strategy='gradual')",
     "set KERAS_BACKEND=tensorflow, or unfreeze once (fit_two_phase's unfreeze=, "

@@ -90,12 +90,9 @@ def report(
         "class_weight": {data.class_names[c]: w for c, w in (class_weight or {}).items()},
         "config": config.resolved(image_size),
     }
-    last_phase = history.phases[-1] if history.phases else None
-    if config.adapt in ADAPT_METHODS and last_phase == training.PHASE_FINE_TUNE:
-        # Domain adaptation keeps its last epoch (`image_training`: no source-loss restore).
-        results["saved_weights"] = {"phase": last_phase, "epoch": int(history.epoch[-1]) + 1}
-    elif config.restore_best and last_phase:
-        results["saved_weights"] = _kept_epoch(history, trained.monitor, last_phase)
+    saved_weights = _saved_weights(config, trained)
+    if saved_weights:
+        results["saved_weights"] = saved_weights
     output_dir = environment.output_dir
     if data.validation is not None:
         true, predicted = reports.predict_labels(model, data.validation)
@@ -191,6 +188,19 @@ def _test_summary(results: dict[str, Any]) -> list[str]:
 
 def _kept_rule(config: Config) -> str:
     return "the adaptation phase's last" if config.adapt in ADAPT_METHODS else "lowest val_loss"
+
+
+def _saved_weights(config: Config, trained: Trained) -> dict[str, Any] | None:
+    """Which phase and epoch the saved model's weights are from, when it is not simply the
+    last epoch of a run without best-epoch restore."""
+    history = trained.history
+    last_phase = history.phases[-1] if history.phases else None
+    if config.adapt in ADAPT_METHODS and last_phase == training.PHASE_FINE_TUNE:
+        # Domain adaptation keeps its last epoch (`image_training`: no source-loss restore).
+        return {"phase": last_phase, "epoch": int(history.epoch[-1]) + 1}
+    if config.restore_best and last_phase:
+        return _kept_epoch(history, trained.monitor, last_phase)
+    return None
 
 
 def _kept_epoch(history: kt.TwoPhaseHistory, monitor: str, last_phase: str) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from keras_transfer.data.tables import BAD_ROW_POLICIES
 from keras_transfer.data.tables import TABLE_TASKS
 from keras_transfer.training import two_phase
 from keras_transfer.training import two_phase_state
-from keras_transfer.training.callbacks import GradualUnfreezing
+from keras_transfer.training.callbacks.unfreezing import checked_unfreeze_schedule
 from keras_transfer.utils import backend
 from keras_transfer.utils import distribute
 from keras_transfer.utils import reliability
@@ -250,7 +250,7 @@ class Config:
                 "(--diagnostics), or drop source_weights."
             )
         if self.unfreeze_schedule:
-            GradualUnfreezing(self.unfreeze_schedule)  # a clear error for bad syntax, now
+            checked_unfreeze_schedule(self.unfreeze_schedule)  # a clear error for bad syntax
         try:
             imbalance.parse_class_weight(self.class_weight)
         except ValueError as error:

@@ -34,6 +34,7 @@ from keras_transfer.utils import distribute
 __all__ = [
     "GradualUnfreezing",
     "ScheduleValue",
+    "checked_unfreeze_schedule",
     "ensure_optimizer_variables",
     "parse_unfreeze_schedule",
 ]
@@ -65,6 +66,28 @@ def parse_unfreeze_schedule(text: str) -> dict[int, ScheduleValue]:
     if not schedule:
         raise ValueError(f"Empty unfreeze schedule {text!r}; e.g. '3:1,8:2,12:all'.")
     return schedule
+
+
+def checked_unfreeze_schedule(
+    schedule: Mapping[int, ScheduleValue] | str,
+) -> dict[int, ScheduleValue]:
+    """`schedule` (a mapping or the command's "epoch:blocks,..." text) checked and sorted by
+    epoch, with a clear error for a bad epoch or block count; usable on any backend, so a
+    configuration names its own mistake before the backend check."""
+    if isinstance(schedule, str):
+        schedule = parse_unfreeze_schedule(schedule)
+    if not isinstance(schedule, Mapping) or not schedule:
+        raise ValueError(
+            f"schedule must be a non-empty mapping {{epoch: blocks}}, got {schedule!r}."
+        )
+    checked: dict[int, ScheduleValue] = {}
+    for epoch, value in schedule.items():
+        epoch_int = int(epoch) if isinstance(epoch, str) and epoch.isdigit() else epoch
+        if isinstance(epoch_int, bool) or not isinstance(epoch_int, int) or epoch_int < 0:
+            raise ValueError(f"Schedule epochs must be integers >= 0, got {epoch!r}.")
+        freezing.unfreeze_request(value)  # a clear error for a bad value, now
+        checked[epoch_int] = value
+    return dict(sorted(checked.items()))
 
 
 @keras.saving.register_keras_serializable(package="keras_transfer")
@@ -110,20 +133,7 @@ class GradualUnfreezing(keras.callbacks.Callback):
         # another backend (see `_NEEDS_TENSORFLOW`), and a per-layer learning-rate
         # optimizer would otherwise fail later, inside Keras, with its own error.
         backend.require_tensorflow(*_NEEDS_TENSORFLOW)
-        if isinstance(schedule, str):
-            schedule = parse_unfreeze_schedule(schedule)
-        if not isinstance(schedule, Mapping) or not schedule:
-            raise ValueError(
-                f"schedule must be a non-empty mapping {{epoch: blocks}}, got {schedule!r}."
-            )
-        checked: dict[int, ScheduleValue] = {}
-        for epoch, value in schedule.items():
-            epoch_int = int(epoch) if isinstance(epoch, str) and epoch.isdigit() else epoch
-            if isinstance(epoch_int, bool) or not isinstance(epoch_int, int) or epoch_int < 0:
-                raise ValueError(f"Schedule epochs must be integers >= 0, got {epoch!r}.")
-            freezing.unfreeze_request(value)  # a clear error for a bad value, now
-            checked[epoch_int] = value
-        self.schedule = dict(sorted(checked.items()))
+        self.schedule = checked_unfreeze_schedule(schedule)
         self.train_bn = train_bn
         self.verbose = verbose
         # epoch -> names of the blocks trainable from that epoch, filled in during `fit`.

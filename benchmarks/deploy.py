@@ -40,13 +40,11 @@ test accuracy below the float Keras model; its file at least 3.5x smaller than t
 TFLite file; at least 1.5x faster per image than float32 TFLite (the mean of the per-seed
 latency ratios).
 
-Durations on 2 CPU cores, estimated from the parts' costs (extraction about 25 ms per
-image, four TFLite conversions and one ONNX conversion about 1.5 min per seed, six
-passes over the test images, five latency series), for the verdict runs, alone on the
-machine:
+Durations on 2 CPU cores, alone on the machine, as the verdict runs took (their results
+files' `seconds`):
 
-    python benchmarks/deploy.py --dataset hymenoptera     # estimate: about 8-10 min
-    python benchmarks/deploy.py --dataset cats_and_dogs   # estimate: about 20 min
+    python benchmarks/deploy.py --dataset hymenoptera     # about 5 min (278 s)
+    python benchmarks/deploy.py --dataset cats_and_dogs   # about 5 min (292 s)
     python benchmarks/deploy.py --smoke                   # about a minute: synthetic
                                                           # images, a tiny random MobileNet
 

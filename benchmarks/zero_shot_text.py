@@ -25,7 +25,7 @@ The encoder runs once over the training and test messages (`embed_texts`); the z
 few-shot arms score those cached embeddings with their heads. The test split is read once
 per arm and seed, after every choice; the validation split is used by `fine_tuned` only.
 
-    python benchmarks/zero_shot_text.py            # estimate: about 10 minutes on 2 CPU cores
+    python benchmarks/zero_shot_text.py            # about 8 minutes on 2 CPU cores (462 s)
     python benchmarks/zero_shot_text.py --smoke    # about a minute: a tiny random encoder,
                                                    # synthetic messages, one seed, one epoch
                                                    # per phase, a temporary output

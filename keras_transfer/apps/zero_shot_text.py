@@ -363,15 +363,7 @@ def refine_class_vectors(
         / np.maximum(total, 1e-12)[:, None],
         means,
     )
-    refined = PrototypeHead(
-        head.num_classes,
-        temperature=head.temperature,
-        pooling=head.pooling,
-        linear=True,
-        name=head.name,
-    )
-    refined.build((None, head.feature_dim))
-    refined.set_prototypes(centre, merged, total)
+    refined = head.linear_copy(centre, merged, total)
     if refine_epochs:
         refine = PrototypeRefinement(
             epochs=refine_epochs, learning_rate=learning_rate, batch_size=batch_size

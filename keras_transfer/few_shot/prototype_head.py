@@ -192,6 +192,21 @@ class PrototypeHead(keras.layers.Layer):
         if self.dense is not None:
             self.dense.set_weights(linear_weights(class_means, self.temperature))
 
+    def linear_copy(self, centre: Any, class_means: Any, class_counts: Any) -> PrototypeHead:
+        """A new built `linear=True` head with this head's temperature, pooling and name,
+        holding the given prototypes (its dense layer starts from them): what refining
+        the prototypes, by more examples or by training, returns."""
+        copy = PrototypeHead(
+            self.num_classes,
+            temperature=self.temperature,
+            pooling=self.pooling,
+            linear=True,
+            name=self.name,
+        )
+        copy.build((None, self.feature_dim))
+        copy.set_prototypes(centre, class_means, class_counts)
+        return copy
+
     def default_loss(self) -> keras.losses.Loss:
         return keras.losses.SparseCategoricalCrossentropy()
 

@@ -273,15 +273,7 @@ class PrototypeRefinement:
             shuffle=False,
             verbose=self.verbose,
         )
-        refined = PrototypeHead(
-            head.num_classes,
-            temperature=head.temperature,
-            pooling=head.pooling,
-            linear=True,
-            name=head.name,
-        )
-        refined.build((None, head.feature_dim))
-        refined.set_prototypes(*_prototype_weights(head))
+        refined = head.linear_copy(*_prototype_weights(head))
         refined.dense.set_weights(layer.dense.get_weights())
         return refined
 

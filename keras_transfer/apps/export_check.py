@@ -193,6 +193,13 @@ def run_files(
             "images are now>, or --check_on=none (and no --quantize=int8)."
         )
 
+    if data_lib.is_records_folder(directory):
+        raise ValueError(
+            f"The run read the TFRecord shards in {directory!r}; checks and int8 calibration "
+            "read image files: pass --data_dir=<the image folder the records were written "
+            "from>, or --check_on=none (and no --quantize=int8)."
+        )
+
     def setting(name: str) -> Any:
         return config.get(name, getattr(Config, name))
 

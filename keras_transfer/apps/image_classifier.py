@@ -29,6 +29,7 @@ import keras
 import tensorflow as tf
 
 import keras_transfer as kt
+from keras_transfer import data as data_lib
 from keras_transfer.apps import _outputs
 from keras_transfer.apps import export_folder
 from keras_transfer.apps.image_config import RESOLVED_CONFIG_FILE as CONFIG
@@ -171,8 +172,12 @@ def _save_outputs(
     output_dir = environment.output_dir
     resolved = config.resolved(image_size)
     # Checked as `keras-transfer export` checks: on the run's validation (else test) images,
-    # listed again from its image folder (a TFDS run's exports go unchecked).
-    checkable = bool(config.data_dir) and bool(data.num_validation or data.num_test)
+    # listed again from its image folder (a TFDS or records run's exports go unchecked).
+    checkable = (
+        bool(config.data_dir)
+        and not data_lib.is_records_folder(config.data_dir)
+        and bool(data.num_validation or data.num_test)
+    )
     reports = []
     for export_format in config.export_formats():
         reports.append(

@@ -23,7 +23,9 @@ confusion matrix to --model_dir.
 
 `--data_dir` holds one folder per class, or `train/` and `val/` (or `validation/`) folders
 that do, and optionally `test/`; or any images, labelled by `--labels_csv` (a CSV file with
-`path` and `label` columns: `--path_column`, `--label_columns`). `--test_split=0.2` holds out a test set instead: evaluated
+`path` and `label` columns: `--path_column`, `--label_columns`); or the TFRecord shards
+`kt.data.write_records` wrote from such a folder (found by their records_manifest.json; the
+splits are the ones written). `--test_split=0.2` holds out a test set instead: evaluated
 once after training, its accuracy (with a 95% interval) in results.json "test" is the
 estimate to report; the validation accuracy chose the epoch and settings, so it is optimistic.
 
@@ -56,7 +58,10 @@ _DEFAULTS = image_config.Config(data_dir="", model_dir="")
 
 flags.DEFINE_string("config", None, "A .yaml or .json file of settings; flags given override it.")
 flags.DEFINE_string(
-    "data_dir", "", "Folder of images, one subfolder per class, or with train/ and val/."
+    "data_dir",
+    "",
+    "Folder of images, one subfolder per class, or with train/ and val/; or the TFRecord "
+    "shards of one (kt.data.write_records).",
 )
 flags.DEFINE_string("dataset", "", "tfds:<name> (e.g. tfds:tf_flowers) instead of --data_dir.")
 flags.DEFINE_string(

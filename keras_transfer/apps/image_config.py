@@ -435,6 +435,13 @@ def check_config(config: Config) -> None:
             f"data_dir={config.data_dir!r} (--data_dir) is not a folder. Give a folder with "
             "one subfolder of images per class, or with train/ and val/ folders that have them."
         )
+    records = bool(config.data_dir) and data_lib.is_records_folder(config.data_dir)
+    if records and (config.labels_csv or config.test_dir):
+        raise config_lib.ConfigError(
+            f"data_dir={config.data_dir!r} holds TFRecord shards, which carry their labels and "
+            "splits: labels_csv and test_dir are for image folders. Drop them, or write the "
+            "records again with them (kt.data.write_records(..., test_dir=...))."
+        )
     if config.test_dir and not os.path.isdir(config.test_dir):
         raise FileNotFoundError(
             f"test_dir={config.test_dir!r} (--test_dir) is not a folder. Give a folder with "

@@ -141,8 +141,9 @@ def check_memory(config: Config, backbone: kt.Backbone, strategy: tf.distribute.
 
 
 def load_data(config: Config, image_size: int, drop_remainder: bool) -> data_lib.ImageData:
-    """The training, validation and test data of `config`: an image folder, images labelled
-    by a CSV file (`labels_csv`) or a TFDS dataset."""
+    """The training, validation and test data of `config`: an image folder, the TFRecord
+    shards of one (a `data_dir` with a records manifest, `kt.data.write_records`), images
+    labelled by a CSV file (`labels_csv`) or a TFDS dataset."""
     common = dict(
         image_size=image_size,
         batch_size=config.batch_size,
@@ -158,6 +159,8 @@ def load_data(config: Config, image_size: int, drop_remainder: bool) -> data_lib
             data_dir=config.tfds_data_dir or None,
             **common,
         )
+    if data_lib.is_records_folder(config.data_dir):
+        return _records_data(config, common)
     if config.labels_csv:
         return data_lib.image_table_dataset(
             config.labels_csv,
@@ -179,6 +182,21 @@ def load_data(config: Config, image_size: int, drop_remainder: bool) -> data_lib
         max_pixels=config.max_pixels or None,
         **common,
     )
+
+
+def _records_data(config: Config, common: dict[str, Any]) -> data_lib.ImageData:
+    """The records of `config.data_dir`, split as they were written: a different
+    `validation_split` or `test_split` in `config` is named in a warning."""
+    manifest = data_lib.read_manifest(config.data_dir)
+    for split in ("validation", "test"):
+        name, written = f"{split}_split", manifest[f"{split}_split"]
+        if manifest["split_sources"][split] != "folder" and getattr(config, name) != written:
+            logger.warning(
+                "%s=%s does not apply to the records in %s: their splits were written with "
+                "%s=%s (to change them, write the records again with kt.data.write_records).",
+                name, getattr(config, name), config.data_dir, name, written,
+            )  # fmt: skip
+    return data_lib.records_dataset(config.data_dir, **common)
 
 
 def check_batches(

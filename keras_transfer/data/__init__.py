@@ -1,5 +1,6 @@
 """Datasets for transfer learning: image folders (listing, decoding, size limits, splits),
-images labelled by a table (`tables`), the tf.data pipeline, TFDS, and class counts and weights (`imbalance`).
+images labelled by a table (`tables`), TFRecord shards of large datasets (`records`), the
+tf.data pipeline, TFDS, and class counts and weights (`imbalance`).
 """
 
 from keras_transfer.data import decoding
@@ -8,6 +9,7 @@ from keras_transfer.data import image_data
 from keras_transfer.data import imbalance
 from keras_transfer.data import listing
 from keras_transfer.data import pipeline
+from keras_transfer.data import records
 from keras_transfer.data import splits
 from keras_transfer.data import tables
 from keras_transfer.data import tfds_loader
@@ -22,6 +24,7 @@ from keras_transfer.data.decoding import check_image_size
 from keras_transfer.data.decoding import check_max_pixels
 from keras_transfer.data.decoding import decode_and_resize
 from keras_transfer.data.decoding import decode_for_model
+from keras_transfer.data.decoding import decode_image_bytes
 from keras_transfer.data.decoding import find_undecodable
 from keras_transfer.data.decoding import load_size
 from keras_transfer.data.decoding import read_image_size
@@ -49,6 +52,7 @@ from keras_transfer.data.listing import FileListing
 from keras_transfer.data.listing import drop_bad_files
 from keras_transfer.data.listing import list_class_folder
 from keras_transfer.data.listing import list_dataset_folder
+from keras_transfer.data.listing import list_pairs
 from keras_transfer.data.listing import report_listing
 from keras_transfer.data.listing import walk_image_files
 from keras_transfer.data.pipeline import PipelineOptions
@@ -58,6 +62,13 @@ from keras_transfer.data.pipeline import decoded_dataset
 from keras_transfer.data.pipeline import label_mixing
 from keras_transfer.data.pipeline import pipeline_options
 from keras_transfer.data.pipeline import uses_label_mixing
+from keras_transfer.data.records import DEFAULT_SHARD_SIZE
+from keras_transfer.data.records import MANIFEST_FILE
+from keras_transfer.data.records import RECORD_SPLITS
+from keras_transfer.data.records import is_records_folder
+from keras_transfer.data.records import read_manifest
+from keras_transfer.data.records import records_dataset
+from keras_transfer.data.records import write_records
 from keras_transfer.data.splits import assign_splits
 from keras_transfer.data.splits import stable_unit
 from keras_transfer.data.tables import BAD_ROW_POLICIES
@@ -73,6 +84,7 @@ __all__ = [
     "decoding",
     "image_data",
     "pipeline",
+    "records",
     "listing",
     "folders",
     "splits",
@@ -90,6 +102,7 @@ __all__ = [
     "central_crop",
     "decode_and_resize",
     "decode_for_model",
+    "decode_image_bytes",
     "find_undecodable",
     "load_size",
     "read_image_size",
@@ -112,12 +125,20 @@ __all__ = [
     "drop_bad_files",
     "list_class_folder",
     "list_dataset_folder",
+    "list_pairs",
     "report_listing",
     "walk_image_files",
     "TargetImages",
     "image_folder_dataset",
     "target_image_dataset",
     "tfds_dataset",
+    "DEFAULT_SHARD_SIZE",
+    "MANIFEST_FILE",
+    "RECORD_SPLITS",
+    "is_records_folder",
+    "read_manifest",
+    "records_dataset",
+    "write_records",
     "BAD_ROW_POLICIES",
     "TABLE_TASKS",
     "BadRowsError",

@@ -2,7 +2,9 @@
 
 Every loader decodes with `decode_and_resize` (float32 batches are made later, by
 `pipeline`), and checks sizes before decoding anything: `read_image_size` reads a file's
-header only, so an image above `max_pixels` (a decompression bomb) costs nothing.
+header only, so an image above `max_pixels` (a decompression bomb) costs nothing. TFRecord
+shards (`records`) hold the files' bytes, checked the same way when they were written, and
+decode them with `decode_image_bytes`, the decoder `decode_and_resize` calls.
 
 `decode_for_model` is what a model sees of one file outside the training loop (`predict`,
 export checks, notebooks): `decode_and_resize` to `load_size`, then `central_crop`, the two
@@ -31,6 +33,7 @@ __all__ = [
     "central_crop",
     "decode_and_resize",
     "decode_for_model",
+    "decode_image_bytes",
     "find_undecodable",
     "load_size",
     "read_image_size",
@@ -94,7 +97,15 @@ def decode_and_resize(
     image of 153). Other
     formats, and JPEGs smaller than twice `size`, are decoded in full.
     """
-    contents = tf.io.read_file(path)
+    return decode_image_bytes(tf.io.read_file(path), size, resize, scaled_jpeg)
+
+
+def decode_image_bytes(
+    contents: tf.Tensor, size: tuple[int, int], resize: str = "crop", scaled_jpeg: bool = True
+) -> tf.Tensor:
+    """Decodes and resizes the encoded bytes of one image file (`decode_and_resize` after
+    the file is read): the one decoder of image folders and of TFRecord shards
+    (`data.records`), so an image stored in a shard gives the same pixels as its file."""
     if not scaled_jpeg:
         return resize_and_crop(_decode_full(contents), size, resize)
 

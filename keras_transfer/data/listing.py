@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import numbers
 import os
 from collections.abc import Sequence
 
@@ -31,6 +32,7 @@ __all__ = [
     "drop_bad_files",
     "list_class_folder",
     "list_dataset_folder",
+    "list_pairs",
     "report_listing",
     "walk_image_files",
 ]
@@ -471,3 +473,101 @@ def _hold_out(files: DatasetFiles, validation_split: float, test_split: float, s
         for name, fraction in (("validation", validation_split), ("test", test_split))
         if fraction
     ]
+
+
+def _pair_labels(pairs: list, class_names: Sequence[str] | None) -> tuple[list[str], list[int]]:
+    """The class names and the index labels of `(path, label)` pairs."""
+    if any(not (isinstance(p, Sequence) and len(p) == 2) for p in pairs):
+        raise ValueError("Each pair must be (path, label), e.g. ('cats/1.jpg', 'cat').")
+    labels = [label for _, label in pairs]
+    if all(isinstance(label, str) for label in labels):
+        names = list(class_names) if class_names is not None else sorted(set(labels))
+        unknown = sorted(set(labels) - set(names))
+        if unknown:
+            raise ValueError(f"Labels {unknown[:10]} are not in class_names {names[:10]}.")
+        return names, [names.index(label) for label in labels]
+    if all(isinstance(label, numbers.Integral) and not isinstance(label, bool) for label in labels):
+        count = max(labels) + 1 if labels else 0
+        names = list(class_names) if class_names is not None else [str(i) for i in range(count)]
+        if min(labels, default=0) < 0 or count > len(names):
+            raise ValueError(
+                f"Integer labels must index class_names (0 to {len(names) - 1}), got labels "
+                f"from {min(labels)} to {max(labels)}."
+            )
+        return names, [int(label) for label in labels]
+    raise ValueError("Labels must be all class names (str) or all class indices (int).")
+
+
+def list_pairs(
+    pairs: Sequence[tuple[str | os.PathLike, str | int]],
+    class_names: Sequence[str] | None = None,
+    *,
+    validation_split: float = 0.2,
+    test_split: float = 0.0,
+    seed: int = 1337,
+    max_pixels: int | None = decoding.DEFAULT_MAX_PIXELS,
+) -> DatasetFiles:
+    """`(path, label)` pairs listed as an image folder is: missing, repeated and unusable
+    files left out with their reasons, then held out by the folder loader's stable,
+    stratified rule, each image keyed by its normalised path.
+
+    Labels are class names (`class_names` orders them; default: sorted), or indices into
+    `class_names` (default names: `"0"`, `"1"`...).
+
+    Example:
+    ```python
+    files = list_pairs([("a/1.jpg", "cat"), ("b/2.jpg", "dog")], validation_split=0.0)
+    files.class_names, files.train_labels  # -> ['cat', 'dog'], [0, 1]
+    ```
+    """
+    decoding.check_max_pixels(max_pixels)
+    splits.check_fractions(validation_split, test_split)
+    names, labels = _pair_labels(list(pairs), class_names)
+    if len(names) < 2:
+        raise ValueError(f"Only one class ({names}): a classifier needs at least two.")
+    listing = FileListing("the (path, label) pairs", names)
+    for number, ((path, _), label) in enumerate(zip(pairs, labels), start=1):
+        path = os.fspath(path)
+        extension = os.path.splitext(path)[1].lower()
+        if os.path.realpath(path) in listing.real_paths:
+            # Keyed by the pair: the path itself names the image that is used.
+            first = listing.real_paths[os.path.realpath(path)]
+            listing.skipped[f"pair {number}: {path}"] = f"listed again: the same file as {first}"
+        elif not os.path.isfile(path):
+            listing.skipped[path] = "no such file"
+        elif extension in UNSUPPORTED_IMAGE_FORMATS:
+            listing.skipped[path] = (
+                f"{UNSUPPORTED_IMAGE_FORMATS[extension]} images are not decoded by TensorFlow; "
+                "convert them to JPEG or PNG"
+            )
+        else:
+            listing.real_paths[os.path.realpath(path)] = path
+            listing.paths.append(path)
+            listing.labels.append(label)
+    drop_bad_files(listing, max_pixels)
+    if not listing.paths:
+        raise ValueError(
+            f"No usable image among the {len(pairs)} pairs ({len(listing.skipped)} skipped)."
+        )
+    warnings = report_listing(listing)
+    keys = [os.path.normpath(path).replace(os.sep, "/") for path in listing.paths]
+    assigned = splits.assign_splits(
+        keys, listing.labels, validation_split=validation_split, test_split=test_split, seed=seed
+    )
+    parts = [
+        ([p for p, s in zip(listing.paths, assigned) if s == code],
+         [label for label, s in zip(listing.labels, assigned) if s == code])
+        for code in (splits.TRAIN, splits.VALIDATION, splits.TEST)
+    ]  # fmt: skip
+    held = [name for name, f in (("validation", validation_split), ("test", test_split)) if f]
+    for split_name, (_, split_labels) in zip(splits.SPLIT_NAMES, parts):
+        if split_name == "training" or split_name in held:
+            hint = "Add images of these classes to the pairs."
+            message = splits.missing_classes_warning(names, split_labels, split_name, hint)
+            if message:
+                logger.warning(message)
+                warnings.append(message)
+    return DatasetFiles(
+        "", names, *parts[0], *parts[1], *parts[2],
+        skip_reasons=dict(sorted(listing.skipped.items())), warnings=warnings, held_out=held,
+    )  # fmt: skip

@@ -1,0 +1,562 @@
+"""TFRecord shards of an image dataset, for datasets too large to list and check from a
+folder on every run: `write_records` writes them once, `records_dataset` reads them as the
+`ImageData` of the folder loader.
+
+A records folder holds `records_manifest.json` (class names, counts per split and class,
+the shards, how the split was made, the skip report) and one folder of shards per split:
+`train/part-00000-of-00004.tfrecord` ... Each record is a `tf.train.Example` with `image`,
+the image file's encoded bytes unchanged (a JPEG stays a JPEG: shards are about the size of
+the files, and reading one is a few large sequential reads instead of one small file per
+image), `label` (the int64 class index) and `key` (the image's path, relative to the
+deepest folder holding every image).
+
+Why the splits are written into the records, each split in its own shards, and not drawn
+when reading: the split is the folder loader's (`listing.list_dataset_folder`, or
+`tables.list_table_files`: `splits.assign_splits`, a stable hash of the seed and each
+image's relative path, stratified, with per-class minimums), and those minimums need every
+key and label at once, which a reader streaming shards has only after a full pass; reading
+the validation split then reads its own shards only; and records written with the folder
+loader's `seed`, `validation_split` and `test_split` hold exactly its validation and test
+images. Another split means writing the records again.
+
+The training split is written in a seeded random order, so that each shard holds a sample
+of every class; `records_dataset` reads its shards in parallel (interleaved, the shard order
+shuffled every epoch) through a shuffle buffer of encoded records, all seeded: the same seed
+gives the same order of examples, epoch after epoch, on every run. Validation and test keep
+the listing order, and are read in it. Images are decoded by the folder loader's decoder
+(`decoding.decode_image_bytes`), after the same checks: a file above `max_pixels` (by its
+header), undecodable or in a format TensorFlow does not decode is left out when writing,
+with its reason in the skip report, so the records hold only images that decode.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import json
+import logging
+import math
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from keras_transfer.data import imbalance
+from keras_transfer.data.decoding import DEFAULT_MAX_PIXELS
+from keras_transfer.data.decoding import check_max_pixels
+from keras_transfer.data.decoding import decode_image_bytes
+from keras_transfer.data.image_data import ImageData
+from keras_transfer.data.listing import DatasetFiles
+from keras_transfer.data.listing import list_dataset_folder
+from keras_transfer.data.listing import list_pairs
+from keras_transfer.data.pipeline import PipelineOptions
+from keras_transfer.data.pipeline import pipeline_options
+from keras_transfer.data.tables import list_table_files
+from keras_transfer.utils import reliability
+
+__all__ = [
+    "DEFAULT_SHARD_SIZE",
+    "MANIFEST_FILE",
+    "RECORD_SPLITS",
+    "is_records_folder",
+    "read_manifest",
+    "records_dataset",
+    "write_records",
+]
+
+logger = logging.getLogger("keras_transfer")
+
+MANIFEST_FILE = "records_manifest.json"
+# About 100 MB of ImageNet-sized JPEGs per shard: large sequential reads, and enough shards
+# of a large dataset to read several at once and shuffle their order.
+DEFAULT_SHARD_SIZE = 1024
+RECORD_SPLITS = ("train", "validation", "test")
+_FORMAT = "keras-transfer records"
+_VERSION = 1
+_FEATURES = {
+    "image": tf.io.FixedLenFeature([], tf.string),
+    "label": tf.io.FixedLenFeature([], tf.int64),
+}
+
+
+def is_records_folder(directory: str | os.PathLike) -> bool:
+    """Whether `directory` holds records written by `write_records` (its manifest)."""
+    return os.path.isfile(os.path.join(os.fspath(directory), MANIFEST_FILE))
+
+
+def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
+    """The manifest of a records folder, checked: the format, and every shard it lists."""
+    directory = os.fspath(directory)
+    path = os.path.join(directory, MANIFEST_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"{directory!r} has no {MANIFEST_FILE}: it is not a records folder. Write one with "
+            "kt.data.write_records(image_folder, out_dir), or read an image folder with "
+            "kt.image_folder_dataset."
+        )
+    with open(path, encoding="utf-8") as f:
+        try:
+            manifest = json.load(f)
+        except json.JSONDecodeError as error:
+            manifest = {"format": f"unreadable JSON ({error})"}
+    manifest = manifest if isinstance(manifest, dict) else {}
+    if manifest.get("format") != _FORMAT or manifest.get("version") != _VERSION:
+        raise ValueError(
+            f"{path} is not a version {_VERSION} {_FORMAT} manifest (format "
+            f"{manifest.get('format')!r}, version {manifest.get('version')!r}): write the "
+            "records again with this version's kt.data.write_records(..., overwrite=True)."
+        )
+    missing = [
+        name
+        for entry in manifest["splits"].values()
+        for name in entry["shards"]
+        if not os.path.isfile(os.path.join(directory, *name.split("/")))
+    ]
+    if missing:
+        raise FileNotFoundError(
+            f"The records folder {directory!r} lacks {len(missing)} shard(s) its manifest "
+            f"lists ({', '.join(missing[:5])}): it is incomplete or was moved in part. Write "
+            "it again with kt.data.write_records(..., overwrite=True)."
+        )
+    return manifest
+
+
+# --- writing --------------------------------------------------------------------------------
+
+
+def write_records(
+    source: Any,
+    out_dir: str | os.PathLike,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    *,
+    overwrite: bool = False,
+    validation_split: float = 0.2,
+    validation_dir: str | os.PathLike | None = None,
+    test_split: float = 0.0,
+    test_dir: str | os.PathLike | None = None,
+    seed: int = 1337,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    image_root: str | os.PathLike | None = None,
+    path_column: str = "path",
+    label_column: str = "label",
+    bad_rows: str = "error",
+    class_names: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """Writes an image dataset as TFRecord shards of the encoded image files and their
+    labels, one set of shards per split, and a manifest (layout: the module docstring).
+
+    The images are listed, checked and split as the folder loader does, with its arguments:
+    what cannot be used (undecodable, above `max_pixels`, TIFF...) is left out with its
+    reason in the manifest's `skip_reasons`, and records written with the seed and fractions
+    of a later `image_folder_dataset` call hold its splits. Each shard, then the manifest, is
+    written atomically (`reliability.write_atomically`): a manifest means a complete folder.
+
+    Args:
+        source: an image folder (class subfolders, or `train/` with `val/` / `test/`), a CSV
+            file or pandas DataFrame with `path_column` (relative to `image_root`) and
+            `label_column` (class names), a list of `(path, label)` pairs (labels: class
+            names, or indices into `class_names`), or a split `listing.DatasetFiles`.
+        out_dir: the records folder to write; it must be empty or new.
+        shard_size: images per shard.
+        overwrite: write into a non-empty `out_dir`, first deleting the records there
+            (their manifest and shards; other files stay).
+        validation_split, validation_dir, test_split, test_dir, seed, max_pixels: as in
+            `image_folder_dataset` (the split dirs are for folders; a `DatasetFiles` is
+            split already: give the fractions it was made with, for the manifest).
+        image_root, path_column, label_column, bad_rows: for a table, as in
+            `image_table_dataset` (multiclass).
+        class_names: for pairs with integer labels, the name of each class index.
+
+    Returns:
+        The manifest written: `class_names`, `splits` (`count`, `class_counts`, `shards`)...
+
+    Example:
+    ```python
+    kt.data.write_records("photos", "photos_records", shard_size=1024, validation_split=0.1)
+    data = kt.data.records_dataset("photos_records", image_size=224, batch_size=64)
+    ```
+    """
+    if isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size < 1:
+        raise ValueError(f"shard_size must be a positive integer, got {shard_size!r}.")
+    check_max_pixels(max_pixels)
+    out_dir = os.path.abspath(os.fspath(out_dir))
+    _check_out_dir(out_dir, source, overwrite)
+    files = _dataset_files(
+        source, validation_split=validation_split, validation_dir=validation_dir,
+        test_split=test_split, test_dir=test_dir, seed=seed, max_pixels=max_pixels,
+        image_root=image_root, path_column=path_column, label_column=label_column,
+        bad_rows=bad_rows, class_names=class_names,
+    )  # fmt: skip
+    parts = {split: _split_files(files, split) for split in RECORD_SPLITS}
+    sizes = sum(os.path.getsize(path) for paths, _ in parts.values() for path in paths)
+    os.makedirs(out_dir, exist_ok=True)
+    if overwrite:
+        _remove_records(out_dir)
+    reliability.check_free_space(out_dir, int(sizes * 1.02) + 2**20, "the records")
+    written = _write_splits(out_dir, parts, len(files.class_names), shard_size, seed)
+    manifest = _manifest(source, files, written, shard_size=shard_size, seed=seed,
+                         max_pixels=max_pixels, image_bytes=sizes,
+                         fractions={"validation": validation_split, "test": test_split})  # fmt: skip
+    text = json.dumps(manifest, indent=1, ensure_ascii=False) + "\n"
+    reliability.write_atomically(
+        os.path.join(out_dir, MANIFEST_FILE), lambda temporary: _write_text(temporary, text)
+    )
+    counts = ", ".join(f"{entry['count']} {split}" for split, entry in written.items())
+    logger.info("Wrote %s images as TFRecord shards to %s.", counts, out_dir)
+    return manifest
+
+
+def _manifest(source, files: DatasetFiles, written, *, fractions, **facts) -> dict[str, Any]:
+    """What `records_dataset` reads back: the classes, the shards and counts of each split,
+    how the splits were made, and the skip report; `facts` as they are."""
+    return {
+        "format": _FORMAT,
+        "version": _VERSION,
+        "class_names": list(files.class_names),
+        "splits": written,
+        **{
+            f"{split}_split": fractions[split] if split in files.held_out else 0.0
+            for split in RECORD_SPLITS[1:]
+        },
+        # Where each evaluation split came from: "folder", "held_out" or "none".
+        "split_sources": {split: _source_of(split, files, written) for split in RECORD_SPLITS[1:]},
+        **facts,
+        "source": _describe(source, files),
+        "skip_reasons": dict(files.skip_reasons),
+        "warnings": list(files.warnings),
+    }
+
+
+def _write_splits(out_dir, parts, num_classes, shard_size, seed) -> dict[str, dict[str, Any]]:
+    """Writes the shards of each non-empty split of `parts` (`split -> (paths, labels)`);
+    their manifest entries. Keys are relative to the folder holding every image."""
+    root = _common_folder([path for paths, _ in parts.values() for path in paths])
+    written = {}
+    for split, (paths, labels) in parts.items():
+        if not paths:
+            continue
+        keys = [os.path.relpath(os.path.abspath(p), root).replace(os.sep, "/") for p in paths]
+        # Training shards each hold a random sample; evaluation splits keep the listing order.
+        order = np.arange(len(paths))
+        if split == "train":
+            order = np.random.default_rng(seed).permutation(len(paths))
+        written[split] = _write_split(out_dir, split, paths, labels, keys, order, shard_size)
+        written[split]["class_counts"] = np.bincount(labels, minlength=num_classes).tolist()
+    return written
+
+
+def _source_of(split: str, files: DatasetFiles, written: dict[str, Any]) -> str:
+    if split in files.held_out:
+        return "held_out"
+    return "folder" if split in written else "none"
+
+
+def _write_text(path: str, text: str) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+def _check_out_dir(out_dir: str, source: Any, overwrite: bool) -> None:
+    """`out_dir` must be empty or new (or `overwrite`), and outside an image folder source,
+    whose listing would find the records' split folders."""
+    if isinstance(source, str | os.PathLike) and os.path.isdir(source):
+        real_source, real_out = os.path.realpath(source), os.path.realpath(out_dir)
+        if real_out == real_source or real_out.startswith(real_source + os.sep):
+            raise ValueError(
+                f"out_dir {out_dir!r} is inside the image folder {os.fspath(source)!r}: its "
+                "train/ and validation/ folders would be listed as images. Write the records "
+                "to a folder outside it."
+            )
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise NotADirectoryError(f"out_dir {out_dir!r} is a file: give a folder for the records.")
+    if os.path.isdir(out_dir) and os.listdir(out_dir) and not overwrite:
+        raise FileExistsError(
+            f"out_dir {out_dir!r} is not empty. Give a new or empty folder, or pass "
+            "overwrite=True to replace the records in it."
+        )
+
+
+def _remove_records(out_dir: str) -> None:
+    """Deletes earlier records in `out_dir`: the manifest first (so no half-deleted folder
+    looks complete), then the shards; nothing else."""
+    manifest = os.path.join(out_dir, MANIFEST_FILE)
+    if os.path.isfile(manifest):
+        os.remove(manifest)
+    for split in RECORD_SPLITS:
+        folder = os.path.join(out_dir, split)
+        for path in glob.glob(os.path.join(glob.escape(folder), "part-*-of-*.tfrecord")):
+            os.remove(path)
+        if os.path.isdir(folder) and not os.listdir(folder):
+            os.rmdir(folder)
+
+
+def _dataset_files(source: Any, **options: Any) -> DatasetFiles:
+    """The listed, checked and split images of `source` (see `write_records`)."""
+    held_out = dict(
+        validation_split=options["validation_split"],
+        test_split=options["test_split"],
+        seed=options["seed"],
+        max_pixels=options["max_pixels"],
+    )
+    if isinstance(source, DatasetFiles):
+        return source
+    is_path = isinstance(source, str | os.PathLike)
+    if is_path and os.path.isdir(source):
+        return list_dataset_folder(
+            os.fspath(source),
+            validation_dir=options["validation_dir"],
+            test_dir=options["test_dir"],
+            **held_out,
+        )
+    if options["validation_dir"] or options["test_dir"]:
+        raise ValueError(
+            "validation_dir and test_dir are the split folders of an image folder source; a "
+            "table or a list of pairs holds out validation_split and test_split instead."
+        )
+    if (is_path and os.path.isfile(source)) or hasattr(source, "to_dict"):
+        if options["image_root"] is None:
+            raise ValueError(
+                "A label table's paths are relative to image_root: pass image_root=<the "
+                "folder of the images>."
+            )
+        return list_table_files(
+            source,
+            options["image_root"],
+            options["path_column"],
+            options["label_column"],
+            bad_rows=options["bad_rows"],
+            classes=options["class_names"],
+            **held_out,
+        )
+    if is_path:
+        raise FileNotFoundError(
+            f"{os.fspath(source)!r} is neither an image folder nor a label table (CSV file)."
+        )
+    if isinstance(source, Sequence) and not isinstance(source, str | bytes):
+        return list_pairs(list(source), options["class_names"], **held_out)
+    raise TypeError(
+        "write_records reads an image folder, a CSV file or DataFrame (with image_root), a "
+        f"list of (path, label) pairs or a DatasetFiles, got a {type(source).__name__}."
+    )
+
+
+def _split_files(files: DatasetFiles, split: str) -> tuple[list[str], list[int]]:
+    paths = getattr(files, f"{split}_paths")
+    labels = np.asarray(getattr(files, f"{split}_labels"))
+    if labels.ndim > 1:
+        raise ValueError(
+            "Records hold one class index per image: multilabel and regression tables are "
+            "read with kt.image_table_dataset."
+        )
+    return list(paths), [int(label) for label in labels]
+
+
+def _common_folder(paths: list[str]) -> str:
+    """The deepest folder holding every one of `paths`: what the records' keys are
+    relative to."""
+    common = os.path.commonpath([os.path.abspath(path) for path in paths])
+    return os.path.dirname(common) if len(set(paths)) == 1 else common
+
+
+def _describe(source: Any, files: DatasetFiles) -> str:
+    if isinstance(source, str | os.PathLike):
+        return os.path.abspath(os.fspath(source))
+    if isinstance(source, DatasetFiles) or hasattr(source, "to_dict"):
+        return files.directory or type(source).__name__
+    return f"{len(source)} (path, label) pairs"
+
+
+def _write_split(out_dir, split, paths, labels, keys, order, shard_size) -> dict[str, Any]:
+    """Writes one split's shards, `shard_size` images each in `order`; its manifest entry."""
+    count = len(paths)
+    num_shards = math.ceil(count / shard_size)
+    names = []
+    for shard in range(num_shards):
+        name = f"{split}/part-{shard:05d}-of-{num_shards:05d}.tfrecord"
+        chosen = order[shard * shard_size : (shard + 1) * shard_size]
+        records = [(paths[i], labels[i], keys[i]) for i in chosen]
+        reliability.write_atomically(
+            os.path.join(out_dir, split, name.split("/")[1]),
+            lambda temporary, records=records: _write_shard(temporary, records),
+        )
+        names.append(name)
+    return {"count": count, "shards": names}
+
+
+def _write_shard(path: str, records: list[tuple[str, int, str]]) -> None:
+    with tf.io.TFRecordWriter(path) as writer:
+        for image_path, label, key in records:
+            with open(image_path, "rb") as f:
+                contents = f.read()
+            example = tf.train.Example(
+                features=tf.train.Features(
+                    feature={
+                        "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[contents])),
+                        "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
+                        "key": tf.train.Feature(
+                            bytes_list=tf.train.BytesList(value=[key.encode("utf-8")])
+                        ),
+                    }
+                )
+            )
+            writer.write(example.SerializeToString())
+
+
+# --- reading --------------------------------------------------------------------------------
+
+
+def records_dataset(
+    directory: str | os.PathLike,
+    image_size: int | tuple[int, int] = (224, 224),
+    batch_size: int = 32,
+    *,
+    seed: int = 1337,
+    augment: Any = False,
+    shuffle: bool = True,
+    cache: bool | str = False,
+    drop_remainder: bool = False,
+    crop_fraction: float = 0.875,
+    resize: str = "crop",
+    shuffle_buffer: int = 10_000,
+    parallel_reads: int = 16,
+) -> ImageData:
+    """Reads a records folder (`write_records`) as the `ImageData` the folder loader returns:
+    the same decoding, crops, augmentation, batches, class counts and skip report, so
+    two-phase training, the feature cache and class weights take it unchanged.
+
+    The splits are the ones written (the module docstring says why). Training examples
+    come from up to `parallel_reads` shards at a time, the shard order shuffled every
+    epoch, through a buffer of `shuffle_buffer` encoded images (memory: that many files);
+    `seed` fixes both, so one seed always gives the same order. Validation, test and
+    `train_unaugmented` are read in the written order.
+
+    Args:
+        directory: the records folder.
+        image_size, batch_size, seed, augment, shuffle: as in `image_folder_dataset`.
+        drop_remainder, crop_fraction, resize: as in `image_folder_dataset`.
+        cache: keep decoded images in memory (`True`) or in files with this prefix; off by
+            default, since records are for datasets that do not fit in memory (with a
+            cache, the training examples are shuffled after it, as the folder loader does).
+        shuffle_buffer: encoded training images shuffled together.
+        parallel_reads: shards read at the same time.
+
+    Example:
+    ```python
+    data = kt.data.records_dataset("photos_records", image_size=224, batch_size=64)
+    model = kt.create_classifier("mobilenet", len(data.class_names), class_names=data.class_names)
+    ```
+    """
+    for name, value in (("shuffle_buffer", shuffle_buffer), ("parallel_reads", parallel_reads)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+    directory = os.fspath(directory)
+    manifest = read_manifest(directory)
+    names = manifest["class_names"]
+    options = pipeline_options(
+        image_size, batch_size, crop_fraction=crop_fraction, resize=resize, augment=augment,
+        shuffle=shuffle, seed=seed, cache=cache, drop_remainder=drop_remainder,
+    )  # fmt: skip
+    options = dataclasses.replace(options, num_classes=len(names))
+    entries = manifest["splits"]
+    counts = {split: entries[split]["count"] if split in entries else 0 for split in RECORD_SPLITS}
+    _check_full_batches(counts, options)
+    reader = _Reader(directory, manifest["shard_size"], options, shuffle_buffer, parallel_reads)
+    class_counts = entries["train"]["class_counts"]
+    warnings = _loaded_warnings(manifest, counts, directory)
+    return ImageData(
+        train=reader.split(entries["train"], "train", training=True),
+        validation=reader.split(entries.get("validation"), "validation"),
+        class_names=list(names),
+        num_train=counts["train"],
+        num_validation=counts["validation"],
+        skipped=list(manifest.get("skip_reasons", {})),
+        image_size=options.image_size,
+        # Lazy: its images are decoded (and cached) only if it is iterated.
+        train_unaugmented=reader.split(entries["train"], "train_unaugmented"),
+        skip_reasons=dict(manifest.get("skip_reasons", {})),
+        warnings=warnings,
+        class_counts=[int(c) for c in class_counts],
+        # Every test image counts: no batch of them is dropped.
+        test=reader.split(entries.get("test"), "test", drop_remainder=False),
+        num_test=counts["test"],
+    )
+
+
+def _loaded_warnings(manifest: dict[str, Any], counts: dict[str, int], directory: str) -> list[str]:
+    """The warnings of the writing, and an imbalance warning (logged) of the training split."""
+    names, warnings = manifest["class_names"], list(manifest.get("warnings", []))
+    message = imbalance.imbalance_warning(
+        np.asarray(manifest["splits"]["train"]["class_counts"]), names
+    )
+    if message:
+        logger.warning(message)
+        warnings.append(message)
+    logger.info(
+        "Loaded %d training, %d validation and %d test images of %d classes from the records "
+        "in %s.", counts["train"], counts["validation"], counts["test"], len(names), directory,
+    )  # fmt: skip
+    return warnings
+
+
+def _check_full_batches(counts: dict[str, int], options: PipelineOptions) -> None:
+    """With `drop_remainder`, the training and validation splits need a full batch each
+    (the folder loader's rule)."""
+    for split in ("train", "validation"):
+        count, batch_size = counts[split], options.batch_size
+        if options.drop_remainder and 0 < count < batch_size:
+            raise ValueError(
+                f"batch_size={batch_size} with drop_remainder=True leaves no batch of the "
+                f"{count} {split} images. Lower batch_size to at most {count}, or set "
+                "drop_remainder=False."
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class _Reader:
+    """Builds the batched dataset of one split's shards."""
+
+    directory: str
+    shard_size: int
+    options: PipelineOptions
+    shuffle_buffer: int
+    parallel_reads: int
+
+    def split(self, entry, name, *, training=False, drop_remainder=None):
+        """The batches of the split of manifest `entry` (`None` for no split); `name` names
+        its cache files."""
+        if not entry:
+            return None
+        options = self.options
+        if drop_remainder is not None:
+            options = dataclasses.replace(options, drop_remainder=drop_remainder)
+        files = [os.path.join(self.directory, *shard.split("/")) for shard in entry["shards"]]
+        # Without a cache, training examples are shuffled as encoded bytes, before decoding
+        # (the pipeline's own shuffle would hold decoded images); with one, after it.
+        shuffled = training and options.shuffle and not options.cache
+        dataset = tf.data.Dataset.from_tensor_slices(files)
+        if shuffled:
+            dataset = dataset.shuffle(len(files), seed=options.seed, reshuffle_each_iteration=True)
+            options = dataclasses.replace(options, shuffle=False)
+        dataset = dataset.interleave(
+            tf.data.TFRecordDataset,
+            cycle_length=min(len(files), self.parallel_reads),
+            # Unshuffled: a whole shard per turn, so the examples keep their written order.
+            block_length=1 if shuffled else self.shard_size,
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
+        )
+        if shuffled:
+            dataset = dataset.shuffle(
+                self.shuffle_buffer, seed=options.seed, reshuffle_each_iteration=True
+            )
+        load_size, resize = options.load_size, options.resize
+
+        def decode(serialized):
+            example = tf.io.parse_single_example(serialized, _FEATURES)
+            image = decode_image_bytes(example["image"], load_size, resize)
+            return image, tf.cast(example["label"], tf.int32)
+
+        dataset = dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+        return options.build(dataset, training=training, split=name)

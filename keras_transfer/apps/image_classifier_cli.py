@@ -23,9 +23,11 @@ confusion matrix to --model_dir.
 
 `--data_dir` holds one folder per class, or `train/` and `val/` (or `validation/`) folders
 that do, and optionally `test/`; or any images, labelled by `--labels_csv` (a CSV file with
-`path` and `label` columns: `--path_column`, `--label_columns`). `--test_split=0.2` holds out a test set instead: evaluated
-once after training, its accuracy (with a 95% interval) in results.json "test" is the
-estimate to report; the validation accuracy chose the epoch and settings, so it is optimistic.
+`path` and `label` columns: `--path_column`, `--label_columns`; `--task=multilabel` or
+`regression` for 0/1 label columns or numeric targets). `--test_split=0.2` holds out a test
+set instead: evaluated once after training, its accuracy (with a 95% interval) in
+results.json "test" is the estimate to report; the validation accuracy chose the epoch and
+settings, so it is optimistic.
 
 A failure prints one error line and a hint on stderr: exit 2 for a command line that cannot
 be used (an unknown flag, a bad flag or --config value, an unknown backbone, no
@@ -48,6 +50,7 @@ from keras_transfer.apps import image_classifier as image_classifier_lib
 from keras_transfer.apps import image_config
 from keras_transfer.apps import image_plan
 from keras_transfer.apps import image_reports
+from keras_transfer.data.tables import TABLE_TASKS
 
 __all__ = ["HINTS", "main"]
 
@@ -67,13 +70,19 @@ flags.DEFINE_string(
 )
 flags.DEFINE_string("path_column", _DEFAULTS.path_column, "The image path column of --labels_csv.")
 flags.DEFINE_string(
-    "label_columns", _DEFAULTS.label_columns, "The class name column of --labels_csv."
+    "label_columns",
+    _DEFAULTS.label_columns,
+    "The label column(s) of --labels_csv, comma-separated: one of class names (multiclass), "
+    "one 0/1 column per label or one of ';'-separated names (multilabel), the numeric "
+    "targets (regression).",
 )
-flags.DEFINE_string(
+flags.DEFINE_enum(
     "task",
     _DEFAULTS.task,
-    "What the labels are; the command trains multiclass (multilabel and regression: "
-    "kt.image_table_dataset in Python).",
+    list(TABLE_TASKS),
+    "What the --labels_csv labels are: multiclass (softmax), multilabel (sigmoid, binary "
+    "cross-entropy, a threshold per label chosen on validation in thresholds.json) or "
+    "regression (linear, mean squared error).",
 )
 flags.DEFINE_string(
     "bad_rows",

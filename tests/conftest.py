@@ -113,6 +113,39 @@ def write_image_folder(root, class_counts, size=(40, 48), seed=0):
     return paths
 
 
+LABEL_TABLE_LABELS = ("red", "green", "blue")
+LABEL_TABLE_TARGETS = ("redness", "blueness")
+
+
+def write_label_table(root, count=24, seed=0, size=(40, 40)):
+    """Writes `count` PNGs under `root/images/` and `root/labels.csv` labelling them for
+    both table tasks: columns `file`, then one 0/1 column per colour channel brighter than
+    128 (`LABEL_TABLE_LABELS`, multilabel; at least one per image) and the mean red and
+    blue of the image in [0, 1] (`LABEL_TABLE_TARGETS`, regression: the channels' levels
+    are uniform in [0, 255]). Returns (csv path, image folder)."""
+    import csv
+
+    rng = np.random.default_rng(seed)
+    root = pathlib.Path(root)
+    images = root / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(count):
+        levels = rng.uniform(0, 255, 3)
+        levels[i % 3] = rng.uniform(150, 255)
+        image = (levels + rng.uniform(-10, 10, (*size, 3))).clip(0, 255).astype("uint8")
+        (images / f"{i}.png").write_bytes(tf.io.encode_png(tf.constant(image)).numpy())
+        lit = (levels > 128).astype(int).tolist()
+        redness, blueness = image[..., 0].mean() / 255, image[..., 2].mean() / 255
+        rows.append([f"{i}.png", *lit, round(redness, 4), round(blueness, 4)])
+    table = root / "labels.csv"
+    with open(table, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["file", *LABEL_TABLE_LABELS, *LABEL_TABLE_TARGETS])
+        writer.writerows(rows)
+    return table, images
+
+
 @pytest.fixture
 def image_folder(tmp_path):
     """A factory: image_folder({"cats": 6, "dogs": 6}, subdir="train") -> folder path."""
@@ -332,6 +365,20 @@ def hub_classifier():
     import helpers  # on first use: helpers imports modules of the package
 
     return helpers.hub_classifier
+
+
+def keras_transfer_command(*args, timeout=300):
+    """Runs `python -m keras_transfer ARGS` as a user would: TensorFlow's log level unset."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")])
+    return subprocess.run(
+        [sys.executable, "-m", "keras_transfer", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=str(REPO_ROOT.parent),
+    )
 
 
 # TensorFlow's C++ start-up log lines, which are not the command line programs' own output.

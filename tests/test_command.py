@@ -15,6 +15,7 @@ import keras
 import numpy as np
 import pytest
 from conftest import REPO_ROOT
+from conftest import keras_transfer_command as command
 from conftest import write_image_folder
 
 import keras_transfer as kt
@@ -37,20 +38,6 @@ TRAIN_FLAGS = [
     "--test_split=0.25",  # 9 training, 3 validation and 4 test images of the 16
     "--verbose=1",  # a progress bar, and still none of TensorFlow's C++ start-up lines
 ]
-
-
-def command(*args, timeout=300):
-    """Runs `python -m keras_transfer ARGS` as a user would: TensorFlow's log level unset."""
-    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")])
-    return subprocess.run(
-        [sys.executable, "-m", "keras_transfer", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-        cwd=str(REPO_ROOT.parent),
-    )
 
 
 @pytest.fixture(scope="module")

@@ -68,7 +68,9 @@ def compare(
     the Keras model) on the same images: `top1_agreement` (the share of images whose most
     probable class is the same), `max_probability_difference` and
     `mean_probability_difference` (absolute, over every image and class), and with `labels`
-    `keras_accuracy` and `export_accuracy`."""
+    (class indices) `keras_accuracy` and `export_accuracy`. The outputs of a multilabel or
+    regression model (label vectors as `labels`) are compared by their differences, the
+    top-1 agreement being that of the highest output."""
     reference = np.asarray(reference, dtype="float64")
     exported = np.asarray(exported, dtype="float64")
     if reference.shape != exported.shape or not len(reference):
@@ -84,7 +86,7 @@ def compare(
         "max_probability_difference": float(difference.max()),
         "mean_probability_difference": float(difference.mean()),
     }
-    if labels is not None:
+    if labels is not None and np.ndim(labels) == 1:  # class indices (not label vectors)
         labels = np.asarray(labels)
         result["keras_accuracy"] = float(np.mean(top_reference == labels))
         result["export_accuracy"] = float(np.mean(top_exported == labels))
@@ -209,6 +211,7 @@ def run_files(
             directory,
             setting("path_column"),
             setting("label_columns"),
+            setting("task"),
             validation_split=setting("validation_split"),
             test_split=setting("test_split"),
             seed=setting("seed"),

@@ -32,6 +32,7 @@ import keras_transfer as kt
 from keras_transfer import data as data_lib
 from keras_transfer.apps import _outputs
 from keras_transfer.apps import export_folder
+from keras_transfer.apps import image_tasks
 from keras_transfer.apps.image_config import RESOLVED_CONFIG_FILE as CONFIG
 from keras_transfer.apps.image_config import Config
 from keras_transfer.apps.image_config import check_config
@@ -79,10 +80,10 @@ def run(
     per line, line i = output i), `config.json` (the resolved configuration),
     `results.json` (per-phase final metrics and wall time, the configuration, data sizes,
     skipped files, validation precision/recall per class), `training_curves.png` and
-    `confusion_matrix.png` (when matplotlib is installed), TensorBoard logs in `logs/`, and
-    with `export`: `saved_model/` and `model.tflite`, with `export.json` (each checked
-    against the model on the validation images, as `keras-transfer export` checks). A run that fails before training
-    starts (bad settings, missing weights or data) creates no `model_dir`.
+    `confusion_matrix.png` (other tasks' outputs: `apps.image_tasks`), TensorBoard logs
+    in `logs/`, and with `export`: `saved_model/` and `model.tflite`, with `export.json`
+    (each checked against the model on the validation images, as `keras-transfer export`
+    checks). A run that fails before training starts creates no `model_dir`.
 
     One run at a time writes a `model_dir`: a second one fails at once
     (`reliability.FolderLockedError`, naming the first's PID). `config.json` is written
@@ -188,7 +189,8 @@ def _save_outputs(
             output_dir, reports[-1]["file"]
         )
     results["total_seconds"] = round(time.perf_counter() - start, 2)
-    json_files = {CONFIG: resolved, RESULTS_FILE: results}
+    # thresholds.json of a multilabel run too: replaced together with the model it fits.
+    json_files = {CONFIG: resolved, RESULTS_FILE: results, **image_tasks.task_files(results)}
     write_model_folder(model, class_names, output_dir, json_files if environment.chief else None)
     if reports:  # beside model.keras, whose SHA-256 it records
         export_folder.record_reports(output_dir, output_dir, reports)

@@ -23,7 +23,8 @@ confusion matrix to --model_dir.
 
 `--data_dir` holds one folder per class, or `train/` and `val/` (or `validation/`) folders
 that do, and optionally `test/`; or any images, labelled by `--labels_csv` (a CSV file with
-`path` and `label` columns: `--path_column`, `--label_columns`); or the TFRecord shards
+`path` and `label` columns: `--path_column`, `--label_columns`; `--task=multilabel` or
+`regression` for 0/1 label columns or numeric targets); or the TFRecord shards
 `kt.data.write_records` wrote from such a folder (found by their records_manifest.json; the
 splits are the ones written). `--test_split=0.2` holds out a test set instead: evaluated
 once after training, its accuracy (with a 95% interval) in results.json "test" is the
@@ -50,6 +51,7 @@ from keras_transfer.apps import image_classifier as image_classifier_lib
 from keras_transfer.apps import image_config
 from keras_transfer.apps import image_plan
 from keras_transfer.apps import image_reports
+from keras_transfer.data.tables import TABLE_TASKS
 
 __all__ = ["HINTS", "main"]
 
@@ -72,13 +74,19 @@ flags.DEFINE_string(
 )
 flags.DEFINE_string("path_column", _DEFAULTS.path_column, "The image path column of --labels_csv.")
 flags.DEFINE_string(
-    "label_columns", _DEFAULTS.label_columns, "The class name column of --labels_csv."
+    "label_columns",
+    _DEFAULTS.label_columns,
+    "The label column(s) of --labels_csv, comma-separated: one of class names (multiclass), "
+    "one 0/1 column per label or one of ';'-separated names (multilabel), the numeric "
+    "targets (regression).",
 )
-flags.DEFINE_string(
+flags.DEFINE_enum(
     "task",
     _DEFAULTS.task,
-    "What the labels are; the command trains multiclass (multilabel and regression: "
-    "kt.image_table_dataset in Python).",
+    list(TABLE_TASKS),
+    "What the --labels_csv labels are: multiclass (softmax), multilabel (sigmoid, binary "
+    "cross-entropy, a threshold per label chosen on validation in thresholds.json) or "
+    "regression (linear, mean squared error).",
 )
 flags.DEFINE_string(
     "bad_rows",

@@ -14,6 +14,8 @@ from typing import Any
 
 from keras_transfer import data as data_lib
 from keras_transfer.apps import config as config_lib
+from keras_transfer.apps.image_tasks import TASK_OUTPUTS
+from keras_transfer.apps.image_tasks import check_task_options
 from keras_transfer.backbones import registry
 from keras_transfer.data import imbalance
 from keras_transfer.data.tables import BAD_ROW_POLICIES
@@ -135,8 +137,9 @@ class Config:
     # Images with more pixels are skipped before decoding (decompression bombs); 0: no limit.
     max_pixels: int = 50_000_000
     # Labels from a CSV file instead of class folders (kt.image_table_dataset): its
-    # path_column holds image paths relative to data_dir, label_columns the class names.
-    # The command trains task="multiclass"; bad_rows "error" or "skip" (named by row).
+    # path_column holds image paths relative to data_dir, label_columns the class names
+    # (multiclass), the 0/1 label columns (multilabel) or the numeric targets (regression;
+    # apps.image_tasks); bad_rows "error" or "skip" (named by row).
     labels_csv: str = ""
     path_column: str = "path"
     label_columns: str = "label"
@@ -287,18 +290,12 @@ class Config:
             raise config_lib.ConfigError(
                 f"bad_rows must be one of {BAD_ROW_POLICIES}, got {self.bad_rows!r}."
             )
-        if self.task != "multiclass":
-            raise config_lib.ConfigError(
-                f"task={self.task!r}: the command trains multiclass classifiers (one class "
-                "name per row of labels_csv). For multilabel or regression labels load the "
-                f"table in Python: kt.image_table_dataset(..., task={self.task!r}) and "
-                f"kt.create_classifier(..., head={{'task': {self.task!r}}})."
-            )
         if self.labels_csv and (self.dataset or self.test_dir):
             raise config_lib.ConfigError(
                 "labels_csv labels the images of data_dir: it takes no dataset or test_dir "
                 "(hold a test set out with test_split)."
             )
+        check_task_options(self)  # what a multilabel or regression run cannot use
 
     def resolved_weights(self) -> str | None:
         if self.weights is None or str(self.weights).lower() in ("", "none"):
@@ -522,6 +519,7 @@ RUN_OUTPUTS = (
     "model.onnx",
     "export.json",
     "backup",
+    *TASK_OUTPUTS,
 )
 
 

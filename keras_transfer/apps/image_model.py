@@ -227,8 +227,9 @@ def build_model(
     class_names: list[str],
     strategy: tf.distribute.Strategy,
 ) -> kt.TransferClassifier:
-    """The classifier: `backbone`, then a head with `config.dropout`, one output per class;
-    with `config.zero_shot`, the zero-shot head of its CLIP or SigLIP preset's text tower."""
+    """The classifier: `backbone`, then a head of `config.task` with `config.dropout`, one
+    output per class (label, regression target); with `config.zero_shot`, the zero-shot
+    head of its CLIP or SigLIP preset's text tower."""
     with strategy.scope():
         if config.zero_shot:
             weights = "preset" if config.resolved_weights() else None
@@ -238,6 +239,6 @@ def build_model(
         return kt.create_classifier(
             backbone,
             len(class_names),
-            head={"dropout": config.dropout},
+            head={"dropout": config.dropout, "task": config.task},
             class_names=class_names,
         )

@@ -31,10 +31,13 @@ def measure_transferability(
 ) -> dict[str, Any] | None:
     """Per-block LogME of the pretrained backbone on the training images, before training
     (one backbone pass): what the advisor plans from and `--diagnostics` reports. `None`
-    when nothing needs it; `{"error": why}` when it cannot be measured."""
+    when nothing needs it; `{"error": why}` when it cannot be measured (also for a
+    multilabel or regression table: the scores rank class labels)."""
     needed = config.plan == "auto" and any(getattr(config, n) is None for n in FIXED_DEFAULTS)
     if not (needed or config.diagnostics):
         return None
+    if config.task != "multiclass":  # the plan then follows the training set's size
+        return {"error": f"LogME and H-score rank class labels, and a {config.task} table has none"}
     start = time.perf_counter()
     try:
         try:

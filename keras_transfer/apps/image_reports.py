@@ -13,6 +13,7 @@ import keras_transfer as kt
 from keras_transfer import data as data_lib
 from keras_transfer.apps import _outputs
 from keras_transfer.apps import export_folder
+from keras_transfer.apps import image_tasks
 from keras_transfer.apps import image_zero_shot
 from keras_transfer.apps.image_config import ADAPT_METHODS
 from keras_transfer.apps.image_config import EXPORT_FORMATS
@@ -58,7 +59,9 @@ def report(
     """The results of the run (what `results.json` holds), the validation report of the
     saved model, its test report (`test`: evaluated here, once, after every choice was made
     on validation data), and the confusion matrix and training-curve plots in the output
-    folder; `class_weight` is what the training loss used (`image_plan.class_weight`)."""
+    folder; `class_weight` is what the training loss used (`image_plan.class_weight`).
+    A multilabel or regression run gets its task's reports, plot and label thresholds
+    instead of the confusion matrix (`image_tasks.task_report`)."""
     history = trained.history
     results: dict[str, Any] = {
         "feature_extraction": history.phase_summary(training.PHASE_HEAD),
@@ -94,6 +97,31 @@ def report(
     if saved_weights:
         results["saved_weights"] = saved_weights
     output_dir = environment.output_dir
+    if results["task"] == "multiclass":
+        _multiclass_reports(config, model, data, results, output_dir)
+    else:  # multilabel, regression: the validation and test reports, thresholds, a plot
+        task_results = image_tasks.task_report(model, data, output_dir, _run_title(config))
+        results["warnings"] += task_results.pop("warnings", [])
+        results.setdefault("plots", []).extend(task_results.pop("plots"))
+        results.update(task_results)
+    if trained.zero_shot is not None:  # its test split read here too, once
+        results["zero_shot"] = image_zero_shot.zero_shot_results(trained.zero_shot, data)
+    plotted = reports.plot_training_curves(
+        history, os.path.join(output_dir, "training_curves.png"), title=_run_title(config)
+    )
+    if plotted:
+        results.setdefault("plots", []).append(os.path.basename(plotted))
+    return results
+
+
+def _multiclass_reports(
+    config: Config,
+    model: keras.Model,
+    data: data_lib.ImageData,
+    results: dict[str, Any],
+    output_dir: str,
+) -> None:
+    """A multiclass run's validation report and confusion matrix, and its test report."""
     if data.validation is not None:
         true, predicted = reports.predict_labels(model, data.validation)
         matrix = reports.confusion_matrix(true, predicted, len(data.class_names))
@@ -115,14 +143,6 @@ def report(
         true, predicted = reports.predict_labels(model, test)
         matrix = reports.confusion_matrix(true, predicted, len(data.class_names))
         results["test"] = reports.held_out_report(matrix, data.class_names)
-    if trained.zero_shot is not None:  # its test split read here too, once
-        results["zero_shot"] = image_zero_shot.zero_shot_results(trained.zero_shot, data)
-    plotted = reports.plot_training_curves(
-        history, os.path.join(output_dir, "training_curves.png"), title=_run_title(config)
-    )
-    if plotted:
-        results.setdefault("plots", []).append(os.path.basename(plotted))
-    return results
 
 
 def _run_title(config: Config) -> str:
@@ -137,12 +157,12 @@ def summary(results: dict[str, Any], config: Config) -> str:
     lines = []
     phases = [p for p in (training.PHASE_HEAD, training.PHASE_FINE_TUNE) if results.get(p)]
     names = {training.PHASE_HEAD: "head", training.PHASE_FINE_TUNE: "fine-tuning"}
+    task = results.get("task", "multiclass")
     for index, phase in enumerate(phases, start=1):
         row = results[phase]
-        accuracy = row.get("val_accuracy")
         lines.append(
             f"phase {index}/{len(phases)} ({names[phase]}): "
-            + (f"val_accuracy {accuracy:.4f}, " if accuracy is not None else "")
+            + image_tasks.headline(row, task)
             + f"{row['epochs']} epochs, {row['seconds']:.1f} s"
         )
     report = results.get("validation_report")
@@ -151,10 +171,16 @@ def summary(results: dict[str, Any], config: Config) -> str:
         lines.append(
             f"saved model on {results['num_validation']} validation images"
             + (f" (weights of epoch {kept['epoch']}, {_kept_rule(config)})" if kept else "")
+            + (", thresholds chosen on them" if "thresholds" in results else "")
             + ":"
         )
-        lines.append(reports.format_report(report))
-    lines += _test_summary(results)
+        formatted = (
+            reports.format_report if task == "multiclass" else image_tasks.format_task_report
+        )
+        lines.append(formatted(report))
+    lines += (
+        _test_summary(results) if task == "multiclass" else image_tasks.task_test_summary(results)
+    )
     model_path = os.path.join(config.model_dir, _outputs.MODEL_FILE)
     if os.path.isfile(model_path):
         size = os.path.getsize(model_path) / 1e6

@@ -26,6 +26,7 @@ import tensorflow as tf
 import keras_transfer as kt
 from keras_transfer import data as data_lib
 from keras_transfer.apps import adapt as adapt_lib
+from keras_transfer.apps import image_tasks
 from keras_transfer.apps import image_zero_shot
 from keras_transfer.apps.image_config import ADAPT_METHODS
 from keras_transfer.apps.image_config import FIXED_DEFAULTS
@@ -79,7 +80,8 @@ class Trained:
         cached_features: whether phase 1 ran on cached backbone features.
         unfrozen_blocks: the blocks trainable at the end.
         monitor: the metric early stopping and `restore_best` watched.
-        wise_ft: with `config.wise_ft`, the alpha kept and each alpha's validation accuracy.
+        wise_ft: with `config.wise_ft`, the alpha kept and each alpha's validation accuracy
+            (validation loss for a multilabel or regression task).
         adaptation: with a source-free `config.adapt`, `apps.adapt.adapt_model`'s report.
         zero_shot: with `config.zero_shot`, the zero-shot classifier training started from.
     """
@@ -180,7 +182,7 @@ def _wise_ft(
 ) -> dict[str, Any] | None:
     """WiSE-FT after fine-tuning: the interpolation between the head phase's weights (kept
     in the backup), or the zero-shot classifier's, and the fine-tuned ones whose validation
-    accuracy is best."""
+    accuracy is best (a multilabel or regression model's: whose validation loss is)."""
     head_weights = os.path.join(backup or "", two_phase_state.HEAD_WEIGHTS_FILE)
     start: Any = zero_shot.model if zero_shot is not None else head_weights
     if zero_shot is None and (backup is None or not os.path.exists(head_weights)):
@@ -190,11 +192,12 @@ def _wise_ft(
         raise ValueError(
             "wise_ft chooses its alpha on the validation split: set validation_split > 0."
         )
-    chosen = kt.wise_ft(model, start, data.validation)
+    metric = "accuracy" if getattr(data, "task", "multiclass") == "multiclass" else "loss"
+    chosen = kt.wise_ft(model, start, data.validation, metric=metric)
     return {
         "start": "zero_shot" if zero_shot is not None else "head_phase",
         "alpha": chosen.alpha,
-        "val_accuracy_by_alpha": {f"{a:.2f}": round(v, 6) for a, v in chosen.scores.items()},
+        f"val_{metric}_by_alpha": {f"{a:.2f}": round(v, 6) for a, v in chosen.scores.items()},
     }
 
 
@@ -315,8 +318,11 @@ def _fit_arguments(
 
 
 def loss_arguments(config: Config) -> dict[str, Any]:
-    """`fit_two_phase`'s `loss` and `metrics` for label smoothing or label-mixing
-    augmentations (soft training labels); empty (the head's defaults) otherwise."""
+    """`fit_two_phase`'s `loss` and `metrics`: those of a multilabel or regression task
+    (`image_tasks.loss_arguments`); for multiclass, those of label smoothing or
+    label-mixing augmentations (soft training labels), else empty (the head's defaults)."""
+    if config.task != "multiclass":
+        return image_tasks.loss_arguments(config.task, config.label_smoothing)
     if not config.label_smoothing and not data_lib.uses_label_mixing(config.augment):
         return {}
     return dict(

@@ -36,6 +36,7 @@ import tensorflow as tf
 
 from keras_transfer import data as data_lib
 from keras_transfer import saving
+from keras_transfer.apps import predict_tasks
 from keras_transfer.apps.image_config import RESOLVED_CONFIG_FILE
 
 __all__ = [
@@ -231,9 +232,15 @@ def predict_files(
     max_pixels: int | None = 50_000_000,
     crop_fraction: float = CROP_FRACTION,
     resize: str = "crop",
+    task: str = "multiclass",
+    thresholds: Sequence[float] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, str]]:
     """The top-`top_k` labels and probabilities of every image in `paths`, each read by
     `load_image` with `crop_fraction` and `resize` (those of the run: `decode_settings`).
+    A multilabel or regression model (`task`, the run's: `predict_tasks.task_settings`)
+    gives its task's rows instead (`predict_tasks.task_row`): every label at or above its
+    threshold (`thresholds`, one per label, default 0.5) with all probabilities, or each
+    target's value; `top_k` does not apply to them.
 
     Returns:
         `(rows, skipped)`: one `{"file", "labels", "probabilities"}` row per readable
@@ -241,6 +248,7 @@ def predict_files(
     """
     if top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}.")
+    predict_tasks.run_task({"task": task})  # a clear error for an unknown task
     files, skipped = list_images(paths)
     image_size = _model_image_size(model)
     rows: list[dict[str, Any]] = []
@@ -257,6 +265,9 @@ def predict_files(
             continue
         probabilities = np.asarray(model.predict(np.stack(batch), verbose=0), "float64")
         for path, row in zip(names, probabilities):
+            if task != "multiclass":
+                rows.append(predict_tasks.task_row(path, row, labels, task, thresholds))
+                continue
             best = np.argsort(-row, kind="stable")[:k]
             rows.append(
                 {
@@ -303,8 +314,10 @@ def predict_images(
             a folder, the loaders' defaults for a model).
 
     Returns:
-        One `{"file", "labels", "probabilities"}` row per readable image. Unreadable files
-        are skipped with a logged warning naming each and the reason.
+        One `{"file", "labels", "probabilities"}` row per readable image (a multilabel
+        model's: the labels at or above the run's thresholds, 0.5 for a model that is not
+        a folder, and `"all_probabilities"`; a regression model's: `{"file", "values"}`).
+        Unreadable files are skipped with a logged warning naming each and the reason.
 
     Example:
     ```python
@@ -316,11 +329,14 @@ def predict_images(
     if isinstance(model, str | os.PathLike):
         model_dir = os.fspath(model)
         model, names = load_trained(model_dir)
-        settings = decode_settings(model_dir)
+        config = read_run_config(model_dir)
+        settings = decode_settings(model_dir, config)
+        settings.update(predict_tasks.task_settings(model_dir, model, names, config))
     else:
         stored = getattr(model, "class_names", None)
         outputs = int(model.output_shape[-1])
         names = [str(n) for n in stored] if stored else [str(i) for i in range(outputs)]
+        settings["task"] = predict_tasks.run_task(None, model)
     if crop_fraction is not None:
         settings["crop_fraction"] = crop_fraction
     if resize is not None:
@@ -345,8 +361,13 @@ def predict_images(
     return rows
 
 
-def format_rows(rows: Sequence[dict[str, Any]], output_format: str = "table") -> str:
-    """`rows` of `predict_files` as a table, JSON lines or CSV (rank columns)."""
+def format_rows(
+    rows: Sequence[dict[str, Any]], output_format: str = "table", task: str = "multiclass"
+) -> str:
+    """`rows` of `predict_files` as a table, JSON lines or CSV (rank columns; a multilabel
+    or regression `task`'s: `predict_tasks.format_task_rows`)."""
+    if task != "multiclass":
+        return predict_tasks.format_task_rows(rows, task, output_format)
     if output_format == "jsonl":
         return "".join(json.dumps(row) + "\n" for row in rows)
     k = max((len(row["labels"]) for row in rows), default=0)

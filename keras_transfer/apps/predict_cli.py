@@ -5,7 +5,10 @@ r"""`keras-transfer predict`: the top classes of image files by a trained model.
 
 Folders are searched recursively for .jpg/.jpeg/.png/.gif/.bmp/.webp files. Prints one
 row per image: its top `--top_k` labels (the class names stored in model.keras) with their
-probabilities, as a table (default), JSON lines or CSV on stdout. Images are read exactly as
+probabilities, as a table (default), JSON lines or CSV on stdout. For a multilabel run
+(`task` in its config.json) the row holds every label whose probability is at or above its
+threshold (the run's thresholds.json), then every label's probability; for a regression run
+the predicted value of each target. `--top_k` applies to multiclass runs only. Images are read exactly as
 the run's validation images were (its crop_fraction and resize, from config.json). Files
 that cannot be read are skipped with a message on stderr and counted; the exit code is 1
 when no image could be read.
@@ -20,6 +23,7 @@ from absl import flags
 
 from keras_transfer.apps import cli
 from keras_transfer.apps import predict as predict_lib
+from keras_transfer.apps import predict_tasks
 
 __all__ = ["main"]
 
@@ -48,6 +52,9 @@ def main(argv: list[str]) -> int:
     if FLAGS.top_k < 1:
         raise app.UsageError(f"--top_k must be >= 1, got {FLAGS.top_k}.")
     model, labels = predict_lib.load_trained(FLAGS.model_dir, safe_mode=FLAGS.safe_mode)
+    config = predict_lib.read_run_config(FLAGS.model_dir)
+    # A multilabel or regression run's task (config.json) and label thresholds.
+    settings = predict_tasks.task_settings(FLAGS.model_dir, model, labels, config)
     rows, skipped = predict_lib.predict_files(
         model,
         labels,
@@ -55,9 +62,10 @@ def main(argv: list[str]) -> int:
         top_k=FLAGS.top_k,
         batch_size=FLAGS.batch_size,
         max_pixels=FLAGS.max_pixels or None,
-        **predict_lib.decode_settings(FLAGS.model_dir),
+        **predict_lib.decode_settings(FLAGS.model_dir, config),
+        **settings,
     )
-    sys.stdout.write(predict_lib.format_rows(rows, FLAGS.format))
+    sys.stdout.write(predict_lib.format_rows(rows, FLAGS.format, settings["task"]))
     sys.stdout.flush()
     for path, reason in skipped.items():
         sys.stderr.write(f"skipped {path}: {reason}\n")

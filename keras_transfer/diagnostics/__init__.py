@@ -24,8 +24,11 @@ from keras_transfer.diagnostics.forgetting import linear_cka
 from keras_transfer.diagnostics.forgetting import pretrained_copy
 from keras_transfer.diagnostics.forgetting import source_model
 from keras_transfer.diagnostics.label_reports import average_precision
+from keras_transfer.diagnostics.label_reports import best_f1_thresholds
 from keras_transfer.diagnostics.label_reports import evaluate_outputs
 from keras_transfer.diagnostics.label_reports import multilabel_report
+from keras_transfer.diagnostics.label_reports import plot_label_f1
+from keras_transfer.diagnostics.label_reports import plot_predicted_vs_true
 from keras_transfer.diagnostics.label_reports import predict_outputs
 from keras_transfer.diagnostics.label_reports import regression_report
 from keras_transfer.diagnostics.recipes import Recipe
@@ -65,8 +68,11 @@ __all__ = [
     "plot_training_curves",
     "predict_labels",
     "average_precision",
+    "best_f1_thresholds",
     "evaluate_outputs",
     "multilabel_report",
+    "plot_label_f1",
+    "plot_predicted_vs_true",
     "predict_outputs",
     "regression_report",
     "DEFAULT_MIN_EXAMPLES_PER_CLASS",

@@ -1,9 +1,10 @@
-"""Datasets for transfer learning: image folders (listing, decoding, size limits, splits),
-images labelled by a table (`tables`), TFRecord shards of large datasets (`records`), the
-tf.data pipeline, TFDS, and class counts and weights (`imbalance`).
+"""Datasets for transfer learning: image folders (listing, decoding, EXIF orientation, size
+limits, splits), images labelled by a table (`tables`), TFRecord shards of large datasets
+(`records`), the tf.data pipeline, TFDS, and class counts and weights (`imbalance`).
 """
 
 from keras_transfer.data import decoding
+from keras_transfer.data import exif
 from keras_transfer.data import folders
 from keras_transfer.data import image_data
 from keras_transfer.data import imbalance
@@ -82,6 +83,7 @@ from keras_transfer.data.tfds_loader import tfds_dataset
 
 __all__ = [
     "decoding",
+    "exif",
     "image_data",
     "pipeline",
     "records",

@@ -1,10 +1,11 @@
 """Image files: which are read, decoding and resizing, and size limits read from headers.
 
 Every loader decodes with `decode_and_resize` (float32 batches are made later, by
-`pipeline`), and checks sizes before decoding anything: `read_image_size` reads a file's
-header only, so an image above `max_pixels` (a decompression bomb) costs nothing. TFRecord
-shards (`records`) hold the files' bytes, checked the same way when they were written, and
-decode them with `decode_image_bytes`, the decoder `decode_and_resize` calls.
+`pipeline`), which also turns a JPEG upright by its EXIF orientation (`exif`), and checks
+sizes before decoding anything: `read_image_size` reads a file's header only, so an image
+above `max_pixels` (a decompression bomb) costs nothing. TFRecord shards (`records`) hold the
+files' bytes, checked the same way when they were written, and decode them with
+`decode_image_bytes`, the decoder `decode_and_resize` calls.
 
 `decode_for_model` is what a model sees of one file outside the training loop (`predict`,
 export checks, notebooks): `decode_and_resize` to `load_size`, then `central_crop`, the two
@@ -20,6 +21,8 @@ from typing import Any
 
 import numpy as np
 import tensorflow as tf
+
+from keras_transfer.data import exif
 
 __all__ = [
     "DEFAULT_CROP_FRACTION",
@@ -84,46 +87,77 @@ def resize_and_crop(image: tf.Tensor, size: tuple[int, int], resize: str = "crop
 
 
 def decode_and_resize(
-    path: tf.Tensor, size: tuple[int, int], resize: str = "crop", scaled_jpeg: bool = True
+    path: tf.Tensor,
+    size: tuple[int, int],
+    resize: str = "crop",
+    scaled_jpeg: bool = True,
+    exif_orientation: bool = True,
 ) -> tf.Tensor:
-    """Reads, decodes and resizes one image file to `size` (see `resize_and_crop`).
+    """Reads, decodes, turns upright and resizes one image file to `size` (see
+    `resize_and_crop`): the one decode path of the loaders, the feature cache, `predict` and
+    the export checks.
+
+    With `exif_orientation`, a JPEG is turned as its EXIF orientation tag says, as image
+    viewers show it (`exif.read_exif_orientation`, TensorFlow ops inside the `tf.data` map):
+    a phone photo stored on its side trains and predicts upright. `False` keeps the pixels
+    as stored, the behaviour before the tag was read (for comparisons only: a model's
+    training and its predictions should read files the same way).
 
     With `scaled_jpeg`, a JPEG at least twice `size` on both sides is decoded at 1/2, 1/4 or
     1/8 of its size (`tf.io.decode_jpeg(ratio=...)`, the largest ratio that keeps it at least
     `size`): libjpeg then skips most of the inverse DCT work, and the smaller image resizes
-    with less aliasing. Measured (benchmarks/throughput.py, `large_jpeg_decode`): ants-vs-bees
-    photos (median 500x375) at 128 px, 377 of 397 decoded at ratio 2: 1.32x the images/s
-    (noisy, loaded machine) and a linear-probe validation accuracy of 0.889 vs 0.895 (one
-    image of 153). Other
-    formats, and JPEGs smaller than twice `size`, are decoded in full.
+    with less aliasing. The sides are compared as stored, before the turn (after a quarter
+    turn, the stored height becomes the width). Measured (benchmarks/throughput.py,
+    `large_jpeg_decode`): ants-vs-bees photos (median 500x375) at 128 px, 377 of 397 decoded
+    at ratio 2: 1.32x the images/s (noisy, loaded machine) and a linear-probe validation
+    accuracy of 0.889 vs 0.895 (one image of 153). Other formats, and JPEGs smaller than
+    twice `size`, are decoded in full.
     """
-    return decode_image_bytes(tf.io.read_file(path), size, resize, scaled_jpeg)
+    return decode_image_bytes(
+        tf.io.read_file(path), size, resize, scaled_jpeg, exif_orientation=exif_orientation
+    )
 
 
 def decode_image_bytes(
-    contents: tf.Tensor, size: tuple[int, int], resize: str = "crop", scaled_jpeg: bool = True
+    contents: tf.Tensor,
+    size: tuple[int, int],
+    resize: str = "crop",
+    scaled_jpeg: bool = True,
+    exif_orientation: bool = True,
 ) -> tf.Tensor:
-    """Decodes and resizes the encoded bytes of one image file (`decode_and_resize` after
-    the file is read): the one decoder of image folders and of TFRecord shards
-    (`data.records`), so an image stored in a shard gives the same pixels as its file."""
-    if not scaled_jpeg:
-        return resize_and_crop(_decode_full(contents), size, resize)
-
-    def scaled():
-        shape = tf.image.extract_jpeg_shape(contents)
-        # The largest ratio that keeps both sides at least `size`: 0 -> 1, 1 -> 2, 2 -> 4, 3 -> 8.
-        fits = tf.minimum(shape[0] // size[0], shape[1] // size[1])
-        branch = tf.reduce_sum(tf.cast(fits >= tf.constant([2, 4, 8]), tf.int32))
-        return tf.switch_case(
-            branch,
-            [
-                lambda ratio=ratio: tf.io.decode_jpeg(contents, channels=3, ratio=ratio)
-                for ratio in (1, 2, 4, 8)
-            ],
+    """Decodes, turns upright and resizes the encoded bytes of one image file
+    (`decode_and_resize` after the file is read): the one decoder of image folders and of
+    TFRecord shards (`data.records`), so an image stored in a shard gives the same pixels
+    as its file."""
+    orientation = exif.read_exif_orientation(contents) if exif_orientation else None
+    if scaled_jpeg:
+        # Ratio scaling happens before the turn: the stored sides are compared with `size`
+        # as stored.
+        stored = size if orientation is None else tf.where(orientation >= 5, size[::-1], size)
+        image = tf.cond(
+            tf.io.is_jpeg(contents),
+            lambda: _decode_scaled_jpeg(contents, stored),
+            lambda: _decode_full(contents),
         )
-
-    image = tf.cond(tf.io.is_jpeg(contents), scaled, lambda: _decode_full(contents))
+    else:
+        image = _decode_full(contents)
+    if orientation is not None:
+        image = exif.apply_exif_orientation(image, orientation)
     return resize_and_crop(image, size, resize)
+
+
+def _decode_scaled_jpeg(contents: tf.Tensor, size: tf.Tensor | tuple[int, int]) -> tf.Tensor:
+    shape = tf.image.extract_jpeg_shape(contents)
+    # The largest ratio that keeps both sides at least `size`: 0 -> 1, 1 -> 2, 2 -> 4, 3 -> 8.
+    fits = tf.minimum(shape[0] // size[0], shape[1] // size[1])
+    branch = tf.reduce_sum(tf.cast(fits >= tf.constant([2, 4, 8]), tf.int32))
+    return tf.switch_case(
+        branch,
+        [
+            lambda ratio=ratio: tf.io.decode_jpeg(contents, channels=3, ratio=ratio)
+            for ratio in (1, 2, 4, 8)
+        ],
+    )
 
 
 def central_crop(image: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
@@ -196,8 +230,11 @@ def find_undecodable(paths: Sequence[str]) -> list[str]:
         # tf.data prune the decode and miss the errors.
         lambda index, path: (
             index,
-            # Full decode: every part of the file is read, whatever its size.
-            tf.reduce_max(decode_and_resize(path, (8, 8), "squash", scaled_jpeg=False)),
+            # Full decode: every part of the file is read, whatever its size (upright or
+            # not: only whether it decodes matters).
+            tf.reduce_max(
+                decode_and_resize(path, (8, 8), "squash", scaled_jpeg=False, exif_orientation=False)
+            ),
         ),
         num_parallel_calls=tf.data.AUTOTUNE,
     ).ignore_errors()
@@ -257,12 +294,14 @@ _JPEG_FRAME_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 
 
 def read_image_size(path: str | os.PathLike) -> tuple[int, int] | None:
-    """`(height, width)` of a JPEG, PNG, GIF, BMP or WebP file, read from its header.
+    """`(height, width)` of a JPEG, PNG, GIF, BMP or WebP file, read from its header: the
+    size it decodes to, so a JPEG whose EXIF orientation turns it a quarter (5 to 8) has its
+    stored sides swapped, as `decode_and_resize` turns it.
 
-    Only the first bytes are read (a JPEG's markers up to its frame header), never the
-    pixels, so this is cheap on any file, including one that would decode to gigabytes.
-    The format is taken from the content, not the file name. `None` when the file cannot
-    be read or is not one of these formats.
+    Only the first bytes are read (a JPEG's markers up to its frame header, and its EXIF
+    segment), never the pixels, so this is cheap on any file, including one that would
+    decode to gigabytes. The format is taken from the content, not the file name. `None`
+    when the file cannot be read or is not one of these formats.
     """
     try:
         with open(path, "rb") as f:
@@ -326,7 +365,12 @@ def _jpeg_size(f) -> tuple[int, int] | None:
                 return None
             height, width = struct.unpack(">HH", frame[1:5])
             # A height of 0 is defined later by a DNL marker: unknown here.
-            return (height, width) if height else None
+            if not height:
+                return None
+            # The size the image decodes to: a quarter turn by EXIF swaps the sides.
+            if exif.swaps_sides(exif.jpeg_orientation(f)):
+                return width, height
+            return height, width
         if marker in (0xD9, 0xDA) or length < 2:  # end of image / scan before any frame
             return None
         f.seek(length - 2, os.SEEK_CUR)

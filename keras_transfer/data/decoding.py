@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from keras_transfer.utils import files
+
 __all__ = [
     "DEFAULT_CROP_FRACTION",
     "DEFAULT_MAX_PIXELS",
@@ -254,7 +256,7 @@ def read_image_size(path: str | os.PathLike) -> tuple[int, int] | None:
     be read or is not one of these formats.
     """
     try:
-        with open(path, "rb") as f:
+        with files.open_file(path, "rb") as f:
             head = f.read(32)
             if head.startswith(b"\xff\xd8"):
                 return _jpeg_size(f)

@@ -51,7 +51,7 @@ from keras_transfer.data.pipeline import PipelineOptions
 from keras_transfer.data.pipeline import decoded_dataset
 from keras_transfer.data.pipeline import pipeline_options
 from keras_transfer.data.pipeline import uses_label_mixing
-from keras_transfer.utils import files
+from keras_transfer.utils import files as fs
 
 __all__ = [
     "BAD_ROW_POLICIES",
@@ -126,9 +126,9 @@ def read_label_table(table: Any) -> LabelTable:
     """
     if isinstance(table, str | os.PathLike):
         path = os.fspath(table)
-        if not files.isfile(path):
+        if not fs.isfile(path):
             raise FileNotFoundError(f"Label table {path!r} is not a file: give a CSV file.")
-        with files.open_file(path, newline="", encoding="utf-8-sig") as f:
+        with fs.open_file(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.reader(f)
             header = next(reader, None)
             rows, lines, previous = [], [], reader.line_num
@@ -175,11 +175,9 @@ def _check_columns(table: LabelTable, path_column: str, label_columns: list[str]
 def _file_check(image_root: str) -> Callable[[str], bool]:
     """Whether a path under `image_root` is a file: one question per path on a local disk;
     on a remote file system, where each question is a request, one listing of the folder."""
-    if not files.is_remote(image_root):
-        return files.isfile
-    found = {
-        os.path.join(root, name) for root, _, names in files.walk(image_root) for name in names
-    }
+    if not fs.is_remote(image_root):
+        return fs.isfile
+    found = {os.path.join(root, name) for root, _, names in fs.walk(image_root) for name in names}
     return found.__contains__
 
 
@@ -448,7 +446,7 @@ def list_table_files(
     decoding.check_max_pixels(max_pixels)
     splits.check_fractions(validation_split, test_split)
     image_root = os.fspath(image_root)
-    if not files.isdir(image_root):
+    if not fs.isdir(image_root):
         raise FileNotFoundError(f"image_root {image_root!r} is not a folder of images.")
     labels_table = read_label_table(table)
     _check_columns(labels_table, path_column, columns)

@@ -33,6 +33,7 @@ from typing import Any
 import keras
 
 from keras_transfer import _serializables
+from keras_transfer.utils import files
 from keras_transfer.utils import reliability
 
 __all__ = ["UnknownSavedClassError", "load_model", "save_model"]
@@ -130,7 +131,7 @@ def load_model(path: str | os.PathLike, **kwargs: Any) -> keras.Model:
     ```
     """
     path = os.fspath(path)
-    if not os.path.exists(path):
+    if not files.exists(path):
         raise FileNotFoundError(f"No model at {path!r}.")
     kwargs.setdefault("safe_mode", True)
     _serializables.register_all()
@@ -149,7 +150,7 @@ def _saved_config(path: str) -> str:
     """The text of a `.keras` file's `config.json` (a zip member), or `""` if it cannot be
     read (then no optional module is imported, and Keras reports what it cannot read)."""
     try:
-        with zipfile.ZipFile(path) as archive:
+        with files.open_file(path, "rb") as f, zipfile.ZipFile(f) as archive:
             return archive.read("config.json").decode("utf-8", errors="replace")
     except (OSError, KeyError, zipfile.BadZipFile):
         return ""

@@ -14,6 +14,7 @@ import keras
 from keras_transfer import saving
 from keras_transfer.peft import adapters
 from keras_transfer.peft import lora
+from keras_transfer.utils import files
 from keras_transfer.utils import reliability
 
 __all__ = ["ADAPTER_FILE", "LABELS_FILE", "MODEL_FILE", "save_classifier", "write_json"]
@@ -37,7 +38,7 @@ def save_classifier(
     leaves the previous set whole."""
 
     def write_labels(path):
-        with open(path, "w", encoding="utf-8") as f:
+        with files.open_file(path, "w", encoding="utf-8") as f:
             f.write("\n".join(class_names) + "\n")
 
     writes: dict[str, Callable[[str], Any]] = {
@@ -62,7 +63,7 @@ def write_json(path: str, content: Any) -> None:
 
 def _json_writer(content: Any) -> Callable[[str], None]:
     def write(temporary):
-        with open(temporary, "w", encoding="utf-8") as f:
+        with files.open_file(temporary, "w", encoding="utf-8") as f:
             json.dump(content, f, indent=2)
 
     return write

@@ -21,7 +21,6 @@ compare(model.predict(images), predict_tflite(content, images), files.validation
 
 from __future__ import annotations
 
-import os
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -32,6 +31,7 @@ import numpy as np
 from keras_transfer import data as data_lib
 from keras_transfer.apps import predict as predict_lib
 from keras_transfer.apps.image_config import Config
+from keras_transfer.utils import files as fs
 
 __all__ = [
     "CHECK_SPLITS",
@@ -189,7 +189,7 @@ def run_files(
             "(and no --quantize=int8)."
         )
     directory = data_dir or config.get("data_dir") or ""
-    if not os.path.isdir(directory):
+    if not fs.isdir(directory):
         raise FileNotFoundError(
             f"The run's data folder {directory!r} does not exist: pass --data_dir=<where the "
             "images are now>, or --check_on=none (and no --quantize=int8)."

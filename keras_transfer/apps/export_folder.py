@@ -44,6 +44,7 @@ from keras_transfer.apps.export import export_one
 from keras_transfer.apps.export import output_name
 from keras_transfer.apps.export import remove_stale_partials
 from keras_transfer.apps.export_check import ExportCheckError
+from keras_transfer.utils import files as fs
 from keras_transfer.utils import reliability
 
 __all__ = [
@@ -79,9 +80,9 @@ def record_reports(output_dir: str, model_dir: str, reports: list[dict[str, Any]
     SHA-256 of the `model.keras` in `model_dir` they came from); returns its path."""
     path = os.path.join(output_dir, EXPORT_REPORT_FILE)
     exports: dict[str, Any] = {}
-    if os.path.isfile(path):
+    if fs.isfile(path):
         try:
-            with open(path, encoding="utf-8") as f:
+            with fs.open_file(path, encoding="utf-8") as f:
                 previous = json.load(f)
             if isinstance(previous, dict) and isinstance(previous.get("exports"), dict):
                 exports = previous["exports"]
@@ -237,6 +238,59 @@ def export_run(
         `(reports, failures)`: one report per export, and the messages of the checks that
         fell below `min_agreement` (their files not written).
     """
+    options = dict(
+        config=config, check_on=check_on, data_dir=data_dir,
+        representative_images=representative_images, io_dtype=io_dtype,
+        min_agreement=min_agreement, seed=seed, measure_latency=measure_latency,
+        latency_threads=latency_threads,
+    )  # fmt: skip
+    if not fs.is_remote(output_dir):
+        return _export_run(model, labels, model_dir, export_format, modes, output_dir, **options)
+    # A remote folder (gs://...): exported and checked locally, then copied there.
+    with tempfile.TemporaryDirectory(prefix=PARTIAL_PREFIX) as local:
+        reports, failures = _export_run(
+            model, labels, model_dir, export_format, modes, local, **options
+        )
+        for report in reports:
+            _upload(report, local, output_dir)
+    return reports, failures
+
+
+def _upload(report: dict[str, Any], local: str, output_dir: str) -> None:
+    """Copies the export of `report` from `local` onto the remote `output_dir`: a file
+    replaced whole; a folder (a SavedModel), which object stores cannot rename, deleted
+    then copied file by file. An export whose check failed removes the earlier one."""
+    source, target = os.path.join(local, report["file"]), os.path.join(output_dir, report["file"])
+    if report["written"] and not os.path.isdir(source):
+        reliability.copy_atomically(source, target)
+        return
+    if fs.isdir(target):
+        fs.rmtree(target)
+    elif fs.exists(target):
+        fs.remove(target)
+    if report["written"]:
+        fs.upload_folder(source, target)
+
+
+def _export_run(
+    model: keras.Model,
+    labels: Sequence[str],
+    model_dir: str,
+    export_format: str,
+    modes: Sequence[str | None],
+    output_dir: str,
+    *,
+    config: dict[str, Any] | None,
+    check_on: str,
+    data_dir: str | None,
+    representative_images: int,
+    io_dtype: str,
+    min_agreement: float | None,
+    seed: int,
+    measure_latency: bool,
+    latency_threads: int,
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """`export_run` into a local `output_dir`."""
     calibrate = export_format == "tflite" and "int8" in modes
     check, representative = _check_and_calibration_images(
         model,

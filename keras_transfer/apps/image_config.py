@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 from typing import Any
 
 from keras_transfer import data as data_lib
@@ -25,6 +24,7 @@ from keras_transfer.training import two_phase_state
 from keras_transfer.training.callbacks.unfreezing import checked_unfreeze_schedule
 from keras_transfer.utils import backend
 from keras_transfer.utils import distribute
+from keras_transfer.utils import files
 from keras_transfer.utils import reliability
 
 __all__ = [
@@ -409,25 +409,25 @@ def check_config(config: Config) -> None:
     if (
         weights not in (None, "imagenet")
         and registry.backbone_prefix(config.backbone) is None
-        and not os.path.isfile(weights)
+        and not files.isfile(weights)
     ):
         raise FileNotFoundError(
             f"weights={weights!r} (--weights) is not a file. Give the path of the backbone's "
             "headless weights file (e.g. mobilenet_1_0_224_tf_no_top.h5), 'imagenet' to "
             "download them, or 'none' to start from random weights."
         )
-    if config.labels_csv and not os.path.isfile(config.labels_csv):
+    if config.labels_csv and not files.isfile(config.labels_csv):
         raise FileNotFoundError(
             f"labels_csv={config.labels_csv!r} (--labels_csv) is not a file. Give a CSV file "
             f"with a header row, a {config.path_column!r} column of image paths relative to "
             f"data_dir and a {config.label_columns!r} column of class names."
         )
-    if config.labels_csv and config.data_dir and not os.path.isdir(config.data_dir):
+    if config.labels_csv and config.data_dir and not files.isdir(config.data_dir):
         raise FileNotFoundError(
             f"data_dir={config.data_dir!r} (--data_dir) is not a folder: with labels_csv it "
             "is the folder the CSV's image paths are relative to."
         )
-    if config.data_dir and not os.path.isdir(config.data_dir):
+    if config.data_dir and not files.isdir(config.data_dir):
         raise FileNotFoundError(
             f"data_dir={config.data_dir!r} (--data_dir) is not a folder. Give a folder with "
             "one subfolder of images per class, or with train/ and val/ folders that have them."
@@ -439,17 +439,17 @@ def check_config(config: Config) -> None:
             "splits: labels_csv and test_dir are for image folders. Drop them, or write the "
             "records again with them (kt.data.write_records(..., test_dir=...))."
         )
-    if config.test_dir and not os.path.isdir(config.test_dir):
+    if config.test_dir and not files.isdir(config.test_dir):
         raise FileNotFoundError(
             f"test_dir={config.test_dir!r} (--test_dir) is not a folder. Give a folder with "
             "the same class subfolders as the training images."
         )
-    if config.target_dir and not os.path.isdir(config.target_dir):
+    if config.target_dir and not files.isdir(config.target_dir):
         raise FileNotFoundError(
             f"target_dir={config.target_dir!r} (--target_dir) is not a folder. Give a folder "
             "of images of the target domain, or leave target_dir empty."
         )
-    if config.source_weights and not os.path.isfile(config.source_weights):
+    if config.source_weights and not files.isfile(config.source_weights):
         raise FileNotFoundError(
             f"source_weights={config.source_weights!r} (--source_weights) is not a file. "
             "Give the backbone's with-top weights file (e.g. mobilenet_1_0_224_tf.h5), or "
@@ -527,11 +527,11 @@ def _check_model_dir_reuse(config: Config) -> None:
     """A model_dir that holds anything (but the lock) is refused unless the run resumes the
     backup in it or `overwrite` is set: a rerun would replace the earlier run's model and
     mix two runs' TensorBoard events."""
-    if not os.path.isdir(config.model_dir):
+    if not files.isdir(config.model_dir):
         return
-    entries = sorted(set(os.listdir(config.model_dir)) - {reliability.LOCK_FILE})
+    entries = sorted(set(files.listdir(config.model_dir)) - {reliability.LOCK_FILE})
     state = os.path.join(config.model_dir, "backup", two_phase_state.STATE_FILE)
-    if not entries or config.overwrite or (config.resume and os.path.isfile(state)):
+    if not entries or config.overwrite or (config.resume and files.isfile(state)):
         return
     shown = ", ".join(entries[:4]) + (", ..." if len(entries) > 4 else "")
     raise config_lib.ConfigError(
@@ -547,10 +547,10 @@ def remove_run_outputs(model_dir: str) -> list[str]:
     removed = []
     for name in RUN_OUTPUTS:
         path = os.path.join(model_dir, name)
-        if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path)
-        elif os.path.lexists(path):
-            os.remove(path)
+        if files.isdir(path) and not files.islink(path):
+            files.rmtree(path)
+        elif files.lexists(path):
+            files.remove(path)
         else:
             continue
         removed.append(name)
@@ -559,12 +559,15 @@ def remove_run_outputs(model_dir: str) -> list[str]:
 
 def _check_model_dir(model_dir: str) -> None:
     """`model_dir` must be a folder, or a path whose nearest existing part is a writable
-    folder (it is created by the run's first write)."""
-    if os.path.exists(model_dir) and not os.path.isdir(model_dir):
+    folder (it is created by the run's first write). A remote folder (`gs://...`) is
+    checked by the first write."""
+    if files.exists(model_dir) and not files.isdir(model_dir):
         raise config_lib.ConfigError(
             f"model_dir={model_dir!r} (--model_dir) is a file, not a folder: give a new or "
             "existing folder for the outputs, or move the file away."
         )
+    if files.is_remote(model_dir):
+        return
     parent = os.path.dirname(os.path.abspath(model_dir))
     while not os.path.exists(parent):
         parent = os.path.dirname(parent)

@@ -23,6 +23,7 @@ from keras_transfer.apps.image_training import Trained
 from keras_transfer.diagnostics import reports
 from keras_transfer.training import two_phase as training
 from keras_transfer.utils import distribute
+from keras_transfer.utils import files
 
 __all__ = [
     "export",
@@ -182,8 +183,8 @@ def summary(results: dict[str, Any], config: Config) -> str:
         _test_summary(results) if task == "multiclass" else image_tasks.task_test_summary(results)
     )
     model_path = os.path.join(config.model_dir, _outputs.MODEL_FILE)
-    if os.path.isfile(model_path):
-        size = os.path.getsize(model_path) / 1e6
+    if files.isfile(model_path):
+        size = files.getsize(model_path) / 1e6
         lines.append(f"model.keras: {size:.1f} MB, for inference (no optimizer state)")
     if not results.get("plots"):
         lines.append(

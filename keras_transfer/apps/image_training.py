@@ -39,6 +39,7 @@ from keras_transfer.training import two_phase_state
 from keras_transfer.training.callbacks import GradualUnfreezing
 from keras_transfer.training.callbacks import parse_unfreeze_schedule
 from keras_transfer.utils import distribute
+from keras_transfer.utils import files
 
 __all__ = [
     "BACKUP_DIR",
@@ -185,7 +186,7 @@ def _wise_ft(
     accuracy is best (a multilabel or regression model's: whose validation loss is)."""
     head_weights = os.path.join(backup or "", two_phase_state.HEAD_WEIGHTS_FILE)
     start: Any = zero_shot.model if zero_shot is not None else head_weights
-    if zero_shot is None and (backup is None or not os.path.exists(head_weights)):
+    if zero_shot is None and (backup is None or not files.exists(head_weights)):
         logger.warning("wise_ft: no head-phase weights in the backup; the fine-tuned weights stay.")
         return None
     if data.validation is None:
@@ -216,7 +217,7 @@ def resume_settings(config: Config, data: data_lib.ImageData, image_size: int) -
     if not config.adapt:
         settings.pop("target_dir", None)  # only reported on, then
     if settings.get("data_dir"):
-        settings["data_dir"] = os.path.abspath(settings["data_dir"])
+        settings["data_dir"] = files.abspath(settings["data_dir"])
     settings.update(
         class_names=list(data.class_names),
         num_train=int(data.num_train),
@@ -238,7 +239,7 @@ def delete_backup(config: Config, environment: Environment) -> None:
     """Deletes the run's backup: once its outputs are written, the backup is no longer
     needed to finish it."""
     folder = backup_dir(config, environment)
-    if folder is not None and os.path.isdir(folder):
+    if folder is not None and files.isdir(folder):
         two_phase_state.delete_backup(folder)
 
 

@@ -38,6 +38,7 @@ from keras_transfer import data as data_lib
 from keras_transfer import saving
 from keras_transfer.apps import predict_tasks
 from keras_transfer.apps.image_config import RESOLVED_CONFIG_FILE
+from keras_transfer.utils import files as fs
 
 __all__ = [
     "CROP_FRACTION",
@@ -71,7 +72,7 @@ def load_trained(model_dir: str, safe_mode: bool = True) -> tuple[keras.Model, l
     labels.txt beside a retrained model would otherwise print bees as ants.
     """
     model_path = os.path.join(model_dir, MODEL_FILE)
-    if not os.path.isfile(model_path):
+    if not fs.isfile(model_path):
         raise FileNotFoundError(
             f"{model_path!r} does not exist: --model_dir must be a folder written by "
             "`keras-transfer train` (it holds model.keras and labels.txt)."
@@ -81,8 +82,8 @@ def load_trained(model_dir: str, safe_mode: bool = True) -> tuple[keras.Model, l
     stored = [str(name) for name in stored] if isinstance(stored, list | tuple) else []
     labels_path = os.path.join(model_dir, LABELS_FILE)
     labels = stored
-    if os.path.isfile(labels_path):
-        with open(labels_path, encoding="utf-8") as f:
+    if fs.isfile(labels_path):
+        with fs.open_file(labels_path, encoding="utf-8") as f:
             listed = [line.rstrip("\n") for line in f if line.strip()]
         if stored and listed != stored:
             raise ValueError(_labels_mismatch(labels_path, listed, model_path, stored))
@@ -117,7 +118,7 @@ def read_run_config(model_dir: str, required: str = "") -> dict[str, Any] | None
     a `FileNotFoundError` naming both. An unreadable file, or one that is not a JSON object,
     is a `ValueError` naming the file."""
     path = os.path.join(model_dir, RESOLVED_CONFIG_FILE)
-    if not os.path.isfile(path):
+    if not fs.isfile(path):
         if required:
             raise FileNotFoundError(f"{path!r} does not exist, {required}")
         return None
@@ -125,7 +126,7 @@ def read_run_config(model_dir: str, required: str = "") -> dict[str, Any] | None
         "" if required else " or delete it (the defaults are used then)"
     )
     try:
-        with open(path, encoding="utf-8") as f:
+        with fs.open_file(path, encoding="utf-8") as f:
             config = json.load(f)
     except (OSError, ValueError) as error:
         raise ValueError(f"Cannot read {path!r} ({error}): {restore}.") from error
@@ -165,15 +166,15 @@ def list_images(paths: Iterable[str]) -> tuple[list[str], dict[str, str]]:
     `{path: reason}` for paths that are neither an image file nor a folder."""
     files, skipped = [], {}
     for path in paths:
-        if os.path.isdir(path):
-            for root, folders, names in os.walk(path):
+        if fs.isdir(path):
+            for root, folders, names in fs.walk(path):
                 folders.sort()
                 files.extend(
                     os.path.join(root, name)
                     for name in sorted(names)
                     if name.lower().endswith(data_lib.IMAGE_EXTENSIONS)
                 )
-        elif os.path.isfile(path):
+        elif fs.isfile(path):
             files.append(path)
         else:
             skipped[path] = "no such file or folder"

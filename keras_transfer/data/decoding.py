@@ -23,6 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_transfer.data import exif
+from keras_transfer.utils import files
 
 __all__ = [
     "DEFAULT_CROP_FRACTION",
@@ -304,7 +305,7 @@ def read_image_size(path: str | os.PathLike) -> tuple[int, int] | None:
     when the file cannot be read or is not one of these formats.
     """
     try:
-        with open(path, "rb") as f:
+        with files.open_file(path, "rb") as f:
             head = f.read(32)
             if head.startswith(b"\xff\xd8"):
                 return _jpeg_size(f)

@@ -30,6 +30,7 @@ from keras_transfer.data.listing import walk_image_files
 from keras_transfer.data.pipeline import PipelineOptions
 from keras_transfer.data.pipeline import decoded_dataset
 from keras_transfer.data.pipeline import pipeline_options
+from keras_transfer.utils import files as fs
 
 __all__ = [
     "TargetImages",
@@ -257,7 +258,7 @@ def target_image_dataset(
         A `TargetImages`.
     """
     directory = os.fspath(directory)
-    if not os.path.isdir(directory):
+    if not fs.isdir(directory):
         raise FileNotFoundError(
             f"Target folder {directory!r} does not exist: give a folder of images (any layout)."
         )
@@ -269,8 +270,8 @@ def target_image_dataset(
         extension = os.path.splitext(path)[1].lower()
         if extension in UNSUPPORTED_IMAGE_FORMATS:
             listing.skipped[path] = f"{UNSUPPORTED_IMAGE_FORMATS[extension]} is not decoded"
-        elif os.path.realpath(path) not in listing.real_paths:
-            listing.real_paths[os.path.realpath(path)] = path
+        elif fs.realpath(path) not in listing.real_paths:
+            listing.real_paths[fs.realpath(path)] = path
             listing.paths.append(path)
             listing.labels.append(-1)
     drop_bad_files(listing, max_pixels)
@@ -280,8 +281,8 @@ def target_image_dataset(
             f"({len(listing.skipped)} skipped): domain adaptation needs target images."
         )
     report_listing(listing)
-    first = [os.path.relpath(p, directory).split(os.sep)[0] for p in listing.paths]
-    nested = all(os.sep in os.path.relpath(p, directory) for p in listing.paths)
+    first = [fs.relpath(p, directory).split(os.sep)[0] for p in listing.paths]
+    nested = all(os.sep in fs.relpath(p, directory) for p in listing.paths)
     known = list(class_names or [])
     if not known:
         reason = "no training classes given"

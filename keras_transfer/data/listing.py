@@ -22,6 +22,7 @@ from keras_transfer.data import splits
 from keras_transfer.data.decoding import IMAGE_EXTENSIONS
 from keras_transfer.data.decoding import UNSUPPORTED_IMAGE_FORMATS
 from keras_transfer.data.decoding import read_image_size
+from keras_transfer.utils import files as fs
 
 __all__ = [
     "TEST_DIR_NAMES",
@@ -81,10 +82,10 @@ def list_class_folder(directory: str, allow_empty: bool = False) -> FileListing:
     Raises `FileNotFoundError` for a missing folder, and `ValueError` for no class folders
     (unless `allow_empty`), a line break in a class name, or a file linked into two classes.
     """
-    if not os.path.isdir(directory):
+    if not fs.isdir(directory):
         raise FileNotFoundError(f"Image folder {directory!r} does not exist.")
     class_names, hidden = [], []
-    for entry in os.scandir(directory):
+    for entry in fs.scandir(directory):
         if entry.is_dir():
             if entry.name.startswith("."):
                 hidden.append(entry.path)
@@ -102,7 +103,7 @@ def list_class_folder(directory: str, allow_empty: bool = False) -> FileListing:
     for label, class_name in enumerate(class_names):
         _check_class_name(class_name, directory)
         for path in walk_image_files(os.path.join(directory, class_name), listing):
-            real = os.path.realpath(path)
+            real = fs.realpath(path)
             if real in owner:
                 first_label, first = owner[real]
                 if first_label != label:
@@ -138,14 +139,14 @@ def list_class_folder(directory: str, allow_empty: bool = False) -> FileListing:
 def walk_image_files(top: str, listing: FileListing) -> list[str]:
     """The image files under one class folder, following symbolic links but not loops."""
     found = []
-    visited = {os.path.realpath(top)}
+    visited = {fs.realpath(top)}
     walked = []
-    for root, dirs, files in os.walk(top, followlinks=True):
-        here = os.path.realpath(root)
+    for root, dirs, files in fs.walk(top, followlinks=True):
+        here = fs.realpath(root)
         kept = []
         for name in sorted(dirs):
             path = os.path.join(root, name)
-            real = os.path.realpath(path)
+            real = fs.realpath(path)
             if name.startswith("."):
                 listing.hidden.append(path)
             elif real in visited or here == real or here.startswith(real + os.sep):
@@ -237,7 +238,7 @@ def report_listing(listing: FileListing) -> list[str]:
 def _find_subdir(directory: str, names: Sequence[str]) -> str | None:
     for name in names:
         candidate = os.path.join(directory, name)
-        if os.path.isdir(candidate):
+        if fs.isdir(candidate):
             return candidate
     return None
 
@@ -452,7 +453,7 @@ def _hold_out(files: DatasetFiles, validation_split: float, test_split: float, s
     """Moves `validation_split` and `test_split` of each class's training images to
     validation and test: stable under added images, stratified (`splits.assign_splits`)."""
     paths, labels = files.train_paths, files.train_labels
-    keys = [os.path.relpath(path, files.directory).replace(os.sep, "/") for path in paths]
+    keys = [fs.relpath(path, files.directory).replace(os.sep, "/") for path in paths]
     assigned = splits.assign_splits(
         keys, labels, validation_split=validation_split, test_split=test_split, seed=seed
     )

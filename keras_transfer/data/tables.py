@@ -33,6 +33,7 @@ import logging
 import math
 import os
 import posixpath
+from collections.abc import Callable
 from collections.abc import Sequence
 from typing import Any
 
@@ -50,6 +51,7 @@ from keras_transfer.data.pipeline import PipelineOptions
 from keras_transfer.data.pipeline import decoded_dataset
 from keras_transfer.data.pipeline import pipeline_options
 from keras_transfer.data.pipeline import uses_label_mixing
+from keras_transfer.utils import files as fs
 
 __all__ = [
     "BAD_ROW_POLICIES",
@@ -124,9 +126,9 @@ def read_label_table(table: Any) -> LabelTable:
     """
     if isinstance(table, str | os.PathLike):
         path = os.fspath(table)
-        if not os.path.isfile(path):
+        if not fs.isfile(path):
             raise FileNotFoundError(f"Label table {path!r} is not a file: give a CSV file.")
-        with open(path, newline="", encoding="utf-8-sig") as f:
+        with fs.open_file(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.reader(f)
             header = next(reader, None)
             rows, lines, previous = [], [], reader.line_num
@@ -170,10 +172,20 @@ def _check_columns(table: LabelTable, path_column: str, label_columns: list[str]
         raise ValueError(f"Column {path_column!r} cannot be both the path and a label column.")
 
 
-def _check_path(cell: str, image_root: str, seen: dict[str, int], index: int, table):
+def _file_check(image_root: str) -> Callable[[str], bool]:
+    """Whether a path under `image_root` is a file: one question per path on a local disk;
+    on a remote file system, where each question is a request, one listing of the folder."""
+    if not fs.is_remote(image_root):
+        return fs.isfile
+    found = {os.path.join(root, name) for root, _, names in fs.walk(image_root) for name in names}
+    return found.__contains__
+
+
+def _check_path(cell: str, image_root: str, seen: dict[str, int], index: int, table, isfile):
     """`(key, None)` for a usable path (key: the normalised relative path), else
     `(None, reason)`; records the key of each well-formed path in `seen` (key -> row index),
-    so that a later row of the same image is a duplicate, whatever the first row's fate."""
+    so that a later row of the same image is a duplicate, whatever the first row's fate.
+    `isfile(path)` says whether a file exists (`_file_check`)."""
     if not cell:
         return None, "empty path cell"
     relative = cell.replace("\\", "/")
@@ -185,7 +197,7 @@ def _check_path(cell: str, image_root: str, seen: dict[str, int], index: int, ta
     if key in seen:
         return None, f"{cell!r} is listed again: the same image as {table.where(seen[key])}"
     seen[key] = index
-    if not os.path.isfile(os.path.join(image_root, *key.split("/"))):
+    if not isfile(os.path.join(image_root, *key.split("/"))):
         return None, f"no file {cell!r} under image_root"
     return key, None
 
@@ -247,9 +259,10 @@ class _Rows:
 
 def _check_rows(table, image_root, path_column, label_columns, task, known, delimiter) -> _Rows:
     """Every row checked: the usable ones, and `(row index, reason)` of the others."""
-    found, seen = _Rows(), {}
+    found, seen, isfile = _Rows(), {}, _file_check(image_root)
     for index, row in enumerate(table.rows):
-        key, reason = _check_path(row.get(path_column, ""), image_root, seen, index, table)
+        cell = row.get(path_column, "")
+        key, reason = _check_path(cell, image_root, seen, index, table, isfile)
         labels, label_reason = _parse_labels(row, task, label_columns, known, delimiter)
         reason = reason or label_reason
         if reason is not None:
@@ -433,7 +446,7 @@ def list_table_files(
     decoding.check_max_pixels(max_pixels)
     splits.check_fractions(validation_split, test_split)
     image_root = os.fspath(image_root)
-    if not os.path.isdir(image_root):
+    if not fs.isdir(image_root):
         raise FileNotFoundError(f"image_root {image_root!r} is not a folder of images.")
     labels_table = read_label_table(table)
     _check_columns(labels_table, path_column, columns)

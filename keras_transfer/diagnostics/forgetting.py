@@ -36,6 +36,7 @@ from keras_transfer.data import is_image_data
 from keras_transfer.diagnostics import feature_scores
 from keras_transfer.diagnostics import transfer_scores
 from keras_transfer.heads.classifier import TransferClassifier
+from keras_transfer.utils import files
 
 __all__ = [
     "MIN_PROBE_IMAGES",
@@ -186,7 +187,8 @@ class ForgettingReport(dict):
         axis.grid(alpha=0.3)
         figure.tight_layout()
         if path is not None:
-            figure.savefig(os.fspath(path), dpi=110)
+            with files.local_output(path) as local:
+                figure.savefig(local, dpi=110)
             plt.close(figure)
         return figure
 

@@ -17,6 +17,8 @@ from typing import Any
 import keras
 import numpy as np
 
+from keras_transfer.utils import files
+
 __all__ = [
     "balanced_accuracy",
     "classification_report",
@@ -238,7 +240,8 @@ def plot_training_curves(history: Any, path: str | os.PathLike, title: str | Non
     if title:
         figure.suptitle(title)
     figure.tight_layout()
-    figure.savefig(os.fspath(path), dpi=100)
+    with files.local_output(path) as local:  # a gs:// path: written locally, copied there
+        figure.savefig(local, dpi=100)
     pyplot.close(figure)
     return os.fspath(path)
 
@@ -277,7 +280,8 @@ def plot_confusion_matrix(
                     color="white" if matrix[i, j] > threshold else "black",
                 )
     figure.tight_layout()
-    figure.savefig(os.fspath(path), dpi=100)
+    with files.local_output(path) as local:  # a gs:// path: written locally, copied there
+        figure.savefig(local, dpi=100)
     pyplot.close(figure)
     return os.fspath(path)
 

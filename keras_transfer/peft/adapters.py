@@ -21,6 +21,7 @@ import numpy as np
 
 from keras_transfer.backbones import registry as backbones_lib
 from keras_transfer.peft import lora
+from keras_transfer.utils import files
 
 __all__ = ["load_adapter", "read_adapter", "save_adapter"]
 
@@ -126,19 +127,16 @@ def save_adapter(model: keras.Model, path: str | os.PathLike) -> dict[str, Any]:
         "keras_version": keras.__version__,
     }
     path = os.fspath(path)
+    if files.is_remote(path):  # h5py writes local files: written locally, then copied
+        with files.local_output(path) as local:
+            _write_adapter_file(h5py, local, metadata, variables)
+        return metadata
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     handle, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
     os.close(handle)
     try:
-        with h5py.File(tmp, "w") as f:
-            f.attrs["metadata"] = json.dumps(metadata)
-            group = f.create_group("variables")
-            for index, (variable_path, variable) in enumerate(sorted(variables.items())):
-                dataset = group.create_dataset(
-                    str(index), data=keras.ops.convert_to_numpy(variable)
-                )
-                dataset.attrs["path"] = variable_path
+        _write_adapter_file(h5py, tmp, metadata, variables)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -146,14 +144,23 @@ def save_adapter(model: keras.Model, path: str | os.PathLike) -> dict[str, Any]:
     return metadata
 
 
+def _write_adapter_file(h5py: Any, path: str, metadata: dict[str, Any], variables) -> None:
+    with h5py.File(path, "w") as f:
+        f.attrs["metadata"] = json.dumps(metadata)
+        group = f.create_group("variables")
+        for index, (variable_path, variable) in enumerate(sorted(variables.items())):
+            dataset = group.create_dataset(str(index), data=keras.ops.convert_to_numpy(variable))
+            dataset.attrs["path"] = variable_path
+
+
 def read_adapter(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """`(metadata, {variable path: value})` of an adapter file."""
     import h5py  # noqa: PLC0415
 
     path = os.fspath(path)
-    if not os.path.exists(path):
+    if not files.exists(path):
         raise FileNotFoundError(f"No adapter file at {path!r}.")
-    with h5py.File(path, "r") as f:
+    with h5py.File(files.readable(path), "r") as f:
         if "metadata" not in f.attrs or "variables" not in f:
             raise ValueError(
                 f"{path!r} is not a keras_transfer LoRA adapter (write one with "

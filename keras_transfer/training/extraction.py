@@ -9,7 +9,6 @@ import dataclasses
 import errno
 import logging
 import os
-import shutil
 import time
 import weakref
 from typing import Any
@@ -25,6 +24,7 @@ from keras_transfer.heads.classification import ClassificationHead
 from keras_transfer.heads.classifier import TransferClassifier
 from keras_transfer.training.feature_writer import FeatureWriter
 from keras_transfer.utils import backend
+from keras_transfer.utils import files
 
 __all__ = [
     "CachedFeatures",
@@ -45,7 +45,8 @@ class CachedFeatures:
 
     Attributes:
         features: `(num_examples, *feature_shape)` float32 array; a read-only `np.memmap`
-            when the features were streamed to disk.
+            when the features were streamed to disk (`feature_writer.FileRows`, read on
+            demand, in a remote `cache_dir` such as `gs://...`).
         labels: `(num_examples, ...)` labels, in the same order; for a multi-task model
             (labels given as a dict by head name), a dict of such arrays.
         passes: how many passes over the dataset the rows hold (`num_examples` is
@@ -222,7 +223,7 @@ def extract_features(
     if path is not None:
         # The files are this extraction's own: gone with the last reference to it (open
         # memory maps stay valid after the unlink).
-        weakref.finalize(cached, shutil.rmtree, path, ignore_errors=True)
+        weakref.finalize(cached, files.rmtree, path, ignore_errors=True)
     return cached
 
 

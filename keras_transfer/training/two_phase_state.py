@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -26,6 +25,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from keras_transfer.utils import files
 from keras_transfer.utils import reliability
 
 __all__ = [
@@ -84,9 +84,9 @@ def _refusal(directory: str, differences: list[str]) -> BackupSettingsError:
 
 def _read_state(directory: str) -> dict[str, Any] | None:
     path = os.path.join(directory, STATE_FILE)
-    if not os.path.exists(path):
+    if not files.exists(path):
         return None
-    with open(path, encoding="utf-8") as f:
+    with files.open_file(path, encoding="utf-8") as f:
         return json.load(f)
 
 
@@ -152,13 +152,13 @@ def delete_backup(backup_dir: str | os.PathLike) -> None:
     leaves either a finished backup or none."""
     directory = os.fspath(backup_dir)
     for phase in (PHASE_HEAD, PHASE_FINE_TUNE):
-        shutil.rmtree(os.path.join(directory, phase), ignore_errors=True)
+        files.rmtree(os.path.join(directory, phase), ignore_errors=True)
     for name in (HEAD_WEIGHTS_FILE, STATE_FILE, FINAL_WEIGHTS_FILE):
         path = os.path.join(directory, name)
-        if os.path.exists(path):
-            os.remove(path)
-    if os.path.isdir(directory) and not os.listdir(directory):
-        os.rmdir(directory)
+        if files.exists(path):
+            files.remove(path)
+    if files.isdir(directory) and not files.listdir(directory):
+        files.remove_empty_dir(directory)
 
 
 @dataclasses.dataclass
@@ -258,7 +258,7 @@ class RunState:
 
     @property
     def head_done(self) -> bool:
-        return bool(self.data["head_done"]) and os.path.exists(self.head_weights_path)
+        return bool(self.data["head_done"]) and files.exists(self.head_weights_path)
 
     def phase_dir(self, phase: str) -> str:
         return os.path.join(self.directory, phase)
@@ -299,7 +299,7 @@ class RunState:
         self.data["head_done"] = True
         self.data["fine_tune_initial_epoch"] = fine_tune_initial_epoch
         self._save()
-        shutil.rmtree(self.phase_dir(PHASE_HEAD), ignore_errors=True)
+        files.rmtree(self.phase_dir(PHASE_HEAD), ignore_errors=True)
         return False
 
     def history(self, unfrozen_blocks: list[str]) -> TwoPhaseHistory:
@@ -319,7 +319,7 @@ class RunState:
     @property
     def finished(self) -> bool:
         """Whether training finished and the model's final values are kept."""
-        return bool(self.data.get("finished")) and os.path.exists(self.final_weights_path)
+        return bool(self.data.get("finished")) and files.exists(self.final_weights_path)
 
     def finish(self, model: keras.Model) -> None:
         """Keeps the model's final values (every variable, LoRA matrices included: what
@@ -330,21 +330,21 @@ class RunState:
         }
 
         def write(path):
-            with open(path, "wb") as f:
+            with files.open_file(path, "wb") as f:
                 np.savez(f, **values)
 
         reliability.write_atomically(self.final_weights_path, write)
         self.data["finished"] = True
         self._save()
         for phase in (PHASE_HEAD, PHASE_FINE_TUNE):
-            shutil.rmtree(self.phase_dir(phase), ignore_errors=True)
+            files.rmtree(self.phase_dir(phase), ignore_errors=True)
         # The end-of-phase-1 weights stay until `delete_backup`: a caller that keeps the
         # backup may start from them (WiSE-FT interpolates from them to the final weights).
 
     def restore_final_values(self, model: keras.Model) -> None:
         """Sets the model's variables to the final values `finish` kept; the model must be
         built as the run's was at its end (phase 2 unfrozen, LoRA enabled)."""
-        with np.load(self.final_weights_path) as stored:
+        with np.load(files.readable(self.final_weights_path)) as stored:
             values = [stored[key] for key in sorted(stored.files)]
         variables = model.variables
         shapes_match = len(values) == len(variables) and all(
@@ -365,7 +365,7 @@ class RunState:
 
     def _save(self) -> None:
         def write(path):
-            with open(path, "w", encoding="utf-8") as f:
+            with files.open_file(path, "w", encoding="utf-8") as f:
                 json.dump(self.data, f, indent=1)
 
         reliability.write_atomically(self.path, write)

@@ -1,4 +1,5 @@
-"""Plumbing every floor above uses: which Keras backend runs (`backend`), atomic writes,
+"""Plumbing every floor above uses: which Keras backend runs (`backend`), file-system access
+on local and remote (`gs://`) paths alike (`files`), atomic writes,
 output-folder locks and finite-weights checks (`reliability`), distribution strategies and
 mixed precision (`distribute`), `fit` arguments (`fit_arguments`), and whether a batch's
 activations fit in memory (`memory`).
@@ -6,6 +7,7 @@ activations fit in memory (`memory`).
 
 from keras_transfer.utils import backend
 from keras_transfer.utils import distribute
+from keras_transfer.utils import files
 from keras_transfer.utils import fit_arguments
 from keras_transfer.utils import memory
 from keras_transfer.utils import reliability
@@ -42,6 +44,7 @@ __all__ = [
     "backend",
     "reliability",
     "distribute",
+    "files",
     "fit_arguments",
     "memory",
     "NonFiniteWeightsError",

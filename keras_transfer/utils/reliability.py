@@ -2,7 +2,12 @@
 file, or a set of files replaced together), an exclusive lock on an output folder, a
 free-space check before a large write, and the finite-weights check that
 `saving.save_model` uses. The callbacks built on them (divergence and empty-epoch guards,
-atomic training backups) live in `keras_transfer.training.callbacks`."""
+atomic training backups) live in `keras_transfer.training.callbacks`.
+
+Paths on a remote file system (`gs://...`, `files.is_remote`) work too: a file is written
+under a temporary name beside its path, then renamed onto it (`tf.io.gfile.rename`, which
+replaces the object whole), without the `fsync` calls a local disk gets; the folder lock is
+the lock file's content (there is no `flock`)."""
 
 from __future__ import annotations
 
@@ -14,12 +19,15 @@ import os
 import shutil
 import socket
 import tempfile
+import uuid
 from collections.abc import Callable
 from collections.abc import Mapping
 from typing import Any
 
 import keras
 import numpy as np
+
+from keras_transfer.utils import files
 
 __all__ = [
     "LOCK_FILE",
@@ -64,14 +72,16 @@ def check_finite_weights(model: keras.Model) -> None:
         )
 
 
-def file_sha256(path: str | os.PathLike, opener: Callable[[str, str], Any] = open) -> str:
+def file_sha256(
+    path: str | os.PathLike, opener: Callable[[str, str], Any] = files.open_file
+) -> str:
     """The SHA-256 hex digest of a file's bytes, read in chunks of 1 MiB (a model file of
     gigabytes never sits in memory whole).
 
     Args:
         path: the file.
-        opener: `opener(path, "rb")` opens it: `open`, or e.g. `tf.io.gfile.GFile` for a
-            path on a remote file system.
+        opener: `opener(path, "rb")` opens it: `files.open_file` (any file system), or
+            e.g. `tf.io.gfile.GFile`.
 
     Example:
     ```python
@@ -97,6 +107,9 @@ def write_atomically(path: str | os.PathLike, write: Callable[[str], Any]) -> No
     leaves the previous file at `path` untouched and removes the temporary file.
     """
     path = os.fspath(path)
+    if files.is_remote(path):
+        write_files_atomically({path: write})
+        return
     directory, name = os.path.split(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(prefix=".partial-", suffix=f"-{name}", dir=directory)
@@ -124,6 +137,9 @@ def write_files_atomically(writes: Mapping[str | os.PathLike, Callable[[str], An
     themselves (microseconds) leaves some files new and some old. Temporaries are named like
     `write_atomically`'s.
     """
+    if any(files.is_remote(path) for path in writes):
+        _write_remote_files(writes)
+        return
     staged: dict[str, str] = {}
     try:
         for path, write in writes.items():
@@ -149,6 +165,25 @@ def write_files_atomically(writes: Mapping[str | os.PathLike, Callable[[str], An
                 os.remove(temporary)
 
 
+def _write_remote_files(writes: Mapping[str | os.PathLike, Callable[[str], Any]]) -> None:
+    """`write_files_atomically` on a remote file system: each file written to a temporary
+    name beside its path, then all renamed (there is no `fsync`)."""
+    staged: dict[str, str] = {}
+    try:
+        for path, write in writes.items():
+            path = os.fspath(path)
+            directory, name = path.rsplit("/", 1)
+            files.makedirs(directory)
+            staged[path] = f"{directory}/.partial-{uuid.uuid4().hex[:12]}-{name}"
+            write(staged[path])
+        for path, temporary in staged.items():
+            files.replace(temporary, path)
+    finally:
+        for temporary in staged.values():
+            if files.exists(temporary):
+                files.remove(temporary)
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -172,6 +207,9 @@ def _sync_folder(directory: str) -> None:
 def copy_atomically(source: str, target: str) -> None:
     """Makes `target` a copy of `source` without a moment where it is partial: a hard link
     (no data copied) where the file system has them, else a copy, then a rename."""
+    if files.is_remote(source) or files.is_remote(target):
+        write_atomically(target, lambda temporary: files.copy_file(source, temporary))
+        return
     directory, name = os.path.split(os.path.abspath(target))
     descriptor, temporary = tempfile.mkstemp(prefix=".partial-", suffix=f"-{name}", dir=directory)
     os.close(descriptor)
@@ -189,8 +227,11 @@ def copy_atomically(source: str, target: str) -> None:
 
 def check_free_space(folder: str | os.PathLike, needed_bytes: int, what: str) -> None:
     """Raises `OSError(ENOSPC)` naming `folder` and the bytes needed when the file system of
-    `folder` has less than `needed_bytes` free, before anything is written."""
+    `folder` has less than `needed_bytes` free, before anything is written. A remote
+    file system (a bucket) reports no free space: not checked."""
     folder = os.fspath(folder)
+    if files.is_remote(folder):
+        return
     free = shutil.disk_usage(folder).free
     if free < needed_bytes:
         raise OSError(
@@ -243,6 +284,10 @@ class FolderLock:
     folder too if `acquire` created it and nothing else was written there, so a run that
     fails before writing anything leaves no folder behind.
 
+    On a remote file system (`gs://...`) there is no `flock` either, and no exclusive
+    creation: the lock file's content is the lock, as above, checked then written, so two
+    runs started within the same moment may both get it.
+
     Example:
 
     ```python
@@ -265,9 +310,12 @@ class FolderLock:
         """Takes the lock, or raises `FolderLockedError` naming the holder's PID."""
         if self.held:
             return
-        if not os.path.isdir(self.folder):
-            os.makedirs(self.folder, exist_ok=True)
+        if not files.isdir(self.folder):
+            files.makedirs(self.folder)
             self._created_folder = True
+        if files.is_remote(self.folder):
+            self._acquire_remote()
+            return
         try:
             for _ in range(10):  # a holder releasing meanwhile deletes the file: try again
                 if self._try_acquire():
@@ -283,10 +331,11 @@ class FolderLock:
         if self._descriptor is None:
             return
         try:
-            if os.path.lexists(self.path):
-                os.remove(self.path)
+            if files.lexists(self.path):
+                files.remove(self.path)
         finally:
-            os.close(self._descriptor)
+            if self._descriptor >= 0:
+                os.close(self._descriptor)
             self._descriptor = None
             self._remove_created_folder()
 
@@ -334,6 +383,25 @@ class FolderLock:
             if descriptor >= 0:
                 os.close(descriptor)
 
+    def _acquire_remote(self) -> None:
+        # The holder's PID in the file is the lock; `_descriptor` -1: held, no descriptor.
+        try:
+            holder = _read_holder(self.path)
+            if holder:
+                if holder.get("host") != socket.gethostname() or _pid_running(holder):
+                    detail = (
+                        f", says {self.path!r} (if that run is gone, e.g. with its machine, "
+                        "delete that file)"
+                    )
+                    raise FolderLockedError(self.folder, holder, detail)
+                logger.info("%s: removing the stale lock of PID %s", self.folder, holder.get("pid"))
+            with files.open_file(self.path, "wb") as f:
+                f.write(_holder_text())
+            self._descriptor = -1
+        except BaseException:
+            self._remove_created_folder()
+            raise
+
     def _acquire_by_content(self) -> bool:
         # Without flock, the lock file holds the PID: created exclusively while no live
         # process's PID is in it.
@@ -356,10 +424,7 @@ class FolderLock:
     def _remove_created_folder(self) -> None:
         if self._created_folder:
             self._created_folder = False
-            try:
-                os.rmdir(self.folder)  # only if empty
-            except OSError:
-                pass
+            files.remove_empty_dir(self.folder)
 
 
 def _flock(descriptor: int) -> bool | None:
@@ -393,7 +458,7 @@ def _holder_text() -> bytes:
 
 def _read_holder(path: str) -> dict[str, Any]:
     try:
-        with open(path, encoding="utf-8") as f:
+        with files.open_file(path, encoding="utf-8") as f:
             holder = json.loads(f.read() or "{}")
     except (OSError, ValueError):
         return {}

@@ -15,6 +15,7 @@ import numpy as np
 from keras_transfer import _keras_compat
 from keras_transfer.peft import lora
 from keras_transfer.peft import lora_saving
+from keras_transfer.utils import files
 from keras_transfer.utils import reliability
 
 __all__ = ["AtomicBackupAndRestore", "BackupUnreadableError", "LoraBackupAndRestore"]
@@ -77,7 +78,7 @@ class AtomicBackupAndRestore(_keras_compat.BackupSaveHook, keras.callbacks.Backu
         return os.path.join(self.backup_dir, name) + (self.PREVIOUS_SUFFIX if previous else "")
 
     def on_train_begin(self, logs=None):
-        if not os.path.exists(self._path(self.WEIGHTS_FILE)) and not os.path.exists(
+        if not files.exists(self._path(self.WEIGHTS_FILE)) and not files.exists(
             self._path(self.WEIGHTS_FILE, previous=True)
         ):
             return super().on_train_begin(logs)
@@ -108,14 +109,14 @@ class AtomicBackupAndRestore(_keras_compat.BackupSaveHook, keras.callbacks.Backu
 
     def _use_previous(self) -> bool:
         previous = self._path(self.WEIGHTS_FILE, previous=True)
-        if not os.path.exists(previous):
+        if not files.exists(previous):
             return False
         reliability.copy_atomically(previous, self._path(self.WEIGHTS_FILE))
         metadata = self._path(self.METADATA_FILE)
-        if os.path.exists(self._path(self.METADATA_FILE, previous=True)):
+        if files.exists(self._path(self.METADATA_FILE, previous=True)):
             reliability.copy_atomically(self._path(self.METADATA_FILE, previous=True), metadata)
-        elif os.path.exists(metadata):
-            os.remove(metadata)
+        elif files.exists(metadata):
+            files.remove(metadata)
         return True
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -133,22 +134,22 @@ class AtomicBackupAndRestore(_keras_compat.BackupSaveHook, keras.callbacks.Backu
 
     def save_backup(self):
         # Called through `_keras_compat.BackupSaveHook` in place of Keras' in-place writes.
-        os.makedirs(self.backup_dir, exist_ok=True)
+        files.makedirs(self.backup_dir)
         weights = self._path(self.WEIGHTS_FILE)
         metadata = self._path(self.METADATA_FILE)
 
         def save_weights(temporary):
             self.model.save_weights(temporary, overwrite=True)
-            if self.double_checkpoint and os.path.exists(weights):
+            if self.double_checkpoint and files.exists(weights):
                 # The new backup is complete: only now retire the current one.
                 reliability.copy_atomically(weights, self._path(self.WEIGHTS_FILE, previous=True))
 
         reliability.write_atomically(weights, save_weights)
-        if self.double_checkpoint and os.path.exists(metadata):
+        if self.double_checkpoint and files.exists(metadata):
             reliability.copy_atomically(metadata, self._path(self.METADATA_FILE, previous=True))
 
         def save_metadata(temporary):
-            with open(temporary, "w", encoding="utf-8") as f:
+            with files.open_file(temporary, "w", encoding="utf-8") as f:
                 json.dump({"epoch": self._epochs_done, "batch": self._batch}, f)
 
         reliability.write_atomically(metadata, save_metadata)
@@ -185,7 +186,7 @@ class LoraBackupAndRestore(AtomicBackupAndRestore):
     LORA_FILE = "latest.lora.npz"
 
     def save_backup(self):
-        os.makedirs(self.backup_dir, exist_ok=True)
+        files.makedirs(self.backup_dir)
         matrices = self._path(self.LORA_FILE)
 
         def save_matrices(temporary):
@@ -194,9 +195,9 @@ class LoraBackupAndRestore(AtomicBackupAndRestore):
                 path = lora.layer_path(layer)
                 values[f"{path}/a"] = keras.ops.convert_to_numpy(layer.lora_kernel_a)
                 values[f"{path}/b"] = keras.ops.convert_to_numpy(layer.lora_kernel_b)
-            with open(temporary, "wb") as f:
+            with files.open_file(temporary, "wb") as f:
                 np.savez(f, **values)
-            if self.double_checkpoint and os.path.exists(matrices):
+            if self.double_checkpoint and files.exists(matrices):
                 reliability.copy_atomically(matrices, self._path(self.LORA_FILE, previous=True))
 
         reliability.write_atomically(matrices, save_matrices)
@@ -205,7 +206,7 @@ class LoraBackupAndRestore(AtomicBackupAndRestore):
     def on_train_begin(self, logs=None):
         layers = lora.lora_layers(self.model)
         has_backup = any(
-            os.path.exists(self._path(self.WEIGHTS_FILE, previous=previous))
+            files.exists(self._path(self.WEIGHTS_FILE, previous=previous))
             for previous in (False, True)
         )
         if not layers or not has_backup:
@@ -236,9 +237,9 @@ class LoraBackupAndRestore(AtomicBackupAndRestore):
 
     @staticmethod
     def _matching_matrices(path, layers, bases, restored):
-        if not os.path.exists(path):
+        if not files.exists(path):
             return None
-        with np.load(path) as stored:
+        with np.load(files.readable(path)) as stored:
             matrices = []
             for layer, base, kernel in zip(layers, bases, restored, strict=True):
                 key = lora.layer_path(layer)

@@ -9,7 +9,10 @@ Every table of results in benchmarks/README.md and README.md sits between two co
 - `<benchmark>` (benchmarks/README.md): each current file of that benchmark, its selection,
   command and commit, and a table of mean ± 95% confidence half-width (n seeds) per arm
   and metric;
-- `summary` (README.md): the primary metric of every arm of every current file.
+- `summary` (README.md): the primary metric of every arm of every current file;
+- `backbone_costs` (docs/guide/choosing-a-backbone.md, and benchmarks/README.md): the cost
+  table of `backbone_costs.py`, one row per backbone: what was measured once (parameters,
+  feature dimension, `.keras` size, memory) and the median time per image over the rounds.
 
 A timing file's section ends with the history of its ratios (`ratio_*`, `speedup_*`): the
 same command's earlier runs in `archive/` that follow the schema, oldest first, and the
@@ -30,13 +33,18 @@ import json
 import os
 import pathlib
 import re
+import statistics
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import _common  # noqa: E402
 
-TARGETS = {"benchmarks/README.md": ("index",), "README.md": ("summary",)}
+TARGETS = {
+    "benchmarks/README.md": ("index",),
+    "README.md": ("summary",),
+    "docs/guide/choosing-a-backbone.md": ("backbone_costs",),
+}
 # A marker is a line of its own (a marker quoted inside a sentence is not one).
 REGION = re.compile(
     r"^<!-- report:(?P<name>[\w.-]+) -->\n(?P<body>.*?)^<!-- /report:(?P=name) -->$",
@@ -289,11 +297,81 @@ def render_summary(results: list[tuple[str, dict]]) -> str:
     return "\n".join(rows)
 
 
+def _amount(value: float) -> str:
+    """4 significant digits, without an exponent from 1000 up (1234, 12345)."""
+    return f"{value:.0f}" if abs(value) >= 1000 else f"{value:.4g}"
+
+
+def _or_dash(value) -> str:
+    if value is None:
+        return "–"
+    return _amount(value) if isinstance(value, float) else str(value)
+
+
+def _median_range(summary: dict) -> str:
+    values = summary["per_seed"]
+    median, low, high = statistics.median(values), min(values), max(values)
+    return f"{_amount(median)} ({_amount(low)}–{_amount(high)}, n={len(values)})"
+
+
+def render_backbone_costs(results: list[tuple[str, dict]]) -> str:
+    """The table of `backbone_costs.py`: per backbone, `details.backbones` (measured once;
+    the peak memory column when the run measured it) and the median extraction and
+    fine-tuning step time per image over the rounds."""
+    mine = [(name, r) for name, r in results if r["benchmark"] == "backbone_costs"]
+    if not mine:
+        return "`backbone_costs`: " + NO_RESULTS
+    lines = []
+    for name, r in mine:
+        details = r["details"]
+        facts = details.get("backbones") or {}
+        memory = any(known.get("peak_rss_mb") is not None for known in facts.values())
+        lines += [
+            f"**`{name}`** (commit `{_commit(r)}`, finished {r['finished_at']}, "
+            f"{r['seconds']:g} s; {_runs_over(r)} of one batch of {_splits(r)} images on "
+            f"{details.get('backend', 'an unrecorded backend')}; load average {_load(r)}): "
+            f"`{r['command']}`",
+            "",
+            "| backbone | source | input px | parameters (M) | feature dim | `.keras` MB | "
+            + ("peak memory MB | " if memory else "")
+            + "extraction ms/image | fine-tuning step ms/image |",
+            "|---|---|---|---|---|---|" + ("---|" if memory else "") + "---|---|",
+        ]
+        for arm, metrics in r["arms"].items():
+            known = facts.get(arm, {})
+            params, size = known.get("params"), known.get("keras_file_bytes")
+            cells = [
+                arm,
+                known.get("source"),
+                known.get("input_size"),
+                params / 1e6 if params is not None else None,
+                known.get("feature_dim"),
+                size / 1e6 if size is not None else None,
+                *([known.get("peak_rss_mb")] if memory else []),
+                _median_range(metrics["extract_ms_per_image"]),
+                _median_range(metrics["train_step_ms_per_image"]),
+            ]
+            lines.append("| " + " | ".join(_cell(_or_dash(c)) for c in cells) + " |")
+        skipped = details.get("skipped") or {}
+        if skipped:
+            lines += ["", "Not measured: " + "; ".join(f"`{k}`: {v}" for k, v in skipped.items())]
+        lines.append("")
+    lines.append(
+        "Times: median (min–max) over the n rounds, each one call on one batch after a warm-up. "
+        "Peak memory (with `--peak_rss`): the peak resident memory of a process that built the "
+        "backbone and ran its warm-up (TensorFlow, weights, gradients, Adam's slots, "
+        "activations)."
+    )
+    return "\n".join(lines)
+
+
 def render(name: str, results: list[tuple[str, dict]], archived=()) -> str:
     if name == "index":
         return render_index(results)
     if name == "summary":
         return render_summary(results)
+    if name == "backbone_costs":
+        return render_backbone_costs(results)
     return render_benchmark(name, results, archived)
 
 
@@ -322,6 +400,9 @@ def run(root: pathlib.Path, check: bool) -> list[str]:
     rendered_benchmarks = set()
     for target, required in TARGETS.items():
         path = root / target
+        if not path.is_file():
+            problems.append(f"{target}: missing (it holds the tables {', '.join(required)})")
+            continue
         text = path.read_text(encoding="utf-8")
         new, names, changed = update(text, results, archived)
         if target == "benchmarks/README.md":

@@ -180,9 +180,11 @@ def test_report_check_passes_on_the_repository_as_committed():
 
 
 def copy_of_the_repository(root: pathlib.Path) -> pathlib.Path:
+    """The files whose tables report.py writes (`report.TARGETS`), in a new root."""
     (root / "benchmarks" / "results" / "archive").mkdir(parents=True)
-    shutil.copy(REPO_ROOT / "README.md", root / "README.md")
-    shutil.copy(BENCHMARKS / "README.md", root / "benchmarks" / "README.md")
+    for target in ("README.md", "benchmarks/README.md", "docs/guide/choosing-a-backbone.md"):
+        (root / target).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO_ROOT / target, root / target)
     return root
 
 
@@ -431,3 +433,66 @@ def test_report_shows_each_ratio_against_the_same_commands_earlier_runs(common, 
     report.main(["--root", str(root)])
     bench = (root / "benchmarks" / "README.md").read_text()
     assert "| 9.1 | 8 | 7.6 | -5.0% |" in bench  # within 10%: shown, not marked
+
+
+def test_the_backbone_cost_table_of_the_guide_comes_from_its_results_file(common, report, tmp_path):
+    root = copy_of_the_repository(tmp_path)
+    guide = root / "docs" / "guide" / "choosing-a-backbone.md"
+
+    def region(path):
+        return path.read_text().split("<!-- report:backbone_costs -->")[1].split("<!-- /")[0]
+
+    # Without a results file the region says so (the repository's --check passes with it).
+    assert region(guide).strip() == "`backbone_costs`: " + report.NO_RESULTS
+    pairing = {"tuned": "nothing", "tuned_on": None, "pairing": "rotated rounds"}
+    run = common.start_run(pairing, script=str(BENCHMARKS / "backbone_costs.py"), argv=[])
+    facts = {
+        "vit_b16": {"source": "KerasHub", "input_size": 224, "params": 85_798_656,
+                    "feature_dim": 768, "keras_file_bytes": 343_500_000, "peak_rss_mb": 2048.0},
+        "mobilenet": {"source": "keras.applications", "input_size": 224, "params": 3_228_864,
+                      "feature_dim": 1024, "keras_file_bytes": None, "peak_rss_mb": None},
+    }  # fmt: skip
+    common.write_results(
+        root / "benchmarks" / "results" / "backbone_costs.json",
+        run,
+        kind="timing",
+        benchmark="backbone_costs",
+        dataset="random_images",
+        splits={"batch": 32},
+        evaluated_on="batch",
+        repeats=3,
+        arms={
+            "vit_b16": {
+                "extract_ms_per_image": [270.0, 250.0, 300.0],
+                "train_step_ms_per_image": [12000.0, 12500.0, 11000.0],
+            },
+            "mobilenet": {
+                "extract_ms_per_image": [9.5, 9.0, 10.25],
+                "train_step_ms_per_image": [30.0, 31.0, 29.0],
+            },
+        },
+        primary_metric="train_step_ms_per_image",
+        comparisons=[],
+        details={"backbones": facts, "skipped": {"hub_mobilenet_v1": "no assets"}},
+    )
+    assert report.main(["--root", str(root)]) == 0
+    table = region(guide)
+    # Measured once: parameters in millions, the file in MB; times: median (min-max, n).
+    assert (
+        "| vit_b16 | KerasHub | 224 | 85.8 | 768 | 343.5 | 2048 | 270 (250–300, n=3) | "
+        "12000 (11000–12500, n=3) |" in table
+    )
+    assert "| mobilenet | keras.applications | 224 | 3.229 | 1024 | – | – | 9.5 (9–10.25" in table
+    assert "Not measured: `hub_mobilenet_v1`: no assets" in table
+    # benchmarks/README.md shows the same table; the index and the summary list the file.
+    assert region(root / "benchmarks" / "README.md") == table
+    assert "`benchmarks/results/backbone_costs.json`" in (root / "README.md").read_text()
+    assert report.main(["--root", str(root), "--check"]) == 0
+    guide.write_text(guide.read_text().replace("| 85.8 |", "| 85.9 |"))
+    assert report.main(["--root", str(root), "--check"]) == 1
+    # A run without --peak_rss has no memory column.
+    record = json.loads((root / "benchmarks" / "results" / "backbone_costs.json").read_text())
+    for known in record["details"]["backbones"].values():
+        known["peak_rss_mb"] = None
+    plain = report.render("backbone_costs", [("r.json", record)])
+    assert "peak memory MB" not in plain and "| 768 | 343.5 | 270 (250–300, n=3) |" in plain

@@ -58,6 +58,14 @@ def _config(tmp_path, **overrides):
         ({"dropout": 1.0}, "dropout must be in [0, 1)"),
         ({"max_pixels": -1}, "max_pixels must be >= 0"),
         ({"fine_tune": "lora", "lora_rank": 0}, "lora_rank must be an integer >= 1"),
+        (
+            {"lora_targets": "conv_pw_13"},
+            "lora_targets='conv_pw_13' chooses the layers LoRA adapts: add fine_tune=lora",
+        ),
+        (
+            {"fine_tune": "lora", "lora_targets": "conv_pw_13,block_(1/.*"},
+            "lora_targets entry 'block_(1/.*' is not a valid regular expression",
+        ),
         ({"augment": "flip,zoomm"}, "Unknown augmentation 'zoomm'"),
         ({"target_dir": "/no/such/folder"}, "target_dir='/no/such/folder' (--target_dir) is not"),
     ],

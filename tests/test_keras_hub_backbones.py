@@ -170,10 +170,12 @@ def test_lora_targets_by_layer_path_pattern(preset):
         "transformer_block_2/key",
         "transformer_block_2/value",
     ]
-    with pytest.raises(ValueError, match="name no LoRA-capable layer"):
-        kt.enable_lora(
+    # A pattern naming nothing fails with the layer paths to write one from.
+    with pytest.raises(ValueError, match="name no LoRA-capable layer") as error:
+        kt.check_lora_request(
             kt.create_classifier(f"keras_hub:{preset('vit')}", 3), targets=["no_such/.*x"]
         )
+    assert f"there: {sorted(summary.adapted + summary.not_targeted)[0]}, " in str(error.value)
 
 
 def test_lora_on_a_cnn_family_adapts_its_convolutions(preset):
@@ -286,6 +288,7 @@ def test_command_trains_lora_writes_adapter_by_layer_path_and_exports(preset, tm
         unfreeze_blocks="2",
         fine_tune="lora",
         lora_rank=2,
+        lora_targets="transformer_block_2/.*/(query|key)$",
         validation_split=0.25,
         augment="",
         verbose=0,
@@ -297,9 +300,9 @@ def test_command_trains_lora_writes_adapter_by_layer_path_and_exports(preset, tm
     with h5py.File(out / "adapter.weights.h5") as f:
         metadata = json.loads(f.attrs["metadata"])
     assert metadata["backbone"] == config.backbone
-    assert metadata["layers"] and all(
-        layer.startswith("vit_encoder/transformer_block_") for layer in metadata["layers"]
-    )
+    assert [layer.rsplit("/", 1)[-1] for layer in metadata["layers"]] == ["key", "query"]
+    assert all(layer.startswith("vit_encoder/transformer_block_2/") for layer in metadata["layers"])
+    assert json.loads((out / "config.json").read_text())["lora_targets"] == config.lora_targets
     if keras.backend.backend() == "tensorflow":
         assert (out / "saved_model" / "saved_model.pb").is_file()
         assert (out / "model.tflite").stat().st_size > 0

@@ -17,7 +17,9 @@ import keras_transfer as kt
 from keras_transfer.optimizers import layerwise as optimizers
 from keras_transfer.peft import adapters
 from keras_transfer.peft import lora
+from keras_transfer.peft import lora_targets
 from keras_transfer.training import callbacks
+from keras_transfer.training import two_phase_state
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 X = np.random.default_rng(0).uniform(0, 255, (8, 32, 32, 3)).astype("float32")
@@ -286,6 +288,72 @@ def test_fit_two_phase_checks_lora_arguments_before_training():
         with pytest.raises(ValueError, match=message):
             kt.fit_two_phase(model, X, None, y=Y, head_epochs=1, fine_tune_epochs=1, **kwargs)
     assert not changed_paths(before, model)
+
+
+@pytest.mark.parametrize(
+    "text, targets",
+    [
+        ("", None),
+        ("  ", None),
+        ("all", "all"),
+        ("all_dense", "all_dense"),
+        ("conv_pw_13", ["conv_pw_13"]),
+        ("conv_pw_12, conv_pw_13", ["conv_pw_12", "conv_pw_13"]),
+        ("block_(1|2)/.*/query$,value", ["block_(1|2)/.*/query$", "value"]),
+        ("dense_{1,2}$,[a,b]x", ["dense_{1,2}$", "[a,b]x"]),
+        (r"a\,b,c", [r"a\,b", "c"]),
+    ],
+)
+def test_parse_lora_targets_splits_at_the_commas_outside_brackets(text, targets):
+    assert lora_targets.parse_lora_targets(text) == targets
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("conv_pw_12,,conv_pw_13", "has an empty entry"),
+        ("conv_pw_13,all", "'all' stands alone"),
+        ("conv_pw_13,block_(1/.*", "entry 'block_\\(1/.\\*' is not a valid regular expression"),
+    ],
+)
+def test_parse_lora_targets_names_the_bad_entry(text, message):
+    with pytest.raises(ValueError, match=message):
+        lora_targets.parse_lora_targets(text)
+
+
+def test_fit_two_phase_lora_targets_choose_the_layers_and_are_part_of_the_backup(tmp_path):
+    model = tiny_mobilenet()
+    common = dict(
+        y=Y, batch_size=4, head_epochs=1, fine_tune_epochs=1, fine_tune="lora", lora_rank=2,
+        backup_dir=tmp_path / "backup", keep_backup=True, verbose=0,
+    )  # fmt: skip
+    # A layer name and a layer-path pattern, in the top 3 blocks (conv_dw_11 ... conv_dw_13).
+    history = kt.fit_two_phase(
+        model, X, None, unfreeze=3, lora_targets=["conv_pw_13", "pw_11$"], **common
+    )
+    assert history.unfrozen_blocks == ["conv_dw_11", "conv_dw_12", "conv_dw_13"]
+    assert [layer.name for layer in lora.lora_layers(model)] == ["conv_pw_11", "conv_pw_13"]
+    # Other targets would adapt other layers: the kept backup refuses them, naming them.
+    with pytest.raises(two_phase_state.BackupSettingsError, match="lora_targets"):
+        kt.fit_two_phase(
+            tiny_mobilenet(), X, None, unfreeze=3, lora_targets=["conv_pw_12"], **common
+        )
+
+
+def test_fit_two_phase_lora_targets_naming_no_layer_fail_before_training():
+    model = tiny_mobilenet()
+    before = snapshot(model)
+    # The pattern names a layer, but not one of the block to fine-tune (conv_dw_13).
+    with pytest.raises(
+        ValueError,
+        match=r"targets \['pw_12\$'\] name no LoRA-capable layer in blocks \['conv_dw_13'\]: .*"
+        r"The LoRA-capable layers there: conv_pw_13\.$",
+    ):
+        kt.fit_two_phase(
+            model, X, None, y=Y, head_epochs=1, fine_tune_epochs=1, unfreeze=1,
+            fine_tune="lora", lora_targets=["pw_12$"], verbose=0,
+        )  # fmt: skip
+    assert not changed_paths(before, model) and not lora.lora_layers(model)
 
 
 def test_layer_decay_multipliers_reach_lora_variables():
@@ -563,3 +631,51 @@ def test_image_example_writes_the_adapter_beside_the_model(image_folder, tmp_pat
     assert "conv_pw_13/lora_kernel_b" in values
     with pytest.raises(Exception, match="fine_tune"):
         image_classifier_lib.Config(data_dir="x", model_dir="y", fine_tune="adapter")
+
+
+def _lora_command_config(root, out, **overrides):
+    from keras_transfer.apps import image_config
+
+    settings = dict(
+        data_dir=str(root), model_dir=str(out), backbone="mobilenet", weights=None,
+        image_size=32, batch_size=4, head_epochs=1, fine_tune_epochs=1, unfreeze_blocks="2",
+        fine_tune="lora", lora_rank=2, verbose=0,
+    )  # fmt: skip
+    return image_config.Config(**{**settings, **overrides})
+
+
+def test_command_lora_targets_choose_the_adapter_layers_and_go_to_config_json(
+    image_folder, tmp_path
+):
+    from keras_transfer.apps import image_classifier as image_classifier_lib
+
+    config = _lora_command_config(
+        image_folder({"cats": 6, "dogs": 6}), tmp_path / "out", lora_targets="conv_pw_1(3|4)$"
+    )
+    image_classifier_lib.run(config)
+    metadata, _ = adapters.read_adapter(tmp_path / "out" / "adapter.weights.h5")
+    assert metadata["layers"] == ["conv_pw_13"]
+    saved = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert saved["lora_targets"] == "conv_pw_1(3|4)$" and saved["fine_tune"] == "lora"
+
+
+def test_command_lora_targets_naming_no_layer_fail_once_the_model_is_built(
+    image_folder, tmp_path, monkeypatch
+):
+    from keras_transfer.apps import image_classifier as image_classifier_lib
+
+    def no_later_step(*args, **kwargs):
+        raise AssertionError("the run went on past building the model")
+
+    monkeypatch.setattr(image_classifier_lib, "check_diagnostics", no_later_step)
+    monkeypatch.setattr(image_classifier_lib, "train_model", no_later_step)
+    config = _lora_command_config(
+        image_folder({"cats": 6, "dogs": 6}), tmp_path / "out", lora_targets="conv_pw_11$"
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"targets \['conv_pw_11\$'\] name no LoRA-capable layer in blocks "
+        r"\['conv_dw_12', 'conv_dw_13'\]: .* there: conv_pw_12, conv_pw_13\.",
+    ):
+        image_classifier_lib.run(config)
+    assert not (tmp_path / "out").exists()

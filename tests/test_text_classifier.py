@@ -161,6 +161,35 @@ def test_run_trains_both_phases_and_reports(sms_file, tmp_path):
     np.testing.assert_allclose(probabilities.sum(axis=-1), 1.0, rtol=1e-5)
 
 
+_LORA = dict(fine_tune="lora", lora_rank=2, unfreeze_blocks="1")
+
+
+def test_lora_targets_naming_no_layer_fail_before_training(sms_file, tmp_path):
+    with pytest.raises(ValueError, match="chooses the layers LoRA adapts: add --fine_tune=lora"):
+        _config(sms_file, tmp_path, lora_targets="key")
+    with pytest.raises(
+        ValueError,
+        match=r"name no LoRA-capable layer in blocks \['transformer_layer_5'\]: .* there: "
+        r"transformer_layer_5/",
+    ):
+        text_classifier_lib.run(_config(sms_file, tmp_path, lora_targets="layer_4/", **_LORA))
+    assert not (tmp_path / "out").exists()
+
+
+def test_lora_targets_choose_the_adapted_layers(sms_file, tmp_path):
+    from keras_transfer.peft import adapters
+
+    targets = "transformer_layer_5/.*/key$,value"
+    config = _config(sms_file, tmp_path, lora_targets=targets, head_epochs=0, **_LORA)
+    results = text_classifier_lib.run(config)
+    metadata, _ = adapters.read_adapter(tmp_path / "out" / "adapter.weights.h5")
+    assert [layer.split("transformer_layer_5/")[-1] for layer in metadata["layers"]] == [
+        "self_attention_layer/key",
+        "self_attention_layer/value",
+    ]
+    assert results["config"]["lora_targets"] == targets
+
+
 def test_bad_columns_are_clear_errors(sms_file, tmp_path):
     with pytest.raises(ValueError, match="no column 'text'.*Set text_column"):
         text_classifier_lib.load_text_data(_config(sms_file, tmp_path, text_column="text"))

@@ -239,6 +239,14 @@ flags.DEFINE_enum(
 )
 flags.DEFINE_integer("lora_rank", _DEFAULTS.lora_rank, "LoRA rank with --fine_tune=lora.")
 flags.DEFINE_float("lora_alpha", _DEFAULTS.lora_alpha, "LoRA alpha; 0 for the rank.")
+flags.DEFINE_string(
+    "lora_targets",
+    _DEFAULTS.lora_targets,
+    "With --fine_tune=lora, the layers of the unfrozen blocks LoRA adapts: empty for the "
+    "backbone's default (KerasHub attention: query/value; CNNs: every supported layer), 'all', "
+    "'all_dense', or comma-separated layer names and layer-path regex patterns, e.g. "
+    "'transformer_block_12/.*/(query|key|value)$'.",
+)
 flags.DEFINE_enum(
     "lr_schedule",
     _DEFAULTS.lr_schedule,
@@ -352,7 +360,7 @@ FLAG_GROUPS = {
              "unfreeze_blocks", "patience", "restore_best"],
     "phases": ["cache_features", "freeze_strategy", "unfreeze_schedule", "train_bn",
                "lr_decay", "lr_schedule", "warmup_steps", "fine_tune", "lora_rank",
-               "lora_alpha"],
+               "lora_alpha", "lora_targets"],
     "regularisation and weight averaging": ["weight_decay", "label_smoothing", "ema_momentum",
                                             "wise_ft"],
     "adaptation and diagnostics": ["target_dir", "adapt", "diagnostics", "source_weights"],

@@ -19,6 +19,7 @@ from keras_transfer.backbones import registry
 from keras_transfer.data import imbalance
 from keras_transfer.data.tables import BAD_ROW_POLICIES
 from keras_transfer.data.tables import TABLE_TASKS
+from keras_transfer.peft.lora_targets import parse_lora_targets
 from keras_transfer.training import two_phase
 from keras_transfer.training import two_phase_state
 from keras_transfer.training.callbacks.unfreezing import checked_unfreeze_schedule
@@ -114,6 +115,10 @@ class Config:
     fine_tune: str = "full"
     lora_rank: int = 8
     lora_alpha: float = 0.0  # 0: the rank
+    # The layers of those blocks LoRA adapts: "" the backbone's default (KerasHub attention:
+    # the query/value projections; CNNs: every supported layer), "all", "all_dense", or
+    # comma-separated layer names and layer-path patterns (keras_transfer.enable_lora).
+    lora_targets: str = ""
     lr_schedule: str = "constant"
     warmup_steps: int = 0
     weight_decay: float = 0.0
@@ -202,6 +207,15 @@ class Config:
         check("fine_tune", ("full", "lora"))
         if self.fine_tune == "lora" and self.resolved_freeze_strategy() == "gradual":
             raise config_lib.ConfigError("fine_tune=lora does not combine with gradual unfreezing.")
+        if self.lora_targets and self.fine_tune != "lora":
+            raise config_lib.ConfigError(
+                f"lora_targets={self.lora_targets!r} chooses the layers LoRA adapts: add "
+                "fine_tune=lora (--fine_tune=lora), or drop lora_targets."
+            )
+        try:
+            self.resolved_lora_targets()
+        except ValueError as error:
+            raise config_lib.ConfigError(f"{error} (--lora_targets)") from None
         check("lr_schedule", LR_SCHEDULES)
         check("strategy", distribute.STRATEGIES)
         for name in ("head_epochs", "fine_tune_epochs", "patience", "warmup_steps"):
@@ -324,6 +338,10 @@ class Config:
             raise config_lib.ConfigError(
                 f"label_smoothing must lie in [0, 1) (0: none), got {self.label_smoothing}."
             )
+
+    def resolved_lora_targets(self) -> str | list[str] | None:
+        """`enable_lora`'s `targets` from `lora_targets` (`parse_lora_targets`)."""
+        return parse_lora_targets(self.lora_targets)
 
     def resolved_freeze_strategy(self) -> str:
         if self.freeze_strategy != "auto":

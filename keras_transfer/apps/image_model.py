@@ -18,6 +18,7 @@ import tensorflow as tf
 import keras_transfer as kt
 from keras_transfer import data as data_lib
 from keras_transfer.apps.image_config import Config
+from keras_transfer.backbones import freezing
 from keras_transfer.heads import zero_shot
 from keras_transfer.utils import backend
 from keras_transfer.utils import distribute
@@ -29,6 +30,7 @@ __all__ = [
     "build_backbone_from_config",
     "build_model",
     "check_batches",
+    "check_lora",
     "check_memory",
     "load_data",
     "run_environment",
@@ -229,16 +231,40 @@ def build_model(
 ) -> kt.TransferClassifier:
     """The classifier: `backbone`, then a head of `config.task` with `config.dropout`, one
     output per class (label, regression target); with `config.zero_shot`, the zero-shot
-    head of its CLIP or SigLIP preset's text tower."""
+    head of its CLIP or SigLIP preset's text tower. A LoRA run's settings are checked on it
+    at once (`check_lora`)."""
     with strategy.scope():
         if config.zero_shot:
             weights = "preset" if config.resolved_weights() else None
-            return kt.zero_shot_classifier(
+            model = kt.zero_shot_classifier(
                 backbone, class_names, weights=weights, dropout=config.dropout
             )
-        return kt.create_classifier(
-            backbone,
-            len(class_names),
-            head={"dropout": config.dropout, "task": config.task},
-            class_names=class_names,
-        )
+        else:
+            model = kt.create_classifier(
+                backbone,
+                len(class_names),
+                head={"dropout": config.dropout, "task": config.task},
+                class_names=class_names,
+            )
+    check_lora(config, model)
+    return model
+
+
+def check_lora(config: Config, model: keras.Model) -> None:
+    """With `fine_tune="lora"` (and a planned `unfreeze_blocks`), raises what `enable_lora`
+    would raise in phase 2 (a rank a kernel does not allow, `lora_targets` that name no
+    layer of the blocks to fine-tune, with the paths of the layers there) as soon as the
+    model exists: before diagnostics, the target images, feature caching or any epoch spend
+    time on a run that would fail."""
+    if config.fine_tune != "lora" or config.unfreeze_blocks is None:
+        return
+    # The blocks phase 2 adapts (as image_training sets them): every block when everything
+    # trains from the start, else unfreeze_blocks (gradual unfreezing refuses LoRA).
+    unfreeze = "all" if config.resolved_freeze_strategy() == "none" else config.unfreeze_blocks
+    kt.check_lora_request(
+        model,
+        config.lora_rank,
+        config.lora_alpha or None,
+        targets=config.resolved_lora_targets(),
+        **freezing.unfreeze_request(unfreeze),
+    )

@@ -216,6 +216,8 @@ def resume_settings(config: Config, data: data_lib.ImageData, image_size: int) -
         settings.pop(name, None)
     if not config.adapt:
         settings.pop("target_dir", None)  # only reported on, then
+    if not config.lora_targets:
+        settings.pop("lora_targets", None)  # the default: backups from before it resume
     if settings.get("data_dir"):
         settings["data_dir"] = files.abspath(settings["data_dir"])
     settings.update(
@@ -312,6 +314,7 @@ def _fit_arguments(
         fine_tune=config.fine_tune,
         lora_rank=config.lora_rank,
         lora_alpha=config.lora_alpha or None,
+        lora_targets=config.resolved_lora_targets(),
         verbose=min(config.verbose, 2),
         class_weight=class_weight,
         **loss_arguments(config),

@@ -31,6 +31,7 @@ from keras_transfer.apps import _outputs
 from keras_transfer.backbones import registry as backbones
 from keras_transfer.data import splits
 from keras_transfer.diagnostics import reports
+from keras_transfer.peft.lora_targets import parse_lora_targets
 from keras_transfer.training import two_phase as training
 from keras_transfer.utils import reliability
 
@@ -146,6 +147,9 @@ class Config:
     fine_tune: str = "full"
     lora_rank: int = 8
     lora_alpha: float = 0.0  # 0: the rank
+    # The layers of those blocks LoRA adapts: "" the encoder's default (query/value), "all",
+    # "all_dense", or comma-separated layer names and layer-path patterns.
+    lora_targets: str = ""
     dropout: float = 0.1
     baseline: bool = False  # also train a from-scratch bag-of-embeddings model
     baseline_epochs: int = 10
@@ -153,6 +157,15 @@ class Config:
     verbose: int = 2
     # Seeds plus TensorFlow's deterministic ops: the same results on every run (slower).
     deterministic: bool = False
+
+    def __post_init__(self):
+        # Settings that cannot work fail before the text is read or the encoder built.
+        if self.lora_targets and self.fine_tune != "lora":
+            raise ValueError(
+                f"lora_targets={self.lora_targets!r} chooses the layers LoRA adapts: add "
+                "--fine_tune=lora, or drop --lora_targets."
+            )
+        parse_lora_targets(self.lora_targets)
 
 
 def load_text_data(config: Config) -> tuple[list[str], np.ndarray, list[str]]:
@@ -439,6 +452,7 @@ def train_model(
         fine_tune=config.fine_tune,
         lora_rank=config.lora_rank,
         lora_alpha=config.lora_alpha or None,
+        lora_targets=parse_lora_targets(config.lora_targets),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
         callbacks=callbacks,

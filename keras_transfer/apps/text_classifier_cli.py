@@ -71,6 +71,13 @@ flags.DEFINE_enum(
 )
 flags.DEFINE_integer("lora_rank", _DEFAULTS.lora_rank, "LoRA rank with --fine_tune=lora.")
 flags.DEFINE_float("lora_alpha", _DEFAULTS.lora_alpha, "LoRA alpha; 0 for the rank.")
+flags.DEFINE_string(
+    "lora_targets",
+    _DEFAULTS.lora_targets,
+    "With --fine_tune=lora, the layers LoRA adapts: empty for the encoder's query/value "
+    "projections, 'all', 'all_dense', or comma-separated layer names and layer-path regex "
+    "patterns, e.g. 'transformer_layer_5/.*/(query|key|value)$'.",
+)
 flags.DEFINE_float("dropout", _DEFAULTS.dropout, "Dropout before the output layer.")
 flags.DEFINE_bool(
     "baseline", _DEFAULTS.baseline, "Also train a from-scratch embedding-bag baseline."

@@ -1,12 +1,13 @@
-"""Parameter-efficient fine-tuning: LoRA by block (`lora`), its adapter files (`adapters`),
-merging LoRA models for export (`lora_saving`), and the L2-SP regulariser
-toward the pretrained weights (`l2sp`).
+"""Parameter-efficient fine-tuning: LoRA by block (`lora`, its `targets` in `lora_targets`),
+its adapter files (`adapters`), merging LoRA models for export (`lora_saving`), and the L2-SP
+regulariser toward the pretrained weights (`l2sp`).
 """
 
 from keras_transfer.peft import adapters
 from keras_transfer.peft import l2sp
 from keras_transfer.peft import lora
 from keras_transfer.peft import lora_saving
+from keras_transfer.peft import lora_targets
 from keras_transfer.peft.adapters import load_adapter
 from keras_transfer.peft.adapters import read_adapter
 from keras_transfer.peft.adapters import save_adapter
@@ -32,6 +33,7 @@ __all__ = [
     "lora",
     "adapters",
     "lora_saving",
+    "lora_targets",
     "l2sp",
     "LORA_VARIABLE_NAMES",
     "LoraSummary",

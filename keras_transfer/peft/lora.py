@@ -32,6 +32,8 @@ import numpy as np
 from keras_transfer import _keras_compat
 from keras_transfer.backbones import freezing
 from keras_transfer.backbones import registry as backbones_lib
+from keras_transfer.peft.lora_targets import TARGET_CHOICES
+from keras_transfer.peft.lora_targets import is_path_pattern
 
 __all__ = [
     "LORA_VARIABLE_NAMES",
@@ -48,8 +50,6 @@ __all__ = [
     "supports_lora",
 ]
 
-# What `targets` accepts besides a list of layer names.
-TARGET_CHOICES = ("all", "all_dense")
 # The names Keras gives the two LoRA matrices of a layer (the last part of their paths).
 LORA_VARIABLE_NAMES = ("lora_kernel_a", "lora_kernel_b")
 _NORMALIZATION = (
@@ -275,11 +275,6 @@ def _declared_targets(backbone_model: keras.Model) -> set[str] | None:
     return None
 
 
-def _is_path_pattern(target: str) -> bool:
-    # A layer name has no '/' and no regex syntax; anything else is searched in layer paths.
-    return bool(re.search(r"[/*+?\[\](){}|^$\\]", target))
-
-
 def _target_filter(targets: Any, backbone_model: keras.Model):
     """A predicate on supported layers from `targets`; default: the backbone's own LoRA
     targets when it declares them and has them (KerasHub: query/value projections), else
@@ -298,9 +293,9 @@ def _target_filter(targets: Any, backbone_model: keras.Model):
             f"targets must be None (the backbone's default), 'all', 'all_dense' or a list of "
             f"layer names or layer-path patterns, got {targets!r}."
         )
-    names = {target for target in targets if not _is_path_pattern(target)}
+    names = {target for target in targets if not is_path_pattern(target)}
     try:
-        patterns = [re.compile(target) for target in targets if _is_path_pattern(target)]
+        patterns = [re.compile(target) for target in targets if is_path_pattern(target)]
     except re.error as error:
         raise ValueError(f"targets holds an invalid layer-path pattern: {error}.") from None
     return lambda layer: (
@@ -309,7 +304,7 @@ def _target_filter(targets: Any, backbone_model: keras.Model):
 
 
 def _target_found(target: str, layers) -> bool:
-    if _is_path_pattern(target):
+    if is_path_pattern(target):
         return any(re.search(target, layer_path(layer)) for layer in layers)
     return any(layer.name == target for layer in layers)
 
@@ -338,7 +333,7 @@ def _choose_layers(
         raise ValueError("No block chosen: LoRA would train nothing. Choose at least one block.")
     wanted = _target_filter(targets, backbone_model)
     adapt, not_adaptable, not_targeted = _sort_block_layers(chosen, wanted)
-    _check_targets_found(model, targets, chosen, adapt, not_adaptable)
+    _check_targets_found(targets, chosen, adapt, not_adaptable, not_targeted)
     _check_layers_take_lora(adapt, rank)
     normalization = sum(
         isinstance(layer, _NORMALIZATION) for layer in leaf_layers(backbone_model.layers)
@@ -374,16 +369,19 @@ def _sort_block_layers(blocks, wanted) -> tuple[list, list[tuple[str, str]], lis
     return adapt, not_adaptable, not_targeted
 
 
-def _check_targets_found(model, targets, chosen, adapt, not_adaptable) -> None:
-    """Raises when named targets are missing from the chosen blocks, or nothing is left."""
-    if targets not in (None, "all", "all_dense"):
-        missing = {target for target in targets if not _target_found(target, adapt)}
+def _check_targets_found(targets, chosen, adapt, not_adaptable, not_targeted) -> None:
+    """Raises when named targets are missing from the chosen blocks (naming the paths of
+    the LoRA-capable layers there, to write a pattern from), or nothing is left."""
+    if targets is not None and targets not in TARGET_CHOICES:
+        missing = [target for target in targets if not _target_found(target, adapt)]
         if missing:
-            supported = {layer.name for layer in leaf_layers([model]) if supports_lora(layer)}
+            paths = sorted({layer_path(layer) for layer in adapt} | set(not_targeted))
+            shown = paths[:8] + ([f"... ({len(paths)} in all)"] if len(paths) > 8 else [])
             raise ValueError(
-                f"targets {sorted(missing)} name no LoRA-capable layer in blocks "
-                f"{[b.name for b in chosen]}. Supported layers there: "
-                f"{sorted(supported)[:20]}."
+                f"targets {missing} name no LoRA-capable layer in blocks "
+                f"{[b.name for b in chosen]}: a layer name must equal the name, a pattern "
+                "(an entry with '/' or regex syntax) is searched in the layer paths. The "
+                f"LoRA-capable layers there: {', '.join(shown) or 'none'}."
             )
     if not adapt:
         raise ValueError(

@@ -1,48 +1,46 @@
 """Two-phase transfer learning in plain `model.fit`: train the head, then fine-tune.
 
-Phase 1 freezes the backbone and trains the head at `head_lr`. Phase 2 unfreezes the
-requested blocks (BatchNormalization stays in inference mode unless `train_bn`), recompiles
-with a new optimizer at `fine_tune_lr` and continues the epoch count (Keras'
-`initial_epoch`), so callbacks, TensorBoard and the history see one timeline without holes:
-phase 2 starts at the epoch after phase 1's last, also when early stopping ended phase 1
-early (after 13 of 100 head epochs the logs show phase 2 as epochs 14 to 23). Phase 1 runs
-epochs `initial_epoch` to `initial_epoch + head_epochs - 1` at most. Learning-rate schedules
-inside the phase-2 optimizer count its own steps, however phase 1 ended.
+Phase 1 freezes the backbone and trains the head at `head_lr`. Phase 2 unfreezes the requested
+blocks (BatchNormalization stays in inference mode unless `train_bn`), recompiles with a new
+optimizer at `fine_tune_lr` and continues the epoch count (Keras' `initial_epoch`), so callbacks,
+TensorBoard and the history see one timeline without holes: phase 2 starts at the epoch after phase
+1's last, also when early stopping ended phase 1 early (after 13 of 100 head epochs the logs show
+phase 2 as epochs 14 to 23). Phase 1 runs epochs `initial_epoch` to `initial_epoch + head_epochs -
+1` at most. Learning-rate schedules inside the phase-2 optimizer count its own steps, however phase
+1 ended.
 
 Resuming (`backup_dir`): each phase runs with `keras.callbacks.BackupAndRestore` in its own
 subfolder (weights, optimizer state and epoch, saved at every epoch end), and a JSON file
-(`two_phase_state`) records the settings, whether phase 1 finished, phase 2's first epoch
-and every epoch's logs. Calling `fit_two_phase` again with the same arguments on a freshly
-built model after a crash or kill skips a finished phase 1, restores phase 2's trainable
-set, optimizer and learning-rate schedule position, continues from the last completed epoch
-under the epoch numbers of the uninterrupted run (so epoch-keyed callbacks such as
-`GradualUnfreezing` see the same epochs), and returns the full history of both phases. The
-folder's contents are deleted when training completes; with `keep_backup=True` they are
-kept, with the model's final values, until the caller deletes them
-(`two_phase_state.delete_backup`) once its own outputs are written: a rerun in between
-restores those values without training. A rerun with other epochs, learning rates,
-`unfreeze`, `train_bn`, `lr_decay` or caller settings (`backup_settings`, e.g. the image
-size and data) is refused, naming them. Not restored: callbacks' own state
-(e.g. `EarlyStopping` patience), the position of a per-epoch reshuffle and Keras' dropout
-random state, so a resumed run matches an uninterrupted one exactly only when neither is
-used. A backup written before phase 2's first epoch was recorded keeps numbering phase 2
-from the plan (`initial_epoch + head_epochs`), as when it was written.
+(`two_phase_state`) records the settings, whether phase 1 finished, phase 2's first epoch and every
+epoch's logs. Calling `fit_two_phase` again with the same arguments on a freshly built model after
+a crash or kill skips a finished phase 1, restores phase 2's trainable set, optimizer and
+learning-rate schedule position, continues from the last completed epoch under the epoch numbers of
+the uninterrupted run (so epoch-keyed callbacks such as `GradualUnfreezing` see the same epochs),
+and returns the full history of both phases. The folder's contents are deleted when training
+completes; with `keep_backup=True` they are kept, with the model's final values, until the caller
+deletes them (`two_phase_state.delete_backup`) once its own outputs are written: a rerun in between
+restores those values without training. A rerun with other epochs, learning rates, `unfreeze`,
+`train_bn`, `lr_decay` or caller settings (`backup_settings`, e.g. the image size and data) is
+refused, naming them. Not restored: callbacks' own state (e.g. `EarlyStopping` patience), the
+position of a per-epoch reshuffle and Keras' dropout random state, so a resumed run matches an
+uninterrupted one exactly only when neither is used. A backup written before phase 2's first epoch
+was recorded keeps numbering phase 2 from the plan (`initial_epoch + head_epochs`), as when it was
+written.
 
-Cached phase 1 (`head_features`): the frozen backbone runs once over `head_features.data`
-(default `train_data`) and the head trains on its outputs, at the speed of a small dense
-network. Phase-1 callbacks then see the head model (features in), and its
-BatchNormalization statistics stay the pretrained ones even with `train_bn`. With
-`backup_dir`, a finished cached phase 1 is skipped on resume, extraction included.
+Cached phase 1 (`head_features`): the frozen backbone runs once over `head_features.data` (default
+`train_data`) and the head trains on its outputs, at the speed of a small dense network. Phase-1
+callbacks then see the head model (features in), and its BatchNormalization statistics stay the
+pretrained ones even with `train_bn`. With `backup_dir`, a finished cached phase 1 is skipped on
+resume, extraction included.
 
-`class_weight` goes to Keras' `fit(class_weight=...)` in both phases: `"balanced"` (class
-`c` weighs `n / (k * n_c)`, from the cached labels of a cached phase 1, else one pass over
-`train_data`), a dict `{class index or name: weight}` (missing classes weigh 1), or `None`.
-A class that does not exist, a negative weight or "balanced" with an empty class is an
-error before training starts. `lr_decay` gives the phase-2 optimizer per-variable
-multipliers (`keras_transfer.optimizers.layerwise.with_layerwise_lr`): frozen blocks get no
-gradients. Without `jit_compile` in `compile_kwargs`, both phases use
-`distribute.default_jit_compile`: XLA on a single GPU, off on CPU (measured slower there)
-and TPU (XLA anyway).
+`class_weight` goes to Keras' `fit(class_weight=...)` in both phases: `"balanced"` (class `c`
+weighs `n / (k * n_c)`, from the cached labels of a cached phase 1, else one pass over
+`train_data`), a dict `{class index or name: weight}` (missing classes weigh 1), or `None`. A class
+that does not exist, a negative weight or "balanced" with an empty class is an error before
+training starts. `lr_decay` gives the phase-2 optimizer per-variable multipliers
+(`keras_transfer.optimizers.layerwise.with_layerwise_lr`): frozen blocks get no gradients. Without
+`jit_compile` in `compile_kwargs`, both phases use `distribute.default_jit_compile`: XLA on a
+single GPU, off on CPU (measured slower there) and TPU (XLA anyway).
 """
 
 from __future__ import annotations
@@ -124,6 +122,7 @@ def fit_two_phase(
     fine_tune: str = "full",
     lora_rank: int = 8,
     lora_alpha: float | None = None,
+    lora_targets: str | Sequence[str] | None = None,
     class_weight: str | Mapping[Any, float] | None = None,
     keep_backup: bool = False,
     backup_settings: Mapping[str, Any] | None = None,
@@ -131,8 +130,7 @@ def fit_two_phase(
 ) -> TwoPhaseHistory:
     """Trains the head with the backbone frozen, then fine-tunes the top blocks.
 
-    Phase 2 numbers its epochs from the one after phase 1's last. The module docstring
-    details the timeline, resuming, cached features, class weights and `lr_decay`.
+    Phase 2 numbers its epochs on from phase 1's last; the module docstring has the details.
 
     Args:
         model: a `create_classifier` model, or any model nesting a `keras.applications`
@@ -158,7 +156,7 @@ def fit_two_phase(
         head_features: a `features.FeatureCache`: phase 1 on cached backbone features.
         fine_tune: `"full"` trains the unfrozen blocks' weights in phase 2; `"lora"` trains
             low-rank updates of their layers instead (`keras_transfer.enable_lora`).
-        lora_rank, lora_alpha: LoRA rank and alpha when `fine_tune="lora"`.
+        lora_rank, lora_alpha, lora_targets: `enable_lora`'s rank, alpha and `targets`.
         class_weight: `"balanced"`, `{class index or name: weight}` or `None`, for the
             training loss of both phases (see `keras_transfer.resolve_class_weight`).
         keep_backup: keep the backup, with the final values, for the caller to delete.
@@ -208,6 +206,7 @@ class _Run:
     fine_tune: str
     lora_rank: int
     lora_alpha: float | None
+    lora_targets: str | Sequence[str] | None
     class_weight: Any
     keep_backup: bool
     backup_settings: Mapping[str, Any] | None
@@ -222,6 +221,11 @@ class _Run:
     @property
     def phase_count(self) -> int:
         return int(bool(self.head_epochs)) + int(bool(self.fine_tune_epochs))
+
+    @property
+    def lora_request(self) -> dict[str, Any]:  # `enable_lora`'s arguments
+        rank, alpha, targets = self.lora_rank, self.lora_alpha, self.lora_targets
+        return dict(rank=rank, alpha=alpha, targets=targets, **self.unfreeze_kwargs)
 
 
 def _prepare_run(run: _Run) -> _Run:
@@ -307,7 +311,7 @@ def _check_fine_tune_request(run: _Run) -> None:
     if run.fine_tune not in ("full", "lora"):
         raise ValueError(f"fine_tune must be 'full' or 'lora', got {run.fine_tune!r}.")
     if run.fine_tune == "lora":
-        lora.check_lora_request(run.model, run.lora_rank, run.lora_alpha, **run.unfreeze_kwargs)
+        lora.check_lora_request(run.model, **run.lora_request)
 
 
 def _count_balanced_class_weight(run: _Run) -> None:
@@ -439,10 +443,7 @@ def _fine_tune_phase(run: _Run, result: TwoPhaseHistory) -> None:
 def _unfreeze_for_fine_tuning(run: _Run) -> list[str]:
     """Makes the requested blocks (or their LoRA updates) trainable; returns their names."""
     if run.fine_tune == "lora":
-        summary = lora.enable_lora(
-            run.model, run.lora_rank, run.lora_alpha, **run.unfreeze_kwargs, train_bn=run.train_bn
-        )
-        return summary.blocks
+        return lora.enable_lora(run.model, **run.lora_request, train_bn=run.train_bn).blocks
     return freezing.unfreeze(run.model, train_bn=run.train_bn, **run.unfreeze_kwargs)
 
 
@@ -529,9 +530,7 @@ def _epochs_text(epochs: int) -> str:
 
 def _blocks_text(blocks: Sequence[str], fine_tune: str, lora_rank: int) -> str:
     count = f"{len(blocks)} block{'' if len(blocks) == 1 else 's'}"
-    if fine_tune == "lora":
-        return f"LoRA updates (rank {lora_rank}) of {count}"
-    return count
+    return f"LoRA updates (rank {lora_rank}) of {count}" if fine_tune == "lora" else count
 
 
 def check_initial_epoch(initial_epoch: Any) -> None:

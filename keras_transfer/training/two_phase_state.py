@@ -131,6 +131,12 @@ def resume_settings(run: Any) -> dict[str, Any]:
             if run.fine_tune == "lora"
             else {}
         ),
+        # Other layers adapted, other LoRA variables in the backup; only when set, as above.
+        **(
+            {"lora_targets": json.loads(json.dumps(run.lora_targets))}
+            if run.fine_tune == "lora" and run.lora_targets is not None
+            else {}
+        ),
         # Only when set, so that backups of runs without weights stay resumable.
         **(
             {"class_weight": json.loads(json.dumps(run.class_weight))}

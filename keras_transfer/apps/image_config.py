@@ -96,9 +96,8 @@ class Config:
     plan: str = "auto"
     head_epochs: int | None = None
     fine_tune_epochs: int | None = None
-    # Phase 1 on backbone features computed once from the unaugmented training images: an
-    # epoch then costs a pass of the small head instead of the backbone, so 20 head epochs
-    # take less time than 2 through the frozen backbone.
+    # Phase 1 on backbone features computed once from the unaugmented training images: 20
+    # head epochs then take less time than 2 through the frozen backbone.
     cache_features: bool = True
     # auto: "gradual" when unfreeze_schedule is set, else "top_n_unfrozen".
     freeze_strategy: str = "auto"

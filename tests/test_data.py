@@ -60,6 +60,29 @@ def test_validation_is_deterministic_and_training_reshuffles(image_folder):
     assert len(orders) > 1
 
 
+def test_an_uncached_training_split_shuffles_files_not_decoded_images(image_folder, monkeypatch):
+    # A shuffle buffer of decoded images would decode all 240 files before the first
+    # batch (and, on a large dataset, hold up to 50,000 decoded images in memory).
+    from keras_transfer.data import pipeline
+
+    decoded = []
+
+    def counting_decode(path, size, resize="crop"):
+        image = data.decode_and_resize(path, size, resize)
+        with tf.control_dependencies([tf.py_function(lambda: decoded.append(1), [], [])]):
+            return tf.identity(image)
+
+    monkeypatch.setattr(pipeline, "decode_and_resize", counting_decode)
+    folder = image_folder({"cats": 120, "dogs": 120}, size=(16, 16))
+    options = dict(validation_split=0.0, batch_size=4, seed=3)
+    uncached = data.image_folder_dataset(folder, 8, cache=False, **options).train
+    next(iter(uncached))
+    assert 4 <= len(decoded) < 120
+    epochs = [np.concatenate([y for _, y in uncached]) for _ in range(2)]
+    assert sorted(epochs[0]) == sorted(epochs[1]) == [0] * 120 + [1] * 120
+    assert not np.array_equal(epochs[0], epochs[1])  # a new order each epoch
+
+
 def test_center_crop_keeps_aspect_ratio():
     # A 40x80 image whose left and right quarters are black and centre white: scaling to
     # cover 32x32 and cropping the centre keeps only white; stretching would keep black.

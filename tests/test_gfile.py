@@ -206,6 +206,28 @@ def test_image_folder_on_ram_loads_as_its_local_copy(ram_root, tmp_path):
     assert kt.data.read_image_size(f"{ram_root}/images/missing.jpg") is None
 
 
+def test_records_on_ram_read_back_as_their_local_copy(ram_root, tmp_path):
+    # Records written on the local disk, copied to the bucket, read from there (the TPU way).
+    local = tmp_path / "images"
+    write_image_folder(local, {"ants": 5, "bees": 4}, size=(40, 40))
+    kt.data.write_records(local, tmp_path / "records", shard_size=3, validation_split=0.25)
+    upload(tmp_path / "records", f"{ram_root}/records")
+    remote = f"{ram_root}/records"
+    assert kt.data.is_records_folder(remote)
+    assert kt.data.read_manifest(remote) == kt.data.read_manifest(tmp_path / "records")
+    batches = {}
+    for root in (str(tmp_path / "records"), remote):
+        data = kt.data.records_dataset(root, image_size=32, batch_size=4, shuffle=False)
+        batches[root] = [(np.asarray(x), np.asarray(y)) for x, y in data.validation]
+    for (x, y), (x_local, y_local) in zip(
+        batches[remote], batches[str(tmp_path / "records")], strict=True
+    ):
+        np.testing.assert_array_equal(x, x_local)
+        np.testing.assert_array_equal(y, y_local)
+    tf.io.gfile.remove(f"{remote}/{kt.data.MANIFEST_FILE}")
+    assert not kt.data.is_records_folder(remote)
+
+
 def test_label_table_on_ram_loads_and_names_its_bad_rows(ram_root, tmp_path):
     local = tmp_path / "images"
     write_image_folder(local, {"red": 5, "blue": 5}, size=(24, 24))

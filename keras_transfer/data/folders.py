@@ -28,7 +28,6 @@ from keras_transfer.data.listing import list_dataset_folder
 from keras_transfer.data.listing import report_listing
 from keras_transfer.data.listing import walk_image_files
 from keras_transfer.data.pipeline import PipelineOptions
-from keras_transfer.data.pipeline import decoded_dataset
 from keras_transfer.data.pipeline import pipeline_options
 from keras_transfer.utils import files as fs
 
@@ -154,25 +153,21 @@ def _image_data(
     """The training, unaugmented training, validation and test datasets of `files`."""
     options = dataclasses.replace(options, num_classes=len(files.class_names))
     paths, labels = files.train_paths, files.train_labels
-    train = options.build(decoded_dataset(paths, labels, options), training=True, split="train")
+    train = options.build_files(paths, labels, training=True, split="train")
     # Lazy: its images are decoded (and cached) only if it is iterated.
-    train_unaugmented = options.build(
-        decoded_dataset(paths, labels, options), training=False, split="train_unaugmented"
+    train_unaugmented = options.build_files(
+        paths, labels, training=False, split="train_unaugmented"
     )
     validation = None
     if files.validation_paths:
-        validation = options.build(
-            decoded_dataset(files.validation_paths, files.validation_labels, options),
-            training=False,
-            split="validation",
+        validation = options.build_files(
+            files.validation_paths, files.validation_labels, training=False, split="validation"
         )
     test = None
     if files.test_paths:
         # Every test image counts: no batch of them is dropped.
-        test = dataclasses.replace(options, drop_remainder=False).build(
-            decoded_dataset(files.test_paths, files.test_labels, options),
-            training=False,
-            split="test",
+        test = dataclasses.replace(options, drop_remainder=False).build_files(
+            files.test_paths, files.test_labels, training=False, split="test"
         )
     logger.info(
         "Loaded %d training, %d validation and %d test images of %d classes from %s.",
@@ -294,9 +289,10 @@ def target_image_dataset(
     else:
         reason = f"every image is in a subfolder named after a training class ({known})"
     labels = [known.index(name) if name in known else -1 for name in first]
-    decoded = decoded_dataset(listing.paths, labels, options)
-    images = options.build(decoded, training=True, split="target")
-    unshuffled = options.build(decoded, training=False, split="target_unshuffled")
+    images = options.build_files(listing.paths, labels, training=True, split="target")
+    unshuffled = options.build_files(
+        listing.paths, labels, training=False, split="target_unshuffled"
+    )
     labelled = unshuffled if reason.startswith("every image") else None
     return TargetImages(
         images=images.map(lambda batch, _: batch),

@@ -181,6 +181,18 @@ class PipelineOptions:
             dataset = dataset.map(mix, num_parallel_calls=tf.data.AUTOTUNE)
         return dataset.prefetch(tf.data.AUTOTUNE)
 
+    def build_files(
+        self, paths: Sequence[str], labels: Any, *, training: bool, split: str
+    ) -> tf.data.Dataset:
+        """`decoded_dataset` of the image files, then `build`. Without a cache, a training
+        split shuffles its file paths before decoding instead of its decoded images after:
+        a shuffle buffer of decoded images would hold up to 50,000 of them (about 10 GB at
+        256 px) and decode the whole buffer before the first batch."""
+        shuffle_files = training and self.shuffle and not self.cache
+        dataset = decoded_dataset(paths, labels, self, shuffle=shuffle_files)
+        options = dataclasses.replace(self, shuffle=False) if shuffle_files else self
+        return options.build(dataset, training=training, split=split)
+
     def _central_crop(self, image):
         # The crop of `decoding.decode_for_model` (what `predict` reads), on purpose.
         return central_crop(image, self.image_size)
@@ -208,14 +220,20 @@ def pipeline_options(
 
 
 def decoded_dataset(
-    paths: Sequence[str], labels: Sequence[int], options: PipelineOptions
+    paths: Sequence[str],
+    labels: Sequence[int],
+    options: PipelineOptions,
+    shuffle: bool = False,
 ) -> tf.data.Dataset:
     """`(uint8 image of options.load_size, label)` pairs of the image files `paths`, decoded
     in parallel (unbatched, ready for `options.build`). A label is an int32 class index, or
-    a float32 vector when `labels` is 2-D (multilabel 0/1 or regression targets)."""
+    a float32 vector when `labels` is 2-D (multilabel 0/1 or regression targets). With
+    `shuffle`, the files are read in a new order each epoch (seeded by `options.seed`)."""
     labels = np.asarray(labels)
     labels = labels.astype(np.float32 if labels.ndim > 1 else np.int32)
     dataset = tf.data.Dataset.from_tensor_slices((list(paths), labels))
+    if shuffle and len(paths):
+        dataset = dataset.shuffle(len(paths), seed=options.seed, reshuffle_each_iteration=True)
     return dataset.map(
         lambda path, label: (decode_and_resize(path, options.load_size, options.resize), label),
         num_parallel_calls=tf.data.AUTOTUNE,

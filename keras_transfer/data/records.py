@@ -54,6 +54,7 @@ from keras_transfer.data.listing import list_pairs
 from keras_transfer.data.pipeline import PipelineOptions
 from keras_transfer.data.pipeline import pipeline_options
 from keras_transfer.data.tables import list_table_files
+from keras_transfer.utils import files as file_system
 from keras_transfer.utils import reliability
 
 __all__ = [
@@ -82,21 +83,22 @@ _FEATURES = {
 
 
 def is_records_folder(directory: str | os.PathLike) -> bool:
-    """Whether `directory` holds records written by `write_records` (its manifest)."""
-    return os.path.isfile(os.path.join(os.fspath(directory), MANIFEST_FILE))
+    """Whether `directory` holds records written by `write_records` (its manifest); on any
+    `tf.io.gfile` file system (`gs://` on a TPU host), as the shards are read."""
+    return file_system.isfile(os.path.join(os.fspath(directory), MANIFEST_FILE))
 
 
 def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
     """The manifest of a records folder, checked: the format, and every shard it lists."""
     directory = os.fspath(directory)
     path = os.path.join(directory, MANIFEST_FILE)
-    if not os.path.isfile(path):
+    if not file_system.isfile(path):
         raise FileNotFoundError(
             f"{directory!r} has no {MANIFEST_FILE}: it is not a records folder. Write one with "
             "kt.data.write_records(image_folder, out_dir), or read an image folder with "
             "kt.image_folder_dataset."
         )
-    with open(path, encoding="utf-8") as f:
+    with file_system.open_file(path, encoding="utf-8") as f:
         try:
             manifest = json.load(f)
         except json.JSONDecodeError as error:
@@ -112,7 +114,7 @@ def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
         name
         for entry in manifest["splits"].values()
         for name in entry["shards"]
-        if not os.path.isfile(os.path.join(directory, *name.split("/")))
+        if not file_system.isfile(os.path.join(directory, *name.split("/")))
     ]
     if missing:
         raise FileNotFoundError(

@@ -48,7 +48,6 @@ from keras_transfer.data.listing import DatasetFiles
 from keras_transfer.data.listing import FileListing
 from keras_transfer.data.listing import drop_bad_files
 from keras_transfer.data.pipeline import PipelineOptions
-from keras_transfer.data.pipeline import decoded_dataset
 from keras_transfer.data.pipeline import pipeline_options
 from keras_transfer.data.pipeline import uses_label_mixing
 from keras_transfer.utils import files as fs
@@ -553,9 +552,8 @@ def _table_image_data(files: DatasetFiles, task: str, options: PipelineOptions) 
         paths, labels = getattr(files, f"{split}_paths"), getattr(files, f"{split}_labels")
         if not paths:
             return None
-        dataset = decoded_dataset(paths, labels, split_options)
         # `name` names the cache file of `cache="prefix"`: one per dataset.
-        return split_options.build(dataset, training=training, split=name or split)
+        return split_options.build_files(paths, labels, training=training, split=name or split)
 
     class_counts = None
     if task == "multiclass":

@@ -38,7 +38,7 @@ tracing of the Keras functions (about 20 s a seed on a loaded machine).
 
 Writes `benchmarks/results/zero_shot_text.json` through `_common.write_results` (arms above;
 metrics per seed: `test_macro_f1` (primary), `test_accuracy`; `fine_tuned` also
-`kept_epoch` and `train_seconds`). The last line printed is
+`kept_epoch` and `train_seconds`; `details.summary`, the line below). The last line printed is
 `{"zero_shot_macro_f1": x, "shots": {"1": x, "4": x, "16": x}, "fine_tuned_macro_f1": x}`:
 the means over the seeds.
 """
@@ -261,6 +261,20 @@ def fine_tuned_run(args, preset, train, validation, test, class_names, seed) -> 
     return result
 
 
+def summarize(arms: dict, shots: list[int]) -> dict:
+    """`{zero_shot_macro_f1, shots: {k: macro_f1}, fine_tuned_macro_f1}`: the means over the
+    seeds of the test macro F1 of the zero-shot, few-shot and fine-tuned arms."""
+
+    def mean(arm):
+        return _common.summarize(arms[arm]["test_macro_f1"])["mean"]
+
+    return {
+        "zero_shot_macro_f1": mean("zero_shot"),
+        "shots": {str(k): mean(f"few_shot@k={k}") for k in shots},
+        "fine_tuned_macro_f1": mean("fine_tuned"),
+    }
+
+
 def main(argv=None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
@@ -306,7 +320,8 @@ def main(argv=None) -> dict:
     ]
     arms["fine_tuned"] = {metric: [r[metric] for r in tuned] for metric in tuned[0]}
     output = _common.results_path(args.output, args.smoke, "zero_shot_text")
-    record = _common.write_results(
+    summary = summarize(arms, shots)
+    _common.write_results(
         output,
         run,
         kind="accuracy",
@@ -329,15 +344,10 @@ def main(argv=None) -> dict:
             "split_seed": SPLIT_SEED,
             "embed_seconds": round(embed_seconds, 1),
             "shot_indices": drawn,
+            # The issue's summary (what the last printed line shows), in the file too.
+            "summary": summary,
         },
     )
-    summary = {
-        "zero_shot_macro_f1": record["arms"]["zero_shot"]["test_macro_f1"]["mean"],
-        "shots": {
-            str(k): record["arms"][f"few_shot@k={k}"]["test_macro_f1"]["mean"] for k in shots
-        },
-        "fine_tuned_macro_f1": record["arms"]["fine_tuned"]["test_macro_f1"]["mean"],
-    }
     print(f"results: {output}", flush=True)
     print(json.dumps(summary))
     return summary

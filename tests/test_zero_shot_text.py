@@ -222,3 +222,4 @@ def test_benchmark_smoke_prints_the_summary_keys_and_writes_the_results(capsys):
     assert summary["shots"]["4"] == arms["few_shot@k=4"]["test_macro_f1"]["mean"]
     assert summary["fine_tuned_macro_f1"] == arms["fine_tuned"]["test_macro_f1"]["mean"]
     assert len(record["details"]["shot_indices"]["0"]["16"]) == 32  # 16 per class
+    assert record["details"]["summary"] == summary  # the keys, in the file too

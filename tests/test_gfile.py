@@ -228,6 +228,26 @@ def test_records_on_ram_read_back_as_their_local_copy(ram_root, tmp_path):
     assert not kt.data.is_records_folder(remote)
 
 
+def test_task_plots_and_thresholds_on_ram(ram_root):
+    # What a multilabel or regression run writes beside its model, and predict reads back.
+    from keras_transfer.apps import predict_tasks
+    from keras_transfer.diagnostics import label_reports
+
+    report = label_reports.multilabel_report(
+        [[1, 0], [0, 1], [1, 1]], [[0.9, 0.2], [0.3, 0.8], [0.7, 0.6]], ["cat", "dog"]
+    )
+    label_reports.plot_label_f1(report, f"{ram_root}/label_f1.png")
+    label_reports.plot_predicted_vs_true(
+        [[1.0], [2.0], [3.0]], [[1.1], [1.9], [3.2]], ["age"], f"{ram_root}/scatter.png"
+    )
+    for name in ("label_f1.png", "scatter.png"):
+        with tf.io.gfile.GFile(f"{ram_root}/{name}", "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    with tf.io.gfile.GFile(f"{ram_root}/thresholds.json", "w") as f:
+        f.write('{"cat": 0.25, "dog": 0.75}')
+    assert predict_tasks.load_thresholds(ram_root, ["dog", "cat"]) == [0.75, 0.25]
+
+
 def test_label_table_on_ram_loads_and_names_its_bad_rows(ram_root, tmp_path):
     local = tmp_path / "images"
     write_image_folder(local, {"red": 5, "blue": 5}, size=(24, 24))

@@ -28,6 +28,7 @@ import numpy as np
 
 from keras_transfer.apps.image_tasks import THRESHOLDS_FILE
 from keras_transfer.data.tables import TABLE_TASKS
+from keras_transfer.utils import files
 
 __all__ = ["format_task_rows", "load_thresholds", "run_task", "task_row", "task_settings"]
 
@@ -56,13 +57,13 @@ def load_thresholds(model_dir: str, labels: Sequence[str]) -> list[float]:
         "Restore the run's thresholds.json, or write {label: threshold, ...} into it (0.5 "
         "for each label predicts at the sigmoid's midpoint)."
     )
-    if not os.path.isfile(path):
+    if not files.isfile(path):
         raise FileNotFoundError(
             f"{path!r} does not exist: a multilabel run keeps there the threshold of each "
             f"label, chosen on its validation images. {restore}"
         )
     try:
-        with open(path, encoding="utf-8") as f:
+        with files.open_file(path, encoding="utf-8") as f:
             thresholds = json.load(f)
     except (OSError, ValueError) as error:
         raise ValueError(f"Cannot read {path!r} ({error}). {restore}") from error

@@ -16,6 +16,8 @@ from typing import Any
 import keras
 import numpy as np
 
+from keras_transfer.utils import files
+
 __all__ = [
     "average_precision",
     "best_f1_thresholds",
@@ -278,7 +280,8 @@ def plot_label_f1(report: dict[str, Any], path: str | os.PathLike, title: str | 
     heading = f"mAP {mean_ap:.3f}, macro F1 {report['macro_f1']:.3f}" if mean_ap is not None else ""
     axis.set_title("\n".join(part for part in (title, heading) if part))
     figure.tight_layout()
-    figure.savefig(os.fspath(path), dpi=100, bbox_inches="tight")  # with the legend below
+    with files.local_output(path) as local:  # a gs:// path: written locally, copied there
+        figure.savefig(local, dpi=100, bbox_inches="tight")  # with the legend below
     pyplot.close(figure)
     return os.fspath(path)
 
@@ -320,6 +323,7 @@ def plot_predicted_vs_true(
     if title:
         figure.suptitle(title)
     figure.tight_layout()
-    figure.savefig(os.fspath(path), dpi=100)
+    with files.local_output(path) as local:  # a gs:// path: written locally, copied there
+        figure.savefig(local, dpi=100)
     pyplot.close(figure)
     return os.fspath(path)

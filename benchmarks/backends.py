@@ -19,6 +19,8 @@ Keras is imported):
 
     python benchmarks/backends.py               # about 40 min at 5 seeds and 5 rounds
     python benchmarks/backends.py --smoke       # about 3 min: synthetic data, weights=None
+    python benchmarks/backends.py --measure=accuracy --test_on=val_folder --seeds 12 \
+        --same_seed_reruns 2   # 12 paired seeds and seed 0 twice more per backend
     python benchmarks/backends.py --measure=accuracy --test_on=val_folder
         # accuracy only, every seed tested on the dataset's 153-image val/ folder (train on
         # train/ with a 20% validation split): writes backends_accuracy_fixed_test.json
@@ -53,7 +55,14 @@ PAIRING = (
     "even rounds and JAX first in odd ones; a process's value is its median timed step; "
     "jax_vs_tf is the ratio within a round, reported as the median over rounds. accuracy: "
     "seed s runs both backends back to back on the same splits (TensorFlow first on even "
-    "seeds); the verdict is the per-seed JAX-minus-TensorFlow test accuracy"
+    "seeds); the verdict is the per-seed JAX-minus-TensorFlow test accuracy. same-seed "
+    "reruns (--same_seed_reruns K): seed 0 again K times per backend, alternating which "
+    "backend goes first, kept out of the paired arms"
+)
+VERDICT = (
+    "JAX matches TensorFlow when the mean paired JAX-minus-TensorFlow test accuracy over the "
+    "seeds lies within 1 point (|mean| <= 0.01); its 95% interval and every seed's difference "
+    "are reported beside it, and the same-seed reruns give the noise floor of one run"
 )
 
 
@@ -76,6 +85,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="split: --test_split of train/ per seed; val_folder: train on train/ with "
         "--validation_split=0.2 and test every seed on the dataset's val/ folder (153 "
         "images shared by all seeds: finer paired differences)",
+    )
+    parser.add_argument(
+        "--same_seed_reruns",
+        type=int,
+        default=0,
+        help="after the paired seeds, run seed 0 this many more times on each backend: the "
+        "spread of one seed's test accuracy across identical runs (the noise floor)",
     )
     parser.add_argument("--assets", help="the shared assets folder (default ../shared/assets)")
     parser.add_argument("--output", help="folder for the results files")
@@ -223,7 +239,18 @@ def measure(args: argparse.Namespace) -> tuple[list[dict], dict[str, list[dict]]
         for seed in seeds:
             for backend in BACKENDS if seed % 2 == 0 else BACKENDS[::-1]:
                 runs[backend].append(train_run(args, backend, seed, data, weights, work))
+        args.reruns = same_seed_reruns(args, data, weights, work)
     return rounds, runs
+
+
+def same_seed_reruns(args, data: pathlib.Path, weights, work) -> dict[str, list[dict]]:
+    """Seed 0 again `--same_seed_reruns` times per backend: what one run's noise is."""
+    reruns: dict[str, list[dict]] = {backend: [] for backend in BACKENDS}
+    for repeat in range(args.same_seed_reruns if args.measure != "step" else 0):
+        for backend in BACKENDS if repeat % 2 else BACKENDS[::-1]:
+            rerun_dir = pathlib.Path(work) / f"rerun{repeat}"
+            reruns[backend].append(train_run(args, backend, 0, data, weights, rerun_dir))
+    return reruns
 
 
 def write(args, run, rounds, runs) -> dict:
@@ -237,7 +264,9 @@ def write(args, run, rounds, runs) -> dict:
 
 
 def _settings(args) -> dict:
-    return {**vars(args), "assets": None, "weights": None}
+    settings = {**vars(args), "assets": None, "weights": None}
+    settings.pop("reruns", None)  # the records themselves go to details.same_seed_reruns
+    return settings
 
 
 def write_step(args, run, rounds) -> dict:
@@ -300,12 +329,32 @@ def write_accuracy(args, run, runs) -> dict:
         arms=arms,
         primary_metric="test_accuracy",
         comparisons=[["jax", "tensorflow"]],
-        details={"runs": runs, "settings": _settings(args)},
+        details={
+            "runs": runs,
+            "same_seed_reruns": _rerun_summary(runs, getattr(args, "reruns", {})),
+            "settings": _settings(args),
+        },
     )
     return {
         "tf_accuracy": statistics.fmean(arms["tensorflow"]["test_accuracy"]),
         "jax_accuracy": statistics.fmean(arms["jax"]["test_accuracy"]),
     }
+
+
+def _rerun_summary(runs: dict[str, list[dict]], reruns: dict[str, list[dict]]) -> dict:
+    """Per backend: seed 0's test accuracy in the paired run and in every rerun, and its range."""
+    summary = {}
+    for backend, records in reruns.items():
+        if not records:
+            continue
+        accuracies = [runs[backend][0]["test_accuracy"], *(r["test_accuracy"] for r in records)]
+        summary[backend] = {
+            "seed": 0,
+            "test_accuracy": accuracies,
+            "range": max(accuracies) - min(accuracies),
+            "runs": records,
+        }
+    return summary
 
 
 def main(argv=None) -> dict:
@@ -320,6 +369,7 @@ def main(argv=None) -> dict:
             "the test split is read once per run",
             "tuned_on": "validation",
             "pairing": PAIRING,
+            "verdict": VERDICT,
         },
         script=__file__,
         argv=argv,

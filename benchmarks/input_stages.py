@@ -8,7 +8,9 @@ read once before the rounds (all stages start from the page cache); the records 
 them from TFRecord shards written once by `kt.data.write_records` (256 images per shard).
 
 Each stage maps its function over the files with `num_parallel_calls=AUTOTUNE`, batches by
-32 and runs one epoch; its rate is images over seconds. The stages, each adding one step:
+32 and runs one epoch; its rate is images over wall seconds, and `cpu_ms_per_image` the
+process's CPU time (every `tf.data` thread) over the images: the work a stage costs, whatever
+the machine lets run in parallel at that moment. The stages, each adding one step:
 
 - `read`: `tf.io.read_file` only;
 - `read_exif`: + the EXIF orientation parse (`exif.read_exif_orientation`);
@@ -28,7 +30,7 @@ Each stage maps its function over the files with `num_parallel_calls=AUTOTUNE`, 
     python benchmarks/input_stages.py --smoke   # seconds: a synthetic folder at 32 px
 
 Writes `benchmarks/results/input_stages.json` (kind "timing"); the last line printed is
-`{stage: images_per_s}`, the medians over rounds.
+`{stage: images_per_s}`, the medians over rounds (`cpu_ms_per_image` is in the file).
 """
 
 from __future__ import annotations
@@ -133,12 +135,18 @@ def pipeline_stages(folder: pathlib.Path, shards: pathlib.Path, args) -> dict:
 
 
 def one_epoch(dataset) -> dict:
-    start = time.perf_counter()
+    """Images, wall seconds and CPU seconds of the whole process (every `tf.data` thread
+    runs in it) over one epoch."""
+    start, cpu_start = time.perf_counter(), time.process_time()
     count = 0
     for batch in dataset:
         first = batch[0] if isinstance(batch, tuple) else batch
         count += int(tf.shape(first)[0])
-    return {"images": count, "seconds": time.perf_counter() - start}
+    return {
+        "images": count,
+        "seconds": time.perf_counter() - start,
+        "cpu_seconds": time.process_time() - cpu_start,
+    }
 
 
 def run_rounds(stages: dict, rounds: int) -> list[dict]:
@@ -153,15 +161,20 @@ def run_rounds(stages: dict, rounds: int) -> list[dict]:
 
 
 def results_arms(rounds: list[dict], names: list[str]) -> dict:
-    """images/s per stage, and each stage's rate over Keras' pipeline within the round."""
+    """images/s per stage, its rate over Keras' pipeline within the round, and the CPU time
+    it spent per image (all threads: unlike the rate, not limited by how many cores ran)."""
 
     def rates(name):
         return [r[name]["images"] / r[name]["seconds"] for r in rounds]
+
+    def cpu_ms(name):
+        return [1000 * r[name]["cpu_seconds"] / r[name]["images"] for r in rounds]
 
     return {
         name: {
             "images_per_second": rates(name),
             "ratio_vs_keras": [a / b for a, b in zip(rates(name), rates("keras"))],
+            "cpu_ms_per_image": cpu_ms(name),
         }
         for name in names
     }

@@ -19,8 +19,8 @@ Keras is imported):
 
     python benchmarks/backends.py               # about 40 min at 5 seeds and 5 rounds
     python benchmarks/backends.py --smoke       # about 3 min: synthetic data, weights=None
-    python benchmarks/backends.py --measure=accuracy --test_on=val_folder --seeds 12 \
-        --same_seed_reruns 2   # 12 paired seeds and seed 0 twice more per backend
+    python benchmarks/backends.py --measure=accuracy --test_on=val_folder --seeds 15 \
+        --same_seed_reruns 2   # 15 paired seeds and seed 0 twice more per backend
     python benchmarks/backends.py --measure=accuracy --test_on=val_folder
         # accuracy only, every seed tested on the dataset's 153-image val/ folder (train on
         # train/ with a 20% validation split): writes backends_accuracy_fixed_test.json
@@ -223,7 +223,8 @@ def _command_path() -> str:
     return str(beside) if beside.exists() else "keras-transfer"
 
 
-def measure(args: argparse.Namespace) -> tuple[list[dict], dict[str, list[dict]]]:
+def measure(args: argparse.Namespace) -> tuple[list[dict], dict[str, list[dict]], dict]:
+    """The step rounds, the paired runs per backend and the same-seed reruns per backend."""
     if args.smoke:
         data, weights = _common.smoke_image_folder(per_class=8), None
         args.image_size = 32
@@ -239,8 +240,8 @@ def measure(args: argparse.Namespace) -> tuple[list[dict], dict[str, list[dict]]
         for seed in seeds:
             for backend in BACKENDS if seed % 2 == 0 else BACKENDS[::-1]:
                 runs[backend].append(train_run(args, backend, seed, data, weights, work))
-        args.reruns = same_seed_reruns(args, data, weights, work)
-    return rounds, runs
+        reruns = same_seed_reruns(args, data, weights, work)
+    return rounds, runs, reruns
 
 
 def same_seed_reruns(args, data: pathlib.Path, weights, work) -> dict[str, list[dict]]:
@@ -253,20 +254,18 @@ def same_seed_reruns(args, data: pathlib.Path, weights, work) -> dict[str, list[
     return reruns
 
 
-def write(args, run, rounds, runs) -> dict:
+def write(args, run, rounds, runs, reruns) -> dict:
     summary = dict.fromkeys(("tf_step_s", "jax_step_s", "jax_vs_tf"))
     if rounds:
         summary.update(write_step(args, run, rounds))
     summary.update(tf_accuracy=None, jax_accuracy=None)
     if runs["tensorflow"]:
-        summary.update(write_accuracy(args, run, runs))
+        summary.update(write_accuracy(args, run, runs, reruns))
     return summary
 
 
 def _settings(args) -> dict:
-    settings = {**vars(args), "assets": None, "weights": None}
-    settings.pop("reruns", None)  # the records themselves go to details.same_seed_reruns
-    return settings
+    return {**vars(args), "assets": None, "weights": None}
 
 
 def write_step(args, run, rounds) -> dict:
@@ -297,7 +296,7 @@ def write_step(args, run, rounds) -> dict:
     }
 
 
-def write_accuracy(args, run, runs) -> dict:
+def write_accuracy(args, run, runs, reruns) -> dict:
     arms = {
         backend: {
             metric: [r[metric] for r in records]
@@ -331,7 +330,7 @@ def write_accuracy(args, run, runs) -> dict:
         comparisons=[["jax", "tensorflow"]],
         details={
             "runs": runs,
-            "same_seed_reruns": _rerun_summary(runs, getattr(args, "reruns", {})),
+            "same_seed_reruns": _rerun_summary(runs, reruns),
             "settings": _settings(args),
         },
     )
@@ -374,8 +373,8 @@ def main(argv=None) -> dict:
         script=__file__,
         argv=argv,
     )
-    rounds, runs = measure(args)
-    summary = write(args, run, rounds, runs)
+    rounds, runs, reruns = measure(args)
+    summary = write(args, run, rounds, runs, reruns)
     print(json.dumps(summary))
     return summary
 

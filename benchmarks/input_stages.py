@@ -49,6 +49,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import _common  # noqa: E402
+import input_pipeline  # noqa: E402
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
@@ -189,15 +190,10 @@ def prepare(args, work: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path, list[
         assets = _common.assets_dir(args.assets, _common.DATASETS["cats_and_dogs"])
         source = assets / _common.DATASETS["cats_and_dogs"]
     folder = work / "images"
-    for path in sorted(source.rglob("*")):
-        if path.suffix.lower() in _common.SUBSET_EXTENSIONS:
-            target = folder / path.parent.name / f"{path.parent.parent.name}_{path.name}"
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path, target)
+    input_pipeline.copy_images(source, folder, copies=1)
     kt.data.write_records(folder, work / "records", 256, validation_split=0.0, seed=args.seed)
     paths = sorted(str(p) for p in folder.rglob("*") if p.is_file())
-    for path in [*paths, *(str(p) for p in (work / "records").rglob("*") if p.is_file())]:
-        pathlib.Path(path).read_bytes()
+    input_pipeline.read_all(work)  # every file and shard into the page cache
     if args.smoke:
         shutil.rmtree(source, ignore_errors=True)
     return folder, work / "records", paths

@@ -1,8 +1,8 @@
 """Where the training input's time goes: images/s of each stage of the folder and records
 pipelines, beside what Keras' `image_dataset_from_directory` does per image.
 
-`input_pipeline.py` measures three whole pipelines; this script takes the package's one
-decoder (`decoding.decode_image_bytes`) apart, so that the gap between them has causes with
+`input_pipeline.py` measures three whole pipelines; this script takes the package's
+decoders (`decoding.decode_image_bytes`, `decoding.decode_central_crop`) apart, so that the gap between them has causes with
 numbers. Data: the 3,000 JPEGs of cats_and_dogs_filtered (train/ and validation/), every file
 read once before the rounds (all stages start from the page cache); the records arms read
 them from TFRecord shards written once by `kt.data.write_records` (256 images per shard).
@@ -20,8 +20,12 @@ the machine lets run in parallel at that moment. The stages, each adding one ste
   (cover, central part, uint8): the package's resize without its checks;
 - `decoder_plain`: `decode_image_bytes(exif_orientation=False, scaled_jpeg=False)`;
 - `decoder_scaled`: + the JPEG ratio-scaling check (`scaled_jpeg=True`);
-- `decoder`: + EXIF orientation: the package's one decoder as training runs it;
-- `folder`: `kt.image_folder_dataset(..., cache=False).train` (no augmentation);
+- `decoder`: + EXIF orientation: the decoder of randomly cropped training images;
+- `central_plain`: `decode_central_crop(exif_orientation=False)`: only the central crop's
+  window of the JPEG decoded (`tf.io.decode_and_crop_jpeg`) and resized straight to 224 px;
+- `central`: + EXIF orientation: the decoder of validation, test, `predict` and training
+  without the random crop;
+- `folder`: `kt.image_folder_dataset(..., cache=False).train` (no augmentation: `central`);
 - `keras`: `keras.utils.image_dataset_from_directory(...)`;
 - `records_read`, `records_parse`: the shards read (interleaved), then parsed;
 - `records`: `kt.data.records_dataset(..., cache=False).train`.
@@ -99,6 +103,10 @@ def file_stages(paths: list[str], args) -> dict:
         "decoder_plain": lambda p: decoder(p, exif_orientation=False, scaled_jpeg=False),
         "decoder_scaled": lambda p: decoder(p, exif_orientation=False),
         "decoder": decoder,
+        "central_plain": lambda p: decoding.decode_central_crop(
+            tf.io.read_file(p), size, exif_orientation=False
+        ),
+        "central": lambda p: decoding.decode_central_crop(tf.io.read_file(p), size),
     }
     files = tf.data.Dataset.from_tensor_slices(paths)
     return {

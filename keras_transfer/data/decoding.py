@@ -7,9 +7,12 @@ above `max_pixels` (a decompression bomb) costs nothing. TFRecord shards (`recor
 files' bytes, checked the same way when they were written, and decode them with
 `decode_image_bytes`, the decoder `decode_and_resize` calls.
 
-`decode_for_model` is what a model sees of one file outside the training loop (`predict`,
-export checks, notebooks): `decode_and_resize` to `load_size`, then `central_crop`, the two
-steps the loaders' validation images go through, so a prediction reproduces validation.
+Images that are cropped centrally (validation, test, training without the random `crop`
+augmentation) decode with `decode_central_crop`, straight to the crop; images cropped at
+random later decode with `decode_and_resize` to `load_size`. `decode_for_model` is what a
+model sees of one file outside the training loop (`predict`, export checks, notebooks): the
+same `decode_central_crop` as the loaders' validation images, so a prediction reproduces
+validation.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ __all__ = [
     "check_max_pixels",
     "central_crop",
     "decode_and_resize",
+    "decode_central_crop",
     "decode_for_model",
     "decode_image_bytes",
     "find_undecodable",
@@ -82,9 +86,7 @@ def resize_and_crop(image: tf.Tensor, size: tuple[int, int], resize: str = "crop
         image = tf.image.resize(image, size)
     else:
         raise ValueError(f"resize must be 'crop' or 'squash', got {resize!r}.")
-    # uint8 keeps an in-memory cache 4x smaller than float32.
-    image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
-    return tf.ensure_shape(image, (*size, 3))
+    return _rounded_uint8(image, size)
 
 
 def decode_and_resize(
@@ -180,11 +182,11 @@ def decode_for_model(
 ) -> tf.Tensor:
     """One image file as a model sees it in validation: a `(height, width, 3)` uint8 tensor.
 
-    The same steps as the loaders' validation images (`decoded_dataset`, then the central
-    crop of `PipelineOptions.build`), JPEG ratio decoding included: `decode_and_resize` to
-    `load_size(image_size, crop_fraction)`, then `central_crop` to `image_size`. Decoding a
-    file any other way (in full, or with PIL) gives a few levels of difference per pixel,
-    enough to flip predictions near the decision boundary.
+    The decoder of the loaders' validation and test images (`decoded_dataset` with
+    `central_crop=True`): `decode_central_crop` of the file's bytes, JPEG ratio decoding and
+    EXIF orientation included. Decoding a file any other way (in full, or with PIL) gives a
+    few levels of difference per pixel, enough to flip predictions near the decision
+    boundary.
 
     ```python
     image = decode_for_model("bee.jpg", model.input_shape[1:3])
@@ -197,8 +199,101 @@ def decode_for_model(
     image_size = as_image_size(image_size)
     if not isinstance(path, tf.Tensor):
         path = tf.constant(os.fspath(path))
-    image = decode_and_resize(path, load_size(image_size, crop_fraction), resize)
-    return central_crop(image, image_size)
+    return decode_central_crop(tf.io.read_file(path), image_size, crop_fraction, resize)
+
+
+def decode_central_crop(
+    contents: tf.Tensor,
+    image_size: tuple[int, int],
+    crop_fraction: float = DEFAULT_CROP_FRACTION,
+    resize: str = "crop",
+    exif_orientation: bool = True,
+) -> tf.Tensor:
+    """The central `image_size` crop of one encoded image, as uint8: what
+    `central_crop(decode_image_bytes(contents, load_size(image_size, crop_fraction), resize),
+    image_size)` shows, computed without the full-size steps.
+
+    The crop's window is found in the stored pixels (its sides `image_size` divided by the
+    scale that `resize_and_crop` would apply), decoded alone (a JPEG at ratio 1 with
+    `tf.io.decode_and_crop_jpeg`; a larger JPEG at its ratio, then sliced; other formats in
+    full, then sliced), resized straight to `image_size`, turned upright by its EXIF
+    orientation and rounded to uint8. The whole image is never resized nor rounded, which
+    was most of the decoder's CPU time (benchmarks/input_stages.py). The pixels differ from
+    the two-step path by where bilinear resizing samples: the window's sides and corner are
+    whole stored pixels, so the samples move by up to half a stored pixel (on photos a few
+    levels per pixel on average; `central_crop` of the two-step path is no longer what the
+    loaders give, this is). ResizeBilinear on the window is the fast op; the exact samples
+    (`crop_and_resize` or `ScaleAndTranslate`) cost more than the full resize saved.
+    The loaders' validation, test and centrally cropped training images, `predict`, the
+    export check and TFRecord shards all decode with it.
+    """
+    load = load_size(image_size, crop_fraction)
+    orientation = exif.read_exif_orientation(contents) if exif_orientation else None
+    # The window is found and resized in the stored pixels: sides swapped for quarter turns.
+    target, stored_load = tf.constant(image_size), tf.constant(load)
+    if orientation is not None:
+        swap = orientation >= 5
+        target = tf.where(swap, target[::-1], target)
+        stored_load = tf.where(swap, stored_load[::-1], stored_load)
+    window = tf.cond(
+        tf.io.is_jpeg(contents),
+        lambda: _jpeg_window(contents, target, stored_load, resize),
+        lambda: _slice_window(_decode_full(contents), target, stored_load, resize),
+    )
+    image = tf.image.resize(window, target)
+    if orientation is not None:
+        image = exif.apply_exif_orientation(image, orientation)
+    return _rounded_uint8(image, image_size)
+
+
+def _window(shape: tf.Tensor, target: tf.Tensor, load: tf.Tensor, resize: str) -> tf.Tensor:
+    """`[top, left, height, width]`: the stored pixels (`shape`, height and width) that the
+    central `target` crop of the image resized to `load` by `resize_and_crop` shows, to the
+    nearest pixel."""
+    sides = tf.cast(shape, tf.float32)
+    if resize == "crop":
+        scale = tf.reduce_max(tf.cast(load, tf.float32) / sides)
+        resized = tf.cast(tf.math.ceil(sides * scale), tf.int32)
+    elif resize == "squash":
+        resized = load
+    else:
+        raise ValueError(f"resize must be 'crop' or 'squash', got {resize!r}.")
+    # Stored pixels per resized pixel, side by side (what tf.image.resize steps by).
+    step = sides / tf.cast(resized, tf.float32)
+    window = tf.cast(tf.round(tf.cast(target, tf.float32) * step), tf.int32)
+    window = tf.clip_by_value(window, 1, shape)
+    top = tf.cast(tf.round(tf.cast((resized - target) // 2, tf.float32) * step), tf.int32)
+    return tf.concat([tf.clip_by_value(top, 0, shape - window), window], 0)
+
+
+def _slice_window(image: tf.Tensor, target: tf.Tensor, load: tf.Tensor, resize: str):
+    box = _window(tf.shape(image)[:2], target, load, resize)
+    return image[box[0] : box[0] + box[2], box[1] : box[1] + box[3]]
+
+
+def _jpeg_window(contents: tf.Tensor, target: tf.Tensor, load: tf.Tensor, resize: str):
+    shape = tf.image.extract_jpeg_shape(contents)[:2]
+    # The ratio `_decode_scaled_jpeg` would choose (the largest keeping `load`); libjpeg
+    # then decodes only the window's rows and columns, at that scale (whose sides are the
+    # stored ones over the ratio, rounded up).
+    fits = tf.minimum(shape[0] // load[0], shape[1] // load[1])
+    branch = tf.reduce_sum(tf.cast(fits >= tf.constant([2, 4, 8]), tf.int32))
+    ratio = tf.bitwise.left_shift(1, branch)
+    window = _window((shape + ratio - 1) // ratio, target, load, resize)
+    # One op a branch: the ops of the branches not taken still cost their scheduling.
+    return tf.switch_case(
+        branch,
+        [
+            lambda r=r: tf.io.decode_and_crop_jpeg(contents, window, channels=3, ratio=r)
+            for r in (1, 2, 4, 8)
+        ],
+    )
+
+
+def _rounded_uint8(image: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
+    # uint8 keeps an in-memory cache 4x smaller than float32.
+    image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+    return tf.ensure_shape(image, (*size, 3))
 
 
 def _decode_full(contents: tf.Tensor) -> tf.Tensor:

@@ -20,6 +20,7 @@ from keras_transfer.data.decoding import as_image_size
 from keras_transfer.data.decoding import central_crop
 from keras_transfer.data.decoding import check_batch_size
 from keras_transfer.data.decoding import decode_and_resize
+from keras_transfer.data.decoding import decode_central_crop
 from keras_transfer.data.decoding import load_size
 
 __all__ = [
@@ -153,10 +154,11 @@ class PipelineOptions:
         if training and self.shuffle:
             # The cache holds uint8 images, so a full-dataset buffer stays affordable.
             dataset = dataset.shuffle(50_000, seed=self.seed, reshuffle_each_iteration=True)
-        random_crop = training and "crop" in augmentation_names(self.augment)
+        random_crop = self.random_crop(training)
         if random_crop and self.load_size == self.image_size:
             raise ValueError("The 'crop' augmentation needs crop_fraction < 1.")
-        if self.load_size != self.image_size:
+        # Images decoded with `decode_central_crop` arrive cropped already.
+        if tuple(dataset.element_spec[0].shape[:2]) != self.image_size:
             crop = self._random_crop if random_crop else self._central_crop
             dataset = dataset.map(
                 lambda image, label: (crop(image), label), num_parallel_calls=tf.data.AUTOTUNE
@@ -189,9 +191,20 @@ class PipelineOptions:
         a shuffle buffer of decoded images would hold up to 50,000 of them (about 10 GB at
         256 px) and decode the whole buffer before the first batch."""
         shuffle_files = training and self.shuffle and not self.cache
-        dataset = decoded_dataset(paths, labels, self, shuffle=shuffle_files)
+        dataset = decoded_dataset(
+            paths,
+            labels,
+            self,
+            shuffle=shuffle_files,
+            central_crop=not self.random_crop(training),
+        )
         options = dataclasses.replace(self, shuffle=False) if shuffle_files else self
         return options.build(dataset, training=training, split=split)
+
+    def random_crop(self, training: bool) -> bool:
+        """Whether this split's images are cropped at random (a training split with the
+        `crop` augmentation); the others are cropped centrally, as they are decoded."""
+        return training and "crop" in augmentation_names(self.augment)
 
     def _central_crop(self, image):
         # The crop of `decoding.decode_for_model` (what `predict` reads), on purpose.
@@ -224,9 +237,12 @@ def decoded_dataset(
     labels: Sequence[int],
     options: PipelineOptions,
     shuffle: bool = False,
+    central_crop: bool = False,
 ) -> tf.data.Dataset:
     """`(uint8 image of options.load_size, label)` pairs of the image files `paths`, decoded
-    in parallel (unbatched, ready for `options.build`). A label is an int32 class index, or
+    in parallel (unbatched, ready for `options.build`). With `central_crop`, the images are
+    their central `options.image_size` crops instead (`decode_central_crop`: the decoder
+    of validation images and of `predict`). A label is an int32 class index, or
     a float32 vector when `labels` is 2-D (multilabel 0/1 or regression targets). With
     `shuffle`, the files are read in a new order each epoch (seeded by `options.seed`)."""
     labels = np.asarray(labels)
@@ -235,6 +251,15 @@ def decoded_dataset(
     if shuffle and len(paths):
         dataset = dataset.shuffle(len(paths), seed=options.seed, reshuffle_each_iteration=True)
     return dataset.map(
-        lambda path, label: (decode_and_resize(path, options.load_size, options.resize), label),
+        lambda path, label: (_decode_file(path, options, central_crop), label),
         num_parallel_calls=tf.data.AUTOTUNE,
     )
+
+
+def _decode_file(path: tf.Tensor, options: PipelineOptions, central_crop: bool) -> tf.Tensor:
+    if central_crop:
+        contents = tf.io.read_file(path)
+        return decode_central_crop(
+            contents, options.image_size, options.crop_fraction, options.resize
+        )
+    return decode_and_resize(path, options.load_size, options.resize)

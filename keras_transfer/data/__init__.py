@@ -1,6 +1,6 @@
 """Datasets for transfer learning: image folders (listing, decoding, EXIF orientation, size
 limits, splits), images labelled by a table (`tables`), TFRecord shards of large datasets
-(`records`), the tf.data pipeline, TFDS, and class counts and weights (`imbalance`).
+(`records`, with images stored smaller by `stored_images`), the tf.data pipeline, TFDS, and class counts and weights (`imbalance`).
 """
 
 from keras_transfer.data import decoding
@@ -12,6 +12,7 @@ from keras_transfer.data import listing
 from keras_transfer.data import pipeline
 from keras_transfer.data import records
 from keras_transfer.data import splits
+from keras_transfer.data import stored_images
 from keras_transfer.data import tables
 from keras_transfer.data import tfds_loader
 from keras_transfer.data.decoding import DEFAULT_CROP_FRACTION
@@ -24,6 +25,7 @@ from keras_transfer.data.decoding import check_batch_size
 from keras_transfer.data.decoding import check_image_size
 from keras_transfer.data.decoding import check_max_pixels
 from keras_transfer.data.decoding import decode_and_resize
+from keras_transfer.data.decoding import decode_central_crop
 from keras_transfer.data.decoding import decode_for_model
 from keras_transfer.data.decoding import decode_image_bytes
 from keras_transfer.data.decoding import find_undecodable
@@ -87,6 +89,7 @@ __all__ = [
     "image_data",
     "pipeline",
     "records",
+    "stored_images",
     "listing",
     "folders",
     "splits",
@@ -103,6 +106,7 @@ __all__ = [
     "check_max_pixels",
     "central_crop",
     "decode_and_resize",
+    "decode_central_crop",
     "decode_for_model",
     "decode_image_bytes",
     "find_undecodable",

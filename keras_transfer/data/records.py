@@ -7,7 +7,7 @@ the shards, how the split was made, the skip report) and one folder of shards pe
 `train/part-00000-of-00004.tfrecord` ... Each record is a `tf.train.Example` with `image`,
 the image file's encoded bytes unchanged (a JPEG stays a JPEG: shards are about the size of
 the files, and reading one is a few large sequential reads instead of one small file per
-image), `label` (the int64 class index) and `key` (the image's path, relative to the
+image) or, with `shorter_side`, the image stored smaller (`stored_images`), `label` (the int64 class index) and `key` (the image's path, relative to the
 deepest folder holding every image).
 
 Why the splits are written into the records, each split in its own shards, and not drawn
@@ -23,8 +23,9 @@ The training split is written in a seeded random order, so that each shard holds
 of every class; `records_dataset` reads its shards in parallel (interleaved, the shard order
 shuffled every epoch) through a shuffle buffer of encoded records, all seeded: the same seed
 gives the same order of examples, epoch after epoch, on every run. Validation and test keep
-the listing order, and are read in it. Images are decoded by the folder loader's decoder
-(`decoding.decode_image_bytes`), after the same checks: a file above `max_pixels` (by its
+the listing order, and are read in it. Images are decoded by the folder loader's decoders
+(`decoding.decode_central_crop`; `decode_image_bytes` for randomly cropped training
+images), after the same checks: a file above `max_pixels` (by its
 header), undecodable or in a format TensorFlow does not decode is left out when writing,
 with its reason in the skip report, so the records hold only images that decode.
 """
@@ -44,8 +45,10 @@ import numpy as np
 import tensorflow as tf
 
 from keras_transfer.data import imbalance
+from keras_transfer.data import stored_images
 from keras_transfer.data.decoding import DEFAULT_MAX_PIXELS
 from keras_transfer.data.decoding import check_max_pixels
+from keras_transfer.data.decoding import decode_central_crop
 from keras_transfer.data.decoding import decode_image_bytes
 from keras_transfer.data.image_data import ImageData
 from keras_transfer.data.listing import DatasetFiles
@@ -145,6 +148,8 @@ def write_records(
     label_column: str = "label",
     bad_rows: str = "error",
     class_names: Sequence[str] | None = None,
+    shorter_side: int | None = None,
+    jpeg_quality: int = stored_images.DEFAULT_JPEG_QUALITY,
 ) -> dict[str, Any]:
     """Writes an image dataset as TFRecord shards of the encoded image files and their
     labels, one set of shards per split, and a manifest (layout: the module docstring).
@@ -170,6 +175,10 @@ def write_records(
         image_root, path_column, label_column, bad_rows: for a table, as in
             `image_table_dataset` (multiclass).
         class_names: for pairs with integer labels, the name of each class index.
+        shorter_side: `None` stores the files' bytes; N stores an image whose shorter side
+            is longer upright, resized to N, as a JPEG of `jpeg_quality` (`stored_images`):
+            fewer pixels to decode, for load sizes (`image_size / crop_fraction`) up to N.
+        jpeg_quality: the JPEG quality of images stored smaller.
 
     Returns:
         The manifest written: `class_names`, `splits` (`count`, `class_counts`, `shards`)...
@@ -180,9 +189,7 @@ def write_records(
     data = kt.data.records_dataset("photos_records", image_size=224, batch_size=64)
     ```
     """
-    if isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size < 1:
-        raise ValueError(f"shard_size must be a positive integer, got {shard_size!r}.")
-    check_max_pixels(max_pixels)
+    _check_writing(shard_size, max_pixels, shorter_side, jpeg_quality)
     out_dir = os.path.abspath(os.fspath(out_dir))
     _check_out_dir(out_dir, source, overwrite)
     files = _dataset_files(
@@ -197,15 +204,28 @@ def write_records(
     if overwrite:
         _remove_records(out_dir)
     reliability.check_free_space(out_dir, int(sizes * 1.02) + 2**20, "the records")
-    written = _write_splits(out_dir, parts, len(files.class_names), shard_size, seed)
+    stored = {"shorter_side": shorter_side, "jpeg_quality": jpeg_quality}
+    written = _write_splits(out_dir, parts, len(files.class_names), shard_size, seed, stored)
     manifest = _manifest(source, files, written, shard_size=shard_size, seed=seed,
-                         max_pixels=max_pixels, image_bytes=sizes,
+                         max_pixels=max_pixels, image_bytes=sizes, **stored,
                          fractions={"validation": validation_split, "test": test_split})  # fmt: skip
+    return _write_manifest(out_dir, manifest)
+
+
+def _check_writing(shard_size, max_pixels, shorter_side, jpeg_quality) -> None:
+    if isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size < 1:
+        raise ValueError(f"shard_size must be a positive integer, got {shard_size!r}.")
+    check_max_pixels(max_pixels)
+    stored_images.check_shorter_side(shorter_side, jpeg_quality)
+
+
+def _write_manifest(out_dir: str, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Writes the manifest last, atomically: a folder with one is complete."""
     text = json.dumps(manifest, indent=1, ensure_ascii=False) + "\n"
     reliability.write_atomically(
         os.path.join(out_dir, MANIFEST_FILE), lambda temporary: _write_text(temporary, text)
     )
-    counts = ", ".join(f"{entry['count']} {split}" for split, entry in written.items())
+    counts = ", ".join(f"{entry['count']} {split}" for split, entry in manifest["splits"].items())
     logger.info("Wrote %s images as TFRecord shards to %s.", counts, out_dir)
     return manifest
 
@@ -231,7 +251,9 @@ def _manifest(source, files: DatasetFiles, written, *, fractions, **facts) -> di
     }
 
 
-def _write_splits(out_dir, parts, num_classes, shard_size, seed) -> dict[str, dict[str, Any]]:
+def _write_splits(
+    out_dir, parts, num_classes, shard_size, seed, stored
+) -> dict[str, dict[str, Any]]:
     """Writes the shards of each non-empty split of `parts` (`split -> (paths, labels)`);
     their manifest entries. Keys are relative to the folder holding every image."""
     root = _common_folder([path for paths, _ in parts.values() for path in paths])
@@ -244,7 +266,9 @@ def _write_splits(out_dir, parts, num_classes, shard_size, seed) -> dict[str, di
         order = np.arange(len(paths))
         if split == "train":
             order = np.random.default_rng(seed).permutation(len(paths))
-        written[split] = _write_split(out_dir, split, paths, labels, keys, order, shard_size)
+        written[split] = _write_split(
+            out_dir, split, paths, labels, keys, order, shard_size, stored
+        )
         written[split]["class_counts"] = np.bincount(labels, minlength=num_classes).tolist()
     return written
 
@@ -370,7 +394,7 @@ def _describe(source: Any, files: DatasetFiles) -> str:
     return f"{len(source)} (path, label) pairs"
 
 
-def _write_split(out_dir, split, paths, labels, keys, order, shard_size) -> dict[str, Any]:
+def _write_split(out_dir, split, paths, labels, keys, order, shard_size, stored) -> dict[str, Any]:
     """Writes one split's shards, `shard_size` images each in `order`; its manifest entry."""
     count = len(paths)
     num_shards = math.ceil(count / shard_size)
@@ -381,17 +405,16 @@ def _write_split(out_dir, split, paths, labels, keys, order, shard_size) -> dict
         records = [(paths[i], labels[i], keys[i]) for i in chosen]
         reliability.write_atomically(
             os.path.join(out_dir, split, name.split("/")[1]),
-            lambda temporary, records=records: _write_shard(temporary, records),
+            lambda temporary, records=records: _write_shard(temporary, records, **stored),
         )
         names.append(name)
     return {"count": count, "shards": names}
 
 
-def _write_shard(path: str, records: list[tuple[str, int, str]]) -> None:
+def _write_shard(path: str, records: list[tuple[str, int, str]], **stored) -> None:
+    contents_of = stored_images.stored_bytes([image for image, _, _ in records], **stored)
     with tf.io.TFRecordWriter(path) as writer:
-        for image_path, label, key in records:
-            with open(image_path, "rb") as f:
-                contents = f.read()
+        for (_, label, key), contents in zip(records, contents_of, strict=True):
             example = tf.train.Example(
                 features=tf.train.Features(
                     feature={
@@ -461,6 +484,7 @@ def records_dataset(
         shuffle=shuffle, seed=seed, cache=cache, drop_remainder=drop_remainder,
     )  # fmt: skip
     options = dataclasses.replace(options, num_classes=len(names))
+    stored_images.check_stored_size(manifest.get("shorter_side"), options.load_size, directory)
     entries = manifest["splits"]
     counts = {split: entries[split]["count"] if split in entries else 0 for split in RECORD_SPLITS}
     _check_full_batches(counts, options)
@@ -553,11 +577,17 @@ class _Reader:
             dataset = dataset.shuffle(
                 self.shuffle_buffer, seed=options.seed, reshuffle_each_iteration=True
             )
-        load_size, resize = options.load_size, options.resize
+        central = not options.random_crop(training)
 
         def decode(serialized):
             example = tf.io.parse_single_example(serialized, _FEATURES)
-            image = decode_image_bytes(example["image"], load_size, resize)
+            # The decoders of image files (`pipeline.decoded_dataset`), on the stored bytes.
+            if central:
+                image = decode_central_crop(
+                    example["image"], options.image_size, options.crop_fraction, options.resize
+                )
+            else:
+                image = decode_image_bytes(example["image"], options.load_size, options.resize)
             return image, tf.cast(example["label"], tf.int32)
 
         dataset = dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE)

@@ -1,0 +1,107 @@
+"""Records that store images smaller (`kt.data.write_records(..., shorter_side=N)`): larger
+images are stored upright, resized so that their shorter side is N, as JPEGs; smaller ones
+as they are; and records too small for the requested load size are refused by name."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+import keras_transfer as kt
+
+
+def _gradient(height, width):
+    rows, cols = np.mgrid[0:height, 0:width]
+    return np.stack([rows * 200 / height, cols * 200 / width, 60 + 0 * rows], -1).astype("uint8")
+
+
+def _stored(records, split="train"):
+    """`{key: image bytes}` of a split's shards."""
+    files = sorted(str(p) for p in (records / split).glob("*.tfrecord"))
+    features = {
+        "image": tf.io.FixedLenFeature([], tf.string),
+        "key": tf.io.FixedLenFeature([], tf.string),
+    }
+    stored = {}
+    for serialized in tf.data.TFRecordDataset(files):
+        example = tf.io.parse_single_example(serialized, features)
+        stored[example["key"].numpy().decode()] = example["image"].numpy()
+    return stored
+
+
+@pytest.fixture
+def photos(tmp_path):
+    """A class folder of two large photos (one stored on its side with EXIF orientation 6)
+    and one small one, and a second class of two small photos."""
+    root = tmp_path / "photos"
+    for name in ("left", "right"):
+        (root / name).mkdir(parents=True)
+    upright = _gradient(120, 200)
+    # Stored rotated 90 degrees counter-clockwise; tag 6 tells viewers to turn it back.
+    sideways = Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    sideways.save(root / "left" / "turned.jpg", exif=exif, quality=95)
+    Image.fromarray(upright).save(root / "left" / "large.jpg", quality=95)
+    Image.fromarray(_gradient(40, 48)).save(root / "left" / "small.jpg", quality=95)
+    for i in range(2):
+        Image.fromarray(_gradient(40, 48 + i)).save(root / "right" / f"{i}.png")
+    return root, upright
+
+
+def test_large_images_are_stored_upright_at_the_shorter_side_and_small_ones_unchanged(
+    photos, tmp_path
+):
+    root, upright = photos
+    manifest = kt.data.write_records(
+        root, tmp_path / "records", validation_split=0.0, shorter_side=60
+    )
+    assert manifest["shorter_side"] == 60 and manifest["jpeg_quality"] == 95
+    stored = _stored(tmp_path / "records")
+    assert stored["left/small.jpg"] == (root / "left" / "small.jpg").read_bytes()
+    assert stored["right/0.png"] == (root / "right" / "0.png").read_bytes()
+    expected = tf.image.resize(upright, (60, 100), antialias=True).numpy()
+    for key in ("left/large.jpg", "left/turned.jpg"):
+        assert tf.io.is_jpeg(stored[key])
+        image = tf.io.decode_jpeg(stored[key]).numpy()
+        assert image.shape == (60, 100, 3), key  # upright: the tag is applied, not kept
+        assert np.abs(image.astype(float) - expected).mean() < 3, key
+
+
+def test_records_stored_smaller_train_like_the_folder(photos, tmp_path):
+    root, _ = photos
+    kt.data.write_records(root, tmp_path / "records", validation_split=0.0, shorter_side=64)
+    options = dict(batch_size=5, shuffle=False, crop_fraction=1.0)
+    from_records = kt.data.records_dataset(tmp_path / "records", 48, **options)
+    from_folder = kt.image_folder_dataset(root, 48, validation_split=0.0, **options)
+    records_images = np.concatenate([x for x, _ in from_records.train])
+    folder_images = np.concatenate([x for x, _ in from_folder.train])
+    assert records_images.shape == folder_images.shape == (5, 48, 48, 3)
+    # Same images (the order of records is seeded): each one's closest folder image.
+    for image in records_images:
+        closest = min(np.abs(image - other).mean() for other in folder_images)
+        assert closest < 3
+
+
+def test_a_load_size_above_the_stored_side_is_refused(photos, tmp_path):
+    root, _ = photos
+    kt.data.write_records(root, tmp_path / "records", validation_split=0.0, shorter_side=64)
+    kt.data.records_dataset(tmp_path / "records", 56)  # loads at 64: allowed
+    with pytest.raises(ValueError, match=r"shorter side at 64 px.*shorter_side=73"):
+        kt.data.records_dataset(tmp_path / "records", 64)  # 64 / 0.875 = 73
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"shorter_side": 0},
+        {"shorter_side": True},
+        {"shorter_side": 2.5},
+        {"shorter_side": 64, "jpeg_quality": 101},
+    ],  # fmt: skip
+)
+def test_bad_shorter_side_or_quality_is_refused_before_writing(photos, tmp_path, options):
+    root, _ = photos
+    with pytest.raises(ValueError, match="shorter_side|jpeg_quality"):
+        kt.data.write_records(root, tmp_path / "records", **options)
+    assert not (tmp_path / "records").exists()

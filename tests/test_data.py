@@ -67,8 +67,8 @@ def test_an_uncached_training_split_shuffles_files_not_decoded_images(image_fold
 
     decoded = []
 
-    def counting_decode(contents, *args):
-        image = data.decode_central_crop(contents, *args)
+    def counting_decode(contents, *args, **kwargs):
+        image = data.decode_central_crop(contents, *args, **kwargs)
         with tf.control_dependencies([tf.py_function(lambda: decoded.append(1), [], [])]):
             return tf.identity(image)
 

@@ -6,6 +6,7 @@ of a JPEG and resizes it straight to the model's size, showing what the two-step
 import numpy as np
 import pytest
 import tensorflow as tf
+from PIL import Image
 
 from keras_transfer import data
 
@@ -91,3 +92,74 @@ def test_loaders_validation_predict_and_records_read_the_same_pixels(tmp_path):
     from_records = np.concatenate([images.numpy() for images, _ in stored.train]).astype("uint8")
     # The training split is written in a seeded random order: compared as a set.
     assert sorted(i.tobytes() for i in from_records) == sorted(i.tobytes() for i in direct)
+
+
+def _write(path, pixels, orientation=None):
+    image = Image.fromarray(pixels)
+    if orientation is None:
+        image.save(path, quality=95)
+    else:
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        image.save(path, quality=95, exif=exif)
+    return str(path)
+
+
+def test_plain_jpegs_are_local_upright_jpegs_never_decoded_at_a_ratio(tmp_path):
+    small = _write(tmp_path / "small.jpg", _photo(120, 160))
+    large = _write(tmp_path / "large.jpg", _photo(300, 400))
+    turned = _write(tmp_path / "turned.jpg", _photo(120, 160), orientation=6)
+    png = tmp_path / "small.png"
+    png.write_bytes(tf.io.encode_png(_photo(120, 160)).numpy())
+    assert data.plain_jpeg_size(small) == (120, 160)
+    assert data.plain_jpeg_size(turned) is None and data.plain_jpeg_size(png) is None
+    assert data.plain_jpegs((small,), (64, 64))
+    assert data.plain_jpegs((small, large), (256, 256))  # 300 < 2 * 256: full scale
+    assert not data.plain_jpegs((small, large), (128, 128))  # ratio 2 for the large one
+    assert not data.plain_jpegs((small, turned), (64, 64))
+    assert not data.plain_jpegs((small, str(png)), (64, 64))
+    assert not data.plain_jpegs(("ram://photos/small.jpg",), (64, 64))  # remote: unread
+    assert not data.plain_jpegs((), (64, 64))
+
+
+@pytest.mark.parametrize("central", [True, False])
+def test_the_plain_decoder_gives_the_general_decoders_pixels(tmp_path, central):
+    contents = tf.io.encode_jpeg(_photo(120, 160), quality=90)
+    for size, crop_fraction, resize in [((64, 64), 0.875, "crop"), ((64, 96), 1.0, "squash")]:
+        load = data.load_size(size, crop_fraction)
+        assert not data.needs_ratio((120, 160), load)  # what plain_jpeg=True asserts
+        if central:
+            args = (contents, size, crop_fraction, resize)
+            general = data.decode_central_crop(*args)
+            plain = data.decode_central_crop(*args, plain_jpeg=True)
+        else:
+            general = data.decode_image_bytes(contents, load, resize)
+            plain = data.decode_image_bytes(contents, load, resize, plain_jpeg=True)
+        np.testing.assert_array_equal(plain.numpy(), general.numpy())
+
+
+def test_a_folder_of_plain_jpegs_decodes_as_predict_does_and_a_turned_one_upright(tmp_path):
+    # The loader takes the plain decoder for a folder of plain JPEGs and the general one
+    # once a single file has an EXIF turn; predict (always general) reads both the same.
+    for name, turned in (("plain", False), ("mixed", True)):
+        root = tmp_path / name
+        for label in ("a", "b"):
+            (root / label).mkdir(parents=True)
+            for i in range(2):
+                _write(root / label / f"{i}.jpg", _photo(100 + 10 * i, 140))
+        if turned:
+            upright = _photo(100, 140)
+            stored = np.ascontiguousarray(np.rot90(upright, 1))  # 90 degrees counter-clockwise
+            _write(root / "a" / "0.jpg", stored, orientation=6)
+        paths = tuple(str(p) for p in sorted(root.glob("*/*.jpg")))
+        assert data.plain_jpegs(paths, data.load_size((64, 64), 0.875)) is not turned
+        loaded = data.image_folder_dataset(
+            root, image_size=64, batch_size=4, validation_split=0.0, shuffle=False
+        )
+        images = np.concatenate([x.numpy() for x, _ in loaded.train])
+        direct = np.stack([data.decode_for_model(path, 64) for path in paths])
+        np.testing.assert_array_equal(images, direct)
+        assert images.shape == (4, 64, 64, 3)
+        if turned:  # shown upright: like the same photo stored upright
+            reference = data.decode_central_crop(tf.io.encode_jpeg(upright, quality=95), (64, 64))
+            assert np.abs(images[0].astype(int) - reference.numpy().astype(int)).mean() < 3

@@ -17,10 +17,12 @@ validation.
 
 from __future__ import annotations
 
+import functools
 import os
 import struct
 from collections.abc import Sequence
 from typing import Any
+from typing import BinaryIO
 
 import numpy as np
 import tensorflow as tf
@@ -44,6 +46,9 @@ __all__ = [
     "decode_image_bytes",
     "find_undecodable",
     "load_size",
+    "needs_ratio",
+    "plain_jpeg_size",
+    "plain_jpegs",
     "read_image_size",
     "resize_and_crop",
 ]
@@ -127,11 +132,15 @@ def decode_image_bytes(
     resize: str = "crop",
     scaled_jpeg: bool = True,
     exif_orientation: bool = True,
+    plain_jpeg: bool = False,
 ) -> tf.Tensor:
     """Decodes, turns upright and resizes the encoded bytes of one image file
     (`decode_and_resize` after the file is read): the one decoder of image folders and of
     TFRecord shards (`data.records`), so an image stored in a shard gives the same pixels
-    as its file."""
+    as its file. `plain_jpeg=True` is for bytes known to be a plain JPEG decoded at full
+    scale (`plain_jpegs`): the same pixels, without the EXIF parse and the branches."""
+    if plain_jpeg:
+        return resize_and_crop(tf.io.decode_jpeg(contents, channels=3), size, resize)
     orientation = exif.read_exif_orientation(contents) if exif_orientation else None
     if scaled_jpeg:
         # Ratio scaling happens before the turn: the stored sides are compared with `size`
@@ -208,6 +217,7 @@ def decode_central_crop(
     crop_fraction: float = DEFAULT_CROP_FRACTION,
     resize: str = "crop",
     exif_orientation: bool = True,
+    plain_jpeg: bool = False,
 ) -> tf.Tensor:
     """The central `image_size` crop of one encoded image, as uint8: what
     `central_crop(decode_image_bytes(contents, load_size(image_size, crop_fraction), resize),
@@ -226,8 +236,18 @@ def decode_central_crop(
     (`crop_and_resize` or `ScaleAndTranslate`) cost more than the full resize saved.
     The loaders' validation, test and centrally cropped training images, `predict`, the
     export check and TFRecord shards all decode with it.
+
+    `plain_jpeg=True` is for bytes known to be a plain JPEG decoded at full scale
+    (`plain_jpegs` checked the files' headers): the same pixels, built without the EXIF parse
+    and the branches on the format and the ratio, whose ops cost about a third of the
+    decoder's CPU time on small photos even when not taken.
     """
     load = load_size(image_size, crop_fraction)
+    if plain_jpeg:
+        target = tf.constant(image_size)
+        window = _window(tf.image.extract_jpeg_shape(contents)[:2], target, load, resize)
+        image = tf.io.decode_and_crop_jpeg(contents, window, channels=3)
+        return _rounded_uint8(tf.image.resize(image, target), image_size)
     orientation = exif.read_exif_orientation(contents) if exif_orientation else None
     # The window is found and resized in the stored pixels: sides swapped for quarter turns.
     target, stored_load = tf.constant(image_size), tf.constant(load)
@@ -439,6 +459,57 @@ def _header_size(head: bytes) -> tuple[int, int] | None:
 
 
 def _jpeg_size(f) -> tuple[int, int] | None:
+    size = _jpeg_frame_size(f)
+    # The size the image decodes to: a quarter turn by EXIF swaps the sides.
+    if size is not None and exif.swaps_sides(exif.jpeg_orientation(f)):
+        return size[1], size[0]
+    return size
+
+
+def plain_jpeg_size(file: str | os.PathLike | BinaryIO) -> tuple[int, int] | None:
+    """The `(height, width)` of a plain JPEG, from its header: a JPEG stored upright (no
+    EXIF orientation but 1). `None` for any other file, or one that cannot be read. `file`
+    is a path or a binary file object (the bytes of a record)."""
+    if not isinstance(file, str | os.PathLike):
+        return _plain_jpeg_size(file)
+    try:
+        with files.open_file(file, "rb") as f:
+            return _plain_jpeg_size(f)
+    except OSError:
+        return None
+
+
+def _plain_jpeg_size(f: BinaryIO) -> tuple[int, int] | None:
+    f.seek(0)
+    if f.read(2) != b"\xff\xd8":
+        return None
+    size = _jpeg_frame_size(f)
+    return size if size is not None and exif.jpeg_orientation(f) == 1 else None
+
+
+def needs_ratio(size: tuple[int, int], load: tuple[int, int]) -> bool:
+    """Whether a JPEG stored at `size` is decoded at a ratio (1/2 or less) for `load`: both
+    sides at least twice the load's (`_decode_scaled_jpeg`)."""
+    return size[0] >= 2 * load[0] and size[1] >= 2 * load[1]
+
+
+@functools.lru_cache(maxsize=16)
+def plain_jpegs(paths: tuple[str, ...], load: tuple[int, int]) -> bool:
+    """Whether every file of `paths` is a local plain JPEG (`plain_jpeg_size`) decoded at
+    full scale for `load` (`needs_ratio` false): then the decoders may take
+    `plain_jpeg=True`, which builds neither the EXIF parse nor a branch. Each header is
+    read once per set of paths (cached); remote paths answer `False` unread."""
+    if not paths or any(files.is_remote(path) for path in paths):
+        return False
+    for path in paths:
+        size = plain_jpeg_size(path)
+        if size is None or needs_ratio(size, load):
+            return False
+    return True
+
+
+def _jpeg_frame_size(f) -> tuple[int, int] | None:
+    """The stored `(height, width)` in the frame header of the JPEG open in `f`."""
     f.seek(2)
     for _ in range(1000):  # segments before the frame header: APPn, DQT, COM, ...
         if f.read(1) != b"\xff":
@@ -461,12 +532,7 @@ def _jpeg_size(f) -> tuple[int, int] | None:
                 return None
             height, width = struct.unpack(">HH", frame[1:5])
             # A height of 0 is defined later by a DNL marker: unknown here.
-            if not height:
-                return None
-            # The size the image decodes to: a quarter turn by EXIF swaps the sides.
-            if exif.swaps_sides(exif.jpeg_orientation(f)):
-                return width, height
-            return height, width
+            return (height, width) if height else None
         if marker in (0xD9, 0xDA) or length < 2:  # end of image / scan before any frame
             return None
         f.seek(length - 2, os.SEEK_CUR)

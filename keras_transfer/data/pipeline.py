@@ -19,9 +19,10 @@ from keras_transfer.data.decoding import DEFAULT_CROP_FRACTION
 from keras_transfer.data.decoding import as_image_size
 from keras_transfer.data.decoding import central_crop
 from keras_transfer.data.decoding import check_batch_size
-from keras_transfer.data.decoding import decode_and_resize
 from keras_transfer.data.decoding import decode_central_crop
+from keras_transfer.data.decoding import decode_image_bytes
 from keras_transfer.data.decoding import load_size
+from keras_transfer.data.decoding import plain_jpegs
 
 __all__ = [
     "PipelineOptions",
@@ -247,19 +248,23 @@ def decoded_dataset(
     `shuffle`, the files are read in a new order each epoch (seeded by `options.seed`)."""
     labels = np.asarray(labels)
     labels = labels.astype(np.float32 if labels.ndim > 1 else np.int32)
+    # Local files that are all plain JPEGs get the decoder without branches.
+    plain = plain_jpegs(tuple(str(path) for path in paths), options.load_size)
     dataset = tf.data.Dataset.from_tensor_slices((list(paths), labels))
     if shuffle and len(paths):
         dataset = dataset.shuffle(len(paths), seed=options.seed, reshuffle_each_iteration=True)
     return dataset.map(
-        lambda path, label: (_decode_file(path, options, central_crop), label),
+        lambda path, label: (_decode_file(path, options, central_crop, plain), label),
         num_parallel_calls=tf.data.AUTOTUNE,
     )
 
 
-def _decode_file(path: tf.Tensor, options: PipelineOptions, central_crop: bool) -> tf.Tensor:
+def _decode_file(
+    path: tf.Tensor, options: PipelineOptions, central_crop: bool, plain: bool
+) -> tf.Tensor:
+    contents = tf.io.read_file(path)
     if central_crop:
-        contents = tf.io.read_file(path)
         return decode_central_crop(
-            contents, options.image_size, options.crop_fraction, options.resize
+            contents, options.image_size, options.crop_fraction, options.resize, plain_jpeg=plain
         )
-    return decode_and_resize(path, options.load_size, options.resize)
+    return decode_image_bytes(contents, options.load_size, options.resize, plain_jpeg=plain)

@@ -50,6 +50,7 @@ from keras_transfer.data.decoding import DEFAULT_MAX_PIXELS
 from keras_transfer.data.decoding import check_max_pixels
 from keras_transfer.data.decoding import decode_central_crop
 from keras_transfer.data.decoding import decode_image_bytes
+from keras_transfer.data.decoding import needs_ratio
 from keras_transfer.data.image_data import ImageData
 from keras_transfer.data.listing import DatasetFiles
 from keras_transfer.data.listing import list_dataset_folder
@@ -398,35 +399,23 @@ def _write_split(out_dir, split, paths, labels, keys, order, shard_size, stored)
     """Writes one split's shards, `shard_size` images each in `order`; its manifest entry."""
     count = len(paths)
     num_shards = math.ceil(count / shard_size)
-    names = []
+    names, plain_sizes = [], []
     for shard in range(num_shards):
         name = f"{split}/part-{shard:05d}-of-{num_shards:05d}.tfrecord"
         chosen = order[shard * shard_size : (shard + 1) * shard_size]
         records = [(paths[i], labels[i], keys[i]) for i in chosen]
         reliability.write_atomically(
             os.path.join(out_dir, split, name.split("/")[1]),
-            lambda temporary, records=records: _write_shard(temporary, records, **stored),
+            lambda temporary, records=records: stored_images.write_shard(
+                temporary, records, plain_sizes, **stored
+            ),
         )
         names.append(name)
-    return {"count": count, "shards": names}
-
-
-def _write_shard(path: str, records: list[tuple[str, int, str]], **stored) -> None:
-    contents_of = stored_images.stored_bytes([image for image, _, _ in records], **stored)
-    with tf.io.TFRecordWriter(path) as writer:
-        for (_, label, key), contents in zip(records, contents_of, strict=True):
-            example = tf.train.Example(
-                features=tf.train.Features(
-                    feature={
-                        "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[contents])),
-                        "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
-                        "key": tf.train.Feature(
-                            bytes_list=tf.train.BytesList(value=[key.encode("utf-8")])
-                        ),
-                    }
-                )
-            )
-            writer.write(example.SerializeToString())
+    # What the reader's decoder may assume (`decoding.plain_jpegs`): the largest sides, when
+    # every stored image is a plain JPEG.
+    plain = bool(plain_sizes) and None not in plain_sizes
+    largest = np.max(plain_sizes, axis=0).tolist() if plain else None
+    return {"count": count, "shards": names, "plain_jpeg_max_size": largest}
 
 
 # --- reading --------------------------------------------------------------------------------
@@ -578,16 +567,21 @@ class _Reader:
                 self.shuffle_buffer, seed=options.seed, reshuffle_each_iteration=True
             )
         central = not options.random_crop(training)
+        largest = entry.get("plain_jpeg_max_size")
+        plain = largest is not None and not needs_ratio(tuple(largest), options.load_size)
 
         def decode(serialized):
             example = tf.io.parse_single_example(serialized, _FEATURES)
             # The decoders of image files (`pipeline.decoded_dataset`), on the stored bytes.
             if central:
                 image = decode_central_crop(
-                    example["image"], options.image_size, options.crop_fraction, options.resize
-                )
+                    example["image"], options.image_size, options.crop_fraction,
+                    options.resize, plain_jpeg=plain,
+                )  # fmt: skip
             else:
-                image = decode_image_bytes(example["image"], options.load_size, options.resize)
+                image = decode_image_bytes(
+                    example["image"], options.load_size, options.resize, plain_jpeg=plain
+                )
             return image, tf.cast(example["label"], tf.int32)
 
         dataset = dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE)

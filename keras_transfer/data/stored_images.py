@@ -13,14 +13,22 @@ above `shorter_side` (`check_stored_size` refuses it rather than enlarge the ima
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator
 from collections.abc import Sequence
 
 import tensorflow as tf
 
+from keras_transfer.data import decoding
 from keras_transfer.data import exif
 
-__all__ = ["DEFAULT_JPEG_QUALITY", "check_shorter_side", "check_stored_size", "stored_bytes"]
+__all__ = [
+    "DEFAULT_JPEG_QUALITY",
+    "check_shorter_side",
+    "check_stored_size",
+    "stored_bytes",
+    "write_shard",
+]
 
 DEFAULT_JPEG_QUALITY = 95
 
@@ -89,3 +97,27 @@ def _smaller(contents: tf.Tensor, shorter_side: int, jpeg_quality: int) -> tf.Te
 
     # Images no larger are stored as they are (bytes, format and EXIF tag unchanged).
     return tf.cond(shortest > shorter_side, resized, lambda: contents)
+
+
+def write_shard(
+    path: str,
+    records: Sequence[tuple[str, int, str]],
+    plain_sizes: list,
+    shorter_side: int | None = None,
+    jpeg_quality: int = DEFAULT_JPEG_QUALITY,
+) -> None:
+    """Writes one TFRecord shard of `records` (`(image path, class index, key)`): each a
+    `tf.train.Example` of `image` (`stored_bytes`), `label` and `key`. Appends to
+    `plain_sizes` each stored image's `decoding.plain_jpeg_size` (`None` when it is not a
+    plain JPEG), for the manifest."""
+    contents_of = stored_bytes([image for image, _, _ in records], shorter_side, jpeg_quality)
+    with tf.io.TFRecordWriter(path) as writer:
+        for (_, label, key), contents in zip(records, contents_of, strict=True):
+            plain_sizes.append(decoding.plain_jpeg_size(io.BytesIO(contents)))
+            feature = {
+                "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[contents])),
+                "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
+                "key": tf.train.Feature(bytes_list=tf.train.BytesList(value=[key.encode()])),
+            }
+            example = tf.train.Example(features=tf.train.Features(feature=feature))
+            writer.write(example.SerializeToString())

@@ -25,6 +25,9 @@ the machine lets run in parallel at that moment. The stages, each adding one ste
   window of the JPEG decoded (`tf.io.decode_and_crop_jpeg`) and resized straight to 224 px;
 - `central`: + EXIF orientation: the decoder of validation, test, `predict` and training
   without the random crop;
+- `central_plain_jpeg`: `decode_central_crop(plain_jpeg=True)`, what the loaders build when
+  `plain_jpegs` finds every file a local upright JPEG decoded at full scale (recorded in
+  `details.plain_jpegs`): no EXIF parse, no branches;
 - `folder`: `kt.image_folder_dataset(..., cache=False).train` (no augmentation: `central`);
 - `keras`: `keras.utils.image_dataset_from_directory(...)`;
 - `records_read`, `records_parse`: the shards read (interleaved), then parsed;
@@ -107,6 +110,9 @@ def file_stages(paths: list[str], args) -> dict:
             tf.io.read_file(p), size, exif_orientation=False
         ),
         "central": lambda p: decoding.decode_central_crop(tf.io.read_file(p), size),
+        "central_plain_jpeg": lambda p: decoding.decode_central_crop(
+            tf.io.read_file(p), size, plain_jpeg=True
+        ),
     }
     files = tf.data.Dataset.from_tensor_slices(paths)
     return {
@@ -207,6 +213,10 @@ def prepare(args, work: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path, list[
     return folder, work / "records", paths
 
 
+def _load(args) -> tuple[int, int]:
+    return decoding.load_size((args.image_size,) * 2, decoding.DEFAULT_CROP_FRACTION)
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     run = _common.start_run(
@@ -234,7 +244,11 @@ def main(argv=None) -> dict:
         arms=results_arms(rounds, list(stages)),
         primary_metric="images_per_second",
         comparisons=[[name, "keras"] for name in stages if name != "keras"],
-        details={"rounds": rounds, "settings": vars(args) | {"assets": None}},
+        details={
+            "rounds": rounds,
+            "plain_jpegs": kt.data.plain_jpegs(tuple(paths), _load(args)),
+            "settings": vars(args) | {"assets": None},
+        },
     )
     summary = {
         name: round(statistics.median(arm["images_per_second"]["per_seed"]), 1)

@@ -163,3 +163,10 @@ def test_a_folder_of_plain_jpegs_decodes_as_predict_does_and_a_turned_one_uprigh
         if turned:  # shown upright: like the same photo stored upright
             reference = data.decode_central_crop(tf.io.encode_jpeg(upright, quality=95), (64, 64))
             assert np.abs(images[0].astype(int) - reference.numpy().astype(int)).mean() < 3
+
+
+def test_a_file_turned_after_a_first_check_is_seen_by_the_next(tmp_path):
+    path = _write(tmp_path / "photo.jpg", _photo(120, 160))
+    assert data.plain_jpegs([path], (64, 64))
+    _write(tmp_path / "photo.jpg", _photo(120, 160), orientation=6)
+    assert not data.plain_jpegs([path], (64, 64))

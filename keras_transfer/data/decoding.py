@@ -493,14 +493,25 @@ def needs_ratio(size: tuple[int, int], load: tuple[int, int]) -> bool:
     return size[0] >= 2 * load[0] and size[1] >= 2 * load[1]
 
 
-@functools.lru_cache(maxsize=16)
-def plain_jpegs(paths: tuple[str, ...], load: tuple[int, int]) -> bool:
+def plain_jpegs(paths: Sequence[str], load: tuple[int, int]) -> bool:
     """Whether every file of `paths` is a local plain JPEG (`plain_jpeg_size`) decoded at
     full scale for `load` (`needs_ratio` false): then the decoders may take
-    `plain_jpeg=True`, which builds neither the EXIF parse nor a branch. Each header is
-    read once per set of paths (cached); remote paths answer `False` unread."""
+    `plain_jpeg=True`, which builds neither the EXIF parse nor a branch. The headers are
+    read again only when a file's size or modification time changed; remote paths answer
+    `False` unread."""
+    paths = tuple(os.fspath(path) for path in paths)
     if not paths or any(files.is_remote(path) for path in paths):
         return False
+    try:
+        stamps = tuple((stat.st_size, stat.st_mtime_ns) for stat in map(os.stat, paths))
+    except OSError:
+        return False
+    return _plain_jpegs(paths, tuple(load), stamps)
+
+
+@functools.lru_cache(maxsize=16)
+def _plain_jpegs(paths: tuple[str, ...], load: tuple[int, int], stamps: tuple) -> bool:
+    del stamps  # part of the cache's key only
     for path in paths:
         size = plain_jpeg_size(path)
         if size is None or needs_ratio(size, load):

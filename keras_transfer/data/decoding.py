@@ -224,23 +224,23 @@ def decode_central_crop(
     image_size)` shows, computed without the full-size steps.
 
     The crop's window is found in the stored pixels (its sides `image_size` divided by the
-    scale that `resize_and_crop` would apply), decoded alone (a JPEG at ratio 1 with
-    `tf.io.decode_and_crop_jpeg`; a larger JPEG at its ratio, then sliced; other formats in
-    full, then sliced), resized straight to `image_size`, turned upright by its EXIF
-    orientation and rounded to uint8. The whole image is never resized nor rounded, which
-    was most of the decoder's CPU time (benchmarks/input_stages.py). The pixels differ from
-    the two-step path by where bilinear resizing samples: the window's sides and corner are
-    whole stored pixels, so the samples move by up to half a stored pixel (on photos a few
-    levels per pixel on average; `central_crop` of the two-step path is no longer what the
-    loaders give, this is). ResizeBilinear on the window is the fast op; the exact samples
-    (`crop_and_resize` or `ScaleAndTranslate`) cost more than the full resize saved.
+    scale that `resize_and_crop` would apply), decoded alone (a JPEG with
+    `tf.io.decode_and_crop_jpeg`, at the ratio `decode_image_bytes` would use; other formats
+    in full, then sliced), resized straight to `image_size`, turned upright by its EXIF
+    orientation and rounded to uint8: the whole image is never resized nor rounded
+    (benchmarks/input_stages.py times both decoders). The pixels differ from the two-step
+    path by where bilinear resizing samples: the window's sides and corner are whole stored
+    pixels, so the samples move by up to half a stored pixel (`central_crop` of the two-step
+    path is no longer what the loaders give; this is). ResizeBilinear on the window is the
+    fast op; the exact samples (`crop_and_resize` or `ScaleAndTranslate`) cost more than the
+    full resize saved.
     The loaders' validation, test and centrally cropped training images, `predict`, the
     export check and TFRecord shards all decode with it.
 
     `plain_jpeg=True` is for bytes known to be a plain JPEG decoded at full scale
     (`plain_jpegs` checked the files' headers): the same pixels, built without the EXIF parse
-    and the branches on the format and the ratio, whose ops cost about a third of the
-    decoder's CPU time on small photos even when not taken.
+    and the branches on the format and the ratio, whose ops cost CPU time even when not
+    taken (benchmarks/input_stages.py: its `central` and `central_plain_jpeg` stages).
     """
     load = load_size(image_size, crop_fraction)
     if plain_jpeg:

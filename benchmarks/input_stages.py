@@ -26,8 +26,8 @@ the machine lets run in parallel at that moment. The stages, each adding one ste
 - `central`: + EXIF orientation: the decoder of validation, test, `predict` and training
   without the random crop;
 - `central_plain_jpeg`: `decode_central_crop(plain_jpeg=True)`, what the loaders build when
-  `plain_jpegs` finds every file a local upright JPEG decoded at full scale (recorded in
-  `details.plain_jpegs`): no EXIF parse, no branches;
+  `plain_jpegs` finds every file a local JPEG stored upright (recorded in
+  `details.plain_jpegs`): no EXIF parse, no branch on the format;
 - `folder`: `kt.image_folder_dataset(..., cache=False).train` (no augmentation: `central`);
 - `keras`: `keras.utils.image_dataset_from_directory(...)`;
 - `records_read`, `records_parse`: the shards read (interleaved), then parsed;
@@ -213,10 +213,6 @@ def prepare(args, work: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path, list[
     return folder, work / "records", paths
 
 
-def _load(args) -> tuple[int, int]:
-    return decoding.load_size((args.image_size,) * 2, decoding.DEFAULT_CROP_FRACTION)
-
-
 def main(argv=None) -> dict:
     args = parse_args(argv)
     run = _common.start_run(
@@ -246,7 +242,7 @@ def main(argv=None) -> dict:
         comparisons=[[name, "keras"] for name in stages if name != "keras"],
         details={
             "rounds": rounds,
-            "plain_jpegs": kt.data.plain_jpegs(tuple(paths), _load(args)),
+            "plain_jpegs": kt.data.plain_jpegs(paths),
             "settings": vars(args) | {"assets": None},
         },
     )

@@ -105,7 +105,7 @@ def _write(path, pixels, orientation=None):
     return str(path)
 
 
-def test_plain_jpegs_are_local_upright_jpegs_never_decoded_at_a_ratio(tmp_path):
+def test_plain_jpegs_are_local_jpegs_stored_upright(tmp_path):
     small = _write(tmp_path / "small.jpg", _photo(120, 160))
     large = _write(tmp_path / "large.jpg", _photo(300, 400))
     turned = _write(tmp_path / "turned.jpg", _photo(120, 160), orientation=6)
@@ -113,21 +113,20 @@ def test_plain_jpegs_are_local_upright_jpegs_never_decoded_at_a_ratio(tmp_path):
     png.write_bytes(tf.io.encode_png(_photo(120, 160)).numpy())
     assert data.plain_jpeg_size(small) == (120, 160)
     assert data.plain_jpeg_size(turned) is None and data.plain_jpeg_size(png) is None
-    assert data.plain_jpegs((small,), (64, 64))
-    assert data.plain_jpegs((small, large), (256, 256))  # 300 < 2 * 256: full scale
-    assert not data.plain_jpegs((small, large), (128, 128))  # ratio 2 for the large one
-    assert not data.plain_jpegs((small, turned), (64, 64))
-    assert not data.plain_jpegs((small, str(png)), (64, 64))
-    assert not data.plain_jpegs(("ram://photos/small.jpg",), (64, 64))  # remote: unread
-    assert not data.plain_jpegs((), (64, 64))
+    assert data.plain_jpegs([small, large])
+    assert not data.plain_jpegs([small, turned])
+    assert not data.plain_jpegs([small, str(png)])
+    assert not data.plain_jpegs(["ram://photos/small.jpg"])  # remote: unread
+    assert not data.plain_jpegs([])
 
 
 @pytest.mark.parametrize("central", [True, False])
 def test_the_plain_decoder_gives_the_general_decoders_pixels(tmp_path, central):
-    contents = tf.io.encode_jpeg(_photo(120, 160), quality=90)
-    for size, crop_fraction, resize in [((64, 64), 0.875, "crop"), ((64, 96), 1.0, "squash")]:
+    contents = tf.io.encode_jpeg(_photo(300, 400), quality=90)
+    # Decoded at ratio 4, 2 and 1 (the ratio switch stays in the plain decoder).
+    cases = [((32, 32), 0.875, "crop"), ((64, 96), 1.0, "squash"), ((200, 200), 0.875, "crop")]
+    for size, crop_fraction, resize in cases:
         load = data.load_size(size, crop_fraction)
-        assert not data.needs_ratio((120, 160), load)  # what plain_jpeg=True asserts
         if central:
             args = (contents, size, crop_fraction, resize)
             general = data.decode_central_crop(*args)
@@ -152,7 +151,7 @@ def test_a_folder_of_plain_jpegs_decodes_as_predict_does_and_a_turned_one_uprigh
             stored = np.ascontiguousarray(np.rot90(upright, 1))  # 90 degrees counter-clockwise
             _write(root / "a" / "0.jpg", stored, orientation=6)
         paths = tuple(str(p) for p in sorted(root.glob("*/*.jpg")))
-        assert data.plain_jpegs(paths, data.load_size((64, 64), 0.875)) is not turned
+        assert data.plain_jpegs(paths) is not turned
         loaded = data.image_folder_dataset(
             root, image_size=64, batch_size=4, validation_split=0.0, shuffle=False
         )
@@ -167,6 +166,6 @@ def test_a_folder_of_plain_jpegs_decodes_as_predict_does_and_a_turned_one_uprigh
 
 def test_a_file_turned_after_a_first_check_is_seen_by_the_next(tmp_path):
     path = _write(tmp_path / "photo.jpg", _photo(120, 160))
-    assert data.plain_jpegs([path], (64, 64))
+    assert data.plain_jpegs([path])
     _write(tmp_path / "photo.jpg", _photo(120, 160), orientation=6)
-    assert not data.plain_jpegs([path], (64, 64))
+    assert not data.plain_jpegs([path])

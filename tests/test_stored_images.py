@@ -58,7 +58,7 @@ def test_large_images_are_stored_upright_at_the_shorter_side_and_small_ones_unch
     )
     assert manifest["shorter_side"] == 60 and manifest["jpeg_quality"] == 95
     # The PNGs are not plain JPEGs: the reader keeps the general decoder.
-    assert manifest["splits"]["train"]["plain_jpeg_max_size"] is None
+    assert manifest["splits"]["train"]["plain_jpegs"] is False
     stored = _stored(tmp_path / "records")
     assert stored["left/small.jpg"] == (root / "left" / "small.jpg").read_bytes()
     assert stored["right/0.png"] == (root / "right" / "0.png").read_bytes()
@@ -109,13 +109,14 @@ def test_bad_shorter_side_or_quality_is_refused_before_writing(photos, tmp_path,
     assert not (tmp_path / "records").exists()
 
 
-def test_records_of_plain_jpegs_record_their_largest_sides(photos, tmp_path):
+def test_records_of_jpegs_stored_upright_are_marked_plain(photos, tmp_path):
     root, _ = photos
     left = root / "left"
-    manifest = kt.data.write_records(
-        [(str(p), "left") for p in sorted(left.glob("*.jpg"))]
-        + [(str(left / "small.jpg"), "right")],
-        tmp_path / "records", validation_split=0.0, shorter_side=60,
-    )  # fmt: skip
-    # Stored: 60x100 (both large ones, upright) and 40x48 (twice).
-    assert manifest["splits"]["train"]["plain_jpeg_max_size"] == [60, 100]
+    pairs = [(str(left / "large.jpg"), "a"), (str(left / "turned.jpg"), "a"),
+             (str(left / "small.jpg"), "b")]  # fmt: skip
+    options = dict(validation_split=0.0)
+    # Stored smaller, the turned photo is upright without its tag: every image is plain.
+    smaller = kt.data.write_records(pairs, tmp_path / "smaller", shorter_side=60, **options)
+    assert smaller["splits"]["train"]["plain_jpegs"] is True
+    as_is = kt.data.write_records(pairs, tmp_path / "as_is", **options)
+    assert as_is["splits"]["train"]["plain_jpegs"] is False  # the turned one, as stored

@@ -30,7 +30,6 @@ from keras_transfer.data.decoding import decode_for_model
 from keras_transfer.data.decoding import decode_image_bytes
 from keras_transfer.data.decoding import find_undecodable
 from keras_transfer.data.decoding import load_size
-from keras_transfer.data.decoding import needs_ratio
 from keras_transfer.data.decoding import plain_jpeg_size
 from keras_transfer.data.decoding import plain_jpegs
 from keras_transfer.data.decoding import read_image_size
@@ -114,7 +113,6 @@ __all__ = [
     "decode_image_bytes",
     "find_undecodable",
     "load_size",
-    "needs_ratio",
     "plain_jpeg_size",
     "plain_jpegs",
     "read_image_size",

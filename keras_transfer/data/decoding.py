@@ -46,7 +46,6 @@ __all__ = [
     "decode_image_bytes",
     "find_undecodable",
     "load_size",
-    "needs_ratio",
     "plain_jpeg_size",
     "plain_jpegs",
     "read_image_size",
@@ -137,9 +136,11 @@ def decode_image_bytes(
     """Decodes, turns upright and resizes the encoded bytes of one image file
     (`decode_and_resize` after the file is read): the one decoder of image folders and of
     TFRecord shards (`data.records`), so an image stored in a shard gives the same pixels
-    as its file. `plain_jpeg=True` is for bytes known to be a plain JPEG decoded at full
-    scale (`plain_jpegs`): the same pixels, without the EXIF parse and the branches."""
+    as its file. `plain_jpeg=True` is for bytes known to be a plain JPEG (`plain_jpegs`):
+    the same pixels, without the EXIF parse and the branch on the format."""
     if plain_jpeg:
+        if scaled_jpeg:
+            return resize_and_crop(_decode_scaled_jpeg(contents, size), size, resize)
         return resize_and_crop(tf.io.decode_jpeg(contents, channels=3), size, resize)
     orientation = exif.read_exif_orientation(contents) if exif_orientation else None
     if scaled_jpeg:
@@ -237,17 +238,16 @@ def decode_central_crop(
     The loaders' validation, test and centrally cropped training images, `predict`, the
     export check and TFRecord shards all decode with it.
 
-    `plain_jpeg=True` is for bytes known to be a plain JPEG decoded at full scale
-    (`plain_jpegs` checked the files' headers): the same pixels, built without the EXIF parse
-    and the branches on the format and the ratio, whose ops cost CPU time even when not
-    taken (benchmarks/input_stages.py: its `central` and `central_plain_jpeg` stages).
+    `plain_jpeg=True` is for bytes known to be a plain JPEG, stored upright (`plain_jpegs`
+    checked the files' headers): the same pixels, built without the EXIF parse and the
+    branch on the format, whose ops cost CPU time even when not taken
+    (benchmarks/input_stages.py: its `central` and `central_plain_jpeg` stages).
     """
     load = load_size(image_size, crop_fraction)
     if plain_jpeg:
         target = tf.constant(image_size)
-        window = _window(tf.image.extract_jpeg_shape(contents)[:2], target, load, resize)
-        image = tf.io.decode_and_crop_jpeg(contents, window, channels=3)
-        return _rounded_uint8(tf.image.resize(image, target), image_size)
+        window = _jpeg_window(contents, target, tf.constant(load), resize)
+        return _rounded_uint8(tf.image.resize(window, target), image_size)
     orientation = exif.read_exif_orientation(contents) if exif_orientation else None
     # The window is found and resized in the stored pixels: sides swapped for quarter turns.
     target, stored_load = tf.constant(image_size), tf.constant(load)
@@ -487,18 +487,11 @@ def _plain_jpeg_size(f: BinaryIO) -> tuple[int, int] | None:
     return size if size is not None and exif.jpeg_orientation(f) == 1 else None
 
 
-def needs_ratio(size: tuple[int, int], load: tuple[int, int]) -> bool:
-    """Whether a JPEG stored at `size` is decoded at a ratio (1/2 or less) for `load`: both
-    sides at least twice the load's (`_decode_scaled_jpeg`)."""
-    return size[0] >= 2 * load[0] and size[1] >= 2 * load[1]
-
-
-def plain_jpegs(paths: Sequence[str], load: tuple[int, int]) -> bool:
-    """Whether every file of `paths` is a local plain JPEG (`plain_jpeg_size`) decoded at
-    full scale for `load` (`needs_ratio` false): then the decoders may take
-    `plain_jpeg=True`, which builds neither the EXIF parse nor a branch. The headers are
-    read again only when a file's size or modification time changed; remote paths answer
-    `False` unread."""
+def plain_jpegs(paths: Sequence[str]) -> bool:
+    """Whether every file of `paths` is a local plain JPEG (`plain_jpeg_size`): then the
+    decoders may take `plain_jpeg=True`, which builds neither the EXIF parse nor the branch
+    on the format. The headers are read again only when a file's size or modification time
+    changed; remote paths answer `False` unread."""
     paths = tuple(os.fspath(path) for path in paths)
     if not paths or any(files.is_remote(path) for path in paths):
         return False
@@ -506,17 +499,13 @@ def plain_jpegs(paths: Sequence[str], load: tuple[int, int]) -> bool:
         stamps = tuple((stat.st_size, stat.st_mtime_ns) for stat in map(os.stat, paths))
     except OSError:
         return False
-    return _plain_jpegs(paths, tuple(load), stamps)
+    return _plain_jpegs(paths, stamps)
 
 
 @functools.lru_cache(maxsize=16)
-def _plain_jpegs(paths: tuple[str, ...], load: tuple[int, int], stamps: tuple) -> bool:
+def _plain_jpegs(paths: tuple[str, ...], stamps: tuple) -> bool:
     del stamps  # part of the cache's key only
-    for path in paths:
-        size = plain_jpeg_size(path)
-        if size is None or needs_ratio(size, load):
-            return False
-    return True
+    return all(plain_jpeg_size(path) is not None for path in paths)
 
 
 def _jpeg_frame_size(f) -> tuple[int, int] | None:

@@ -249,7 +249,7 @@ def decoded_dataset(
     labels = np.asarray(labels)
     labels = labels.astype(np.float32 if labels.ndim > 1 else np.int32)
     # Local files that are all plain JPEGs get the decoder without branches.
-    plain = plain_jpegs(paths, options.load_size)
+    plain = plain_jpegs(paths)
     dataset = tf.data.Dataset.from_tensor_slices((list(paths), labels))
     if shuffle and len(paths):
         dataset = dataset.shuffle(len(paths), seed=options.seed, reshuffle_each_iteration=True)

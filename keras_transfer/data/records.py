@@ -50,7 +50,6 @@ from keras_transfer.data.decoding import DEFAULT_MAX_PIXELS
 from keras_transfer.data.decoding import check_max_pixels
 from keras_transfer.data.decoding import decode_central_crop
 from keras_transfer.data.decoding import decode_image_bytes
-from keras_transfer.data.decoding import needs_ratio
 from keras_transfer.data.image_data import ImageData
 from keras_transfer.data.listing import DatasetFiles
 from keras_transfer.data.listing import list_dataset_folder
@@ -411,11 +410,9 @@ def _write_split(out_dir, split, paths, labels, keys, order, shard_size, stored)
             ),
         )
         names.append(name)
-    # What the reader's decoder may assume (`decoding.plain_jpegs`): the largest sides, when
-    # every stored image is a plain JPEG.
+    # What the reader's decoder may assume (`decoding.plain_jpegs`).
     plain = bool(plain_sizes) and None not in plain_sizes
-    largest = np.max(plain_sizes, axis=0).tolist() if plain else None
-    return {"count": count, "shards": names, "plain_jpeg_max_size": largest}
+    return {"count": count, "shards": names, "plain_jpegs": plain}
 
 
 # --- reading --------------------------------------------------------------------------------
@@ -567,8 +564,7 @@ class _Reader:
                 self.shuffle_buffer, seed=options.seed, reshuffle_each_iteration=True
             )
         central = not options.random_crop(training)
-        largest = entry.get("plain_jpeg_max_size")
-        plain = largest is not None and not needs_ratio(tuple(largest), options.load_size)
+        plain = bool(entry.get("plain_jpegs"))
 
         def decode(serialized):
             example = tf.io.parse_single_example(serialized, _FEATURES)

@@ -109,7 +109,7 @@ def write_shard(
     """Writes one TFRecord shard of `records` (`(image path, class index, key)`): each a
     `tf.train.Example` of `image` (`stored_bytes`), `label` and `key`. Appends to
     `plain_sizes` each stored image's `decoding.plain_jpeg_size` (`None` when it is not a
-    plain JPEG), for the manifest."""
+    plain JPEG), for the manifest's `plain_jpegs`."""
     contents_of = stored_bytes([image for image, _, _ in records], shorter_side, jpeg_quality)
     with tf.io.TFRecordWriter(path) as writer:
         for (_, label, key), contents in zip(records, contents_of, strict=True):

@@ -224,6 +224,7 @@ def main(argv=None) -> dict:
     work = pathlib.Path(tempfile.mkdtemp(prefix="input_stages_"))
     try:
         folder, shards, paths = prepare(args, work)
+        plain = kt.data.plain_jpegs(paths)  # while the files exist
         stages = file_stages(paths, args) | pipeline_stages(folder, shards, args)
         rounds = run_rounds(stages, args.rounds)
     finally:
@@ -242,7 +243,7 @@ def main(argv=None) -> dict:
         comparisons=[[name, "keras"] for name in stages if name != "keras"],
         details={
             "rounds": rounds,
-            "plain_jpegs": kt.data.plain_jpegs(paths),
+            "plain_jpegs": plain,
             "settings": vars(args) | {"assets": None},
         },
     )

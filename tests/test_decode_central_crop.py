@@ -169,3 +169,23 @@ def test_a_file_turned_after_a_first_check_is_seen_by_the_next(tmp_path):
     assert data.plain_jpegs([path])
     _write(tmp_path / "photo.jpg", _photo(120, 160), orientation=6)
     assert not data.plain_jpegs([path])
+
+
+def test_float32_output_holds_the_uint8_values_and_uncached_loaders_use_it(tmp_path):
+    contents = tf.io.encode_jpeg(_photo(120, 160))
+    as_uint8 = data.decode_central_crop(contents, (48, 48))
+    as_float = data.decode_central_crop(contents, (48, 48), dtype="float32")
+    assert as_float.dtype == tf.float32
+    np.testing.assert_array_equal(as_float.numpy(), as_uint8.numpy().astype("float32"))
+    with pytest.raises(ValueError, match="dtype"):
+        data.decode_central_crop(contents, (48, 48), dtype="float16")
+    root = tmp_path / "images"
+    for label in ("a", "b"):
+        (root / label).mkdir(parents=True)
+        for i in range(2):
+            _write(root / label / f"{i}.jpg", _photo(100 + 10 * i, 140))
+    options = dict(image_size=48, batch_size=4, validation_split=0.0, shuffle=False)
+    cached = data.image_folder_dataset(root, cache=True, **options).train
+    uncached = data.image_folder_dataset(root, cache=False, **options).train
+    assert cached.element_spec[0].dtype == uncached.element_spec[0].dtype == tf.float32
+    np.testing.assert_array_equal(next(iter(cached))[0], next(iter(uncached))[0])

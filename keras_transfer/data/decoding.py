@@ -90,7 +90,7 @@ def resize_and_crop(image: tf.Tensor, size: tuple[int, int], resize: str = "crop
         image = tf.image.resize(image, size)
     else:
         raise ValueError(f"resize must be 'crop' or 'squash', got {resize!r}.")
-    return _rounded_uint8(image, size)
+    return _rounded(image, size)
 
 
 def decode_and_resize(
@@ -219,6 +219,7 @@ def decode_central_crop(
     resize: str = "crop",
     exif_orientation: bool = True,
     plain_jpeg: bool = False,
+    dtype: str = "uint8",
 ) -> tf.Tensor:
     """The central `image_size` crop of one encoded image, as uint8: what
     `central_crop(decode_image_bytes(contents, load_size(image_size, crop_fraction), resize),
@@ -242,12 +243,15 @@ def decode_central_crop(
     checked the files' headers): the same pixels, built without the EXIF parse and the
     branch on the format, whose ops cost CPU time even when not taken
     (benchmarks/input_stages.py: its `central` and `central_plain_jpeg` stages).
+
+    `dtype="float32"` gives the same values (rounded to whole levels) as float32, for a
+    pipeline that caches nothing: it skips the conversion to uint8 and back.
     """
     load = load_size(image_size, crop_fraction)
     if plain_jpeg:
         target = tf.constant(image_size)
         window = _jpeg_window(contents, target, tf.constant(load), resize)
-        return _rounded_uint8(tf.image.resize(window, target), image_size)
+        return _rounded(tf.image.resize(window, target), image_size, dtype)
     orientation = exif.read_exif_orientation(contents) if exif_orientation else None
     # The window is found and resized in the stored pixels: sides swapped for quarter turns.
     target, stored_load = tf.constant(image_size), tf.constant(load)
@@ -263,7 +267,7 @@ def decode_central_crop(
     image = tf.image.resize(window, target)
     if orientation is not None:
         image = exif.apply_exif_orientation(image, orientation)
-    return _rounded_uint8(image, image_size)
+    return _rounded(image, image_size, dtype)
 
 
 def _window(shape: tf.Tensor, target: tf.Tensor, load: tf.Tensor, resize: str) -> tf.Tensor:
@@ -310,9 +314,14 @@ def _jpeg_window(contents: tf.Tensor, target: tf.Tensor, load: tf.Tensor, resize
     )
 
 
-def _rounded_uint8(image: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
-    # uint8 keeps an in-memory cache 4x smaller than float32.
-    image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+def _rounded(image: tf.Tensor, size: tuple[int, int], dtype: str = "uint8") -> tf.Tensor:
+    """Whole levels in [0, 255], as uint8 (an in-memory cache 4x smaller than float32) or
+    float32 (the same values)."""
+    if dtype not in ("uint8", "float32"):
+        raise ValueError(f"dtype must be 'uint8' or 'float32', got {dtype!r}.")
+    image = tf.clip_by_value(tf.round(image), 0, 255)
+    if dtype == "uint8":
+        image = tf.cast(image, tf.uint8)
     return tf.ensure_shape(image, (*size, 3))
 
 

@@ -174,7 +174,7 @@ class PipelineOptions:
                 ),
                 num_parallel_calls=tf.data.AUTOTUNE,
             )
-        else:
+        elif dataset.element_spec[0].dtype != tf.float32:
             dataset = dataset.map(
                 lambda images, labels: (tf.cast(images, tf.float32), labels),
                 num_parallel_calls=tf.data.AUTOTUNE,
@@ -264,7 +264,10 @@ def _decode_file(
 ) -> tf.Tensor:
     contents = tf.io.read_file(path)
     if central_crop:
+        # Without a cache of decoded images, float32 saves converting to uint8 and back.
+        dtype = "uint8" if options.cache else "float32"
         return decode_central_crop(
-            contents, options.image_size, options.crop_fraction, options.resize, plain_jpeg=plain
-        )
+            contents, options.image_size, options.crop_fraction, options.resize,
+            plain_jpeg=plain, dtype=dtype,
+        )  # fmt: skip
     return decode_image_bytes(contents, options.load_size, options.resize, plain_jpeg=plain)

@@ -573,6 +573,7 @@ class _Reader:
                 image = decode_central_crop(
                     example["image"], options.image_size, options.crop_fraction,
                     options.resize, plain_jpeg=plain,
+                    dtype="uint8" if options.cache else "float32",
                 )  # fmt: skip
             else:
                 image = decode_image_bytes(

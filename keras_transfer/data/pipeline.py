@@ -148,8 +148,9 @@ class PipelineOptions:
         return load_size(self.image_size, self.crop_fraction)
 
     def build(self, dataset: tf.data.Dataset, *, training: bool, split: str) -> tf.data.Dataset:
-        """Cache, shuffle, crop, batch, augment and prefetch `(uint8 image, label)` pairs
-        whose images have `load_size`."""
+        """Cache, shuffle, crop, batch, augment and prefetch `(image, label)` pairs: uint8
+        or float32 images of `load_size` (cropped here) or of `image_size` (decoded as
+        their central crop); the batches are float32."""
         if self.cache:
             dataset = dataset.cache("" if self.cache is True else f"{self.cache}_{split}")
         if training and self.shuffle:
@@ -243,12 +244,13 @@ def decoded_dataset(
     """`(uint8 image of options.load_size, label)` pairs of the image files `paths`, decoded
     in parallel (unbatched, ready for `options.build`). With `central_crop`, the images are
     their central `options.image_size` crops instead (`decode_central_crop`: the decoder
-    of validation images and of `predict`). A label is an int32 class index, or
-    a float32 vector when `labels` is 2-D (multilabel 0/1 or regression targets). With
-    `shuffle`, the files are read in a new order each epoch (seeded by `options.seed`)."""
+    of validation images and of `predict`), as float32 with the same whole-level values when
+    `options.cache` is off. A split of local JPEGs stored upright (`plain_jpegs`) gets the
+    decoder without the EXIF parse and the branch on the format. A label is an int32 class
+    index, or a float32 vector when `labels` is 2-D (multilabel 0/1 or regression targets).
+    With `shuffle`, the files are read in a new order each epoch (seeded by `options.seed`)."""
     labels = np.asarray(labels)
     labels = labels.astype(np.float32 if labels.ndim > 1 else np.int32)
-    # Local files that are all plain JPEGs get the decoder without branches.
     plain = plain_jpegs(paths)
     dataset = tf.data.Dataset.from_tensor_slices((list(paths), labels))
     if shuffle and len(paths):

@@ -203,6 +203,21 @@ class PipelineOptions:
         options = dataclasses.replace(self, shuffle=False) if shuffle_files else self
         return options.build(dataset, training=training, split=split)
 
+    def decode_bytes(
+        self, contents: tf.Tensor, *, central_crop: bool, plain_jpeg: bool = False
+    ) -> tf.Tensor:
+        """One encoded image as this pipeline decodes it, for image files and records
+        alike: its central `image_size` crop (`decode_central_crop`; float32 with the same
+        whole-level values when nothing is cached, which saves converting to uint8 and
+        back), or the `load_size` image a random crop is taken from later
+        (`decode_image_bytes`)."""
+        if central_crop:
+            return decode_central_crop(
+                contents, self.image_size, self.crop_fraction, self.resize,
+                plain_jpeg=plain_jpeg, dtype="uint8" if self.cache else "float32",
+            )  # fmt: skip
+        return decode_image_bytes(contents, self.load_size, self.resize, plain_jpeg=plain_jpeg)
+
     def random_crop(self, training: bool) -> bool:
         """Whether this split's images are cropped at random (a training split with the
         `crop` augmentation); the others are cropped centrally, as they are decoded."""
@@ -256,20 +271,11 @@ def decoded_dataset(
     if shuffle and len(paths):
         dataset = dataset.shuffle(len(paths), seed=options.seed, reshuffle_each_iteration=True)
     return dataset.map(
-        lambda path, label: (_decode_file(path, options, central_crop, plain), label),
+        lambda path, label: (
+            options.decode_bytes(
+                tf.io.read_file(path), central_crop=central_crop, plain_jpeg=plain
+            ),
+            label,
+        ),
         num_parallel_calls=tf.data.AUTOTUNE,
     )
-
-
-def _decode_file(
-    path: tf.Tensor, options: PipelineOptions, central_crop: bool, plain: bool
-) -> tf.Tensor:
-    contents = tf.io.read_file(path)
-    if central_crop:
-        # Without a cache of decoded images, float32 saves converting to uint8 and back.
-        dtype = "uint8" if options.cache else "float32"
-        return decode_central_crop(
-            contents, options.image_size, options.crop_fraction, options.resize,
-            plain_jpeg=plain, dtype=dtype,
-        )  # fmt: skip
-    return decode_image_bytes(contents, options.load_size, options.resize, plain_jpeg=plain)

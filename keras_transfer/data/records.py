@@ -48,8 +48,6 @@ from keras_transfer.data import imbalance
 from keras_transfer.data import stored_images
 from keras_transfer.data.decoding import DEFAULT_MAX_PIXELS
 from keras_transfer.data.decoding import check_max_pixels
-from keras_transfer.data.decoding import decode_central_crop
-from keras_transfer.data.decoding import decode_image_bytes
 from keras_transfer.data.image_data import ImageData
 from keras_transfer.data.listing import DatasetFiles
 from keras_transfer.data.listing import list_dataset_folder
@@ -568,17 +566,8 @@ class _Reader:
 
         def decode(serialized):
             example = tf.io.parse_single_example(serialized, _FEATURES)
-            # The decoders of image files (`pipeline.decoded_dataset`), on the stored bytes.
-            if central:
-                image = decode_central_crop(
-                    example["image"], options.image_size, options.crop_fraction,
-                    options.resize, plain_jpeg=plain,
-                    dtype="uint8" if options.cache else "float32",
-                )  # fmt: skip
-            else:
-                image = decode_image_bytes(
-                    example["image"], options.load_size, options.resize, plain_jpeg=plain
-                )
+            # The decoder of image files (`pipeline.decoded_dataset`), on the stored bytes.
+            image = options.decode_bytes(example["image"], central_crop=central, plain_jpeg=plain)
             return image, tf.cast(example["label"], tf.int32)
 
         dataset = dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE)

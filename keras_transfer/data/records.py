@@ -396,7 +396,7 @@ def _write_split(out_dir, split, paths, labels, keys, order, shard_size, stored)
     """Writes one split's shards, `shard_size` images each in `order`; its manifest entry."""
     count = len(paths)
     num_shards = math.ceil(count / shard_size)
-    names, plain_sizes = [], []
+    names, plain = [], []
     for shard in range(num_shards):
         name = f"{split}/part-{shard:05d}-of-{num_shards:05d}.tfrecord"
         chosen = order[shard * shard_size : (shard + 1) * shard_size]
@@ -404,13 +404,12 @@ def _write_split(out_dir, split, paths, labels, keys, order, shard_size, stored)
         reliability.write_atomically(
             os.path.join(out_dir, split, name.split("/")[1]),
             lambda temporary, records=records: stored_images.write_shard(
-                temporary, records, plain_sizes, **stored
+                temporary, records, plain, **stored
             ),
         )
         names.append(name)
     # What the reader's decoder may assume (`decoding.plain_jpegs`).
-    plain = bool(plain_sizes) and None not in plain_sizes
-    return {"count": count, "shards": names, "plain_jpegs": plain}
+    return {"count": count, "shards": names, "plain_jpegs": bool(plain) and all(plain)}
 
 
 # --- reading --------------------------------------------------------------------------------

@@ -102,18 +102,18 @@ def _smaller(contents: tf.Tensor, shorter_side: int, jpeg_quality: int) -> tf.Te
 def write_shard(
     path: str,
     records: Sequence[tuple[str, int, str]],
-    plain_sizes: list,
+    plain: list[bool],
     shorter_side: int | None = None,
     jpeg_quality: int = DEFAULT_JPEG_QUALITY,
 ) -> None:
     """Writes one TFRecord shard of `records` (`(image path, class index, key)`): each a
-    `tf.train.Example` of `image` (`stored_bytes`), `label` and `key`. Appends to
-    `plain_sizes` each stored image's `decoding.plain_jpeg_size` (`None` when it is not a
-    plain JPEG), for the manifest's `plain_jpegs`."""
+    `tf.train.Example` of `image` (`stored_bytes`), `label` and `key`. Appends to `plain`
+    whether each stored image is a plain JPEG (`decoding.plain_jpeg_size`), for the
+    manifest's `plain_jpegs`."""
     contents_of = stored_bytes([image for image, _, _ in records], shorter_side, jpeg_quality)
     with tf.io.TFRecordWriter(path) as writer:
         for (_, label, key), contents in zip(records, contents_of, strict=True):
-            plain_sizes.append(decoding.plain_jpeg_size(io.BytesIO(contents)))
+            plain.append(decoding.plain_jpeg_size(io.BytesIO(contents)) is not None)
             feature = {
                 "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[contents])),
                 "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),

@@ -152,9 +152,10 @@ def build_pipelines(images: pathlib.Path, records: pathlib.Path, args) -> tuple[
 
 def one_epoch(dataset) -> dict:
     """Images, wall seconds and the process's CPU seconds (every `tf.data` thread runs in
-    it) over one epoch, and the resident memory after it."""
+    it) over one epoch, and the resident memory after it. A batch is `(images, labels)` or
+    one tensor."""
     start, cpu_start = time.perf_counter(), time.process_time()
-    count = sum(int(images.shape[0]) for images, _ in dataset)
+    count = sum(int((b[0] if isinstance(b, tuple) else b).shape[0]) for b in dataset)
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     return {"images": count, "seconds": seconds, "cpu_seconds": cpu, "rss_mb": round(rss_mb(), 1)}
 

@@ -50,7 +50,6 @@ import shutil
 import statistics
 import sys
 import tempfile
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -149,26 +148,11 @@ def pipeline_stages(folder: pathlib.Path, shards: pathlib.Path, args) -> dict:
     }
 
 
-def one_epoch(dataset) -> dict:
-    """Images, wall seconds and CPU seconds of the whole process (every `tf.data` thread
-    runs in it) over one epoch."""
-    start, cpu_start = time.perf_counter(), time.process_time()
-    count = 0
-    for batch in dataset:
-        first = batch[0] if isinstance(batch, tuple) else batch
-        count += int(tf.shape(first)[0])
-    return {
-        "images": count,
-        "seconds": time.perf_counter() - start,
-        "cpu_seconds": time.process_time() - cpu_start,
-    }
-
-
 def run_rounds(stages: dict, rounds: int) -> list[dict]:
     names, results = list(stages), []
     for r in range(rounds):
         order = names[r % len(names) :] + names[: r % len(names)]
-        result = {"order": order} | {name: one_epoch(stages[name]) for name in order}
+        result = {"order": order} | {name: input_pipeline.one_epoch(stages[name]) for name in order}
         rates = {name: result[name]["images"] / result[name]["seconds"] for name in names}
         print(f"round {r}: " + ", ".join(f"{n} {v:.0f}/s" for n, v in rates.items()), flush=True)
         results.append(result)

@@ -1,6 +1,7 @@
 """Datasets for transfer learning: image folders (listing, decoding, EXIF orientation, size
 limits, splits), images labelled by a table (`tables`), TFRecord shards of large datasets
-(`records`, with images stored smaller by `stored_images`), the tf.data pipeline, TFDS, and class counts and weights (`imbalance`).
+(`records`, with images stored smaller by `stored_images`), the tf.data pipeline, TFDS, and
+class counts and weights (`imbalance`).
 """
 
 from keras_transfer.data import decoding

@@ -1,0 +1,231 @@
+"""The command's `--adapt` with its defaults against the same command without it: test
+accuracy on a target test split that nothing chose (issue 33's first goal).
+
+Every run is `examples/image_classifier.py` (the program of `keras-transfer train`, this
+checkout) in its own process, MobileNet V1 with the real ImageNet weights, the command's
+defaults (nothing set but the data, the seed and the arm's `--adapt`), on a labelled source
+folder (20% of each class held out as the source validation split by a stable hash of the
+seed and the path), with `--target_dir` a flat folder of unlabeled target images and
+`--test_dir` the labelled target test images (evaluated once, after training and
+adaptation: results.json "test").
+
+Tasks (built offline from ../shared/assets; a task's test images are never among its
+training or target images):
+
+- `photo_shift`: source = the first 200 cats-vs-dogs training photos per class by file
+  name, squashed to 256x256 (`domain_adaptation.photo_shift`); target images = the same photos through
+  `domain_adaptation.night_camera` (grayscale, inverted, half contrast, noise), labels
+  dropped; target test = the night-camera test half of validation/ (`assign_splits`, seed 0).
+- `digits_m`: `domain_adaptation.digits_m` (scikit-learn's digits, `pip install .[bench]`):
+  source = the clean training and validation digits, target images = the training digits
+  blended with real photo patches as MNIST-M does, labels dropped; target test = the blended
+  test digits; 32x32 PNGs read at `--image_size=96`.
+
+Arms: `source_only` (`--target_dir` without `--adapt`: the same two phases; results.json
+reports the domain distance only), `dann`, `coral`, `mmd`, `mcc` (the fine-tuning phase
+becomes `kt.fit_domain_adaptation`, no early stopping or restore on the source validation
+loss) and the source-free `adabn`, `tent`, `shot` (after training, `apps.adapt` with its
+declared defaults). Nothing is tuned: the target labels choose nothing, and the test split
+is read once per run.
+
+    python benchmarks/command_adapt.py --task photo_shift --seeds 3
+    python benchmarks/command_adapt.py --task digits_m --seeds 3
+    python benchmarks/command_adapt.py --smoke          # a minute or two, synthetic images
+
+Each finished run is appended to `--runs_file` (default
+benchmarks/results/partial/command_adapt_runs.jsonl) and skipped when the script runs again
+with the same task, arm, seed and commit. Writes benchmarks/results/command_adapt_<task>.json;
+the last printed line is `{"task", "arms": {arm: mean test accuracy}, "beats_source_only":
+{arm: bool}}`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import statistics
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import _common  # noqa: E402
+import defaults  # noqa: E402
+import defaults_suite  # noqa: E402
+
+TASKS = ("photo_shift", "digits_m")
+ADAPT = ("dann", "coral", "mmd", "mcc", "adabn", "tent", "shot")
+ARMS = ("source_only", *ADAPT)
+PHOTO_SIZE, PHOTOS_PER_CLASS = 256, 200
+SELECTION = {
+    "tuned": (
+        "Nothing: every arm is the command with its defaults (data, seed and --adapt only); "
+        "the source validation split (20% of each class of the source folder by a stable hash "
+        "of the seed and the path) is the command's own, used as the command uses it; the "
+        "target images are unlabeled and the target labels choose nothing. The target test "
+        "split is read once per run, after training and adaptation."
+    ),
+    "tuned_on": "validation",
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--task", choices=TASKS, default="photo_shift")
+    parser.add_argument("--arms", default=",".join(ARMS))
+    parser.add_argument("--seeds", default="3", help="a count N (seeds 0 .. N-1), or a list")
+    parser.add_argument("--assets", default=None)
+    parser.add_argument("--output", default=None, help="results JSON path")
+    parser.add_argument("--runs_file", default=None, help="JSON lines of finished runs")
+    parser.add_argument("--smoke", action="store_true")
+    return parser
+
+
+def arm_flags(arm: str, target_dir: pathlib.Path) -> list[str]:
+    """The command's flags of `arm`: the target folder, and `--adapt` unless source-only."""
+    return [f"--target_dir={target_dir}", *([] if arm == "source_only" else [f"--adapt={arm}"])]
+
+
+def _write_unlabeled(folder: pathlib.Path, images) -> None:
+    """Target images in one flat folder: no class subfolders, so the command sees no labels."""
+    defaults_suite._write_images(folder, images, [0] * len(images), [""])
+
+
+def build_task(name: str, assets: pathlib.Path | None, work: pathlib.Path) -> dict:
+    """`{train_dir, target_dir, test_dir, flags}` of task `name` (synthetic with no assets)."""
+    import domain_adaptation
+    import numpy as np
+
+    if name == "digits_m":
+        data = domain_adaptation.digits_m(assets, smoke=assets is None)
+        names = [str(d) for d in range(10)]
+        pairs = zip(data["source_train"], data["source_validation"])
+        source = [np.concatenate(pair) for pair in pairs]
+        flags = ["--image_size=96"]
+    else:
+        data = domain_adaptation.photo_shift(
+            assets, smoke=assets is None, size=PHOTO_SIZE, per_class=PHOTOS_PER_CLASS
+        )
+        names = ["cats", "dogs"] if assets is not None else ["ants", "bees"]
+        source, flags = data["source_train"], []
+    train, target, test = work / f"{name}_source", work / f"{name}_target", work / f"{name}_test"
+    defaults_suite._write_images(train, *source, names)
+    _write_unlabeled(target, data["target_train"][0])
+    defaults_suite._write_images(test, *data["test"], names)
+    return {"train_dir": train, "target_dir": target, "test_dir": test, "flags": flags}
+
+
+def run_arm(task: str, arm: str, seed: int, built: dict, weights: str, work: pathlib.Path, extra):
+    """One command run: `defaults.run_config`'s summary plus the run's domain and adaptation
+    records from its results.json."""
+    summary = defaults.run_config(
+        arm,
+        seed,
+        built["train_dir"],
+        built["test_dir"],
+        weights,
+        [*built["flags"], *extra],
+        work / task,
+        flags=arm_flags(arm, built["target_dir"]),
+    )
+    results = json.loads((work / task / f"{arm}_{seed}" / "results.json").read_text())
+    return {**summary, "domain": results.get("domain"), "adaptation": results.get("adaptation")}
+
+
+def summary_line(task: str, per_seed: dict[str, list[float]]) -> dict:
+    """The last printed line: each arm's mean test accuracy, and whether it beats source-only."""
+    means = {arm: statistics.mean(values) for arm, values in per_seed.items()}
+    source = means.get("source_only")
+    return {
+        "task": task,
+        "arms": means,
+        "beats_source_only": {
+            arm: mean > source for arm, mean in means.items() if arm != "source_only"
+        }
+        if source is not None
+        else {},
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--smoke" in argv:
+        argv = ["--seeds", "1", "--arms", "source_only,coral,adabn", *argv]
+    args = _parser().parse_args(argv)
+    run = _common.start_run(SELECTION, script=__file__, argv=argv)
+    arms = [a for a in args.arms.split(",") if a]
+    unknown = sorted(set(arms) - set(ARMS))
+    if unknown:
+        raise SystemExit(f"Unknown arms {unknown}; choose from {', '.join(ARMS)}.")
+    seeds = defaults_suite.parse_seeds(args.seeds)
+    assets = None if args.smoke else _common.assets_dir(args.assets, _common.MOBILENET_WEIGHTS)
+    weights = "none" if assets is None else str(assets / _common.MOBILENET_WEIGHTS)
+    extra = ["--image_size=32", "--batch_size=8"] if args.smoke else []
+    work = pathlib.Path(tempfile.mkdtemp(prefix="command_adapt_"))
+    runs_file = _runs_file(args)
+    done = defaults_suite._load_runs(runs_file)
+    built = build_task(args.task, assets, work)
+    per_seed: dict[str, list[float]] = {}
+    runs: dict[str, list[dict]] = {}
+    for arm in arms:
+        for seed in seeds:
+            key = defaults_suite._run_key(args.task, arm, seed, run.git_commit)
+            if key not in done:
+                result = run_arm(args.task, arm, seed, built, weights, work, extra)
+                done[key] = {"key": key, "task": args.task, "arm": arm, "seed": seed, **result}
+                with runs_file.open("a") as out:
+                    out.write(json.dumps(done[key]) + "\n")
+            per_seed.setdefault(arm, []).append(done[key]["test_accuracy"])
+            runs.setdefault(arm, []).append(done[key])
+    line = summary_line(args.task, per_seed)
+    _common.write_results(
+        _common.results_path(args.output, args.smoke, f"command_adapt_{args.task}"),
+        run,
+        kind="accuracy",
+        benchmark="command_adapt",
+        dataset=args.task,
+        splits=runs[arms[0]][0]["splits"],
+        evaluated_on="test",
+        arms={arm: _metrics(values, runs[arm]) for arm, values in per_seed.items()},
+        primary_metric="test_accuracy",
+        seeds=seeds,
+        comparisons=[["source_only", arm] for arm in per_seed if arm != "source_only"],
+        details={
+            "summary": line,
+            "runs": {arm: [_run_details(r) for r in arm_runs] for arm, arm_runs in runs.items()},
+            "runs_file": str(runs_file),
+        },
+    )
+    print(json.dumps(line))
+    return line
+
+
+def _metrics(test_accuracy: list[float], runs: list[dict]) -> dict:
+    """The arm's metrics for the results file: test accuracy, and the saved model's source
+    validation accuracy when every run reported it."""
+    validation = [run.get("val_accuracy") for run in runs]
+    if any(value is None for value in validation):
+        return {"test_accuracy": test_accuracy}
+    return {"test_accuracy": test_accuracy, "source_val_accuracy": validation}
+
+
+def _run_details(run: dict) -> dict:
+    keys = ("seed", "command", "seconds", "saved_weights", "domain", "adaptation")
+    return {key: run.get(key) for key in keys}
+
+
+def _runs_file(args) -> pathlib.Path:
+    if args.runs_file:
+        path = pathlib.Path(args.runs_file)
+    elif args.smoke:
+        path = pathlib.Path(tempfile.mkdtemp(prefix="command_adapt_smoke_")) / "runs.jsonl"
+    else:
+        path = _common.REPO_ROOT / "benchmarks" / "results" / "partial" / "command_adapt_runs.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+if __name__ == "__main__":
+    main()

@@ -16,6 +16,8 @@ training or target images):
   name, squashed to 256x256 (`domain_adaptation.photo_shift`); target images = the same photos through
   `domain_adaptation.night_camera` (grayscale, inverted, half contrast, noise), labels
   dropped; target test = the night-camera test half of validation/ (`assign_splits`, seed 0).
+- `camera_shift`: the same with `domain_adaptation.dim_camera` (darker, bluer, slightly
+  blurred and noisier: the shift issue 33 describes) in place of the night camera.
 - `digits_m`: `domain_adaptation.digits_m` (scikit-learn's digits, `pip install .[bench]`):
   source = the clean training and validation digits, target images = the training digits
   blended with real photo patches as MNIST-M does, labels dropped; target test = the blended
@@ -29,6 +31,7 @@ declared defaults). Nothing is tuned: the target labels choose nothing, and the 
 is read once per run.
 
     python benchmarks/command_adapt.py --task photo_shift --seeds 3
+    python benchmarks/command_adapt.py --task camera_shift --seeds 3
     python benchmarks/command_adapt.py --task digits_m --seeds 3
     python benchmarks/command_adapt.py --smoke          # a minute or two, synthetic images
 
@@ -55,7 +58,7 @@ import _common  # noqa: E402
 import defaults  # noqa: E402
 import defaults_suite  # noqa: E402
 
-TASKS = ("photo_shift", "digits_m")
+TASKS = ("photo_shift", "camera_shift", "digits_m")
 ADAPT = ("dann", "coral", "mmd", "mcc", "adabn", "tent", "shot")
 ARMS = ("source_only", *ADAPT)
 PHOTO_SIZE, PHOTOS_PER_CLASS = 256, 200
@@ -106,7 +109,11 @@ def build_task(name: str, assets: pathlib.Path | None, work: pathlib.Path) -> di
         flags = ["--image_size=96"]
     else:
         data = domain_adaptation.photo_shift(
-            assets, smoke=assets is None, size=PHOTO_SIZE, per_class=PHOTOS_PER_CLASS
+            assets,
+            smoke=assets is None,
+            size=PHOTO_SIZE,
+            per_class=PHOTOS_PER_CLASS,
+            shift=domain_adaptation.SHIFTS[name],
         )
         names = ["cats", "dogs"] if assets is not None else ["ants", "bees"]
         source, flags = data["source_train"], []

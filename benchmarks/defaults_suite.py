@@ -21,8 +21,13 @@ training images):
 
 Arms: `fixed` (`--plan=fixed`), `advisor_rules` (the package's `plan=auto` rules), and each
 recipe alone on top of `fixed` (`RECIPES`). `advisor` is not a run: for each task it is the
-arm whose mean test-accuracy gain over `fixed` on the *other* tasks is largest (ties: fixed),
-measured on that task (leave-one-task-out: a task's own test split never chooses its plan).
+arm that a rule fitted on the *other* tasks gives it, measured on that task
+(leave-one-task-out: a task's own test split never chooses its plan). The rule
+(`fit_size_rule`) is either one arm for every task or a threshold on the training images per
+class with one arm below and one above (two or more tasks on each side), whichever gains
+most over `fixed` on those tasks
+(ties: one arm); each arm is the one with the largest mean gain on its side (ties: fixed).
+`advisor_rule_all_tasks` is the rule fitted on every task, what the package would use.
 
     python benchmarks/defaults_suite.py --seeds 3                     # every task and arm
     python benchmarks/defaults_suite.py --tasks ants_bees,cats_dogs_10 --seeds 3
@@ -33,8 +38,9 @@ benchmarks/results/partial/defaults_suite_runs.jsonl) and skipped when the scrip
 again with the same task, arm, seed and commit, so the suite can be run in parts. The results
 file (benchmarks/results/defaults_suite.json) is written when every requested run is done;
 its last printed line is `{"tasks": {task: {"fixed", "advisor", "advisor_rules",
-"recipes": {...}}}, "mean_gain_vs_fixed", "worst_gain_vs_fixed", "advisor_choice"}` with
-each accuracy as `{mean, ci95, per_seed}`.
+"recipes": {...}}}, "mean_gain_vs_fixed", "worst_gain_vs_fixed", "advisor_choice",
+"advisor_rule_all_tasks"}` with each accuracy as `{mean, ci95, per_seed}`.
+`--runs_commit` reads the runs of another commit (the pinned suite's) and trains nothing.
 """
 
 from __future__ import annotations
@@ -67,6 +73,8 @@ ARMS = {"fixed": ["--plan=fixed"], "advisor_rules": [], **{
     name: ["--plan=fixed", *flags] for name, flags in RECIPES.items()
 }}  # fmt: skip
 CATS_DOGS_SIZES = (10, 50, 200, 1000)
+NUM_CLASSES = {"digits": 10}  # every other task has two classes
+MIN_TASKS_PER_SIDE = 2  # of a size rule's threshold (fit_size_rule)
 _PARTS = ("train", "validation", "test")
 TASKS = (
     "ants_bees",
@@ -81,9 +89,14 @@ SELECTION = {
         "(training split size, per-block LogME on training images; early stopping and kept "
         "weights on the validation loss). Recipes: fixed plus one setting each, nothing "
         "tuned, except wise_ft (alpha on validation accuracy). advisor: for each task, the "
-        "arm with the largest mean test-accuracy gain over fixed on the other tasks (ties: "
-        "fixed); the task's own test split chooses nothing. Validation: 20% of each class of "
-        "the task's training folder by a stable hash of the seed and the path."
+        "arm given by a rule fitted on the other tasks' mean test accuracies: one arm for "
+        "every task, or a threshold on training images per class with one arm each side "
+        "(two or more tasks each side), whichever gains most over fixed (ties: one arm; an "
+        "arm's ties: fixed); the task's "
+        "own test split chooses nothing. advisor_one_arm: the rule declared when the suite "
+        "started (the arm with the largest mean gain on the other tasks); the threshold was "
+        "added after 4 of the 8 tasks had run, so both are reported. Validation: 20% of "
+        "each class of the task's training folder by a stable hash of the seed and the path."
     ),
     "tuned_on": "validation",
 }
@@ -99,6 +112,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--assets", default=None)
     parser.add_argument("--output", default=None, help="results JSON path")
     parser.add_argument("--runs_file", default=None, help="JSON lines of finished runs")
+    parser.add_argument(
+        "--runs_commit",
+        default=None,
+        help="read the runs of this commit from the runs file (default: this checkout's); "
+        "with it, a missing run is an error, not trained",
+    )
     parser.add_argument("--smoke", action="store_true")
     return parser
 
@@ -223,44 +242,113 @@ def _load_runs(path: pathlib.Path) -> dict[str, dict]:
     return runs
 
 
-def advisor_choices(accuracy: dict[str, dict[str, float]]) -> dict[str, str]:
-    """Leave-one-task-out: for each task, the arm with the largest mean gain over `fixed`
-    on the other tasks (`accuracy[task][arm]` = mean test accuracy); ties go to `fixed`."""
+def best_arm(accuracy: dict[str, dict[str, float]], tasks: list[str]) -> str:
+    """The arm with the largest mean gain over `fixed` on `tasks` (`accuracy[task][arm]` =
+    mean test accuracy); ties go to `fixed`."""
+    arms = [a for a in accuracy[tasks[0]] if all(a in accuracy[t] for t in tasks)] if tasks else []
+    gains = {a: statistics.mean(accuracy[t][a] - accuracy[t]["fixed"] for t in tasks) for a in arms}
+    best = max(gains.values(), default=0.0)
+    return "fixed" if gains.get("fixed", 0.0) >= best else max(gains, key=gains.get)
+
+
+def rule_arm(rule: dict, size: float) -> str:
+    """The arm a fitted rule (`fit_size_rule`) gives a task of `size` images per class."""
+    below = rule["threshold"] is not None and size < rule["threshold"]
+    return rule["below"] if below else rule["above"]
+
+
+def fit_size_rule(
+    accuracy: dict[str, dict[str, float]], sizes: dict[str, float], tasks: list[str]
+) -> dict:
+    """The advisor's rule fitted on `tasks`: one arm for all, or a threshold on the training
+    images per class (`sizes`) with the best arm on each side; whichever has the largest
+    mean gain on `tasks` (ties: one arm, then the lower threshold). Thresholds lie halfway
+    (geometrically) between neighbouring task sizes, with at least `MIN_TASKS_PER_SIDE`
+    tasks on each side: an arm chosen on one task is one task's evidence."""
+
+    def gain(rule: dict) -> float:
+        return statistics.mean(
+            accuracy[t][rule_arm(rule, sizes[t])] - accuracy[t]["fixed"] for t in tasks
+        )
+
+    everyone = best_arm(accuracy, tasks)
+    rules = [{"threshold": None, "below": everyone, "above": everyone}]
+    ordered = sorted({sizes[t] for t in tasks})
+    for low, high in zip(ordered, ordered[1:]):
+        threshold = round((low * high) ** 0.5, 1)
+        below = [t for t in tasks if sizes[t] < threshold]
+        above = [t for t in tasks if sizes[t] >= threshold]
+        if min(len(below), len(above)) < MIN_TASKS_PER_SIDE:
+            continue
+        rule = {"threshold": threshold, "below": best_arm(accuracy, below)}
+        rules.append({**rule, "above": best_arm(accuracy, above)})
+    best = max(gain(rule) for rule in rules)
+    return next(rule for rule in rules if gain(rule) >= best - 1e-12)
+
+
+def advisor_choices(
+    accuracy: dict[str, dict[str, float]], sizes: dict[str, float] | None = None
+) -> dict[str, str]:
+    """Leave-one-task-out: for each task, the arm that the rule fitted on the other tasks
+    (`fit_size_rule`; without `sizes`, the best arm on them) gives it."""
     choices = {}
     for task in accuracy:
         others = [t for t in accuracy if t != task]
-        gains = {
-            arm: statistics.mean(accuracy[t][arm] - accuracy[t]["fixed"] for t in others)
-            for arm in accuracy[task]
-            if others and all(arm in accuracy[t] for t in others)
-        }
-        best = max(gains.values(), default=0.0)
-        choices[task] = "fixed" if gains.get("fixed", 0.0) >= best else max(gains, key=gains.get)
+        if sizes is None or not others:
+            choices[task] = best_arm(accuracy, others)
+            continue
+        choices[task] = rule_arm(fit_size_rule(accuracy, sizes, others), sizes[task])
     return choices
 
 
-def suite_summary(per_seed: dict[str, dict[str, list[float]]]) -> dict:
+def describe_rule(rule: dict) -> str:
+    """A fitted rule in words, e.g. "below 60 training images per class: ema; else fixed"."""
+    if rule["threshold"] is None:
+        return f"every task: {rule['above']}"
+    return (
+        f"below {rule['threshold']:g} training images per class: {rule['below']}; "
+        f"else {rule['above']}"
+    )
+
+
+def suite_summary(
+    per_seed: dict[str, dict[str, list[float]]], sizes: dict[str, float] | None = None
+) -> dict:
     """The last printed line: per task each arm's test accuracy `{mean, ci95, per_seed}`,
-    the leave-one-task-out advisor, and its mean and worst gain over `fixed`."""
+    the leave-one-task-out advisor (`advisor_choices`), its mean and worst gain over
+    `fixed`, and the rule fitted on every task (what the package's advisor would use)."""
     means = {t: {a: statistics.mean(v) for a, v in arms.items()} for t, arms in per_seed.items()}
-    choices = advisor_choices(means)
-    tasks, gains = {}, []
+    choices = advisor_choices(means, sizes)
+    one_arm = advisor_choices(means) if sizes else choices
+    tasks, gains, one_arm_gains = {}, [], []
     for task, arms in per_seed.items():
         entry = {"fixed": _summary(arms["fixed"])} if "fixed" in arms else {}
         advisor = arms[choices[task]]
         entry["advisor"] = {**_summary(advisor), "arm": choices[task]}
+        entry["advisor_one_arm"] = {**_summary(arms[one_arm[task]]), "arm": one_arm[task]}
         if "advisor_rules" in arms:
             entry["advisor_rules"] = _summary(arms["advisor_rules"])
         entry["recipes"] = {a: _summary(v) for a, v in arms.items() if a in RECIPES}
         tasks[task] = entry
         if "fixed" in arms:
-            gains.append(statistics.mean(advisor) - statistics.mean(arms["fixed"]))
+            fixed = statistics.mean(arms["fixed"])
+            gains.append(statistics.mean(advisor) - fixed)
+            one_arm_gains.append(statistics.mean(arms[one_arm[task]]) - fixed)
     return {
         "tasks": tasks,
         "mean_gain_vs_fixed": round(statistics.mean(gains), 4) if gains else None,
         "worst_gain_vs_fixed": round(min(gains), 4) if gains else None,
         "advisor_choice": choices,
+        "advisor_one_arm_gain_vs_fixed": {
+            "mean": round(statistics.mean(one_arm_gains), 4) if one_arm_gains else None,
+            "worst": round(min(one_arm_gains), 4) if one_arm_gains else None,
+        },
+        **({"advisor_rule_all_tasks": _rule_on_all(means, sizes)} if sizes else {}),
     }
+
+
+def _rule_on_all(means: dict[str, dict[str, float]], sizes: dict[str, float]) -> str:
+    return describe_rule(fit_size_rule(means, sizes, list(means)))
 
 
 def _summary(values: list[float]) -> dict:
@@ -286,6 +374,8 @@ def main(argv: list[str] | None = None) -> dict:
     work = pathlib.Path(tempfile.mkdtemp(prefix="defaults_suite_"))
     runs_file = _runs_file(args)
     done = _load_runs(runs_file)
+    if args.runs_commit:  # the runs' keys hold full hashes
+        args.runs_commit = _common._git("rev-parse", args.runs_commit) or args.runs_commit
     per_seed: dict[str, dict[str, list[float]]] = {}
     splits = {}
     for task in tasks:
@@ -293,7 +383,9 @@ def main(argv: list[str] | None = None) -> dict:
         flags = [*built["flags"], *(["--image_size=32", "--batch_size=8"] if args.smoke else [])]
         for arm in arms:
             for seed in seeds:
-                key = _run_key(task, arm, seed, run.git_commit)
+                key = _run_key(task, arm, seed, args.runs_commit or run.git_commit)
+                if key not in done and args.runs_commit:
+                    raise SystemExit(f"{key} is not in {runs_file}: run it from that commit.")
                 if key not in done:
                     result = defaults.run_config(
                         arm,
@@ -310,7 +402,8 @@ def main(argv: list[str] | None = None) -> dict:
                         out.write(json.dumps(done[key]) + "\n")
                 per_seed.setdefault(task, {}).setdefault(arm, []).append(done[key]["test_accuracy"])
                 splits[task] = done[key]["splits"]
-    summary = suite_summary(per_seed)
+    sizes = {t: splits[t]["train"] / NUM_CLASSES.get(t, 2) for t in per_seed}
+    summary = suite_summary(per_seed, sizes)
     output = _common.results_path(args.output, args.smoke, "defaults_suite")
     _common.write_results(
         output,
@@ -331,7 +424,12 @@ def main(argv: list[str] | None = None) -> dict:
         comparisons=[
             [f"{t}:fixed", f"{t}:{a}"] for t in per_seed for a in per_seed[t] if a != "fixed"
         ],
-        details={"summary": summary, "splits_by_task": splits, "runs_file": str(runs_file)},
+        details={
+            "summary": summary,
+            "splits_by_task": splits,
+            "train_images_per_class": sizes,
+            "runs_file": str(runs_file),
+        },
     )
     print(json.dumps(summary))
     return summary

@@ -86,3 +86,60 @@ def test_main_runs_each_task_arm_and_seed_once_and_resumes_from_the_runs_file(
 def test_seeds_is_a_count_or_a_list(suite):
     assert suite.parse_seeds("3") == [0, 1, 2]
     assert suite.parse_seeds("0,4,7") == [0, 4, 7]
+
+
+def test_a_size_rule_splits_the_tasks_where_the_best_arm_changes(suite):
+    # ema helps the two small tasks, mixup the two large ones: a threshold between 10 and
+    # 100 images per class (geometric midpoint 31.6) gains more than any one arm.
+    accuracy = {
+        "s1": {"fixed": 0.80, "ema": 0.83, "mixup": 0.78},
+        "s2": {"fixed": 0.70, "ema": 0.72, "mixup": 0.69},
+        "l1": {"fixed": 0.90, "ema": 0.89, "mixup": 0.93},
+        "l2": {"fixed": 0.85, "ema": 0.85, "mixup": 0.87},
+    }
+    sizes = {"s1": 10, "s2": 10, "l1": 100, "l2": 1000}
+    rule = suite.fit_size_rule(accuracy, sizes, list(accuracy))
+    assert rule == {"threshold": 31.6, "below": "ema", "above": "mixup"}
+    assert suite.rule_arm(rule, 20) == "ema" and suite.rule_arm(rule, 40) == "mixup"
+    assert suite.describe_rule(rule) == ("below 31.6 training images per class: ema; else mixup")
+    # Leaving a task out leaves three: a split would rest on one task on one side, so the
+    # rule is one arm, the best on the other three (leaving s1 out: mixup, +1.33 points;
+    # leaving l2 out: ema, +1.33), which here is the wrong one for the task left out.
+    choices = suite.advisor_choices(accuracy, sizes)
+    assert choices == {"s1": "mixup", "s2": "mixup", "l1": "ema", "l2": "ema"}
+
+
+def test_one_arm_wins_ties_with_a_split(suite):
+    accuracy = {
+        "a": {"fixed": 0.80, "ema": 0.82},
+        "b": {"fixed": 0.70, "ema": 0.72},
+    }
+    rule = suite.fit_size_rule(accuracy, {"a": 10, "b": 100}, ["a", "b"])
+    assert rule == {"threshold": None, "below": "ema", "above": "ema"}
+    assert suite.describe_rule(rule) == "every task: ema"
+
+
+def test_runs_commit_reads_another_commits_runs_and_trains_nothing(suite, tmp_path, monkeypatch):
+    runs = tmp_path / "runs.jsonl"
+    lines = [
+        {"key": f"t1|{arm}|{seed}|abc", "task": "t1", "arm": arm, "seed": seed,
+         "test_accuracy": 0.8, "splits": {"train": 16, "validation": 4, "test": 10}}
+        for arm in ("fixed", "ema") for seed in range(3)
+    ]  # fmt: skip
+    runs.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    monkeypatch.setattr(suite.defaults, "run_config", lambda *a, **k: pytest.fail("trained"))
+    monkeypatch.setattr(
+        suite,
+        "build_task",
+        lambda name, assets, work: {"train_dir": name, "test_dir": "t", "flags": []},
+    )
+    monkeypatch.setattr(suite._common, "assets_dir", lambda flag, needs: tmp_path)
+    args = ["--tasks", "t1", "--arms", "fixed,ema", "--seeds", "3", "--runs_file", str(runs)]
+    args += ["--output", str(tmp_path / "out.json"), "--runs_commit", "abc"]
+    summary = suite.main(args)
+    assert summary["tasks"]["t1"]["fixed"]["per_seed"] == [0.8] * 3
+    record = json.loads((tmp_path / "out.json").read_text())
+    assert record["details"]["train_images_per_class"] == {"t1": 8.0}
+
+    with pytest.raises(SystemExit, match=r"t1\|fixed\|0\|other is not in"):
+        suite.main([*args[:-1], "other"])

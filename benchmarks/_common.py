@@ -79,6 +79,45 @@ def results_path(output: str | None, smoke: bool, name: str) -> pathlib.Path:
     return REPO_ROOT / "benchmarks" / "results" / f"{name}.json"
 
 
+class RunsFile:
+    """Finished runs of a benchmark run in parts, one JSON object per line, keyed
+    `task|arm|seed|commit`: a run already in the file is not run again.
+
+    Args:
+        flag: the script's `--runs_file`; default `benchmarks/results/partial/<name>_runs.jsonl`,
+            or a new temporary folder's file for a smoke run.
+        smoke: whether this is a smoke run.
+        name: the benchmark's name.
+    """
+
+    def __init__(self, flag: str | None, smoke: bool, name: str):
+        if flag:
+            self.path = pathlib.Path(flag)
+        elif smoke:
+            self.path = pathlib.Path(tempfile.mkdtemp(prefix=f"{name}_smoke_")) / "runs.jsonl"
+        else:
+            self.path = REPO_ROOT / "benchmarks" / "results" / "partial" / f"{name}_runs.jsonl"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.runs = {}
+        if self.path.exists():
+            for line in self.path.read_text().splitlines():
+                if line.strip():
+                    run = json.loads(line)
+                    self.runs[run["key"]] = run
+
+    @staticmethod
+    def key(task: str, arm: str, seed: int, commit: str) -> str:
+        return f"{task}|{arm}|{seed}|{commit}"
+
+    def add(self, key: str, run: dict) -> dict:
+        """Appends `run` (with its key) to the file and returns it."""
+        task, arm, seed, _ = key.split("|")
+        self.runs[key] = {"key": key, "task": task, "arm": arm, "seed": int(seed), **run}
+        with self.path.open("a") as out:
+            out.write(json.dumps(self.runs[key]) + "\n")
+        return self.runs[key]
+
+
 def held_out_folder(root: pathlib.Path) -> pathlib.Path:
     """The dataset's own held-out folder (`val/`, `validation/` or `valid/`, as the package's
     loader finds them): hymenoptera_data has `val/`, cats_and_dogs_filtered `validation/`."""

@@ -171,19 +171,16 @@ def main(argv: list[str] | None = None) -> dict:
     weights = "none" if assets is None else str(assets / _common.MOBILENET_WEIGHTS)
     extra = ["--image_size=32", "--batch_size=8"] if args.smoke else []
     work = pathlib.Path(tempfile.mkdtemp(prefix="command_adapt_"))
-    runs_file = _runs_file(args)
-    done = defaults_suite._load_runs(runs_file)
+    runs_file = _common.RunsFile(args.runs_file, args.smoke, "command_adapt")
+    done = runs_file.runs
     built = build_task(args.task, assets, work)
     per_seed: dict[str, list[float]] = {}
     runs: dict[str, list[dict]] = {}
     for arm in arms:
         for seed in seeds:
-            key = defaults_suite._run_key(args.task, arm, seed, run.git_commit)
+            key = runs_file.key(args.task, arm, seed, run.git_commit)
             if key not in done:
-                result = run_arm(args.task, arm, seed, built, weights, work, extra)
-                done[key] = {"key": key, "task": args.task, "arm": arm, "seed": seed, **result}
-                with runs_file.open("a") as out:
-                    out.write(json.dumps(done[key]) + "\n")
+                runs_file.add(key, run_arm(args.task, arm, seed, built, weights, work, extra))
             per_seed.setdefault(arm, []).append(done[key]["test_accuracy"])
             runs.setdefault(arm, []).append(done[key])
     line = summary_line(args.task, per_seed)
@@ -202,7 +199,7 @@ def main(argv: list[str] | None = None) -> dict:
         details={
             "summary": line,
             "runs": {arm: [_run_details(r) for r in arm_runs] for arm, arm_runs in runs.items()},
-            "runs_file": str(runs_file),
+            "runs_file": str(runs_file.path),
         },
     )
     print(json.dumps(line))
@@ -221,17 +218,6 @@ def _metrics(test_accuracy: list[float], runs: list[dict]) -> dict:
 def _run_details(run: dict) -> dict:
     keys = ("seed", "command", "seconds", "saved_weights", "domain", "adaptation")
     return {key: run.get(key) for key in keys}
-
-
-def _runs_file(args) -> pathlib.Path:
-    if args.runs_file:
-        path = pathlib.Path(args.runs_file)
-    elif args.smoke:
-        path = pathlib.Path(tempfile.mkdtemp(prefix="command_adapt_smoke_")) / "runs.jsonl"
-    else:
-        path = _common.REPO_ROOT / "benchmarks" / "results" / "partial" / "command_adapt_runs.jsonl"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 if __name__ == "__main__":

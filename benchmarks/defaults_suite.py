@@ -227,21 +227,6 @@ def parse_seeds(text: str) -> list[int]:
     return [int(s) for s in text.split(",") if s.strip()]
 
 
-def _run_key(task: str, arm: str, seed: int, commit: str) -> str:
-    return f"{task}|{arm}|{seed}|{commit}"
-
-
-def _load_runs(path: pathlib.Path) -> dict[str, dict]:
-    if not path.exists():
-        return {}
-    runs = {}
-    for line in path.read_text().splitlines():
-        if line.strip():
-            run = json.loads(line)
-            runs[run["key"]] = run
-    return runs
-
-
 def best_arm(accuracy: dict[str, dict[str, float]], tasks: list[str]) -> str:
     """The arm with the largest mean gain over `fixed` on `tasks` (`accuracy[task][arm]` =
     mean test accuracy); ties go to `fixed`."""
@@ -372,8 +357,8 @@ def main(argv: list[str] | None = None) -> dict:
     assets = None if args.smoke else _common.assets_dir(args.assets, _common.MOBILENET_WEIGHTS)
     weights = "none" if assets is None else str(assets / _common.MOBILENET_WEIGHTS)
     work = pathlib.Path(tempfile.mkdtemp(prefix="defaults_suite_"))
-    runs_file = _runs_file(args)
-    done = _load_runs(runs_file)
+    runs_file = _common.RunsFile(args.runs_file, args.smoke, "defaults_suite")
+    done = runs_file.runs
     if args.runs_commit:  # the runs' keys hold full hashes
         args.runs_commit = _common._git("rev-parse", args.runs_commit) or args.runs_commit
     per_seed: dict[str, dict[str, list[float]]] = {}
@@ -383,9 +368,9 @@ def main(argv: list[str] | None = None) -> dict:
         flags = [*built["flags"], *(["--image_size=32", "--batch_size=8"] if args.smoke else [])]
         for arm in arms:
             for seed in seeds:
-                key = _run_key(task, arm, seed, args.runs_commit or run.git_commit)
+                key = runs_file.key(task, arm, seed, args.runs_commit or run.git_commit)
                 if key not in done and args.runs_commit:
-                    raise SystemExit(f"{key} is not in {runs_file}: run it from that commit.")
+                    raise SystemExit(f"{key} is not in {runs_file.path}: run it from that commit.")
                 if key not in done:
                     result = defaults.run_config(
                         arm,
@@ -397,9 +382,7 @@ def main(argv: list[str] | None = None) -> dict:
                         work / task,
                         flags=ARMS[arm],
                     )
-                    done[key] = {"key": key, "task": task, "arm": arm, "seed": seed, **result}
-                    with runs_file.open("a") as out:
-                        out.write(json.dumps(done[key]) + "\n")
+                    runs_file.add(key, result)
                 per_seed.setdefault(task, {}).setdefault(arm, []).append(done[key]["test_accuracy"])
                 splits[task] = done[key]["splits"]
     sizes = {t: splits[t]["train"] / NUM_CLASSES.get(t, 2) for t in per_seed}
@@ -428,24 +411,11 @@ def main(argv: list[str] | None = None) -> dict:
             "summary": summary,
             "splits_by_task": splits,
             "train_images_per_class": sizes,
-            "runs_file": str(runs_file),
+            "runs_file": str(runs_file.path),
         },
     )
     print(json.dumps(summary))
     return summary
-
-
-def _runs_file(args) -> pathlib.Path:
-    if args.runs_file:
-        path = pathlib.Path(args.runs_file)
-    elif args.smoke:
-        path = pathlib.Path(tempfile.mkdtemp(prefix="defaults_suite_smoke_")) / "runs.jsonl"
-    else:
-        path = (
-            _common.REPO_ROOT / "benchmarks" / "results" / "partial" / "defaults_suite_runs.jsonl"
-        )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 if __name__ == "__main__":

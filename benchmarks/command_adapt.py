@@ -13,9 +13,9 @@ Tasks (built offline from ../shared/assets; a task's test images are never among
 training or target images):
 
 - `photo_shift`: source = the first 200 cats-vs-dogs training photos per class by file
-  name, squashed to 256x256 (`domain_adaptation.photo_shift`); target images = the same photos through
-  `domain_adaptation.night_camera` (grayscale, inverted, half contrast, noise), labels
-  dropped; target test = the night-camera test half of validation/ (`assign_splits`, seed 0).
+  name, squashed to 256x256 (`domain_adaptation.photo_shift`); target images = the same
+  photos through `domain_adaptation.night_camera` (grayscale, inverted, half contrast,
+  noise), labels dropped; target test = the night-camera test half of validation/ (`assign_splits`, seed 0).
 - `camera_shift`: the same with `domain_adaptation.dim_camera` (darker, bluer, slightly
   blurred and noisier: the shift issue 33 describes) in place of the night camera.
 - `digits_m`: `domain_adaptation.digits_m` (scikit-learn's digits, `pip install .[bench]`):

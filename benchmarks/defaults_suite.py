@@ -25,8 +25,8 @@ arm that a rule fitted on the *other* tasks gives it, measured on that task
 (leave-one-task-out: a task's own test split never chooses its plan). The rule
 (`fit_size_rule`) is either one arm for every task or a threshold on the training images per
 class with one arm below and one above (two or more tasks on each side), whichever gains
-most over `fixed` on those tasks
-(ties: one arm); each arm is the one with the largest mean gain on its side (ties: fixed).
+most over `fixed` on those tasks (ties: one arm); each arm is the one with the largest mean
+gain on its side (ties: fixed).
 `advisor_rule_all_tasks` is the rule fitted on every task, what the package would use.
 
     python benchmarks/defaults_suite.py --seeds 3                     # every task and arm
@@ -92,8 +92,8 @@ SELECTION = {
         "arm given by a rule fitted on the other tasks' mean test accuracies: one arm for "
         "every task, or a threshold on training images per class with one arm each side "
         "(two or more tasks each side), whichever gains most over fixed (ties: one arm; an "
-        "arm's ties: fixed); the task's "
-        "own test split chooses nothing. advisor_one_arm: the rule declared when the suite "
+        "arm's ties: fixed); the task's own test split chooses nothing. advisor_one_arm: "
+        "the rule declared when the suite "
         "started (the arm with the largest mean gain on the other tasks); the threshold was "
         "added after 4 of the 8 tasks had run, so both are reported. Validation: 20% of "
         "each class of the task's training folder by a stable hash of the seed and the path."
@@ -267,8 +267,9 @@ def fit_size_rule(
             continue
         rule = {"threshold": threshold, "below": best_arm(accuracy, below)}
         rules.append({**rule, "above": best_arm(accuracy, above)})
-    best = max(gain(rule) for rule in rules)
-    return next(rule for rule in rules if gain(rule) >= best - 1e-12)
+    gains = [gain(rule) for rule in rules]
+    best = max(gains)
+    return next(rule for rule, value in zip(rules, gains) if value >= best - 1e-12)
 
 
 def advisor_choices(

@@ -4,8 +4,9 @@ synthetic image folder of the `--smoke` runs, and the results files: their schem
 
 A results file is a verdict only if it follows the schema: what was tuned and on which split
 is recorded when the run starts (`start_run(selection)`), accuracies are measured on a test
-split that selected nothing, over at least `MIN_SEEDS` seeds (`MIN_SEEDS_CLOSE` where two
-compared arms end within `CLOSE_MARGIN`), and every metric keeps its per-seed values beside
+split that selected nothing, over at least `MIN_SEEDS` seeds (`MIN_SEEDS_CLOSE` paired runs
+where two compared arms end within `CLOSE_MARGIN`: seeds, times the tasks an arm averages per
+seed in a suite, `tasks_per_seed`), and every metric keeps its per-seed values beside
 their mean, standard deviation and 95% confidence half-width. `benchmarks/report.py` renders
 the tables of benchmarks/README.md and README.md from these files and checks them.
 """
@@ -221,7 +222,7 @@ KINDS = ("accuracy", "timing", "ranking")
 # correlations (Kendall's tau of a score against a measured accuracy) lie in [-1, 1].
 METRIC_RANGE = {"accuracy": (0.0, 1.0), "ranking": (-1.0, 1.0)}
 MIN_SEEDS = 3  # seeds behind every accuracy verdict
-MIN_SEEDS_CLOSE = 5  # ... where two compared arms differ by less than CLOSE_MARGIN
+MIN_SEEDS_CLOSE = 5  # paired runs where two compared arms differ by less than CLOSE_MARGIN
 CLOSE_MARGIN = 0.02  # 2 points of a metric in [0, 1]
 SPLIT_SCHEMES = ("fixed", "repeated_stratified")
 SUMMARY_KEYS = ("mean", "std", "ci95", "per_seed")
@@ -377,6 +378,7 @@ def write_results(
     comparisons: list | None = None,
     split_scheme: str = "fixed",
     details: dict | None = None,
+    tasks_per_seed: dict[str, int] | None = None,
 ) -> dict:
     """Writes one results file (atomically) and returns its record.
 
@@ -385,6 +387,9 @@ def write_results(
     each list becomes `summarize(values)`. `seeds` (accuracy) or `repeats` (timing) say what
     the lists run over; `comparisons` lists the arm pairs the verdict compares (default:
     every pair). `details` holds anything else the script measured (curves, settings).
+    `tasks_per_seed` names the arms whose per-seed value is a mean over several tasks (a
+    suite), with their number of tasks: a comparison of two such arms pairs tasks x seeds
+    independent runs, which is what `MIN_SEEDS_CLOSE` counts.
     The file is written even when it breaks the schema (a long run is never lost); the
     problems are printed, and `report.py --check` refuses such a file in benchmarks/results/.
     """
@@ -415,6 +420,7 @@ def write_results(
         "started_at": run.started_at,
         "finished_at": _now(),
         "details": details or {},
+        **({"tasks_per_seed": dict(tasks_per_seed)} if tasks_per_seed else {}),
     }
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -518,13 +524,21 @@ def _check_accuracy(record: dict, seeds: list) -> list[str]:
             continue
         a, b = pair
         if a in means and b in means and abs(means[a] - means[b]) < CLOSE_MARGIN:
-            if len(seeds) < MIN_SEEDS_CLOSE:
+            runs = len(seeds) * min(_tasks_per_seed(record, a), _tasks_per_seed(record, b))
+            if runs < MIN_SEEDS_CLOSE:
                 problems.append(
                     f"arms {a} and {b} differ by {100 * abs(means[a] - means[b]):.2f} points "
                     f"of {metric} (< {100 * CLOSE_MARGIN:g}): the verdict needs "
-                    f"{MIN_SEEDS_CLOSE} seeds, not {len(seeds)}"
+                    f"{MIN_SEEDS_CLOSE} paired runs (seeds x tasks_per_seed), not {runs}"
                 )
     return problems
+
+
+def _tasks_per_seed(record: dict, arm: str) -> int:
+    """How many tasks `arm`'s per-seed value averages (`write_results(tasks_per_seed=)`):
+    1 unless the file says otherwise with a positive whole number."""
+    count = (record.get("tasks_per_seed") or {}).get(arm, 1)
+    return count if isinstance(count, int) and not isinstance(count, bool) and count > 0 else 1
 
 
 def _check_arms(record: dict, n: int) -> list[str]:
@@ -569,6 +583,12 @@ def validate_results(record) -> list[str]:
     ):
         problems.append(f"splits: {{split name: number of examples}}, got {splits!r}")
     problems += _check_selection(record)
+    for arm, count in (record.get("tasks_per_seed") or {}).items():
+        if arm not in (record.get("arms") or {}) or _tasks_per_seed(record, arm) != count:
+            problems.append(
+                f"tasks_per_seed.{arm}: a positive whole number of tasks for an arm of this "
+                f"file, got {count!r}"
+            )
     if kind in METRIC_RANGE:
         seeds = record.get("seeds")
         if not (isinstance(seeds, list) and all(isinstance(s, int) for s in seeds)):

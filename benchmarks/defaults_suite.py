@@ -29,6 +29,11 @@ most over `fixed` on those tasks (ties: one arm); each arm is the one with the l
 gain on its side (ties: fixed).
 `advisor_rule_all_tasks` is the rule fitted on every task, what the package would use.
 
+The results file's verdict is the suite's: arms `suite:<arm>` (and `suite:advisor`,
+`suite:advisor_one_arm`) hold, per seed, the mean test accuracy over the tasks, each compared
+with `suite:fixed` (tasks x seeds paired runs, `tasks_per_seed`); each task's arms are in
+the file too, reported as they came out, not compared one by one.
+
     python benchmarks/defaults_suite.py --seeds 3                     # every task and arm
     python benchmarks/defaults_suite.py --tasks ants_bees,cats_dogs_10 --seeds 3
     python benchmarks/defaults_suite.py --smoke                       # minutes, synthetic
@@ -333,6 +338,41 @@ def suite_summary(
     }
 
 
+def suite_arms(
+    per_seed: dict[str, dict[str, list[float]]], choices: dict[str, dict[str, str]]
+) -> dict[str, list[float]]:
+    """Suite-level arms, `{"suite:<arm>": [one value per seed]}`: at each seed, the mean
+    over the tasks of that arm's test accuracy, for every arm run on every task, and for
+    each advisor of `choices` (`{advisor: {task: arm}}`) the mean of the arms it chose."""
+    tasks = list(per_seed)
+    common_arms = [a for a in per_seed[tasks[0]] if all(a in per_seed[t] for t in tasks)]
+    picks = {arm: {t: arm for t in tasks} for arm in common_arms}
+    picks.update(choices)
+    seeds = range(len(per_seed[tasks[0]][common_arms[0]]))
+    return {
+        f"suite:{name}": [statistics.mean(per_seed[t][chosen[t]][i] for t in tasks) for i in seeds]
+        for name, chosen in picks.items()
+    }
+
+
+def _record_arms(per_seed: dict, summary: dict) -> tuple[dict, list, dict]:
+    """The results file's arms (each task's arms, then the suite's), the comparisons its
+    verdict makes (suite-level, against `fixed`: each task's arms are reported, not
+    compared one by one) and the suite arms' `tasks_per_seed`."""
+    one_arm = {t: e["advisor_one_arm"]["arm"] for t, e in summary["tasks"].items()}
+    suite = suite_arms(per_seed, {"advisor": summary["advisor_choice"], "advisor_one_arm": one_arm})
+    arms = {
+        f"{task}:{arm}": {"test_accuracy": values}
+        for task, by_arm in per_seed.items()
+        for arm, values in by_arm.items()
+    }
+    arms.update({name: {"test_accuracy": values} for name, values in suite.items()})
+    comparisons = [["suite:fixed", name] for name in suite if name != "suite:fixed"]
+    if "suite:fixed" not in suite:
+        comparisons = []
+    return arms, comparisons, {name: len(per_seed) for name in suite}
+
+
 def _rule_on_all(means: dict[str, dict[str, float]], sizes: dict[str, float]) -> str:
     return describe_rule(fit_size_rule(means, sizes, list(means)))
 
@@ -388,6 +428,7 @@ def main(argv: list[str] | None = None) -> dict:
                 splits[task] = done[key]["splits"]
     sizes = {t: splits[t]["train"] / NUM_CLASSES.get(t, 2) for t in per_seed}
     summary = suite_summary(per_seed, sizes)
+    arms, comparisons, tasks_per_seed = _record_arms(per_seed, summary)
     output = _common.results_path(args.output, args.smoke, "defaults_suite")
     _common.write_results(
         output,
@@ -398,16 +439,11 @@ def main(argv: list[str] | None = None) -> dict:
         # The schema's split sizes are totals over the tasks; each task's are in details.
         splits={part: sum(task[part] for task in splits.values()) for part in _PARTS},
         evaluated_on="test",
-        arms={
-            f"{task}:{arm}": {"test_accuracy": values}
-            for task, by_arm in per_seed.items()
-            for arm, values in by_arm.items()
-        },
+        arms=arms,
         primary_metric="test_accuracy",
         seeds=seeds,
-        comparisons=[
-            [f"{t}:fixed", f"{t}:{a}"] for t in per_seed for a in per_seed[t] if a != "fixed"
-        ],
+        comparisons=comparisons,
+        tasks_per_seed=tasks_per_seed,
         details={
             "summary": summary,
             "splits_by_task": splits,

@@ -49,6 +49,7 @@ def test_train_with_a_source_free_method_saves_the_adapted_model(
     assert adaptation["method"] == "adabn" and adaptation["target_images"] == 8
     assert adaptation["target_labelled"] is True
     assert adaptation["settings"]["epochs"] == 0
+    assert adaptation["collapse"]["kept"] == "adapted"  # AdaBN kept: nothing collapsed
     free = adaptation["label_free"]
     assert sum(free["class_shares_after"]) == pytest.approx(1.0, abs=1e-3)
     # The saved model is the adapted one: its target predictions give the "after" entropy.
@@ -110,7 +111,8 @@ def test_adapt_model_with_shot_trains_the_backbone_on_the_fixed_order_images(tmp
     head = [np.array(w) for w in model.head.weights]
     kernels = [w for w in model.backbone.weights if w.path.endswith("kernel")]
     before = [np.array(w) for w in kernels]
-    settings = adapt_lib.AdaptSettings("shot", epochs=2, learning_rate=1e-3)
+    # What SHOT trains, kept even if its predictions collapse (the tiny random model's do).
+    settings = adapt_lib.AdaptSettings("shot", epochs=2, learning_rate=1e-3, revert_collapse=False)
     report = adapt_lib.adapt_model(model, target, settings)
     assert report["settings"]["epochs"] == 2 and report["target_labelled"] is True
     assert any(not np.allclose(b, np.array(w)) for b, w in zip(before, kernels))
@@ -120,6 +122,54 @@ def test_adapt_model_with_shot_trains_the_backbone_on_the_fixed_order_images(tmp
     assert _mean_entropy(model, target) == pytest.approx(
         report["label_free"]["mean_entropy_after"], abs=1e-4
     )
+
+
+def test_collapse_is_half_the_class_share_entropy_lost():
+    balanced = np.array([[0.9, 0.1], [0.2, 0.8]] * 4)
+    assert adapt_lib.class_share_entropy(balanced) == pytest.approx(np.log(2))
+    onto_one = np.array([[0.1, 0.9]] * 8)
+    assert adapt_lib.class_share_entropy(onto_one) == 0.0
+    assert adapt_lib.collapsed(balanced, onto_one)
+    # 3 of 4 images in one class keeps 0.56 of 0.69 nats: more than half, no collapse.
+    three_to_one = np.array([[0.9, 0.1]] * 6 + [[0.2, 0.8]] * 2)
+    assert not adapt_lib.collapsed(balanced, three_to_one)
+    # Predictions that were on one class already cannot collapse further.
+    assert not adapt_lib.collapsed(onto_one, onto_one)
+
+
+@pytest.mark.parametrize("revert", [True, False])
+def test_adapt_model_undoes_an_adaptation_whose_predictions_collapse(tmp_path, monkeypatch, revert):
+    write_image_folder(tmp_path / "target", {"a": 4, "b": 4}, size=(40, 40), seed=5)
+    target = kt.data.target_image_dataset(tmp_path / "target", ["a", "b"], image_size=32)
+    model = make_tiny_classifier(fitted_norms=True)
+    initial = [np.array(w) for w in model.weights]
+
+    def collapsing_method(model, images, steps=None):
+        # What a collapse does to the weights: the head now says class 1 for every image.
+        bias = model.head.weights[-1]
+        # One sigmoid unit or one unit per class: class 1 (of 2) wins by far either way.
+        bias.assign(np.array([50.0] if bias.shape[0] == 1 else [-50.0, 50.0], "float32"))
+
+    monkeypatch.setattr(adapt_lib.test_time, "adapt_batchnorm", collapsing_method)
+    # Balanced predictions before adaptation, whatever the random model says.
+    before = [np.array([[0.9, 0.1], [0.2, 0.8]] * 4)]
+    real_predictions = adapt_lib.target_predictions
+    monkeypatch.setattr(
+        adapt_lib,
+        "target_predictions",
+        lambda model, images: before.pop() if before else real_predictions(model, images),
+    )
+    settings = adapt_lib.AdaptSettings("adabn", revert_collapse=revert)
+    report = adapt_lib.adapt_model(model, target, settings)
+
+    collapse = report["collapse"]
+    assert collapse["detected"] is True and collapse["class_share_entropy_after"] == 0.0
+    assert report["label_free"]["class_shares_after"] == [0.0, 1.0]  # what the method did
+    restored = all(np.array_equal(a, np.array(w)) for a, w in zip(initial, model.weights))
+    if revert:
+        assert collapse["kept"] == "before_adaptation" and restored
+    else:
+        assert collapse["kept"] == "adapted" and not restored
 
 
 @pytest.mark.slow

@@ -76,6 +76,16 @@ def test_main_runs_each_task_arm_and_seed_once_and_resumes_from_the_runs_file(
         [0.80, 0.81, 0.82]
     )
     assert record["details"]["summary"] == summary
+    # The verdict is the suite's: per seed, the mean over the 2 tasks, each arm and advisor
+    # against fixed (each pairing 3 seeds x 2 tasks), not each task's arms one by one.
+    suite_fixed = record["arms"]["suite:fixed"]["test_accuracy"]["per_seed"]
+    assert suite_fixed == pytest.approx([0.80, 0.81, 0.82])
+    advisor = record["arms"]["suite:advisor"]["test_accuracy"]["per_seed"]
+    assert advisor == pytest.approx([0.85, 0.86, 0.87])
+    assert ["suite:fixed", "suite:advisor"] in record["comparisons"]
+    assert ["suite:fixed", "suite:label_smoothing"] in record["comparisons"]
+    assert all(a.startswith("suite:") and b.startswith("suite:") for a, b in record["comparisons"])
+    assert record["tasks_per_seed"]["suite:advisor"] == 2
     assert suite._common.validate_results(record) == []
 
     calls.clear()

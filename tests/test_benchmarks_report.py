@@ -93,7 +93,23 @@ def test_validate_results_names_every_broken_rule(common, tmp_path):
     }
     record = accuracy_file(common, tmp_path / "close.json", close, seeds=(1, 2, 3))
     (problem,) = common.validate_results(record)
-    assert "differ by 1.00 points" in problem and "needs 5 seeds, not 3" in problem
+    assert "differ by 1.00 points" in problem and "needs 5 paired runs" in problem
+    assert "not 3" in problem
+    # Arms that average 8 tasks per seed (a suite) pair 3 x 8 = 24 runs: enough.
+    suite = accuracy_file(
+        common, tmp_path / "suite.json", close, seeds=(1, 2, 3), tasks_per_seed={"a": 8, "b": 8}
+    )
+    assert suite["tasks_per_seed"] == {"a": 8, "b": 8}
+    assert common.validate_results(suite) == []
+    # The pair counts the arm with fewer tasks: one task a seed is 3 runs again.
+    mixed = accuracy_file(
+        common, tmp_path / "mixed.json", close, seeds=(1, 2, 3), tasks_per_seed={"a": 8}
+    )
+    assert any("not 3" in p for p in common.validate_results(mixed))
+    mixed["tasks_per_seed"] = {"a": 8, "b": 0, "c": 8}
+    problems = common.validate_results(mixed)
+    assert any(p.startswith("tasks_per_seed.b: a positive whole number") for p in problems)
+    assert any(p.startswith("tasks_per_seed.c:") for p in problems)
 
     apart = {
         "a": {"balanced_accuracy": [0.90, 0.91, 0.92]},

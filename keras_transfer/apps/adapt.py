@@ -7,6 +7,14 @@ images: the mean prediction entropy, the predicted class shares and the share of
 whose top class stayed the same. When the target folder is labelled (subfolders named like
 the classes) the target accuracy before and after is reported beside them; it chooses
 nothing.
+
+A method whose predictions collapse onto fewer classes (`collapsed`: the entropy of the
+predicted class shares falls below `COLLAPSE_FRACTION` of its value before) is undone: the
+model keeps its weights from before adaptation, with a warning and `"collapse"` in the
+report (`AdaptSettings(revert_collapse=False)` keeps the collapsed model). Entropy
+minimisation is known to end there (SAR, Niu et al., ICLR 2023, resets a model whose
+entropy collapses); SHOT did on four of five seeds of the photo_shift task
+(benchmarks/results/command_adapt_photo_shift.json: class shares after 0.0 / 1.0).
 """
 
 from __future__ import annotations
@@ -30,11 +38,14 @@ from keras_transfer.diagnostics import reports
 
 __all__ = [
     "ADAPT_FILE",
+    "COLLAPSE_FRACTION",
     "METHOD_DEFAULTS",
     "SOURCE_FREE_METHODS",
     "AdaptSettings",
     "adapt_model",
     "adapt_model_dir",
+    "class_share_entropy",
+    "collapsed",
     "default_output_dir",
     "target_predictions",
 ]
@@ -51,17 +62,23 @@ METHOD_DEFAULTS = {
     "shot": {"epochs": 5, "learning_rate": 1e-4},
 }
 
+# Declared before any run measured it: half the class-share entropy is lost (two balanced
+# classes falling to about 89% / 11%, or further).
+COLLAPSE_FRACTION = 0.5
+
 
 @dataclasses.dataclass
 class AdaptSettings:
     """How `adapt_model` adapts: the method, and its epochs and learning rate (`None`:
-    `METHOD_DEFAULTS`); `unfreeze` and `train_bn` are SHOT's trained blocks."""
+    `METHOD_DEFAULTS`); `unfreeze` and `train_bn` are SHOT's trained blocks;
+    `revert_collapse` undoes an adaptation whose predictions collapse (`collapsed`)."""
 
     method: str
     epochs: int | None = None
     learning_rate: float | None = None
     unfreeze: int | float | str = "all"
     train_bn: bool = False
+    revert_collapse: bool = True
 
     def resolved(self) -> dict[str, Any]:
         if self.method not in SOURCE_FREE_METHODS:
@@ -89,17 +106,39 @@ def _label_free(before: np.ndarray, after: np.ndarray) -> dict[str, Any]:
     def entropy(p):
         return float(-(p * np.log(np.clip(p, 1e-12, 1.0))).sum(axis=1).mean())
 
-    def shares(p):
-        counts = np.bincount(p.argmax(1), minlength=p.shape[1])
-        return [round(float(c) / len(p), 4) for c in counts]
-
     return {
         "mean_entropy_before": round(entropy(before), 6),
         "mean_entropy_after": round(entropy(after), 6),
-        "class_shares_before": shares(before),
-        "class_shares_after": shares(after),
+        "class_shares_before": _class_shares(before),
+        "class_shares_after": _class_shares(after),
         "unchanged_top1": round(float((before.argmax(1) == after.argmax(1)).mean()), 6),
     }
+
+
+def _class_counts(probabilities: np.ndarray) -> np.ndarray:
+    """How many images are predicted as each class."""
+    probabilities = np.asarray(probabilities)
+    return np.bincount(probabilities.argmax(1), minlength=probabilities.shape[1])
+
+
+def _class_shares(probabilities: np.ndarray) -> list[float]:
+    return [round(float(c) / len(probabilities), 4) for c in _class_counts(probabilities)]
+
+
+def class_share_entropy(probabilities: np.ndarray) -> float:
+    """The entropy (nats) of the shares of images predicted as each class: 0 when every
+    image gets the same class, log(classes) when the classes are predicted equally often."""
+    counts = _class_counts(probabilities)
+    shares = counts[counts > 0] / len(probabilities)
+    return float(-(shares * np.log(shares)).sum())
+
+
+def collapsed(before: np.ndarray, after: np.ndarray) -> bool:
+    """Whether the predictions `after` adaptation fall onto fewer classes than `before`: the
+    class-share entropy below `COLLAPSE_FRACTION` of its value before (never when every
+    image had one class before)."""
+    entropy_before = class_share_entropy(before)
+    return entropy_before > 0 and class_share_entropy(after) < COLLAPSE_FRACTION * entropy_before
 
 
 def _accuracy(model: keras.Model, labelled: Any) -> float | None:
@@ -118,7 +157,56 @@ def adapt_model(
     resolved = settings.resolved()
     accuracy_before = _accuracy(model, target.labelled)
     before = target_predictions(model, target.unshuffled)
+    initial = model.get_weights()  # every variable: BatchNorm statistics included
     start = time.perf_counter()
+    _run_method(model, target, settings, resolved, verbose)
+    seconds = time.perf_counter() - start
+    after = target_predictions(model, target.unshuffled)
+    collapse = _undo_collapse(model, initial, before, after, settings)
+    report = {
+        "method": settings.method,
+        "settings": resolved,
+        "selection": "declared defaults (METHOD_DEFAULTS) or the flags; nothing read target labels",
+        "seconds": round(seconds, 2),
+        "target_images": target.num_images,
+        "target_labelled": target.labelled is not None,
+        "target_labelled_reason": target.labelled_reason,
+        "label_free": _label_free(before, after),
+        "collapse": collapse,
+        "target_accuracy_before": accuracy_before,
+        "target_accuracy_after": _accuracy(model, target.labelled),
+    }
+    _log_report(report, target.num_images)
+    return report
+
+
+def _undo_collapse(model, initial, before, after, settings: AdaptSettings) -> dict[str, Any]:
+    """The report's `"collapse"`; with `revert_collapse`, a collapsed model gets its
+    `initial` weights back (`"kept": "before_adaptation"`)."""
+    detected = collapsed(before, after)
+    kept = "before_adaptation" if detected and settings.revert_collapse else "adapted"
+    if detected:
+        logger.warning(
+            "%s collapsed the target predictions onto fewer classes (class shares %s -> %s); %s.",
+            settings.method,
+            _class_shares(before),
+            _class_shares(after),
+            "the model keeps its weights from before adaptation"
+            if kept != "adapted"
+            else "kept as adapted (revert_collapse=False)",
+        )
+    if kept != "adapted":
+        model.set_weights(initial)
+    return {
+        "class_share_entropy_before": round(class_share_entropy(before), 6),
+        "class_share_entropy_after": round(class_share_entropy(after), 6),
+        "collapse_fraction": COLLAPSE_FRACTION,
+        "detected": detected,
+        "kept": kept,
+    }
+
+
+def _run_method(model, target, settings: AdaptSettings, resolved: dict, verbose: int) -> None:
     if settings.method == "adabn":
         test_time.adapt_batchnorm(model, target.unshuffled)
     elif settings.method == "tent":
@@ -139,31 +227,21 @@ def adapt_model(
             train_bn=settings.train_bn,
             verbose=verbose,
         )
-    seconds = time.perf_counter() - start
-    report = {
-        "method": settings.method,
-        "settings": resolved,
-        "selection": "declared defaults (METHOD_DEFAULTS) or the flags; nothing read target labels",
-        "seconds": round(seconds, 2),
-        "target_images": target.num_images,
-        "target_labelled": target.labelled is not None,
-        "target_labelled_reason": target.labelled_reason,
-        "label_free": _label_free(before, target_predictions(model, target.unshuffled)),
-        "target_accuracy_before": accuracy_before,
-        "target_accuracy_after": _accuracy(model, target.labelled),
-    }
+
+
+def _log_report(report: dict[str, Any], num_images: int) -> None:
+    accuracy_before = report["target_accuracy_before"]
     logger.info(
         "%s: mean target entropy %.4f -> %.4f, top-1 unchanged on %.1f%% of %d images%s",
-        settings.method,
+        report["method"],
         report["label_free"]["mean_entropy_before"],
         report["label_free"]["mean_entropy_after"],
         100 * report["label_free"]["unchanged_top1"],
-        target.num_images,
+        num_images,
         ""
         if accuracy_before is None
         else f"; target accuracy {accuracy_before:.4f} -> {report['target_accuracy_after']:.4f}",
     )
-    return report
 
 
 def default_output_dir(model_dir: str, method: str) -> str:

@@ -9,8 +9,9 @@ resize, from config.json), in any folder layout; their labels, if they sit in su
 named like the classes, are never used to adapt, only reported. Writes model.keras,
 labels.txt, config.json (the run's) and adapt.json (settings, seconds, the label-free
 measures: mean prediction entropy, class shares, top-1 unchanged; and the target accuracy
-before and after when the folder is labelled) to --output_dir (default: <model_dir>_<method>,
-beside it), never to --model_dir.
+before and after when the folder is labelled; whether the predictions collapsed, in which
+case the model before adaptation is kept unless --norevert_collapse) to --output_dir
+(default: <model_dir>_<method>, beside it), never to --model_dir.
 """
 
 from __future__ import annotations
@@ -45,6 +46,12 @@ flags.DEFINE_integer(
 flags.DEFINE_float(
     "learning_rate", None, "Adam's learning rate (tent, shot); default tent 1e-3, shot 1e-4."
 )
+flags.DEFINE_bool(
+    "revert_collapse",
+    True,
+    "Keep the model from before adaptation when the adapted one's predictions collapse "
+    "onto fewer classes (the entropy of the predicted class shares more than halves).",
+)
 flags.DEFINE_integer("batch_size", 32, "Target images per batch.")
 flags.DEFINE_integer(
     "max_pixels", 50_000_000, "Skip images with more pixels than this (decompression bombs)."
@@ -62,7 +69,12 @@ def main(argv: list[str]) -> None:
         FLAGS.model_dir,
         FLAGS.target_dir,
         FLAGS.output_dir or None,
-        adapt_lib.AdaptSettings(FLAGS.method, FLAGS.epochs, FLAGS.learning_rate),
+        adapt_lib.AdaptSettings(
+            FLAGS.method,
+            FLAGS.epochs,
+            FLAGS.learning_rate,
+            revert_collapse=FLAGS.revert_collapse,
+        ),
         batch_size=FLAGS.batch_size,
         max_pixels=FLAGS.max_pixels or None,
         safe_mode=FLAGS.safe_mode,
@@ -79,5 +91,7 @@ def main(argv: list[str]) -> None:
             f"; target accuracy {report['target_accuracy_before']:.4f} -> "
             f"{report['target_accuracy_after']:.4f} (labels read for this line only)"
         )
+    if report["collapse"]["kept"] == "before_adaptation":
+        line += "; the predictions collapsed, so the model was kept as it was before adaptation"
     print(line)
     print(f"Wrote {report['output_dir']}")

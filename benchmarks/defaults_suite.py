@@ -367,9 +367,11 @@ def _record_arms(per_seed: dict, summary: dict) -> tuple[dict, list, dict]:
         for arm, values in by_arm.items()
     }
     arms.update({name: {"test_accuracy": values} for name, values in suite.items()})
-    comparisons = [["suite:fixed", name] for name in suite if name != "suite:fixed"]
-    if "suite:fixed" not in suite:
-        comparisons = []
+    comparisons = (
+        [["suite:fixed", name] for name in suite if name != "suite:fixed"]
+        if "suite:fixed" in suite
+        else []
+    )
     return arms, comparisons, {name: len(per_seed) for name in suite}
 
 

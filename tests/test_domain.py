@@ -534,6 +534,10 @@ def test_target_images_in_any_layout_labelled_only_under_training_class_folders(
     assert images.shape == (6, 32, 32, 3)
     labels = np.concatenate([y for _, y in target.labelled.as_numpy_iterator()])
     assert sorted(labels.tolist()) == [0, 0, 0, 1, 1, 1]
+    # One fixed order that is not the class-by-class listing (AdaBN and SHOT batch it).
+    assert labels.tolist() != [0, 0, 0, 1, 1, 1]
+    again = np.concatenate([y for _, y in target.labelled.as_numpy_iterator()])
+    np.testing.assert_array_equal(labels, again)
     shuffled = np.concatenate(list(target.images.as_numpy_iterator()))
     assert shuffled.shape == (6, 32, 32, 3)
 

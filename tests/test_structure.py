@@ -436,7 +436,11 @@ FRESH_IMPORT = textwrap.dedent(
     model = keras.saving.load_model("tests/fixtures/classifier_before_layout.keras")
     saved = np.load("tests/fixtures/classifier_before_layout.npz")
     predictions = np.asarray(model.predict(saved["images"], verbose=0))
-    facts["identical_predictions"] = bool(np.array_equal(predictions, saved["predictions"]))
+    # Within float32 rounding, not bit for bit: the fixture's predictions were computed on
+    # another CPU, whose kernels (AVX-512 or AVX2, oneDNN or not) sum in another order.
+    facts["same_predictions"] = bool(
+        np.allclose(predictions, saved["predictions"], rtol=1e-4, atol=1e-4)
+    )
     facts["largest_difference"] = float(np.max(np.abs(predictions - saved["predictions"])))
     print("FACTS " + json.dumps(facts))
     """
@@ -478,7 +482,7 @@ def test_import_is_cheap_and_quiet_and_old_keras_files_still_load():
     assert facts["argv_reads"] == [], f"import keras_transfer read sys.argv: {facts['argv_reads']}"
     assert facts["TF_CPP_MIN_LOG_LEVEL"] is None, "import keras_transfer set TF_CPP_MIN_LOG_LEVEL"
     assert facts["stderr_replaced"] is False, "import keras_transfer replaced sys.stderr"
-    assert facts["identical_predictions"], (
+    assert facts["same_predictions"], (
         f"the reloaded model predicts differently (by up to {facts['largest_difference']})"
     )
 

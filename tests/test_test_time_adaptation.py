@@ -193,6 +193,26 @@ def test_fit_shot_trains_the_backbone_with_the_head_fixed_and_restores_the_flags
     assert model.loss == "sparse_categorical_crossentropy"
 
 
+def test_shot_training_batches_shuffle_each_image_with_its_own_pseudo_label():
+    # Image i is filled with i and its pseudo-label is i: a pair split by the shuffle shows.
+    images = np.arange(40, dtype="float32")[:, None, None, None] * np.ones((1, 2, 2, 3), "float32")
+    in_order = tf.data.Dataset.from_tensor_slices(images).batch(8)
+    labels = np.arange(40, dtype="int32")
+
+    batches = list(kt.shot_training_batches(in_order, labels, seed=0).as_numpy_iterator())
+
+    assert [len(y) for _, y in batches] == [8] * 5  # batched as the images were
+    seen = np.concatenate([y for _, y in batches])
+    assert sorted(seen.tolist()) == list(range(40))  # every image once
+    assert seen.tolist() != list(range(40))  # in another order (class-sorted batches mix)
+    for x, y in batches:
+        np.testing.assert_array_equal(x[:, 0, 0, 0], y)
+    kept = list(kt.shot_training_batches(in_order, labels, 1).as_numpy_iterator())
+    assert np.concatenate([y for _, y in kept]).tolist() == list(range(40))
+    with pytest.raises(ValueError, match="shuffle_buffer must be a positive integer"):
+        kt.shot_training_batches(in_order, labels, 0)
+
+
 def test_fit_shot_refuses_a_target_that_reshuffles():
     model = _tiny_mobilenet()
     images = np.random.default_rng(4).uniform(0, 255, (16, 32, 32, 3)).astype("float32")

@@ -41,6 +41,7 @@ from keras_transfer.adaptation.test_time import batchnorm_layers
 from keras_transfer.adaptation.test_time import fit_shot
 from keras_transfer.adaptation.test_time import fit_tent
 from keras_transfer.adaptation.test_time import shot_pseudo_labels
+from keras_transfer.adaptation.test_time import shot_training_batches
 
 __all__ = [
     "layers",
@@ -61,6 +62,7 @@ __all__ = [
     "fit_shot",
     "fit_tent",
     "shot_pseudo_labels",
+    "shot_training_batches",
     "DannLearningRate",
     "reversal_weight",
     "ALIGNMENT_LAYERS",

@@ -16,7 +16,11 @@ AdaBN, TENT and SHOT.
   the head (the source hypothesis) is frozen and the backbone trains with information
   maximisation (confident and diverse predictions) plus a cross-entropy to pseudo-labels
   that are recomputed at the start of every epoch by SHOT's weighted k-means in the
-  feature space (`shot_pseudo_labels`). Plain `model.fit`, one epoch per call.
+  feature space (`shot_pseudo_labels`). Plain `model.fit`, one epoch per call, on the
+  images and their pseudo-labels shuffled together (`shot_training_batches`), as SHOT's
+  reference code shuffles its target loader: batches in a class-sorted order (a folder
+  listed class by class) make the diversity term, which reads each batch's mean prediction,
+  push every batch towards all classes, and SHOT collapses.
 
 AdaBN and TENT need a backbone with BatchNormalization (the `keras.applications` CNNs);
 for one without, they raise a `ValueError` saying so. None of them reads a label: a target
@@ -44,6 +48,7 @@ __all__ = [
     "fit_shot",
     "fit_tent",
     "shot_pseudo_labels",
+    "shot_training_batches",
 ]
 
 
@@ -199,6 +204,8 @@ def fit_shot(
     train_bn: bool = False,
     pseudo_label_weight: float = 0.3,
     diversity_weight: float = 1.0,
+    shuffle_buffer: int = 512,
+    seed: int | None = None,
     **fit_kwargs: Any,
 ) -> keras.callbacks.History:
     """SHOT: trains the backbone on unlabeled target images with the head frozen, by
@@ -219,6 +226,10 @@ def fit_shot(
             every backbone layer (any backbone, with or without known blocks).
         train_bn: BatchNormalization layers trainable (batch statistics while training).
         pseudo_label_weight, diversity_weight: the loss weights (`InformationMaximization`).
+        shuffle_buffer, seed: each epoch's images and pseudo-labels are shuffled together
+            in a buffer of this many images (`shot_training_batches`; 1: no shuffling).
+            A buffer smaller than the target set mixes only nearby images: give a target
+            in a random fixed order (`target_image_dataset`'s `unshuffled` is one).
         **fit_kwargs: more `fit` arguments (`verbose`, `callbacks`).
 
     Example:
@@ -244,7 +255,8 @@ def fit_shot(
             optimizer=keras.optimizers.Adam(learning_rate),
             loss=InformationMaximization(pseudo_label_weight, diversity_weight, from_logits),
         )
-        return _shot_epochs(model, images, epochs, fit_kwargs)
+        shuffling = {"shuffle_buffer": shuffle_buffer, "seed": seed}
+        return _shot_epochs(model, images, epochs, shuffling, fit_kwargs)
     finally:
         for layer, flag in zip(layers, flags):
             layer.trainable = flag
@@ -263,19 +275,50 @@ def _unfreeze_backbone(model, unfreeze, train_bn: bool) -> None:
             layer.trainable = train_bn
 
 
-def _shot_epochs(model, images, epochs: int, fit_kwargs: dict) -> keras.callbacks.History:
-    """One `fit` per epoch on the images paired with that epoch's pseudo-labels; one
-    `History` over all of them."""
+def shot_training_batches(
+    images: Any, labels: np.ndarray, shuffle_buffer: int = 512, seed: int | None = None
+) -> Any:
+    """SHOT's training batches of one epoch: `images` (a batched `tf.data.Dataset` in a fixed
+    order) paired by position with `labels` (one per image), then shuffled together in a
+    buffer of `shuffle_buffer` images and batched as `images` was.
+
+    Args:
+        images: batches of images in a fixed order.
+        labels: `(n,)` pseudo-labels of the same images, in the same order.
+        shuffle_buffer: images in the shuffle buffer (at most `n`); 1: the order kept.
+        seed: the shuffle's seed (`None`: TensorFlow's global seed).
+
+    Returns:
+        A `tf.data.Dataset` of `(images, labels)` batches.
+    """
     import tensorflow as tf
 
+    if (
+        isinstance(shuffle_buffer, bool)
+        or not isinstance(shuffle_buffer, int)
+        or shuffle_buffer < 1
+    ):
+        raise ValueError(f"shuffle_buffer must be a positive integer, got {shuffle_buffer!r}.")
     batch_size = int(next(iter(images)).shape[0])
+    pairs = tf.data.Dataset.zip((images.unbatch(), tf.data.Dataset.from_tensor_slices(labels)))
+    if shuffle_buffer > 1:
+        pairs = pairs.shuffle(min(shuffle_buffer, len(labels)), seed=seed)
+    return pairs.batch(batch_size)
+
+
+def _shot_epochs(
+    model, images, epochs: int, shuffling: dict, fit_kwargs: dict
+) -> keras.callbacks.History:
+    """One `fit` per epoch on the images paired with that epoch's pseudo-labels, shuffled
+    together; one `History` over all of them."""
     merged = keras.callbacks.History()
     merged.history, merged.epoch = {}, []
+    seed = shuffling["seed"]
     for epoch in range(epochs):
         labels = shot_pseudo_labels(*_features_and_probabilities(model, images))
-        labelled = tf.data.Dataset.zip(
-            (images.unbatch(), tf.data.Dataset.from_tensor_slices(labels))
-        ).batch(batch_size)
+        labelled = shot_training_batches(
+            images, labels, shuffling["shuffle_buffer"], None if seed is None else seed + epoch
+        )
         history = model.fit(labelled, initial_epoch=epoch, epochs=epoch + 1, **fit_kwargs)
         merged.epoch += history.epoch
         for name, values in history.history.items():

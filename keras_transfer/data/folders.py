@@ -200,7 +200,9 @@ class TargetImages:
 
     Attributes:
         images: shuffled batches of images (no labels), for `fit_domain_adaptation`.
-        unshuffled: the same images in a fixed order, for `domain_distance`.
+        unshuffled: the same images, unaugmented, in one fixed order (the listing shuffled
+            once with `seed`, so that batches mix the classes), for `domain_distance`,
+            AdaBN and SHOT.
         labelled: `(images, labels)` batches when every image sits in a subfolder named
             after one of the training classes (label = that class's index in
             `class_names`), else `None`.
@@ -276,22 +278,16 @@ def target_image_dataset(
             f"({len(listing.skipped)} skipped): domain adaptation needs target images."
         )
     report_listing(listing)
-    first = [fs.relpath(p, directory).split(os.sep)[0] for p in listing.paths]
-    nested = all(os.sep in fs.relpath(p, directory) for p in listing.paths)
-    known = list(class_names or [])
-    if not known:
-        reason = "no training classes given"
-    elif not nested:
-        reason = "images lie directly in the target folder, not in class subfolders"
-    elif not set(first) <= set(known):
-        unknown = sorted(set(first) - set(known))
-        reason = f"subfolders {unknown[:5]} are not training classes {known}"
-    else:
-        reason = f"every image is in a subfolder named after a training class ({known})"
-    labels = [known.index(name) if name in known else -1 for name in first]
+    labels, reason = _target_labels(directory, listing.paths, list(class_names or []))
     images = options.build_files(listing.paths, labels, training=True, split="target")
+    # One fixed order, but not the listing's: a folder listed class by class would give
+    # batches of one class, whose statistics AdaBN would average and SHOT would train on.
+    order = np.random.default_rng(seed).permutation(len(listing.paths))
     unshuffled = options.build_files(
-        listing.paths, labels, training=False, split="target_unshuffled"
+        [listing.paths[i] for i in order],
+        [labels[i] for i in order],
+        training=False,
+        split="target_unshuffled",
     )
     labelled = unshuffled if reason.startswith("every image") else None
     return TargetImages(
@@ -302,3 +298,20 @@ def target_image_dataset(
         labelled_reason=reason,
         skipped=dict(listing.skipped),
     )
+
+
+def _target_labels(directory: str, paths: list[str], known: list[str]) -> tuple[list[int], str]:
+    """Each target image's class index from its first-level subfolder (-1: none), and why
+    the target images are, or are not, labelled."""
+    first = [fs.relpath(p, directory).split(os.sep)[0] for p in paths]
+    nested = all(os.sep in fs.relpath(p, directory) for p in paths)
+    if not known:
+        reason = "no training classes given"
+    elif not nested:
+        reason = "images lie directly in the target folder, not in class subfolders"
+    elif not set(first) <= set(known):
+        unknown = sorted(set(first) - set(known))
+        reason = f"subfolders {unknown[:5]} are not training classes {known}"
+    else:
+        reason = f"every image is in a subfolder named after a training class ({known})"
+    return [known.index(name) if name in known else -1 for name in first], reason

@@ -20,7 +20,7 @@ AdaBN, TENT and SHOT.
   images and their pseudo-labels shuffled together (`shot_training_batches`), as SHOT's
   reference code shuffles its target loader: batches in a class-sorted order (a folder
   listed class by class) make the diversity term, which reads each batch's mean prediction,
-  push every batch towards all classes, and SHOT collapses.
+  push every batch towards all classes.
 
 AdaBN and TENT need a backbone with BatchNormalization (the `keras.applications` CNNs);
 for one without, they raise a `ValueError` saying so. None of them reads a label: a target
@@ -255,8 +255,7 @@ def fit_shot(
             optimizer=keras.optimizers.Adam(learning_rate),
             loss=InformationMaximization(pseudo_label_weight, diversity_weight, from_logits),
         )
-        shuffling = {"shuffle_buffer": shuffle_buffer, "seed": seed}
-        return _shot_epochs(model, images, epochs, shuffling, fit_kwargs)
+        return _shot_epochs(model, images, epochs, shuffle_buffer, seed, fit_kwargs)
     finally:
         for layer, flag in zip(layers, flags):
             layer.trainable = flag
@@ -307,18 +306,16 @@ def shot_training_batches(
 
 
 def _shot_epochs(
-    model, images, epochs: int, shuffling: dict, fit_kwargs: dict
+    model, images, epochs: int, shuffle_buffer: int, seed: int | None, fit_kwargs: dict
 ) -> keras.callbacks.History:
     """One `fit` per epoch on the images paired with that epoch's pseudo-labels, shuffled
     together; one `History` over all of them."""
     merged = keras.callbacks.History()
     merged.history, merged.epoch = {}, []
-    seed = shuffling["seed"]
     for epoch in range(epochs):
         labels = shot_pseudo_labels(*_features_and_probabilities(model, images))
-        labelled = shot_training_batches(
-            images, labels, shuffling["shuffle_buffer"], None if seed is None else seed + epoch
-        )
+        epoch_seed = None if seed is None else seed + epoch
+        labelled = shot_training_batches(images, labels, shuffle_buffer, epoch_seed)
         history = model.fit(labelled, initial_epoch=epoch, epochs=epoch + 1, **fit_kwargs)
         merged.epoch += history.epoch
         for name, values in history.history.items():

@@ -25,8 +25,9 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 # The numerically sensitive group (marker `numerics`): whole files whose tests compare
 # numbers across kernels, merges or save/load, and elsewhere every test whose name says it
-# runs under mixed precision, XLA or a distribution strategy. CI runs it with
-# TF_ENABLE_ONEDNN_OPTS=0 and =1 (.ci/run); tolerances there come from the dtype, not a lucky run.
+# runs under mixed precision, XLA or a distribution strategy. CI runs it with oneDNN on (the
+# newest TensorFlow) and off (TF_ENABLE_ONEDNN_OPTS=0, the oldest; .ci/run); tolerances there
+# come from the dtype, not a lucky run.
 NUMERICS_FILES = {
     "test_lora.py",
     "test_optimizers.py",

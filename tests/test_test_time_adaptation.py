@@ -180,7 +180,7 @@ def test_fit_shot_trains_the_backbone_with_the_head_fixed_and_restores_the_flags
     kernels_before = [np.array(w).copy() for w in kernels]
     bn_before = [np.array(w).copy() for w in model.backbone.weights if "moving" in w.path]
 
-    history = kt.fit_shot(model, target, epochs=3, learning_rate=1e-3, verbose=0)
+    history = kt.fit_shot(model, target, epochs=3, learning_rate=1e-3, train_bn=False, verbose=0)
 
     assert history.epoch == [0, 1, 2] and len(history.history["loss"]) == 3
     for before, after in zip(head_before, model.head.weights):
@@ -191,6 +191,43 @@ def test_fit_shot_trains_the_backbone_with_the_head_fixed_and_restores_the_flags
     assert all(np.array_equal(b, a) for b, a in zip(bn_before, moving))
     assert model.backbone.trainable is False  # the flags as they were
     assert model.loss == "sparse_categorical_crossentropy"
+
+
+def test_fit_shot_trains_batchnorm_by_default_and_ends_with_the_target_statistics():
+    model = _tiny_mobilenet()
+    kt.freeze(model)
+    images = np.random.default_rng(4).uniform(0, 255, (16, 32, 32, 3)).astype("float32")
+    target = tf.data.Dataset.from_tensor_slices(images).batch(8)
+    norms = [n for n in model.backbone.layers if isinstance(n, keras.layers.BatchNormalization)]
+    gammas_before = [np.array(layer.gamma).copy() for layer in norms]
+    means_before = [np.array(layer.moving_mean).copy() for layer in norms]
+
+    kt.fit_shot(model, target, epochs=2, learning_rate=1e-3, verbose=0)
+
+    # As SHOT's reference trains its feature network: the scales train too ...
+    assert any(not np.allclose(b, np.array(n.gamma)) for b, n in zip(gammas_before, norms))
+    # ... and the moving statistics are the adapted network's on the target images: a new
+    # AdaBN pass on the same images leaves them where they are.
+    adapted = [np.array(layer.moving_mean).copy() for layer in norms]
+    assert any(not np.allclose(b, a) for b, a in zip(means_before, adapted))
+    kt.adapt_batchnorm(model, target)
+    for layer, mean in zip(norms, adapted):
+        np.testing.assert_allclose(np.array(layer.moving_mean), mean, rtol=1e-4, atol=1e-5)
+    assert all(layer.trainable is False for layer in norms)  # the flags as they were
+
+
+def test_fit_shot_on_a_backbone_without_batchnorm_trains_without_recalibrating():
+    conv = keras.Sequential(
+        [keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3, activation="relu")], name="plain"
+    )
+    model = kt.create_classifier(kt.Backbone("plain", conv, 8), 2, head={"dropout": 0.0})
+    images = np.random.default_rng(5).normal(size=(16, 8, 8, 3)).astype("float32")
+    kernel_before = np.array(model.backbone.weights[0]).copy()
+
+    history = kt.fit_shot(model, tf.data.Dataset.from_tensor_slices(images).batch(8), epochs=1)
+
+    assert len(history.history["loss"]) == 1
+    assert not np.allclose(kernel_before, np.array(model.backbone.weights[0]))
 
 
 def test_shot_training_batches_shuffle_each_image_with_its_own_pseudo_label():

@@ -201,7 +201,7 @@ def fit_shot(
     learning_rate: float = 1e-4,
     *,
     unfreeze: int | float | str = "all",
-    train_bn: bool = False,
+    train_bn: bool = True,
     pseudo_label_weight: float = 0.3,
     diversity_weight: float = 1.0,
     shuffle_buffer: int = 512,
@@ -224,7 +224,14 @@ def fit_shot(
         learning_rate: Adam's rate for the backbone.
         unfreeze: the backbone blocks to train, as `fit_two_phase`'s `unfreeze`; `"all"`:
             every backbone layer (any backbone, with or without known blocks).
-        train_bn: BatchNormalization layers trainable (batch statistics while training).
+        train_bn: BatchNormalization layers train, as in SHOT's reference code (its feature
+            network trains in training mode): they normalise by each target batch's
+            statistics, and their moving statistics are recomputed on the target images
+            (`adapt_batchnorm`) before each epoch's pseudo-labels and after the last epoch,
+            so that predictions use the statistics the training normalised with. `False`:
+            BatchNormalization stays frozen with its source statistics; then the backbone
+            can raise its features' scale freely, and the predictions saturate (photo_shift:
+            mean entropy 0.0, every image one class; CHANGELOG).
         pseudo_label_weight, diversity_weight: the loss weights (`InformationMaximization`).
         shuffle_buffer, seed: each epoch's images and pseudo-labels are shuffled together
             in a buffer of this many images (`shot_training_batches`; 1: no shuffling).
@@ -255,12 +262,28 @@ def fit_shot(
             optimizer=keras.optimizers.Adam(learning_rate),
             loss=InformationMaximization(pseudo_label_weight, diversity_weight, from_logits),
         )
-        return _shot_epochs(model, images, epochs, shuffle_buffer, seed, fit_kwargs)
+        recalibrate = train_bn and _has_batchnorm(model)
+        return _shot_epochs(
+            model,
+            images,
+            epochs,
+            fit_kwargs,
+            shuffle_buffer=shuffle_buffer,
+            seed=seed,
+            recalibrate=recalibrate,
+        )
     finally:
         for layer, flag in zip(layers, flags):
             layer.trainable = flag
         if compiled is not None:
             model.compile_from_config(compiled)
+
+
+def _has_batchnorm(model: keras.Model) -> bool:
+    return any(
+        isinstance(layer, keras.layers.BatchNormalization)
+        for layer in _keras_compat.flatten_layers(model, include_self=False)
+    )
 
 
 def _unfreeze_backbone(model, unfreeze, train_bn: bool) -> None:
@@ -306,13 +329,24 @@ def shot_training_batches(
 
 
 def _shot_epochs(
-    model, images, epochs: int, shuffle_buffer: int, seed: int | None, fit_kwargs: dict
+    model,
+    images,
+    epochs: int,
+    fit_kwargs: dict,
+    *,
+    shuffle_buffer: int,
+    seed: int | None,
+    recalibrate: bool,
 ) -> keras.callbacks.History:
     """One `fit` per epoch on the images paired with that epoch's pseudo-labels, shuffled
-    together; one `History` over all of them."""
+    together; one `History` over all of them. `recalibrate`: the BatchNormalization
+    statistics recomputed on the images before each epoch's pseudo-labels and after the
+    last epoch."""
     merged = keras.callbacks.History()
     merged.history, merged.epoch = {}, []
     for epoch in range(epochs):
+        if recalibrate:
+            adapt_batchnorm(model, images)
         labels = shot_pseudo_labels(*_features_and_probabilities(model, images))
         epoch_seed = None if seed is None else seed + epoch
         labelled = shot_training_batches(images, labels, shuffle_buffer, epoch_seed)
@@ -320,6 +354,8 @@ def _shot_epochs(
         merged.epoch += history.epoch
         for name, values in history.history.items():
             merged.history.setdefault(name, []).extend(values)
+    if recalibrate:
+        adapt_batchnorm(model, images)
     merged.set_model(model)
     return merged
 

@@ -59,7 +59,9 @@ ADAPT_FILE = "adapt.json"
 METHOD_DEFAULTS = {
     "adabn": {"epochs": 0, "learning_rate": 0.0},
     "tent": {"epochs": 1, "learning_rate": 1e-3},
-    "shot": {"epochs": 5, "learning_rate": 1e-4},
+    # BatchNormalization trains (batch statistics), as SHOT's reference code trains its
+    # feature network: with it frozen, SHOT saturated and collapsed on photo_shift (CHANGELOG).
+    "shot": {"epochs": 5, "learning_rate": 1e-4, "train_bn": True},
 }
 
 # Declared before any run measured it: half the class-share entropy is lost (two balanced
@@ -69,15 +71,15 @@ COLLAPSE_FRACTION = 0.5
 
 @dataclasses.dataclass
 class AdaptSettings:
-    """How `adapt_model` adapts: the method, and its epochs and learning rate (`None`:
-    `METHOD_DEFAULTS`); `unfreeze` and `train_bn` are SHOT's trained blocks;
+    """How `adapt_model` adapts: the method, and its epochs, learning rate and `train_bn`
+    (`None`: `METHOD_DEFAULTS`); `unfreeze` and `train_bn` are SHOT's trained blocks;
     `revert_collapse` undoes an adaptation whose predictions collapse (`collapsed`)."""
 
     method: str
     epochs: int | None = None
     learning_rate: float | None = None
     unfreeze: int | float | str = "all"
-    train_bn: bool = False
+    train_bn: bool | None = None
     revert_collapse: bool = True
 
     def resolved(self) -> dict[str, Any]:
@@ -94,7 +96,13 @@ class AdaptSettings:
                 f"adapt={self.method!r} needs epochs >= 1 and a learning rate > 0, got "
                 f"{epochs} and {rate}."
             )
-        return {**dataclasses.asdict(self), "epochs": epochs, "learning_rate": rate}
+        train_bn = defaults.get("train_bn", False) if self.train_bn is None else self.train_bn
+        return {
+            **dataclasses.asdict(self),
+            "epochs": epochs,
+            "learning_rate": rate,
+            "train_bn": train_bn,
+        }
 
 
 def target_predictions(model: keras.Model, images: Any) -> np.ndarray:
@@ -227,7 +235,7 @@ def _run_method(model, target, settings: AdaptSettings, resolved: dict, verbose:
             epochs=resolved["epochs"],
             learning_rate=resolved["learning_rate"],
             unfreeze=settings.unfreeze,
-            train_bn=settings.train_bn,
+            train_bn=resolved["train_bn"],
             verbose=verbose,
         )
 

@@ -193,7 +193,7 @@ def test_fit_shot_trains_the_backbone_with_the_head_fixed_and_restores_the_flags
     assert model.loss == "sparse_categorical_crossentropy"
 
 
-def test_fit_shot_trains_batchnorm_by_default_and_ends_with_the_target_statistics():
+def test_fit_shot_with_train_bn_trains_batchnorm_and_ends_with_the_target_statistics():
     model = _tiny_mobilenet()
     kt.freeze(model)
     images = np.random.default_rng(4).uniform(0, 255, (16, 32, 32, 3)).astype("float32")
@@ -202,7 +202,7 @@ def test_fit_shot_trains_batchnorm_by_default_and_ends_with_the_target_statistic
     gammas_before = [np.array(layer.gamma).copy() for layer in norms]
     means_before = [np.array(layer.moving_mean).copy() for layer in norms]
 
-    kt.fit_shot(model, target, epochs=2, learning_rate=1e-3, verbose=0)
+    kt.fit_shot(model, target, epochs=2, learning_rate=1e-3, train_bn=True, verbose=0)
 
     # As SHOT's reference trains its feature network: the scales train too ...
     assert any(not np.allclose(b, np.array(n.gamma)) for b, n in zip(gammas_before, norms))
@@ -224,7 +224,9 @@ def test_fit_shot_on_a_backbone_without_batchnorm_trains_without_recalibrating()
     images = np.random.default_rng(5).normal(size=(16, 8, 8, 3)).astype("float32")
     kernel_before = np.array(model.backbone.weights[0]).copy()
 
-    history = kt.fit_shot(model, tf.data.Dataset.from_tensor_slices(images).batch(8), epochs=1)
+    history = kt.fit_shot(
+        model, tf.data.Dataset.from_tensor_slices(images).batch(8), epochs=1, train_bn=True
+    )
 
     assert len(history.history["loss"]) == 1
     assert not np.allclose(kernel_before, np.array(model.backbone.weights[0]))

@@ -224,15 +224,10 @@ def fit_shot(
         learning_rate: Adam's rate for the backbone.
         unfreeze: the backbone blocks to train, as `fit_two_phase`'s `unfreeze`; `"all"`:
             every backbone layer (any backbone, with or without known blocks).
-        train_bn: BatchNormalization layers train, as in SHOT's reference code (its feature
-            network trains in training mode): they normalise by each target batch's
-            statistics, and their moving statistics are recomputed on the target images
-            (`adapt_batchnorm`) before each epoch's pseudo-labels and after the last epoch,
-            so that predictions use the statistics the training normalised with. Default
-            `False`: BatchNormalization stays frozen with the statistics it has. Neither
-            gains on the photo_shift benchmark (`benchmarks/results/`): frozen, the
-            predictions saturated onto one class; training, they stayed balanced but lost
-            accuracy against the source model.
+        train_bn: BatchNormalization trains, as SHOT's reference trains its feature network,
+            and its moving statistics are recomputed on the target images
+            (`adapt_batchnorm`) before each epoch's pseudo-labels and after the last one.
+            `False`: frozen. Neither gained on photo_shift (`benchmarks/results/`).
         pseudo_label_weight, diversity_weight: the loss weights (`InformationMaximization`).
         shuffle_buffer, seed: each epoch's images and pseudo-labels are shuffled together
             in a buffer of this many images (`shot_training_batches`; 1: no shuffling).
@@ -264,15 +259,7 @@ def fit_shot(
             loss=InformationMaximization(pseudo_label_weight, diversity_weight, from_logits),
         )
         recalibrate = train_bn and _has_batchnorm(model)
-        return _shot_epochs(
-            model,
-            images,
-            epochs,
-            fit_kwargs,
-            shuffle_buffer=shuffle_buffer,
-            seed=seed,
-            recalibrate=recalibrate,
-        )
+        return _shot_epochs(model, images, epochs, (shuffle_buffer, seed), recalibrate, fit_kwargs)
     finally:
         for layer, flag in zip(layers, flags):
             layer.trainable = flag
@@ -333,16 +320,16 @@ def _shot_epochs(
     model,
     images,
     epochs: int,
-    fit_kwargs: dict,
-    *,
-    shuffle_buffer: int,
-    seed: int | None,
+    shuffle: tuple[int, int | None],
     recalibrate: bool,
+    fit_kwargs: dict,
 ) -> keras.callbacks.History:
     """One `fit` per epoch on the images paired with that epoch's pseudo-labels, shuffled
-    together; one `History` over all of them. `recalibrate`: the BatchNormalization
+    together (`shuffle`: the buffer size and the seed, as `shot_training_batches` takes
+    them); one `History` over all of them. `recalibrate`: the BatchNormalization
     statistics recomputed on the images before each epoch's pseudo-labels and after the
     last epoch."""
+    shuffle_buffer, seed = shuffle
     merged = keras.callbacks.History()
     merged.history, merged.epoch = {}, []
     for epoch in range(epochs):

@@ -54,17 +54,22 @@ __all__ = [
 
 def batchnorm_layers(model: keras.Model) -> list[keras.layers.BatchNormalization]:
     """Every BatchNormalization layer nested in `model`; a `ValueError` if there is none."""
-    layers = [
-        layer
-        for layer in _keras_compat.flatten_layers(model, include_self=False)
-        if isinstance(layer, keras.layers.BatchNormalization)
-    ]
+    layers = _find_batchnorm(model)
     if not layers:
         raise ValueError(
             f"{model.name} has no BatchNormalization layer: AdaBN and TENT adapt those. Use "
             "fit_domain_adaptation (DANN, CORAL, MMD) with labelled source images instead."
         )
     return layers
+
+
+def _find_batchnorm(model: keras.Model) -> list[keras.layers.BatchNormalization]:
+    """Every BatchNormalization layer nested in `model`, possibly none."""
+    return [
+        layer
+        for layer in _keras_compat.flatten_layers(model, include_self=False)
+        if isinstance(layer, keras.layers.BatchNormalization)
+    ]
 
 
 def adapt_batchnorm(model: keras.Model, target: Any, steps: int | None = None) -> int:
@@ -258,20 +263,13 @@ def fit_shot(
             optimizer=keras.optimizers.Adam(learning_rate),
             loss=InformationMaximization(pseudo_label_weight, diversity_weight, from_logits),
         )
-        recalibrate = train_bn and _has_batchnorm(model)
+        recalibrate = train_bn and bool(_find_batchnorm(model))
         return _shot_epochs(model, images, epochs, (shuffle_buffer, seed), recalibrate, fit_kwargs)
     finally:
         for layer, flag in zip(layers, flags):
             layer.trainable = flag
         if compiled is not None:
             model.compile_from_config(compiled)
-
-
-def _has_batchnorm(model: keras.Model) -> bool:
-    return any(
-        isinstance(layer, keras.layers.BatchNormalization)
-        for layer in _keras_compat.flatten_layers(model, include_self=False)
-    )
 
 
 def _unfreeze_backbone(model, unfreeze, train_bn: bool) -> None:

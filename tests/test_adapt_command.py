@@ -102,6 +102,11 @@ def test_adapt_model_dir_writes_a_new_folder_and_leaves_the_trained_one(trained_
         adapt_lib.AdaptSettings("dann").resolved()
     with pytest.raises(ValueError, match="needs epochs >= 1"):
         adapt_lib.AdaptSettings("tent", epochs=0).resolved()
+    with pytest.raises(ValueError, match="min_unchanged must be between 0"):
+        adapt_lib.AdaptSettings("shot", min_unchanged=2.0).resolved()
+    # SHOT's label-free stop: the declared default, and 0 for none.
+    assert adapt_lib.AdaptSettings("shot").resolved()["min_unchanged"] == 0.8
+    assert adapt_lib.AdaptSettings("shot", min_unchanged=0).resolved()["min_unchanged"] == 0
 
 
 def test_adapt_model_with_shot_trains_the_backbone_on_the_fixed_order_images(tmp_path):
@@ -111,10 +116,18 @@ def test_adapt_model_with_shot_trains_the_backbone_on_the_fixed_order_images(tmp
     head = [np.array(w) for w in model.head.weights]
     kernels = [w for w in model.backbone.weights if w.path.endswith("kernel")]
     before = [np.array(w) for w in kernels]
-    # What SHOT trains, kept even if its predictions collapse (the tiny random model's do).
-    settings = adapt_lib.AdaptSettings("shot", epochs=2, learning_rate=1e-3, revert_collapse=False)
+    # What SHOT trains, kept even if its predictions collapse (the tiny random model's do)
+    # or change (min_unchanged=0: no label-free stop).
+    settings = adapt_lib.AdaptSettings(
+        "shot", epochs=2, learning_rate=1e-3, min_unchanged=0, revert_collapse=False
+    )
     report = adapt_lib.adapt_model(model, target, settings)
     assert report["settings"]["epochs"] == 2 and report["target_labelled"] is True
+    # Each epoch's share of unchanged top classes, the last one the adapted model's.
+    assert report["epochs"]["kept"] == 2 and len(report["epochs"]["unchanged_top1"]) == 2
+    assert report["epochs"]["unchanged_top1"][-1] == pytest.approx(
+        report["label_free"]["unchanged_top1"], abs=1e-6
+    )
     assert any(not np.allclose(b, np.array(w)) for b, w in zip(before, kernels))
     for b, w in zip(head, model.head.weights):
         np.testing.assert_array_equal(b, np.array(w))

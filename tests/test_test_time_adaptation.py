@@ -216,6 +216,37 @@ def test_fit_shot_with_train_bn_trains_batchnorm_and_ends_with_the_target_statis
     assert all(layer.trainable is False for layer in norms)  # the flags as they were
 
 
+def _top_classes(model, images):
+    return kt.adaptation.test_time.class_probabilities(
+        model, model.predict(images, verbose=0)
+    ).argmax(1)
+
+
+def test_fit_shot_min_unchanged_undoes_the_epoch_that_changes_too_many_predictions():
+    images = np.random.default_rng(6).uniform(0, 255, (32, 32, 32, 3)).astype("float32")
+    target = tf.data.Dataset.from_tensor_slices(images).batch(8)
+
+    # Without a limit that binds, every epoch is kept and each one's share is reported.
+    model = _tiny_mobilenet()
+    start = _top_classes(model, target)
+    history = kt.fit_shot(model, target, epochs=2, learning_rate=0.05, min_unchanged=1e-9)
+    shares = history.history["unchanged_top1"]
+    assert history.kept_epochs == 2 and len(shares) == 2
+    assert shares[-1] == pytest.approx(np.mean(_top_classes(model, target) == start))
+    assert shares[0] < 1.0  # this rate changes top classes in the first epoch
+
+    # The same first epoch with the limit above its share: undone, and SHOT stops there.
+    model = _tiny_mobilenet()
+    initial = [np.array(w).copy() for w in model.weights]
+    history = kt.fit_shot(model, target, epochs=2, learning_rate=0.05, min_unchanged=1.0)
+    assert history.kept_epochs == 0 and history.epoch == [0]
+    assert history.history["unchanged_top1"] == pytest.approx(shares[:1])
+    for before, after in zip(initial, model.weights):  # BatchNorm statistics included
+        np.testing.assert_array_equal(before, np.array(after))
+    with pytest.raises(ValueError, match="min_unchanged must be in"):
+        kt.fit_shot(model, target, epochs=1, min_unchanged=1.5)
+
+
 def test_fit_shot_on_a_backbone_without_batchnorm_trains_without_recalibrating():
     conv = keras.Sequential(
         [keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3, activation="relu")], name="plain"

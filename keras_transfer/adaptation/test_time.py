@@ -29,6 +29,7 @@ dataset of `(images, labels)` has its labels dropped.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import keras
@@ -50,6 +51,8 @@ __all__ = [
     "shot_pseudo_labels",
     "shot_training_batches",
 ]
+
+logger = logging.getLogger("keras_transfer")
 
 
 def batchnorm_layers(model: keras.Model) -> list[keras.layers.BatchNormalization]:
@@ -211,6 +214,7 @@ def fit_shot(
     diversity_weight: float = 1.0,
     shuffle_buffer: int = 512,
     seed: int | None = None,
+    min_unchanged: float | None = None,
     **fit_kwargs: Any,
 ) -> keras.callbacks.History:
     """SHOT: trains the backbone on unlabeled target images with the head frozen, by
@@ -238,6 +242,11 @@ def fit_shot(
             in a buffer of this many images (`shot_training_batches`; 1: no shuffling).
             A buffer smaller than the target set mixes only nearby images: give a target
             in a random fixed order (`target_image_dataset`'s `unshuffled` is one).
+        min_unchanged: a label-free stop: after each epoch, the share of target images
+            whose top class is still the one the model gave before SHOT (`history.history
+            ["unchanged_top1"]`); when it falls below this, the model gets back its
+            weights from before that epoch and training stops (`history.kept_epochs`:
+            the epochs kept). `None`: every epoch is kept.
         **fit_kwargs: more `fit` arguments (`verbose`, `callbacks`).
 
     Example:
@@ -264,7 +273,8 @@ def fit_shot(
             loss=InformationMaximization(pseudo_label_weight, diversity_weight, from_logits),
         )
         recalibrate = train_bn and bool(_find_batchnorm(model))
-        return _shot_epochs(model, images, epochs, (shuffle_buffer, seed), recalibrate, fit_kwargs)
+        guard = _UnchangedGuard(model, images, min_unchanged, recalibrate)
+        return _shot_epochs(model, images, epochs, (shuffle_buffer, seed), guard, fit_kwargs)
     finally:
         for layer, flag in zip(layers, flags):
             layer.trainable = flag
@@ -314,34 +324,79 @@ def shot_training_batches(
     return pairs.batch(batch_size)
 
 
+class _UnchangedGuard:
+    """SHOT's per-epoch bookkeeping: BatchNormalization statistics recomputed on the target
+    images (`recalibrate`), the share of top classes unchanged since before SHOT, and,
+    with `min_unchanged`, the weights from before each epoch to go back to."""
+
+    def __init__(self, model, images, min_unchanged: float | None, recalibrate: bool):
+        if min_unchanged is not None and not 0.0 < float(min_unchanged) <= 1.0:
+            raise ValueError(f"min_unchanged must be in (0, 1], got {min_unchanged!r}.")
+        self.model, self.images, self.recalibrate = model, images, recalibrate
+        self.min_unchanged = min_unchanged
+        self.reference: np.ndarray | None = None
+        self.kept_weights = None
+        self.latest: tuple[np.ndarray, np.ndarray] | None = None
+
+    def start_epoch(self) -> tuple[np.ndarray, np.ndarray]:
+        """The features and probabilities the epoch's pseudo-labels come from (after the
+        first epoch, those `end_epoch` computed: the weights have not changed since)."""
+        if self.latest is None:
+            if self.recalibrate:
+                adapt_batchnorm(self.model, self.images)
+            self.latest = _features_and_probabilities(self.model, self.images)
+            self.reference = self.latest[1].argmax(1)
+        if self.min_unchanged is not None:  # every variable, BatchNorm statistics included
+            self.kept_weights = self.model.get_weights()
+        return self.latest
+
+    def end_epoch(self) -> tuple[float, bool]:
+        """The epoch's unchanged share, and whether the epoch is undone (below the limit)."""
+        if self.recalibrate:
+            adapt_batchnorm(self.model, self.images)
+        self.latest = _features_and_probabilities(self.model, self.images)
+        unchanged = float((self.latest[1].argmax(1) == self.reference).mean())
+        undo = self.min_unchanged is not None and unchanged < self.min_unchanged
+        if undo:
+            self.model.set_weights(self.kept_weights)
+        return unchanged, undo
+
+
 def _shot_epochs(
     model,
     images,
     epochs: int,
     shuffle: tuple[int, int | None],
-    recalibrate: bool,
+    guard: _UnchangedGuard,
     fit_kwargs: dict,
 ) -> keras.callbacks.History:
     """One `fit` per epoch on the images paired with that epoch's pseudo-labels, shuffled
     together (`shuffle`: the buffer size and the seed, as `shot_training_batches` takes
-    them); one `History` over all of them. `recalibrate`: the BatchNormalization
-    statistics recomputed on the images before each epoch's pseudo-labels and after the
-    last epoch."""
+    them); one `History` over all of them, with each epoch's `unchanged_top1` and
+    `kept_epochs` (the epochs `guard` did not undo)."""
     shuffle_buffer, seed = shuffle
     merged = keras.callbacks.History()
-    merged.history, merged.epoch = {}, []
+    merged.history, merged.epoch, merged.kept_epochs = {}, [], 0
     for epoch in range(epochs):
-        if recalibrate:
-            adapt_batchnorm(model, images)
-        labels = shot_pseudo_labels(*_features_and_probabilities(model, images))
+        labels = shot_pseudo_labels(*guard.start_epoch())
         epoch_seed = None if seed is None else seed + epoch
         labelled = shot_training_batches(images, labels, shuffle_buffer, epoch_seed)
         history = model.fit(labelled, initial_epoch=epoch, epochs=epoch + 1, **fit_kwargs)
+        unchanged, undone = guard.end_epoch()
+        history.history["unchanged_top1"] = [unchanged]
         merged.epoch += history.epoch
         for name, values in history.history.items():
             merged.history.setdefault(name, []).extend(values)
-    if recalibrate:
-        adapt_batchnorm(model, images)
+        if undone:
+            logger.warning(
+                "SHOT epoch %d left %.1f%% of the target images' top classes unchanged "
+                "(min_unchanged=%s): the weights from before it are kept and SHOT stops.",
+                epoch + 1,
+                100 * unchanged,
+                guard.min_unchanged,
+            )
+            break
+        merged.kept_epochs = epoch + 1
     merged.set_model(model)
     return merged
 

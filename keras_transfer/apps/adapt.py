@@ -61,7 +61,9 @@ METHOD_DEFAULTS = {
     "tent": {"epochs": 1, "learning_rate": 1e-3},
     # BatchNormalization frozen: training it (SHOT's reference) kept photo_shift's predictions
     # balanced but lost accuracy, where frozen ones collapse and the model is restored.
-    "shot": {"epochs": 5, "learning_rate": 1e-4, "train_bn": False},
+    # min_unchanged: the label-free stop (fit_shot), declared before photo_shift measured it:
+    # an epoch that changes the top class of more than 20% of the target images is undone.
+    "shot": {"epochs": 5, "learning_rate": 1e-4, "train_bn": False, "min_unchanged": 0.8},
 }
 
 # Declared before any run measured it: half the class-share entropy is lost (two balanced
@@ -71,8 +73,9 @@ COLLAPSE_FRACTION = 0.5
 
 @dataclasses.dataclass
 class AdaptSettings:
-    """How `adapt_model` adapts: the method, and its epochs, learning rate and `train_bn`
-    (`None`: `METHOD_DEFAULTS`); `unfreeze` and `train_bn` are SHOT's trained blocks;
+    """How `adapt_model` adapts: the method, and its epochs, learning rate, `train_bn` and
+    `min_unchanged` (`None`: `METHOD_DEFAULTS`); `unfreeze` and `train_bn` are SHOT's
+    trained blocks and `min_unchanged` its label-free stop (`fit_shot`; 0: none);
     `revert_collapse` undoes an adaptation whose predictions collapse (`collapsed`)."""
 
     method: str
@@ -80,6 +83,7 @@ class AdaptSettings:
     learning_rate: float | None = None
     unfreeze: int | float | str = "all"
     train_bn: bool | None = None
+    min_unchanged: float | None = None
     revert_collapse: bool = True
 
     def resolved(self) -> dict[str, Any]:
@@ -96,13 +100,23 @@ class AdaptSettings:
                 f"adapt={self.method!r} needs epochs >= 1 and a learning rate > 0, got "
                 f"{epochs} and {rate}."
             )
-        train_bn = defaults.get("train_bn", False) if self.train_bn is None else self.train_bn
+        min_unchanged = self._or_default("min_unchanged", None)
+        if min_unchanged is not None and not 0.0 <= min_unchanged <= 1.0:
+            raise ValueError(
+                f"min_unchanged must be between 0 (no stop) and 1, got {min_unchanged}."
+            )
         return {
             **dataclasses.asdict(self),
             "epochs": epochs,
             "learning_rate": rate,
-            "train_bn": train_bn,
+            "train_bn": self._or_default("train_bn", False),
+            "min_unchanged": min_unchanged,
         }
+
+    def _or_default(self, name: str, absent: Any) -> Any:
+        """The setting `name`, or the method's default (`absent` if it has none)."""
+        value = getattr(self, name)
+        return METHOD_DEFAULTS[self.method].get(name, absent) if value is None else value
 
 
 def target_predictions(model: keras.Model, images: Any) -> np.ndarray:
@@ -170,7 +184,7 @@ def adapt_model(
     # Every variable (BatchNorm statistics included), copied only when a collapse may undo it.
     initial = model.get_weights() if settings.revert_collapse else None
     start = time.perf_counter()
-    _run_method(model, target, settings, resolved, verbose)
+    epochs = _run_method(model, target, settings, resolved, verbose)
     seconds = time.perf_counter() - start
     after = target_predictions(model, target.unshuffled)
     collapse = _undo_collapse(model, initial, before, after, settings)
@@ -183,6 +197,7 @@ def adapt_model(
         "target_labelled": target.labelled is not None,
         "target_labelled_reason": target.labelled_reason,
         "label_free": _label_free(before, after),
+        "epochs": epochs,
         "collapse": collapse,
         "target_accuracy_before": accuracy_before,
         "target_accuracy_after": _accuracy(model, target.labelled),
@@ -217,7 +232,9 @@ def _undo_collapse(model, initial, before, after, settings: AdaptSettings) -> di
     }
 
 
-def _run_method(model, target, settings: AdaptSettings, resolved: dict, verbose: int) -> None:
+def _run_method(model, target, settings: AdaptSettings, resolved: dict, verbose: int) -> dict:
+    """Runs the method; returns the report's `"epochs"` (SHOT: each epoch's unchanged share
+    and how many epochs its label-free stop kept; others: empty)."""
     if settings.method == "adabn":
         test_time.adapt_batchnorm(model, target.unshuffled)
     elif settings.method == "tent":
@@ -229,15 +246,21 @@ def _run_method(model, target, settings: AdaptSettings, resolved: dict, verbose:
             verbose=verbose,
         )
     else:
-        test_time.fit_shot(
+        history = test_time.fit_shot(
             model,
             target.unshuffled,
             epochs=resolved["epochs"],
             learning_rate=resolved["learning_rate"],
             unfreeze=settings.unfreeze,
             train_bn=resolved["train_bn"],
+            min_unchanged=resolved["min_unchanged"] or None,
             verbose=verbose,
         )
+        return {
+            "unchanged_top1": [round(v, 6) for v in history.history["unchanged_top1"]],
+            "kept": history.kept_epochs,
+        }
+    return {}
 
 
 def _log_report(report: dict[str, Any], num_images: int) -> None:

@@ -46,6 +46,13 @@ flags.DEFINE_integer(
 flags.DEFINE_float(
     "learning_rate", None, "Adam's learning rate (tent, shot); default tent 1e-3, shot 1e-4."
 )
+flags.DEFINE_float(
+    "min_unchanged",
+    None,
+    "shot: undo the epoch and stop when fewer than this share of the target images keep "
+    "the top class the model gave before adapting (a stop without labels); default 0.8, "
+    "0: every epoch kept.",
+)
 flags.DEFINE_bool(
     "revert_collapse",
     True,
@@ -73,6 +80,7 @@ def main(argv: list[str]) -> None:
             FLAGS.method,
             FLAGS.epochs,
             FLAGS.learning_rate,
+            min_unchanged=FLAGS.min_unchanged,
             revert_collapse=FLAGS.revert_collapse,
         ),
         batch_size=FLAGS.batch_size,

@@ -8,7 +8,8 @@ Every table of results in benchmarks/README.md and README.md sits between two co
 - `index` (benchmarks/README.md): one row per current results file;
 - `<benchmark>` (benchmarks/README.md): each current file of that benchmark, its selection,
   command and commit, and a table of mean ± 95% confidence half-width (n seeds) per arm
-  and metric;
+  and metric; for an accuracy file, each of its `comparisons` paired by seed (the mean
+  difference of the primary metric in points, its 95% half-width, the seeds above);
 - `summary` (README.md): the primary metric of every arm of every current file;
 - `backbone_costs` (docs/guide/choosing-a-backbone.md, and benchmarks/README.md): the cost
   table of `backbone_costs.py`, one row per backbone: what was measured once (parameters,
@@ -170,11 +171,12 @@ def _number(value: float) -> str:
     return f"{value:.4g}"
 
 
-def _estimate(summary: dict) -> str:
+def _estimate(summary: dict, scale: float = 1.0) -> str:
     n = len(summary["per_seed"])
+    mean = _number(scale * summary["mean"])
     if summary["ci95"] is None:
-        return f"{_number(summary['mean'])} (n={n})"
-    return f"{_number(summary['mean'])} ± {_number(summary['ci95'])} (n={n})"
+        return f"{mean} (n={n})"
+    return f"{mean} ± {_number(scale * summary['ci95'])} (n={n})"
 
 
 def _runs_over(record: dict) -> str:
@@ -254,7 +256,43 @@ def _file_section(name: str, r: dict) -> list[str]:
         n = len(next(iter(values.values()))["per_seed"])
         cells = [_estimate(values[m]) if m in values else "–" for m in metrics]
         lines.append(f"| {_cell(arm)} | {n} | " + " | ".join(_cell(c) for c in cells) + " |")
-    return lines
+    return lines + _paired_section(r)
+
+
+def _paired(r: dict, pair: list) -> dict | None:
+    """The per-seed differences `b - a` of the primary metric (seed k of each arm is one
+    pair), summarised; `None` when the arms do not have one value per seed each."""
+    metric, (a, b) = r["primary_metric"], pair
+    values = [r["arms"][arm].get(metric, {}).get("per_seed") for arm in (a, b)]
+    if r["kind"] != "accuracy" or any(v is None or len(v) != len(r["seeds"]) for v in values):
+        return None
+    differences = [after - before for before, after in zip(*values)]
+    return {**_common.summarize(differences), "above": sum(d > 0 for d in differences)}
+
+
+def _paired_section(r: dict) -> list[str]:
+    """An accuracy file's `comparisons`, paired by seed: mean difference in points ± the
+    95% t half-width, and on how many seeds the second arm is above the first."""
+    rows = []
+    for pair in r.get("comparisons") or []:
+        paired = _paired(r, pair)
+        if paired is None:
+            continue
+        n = len(paired["per_seed"])
+        change = _estimate(paired, scale=100)
+        rows.append(
+            f"| {_cell(pair[1])} − {_cell(pair[0])} | {change} | {paired['above']} of {n} |"
+        )
+    if not rows:
+        return []
+    return [
+        "",
+        f"Paired by seed ({_cell(r['primary_metric'])}, points):",
+        "",
+        "| difference | mean ± 95% half-width (n) | seeds above |",
+        "|---|---|---|",
+        *rows,
+    ]
 
 
 def render_benchmark(

@@ -224,6 +224,8 @@ def test_report_renders_the_tables_and_check_fails_when_a_cell_is_edited(
     cell = "0.97 ± 0.02484 (n=3)"  # mean 0.97, std 0.01, t(0.975, 2) 4.302653 / sqrt(3)
     assert f"| weighted@0.1 | 3 | {cell} | 0.9 ± 0 (n=3) |" in bench
     assert "**`benchmarks/results/imbalance_cats_and_dogs.json`** (current run; commit" in bench
+    # Each comparison paired by seed, in points: 0.60 - 0.96, 0.61 - 0.97, 0.62 - 0.98.
+    assert "| unweighted@0.1 − weighted@0.1 | -36 ± 0 (n=3) | 0 of 3 |" in bench
     assert "`benchmarks/results/imbalance_cats_and_dogs.json`" in bench.split("report:index")[1]
     summary = (root / "README.md").read_text().split("<!-- report:summary -->")[1]
     assert f"| imbalance | cats_and_dogs | weighted@0.1 | balanced_accuracy (test) | {cell} |" in (

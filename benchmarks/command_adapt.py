@@ -27,7 +27,14 @@ Arms: `source_only` (`--target_dir` without `--adapt`: the same two phases; resu
 reports the domain distance only), `dann`, `coral`, `mmd`, `mcc` (the fine-tuning phase
 becomes `kt.fit_domain_adaptation`, no early stopping or restore on the source validation
 loss) and the source-free `adabn`, `tent`, `shot` (after training, `apps.adapt` with its
-declared defaults). Nothing is tuned: the target labels choose nothing, and the test split
+declared defaults), and `adapt_adabn`, `adapt_tent`, `adapt_shot`: `keras-transfer adapt
+--method=...` with its defaults on the very model the same seed's `source_only` run saved
+(listed after `source_only` in the same invocation), tested with `--test_dir` before and
+after, so that the paired difference is the adaptation's alone and not the spread between
+two trainings of one seed (up to 1.8 points on photo_shift). An `adapt_*` arm may carry
+`keras-transfer adapt` settings after colons, each its own arm:
+`adapt_shot:learning_rate=1e-5:unfreeze_blocks=2`. With `--work_dir`, the model folders
+stay, so a later invocation's `adapt_*` arms adapt the recorded `source_only` models. Nothing is tuned: the target labels choose nothing, and the test split
 is read once per run.
 
     python benchmarks/command_adapt.py --task photo_shift --seeds 3
@@ -48,6 +55,7 @@ import argparse
 import json
 import os
 import pathlib
+import shutil
 import statistics
 import sys
 import tempfile
@@ -60,7 +68,9 @@ import defaults_suite  # noqa: E402
 
 TASKS = ("photo_shift", "camera_shift", "digits_m")
 ADAPT = ("dann", "coral", "mmd", "mcc", "adabn", "tent", "shot")
-ARMS = ("source_only", *ADAPT)
+# `keras-transfer adapt` on the same seed's source_only model: paired on one source model.
+ADAPT_AFTER = ("adapt_adabn", "adapt_tent", "adapt_shot")
+ARMS = ("source_only", *ADAPT, *ADAPT_AFTER)
 PHOTO_SIZE, PHOTOS_PER_CLASS = 256, 200
 SELECTION = {
     "tuned": (
@@ -82,6 +92,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--assets", default=None)
     parser.add_argument("--output", default=None, help="results JSON path")
     parser.add_argument("--runs_file", default=None, help="JSON lines of finished runs")
+    parser.add_argument(
+        "--work_dir",
+        default=None,
+        help="folder for the task's images and the runs' model folders, kept afterwards (an "
+        "adapt_* arm can then adapt a source_only model of an earlier invocation); default: "
+        "a new temporary folder",
+    )
     parser.add_argument("--smoke", action="store_true")
     return parser
 
@@ -124,9 +141,37 @@ def build_task(name: str, assets: pathlib.Path | None, work: pathlib.Path) -> di
     return {"train_dir": train, "target_dir": target, "test_dir": test, "flags": flags}
 
 
-def run_arm(task: str, arm: str, seed: int, built: dict, weights: str, work: pathlib.Path, extra):
+def parse_arm(arm: str) -> tuple[str, list[str]]:
+    """An arm's name and the `keras-transfer adapt` flags its settings add:
+    `adapt_shot:learning_rate=1e-5:unfreeze_blocks=2` is `adapt_shot` with
+    `--learning_rate=1e-5 --unfreeze_blocks=2`; only `adapt_*` arms take settings."""
+    name, *settings = arm.split(":")
+    if settings and name not in ADAPT_AFTER:
+        raise SystemExit(f"Arm {arm!r}: only the {', '.join(ADAPT_AFTER)} arms take settings.")
+    flags = []
+    for setting in settings:
+        key, equals, value = setting.partition("=")
+        if not (key and equals and value):
+            raise SystemExit(f"Arm {arm!r}: a setting is flag=value, got {setting!r}.")
+        flags.append(f"--{key}={value}")
+    return name, flags
+
+
+def run_arm(
+    task: str,
+    arm: str,
+    seed: int,
+    built: dict,
+    weights: str,
+    work: pathlib.Path,
+    extra,
+    source: dict | None = None,
+):
     """One command run: `defaults.run_config`'s summary plus the run's domain and adaptation
-    records from its results.json."""
+    records from its results.json (`adapt_*` arms: `run_adapt_after` on `source`, the same
+    seed's recorded source_only run)."""
+    if parse_arm(arm)[0] in ADAPT_AFTER:
+        return run_adapt_after(task, arm, seed, built, work, source)
     summary = defaults.run_config(
         arm,
         seed,
@@ -139,6 +184,75 @@ def run_arm(task: str, arm: str, seed: int, built: dict, weights: str, work: pat
     )
     results = json.loads((work / task / f"{arm}_{seed}" / "results.json").read_text())
     return {**summary, "domain": results.get("domain"), "adaptation": results.get("adaptation")}
+
+
+def run_adapt_after(
+    task: str, arm: str, seed: int, built: dict, work: pathlib.Path, source: dict | None
+) -> dict:
+    """`keras-transfer adapt --method=...` (its defaults, or the arm's settings) on the model
+    of `source`, the same seed's recorded source_only run of this commit, tested on the
+    task's test folder (`--test_dir`): the adapted model's test accuracy, and the source
+    model's on the same images read the same way, which must be the source_only run's own
+    (one decode path)."""
+    name, settings = parse_arm(arm)
+    model_dir = work / task / f"source_only_{seed}"
+    saved = model_dir / "results.json"
+    if source is None or not saved.exists():
+        raise SystemExit(
+            f"{arm} adapts the model of seed {seed}'s source_only run of this commit, and "
+            f"{'the runs file has no such run' if source is None else f'{model_dir} has none'}"
+            f": list source_only before {name} in --arms, in this invocation or an earlier one "
+            "with the same --work_dir."
+        )
+    trained = json.loads(saved.read_text())
+    if trained["test"]["accuracy"] != source["test_accuracy"]:
+        raise SystemExit(
+            f"{model_dir} holds another model than the recorded source_only run of seed "
+            f"{seed} (test accuracy {trained['test']['accuracy']} against "
+            f"{source['test_accuracy']}): run source_only again with a new --work_dir."
+        )
+    output = work / task / f"{arm.replace(':', '_').replace('=', '-')}_{seed}"
+    shutil.rmtree(output, ignore_errors=True)  # an unrecorded run's, left by an interruption
+    command = [
+        sys.executable,
+        "-m",
+        "keras_transfer",
+        "adapt",
+        f"--model_dir={model_dir}",
+        f"--target_dir={built['target_dir']}",
+        f"--test_dir={built['test_dir']}",
+        f"--method={name.removeprefix('adapt_')}",
+        *settings,
+        f"--output_dir={output}",
+    ]
+    seconds = defaults.run_command(command, f"{arm} (seed {seed})")
+    report = json.loads((output / "adapt.json").read_text())
+    before, after = report["test"]["before"], report["test"]["after"]
+    if before["accuracy"] != trained["test"]["accuracy"]:
+        raise SystemExit(
+            f"The source model's test accuracy read by `adapt` ({before['accuracy']}) is not "
+            f"the training run's ({trained['test']['accuracy']}): the two read the test "
+            "images differently."
+        )
+    return {
+        "test_accuracy": after["accuracy"],
+        "test_balanced_accuracy": after["balanced_accuracy"],
+        "test_macro_f1": after["macro_f1"],
+        "test_accuracy_ci95": after["accuracy_ci95"],
+        "source_test_accuracy": before["accuracy"],
+        "val_accuracy": None,
+        "seconds": round(seconds, 1),
+        "splits": {
+            "train": trained["num_train"],
+            "validation": trained["num_validation"],
+            "test": trained["num_test"],
+        },
+        "command": " ".join(command[1:]),
+        "adaptation": {key: report.get(key) for key in ADAPT_REPORT_KEYS},
+    }
+
+
+ADAPT_REPORT_KEYS = ("method", "settings", "seconds", "label_free", "epochs", "collapse")
 
 
 def summary_line(task: str, per_seed: dict[str, list[float]]) -> dict:
@@ -163,14 +277,14 @@ def main(argv: list[str] | None = None) -> dict:
     args = _parser().parse_args(argv)
     run = _common.start_run(SELECTION, script=__file__, argv=argv)
     arms = [a for a in args.arms.split(",") if a]
-    unknown = sorted(set(arms) - set(ARMS))
+    unknown = sorted({parse_arm(arm)[0] for arm in arms} - set(ARMS))
     if unknown:
         raise SystemExit(f"Unknown arms {unknown}; choose from {', '.join(ARMS)}.")
     seeds = defaults_suite.parse_seeds(args.seeds)
     assets = None if args.smoke else _common.assets_dir(args.assets, _common.MOBILENET_WEIGHTS)
     weights = "none" if assets is None else str(assets / _common.MOBILENET_WEIGHTS)
     extra = ["--image_size=32", "--batch_size=8"] if args.smoke else []
-    work = pathlib.Path(tempfile.mkdtemp(prefix="command_adapt_"))
+    work = pathlib.Path(args.work_dir or tempfile.mkdtemp(prefix="command_adapt_"))
     runs_file = _common.RunsFile(args.runs_file, args.smoke, "command_adapt")
     done = runs_file.runs
     built = build_task(args.task, assets, work)
@@ -179,8 +293,10 @@ def main(argv: list[str] | None = None) -> dict:
     for arm in arms:
         for seed in seeds:
             key = runs_file.key(args.task, arm, seed, run.git_commit)
+            source = done.get(runs_file.key(args.task, "source_only", seed, run.git_commit))
             if key not in done:
-                runs_file.add(key, run_arm(args.task, arm, seed, built, weights, work, extra))
+                result = run_arm(args.task, arm, seed, built, weights, work, extra, source=source)
+                runs_file.add(key, result)
             per_seed.setdefault(arm, []).append(done[key]["test_accuracy"])
             runs.setdefault(arm, []).append(done[key])
     line = summary_line(args.task, per_seed)

@@ -89,6 +89,19 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def run_command(command: list[str], label: str) -> float:
+    """Runs `command` with this checkout's package first on the path, whatever the
+    environment has installed; its seconds, or `SystemExit` with its error's end."""
+    path = os.pathsep.join(filter(None, [str(_common.REPO_ROOT), os.environ.get("PYTHONPATH")]))
+    start = time.perf_counter()
+    completed = subprocess.run(
+        command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": path}
+    )
+    if completed.returncode:
+        raise SystemExit(f"{label} failed:\n{completed.stderr[-4000:]}")
+    return time.perf_counter() - start
+
+
 def run_config(
     name: str,
     seed: int,
@@ -117,15 +130,7 @@ def run_config(
         *(CONFIGS[name] if flags is None else flags),
         *extra,
     ]
-    # The package of this checkout, whatever the environment has installed.
-    path = os.pathsep.join(filter(None, [str(_common.REPO_ROOT), os.environ.get("PYTHONPATH")]))
-    start = time.perf_counter()
-    completed = subprocess.run(
-        command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": path}
-    )
-    seconds = time.perf_counter() - start
-    if completed.returncode:
-        raise SystemExit(f"{name} (seed {seed}) failed:\n{completed.stderr[-4000:]}")
+    seconds = run_command(command, f"{name} (seed {seed})")
     results = json.loads((model_dir / "results.json").read_text())
     test = results["test"]
     summary = {

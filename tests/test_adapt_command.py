@@ -31,7 +31,10 @@ def trained_run(tmp_path_factory, tiny_run_config):
     write_image_folder(root / "images", {"a": 8, "b": 8}, size=(40, 40))
     write_image_folder(root / "target", {"a": 4, "b": 4}, size=(48, 40), seed=5)
     model_dir = root / "run"
-    image_classifier_lib.run(tiny_run_config(root / "images", model_dir))
+    # The target folder is labelled, so it also serves as the run's test folder.
+    image_classifier_lib.run(
+        tiny_run_config(root / "images", model_dir, test_dir=str(root / "target"))
+    )
     return model_dir, root / "target"
 
 
@@ -93,6 +96,7 @@ def test_adapt_model_dir_writes_a_new_folder_and_leaves_the_trained_one(trained_
         if "moving_mean" in a.path
     )
     assert report["target_accuracy_before"] is not None
+    assert "test" not in report
 
     with pytest.raises(FileExistsError, match="is not empty"):
         adapt_lib.adapt_model_dir(str(model_dir), str(target_dir), str(output), settings)
@@ -107,6 +111,33 @@ def test_adapt_model_dir_writes_a_new_folder_and_leaves_the_trained_one(trained_
     # SHOT's label-free stop: the declared default, and 0 for none.
     assert adapt_lib.AdaptSettings("shot").resolved()["min_unchanged"] == 0.8
     assert adapt_lib.AdaptSettings("shot", min_unchanged=0).resolved()["min_unchanged"] == 0
+
+
+def test_adapt_model_dir_tests_the_model_before_and_after_on_a_labelled_test_dir(
+    trained_run, tmp_path
+):
+    model_dir, target_dir = trained_run
+    settings = adapt_lib.AdaptSettings("adabn")
+    report = adapt_lib.adapt_model_dir(
+        str(model_dir), str(target_dir), str(tmp_path / "out"), settings, test_dir=str(target_dir)
+    )
+    before, after = report["test"]["before"], report["test"]["after"]
+    # The model before adaptation, read as the training run read its test folder.
+    trained = json.loads((model_dir / "results.json").read_text())
+    assert before == trained["test"]
+    # The test folder is the target folder here, so the reports match the target accuracies.
+    assert before["accuracy"] == report["target_accuracy_before"]
+    assert after["accuracy"] == report["target_accuracy_after"]
+    assert json.loads((tmp_path / "out" / "adapt.json").read_text())["test"] == report["test"]
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for image in sorted((target_dir / "a").iterdir()):
+        (flat / image.name).write_bytes(image.read_bytes())
+    with pytest.raises(ValueError, match="has no labels to test with"):
+        adapt_lib.adapt_model_dir(
+            str(model_dir), str(target_dir), str(tmp_path / "o2"), settings, test_dir=str(flat)
+        )
+    assert not (tmp_path / "o2").exists()  # refused before any work
 
 
 def test_adapt_model_with_shot_trains_the_backbone_on_the_fixed_order_images(tmp_path):
@@ -135,6 +166,35 @@ def test_adapt_model_with_shot_trains_the_backbone_on_the_fixed_order_images(tmp
     assert _mean_entropy(model, target) == pytest.approx(
         report["label_free"]["mean_entropy_after"], abs=1e-4
     )
+
+
+def test_adapt_model_with_shot_trains_only_the_top_blocks_asked_for(tmp_path):
+    write_image_folder(tmp_path / "target", {"a": 4, "b": 4}, size=(40, 40), seed=5)
+    target = kt.data.target_image_dataset(tmp_path / "target", ["a", "b"], image_size=32)
+    model = make_tiny_classifier(fitted_norms=True)
+    blocks = kt.get_blocks(model)
+
+    def kernels(block):
+        return [np.array(w) for layer in block.layers for w in layer.weights if "kernel" in w.path]
+
+    before = [kernels(block) for block in blocks]
+    settings = adapt_lib.AdaptSettings(
+        "shot", epochs=1, learning_rate=1e-2, unfreeze="1", min_unchanged=0, revert_collapse=False
+    )
+    report = adapt_lib.adapt_model(model, target, settings)
+
+    assert report["settings"]["unfreeze"] == "1" and report["settings"]["train_bn"] is False
+    moved = [
+        any(not np.allclose(b, a) for b, a in zip(old, kernels(block)))
+        for old, block in zip(before, blocks)
+    ]
+    assert moved[-1] and not any(moved[:-1])  # the top block alone
+    # The blocks and BatchNormalization are SHOT's settings: refused for the others.
+    for method in ("adabn", "tent"):
+        with pytest.raises(ValueError, match="are SHOT's settings"):
+            adapt_lib.AdaptSettings(method, unfreeze=2).resolved()
+        with pytest.raises(ValueError, match="are SHOT's settings"):
+            adapt_lib.AdaptSettings(method, train_bn=True).resolved()
 
 
 def test_collapse_is_half_the_class_share_entropy_lost():
@@ -192,7 +252,7 @@ def test_adapt_command_prints_what_changed_and_refuses_a_bad_method(trained_run,
     command = [sys.executable, "-m", "keras_transfer", "adapt", f"--model_dir={model_dir}"]
     # As the issue writes it: no --output_dir, so the folder beside the trained one.
     done = subprocess.run(
-        [*command, f"--target_dir={target_dir}", "--method=tent"],
+        [*command, f"--target_dir={target_dir}", f"--test_dir={target_dir}", "--method=tent"],
         capture_output=True,
         text=True,
         env=env,
@@ -203,6 +263,8 @@ def test_adapt_command_prints_what_changed_and_refuses_a_bad_method(trained_run,
     written = pathlib.Path(f"{model_dir}_tent")
     assert f"Wrote {written}" in done.stdout and (written / "model.keras").exists()
     assert "target accuracy" in done.stdout and (model_dir / "model.keras").exists()
+    test = json.loads((written / "adapt.json").read_text())["test"]
+    assert f"test accuracy {test['before']['accuracy']:.4f} -> " in done.stdout
     bad = subprocess.run(
         [*command, f"--target_dir={target_dir}", "--output_dir=x", "--method=dann"],
         capture_output=True,

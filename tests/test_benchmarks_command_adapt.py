@@ -2,6 +2,7 @@
 summary line, and runs that resume from the runs file."""
 
 import json
+import pathlib
 
 import numpy as np
 import pytest
@@ -36,7 +37,7 @@ def test_summary_line_says_which_arms_beat_source_only(bench):
 def test_main_runs_each_arm_and_seed_once_and_resumes(bench, tmp_path, monkeypatch):
     calls = []
 
-    def fake_run(task, arm, seed, built, weights, work, extra):
+    def fake_run(task, arm, seed, built, weights, work, extra, source=None):
         calls.append((task, arm, seed))
         accuracy = {"source_only": 0.60, "coral": 0.70}[arm] + seed / 100
         splits = {"train": 16, "validation": 4, "test": 10}
@@ -61,3 +62,62 @@ def test_main_runs_each_arm_and_seed_once_and_resumes(bench, tmp_path, monkeypat
     calls.clear()
     assert bench.main(args) == line
     assert calls == []
+
+
+def _report(accuracy):
+    return {
+        "accuracy": accuracy,
+        "balanced_accuracy": accuracy,
+        "macro_f1": accuracy,
+        "accuracy_ci95": [accuracy - 0.1, accuracy + 0.1],
+    }
+
+
+def test_adapt_after_arms_adapt_the_same_seeds_source_model(bench, tmp_path, monkeypatch):
+    source = tmp_path / "t" / "source_only_0"
+    source.mkdir(parents=True)
+    trained = {"test": _report(0.6), "num_train": 16, "num_validation": 4, "num_test": 10}
+    (source / "results.json").write_text(json.dumps(trained))
+    commands, source_read = [], {"accuracy": 0.6}
+
+    def fake_command(command, label):
+        commands.append(command)
+        output = pathlib.Path(command[-1].removeprefix("--output_dir="))
+        output.mkdir()
+        test = {"before": _report(source_read["accuracy"]), "after": _report(0.7)}
+        (output / "adapt.json").write_text(json.dumps({"method": "shot", "test": test}))
+        return 12.0
+
+    monkeypatch.setattr(bench.defaults, "run_command", fake_command)
+    built = {"target_dir": tmp_path / "target", "test_dir": tmp_path / "test"}
+    recorded = {"test_accuracy": 0.6}
+
+    def run(arm, seed=0, source=recorded):
+        return bench.run_arm("t", arm, seed, built, "weights", tmp_path, [], source=source)
+
+    result = run("adapt_shot")
+    assert commands[0][2:4] == ["keras_transfer", "adapt"]
+    assert f"--model_dir={source}" in commands[0] and "--method=shot" in commands[0]
+    assert f"--test_dir={tmp_path / 'test'}" in commands[0]
+    assert result["test_accuracy"] == 0.7 and result["source_test_accuracy"] == 0.6
+    assert result["splits"] == {"train": 16, "validation": 4, "test": 10}
+    assert result["adaptation"]["method"] == "shot"
+    # Settings after colons become the command's flags.
+    run("adapt_shot:learning_rate=1e-5:unfreeze_blocks=2")
+    assert commands[-1][-4:-1] == ["--method=shot", "--learning_rate=1e-5", "--unfreeze_blocks=2"]
+    with pytest.raises(SystemExit, match="a setting is flag=value"):
+        run("adapt_shot:learning_rate")
+    with pytest.raises(SystemExit, match="take settings"):
+        bench.parse_arm("tent:learning_rate=1")
+    # The adapt command read the test images otherwise than the training run: refused.
+    source_read["accuracy"] = 0.55
+    with pytest.raises(SystemExit, match="read the test images differently"):
+        run("adapt_tent")
+    # The folder's model is not the recorded source_only run's: refused.
+    with pytest.raises(SystemExit, match="holds another model than the recorded"):
+        run("adapt_tent", source={"test_accuracy": 0.5})
+    # No recorded source_only run of that seed, or no model of it: refused, saying what to run.
+    with pytest.raises(SystemExit, match="list source_only before adapt_shot"):
+        run("adapt_shot", source=None)
+    with pytest.raises(SystemExit, match="list source_only before adapt_shot"):
+        run("adapt_shot:epochs=1", seed=1)

@@ -247,6 +247,43 @@ def test_fit_shot_min_unchanged_undoes_the_epoch_that_changes_too_many_predictio
         kt.fit_shot(model, target, epochs=1, min_unchanged=1.5)
 
 
+def _saturated_binary_classifier():
+    """A linear backbone (pooled features = the image's constant channel values) and a
+    frozen sigmoid head whose logit is `100 * f0 - 50`."""
+    conv = keras.Sequential(
+        [keras.Input((4, 4, 3)), keras.layers.Conv2D(3, 1, use_bias=False)], name="linear"
+    )
+    conv.layers[0].kernel.assign(np.eye(3, dtype="float32").reshape(1, 1, 3, 3))
+    head = {"task": "binary", "dropout": 0.0}
+    model = kt.create_classifier(kt.Backbone("linear", conv, 4), 2, head=head)
+    model.head.output_dense.kernel.assign(np.array([[100.0], [0.0], [0.0]], "float32"))
+    model.head.output_dense.bias.assign(np.array([-50.0], "float32"))
+    return model
+
+
+def test_fit_shot_trains_on_the_logits_so_a_saturated_prediction_follows_its_pseudo_label():
+    # Three groups of images: two clusters the head separates (logits 50 and -50), and a
+    # third predicted as class 1 (logit 20) whose features lie in class 0's cluster.
+    values = np.array([[1.0, 0.1, 0.0]] * 8 + [[0.0, 1.0, 0.0]] * 8 + [[0.7, 3.0, 0.0]] * 4)
+    images = np.broadcast_to(values[:, None, None, :], (20, 4, 4, 3)).astype("float32")
+    target = tf.data.Dataset.from_tensor_slices(images).batch(8)
+    model = _saturated_binary_classifier()
+    probabilities = model.predict(target, verbose=0)
+    # Every prediction lies beyond the 1e-7 clip of a loss on probabilities, where it has no
+    # gradient; the third group's are exactly 1 in float32.
+    assert np.all((probabilities <= 1e-7) | (probabilities >= 1 - 1e-7))
+    assert probabilities[16:].min() == 1.0
+    np.testing.assert_array_equal(kt.shot_pseudo_labels(values, probabilities)[16:], 0)
+    kernel_before = np.array(model.backbone.weights[0]).copy()
+
+    kt.fit_shot(model, target, epochs=1, learning_rate=1e-2, diversity_weight=0.0, verbose=0)
+
+    assert not np.allclose(kernel_before, np.array(model.backbone.weights[0]))
+    features = kt.adaptation.pooled_feature_model(model)(images[16:])
+    logits = np.array(model.head.compute_logits(features))
+    assert logits.max() < 20.0 - 1.0  # moved towards its pseudo-label, class 0
+
+
 def test_fit_shot_on_a_backbone_without_batchnorm_trains_without_recalibrating():
     conv = keras.Sequential(
         [keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3, activation="relu")], name="plain"

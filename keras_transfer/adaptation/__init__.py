@@ -42,6 +42,7 @@ from keras_transfer.adaptation.test_time import fit_shot
 from keras_transfer.adaptation.test_time import fit_tent
 from keras_transfer.adaptation.test_time import shot_pseudo_labels
 from keras_transfer.adaptation.test_time import shot_training_batches
+from keras_transfer.adaptation.test_time import top1_unchanged
 
 __all__ = [
     "layers",
@@ -63,6 +64,7 @@ __all__ = [
     "fit_tent",
     "shot_pseudo_labels",
     "shot_training_batches",
+    "top1_unchanged",
     "DannLearningRate",
     "reversal_weight",
     "ALIGNMENT_LAYERS",

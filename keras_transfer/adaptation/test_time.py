@@ -16,8 +16,10 @@ AdaBN, TENT and SHOT.
   the head (the source hypothesis) is frozen and the backbone trains with information
   maximisation (confident and diverse predictions) plus a cross-entropy to pseudo-labels
   that are recomputed at the start of every epoch by SHOT's weighted k-means in the
-  feature space (`shot_pseudo_labels`). Plain `model.fit`, one epoch per call, on the
-  images and their pseudo-labels shuffled together (`shot_training_batches`), as SHOT's
+  feature space (`shot_pseudo_labels`). Plain `fit`, one epoch per call, of a model that
+  shares the classifier's layers and outputs its head's logits (the losses keep their
+  gradient where a float32 probability saturates), on the images and their pseudo-labels
+  shuffled together (`shot_training_batches`), as SHOT's
   reference code shuffles its target loader: batches in a class-sorted order (a folder
   listed class by class) make the diversity term, which reads each batch's mean prediction,
   push every batch towards all classes.
@@ -50,6 +52,7 @@ __all__ = [
     "fit_tent",
     "shot_pseudo_labels",
     "shot_training_batches",
+    "top1_unchanged",
 ]
 
 logger = logging.getLogger("keras_transfer")
@@ -220,8 +223,10 @@ def fit_shot(
     """SHOT: trains the backbone on unlabeled target images with the head frozen, by
     information maximisation and pseudo-labels recomputed every epoch (module docstring).
 
-    The model's `trainable` flags and compiled loss are restored afterwards; the backbone's
-    weights stay adapted.
+    The model's `trainable` flags are restored afterwards and its compiled loss is left as
+    it was; the backbone's weights stay adapted. The losses are computed from the head's
+    logits (`compute_logits`), as SHOT's reference code does: from float32 probabilities
+    they lose their gradient where a prediction saturates at exactly 0 or 1.
 
     Args:
         model: a trained `TransferClassifier`.
@@ -247,39 +252,68 @@ def fit_shot(
             ["unchanged_top1"]`); when it falls below this, the model gets back its
             weights from before that epoch and training stops (`history.kept_epochs`:
             the epochs kept). `None`: every epoch is kept.
-        **fit_kwargs: more `fit` arguments (`verbose`, `callbacks`).
+        **fit_kwargs: more `fit` arguments (`verbose`, `callbacks`); callbacks see the
+            model SHOT trains, whose variables are `model`'s.
 
     Example:
     ```python
     history = fit_shot(model, target_images, epochs=5, unfreeze=2)
     ```
     """
+    _check_shot_model(model)
+    images = _image_batches(target)
+    _check_fixed_order(images)
+    layers = _keras_compat.flatten_layers(model, include_self=True)
+    flags = [layer.trainable for layer in layers]
+    try:
+        _unfreeze_backbone(model, unfreeze, train_bn)
+        model.head.trainable = False  # the source hypothesis stays as it is
+        trained = _ShotLogits(model)
+        trained.compile(
+            optimizer=keras.optimizers.Adam(learning_rate),
+            loss=InformationMaximization(pseudo_label_weight, diversity_weight, True),
+        )
+        recalibrate = train_bn and bool(_find_batchnorm(model))
+        guard = _UnchangedGuard(model, images, min_unchanged, recalibrate)
+        return _shot_epochs(trained, images, epochs, (shuffle_buffer, seed), guard, fit_kwargs)
+    finally:
+        for layer, flag in zip(layers, flags):
+            layer.trainable = flag
+
+
+def _check_shot_model(model) -> None:
     if not isinstance(model, heads_lib.TransferClassifier):
         raise TypeError(
             f"fit_shot needs a classifier from create_classifier (a backbone and a head to "
             f"keep fixed), got {type(model).__name__}."
         )
-    images = _image_batches(target)
-    _check_fixed_order(images)
-    from_logits = bool(getattr(model.head, "logits", False))
-    layers = _keras_compat.flatten_layers(model, include_self=True)
-    flags = [layer.trainable for layer in layers]
-    compiled = model.get_compile_config() if model.compiled else None
-    try:
-        _unfreeze_backbone(model, unfreeze, train_bn)
-        model.head.trainable = False  # the source hypothesis stays as it is
-        model.compile(
-            optimizer=keras.optimizers.Adam(learning_rate),
-            loss=InformationMaximization(pseudo_label_weight, diversity_weight, from_logits),
+    task = getattr(model.head, "task", None)
+    if task not in ("multiclass", "binary"):
+        raise ValueError(
+            f"fit_shot adapts a classifier with one multiclass or binary head (its pseudo-"
+            f"labels are classes), got a head of task {task!r} ({type(model.head).__name__})."
         )
-        recalibrate = train_bn and bool(_find_batchnorm(model))
-        guard = _UnchangedGuard(model, images, min_unchanged, recalibrate)
-        return _shot_epochs(model, images, epochs, (shuffle_buffer, seed), guard, fit_kwargs)
-    finally:
-        for layer, flag in zip(layers, flags):
-            layer.trainable = flag
-        if compiled is not None:
-            model.compile_from_config(compiled)
+
+
+class _ShotLogits(keras.Model):
+    """What SHOT trains: a classifier's images to its head's logits (`compute_logits`, the
+    output layer before its softmax or sigmoid), sharing every variable with the classifier.
+
+    SHOT's losses read log-probabilities. Taken from the activated outputs, they are
+    clipped where float32 probabilities reach exactly 0 or 1 (a sigmoid does at logits
+    beyond about 17), and a clipped value has no gradient: a saturated prediction could
+    no longer be moved by its pseudo-label or by the diversity term. From the logits,
+    `log_softmax` and `log_sigmoid` keep the gradient everywhere, as SHOT's reference code
+    computes its losses from the network's logits."""
+
+    def __init__(self, classifier: heads_lib.TransferClassifier, **kwargs: Any):
+        super().__init__(**{"name": "shot_logits", **kwargs})
+        self.features = pooled_feature_model(classifier)
+        self.head = classifier.head
+
+    def call(self, images, training=None):
+        features = self.features(images, training=training)
+        return self.head.compute_logits(features, training=training)
 
 
 def _unfreeze_backbone(model, unfreeze, train_bn: bool) -> None:
@@ -334,7 +368,7 @@ class _UnchangedGuard:
             raise ValueError(f"min_unchanged must be in (0, 1], got {min_unchanged!r}.")
         self.model, self.images, self.recalibrate = model, images, recalibrate
         self.min_unchanged = min_unchanged
-        self.reference: np.ndarray | None = None
+        self.reference: np.ndarray | None = None  # the probabilities before SHOT
         self.kept_weights = None
         self.latest: tuple[np.ndarray, np.ndarray] | None = None
 
@@ -345,7 +379,7 @@ class _UnchangedGuard:
             if self.recalibrate:
                 adapt_batchnorm(self.model, self.images)
             self.latest = _features_and_probabilities(self.model, self.images)
-            self.reference = self.latest[1].argmax(1)
+            self.reference = self.latest[1]
         if self.min_unchanged is not None:  # every variable, BatchNorm statistics included
             self.kept_weights = self.model.get_weights()
         return self.latest
@@ -355,7 +389,7 @@ class _UnchangedGuard:
         if self.recalibrate:
             adapt_batchnorm(self.model, self.images)
         self.latest = _features_and_probabilities(self.model, self.images)
-        unchanged = float((self.latest[1].argmax(1) == self.reference).mean())
+        unchanged = top1_unchanged(self.reference, self.latest[1])
         undo = self.min_unchanged is not None and unchanged < self.min_unchanged
         if undo:
             self.model.set_weights(self.kept_weights)
@@ -397,8 +431,14 @@ def _shot_epochs(
             )
             break
         merged.kept_epochs = epoch + 1
-    merged.set_model(model)
+    merged.set_model(guard.model)
     return merged
+
+
+def top1_unchanged(before: np.ndarray, after: np.ndarray) -> float:
+    """The share of images whose top class is the same in `before` and `after`, two
+    `(n, classes)` arrays of class probabilities of the same images in the same order."""
+    return float((np.argmax(before, axis=1) == np.argmax(after, axis=1)).mean())
 
 
 def class_probabilities(model: keras.Model, outputs: Any) -> np.ndarray:

@@ -48,6 +48,7 @@ __all__ = [
     "collapsed",
     "default_output_dir",
     "target_predictions",
+    "labelled_test_report",
 ]
 
 logger = logging.getLogger("keras_transfer")
@@ -100,6 +101,11 @@ class AdaptSettings:
                 f"adapt={self.method!r} needs epochs >= 1 and a learning rate > 0, got "
                 f"{epochs} and {rate}."
             )
+        if self.method != "shot" and (self.unfreeze != "all" or self.train_bn is not None):
+            raise ValueError(
+                f"unfreeze and train_bn are SHOT's settings (the backbone it trains), not "
+                f"{self.method}'s: leave them out, or use method='shot'."
+            )
         min_unchanged = self._or_default("min_unchanged", None)
         if min_unchanged is not None and not 0.0 <= min_unchanged <= 1.0:
             raise ValueError(
@@ -133,7 +139,7 @@ def _label_free(before: np.ndarray, after: np.ndarray) -> dict[str, Any]:
         "mean_entropy_after": round(entropy(after), 6),
         "class_shares_before": _class_shares(before),
         "class_shares_after": _class_shares(after),
-        "unchanged_top1": round(float((before.argmax(1) == after.argmax(1)).mean()), 6),
+        "unchanged_top1": round(test_time.top1_unchanged(before, after), 6),
     }
 
 
@@ -278,6 +284,26 @@ def _log_report(report: dict[str, Any], num_images: int) -> None:
     )
 
 
+def _labelled_test(test: data_lib.TargetImages, test_dir: str) -> Any:
+    """The labelled batches of the test folder; a `ValueError` when it has no labels."""
+    if test.labelled is None:
+        raise ValueError(
+            f"test_dir {test_dir!r} has no labels to test with: {test.labelled_reason}. Put "
+            "its images in subfolders named like the model's classes (labels.txt)."
+        )
+    return test.labelled
+
+
+def labelled_test_report(
+    model: keras.Model, labelled: Any, class_names: list[str]
+) -> dict[str, Any]:
+    """The held-out report (`reports.held_out_report`: accuracy, its interval, balanced
+    accuracy, macro F1) of `model` on labelled batches, as `train --test_dir` writes it."""
+    true, predicted = reports.predict_labels(model, labelled)
+    matrix = reports.confusion_matrix(true, predicted, len(class_names))
+    return reports.held_out_report(matrix, class_names)
+
+
 def default_output_dir(model_dir: str, method: str) -> str:
     """Where `keras-transfer adapt` writes without `--output_dir`: a folder beside the
     trained one, `<model_dir>_<method>` (e.g. `runs/ants_vs_bees_tent`)."""
@@ -290,6 +316,7 @@ def adapt_model_dir(
     output_dir: str | None,
     settings: AdaptSettings,
     *,
+    test_dir: str | None = None,
     batch_size: int = 32,
     max_pixels: int | None = 50_000_000,
     safe_mode: bool = True,
@@ -298,7 +325,11 @@ def adapt_model_dir(
     """`keras-transfer adapt`: loads the trained model of `model_dir`, reads `target_dir`'s
     images as that run read its validation images, adapts, and writes `model.keras`,
     `labels.txt` and `adapt.json` to `output_dir` (never to `model_dir`; `None`:
-    `default_output_dir`). The report's `"output_dir"` says where."""
+    `default_output_dir`). The report's `"output_dir"` says where. With `test_dir`, a
+    labelled folder (subfolders named like the classes) read the same way, the report's
+    `"test"` holds the test report of the model before and after adaptation (`"before"`,
+    `"after"`): the same images, so the difference is the adaptation's alone. It chooses
+    nothing."""
     settings.resolved()  # a bad method or rate stops before anything is read
     output_dir = output_dir or default_output_dir(model_dir, settings.method)
     if os.path.abspath(output_dir) == os.path.abspath(model_dir):
@@ -312,16 +343,29 @@ def adapt_model_dir(
         )
     model, class_names = predict_lib.load_trained(model_dir, safe_mode=safe_mode)
     decode = predict_lib.decode_settings(model_dir)
-    target = data_lib.target_image_dataset(
-        target_dir,
-        class_names,
-        image_size=tuple(model.input_shape[1:3]),
-        batch_size=batch_size,
-        crop_fraction=decode["crop_fraction"],
-        resize=decode["resize"],
-        max_pixels=max_pixels,
-    )
+
+    def read(folder: str) -> data_lib.TargetImages:
+        return data_lib.target_image_dataset(
+            folder,
+            class_names,
+            image_size=tuple(model.input_shape[1:3]),
+            batch_size=batch_size,
+            crop_fraction=decode["crop_fraction"],
+            resize=decode["resize"],
+            max_pixels=max_pixels,
+        )
+
+    target = read(target_dir)
+    test = None if test_dir is None else read(test_dir)
+    labelled = None if test is None else _labelled_test(test, test_dir)
+    test_before = None if test is None else labelled_test_report(model, labelled, class_names)
     report = adapt_model(model, target, settings, verbose=verbose)
+    if test is not None:
+        report["test"] = {
+            "before": test_before,
+            "after": labelled_test_report(model, labelled, class_names),
+            "skipped": test.skipped,
+        }
     report.update(
         output_dir=os.path.abspath(output_dir),
         model_dir=os.path.abspath(model_dir),

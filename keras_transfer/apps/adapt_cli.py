@@ -9,7 +9,8 @@ resize, from config.json), in any folder layout; their labels, if they sit in su
 named like the classes, are never used to adapt, only reported. Writes model.keras,
 labels.txt, config.json (the run's) and adapt.json (settings, seconds, the label-free
 measures: mean prediction entropy, class shares, top-1 unchanged; and the target accuracy
-before and after when the folder is labelled; whether the predictions collapsed, in which
+before and after when the folder is labelled; with --test_dir, the test report of the
+model before and after; whether the predictions collapsed, in which
 case the model before adaptation is kept unless --norevert_collapse) to --output_dir
 (default: <model_dir>_<method>, beside it), never to --model_dir.
 """
@@ -28,6 +29,12 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("model_dir", None, "Folder of a trained model (model.keras, labels.txt).")
 flags.DEFINE_string("target_dir", None, "Folder of unlabeled images of the new domain.")
 flags.DEFINE_string(
+    "test_dir",
+    None,
+    "Optional labelled test folder (subfolders named like the classes): the model is tested "
+    'on it before and after adapting (adapt.json "test"). Its labels choose nothing.',
+)
+flags.DEFINE_string(
     "output_dir",
     "",
     "New folder for the adapted model; empty: <model_dir>_<method>, beside the trained one.",
@@ -45,6 +52,18 @@ flags.DEFINE_integer(
 )
 flags.DEFINE_float(
     "learning_rate", None, "Adam's learning rate (tent, shot); default tent 1e-3, shot 1e-4."
+)
+flags.DEFINE_string(
+    "unfreeze_blocks",
+    "all",
+    "shot: the backbone blocks to train: a count from the top, a block name to unfreeze "
+    "from, or 'all' (every backbone layer).",
+)
+flags.DEFINE_bool(
+    "train_bn",
+    None,
+    "shot: BatchNormalization trains (as SHOT's reference code) and its statistics are "
+    "recomputed on the target images; default frozen.",
 )
 flags.DEFINE_float(
     "min_unchanged",
@@ -80,9 +99,12 @@ def main(argv: list[str]) -> None:
             FLAGS.method,
             FLAGS.epochs,
             FLAGS.learning_rate,
+            unfreeze=FLAGS.unfreeze_blocks,
+            train_bn=FLAGS.train_bn,
             min_unchanged=FLAGS.min_unchanged,
             revert_collapse=FLAGS.revert_collapse,
         ),
+        test_dir=FLAGS.test_dir,
         batch_size=FLAGS.batch_size,
         max_pixels=FLAGS.max_pixels or None,
         safe_mode=FLAGS.safe_mode,
@@ -98,6 +120,11 @@ def main(argv: list[str]) -> None:
         line += (
             f"; target accuracy {report['target_accuracy_before']:.4f} -> "
             f"{report['target_accuracy_after']:.4f} (labels read for this line only)"
+        )
+    if "test" in report:
+        line += (
+            f"; test accuracy {report['test']['before']['accuracy']:.4f} -> "
+            f"{report['test']['after']['accuracy']:.4f}"
         )
     if report["collapse"]["kept"] == "before_adaptation":
         line += "; the predictions collapsed, so the model was kept as it was before adaptation"

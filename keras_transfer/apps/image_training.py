@@ -170,7 +170,9 @@ def train_model(
     wise = _wise_ft(model, data, common["backup_dir"], zero_shot) if config.wise_ft else None
     adaptation = None
     if config.adapt in SOURCE_FREE_METHODS:  # the trained model, to the target images
-        settings = adapt_lib.AdaptSettings(config.adapt, train_bn=config.train_bn)
+        # --train_bn is SHOT's (the backbone it trains); AdaBN and TENT set their own.
+        train_bn = config.train_bn if config.adapt == "shot" else None
+        settings = adapt_lib.AdaptSettings(config.adapt, train_bn=train_bn)
         adaptation = adapt_lib.adapt_model(model, target, settings, min(config.verbose, 2))
     return Trained(history, cached, unfrozen, monitor, wise, adaptation, zero_shot)
 

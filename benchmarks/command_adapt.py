@@ -34,8 +34,8 @@ after, so that the paired difference is the adaptation's alone and not the sprea
 two trainings of one seed (up to 1.8 points on photo_shift). An `adapt_*` arm may carry
 `keras-transfer adapt` settings after colons, each its own arm:
 `adapt_shot:learning_rate=1e-5:unfreeze_blocks=2`. With `--work_dir`, the model folders
-stay, so a later invocation's `adapt_*` arms adapt the recorded `source_only` models. Nothing is tuned: the target labels choose nothing, and the test split
-is read once per run.
+stay, so a later invocation's `adapt_*` arms adapt the recorded `source_only` models.
+Nothing is tuned: the target labels choose nothing, and the test split is read once per run.
 
     python benchmarks/command_adapt.py --task photo_shift --seeds 3
     python benchmarks/command_adapt.py --task camera_shift --seeds 3
@@ -235,10 +235,7 @@ def run_adapt_after(
             "images differently."
         )
     return {
-        "test_accuracy": after["accuracy"],
-        "test_balanced_accuracy": after["balanced_accuracy"],
-        "test_macro_f1": after["macro_f1"],
-        "test_accuracy_ci95": after["accuracy_ci95"],
+        **defaults.test_fields(after),
         "source_test_accuracy": before["accuracy"],
         "val_accuracy": None,
         "seconds": round(seconds, 1),

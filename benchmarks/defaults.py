@@ -102,6 +102,16 @@ def run_command(command: list[str], label: str) -> float:
     return time.perf_counter() - start
 
 
+def test_fields(test: dict) -> dict:
+    """A run record's test fields from a held-out report (`results.json` `"test"`)."""
+    return {
+        "test_accuracy": test["accuracy"],
+        "test_balanced_accuracy": test["balanced_accuracy"],
+        "test_macro_f1": test["macro_f1"],
+        "test_accuracy_ci95": test["accuracy_ci95"],
+    }
+
+
 def run_config(
     name: str,
     seed: int,
@@ -132,12 +142,8 @@ def run_config(
     ]
     seconds = run_command(command, f"{name} (seed {seed})")
     results = json.loads((model_dir / "results.json").read_text())
-    test = results["test"]
     summary = {
-        "test_accuracy": test["accuracy"],
-        "test_balanced_accuracy": test["balanced_accuracy"],
-        "test_macro_f1": test["macro_f1"],
-        "test_accuracy_ci95": test["accuracy_ci95"],
+        **test_fields(results["test"]),
         "val_accuracy": results.get("saved_model_val_accuracy"),
         "seconds": round(seconds, 1),
         "run_seconds": results.get("total_seconds"),

@@ -18,6 +18,9 @@ resized, batched by 32, float32, with neither augmentation nor a cache of decode
 - `records_smaller`: the same, from records written with `shorter_side=256` (the load size
   of 224 px): each image stored upright at the size training resizes it to, re-encoded as
   a JPEG of quality 95 (`kt.data.stored_images`);
+- `records_raw`: the same, from records written with `shorter_side=256, raw_pixels=True`:
+  the resized images stored as their decoded pixels, so reading decodes nothing (about seven
+  times the disk of `records_smaller`; `details.data.bytes`);
 - `keras`: `keras.utils.image_dataset_from_directory(folder, shuffle=True)` (the whole image
   stretched to 224x224).
 
@@ -45,7 +48,8 @@ the records): about 10 min in all.
 
 Writes `benchmarks/results/input_pipeline.json` through `_common.write_results` (kind
 "timing"). The last line printed is one JSON object: `{folder_images_per_s,
-records_images_per_s, records_smaller_images_per_s, keras_images_per_s, peak_rss_mb}`, the
+records_images_per_s, records_smaller_images_per_s, records_raw_images_per_s,
+keras_images_per_s, peak_rss_mb}`, the
 rates the medians over rounds.
 """
 
@@ -70,7 +74,8 @@ import keras  # noqa: E402
 
 import keras_transfer as kt  # noqa: E402
 
-ARMS = ("folder", "records", "records_smaller", "keras")
+ARMS = ("folder", "records", "records_smaller", "records_raw", "keras")
+STORED = {"records_smaller": {}, "records_raw": {"raw_pixels": True}}
 PAIRING = (
     "every pipeline is built once before the rounds; round r runs one epoch of each arm back "
     "to back, the arms' order rotated by r; ratios are taken within a round"
@@ -135,9 +140,12 @@ def build_pipelines(images: pathlib.Path, records: pathlib.Path, args) -> tuple[
             kt.image_folder_dataset(images, size, validation_split=0.0, **common).train
         ),
         "records": lambda: kt.data.records_dataset(records, size, **common).train,
-        "records_smaller": lambda: (
-            kt.data.records_dataset(records.with_name("records_smaller"), size, **common).train
-        ),
+        **{
+            arm: lambda arm=arm: (
+                kt.data.records_dataset(records.with_name(arm), size, **common).train
+            )
+            for arm in STORED
+        },
         "keras": lambda: keras.utils.image_dataset_from_directory(
             images, image_size=size, batch_size=args.batch_size, shuffle=True, seed=args.seed
         ),
@@ -193,7 +201,7 @@ def results_arms(rounds: list[dict]) -> dict:
         }
         for arm in ARMS
     }
-    for arm in ("records", "records_smaller"):
+    for arm in ("records", *STORED):
         arms[arm]["ratio_vs_folder"] = [a / b for a, b in zip(rates(arm), rates("folder"))]
     arms["folder"]["ratio_vs_keras"] = [a / b for a, b in zip(rates("folder"), rates("keras"))]
     return arms
@@ -213,21 +221,23 @@ def prepare(args, work: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path, dict]
     start = time.perf_counter()
     kt.data.write_records(images, records, args.shard_size, validation_split=0.0, seed=args.seed)
     write_seconds = time.perf_counter() - start
-    # The same images stored at the load size training resizes them to (256 px for 224).
-    smaller, shorter_side = work / "records_smaller", max(_load_size(args))
-    start = time.perf_counter()
-    kt.data.write_records(images, smaller, args.shard_size, validation_split=0.0,
-                          seed=args.seed, shorter_side=shorter_side)  # fmt: skip
-    write_smaller_seconds = time.perf_counter() - start
+    # The same images stored at the load size training resizes them to (256 px for 224), as
+    # JPEGs and as pixels.
+    shorter_side, write_stored_seconds = max(_load_size(args)), {}
+    for arm, stored in STORED.items():
+        start = time.perf_counter()
+        kt.data.write_records(images, work / arm, args.shard_size, validation_split=0.0,
+                              seed=args.seed, shorter_side=shorter_side, **stored)  # fmt: skip
+        write_stored_seconds[arm] = round(time.perf_counter() - start, 2)
     cached = {"images": read_all(images), "records": read_all(records)}
-    cached["records_smaller"] = read_all(smaller)
+    cached.update({arm: read_all(work / arm) for arm in STORED})
     if args.smoke:
         shutil.rmtree(source, ignore_errors=True)
     facts = {
         "images": count,
         "copy_seconds": round(copy_seconds, 2),
         "write_records_seconds": round(write_seconds, 2),
-        "write_records_smaller_seconds": round(write_smaller_seconds, 2),
+        **{f"write_{arm}_seconds": seconds for arm, seconds in write_stored_seconds.items()},
         "records_smaller_shorter_side": shorter_side,
         "bytes": cached,
     }
@@ -270,7 +280,7 @@ def main(argv=None) -> dict:
         repeats=args.rounds,
         arms=results_arms(rounds),
         primary_metric="images_per_second",
-        comparisons=[["records", "folder"], ["records_smaller", "folder"], ["folder", "keras"]],
+        comparisons=[*([arm, "folder"] for arm in ("records", *STORED)), ["folder", "keras"]],
         details={
             "rounds": rounds,
             "setup_seconds": setup_seconds,

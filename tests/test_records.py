@@ -251,13 +251,14 @@ def test_input_pipeline_benchmark_smoke(tmp_path):
     summary = json.loads(process.stdout.strip().splitlines()[-1])
     assert set(summary) == {
         "folder_images_per_s", "records_images_per_s", "records_smaller_images_per_s",
+        "records_raw_images_per_s",
         "keras_images_per_s", "peak_rss_mb",
     }  # fmt: skip
     record = json.loads(output.read_text())
     rounds = record["details"]["rounds"]
     assert len(rounds) == record["repeats"] == 2
     # Every arm read every image once per round; the arms' order rotates between rounds.
-    for arm in ("folder", "records", "records_smaller", "keras"):
+    for arm in ("folder", "records", "records_smaller", "records_raw", "keras"):
         assert [r[arm]["images"] for r in rounds] == [record["splits"]["train"]] * 2
         cpu = [1000 * r[arm]["cpu_seconds"] / r[arm]["images"] for r in rounds]
         assert record["arms"][arm]["cpu_ms_per_image"]["per_seed"] == pytest.approx(cpu)
@@ -266,4 +267,8 @@ def test_input_pipeline_benchmark_smoke(tmp_path):
         assert summary[f"{arm}_images_per_s"] == pytest.approx(np.median(per_round))
     assert rounds[0]["order"] != rounds[1]["order"]
     assert record["details"]["data"]["records_smaller_shorter_side"] == 37  # 32 px / 0.875
+    assert record["comparisons"][2] == ["records_raw", "folder"]
+    # Pixels take more disk than the JPEGs of the same images at the same size.
+    stored = record["details"]["data"]["bytes"]
+    assert stored["records_raw"] > stored["records_smaller"]
     assert summary["peak_rss_mb"] > 100  # TensorFlow alone takes more

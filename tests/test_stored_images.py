@@ -2,6 +2,8 @@
 images are stored upright, resized so that their shorter side is N, as JPEGs; smaller ones
 as they are; and records too small for the requested load size are refused by name."""
 
+import json
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -120,3 +122,100 @@ def test_records_of_jpegs_stored_upright_are_marked_plain(photos, tmp_path):
     assert smaller["splits"]["train"]["plain_jpegs"] is True
     as_is = kt.data.write_records(pairs, tmp_path / "as_is", **options)
     assert as_is["splits"]["train"]["plain_jpegs"] is False  # the turned one, as stored
+
+
+# --- raw_pixels: records of decoded pixels ----------------------------------------------------
+
+
+def _pixels(records, split="train"):
+    """`{key: (height, width, 3) uint8 array}` of a split's shards written with raw_pixels."""
+    files = sorted(str(p) for p in (records / split).glob("*.tfrecord"))
+    features = {
+        "image": tf.io.FixedLenFeature([], tf.string),
+        "key": tf.io.FixedLenFeature([], tf.string),
+        "height": tf.io.FixedLenFeature([], tf.int64),
+        "width": tf.io.FixedLenFeature([], tf.int64),
+    }
+    stored = {}
+    for serialized in tf.data.TFRecordDataset(files):
+        example = tf.io.parse_single_example(serialized, features)
+        sides = (int(example["height"]), int(example["width"]), 3)
+        pixels = np.frombuffer(example["image"].numpy(), np.uint8).reshape(sides)
+        stored[example["key"].numpy().decode()] = pixels
+    return stored
+
+
+def _antialiased(image, size):
+    resized = tf.image.resize(tf.convert_to_tensor(image), size, antialias=True)
+    return np.asarray(tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8))
+
+
+def test_raw_pixels_store_each_image_upright_and_resized_as_decoded_pixels(photos, tmp_path):
+    root, _ = photos
+    manifest = kt.data.write_records(
+        root, tmp_path / "records", validation_split=0.0, shorter_side=60, raw_pixels=True
+    )
+    assert manifest["raw_pixels"] is True and manifest["version"] == 2
+    assert manifest["splits"]["train"]["plain_jpegs"] is False  # nothing to decode as JPEG
+    stored = _pixels(tmp_path / "records")
+    left = root / "left"
+    large = tf.io.decode_jpeg((left / "large.jpg").read_bytes(), channels=3)
+    # The turned photo: decoded, turned as its tag 6 says (a quarter turn clockwise), resized.
+    turned = np.rot90(tf.io.decode_jpeg((left / "turned.jpg").read_bytes(), channels=3), k=-1)
+    np.testing.assert_array_equal(stored["left/large.jpg"], _antialiased(large, (60, 100)))
+    np.testing.assert_array_equal(stored["left/turned.jpg"], _antialiased(turned, (60, 100)))
+    # Images no larger than shorter_side keep their size: the decoded file.
+    small = tf.io.decode_jpeg((left / "small.jpg").read_bytes(), channels=3)
+    np.testing.assert_array_equal(stored["left/small.jpg"], small)
+    assert stored["right/1.png"].shape == (40, 49, 3)
+
+
+@pytest.mark.parametrize("central_crop", [True, False])
+def test_stored_pixels_crop_as_the_decoder_crops_a_png_of_them(central_crop):
+    pixels = np.random.default_rng(0).integers(0, 256, (70, 90, 3), dtype=np.uint8)
+    options = kt.data.pipeline_options(32, 4, cache=False)
+    png = tf.io.encode_png(pixels)
+    want = options.decode_bytes(png, central_crop=central_crop)
+    got = options.decode_pixels(tf.constant(pixels), central_crop=central_crop)
+    assert got.shape == want.shape == ((32, 32, 3) if central_crop else (37, 37, 3))
+    np.testing.assert_array_equal(got, want)
+
+
+def test_raw_pixel_records_give_the_folder_loaders_batches(tmp_path):
+    root = tmp_path / "pngs"
+    rng = np.random.default_rng(1)
+    for name, count in (("ants", 7), ("bees", 6)):
+        (root / name).mkdir(parents=True)
+        for i in range(count):
+            pixels = rng.integers(0, 256, (40 + i, 48, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{i}.png")
+    split = dict(validation_split=0.3, test_split=0.2, seed=4)
+    kt.data.write_records(root, tmp_path / "records", shard_size=3, shorter_side=48,
+                          raw_pixels=True, **split)  # fmt: skip
+    options = dict(image_size=32, batch_size=4)
+    records = kt.data.records_dataset(tmp_path / "records", seed=4, **options)
+    images = kt.image_folder_dataset(root, **split, **options)
+    assert records.num_test == images.num_test >= 2
+    for name in ("validation", "test"):
+        got = [np.asarray(x) for batch in getattr(records, name) for x in batch[0]]
+        want = [np.asarray(x) for batch in getattr(images, name) for x in batch[0]]
+        np.testing.assert_array_equal(np.stack(got), np.stack(want))
+
+
+def test_raw_pixels_without_a_shorter_side_are_refused_with_the_fix(photos, tmp_path):
+    root, _ = photos
+    with pytest.raises(ValueError, match=r"raw_pixels=True.*shorter_side=256"):
+        kt.data.write_records(root, tmp_path / "records", raw_pixels=True)
+    assert not (tmp_path / "records").exists()
+
+
+def test_version_1_records_folders_still_read(photos, tmp_path):
+    root, _ = photos
+    kt.data.write_records(root, tmp_path / "records", validation_split=0.0)
+    path = tmp_path / "records" / kt.data.MANIFEST_FILE
+    manifest = json.loads(path.read_text())
+    manifest["version"] = 1
+    manifest.pop("raw_pixels")
+    path.write_text(json.dumps(manifest))
+    data = kt.data.records_dataset(tmp_path / "records", image_size=32, batch_size=8)
+    assert sum(int(y.shape[0]) for _, y in data.train) == 5

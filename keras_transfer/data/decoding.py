@@ -40,6 +40,7 @@ __all__ = [
     "check_image_size",
     "check_max_pixels",
     "central_crop",
+    "central_crop_pixels",
     "decode_and_resize",
     "decode_central_crop",
     "decode_for_model",
@@ -268,6 +269,22 @@ def decode_central_crop(
     if orientation is not None:
         image = exif.apply_exif_orientation(image, orientation)
     return _rounded(image, image_size, dtype)
+
+
+def central_crop_pixels(
+    image: tf.Tensor,
+    image_size: tuple[int, int],
+    crop_fraction: float = DEFAULT_CROP_FRACTION,
+    resize: str = "crop",
+    dtype: str = "uint8",
+) -> tf.Tensor:
+    """`decode_central_crop` of an image decoded already (`(height, width, 3)` uint8, upright):
+    its window sliced, resized straight to `image_size` and rounded, as `decode_central_crop`
+    does with a PNG of the same pixels (the decoder of records that store pixels,
+    `write_records(raw_pixels=True)`)."""
+    target = tf.constant(image_size)
+    window = _slice_window(image, target, tf.constant(load_size(image_size, crop_fraction)), resize)
+    return _rounded(tf.image.resize(window, target), image_size, dtype)
 
 
 def _window(shape: tf.Tensor, target: tf.Tensor, load: tf.Tensor, resize: str) -> tf.Tensor:

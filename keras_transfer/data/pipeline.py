@@ -18,11 +18,13 @@ import tensorflow as tf
 from keras_transfer.data.decoding import DEFAULT_CROP_FRACTION
 from keras_transfer.data.decoding import as_image_size
 from keras_transfer.data.decoding import central_crop
+from keras_transfer.data.decoding import central_crop_pixels
 from keras_transfer.data.decoding import check_batch_size
 from keras_transfer.data.decoding import decode_central_crop
 from keras_transfer.data.decoding import decode_image_bytes
 from keras_transfer.data.decoding import load_size
 from keras_transfer.data.decoding import plain_jpegs
+from keras_transfer.data.decoding import resize_and_crop
 
 __all__ = [
     "PipelineOptions",
@@ -217,6 +219,16 @@ class PipelineOptions:
                 plain_jpeg=plain_jpeg, dtype="uint8" if self.cache else "float32",
             )  # fmt: skip
         return decode_image_bytes(contents, self.load_size, self.resize, plain_jpeg=plain_jpeg)
+
+    def decode_pixels(self, image: tf.Tensor, *, central_crop: bool) -> tf.Tensor:
+        """`decode_bytes` of an image decoded already (uint8 pixels, upright: records that
+        store pixels): the same values as `decode_bytes` of a lossless PNG of it."""
+        if central_crop:
+            return central_crop_pixels(
+                image, self.image_size, self.crop_fraction, self.resize,
+                dtype="uint8" if self.cache else "float32",
+            )  # fmt: skip
+        return resize_and_crop(image, self.load_size, self.resize)
 
     def random_crop(self, training: bool) -> bool:
         """Whether this split's images are cropped at random (a training split with the

@@ -7,8 +7,9 @@ the shards, how the split was made, the skip report) and one folder of shards pe
 `train/part-00000-of-00004.tfrecord` ... Each record is a `tf.train.Example` with `image`,
 the image file's encoded bytes unchanged (a JPEG stays a JPEG: shards are about the size of
 the files, and reading one is a few large sequential reads instead of one small file per
-image) or, with `shorter_side`, the image stored smaller (`stored_images`), `label` (the int64 class index) and `key` (the image's path, relative to the
-deepest folder holding every image).
+image) or, with `shorter_side`, the image stored smaller (`stored_images`; with
+`raw_pixels`, its decoded pixels and their `height` and `width`), `label` (the int64 class
+index) and `key` (the image's path, relative to the deepest folder holding every image).
 
 Why the splits are written into the records, each split in its own shards, and not drawn
 when reading: the split is the folder loader's (`listing.list_dataset_folder`, or
@@ -76,11 +77,9 @@ MANIFEST_FILE = "records_manifest.json"
 DEFAULT_SHARD_SIZE = 1024
 RECORD_SPLITS = ("train", "validation", "test")
 _FORMAT = "keras-transfer records"
-_VERSION = 1
-_FEATURES = {
-    "image": tf.io.FixedLenFeature([], tf.string),
-    "label": tf.io.FixedLenFeature([], tf.int64),
-}
+# Version 2 added `raw_pixels`; version 1 folders (encoded images only) read unchanged.
+_VERSION = 2
+_READABLE_VERSIONS = (1, 2)
 
 
 def is_records_folder(directory: str | os.PathLike) -> bool:
@@ -105,7 +104,7 @@ def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
         except json.JSONDecodeError as error:
             manifest = {"format": f"unreadable JSON ({error})"}
     manifest = manifest if isinstance(manifest, dict) else {}
-    if manifest.get("format") != _FORMAT or manifest.get("version") != _VERSION:
+    if manifest.get("format") != _FORMAT or manifest.get("version") not in _READABLE_VERSIONS:
         raise ValueError(
             f"{path} is not a version {_VERSION} {_FORMAT} manifest (format "
             f"{manifest.get('format')!r}, version {manifest.get('version')!r}): write the "
@@ -148,6 +147,7 @@ def write_records(
     class_names: Sequence[str] | None = None,
     shorter_side: int | None = None,
     jpeg_quality: int = stored_images.DEFAULT_JPEG_QUALITY,
+    raw_pixels: bool = False,
 ) -> dict[str, Any]:
     """Writes an image dataset as TFRecord shards of the encoded image files and their
     labels, one set of shards per split, and a manifest (layout: the module docstring).
@@ -177,6 +177,8 @@ def write_records(
             is longer upright, resized to N, as a JPEG of `jpeg_quality` (`stored_images`):
             fewer pixels to decode, for load sizes (`image_size / crop_fraction`) up to N.
         jpeg_quality: the JPEG quality of images stored smaller.
+        raw_pixels: with `shorter_side`, store the resized images' decoded pixels, not
+            JPEGs: nothing to decode when read, about seven times the disk (`stored_images`).
 
     Returns:
         The manifest written: `class_names`, `splits` (`count`, `class_counts`, `shards`)...
@@ -187,7 +189,7 @@ def write_records(
     data = kt.data.records_dataset("photos_records", image_size=224, batch_size=64)
     ```
     """
-    _check_writing(shard_size, max_pixels, shorter_side, jpeg_quality)
+    _check_writing(shard_size, max_pixels, shorter_side, jpeg_quality, raw_pixels)
     out_dir = os.path.abspath(os.fspath(out_dir))
     _check_out_dir(out_dir, source, overwrite)
     files = _dataset_files(
@@ -197,12 +199,10 @@ def write_records(
         bad_rows=bad_rows, class_names=class_names,
     )  # fmt: skip
     parts = {split: _split_files(files, split) for split in RECORD_SPLITS}
-    sizes = sum(os.path.getsize(path) for paths, _ in parts.values() for path in paths)
-    os.makedirs(out_dir, exist_ok=True)
-    if overwrite:
-        _remove_records(out_dir)
-    reliability.check_free_space(out_dir, int(sizes * 1.02) + 2**20, "the records")
-    stored = {"shorter_side": shorter_side, "jpeg_quality": jpeg_quality}
+    stored = {"shorter_side": shorter_side, "jpeg_quality": jpeg_quality, "raw_pixels": raw_pixels}
+    sizes = _make_room(
+        out_dir, [p for paths, _ in parts.values() for p in paths], overwrite, stored
+    )
     written = _write_splits(out_dir, parts, len(files.class_names), shard_size, seed, stored)
     manifest = _manifest(source, files, written, shard_size=shard_size, seed=seed,
                          max_pixels=max_pixels, image_bytes=sizes, **stored,
@@ -210,11 +210,24 @@ def write_records(
     return _write_manifest(out_dir, manifest)
 
 
-def _check_writing(shard_size, max_pixels, shorter_side, jpeg_quality) -> None:
+def _make_room(out_dir: str, paths: list[str], overwrite: bool, stored: dict[str, Any]) -> int:
+    """Creates `out_dir` (emptied of earlier records with `overwrite`) and checks that its
+    disk holds the records of `paths`; returns the bytes of the image files."""
+    needed = stored_images.estimated_stored_bytes(
+        paths, stored["shorter_side"], stored["raw_pixels"]
+    )
+    os.makedirs(out_dir, exist_ok=True)
+    if overwrite:
+        _remove_records(out_dir)
+    reliability.check_free_space(out_dir, int(needed * 1.02) + 2**20, "the records")
+    return sum(os.path.getsize(path) for path in paths)
+
+
+def _check_writing(shard_size, max_pixels, shorter_side, jpeg_quality, raw_pixels) -> None:
     if isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size < 1:
         raise ValueError(f"shard_size must be a positive integer, got {shard_size!r}.")
     check_max_pixels(max_pixels)
-    stored_images.check_shorter_side(shorter_side, jpeg_quality)
+    stored_images.check_shorter_side(shorter_side, jpeg_quality, raw_pixels)
 
 
 def _write_manifest(out_dir: str, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -471,7 +484,10 @@ def records_dataset(
     entries = manifest["splits"]
     counts = {split: entries[split]["count"] if split in entries else 0 for split in RECORD_SPLITS}
     _check_full_batches(counts, options)
-    reader = _Reader(directory, manifest["shard_size"], options, shuffle_buffer, parallel_reads)
+    reader = _Reader(
+        directory, manifest["shard_size"], options, shuffle_buffer, parallel_reads,
+        raw_pixels=bool(manifest.get("raw_pixels")),
+    )  # fmt: skip
     class_counts = entries["train"]["class_counts"]
     warnings = _loaded_warnings(manifest, counts, directory)
     return ImageData(
@@ -531,6 +547,8 @@ class _Reader:
     options: PipelineOptions
     shuffle_buffer: int
     parallel_reads: int
+    # The records store decoded pixels (`write_records(raw_pixels=True)`), not files.
+    raw_pixels: bool = False
 
     def split(self, entry, name, *, training=False, drop_remainder=None):
         """The batches of the split of manifest `entry` (`None` for no split); `name` names
@@ -560,14 +578,11 @@ class _Reader:
             dataset = dataset.shuffle(
                 self.shuffle_buffer, seed=options.seed, reshuffle_each_iteration=True
             )
-        central = not options.random_crop(training)
-        plain = bool(entry.get("plain_jpegs"))
-
-        def decode(serialized):
-            example = tf.io.parse_single_example(serialized, _FEATURES)
-            # The decoder of image files (`pipeline.decoded_dataset`), on the stored bytes.
-            image = options.decode_bytes(example["image"], central_crop=central, plain_jpeg=plain)
-            return image, tf.cast(example["label"], tf.int32)
-
+        decode = stored_images.record_decoder(
+            options,
+            not options.random_crop(training),
+            bool(entry.get("plain_jpegs")),
+            self.raw_pixels,
+        )
         dataset = dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
         return options.build(dataset, training=training, split=name)

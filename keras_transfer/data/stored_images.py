@@ -9,11 +9,21 @@ stored at the size training resizes it to anyway decodes several times faster, t
 `max_resolution` and the downsampled ImageNet variants prepare data once for many epochs.
 The price is one lossy re-encoding, and a ceiling: such records cannot serve a load size
 above `shorter_side` (`check_stored_size` refuses it rather than enlarge the images).
+
+With `raw_pixels=True` as well, the resized image is stored as its decoded pixels (uint8,
+row-major, with its `height` and `width`) instead of a JPEG: nothing is decoded when training
+reads it, at about seven times the disk of the JPEG (256x341x3 bytes, 262 KB, a photo at
+256 px), the trade FFCV's `RGBImageField(write_mode="raw")` offers. On a CPU host feeding an
+accelerator, decoding is the input's cost (benchmarks/input_stages.py), so this is for
+datasets that fit the disk (or the page cache) of the training host; the pixels are the ones
+a lossless PNG of the resized image would decode to.
 """
 
 from __future__ import annotations
 
 import io
+import os
+from collections.abc import Callable
 from collections.abc import Iterator
 from collections.abc import Sequence
 
@@ -21,21 +31,48 @@ import tensorflow as tf
 
 from keras_transfer.data import decoding
 from keras_transfer.data import exif
+from keras_transfer.data.pipeline import PipelineOptions
 
 __all__ = [
     "DEFAULT_JPEG_QUALITY",
     "check_shorter_side",
     "check_stored_size",
+    "PIXEL_RECORD_FEATURES",
+    "RECORD_FEATURES",
+    "estimated_stored_bytes",
+    "record_decoder",
     "stored_bytes",
+    "stored_pixels",
     "write_shard",
 ]
 
 DEFAULT_JPEG_QUALITY = 95
+# What each record holds: `write_shard` writes it, `record_decoder` parses it (`key`, the
+# image's relative path, is written for people and tools, not read back).
+RECORD_FEATURES = {
+    "image": tf.io.FixedLenFeature([], tf.string),
+    "label": tf.io.FixedLenFeature([], tf.int64),
+}
+PIXEL_RECORD_FEATURES = {
+    **RECORD_FEATURES,
+    "height": tf.io.FixedLenFeature([], tf.int64),
+    "width": tf.io.FixedLenFeature([], tf.int64),
+}
 
 
-def check_shorter_side(shorter_side: int | None, jpeg_quality: int) -> None:
-    """`ValueError` naming a `shorter_side` that is not None or a positive integer, or a
-    `jpeg_quality` outside 1..100."""
+def check_shorter_side(
+    shorter_side: int | None, jpeg_quality: int, raw_pixels: bool = False
+) -> None:
+    """`ValueError` naming a `shorter_side` that is not None or a positive integer, a
+    `jpeg_quality` outside 1..100, or `raw_pixels` without a `shorter_side`."""
+    if not isinstance(raw_pixels, bool):
+        raise ValueError(f"raw_pixels must be True or False, got {raw_pixels!r}.")
+    if raw_pixels and shorter_side is None:
+        raise ValueError(
+            "raw_pixels=True stores each image's decoded pixels at the size training resizes "
+            "it to: give that size as shorter_side, e.g. shorter_side=256 for training at "
+            "224 px (image_size / crop_fraction)."
+        )
     if shorter_side is not None and (
         isinstance(shorter_side, bool) or not isinstance(shorter_side, int) or shorter_side < 1
     ):
@@ -83,20 +120,70 @@ def stored_bytes(
 
 def _smaller(contents: tf.Tensor, shorter_side: int, jpeg_quality: int) -> tf.Tensor:
     image = tf.io.decode_image(contents, channels=3, expand_animations=False)
-    sides = tf.shape(image)[:2]
-    shortest = tf.reduce_min(sides)
-
-    def resized() -> tf.Tensor:
-        upright = exif.apply_exif_orientation(image, exif.read_exif_orientation(contents))
-        upright_sides = tf.cast(tf.shape(upright)[:2], tf.float64)
-        scale = shorter_side / tf.cast(shortest, tf.float64)
-        size = tf.maximum(tf.cast(tf.round(upright_sides * scale), tf.int32), shorter_side)
-        smaller = tf.image.resize(upright, size, antialias=True)
-        pixels = tf.cast(tf.clip_by_value(tf.round(smaller), 0, 255), tf.uint8)
-        return tf.io.encode_jpeg(pixels, quality=jpeg_quality)
-
+    shortest = tf.reduce_min(tf.shape(image)[:2])
     # Images no larger are stored as they are (bytes, format and EXIF tag unchanged).
-    return tf.cond(shortest > shorter_side, resized, lambda: contents)
+    return tf.cond(
+        shortest > shorter_side,
+        lambda: tf.io.encode_jpeg(
+            _resized(_upright(image, contents), shortest, shorter_side), quality=jpeg_quality
+        ),
+        lambda: contents,
+    )
+
+
+def _upright_resized(contents: tf.Tensor, shorter_side: int) -> tf.Tensor:
+    """The stored pixels of `raw_pixels`: upright, and no larger than `shorter_side`."""
+    image = tf.io.decode_image(contents, channels=3, expand_animations=False)
+    shortest = tf.reduce_min(tf.shape(image)[:2])
+    upright = _upright(image, contents)
+    return tf.cond(
+        shortest > shorter_side,
+        lambda: _resized(upright, shortest, shorter_side),
+        lambda: upright,
+    )
+
+
+def _upright(image: tf.Tensor, contents: tf.Tensor) -> tf.Tensor:
+    return exif.apply_exif_orientation(image, exif.read_exif_orientation(contents))
+
+
+def _resized(upright: tf.Tensor, shortest: tf.Tensor, shorter_side: int) -> tf.Tensor:
+    """`upright` resized (antialiased) so that its shorter side is `shorter_side`, uint8."""
+    upright_sides = tf.cast(tf.shape(upright)[:2], tf.float64)
+    scale = shorter_side / tf.cast(shortest, tf.float64)
+    size = tf.maximum(tf.cast(tf.round(upright_sides * scale), tf.int32), shorter_side)
+    smaller = tf.image.resize(upright, size, antialias=True)
+    return tf.cast(tf.clip_by_value(tf.round(smaller), 0, 255), tf.uint8)
+
+
+def stored_pixels(paths: Sequence[str], shorter_side: int) -> Iterator[tuple[bytes, int, int]]:
+    """`(pixels, height, width)` to store for each of `paths`, in order (`raw_pixels=True`):
+    the image decoded, turned upright by its EXIF orientation and, when its shorter side is
+    longer than `shorter_side`, resized to it as `stored_bytes` resizes (the same pixels it
+    encodes as a JPEG); `pixels` the uint8 values, row-major, 3 channels."""
+    if not paths:
+        return iter(())
+    files = tf.data.Dataset.from_tensor_slices(list(paths)).map(
+        lambda path: _upright_resized(tf.io.read_file(path), shorter_side),
+        num_parallel_calls=tf.data.AUTOTUNE,
+    )
+    return ((pixels.tobytes(), *pixels.shape[:2]) for pixels in files.as_numpy_iterator())
+
+
+def estimated_stored_bytes(
+    paths: Sequence[str], shorter_side: int | None, raw_pixels: bool = False
+) -> int:
+    """About how many bytes the records of `paths` take: the files' sizes, or with
+    `raw_pixels` their pixels at `shorter_side` (each image's size read from its header,
+    `decoding.read_image_size`; an unreadable header counts as a 4:3 image)."""
+    if not raw_pixels:
+        return sum(os.path.getsize(path) for path in paths)
+    total = 0
+    for path in paths:
+        height, width = decoding.read_image_size(path) or (shorter_side, shorter_side * 4 // 3)
+        scale = min(1.0, shorter_side / max(1, min(height, width)))
+        total += round(height * scale) * round(width * scale) * 3 + 64
+    return total
 
 
 def write_shard(
@@ -105,19 +192,59 @@ def write_shard(
     plain: list[bool],
     shorter_side: int | None = None,
     jpeg_quality: int = DEFAULT_JPEG_QUALITY,
+    raw_pixels: bool = False,
 ) -> None:
     """Writes one TFRecord shard of `records` (`(image path, class index, key)`): each a
-    `tf.train.Example` of `image` (`stored_bytes`), `label` and `key`. Appends to `plain`
-    whether each stored image is a plain JPEG (`decoding.plain_jpeg_size`), for the
-    manifest's `plain_jpegs`."""
-    contents_of = stored_bytes([image for image, _, _ in records], shorter_side, jpeg_quality)
+    `tf.train.Example` of `image` (`stored_bytes`; with `raw_pixels`, `stored_pixels` and
+    its `height` and `width`), `label` and `key`. Appends to `plain` whether each stored
+    image is a plain JPEG (`decoding.plain_jpeg_size`), for the manifest's `plain_jpegs`."""
+    paths = [image for image, _, _ in records]
+    if raw_pixels:
+        stored = stored_pixels(paths, shorter_side)
+    else:
+        stored = ((contents,) for contents in stored_bytes(paths, shorter_side, jpeg_quality))
     with tf.io.TFRecordWriter(path) as writer:
-        for (_, label, key), contents in zip(records, contents_of, strict=True):
-            plain.append(decoding.plain_jpeg_size(io.BytesIO(contents)) is not None)
+        for (_, label, key), (contents, *sides) in zip(records, stored, strict=True):
+            plain.append(
+                not raw_pixels and decoding.plain_jpeg_size(io.BytesIO(contents)) is not None
+            )
             feature = {
-                "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[contents])),
-                "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
-                "key": tf.train.Feature(bytes_list=tf.train.BytesList(value=[key.encode()])),
+                "image": _bytes_feature(contents),
+                "label": _int_feature(label),
+                "key": _bytes_feature(key.encode()),
             }
+            if raw_pixels:
+                feature.update(height=_int_feature(sides[0]), width=_int_feature(sides[1]))
             example = tf.train.Example(features=tf.train.Features(feature=feature))
             writer.write(example.SerializeToString())
+
+
+def _bytes_feature(value: bytes) -> tf.train.Feature:
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+
+
+def _int_feature(value: int) -> tf.train.Feature:
+    return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
+
+
+def record_decoder(
+    options: PipelineOptions, central_crop: bool, plain_jpeg: bool, raw_pixels: bool
+) -> Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor]]:
+    """`serialized record -> (image, int32 label)`: the decoder of image files
+    (`PipelineOptions.decode_bytes`) on the stored bytes or, for `raw_pixels` records, its
+    crop of the stored pixels (`PipelineOptions.decode_pixels`)."""
+
+    def decode(serialized):
+        if raw_pixels:
+            example = tf.io.parse_single_example(serialized, PIXEL_RECORD_FEATURES)
+            sides = tf.stack([example["height"], example["width"], 3])
+            pixels = tf.reshape(tf.io.decode_raw(example["image"], tf.uint8), sides)
+            image = options.decode_pixels(pixels, central_crop=central_crop)
+        else:
+            example = tf.io.parse_single_example(serialized, RECORD_FEATURES)
+            image = options.decode_bytes(
+                example["image"], central_crop=central_crop, plain_jpeg=plain_jpeg
+            )
+        return image, tf.cast(example["label"], tf.int32)
+
+    return decode

@@ -219,3 +219,23 @@ def test_version_1_records_folders_still_read(photos, tmp_path):
     path.write_text(json.dumps(manifest))
     data = kt.data.records_dataset(tmp_path / "records", image_size=32, batch_size=8)
     assert sum(int(y.shape[0]) for _, y in data.train) == 5
+
+
+def test_the_default_shuffle_buffer_holds_a_fixed_number_of_bytes_of_records(
+    photos, tmp_path, monkeypatch
+):
+    root, _ = photos
+    split = dict(validation_split=0.0)
+    raw = kt.data.write_records(root, tmp_path / "raw", shorter_side=60, raw_pixels=True, **split)
+    files = kt.data.write_records(root, tmp_path / "files", **split)
+    monkeypatch.setattr(kt.data.records, "SHUFFLE_BUFFER_BYTES", 2**22)
+    buffers = {}
+    for name, manifest in (("raw", raw), ("files", files)):
+        shards = (tmp_path / name / "train").glob("*.tfrecord")
+        mean_bytes = sum(path.stat().st_size for path in shards) / 5
+        buffers[name] = kt.data.records.default_shuffle_buffer(tmp_path / name, manifest)
+        assert buffers[name] == min(10_000, max(100, int(2**22 // mean_bytes)))
+    # Pixels take more bytes per record, so fewer of them fill the buffer.
+    assert 100 < buffers["raw"] < buffers["files"]
+    with pytest.raises(ValueError, match="shuffle_buffer must be a positive integer"):
+        kt.data.records_dataset(tmp_path / "raw", image_size=32, shuffle_buffer=0)

@@ -118,7 +118,7 @@ def image_folder_dataset(
         max_pixels=max_pixels,
     )
     class_counts = _training_class_counts(files)
-    _check_full_batches(files, options)
+    options.check_full_batches(len(files.train_paths), len(files.validation_paths))
     return _image_data(files, class_counts, options, directory)
 
 
@@ -131,20 +131,6 @@ def _training_class_counts(files: DatasetFiles) -> np.ndarray:
         logger.warning(message)
         files.warnings.append(message)
     return class_counts
-
-
-def _check_full_batches(files: DatasetFiles, options: PipelineOptions) -> None:
-    """With `drop_remainder`, each non-empty split that trains or validates needs at least
-    one full batch (the test split keeps its last partial batch: it is not distributed)."""
-    splits = (("training", files.train_paths), ("validation", files.validation_paths))
-    for split, paths in splits:
-        count, batch_size = len(paths), options.batch_size
-        if options.drop_remainder and 0 < count < batch_size:
-            raise ValueError(
-                f"batch_size={batch_size} with drop_remainder=True leaves no batch of the "
-                f"{count} {split} images. Lower batch_size to at most {count}, or set "
-                "drop_remainder=False."
-            )
 
 
 def _image_data(

@@ -230,6 +230,18 @@ class PipelineOptions:
             )  # fmt: skip
         return resize_and_crop(image, self.load_size, self.resize)
 
+    def check_full_batches(self, training: int, validation: int) -> None:
+        """With `drop_remainder`, a non-empty training or validation split (of `training`
+        and `validation` images) needs one full batch; the test split keeps its last
+        partial batch (it is not distributed). Every loader's rule."""
+        for split, count in (("training", training), ("validation", validation)):
+            if self.drop_remainder and 0 < count < self.batch_size:
+                raise ValueError(
+                    f"batch_size={self.batch_size} with drop_remainder=True leaves no batch of "
+                    f"the {count} {split} images. Lower batch_size to at most {count}, or set "
+                    "drop_remainder=False."
+                )
+
     def random_crop(self, training: bool) -> bool:
         """Whether this split's images are cropped at random (a training split with the
         `crop` augmentation); the others are cropped centrally, as they are decoded."""

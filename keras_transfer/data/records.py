@@ -11,24 +11,20 @@ image) or, with `shorter_side`, the image stored smaller (`stored_images`; with
 `raw_pixels`, its decoded pixels and their `height` and `width`), `label` (the int64 class
 index) and `key` (the image's path, relative to the deepest folder holding every image).
 
-Why the splits are written into the records, each split in its own shards, and not drawn
-when reading: the split is the folder loader's (`listing.list_dataset_folder`, or
-`tables.list_table_files`: `splits.assign_splits`, a stable hash of the seed and each
-image's relative path, stratified, with per-class minimums), and those minimums need every
-key and label at once, which a reader streaming shards has only after a full pass; reading
-the validation split then reads its own shards only; and records written with the folder
-loader's `seed`, `validation_split` and `test_split` hold exactly its validation and test
-images. Another split means writing the records again.
+Why the splits are written into the records, each split in its own shards: the folder
+loader's split (`splits.assign_splits`: a stable hash of the seed and each image's relative
+path, stratified, with per-class minimums) needs every key and label at once, which a reader
+streaming shards has only after a full pass; validating then reads its own shards only; and
+records written with the folder loader's `seed` and fractions hold exactly its validation
+and test images. Another split means writing the records again.
 
-The training split is written in a seeded random order, so that each shard holds a sample
-of every class; `records_dataset` reads its shards in parallel (interleaved, the shard order
-shuffled every epoch) through a shuffle buffer of encoded records, all seeded: the same seed
-gives the same order of examples, epoch after epoch, on every run. Validation and test keep
-the listing order, and are read in it. Images are decoded by the folder loader's decoders
-(`decoding.decode_central_crop`; `decode_image_bytes` for randomly cropped training
-images), after the same checks: a file above `max_pixels` (by its
-header), undecodable or in a format TensorFlow does not decode is left out when writing,
-with its reason in the skip report, so the records hold only images that decode.
+The training split is written in a seeded random order, so each shard holds a sample of
+every class; `records_dataset` reads its shards interleaved, the shard order shuffled every
+epoch, through a seeded shuffle buffer of stored records: one seed, one order of examples,
+on every run. Validation and test are read in the listing order. Images are decoded by the
+folder loader's decoders after its checks: a file above `max_pixels` (by its header),
+undecodable or in a format TensorFlow does not decode is left out when writing, with its
+reason in the skip report.
 """
 
 from __future__ import annotations
@@ -63,6 +59,8 @@ __all__ = [
     "DEFAULT_SHARD_SIZE",
     "MANIFEST_FILE",
     "RECORD_SPLITS",
+    "SHUFFLE_BUFFER_BYTES",
+    "default_shuffle_buffer",
     "is_records_folder",
     "read_manifest",
     "records_dataset",
@@ -76,6 +74,8 @@ MANIFEST_FILE = "records_manifest.json"
 # of a large dataset to read several at once and shuffle their order.
 DEFAULT_SHARD_SIZE = 1024
 RECORD_SPLITS = ("train", "validation", "test")
+# The default shuffle buffer's memory (`default_shuffle_buffer`).
+SHUFFLE_BUFFER_BYTES = 256 * 2**20
 _FORMAT = "keras-transfer records"
 # Version 2 added `raw_pixels`; version 1 folders (encoded images only) read unchanged.
 _VERSION = 2
@@ -440,7 +440,7 @@ def records_dataset(
     drop_remainder: bool = False,
     crop_fraction: float = 0.875,
     resize: str = "crop",
-    shuffle_buffer: int = 10_000,
+    shuffle_buffer: int | None = None,
     parallel_reads: int = 16,
 ) -> ImageData:
     """Reads a records folder (`write_records`) as the `ImageData` the folder loader returns:
@@ -449,7 +449,7 @@ def records_dataset(
 
     The splits are the ones written (the module docstring says why). Training examples
     come from up to `parallel_reads` shards at a time, the shard order shuffled every
-    epoch, through a buffer of `shuffle_buffer` encoded images (memory: that many files);
+    epoch, through a buffer of `shuffle_buffer` stored images (memory: that many records);
     `seed` fixes both, so one seed always gives the same order. Validation, test and
     `train_unaugmented` are read in the written order.
 
@@ -460,7 +460,8 @@ def records_dataset(
         cache: keep decoded images in memory (`True`) or in files with this prefix; off by
             default, since records are for datasets that do not fit in memory (with a
             cache, the training examples are shuffled after it, as the folder loader does).
-        shuffle_buffer: encoded training images shuffled together.
+        shuffle_buffer: stored training images shuffled together; `None`: as many as fill
+            256 MB, at most 10,000 (`default_shuffle_buffer`).
         parallel_reads: shards read at the same time.
 
     Example:
@@ -469,9 +470,7 @@ def records_dataset(
     model = kt.create_classifier("mobilenet", len(data.class_names), class_names=data.class_names)
     ```
     """
-    for name, value in (("shuffle_buffer", shuffle_buffer), ("parallel_reads", parallel_reads)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+    _check_reading(shuffle_buffer, parallel_reads)
     directory = os.fspath(directory)
     manifest = read_manifest(directory)
     names = manifest["class_names"]
@@ -483,9 +482,10 @@ def records_dataset(
     stored_images.check_stored_size(manifest.get("shorter_side"), options.load_size, directory)
     entries = manifest["splits"]
     counts = {split: entries[split]["count"] if split in entries else 0 for split in RECORD_SPLITS}
-    _check_full_batches(counts, options)
+    options.check_full_batches(counts["train"], counts["validation"])
     reader = _Reader(
-        directory, manifest["shard_size"], options, shuffle_buffer, parallel_reads,
+        directory, manifest["shard_size"], options,
+        shuffle_buffer or default_shuffle_buffer(directory, manifest), parallel_reads,
         raw_pixels=bool(manifest.get("raw_pixels")),
     )  # fmt: skip
     class_counts = entries["train"]["class_counts"]
@@ -509,6 +509,25 @@ def records_dataset(
     )
 
 
+def _check_reading(shuffle_buffer: int | None, parallel_reads: int) -> None:
+    for name, value in (("shuffle_buffer", shuffle_buffer), ("parallel_reads", parallel_reads)):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value < 1
+        ):
+            raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+
+
+def default_shuffle_buffer(directory: str | os.PathLike, manifest: dict[str, Any]) -> int:
+    """The training records `records_dataset` shuffles together by default: as many as fill
+    `SHUFFLE_BUFFER_BYTES` at the training shards' mean record size, 100 to 10,000. That is
+    10,000 JPEGs of 25 KB, and about 1,000 images stored as pixels at 256 px (240 KB each),
+    whose 10,000 would fill 2.4 GB before the first batch."""
+    entry = manifest["splits"]["train"]
+    shards = [os.path.join(os.fspath(directory), *name.split("/")) for name in entry["shards"]]
+    mean_bytes = sum(file_system.getsize(path) for path in shards) / max(1, entry["count"])
+    return int(min(10_000, max(100, SHUFFLE_BUFFER_BYTES // max(1.0, mean_bytes))))
+
+
 def _loaded_warnings(manifest: dict[str, Any], counts: dict[str, int], directory: str) -> list[str]:
     """The warnings of the writing, and an imbalance warning (logged) of the training split."""
     names, warnings = manifest["class_names"], list(manifest.get("warnings", []))
@@ -523,19 +542,6 @@ def _loaded_warnings(manifest: dict[str, Any], counts: dict[str, int], directory
         "in %s.", counts["train"], counts["validation"], counts["test"], len(names), directory,
     )  # fmt: skip
     return warnings
-
-
-def _check_full_batches(counts: dict[str, int], options: PipelineOptions) -> None:
-    """With `drop_remainder`, the training and validation splits need a full batch each
-    (the folder loader's rule)."""
-    for split in ("train", "validation"):
-        count, batch_size = counts[split], options.batch_size
-        if options.drop_remainder and 0 < count < batch_size:
-            raise ValueError(
-                f"batch_size={batch_size} with drop_remainder=True leaves no batch of the "
-                f"{count} {split} images. Lower batch_size to at most {count}, or set "
-                "drop_remainder=False."
-            )
 
 
 @dataclasses.dataclass(frozen=True)

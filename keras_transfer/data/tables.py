@@ -540,13 +540,7 @@ def image_table_dataset(
 def _table_image_data(files: DatasetFiles, task: str, options: PipelineOptions) -> ImageData:
     """The `ImageData` of `files`, built as the folder loader's."""
     names, warnings = files.class_names, files.warnings
-    for name, paths in (("training", files.train_paths), ("validation", files.validation_paths)):
-        if options.drop_remainder and 0 < len(paths) < options.batch_size:
-            raise ValueError(
-                f"batch_size={options.batch_size} with drop_remainder=True leaves no batch of "
-                f"the {len(paths)} {name} images. Lower batch_size to at most {len(paths)}, "
-                "or set drop_remainder=False."
-            )
+    options.check_full_batches(len(files.train_paths), len(files.validation_paths))
 
     def build(split, training, name=None, split_options=options):
         paths, labels = getattr(files, f"{split}_paths"), getattr(files, f"{split}_labels")

@@ -178,7 +178,7 @@ def write_records(
             fewer pixels to decode, for load sizes (`image_size / crop_fraction`) up to N.
         jpeg_quality: the JPEG quality of images stored smaller.
         raw_pixels: with `shorter_side`, store the resized images' decoded pixels, not
-            JPEGs: nothing to decode when read, about seven times the disk (`stored_images`).
+            JPEGs: nothing to decode when read, about eight times the disk (`stored_images`).
 
     Returns:
         The manifest written: `class_names`, `splits` (`count`, `class_counts`, `shards`)...

@@ -213,14 +213,15 @@ def write_records(
 def _make_room(out_dir: str, paths: list[str], overwrite: bool, stored: dict[str, Any]) -> int:
     """Creates `out_dir` (emptied of earlier records with `overwrite`) and checks that its
     disk holds the records of `paths`; returns the bytes of the image files."""
-    needed = stored_images.estimated_stored_bytes(
-        paths, stored["shorter_side"], stored["raw_pixels"]
-    )
+    image_bytes = sum(os.path.getsize(path) for path in paths)
+    needed = image_bytes
+    if stored["raw_pixels"]:
+        needed = stored_images.estimated_pixel_bytes(paths, stored["shorter_side"])
     os.makedirs(out_dir, exist_ok=True)
     if overwrite:
         _remove_records(out_dir)
     reliability.check_free_space(out_dir, int(needed * 1.02) + 2**20, "the records")
-    return sum(os.path.getsize(path) for path in paths)
+    return image_bytes
 
 
 def _check_writing(shard_size, max_pixels, shorter_side, jpeg_quality, raw_pixels) -> None:
@@ -485,7 +486,7 @@ def records_dataset(
     options.check_full_batches(counts["train"], counts["validation"])
     reader = _Reader(
         directory, manifest["shard_size"], options,
-        shuffle_buffer or default_shuffle_buffer(directory, manifest), parallel_reads,
+        _shuffle_buffer(shuffle_buffer, options, directory, manifest), parallel_reads,
         raw_pixels=bool(manifest.get("raw_pixels")),
     )  # fmt: skip
     class_counts = entries["train"]["class_counts"]
@@ -517,11 +518,16 @@ def _check_reading(shuffle_buffer: int | None, parallel_reads: int) -> None:
             raise ValueError(f"{name} must be a positive integer, got {value!r}.")
 
 
+def _shuffle_buffer(given, options: PipelineOptions, directory: str, manifest) -> int | None:
+    """`given`, else the default, read (the shards' sizes) only if a split shuffles records."""
+    unused = given is not None or not options.shuffle or options.cache
+    return given if unused else default_shuffle_buffer(directory, manifest)
+
+
 def default_shuffle_buffer(directory: str | os.PathLike, manifest: dict[str, Any]) -> int:
-    """The training records `records_dataset` shuffles together by default: as many as fill
-    `SHUFFLE_BUFFER_BYTES` at the training shards' mean record size, 100 to 10,000. That is
-    10,000 JPEGs of 25 KB, and about 1,000 images stored as pixels at 256 px (240 KB each),
-    whose 10,000 would fill 2.4 GB before the first batch."""
+    """The training records `records_dataset` shuffles by default: as many as fill
+    `SHUFFLE_BUFFER_BYTES` at the shards' mean record size, 100 to 10,000 (10,000 JPEGs of
+    25 KB; about 1,000 records of pixels at 256 px, whose 10,000 would fill 2.4 GB)."""
     entry = manifest["splits"]["train"]
     shards = [os.path.join(os.fspath(directory), *name.split("/")) for name in entry["shards"]]
     mean_bytes = sum(file_system.getsize(path) for path in shards) / max(1, entry["count"])
@@ -551,7 +557,7 @@ class _Reader:
     directory: str
     shard_size: int
     options: PipelineOptions
-    shuffle_buffer: int
+    shuffle_buffer: int | None  # None when no split shuffles stored records
     parallel_reads: int
     # The records store decoded pixels (`write_records(raw_pixels=True)`), not files.
     raw_pixels: bool = False

@@ -23,7 +23,6 @@ are the ones a lossless PNG of the resized image would decode to.
 from __future__ import annotations
 
 import io
-import os
 from collections.abc import Callable
 from collections.abc import Iterator
 from collections.abc import Sequence
@@ -40,7 +39,7 @@ __all__ = [
     "RECORD_FEATURES",
     "check_shorter_side",
     "check_stored_size",
-    "estimated_stored_bytes",
+    "estimated_pixel_bytes",
     "record_decoder",
     "stored_bytes",
     "stored_pixels",
@@ -171,14 +170,10 @@ def stored_pixels(paths: Sequence[str], shorter_side: int) -> Iterator[tuple[byt
     return ((pixels.tobytes(), *pixels.shape[:2]) for pixels in files.as_numpy_iterator())
 
 
-def estimated_stored_bytes(
-    paths: Sequence[str], shorter_side: int | None, raw_pixels: bool = False
-) -> int:
-    """About how many bytes the records of `paths` take: the files' sizes, or with
-    `raw_pixels` their pixels at `shorter_side` (each image's size read from its header,
-    `decoding.read_image_size`; an unreadable header counts as a 4:3 image)."""
-    if not raw_pixels:
-        return sum(os.path.getsize(path) for path in paths)
+def estimated_pixel_bytes(paths: Sequence[str], shorter_side: int) -> int:
+    """About how many bytes the records of `paths` take with `raw_pixels`: their pixels at
+    `shorter_side` (each image's size read from its header, `decoding.read_image_size`; an
+    unreadable header counts as a 4:3 image)."""
     total = 0
     for path in paths:
         height, width = decoding.read_image_size(path) or (shorter_side, shorter_side * 4 // 3)

@@ -10,7 +10,8 @@ Every table of results in benchmarks/README.md and README.md sits between two co
   command and commit, and a table of mean ± 95% confidence half-width (n seeds) per arm
   and metric; for an accuracy file, each of its `comparisons` paired by seed (the mean
   difference of the primary metric in points, its 95% half-width, the seeds above);
-- `summary` (README.md): the primary metric of every arm of every current file;
+- `summary` (README.md): the primary metric of every arm of every current file (of a suite
+  of tasks, its `suite:` arms);
 - `backbone_costs` (docs/guide/choosing-a-backbone.md, and benchmarks/README.md): the cost
   table of `backbone_costs.py`, one row per backbone: what was measured once (parameters,
   feature dimension, `.keras` size, memory) and the median time per image over the rounds.
@@ -321,7 +322,9 @@ def render_summary(results: list[tuple[str, dict]]) -> str:
     ]
     for name, r in results:
         metric = r["primary_metric"]
-        for arm, values in r["arms"].items():
+        # A suite of tasks (defaults_suite.py) is summarised by its suite-level arms.
+        arms = {a: v for a, v in r["arms"].items() if a.startswith("suite:")} or r["arms"]
+        for arm, values in arms.items():
             cells = (
                 r["benchmark"],
                 r["dataset"],

@@ -515,3 +515,17 @@ def test_the_backbone_cost_table_of_the_guide_comes_from_its_results_file(common
         known["peak_rss_mb"] = None
     plain = report.render("backbone_costs", [("r.json", record)])
     assert "peak memory MB" not in plain and "| 768 | 343.5 | 270 (250–300, n=3) |" in plain
+
+
+def test_the_readme_summary_lists_a_suites_suite_level_arms_only(common, report, tmp_path):
+    arms = {
+        "ants:fixed": {"balanced_accuracy": [0.9, 0.91, 0.92]},
+        "ants:ema": {"balanced_accuracy": [0.91, 0.92, 0.93]},
+        "suite:fixed": {"balanced_accuracy": [0.8, 0.81, 0.82]},
+        "suite:ema": {"balanced_accuracy": [0.81, 0.82, 0.83]},
+    }
+    path = tmp_path / "defaults_suite.json"
+    record = accuracy_file(common, path, arms, seeds=(0, 1, 2))
+    summary = report.render_summary([("benchmarks/results/defaults_suite.json", record)])
+    assert "| suite:fixed |" in summary and "| suite:ema |" in summary
+    assert "ants:" not in summary

@@ -168,3 +168,16 @@ def test_fit_two_phase_snippets_show_the_defaults_the_command_uses():
         for name, value in defaults.items():
             written = re.search(rf"\b{name}=([0-9.e-]+)", snippet)
             assert written and float(written.group(1)) == value, (path, name)
+
+
+def test_the_ants_vs_bees_example_config_writes_out_the_defaults():
+    # One set of defaults everywhere: the example's settings are the command's fixed plan.
+    path = REPO_ROOT / "examples" / "configs" / "ants_vs_bees.yaml"
+    config = image_config.load_config(str(path), {"model_dir": "/tmp/x"})
+    written = {
+        name: getattr(config, name)
+        for name in image_config.FIXED_DEFAULTS
+        if getattr(config, name) is not None
+    }
+    assert set(written) >= {"head_epochs", "fine_tune_epochs", "head_lr", "ema_momentum"}
+    assert written == {name: image_config.FIXED_DEFAULTS[name] for name in written}

@@ -719,24 +719,25 @@ def test_class_weight_flag_warning_and_balanced_accuracy_in_results(image_folder
         _config(root, tmp_path / "bad", class_weight="[1]")
 
 
-def test_advisor_plans_the_settings_not_given_with_early_stopping_and_resume(
+def test_advisor_plans_the_settings_not_given_and_a_kill_in_fine_tuning_resumes(
     image_folder, tmp_path
 ):
     root = image_folder({"a": 8, "b": 8})
-    # The advisor fills in everything but fine_tune_epochs and lr_decay; EMA and per-block
-    # learning rates compose with its early stopping, and a kill in fine-tuning resumes
-    # there.
+    # The advisor fills in everything but fine_tune_epochs, patience and lr_decay (its EMA
+    # included); early stopping and per-block learning rates compose with the EMA, and a
+    # kill in fine-tuning resumes there.
     config = _config(
         root,
         tmp_path / "out",
-        ema_momentum=0.5,
         plan="auto",
         head_epochs=None,
         unfreeze_blocks=None,
         fine_tune_epochs=3,
+        patience=3,
         lr_decay=0.8,
         validation_split=0.25,
         augment="",
+        diagnostics=True,  # the plan quotes the measured LogME
     )
     first = _InterruptInFineTuning()
     with pytest.raises(KeyboardInterrupt):
@@ -748,17 +749,17 @@ def test_advisor_plans_the_settings_not_given_with_early_stopping_and_resume(
     backbone = kt.create_backbone("mobilenet", input_shape=(32, 32, 3), weights=None)
     recipe = kt.recommend_training_plan(12, plan["block_logme"], backbone=backbone)
     assert list(plan["block_logme"]) == backbone.block_names()
-    assert plan["given"] == ["fine_tune_epochs"] and plan["source"] == "auto"
-    assert plan["fine_tune_epochs"] == 3  # the given setting wins
+    assert plan["given"] == ["fine_tune_epochs", "patience"] and plan["source"] == "auto"
+    assert (plan["fine_tune_epochs"], plan["patience"]) == (3, 3)  # the given settings win
     assert (plan["head_epochs"], plan["head_lr"], plan["fine_tune_lr"]) == (
         recipe.head_epochs,
         recipe.head_lr,
         recipe.fine_tune_lr,
     )
     assert plan["unfreeze_blocks"] == str(recipe.unfreeze)
-    assert (plan["patience"], plan["restore_best"]) == (3, True)
-    assert plan["reason"] == recipe.reason + " Given settings win: fine_tune_epochs=3."
-    assert results["config"]["fine_tune_lr"] == recipe.fine_tune_lr  # what trained
+    assert (plan["restore_best"], plan["ema_momentum"]) == (False, recipe.ema_momentum)
+    assert plan["reason"] == recipe.reason + " Given settings win: fine_tune_epochs=3, patience=3."
+    assert results["config"]["ema_momentum"] == 0.5  # what trained
     history = results["history"]
     head = [i for i, phase in enumerate(history["phase"]) if phase == "feature_extraction"]
     # Early stopping: the head phase ran until 3 epochs brought no lower val_loss.
@@ -808,6 +809,7 @@ def test_fixed_plan_keeps_the_old_defaults(image_folder, tmp_path):
         "all",
     )
     assert (resolved.fine_tune_lr, resolved.patience, resolved.restore_best) == (2e-5, 0, False)
+    assert resolved.ema_momentum == 0.5
 
 
 def test_diagnostics_report_transferability_drift_and_source_agreement(image_folder, tmp_path):
@@ -881,10 +883,10 @@ def test_target_dir_and_adapt_report_domain_distance_and_target_accuracy(image_f
         fine_tune_epochs=2,
         target_dir=str(target_dir),
         adapt="dann",
-        # The advisor's learning rates and early stopping (the adaptation phase must beat
-        # the head phase's validation loss) with an EMA.
+        # The advisor's plan (its EMA included) with the best weights kept (the
+        # adaptation phase must beat the head phase's validation loss).
         plan="auto",
-        ema_momentum=0.5,
+        restore_best=True,
     )
     results = image_classifier_lib.run(config)
 
@@ -905,6 +907,7 @@ def test_target_dir_and_adapt_report_domain_distance_and_target_accuracy(image_f
     assert not math.isnan(history["domain_accuracy"][-1])
     assert results["unfrozen_blocks"] == ["conv_dw_12", "conv_dw_13"]
     assert results["plan"]["restore_best"] is True
+    assert results["plan"]["ema_momentum"] == 0.5
     # Adaptation keeps its last epoch (the source validation loss does not choose it); the
     # saved (EMA-averaged) weights are those validation scored at that epoch.
     assert results["saved_weights"] == {"phase": "fine_tune", "epoch": 4}

@@ -250,21 +250,22 @@ def test_accuracy_benchmark_smoke(tmp_path):
     assert settings["head_dropout"] == 0.5 and settings["fine_tune_lr"] == 5e-6
 
 
-def test_training_plan_from_data_size_and_measured_logme():
+def test_the_advisor_gives_the_suites_plan_for_every_size_and_quotes_the_measured_logme():
     backbone = kt.create_backbone("mobilenet", input_shape=(32, 32, 3), weights=None)
     names = backbone.block_names()  # 14 blocks
     rising = {name: -1.0 + 0.05 * i for i, name in enumerate(names)}  # the last is best
     small = kt.recommend_training_plan(245, rising, backbone=backbone)
-    assert (small.head_epochs, small.fine_tune_epochs, small.patience) == (100, 10, 3)
-    assert (small.fine_tune_lr, small.unfreeze, small.train_bn) == (1e-5, 7, False)
-    assert "the last block conv_dw_13" in small.reason and "top 7 of 14 blocks" in small.reason
-    # A lower block scoring better: the top features are too specific, fine-tune everything.
-    peaked = {**rising, "conv_dw_11": 0.5}
-    medium = kt.recommend_training_plan(2000, peaked, backbone=backbone, cached_head=False)
-    assert (medium.head_epochs, medium.fine_tune_lr, medium.unfreeze) == (20, 2e-5, "all")
-    assert "below conv_dw_11" in medium.reason
+    # One set of defaults everywhere: the advisor's plan is fit_two_phase's defaults.
+    defaults = inspect.signature(kt.fit_two_phase).parameters
+    for name, value in small.fit_kwargs().items():
+        assert value == defaults[name].default, name
+    assert (small.patience, small.ema_momentum) == (0, 0.5)
+    assert kt.diagnostics.ADVISOR_RULE in small.reason
+    assert "best block conv_dw_13 (-0.350)" in small.reason and "not used" in small.reason
     large = kt.recommend_training_plan(6000)
-    assert (large.fine_tune_epochs, large.fine_tune_lr, large.unfreeze) == (20, 5e-5, 0.5)
-    assert "assumed similar" in large.reason
+    assert large.fit_kwargs() == small.fit_kwargs()  # the rule does not depend on the size
+    assert "LogME" not in large.reason
     with pytest.raises(ValueError, match="positive integer"):
         kt.recommend_training_plan(0)
+    with pytest.raises(ValueError, match="does not have"):
+        kt.recommend_training_plan(245, {"block_99": 0.1}, backbone=backbone)

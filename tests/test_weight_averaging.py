@@ -1,10 +1,14 @@
 """WiSE-FT interpolation, model soups and the per-epoch EMA momentum
 (`keras_transfer.training.weight_averaging`)."""
 
+import inspect
+
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import colour_dataset
+from conftest import make_tiny_classifier
 
 import keras_transfer as kt
 
@@ -151,7 +155,10 @@ def test_the_command_states_its_ema_momentum_per_epoch():
     assert small["use_ema"] and large["use_ema"]
     assert small["ema_momentum"] ** 6 == pytest.approx(0.5)
     assert large["ema_momentum"] ** 63 == pytest.approx(0.5)
-    assert image_config.Config(data_dir="d", model_dir="m").ema_momentum == 0.0
+    # Unset, the plan fills it in: fit_two_phase's default, 0.5 per epoch.
+    assert image_config.Config(data_dir="d", model_dir="m").ema_momentum is None
+    default = inspect.signature(kt.fit_two_phase).parameters["ema_momentum"].default
+    assert image_config.FIXED_DEFAULTS["ema_momentum"] == default == 0.5
     off = image_config.Config(data_dir="d", model_dir="m", ema_momentum=0.0)
     assert image_training.ema_arguments(off, 6) == {"use_ema": False}
 
@@ -184,3 +191,100 @@ def test_the_command_refuses_wise_ft_without_the_head_phase_backup(tmp_path):
     for bad in (dict(resume=False), dict(fine_tune="lora"), dict(freeze_strategy="none")):
         with pytest.raises(ConfigError, match="wise_ft interpolates"):
             image_config.Config(data_dir="d", model_dir="m", wise_ft=True, **bad)
+
+
+def test_with_ema_copies_the_optimizer_with_its_average_at_the_per_epoch_momentum():
+    schedule = keras.optimizers.schedules.ExponentialDecay(1e-3, 10, 0.5)
+    adam = keras.optimizers.AdamW(schedule, weight_decay=0.01)
+    averaged = kt.with_ema(adam, 0.5, steps_per_epoch=10)
+    assert type(averaged) is keras.optimizers.AdamW and averaged.use_ema
+    assert averaged.ema_momentum**10 == pytest.approx(0.5)
+    assert averaged.weight_decay == 0.01
+    assert averaged.get_config()["learning_rate"] == adam.get_config()["learning_rate"]
+    assert kt.with_ema(adam, 0.0, steps_per_epoch=10) is adam  # 0: off
+    adam.build([keras.Variable(np.zeros(2))])
+    with pytest.raises(ValueError, match="not been built"):
+        kt.with_ema(adam, 0.5, steps_per_epoch=10)
+
+
+class _OptimizerWatch(keras.callbacks.Callback):
+    """Records, per fit, the input rank of the trained model (2: cached features) and its
+    optimizer's EMA settings."""
+
+    def __init__(self):
+        super().__init__()
+        self.fits = []
+
+    def on_train_begin(self, logs=None):
+        optimizer = self.model.optimizer
+        self.fits.append(
+            (len(self.model.input_shape), optimizer.use_ema, float(optimizer.ema_momentum))
+        )
+
+
+def test_fit_two_phase_validates_and_keeps_an_ema_stated_per_epoch(new_tiny_classifier):
+    model = new_tiny_classifier(fitted_norms=True)
+    train, validation = colour_dataset(40, seed=0, batch_size=8), colour_dataset(16, seed=1)
+    watch = _OptimizerWatch()
+    history = kt.fit_two_phase(
+        model,
+        train,
+        validation,
+        head_epochs=2,
+        fine_tune_epochs=2,
+        head_lr=1e-2,
+        fine_tune_lr=1e-3,
+        callbacks=[watch],
+        verbose=0,
+    )  # the default ema_momentum: 0.5 per epoch of 5 batches
+    assert [(rank, on) for rank, on, _ in watch.fits] == [(4, True), (4, True)]
+    assert all(momentum**5 == pytest.approx(0.5) for _, _, momentum in watch.fits)
+    # Validation scored the averaged weights, and the model ends with them: evaluating it
+    # gives the last epoch's validation loss (the raw weights of the last step differ).
+    assert model.evaluate(validation, verbose=0, return_dict=True)["loss"] == pytest.approx(
+        history.history["val_loss"][-1], rel=1e-5
+    )
+
+
+def test_a_cached_head_phase_states_its_ema_over_the_cached_batches(new_tiny_classifier):
+    model = new_tiny_classifier(fitted_norms=True)
+    watch = _OptimizerWatch()
+    kt.fit_two_phase(
+        model,
+        colour_dataset(40, seed=0, batch_size=8),  # 5 batches of images
+        head_features=kt.FeatureCache(batch_size=4),  # 10 batches of cached features
+        head_epochs=1,
+        fine_tune_epochs=1,
+        callbacks=[watch],
+        verbose=0,
+    )
+    (head_rank, head_on, head_momentum), (image_rank, image_on, image_momentum) = watch.fits
+    assert (head_rank, head_on, image_rank, image_on) == (2, True, 4, True)
+    assert head_momentum**10 == pytest.approx(0.5)
+    assert image_momentum**5 == pytest.approx(0.5)
+
+
+def test_fit_two_phase_turns_its_ema_off_with_a_warning_when_an_epoch_has_no_known_length(
+    tiny_classifier, caplog
+):
+    unknown = colour_dataset(16, seed=0, batch_size=8).filter(lambda images, labels: True)
+    watch = _OptimizerWatch()
+    with caplog.at_level("WARNING", logger="keras_transfer"):
+        kt.fit_two_phase(
+            tiny_classifier, unknown, head_epochs=1, fine_tune_epochs=0, callbacks=[watch]
+        )
+    assert "ema_momentum=0.5 is off" in caplog.text and "steps_per_epoch" in caplog.text
+    assert watch.fits[0][1] is False
+    watch = _OptimizerWatch()  # with the epoch's length given, it is on
+    kt.fit_two_phase(
+        make_tiny_classifier(),
+        unknown.repeat(),
+        head_epochs=1,
+        fine_tune_epochs=0,
+        steps_per_epoch=2,
+        callbacks=[watch],
+        verbose=0,
+    )
+    assert watch.fits[0][1] is True and watch.fits[0][2] ** 2 == pytest.approx(0.5)
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        kt.fit_two_phase(make_tiny_classifier(), unknown, ema_momentum=1.0)

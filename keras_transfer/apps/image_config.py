@@ -64,6 +64,7 @@ FIXED_DEFAULTS = dict(
     fine_tune_lr=two_phase.DEFAULT_FINE_TUNE_LR,
     patience=0,
     restore_best=False,
+    ema_momentum=two_phase.DEFAULT_EMA_MOMENTUM,
 )
 
 
@@ -90,9 +91,9 @@ class Config:
     weights: str | None = "imagenet"
     image_size: int = 0  # 0: the backbone's pretrained size
     batch_size: int = 32
-    # "auto": keras_transfer.recommend_training_plan chooses the settings left at None below
-    # (epochs, learning rates, blocks to unfreeze, early stopping) from the training set's
-    # size and measured per-block LogME; "fixed": None means the values of FIXED_DEFAULTS.
+    # "auto": the advisor (keras_transfer.recommend_training_plan, the defaults suite's rule)
+    # fills in the settings left at None below; "fixed": FIXED_DEFAULTS. The rule is one plan
+    # for every dataset, the fixed one, so today both give the same values.
     plan: str = "auto"
     head_epochs: int | None = None
     fine_tune_epochs: int | None = None
@@ -122,11 +123,9 @@ class Config:
     warmup_steps: int = 0
     weight_decay: float = 0.0
     # Validate and save an exponential moving average of the weights, its momentum stated
-    # per epoch (the older weights' share after one epoch; 0: off). Keras' per-step momentum
-    # is derived from the batch count, so 0.5 averages over about the last two epochs on any
-    # dataset; a per-step 0.9 averaged over a few epochs of a small dataset and over a
-    # fraction of one epoch of a large one. Off by default: a recipe the suite measures.
-    ema_momentum: float = 0.0
+    # per epoch (the older weights' share after one epoch; 0: off), so 0.5 averages over
+    # about the last two epochs on any dataset (kt.fit_two_phase's ema_momentum).
+    ema_momentum: float | None = None
     patience: int | None = None  # 0: no early stopping
     # Keep (and save) the weights of each phase's epoch with the lowest validation loss
     # instead of its last epoch's; the fine-tuning phase must beat the head phase's best
@@ -226,7 +225,7 @@ class Config:
             raise config_lib.ConfigError(f"batch_size must be > 0, got {self.batch_size}.")
         if not 0 <= self.lr_decay <= 1:
             raise config_lib.ConfigError(f"lr_decay must lie in [0, 1], got {self.lr_decay}.")
-        if not 0 <= self.ema_momentum < 1:
+        if not 0 <= (self.ema_momentum or 0) < 1:
             raise config_lib.ConfigError(
                 f"ema_momentum must lie in [0, 1) (0: off), got {self.ema_momentum}."
             )

@@ -30,13 +30,12 @@ def measure_transferability(
     config: Config, backbone: kt.Backbone, data: data_lib.ImageData
 ) -> dict[str, Any] | None:
     """Per-block LogME of the pretrained backbone on the training images, before training
-    (one backbone pass): what the advisor plans from and `--diagnostics` reports. `None`
-    when nothing needs it; `{"error": why}` when it cannot be measured (also for a
+    (one backbone pass), for `--diagnostics` (the advisor's plan quotes it). `None`
+    without `--diagnostics`; `{"error": why}` when it cannot be measured (also for a
     multilabel or regression table: the scores rank class labels)."""
-    needed = config.plan == "auto" and any(getattr(config, n) is None for n in FIXED_DEFAULTS)
-    if not (needed or config.diagnostics):
+    if not config.diagnostics:
         return None
-    if config.task != "multiclass":  # the plan then follows the training set's size
+    if config.task != "multiclass":
         return {"error": f"LogME and H-score rank class labels, and a {config.task} table has none"}
     start = time.perf_counter()
     try:
@@ -74,7 +73,6 @@ def plan_training(
             data.num_train,
             logme if isinstance(logme, dict) and "output" not in logme else None,
             backbone=backbone,
-            cached_head=config.cache_features,
         )
         values = dict(
             head_epochs=recipe.head_epochs,
@@ -83,7 +81,8 @@ def plan_training(
             head_lr=recipe.head_lr,
             fine_tune_lr=recipe.fine_tune_lr,
             patience=recipe.patience,
-            restore_best=True,
+            restore_best=bool(recipe.patience),
+            ema_momentum=recipe.ema_momentum,
         )
         reason = recipe.reason
         given = {name: getattr(config, name) for name in FIXED_DEFAULTS if name not in missing}

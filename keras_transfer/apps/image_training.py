@@ -260,8 +260,8 @@ def _check_planned(config: Config) -> None:
 def _run_callbacks(
     config: Config, data: data_lib.ImageData, output_dir: str, monitor: str
 ) -> list[keras.callbacks.Callback]:
-    """TensorBoard logs, early stopping / best weights, EMA validation and gradual
-    unfreezing, in the order they must run."""
+    """TensorBoard logs, early stopping / best weights and gradual unfreezing, in the order
+    they must run (`fit_two_phase` adds the EMA's `SwapEMAWeights` after them)."""
     callbacks: list[keras.callbacks.Callback] = []
     if importlib.util.find_spec("tensorboard") is not None:
         # One step axis for both phases (Keras' own callback restarts it with each optimizer).
@@ -282,10 +282,6 @@ def _run_callbacks(
                 verbose=1 if config.verbose else 0,
             )
         )
-    if config.ema_momentum:
-        # Validation sees the averaged weights; Keras puts them into the model when each
-        # phase's fit ends. Between epochs the model (and its backup) keeps the raw ones.
-        callbacks.append(keras.callbacks.SwapEMAWeights())
     if config.resolved_freeze_strategy() == "gradual":
         callbacks.append(GradualUnfreezing(config.unfreeze_schedule, train_bn=config.train_bn))
     return callbacks
@@ -308,6 +304,7 @@ def _fit_arguments(
         optimizer=_optimizer_factory(config, plan["head_epochs"], batches),
         fine_tune_optimizer=_optimizer_factory(config, plan["fine_tune_epochs"], batches),
         lr_decay=config.lr_decay or None,
+        ema_momentum=config.ema_momentum,
         callbacks=callbacks,
         # LoRA runs resume too: fit_two_phase keeps their matrices (kt.LoraBackupAndRestore).
         backup_dir=backup_dir(config, environment),
@@ -390,7 +387,8 @@ def _adapt_to_target(
         backbone_lr=plan["fine_tune_lr"],
         head_lr=plan["head_lr"],
         optimizer_kwargs=ema_arguments(config, math.ceil(data.num_train / config.batch_size)),
-        callbacks=callbacks,
+        # Validation sees the averaged weights (fit_two_phase adds this for its phases).
+        callbacks=callbacks + [keras.callbacks.SwapEMAWeights()] * bool(config.ema_momentum),
         # Numbered on from the head phase's last epoch, also when it stopped early.
         initial_epoch=history.epoch[-1] + 1 if history.epoch else 0,
         verbose=min(config.verbose, 2),
@@ -458,7 +456,8 @@ _CACHE_STRATEGIES = (
 
 def _optimizer_factory(config: Config, epochs: int, steps_per_epoch: int):
     """`learning_rate -> optimizer` for one phase: Adam, or AdamW with weight decay, on the
-    configured learning-rate schedule over that phase's steps."""
+    configured learning-rate schedule over that phase's steps (`fit_two_phase` adds the
+    EMA, `config.ema_momentum`)."""
     total_steps = max(epochs * steps_per_epoch, 1)
 
     def make(learning_rate):
@@ -474,12 +473,9 @@ def _optimizer_factory(config: Config, epochs: int, steps_per_epoch: int):
             rate = schedules.SlantedTriangular(learning_rate, total_steps=total_steps)
         elif config.lr_schedule == "one_cycle":
             rate = schedules.OneCycle(learning_rate, total_steps=total_steps)
-        ema = ema_arguments(config, steps_per_epoch)
         if config.weight_decay:
-            return keras.optimizers.AdamW(
-                learning_rate=rate, weight_decay=config.weight_decay, **ema
-            )
-        return keras.optimizers.Adam(learning_rate=rate, **ema)
+            return keras.optimizers.AdamW(learning_rate=rate, weight_decay=config.weight_decay)
+        return keras.optimizers.Adam(learning_rate=rate)
 
     return make
 

@@ -31,6 +31,7 @@ from keras_transfer.diagnostics.label_reports import plot_label_f1
 from keras_transfer.diagnostics.label_reports import plot_predicted_vs_true
 from keras_transfer.diagnostics.label_reports import predict_outputs
 from keras_transfer.diagnostics.label_reports import regression_report
+from keras_transfer.diagnostics.recipes import ADVISOR_RULE
 from keras_transfer.diagnostics.recipes import Recipe
 from keras_transfer.diagnostics.recipes import recommend_recipe
 from keras_transfer.diagnostics.recipes import recommend_training_plan
@@ -96,6 +97,7 @@ __all__ = [
     "source_model",
     "DEFAULT_SCRATCH_BN_MOMENTUM",
     "NegativeTransferWarning",
+    "ADVISOR_RULE",
     "Recipe",
     "check_negative_transfer",
     "fit_scratch_baseline",

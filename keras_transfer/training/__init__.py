@@ -43,7 +43,7 @@ from keras_transfer.training.lr_finder import LRFinderResult
 from keras_transfer.training.lr_finder import find_learning_rate
 from keras_transfer.training.two_phase import check_initial_epoch
 from keras_transfer.training.two_phase import fit_two_phase
-from keras_transfer.training.two_phase import fit_two_phase_cached
+from keras_transfer.training.two_phase_cached import fit_two_phase_cached
 from keras_transfer.training.two_phase_state import HEAD_WEIGHTS_FILE
 from keras_transfer.training.two_phase_state import PHASE_FINE_TUNE
 from keras_transfer.training.two_phase_state import PHASE_HEAD
@@ -56,6 +56,7 @@ from keras_transfer.training.weight_averaging import ema_momentum_per_step
 from keras_transfer.training.weight_averaging import interpolate_weights
 from keras_transfer.training.weight_averaging import soup
 from keras_transfer.training.weight_averaging import wise_ft
+from keras_transfer.training.weight_averaging import with_ema
 
 __all__ = [
     "callbacks",
@@ -105,6 +106,7 @@ __all__ = [
     "TwoPhaseHistory",
     "WiseFtResult",
     "ema_momentum_per_step",
+    "with_ema",
     "interpolate_weights",
     "soup",
     "wise_ft",

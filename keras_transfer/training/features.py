@@ -39,6 +39,7 @@ from keras_transfer.heads.classifier import TransferClassifier
 from keras_transfer.heads.classifier import create_classifier
 from keras_transfer.optimizers import layerwise as optimizers
 from keras_transfer.training import extraction
+from keras_transfer.training import weight_averaging
 from keras_transfer.training.extraction import DEFAULT_MAX_MEMORY_BYTES
 from keras_transfer.training.extraction import CachedFeatures
 from keras_transfer.utils import distribute
@@ -120,6 +121,7 @@ def fit_head_on_features(
     verbose: int = 1,
     class_weight: str | Mapping[Any, float] | None = None,
     jit_compile: bool | None = None,
+    ema_momentum: float = 0.0,
     **fit_kwargs: Any,
 ) -> HeadOnFeatures:
     """Trains `model.head` in place on features of `cache.data` cached from `model`'s
@@ -142,6 +144,8 @@ def fit_head_on_features(
             labels: no extra pass), a dict `{class index or name: weight}`, or `None`; see
             `imbalance.resolve_class_weight`. Given to Keras' `fit(class_weight=...)`.
         jit_compile: XLA for the head's steps; `None`: `distribute.default_jit_compile`.
+        ema_momentum: an EMA of the head's weights, its momentum per epoch (`with_ema`;
+            0: off); add `keras.callbacks.SwapEMAWeights` for validation to score it.
         **fit_kwargs: extra `fit` arguments.
     """
     if not isinstance(model, TransferClassifier):
@@ -161,10 +165,11 @@ def fit_head_on_features(
         class_weight = imbalance.resolve_class_weight(
             class_weight, train_cache.labels, num_classes=num_classes, class_names=class_names
         )
+    train, fit_kwargs = _training_batches(train_cache, cache, fit_kwargs)
+    optimizer = _with_epoch_ema(optimizer, ema_momentum, train_cache, cache, fit_kwargs)
     head_model = _compiled_head_model(
         model, train_cache.features.shape[1:], optimizer, loss, metrics, jit_compile
     )
-    train, fit_kwargs = _training_batches(train_cache, cache, fit_kwargs)
     start = time.perf_counter()
     history = head_model.fit(
         train,
@@ -264,6 +269,20 @@ def _training_batches(
         }
         train = train.repeat()
     return train, fit_kwargs
+
+
+def _with_epoch_ema(
+    optimizer: keras.optimizers.Optimizer,
+    ema_momentum: float,
+    train_cache: CachedFeatures,
+    cache: FeatureCache,
+    fit_kwargs: dict[str, Any],
+) -> keras.optimizers.Optimizer:
+    """`optimizer` with an EMA whose momentum is per epoch of the cached batches."""
+    steps = fit_kwargs.get("steps_per_epoch") or math.ceil(
+        train_cache.num_examples / cache.batch_size
+    )
+    return weight_averaging.with_ema(optimizer, ema_momentum, steps)
 
 
 def check_class_weight(

@@ -33,6 +33,14 @@ callbacks then see the head model (features in), and its BatchNormalization stat
 pretrained ones even with `train_bn`. With `backup_dir`, a finished cached phase 1 is skipped on
 resume, extraction included.
 
+EMA (`ema_momentum`, 0.5 by default: the defaults suite's advisor chose it): each phase's
+optimizer keeps Keras' moving average of the weights (`use_ema`, via `with_ema`), its momentum
+stated per epoch (the older weights' share after one epoch) and converted over the phase's
+batches, so that it averages over the same epochs on any dataset; `SwapEMAWeights` (added after
+the caller's callbacks) lets validation score the average, and each phase ends with it. When the
+batches per epoch are unknown (a dataset of unknown cardinality without `steps_per_epoch`) it
+is off, with a warning.
+
 `class_weight` goes to Keras' `fit(class_weight=...)` in both phases: `"balanced"` (class `c`
 weighs `n / (k * n_c)`, from the cached labels of a cached phase 1, else one pass over
 `train_data`), a dict `{class index or name: weight}` (missing classes weigh 1), or `None`. A class
@@ -64,6 +72,7 @@ from keras_transfer.optimizers import layerwise as optimizers
 from keras_transfer.peft import lora
 from keras_transfer.training import features
 from keras_transfer.training import two_phase_state
+from keras_transfer.training import weight_averaging
 from keras_transfer.training.callbacks import backup
 from keras_transfer.training.callbacks import guards
 from keras_transfer.training.two_phase_state import PHASE_FINE_TUNE
@@ -73,6 +82,7 @@ from keras_transfer.utils import distribute
 from keras_transfer.utils import fit_arguments
 
 __all__ = [
+    "DEFAULT_EMA_MOMENTUM",
     "DEFAULT_FINE_TUNE_EPOCHS",
     "DEFAULT_FINE_TUNE_LR",
     "DEFAULT_HEAD_EPOCHS",
@@ -81,7 +91,6 @@ __all__ = [
     "PHASE_HEAD",
     "check_initial_epoch",
     "fit_two_phase",
-    "fit_two_phase_cached",
 ]
 
 logger = logging.getLogger("keras_transfer")
@@ -92,6 +101,9 @@ DEFAULT_HEAD_EPOCHS = 20
 DEFAULT_FINE_TUNE_EPOCHS = 5
 DEFAULT_HEAD_LR = 1e-3
 DEFAULT_FINE_TUNE_LR = 2e-5
+# Validate and keep an EMA of the weights, its momentum per epoch: the defaults suite's
+# advisor rule (benchmarks/defaults_suite.py; benchmarks/results/defaults_suite.json).
+DEFAULT_EMA_MOMENTUM = 0.5
 
 # `fit` arguments that count image batches: meaningless for a phase on cached features.
 IMAGE_BATCH_COUNTS = ("steps_per_epoch", "validation_steps")
@@ -126,11 +138,11 @@ def fit_two_phase(
     class_weight: str | Mapping[Any, float] | None = None,
     keep_backup: bool = False,
     backup_settings: Mapping[str, Any] | None = None,
+    ema_momentum: float = DEFAULT_EMA_MOMENTUM,
     **fit_kwargs: Any,
 ) -> TwoPhaseHistory:
-    """Trains the head with the backbone frozen, then fine-tunes the top blocks.
-
-    Phase 2 numbers its epochs on from phase 1's last; the module docstring has the details.
+    """Trains the head with the backbone frozen, then fine-tunes the top blocks (phase 2
+    numbers its epochs on from phase 1's last; the module docstring has the details).
 
     Args:
         model: a `create_classifier` model, or any model nesting a `keras.applications`
@@ -143,26 +155,26 @@ def fit_two_phase(
         train_bn: make BatchNormalization layers trainable (fastai's `train_bn`).
         optimizer: optimizer name, class, or factory `learning_rate -> optimizer`.
         fine_tune_optimizer: optimizer for phase 2 if different from `optimizer`.
-        lr_decay: in (0, 1]: phase-2 block `i` of `L` trains at `lr_decay ** (L - i)` times
-            the rate, the head at 1.0. `None` (default): one learning rate for all.
+        lr_decay: phase-2 block `i` of `L` trains at `lr_decay ** (L - i)` times the rate.
         loss, metrics: passed to `compile`; `"auto"` uses the head's defaults.
         callbacks: Keras callbacks, used in both phases.
         compile_kwargs: extra `compile` arguments (`jit_compile`, `steps_per_execution`...).
         backup_dir: make the run resumable: a folder for the training state, emptied when
             training completes (unless `keep_backup`); rerun the same call to resume.
-        nan_guard: add a `guards.NonFiniteGuard`: a NaN/inf loss or metric restores
-            the weights of the start of that epoch and raises `NonFiniteLossError`.
+        nan_guard: a NaN/inf loss or metric restores the weights of the start of that
+            epoch and raises `NonFiniteLossError` (`guards.NonFiniteGuard`).
         initial_epoch: where the epoch axis starts, as in `model.fit`.
         head_features: a `features.FeatureCache`: phase 1 on cached backbone features.
-        fine_tune: `"full"` trains the unfrozen blocks' weights in phase 2; `"lora"` trains
-            low-rank updates of their layers instead (`keras_transfer.enable_lora`).
+        fine_tune: `"full"` trains the unfrozen blocks' weights in phase 2; `"lora"` their
+            low-rank updates (`enable_lora`).
         lora_rank, lora_alpha, lora_targets: `enable_lora`'s rank, alpha and `targets`.
-        class_weight: `"balanced"`, `{class index or name: weight}` or `None`, for the
-            training loss of both phases (see `keras_transfer.resolve_class_weight`).
+        class_weight: `"balanced"`, `{class index or name: weight}` or `None`, for both
+            phases' training loss (`resolve_class_weight`).
         keep_backup: keep the backup, with the final values, for the caller to delete.
         backup_settings: the caller's own settings (JSON values) a resume must match.
-        **fit_kwargs: extra `fit` arguments (`verbose`, ...); a cached phase 1 drops those
-            counting image batches (`steps_per_epoch`, `validation_steps`).
+        ema_momentum: an EMA of the weights, its momentum per epoch (0: off), which
+            validation scores and each phase ends with; the module docstring has details.
+        **fit_kwargs: extra `fit` arguments (`verbose`, ...; a cached phase 1 drops counts).
 
     Returns:
         A `TwoPhaseHistory` with both phases on one epoch axis.
@@ -210,6 +222,7 @@ class _Run:
     class_weight: Any
     keep_backup: bool
     backup_settings: Mapping[str, Any] | None
+    ema_momentum: float
     fit_kwargs: dict[str, Any]
     # Filled in by `_prepare_run`.
     make_head_optimizer: Callable[[float], Any] | None = None
@@ -253,6 +266,7 @@ def _prepare_run(run: _Run) -> _Run:
             distribute.model_strategy(run.model), run.model
         )
     run.callbacks = list(run.callbacks or [])
+    _add_ema(run)
     _check_fine_tune_request(run)
     if run.backup_dir is not None:
         run.state = two_phase_state.RunState(
@@ -281,6 +295,38 @@ def _check_epochs_and_rates(run: _Run) -> None:
         isinstance(lr_decay, int | float) and not isinstance(lr_decay, bool) and 0 < lr_decay <= 1
     ):
         raise ValueError(f"lr_decay must be a number in (0, 1] or None, got {lr_decay!r}.")
+
+
+def _add_ema(run: _Run) -> None:
+    """Both phases' optimizers keep an EMA of the weights (`with_ema`, per epoch of the
+    training data; a cached phase 1 converts over its own batches), and validation scores
+    it (`SwapEMAWeights`, after the caller's callbacks, as Keras' docs order them)."""
+    weight_averaging.ema_momentum_per_step(run.ema_momentum, 1)  # a momentum in [0, 1)
+    steps = fit_arguments.batches_per_epoch(run.train_data, run.fit_kwargs)
+    if run.ema_momentum and steps is None:
+        logger.warning(
+            "ema_momentum=%g is off: the batches per epoch of train_data are unknown. Pass "
+            "steps_per_epoch=..., or ema_momentum=0.",
+            run.ema_momentum,
+        )
+        run.ema_momentum = 0.0
+    if not run.ema_momentum:
+        return
+    head_factory, fine_tune_factory, momentum = (
+        run.make_head_optimizer,
+        run.make_fine_tune_optimizer,
+        run.ema_momentum,
+    )
+    run.make_head_optimizer = lambda rate: (
+        head_factory(rate)
+        if run.head_features is not None  # `fit_head_on_features` adds the average
+        else weight_averaging.with_ema(head_factory(rate), momentum, steps)
+    )
+    run.make_fine_tune_optimizer = lambda rate: weight_averaging.with_ema(
+        fine_tune_factory(rate), momentum, steps
+    )
+    if not any(isinstance(c, keras.callbacks.SwapEMAWeights) for c in run.callbacks):
+        run.callbacks.append(keras.callbacks.SwapEMAWeights())
 
 
 def _check_head_features(run: _Run) -> None:
@@ -403,6 +449,7 @@ def _fit_head_on_cached_features(run: _Run) -> keras.callbacks.History:
         initial_epoch=run.initial_epoch,
         class_weight=run.class_weight,
         jit_compile=run.compile_kwargs["jit_compile"],
+        ema_momentum=run.ema_momentum,
         **{k: v for k, v in run.fit_kwargs.items() if k not in IMAGE_BATCH_COUNTS},
     )
     # "balanced" was resolved from the cached labels: phase 2 uses the same weights.
@@ -537,62 +584,3 @@ def check_initial_epoch(initial_epoch: Any) -> None:
     """Raises a clear error unless `initial_epoch` is an integer >= 0."""
     if isinstance(initial_epoch, bool) or not isinstance(initial_epoch, int) or initial_epoch < 0:
         raise ValueError(f"initial_epoch must be an integer >= 0, got {initial_epoch!r}.")
-
-
-def fit_two_phase_cached(
-    model: heads.TransferClassifier,
-    train_data: Any,
-    validation_data: Any = None,
-    *,
-    feature_data: Any = None,
-    head_epochs: int = 10,
-    fine_tune_epochs: int = 5,
-    head_batch_size: int = 32,
-    passes: int = 1,
-    seed: int | None = 1337,
-    cache_dir: str | os.PathLike | None = None,
-    max_memory_bytes: int = features.DEFAULT_MAX_MEMORY_BYTES,
-    **two_phase_kwargs: Any,
-) -> TwoPhaseHistory:
-    """`fit_two_phase` with phase 1 on cached features: `fit_two_phase(...,
-    head_features=FeatureCache(feature_data, head_batch_size, passes, seed, cache_dir,
-    max_memory_bytes))`.
-
-    Phase 1 trains `model.head` on features cached from `feature_data` (default
-    `train_data`; pass a non-augmented version of the training set, e.g.
-    `ImageData.train_unaugmented`, or an augmented one with `passes=K`). Phase 2 fine-tunes
-    on `train_data` (augment it: the backbone runs anyway). Every argument is checked
-    before the extraction starts, and with `backup_dir` a finished phase 1 is skipped on
-    resume.
-
-    Args:
-        model: a `TransferClassifier`.
-        train_data: phase 2's training data.
-        validation_data: validation data of both phases.
-        feature_data: the data phase 1 caches features of; default `train_data`.
-        head_epochs, fine_tune_epochs: as in `fit_two_phase`.
-        head_batch_size, passes, seed, cache_dir, max_memory_bytes: see `FeatureCache`.
-        **two_phase_kwargs: the other `fit_two_phase` arguments (`head_lr`,
-            `fine_tune_lr`, `unfreeze`, `train_bn`, `optimizer`, `lr_decay`, `callbacks`,
-            `backup_dir`, `initial_epoch`, `fit` arguments, ...).
-
-    Returns:
-        A `TwoPhaseHistory` with both phases on one epoch axis.
-    """
-    cache = features.FeatureCache(
-        feature_data,
-        batch_size=head_batch_size,
-        passes=passes,
-        seed=seed,
-        cache_dir=cache_dir,
-        max_memory_bytes=max_memory_bytes,
-    )
-    return fit_two_phase(
-        model,
-        train_data,
-        validation_data,
-        head_epochs=head_epochs,
-        fine_tune_epochs=fine_tune_epochs,
-        head_features=cache,
-        **two_phase_kwargs,
-    )

@@ -143,6 +143,8 @@ def resume_settings(run: Any) -> dict[str, Any]:
             if run.class_weight is not None
             else {}
         ),
+        # The average lives in the optimizer's variables; only when on, as above.
+        **({"ema_momentum": float(run.ema_momentum)} if run.ema_momentum else {}),
         # The caller's own (image size, data, ...), only when given.
         **(
             {CALLER_SETTINGS: json.loads(json.dumps(dict(run.backup_settings)))}

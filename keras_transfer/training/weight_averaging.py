@@ -15,7 +15,8 @@ momentum is stated per epoch.
 - `ema_momentum_per_step`: Keras' `use_ema` momentum acts per optimizer step, so the same
   value averages over a few epochs of a small dataset and over a fraction of one epoch of a
   large one. Stating it per epoch and converting (`m_step = m_epoch ** (1 / steps)`) gives
-  the same averaging horizon in epochs whatever the batch count.
+  the same averaging horizon in epochs whatever the batch count. `with_ema` turns it on
+  in an optimizer made elsewhere (a name, class or factory's), through its config.
 
 Every function takes weights as a model, a `model.get_weights()` list, or a
 `.weights.h5` file of the same architecture, and refuses weights of another architecture,
@@ -42,6 +43,7 @@ __all__ = [
     "soup",
     "validation_score",
     "wise_ft",
+    "with_ema",
 ]
 
 logger = logging.getLogger("keras_transfer")
@@ -65,6 +67,33 @@ def ema_momentum_per_step(epoch_momentum: float, steps_per_epoch: int) -> float:
     if steps_per_epoch < 1:
         raise ValueError(f"steps_per_epoch must be a positive integer, got {steps_per_epoch!r}.")
     return float(epoch_momentum ** (1.0 / steps_per_epoch))
+
+
+def with_ema(
+    optimizer: keras.optimizers.Optimizer, epoch_momentum: float, steps_per_epoch: int
+) -> keras.optimizers.Optimizer:
+    """A new optimizer like `optimizer` (from its config) that keeps Keras' EMA of the
+    weights (`use_ema`) at the per-step momentum decaying like `epoch_momentum` per epoch;
+    `optimizer` itself when `epoch_momentum` is 0 (off). Pair it with
+    `keras.callbacks.SwapEMAWeights` so that validation scores the averaged weights; the
+    model ends `fit` with them.
+
+    Example:
+    ```python
+    optimizer = with_ema(keras.optimizers.Adam(1e-3), 0.5, steps_per_epoch=10)
+    optimizer.use_ema, round(optimizer.ema_momentum, 3)  # -> (True, 0.933)
+    ```
+    """
+    per_step = ema_momentum_per_step(epoch_momentum, steps_per_epoch)
+    if not epoch_momentum:
+        return optimizer
+    if optimizer.built:
+        raise ValueError(
+            "with_ema needs an optimizer that has not been built (used) yet: its moving "
+            "averages are created when it is built."
+        )
+    config = {**optimizer.get_config(), "use_ema": True, "ema_momentum": per_step}
+    return type(optimizer).from_config(config)
 
 
 def interpolate_weights(

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import tensorflow as tf
 
 from keras_transfer.utils import backend
 
-__all__ = ["check_image_size", "check_not_empty", "no_fit_shuffle"]
+__all__ = ["batches_per_epoch", "check_image_size", "check_not_empty", "no_fit_shuffle"]
 
 
 def no_fit_shuffle(train_data: Any, fit_kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -32,6 +33,30 @@ def no_fit_shuffle(train_data: Any, fit_kwargs: dict[str, Any]) -> dict[str, Any
     if isinstance(train_data, tf.data.Dataset):
         fit_kwargs.setdefault("shuffle", False)
     return fit_kwargs
+
+
+def batches_per_epoch(train_data: Any, fit_kwargs: dict[str, Any]) -> int | None:
+    """The optimizer steps of one `fit` epoch on `train_data`, or `None` when that is not
+    known before training (a dataset of unknown or infinite cardinality without
+    `steps_per_epoch`).
+
+    Example:
+
+    ```python
+    batches_per_epoch(np.zeros((100, 4)), {"batch_size": 32})  # -> 4
+    ```
+    """
+    if fit_kwargs.get("steps_per_epoch"):
+        return int(fit_kwargs["steps_per_epoch"])
+    if isinstance(train_data, tf.data.Dataset):
+        cardinality = int(train_data.cardinality())
+        return cardinality if cardinality > 0 else None
+    if isinstance(train_data, tuple | list) and train_data:  # (x, y) arrays
+        train_data = train_data[0]
+    if hasattr(train_data, "__len__") and not hasattr(train_data, "shape"):
+        return len(train_data) or None  # a keras.utils.PyDataset: batches
+    rows = getattr(train_data, "shape", (None,))[0]
+    return math.ceil(rows / fit_kwargs.get("batch_size", 32)) if rows else None
 
 
 def check_not_empty(data: Any, name: str) -> None:

@@ -19,8 +19,8 @@ training images):
 - `digits`: scikit-learn's 8x8 digits (`pip install .[bench]`) as 32x32 PNGs, 10 classes,
   2/3 of each class for training (about 120 per class) and 1/3 for test, at 96 px.
 
-Arms: `fixed` (`--plan=fixed --ema_momentum=0`), `advisor_rules` (the package's `plan=auto`
-rules of the checkout), and each
+Arms: `fixed` (`--plan=fixed --ema_momentum=0`), `advisor_rules` (`--plan=scaled`, the
+size-and-LogME rules that were `--plan=auto` when the suite ran), and each
 recipe alone on top of `fixed` (`RECIPES`). `advisor` is not a run: for each task it is the
 arm that a rule fitted on the *other* tasks gives it, measured on that task
 (leave-one-task-out: a task's own test split never chooses its plan). The rule
@@ -79,7 +79,8 @@ RECIPES = {
 # default because of it), so that every recipe is measured on the same plan at any commit
 # (absl keeps a repeated flag's last value: the `ema` arm's momentum wins).
 FIXED_FLAGS = ["--plan=fixed", "--ema_momentum=0"]
-ARMS = {"fixed": FIXED_FLAGS, "advisor_rules": [], **{
+# `advisor_rules` ran as `plan=auto` when `plan=auto` was these rules (`--plan=scaled` now).
+ARMS = {"fixed": FIXED_FLAGS, "advisor_rules": ["--plan=scaled"], **{
     name: [*FIXED_FLAGS, *flags] for name, flags in RECIPES.items()
 }}  # fmt: skip
 CATS_DOGS_SIZES = (10, 50, 200, 1000)

@@ -250,6 +250,45 @@ def test_accuracy_benchmark_smoke(tmp_path):
     assert settings["head_dropout"] == 0.5 and settings["fine_tune_lr"] == 5e-6
 
 
+def test_size_scaled_plan_from_data_size_and_measured_logme():
+    backbone = kt.create_backbone("mobilenet", input_shape=(32, 32, 3), weights=None)
+    names = backbone.block_names()  # 14 blocks
+    rising = {name: -1.0 + 0.05 * i for i, name in enumerate(names)}  # the last is best
+    small = kt.size_scaled_plan(245, rising, backbone=backbone)
+    assert (small.head_epochs, small.fine_tune_epochs, small.patience) == (100, 10, 3)
+    assert (small.fine_tune_lr, small.unfreeze, small.train_bn) == (1e-5, 7, False)
+    assert small.ema_momentum == 0.0  # as the suite measured it
+    assert "the last block conv_dw_13" in small.reason and "top 7 of 14 blocks" in small.reason
+    # A lower block scoring better: the top features are too specific, fine-tune everything.
+    peaked = {**rising, "conv_dw_11": 0.5}
+    medium = kt.size_scaled_plan(2000, peaked, backbone=backbone, cached_head=False)
+    assert (medium.head_epochs, medium.fine_tune_lr, medium.unfreeze) == (20, 2e-5, "all")
+    assert "below conv_dw_11" in medium.reason
+    large = kt.size_scaled_plan(6000)
+    assert (large.fine_tune_epochs, large.fine_tune_lr, large.unfreeze) == (20, 5e-5, 0.5)
+    assert "assumed similar" in large.reason
+    with pytest.raises(ValueError, match="positive integer"):
+        kt.size_scaled_plan(0)
+
+
+def test_the_command_plans_from_the_size_scaled_rules_with_plan_scaled():
+    from keras_transfer.apps import image_config
+    from keras_transfer.apps import image_plan
+
+    backbone = kt.create_backbone("mobilenet", input_shape=(32, 32, 3), weights=None)
+    logme = {name: -1.0 + 0.05 * i for i, name in enumerate(backbone.block_names())}
+
+    class Data:
+        num_train = 245
+
+    config = image_config.Config(data_dir="x", model_dir="y", plan="scaled", fine_tune_epochs=3)
+    planned, plan = image_plan.plan_training(config, backbone, Data(), {"logme": logme})
+    expected = kt.size_scaled_plan(245, logme, backbone=backbone)
+    assert (planned.head_epochs, planned.fine_tune_epochs) == (expected.head_epochs, 3)
+    assert (planned.patience, planned.restore_best, planned.ema_momentum) == (3, True, 0.0)
+    assert (plan["source"], plan["unfreeze_blocks"]) == ("scaled", "7")
+
+
 def test_the_advisor_gives_the_suites_plan_for_every_size_and_quotes_the_measured_logme():
     backbone = kt.create_backbone("mobilenet", input_shape=(32, 32, 3), weights=None)
     names = backbone.block_names()  # 14 blocks

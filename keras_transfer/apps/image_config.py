@@ -49,7 +49,7 @@ FREEZE_STRATEGIES = ("auto", "all_frozen", "top_n_unfrozen", "gradual", "none")
 LR_SCHEDULES = ("constant", "cosine", "slanted_triangular", "one_cycle")
 EXPORT_FORMATS = ("saved_model", "tflite")
 RESOLVED_CONFIG_FILE = "config.json"
-PLANS = ("auto", "fixed")
+PLANS = ("auto", "fixed", "scaled")
 # Domain adaptation with the labelled training images, in place of the fine-tuning phase.
 ADAPT_METHODS = ("dann", "coral", "mmd", "mcc")
 # Source-free adaptation of the trained model, after training (`apps.adapt`).
@@ -92,8 +92,8 @@ class Config:
     image_size: int = 0  # 0: the backbone's pretrained size
     batch_size: int = 32
     # "auto": the advisor (keras_transfer.recommend_training_plan, the defaults suite's rule)
-    # fills in the settings left at None below; "fixed": FIXED_DEFAULTS. The rule is one plan
-    # for every dataset, the fixed one, so today both give the same values.
+    # fills in the settings left at None below; "fixed": FIXED_DEFAULTS (today the rule is
+    # one plan for every dataset, this one); "scaled": keras_transfer.size_scaled_plan.
     plan: str = "auto"
     head_epochs: int | None = None
     fine_tune_epochs: int | None = None

@@ -30,10 +30,11 @@ def measure_transferability(
     config: Config, backbone: kt.Backbone, data: data_lib.ImageData
 ) -> dict[str, Any] | None:
     """Per-block LogME of the pretrained backbone on the training images, before training
-    (one backbone pass), for `--diagnostics` (the advisor's plan quotes it). `None`
-    without `--diagnostics`; `{"error": why}` when it cannot be measured (also for a
-    multilabel or regression table: the scores rank class labels)."""
-    if not config.diagnostics:
+    (one backbone pass): what `--plan=scaled` plans from and `--diagnostics` reports (the
+    advisor's plan quotes it). `None` when nothing needs it; `{"error": why}` when it cannot
+    be measured (also for a multilabel or regression table: the scores rank class labels)."""
+    planned = config.plan == "scaled" and any(getattr(config, n) is None for n in FIXED_DEFAULTS)
+    if not (planned or config.diagnostics):
         return None
     if config.task != "multiclass":
         return {"error": f"LogME and H-score rank class labels, and a {config.task} table has none"}
@@ -69,11 +70,13 @@ def plan_training(
             reason = "Every planned setting was given."
     else:
         logme = (transfer or {}).get("logme")
-        recipe = kt.recommend_training_plan(
-            data.num_train,
-            logme if isinstance(logme, dict) and "output" not in logme else None,
-            backbone=backbone,
-        )
+        logme = logme if isinstance(logme, dict) and "output" not in logme else None
+        if config.plan == "scaled":
+            recipe = kt.size_scaled_plan(
+                data.num_train, logme, backbone=backbone, cached_head=config.cache_features
+            )
+        else:
+            recipe = kt.recommend_training_plan(data.num_train, logme, backbone=backbone)
         values = dict(
             head_epochs=recipe.head_epochs,
             fine_tune_epochs=recipe.fine_tune_epochs,

@@ -35,6 +35,7 @@ from keras_transfer.diagnostics.recipes import ADVISOR_RULE
 from keras_transfer.diagnostics.recipes import Recipe
 from keras_transfer.diagnostics.recipes import recommend_recipe
 from keras_transfer.diagnostics.recipes import recommend_training_plan
+from keras_transfer.diagnostics.recipes import size_scaled_plan
 from keras_transfer.diagnostics.reports import classification_report
 from keras_transfer.diagnostics.reports import confusion_matrix
 from keras_transfer.diagnostics.reports import format_report
@@ -104,4 +105,5 @@ __all__ = [
     "recommend_recipe",
     "recommend_training_plan",
     "scratch_model",
+    "size_scaled_plan",
 ]

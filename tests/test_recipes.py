@@ -308,3 +308,9 @@ def test_the_advisor_gives_the_suites_plan_for_every_size_and_quotes_the_measure
         kt.recommend_training_plan(0)
     with pytest.raises(ValueError, match="does not have"):
         kt.recommend_training_plan(245, {"block_99": 0.1}, backbone=backbone)
+
+
+def test_the_advisor_rule_is_the_one_the_committed_defaults_suite_fitted_on_every_task():
+    results = pathlib.Path(__file__).parents[1] / "benchmarks/results/defaults_suite.json"
+    summary = json.loads(results.read_text())["details"]["summary"]
+    assert kt.diagnostics.ADVISOR_RULE == summary["advisor_rule_all_tasks"]

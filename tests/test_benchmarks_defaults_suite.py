@@ -65,7 +65,8 @@ def test_main_runs_each_task_arm_and_seed_once_and_resumes_from_the_runs_file(
     summary = suite.main(args)
 
     assert len(calls) == 12
-    assert ("t1", "label_smoothing", 2, ("--plan=fixed", "--label_smoothing=0.1")) in calls
+    flags = (*suite.FIXED_FLAGS, "--label_smoothing=0.1")
+    assert ("t1", "label_smoothing", 2, flags) in calls
     assert summary["tasks"]["t1"]["recipes"]["label_smoothing"]["per_seed"] == pytest.approx(
         [0.85, 0.86, 0.87]
     )

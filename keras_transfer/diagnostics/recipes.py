@@ -436,10 +436,8 @@ def size_scaled_plan(
     """Two-phase settings scaled with the dataset's size and measured transferability, with
     generous epoch budgets that early stopping cuts short (`--plan=scaled`).
 
-    These were the advisor's rules before the defaults suite; on the suite (its
-    `advisor_rules` arm) they lost to the fixed plan, worst with a few images per class,
-    where early stopping on a validation split of a few images ended training at its
-    first epochs. They stay a recipe, with no EMA, as they were measured.
+    The advisor's rules before the defaults suite, where (`advisor_rules`) they lost to
+    the fixed plan; they stay a recipe, with no EMA, as they were measured.
 
     The rules (each one is quoted in `Recipe.reason`):
 
@@ -489,18 +487,14 @@ def size_scaled_plan(
     unfreeze, blocks_text = _plan_unfreeze(similar, backbone)
     head_epochs = PLAN_HEAD_EPOCHS_CACHED if cached_head else PLAN_HEAD_EPOCHS
     fine_tune_epochs = 20 if n >= PLAN_LARGE_DATA else 10
-    reason = (
-        f"{measured} {n} training examples: head up to {head_epochs} epochs at 1e-3"
-        f"{' on cached features' if cached_head else ''}, then {blocks_text} up to "
-        f"{fine_tune_epochs} epochs at {fine_tune_lr:g} (Adam; "
-        f"{'<' if n < PLAN_SMALL_DATA else '>='} {PLAN_SMALL_DATA} examples), each phase "
-        f"stopped after {PLAN_PATIENCE} epochs without a lower validation loss and its best "
-        "weights kept; fine-tuning is kept only if it beats the head alone. Table entry: "
-        f"{base.name}."
-    )
+    where = " on cached features" if cached_head else ""
     return dataclasses.replace(
         base,
-        reason=reason,
+        reason=(
+            f"{measured} {n} training examples: head up to {head_epochs} epochs at 1e-3"
+            f"{where}, then {blocks_text} up to {fine_tune_epochs} epochs at "
+            f"{fine_tune_lr:g} {_scaled_plan_stops(n)}. Table entry: {base.name}."
+        ),
         feature_block=None,
         head_epochs=head_epochs,
         head_lr=1e-3,
@@ -510,6 +504,16 @@ def size_scaled_plan(
         train_bn=False,
         patience=PLAN_PATIENCE,
         ema_momentum=0.0,
+    )
+
+
+def _scaled_plan_stops(num_train_examples: int) -> str:
+    """The part of `size_scaled_plan`'s reason that says how its phases stop."""
+    size = "<" if num_train_examples < PLAN_SMALL_DATA else ">="
+    return (
+        f"(Adam; {size} {PLAN_SMALL_DATA} examples), each phase stopped after {PLAN_PATIENCE} "
+        "epochs without a lower validation loss and its best weights kept; fine-tuning is "
+        "kept only if it beats the head alone"
     )
 
 

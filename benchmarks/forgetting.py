@@ -407,6 +407,9 @@ def main(argv=None) -> dict:
             fine_tune=settings["fine_tune"],
             **({"lora_rank": args.lora_rank, "lora_alpha": args.lora_alpha} if lora else {}),
             callbacks=[curve],
+            # The curve reads each epoch's trained weights, and the recorded runs measured
+            # the fine-tuned weights themselves: no averaged weights swapped in at the end.
+            ema_momentum=0.0,
             verbose=2,
         )
         seconds = time.perf_counter() - arm_start

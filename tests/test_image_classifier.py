@@ -131,7 +131,8 @@ def test_binary_flags_and_main(image_folder, tmp_path):
     assert results["config"]["weights"] == "none"
     # Flags given win over the advisor's plan, which fills in the rest.
     assert results["plan"]["given"] == ["head_epochs", "fine_tune_epochs", "unfreeze_blocks"]
-    assert results["config"]["head_epochs"] == 1 and results["config"]["fine_tune_lr"] == 1e-5
+    assert results["config"]["head_epochs"] == 1
+    assert results["config"]["fine_tune_lr"] == image_config.FIXED_DEFAULTS["fine_tune_lr"]
     assert "plan (auto; given: head_epochs, fine_tune_epochs, unfreeze_blocks)" in completed.stdout
 
 

@@ -33,7 +33,8 @@ declared defaults), and `adapt_adabn`, `adapt_tent`, `adapt_shot`: `keras-transf
 after, so that the paired difference is the adaptation's alone and not the spread between
 two trainings of one seed (up to 1.8 points on photo_shift). An `adapt_*` arm may carry
 `keras-transfer adapt` settings after colons, each its own arm:
-`adapt_shot:learning_rate=1e-5:unfreeze_blocks=2`. With `--work_dir`, the model folders
+`adapt_shot:learning_rate=1e-5:unfreeze_blocks=2`; the other arms may carry
+`keras-transfer train` settings the same way (`mcc:train_bn=false`). With `--work_dir`, the model folders
 stay, so a later invocation's `adapt_*` arms adapt the recorded `source_only` models.
 Nothing is tuned: the target labels choose nothing, and the test split is read once per run.
 
@@ -104,8 +105,16 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def arm_flags(arm: str, target_dir: pathlib.Path) -> list[str]:
-    """The command's flags of `arm`: the target folder, and `--adapt` unless source-only."""
-    return [f"--target_dir={target_dir}", *([] if arm == "source_only" else [f"--adapt={arm}"])]
+    """The command's flags of `arm`: the target folder, `--adapt` unless source-only, and
+    the arm's settings (`parse_arm`)."""
+    name, settings = parse_arm(arm)
+    adapt = [] if name == "source_only" else [f"--adapt={name}"]
+    return [f"--target_dir={target_dir}", *adapt, *settings]
+
+
+def arm_folder(arm: str) -> str:
+    """A folder name for `arm` (its settings' colons and equals signs replaced)."""
+    return arm.replace(":", "_").replace("=", "-")
 
 
 def _write_unlabeled(folder: pathlib.Path, images) -> None:
@@ -142,12 +151,10 @@ def build_task(name: str, assets: pathlib.Path | None, work: pathlib.Path) -> di
 
 
 def parse_arm(arm: str) -> tuple[str, list[str]]:
-    """An arm's name and the `keras-transfer adapt` flags its settings add:
-    `adapt_shot:learning_rate=1e-5:unfreeze_blocks=2` is `adapt_shot` with
-    `--learning_rate=1e-5 --unfreeze_blocks=2`; only `adapt_*` arms take settings."""
+    """An arm's name and the flags its settings add: `adapt_shot:learning_rate=1e-5` is
+    `adapt_shot` with `keras-transfer adapt --learning_rate=1e-5`; `mcc:train_bn=false` is
+    `mcc` with `keras-transfer train --train_bn=false`."""
     name, *settings = arm.split(":")
-    if settings and name not in ADAPT_AFTER:
-        raise SystemExit(f"Arm {arm!r}: only the {', '.join(ADAPT_AFTER)} arms take settings.")
     flags = []
     for setting in settings:
         key, equals, value = setting.partition("=")
@@ -173,7 +180,7 @@ def run_arm(
     if parse_arm(arm)[0] in ADAPT_AFTER:
         return run_adapt_after(task, arm, seed, built, work, source)
     summary = defaults.run_config(
-        arm,
+        arm_folder(arm),
         seed,
         built["train_dir"],
         built["test_dir"],
@@ -182,7 +189,7 @@ def run_arm(
         work / task,
         flags=arm_flags(arm, built["target_dir"]),
     )
-    results = json.loads((work / task / f"{arm}_{seed}" / "results.json").read_text())
+    results = json.loads((work / task / f"{arm_folder(arm)}_{seed}" / "results.json").read_text())
     return {**summary, "domain": results.get("domain"), "adaptation": results.get("adaptation")}
 
 
@@ -211,7 +218,7 @@ def run_adapt_after(
             f"{seed} (test accuracy {trained['test']['accuracy']} against "
             f"{source['test_accuracy']}): run source_only again with a new --work_dir."
         )
-    output = work / task / f"{arm.replace(':', '_').replace('=', '-')}_{seed}"
+    output = work / task / f"{arm_folder(arm)}_{seed}"
     shutil.rmtree(output, ignore_errors=True)  # an unrecorded run's, left by an interruption
     command = [
         sys.executable,

@@ -107,8 +107,11 @@ def test_adapt_after_arms_adapt_the_same_seeds_source_model(bench, tmp_path, mon
     assert commands[-1][-4:-1] == ["--method=shot", "--learning_rate=1e-5", "--unfreeze_blocks=2"]
     with pytest.raises(SystemExit, match="a setting is flag=value"):
         run("adapt_shot:learning_rate")
-    with pytest.raises(SystemExit, match="take settings"):
-        bench.parse_arm("tent:learning_rate=1")
+    # A training arm's settings are the training command's flags.
+    assert bench.arm_flags("mcc:train_bn=false", tmp_path)[1:] == [
+        "--adapt=mcc",
+        "--train_bn=false",
+    ]
     # The adapt command read the test images otherwise than the training run: refused.
     source_read["accuracy"] = 0.55
     with pytest.raises(SystemExit, match="read the test images differently"):

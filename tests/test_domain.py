@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import load_benchmark
+from conftest import make_tiny_classifier
 from helpers import DOMAIN_SIZE as SIZE
 from helpers import shifted_task
 from helpers import two_conv_classifier as tiny_classifier
@@ -304,6 +305,25 @@ def test_layerwise_lr_and_lr_annealing_are_honoured():
         np.testing.assert_array_equal(w.numpy(), b)
     # After all 4 steps p = 1: mu_0 / (1 + 10)^0.75.
     assert seen["lr"] == pytest.approx(0.05 / 11**0.75, rel=1e-5)
+
+
+@pytest.mark.tensorflow_only
+@pytest.mark.parametrize(
+    ("method", "train_bn", "trains"),
+    [("mcc", None, True), ("dann", None, False), ("coral", None, False), ("mcc", False, False)],
+)
+def test_adaptation_phase_trains_batchnorm_by_default_for_mcc_only(method, train_bn, trains):
+    source_x, labels, target_x = shifted_task(n=32)
+    model = make_tiny_classifier()  # MobileNet: its blocks have BatchNormalization
+    bn = next(layer for layer in model.backbone.layers if "_bn" in layer.name)
+    before = np.array(bn.moving_mean)
+    _, blocks = kt.domain.fit_adaptation_phase(
+        model, (source_x, labels), target_x, method, train_bn=train_bn, batch_size=16, verbose=0
+    )
+    assert blocks and bn.trainable is trains
+    # Trained, its moving statistics followed the source and target batches together.
+    assert (not np.allclose(np.array(bn.moving_mean), before)) is trains
+    assert domain.default_train_bn(method) is (method == "mcc")
 
 
 # ---------------------------------------------------------------------------------------

@@ -36,7 +36,6 @@ from keras_transfer.apps import image_tasks
 from keras_transfer.apps.image_config import RESOLVED_CONFIG_FILE as CONFIG
 from keras_transfer.apps.image_config import Config
 from keras_transfer.apps.image_config import check_config
-from keras_transfer.apps.image_config import remove_run_outputs
 from keras_transfer.apps.image_diagnostics import check_diagnostics
 from keras_transfer.apps.image_diagnostics import diagnose
 from keras_transfer.apps.image_diagnostics import domain_report
@@ -58,6 +57,7 @@ from keras_transfer.apps.image_training import check_resume
 from keras_transfer.apps.image_training import delete_backup
 from keras_transfer.apps.image_training import resume_settings
 from keras_transfer.apps.image_training import train_model
+from keras_transfer.apps.model_folder import remove_run_outputs
 from keras_transfer.utils import distribute
 
 __all__ = ["RESULTS_FILE", "run"]

@@ -8,25 +8,23 @@ asks the advisor (`image_plan.plan_training`).
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any
 
 from keras_transfer import data as data_lib
 from keras_transfer.apps import config as config_lib
-from keras_transfer.apps.image_tasks import TASK_OUTPUTS
+from keras_transfer.apps import model_folder
 from keras_transfer.apps.image_tasks import check_task_options
+from keras_transfer.apps.model_folder import RESOLVED_CONFIG_FILE
 from keras_transfer.backbones import registry
 from keras_transfer.data import imbalance
 from keras_transfer.data.tables import BAD_ROW_POLICIES
 from keras_transfer.data.tables import TABLE_TASKS
 from keras_transfer.peft.lora_targets import parse_lora_targets
 from keras_transfer.training import two_phase
-from keras_transfer.training import two_phase_state
 from keras_transfer.training.callbacks.unfreezing import checked_unfreeze_schedule
 from keras_transfer.utils import backend
 from keras_transfer.utils import distribute
 from keras_transfer.utils import files
-from keras_transfer.utils import reliability
 
 __all__ = [
     "ADAPT_METHODS",
@@ -38,9 +36,7 @@ __all__ = [
     "LR_SCHEDULES",
     "PLANS",
     "RESOLVED_CONFIG_FILE",
-    "RUN_OUTPUTS",
     "check_config",
-    "remove_run_outputs",
     "load_config",
 ]
 
@@ -48,7 +44,6 @@ __all__ = [
 FREEZE_STRATEGIES = ("auto", "all_frozen", "top_n_unfrozen", "gradual", "none")
 LR_SCHEDULES = ("constant", "cosine", "slanted_triangular", "one_cycle")
 EXPORT_FORMATS = ("saved_model", "tflite")
-RESOLVED_CONFIG_FILE = "config.json"
 PLANS = ("auto", "fixed", "scaled")
 # Domain adaptation with the labelled training images, in place of the fine-tuning phase.
 ADAPT_METHODS = ("dann", "coral", "mmd", "mcc")
@@ -167,7 +162,9 @@ class Config:
     # then interpolates from it.
     zero_shot: bool = False
     dropout: float = 0.2
-    train_bn: bool = False
+    # BatchNormalization trains too; None: frozen in inference mode, except in --adapt=mcc's
+    # phase (kt.domain.default_train_bn: MCC's reference trains it on the mixed batches).
+    train_bn: bool | None = None
     strategy: str = "default"
     tpu: str = ""
     mixed_precision: bool = False
@@ -341,6 +338,16 @@ class Config:
         """`enable_lora`'s `targets` from `lora_targets` (`parse_lora_targets`)."""
         return parse_lora_targets(self.lora_targets)
 
+    def resolved_train_bn(self) -> bool:
+        """`train_bn`, or when unset the adaptation method's default (`--adapt=mcc`: True)."""
+        if self.train_bn is not None:
+            return self.train_bn
+        if self.adapt in ADAPT_METHODS:
+            from keras_transfer.adaptation import domain  # TensorFlow only when adapting
+
+            return domain.default_train_bn(self.adapt)
+        return False
+
     def resolved_freeze_strategy(self) -> str:
         if self.freeze_strategy != "auto":
             return self.freeze_strategy
@@ -378,6 +385,7 @@ class Config:
         values.update(
             image_size=int(image_size),
             freeze_strategy=self.resolved_freeze_strategy(),
+            train_bn=self.resolved_train_bn(),
             fine_tune_lr=self.fine_tune_lr or self.head_lr / 10,
             weights=self.resolved_weights() or "none",
         )
@@ -414,8 +422,8 @@ def check_config(config: Config) -> None:
     _check_backbone(config)
     if not config.model_dir:
         raise config_lib.ConfigError("Set model_dir (--model_dir): where the outputs go.")
-    _check_model_dir(config.model_dir)
-    _check_model_dir_reuse(config)
+    model_folder.check_model_dir(config.model_dir)
+    model_folder.check_model_dir_reuse(config.model_dir, config.overwrite, config.resume)
     if bool(config.data_dir) == bool(config.dataset):
         raise config_lib.ConfigError(
             "Give exactly one of data_dir (--data_dir, a folder of images) and dataset "
@@ -516,84 +524,4 @@ def _check_backbone(config: Config) -> None:
             f"image_size={config.image_size} (--image_size): {config.backbone} needs images of "
             f"at least {spec.min_size}x{spec.min_size}; use --image_size={spec.min_size} or "
             "more, or 0 for its pretrained size."
-        )
-
-
-# What a run writes into model_dir: `--overwrite` deletes these (and only these) first.
-RUN_OUTPUTS = (
-    RESOLVED_CONFIG_FILE,
-    "results.json",
-    "model.keras",
-    "labels.txt",
-    "adapter.weights.h5",
-    "training_curves.png",
-    "confusion_matrix.png",
-    "drift.png",
-    "logs",
-    "saved_model",
-    "model.tflite",
-    "model.onnx",
-    "export.json",
-    "backup",
-    *TASK_OUTPUTS,
-)
-
-
-def _check_model_dir_reuse(config: Config) -> None:
-    """A model_dir that holds anything (but the lock) is refused unless the run resumes the
-    backup in it or `overwrite` is set: a rerun would replace the earlier run's model and
-    mix two runs' TensorBoard events."""
-    if not files.isdir(config.model_dir):
-        return
-    entries = sorted(set(files.listdir(config.model_dir)) - {reliability.LOCK_FILE})
-    state = os.path.join(config.model_dir, "backup", two_phase_state.STATE_FILE)
-    if not entries or config.overwrite or (config.resume and files.isfile(state)):
-        return
-    shown = ", ".join(entries[:4]) + (", ..." if len(entries) > 4 else "")
-    raise config_lib.ConfigError(
-        f"model_dir={config.model_dir!r} (--model_dir) already holds {shown}: a run there "
-        "would replace them. Pass --overwrite to replace that run's outputs, or give a new "
-        "--model_dir."
-    )
-
-
-def remove_run_outputs(model_dir: str) -> list[str]:
-    """Deletes what an earlier run wrote into `model_dir` (`RUN_OUTPUTS`, nothing else);
-    returns the names deleted."""
-    removed = []
-    for name in RUN_OUTPUTS:
-        path = os.path.join(model_dir, name)
-        if files.isdir(path) and not files.islink(path):
-            files.rmtree(path)
-        elif files.lexists(path):
-            files.remove(path)
-        else:
-            continue
-        removed.append(name)
-    return removed
-
-
-def _check_model_dir(model_dir: str) -> None:
-    """`model_dir` must be a folder, or a path whose nearest existing part is a writable
-    folder (it is created by the run's first write). A remote folder (`gs://...`) is
-    checked by the first write."""
-    if files.exists(model_dir) and not files.isdir(model_dir):
-        raise config_lib.ConfigError(
-            f"model_dir={model_dir!r} (--model_dir) is a file, not a folder: give a new or "
-            "existing folder for the outputs, or move the file away."
-        )
-    if files.is_remote(model_dir):
-        return
-    parent = os.path.dirname(os.path.abspath(model_dir))
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent):
-        raise config_lib.ConfigError(
-            f"model_dir={model_dir!r} (--model_dir) lies under {parent!r}, which is a file: "
-            "give a folder path for the outputs."
-        )
-    if not os.path.isdir(model_dir) and not os.access(parent, os.W_OK | os.X_OK):
-        raise config_lib.ConfigError(
-            f"model_dir={model_dir!r} (--model_dir) cannot be created: {parent!r} is not "
-            "writable. Give a folder you can write to."
         )

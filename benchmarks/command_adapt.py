@@ -45,8 +45,10 @@ Nothing is tuned: the target labels choose nothing, and the test split is read o
 
 Each finished run is appended to `--runs_file` (default
 benchmarks/results/partial/command_adapt_runs.jsonl) and skipped when the script runs again
-with the same task, arm, seed and commit. Writes benchmarks/results/command_adapt_<task>.json;
-the last printed line is `{"task", "arms": {arm: mean test accuracy}, "beats_source_only":
+with the same task, arm, seed and commit; `--runs_commit` reads another commit's runs
+and trains nothing (a later checkout writing the file of a pinned commit's runs). The
+file's paired comparisons are each arm against `source_only`, or `--compare=a..b,...`.
+Writes benchmarks/results/command_adapt_<task>.json; the last printed line is `{"task", "arms": {arm: mean test accuracy}, "beats_source_only":
 {arm: bool}}`.
 """
 
@@ -100,8 +102,36 @@ def _parser() -> argparse.ArgumentParser:
         "adapt_* arm can then adapt a source_only model of an earlier invocation); default: "
         "a new temporary folder",
     )
+    parser.add_argument(
+        "--compare",
+        default=None,
+        help="pairs of arms to compare by seed, `a..b` (b minus a), comma-separated; "
+        "default: source_only against every other arm, or the first arm listed against "
+        "the others when source_only is not run",
+    )
+    parser.add_argument(
+        "--runs_commit",
+        default=None,
+        help="read the runs of this commit from the runs file (default: this checkout's); "
+        "with it, a missing run is an error, not trained",
+    )
     parser.add_argument("--smoke", action="store_true")
     return parser
+
+
+def comparisons(arms: list[str], compare: str | None) -> list[list[str]]:
+    """The results file's `comparisons`: `--compare`'s `a..b` pairs, or each arm against
+    source_only (the first arm listed, without source_only)."""
+    if not compare:
+        base = "source_only" if "source_only" in arms else arms[0]
+        return [[base, arm] for arm in arms if arm != base]
+    pairs = []
+    for pair in compare.split(","):
+        a, dots, b = pair.partition("..")
+        if not dots or a not in arms or b not in arms:
+            raise SystemExit(f"--compare {pair!r}: give a..b with a and b among --arms {arms}.")
+        pairs.append([a, b])
+    return pairs
 
 
 def arm_flags(arm: str, target_dir: pathlib.Path) -> list[str]:
@@ -291,13 +321,19 @@ def main(argv: list[str] | None = None) -> dict:
     work = pathlib.Path(args.work_dir or tempfile.mkdtemp(prefix="command_adapt_"))
     runs_file = _common.RunsFile(args.runs_file, args.smoke, "command_adapt")
     done = runs_file.runs
+    pairs = comparisons(arms, args.compare)
+    commit = run.git_commit
+    if args.runs_commit:  # the runs' keys hold full hashes
+        commit = _common._git("rev-parse", args.runs_commit) or args.runs_commit
     built = build_task(args.task, assets, work)
     per_seed: dict[str, list[float]] = {}
     runs: dict[str, list[dict]] = {}
     for arm in arms:
         for seed in seeds:
-            key = runs_file.key(args.task, arm, seed, run.git_commit)
-            source = done.get(runs_file.key(args.task, "source_only", seed, run.git_commit))
+            key = runs_file.key(args.task, arm, seed, commit)
+            source = done.get(runs_file.key(args.task, "source_only", seed, commit))
+            if key not in done and args.runs_commit:
+                raise SystemExit(f"{key} is not in {runs_file.path}: run it from that commit.")
             if key not in done:
                 result = run_arm(args.task, arm, seed, built, weights, work, extra, source=source)
                 runs_file.add(key, result)
@@ -315,11 +351,12 @@ def main(argv: list[str] | None = None) -> dict:
         arms={arm: _metrics(values, runs[arm]) for arm, values in per_seed.items()},
         primary_metric="test_accuracy",
         seeds=seeds,
-        comparisons=[["source_only", arm] for arm in per_seed if arm != "source_only"],
+        comparisons=pairs,
         details={
             "summary": line,
             "runs": {arm: [_run_details(r) for r in arm_runs] for arm, arm_runs in runs.items()},
             "runs_file": str(runs_file.path),
+            "runs_commit": commit,
         },
     )
     print(json.dumps(line))

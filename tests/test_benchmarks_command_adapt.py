@@ -62,6 +62,27 @@ def test_main_runs_each_arm_and_seed_once_and_resumes(bench, tmp_path, monkeypat
     calls.clear()
     assert bench.main(args) == line
     assert calls == []
+    # Another commit's runs, read by a later checkout: nothing trains, a missing run is an error.
+    commit = record["git_commit"]
+    again = [*args[:8], "--output", str(tmp_path / "again.json"), "--runs_commit", commit]
+    bench.main([*again, "--compare", "coral..source_only"])
+    record = json.loads((tmp_path / "again.json").read_text())
+    assert calls == [] and record["details"]["runs_commit"] == commit
+    assert record["comparisons"] == [["coral", "source_only"]]
+    with pytest.raises(SystemExit, match=r"\|3\|.* is not in .*run it from that commit"):
+        bench.main([*args[:5], "4", *args[6:], "--runs_commit", commit])
+
+
+def test_comparisons_are_against_source_only_or_the_first_arm_or_as_given(bench):
+    assert bench.comparisons(["source_only", "dann"], None) == [["source_only", "dann"]]
+    assert bench.comparisons(["dann", "mcc", "mcc:x=1"], None) == [
+        ["dann", "mcc"],
+        ["dann", "mcc:x=1"],
+    ]
+    given = bench.comparisons(["dann", "mcc", "mcc:x=1"], "dann..mcc,mcc:x=1..mcc")
+    assert given == [["dann", "mcc"], ["mcc:x=1", "mcc"]]
+    with pytest.raises(SystemExit, match="give a..b with a and b among --arms"):
+        bench.comparisons(["dann", "mcc"], "dann..tent")
 
 
 def _report(accuracy):

@@ -147,18 +147,6 @@ def test_test_set_settings_are_checked(tmp_path):
     )
 
 
-def test_batchnorm_trains_by_default_in_mccs_adaptation_phase_only():
-    def resolved(**fields):
-        config = image_config.Config(data_dir="d", head_lr=1e-3, **fields)
-        return config.resolved_train_bn(), config.resolved(224)["train_bn"]
-
-    assert resolved(adapt="mcc", target_dir="t") == (True, True)
-    assert resolved(adapt="mcc", target_dir="t", train_bn=False) == (False, False)
-    assert resolved(adapt="dann", target_dir="t") == (False, False)
-    assert resolved(adapt="shot", target_dir="t") == (False, False)
-    assert resolved() == (False, False) and resolved(train_bn=True) == (True, True)
-
-
 def test_fit_two_phase_snippets_show_the_defaults_the_command_uses():
     # One set of defaults: the README's and the docs' fit_two_phase snippets, the function's
     # own defaults and the command's plan="fixed" agree.

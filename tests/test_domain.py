@@ -308,22 +308,18 @@ def test_layerwise_lr_and_lr_annealing_are_honoured():
 
 
 @pytest.mark.tensorflow_only
-@pytest.mark.parametrize(
-    ("method", "train_bn", "trains"),
-    [("mcc", None, True), ("dann", None, False), ("coral", None, False), ("mcc", False, False)],
-)
-def test_adaptation_phase_trains_batchnorm_by_default_for_mcc_only(method, train_bn, trains):
+@pytest.mark.parametrize(("train_bn", "trains"), [(False, False), (True, True)])
+def test_adaptation_phase_trains_batchnorm_only_when_asked(train_bn, trains):
     source_x, labels, target_x = shifted_task(n=32)
     model = make_tiny_classifier()  # MobileNet: its blocks have BatchNormalization
     bn = next(layer for layer in model.backbone.layers if "_bn" in layer.name)
     before = np.array(bn.moving_mean)
     _, blocks = kt.domain.fit_adaptation_phase(
-        model, (source_x, labels), target_x, method, train_bn=train_bn, batch_size=16, verbose=0
+        model, (source_x, labels), target_x, "mcc", train_bn=train_bn, batch_size=16, verbose=0
     )
     assert blocks and bn.trainable is trains
     # Trained, its moving statistics followed the source and target batches together.
     assert (not np.allclose(np.array(bn.moving_mean), before)) is trains
-    assert domain.default_train_bn(method) is (method == "mcc")
 
 
 # ---------------------------------------------------------------------------------------

@@ -54,7 +54,6 @@ from keras_transfer.utils import distribute
 
 __all__ = [
     "NEW_LAYERS_PATTERN",
-    "default_train_bn",
     "fit_adaptation_phase",
     "fit_domain_adaptation",
     "image_batches",
@@ -333,21 +332,6 @@ def _fit_epochs(adapter, train, steps, epochs, validation_data, fit_kwargs):
     )
 
 
-def default_train_bn(method: str) -> bool:
-    """Whether BatchNormalization trains in `fit_adaptation_phase` when `train_bn` is not
-    given: for MCC, yes. MCC's reference code (Jin et al. 2020, and TLlib's
-    `examples/domain_adaptation/image_classification/mcc.py`) trains the network in train
-    mode on one batch of source and target images together, so BatchNorm normalises by
-    both domains' statistics and its moving averages follow them; MCC's loss reads only the
-    target's predictions, which frozen source statistics can leave far off. DANN, CORAL and
-    MMD keep BatchNorm frozen in inference mode, as the fine-tuning phase does.
-
-    Args:
-        method: `"dann"`, `"coral"`, `"mmd"` or `"mcc"`.
-    """
-    return method == "mcc"
-
-
 # Variables trained at the head's rate in `fit_adaptation_phase`: the classifier's head
 # and DANN's domain classifier, both new; the backbone trains at the lower rate.
 NEW_LAYERS_PATTERN = "head/|domain_"
@@ -362,7 +346,7 @@ def fit_adaptation_phase(
     validation_data: Any = None,
     *,
     unfreeze: int | float | str = "all",
-    train_bn: bool | None = None,
+    train_bn: bool = False,
     backbone_lr: float = 1e-4,
     head_lr: float = 1e-3,
     optimizer_kwargs: dict[str, Any] | None = None,
@@ -374,16 +358,14 @@ def fit_adaptation_phase(
     After a head phase on the labelled source images (e.g. `fit_two_phase(...,
     fine_tune_epochs=0)`), the backbone's features have to change for the domains to be
     aligned: this unfreezes `unfreeze` blocks (BatchNormalization in inference mode unless
-    `train_bn`; by default it trains for MCC only, `default_train_bn`), trains them at
-    `backbone_lr` and the head and DANN's domain classifier (new layers, which need larger
-    steps) at `head_lr` (`with_layerwise_lr` over Adam).
+    `train_bn`), trains them at `backbone_lr` and the head and DANN's domain classifier (new
+    layers, which need larger steps) at `head_lr` (`with_layerwise_lr` over Adam).
 
     Args:
         model, source, target, method, epochs, validation_data: see
             `fit_domain_adaptation`.
         unfreeze: blocks to train, as `fit_two_phase`'s `unfreeze`.
-        train_bn: BatchNormalization layers trainable (on the batches of source and target
-            images together); `None`: `default_train_bn(method)`.
+        train_bn: BatchNormalization layers trainable.
         backbone_lr, head_lr: learning rates of the backbone and of the new layers.
         optimizer_kwargs: more Adam arguments (`use_ema`, `ema_momentum`, ...).
         **kwargs: more `fit_domain_adaptation` arguments (`callbacks`, `initial_epoch`,
@@ -404,8 +386,6 @@ def fit_adaptation_phase(
     optimizers.check_learning_rate(backbone_lr, "backbone_lr")
     optimizers.check_learning_rate(head_lr, "head_lr")
     check_adaptation_options(method, 1, kwargs.get("alignment_weight", 1.0), "auto", 0.5)
-    if train_bn is None:
-        train_bn = default_train_bn(method)
     blocks = freezing.unfreeze(model, train_bn=train_bn, **freezing.unfreeze_request(unfreeze))
     optimizer = optimizers.with_layerwise_lr(
         keras.optimizers.Adam,

@@ -210,9 +210,7 @@ flags.DEFINE_float("dropout", _DEFAULTS.dropout, "Dropout before the output laye
 flags.DEFINE_bool(
     "train_bn",
     _DEFAULTS.train_bn,
-    "Train BatchNormalization layers too (default: keep them frozen in inference mode; with "
-    "--adapt=mcc they train in the adaptation phase, on source and target batches together, "
-    "as MCC's reference does: --notrain_bn keeps them frozen).",
+    "Train BatchNormalization layers too (default: keep them frozen in inference mode).",
 )
 flags.DEFINE_enum(
     "freeze_strategy",

@@ -162,9 +162,7 @@ class Config:
     # then interpolates from it.
     zero_shot: bool = False
     dropout: float = 0.2
-    # BatchNormalization trains too; None: frozen in inference mode, except in --adapt=mcc's
-    # phase (kt.domain.default_train_bn: MCC's reference trains it on the mixed batches).
-    train_bn: bool | None = None
+    train_bn: bool = False
     strategy: str = "default"
     tpu: str = ""
     mixed_precision: bool = False
@@ -338,16 +336,6 @@ class Config:
         """`enable_lora`'s `targets` from `lora_targets` (`parse_lora_targets`)."""
         return parse_lora_targets(self.lora_targets)
 
-    def resolved_train_bn(self) -> bool:
-        """`train_bn`, or when unset the adaptation method's default (`--adapt=mcc`: True)."""
-        if self.train_bn is not None:
-            return self.train_bn
-        if self.adapt in ADAPT_METHODS:
-            from keras_transfer.adaptation import domain  # TensorFlow only when adapting
-
-            return domain.default_train_bn(self.adapt)
-        return False
-
     def resolved_freeze_strategy(self) -> str:
         if self.freeze_strategy != "auto":
             return self.freeze_strategy
@@ -385,7 +373,6 @@ class Config:
         values.update(
             image_size=int(image_size),
             freeze_strategy=self.resolved_freeze_strategy(),
-            train_bn=self.resolved_train_bn(),
             fine_tune_lr=self.fine_tune_lr or self.head_lr / 10,
             weights=self.resolved_weights() or "none",
         )

@@ -283,9 +283,7 @@ def _run_callbacks(
             )
         )
     if config.resolved_freeze_strategy() == "gradual":
-        callbacks.append(
-            GradualUnfreezing(config.unfreeze_schedule, train_bn=config.resolved_train_bn())
-        )
+        callbacks.append(GradualUnfreezing(config.unfreeze_schedule, train_bn=config.train_bn))
     return callbacks
 
 
@@ -302,7 +300,7 @@ def _fit_arguments(
     static = distribute.static_batches(environment.strategy)
     batches = (math.floor if static else math.ceil)(data.num_train / config.batch_size)
     return dict(
-        train_bn=config.resolved_train_bn(),
+        train_bn=config.train_bn,
         optimizer=_optimizer_factory(config, plan["head_epochs"], batches),
         fine_tune_optimizer=_optimizer_factory(config, plan["fine_tune_epochs"], batches),
         lr_decay=config.lr_decay or None,
@@ -385,7 +383,7 @@ def _adapt_to_target(
         epochs,
         data.validation,
         unfreeze=plan["unfreeze"],
-        train_bn=config.resolved_train_bn(),
+        train_bn=config.train_bn,
         backbone_lr=plan["fine_tune_lr"],
         head_lr=plan["head_lr"],
         optimizer_kwargs=ema_arguments(config, math.ceil(data.num_train / config.batch_size)),

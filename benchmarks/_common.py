@@ -110,6 +110,21 @@ class RunsFile:
     def key(task: str, arm: str, seed: int, commit: str) -> str:
         return f"{task}|{arm}|{seed}|{commit}"
 
+    @staticmethod
+    def runs_commit(pinned: str | None, current: str) -> str:
+        """The commit whose runs a script reads: `pinned` (a `--runs_commit`, as the full
+        hash the keys hold) or else `current`, this checkout's."""
+        return (_git("rev-parse", pinned) or pinned) if pinned else current
+
+    def to_run(self, key: str, pinned: bool) -> bool:
+        """Whether the run `key` must still be trained: it is not in the file. With a
+        pinned commit nothing trains here, so a missing run is an error."""
+        if key in self.runs:
+            return False
+        if pinned:
+            raise SystemExit(f"{key} is not in {self.path}: run it from that commit.")
+        return True
+
     def add(self, key: str, run: dict) -> dict:
         """Appends `run` (with its key) to the file and returns it."""
         task, arm, seed, _ = key.split("|")

@@ -34,8 +34,8 @@ after, so that the paired difference is the adaptation's alone and not the sprea
 two trainings of one seed (up to 1.8 points on photo_shift). An `adapt_*` arm may carry
 `keras-transfer adapt` settings after colons, each its own arm:
 `adapt_shot:learning_rate=1e-5:unfreeze_blocks=2`; the other arms may carry
-`keras-transfer train` settings the same way (`mcc:train_bn=false`). With `--work_dir`, the model folders
-stay, so a later invocation's `adapt_*` arms adapt the recorded `source_only` models.
+`keras-transfer train` settings the same way (`mcc:train_bn=false`). With `--work_dir`,
+the model folders stay, so a later invocation's `adapt_*` arms adapt the recorded `source_only` models.
 Nothing is tuned: the target labels choose nothing, and the test split is read once per run.
 
     python benchmarks/command_adapt.py --task photo_shift --seeds 3
@@ -48,8 +48,8 @@ benchmarks/results/partial/command_adapt_runs.jsonl) and skipped when the script
 with the same task, arm, seed and commit; `--runs_commit` reads another commit's runs
 and trains nothing (a later checkout writing the file of a pinned commit's runs). The
 file's paired comparisons are each arm against `source_only`, or `--compare=a..b,...`.
-Writes benchmarks/results/command_adapt_<task>.json; the last printed line is `{"task", "arms": {arm: mean test accuracy}, "beats_source_only":
-{arm: bool}}`.
+Writes benchmarks/results/command_adapt_<task>.json; the last printed line is `{"task",
+"arms": {arm: mean test accuracy}, "beats_source_only": {arm: bool}}`.
 """
 
 from __future__ import annotations
@@ -322,9 +322,7 @@ def main(argv: list[str] | None = None) -> dict:
     runs_file = _common.RunsFile(args.runs_file, args.smoke, "command_adapt")
     done = runs_file.runs
     pairs = comparisons(arms, args.compare)
-    commit = run.git_commit
-    if args.runs_commit:  # the runs' keys hold full hashes
-        commit = _common._git("rev-parse", args.runs_commit) or args.runs_commit
+    commit = runs_file.runs_commit(args.runs_commit, run.git_commit)
     built = build_task(args.task, assets, work)
     per_seed: dict[str, list[float]] = {}
     runs: dict[str, list[dict]] = {}
@@ -332,9 +330,7 @@ def main(argv: list[str] | None = None) -> dict:
         for seed in seeds:
             key = runs_file.key(args.task, arm, seed, commit)
             source = done.get(runs_file.key(args.task, "source_only", seed, commit))
-            if key not in done and args.runs_commit:
-                raise SystemExit(f"{key} is not in {runs_file.path}: run it from that commit.")
-            if key not in done:
+            if runs_file.to_run(key, pinned=bool(args.runs_commit)):
                 result = run_arm(args.task, arm, seed, built, weights, work, extra, source=source)
                 runs_file.add(key, result)
             per_seed.setdefault(arm, []).append(done[key]["test_accuracy"])

@@ -408,8 +408,7 @@ def main(argv: list[str] | None = None) -> dict:
     work = pathlib.Path(tempfile.mkdtemp(prefix="defaults_suite_"))
     runs_file = _common.RunsFile(args.runs_file, args.smoke, "defaults_suite")
     done = runs_file.runs
-    if args.runs_commit:  # the runs' keys hold full hashes
-        args.runs_commit = _common._git("rev-parse", args.runs_commit) or args.runs_commit
+    commit = runs_file.runs_commit(args.runs_commit, run.git_commit)
     per_seed: dict[str, dict[str, list[float]]] = {}
     splits = {}
     for task in tasks:
@@ -417,10 +416,8 @@ def main(argv: list[str] | None = None) -> dict:
         flags = [*built["flags"], *(["--image_size=32", "--batch_size=8"] if args.smoke else [])]
         for arm in arms:
             for seed in seeds:
-                key = runs_file.key(task, arm, seed, args.runs_commit or run.git_commit)
-                if key not in done and args.runs_commit:
-                    raise SystemExit(f"{key} is not in {runs_file.path}: run it from that commit.")
-                if key not in done:
+                key = runs_file.key(task, arm, seed, commit)
+                if runs_file.to_run(key, pinned=bool(args.runs_commit)):
                     result = defaults.run_config(
                         arm,
                         seed,

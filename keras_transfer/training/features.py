@@ -43,6 +43,7 @@ from keras_transfer.training import weight_averaging
 from keras_transfer.training.extraction import DEFAULT_MAX_MEMORY_BYTES
 from keras_transfer.training.extraction import CachedFeatures
 from keras_transfer.utils import distribute
+from keras_transfer.utils import fit_arguments
 
 __all__ = [
     "DEFAULT_MAX_MEMORY_BYTES",
@@ -166,7 +167,8 @@ def fit_head_on_features(
             class_weight, train_cache.labels, num_classes=num_classes, class_names=class_names
         )
     train, fit_kwargs = _training_batches(train_cache, cache, fit_kwargs)
-    optimizer = _with_epoch_ema(optimizer, ema_momentum, train_cache, cache, fit_kwargs)
+    steps = fit_arguments.batches_per_epoch(train, fit_kwargs)  # known: the cache's size
+    optimizer = weight_averaging.with_ema(optimizer, ema_momentum, steps)
     head_model = _compiled_head_model(
         model, train_cache.features.shape[1:], optimizer, loss, metrics, jit_compile
     )
@@ -269,20 +271,6 @@ def _training_batches(
         }
         train = train.repeat()
     return train, fit_kwargs
-
-
-def _with_epoch_ema(
-    optimizer: keras.optimizers.Optimizer,
-    ema_momentum: float,
-    train_cache: CachedFeatures,
-    cache: FeatureCache,
-    fit_kwargs: dict[str, Any],
-) -> keras.optimizers.Optimizer:
-    """`optimizer` with an EMA whose momentum is per epoch of the cached batches."""
-    steps = fit_kwargs.get("steps_per_epoch") or math.ceil(
-        train_cache.num_examples / cache.batch_size
-    )
-    return weight_averaging.with_ema(optimizer, ema_momentum, steps)
 
 
 def check_class_weight(

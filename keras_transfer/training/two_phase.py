@@ -312,16 +312,12 @@ def _add_ema(run: _Run) -> None:
         run.ema_momentum = 0.0
     if not run.ema_momentum:
         return
-    head_factory, fine_tune_factory, momentum = (
-        run.make_head_optimizer,
-        run.make_fine_tune_optimizer,
-        run.ema_momentum,
-    )
-    run.make_head_optimizer = lambda rate: (
-        head_factory(rate)
-        if run.head_features is not None  # `fit_head_on_features` adds the average
-        else weight_averaging.with_ema(head_factory(rate), momentum, steps)
-    )
+    head_factory, fine_tune_factory = run.make_head_optimizer, run.make_fine_tune_optimizer
+    momentum = run.ema_momentum
+    if run.head_features is None:  # on cached features, `fit_head_on_features` adds it
+        run.make_head_optimizer = lambda rate: weight_averaging.with_ema(
+            head_factory(rate), momentum, steps
+        )
     run.make_fine_tune_optimizer = lambda rate: weight_averaging.with_ema(
         fine_tune_factory(rate), momentum, steps
     )

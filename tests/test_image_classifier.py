@@ -813,6 +813,29 @@ def test_fixed_plan_keeps_the_old_defaults(image_folder, tmp_path):
     assert resolved.ema_momentum == 0.5
 
 
+@pytest.mark.parametrize(
+    "adapt, given, expected",
+    [
+        ("mcc", {}, 1e-3 * kt.domain.BACKBONE_LR_RATIO),
+        ("dann", {"head_lr": 5e-3}, 5e-3 * kt.domain.BACKBONE_LR_RATIO),
+        ("dann", {"fine_tune_lr": 3e-5}, 3e-5),  # a given rate wins
+        ("shot", {}, 2e-5),  # source-free: no adaptation phase replaces fine-tuning
+        ("", {}, 2e-5),
+    ],
+)
+def test_domain_adaptation_plans_the_backbone_at_a_tenth_of_the_head_rate(
+    tmp_path, adapt, given, expected
+):
+    config = _config(
+        tmp_path, tmp_path / "out", fine_tune_epochs=None, adapt=adapt, target_dir="x", **given
+    )
+    resolved, plan = image_plan.plan_training(config, None, None, None)
+    assert resolved.fine_tune_lr == pytest.approx(expected)
+    assert plan["fine_tune_lr"] == resolved.fine_tune_lr
+    says_why = f"the backbone trains at 0.1 x head_lr = {expected:g}" in plan["reason"]
+    assert says_why == (adapt in ("mcc", "dann") and "fine_tune_lr" not in given)
+
+
 def test_diagnostics_report_transferability_drift_and_source_agreement(image_folder, tmp_path):
     from conftest import assert_png_image
 
@@ -930,7 +953,11 @@ class _SourceLossRisesWhileAdapting(keras.callbacks.Callback):
 
     def __init__(self, images):
         super().__init__()
-        self.images, self.predictions = images, None
+        self.images, self.predictions, self.backbone_lr = images, None, None
+
+    def on_train_begin(self, logs=None):
+        if isinstance(self.model, kt.DomainAdaptation):  # the backbone's rate: the base one
+            self.backbone_lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
 
     def on_epoch_end(self, epoch, logs=None):
         if isinstance(self.model, kt.DomainAdaptation):
@@ -962,6 +989,9 @@ def test_adapt_keeps_its_last_epoch_when_the_source_validation_loss_rises(image_
         patience=1,
     )
     results = image_classifier_lib.run(config, callbacks=[watch])
+    # No fine_tune_lr given: the backbone adapts at a tenth of head_lr (1e-3).
+    assert results["plan"]["fine_tune_lr"] == pytest.approx(1e-4)
+    assert watch.backbone_lr == pytest.approx(1e-4)
     assert results["history"]["phase"][-2:] == ["fine_tune"] * 2  # no early stop either
     assert results["saved_weights"] == {"phase": "fine_tune", "epoch": 4}
     saved = keras.saving.load_model(model_dir / "model.keras")

@@ -813,6 +813,12 @@ def test_fixed_plan_keeps_the_old_defaults(image_folder, tmp_path):
     assert resolved.ema_momentum == 0.5
 
 
+def test_fixed_defaults_are_spelled_as_the_flags_take_them():
+    # --plan's help quotes this; its values come from fit_two_phase's constants.
+    spelled = image_config.describe_fixed_defaults()
+    assert spelled == "20, 5, all, 0.001, 2e-05, 0, false, 0.5"
+
+
 @pytest.mark.parametrize(
     "adapt, given, expected",
     [

@@ -300,6 +300,9 @@ def test_the_advisor_gives_the_suites_plan_for_every_size_and_quotes_the_measure
         assert value == defaults[name].default, name
     assert (small.patience, small.ema_momentum) == (0, 0.5)
     assert kt.diagnostics.ADVISOR_RULE in small.reason
+    # The reason spells the values the plan holds.
+    assert "the head 20 epochs at 0.001, then every block 5 epochs at 2e-05" in small.reason
+    assert "momentum 0.5 per epoch" in small.reason
     assert "best block conv_dw_13 (-0.350)" in small.reason and "not used" in small.reason
     large = kt.recommend_training_plan(6000)
     assert large.fit_kwargs() == small.fit_kwargs()  # the rule does not depend on the size

@@ -122,9 +122,9 @@ flags.DEFINE_enum(
     list(image_config.PLANS),
     "auto: the advisor (keras_transfer.recommend_training_plan, the rule the defaults suite "
     "chose) sets head_epochs, fine_tune_epochs, unfreeze_blocks, head_lr, fine_tune_lr, "
-    "patience, restore_best and ema_momentum when not given; fixed: the fixed defaults (20, "
-    "5, all, 1e-3, 2e-5, 0, false, 0.5), which the suite's rule chooses for every dataset "
-    "today; scaled: keras_transfer.size_scaled_plan (budgets, rates and blocks from the data's "
+    "patience, restore_best and ema_momentum when not given; fixed: the fixed defaults "
+    f"({image_config.describe_fixed_defaults()}), which the suite's rule chooses for every "
+    "dataset today; scaled: keras_transfer.size_scaled_plan (budgets, rates and blocks from the data's "
     "size and per-block LogME, early stopping; it lost on the suite). Flags given always win.",
 )
 _PLANNED = " Default: chosen by --plan."

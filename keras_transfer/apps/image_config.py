@@ -37,6 +37,7 @@ __all__ = [
     "PLANS",
     "RESOLVED_CONFIG_FILE",
     "check_config",
+    "describe_fixed_defaults",
     "load_config",
 ]
 
@@ -61,6 +62,18 @@ FIXED_DEFAULTS = dict(
     restore_best=False,
     ema_momentum=two_phase.DEFAULT_EMA_MOMENTUM,
 )
+
+
+def describe_fixed_defaults() -> str:
+    """`FIXED_DEFAULTS`' values in their order, as the command's flags spell them
+    (`--plan`'s help quotes them)."""
+
+    def spelled(value: Any) -> str:
+        if isinstance(value, bool):
+            return str(value).lower()
+        return f"{value:g}" if isinstance(value, float) else str(value)
+
+    return ", ".join(spelled(value) for value in FIXED_DEFAULTS.values())
 
 
 @dataclasses.dataclass

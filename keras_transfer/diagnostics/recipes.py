@@ -34,6 +34,7 @@ from keras_transfer.training import two_phase
 
 __all__ = [
     "Recipe",
+    "describe_default_plan",
     "recommend_recipe",
     "recommend_training_plan",
     "size_scaled_plan",
@@ -349,6 +350,18 @@ def _is_similar(domain_similarity: str | float) -> bool:
 ADVISOR_RULE = "every task: ema"
 
 
+def describe_default_plan() -> str:
+    """`fit_two_phase`'s default plan in words, its values read from `two_phase`'s constants
+    (the advisor's reason and the command's `--plan` help quote it)."""
+    return (
+        f"the head {two_phase.DEFAULT_HEAD_EPOCHS} epochs at {two_phase.DEFAULT_HEAD_LR:g}, "
+        f"then every block {two_phase.DEFAULT_FINE_TUNE_EPOCHS} epochs at "
+        f"{two_phase.DEFAULT_FINE_TUNE_LR:g} (Adam, BatchNormalization frozen), no early "
+        f"stopping, and an EMA of the weights at momentum {two_phase.DEFAULT_EMA_MOMENTUM:g} "
+        "per epoch, which validation scores and the model keeps."
+    )
+
+
 def recommend_training_plan(
     num_train_examples: int,
     block_logme: Mapping[str, float] | None = None,
@@ -387,10 +400,7 @@ def recommend_training_plan(
     reason = (
         f"{num_train_examples} training examples. The defaults suite's advisor rule "
         f"({ADVISOR_RULE!r}, fitted leave-one-task-out on 8 image tasks; "
-        "benchmarks/results/defaults_suite.json): the head 20 epochs at 1e-3, then every "
-        "block 5 epochs at 2e-5 (Adam, BatchNormalization frozen), no early stopping, and "
-        "an EMA of the weights at momentum 0.5 per epoch, which validation scores and the "
-        "model keeps."
+        f"benchmarks/results/defaults_suite.json): {describe_default_plan()}"
     )
     if block_logme:
         reason += _logme_note(block_logme, backbone)

@@ -2,7 +2,6 @@
 DANN/CORAL/MMD training on a synthetic shifted task, the domain distance, bad input, and
 MirroredStrategy on two logical CPUs (in a subprocess)."""
 
-import inspect
 import json
 import math
 import os
@@ -831,9 +830,3 @@ def test_benchmark_source_free_arms_adapt_the_source_model_source_validation_cho
         script.parse_args(["--task", "digits_m", "--arms", "source_only,tent"])
     with pytest.raises(SystemExit):
         script.parse_args(["--task", "photo_shift", "--arms", "dann,shot"])
-
-
-def test_backbone_lr_ratio_is_fit_adaptation_phases_default_ratio():
-    defaults = inspect.signature(kt.domain.fit_adaptation_phase).parameters
-    ratio = defaults["backbone_lr"].default / defaults["head_lr"].default
-    assert ratio == pytest.approx(kt.domain.BACKBONE_LR_RATIO)

@@ -819,29 +819,6 @@ def test_fixed_defaults_are_spelled_as_the_flags_take_them():
     assert spelled == "20, 5, all, 0.001, 2e-05, 0, false, 0.5"
 
 
-@pytest.mark.parametrize(
-    "adapt, given, expected",
-    [
-        ("mcc", {}, 1e-3 * kt.domain.BACKBONE_LR_RATIO),
-        ("dann", {"head_lr": 5e-3}, 5e-3 * kt.domain.BACKBONE_LR_RATIO),
-        ("dann", {"fine_tune_lr": 3e-5}, 3e-5),  # a given rate wins
-        ("shot", {}, 2e-5),  # source-free: no adaptation phase replaces fine-tuning
-        ("", {}, 2e-5),
-    ],
-)
-def test_domain_adaptation_plans_the_backbone_at_a_tenth_of_the_head_rate(
-    tmp_path, adapt, given, expected
-):
-    config = _config(
-        tmp_path, tmp_path / "out", fine_tune_epochs=None, adapt=adapt, target_dir="x", **given
-    )
-    resolved, plan = image_plan.plan_training(config, None, None, None)
-    assert resolved.fine_tune_lr == pytest.approx(expected)
-    assert plan["fine_tune_lr"] == resolved.fine_tune_lr
-    says_why = f"the backbone trains at 0.1 x head_lr = {expected:g}" in plan["reason"]
-    assert says_why == (adapt in ("mcc", "dann") and "fine_tune_lr" not in given)
-
-
 def test_diagnostics_report_transferability_drift_and_source_agreement(image_folder, tmp_path):
     from conftest import assert_png_image
 
@@ -995,9 +972,9 @@ def test_adapt_keeps_its_last_epoch_when_the_source_validation_loss_rises(image_
         patience=1,
     )
     results = image_classifier_lib.run(config, callbacks=[watch])
-    # No fine_tune_lr given: the backbone adapts at a tenth of head_lr (1e-3).
-    assert results["plan"]["fine_tune_lr"] == pytest.approx(1e-4)
-    assert watch.backbone_lr == pytest.approx(1e-4)
+    # The backbone adapts at the plan's fine_tune_lr (a tenth of head_lr lost 18 points to
+    # source-only on photo_shift: benchmarks/results/command_adapt_photo_shift_backbone_lr.json).
+    assert watch.backbone_lr == pytest.approx(results["plan"]["fine_tune_lr"]) == 2e-5
     assert results["history"]["phase"][-2:] == ["fine_tune"] * 2  # no early stop either
     assert results["saved_weights"] == {"phase": "fine_tune", "epoch": 4}
     saved = keras.saving.load_model(model_dir / "model.keras")

@@ -17,7 +17,6 @@ from keras_transfer.adaptation.distance import FAR_FROM
 from keras_transfer.adaptation.distance import DomainDistance
 from keras_transfer.adaptation.distance import describe_proxy_a_distance
 from keras_transfer.adaptation.distance import domain_distance
-from keras_transfer.adaptation.domain import BACKBONE_LR_RATIO
 from keras_transfer.adaptation.domain import NEW_LAYERS_PATTERN
 from keras_transfer.adaptation.domain import fit_adaptation_phase
 from keras_transfer.adaptation.domain import fit_domain_adaptation
@@ -74,7 +73,6 @@ __all__ = [
     "DomainAdaptation",
     "check_adaptation_options",
     "pooled_feature_model",
-    "BACKBONE_LR_RATIO",
     "NEW_LAYERS_PATTERN",
     "fit_adaptation_phase",
     "fit_domain_adaptation",

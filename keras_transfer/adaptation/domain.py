@@ -53,7 +53,6 @@ from keras_transfer.utils import backend
 from keras_transfer.utils import distribute
 
 __all__ = [
-    "BACKBONE_LR_RATIO",
     "NEW_LAYERS_PATTERN",
     "fit_adaptation_phase",
     "fit_domain_adaptation",
@@ -336,12 +335,6 @@ def _fit_epochs(adapter, train, steps, epochs, validation_data, fit_kwargs):
 # Variables trained at the head's rate in `fit_adaptation_phase`: the classifier's head
 # and DANN's domain classifier, both new; the backbone trains at the lower rate.
 NEW_LAYERS_PATTERN = "head/|domain_"
-# The backbone's learning rate as a fraction of the new layers' in an adaptation phase:
-# TLlib's dann.py and mcc.py train the backbone at 0.1x the head's rate, as
-# `fit_adaptation_phase`'s defaults do (1e-4 against 1e-3). The command plans its
-# adaptation phase with it (`image_plan.plan_training`): at the fine-tuning phase's 2e-5
-# the features, which the alignment has to move, barely change.
-BACKBONE_LR_RATIO = 0.1
 
 
 def fit_adaptation_phase(

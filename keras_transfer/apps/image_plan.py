@@ -12,7 +12,6 @@ from typing import Any
 
 import keras_transfer as kt
 from keras_transfer import data as data_lib
-from keras_transfer.apps.image_config import ADAPT_METHODS
 from keras_transfer.apps.image_config import FIXED_DEFAULTS
 from keras_transfer.apps.image_config import Config
 from keras_transfer.data import imbalance
@@ -96,8 +95,6 @@ def plan_training(
         if transfer and "error" in transfer:
             reason = f"Transferability not measured ({transfer['error']}). {reason}"
     config = dataclasses.replace(config, **{name: values[name] for name in missing})
-    if config.adapt in ADAPT_METHODS and "fine_tune_lr" in missing:
-        config, reason = _adaptation_backbone_lr(config, reason)
     plan = {name: getattr(config, name) for name in FIXED_DEFAULTS}
     plan.update(
         source=config.plan,
@@ -107,20 +104,6 @@ def plan_training(
     )
     logger.info("%s", describe_plan(plan))
     return config, plan
-
-
-def _adaptation_backbone_lr(config: Config, reason: str) -> tuple[Config, str]:
-    """With a domain `config.adapt` and no `fine_tune_lr` given, the adaptation phase that
-    replaces fine-tuning trains the backbone at `kt.domain.BACKBONE_LR_RATIO` times
-    `head_lr`, as `fit_adaptation_phase` and TLlib do: the alignment has to move the
-    features, which the fine-tuning rate barely changes."""
-    rate = config.head_lr * kt.domain.BACKBONE_LR_RATIO
-    reason += (
-        f" Domain adaptation (adapt={config.adapt}) replaces the fine-tuning phase: the "
-        f"backbone trains at {kt.domain.BACKBONE_LR_RATIO:g} x head_lr = {rate:g}, the head "
-        "and the domain classifier at head_lr (kt.domain.fit_adaptation_phase's ratio)."
-    )
-    return dataclasses.replace(config, fine_tune_lr=rate), reason
 
 
 def describe_plan(plan: dict[str, Any]) -> str:

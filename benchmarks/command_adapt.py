@@ -35,7 +35,8 @@ two trainings of one seed (up to 1.8 points on photo_shift). An `adapt_*` arm ma
 `keras-transfer adapt` settings after colons, each its own arm:
 `adapt_shot:learning_rate=1e-5:unfreeze_blocks=2`; the other arms may carry
 `keras-transfer train` settings the same way (`mcc:train_bn=false`). With `--work_dir`,
-the model folders stay, so a later invocation's `adapt_*` arms adapt the recorded `source_only` models.
+the model folders stay, so a later invocation's `adapt_*` arms adapt the recorded
+`source_only` models.
 Nothing is tuned: the target labels choose nothing, and the test split is read once per run.
 
     python benchmarks/command_adapt.py --task photo_shift --seeds 3

@@ -124,8 +124,9 @@ flags.DEFINE_enum(
     "chose) sets head_epochs, fine_tune_epochs, unfreeze_blocks, head_lr, fine_tune_lr, "
     "patience, restore_best and ema_momentum when not given; fixed: the fixed defaults "
     f"({image_config.describe_fixed_defaults()}), which the suite's rule chooses for every "
-    "dataset today; scaled: keras_transfer.size_scaled_plan (budgets, rates and blocks from the data's "
-    "size and per-block LogME, early stopping; it lost on the suite). Flags given always win.",
+    "dataset today; scaled: keras_transfer.size_scaled_plan (budgets, rates and blocks from "
+    "the data's size and per-block LogME, early stopping; it lost on the suite). Flags given "
+    "always win.",
 )
 _PLANNED = " Default: chosen by --plan."
 flags.DEFINE_integer(

@@ -352,7 +352,8 @@ ADVISOR_RULE = "every task: ema"
 
 def describe_default_plan() -> str:
     """`fit_two_phase`'s default plan in words, its values read from `two_phase`'s constants
-    (the advisor's reason and the command's `--plan` help quote it)."""
+    (the advisor's reason quotes it; the command's `--plan` help lists the same values as
+    flags, `image_config.describe_fixed_defaults`)."""
     return (
         f"the head {two_phase.DEFAULT_HEAD_EPOCHS} epochs at {two_phase.DEFAULT_HEAD_LR:g}, "
         f"then every block {two_phase.DEFAULT_FINE_TUNE_EPOCHS} epochs at "
